@@ -1,0 +1,12 @@
+"""vaultkit: field-level envelope encryption for personal data in SQL databases.
+
+The safe API: a :class:`Vault` over key domains (:class:`KeyDomain`) whose KEKs live in a key
+provider. Raw primitives live in :mod:`vaultkit.core`, documented as hazardous.
+"""
+
+from vaultkit._vault import CacheInfo, FieldCipher, Vault
+from vaultkit.keys.domains import KeyDomain
+from vaultkit.keys.provider import KeyProvider, KeyRef
+
+__all__ = ["CacheInfo", "FieldCipher", "KeyDomain", "KeyProvider", "KeyRef", "Vault"]
+__version__ = "0.1.0.dev0"

@@ -1,0 +1,516 @@
+"""The vault: picks keys, nonces and formats so that callers hand over plaintext and a domain."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hmac
+import itertools
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from sqlalchemy.engine import Engine
+
+from vaultkit._codec import PlainValue, decode_value, encode_value
+from vaultkit._redact import NoPickle
+from vaultkit.core import wire
+from vaultkit.core.envelope import DataKey, new_data_key, new_dek_id, wrap_context
+from vaultkit.errors import ConfigurationError, DecryptionError, DomainError
+from vaultkit.keys.domains import KeyDomain
+from vaultkit.keys.provider import KeyProvider, KeyRef
+from vaultkit.store import DataKeyRecord, DekState, KeyStore, SQLKeyStore
+
+__all__ = ["CacheInfo", "FieldCipher", "Vault"]
+
+log = logging.getLogger("vaultkit")
+
+#: Default encryption budget of one DEK. NIST SP 800-38D (8.3) caps random 96-bit nonces at 2**32
+#: invocations per key; 2**24 keeps the chance of a nonce collision below 2**-57.
+DEFAULT_MAX_ENCRYPTIONS: Final = 2**24
+DEFAULT_MAX_AGE: Final = dt.timedelta(days=30)
+DEFAULT_CACHE_SIZE: Final = 1000  # unwrapped DEKs kept per vault
+DEFAULT_CACHE_TTL: Final = 600.0  # seconds before a cached DEK is fetched and unwrapped again
+_PURPOSE: Final = "data"
+_H: Final = wire.HEADER_SIZE
+_P: Final = wire.PREFIX_SIZE
+_MIN: Final = wire.MIN_VALUE_SIZE
+_urandom = os.urandom
+_monotonic = time.monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInfo:
+    """Size and limits of a vault's DEK cache; no key material."""
+
+    size: int
+    max_size: int
+    ttl: float
+
+
+class _Active:
+    """The DEK this process encrypts under in one domain, with its budget."""
+
+    __slots__ = ("deadline", "key", "retire_at", "uses")
+
+    def __init__(self, key: DataKey, retire_at: float) -> None:
+        self.key = key
+        self.uses = itertools.count(1)
+        self.retire_at = retire_at
+        self.deadline = min(retire_at, key.expires_at)
+
+
+class _KeyCache:
+    """Unwrapped DEKs by id and by header, bounded, with second-chance (CLOCK) eviction."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.by_id: OrderedDict[bytes, DataKey] = OrderedDict()
+        self.by_header: dict[bytes, DataKey] = {}
+
+    def put(self, key: DataKey) -> None:
+        old = self.by_id.pop(key.dek_id, None)
+        if old is not None:
+            self.by_header.pop(old.header, None)
+        while len(self.by_id) >= self.max_size:
+            dek_id, victim = self.by_id.popitem(last=False)
+            if victim.referenced:
+                victim.referenced = False
+                self.by_id[dek_id] = victim
+            else:
+                self.by_header.pop(victim.header, None)
+        key.referenced = False
+        self.by_id[key.dek_id] = key
+        self.by_header[key.header] = key
+
+    def drop(self, dek_id: bytes) -> None:
+        key = self.by_id.pop(dek_id, None)
+        if key is not None:
+            self.by_header.pop(key.header, None)
+
+    def clear(self) -> None:
+        self.by_id.clear()
+        self.by_header.clear()
+
+
+def _as_bytes(blob: object) -> bytes:
+    if isinstance(blob, bytes):
+        return blob
+    if isinstance(blob, bytearray | memoryview):
+        return bytes(blob)
+    raise TypeError(f"ciphertext must be bytes, not {type(blob).__name__}")
+
+
+def _after_fork(ref: weakref.ReferenceType[Vault]) -> None:
+    vault = ref()
+    if vault is not None:
+        vault._reset_after_fork()
+
+
+class Vault(NoPickle):
+    """Encrypts and decrypts values under per-domain envelope keys.
+
+    Each domain's DEKs are random 256-bit keys wrapped by the domain's KEK in its key provider and
+    stored, wrapped, in the key store. This process takes a DEK of its own per domain on its first
+    encryption and a fresh one when the DEK's budget (encryptions or age) runs out, so concurrent
+    processes never share an encryption key. Unwrapped DEKs are cached, bounded and time-limited;
+    decrypting many values costs one provider call per distinct DEK.
+
+    Args:
+        provider: the key provider holding the domains' KEKs.
+        store: the key store: a :class:`~vaultkit.store.KeyStore`, an SQLAlchemy ``Engine`` or a
+            database URL (tables ``vaultkit_data_keys`` and ``vaultkit_meta`` are created there).
+        domains: the key domains this vault serves; names or :class:`KeyDomain` objects.
+        providers: per-domain providers that override ``provider`` (a medical KEK in its own HSM).
+        cache_size: how many unwrapped DEKs to keep.
+        cache_ttl: seconds after which a cached DEK is re-read from the store and unwrapped again,
+            so a revoked KEK or a destroyed DEK stops working within that time.
+        dek_max_encryptions: encryptions under one DEK before a fresh DEK is taken.
+        dek_max_age: age after which a fresh DEK is taken for encryption.
+
+    Raises:
+        ConfigurationError: the arguments do not fit together.
+        DomainError: a domain is badly named or not served by its provider.
+        KeyStoreError: the key store cannot be opened or is newer than this release.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        *,
+        provider: KeyProvider,
+        store: KeyStore | Engine | str,
+        domains: Iterable[KeyDomain | str],
+        providers: Mapping[str, KeyProvider] | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        dek_max_encryptions: int = DEFAULT_MAX_ENCRYPTIONS,
+        dek_max_age: dt.timedelta = DEFAULT_MAX_AGE,
+    ) -> None:
+        if isinstance(domains, str | KeyDomain):
+            raise TypeError("domains must be a list of KeyDomain or names, not a single domain")
+        declared: dict[str, KeyDomain] = {}
+        for item in domains:
+            domain = KeyDomain(item) if isinstance(item, str) else item
+            if not isinstance(domain, KeyDomain):
+                raise TypeError(
+                    f"domains must hold KeyDomain objects or names, not {type(item).__name__}"
+                )
+            if domain.name in declared:
+                raise ConfigurationError(f"domain {domain.name!r} is declared twice")
+            declared[domain.name] = domain
+        if not declared:
+            raise ConfigurationError("a vault needs at least one key domain")
+        if not isinstance(provider, KeyProvider):
+            raise TypeError(f"provider must implement KeyProvider, not {type(provider).__name__}")
+        overrides = dict(providers or {})
+        for name, override in overrides.items():
+            if name not in declared:
+                raise ConfigurationError(f"a provider is given for undeclared domain {name!r}")
+            if not isinstance(override, KeyProvider):
+                raise TypeError(f"provider for {name!r} must implement KeyProvider")
+        if not isinstance(cache_size, int) or cache_size < 1:
+            raise ConfigurationError("cache_size must be a positive integer")
+        if not cache_ttl > 0:
+            raise ConfigurationError("cache_ttl must be positive")
+        if not isinstance(dek_max_encryptions, int) or not 1 <= dek_max_encryptions <= 2**32:
+            raise ConfigurationError("dek_max_encryptions must be between 1 and 2**32")
+        if dek_max_age <= dt.timedelta(0):
+            raise ConfigurationError("dek_max_age must be positive")
+
+        self._domains = declared
+        self._providers: dict[str, KeyProvider] = {n: overrides.get(n, provider) for n in declared}
+        # Validate eagerly: every domain must be served now, not on the first insert.
+        for name, domain_provider in self._providers.items():
+            domain_provider.primary(name)
+
+        if isinstance(store, str | Engine):
+            self._store: KeyStore = SQLKeyStore(store)
+            self._owns_store = True
+        elif isinstance(store, KeyStore):
+            self._store = store
+            self._owns_store = False
+        else:
+            raise TypeError(
+                f"store must be a KeyStore, an Engine or a URL, not {type(store).__name__}"
+            )
+
+        self._ttl = float(cache_ttl)
+        self._max_uses = dek_max_encryptions
+        self._max_age = dek_max_age.total_seconds()
+        self._cache = _KeyCache(cache_size)
+        self._active: dict[str, _Active] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """Names of the declared key domains."""
+        return tuple(self._domains)
+
+    @property
+    def store(self) -> KeyStore:
+        """The key store holding the wrapped DEKs."""
+        return self._store
+
+    def cache_info(self) -> CacheInfo:
+        """Return the DEK cache's size and limits."""
+        return CacheInfo(len(self._cache.by_id), self._cache.max_size, self._ttl)
+
+    def encrypt(
+        self,
+        value: PlainValue,
+        *,
+        domain: str,
+        context: Mapping[str, wire.ContextValue] | None = None,
+        pad_to: int | None = None,
+    ) -> bytes:
+        """Encrypt ``value`` in ``domain``, bound to ``context``.
+
+        Args:
+            value: str, bytes, int, bool, float, Decimal, date, datetime, UUID, dict or list.
+            domain: a declared key domain.
+            context: the cell the value belongs to, such as ``{"table": "members", "column":
+                "name", "row": "m-17"}``; values are str, int or UUID. The same context must be
+                given to :meth:`decrypt`.
+            pad_to: pad the plaintext to a multiple of this many bytes (1 to 4096), so that short
+                values of different lengths give ciphertexts of one length.
+
+        Returns:
+            The self-describing ciphertext (wire format v1), 80 bytes longer than the encoded value.
+
+        Warning:
+            Without ``pad_to`` the ciphertext's length reveals the plaintext's length.
+        """
+        return self._seal(domain, encode_value(value, pad_to=pad_to), wire.context_fields(context))
+
+    def decrypt(
+        self,
+        blob: bytes,
+        *,
+        context: Mapping[str, wire.ContextValue] | None = None,
+        domain: str | None = None,
+    ) -> PlainValue:
+        """Decrypt a value made by :meth:`encrypt`, returning the type that went in.
+
+        Args:
+            blob: the ciphertext.
+            context: the context it was encrypted with.
+            domain: if given, the value must belong to this domain.
+
+        Raises:
+            DecryptionError: the value is damaged, truncated, not a vaultkit value, under an
+                unknown or destroyed DEK, or was made for another context or domain. One message
+                for all of these.
+            UnsupportedFormatError: the value names a wire version or suite this release lacks.
+            DomainError: the value's domain is not configured in this vault.
+            KeyProviderError: the provider could not unwrap the DEK.
+        """
+        return self._open(_as_bytes(blob), wire.context_fields(context), domain)
+
+    def field(
+        self,
+        domain: str,
+        *,
+        table: str,
+        column: str,
+        row_bound: bool = False,
+    ) -> FieldCipher:
+        """Return a cipher bound to one column, with its associated data prepared once.
+
+        Values it makes are exactly those of :meth:`encrypt` with the context
+        ``{"table": table, "column": column}`` (plus ``"row"`` when ``row_bound``).
+        """
+        if domain not in self._domains:
+            raise DomainError(f"domain {domain!r} is not declared in this vault")
+        return FieldCipher(self, domain, table=table, column=column, row_bound=row_bound)
+
+    def close(self) -> None:
+        """Record encryption counts in the key store and release what the vault opened."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for active in self._active.values():
+                self._flush_count(active)
+            self._active.clear()
+            self._cache.clear()
+            if self._owns_store:
+                self._store.close()
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Vault(domains={list(self._domains)!r}, store={self._store!r})"
+
+    # -- encryption ---------------------------------------------------------------------------
+
+    def _seal(self, domain: str, plaintext: bytes, fields: bytes) -> bytes:
+        active = self._active.get(domain)
+        if active is None or next(active.uses) > self._max_uses or active.deadline < _monotonic():
+            active = self._next_active(domain)
+        key = active.key
+        nonce = _urandom(12)
+        return key.header + nonce + key.cipher.encrypt(nonce, plaintext, key.aad_prefix + fields)
+
+    def _next_active(self, domain: str) -> _Active:
+        with self._lock:
+            if self._closed:
+                raise ConfigurationError("this vault is closed")
+            if domain not in self._domains:
+                raise DomainError(f"domain {domain!r} is not declared in this vault")
+            now = _monotonic()
+            active = self._active.get(domain)
+            if active is not None and now < active.retire_at:
+                if now >= active.key.expires_at:
+                    # The cache time limit ran out: re-read the row and unwrap again, so that a
+                    # retired or destroyed DEK or a revoked KEK takes effect.
+                    record = self._store.get(active.key.dek_id)
+                    if record is not None and record.state is DekState.ACTIVE:
+                        key = self._unwrap(record)
+                        active.key = key
+                        active.deadline = min(active.retire_at, key.expires_at)
+                used = next(active.uses)
+                if used <= self._max_uses and active.deadline > now and active.key.expires_at > now:
+                    return active
+            if active is not None:
+                self._flush_count(active)
+            active = self._new_active(domain)
+            next(active.uses)
+            self._active[domain] = active
+            return active
+
+    def _new_active(self, domain: str) -> _Active:
+        provider = self._providers[domain]
+        ref = provider.primary(domain)
+        dek, dek_id = new_data_key(), new_dek_id()
+        wrapped = provider.wrap(ref, dek, context=wrap_context(domain, dek_id, _PURPOSE))
+        record = DataKeyRecord(
+            dek_id=dek_id,
+            domain=domain,
+            purpose=_PURPOSE,
+            kek_id=ref.key_id,
+            kek_version=ref.version,
+            wrapped=wrapped,
+            state=DekState.ACTIVE,
+            created_at=dt.datetime.now(dt.UTC),
+        )
+        self._store.insert(record)
+        key = DataKey(dek, dek_id, domain, wrapped=wrapped, ttl=self._ttl)
+        self._cache.put(key)
+        log.info(
+            "new DEK %s in domain %s under KEK %s v%d",
+            dek_id.hex(),
+            domain,
+            ref.key_id,
+            ref.version,
+        )
+        return _Active(key, _monotonic() + self._max_age)
+
+    def _flush_count(self, active: _Active) -> None:
+        count = min(next(active.uses) - 1, self._max_uses)
+        if count > 0:
+            try:
+                self._store.add_encryptions(active.key.dek_id, count)
+            except Exception:
+                log.warning(
+                    "could not record the encryption count of DEK %s", active.key.dek_id.hex()
+                )
+
+    # -- decryption ---------------------------------------------------------------------------
+
+    def _open(self, blob: bytes, fields: bytes, domain: str | None) -> PlainValue:
+        if len(blob) < _MIN:
+            raise DecryptionError
+        key = self._cache.by_header.get(blob[:_H])
+        if key is None or key.expires_at < _monotonic():
+            key = self._key_for(blob)
+        else:
+            key.referenced = True
+        if domain is not None and domain != key.domain:
+            raise DecryptionError
+        try:
+            plaintext = key.cipher.decrypt(blob[_H:_P], blob[_P:], key.aad_prefix + fields)
+        except InvalidTag:
+            raise DecryptionError from None
+        return decode_value(plaintext)
+
+    def _key_for(self, blob: bytes) -> DataKey:
+        _suite, dek_id, commitment = wire.parse_header(blob)
+        key = self._cache.by_id.get(dek_id)
+        if key is None or key.expires_at < _monotonic():
+            with self._lock:
+                key = self._cache.by_id.get(dek_id)
+                if key is None or key.expires_at < _monotonic():
+                    record = self._store.get(dek_id)
+                    if (
+                        record is None
+                        or record.state is DekState.DESTROYED
+                        or record.purpose != _PURPOSE
+                    ):
+                        self._cache.drop(dek_id)
+                        log.debug("no usable DEK %s for a value", dek_id.hex())
+                        raise DecryptionError
+                    key = self._unwrap(record)
+        if not hmac.compare_digest(key.commitment, commitment):
+            raise DecryptionError
+        return key
+
+    def _unwrap(self, record: DataKeyRecord) -> DataKey:
+        provider = self._providers.get(record.domain)
+        if provider is None:
+            raise DomainError(f"domain {record.domain!r} is not configured in this vault")
+        ref = KeyRef(record.domain, record.kek_id, record.kek_version)
+        dek = provider.unwrap(
+            ref, record.wrapped, context=wrap_context(record.domain, record.dek_id, record.purpose)
+        )
+        key = DataKey(dek, record.dek_id, record.domain, wrapped=record.wrapped, ttl=self._ttl)
+        self._cache.put(key)
+        return key
+
+    def _reset_after_fork(self) -> None:
+        # A child must never encrypt under its parent's DEK: take fresh ones, with fresh locks.
+        self._lock = threading.RLock()
+        self._active = {}
+
+
+class FieldCipher:
+    """Encrypts and decrypts the values of one column; made by :meth:`Vault.field`.
+
+    Holds no key material of its own and is safe to share between threads.
+    """
+
+    __slots__ = (
+        "_after",
+        "_before",
+        "_count",
+        "_domain",
+        "_fixed",
+        "_row_bound",
+        "_vault",
+        "column",
+        "table",
+    )
+
+    def __init__(
+        self, vault: Vault, domain: str, *, table: str, column: str, row_bound: bool
+    ) -> None:
+        self._vault = vault
+        self._domain = domain
+        self.table = table
+        self.column = column
+        self._row_bound = row_bound
+        fixed = {"column": column, "table": table}
+        self._fixed = wire.context_fields(fixed)
+        keys = sorted(fixed)
+        self._before = b"".join(
+            wire.encode_field(k) + wire.encode_field(fixed[k]) for k in keys if k < "row"
+        )
+        self._after = b"".join(
+            wire.encode_field(k) + wire.encode_field(fixed[k]) for k in keys if k > "row"
+        )
+        self._count = wire.u16(len(fixed) + 1)
+
+    def _fields(self, row: wire.ContextValue | None) -> bytes:
+        if not self._row_bound:
+            if row is not None:
+                raise TypeError(f"{self.table}.{self.column} is not row-bound; pass no row")
+            return self._fixed
+        if row is None:
+            raise ConfigurationError(
+                f"{self.table}.{self.column} is row-bound: a row key is required"
+            )
+        return (
+            self._count
+            + self._before
+            + b"\x00\x03row"
+            + wire.encode_field(wire.context_value_text(row))
+            + self._after
+        )
+
+    def encrypt(self, value: PlainValue, *, row: wire.ContextValue | None = None) -> bytes:
+        """Encrypt one value of this column (``row`` is required when the column is row-bound)."""
+        return self._vault._seal(self._domain, encode_value(value), self._fields(row))
+
+    def decrypt(self, blob: bytes, *, row: wire.ContextValue | None = None) -> PlainValue:
+        """Decrypt one value of this column."""
+        return self._vault._open(_as_bytes(blob), self._fields(row), self._domain)
+
+    def __repr__(self) -> str:
+        return f"FieldCipher(domain={self._domain!r}, table={self.table!r}, column={self.column!r})"

@@ -1,0 +1,79 @@
+"""Data keys and their wrapping context.
+
+A DEK is 32 bytes from ``os.urandom``; its id is 16 more random bytes, never derived from key
+material. When a DEK is wrapped by a provider it is bound to this context::
+
+    wrap_context = u16 len || "vaultkit dek v1"
+                || u16 len || domain
+                || u16 len || purpose
+                || DEK id (16 bytes)
+
+so a wrapped key copied to another key-store row, domain or purpose does not unwrap (for providers
+that bind associated data; the value-level key commitment covers those that cannot).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Final
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vaultkit._redact import NoPickle
+from vaultkit.core import aead, wire
+
+__all__ = ["DataKey", "new_data_key", "new_dek_id", "wrap_context"]
+
+_LABEL: Final = wire.encode_field("vaultkit dek v1")
+
+
+def new_data_key() -> bytes:
+    """Return a fresh 256-bit DEK."""
+    return os.urandom(aead.KEY_SIZE)
+
+
+def new_dek_id() -> bytes:
+    """Return a fresh random 16-byte DEK id."""
+    return os.urandom(wire.DEK_ID_SIZE)
+
+
+def wrap_context(domain: str, dek_id: bytes, purpose: str = "data") -> bytes:
+    """Return the context a DEK is wrapped with."""
+    return _LABEL + wire.encode_field(domain) + wire.encode_field(purpose) + dek_id
+
+
+class DataKey(NoPickle):
+    """An unwrapped DEK, ready to use: derived cipher, header and AAD prefix, computed once.
+
+    Holds key material: refuses pickling and copying, and its ``repr`` names only id and domain.
+    """
+
+    __slots__ = (
+        "aad_prefix",
+        "cipher",
+        "commitment",
+        "dek_id",
+        "domain",
+        "expires_at",
+        "header",
+        "referenced",
+        "wrapped",
+    )
+
+    def __init__(
+        self, dek: bytes, dek_id: bytes, domain: str, *, wrapped: bytes, ttl: float
+    ) -> None:
+        cipher, commitment = aead.derive_suite1(dek, dek_id)
+        self.cipher: AESGCM = cipher
+        self.commitment = commitment
+        self.dek_id = dek_id
+        self.domain = domain
+        self.header = wire.build_header(dek_id, commitment)
+        self.aad_prefix = self.header + wire.encode_field(domain)
+        self.wrapped = wrapped
+        self.expires_at = time.monotonic() + ttl
+        self.referenced = True
+
+    def __repr__(self) -> str:
+        return f"DataKey(dek_id={self.dek_id.hex()!r}, domain={self.domain!r})"

@@ -1,0 +1,181 @@
+"""Wire format of an encrypted vaultkit value, version 1.
+
+Every value vaultkit writes is self-describing binary. Layout of version 1 (all integers big-endian):
+
+======  =====  ==========================================================================
+offset  size   field
+======  =====  ==========================================================================
+0       2      magic ``F6 56``; ``F6`` never occurs in UTF-8, so no text value starts so
+2       1      format version, ``01``
+3       1      suite id, ``01`` = AES-256-GCM with HKDF-SHA256 key derivation,
+               96-bit random nonce, 128-bit tag, 256-bit key commitment
+4       16     DEK id: random, names the data key's row in the key store
+20      32     key commitment of the DEK (see :mod:`vaultkit.core.aead`)
+52      12     nonce, fresh from the OS CSPRNG for every value
+64      n      ciphertext of the typed plaintext (:mod:`vaultkit._codec`, at least 1 byte)
+64+n    16     GCM authentication tag
+======  =====  ==========================================================================
+
+Bytes 0 to 51 are the *header*. The associated data of the GCM call is the header followed by
+the context block, so each value is bound to its format, suite, DEK, domain and cell::
+
+    aad = header
+        || u16 len(domain) || domain                      (UTF-8)
+        || u16 number of context entries
+        || for each entry, sorted by key:
+               u16 len(key) || key || u16 len(value) || value   (UTF-8)
+
+A value copied to another column, row or domain therefore fails to authenticate. ``docs/wire-format.md``
+repeats this byte by byte with worked vectors. Old versions stay decodable here forever; a new
+version adds a decoder and a vector file and never changes this one.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import uuid
+from collections.abc import Mapping
+from typing import Final
+
+from vaultkit.errors import DecryptionError, UnsupportedFormatError
+
+__all__ = [
+    "COMMITMENT_SIZE",
+    "DEK_ID_SIZE",
+    "EMPTY_CONTEXT",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_CONTEXT_FIELD_BYTES",
+    "MIN_VALUE_SIZE",
+    "NONCE_SIZE",
+    "PREFIX_SIZE",
+    "TAG_SIZE",
+    "VERSION_1",
+    "ContextValue",
+    "Suite",
+    "build_header",
+    "context_block",
+    "context_fields",
+    "context_value_text",
+    "encode_field",
+    "is_vaultkit_value",
+    "parse_header",
+    "u16",
+]
+
+MAGIC: Final = b"\xf6\x56"  # 2 bytes: 0xF6 is invalid as any UTF-8 byte
+VERSION_1: Final = 1  # 1 byte: format version this module writes
+DEK_ID_SIZE: Final = 16  # bytes, random
+COMMITMENT_SIZE: Final = 32  # bytes, HKDF-SHA256 output
+NONCE_SIZE: Final = 12  # bytes, 96-bit GCM nonce (NIST SP 800-38D, 8.2.2 random construction)
+TAG_SIZE: Final = 16  # bytes, full 128-bit GCM tag
+HEADER_SIZE: Final = 2 + 1 + 1 + DEK_ID_SIZE + COMMITMENT_SIZE  # 52 bytes
+PREFIX_SIZE: Final = HEADER_SIZE + NONCE_SIZE  # 64 bytes before the ciphertext
+MIN_VALUE_SIZE: Final = PREFIX_SIZE + 1 + TAG_SIZE  # 81 bytes: the typed plaintext is never empty
+MAX_CONTEXT_FIELD_BYTES: Final = 0xFFFF  # each length in the context block is a u16
+
+_HEADER_STRUCT: Final = struct.Struct(">2sBB16s32s")  # magic, version, suite, DEK id, commitment
+_U16: Final = struct.Struct(">H")
+
+ContextValue = str | int | uuid.UUID
+
+
+class Suite(enum.IntEnum):
+    """Cipher suites a value can name in byte 3."""
+
+    #: AES-256-GCM under a key derived from the DEK with HKDF-SHA256, 96-bit random nonce,
+    #: 128-bit tag and a 256-bit key commitment in the header.
+    AES256_GCM_HKDF_SHA256_COMMIT = 1
+
+
+def build_header(
+    dek_id: bytes, commitment: bytes, *, suite: Suite = Suite.AES256_GCM_HKDF_SHA256_COMMIT
+) -> bytes:
+    """Return the 52-byte version 1 header for a DEK."""
+    if len(dek_id) != DEK_ID_SIZE or len(commitment) != COMMITMENT_SIZE:
+        raise ValueError("DEK id must be 16 bytes and commitment 32 bytes")
+    return _HEADER_STRUCT.pack(MAGIC, VERSION_1, suite, dek_id, commitment)
+
+
+def is_vaultkit_value(data: bytes) -> bool:
+    """Tell whether ``data`` starts like a vaultkit value (magic only; authenticity is not checked)."""
+    return data[:2] == MAGIC
+
+
+def parse_header(data: bytes) -> tuple[Suite, bytes, bytes]:
+    """Split and check the header of a stored value.
+
+    Returns:
+        The suite, the DEK id and the commitment.
+
+    Raises:
+        UnsupportedFormatError: the value names a format version or suite this release cannot read.
+        DecryptionError: anything else about the layout is wrong (too short, no magic).
+    """
+    if len(data) < MIN_VALUE_SIZE or data[:2] != MAGIC:
+        raise DecryptionError
+    _magic, version, suite_id, dek_id, commitment = _HEADER_STRUCT.unpack_from(data)
+    if version != VERSION_1:
+        raise UnsupportedFormatError(
+            f"wire-format version {version} is not supported by this release"
+        )
+    try:
+        suite = Suite(suite_id)
+    except ValueError:
+        raise UnsupportedFormatError(
+            f"cipher suite {suite_id} is not supported by this release"
+        ) from None
+    return suite, dek_id, commitment
+
+
+def encode_field(text: str) -> bytes:
+    """Encode one string of the context block as ``u16 length || UTF-8 bytes``."""
+    raw = text.encode("utf-8")
+    if len(raw) > MAX_CONTEXT_FIELD_BYTES:
+        raise ValueError(
+            f"context field is {len(raw)} bytes; at most {MAX_CONTEXT_FIELD_BYTES} allowed"
+        )
+    return _U16.pack(len(raw)) + raw
+
+
+def context_value_text(value: ContextValue) -> str:
+    """Canonical text of a context value: str as is, int in decimal, UUID in lowercase hyphenated form."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        raise TypeError("context values must be str, int or uuid.UUID, not bool")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"context values must be str, int or uuid.UUID, not {type(value).__name__}")
+
+
+EMPTY_CONTEXT: Final = b"\x00\x00"  # u16 zero: no context entries
+
+
+def context_fields(context: Mapping[str, ContextValue] | None) -> bytes:
+    """Return the context entries of the associated data: a u16 count, then sorted entries."""
+    if not context:
+        return EMPTY_CONTEXT
+    items = list(context.items())
+    for key, _ in items:
+        if not isinstance(key, str):
+            raise TypeError(f"context keys must be str, not {type(key).__name__}")
+    items.sort(key=lambda item: item[0])
+    parts = [_U16.pack(len(items))]
+    for key, value in items:
+        parts.append(encode_field(key))
+        parts.append(encode_field(context_value_text(value)))
+    return b"".join(parts)
+
+
+def context_block(domain: str, context: Mapping[str, ContextValue] | None) -> bytes:
+    """Return the part of the associated data that follows the header."""
+    return encode_field(domain) + context_fields(context)
+
+
+def u16(number: int) -> bytes:
+    """Encode a count as the u16 the context block uses."""
+    return _U16.pack(number)

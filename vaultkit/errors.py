@@ -1,0 +1,91 @@
+"""Every exception vaultkit raises.
+
+Messages may name a domain, a key id, a wire version, a column, lengths and counts. They never
+carry plaintext, ciphertext, key bytes, master keys, passwords or a provider's raw response.
+Wrong argument *types* raise the built-in :class:`TypeError`, as in pyca/cryptography.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDeniedError",
+    "AudienceError",
+    "ConfigurationError",
+    "DecryptionError",
+    "DomainError",
+    "KeyNotFoundError",
+    "KeyProviderError",
+    "KeyStoreError",
+    "PasswordError",
+    "PasswordMismatchError",
+    "QueryError",
+    "UnsupportedFormatError",
+    "VaultkitError",
+    "WeakPasswordError",
+]
+
+#: The one message every authentication failure carries, whatever went wrong.
+DECRYPTION_FAILED = "ciphertext could not be authenticated"
+
+
+class VaultkitError(Exception):
+    """Base of every vaultkit error; never raised directly."""
+
+
+class ConfigurationError(VaultkitError):
+    """The vault, a provider or a key store is wired wrongly; raised at construction time."""
+
+
+class KeyProviderError(VaultkitError):
+    """A key provider is unreachable, refused the request, or its key material is unusable."""
+
+
+class KeyNotFoundError(KeyProviderError):
+    """A key id or key version is unknown to the provider."""
+
+
+class KeyStoreError(VaultkitError):
+    """The data-key store cannot be read or written, or holds rows this release cannot read."""
+
+
+class DomainError(VaultkitError):
+    """A key domain is unknown, badly named, or not served by the configured provider."""
+
+
+class DecryptionError(VaultkitError):
+    """A value could not be authenticated.
+
+    Bad tag, truncation, wrong context, wrong domain, unknown or destroyed data key: all raise this
+    one error with one fixed message, so that the error itself tells an attacker nothing.
+    """
+
+    def __init__(self, message: str = DECRYPTION_FAILED) -> None:
+        super().__init__(message)
+
+
+class UnsupportedFormatError(DecryptionError):
+    """The value carries a wire-format version or suite this release cannot read."""
+
+
+class AccessDeniedError(VaultkitError):
+    """The acting principal lacks the grant for a restricted domain."""
+
+
+class QueryError(VaultkitError):
+    """An SQL operator was used that has no meaning on randomised ciphertext."""
+
+
+class AudienceError(VaultkitError):
+    """An identifier cannot be normalised for an audience upload."""
+
+
+class PasswordError(VaultkitError):
+    """Base of password policy and password hashing errors."""
+
+
+class WeakPasswordError(PasswordError):
+    """The password policy rejected a password; carries feedback only, never the password."""
+
+
+class PasswordMismatchError(PasswordError):
+    """A password did not match the stored hash."""

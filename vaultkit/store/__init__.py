@@ -1,0 +1,13 @@
+"""Data-key stores: where wrapped DEKs live."""
+
+from vaultkit.store._base import SCHEMA_VERSION, DataKeyRecord, DekState, KeyStore, MemoryKeyStore
+from vaultkit.store.sql import SQLKeyStore
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DataKeyRecord",
+    "DekState",
+    "KeyStore",
+    "MemoryKeyStore",
+    "SQLKeyStore",
+]

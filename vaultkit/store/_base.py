@@ -1,0 +1,142 @@
+"""The data-key store: rows of wrapped DEKs, never a DEK in the clear."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Final, Protocol, runtime_checkable
+
+from vaultkit.errors import KeyStoreError
+
+__all__ = ["SCHEMA_VERSION", "DataKeyRecord", "DekState", "KeyStore", "MemoryKeyStore"]
+
+#: Version of the key-store layout this release writes and reads. A store written by a newer
+#: release is refused at start-up instead of being misread.
+SCHEMA_VERSION: Final = 1
+
+
+class DekState(enum.StrEnum):
+    """Life cycle of a data key."""
+
+    #: Decrypts, and its creating process may still encrypt under it within its budget.
+    ACTIVE = "active"
+    #: Decrypts, never encrypts again; its values are due to be re-encrypted (the re-key job).
+    RETIRED = "retired"
+    #: The wrapped key is erased; values under it are unreadable for good (crypto-shredding).
+    DESTROYED = "destroyed"
+
+
+@dataclass(frozen=True, slots=True)
+class DataKeyRecord:
+    """One row of the key store.
+
+    Args:
+        dek_id: 16 random bytes, also carried in the header of every value under this DEK.
+        domain: the key domain; bound into the wrapping context, so a row moved to another domain
+            does not unwrap.
+        purpose: ``"data"`` for value encryption; later kinds (blind-index keys) use other names.
+        kek_id: the provider's id of the KEK the DEK is wrapped under.
+        kek_version: the KEK version.
+        wrapped: the DEK wrapped by the KEK; empty once destroyed.
+        state: see :class:`DekState`.
+        created_at: creation time, timezone-aware UTC.
+        subject: optional subject (a member id) for per-subject DEKs.
+        encryptions: encryptions counted under this DEK, flushed at roll-over and close.
+    """
+
+    dek_id: bytes
+    domain: str
+    purpose: str
+    kek_id: str
+    kek_version: int
+    wrapped: bytes = field(repr=False)
+    state: DekState
+    created_at: dt.datetime
+    subject: str | None = None
+    encryptions: int = 0
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """Where wrapped DEKs are kept: an SQL table by default, memory in tests."""
+
+    def insert(self, record: DataKeyRecord) -> None:
+        """Store a new DEK row; ids never repeat."""
+        ...
+
+    def get(self, dek_id: bytes) -> DataKeyRecord | None:
+        """Return the row of ``dek_id``, or ``None``."""
+        ...
+
+    def records(
+        self, *, domain: str | None = None, state: DekState | None = None
+    ) -> Iterator[DataKeyRecord]:
+        """Iterate over rows, optionally of one domain and state."""
+        ...
+
+    def add_encryptions(self, dek_id: bytes, count: int) -> None:
+        """Add ``count`` to a row's encryption counter."""
+        ...
+
+    def set_state(self, dek_id: bytes, state: DekState) -> None:
+        """Change a row's state."""
+        ...
+
+    def close(self) -> None:
+        """Release connections the store opened itself."""
+        ...
+
+
+class MemoryKeyStore:
+    """A key store in a dict, for tests. Thread-safe; lost with the process.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[bytes, DataKeyRecord] = {}
+        self._lock = threading.Lock()
+
+    def insert(self, record: DataKeyRecord) -> None:
+        with self._lock:
+            if record.dek_id in self._rows:
+                raise KeyStoreError(f"DEK {record.dek_id.hex()} already exists")
+            self._rows[record.dek_id] = record
+
+    def get(self, dek_id: bytes) -> DataKeyRecord | None:
+        return self._rows.get(dek_id)
+
+    def records(
+        self, *, domain: str | None = None, state: DekState | None = None
+    ) -> Iterator[DataKeyRecord]:
+        with self._lock:
+            rows = list(self._rows.values())
+        for row in rows:
+            if (domain is None or row.domain == domain) and (state is None or row.state == state):
+                yield row
+
+    def _update(self, dek_id: bytes, **changes: object) -> None:
+        with self._lock:
+            row = self._rows.get(dek_id)
+            if row is None:
+                raise KeyStoreError(f"DEK {dek_id.hex()} is not in the key store")
+            self._rows[dek_id] = replace(row, **changes)  # type: ignore[arg-type]
+
+    def add_encryptions(self, dek_id: bytes, count: int) -> None:
+        with self._lock:
+            row = self._rows.get(dek_id)
+            if row is None:
+                raise KeyStoreError(f"DEK {dek_id.hex()} is not in the key store")
+            self._rows[dek_id] = replace(row, encryptions=row.encryptions + count)
+
+    def set_state(self, dek_id: bytes, state: DekState) -> None:
+        self._update(dek_id, state=DekState(state))
+
+    def close(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"MemoryKeyStore(rows={len(self._rows)})"

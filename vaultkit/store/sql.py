@@ -1,0 +1,263 @@
+"""The data-key store as SQL tables, through SQLAlchemy Core.
+
+Two tables, named with a configurable prefix (``vaultkit_`` by default):
+
+``vaultkit_data_keys``
+    one row per DEK: ``dek_id`` (32 hex digits, primary key), ``domain``, ``purpose``, ``kek_id``,
+    ``kek_version``, ``wrapped`` (binary), ``state``, ``created_at`` (UTC), ``subject``,
+    ``encryptions``; indexed on ``(domain, state)``.
+``vaultkit_meta``
+    name/value pairs; ``key_store_schema`` holds the layout version. A store whose version is newer
+    than this release's :data:`SCHEMA_VERSION` is refused, never misread or written to.
+
+The tables are created on first use unless ``create=False``. Types are portable: SQLite (BLOB),
+PostgreSQL (BYTEA) and MariaDB/MySQL (BLOB) all work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from vaultkit.errors import ConfigurationError, KeyStoreError
+from vaultkit.store._base import SCHEMA_VERSION, DataKeyRecord, DekState
+
+__all__ = ["SQLKeyStore"]
+
+_SCHEMA_KEY = "key_store_schema"
+
+
+def _dispose_after_fork(ref: weakref.ReferenceType[SQLKeyStore]) -> None:
+    store = ref()
+    if store is not None:
+        # Connections inherited from the parent must not be used by the child (SQLAlchemy's
+        # "Using Connection Pools with Multiprocessing" recipe).
+        store.engine.dispose(close=False)
+
+
+class SQLKeyStore:
+    """Key store in an SQL database.
+
+    Args:
+        engine: an SQLAlchemy :class:`~sqlalchemy.engine.Engine`, or a database URL.
+        table_prefix: prefix of the two table names.
+        schema: database schema (PostgreSQL) holding the tables.
+        create: create missing tables on first use.
+
+    Raises:
+        KeyStoreError: the database cannot be reached, or holds a newer key-store layout.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        engine: Engine | str,
+        *,
+        table_prefix: str = "vaultkit_",
+        schema: str | None = None,
+        create: bool = True,
+    ) -> None:
+        if isinstance(engine, str):
+            try:
+                engine = sa.create_engine(engine)
+            except (SQLAlchemyError, ValueError, ImportError) as exc:
+                raise ConfigurationError(
+                    f"cannot use key-store URL: {type(exc).__name__}"
+                ) from None
+            self._owns_engine = True
+        elif isinstance(engine, Engine):
+            self._owns_engine = False
+        else:
+            raise TypeError(
+                f"engine must be an SQLAlchemy Engine or a URL, not {type(engine).__name__}"
+            )
+        self.engine = engine
+        self._metadata = sa.MetaData(schema=schema)
+        self.keys = sa.Table(
+            f"{table_prefix}data_keys",
+            self._metadata,
+            sa.Column("dek_id", sa.String(32), primary_key=True),
+            sa.Column("domain", sa.String(64), nullable=False),
+            sa.Column("purpose", sa.String(16), nullable=False),
+            sa.Column("kek_id", sa.String(255), nullable=False),
+            sa.Column("kek_version", sa.Integer, nullable=False),
+            sa.Column("wrapped", sa.LargeBinary, nullable=False),
+            sa.Column("state", sa.String(16), nullable=False),
+            sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("subject", sa.String(255), nullable=True),
+            sa.Column("encryptions", sa.BigInteger, nullable=False, default=0),
+            sa.Index(f"ix_{table_prefix}data_keys_domain_state", "domain", "state"),
+        )
+        self.meta = sa.Table(
+            f"{table_prefix}meta",
+            self._metadata,
+            sa.Column("name", sa.String(64), primary_key=True),
+            sa.Column("value", sa.String(255), nullable=False),
+        )
+        self._open(create=create)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(
+                after_in_child=functools.partial(_dispose_after_fork, weakref.ref(self))
+            )
+
+    def _where(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def _fail(self, action: str, exc: SQLAlchemyError) -> KeyStoreError:
+        # The driver's message may quote statement parameters (wrapped keys); keep only its class.
+        return KeyStoreError(
+            f"key store at {self._where()} failed to {action}: {type(exc).__name__}"
+        )
+
+    def _open(self, *, create: bool) -> None:
+        try:
+            inspector = sa.inspect(self.engine)
+            have_meta = inspector.has_table(self.meta.name, schema=self.meta.schema)
+            have_keys = inspector.has_table(self.keys.name, schema=self.keys.schema)
+        except SQLAlchemyError as exc:
+            raise self._fail("open", exc) from None
+        if not (have_meta and have_keys):
+            if not create:
+                raise KeyStoreError(
+                    f"key-store tables are missing at {self._where()} (create=False)"
+                )
+            self._create_tables()
+        self._check_version()
+
+    def _create_tables(self) -> None:
+        try:
+            self._metadata.create_all(self.engine, checkfirst=True)
+        except SQLAlchemyError:
+            # Another process may have created the tables between our check and our CREATE.
+            pass
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.meta.insert().values(name=_SCHEMA_KEY, value=str(SCHEMA_VERSION)))
+        except IntegrityError:
+            pass
+        except SQLAlchemyError as exc:
+            raise self._fail("create its tables", exc) from None
+
+    def _check_version(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(
+                    sa.select(self.meta.c.value).where(self.meta.c.name == _SCHEMA_KEY)
+                ).scalar_one_or_none()
+        except SQLAlchemyError as exc:
+            raise self._fail("read its schema version", exc) from None
+        try:
+            version = int(value) if value is not None else None
+        except ValueError:
+            version = None
+        if version is None:
+            raise KeyStoreError(f"key store at {self._where()} has no readable schema version")
+        if version > SCHEMA_VERSION:
+            raise KeyStoreError(
+                f"key store at {self._where()} has schema version {version}, newer than the "
+                f"version {SCHEMA_VERSION} this release of vaultkit reads; upgrade vaultkit"
+            )
+
+    @staticmethod
+    def _to_record(row: Any) -> DataKeyRecord:
+        created = row.created_at
+        if created.tzinfo is None:  # SQLite and MariaDB keep no offset; we always write UTC.
+            created = created.replace(tzinfo=dt.UTC)
+        try:
+            state = DekState(row.state)
+        except ValueError:
+            raise KeyStoreError(f"DEK {row.dek_id} has unknown state {row.state!r}") from None
+        return DataKeyRecord(
+            dek_id=bytes.fromhex(row.dek_id),
+            domain=row.domain,
+            purpose=row.purpose,
+            kek_id=row.kek_id,
+            kek_version=row.kek_version,
+            wrapped=bytes(row.wrapped),
+            state=state,
+            created_at=created,
+            subject=row.subject,
+            encryptions=row.encryptions,
+        )
+
+    def insert(self, record: DataKeyRecord) -> None:
+        values = {
+            "dek_id": record.dek_id.hex(),
+            "domain": record.domain,
+            "purpose": record.purpose,
+            "kek_id": record.kek_id,
+            "kek_version": record.kek_version,
+            "wrapped": record.wrapped,
+            "state": record.state.value,
+            "created_at": record.created_at.astimezone(dt.UTC),
+            "subject": record.subject,
+            "encryptions": record.encryptions,
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.keys.insert().values(**values))
+        except SQLAlchemyError as exc:
+            raise self._fail(f"store DEK {record.dek_id.hex()}", exc) from None
+
+    def get(self, dek_id: bytes) -> DataKeyRecord | None:
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(self.keys).where(self.keys.c.dek_id == dek_id.hex())
+                ).first()
+        except SQLAlchemyError as exc:
+            raise self._fail(f"read DEK {dek_id.hex()}", exc) from None
+        return None if row is None else self._to_record(row)
+
+    def records(
+        self, *, domain: str | None = None, state: DekState | None = None
+    ) -> Iterator[DataKeyRecord]:
+        query = sa.select(self.keys).order_by(self.keys.c.created_at, self.keys.c.dek_id)
+        if domain is not None:
+            query = query.where(self.keys.c.domain == domain)
+        if state is not None:
+            query = query.where(self.keys.c.state == DekState(state).value)
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as exc:
+            raise self._fail("list DEKs", exc) from None
+        for row in rows:
+            yield self._to_record(row)
+
+    def _update(self, dek_id: bytes, action: str, **values: Any) -> None:
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(
+                    self.keys.update().where(self.keys.c.dek_id == dek_id.hex()).values(**values)
+                )
+        except SQLAlchemyError as exc:
+            raise self._fail(action, exc) from None
+        if result.rowcount == 0:
+            raise KeyStoreError(f"DEK {dek_id.hex()} is not in the key store")
+
+    def add_encryptions(self, dek_id: bytes, count: int) -> None:
+        self._update(
+            dek_id,
+            f"count encryptions of DEK {dek_id.hex()}",
+            encryptions=self.keys.c.encryptions + count,
+        )
+
+    def set_state(self, dek_id: bytes, state: DekState) -> None:
+        self._update(dek_id, f"change state of DEK {dek_id.hex()}", state=DekState(state).value)
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"SQLKeyStore({self._where()!r}, table={self.keys.fullname!r})"

@@ -1,0 +1,125 @@
+"""Helpers for tests, vaultkit's own and its users'.
+
+:class:`InMemoryKeyProvider` is a complete key provider whose KEKs live in process memory and
+vanish with it, like tink-py's fake KMS. :class:`CountingKeyProvider` wraps any provider and counts
+its calls, so that a test can show that reading many rows costs one unwrap per distinct DEK.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vaultkit._redact import NoPickle
+from vaultkit.errors import DomainError, KeyNotFoundError
+from vaultkit.keys import _kekwrap
+from vaultkit.keys.domains import check_domain_name
+from vaultkit.keys.provider import KeyProvider, KeyRef
+from vaultkit.store import MemoryKeyStore
+
+__all__ = ["CountingKeyProvider", "InMemoryKeyProvider", "MemoryKeyStore"]
+
+
+class InMemoryKeyProvider(NoPickle):
+    """A key provider with KEKs in memory only. For tests; everything is lost with the process.
+
+    Args:
+        domains: domains to create KEKs for up front. With ``create=True`` (the default) a KEK is
+            also created for any other domain on first use.
+        create: whether unknown domains get a KEK on first use.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, domains: Sequence[str] = (), *, create: bool = True) -> None:
+        self._id = os.urandom(8).hex()
+        self._keks: dict[str, list[AESGCM]] = {}
+        self._create = create
+        self._lock = threading.Lock()
+        for domain in domains:
+            self.rotate(domain)
+
+    def _key_id(self, domain: str) -> str:
+        return f"memory:{self._id}:{domain}"
+
+    def primary(self, domain: str) -> KeyRef:
+        check_domain_name(domain)
+        with self._lock:
+            if domain not in self._keks:
+                if not self._create:
+                    raise DomainError(f"in-memory provider holds no KEK for domain {domain!r}")
+                self._keks[domain] = [AESGCM(os.urandom(32))]
+            return KeyRef(domain, self._key_id(domain), len(self._keks[domain]))
+
+    def versions(self, domain: str) -> Sequence[KeyRef]:
+        with self._lock:
+            if domain not in self._keks:
+                raise DomainError(f"in-memory provider holds no KEK for domain {domain!r}")
+            return [
+                KeyRef(domain, self._key_id(domain), v + 1) for v in range(len(self._keks[domain]))
+            ]
+
+    def rotate(self, domain: str) -> KeyRef:
+        check_domain_name(domain)
+        with self._lock:
+            self._keks.setdefault(domain, []).append(AESGCM(os.urandom(32)))
+            return KeyRef(domain, self._key_id(domain), len(self._keks[domain]))
+
+    def _cipher(self, ref: KeyRef) -> AESGCM:
+        keks = self._keks.get(ref.domain)
+        if ref.key_id != self._key_id(ref.domain) or not keks or not 1 <= ref.version <= len(keks):
+            raise KeyNotFoundError(
+                f"KEK {ref.key_id} version {ref.version} is unknown to this provider"
+            )
+        return keks[ref.version - 1]
+
+    def wrap(self, ref: KeyRef, data_key: bytes, *, context: bytes) -> bytes:
+        return _kekwrap.wrap(self._cipher(ref), data_key, context)
+
+    def unwrap(self, ref: KeyRef, wrapped: bytes, *, context: bytes) -> bytes:
+        return _kekwrap.unwrap(
+            self._cipher(ref), wrapped, context, what=f"{ref.key_id} v{ref.version}"
+        )
+
+    def __repr__(self) -> str:
+        return f"InMemoryKeyProvider(domains={sorted(self._keks)!r})"
+
+
+class CountingKeyProvider:
+    """Pass every call through to ``inner`` and count it by method name in :attr:`calls`."""
+
+    def __init__(self, inner: KeyProvider) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.calls[name] += 1
+
+    def primary(self, domain: str) -> KeyRef:
+        self._count("primary")
+        return self.inner.primary(domain)
+
+    def versions(self, domain: str) -> Sequence[KeyRef]:
+        self._count("versions")
+        return self.inner.versions(domain)
+
+    def rotate(self, domain: str) -> KeyRef:
+        self._count("rotate")
+        return self.inner.rotate(domain)
+
+    def wrap(self, ref: KeyRef, data_key: bytes, *, context: bytes) -> bytes:
+        self._count("wrap")
+        return self.inner.wrap(ref, data_key, context=context)
+
+    def unwrap(self, ref: KeyRef, wrapped: bytes, *, context: bytes) -> bytes:
+        self._count("unwrap")
+        return self.inner.unwrap(ref, wrapped, context=context)
+
+    def __repr__(self) -> str:
+        return f"CountingKeyProvider({self.inner!r})"
