@@ -123,6 +123,8 @@ def _encoder_for(value: object) -> Callable[[Any], bytes]:
 def encode_value(value: PlainValue, *, pad_to: int | None = None) -> bytes:
     """Return the canonical typed encoding of ``value``, padded to a multiple of ``pad_to`` bytes."""
     try:
+        if type(value) is str and pad_to is None:  # the common case, without dispatch
+            return b"\x01" + value.encode("utf-8")
         data = _encoder_for(value)(value)
     except UnicodeEncodeError:
         raise ValueError("string is not valid Unicode (lone surrogate)") from None
@@ -180,6 +182,11 @@ def decode_value(data: bytes) -> PlainValue:
         DecryptionError: the plaintext is not a valid encoding. It was authenticated, so this means
             a writer outside vaultkit; the error stays opaque all the same.
     """
+    if data[:1] == b"\x01":  # the common case, without dispatch
+        try:
+            return data[1:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise DecryptionError from None
     if not data:
         raise DecryptionError
     tag = data[0]

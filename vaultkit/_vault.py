@@ -278,7 +278,8 @@ class Vault(NoPickle):
             DomainError: the value's domain is not configured in this vault.
             KeyProviderError: the provider could not unwrap the DEK.
         """
-        return self._open(_as_bytes(blob), wire.context_fields(context), domain)
+        blob = blob if type(blob) is bytes else _as_bytes(blob)
+        return self._open(blob, wire.context_fields(context), domain)
 
     def field(
         self,
@@ -462,8 +463,9 @@ class FieldCipher:
         "_count",
         "_domain",
         "_fixed",
+        "_open",
         "_row_bound",
-        "_vault",
+        "_seal",
         "column",
         "table",
     )
@@ -471,7 +473,8 @@ class FieldCipher:
     def __init__(
         self, vault: Vault, domain: str, *, table: str, column: str, row_bound: bool
     ) -> None:
-        self._vault = vault
+        self._seal = vault._seal
+        self._open = vault._open
         self._domain = domain
         self.table = table
         self.column = column
@@ -506,11 +509,13 @@ class FieldCipher:
 
     def encrypt(self, value: PlainValue, *, row: wire.ContextValue | None = None) -> bytes:
         """Encrypt one value of this column (``row`` is required when the column is row-bound)."""
-        return self._vault._seal(self._domain, encode_value(value), self._fields(row))
+        fields = self._fixed if row is None and not self._row_bound else self._fields(row)
+        return self._seal(self._domain, encode_value(value), fields)
 
     def decrypt(self, blob: bytes, *, row: wire.ContextValue | None = None) -> PlainValue:
         """Decrypt one value of this column."""
-        return self._vault._open(_as_bytes(blob), self._fields(row), self._domain)
+        fields = self._fixed if row is None and not self._row_bound else self._fields(row)
+        return self._open(blob if type(blob) is bytes else _as_bytes(blob), fields, self._domain)
 
     def __repr__(self) -> str:
         return f"FieldCipher(domain={self._domain!r}, table={self.table!r}, column={self.column!r})"

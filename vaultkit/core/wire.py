@@ -159,15 +159,21 @@ def context_fields(context: Mapping[str, ContextValue] | None) -> bytes:
     """Return the context entries of the associated data: a u16 count, then sorted entries."""
     if not context:
         return EMPTY_CONTEXT
-    items = list(context.items())
-    for key, _ in items:
+    pack = _U16.pack
+    parts = [pack(len(context))]
+    try:
+        keys = sorted(context)
+    except TypeError:
+        raise TypeError("context keys must be str") from None
+    for key in keys:
         if not isinstance(key, str):
             raise TypeError(f"context keys must be str, not {type(key).__name__}")
-    items.sort(key=lambda item: item[0])
-    parts = [_U16.pack(len(items))]
-    for key, value in items:
-        parts.append(encode_field(key))
-        parts.append(encode_field(context_value_text(value)))
+        value = context[key]
+        raw_key = key.encode("utf-8")
+        raw_value = (value if type(value) is str else context_value_text(value)).encode("utf-8")
+        if len(raw_key) > MAX_CONTEXT_FIELD_BYTES or len(raw_value) > MAX_CONTEXT_FIELD_BYTES:
+            raise ValueError(f"context field {key[:32]!r} exceeds {MAX_CONTEXT_FIELD_BYTES} bytes")
+        parts += (pack(len(raw_key)), raw_key, pack(len(raw_value)), raw_value)
     return b"".join(parts)
 
 
