@@ -133,10 +133,12 @@ def _demo(workdir: Path) -> int:
     print()
     print("Decrypted through the vault (each value bound to its domain, table, column and row):")
     for row in rows:
-        values = {name: ciphers[name].decrypt(getattr(row, name), row=row.id) for name in COLUMNS}
+        values = {
+            name: str(ciphers[name].decrypt(getattr(row, name), row=row.id)) for name in COLUMNS
+        }
         print(
             f"  {row.id[:8]}  {values['name']:<15} {values['email']:<25} born {values['birth_date']}  "
-            f"premium {values['monthly_premium']}  note: {str(values['health_note'])[:28]}..."
+            f"premium {values['monthly_premium']}  note: {values['health_note'][:28]}..."
         )
     print()
 
