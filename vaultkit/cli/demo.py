@@ -133,12 +133,10 @@ def _demo(workdir: Path) -> int:
     print()
     print("Decrypted through the vault (each value bound to its domain, table, column and row):")
     for row in rows:
-        values = {
-            name: str(ciphers[name].decrypt(getattr(row, name), row=row.id)) for name in COLUMNS
-        }
+        plain = {n: str(ciphers[n].decrypt(getattr(row, n), row=row.id)) for n in COLUMNS}
         print(
-            f"  {row.id[:8]}  {values['name']:<15} {values['email']:<25} born {values['birth_date']}  "
-            f"premium {values['monthly_premium']}  note: {values['health_note'][:28]}..."
+            f"  {row.id[:8]}  {plain['name']:<15} {plain['email']:<25} born {plain['birth_date']}  "
+            f"premium {plain['monthly_premium']}  note: {plain['health_note'][:28]}..."
         )
     print()
 
