@@ -113,11 +113,9 @@ def _demo(workdir: Path) -> int:
     with engine.begin() as conn:
         for member in MEMBERS:
             member_id = str(uuid.uuid4())
-            row = {"id": member_id}
-            row.update(
-                {name: ciphers[name].encrypt(member[name], row=member_id) for name in COLUMNS}
-            )
-            conn.execute(members.insert().values(**row))
+            values: dict[str, str | bytes] = {"id": member_id}
+            values.update({n: ciphers[n].encrypt(member[n], row=member_id) for n in COLUMNS})
+            conn.execute(members.insert().values(**values))
 
     with engine.connect() as conn:
         rows = conn.execute(sa.select(members).order_by(members.c.id)).all()
