@@ -1,0 +1,74 @@
+"""Shared fixtures: providers, vaults, and the PostgreSQL server the integration tests use."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from vaultkit import Vault
+from vaultkit.store import MemoryKeyStore
+from vaultkit.testing import InMemoryKeyProvider
+
+POSTGRES_DSN = os.environ.get(
+    "VAULTKIT_TEST_POSTGRES_DSN", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REQUIRE_POSTGRES = os.environ.get("VAULTKIT_REQUIRE_POSTGRES") == "1"
+
+
+@pytest.fixture
+def provider() -> InMemoryKeyProvider:
+    """An in-memory provider with KEKs for the three usual domains."""
+    return InMemoryKeyProvider(["identity", "financial", "medical"])
+
+
+@pytest.fixture
+def vault(provider: InMemoryKeyProvider) -> Iterator[Vault]:
+    """A vault over in-memory keys and an in-memory key store."""
+    with Vault(
+        provider=provider, store=MemoryKeyStore(), domains=["identity", "financial", "medical"]
+    ) as v:
+        yield v
+
+
+def _postgres_engine() -> sa.Engine:
+    engine = sa.create_engine(POSTGRES_DSN)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means no server here
+        engine.dispose()
+        message = f"no PostgreSQL server at {POSTGRES_DSN}: {type(exc).__name__}"
+        if REQUIRE_POSTGRES:
+            pytest.fail(message + " (VAULTKIT_REQUIRE_POSTGRES=1)")
+        pytest.skip(message)
+    return engine
+
+
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[sa.Engine]:
+    """An engine on the test PostgreSQL server; skips, or fails in CI, when none answers."""
+    engine = _postgres_engine()
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_schema(postgres_engine: sa.Engine) -> Iterator[str]:
+    """A fresh schema for one test, dropped afterwards."""
+    name = f"vk_test_{uuid.uuid4().hex[:12]}"
+    with postgres_engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+    yield name
+    with postgres_engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
+
+
+@pytest.fixture
+def postgres_url(postgres_engine: sa.Engine, postgres_schema: str) -> str:
+    """A URL whose connections use a fresh schema as their search path."""
+    url = postgres_engine.url.update_query_dict({"options": f"-csearch_path={postgres_schema}"})
+    return url.render_as_string(hide_password=False)
