@@ -39,7 +39,7 @@ def _postgres_engine() -> sa.Engine:
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("select 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means no server here
+    except Exception as exc:
         engine.dispose()
         message = f"no PostgreSQL server at {POSTGRES_DSN}: {type(exc).__name__}"
         if REQUIRE_POSTGRES:

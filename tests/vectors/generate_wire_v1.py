@@ -40,7 +40,13 @@ CASES: list[tuple[str, str, dict[str, Any] | None, Any, int | None]] = [
     ("int zero", "financial", {"table": "t", "column": "c"}, 0, None),
     ("bool", "medical", {"table": "t", "column": "c"}, True, None),
     ("float negative zero", "medical", {"table": "t", "column": "c"}, -0.0, None),
-    ("Decimal keeps its exponent", "financial", {"table": "t", "column": "c"}, Decimal("42.50"), None),
+    (
+        "Decimal keeps its exponent",
+        "financial",
+        {"table": "t", "column": "c"},
+        Decimal("42.50"),
+        None,
+    ),
     ("date", "identity", {"table": "t", "column": "c"}, dt.date(1978, 3, 14), None),
     (
         "aware datetime keeps its offset",
@@ -49,8 +55,20 @@ CASES: list[tuple[str, str, dict[str, Any] | None, Any, int | None]] = [
         dt.datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2))),
         None,
     ),
-    ("naive datetime stays naive", "medical", {"table": "t", "column": "c"}, dt.datetime(2026, 3, 1, 9, 30), None),
-    ("UUID", "identity", {"table": "t", "column": "c"}, uuid.UUID("12345678-1234-5678-1234-567812345678"), None),
+    (
+        "naive datetime stays naive",
+        "medical",
+        {"table": "t", "column": "c"},
+        dt.datetime(2026, 3, 1, 9, 30),
+        None,
+    ),
+    (
+        "UUID",
+        "identity",
+        {"table": "t", "column": "c"},
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        None,
+    ),
     ("JSON object", "medical", {"table": "chats", "column": "body"}, {"b": [1, 2], "a": "x"}, None),
     ("integer row key", "identity", {"table": "t", "column": "c", "row": 42}, "row 42", None),
 ]
@@ -177,15 +195,25 @@ def _document(kind: str, vectors: list[dict[str, Any]]) -> dict[str, Any]:
 def render() -> dict[str, str]:
     """Return file name -> JSON text of both vector files."""
     return {
-        "wire_v1_valid.json": json.dumps(_document("valid", build_valid()), indent=2, ensure_ascii=False) + "\n",
-        "wire_v1_invalid.json": json.dumps(_document("invalid", build_invalid()), indent=2, ensure_ascii=False) + "\n",
+        "wire_v1_valid.json": json.dumps(
+            _document("valid", build_valid()), indent=2, ensure_ascii=False
+        )
+        + "\n",
+        "wire_v1_invalid.json": json.dumps(
+            _document("invalid", build_invalid()), indent=2, ensure_ascii=False
+        )
+        + "\n",
     }
 
 
 if __name__ == "__main__":
     for name, text in render().items():
         target = HERE / name
-        if target.exists() and target.read_text(encoding="utf-8") != text and "--force" not in sys.argv:
+        if (
+            target.exists()
+            and target.read_text(encoding="utf-8") != text
+            and "--force" not in sys.argv
+        ):
             sys.exit(f"{name} exists and differs; released vector files are never edited")
         target.write_text(text, encoding="utf-8")
         print(f"wrote {target}")

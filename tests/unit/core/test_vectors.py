@@ -31,11 +31,11 @@ VALID = json.loads((VECTORS / "wire_v1_valid.json").read_text(encoding="utf-8"))
 INVALID = json.loads((VECTORS / "wire_v1_invalid.json").read_text(encoding="utf-8"))
 
 
-class Unsupported(Exception):
+class UnsupportedError(Exception):
     """The independent decoder met a version or suite it does not know."""
 
 
-class Rejected(Exception):
+class RejectedError(Exception):
     """The independent decoder could not authenticate the value."""
 
 
@@ -43,19 +43,21 @@ def _u16(data: bytes) -> bytes:
     return struct.pack(">H", len(data)) + data
 
 
-def independent_decode(blob: bytes, dek: bytes, domain: str, context: dict[str, Any] | None) -> bytes:
+def independent_decode(
+    blob: bytes, dek: bytes, domain: str, context: dict[str, Any] | None
+) -> bytes:
     """Return the typed plaintext of a v1 value, following docs/wire-format.md step by step."""
     if len(blob) < 81 or blob[:2] != b"\xf6\x56":
-        raise Rejected
+        raise RejectedError
     if blob[2] != 1 or blob[3] != 1:
-        raise Unsupported
+        raise UnsupportedError
     dek_id, commitment, nonce, body = blob[4:20], blob[20:52], blob[52:64], blob[64:]
 
     def hkdf(info: bytes) -> bytes:
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=dek_id, info=info).derive(dek)
 
     if commitment != hkdf(b"vaultkit v1 key commitment"):
-        raise Rejected
+        raise RejectedError
     entries = sorted((context or {}).items())
     aad = blob[:52] + _u16(domain.encode()) + struct.pack(">H", len(entries))
     for key, value in entries:
@@ -63,7 +65,7 @@ def independent_decode(blob: bytes, dek: bytes, domain: str, context: dict[str, 
     try:
         return AESGCM(hkdf(b"vaultkit v1 AES-256-GCM key")).decrypt(nonce, body, aad)
     except Exception:
-        raise Rejected from None
+        raise RejectedError from None
 
 
 def typed(plaintext: bytes) -> Any:
@@ -112,7 +114,9 @@ def vault_holding_the_vector_dek(vector: dict[str, Any]) -> Vault:
         if domain != vector["domain"]:
             continue
         ref = provider.primary(domain)
-        wrapped = provider.wrap(ref, bytes.fromhex(vector["dek"]), context=wrap_context(domain, dek_id))
+        wrapped = provider.wrap(
+            ref, bytes.fromhex(vector["dek"]), context=wrap_context(domain, dek_id)
+        )
         store.insert(
             DataKeyRecord(
                 dek_id=dek_id,
@@ -132,7 +136,9 @@ def vault_holding_the_vector_dek(vector: dict[str, Any]) -> Vault:
 class TestValidVectors:
     def test_independent_decoder_reads_it(self, v: dict[str, Any]) -> None:
         """The decoder written from the document alone recovers the encoded plaintext and value."""
-        plain = independent_decode(bytes.fromhex(v["ciphertext"]), bytes.fromhex(v["dek"]), v["domain"], v["context"])
+        plain = independent_decode(
+            bytes.fromhex(v["ciphertext"]), bytes.fromhex(v["dek"]), v["domain"], v["context"]
+        )
         assert plain.hex() == v["encoded_plaintext"]
         got, want = typed(plain), expected_value(v["value"])
         assert got == want and type(got) is type(want)
@@ -140,7 +146,9 @@ class TestValidVectors:
     def test_vault_decrypts_it(self, v: dict[str, Any]) -> None:
         """vaultkit's own decrypt returns the same value, of the same type."""
         with vault_holding_the_vector_dek(v) as vault:
-            got = vault.decrypt(bytes.fromhex(v["ciphertext"]), context=v["context"], domain=v["domain"])
+            got = vault.decrypt(
+                bytes.fromhex(v["ciphertext"]), context=v["context"], domain=v["domain"]
+            )
         want = expected_value(v["value"])
         assert got == want and type(got) is type(want)
         if isinstance(want, dt.datetime):
@@ -149,13 +157,17 @@ class TestValidVectors:
             assert str(got) == str(want)  # keeps -0.0
 
 
-@pytest.mark.parametrize("v", INVALID["vectors"], ids=[v["description"] for v in INVALID["vectors"]])
+@pytest.mark.parametrize(
+    "v", INVALID["vectors"], ids=[v["description"] for v in INVALID["vectors"]]
+)
 class TestInvalidVectors:
     def test_independent_decoder_rejects_it(self, v: dict[str, Any]) -> None:
         """The independent decoder refuses every damaged vector, in the documented way."""
-        expected = Unsupported if v["error"] == "unsupported" else Rejected
+        expected = UnsupportedError if v["error"] == "unsupported" else RejectedError
         with pytest.raises(expected):
-            independent_decode(bytes.fromhex(v["ciphertext"]), bytes.fromhex(v["dek"]), v["domain"], v["context"])
+            independent_decode(
+                bytes.fromhex(v["ciphertext"]), bytes.fromhex(v["dek"]), v["domain"], v["context"]
+            )
 
     def test_vault_rejects_it(self, v: dict[str, Any]) -> None:
         """Vault.decrypt refuses it with DecryptionError (UnsupportedFormatError for versions)."""
@@ -169,7 +181,9 @@ class TestInvalidVectors:
 
 def test_generator_reproduces_the_committed_files() -> None:
     """The generator, run with today's encoder, writes the released files byte for byte."""
-    spec = importlib.util.spec_from_file_location("generate_wire_v1", VECTORS / "generate_wire_v1.py")
+    spec = importlib.util.spec_from_file_location(
+        "generate_wire_v1", VECTORS / "generate_wire_v1.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

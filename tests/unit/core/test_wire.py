@@ -47,7 +47,7 @@ class TestHeader:
         """No UTF-8 text can start with the magic, so legacy plaintext is never mistaken for it."""
         with pytest.raises(UnicodeDecodeError):
             wire.MAGIC.decode("utf-8")
-        assert not wire.is_vaultkit_value("Jan".encode())
+        assert not wire.is_vaultkit_value(b"Jan")
         assert wire.is_vaultkit_value(wire.build_header(DEK_ID, COMMIT))
 
     def test_bad_sizes_are_refused(self) -> None:
@@ -67,7 +67,10 @@ class TestContext:
         """The block is u16-length-prefixed UTF-8 in sorted key order, after the domain."""
         block = wire.context_block("identity", {"table": "t", "column": "c"})
         assert block == (
-            b"\x00\x08identity" + b"\x00\x02" + b"\x00\x06column\x00\x01c" + b"\x00\x05table\x00\x01t"
+            b"\x00\x08identity"
+            + b"\x00\x02"
+            + b"\x00\x06column\x00\x01c"
+            + b"\x00\x05table\x00\x01t"
         )
 
     def test_empty_and_missing_context_are_equal(self) -> None:
