@@ -103,7 +103,13 @@ class SQLKeyStore:
             sa.Column("name", sa.String(64), primary_key=True),
             sa.Column("value", sa.String(255), nullable=False),
         )
-        self._open(create=create)
+        try:
+            self._open(create=create)
+        except BaseException:
+            # Do not leave the connections of an engine we made behind a refused store.
+            if self._owns_engine:
+                engine.dispose()
+            raise
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(
                 after_in_child=functools.partial(_dispose_after_fork, weakref.ref(self))
