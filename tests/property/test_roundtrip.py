@@ -1,0 +1,148 @@
+"""Property tests: round trips of every type, and every kind of damage rejected."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vaultkit import Vault
+from vaultkit.errors import DecryptionError
+from vaultkit.store import MemoryKeyStore
+from vaultkit.testing import InMemoryKeyProvider
+
+VAULT = Vault(
+    provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["identity", "medical"]
+)
+CTX = {"table": "members", "column": "note", "row": "m-1"}
+
+texts = st.text(st.characters(exclude_categories=("Cs",)))
+json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | texts
+)
+json_values = st.recursive(
+    json_leaf,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
+    max_leaves=12,
+)
+values = (
+    texts
+    | st.binary()
+    | st.integers()
+    | st.booleans()
+    | st.floats(allow_nan=False)
+    | st.decimals(allow_nan=False)
+    | st.dates()
+    | st.datetimes()
+    | st.datetimes(timezones=st.timezones())
+    | st.uuids()
+    | st.dictionaries(texts, json_values, max_size=5)
+    | st.lists(json_values, max_size=5)
+)
+contexts = st.dictionaries(
+    st.text(min_size=1, max_size=20), st.text(max_size=40) | st.integers() | st.uuids(), max_size=4
+)
+
+
+def same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dt.datetime) and a.tzinfo is not None:
+        return a == b and a.utcoffset() == b.utcoffset()
+    if isinstance(a, Decimal):
+        return str(a) == str(b)
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    return bool(a == b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=values,
+    context=contexts,
+    domain=st.sampled_from(["identity", "medical"]),
+    pad=st.none() | st.integers(1, 64),
+)
+def test_decrypt_inverts_encrypt(
+    value: Any, context: dict[str, Any], domain: str, pad: int | None
+) -> None:
+    """decrypt(encrypt(x)) is x, of the same type, for every supported type, context and padding."""
+    blob = VAULT.encrypt(value, domain=domain, context=context, pad_to=pad)
+    assert same(VAULT.decrypt(blob, context=context, domain=domain), value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=values, context=contexts, other=contexts)
+def test_other_context_is_rejected(
+    value: Any, context: dict[str, Any], other: dict[str, Any]
+) -> None:
+    """A value decrypted under any other context fails."""
+    from vaultkit.core import wire
+
+    blob = VAULT.encrypt(value, domain="identity", context=context)
+    if wire.context_fields(other) == wire.context_fields(context):
+        return
+    with pytest.raises(DecryptionError):
+        VAULT.decrypt(blob, context=other)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(junk=st.binary(max_size=300), prefix=st.booleans())
+def test_arbitrary_bytes_raise_only_decryption_error(junk: bytes, prefix: bool) -> None:
+    """Decrypting arbitrary bytes, with or without a real header in front, raises DecryptionError only."""
+    if prefix:
+        junk = VAULT.encrypt("seed", domain="identity")[:64] + junk
+    with pytest.raises(DecryptionError):
+        VAULT.decrypt(junk, context=CTX)
+
+
+class TestExhaustiveDamage:
+    """Every single-bit flip and every truncation of one ciphertext is rejected."""
+
+    blob = VAULT.encrypt("Jan Peeters, diabetes type 2", domain="medical", context=CTX)
+
+    def test_every_bit_flip(self) -> None:
+        """Each of the 8 x len(value) single-bit flips raises DecryptionError."""
+        accepted = []
+        for index in range(len(self.blob)):
+            for bit in range(8):
+                damaged = bytearray(self.blob)
+                damaged[index] ^= 1 << bit
+                try:
+                    VAULT.decrypt(bytes(damaged), context=CTX)
+                    accepted.append((index, bit))
+                except DecryptionError:
+                    pass
+        assert accepted == []
+        assert VAULT.decrypt(self.blob, context=CTX) == "Jan Peeters, diabetes type 2"
+
+    def test_every_truncation_and_extension(self) -> None:
+        """Every proper prefix, and the value with a byte appended, raise DecryptionError."""
+        for end in range(len(self.blob)):
+            with pytest.raises(DecryptionError):
+                VAULT.decrypt(self.blob[:end], context=CTX)
+        with pytest.raises(DecryptionError):
+            VAULT.decrypt(self.blob + b"\x00", context=CTX)
+
+    def test_other_domain_and_no_context(self) -> None:
+        """The same value under another claimed domain, or without context, is rejected."""
+        with pytest.raises(DecryptionError):
+            VAULT.decrypt(self.blob, context=CTX, domain="identity")
+        with pytest.raises(DecryptionError):
+            VAULT.decrypt(self.blob)
+
+
+@given(st.uuids())
+def test_uuid_row_keys_equal_their_text(row: uuid.UUID) -> None:
+    """A UUID row key and its canonical text bind identically."""
+    blob = VAULT.encrypt("x", domain="identity", context={"row": row})
+    assert VAULT.decrypt(blob, context={"row": str(row)}) == "x"

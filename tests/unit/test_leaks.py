@@ -1,0 +1,198 @@
+"""Leak test: plant known secrets, provoke every kind of output, and search it all.
+
+Secrets planted: a plaintext, a master key, a passphrase, the unwrapped DEK, and a ciphertext.
+Searched: repr() and str() of every public object, every error message raised on the way, every
+log record at DEBUG level, and the output of the command line.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from vaultkit import KeyDomain, KeyRef, Vault
+from vaultkit._redact import Secret
+from vaultkit.cli.main import main
+from vaultkit.core.envelope import wrap_context
+from vaultkit.errors import VaultkitError
+from vaultkit.keys import LocalKeyProvider
+from vaultkit.keys.local import MASTER_KEY_ENV, MASTER_PASSPHRASE_ENV
+from vaultkit.store import SQLKeyStore
+
+PLAINTEXT = "PLANTED-PLAINTEXT-Jan-Peeters-8f3a"
+MASTER = bytes.fromhex("5a" * 16 + "a5" * 16)
+PASSPHRASE = "PLANTED-PASSPHRASE-correct-horse-77"
+
+
+def forms(secret: bytes | str) -> list[str]:
+    """The shapes in which a secret could leak into text."""
+    raw = secret.encode() if isinstance(secret, str) else secret
+    out = [raw.hex(), base64.b64encode(raw).decode(), repr(raw)[2:-1]]
+    if isinstance(secret, str):
+        out.append(secret)
+    # Also look for long fragments, in case a message truncates.
+    out += [raw.hex()[:24], base64.b64encode(raw).decode()[:20]]
+    return out
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def add(self, *objects: object) -> None:
+        for obj in objects:
+            self.texts.append(repr(obj))
+            self.texts.append(str(obj))
+
+    def expect_error(self, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except (VaultkitError, TypeError, ValueError) as exc:
+            self.texts.append(f"{type(exc).__name__}: {exc}")
+            cause = exc.__cause__ or exc.__context__
+            if cause is not None and not exc.__suppress_context__:
+                self.texts.append(repr(cause))
+        else:
+            raise AssertionError("expected an error")
+
+    def search(self, secrets: dict[str, bytes | str]) -> list[str]:
+        found = []
+        for name, secret in secrets.items():
+            for form in forms(secret):
+                for text in self.texts:
+                    if form and form in text:
+                        found.append(f"{name} found in: {text[:120]}")
+        return found
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[str]]:
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    handler = Keep(logging.DEBUG)
+    logger = logging.getLogger("vaultkit")
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+
+
+def test_no_secret_reaches_any_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No planted secret appears in reprs, errors, logs or CLI output."""
+    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
+    monkeypatch.delenv(MASTER_PASSPHRASE_ENV, raising=False)
+    seen = Collector()
+    keyring = tmp_path / "keyring.json"
+    db = f"sqlite:///{tmp_path / 'app.db'}"
+    with captured_logs() as logs:
+        provider = LocalKeyProvider(keyring, master_key=MASTER)
+        store = SQLKeyStore(db)
+        vault = Vault(
+            provider=provider, store=store, domains=[KeyDomain("identity"), KeyDomain("medical")]
+        )
+        ctx = {"table": "members", "column": "name", "row": "m-17"}
+        blob = vault.encrypt(PLAINTEXT, domain="identity", context=ctx)
+        (record,) = store.records()
+        dek = provider.unwrap(
+            KeyRef(record.domain, record.kek_id, record.kek_version),
+            record.wrapped,
+            context=wrap_context(record.domain, record.dek_id),
+        )
+        field = vault.field("identity", table="members", column="name", row_bound=True)
+        key = vault._cache.by_id[record.dek_id]
+        seen.add(
+            vault,
+            provider,
+            store,
+            record,
+            field,
+            key,
+            vault.cache_info(),
+            KeyDomain("identity"),
+            provider.primary("identity"),
+            Secret(PLAINTEXT),
+            Secret(MASTER),
+        )
+
+        seen.expect_error(lambda: vault.decrypt(blob, context={**ctx, "row": "m-18"}))
+        seen.expect_error(lambda: vault.decrypt(blob[:-1], context=ctx))
+        seen.expect_error(lambda: vault.decrypt(blob, context=ctx, domain="medical"))
+        seen.expect_error(lambda: vault.decrypt(PLAINTEXT.encode() * 4))
+        seen.expect_error(lambda: vault.decrypt(PLAINTEXT))  # type: ignore[arg-type]
+        seen.expect_error(lambda: vault.encrypt(PLAINTEXT, domain="criminal"))
+        seen.expect_error(lambda: vault.encrypt({PLAINTEXT}, domain="identity"))  # type: ignore[arg-type]
+        seen.expect_error(lambda: vault.encrypt(PLAINTEXT + "\ud800", domain="identity"))
+        seen.expect_error(
+            lambda: vault.encrypt(PLAINTEXT, domain="identity", context={"row": b"x"})
+        )  # type: ignore[dict-item]
+        seen.expect_error(lambda: field.encrypt(PLAINTEXT))
+        seen.expect_error(lambda: LocalKeyProvider(keyring, master_key=bytes(32)))
+        seen.expect_error(lambda: LocalKeyProvider(keyring, passphrase=PASSPHRASE))
+        monkeypatch.setenv(MASTER_KEY_ENV, PASSPHRASE)
+        seen.expect_error(lambda: LocalKeyProvider(keyring))
+        monkeypatch.delenv(MASTER_KEY_ENV)
+        seen.expect_error(
+            lambda: provider.unwrap(
+                KeyRef("identity", record.kek_id, 1), record.wrapped, context=b"other"
+            )
+        )
+        seen.expect_error(lambda: SQLKeyStore(f"postgresql+psycopg://u:{PASSPHRASE}@127.0.0.1:1/x"))
+
+        pass_ring = tmp_path / "pass.json"
+        LocalKeyProvider(
+            pass_ring,
+            passphrase=PASSPHRASE,
+            kdf_parameters={"time_cost": 1, "memory_cost": 1024, "parallelism": 1},
+        )
+        seen.expect_error(lambda: LocalKeyProvider(pass_ring, passphrase=PASSPHRASE + "x"))
+        damaged = tmp_path / "damaged.json"
+        doc = json.loads(keyring.read_text())
+        doc["ciphertext"] = doc["ciphertext"][:-8] + "AAAAAAA="
+        damaged.write_text(json.dumps(doc))
+        seen.expect_error(lambda: LocalKeyProvider(damaged, master_key=MASTER))
+        vault.close()
+
+    # The command line: keys init with a master key in the environment and with a new one.
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(MASTER).decode())
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert (
+            main(["keys", "init", "--keyring", str(tmp_path / "cli.json"), "--domain", "medical"])
+            == 0
+        )
+        assert main(["keys", "init", "--keyring", str(tmp_path / "cli.json")]) == 3
+    monkeypatch.delenv(MASTER_KEY_ENV)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["keys", "init", "--keyring", str(tmp_path / "new.json")]) == 0
+    new_master = (tmp_path / "new.json.master-key").read_text().strip()
+    seen.texts += [out.getvalue(), err.getvalue(), *logs]
+
+    leaks = seen.search(
+        {
+            "plaintext": PLAINTEXT,
+            "master key": MASTER,
+            "passphrase": PASSPHRASE,
+            "DEK": dek,
+            "derived key commitment is public, DEK is not": dek,
+            "ciphertext": blob[52:],
+            "generated master key": base64.b64decode(new_master),
+        }
+    )
+    assert leaks == []
+    assert len(seen.texts) > 40  # the search did look at something
+    assert any("DEK" in line for line in logs)  # and logging did happen
