@@ -5,8 +5,17 @@ provider. Raw primitives live in :mod:`vaultkit.core`, documented as hazardous.
 """
 
 from vaultkit._vault import CacheInfo, FieldCipher, Vault
+from vaultkit.core.wire import ContextValue
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider, KeyRef
 
-__all__ = ["CacheInfo", "FieldCipher", "KeyDomain", "KeyProvider", "KeyRef", "Vault"]
+__all__ = [
+    "CacheInfo",
+    "ContextValue",
+    "FieldCipher",
+    "KeyDomain",
+    "KeyProvider",
+    "KeyRef",
+    "Vault",
+]
 __version__ = "0.1.0.dev0"

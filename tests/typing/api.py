@@ -1,0 +1,48 @@
+"""Exercises the public API for mypy --strict; never run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from vaultkit import CacheInfo, ContextValue, FieldCipher, KeyDomain, KeyProvider, KeyRef, Vault
+from vaultkit.errors import DecryptionError, VaultkitError
+from vaultkit.keys import LocalKeyProvider, generate_master_key
+from vaultkit.store import DataKeyRecord, DekState, KeyStore, MemoryKeyStore, SQLKeyStore
+from vaultkit.testing import CountingKeyProvider, InMemoryKeyProvider
+
+
+def typed_usage() -> None:
+    provider: KeyProvider = LocalKeyProvider("keyring.json", master_key=b"\x00" * 32)
+    memory: KeyProvider = InMemoryKeyProvider(["identity"])
+    counting: KeyProvider = CountingKeyProvider(memory)
+    store: KeyStore = SQLKeyStore(sa.create_engine("sqlite://"))
+    vault = Vault(
+        provider=provider,
+        store=store,
+        domains=[KeyDomain("identity"), "medical"],
+        providers={"medical": counting},
+        dek_max_age=dt.timedelta(days=1),
+    )
+    context: dict[str, ContextValue] = {"table": "members", "column": "name", "row": uuid.uuid4()}
+    blob: bytes = vault.encrypt("Jan", domain="identity", context=context)
+    blob = vault.encrypt(Decimal("1.5"), domain="identity", pad_to=16)
+    value = vault.decrypt(blob, context=context, domain="identity")
+    if isinstance(value, str):
+        value.upper()
+    field: FieldCipher = vault.field("medical", table="members", column="note", row_bound=True)
+    field.decrypt(field.encrypt({"a": [1]}, row=17), row=17)
+    info: CacheInfo = vault.cache_info()
+    ref: KeyRef = provider.primary("identity")
+    records: list[DataKeyRecord] = list(MemoryKeyStore().records(state=DekState.ACTIVE))
+    key_text: str = generate_master_key()
+    try:
+        vault.decrypt(b"")
+    except DecryptionError as exc:
+        error: VaultkitError = exc
+    with vault:
+        pass
+    del info, ref, records, key_text, error
