@@ -14,7 +14,8 @@ tag   type             payload
 05    float            IEEE 754 binary64 big-endian (``-0.0``, infinities and NaN kept)
 06    Decimal          ``str(Decimal)``, ASCII: sign, digits and exponent survive exactly
 07    date             ISO 8601 ``YYYY-MM-DD``
-08    datetime, aware  ISO 8601 with UTC offset; a named zone comes back as its fixed offset
+08    datetime, aware  ISO 8601 with the UTC offset ``utcoffset()`` gives (``fold`` included); a
+                       named zone comes back as that fixed offset, the same instant
 09    datetime, naive  ISO 8601 without offset; comes back naive, nothing assumed or converted
 0A    UUID             16 bytes
 0B    dict or list     JSON, sorted keys, no spaces, UTF-8, NaN refused

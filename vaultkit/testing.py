@@ -24,7 +24,7 @@ from vaultkit.store import MemoryKeyStore
 __all__ = ["CountingKeyProvider", "InMemoryKeyProvider", "MemoryKeyStore"]
 
 
-class InMemoryKeyProvider(NoPickle):
+class InMemoryKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
     """A key provider with KEKs in memory only. For tests; everything is lost with the process.
 
     Args:
@@ -76,14 +76,6 @@ class InMemoryKeyProvider(NoPickle):
                 f"KEK {ref.key_id} version {ref.version} is unknown to this provider"
             )
         return keks[ref.version - 1]
-
-    def wrap(self, ref: KeyRef, data_key: bytes, *, context: bytes) -> bytes:
-        return _kekwrap.wrap(self._cipher(ref), data_key, context)
-
-    def unwrap(self, ref: KeyRef, wrapped: bytes, *, context: bytes) -> bytes:
-        return _kekwrap.unwrap(
-            self._cipher(ref), wrapped, context, what=f"{ref.key_id} v{ref.version}"
-        )
 
     def __repr__(self) -> str:
         return f"InMemoryKeyProvider(domains={sorted(self._keks)!r})"

@@ -57,7 +57,11 @@ def same(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, dt.datetime) and a.tzinfo is not None:
-        return a == b and a.utcoffset() == b.utcoffset()
+        # Not `a == b`: PEP 495 makes comparisons across zones unequal for times in a fold or gap.
+        # The same wall time and the same offset are the same instant, as Python reports it.
+        return bool(
+            a.replace(tzinfo=None) == b.replace(tzinfo=None) and a.utcoffset() == b.utcoffset()
+        )
     if isinstance(a, Decimal):
         return str(a) == str(b)
     if isinstance(a, float):

@@ -12,6 +12,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vaultkit.errors import KeyProviderError
+from vaultkit.keys.provider import KeyRef
 
 WRAP_VERSION: Final = b"\x01"
 WRAPPED_SIZE: Final = 1 + 12 + 32 + 16
@@ -33,3 +34,20 @@ def unwrap(kek: AESGCM, wrapped: bytes, context: bytes, *, what: str) -> bytes:
         raise KeyProviderError(
             f"wrapped data key did not unwrap under {what}: wrong KEK, wrong context or damaged key row"
         ) from None
+
+
+class AESGCMWrapping:
+    """``wrap``/``unwrap`` for providers that hold their KEKs as ``AESGCM`` objects in process."""
+
+    __slots__ = ()
+
+    def _cipher(self, ref: KeyRef) -> AESGCM:
+        raise NotImplementedError
+
+    def wrap(self, ref: KeyRef, data_key: bytes, *, context: bytes) -> bytes:
+        """Encrypt a DEK under the KEK ``ref``, bound to ``context``."""
+        return wrap(self._cipher(ref), data_key, context)
+
+    def unwrap(self, ref: KeyRef, wrapped: bytes, *, context: bytes) -> bytes:
+        """Decrypt a wrapped DEK; fails unless ``ref`` and ``context`` are those it was wrapped with."""
+        return unwrap(self._cipher(ref), wrapped, context, what=f"{ref.key_id} v{ref.version}")

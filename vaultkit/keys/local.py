@@ -98,7 +98,7 @@ def _unb64(text: object, *, what: str) -> bytes:
         raise KeyProviderError(f"keyring file is damaged: {what} is not base64") from None
 
 
-class LocalKeyProvider(NoPickle):
+class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
     """Key provider backed by a keyring file encrypted under a master key.
 
     Args:
@@ -411,14 +411,6 @@ class LocalKeyProvider(NoPickle):
             if not isinstance(cipher, AESGCM):
                 raise KeyProviderError(f"keyring {self._path.name} is damaged")
             return cipher
-
-    def wrap(self, ref: KeyRef, data_key: bytes, *, context: bytes) -> bytes:
-        return _kekwrap.wrap(self._cipher(ref), data_key, context)
-
-    def unwrap(self, ref: KeyRef, wrapped: bytes, *, context: bytes) -> bytes:
-        return _kekwrap.unwrap(
-            self._cipher(ref), wrapped, context, what=f"{ref.key_id} v{ref.version}"
-        )
 
     def __repr__(self) -> str:
         return f"LocalKeyProvider(path={str(self._path)!r}, keyring_id={self._keyring_id!r})"
