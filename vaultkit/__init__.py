@@ -4,12 +4,13 @@ The safe API: a :class:`Vault` over key domains (:class:`KeyDomain`) whose KEKs 
 provider. Raw primitives live in :mod:`vaultkit.core`, documented as hazardous.
 """
 
-from vaultkit._vault import CacheInfo, FieldCipher, Vault
+from vaultkit._vault import BlindIndexKey, CacheInfo, FieldCipher, Vault
 from vaultkit.core.wire import ContextValue
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider, KeyRef
 
 __all__ = [
+    "BlindIndexKey",
     "CacheInfo",
     "ContextValue",
     "FieldCipher",

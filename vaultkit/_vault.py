@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import hmac
 import itertools
 import logging
@@ -23,12 +24,12 @@ from vaultkit._codec import PlainValue, decode_value, encode_value
 from vaultkit._redact import NoPickle
 from vaultkit.core import wire
 from vaultkit.core.envelope import DataKey, new_data_key, new_dek_id, wrap_context
-from vaultkit.errors import ConfigurationError, DecryptionError, DomainError
+from vaultkit.errors import ConfigurationError, DecryptionError, DomainError, KeyStoreError
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider, KeyRef
 from vaultkit.store import DataKeyRecord, DekState, KeyStore, SQLKeyStore
 
-__all__ = ["CacheInfo", "FieldCipher", "Vault"]
+__all__ = ["BlindIndexKey", "CacheInfo", "FieldCipher", "Vault"]
 
 log = logging.getLogger("vaultkit")
 
@@ -39,6 +40,7 @@ DEFAULT_MAX_AGE: Final = dt.timedelta(days=30)
 DEFAULT_CACHE_SIZE: Final = 1000  # unwrapped DEKs kept per vault
 DEFAULT_CACHE_TTL: Final = 600.0  # seconds before a cached DEK is fetched and unwrapped again
 _PURPOSE: Final = "data"
+_INDEX_PURPOSE: Final = "index"
 _H: Final = wire.HEADER_SIZE
 _P: Final = wire.PREFIX_SIZE
 _MIN: Final = wire.MIN_VALUE_SIZE
@@ -106,6 +108,40 @@ def _as_bytes(blob: object) -> bytes:
     if isinstance(blob, bytearray | memoryview):
         return bytes(blob)
     raise TypeError(f"ciphertext must be bytes, not {type(blob).__name__}")
+
+
+class BlindIndexKey(NoPickle):
+    """A keyed HMAC-SHA256 for one blind index: domain, table, column and version.
+
+    Holds key material: refuses pickling and copying; ``repr`` names only what it is for. The HMAC
+    inner and outer states are computed once, so each digest costs one ``copy`` and one update.
+    """
+
+    __slots__ = ("_base", "domain", "name", "version")
+
+    def __init__(self, key: bytes, *, domain: str, name: str, version: int) -> None:
+        self._base = hmac.new(key, digestmod=hashlib.sha256)
+        self.domain = domain
+        self.name = name
+        self.version = version
+
+    def digest(self, data: bytes) -> bytes:
+        """Return HMAC-SHA256(key, data), 32 bytes."""
+        mac = self._base.copy()
+        mac.update(data)
+        return mac.digest()
+
+    def __repr__(self) -> str:
+        return f"BlindIndexKey(domain={self.domain!r}, name={self.name!r}, version={self.version})"
+
+
+def _index_key_id(domain: str, name: str) -> bytes:
+    # Named keys get an id derived from their name (never from key material), so that processes
+    # creating the same index key at once collide on the primary key and converge on one key.
+    digest = hashlib.sha256(
+        b"vaultkit index key v1\x00" + wire.encode_field(domain) + wire.encode_field(name)
+    )
+    return digest.digest()[: wire.DEK_ID_SIZE]
 
 
 def _after_fork(ref: weakref.ReferenceType[Vault]) -> None:
@@ -208,6 +244,7 @@ class Vault(NoPickle):
         self._max_age = dek_max_age.total_seconds()
         self._cache = _KeyCache(cache_size)
         self._active: dict[str, _Active] = {}
+        self._index_keys: dict[tuple[str, str], BlindIndexKey] = {}
         self._lock = threading.RLock()
         self._closed = False
         if hasattr(os, "register_at_fork"):
@@ -288,15 +325,94 @@ class Vault(NoPickle):
         table: str,
         column: str,
         row_bound: bool = False,
+        pad_to: int | None = None,
     ) -> FieldCipher:
         """Return a cipher bound to one column, with its associated data prepared once.
 
         Values it makes are exactly those of :meth:`encrypt` with the context
-        ``{"table": table, "column": column}`` (plus ``"row"`` when ``row_bound``).
+        ``{"table": table, "column": column}`` (plus ``"row"`` when ``row_bound``), padded to a
+        multiple of ``pad_to`` bytes when given.
         """
         if domain not in self._domains:
             raise DomainError(f"domain {domain!r} is not declared in this vault")
-        return FieldCipher(self, domain, table=table, column=column, row_bound=row_bound)
+        return FieldCipher(
+            self, domain, table=table, column=column, row_bound=row_bound, pad_to=pad_to
+        )
+
+    def blind_index_key(
+        self, domain: str, *, table: str, column: str, version: int = 1
+    ) -> BlindIndexKey:
+        """Return the HMAC key of a blind index, creating it on first use.
+
+        Each (domain, table, column, version) has its own random 256-bit key, stored wrapped by the
+        domain's KEK in the key store (purpose ``index``), like a DEK. A new version is a new key;
+        old versions stay readable for the rotation window.
+
+        Raises:
+            DomainError: the domain is not declared in this vault.
+        """
+        if domain not in self._domains:
+            raise DomainError(f"domain {domain!r} is not declared in this vault")
+        if not isinstance(version, int) or not 1 <= version <= 255:
+            raise ConfigurationError("a blind-index version is an integer from 1 to 255")
+        name = f"{table}.{column}@v{version}"
+        cached = self._index_keys.get((domain, name))
+        if cached is not None:
+            return cached
+        with self._lock:
+            cached = self._index_keys.get((domain, name))
+            if cached is not None:
+                return cached
+            dek_id = _index_key_id(domain, name)
+            record = self._store.get(dek_id)
+            if record is None:
+                record = self._create_index_key(domain, name, dek_id)
+            if record.purpose != _INDEX_PURPOSE or record.domain != domain or record.name != name:
+                raise KeyStoreError(f"key-store row {dek_id.hex()} is not the index key {name}")
+            if record.state is DekState.DESTROYED:
+                raise KeyStoreError(f"the index key {name} in domain {domain} was destroyed")
+            provider = self._providers[domain]
+            ref = KeyRef(domain, record.kek_id, record.kek_version)
+            key = provider.unwrap(
+                ref, record.wrapped, context=wrap_context(domain, dek_id, _INDEX_PURPOSE)
+            )
+            index_key = BlindIndexKey(key, domain=domain, name=name, version=version)
+            self._index_keys[(domain, name)] = index_key
+            return index_key
+
+    def _create_index_key(self, domain: str, name: str, dek_id: bytes) -> DataKeyRecord:
+        provider = self._providers[domain]
+        ref = provider.primary(domain)
+        wrapped = provider.wrap(
+            ref, new_data_key(), context=wrap_context(domain, dek_id, _INDEX_PURPOSE)
+        )
+        record = DataKeyRecord(
+            dek_id=dek_id,
+            domain=domain,
+            purpose=_INDEX_PURPOSE,
+            kek_id=ref.key_id,
+            kek_version=ref.version,
+            wrapped=wrapped,
+            state=DekState.ACTIVE,
+            created_at=dt.datetime.now(dt.UTC),
+            name=name,
+        )
+        try:
+            self._store.insert(record)
+        except KeyStoreError:
+            # Another process created it first: use theirs.
+            existing = self._store.get(dek_id)
+            if existing is None:
+                raise
+            return existing
+        log.info(
+            "new blind-index key %s in domain %s under KEK %s v%d",
+            name,
+            domain,
+            ref.key_id,
+            ref.version,
+        )
+        return record
 
     def close(self) -> None:
         """Record encryption counts in the key store and release what the vault opened."""
@@ -464,6 +580,7 @@ class FieldCipher:
         "_domain",
         "_fixed",
         "_open",
+        "_pad",
         "_row_bound",
         "_seal",
         "column",
@@ -471,11 +588,19 @@ class FieldCipher:
     )
 
     def __init__(
-        self, vault: Vault, domain: str, *, table: str, column: str, row_bound: bool
+        self,
+        vault: Vault,
+        domain: str,
+        *,
+        table: str,
+        column: str,
+        row_bound: bool,
+        pad_to: int | None = None,
     ) -> None:
         self._seal = vault._seal
         self._open = vault._open
         self._domain = domain
+        self._pad = pad_to
         self.table = table
         self.column = column
         self._row_bound = row_bound
@@ -510,12 +635,17 @@ class FieldCipher:
     def encrypt(self, value: PlainValue, *, row: wire.ContextValue | None = None) -> bytes:
         """Encrypt one value of this column (``row`` is required when the column is row-bound)."""
         fields = self._fixed if row is None and not self._row_bound else self._fields(row)
-        return self._seal(self._domain, encode_value(value), fields)
+        return self._seal(self._domain, encode_value(value, pad_to=self._pad), fields)
 
     def decrypt(self, blob: bytes, *, row: wire.ContextValue | None = None) -> PlainValue:
         """Decrypt one value of this column."""
         fields = self._fixed if row is None and not self._row_bound else self._fields(row)
         return self._open(blob if type(blob) is bytes else _as_bytes(blob), fields, self._domain)
+
+    @property
+    def domain(self) -> str:
+        """The key domain of this column."""
+        return self._domain
 
     def __repr__(self) -> str:
         return f"FieldCipher(domain={self._domain!r}, table={self.table!r}, column={self.column!r})"

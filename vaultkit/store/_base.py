@@ -45,6 +45,8 @@ class DataKeyRecord:
         created_at: creation time, timezone-aware UTC.
         subject: optional subject (a member id) for per-subject DEKs.
         encryptions: encryptions counted under this DEK, flushed at roll-over and close.
+        name: for named keys (blind-index keys), what the key is for, such as
+            ``members.email@v1``; ``None`` for data keys.
     """
 
     dek_id: bytes
@@ -57,6 +59,7 @@ class DataKeyRecord:
     created_at: dt.datetime
     subject: str | None = None
     encryptions: int = 0
+    name: str | None = None
 
 
 @runtime_checkable

@@ -5,7 +5,8 @@ Two tables, named with a configurable prefix (``vaultkit_`` by default):
 ``vaultkit_data_keys``
     one row per DEK: ``dek_id`` (32 hex digits, primary key), ``domain``, ``purpose``, ``kek_id``,
     ``kek_version``, ``wrapped`` (binary), ``state``, ``created_at`` (UTC), ``subject``,
-    ``encryptions``; indexed on ``(domain, state)``.
+    ``encryptions``, ``name`` (of a named key, such as a blind-index key); indexed on
+    ``(domain, state)``.
 ``vaultkit_meta``
     name/value pairs; ``key_store_schema`` holds the layout version. A store whose version is newer
     than this release's :data:`SCHEMA_VERSION` is refused, never misread or written to.
@@ -95,6 +96,7 @@ class SQLKeyStore:
             sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
             sa.Column("subject", sa.String(255), nullable=True),
             sa.Column("encryptions", sa.BigInteger, nullable=False, default=0),
+            sa.Column("name", sa.String(255), nullable=True),
             sa.Index(f"ix_{table_prefix}data_keys_domain_state", "domain", "state"),
         )
         self.meta = sa.Table(
@@ -193,6 +195,7 @@ class SQLKeyStore:
             created_at=created,
             subject=row.subject,
             encryptions=row.encryptions,
+            name=row.name,
         )
 
     def insert(self, record: DataKeyRecord) -> None:
@@ -207,6 +210,7 @@ class SQLKeyStore:
             "created_at": record.created_at.astimezone(dt.UTC),
             "subject": record.subject,
             "encryptions": record.encryptions,
+            "name": record.name,
         }
         try:
             with self.engine.begin() as conn:
