@@ -1,0 +1,99 @@
+"""SQLAlchemy integration: encrypted column types, blind indexes and migration helpers.
+
+Configure the vault once at start-up, then declare columns::
+
+    import vaultkit.sqla
+    from vaultkit.sqla import BlindIndex, Encrypted
+
+    vaultkit.sqla.configure(vault)
+
+    class Member(Base):
+        __tablename__ = "members"
+        id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+        email: Mapped[str] = mapped_column(Encrypted(String(320), domain="identity"))
+        email_index = BlindIndex("email", normalize=str.lower)
+        health_note: Mapped[str | None] = mapped_column(Encrypted(Text, domain="medical", row_key="id"))
+
+    session.scalars(select(Member).where(Member.email_index == "jan@example.be"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import MappedColumn, mapped_column
+
+from vaultkit.core import wire
+from vaultkit.errors import ConfigurationError
+from vaultkit.sqla import _hooks  # noqa: F401 - registers the statement and mapper hooks
+from vaultkit.sqla._registry import DEFAULT, configure, get_vault
+from vaultkit.sqla.types import BlindIndexType, Encrypted, EncryptedCell, RowBound
+
+__all__ = [
+    "BlindIndex",
+    "BlindIndexType",
+    "Encrypted",
+    "EncryptedCell",
+    "RowBound",
+    "configure",
+    "count_plaintext",
+    "get_vault",
+]
+
+
+def BlindIndex(  # noqa: N802 - declared like a column, named like a type
+    source: str,
+    *,
+    normalize: Callable[[Any], Any] | None = None,
+    version: int = 1,
+    query_versions: Sequence[int] | None = None,
+    bits: int | None = None,
+    domain: str | None = None,
+    vault: str = DEFAULT,
+) -> MappedColumn[bytes | None]:
+    """Declare a blind-index column for the encrypted column ``source`` of the same model.
+
+    The index column is kept in sync on every INSERT and UPDATE that writes ``source`` (ORM and
+    Core) and is indexed. Query it with the plaintext: ``Member.email_index == "jan@example.be"``
+    (one indexed lookup) or ``Member.email_index.in_([...])``. ``normalize`` is applied to values
+    written and looked up alike (for example ``str.lower``).
+
+    Key rotation: declare ``version=2, query_versions=(1, 2)``; new writes use version 2 and
+    lookups match either while the re-key job rewrites the old rows; then drop version 1 from
+    ``query_versions``. No new column is needed: each stored digest starts with its version.
+
+    .. versionadded:: 0.1.0
+    """
+    return mapped_column(
+        BlindIndexType(
+            source,
+            domain=domain,
+            version=version,
+            query_versions=query_versions,
+            bits=bits,
+            vault=vault,
+            normalize=normalize,
+        ),
+        index=True,
+        nullable=True,
+    )
+
+
+def count_plaintext(connection: sa.Connection | sa.orm.Session, column: Any) -> int:
+    """Count the rows whose value in the encrypted ``column`` is not yet a vaultkit ciphertext.
+
+    Use it while a column is in migration mode (``Encrypted(..., migrating=True)``) to see how many
+    legacy plaintext values remain; it reads only the first two bytes of each value, in SQL.
+    """
+    expr = column.expression if hasattr(column, "expression") else column
+    if not isinstance(getattr(expr, "type", None), Encrypted):
+        raise ConfigurationError("count_plaintext() takes an Encrypted column")
+    raw = sa.type_coerce(expr, sa.LargeBinary)
+    prefix = sa.func.substr(raw, 1, 2)
+    magic = sa.literal(wire.MAGIC, sa.LargeBinary)
+    query = sa.select(sa.func.count()).where(
+        raw.is_not(None), sa.or_(prefix.is_(None), prefix != magic)
+    )
+    return int(connection.execute(query).scalar_one())
