@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -72,3 +73,53 @@ def postgres_url(postgres_engine: sa.Engine, postgres_schema: str) -> str:
     """A URL whose connections use a fresh schema as their search path."""
     url = postgres_engine.url.update_query_dict({"options": f"-csearch_path={postgres_schema}"})
     return url.render_as_string(hide_password=False)
+
+
+MARIADB_DSN = os.environ.get(
+    "VAULTKIT_TEST_MARIADB_DSN", "mysql+pymysql://root@127.0.0.1:3306/test"
+)
+REQUIRE_MARIADB = os.environ.get("VAULTKIT_REQUIRE_MARIADB") == "1"
+
+
+@pytest.fixture(scope="session")
+def mariadb_engine() -> Iterator[sa.Engine]:
+    """An engine on the test MariaDB server; skips, or fails in CI, when none answers."""
+    engine = sa.create_engine(MARIADB_DSN)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except Exception as exc:  # any failure to connect means no server here
+        engine.dispose()
+        message = f"no MariaDB server at {MARIADB_DSN}: {type(exc).__name__}"
+        if REQUIRE_MARIADB:
+            pytest.fail(message + " (VAULTKIT_REQUIRE_MARIADB=1)")
+        pytest.skip(message)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def mariadb_url(mariadb_engine: sa.Engine) -> Iterator[str]:
+    """A URL of a fresh MariaDB database for one test, dropped afterwards."""
+    name = f"vk_test_{uuid.uuid4().hex[:12]}"
+    with mariadb_engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE `{name}`"))
+    yield mariadb_engine.url.set(database=name).render_as_string(hide_password=False)
+    with mariadb_engine.begin() as conn:
+        conn.execute(sa.text(f"DROP DATABASE `{name}`"))
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A URL of an empty database: an SQLite file, a PostgreSQL schema or a MariaDB database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'app.db'}"
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return str(request.getfixturevalue("mariadb_url"))

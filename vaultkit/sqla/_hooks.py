@@ -209,7 +209,12 @@ def _statement_values(statement: Insert | Update) -> dict[str, Any] | None:
         name = key if isinstance(key, str) else getattr(key, "key", None)
         if name is None:
             return None
-        out[name] = value.effective_value if isinstance(value, sa.BindParameter) else value
+        if isinstance(value, sa.BindParameter):
+            out[name] = value.effective_value
+        elif not isinstance(value, sa.ClauseElement):
+            out[name] = value
+        # Other SQL expressions (another column, a function) are computed by the database and
+        # written as they are; the application asked for exactly that.
     return out
 
 

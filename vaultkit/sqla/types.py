@@ -6,8 +6,9 @@ the inner type's Python type. The associated data binds each value to its domain
 and with ``row_key=`` to a stable key of its row. Crypto never runs in SQL.
 
 ``cache_ok = True`` is safe: SQLAlchemy builds a type's cache key from the attributes named like its
-``__init__`` parameters, and those are plain names and flags here (``domain="identity"``,
-``vault="default"``, the inner type's own key). The vault is looked up by name in
+positional-or-keyword ``__init__`` parameters (keyword-only ones are left out, so none is used
+here), and those are plain names and flags (``domain="identity"``, ``vault="default"``, the inner
+type's own key, the normalising function of a blind index). The vault is looked up by name in
 :mod:`vaultkit.sqla`'s registry; no vault object and no key ever sits in a type or a cache key.
 """
 
@@ -275,7 +276,8 @@ class Encrypted(TypeDecorator[Any]):
     def __init__(
         self,
         inner: TypeEngine[Any] | type[TypeEngine[Any]],
-        *,
+        # Not keyword-only, on purpose: SQLAlchemy builds the cache key from positional-or-keyword
+        # parameters only, and every parameter here changes what a value encrypts to.
         domain: str,
         row_key: str | None = None,
         migrating: bool = False,
@@ -502,7 +504,7 @@ class BlindIndexType(TypeDecorator[bytes]):
     def __init__(
         self,
         source: str,
-        *,
+        # Not keyword-only: see Encrypted.__init__ (all parameters belong in the cache key).
         domain: str | None = None,
         version: int = 1,
         query_versions: Sequence[int] | None = None,
@@ -526,7 +528,7 @@ class BlindIndexType(TypeDecorator[bytes]):
         self.query_versions = versions
         self.bits = bits
         self.vault = vault
-        self._normalize = normalize
+        self.normalize = normalize
         self._size = (bits or 256) // 8
         self._attached: tuple[str, str, str] | None = None  # table, source column, domain
         self._slot = _registry.slot(vault)
@@ -571,7 +573,7 @@ class BlindIndexType(TypeDecorator[bytes]):
             value = value.value
             if value is None:
                 return None
-        normalized = self._normalize(value) if self._normalize is not None else value
+        normalized = self.normalize(value) if self.normalize is not None else value
         version = self.version if version is None else version
         mac = self._key(version).digest(encode_value(normalized))
         data = mac[: self._size]
@@ -599,7 +601,7 @@ class BlindIndexType(TypeDecorator[bytes]):
             query_versions=self.query_versions,
             bits=self.bits,
             vault=self.vault,
-            normalize=self._normalize,
+            normalize=self.normalize,
         )
         copied._attached = self._attached
         return copied
@@ -635,10 +637,11 @@ class BlindIndexType(TypeDecorator[bytes]):
                 probes = self._probes(other[0])
                 if len(probes) == 1:
                     return super().operate(op, probes[0], **kwargs)
-                return self.expr.in_(probes)
+                return super().operate(operators.in_op, probes, **kwargs)
             if op is operators.in_op:
                 values = other[0]
-                return self.expr.in_([p for value in values for p in self._probes(value)])
+                probes = [p for value in values for p in self._probes(value)]
+                return super().operate(op, probes, **kwargs)
             raise _query_error(
                 _expr_name(self.expr), op, "A blind index answers equality (== and in_) only."
             )
