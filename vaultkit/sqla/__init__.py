@@ -37,6 +37,7 @@ __all__ = [
     "Encrypted",
     "EncryptedCell",
     "RowBound",
+    "alembic_render_item",
     "configure",
     "count_plaintext",
     "get_vault",
@@ -97,3 +98,16 @@ def count_plaintext(connection: sa.Connection | sa.orm.Session, column: Any) -> 
         raw.is_not(None), sa.or_(prefix.is_(None), prefix != magic)
     )
     return int(connection.execute(query).scalar_one())
+
+
+def alembic_render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+    """Alembic ``render_item`` hook: render vaultkit column types with their import.
+
+    In ``env.py``: ``context.configure(..., render_item=vaultkit.sqla.alembic_render_item)``.
+    Renders ``vaultkit.sqla.types.Encrypted(sa.String(length=320), domain='identity')``: names
+    and flags only, never a vault, key or secret.
+    """
+    if type_ == "type" and isinstance(obj, Encrypted | BlindIndexType):
+        autogen_context.imports.add("import vaultkit.sqla.types")
+        return f"vaultkit.sqla.types.{obj!r}"
+    return False

@@ -106,16 +106,9 @@ def _column_attached(column: sa.Column[Any], table: Any) -> None:
         if column_type._attached is not None and column_type._attached[0] != table.name:
             column_type = column_type.copy()
             column.type = column_type
-        source = table.columns.get(column_type.source)
-        domain = column_type.domain
-        if domain is None:
-            if source is None or not isinstance(source.type, Encrypted):
-                raise ConfigurationError(
-                    f"blind index {table.name}.{column.name}: declare it after its source column "
-                    f"{column_type.source!r}, which must be Encrypted, or give domain="
-                )
-            domain = source.type.domain
-        column_type._attach(table.name, domain)
+        # The source column may be attached later (Alembic builds tables column by column): the
+        # domain is resolved from it on first use.
+        column_type._attach(table)
     _plans.pop(table, None)
 
 

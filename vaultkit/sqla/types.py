@@ -18,6 +18,7 @@ import datetime as dt
 import enum
 import json
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any, Final
@@ -577,14 +578,29 @@ class BlindIndexType(TypeDecorator[bytes]):
         self.vault = vault
         self.normalize = normalize
         self._size = (bits or 256) // 8
-        self._attached: tuple[str, str, str] | None = None  # table, source column, domain
+        self._attached: tuple[str, str] | None = None  # table name, source column
+        self._table: weakref.ReferenceType[sa.Table] | None = None
         self._slot = _registry.slot(vault)
         self._keys: dict[int, BlindIndexKey] = {}
         self._generation = -1
 
-    def _attach(self, table: str, domain: str) -> None:
-        self._attached = (table, self.source, self.domain or domain)
+    def _attach(self, table: sa.Table) -> None:
+        self._attached = (table.name, self.source)
+        self._table = weakref.ref(table)
         self._keys = {}
+
+    def _domain(self) -> str:
+        if self.domain is not None:
+            return self.domain
+        table = self._table() if self._table is not None else None
+        source = table.columns.get(self.source) if table is not None else None
+        if source is None or not isinstance(source.type, Encrypted):
+            name = self._attached[0] if self._attached else "?"
+            raise ConfigurationError(
+                f"blind index on {name}: its source column {self.source!r} must be an Encrypted "
+                "column of the same table, or give domain="
+            )
+        return source.type.domain
 
     @property
     def length(self) -> int:
@@ -607,8 +623,10 @@ class BlindIndexType(TypeDecorator[bytes]):
                 raise ConfigurationError(
                     f"blind index of {self.source!r} is not attached to a table"
                 )
-            table, column, domain = self._attached
-            key = slot.get().blind_index_key(domain, table=table, column=column, version=version)
+            table, column = self._attached
+            key = slot.get().blind_index_key(
+                self._domain(), table=table, column=column, version=version
+            )
             self._keys[version] = key
         return key
 
@@ -651,6 +669,7 @@ class BlindIndexType(TypeDecorator[bytes]):
             normalize=self.normalize,
         )
         copied._attached = self._attached
+        copied._table = self._table
         return copied
 
     def __repr__(self) -> str:

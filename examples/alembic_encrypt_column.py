@@ -1,0 +1,101 @@
+"""Encrypt a legacy plaintext column in place: an Alembic migration, then migration mode.
+
+The ``upgrade``/``downgrade`` functions are what a migration file under ``alembic/versions/``
+holds. ``main()`` runs the whole story on SQLite, with no Alembic project needed:
+
+1. a legacy ``members`` table with plaintext e-mails;
+2. the migration turns the column into a binary column (batch mode, for SQLite) and adds the
+   blind-index column;
+3. the model declares ``Encrypted(..., migrating=True)``: legacy values are read, every write
+   stores ciphertext; ``count_plaintext`` shows the progress; each row is rewritten;
+4. afterwards the column can drop ``migrating=True``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm.attributes import flag_modified
+
+import vaultkit.sqla
+from vaultkit import Vault
+from vaultkit.keys import LocalKeyProvider, generate_master_key
+from vaultkit.keys.local import _decode_master_key
+from vaultkit.sqla import BlindIndex, Encrypted, count_plaintext
+
+revision = "3f2a9c1d7b10"
+down_revision = None
+
+
+def upgrade(op: Operations) -> None:
+    with op.batch_alter_table("members") as batch:
+        batch.alter_column("email", type_=sa.LargeBinary(), existing_type=sa.String(320))
+        batch.add_column(sa.Column("email_index", sa.LargeBinary(33), nullable=True))
+        batch.create_index("ix_members_email_index", ["email_index"])
+
+
+def downgrade(op: Operations) -> None:
+    # Only valid while every value is still plaintext (count_plaintext == rows): ciphertexts
+    # cannot be turned back into text by changing a type. Decrypt with the re-key engine first.
+    with op.batch_alter_table("members") as batch:
+        batch.drop_index("ix_members_email_index")
+        batch.drop_column("email_index")
+        batch.alter_column("email", type_=sa.String(320), existing_type=sa.LargeBinary())
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Member(Base):
+    __tablename__ = "members"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(Encrypted(sa.String(320), domain="identity", migrating=True))
+    email_index = BlindIndex("email", normalize=str.lower)
+
+
+def main() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="vaultkit-alembic-"))
+    engine = sa.create_engine(f"sqlite:///{workdir / 'app.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("create table members (id integer primary key, email varchar(320))"))
+        conn.execute(
+            sa.text(
+                "insert into members (id, email) values (1, 'jan@example.be'), (2, 'marie@example.be')"
+            )
+        )
+
+    with engine.begin() as conn:
+        upgrade(Operations(MigrationContext.configure(conn)))
+    print("migrated: members.email is binary, members.email_index added")
+
+    master = _decode_master_key(generate_master_key(), source="example key")
+    vault = Vault(
+        provider=LocalKeyProvider(workdir / "keyring.json", master_key=master),
+        store=engine,
+        domains=["identity"],
+    )
+    vaultkit.sqla.configure(vault)
+    with Session(engine) as session:
+        print(f"plaintext rows before: {count_plaintext(session, Member.email)}")
+        for member in session.scalars(sa.select(Member)):
+            flag_modified(member, "email")  # rewrite the same value: now as ciphertext
+        session.commit()
+        print(f"plaintext rows after:  {count_plaintext(session, Member.email)}")
+        found = session.scalars(
+            sa.select(Member).where(Member.email_index == "Jan@Example.be")
+        ).one()
+        assert found.email == "jan@example.be"
+        print(f"lookup through the blind index finds member {found.id}")
+    vaultkit.sqla.configure(None)
+    vault.close()
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
