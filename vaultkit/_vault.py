@@ -524,7 +524,11 @@ class Vault(NoPickle):
             raise DecryptionError
         try:
             plaintext = key.cipher.decrypt(blob[_H:_P], blob[_P:], key.aad_prefix + fields)
+            if plaintext[:1] == b"\x01":  # str, the common case, decoded here without a call
+                return plaintext[1:].decode("utf-8")
         except InvalidTag:
+            raise DecryptionError from None
+        except UnicodeDecodeError:
             raise DecryptionError from None
         return decode_value(plaintext)
 

@@ -1,4 +1,4 @@
-"""``vaultkit demo``: encrypt a few member records on SQLite and show what lies at rest.
+"""``vaultkit demo``: a member model on SQLite, encrypted at rest, looked up through a blind index.
 
 Needs no server and no set-up: a keyring, its master key and an SQLite database are made in a
 temporary directory (kept with ``--dir``). The members are invented.
@@ -15,14 +15,41 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+import vaultkit.sqla
 from vaultkit import KeyDomain, Vault
-from vaultkit.errors import DecryptionError
+from vaultkit.errors import DecryptionError, QueryError
 from vaultkit.keys.local import LocalKeyProvider, _decode_master_key, generate_master_key
-from vaultkit.store import SQLKeyStore
+from vaultkit.sqla import BlindIndex, Encrypted, count_plaintext
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class Member(_Base):
+    """The demo's member: identity, financial and medical data in three key domains."""
+
+    __tablename__ = "members"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    member_no: Mapped[int] = mapped_column()
+    name: Mapped[str] = mapped_column(Encrypted(sa.String(200), domain="identity"))
+    email: Mapped[str] = mapped_column(Encrypted(sa.String(320), domain="identity"))
+    email_index = BlindIndex("email", normalize=str.lower)
+    birth_date: Mapped[dt.date] = mapped_column(Encrypted(sa.Date, domain="identity"))
+    iban: Mapped[str] = mapped_column(Encrypted(sa.String(34), domain="financial"))
+    monthly_premium: Mapped[Decimal] = mapped_column(
+        Encrypted(sa.Numeric(8, 2), domain="financial")
+    )
+    health_note: Mapped[str | None] = mapped_column(
+        Encrypted(sa.Text, domain="medical", row_key="id")
+    )
+
 
 MEMBERS: list[dict[str, Any]] = [
     {
+        "member_no": 100017,
         "name": "Jan Peeters",
         "email": "jan.peeters@example.be",
         "birth_date": dt.date(1978, 3, 14),
@@ -31,6 +58,7 @@ MEMBERS: list[dict[str, Any]] = [
         "health_note": "Type 2 diabetes, follow-up with coach every 3 months.",
     },
     {
+        "member_no": 100018,
         "name": "Marie Dubois",
         "email": "marie.dubois@example.be",
         "birth_date": dt.date(1991, 11, 2),
@@ -39,6 +67,7 @@ MEMBERS: list[dict[str, Any]] = [
         "health_note": "Physiotherapy after knee surgery, 12 sessions approved.",
     },
     {
+        "member_no": 100019,
         "name": "Sanne de Vries",
         "email": "sanne.devries@example.nl",
         "birth_date": dt.date(1985, 6, 30),
@@ -48,16 +77,6 @@ MEMBERS: list[dict[str, Any]] = [
     },
 ]
 
-#: column -> key domain. The medical note sits in its own domain, under its own KEK.
-COLUMNS: dict[str, str] = {
-    "name": "identity",
-    "email": "identity",
-    "birth_date": "identity",
-    "iban": "financial",
-    "monthly_premium": "financial",
-    "health_note": "medical",
-}
-
 
 def register(commands: Any) -> None:
     demo = commands.add_parser("demo", help="encrypt demo members on SQLite and show them at rest")
@@ -65,9 +84,11 @@ def register(commands: Any) -> None:
     demo.set_defaults(handler=run)
 
 
-def _hex(blob: bytes) -> str:
-    """Show a stored value as its DEK id and the start of its ciphertext (never the key)."""
-    return f"[DEK {blob[4:8].hex()}.. | {blob[64:74].hex()}..]"
+def _hex(blob: bytes | None) -> str:
+    """Show a stored value as its DEK id and the start of its ciphertext (never a key)."""
+    if blob is None:
+        return "NULL"
+    return f"[DEK {blob[4:8].hex()}.. | {blob[64:72].hex()}..]"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,80 +101,105 @@ def run(args: argparse.Namespace) -> int:
 
 def _demo(workdir: Path) -> int:
     keyring = workdir / "keyring.json"
-    db_url = f"sqlite:///{workdir / 'demo.db'}"
     # A throwaway master key held only in this process; a real one comes from VAULTKIT_MASTER_KEY.
     master_key = _decode_master_key(generate_master_key(), source="demo key")
     provider = LocalKeyProvider(keyring, master_key=master_key)
-    engine = sa.create_engine(db_url)
+    engine = sa.create_engine(f"sqlite:///{workdir / 'demo.db'}", hide_parameters=True)
     vault = Vault(
         provider=provider,
-        store=SQLKeyStore(engine),
+        store=engine,
         domains=[KeyDomain("identity"), KeyDomain("financial"), KeyDomain("medical")],
     )
-    metadata = sa.MetaData()
-    members = sa.Table(
-        "members",
-        metadata,
-        sa.Column("id", sa.String(36), primary_key=True),
-        *(sa.Column(name, sa.LargeBinary) for name in COLUMNS),
-    )
-    metadata.create_all(engine)
-    ciphers = {
-        name: vault.field(domain, table="members", column=name, row_bound=True)
-        for name, domain in COLUMNS.items()
-    }
-
-    print(f"vaultkit demo in {workdir}")
-    print(f"  keyring  {keyring.name}  (KEKs for: {', '.join(provider.domains())})")
-    print(
-        f"  database {Path(db_url.removeprefix('sqlite:///')).name}  (table members; DEKs in vaultkit_data_keys)"
-    )
-    print()
-
-    with engine.begin() as conn:
-        for member in MEMBERS:
-            member_id = str(uuid.uuid4())
-            values: dict[str, str | bytes] = {"id": member_id}
-            values.update({n: ciphers[n].encrypt(member[n], row=member_id) for n in COLUMNS})
-            conn.execute(members.insert().values(**values))
-
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(members).order_by(members.c.id)).all()
-
-    print("At rest -- what a database dump or a backup shows (DEK id and ciphertext, in hex):")
-    for row in rows:
-        print(
-            f"  {row.id[:8]}  "
-            + "  ".join(f"{n}={_hex(getattr(row, n))}" for n in ("name", "iban", "health_note"))
-        )
-    sizes = ", ".join(f"{n} {len(getattr(rows[0], n))} B" for n in COLUMNS)
-    print(f"  sizes of the first row: {sizes}")
-    print()
-    print("Decrypted through the vault (each value bound to its domain, table, column and row):")
-    for row in rows:
-        plain = {n: str(ciphers[n].decrypt(getattr(row, n), row=row.id)) for n in COLUMNS}
-        print(
-            f"  {row.id[:8]}  {plain['name']:<15} {plain['email']:<25} born {plain['birth_date']}  "
-            f"premium {plain['monthly_premium']}  note: {plain['health_note'][:28]}..."
-        )
-    print()
-
-    # Copy Jan's medical note into Marie's row: it no longer authenticates.
-    first, second = rows[0], rows[1]
+    vaultkit.sqla.configure(vault)
     try:
-        ciphers["health_note"].decrypt(first.health_note, row=second.id)
-        outcome = "decrypted (this must never happen)"
-    except DecryptionError as exc:
-        outcome = f"refused: DecryptionError('{exc}')"
-    print(f"A medical note copied into another member's row: {outcome}")
+        return _show(workdir, engine, vault, provider)
+    finally:
+        vaultkit.sqla.configure(None)
+        vault.close()
+        engine.dispose()
+
+
+def _show(workdir: Path, engine: sa.Engine, vault: Vault, provider: LocalKeyProvider) -> int:
+    _Base.metadata.create_all(engine)
+    print(f"vaultkit demo in {workdir}")
+    print(f"  keyring  keyring.json  (KEKs for: {', '.join(provider.domains())})")
+    print("  database demo.db  (table members; wrapped DEKs in vaultkit_data_keys)")
+    print()
+
+    with Session(engine) as session:
+        session.add_all([Member(**m) for m in MEMBERS])
+        session.commit()
+
+    members = _Base.metadata.tables["members"]
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.select(
+                members.c.member_no,
+                *(
+                    sa.type_coerce(members.c[n], sa.LargeBinary).label(n)
+                    for n in ("name", "iban", "health_note")
+                ),
+            ).order_by(members.c.member_no)
+        ).all()
+    print("At rest -- what a database dump or a backup shows (DEK id and ciphertext, in hex):")
+    for row in stored:
+        print(
+            f"  {row.member_no}  name={_hex(row.name)}  iban={_hex(row.iban)}  health_note={_hex(row.health_note)}"
+        )
+    print()
+
+    print("Through the ORM -- ordinary SQLAlchemy, decrypted on load:")
+    with Session(engine) as session:
+        for m in session.scalars(sa.select(Member).order_by(Member.member_no)):
+            print(
+                f"  {m.member_no}  {m.name:<15} {m.email:<25} born {m.birth_date}  "
+                f"premium {m.monthly_premium}  note: {(m.health_note or '')[:28]}..."
+            )
+        print()
+
+        wanted = "Marie.Dubois@Example.be"
+        found = session.scalars(sa.select(Member).where(Member.email_index == wanted)).one()
+        print(
+            f"Blind-index lookup: Member.email_index == {wanted!r} -> member {found.member_no}, {found.name}"
+        )
+        try:
+            session.scalars(sa.select(Member).where(Member.email == wanted))
+        except QueryError as exc:
+            print(f"Member.email == ... raises QueryError: {exc}")
+        print(f"Rows still in plaintext in members.email: {count_plaintext(session, Member.email)}")
+        print()
+
+        # Copy Jan's medical note into Marie's row, as someone with write access to the table could.
+        jan, marie = (
+            session.scalars(sa.select(Member).where(Member.member_no == n)).one()
+            for n in (100017, 100018)
+        )
+        jan_id, marie_id = jan.id, marie.id
+    with engine.begin() as conn:
+        note = conn.execute(
+            sa.select(sa.type_coerce(members.c.health_note, sa.LargeBinary)).where(
+                members.c.id == jan_id
+            )
+        ).scalar_one()
+        conn.execute(
+            sa.update(members)
+            .where(members.c.id == marie_id)
+            .values(health_note=sa.type_coerce(note, sa.LargeBinary))
+        )
+    with Session(engine) as session:
+        try:
+            session.get(Member, marie_id)
+            outcome = "decrypted (this must never happen)"
+        except DecryptionError as exc:
+            outcome = f"refused: DecryptionError('{exc}')"
+    print(f"Jan's medical note copied into Marie's row: {outcome}")
 
     print()
-    print("Data keys in the key store (wrapped; no key material is shown):")
+    print("Keys in the key store (wrapped; no key material is shown):")
     for record in vault.store.records():
+        kind = record.name or "data key"
         print(
-            f"  DEK {record.dek_id.hex()[:12]}...  domain {record.domain:<9}  "
-            f"KEK {record.kek_id.rsplit(':', 1)[-1]} v{record.kek_version}  state {record.state.value}"
+            f"  {record.purpose:<5} {record.dek_id.hex()[:12]}...  domain {record.domain:<9}  "
+            f"KEK {record.kek_id.rsplit(':', 1)[-1]} v{record.kek_version}  {kind}"
         )
-    vault.close()
-    engine.dispose()
     return 0

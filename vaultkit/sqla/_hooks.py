@@ -285,7 +285,7 @@ def _handle_error(context: Any) -> BaseException | None:
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
         if tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("vaultkit."):
-            return type(original)(str(original))
+            return (TypeError if isinstance(original, TypeError) else ValueError)(str(original))
     return None
 
 

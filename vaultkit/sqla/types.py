@@ -420,7 +420,12 @@ class Encrypted(TypeDecorator[Any]):
                 field = self.field()
                 seal, fields = field._seal, field._fixed
                 generation = slot.generation
-            if type(value) is not str or python_type is not str:
+            if type(value) is str and python_type is str and pad is None:
+                try:  # the common case, encoded here without a call (see vaultkit._codec)
+                    return seal(domain, b"\x01" + value.encode("utf-8"), fields)
+                except UnicodeEncodeError:
+                    pass  # a lone surrogate: encode_value raises a clean error below
+            elif python_type is not str or type(value) is not str:
                 value = coerce(value)
             return seal(domain, encode_value(value, pad_to=pad), fields)
 

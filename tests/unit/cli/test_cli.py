@@ -27,10 +27,15 @@ class TestDemo:
         """The demo encrypts, shows ciphertext at rest and the decrypted view, and refuses a copy."""
         assert main(["demo"]) == 0
         out = capsys.readouterr().out
-        assert "At rest" in out and "Decrypted through the vault" in out
+        assert "At rest" in out and "Through the ORM" in out
         assert "Jan Peeters" in out  # the decrypted view of an invented member
+        assert "-> member 100018, Marie Dubois" in out  # the blind-index lookup
+        assert "Member.email == ... raises QueryError" in out
+        assert "Rows still in plaintext in members.email: 0" in out
         assert "refused: DecryptionError" in out
-        assert out.count("state active") == 3
+        lines = out.splitlines()
+        assert sum(line.startswith("  data ") for line in lines) == 3  # one DEK per domain
+        assert sum(line.startswith("  index ") for line in lines) == 1  # the e-mail index key
 
     def test_demo_keeps_its_files_with_dir(self, tmp_path: Path) -> None:
         """With --dir the keyring and database stay for inspection; the ciphertext is at rest."""

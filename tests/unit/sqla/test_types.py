@@ -575,6 +575,14 @@ class TestConfiguration:
                 s.commit()
         assert "12345-secret" not in str(info.value)
 
+    def test_invalid_unicode_is_a_value_error_without_the_value(self, engine: sa.Engine) -> None:
+        """A lone surrogate in an encrypted str column is refused cleanly, without quoting it."""
+        with pytest.raises(ValueError, match="surrogate") as info:
+            with Session(engine) as s:
+                s.add(Member(email="secret-local-part\ud800@x.be"))
+                s.commit()
+        assert "secret-local-part" not in str(info.value)
+
     def test_repr_renders_a_constructor(self) -> None:
         """repr() is a constructor call with the sa. prefix, as Alembic renders it."""
         assert repr(Member.__table__.c.health_note.type) == (
