@@ -46,3 +46,34 @@ def typed_usage() -> None:
     with vault:
         pass
     del info, ref, records, key_text, error
+
+
+# -- SQLAlchemy: the model a user writes type-checks under mypy --strict -------------------------
+
+from sqlalchemy import String, Text, select  # noqa: E402
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # noqa: E402
+
+import vaultkit.sqla  # noqa: E402
+from vaultkit.sqla import BlindIndex, Encrypted, EncryptedCell  # noqa: E402
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Member(Base):
+    __tablename__ = "members"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    email: Mapped[str] = mapped_column(Encrypted(String(320), domain="identity"))
+    email_index = BlindIndex("email", normalize=str.lower)
+    note: Mapped[str | None] = mapped_column(Encrypted(Text, domain="medical", row_key="id"))
+
+
+def orm_usage(vault: Vault, session: Session) -> None:
+    vaultkit.sqla.configure(vault)
+    found: Member = session.scalars(select(Member).where(Member.email_index == "a@b.be")).one()
+    email: str = found.email
+    note: str | None = found.note
+    cell = EncryptedCell(Encrypted(Text, domain="medical"), b"")
+    count: int = vaultkit.sqla.count_plaintext(session, Member.email)
+    del email, note, cell, count

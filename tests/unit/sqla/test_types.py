@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.mutable import MutableDict, MutableList
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -397,6 +397,37 @@ class TestBlindIndex:
             ix["name"] for ix in sa.inspect(engine).get_indexes("members")
         }
 
+    @pytest.mark.postgres
+    def test_postgres_plans_the_lookup_on_the_index(self, postgres_url: str, vault: Vault) -> None:
+        """On PostgreSQL the natural lookup compiles to one statement that uses the index."""
+        engine = sa.create_engine(postgres_url)
+        Base.metadata.create_all(engine)
+        self._plan_uses_index(engine)
+        Base.metadata.drop_all(engine)
+        engine.dispose()
+
+    def _plan_uses_index(self, engine: sa.Engine) -> None:
+        with Session(engine) as s:
+            s.add_all([Member(email=f"m{n}@x.be") for n in range(50)])
+            s.commit()
+        stmt = sa.select(Member).where(Member.email_index == "m7@x.be")
+        assert str(stmt.compile(engine)).endswith("WHERE members.email_index = %(email_index_1)s")
+        index_type = Member.__table__.c.email_index.type
+        assert isinstance(index_type, vaultkit.sqla.BlindIndexType)
+        with engine.connect() as conn:
+            conn.execute(sa.text("SET enable_seqscan = off"))
+            plan = (
+                conn.execute(
+                    sa.text("EXPLAIN SELECT id FROM members WHERE email_index = :d"),
+                    {"d": index_type.digest("m7@x.be")},
+                )
+                .scalars()
+                .all()
+            )
+        assert any("ix_members_email_index" in line for line in plan), plan
+        with Session(engine) as s:
+            assert s.scalars(stmt).one().email == "m7@x.be"
+
     def test_index_follows_updates(self, engine: sa.Engine) -> None:
         """Changing the source through the ORM changes the index; the old value no longer matches."""
         with Session(engine) as s:
@@ -641,20 +672,23 @@ class TestConcurrency:
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(
-    text=st.text(min_size=5, max_size=200).filter(lambda t: t.strip() == t and len(t.encode()) >= 5)
-)
+@given(text=st.text(min_size=5, max_size=200).filter(lambda t: len(set(t)) >= 4))
 def test_round_trip_never_stores_plaintext(text: str, vault: Vault, tmp_path: Any) -> None:
     """Any text round-trips through SQLite, and its bytes never appear in the database file."""
     path = tmp_path / f"h{uuid.uuid4().hex}.db"
     engine = sa.create_engine(f"sqlite:///{path}")
     Base.metadata.create_all(engine)
-    with Session(engine) as s:
-        s.add(Member(email=text, health_note=text))
-        s.commit()
-    with Session(engine) as s:
-        m = s.scalars(sa.select(Member)).one()
-        assert (m.email, m.health_note) == (text, text)
-        assert s.scalars(sa.select(Member).where(Member.email_index == text)).one().id == m.id
-    engine.dispose()
+    try:
+        # A string that an empty database of this schema already contains (a column name, NUL
+        # bytes) proves nothing either way.
+        assume(text.encode() not in path.read_bytes())
+        with Session(engine) as s:
+            s.add(Member(email=text, health_note=text))
+            s.commit()
+        with Session(engine) as s:
+            m = s.scalars(sa.select(Member)).one()
+            assert (m.email, m.health_note) == (text, text)
+            assert s.scalars(sa.select(Member).where(Member.email_index == text)).one().id == m.id
+    finally:
+        engine.dispose()
     assert text.encode() not in path.read_bytes()
