@@ -692,3 +692,55 @@ def test_round_trip_never_stores_plaintext(text: str, vault: Vault, tmp_path: An
     finally:
         engine.dispose()
     assert text.encode() not in path.read_bytes()
+
+
+@pytest.mark.postgres
+def test_postgres_round_trips_never_store_plaintext(postgres_url: str, vault: Vault) -> None:
+    """Any text, date and number round-trip through PostgreSQL; raw column bytes never hold them."""
+    engine = sa.create_engine(postgres_url)
+    Base.metadata.create_all(engine)
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        text=st.text(st.characters(exclude_characters="\x00"), min_size=5, max_size=120).filter(
+            lambda t: len(set(t)) >= 4
+        ),
+        day=st.dates(),
+    )
+    def check(text: str, day: dt.date) -> None:
+        with Session(engine) as s:
+            m = Member(email=text, birth_date=day, health_note=text)
+            s.add(m)
+            s.commit()
+            member_id = m.id
+        with Session(engine) as s:
+            got = s.get(Member, member_id)
+            assert got is not None and (got.email, got.birth_date, got.health_note) == (
+                text,
+                day,
+                text,
+            )
+            assert (
+                s.scalars(sa.select(Member).where(Member.email_index == text)).one().id == member_id
+            )
+        members = Member.__table__
+        with engine.begin() as conn:
+            stored = conn.execute(
+                sa.select(
+                    *(
+                        sa.type_coerce(members.c[n], sa.LargeBinary)
+                        for n in ("email", "birth_date", "health_note")
+                    )
+                ).where(members.c.id == member_id)
+            ).one()
+            conn.execute(sa.delete(members).where(members.c.id == member_id))
+        for value in stored:
+            assert text.encode() not in bytes(value) and day.isoformat().encode() not in bytes(
+                value
+            )
+
+    try:
+        check()
+    finally:
+        Base.metadata.drop_all(engine)
+        engine.dispose()
