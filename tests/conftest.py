@@ -35,16 +35,17 @@ def vault(provider: InMemoryKeyProvider) -> Iterator[Vault]:
         yield v
 
 
-def _postgres_engine() -> sa.Engine:
-    engine = sa.create_engine(POSTGRES_DSN)
+def _server_engine(dsn: str, *, what: str, required: bool) -> sa.Engine:
+    """An engine on a test server; skips the test, or fails it when required, if none answers."""
+    engine = sa.create_engine(dsn)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("select 1"))
-    except Exception as exc:
+    except Exception as exc:  # any failure to connect means no server here
         engine.dispose()
-        message = f"no PostgreSQL server at {POSTGRES_DSN}: {type(exc).__name__}"
-        if REQUIRE_POSTGRES:
-            pytest.fail(message + " (VAULTKIT_REQUIRE_POSTGRES=1)")
+        message = f"no {what} server at {dsn}: {type(exc).__name__}"
+        if required:
+            pytest.fail(f"{message} (VAULTKIT_REQUIRE_{what.upper()}=1)")
         pytest.skip(message)
     return engine
 
@@ -52,7 +53,7 @@ def _postgres_engine() -> sa.Engine:
 @pytest.fixture(scope="session")
 def postgres_engine() -> Iterator[sa.Engine]:
     """An engine on the test PostgreSQL server; skips, or fails in CI, when none answers."""
-    engine = _postgres_engine()
+    engine = _server_engine(POSTGRES_DSN, what="PostgreSQL", required=REQUIRE_POSTGRES)
     yield engine
     engine.dispose()
 
@@ -84,16 +85,7 @@ REQUIRE_MARIADB = os.environ.get("VAULTKIT_REQUIRE_MARIADB") == "1"
 @pytest.fixture(scope="session")
 def mariadb_engine() -> Iterator[sa.Engine]:
     """An engine on the test MariaDB server; skips, or fails in CI, when none answers."""
-    engine = sa.create_engine(MARIADB_DSN)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("select 1"))
-    except Exception as exc:  # any failure to connect means no server here
-        engine.dispose()
-        message = f"no MariaDB server at {MARIADB_DSN}: {type(exc).__name__}"
-        if REQUIRE_MARIADB:
-            pytest.fail(message + " (VAULTKIT_REQUIRE_MARIADB=1)")
-        pytest.skip(message)
+    engine = _server_engine(MARIADB_DSN, what="MariaDB", required=REQUIRE_MARIADB)
     yield engine
     engine.dispose()
 

@@ -381,22 +381,8 @@ class Vault(NoPickle):
             return index_key
 
     def _create_index_key(self, domain: str, name: str, dek_id: bytes) -> DataKeyRecord:
-        provider = self._providers[domain]
-        ref = provider.primary(domain)
-        wrapped = provider.wrap(
-            ref, new_data_key(), context=wrap_context(domain, dek_id, _INDEX_PURPOSE)
-        )
-        record = DataKeyRecord(
-            dek_id=dek_id,
-            domain=domain,
-            purpose=_INDEX_PURPOSE,
-            kek_id=ref.key_id,
-            kek_version=ref.version,
-            wrapped=wrapped,
-            state=DekState.ACTIVE,
-            created_at=dt.datetime.now(dt.UTC),
-            name=name,
-        )
+        ref = self._providers[domain].primary(domain)
+        _, record = self._new_wrapped_key(domain, ref, dek_id, _INDEX_PURPOSE, name=name)
         try:
             self._store.insert(record)
         except KeyStoreError:
@@ -473,21 +459,32 @@ class Vault(NoPickle):
             self._active[domain] = active
             return active
 
-    def _new_active(self, domain: str) -> _Active:
-        provider = self._providers[domain]
-        ref = provider.primary(domain)
-        dek, dek_id = new_data_key(), new_dek_id()
-        wrapped = provider.wrap(ref, dek, context=wrap_context(domain, dek_id, _PURPOSE))
+    def _new_wrapped_key(
+        self, domain: str, ref: KeyRef, dek_id: bytes, purpose: str, *, name: str | None = None
+    ) -> tuple[bytes, DataKeyRecord]:
+        """Make a random 256-bit key, wrap it under ``ref`` and return it with its store row."""
+        key = new_data_key()
+        wrapped = self._providers[domain].wrap(
+            ref, key, context=wrap_context(domain, dek_id, purpose)
+        )
         record = DataKeyRecord(
             dek_id=dek_id,
             domain=domain,
-            purpose=_PURPOSE,
+            purpose=purpose,
             kek_id=ref.key_id,
             kek_version=ref.version,
             wrapped=wrapped,
             state=DekState.ACTIVE,
             created_at=dt.datetime.now(dt.UTC),
+            name=name,
         )
+        return key, record
+
+    def _new_active(self, domain: str) -> _Active:
+        ref = self._providers[domain].primary(domain)
+        dek_id = new_dek_id()
+        dek, record = self._new_wrapped_key(domain, ref, dek_id, _PURPOSE)
+        wrapped = record.wrapped
         self._store.insert(record)
         key = DataKey(dek, dek_id, domain, wrapped=wrapped, ttl=self._ttl)
         self._cache.put(key)

@@ -46,6 +46,18 @@ class _TablePlan:
 _plans: weakref.WeakKeyDictionary[sa.Table, _TablePlan | None] = weakref.WeakKeyDictionary()
 
 
+def _row_key_column(table: Any, column: sa.Column[Any]) -> sa.Column[Any]:
+    """Return the column that ``column``'s row key names, or explain that there is none."""
+    row_key = column.type.row_key if isinstance(column.type, Encrypted) else None
+    key_column = table.columns.get(row_key) if row_key is not None else None
+    if key_column is None:
+        raise ConfigurationError(
+            f"{table.name}.{column.name} is bound to row key {row_key!r}, which is not a column "
+            f"of {table.name}"
+        )
+    return key_column  # type: ignore[no-any-return]
+
+
 def _plan(table: Any) -> _TablePlan | None:
     if not isinstance(table, sa.Table):
         return None
@@ -58,12 +70,7 @@ def _plan(table: Any) -> _TablePlan | None:
     indexes = []
     for column in table.columns:
         if isinstance(column.type, Encrypted) and column.type.row_key is not None:
-            key_column = table.columns.get(column.type.row_key)
-            if key_column is None:
-                raise ConfigurationError(
-                    f"{table.name}.{column.name} is bound to row key {column.type.row_key!r}, which "
-                    f"is not a column of {table.name}"
-                )
+            key_column = _row_key_column(table, column)
             row_bound.append((column.key, key_column.key))
             row_keys[key_column.key] = key_column
         elif isinstance(column.type, BlindIndexType):
@@ -315,12 +322,7 @@ def _mapper_configured(mapper: Mapper[Any], class_: type) -> None:
             and column.type.row_key
         ):
             table = column.table
-            key_column = table.columns.get(column.type.row_key)
-            if key_column is None:
-                raise ConfigurationError(
-                    f"{table.name}.{column.name} is bound to row key {column.type.row_key!r}, which "
-                    f"is not a column of {table.name}"
-                )
+            key_column = _row_key_column(table, column)
             pairs.append((prop.key, mapper.get_property_by_column(key_column).key))
     if not pairs:
         return
