@@ -56,7 +56,6 @@ COUNTRIES: Final = frozenset(phonenumbers.SUPPORTED_REGIONS)
 
 _HEX64: Final = re.compile(r"[0-9a-fA-F]{64}")
 _HEX32: Final = re.compile(r"[0-9a-fA-F]{32}")
-_WHITESPACE: Final = re.compile(r"\s+")
 _GMAIL_DOMAINS: Final = frozenset({"gmail.com", "googlemail.com"})
 
 
@@ -74,7 +73,8 @@ def normalize_email(value: str, *, gmail_rule: str | None = None) -> str:
     """Normalise an e-mail address.
 
     All whitespace is removed and the address lower-cased (``str.lower``, not ``casefold``); it
-    must have exactly one ``@`` with a non-empty local part and a domain containing a dot.
+    must have exactly one ``@`` with a non-empty local part and a domain containing a dot, and no
+    control characters.
 
     ``gmail_rule`` applies Google's rule for ``gmail.com`` and ``googlemail.com`` addresses:
     ``"2026-08"`` removes every ``.`` from the local part and ``+`` with everything after it;
@@ -84,7 +84,12 @@ def normalize_email(value: str, *, gmail_rule: str | None = None) -> str:
     Raises:
         AudienceError: ``email_invalid``.
     """
-    text = unicodedata.normalize("NFC", _WHITESPACE.sub("", value)).lower()
+    text = "".join(value.split())
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    text = text.lower()
+    if not text.isprintable():  # control characters (a NUL from a broken export) are refused
+        raise AudienceError(Reason.EMAIL_INVALID)
     local, at, domain = text.partition("@")
     if (
         not at

@@ -31,7 +31,7 @@ EXIT_CODES: Final[tuple[tuple[type[VaultkitError], int], ...]] = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    from vaultkit.cli import bench, demo, keys
+    from vaultkit.cli import audience, bench, demo, keys
 
     parser = argparse.ArgumentParser(
         prog="vaultkit",
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.register(commands)
     keys.register(commands)
     bench.register(commands)
+    audience.register(commands)
     return parser
 
 

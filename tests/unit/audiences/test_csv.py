@@ -1,0 +1,286 @@
+"""Tests for CSV audience hashing and `vaultkit audience hash`: streaming, workers, bad input."""
+
+from __future__ import annotations
+
+import csv
+import random
+import string
+from pathlib import Path
+
+import pytest
+
+from vaultkit.audiences import COLUMNS, hash_identifier
+from vaultkit.audiences._csv import hash_csv
+from vaultkit.cli.main import main
+from vaultkit.errors import AudienceError, ConfigurationError
+
+HEADER = [
+    "Member",
+    "E-mail",
+    "Phone",
+    "Voornaam",
+    "Achternaam",
+    "Land",
+    "Postcode",
+    "Geboortedatum",
+    "Geslacht",
+]
+
+
+def make_members(path: Path, count: int, *, seed: int = 1) -> list[list[str]]:
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(count):
+        first = "".join(rnd.choices(string.ascii_lowercase, k=7)).title()
+        last = "".join(rnd.choices(string.ascii_lowercase, k=9)).title()
+        email = f"{first}.{last}{i}@{rnd.choice(['gmail.com', 'example.be', 'telenet.be'])}"
+        phone = f"0470 {rnd.randint(100000, 999999)}" if i % 3 else "12"  # every third one invalid
+        rows.append(
+            [
+                str(100000 + i),
+                email,
+                phone,
+                first,
+                last,
+                "BE",
+                f"{rnd.randint(1000, 9999)}",
+                f"19{rnd.randint(40, 99)}-0{rnd.randint(1, 9)}-1{rnd.randint(0, 9)}",
+                rnd.choice("MFX"),
+            ]
+        )
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        writer.writerows(rows)
+    return rows
+
+
+def read(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+@pytest.mark.parametrize("platform", ["google", "meta"])
+def test_workers_give_the_same_file_as_one(tmp_path: Path, platform: str) -> None:
+    """Two workers produce byte for byte the output of one, in input order."""
+    make_members(tmp_path / "in.csv", 2500)
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    r1 = hash_csv(
+        tmp_path / "in.csv", one, platform=platform, default_region="BE", workers=1, chunk_rows=300
+    )
+    r2 = hash_csv(
+        tmp_path / "in.csv", two, platform=platform, default_region="BE", workers=2, chunk_rows=300
+    )
+    assert one.read_bytes() == two.read_bytes()
+    assert (
+        (r1.rows, r1.accepted, r1.reasons)
+        == (r2.rows, r2.accepted, r2.reasons)
+        == (2500, 2500, r1.reasons)
+    )
+    assert read(one)[0] == list(COLUMNS[platform])  # type: ignore[index]
+    assert r1.reasons["phone_invalid"] == 834
+
+
+def test_no_plaintext_identifier_leaves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No input value of 5 characters or more appears in the output, rejects file or terminal."""
+    rows = make_members(tmp_path / "in.csv", 600)
+    for platform in ("google", "meta"):
+        out, rejects = tmp_path / f"{platform}.csv", tmp_path / f"{platform}-rejects.csv"
+        assert (
+            main(
+                [
+                    "audience",
+                    "hash",
+                    str(tmp_path / "in.csv"),
+                    "--platform",
+                    platform,
+                    "--default-region",
+                    "BE",
+                    "-o",
+                    str(out),
+                    "--rejects",
+                    str(rejects),
+                    "--workers",
+                    "2",
+                ]
+            )
+            == 0
+        )
+        produced = out.read_text() + rejects.read_text() + "".join(capsys.readouterr())
+        leaks = {v for row in rows for v in row[1:] if len(v) >= 5 and v in produced}
+        assert leaks == set()
+
+
+def test_email_only_fast_path_matches_the_general_rules(tmp_path: Path) -> None:
+    """A file with only an e-mail column gives the same hashes as full records would."""
+    (tmp_path / "in.csv").write_text("email\nJan.Peeters+news@GMail.com\nbad\n\nmarie@example.be\n")
+    hash_csv(
+        tmp_path / "in.csv",
+        tmp_path / "out.csv",
+        platform="google",
+        rejects_path=tmp_path / "r.csv",
+    )
+    assert read(tmp_path / "out.csv")[1:] == [
+        [hash_identifier("janpeeters@gmail.com"), "", "", "", "", ""],
+        [hash_identifier("marie@example.be"), "", "", "", "", ""],
+    ]
+    assert read(tmp_path / "r.csv")[1:] == [["3", "rejected", "email_invalid no_identifier"]]
+
+
+def test_column_mapping(tmp_path: Path) -> None:
+    """--map names headers that are not recognised by name; unknown fields and headers are errors."""
+    (tmp_path / "in.csv").write_text("Courriel,Tel\na@x.be,+32470123456\n")
+    report = hash_csv(
+        tmp_path / "in.csv",
+        tmp_path / "out.csv",
+        platform="meta",
+        mapping={"email": "Courriel", "phone": "Tel"},
+    )
+    assert report.accepted == 1 and read(tmp_path / "out.csv")[1][1] == hash_identifier(
+        "32470123456"
+    )
+    with pytest.raises(ConfigurationError, match="not in the input header"):
+        hash_csv(
+            tmp_path / "in.csv", tmp_path / "o2.csv", platform="meta", mapping={"email": "Mail"}
+        )
+    with pytest.raises(ConfigurationError, match="unknown field"):
+        hash_csv(
+            tmp_path / "in.csv", tmp_path / "o2.csv", platform="meta", mapping={"mail": "Courriel"}
+        )
+    assert not (tmp_path / "o2.csv").exists()
+
+
+def test_ragged_rows_are_counted(tmp_path: Path) -> None:
+    """Rows with too few or too many fields are rejected as row_malformed, not misread."""
+    (tmp_path / "in.csv").write_text(
+        "email,phone\na@x.be,+32470123456\nb@x.be\nc@x.be,+32470123456,extra\n"
+    )
+    report = hash_csv(
+        tmp_path / "in.csv",
+        tmp_path / "out.csv",
+        platform="google",
+        rejects_path=tmp_path / "r.csv",
+    )
+    assert (report.accepted, report.rejected, report.reasons["row_malformed"]) == (1, 2, 2)
+    assert [r[:2] for r in read(tmp_path / "r.csv")[1:]] == [["3", "rejected"], ["4", "rejected"]]
+
+
+def test_wrong_encoding_leaves_no_output(tmp_path: Path) -> None:
+    """Undecodable input half-way gives a clear error and no output file that looks complete."""
+    good = "".join(f"m{i}@x.be\n" for i in range(3000))
+    (tmp_path / "in.csv").write_bytes(b"email\n" + good.encode() + "Zoë@x.be\n".encode("latin-1"))
+    with pytest.raises(AudienceError, match="not valid in the given encoding"):
+        hash_csv(
+            tmp_path / "in.csv",
+            tmp_path / "out.csv",
+            platform="google",
+            chunk_rows=500,
+            rejects_path=tmp_path / "r.csv",
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+    report = hash_csv(
+        tmp_path / "in.csv", tmp_path / "out.csv", platform="google", encoding="latin-1"
+    )
+    assert report.accepted == 3001
+
+
+def test_nul_bytes_and_empty_files(tmp_path: Path) -> None:
+    """A NUL byte in a value is a counted rejection; an empty file or no identifier column an error."""
+    (tmp_path / "nul.csv").write_bytes(b"email\na@x.be\x00\nb@x.be\n")
+    report = hash_csv(tmp_path / "nul.csv", tmp_path / "nul-out.csv", platform="google")
+    assert (report.accepted, report.rejected, report.reasons["email_invalid"]) == (1, 1, 1)
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(AudienceError, match="empty"):
+        hash_csv(tmp_path / "empty.csv", tmp_path / "out.csv", platform="google")
+    (tmp_path / "nocols.csv").write_text("foo,bar\n1,2\n")
+    with pytest.raises(ConfigurationError, match="no identifier column"):
+        hash_csv(tmp_path / "nocols.csv", tmp_path / "out.csv", platform="google")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_rejects_with_values_only_when_asked(tmp_path: Path) -> None:
+    """The rejects file copies plaintext values only with --rejects-with-values."""
+    (tmp_path / "in.csv").write_text("email\nnot-an-address\n")
+    hash_csv(
+        tmp_path / "in.csv", tmp_path / "o.csv", platform="google", rejects_path=tmp_path / "r.csv"
+    )
+    assert "not-an-address" not in (tmp_path / "r.csv").read_text()
+    hash_csv(
+        tmp_path / "in.csv",
+        tmp_path / "o.csv",
+        platform="google",
+        rejects_path=tmp_path / "r.csv",
+        rejects_with_values=True,
+    )
+    assert "not-an-address" in (tmp_path / "r.csv").read_text()
+
+
+def test_cli_summary_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI prints counts per reason; bad options exit with a configuration error code."""
+    make_members(tmp_path / "in.csv", 30)
+    assert (
+        main(
+            [
+                "audience",
+                "hash",
+                str(tmp_path / "in.csv"),
+                "--platform",
+                "google",
+                "--default-region",
+                "BE",
+                "-o",
+                str(tmp_path / "out.csv"),
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "30 rows" in out and "30 accepted" in out and "phone_invalid: 10" in out
+    assert (
+        main(
+            [
+                "audience",
+                "hash",
+                str(tmp_path / "in.csv"),
+                "--platform",
+                "google",
+                "--rules",
+                "1999",
+                "-o",
+                str(tmp_path / "x.csv"),
+            ]
+        )
+        == 3
+    )
+    assert (
+        main(
+            [
+                "audience",
+                "hash",
+                str(tmp_path / "in.csv"),
+                "--platform",
+                "google",
+                "--map",
+                "email",
+                "-o",
+                str(tmp_path / "x.csv"),
+            ]
+        )
+        == 3
+    )
+    assert (
+        main(
+            [
+                "audience",
+                "hash",
+                str(tmp_path / "in.csv"),
+                "--platform",
+                "meta",
+                "-o",
+                str(tmp_path / "in.csv"),
+            ]
+        )
+        == 3
+    )
