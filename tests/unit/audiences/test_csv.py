@@ -284,3 +284,29 @@ def test_cli_summary_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
         )
         == 3
     )
+
+
+def test_quoted_line_breaks_survive_block_cuts(tmp_path: Path) -> None:
+    """Fields with line breaks and quotes inside are never split between blocks or workers."""
+    with open(tmp_path / "in.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["email", "note"])
+        for i in range(400):
+            writer.writerow([f"m{i}@x.be", f'line one\nline "two"\nline {i}'])
+    one = hash_csv(
+        tmp_path / "in.csv", tmp_path / "one.csv", platform="google", chunk_rows=7, workers=1
+    )
+    two = hash_csv(
+        tmp_path / "in.csv", tmp_path / "two.csv", platform="google", chunk_rows=7, workers=2
+    )
+    assert one.accepted == two.accepted == 400 and one.rejected == 0
+    assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "two.csv").read_bytes()
+    assert read(tmp_path / "one.csv")[400][0] == hash_identifier("m399@x.be")
+
+
+def test_unclosed_quote_is_a_clear_error(tmp_path: Path) -> None:
+    """A quoted field that never closes is reported, with no output left behind."""
+    (tmp_path / "in.csv").write_text('email,note\na@x.be,"open\nb@x.be,x\n')
+    with pytest.raises(AudienceError, match="never closed"):
+        hash_csv(tmp_path / "in.csv", tmp_path / "out.csv", platform="google")
+    assert not (tmp_path / "out.csv").exists()
