@@ -19,6 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vaultkit.sqla
 from vaultkit import KeyDomain, Vault
+from vaultkit.audiences import COLUMNS, AudienceReport, MemberRecord, Platform, hash_records
 from vaultkit.errors import DecryptionError, QueryError
 from vaultkit.keys.local import LocalKeyProvider, _decode_master_key, generate_master_key
 from vaultkit.sqla import BlindIndex, Encrypted, count_plaintext
@@ -119,6 +120,33 @@ def _demo(workdir: Path) -> int:
         engine.dispose()
 
 
+def _audience(session_factory: Any) -> None:
+    """Export the members as a Google Customer Match audience: normalised, SHA-256, in house."""
+    with session_factory() as session:
+        members = list(session.scalars(sa.select(Member).order_by(Member.member_no)))
+        records = [
+            MemberRecord(
+                email=m.email,
+                first_name=m.name.split(" ", 1)[0],
+                last_name=m.name.split(" ", 1)[-1],
+                country="BE" if m.iban.startswith("BE") else "NL",
+            )
+            for m in members
+        ]
+    report = AudienceReport()
+    rows = list(hash_records(records, platform="google", default_region="BE", report=report))
+    print(
+        "Google Customer Match export (SHA-256 of normalised identifiers; pseudonymous, not anonymous):"
+    )
+    print(f"  {','.join(COLUMNS[Platform.GOOGLE])}")
+    for rendered in rows:
+        if rendered.values is not None:
+            print("  " + ",".join(v[:12] + ".." if len(v) == 64 else v for v in rendered.values))
+    print(
+        f"  {report.accepted} accepted, {report.rejected} rejected; reasons: {dict(report.reasons) or 'none'}"
+    )
+
+
 def _show(workdir: Path, engine: sa.Engine, vault: Vault, provider: LocalKeyProvider) -> int:
     _Base.metadata.create_all(engine)
     print(f"vaultkit demo in {workdir}")
@@ -167,6 +195,9 @@ def _show(workdir: Path, engine: sa.Engine, vault: Vault, provider: LocalKeyProv
         except QueryError as exc:
             print(f"Member.email == ... raises QueryError: {exc}")
         print(f"Rows still in plaintext in members.email: {count_plaintext(session, Member.email)}")
+        print()
+
+        _audience(session_factory=lambda: Session(engine))
         print()
 
         # Copy Jan's medical note into Marie's row, as someone with write access to the table could.

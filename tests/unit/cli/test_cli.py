@@ -33,6 +33,8 @@ class TestDemo:
         assert "Member.email == ... raises QueryError" in out
         assert "Rows still in plaintext in members.email: 0" in out
         assert "refused: DecryptionError" in out
+        assert "Google Customer Match export" in out and "3 accepted, 0 rejected" in out
+        assert "jan.peeters@example.be" not in out.split("Google Customer Match export")[1]
         lines = out.splitlines()
         assert sum(line.startswith("  data ") for line in lines) == 3  # one DEK per domain
         assert sum(line.startswith("  index ") for line in lines) == 1  # the e-mail index key
