@@ -84,7 +84,16 @@ class PasswordError(VaultkitError):
 
 
 class WeakPasswordError(PasswordError):
-    """The password policy rejected a password; carries feedback only, never the password."""
+    """The password policy rejected a password; carries feedback only, never the password.
+
+    Attributes:
+        result: the policy's verdict (a ``PolicyResult``): score, reasons, warning, suggestions.
+    """
+
+    def __init__(self, result: object) -> None:
+        reasons = ", ".join(getattr(result, "reasons", ())) or "rejected"
+        super().__init__(f"password rejected by the policy: {reasons}")
+        self.result = result
 
 
 class PasswordMismatchError(PasswordError):

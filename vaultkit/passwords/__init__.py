@@ -1,0 +1,22 @@
+"""Password policy (zxcvbn) and password hashing (argon2id, bcrypt, legacy PBKDF2)."""
+
+from vaultkit.passwords._signup import hash_new_password
+from vaultkit.passwords.hashing import (
+    CHEAPEST,
+    RFC_9106_LOW_MEMORY,
+    Argon2Profile,
+    PasswordHasher,
+    calibrate,
+)
+from vaultkit.passwords.policy import PasswordPolicy, PolicyResult
+
+__all__ = [
+    "CHEAPEST",
+    "RFC_9106_LOW_MEMORY",
+    "Argon2Profile",
+    "PasswordHasher",
+    "PasswordPolicy",
+    "PolicyResult",
+    "calibrate",
+    "hash_new_password",
+]
