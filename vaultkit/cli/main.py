@@ -31,7 +31,7 @@ EXIT_CODES: Final[tuple[tuple[type[VaultkitError], int], ...]] = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    from vaultkit.cli import audience, bench, demo, keys
+    from vaultkit.cli import audience, bench, demo, keys, password
 
     parser = argparse.ArgumentParser(
         prog="vaultkit",
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     keys.register(commands)
     bench.register(commands)
     audience.register(commands)
+    password.register(commands)
     return parser
 
 

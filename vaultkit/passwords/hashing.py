@@ -189,7 +189,8 @@ class PasswordHasher:
             except VerifyMismatchError:
                 return False
             except VerificationError:
-                return False
+                # argon2 could not decode the hash: malformed, not a wrong password.
+                raise ValueError("malformed argon2 hash") from None
         raw = password.encode("utf-8")
         if scheme == "bcrypt":
             return bcrypt.checkpw(raw[:BCRYPT_MAX_BYTES], hashed.encode("ascii"))
