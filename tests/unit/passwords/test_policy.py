@@ -108,7 +108,6 @@ class TestUserInputs:
         """E-mails give local parts with and without separators; dates give common formats."""
         forms = derived_user_inputs(["Jan.Peeters+news@Example.be", dt.date(1978, 3, 14), 100017])
         for expected in (
-            "janpeeters+news",
             "jan.peeters+news",
             "janpeetersnews",
             "jan",
@@ -124,7 +123,7 @@ class TestUserInputs:
 
 
 class TestDutchAndFrench:
-    CASES = ["Gentbrugge1985", "Vandenbroucke1", "Antwerpen2024", "vlinderkoffie"]
+    CASES = ("Gentbrugge1985", "Vandenbroucke1", "Antwerpen2024", "vlinderkoffie")
 
     def test_weaker_than_plain_zxcvbn_says(self) -> None:
         """Passwords built on Dutch and French words, names and places lose the score plain zxcvbn gives."""
