@@ -30,7 +30,7 @@ __all__ = [
 #: l33t table cost about 0.3 s, 72 about 3 s. The score is therefore computed on the longest
 #: prefix with at most this many such characters and at most MAX_SCORED_LENGTH characters. A
 #: prefix's score can only under-state the whole password's strength, never over-state it.
-MAX_L33T_CHARACTERS: Final = 8
+MAX_L33T_CHARACTERS: Final = 6
 MAX_SCORED_LENGTH: Final = 64
 _LISTS: Final = ("nl_words", "fr_words", "first_names", "surnames", "places")
 

@@ -77,7 +77,7 @@ def test_length_counts_code_points_after_nfkc() -> None:
 
 
 def test_cost_bound_prefix() -> None:
-    """Only a bounded prefix is scored: at most 64 characters and 8 l33t characters."""
+    """Only a bounded prefix is scored: at most 64 characters and 6 l33t characters."""
     assert len(scored_prefix("a" * 1000)) == MAX_SCORED_LENGTH
     flood = "4@8({[<3691!|" * 10
     assert scored_prefix(flood) == flood[:MAX_L33T_CHARACTERS]
