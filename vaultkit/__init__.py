@@ -4,12 +4,14 @@ The safe API: a :class:`Vault` over key domains (:class:`KeyDomain`) whose KEKs 
 provider. Raw primitives live in :mod:`vaultkit.core`, documented as hazardous.
 """
 
+from vaultkit._access import ANONYMOUS, Principal, SealedValue, acting_as, current_scope
 from vaultkit._vault import BlindIndexKey, CacheInfo, FieldCipher, Vault
 from vaultkit.core.wire import ContextValue
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider, KeyRef
 
 __all__ = [
+    "ANONYMOUS",
     "BlindIndexKey",
     "CacheInfo",
     "ContextValue",
@@ -17,6 +19,10 @@ __all__ = [
     "KeyDomain",
     "KeyProvider",
     "KeyRef",
+    "Principal",
+    "SealedValue",
     "Vault",
+    "acting_as",
+    "current_scope",
 ]
 __version__ = "0.1.0.dev0"

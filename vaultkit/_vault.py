@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -20,11 +21,18 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from sqlalchemy.engine import Engine
 
+from vaultkit._access import Principal, Scope, SealedValue, acting_as, current_scope
 from vaultkit._codec import PlainValue, decode_value, encode_value
 from vaultkit._redact import NoPickle
 from vaultkit.core import wire
 from vaultkit.core.envelope import DataKey, new_data_key, new_dek_id, wrap_context
-from vaultkit.errors import ConfigurationError, DecryptionError, DomainError, KeyStoreError
+from vaultkit.errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    DecryptionError,
+    DomainError,
+    KeyStoreError,
+)
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider, KeyRef
 from vaultkit.store import DataKeyRecord, DekState, KeyStore, SQLKeyStore
@@ -44,6 +52,8 @@ _INDEX_PURPOSE: Final = "index"
 _H: Final = wire.HEADER_SIZE
 _P: Final = wire.PREFIX_SIZE
 _MIN: Final = wire.MIN_VALUE_SIZE
+#: What decryption returns: the value, or a SealedValue for a reader without the domain's grant.
+Decrypted = PlainValue | SealedValue
 _urandom = os.urandom
 _monotonic = time.monotonic
 
@@ -60,10 +70,11 @@ class CacheInfo:
 class _Active:
     """The DEK this process encrypts under in one domain, with its budget."""
 
-    __slots__ = ("deadline", "key", "retire_at", "uses")
+    __slots__ = ("deadline", "gated", "key", "retire_at", "uses")
 
-    def __init__(self, key: DataKey, retire_at: float) -> None:
+    def __init__(self, key: DataKey, retire_at: float, *, gated: bool = False) -> None:
         self.key = key
+        self.gated = gated
         self.uses = itertools.count(1)
         self.retire_at = retire_at
         self.deadline = min(retire_at, key.expires_at)
@@ -299,7 +310,7 @@ class Vault(NoPickle):
         *,
         context: Mapping[str, wire.ContextValue] | None = None,
         domain: str | None = None,
-    ) -> PlainValue:
+    ) -> Decrypted:
         """Decrypt a value made by :meth:`encrypt`, returning the type that went in.
 
         Args:
@@ -400,6 +411,31 @@ class Vault(NoPickle):
         )
         return record
 
+    def acting_as(
+        self, principal: Principal, *, purpose: str
+    ) -> contextlib.AbstractContextManager[Scope]:
+        """Act as ``principal`` for ``purpose`` in a ``with`` block (see :func:`vaultkit.acting_as`).
+
+        The scope is held in a context variable, so it is per thread and per asyncio task, and
+        applies to every vault.
+        """
+        return acting_as(principal, purpose=purpose)
+
+    def _denied(self, domain: str) -> SealedValue:
+        scope = current_scope()
+        if self._domains[domain].on_denied == "raise":
+            raise AccessDeniedError(
+                f"principal {scope.principal.name!r} has no grant for domain {domain!r}"
+            )
+        return SealedValue(domain)
+
+    def _check_encrypt_grant(self, domain: str) -> None:
+        scope = current_scope()
+        if domain not in scope.principal.grants:
+            raise AccessDeniedError(
+                f"principal {scope.principal.name!r} may not encrypt into domain {domain!r}"
+            )
+
     def close(self) -> None:
         """Record encryption counts in the key store and release what the vault opened."""
         with self._lock:
@@ -428,6 +464,8 @@ class Vault(NoPickle):
         active = self._active.get(domain)
         if active is None or next(active.uses) > self._max_uses or active.deadline < _monotonic():
             active = self._next_active(domain)
+        if active.gated:
+            self._check_encrypt_grant(domain)
         key = active.key
         nonce = _urandom(12)
         return key.header + nonce + key.cipher.encrypt(nonce, plaintext, key.aad_prefix + fields)
@@ -487,7 +525,8 @@ class Vault(NoPickle):
         wrapped = record.wrapped
         self._store.insert(record)
         key = DataKey(dek, dek_id, domain, wrapped=wrapped, ttl=self._ttl)
-        self._cache.put(key)
+        # Not put in the decryption cache: reading goes through the provider's unwrap, so a
+        # service whose provider may only wrap (an encrypt-only key) cannot read back its writes.
         log.info(
             "new DEK %s in domain %s under KEK %s v%d",
             dek_id.hex(),
@@ -495,7 +534,9 @@ class Vault(NoPickle):
             ref.key_id,
             ref.version,
         )
-        return _Active(key, _monotonic() + self._max_age)
+        return _Active(
+            key, _monotonic() + self._max_age, gated=self._domains[domain].encrypt_requires_grant
+        )
 
     def _flush_count(self, active: _Active) -> None:
         count = min(next(active.uses) - 1, self._max_uses)
@@ -509,7 +550,7 @@ class Vault(NoPickle):
 
     # -- decryption ---------------------------------------------------------------------------
 
-    def _open(self, blob: bytes, fields: bytes, domain: str | None) -> PlainValue:
+    def _open(self, blob: bytes, fields: bytes, domain: str | None) -> Decrypted:
         if len(blob) < _MIN:
             raise DecryptionError
         key = self._cache.by_header.get(blob[:_H])
@@ -519,6 +560,8 @@ class Vault(NoPickle):
             key.referenced = True
         if domain is not None and domain != key.domain:
             raise DecryptionError
+        if key.restricted and key.domain not in current_scope().principal.grants:
+            return self._denied(key.domain)
         try:
             plaintext = key.cipher.decrypt(blob[_H:_P], blob[_P:], key.aad_prefix + fields)
             if plaintext[:1] == b"\x01":  # str, the common case, decoded here without a call
@@ -559,6 +602,7 @@ class Vault(NoPickle):
             ref, record.wrapped, context=wrap_context(record.domain, record.dek_id, record.purpose)
         )
         key = DataKey(dek, record.dek_id, record.domain, wrapped=record.wrapped, ttl=self._ttl)
+        key.restricted = self._domains[record.domain].restricted
         self._cache.put(key)
         return key
 
@@ -638,7 +682,7 @@ class FieldCipher:
         fields = self._fixed if row is None and not self._row_bound else self._fields(row)
         return self._seal(self._domain, encode_value(value, pad_to=self._pad), fields)
 
-    def decrypt(self, blob: bytes, *, row: wire.ContextValue | None = None) -> PlainValue:
+    def decrypt(self, blob: bytes, *, row: wire.ContextValue | None = None) -> Decrypted:
         """Decrypt one value of this column."""
         fields = self._fixed if row is None and not self._row_bound else self._fields(row)
         return self._open(blob if type(blob) is bytes else _as_bytes(blob), fields, self._domain)

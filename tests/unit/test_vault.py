@@ -268,6 +268,7 @@ class TestConstruction:
         blob = vault.encrypt("x", domain="identity")
         with pytest.raises(TypeError, match="cannot be pickled"):
             pickle.dumps(vault)
+        vault.decrypt(blob)  # a writer reads through the provider, then caches
         key = vault._cache.by_header[blob[:52]]
         with pytest.raises(TypeError):
             copy.deepcopy(key)
@@ -434,6 +435,7 @@ class TestCommitment:
         from vaultkit.core import wire
 
         blob = vault.encrypt("x", domain="identity")
+        vault.decrypt(blob)  # a writer reads through the provider, then caches
         key = vault._cache.by_header[blob[:52]]
         forged_header = blob[:20] + bytes(32)
         nonce = os.urandom(12)

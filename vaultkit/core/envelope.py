@@ -58,6 +58,7 @@ class DataKey(NoPickle):
         "expires_at",
         "header",
         "referenced",
+        "restricted",
         "wrapped",
     )
 
@@ -74,6 +75,8 @@ class DataKey(NoPickle):
         self.wrapped = wrapped
         self.expires_at = time.monotonic() + ttl
         self.referenced = True
+        # Set by the vault from the domain's policy: decrypting needs a grant.
+        self.restricted = False
 
     def __repr__(self) -> str:
         return f"DataKey(dek_id={self.dek_id.hex()!r}, domain={self.domain!r})"

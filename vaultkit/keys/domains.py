@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from vaultkit.errors import DomainError
 
@@ -36,11 +36,26 @@ class KeyDomain:
 
     Args:
         name: the domain's name (see :data:`DOMAIN_NAME_PATTERN`).
+        restricted: decrypting needs a principal holding a grant for this domain
+            (``vault.acting_as(Principal("coach-17", grants={"medical"}), purpose=...)``).
+        audited: each decrypt and write is to be logged (the audit log itself is not built yet).
+        on_denied: for a reader without the grant, ``"seal"`` yields a :class:`SealedValue`,
+            ``"raise"`` raises :class:`AccessDeniedError`. Never plaintext, never ``None``.
+        encrypt_requires_grant: also refuse encryption without the grant. By default anyone may
+            encrypt into a restricted domain (a service storing a document a member uploads).
 
     .. versionadded:: 0.1.0
     """
 
     name: str
+    restricted: bool = False
+    audited: bool = False
+    on_denied: Literal["seal", "raise"] = "seal"
+    encrypt_requires_grant: bool = False
 
     def __post_init__(self) -> None:
         check_domain_name(self.name)
+        if self.on_denied not in ("seal", "raise"):
+            raise DomainError(f"on_denied must be 'seal' or 'raise', not {self.on_denied!r}")
+        if self.encrypt_requires_grant and not self.restricted:
+            raise DomainError(f"domain {self.name!r}: encrypt_requires_grant needs restricted=True")

@@ -29,6 +29,7 @@ from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.sql import operators
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from vaultkit._access import SealedValue
 from vaultkit._codec import PlainValue, encode_value
 from vaultkit._vault import BlindIndexKey, FieldCipher, _as_bytes
 from vaultkit.core import wire
@@ -387,7 +388,7 @@ class Encrypted(TypeDecorator[Any]):
                 return _legacy(stored, self._python_type, self.inner)
             raise DecryptionError
         value = self.field().decrypt(stored, row=row)
-        if self._enum_class is not None:
+        if self._enum_class is not None and not isinstance(value, SealedValue):
             return self._enum_class[value]  # type: ignore[index]
         return value
 

@@ -1,0 +1,108 @@
+"""Who is reading: principals, their grants, and the sealed value a denied read yields."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from vaultkit.keys.domains import check_domain_name
+
+__all__ = ["ANONYMOUS", "Principal", "Scope", "SealedValue", "acting_as", "current_scope"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Someone or something that reads data: a coach, the medical adviser, the claims service.
+
+    Args:
+        name: an identifier that goes into the audit log (never a secret).
+        grants: the restricted domains this principal may decrypt, such as ``{"medical"}``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    name: str
+    grants: frozenset[str] = field(default=frozenset())
+
+    def __init__(self, name: str, grants: Iterable[str] = ()) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError("a principal needs a non-empty str name")
+        if isinstance(grants, str):
+            raise TypeError("grants is a collection of domain names, not one string")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "grants", frozenset(check_domain_name(g) for g in grants))
+
+
+#: The caller outside any ``acting_as`` block: an anonymous service with no grants.
+ANONYMOUS = Principal("anonymous")
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The principal and purpose in force for the current thread or asyncio task."""
+
+    principal: Principal
+    purpose: str | None
+
+
+_scope: contextvars.ContextVar[Scope] = contextvars.ContextVar(
+    "vaultkit_scope",
+    default=Scope(ANONYMOUS, None),  # noqa: B039 - Scope is a frozen dataclass, not mutable
+)
+
+
+def current_scope() -> Scope:
+    """Return the principal and purpose in force here."""
+    return _scope.get()
+
+
+@contextlib.contextmanager
+def acting_as(principal: Principal, *, purpose: str) -> Iterator[Scope]:
+    """Act as ``principal`` for ``purpose`` inside the block; scopes nest and restore on exit.
+
+    The scope lives in a ``contextvars.ContextVar``: each thread starts anonymous, and each asyncio
+    task sees the scope of the code that created it, never another task's.
+    """
+    if not isinstance(principal, Principal):
+        raise TypeError(f"acting_as takes a Principal, not {type(principal).__name__}")
+    if not isinstance(purpose, str) or not purpose:
+        raise TypeError("acting_as needs a non-empty purpose")
+    scope = Scope(principal, purpose)
+    token = _scope.set(scope)
+    try:
+        yield scope
+    finally:
+        _scope.reset(token)
+
+
+class SealedValue:
+    """What a restricted column yields to a reader without the grant: never the plaintext.
+
+    Its ``repr`` and ``str`` name only the domain; it equals nothing but itself (no string, no
+    other sealed value); it cannot be pickled, copied into JSON by ``json.dumps`` (a ``TypeError``,
+    as for any unknown object), or written back into an encrypted column (the column refuses it).
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = ("domain",)
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+
+    def __repr__(self) -> str:
+        return f"SealedValue(domain={self.domain!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("a sealed value cannot be pickled")
