@@ -80,6 +80,17 @@ class _Active:
         self.deadline = min(retire_at, key.expires_at)
 
 
+_DEK_DOMAINS_MAX: Final = 100_000
+
+
+class _Denied(Exception):  # noqa: N818 - internal control flow, never raised to callers
+    """The current principal may not read this domain."""
+
+    def __init__(self, domain: str) -> None:
+        super().__init__(domain)
+        self.domain = domain
+
+
 class _KeyCache:
     """Unwrapped DEKs by id and by header, bounded, with second-chance (CLOCK) eviction."""
 
@@ -256,6 +267,7 @@ class Vault(NoPickle):
         self._cache = _KeyCache(cache_size)
         self._active: dict[str, _Active] = {}
         self._index_keys: dict[tuple[str, str], BlindIndexKey] = {}
+        self._dek_domains: dict[bytes, str] = {}  # DEK id -> domain; no key material
         self._lock = threading.RLock()
         self._closed = False
         if hasattr(os, "register_at_fork"):
@@ -555,7 +567,10 @@ class Vault(NoPickle):
             raise DecryptionError
         key = self._cache.by_header.get(blob[:_H])
         if key is None or key.expires_at < _monotonic():
-            key = self._key_for(blob)
+            try:
+                key = self._key_for(blob)
+            except _Denied as denied:
+                return self._denied(denied.domain)
         else:
             key.referenced = True
         if domain is not None and domain != key.domain:
@@ -572,8 +587,20 @@ class Vault(NoPickle):
             raise DecryptionError from None
         return decode_value(plaintext)
 
+    def _is_denied(self, domain: str) -> bool:
+        policy = self._domains.get(domain)
+        return (
+            policy is not None
+            and policy.restricted
+            and domain not in current_scope().principal.grants
+        )
+
     def _key_for(self, blob: bytes) -> DataKey:
         _suite, dek_id, commitment = wire.parse_header(blob)
+        # A reader without the grant is turned away before any key-store read or provider call.
+        known = self._dek_domains.get(dek_id)
+        if known is not None and self._is_denied(known):
+            raise _Denied(known)
         key = self._cache.by_id.get(dek_id)
         if key is None or key.expires_at < _monotonic():
             with self._lock:
@@ -588,6 +615,11 @@ class Vault(NoPickle):
                         self._cache.drop(dek_id)
                         log.debug("no usable DEK %s for a value", dek_id.hex())
                         raise DecryptionError
+                    if len(self._dek_domains) >= _DEK_DOMAINS_MAX:
+                        self._dek_domains.clear()
+                    self._dek_domains[dek_id] = record.domain
+                    if self._is_denied(record.domain):
+                        raise _Denied(record.domain)
                     key = self._unwrap(record)
         if not hmac.compare_digest(key.commitment, commitment):
             raise DecryptionError
