@@ -14,16 +14,18 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import Engine
 
 from vaultkit._access import Principal, Scope, SealedValue, acting_as, current_scope
 from vaultkit._codec import PlainValue, decode_value, encode_value
 from vaultkit._redact import NoPickle
+from vaultkit.audit import AuditEvent, AuditLog
 from vaultkit.core import wire
 from vaultkit.core.envelope import DataKey, new_data_key, new_dek_id, wrap_context
 from vaultkit.errors import (
@@ -49,6 +51,8 @@ DEFAULT_CACHE_SIZE: Final = 1000  # unwrapped DEKs kept per vault
 DEFAULT_CACHE_TTL: Final = 600.0  # seconds before a cached DEK is fetched and unwrapped again
 _PURPOSE: Final = "data"
 _INDEX_PURPOSE: Final = "index"
+_AUDIT_PURPOSE: Final = "audit"
+DEFAULT_AUDIT_BATCH: Final = 1000  # row keys per audit event in bulk reads
 _H: Final = wire.HEADER_SIZE
 _P: Final = wire.PREFIX_SIZE
 _MIN: Final = wire.MIN_VALUE_SIZE
@@ -70,11 +74,14 @@ class CacheInfo:
 class _Active:
     """The DEK this process encrypts under in one domain, with its budget."""
 
-    __slots__ = ("deadline", "gated", "key", "retire_at", "uses")
+    __slots__ = ("audited", "deadline", "gated", "key", "retire_at", "uses")
 
-    def __init__(self, key: DataKey, retire_at: float, *, gated: bool = False) -> None:
+    def __init__(
+        self, key: DataKey, retire_at: float, *, gated: bool = False, audited: bool = False
+    ) -> None:
         self.key = key
         self.gated = gated
+        self.audited = audited
         self.uses = itertools.count(1)
         self.retire_at = retire_at
         self.deadline = min(retire_at, key.expires_at)
@@ -212,6 +219,9 @@ class Vault(NoPickle):
         cache_ttl: float = DEFAULT_CACHE_TTL,
         dek_max_encryptions: int = DEFAULT_MAX_ENCRYPTIONS,
         dek_max_age: dt.timedelta = DEFAULT_MAX_AGE,
+        audit: str | Engine | None = None,
+        audit_domain: str | None = None,
+        audit_batch_size: int = DEFAULT_AUDIT_BATCH,
     ) -> None:
         if isinstance(domains, str | KeyDomain):
             raise TypeError("domains must be a list of KeyDomain or names, not a single domain")
@@ -272,6 +282,13 @@ class Vault(NoPickle):
         self._closed = False
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
+        self._audit_log: AuditLog | None = None
+        self._audit_batches: dict[tuple[Any, ...], list[Any]] = {}
+        self._audit_lock = threading.Lock()
+        self._audit_batch_size = audit_batch_size
+        audited = [d.name for d in declared.values() if d.audited]
+        if audited:
+            self._open_audit_log(audit, audit_domain or audited[0])
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -314,7 +331,9 @@ class Vault(NoPickle):
         Warning:
             Without ``pad_to`` the ciphertext's length reveals the plaintext's length.
         """
-        return self._seal(domain, encode_value(value, pad_to=pad_to), wire.context_fields(context))
+        return self._seal(
+            domain, encode_value(value, pad_to=pad_to), wire.context_fields(context), context
+        )
 
     def decrypt(
         self,
@@ -339,7 +358,7 @@ class Vault(NoPickle):
             KeyProviderError: the provider could not unwrap the DEK.
         """
         blob = blob if type(blob) is bytes else _as_bytes(blob)
-        return self._open(blob, wire.context_fields(context), domain)
+        return self._open(blob, wire.context_fields(context), domain, context)
 
     def field(
         self,
@@ -378,7 +397,10 @@ class Vault(NoPickle):
             raise DomainError(f"domain {domain!r} is not declared in this vault")
         if not isinstance(version, int) or not 1 <= version <= 255:
             raise ConfigurationError("a blind-index version is an integer from 1 to 255")
-        name = f"{table}.{column}@v{version}"
+        return self._named_key(domain, f"{table}.{column}@v{version}", _INDEX_PURPOSE, version)
+
+    def _named_key(self, domain: str, name: str, purpose: str, version: int) -> BlindIndexKey:
+        """A named HMAC key of ``purpose`` in ``domain``, created on first use, then cached."""
         cached = self._index_keys.get((domain, name))
         if cached is not None:
             return cached
@@ -389,23 +411,25 @@ class Vault(NoPickle):
             dek_id = _index_key_id(domain, name)
             record = self._store.get(dek_id)
             if record is None:
-                record = self._create_index_key(domain, name, dek_id)
-            if record.purpose != _INDEX_PURPOSE or record.domain != domain or record.name != name:
-                raise KeyStoreError(f"key-store row {dek_id.hex()} is not the index key {name}")
+                record = self._create_index_key(domain, name, dek_id, purpose)
+            if record.purpose != purpose or record.domain != domain or record.name != name:
+                raise KeyStoreError(f"key-store row {dek_id.hex()} is not the {purpose} key {name}")
             if record.state is DekState.DESTROYED:
-                raise KeyStoreError(f"the index key {name} in domain {domain} was destroyed")
+                raise KeyStoreError(f"the {purpose} key {name} in domain {domain} was destroyed")
             provider = self._providers[domain]
             ref = KeyRef(domain, record.kek_id, record.kek_version)
             key = provider.unwrap(
-                ref, record.wrapped, context=wrap_context(domain, dek_id, _INDEX_PURPOSE)
+                ref, record.wrapped, context=wrap_context(domain, dek_id, purpose)
             )
-            index_key = BlindIndexKey(key, domain=domain, name=name, version=version)
-            self._index_keys[(domain, name)] = index_key
-            return index_key
+            named = BlindIndexKey(key, domain=domain, name=name, version=version)
+            self._index_keys[(domain, name)] = named
+            return named
 
-    def _create_index_key(self, domain: str, name: str, dek_id: bytes) -> DataKeyRecord:
+    def _create_index_key(
+        self, domain: str, name: str, dek_id: bytes, purpose: str = _INDEX_PURPOSE
+    ) -> DataKeyRecord:
         ref = self._providers[domain].primary(domain)
-        _, record = self._new_wrapped_key(domain, ref, dek_id, _INDEX_PURPOSE, name=name)
+        _, record = self._new_wrapped_key(domain, ref, dek_id, purpose, name=name)
         try:
             self._store.insert(record)
         except KeyStoreError:
@@ -423,18 +447,23 @@ class Vault(NoPickle):
         )
         return record
 
-    def acting_as(
-        self, principal: Principal, *, purpose: str
-    ) -> contextlib.AbstractContextManager[Scope]:
+    @contextlib.contextmanager
+    def acting_as(self, principal: Principal, *, purpose: str) -> Iterator[Scope]:
         """Act as ``principal`` for ``purpose`` in a ``with`` block (see :func:`vaultkit.acting_as`).
 
         The scope is held in a context variable, so it is per thread and per asyncio task, and
-        applies to every vault.
+        applies to every vault. On exit this vault's open audit batches are written.
         """
-        return acting_as(principal, purpose=purpose)
+        with acting_as(principal, purpose=purpose) as scope:
+            try:
+                yield scope
+            finally:
+                self.flush_audit()
 
-    def _denied(self, domain: str) -> SealedValue:
+    def _denied(self, domain: str, where: Any = None) -> SealedValue:
         scope = current_scope()
+        if self._domains[domain].audited:
+            self._audit("denied", domain, where, None)
         if self._domains[domain].on_denied == "raise":
             raise AccessDeniedError(
                 f"principal {scope.principal.name!r} has no grant for domain {domain!r}"
@@ -448,8 +477,102 @@ class Vault(NoPickle):
                 f"principal {scope.principal.name!r} may not encrypt into domain {domain!r}"
             )
 
+    # -- audit ------------------------------------------------------------------------------------
+
+    def _open_audit_log(self, audit: str | Engine | None, domain: str) -> None:
+        if domain not in self._domains:
+            raise ConfigurationError(f"audit_domain {domain!r} is not declared in this vault")
+        if not isinstance(self._audit_batch_size, int) or self._audit_batch_size < 1:
+            raise ConfigurationError("audit_batch_size must be a positive integer")
+        if isinstance(audit, str):
+            engine = sa_create_engine(audit)
+        elif isinstance(audit, Engine):
+            engine = audit
+        elif isinstance(self._store, SQLKeyStore):
+            engine = self._store.engine
+        else:
+            raise ConfigurationError(
+                "audited domains need an audit log: give audit= (a database URL or Engine) or use "
+                "an SQL key store"
+            )
+        key = self._named_key(domain, "audit-log@v1", _AUDIT_PURPOSE, 1)
+        self._audit_log = AuditLog(engine, mac=key.digest)
+
+    @property
+    def audit_log(self) -> AuditLog | None:
+        """The audit log of the audited domains, or ``None`` when no domain is audited."""
+        return self._audit_log
+
+    def _audit(self, action: str, domain: str, where: Any, dek_id: bytes | None) -> None:
+        """Log one access to an audited domain; the first of a batch is written before returning.
+
+        Bulk reads share one event per batch: the first access of a (principal, purpose, action,
+        domain, table, column, DEK) is written at once, so that a failed write fails the access;
+        further row keys are written together every ``audit_batch_size`` accesses, when the
+        ``vault.acting_as`` block ends, on :meth:`flush_audit` and on :meth:`close`.
+        """
+        log_ = self._audit_log
+        if log_ is None:
+            return
+        table = column = row = None
+        if isinstance(where, tuple):
+            table, column, row = where
+        elif where:
+            table, column, row = where.get("table"), where.get("column"), where.get("row")
+        scope = current_scope()
+        key = (scope.principal.name, scope.purpose, action, domain, table, column, dek_id)
+        row_text = wire.context_value_text(row) if row is not None else None
+        with self._audit_lock:
+            batch = self._audit_batches.get(key)
+            if batch is None:
+                log_.append([self._audit_event(key, (row_text,) if row_text else (), 1)])
+                self._audit_batches[key] = [[], 0]
+                return
+            if row_text is not None:
+                batch[0].append(row_text)
+            batch[1] += 1
+            if batch[1] >= self._audit_batch_size:
+                log_.append([self._audit_event(key, tuple(batch[0]), batch[1])])
+                batch[0], batch[1] = [], 0
+
+    @staticmethod
+    def _audit_event(key: tuple[Any, ...], rows: tuple[str, ...], count: int) -> AuditEvent:
+        principal, purpose, action, domain, table, column, dek_id = key
+        return AuditEvent(
+            principal=principal,
+            purpose=purpose,
+            action=action,
+            domain=domain,
+            table=table,
+            column=column,
+            rows=rows,
+            count=count,
+            dek_id=dek_id.hex() if dek_id else None,
+            at=dt.datetime.now(dt.UTC),
+        )
+
+    def flush_audit(self) -> None:
+        """Write the row keys of every open audit batch and close the batches.
+
+        Raises:
+            AuditError: the events could not be written.
+        """
+        log_ = self._audit_log
+        if log_ is None:
+            return
+        with self._audit_lock:
+            events = [
+                self._audit_event(k, tuple(b[0]), b[1])
+                for k, b in self._audit_batches.items()
+                if b[1]
+            ]
+            self._audit_batches.clear()
+            log_.append(events)
+
     def close(self) -> None:
         """Record encryption counts in the key store and release what the vault opened."""
+        if not self._closed and self._audit_log is not None:
+            self.flush_audit()
         with self._lock:
             if self._closed:
                 return
@@ -472,13 +595,15 @@ class Vault(NoPickle):
 
     # -- encryption ---------------------------------------------------------------------------
 
-    def _seal(self, domain: str, plaintext: bytes, fields: bytes) -> bytes:
+    def _seal(self, domain: str, plaintext: bytes, fields: bytes, where: Any = None) -> bytes:
         active = self._active.get(domain)
         if active is None or next(active.uses) > self._max_uses or active.deadline < _monotonic():
             active = self._next_active(domain)
         if active.gated:
             self._check_encrypt_grant(domain)
         key = active.key
+        if active.audited:
+            self._audit("write", domain, where, key.dek_id)
         nonce = _urandom(12)
         return key.header + nonce + key.cipher.encrypt(nonce, plaintext, key.aad_prefix + fields)
 
@@ -546,8 +671,12 @@ class Vault(NoPickle):
             ref.key_id,
             ref.version,
         )
+        policy = self._domains[domain]
         return _Active(
-            key, _monotonic() + self._max_age, gated=self._domains[domain].encrypt_requires_grant
+            key,
+            _monotonic() + self._max_age,
+            gated=policy.encrypt_requires_grant,
+            audited=policy.audited,
         )
 
     def _flush_count(self, active: _Active) -> None:
@@ -562,7 +691,7 @@ class Vault(NoPickle):
 
     # -- decryption ---------------------------------------------------------------------------
 
-    def _open(self, blob: bytes, fields: bytes, domain: str | None) -> Decrypted:
+    def _open(self, blob: bytes, fields: bytes, domain: str | None, where: Any = None) -> Decrypted:
         if len(blob) < _MIN:
             raise DecryptionError
         key = self._cache.by_header.get(blob[:_H])
@@ -570,21 +699,25 @@ class Vault(NoPickle):
             try:
                 key = self._key_for(blob)
             except _Denied as denied:
-                return self._denied(denied.domain)
+                return self._denied(denied.domain, where)
         else:
             key.referenced = True
         if domain is not None and domain != key.domain:
             raise DecryptionError
         if key.restricted and key.domain not in current_scope().principal.grants:
-            return self._denied(key.domain)
+            return self._denied(key.domain, where)
         try:
             plaintext = key.cipher.decrypt(blob[_H:_P], blob[_P:], key.aad_prefix + fields)
-            if plaintext[:1] == b"\x01":  # str, the common case, decoded here without a call
-                return plaintext[1:].decode("utf-8")
         except InvalidTag:
             raise DecryptionError from None
-        except UnicodeDecodeError:
-            raise DecryptionError from None
+        if key.audited:
+            # Logged before the plaintext leaves: if the event cannot be written, this raises.
+            self._audit("decrypt", key.domain, where, key.dek_id)
+        if plaintext[:1] == b"\x01":  # str, the common case, decoded here without a call
+            try:
+                return plaintext[1:].decode("utf-8")
+            except UnicodeDecodeError:
+                raise DecryptionError from None
         return decode_value(plaintext)
 
     def _is_denied(self, domain: str) -> bool:
@@ -635,6 +768,7 @@ class Vault(NoPickle):
         )
         key = DataKey(dek, record.dek_id, record.domain, wrapped=record.wrapped, ttl=self._ttl)
         key.restricted = self._domains[record.domain].restricted
+        key.audited = self._domains[record.domain].audited
         self._cache.put(key)
         return key
 
@@ -712,12 +846,22 @@ class FieldCipher:
     def encrypt(self, value: PlainValue, *, row: wire.ContextValue | None = None) -> bytes:
         """Encrypt one value of this column (``row`` is required when the column is row-bound)."""
         fields = self._fixed if row is None and not self._row_bound else self._fields(row)
-        return self._seal(self._domain, encode_value(value, pad_to=self._pad), fields)
+        return self._seal(
+            self._domain,
+            encode_value(value, pad_to=self._pad),
+            fields,
+            (self.table, self.column, row),
+        )
 
     def decrypt(self, blob: bytes, *, row: wire.ContextValue | None = None) -> Decrypted:
         """Decrypt one value of this column."""
         fields = self._fixed if row is None and not self._row_bound else self._fields(row)
-        return self._open(blob if type(blob) is bytes else _as_bytes(blob), fields, self._domain)
+        return self._open(
+            blob if type(blob) is bytes else _as_bytes(blob),
+            fields,
+            self._domain,
+            (self.table, self.column, row),
+        )
 
     @property
     def domain(self) -> str:

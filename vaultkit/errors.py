@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "AccessDeniedError",
     "AudienceError",
+    "AuditError",
     "ConfigurationError",
     "DecryptionError",
     "DomainError",
@@ -69,6 +70,10 @@ class UnsupportedFormatError(DecryptionError):
 
 class AccessDeniedError(VaultkitError):
     """The acting principal lacks the grant for a restricted domain."""
+
+
+class AuditError(VaultkitError):
+    """An audit event could not be written or read; the access it was for does not happen."""
 
 
 class QueryError(VaultkitError):

@@ -25,7 +25,7 @@ from vaultkit.testing import CountingKeyProvider, InMemoryKeyProvider
 
 COACH = Principal("coach-17", grants={"medical"})
 CLAIMS = Principal("claims-handler-3")
-DOMAINS = [KeyDomain("identity"), KeyDomain("medical", restricted=True, audited=True)]
+DOMAINS = [KeyDomain("identity"), KeyDomain("medical", restricted=True)]
 
 
 @pytest.fixture

@@ -51,6 +51,7 @@ class DataKey(NoPickle):
 
     __slots__ = (
         "aad_prefix",
+        "audited",
         "cipher",
         "commitment",
         "dek_id",
@@ -75,8 +76,9 @@ class DataKey(NoPickle):
         self.wrapped = wrapped
         self.expires_at = time.monotonic() + ttl
         self.referenced = True
-        # Set by the vault from the domain's policy: decrypting needs a grant.
+        # Set by the vault from the domain's policy: decrypting needs a grant / is logged.
         self.restricted = False
+        self.audited = False
 
     def __repr__(self) -> str:
         return f"DataKey(dek_id={self.dek_id.hex()!r}, domain={self.domain!r})"

@@ -408,11 +408,12 @@ class Encrypted(TypeDecorator[Any]):
             self._coerce,
         )
         generation = -1
-        seal: Callable[[str, bytes, bytes], bytes] | None = None
+        seal: Callable[[str, bytes, bytes, Any], bytes] | None = None
         fields = b""
+        where: tuple[str, str, None] | None = None
 
         def process(value: Any) -> bytes | None:
-            nonlocal generation, seal, fields
+            nonlocal generation, seal, fields, where
             if value is None:
                 return None
             if type(value) is RowBound:
@@ -420,15 +421,16 @@ class Encrypted(TypeDecorator[Any]):
             if generation != slot.generation or seal is None:
                 field = self.field()
                 seal, fields = field._seal, field._fixed
+                where = (field.table, field.column, None)
                 generation = slot.generation
             if type(value) is str and python_type is str and pad is None:
                 try:  # the common case, encoded here without a call (see vaultkit._codec)
-                    return seal(domain, b"\x01" + value.encode("utf-8"), fields)
+                    return seal(domain, b"\x01" + value.encode("utf-8"), fields, where)
                 except UnicodeEncodeError:
                     pass  # a lone surrogate: encode_value raises a clean error below
             elif python_type is not str or type(value) is not str:
                 value = coerce(value)
-            return seal(domain, encode_value(value, pad_to=pad), fields)
+            return seal(domain, encode_value(value, pad_to=pad), fields, where)
 
         return process
 
@@ -447,18 +449,20 @@ class Encrypted(TypeDecorator[Any]):
         # so no separate test for the magic is needed on this path.
         slot, domain = self._slot, self.domain
         generation = -1
-        open_: Callable[[bytes, bytes, str | None], Any] | None = None
+        open_: Callable[[bytes, bytes, str | None, Any], Any] | None = None
         fields = b""
+        where: tuple[str, str, None] | None = None
 
         def process(value: Any) -> Any:
-            nonlocal generation, open_, fields
+            nonlocal generation, open_, fields, where
             if value is None:
                 return None
             if generation != slot.generation or open_ is None:
                 field = self.field()
                 open_, fields = field._open, field._fixed
+                where = (field.table, field.column, None)
                 generation = slot.generation
-            return open_(value if type(value) is bytes else _as_bytes(value), fields, domain)
+            return open_(value if type(value) is bytes else _as_bytes(value), fields, domain, where)
 
         return process
 
