@@ -31,7 +31,7 @@ EXIT_CODES: Final[tuple[tuple[type[VaultkitError], int], ...]] = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    from vaultkit.cli import audience, bench, demo, keys, password
+    from vaultkit.cli import audience, audit, bench, demo, keys, password
 
     parser = argparse.ArgumentParser(
         prog="vaultkit",
@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.register(commands)
     audience.register(commands)
     password.register(commands)
+    audit.register(commands)
     return parser
 
 

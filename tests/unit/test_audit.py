@@ -1,0 +1,222 @@
+"""Tests for the audit log: what is logged, batching, failure, and tamper detection."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from vaultkit import KeyDomain, Principal, SealedValue, Vault, acting_as
+from vaultkit.cli.main import main
+from vaultkit.errors import AuditError
+from vaultkit.keys import LocalKeyProvider
+from vaultkit.keys.local import MASTER_KEY_ENV
+
+MASTER = bytes(range(32))
+COACH = Principal("coach-17", grants={"medical"})
+CLAIMS = Principal("claims-handler-3")
+DOMAINS = [KeyDomain("identity"), KeyDomain("medical", restricted=True, audited=True)]
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Vault, str, Path]]:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    keyring = tmp_path / "keyring.json"
+    vault = Vault(
+        provider=LocalKeyProvider(keyring, master_key=MASTER),
+        store=url,
+        domains=DOMAINS,
+        audit_batch_size=100,
+    )
+    yield vault, url, keyring
+    vault.close()
+
+
+def events(url: str) -> list[sa.Row[tuple[object, ...]]]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("select * from vaultkit_audit_events order by seq")).all()
+    engine.dispose()
+    return rows
+
+
+def sql(url: str, statement: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(statement))
+    engine.dispose()
+
+
+def test_reads_are_logged_with_who_why_where_and_never_the_value(
+    setup: tuple[Vault, str, Path],
+) -> None:
+    """Each read names principal, purpose, domain, table, column, row keys and DEK, not the value."""
+    vault, url, _ = setup
+    notes = vault.field("medical", table="members", column="health_note", row_bound=True)
+    blobs = {f"m-{i}": notes.encrypt(f"diagnosis number {i}", row=f"m-{i}") for i in range(3)}
+    with vault.acting_as(COACH, purpose="coaching-chat"):
+        for row, blob in blobs.items():
+            assert notes.decrypt(blob, row=row) == f"diagnosis number {row[2:]}"
+    logged = [e for e in events(url) if e.action == "decrypt"]
+    assert [(e.principal, e.purpose, e.domain, e.table_name, e.column_name) for e in logged] == [
+        ("coach-17", "coaching-chat", "medical", "members", "health_note")
+    ] * 2
+    assert [e.row_keys for e in logged] == ['["m-0"]', '["m-1","m-2"]']
+    assert sum(e.count for e in logged) == 3 and logged[0].dek_id
+    dump = "".join(str(tuple(e)) for e in events(url))
+    assert "diagnosis" not in dump
+    assert vault.audit_log is not None and vault.audit_log.verify().ok
+
+
+def test_bulk_reads_are_batched(setup: tuple[Vault, str, Path]) -> None:
+    """Reading 1,000 rows writes a handful of events, not 1,000."""
+    vault, url, _ = setup
+    notes = vault.field("medical", table="members", column="note", row_bound=True)
+    blobs = [(i, notes.encrypt("x", row=i)) for i in range(1000)]
+    before = len(events(url))
+    with vault.acting_as(COACH, purpose="review"):
+        for i, blob in blobs:
+            notes.decrypt(blob, row=i)
+    added = [e for e in events(url)[before:] if e.action == "decrypt"]
+    assert len(added) <= 12 and sum(e.count for e in added) == 1000
+
+
+def test_denied_attempts_and_writes_are_logged(setup: tuple[Vault, str, Path]) -> None:
+    """A read without the grant logs 'denied'; encrypting into the domain logs 'write'."""
+    vault, url, _ = setup
+    with acting_as(CLAIMS, purpose="claim-77"):
+        blob = vault.encrypt(
+            "uploaded certificate", domain="medical", context={"table": "docs", "column": "body"}
+        )
+        assert isinstance(
+            vault.decrypt(blob, context={"table": "docs", "column": "body"}), SealedValue
+        )
+    vault.flush_audit()
+    actions = {(e.action, e.principal, e.purpose) for e in events(url)}
+    assert ("write", "claims-handler-3", "claim-77") in actions
+    assert ("denied", "claims-handler-3", "claim-77") in actions
+
+
+def test_decrypt_fails_when_the_event_cannot_be_written(setup: tuple[Vault, str, Path]) -> None:
+    """If the audit event cannot be written, the decrypt raises and returns no plaintext."""
+    vault, url, _ = setup
+    blob = vault.encrypt("secret note", domain="medical")
+    vault.flush_audit()
+    sql(url, "drop table vaultkit_audit_events")
+    with vault.acting_as(COACH, purpose="review"), pytest.raises(AuditError):
+        vault.decrypt(blob)
+
+
+class TestTamperDetection:
+    @pytest.fixture
+    def logged(self, setup: tuple[Vault, str, Path]) -> tuple[Vault, str]:
+        vault, url, _ = setup
+        for i in range(6):
+            with vault.acting_as(COACH, purpose=f"p{i}"):
+                vault.decrypt(vault.encrypt(f"v{i}", domain="medical"))
+        assert vault.audit_log is not None and vault.audit_log.verify().ok
+        return vault, url
+
+    def check(self, vault: Vault, broken: int, reason: str) -> None:
+        assert vault.audit_log is not None
+        result = vault.audit_log.verify()
+        assert not result.ok and result.first_broken == broken and reason in result.reason
+
+    def test_deleted_event(self, logged: tuple[Vault, str]) -> None:
+        """A deleted event is named as missing."""
+        vault, url = logged
+        sql(url, "delete from vaultkit_audit_events where seq = 4")
+        self.check(vault, 4, "missing")
+
+    def test_edited_event(self, logged: tuple[Vault, str]) -> None:
+        """An edited event no longer matches its mac."""
+        vault, url = logged
+        sql(url, "update vaultkit_audit_events set principal = 'someone-else' where seq = 3")
+        self.check(vault, 3, "altered")
+
+    def test_reordered_events(self, logged: tuple[Vault, str]) -> None:
+        """Swapping two events' positions breaks the chain at the first of them."""
+        vault, url = logged
+        sql(url, "update vaultkit_audit_events set seq = 100 where seq = 2")
+        sql(url, "update vaultkit_audit_events set seq = 2 where seq = 5")
+        sql(url, "update vaultkit_audit_events set seq = 5 where seq = 100")
+        self.check(vault, 2, "does not follow")
+
+    def test_inserted_event(self, logged: tuple[Vault, str]) -> None:
+        """A forged event appended at the end, without the key, is caught."""
+        vault, url = logged
+        last = events(url)[-1]
+        sql(
+            url,
+            "insert into vaultkit_audit_events (seq, at, principal, purpose, action, domain, table_name,"
+            " column_name, row_keys, count, dek_id, prev_mac, mac) values"
+            f" ({last.seq + 1}, '2026-01-01 00:00:00', 'x', 'y', 'decrypt', 'medical', null, null, '[]', 1,"
+            f" null, '{last.mac}', '{'0' * 64}')",
+        )
+        sql(url, f"update vaultkit_audit_head set seq = {last.seq + 1}, mac = '{'0' * 64}'")
+        self.check(vault, last.seq + 1, "altered or forged")
+
+    def test_truncated_tail(self, logged: tuple[Vault, str]) -> None:
+        """Deleting the last events is caught by the head."""
+        vault, url = logged
+        last = events(url)[-1].seq
+        sql(url, f"delete from vaultkit_audit_events where seq = {last}")
+        self.check(vault, last, "ends at event")
+
+    def test_cli_names_the_first_broken_link(
+        self,
+        logged: tuple[Vault, str],
+        setup: tuple[Vault, str, Path],
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """vaultkit audit verify prints OK, or the first broken link with exit code 7."""
+        _, url, keyring = setup
+        monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(MASTER).decode())
+        args = ["audit", "verify", "--store", url, "--keyring", str(keyring), "--domain", "medical"]
+        assert main(args) == 0
+        assert "audit log intact" in capsys.readouterr().out
+        sql(url, "update vaultkit_audit_events set purpose = 'edited' where seq = 2")
+        assert main(args) == 7
+        assert "BROKEN at event 2" in capsys.readouterr().out
+
+
+@pytest.mark.postgres
+def test_concurrent_writers_keep_one_chain_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    """Eight threads logging at once on PostgreSQL leave one unbroken chain (the head row lock)."""
+    import threading
+
+    vault = Vault(
+        provider=LocalKeyProvider(tmp_path / "k.json", master_key=MASTER),
+        store=postgres_url,
+        domains=DOMAINS,
+        audit_batch_size=1,
+    )
+    try:
+        blob = vault.encrypt("note", domain="medical")
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                for i in range(15):
+                    with vault.acting_as(
+                        Principal(f"coach-{n}", grants={"medical"}), purpose=f"p{i}"
+                    ):
+                        vault.decrypt(blob)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert vault.audit_log is not None
+        result = vault.audit_log.verify()
+        assert result.ok and result.events >= 8 * 15
+    finally:
+        vault.close()
