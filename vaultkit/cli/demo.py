@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vaultkit.sqla
-from vaultkit import KeyDomain, Vault
+from vaultkit import KeyDomain, Principal, Vault
 from vaultkit.audiences import COLUMNS, AudienceReport, MemberRecord, Platform, hash_records
 from vaultkit.errors import DecryptionError, QueryError
 from vaultkit.keys.local import LocalKeyProvider, _decode_master_key, generate_master_key
@@ -47,6 +47,10 @@ class Member(_Base):
         Encrypted(sa.Text, domain="medical", row_key="id")
     )
 
+
+INTAKE = Principal("onboarding-service")
+CLAIMS = Principal("claims-handler-3")
+COACH = Principal("coach-17", grants={"medical"})
 
 MEMBERS: list[dict[str, Any]] = [
     {
@@ -106,10 +110,17 @@ def _demo(workdir: Path) -> int:
     master_key = _decode_master_key(generate_master_key(), source="demo key")
     provider = LocalKeyProvider(keyring, master_key=master_key)
     engine = sa.create_engine(f"sqlite:///{workdir / 'demo.db'}", hide_parameters=True)
+    # The medical domain is the functional unit's: restricted to principals with the grant, and
+    # every access logged in a hash-chained audit log. On SQLite the key store and audit log get a
+    # file of their own (SQLite locks a whole database for writing).
     vault = Vault(
         provider=provider,
-        store=engine,
-        domains=[KeyDomain("identity"), KeyDomain("financial"), KeyDomain("medical")],
+        store=f"sqlite:///{workdir / 'keys.db'}",
+        domains=[
+            KeyDomain("identity"),
+            KeyDomain("financial"),
+            KeyDomain("medical", restricted=True, audited=True),
+        ],
     )
     vaultkit.sqla.configure(vault)
     try:
@@ -151,10 +162,10 @@ def _show(workdir: Path, engine: sa.Engine, vault: Vault, provider: LocalKeyProv
     _Base.metadata.create_all(engine)
     print(f"vaultkit demo in {workdir}")
     print(f"  keyring  keyring.json  (KEKs for: {', '.join(provider.domains())})")
-    print("  database demo.db  (table members; wrapped DEKs in vaultkit_data_keys)")
+    print("  database demo.db  (table members); keys.db (wrapped DEKs, audit log)")
     print()
 
-    with Session(engine) as session:
+    with vault.acting_as(INTAKE, purpose="member-onboarding"), Session(engine) as session:
         session.add_all([Member(**m) for m in MEMBERS])
         session.commit()
 
@@ -176,15 +187,22 @@ def _show(workdir: Path, engine: sa.Engine, vault: Vault, provider: LocalKeyProv
         )
     print()
 
-    print("Through the ORM -- ordinary SQLAlchemy, decrypted on load:")
-    with Session(engine) as session:
+    print("Through the ORM as a claims handler -- ordinary SQLAlchemy, decrypted on load;")
+    print("the medical note belongs to the functional unit and stays sealed:")
+    with vault.acting_as(CLAIMS, purpose="claim-2026-0042"), Session(engine) as session:
         for m in session.scalars(sa.select(Member).order_by(Member.member_no)):
             print(
                 f"  {m.member_no}  {m.name:<15} {m.email:<25} born {m.birth_date}  "
-                f"premium {m.monthly_premium}  note: {(m.health_note or '')[:28]}..."
+                f"premium {m.monthly_premium}  note: {m.health_note!r}"
             )
-        print()
+    print()
+    print("The same members as health coach coach-17 (grant: medical), for a coaching chat:")
+    with vault.acting_as(COACH, purpose="coaching-chat"), Session(engine) as session:
+        for m in session.scalars(sa.select(Member).order_by(Member.member_no)):
+            print(f"  {m.member_no}  {m.name:<15} note: {str(m.health_note)[:48]}...")
+    print()
 
+    with Session(engine) as session:
         wanted = "Marie.Dubois@Example.be"
         found = session.scalars(sa.select(Member).where(Member.email_index == wanted)).one()
         print(
@@ -217,13 +235,28 @@ def _show(workdir: Path, engine: sa.Engine, vault: Vault, provider: LocalKeyProv
             .where(members.c.id == marie_id)
             .values(health_note=sa.type_coerce(note, sa.LargeBinary))
         )
-    with Session(engine) as session:
+    with vault.acting_as(COACH, purpose="coaching-chat"), Session(engine) as session:
         try:
             session.get(Member, marie_id)
             outcome = "decrypted (this must never happen)"
         except DecryptionError as exc:
             outcome = f"refused: DecryptionError('{exc}')"
     print(f"Jan's medical note copied into Marie's row: {outcome}")
+
+    print()
+    vault.flush_audit()
+    audit_log = vault.audit_log
+    if audit_log is not None:
+        print("Audit log of the medical domain (who, why, which rows; never a value):")
+        for seq, event, _prev, _mac in audit_log.read():
+            rows = f"{len(event.rows)} row keys" if event.rows else "no row keys"
+            print(
+                f"  #{seq} {event.action:<7} {event.principal:<17} {event.purpose or '-':<18} "
+                f"{event.table or '-'}.{event.column or '-'}  x{event.count}  {rows}"
+            )
+        result = audit_log.verify()
+        state = "intact" if result.ok else f"BROKEN at event {result.first_broken}: {result.reason}"
+        print(f"  vaultkit audit verify: {result.events} events, hash chain {state}")
 
     print()
     print("Keys in the key store (wrapped; no key material is shown):")
