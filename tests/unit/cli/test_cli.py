@@ -36,7 +36,11 @@ class TestDemo:
         assert "Google Customer Match export" in out and "3 accepted, 0 rejected" in out
         assert "note: SealedValue(domain='medical')" in out  # the claims handler's view
         assert "note: Type 2 diabetes" in out  # the coach's view
-        assert "hash chain intact" in out and " decrypt coach-17 " in out and " denied  claims-handler-3 " in out
+        assert (
+            "hash chain intact" in out
+            and " decrypt coach-17 " in out
+            and " denied  claims-handler-3 " in out
+        )
         assert "jan.peeters@example.be" not in out.split("Google Customer Match export")[1]
         lines = out.splitlines()
         assert sum(line.startswith("  data ") for line in lines) == 3  # one DEK per domain
