@@ -112,17 +112,27 @@ def _present(value: Any) -> bool:
     return value is not None and value != ""
 
 
-def _render_google(record: MemberRecord, default_region: str | None, version: str) -> Rendered:
-    reasons: list[Reason] = []
+class _Attempts:
+    """Normalise one value at a time; a value that fails is dropped and its reason kept."""
 
-    def attempt(value: Any, fn: Callable[[], str]) -> str:
+    __slots__ = ("reasons",)
+
+    def __init__(self) -> None:
+        self.reasons: list[Reason] = []
+
+    def __call__(self, value: Any, fn: Callable[[], str]) -> str:
         if not _present(value):
             return ""
         try:
             return fn()
         except AudienceError as exc:
-            reasons.append(Reason(str(exc)))
+            self.reasons.append(Reason(str(exc)))
             return ""
+
+
+def _render_google(record: MemberRecord, default_region: str | None, version: str) -> Rendered:
+    attempt = _Attempts()
+    reasons = attempt.reasons
 
     email = attempt(
         record.email,
@@ -163,16 +173,8 @@ def _render_google(record: MemberRecord, default_region: str | None, version: st
 
 
 def _render_meta(record: MemberRecord, default_region: str | None, version: str) -> Rendered:
-    reasons: list[Reason] = []
-
-    def attempt(value: Any, fn: Callable[[], str]) -> str:
-        if not _present(value):
-            return ""
-        try:
-            return fn()
-        except AudienceError as exc:
-            reasons.append(Reason(str(exc)))
-            return ""
+    attempt = _Attempts()
+    reasons = attempt.reasons
 
     email = attempt(
         record.email, lambda: _hashed(str(record.email), n.normalize_email, refuse_md5=True)

@@ -218,72 +218,27 @@ def test_rejects_with_values_only_when_asked(tmp_path: Path) -> None:
 def test_cli_summary_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI prints counts per reason; bad options exit with a configuration error code."""
     make_members(tmp_path / "in.csv", 30)
+
+    def run(*options: str, output: Path = tmp_path / "x.csv") -> int:
+        return main(["audience", "hash", str(tmp_path / "in.csv"), *options, "-o", str(output)])
+
     assert (
-        main(
-            [
-                "audience",
-                "hash",
-                str(tmp_path / "in.csv"),
-                "--platform",
-                "google",
-                "--default-region",
-                "BE",
-                "-o",
-                str(tmp_path / "out.csv"),
-                "--workers",
-                "1",
-            ]
+        run(
+            "--platform",
+            "google",
+            "--default-region",
+            "BE",
+            "--workers",
+            "1",
+            output=tmp_path / "out.csv",
         )
         == 0
     )
     out = capsys.readouterr().out
     assert "30 rows" in out and "30 accepted" in out and "phone_invalid: 10" in out
-    assert (
-        main(
-            [
-                "audience",
-                "hash",
-                str(tmp_path / "in.csv"),
-                "--platform",
-                "google",
-                "--rules",
-                "1999",
-                "-o",
-                str(tmp_path / "x.csv"),
-            ]
-        )
-        == 3
-    )
-    assert (
-        main(
-            [
-                "audience",
-                "hash",
-                str(tmp_path / "in.csv"),
-                "--platform",
-                "google",
-                "--map",
-                "email",
-                "-o",
-                str(tmp_path / "x.csv"),
-            ]
-        )
-        == 3
-    )
-    assert (
-        main(
-            [
-                "audience",
-                "hash",
-                str(tmp_path / "in.csv"),
-                "--platform",
-                "meta",
-                "-o",
-                str(tmp_path / "in.csv"),
-            ]
-        )
-        == 3
-    )
+    assert run("--platform", "google", "--rules", "1999") == 3
+    assert run("--platform", "google", "--map", "email") == 3
+    assert run("--platform", "meta", output=tmp_path / "in.csv") == 3
 
 
 def test_quoted_line_breaks_survive_block_cuts(tmp_path: Path) -> None:
