@@ -5,7 +5,7 @@ provider. Raw primitives live in :mod:`vaultkit.core`, documented as hazardous.
 """
 
 from vaultkit._access import ANONYMOUS, Principal, SealedValue, acting_as, current_scope
-from vaultkit._vault import BlindIndexKey, CacheInfo, FieldCipher, Vault
+from vaultkit._vault import BlindIndexKey, CacheInfo, FieldCipher, RotationReport, Vault
 from vaultkit.core.wire import ContextValue
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider, KeyRef
@@ -20,6 +20,7 @@ __all__ = [
     "KeyProvider",
     "KeyRef",
     "Principal",
+    "RotationReport",
     "SealedValue",
     "Vault",
     "acting_as",

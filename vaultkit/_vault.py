@@ -39,7 +39,7 @@ from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider, KeyRef
 from vaultkit.store import DataKeyRecord, DekState, KeyStore, SQLKeyStore
 
-__all__ = ["BlindIndexKey", "CacheInfo", "FieldCipher", "Vault"]
+__all__ = ["BlindIndexKey", "CacheInfo", "FieldCipher", "RotationReport", "Vault"]
 
 log = logging.getLogger("vaultkit")
 
@@ -60,6 +60,17 @@ _MIN: Final = wire.MIN_VALUE_SIZE
 Decrypted = PlainValue | SealedValue
 _urandom = os.urandom
 _monotonic = time.monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class RotationReport:
+    """What :meth:`Vault.rotate_kek` did: the new KEK version and how many key rows it rewrapped."""
+
+    domain: str
+    kek_version: int
+    rewrapped: int
+    already_current: int
+    changed_meanwhile: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,6 +487,54 @@ class Vault(NoPickle):
             raise AccessDeniedError(
                 f"principal {scope.principal.name!r} may not encrypt into domain {domain!r}"
             )
+
+    # -- key rotation -------------------------------------------------------------------------------
+
+    def rotate_kek(self, domain: str, *, new_version: bool = True) -> RotationReport:
+        """Rotate a domain's KEK: a new version, then every key row rewrapped under it.
+
+        Only the key store's rows change (data keys, blind-index and audit keys of the domain);
+        data rows are never touched, so the cost grows with the number of DEKs, not of values.
+        Each row is replaced with a compare-and-set, so a row changed meanwhile (by another
+        rotation) is left alone and counted. Afterwards the old KEK version can be disabled in the
+        provider and everything still decrypts.
+
+        Args:
+            domain: a declared domain.
+            new_version: create a new KEK version first (``False`` finishes an interrupted rotation
+                onto the current primary version).
+
+        Raises:
+            DomainError, KeyProviderError, KeyStoreError.
+        """
+        if domain not in self._domains:
+            raise DomainError(f"domain {domain!r} is not declared in this vault")
+        provider = self._providers[domain]
+        target = provider.rotate(domain) if new_version else provider.primary(domain)
+        rewrapped = current = changed = 0
+        for record in list(self._store.records(domain=domain)):
+            if record.state is DekState.DESTROYED:
+                continue
+            if (record.kek_id, record.kek_version) == (target.key_id, target.version):
+                current += 1
+                continue
+            context = wrap_context(domain, record.dek_id, record.purpose)
+            old_ref = KeyRef(domain, record.kek_id, record.kek_version)
+            key = provider.unwrap(old_ref, record.wrapped, context=context)
+            wrapped = provider.wrap(target, key, context=context)
+            if self._store.rewrap(
+                record, kek_id=target.key_id, kek_version=target.version, wrapped=wrapped
+            ):
+                rewrapped += 1
+            else:
+                changed += 1
+        log.info(
+            "rotated KEK of domain %s to v%d: %d key rows rewrapped",
+            domain,
+            target.version,
+            rewrapped,
+        )
+        return RotationReport(domain, target.version, rewrapped, current, changed)
 
     # -- audit ------------------------------------------------------------------------------------
 

@@ -1,13 +1,15 @@
-"""``vaultkit keys``: create a local keyring."""
+"""``vaultkit keys``: create a local keyring, list keys, rotate a KEK."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from vaultkit import Vault
 from vaultkit.errors import ConfigurationError
 from vaultkit.keys.local import (
     MASTER_KEY_ENV,
@@ -16,6 +18,7 @@ from vaultkit.keys.local import (
     _decode_master_key,
     generate_master_key,
 )
+from vaultkit.store import DekState
 
 
 def register(commands: Any) -> None:
@@ -42,6 +45,74 @@ def register(commands: Any) -> None:
         help="where to write a newly generated master key (default: KEYRING.master-key)",
     )
     init.set_defaults(handler=_init)
+
+    listing = sub.add_parser(
+        "list", help="domains, KEK versions and key rows by purpose and state (never key material)"
+    )
+    _store_options(listing)
+    listing.set_defaults(handler=_list)
+
+    rotate = sub.add_parser(
+        "rotate-kek",
+        help="create a new KEK version and rewrap every key row of the domain (no data row changes)",
+    )
+    _store_options(rotate)
+    rotate.add_argument("--domain", required=True)
+    rotate.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted rotation onto the current version",
+    )
+    rotate.set_defaults(handler=_rotate)
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="database URL of the key store")
+    parser.add_argument(
+        "--keyring", type=Path, default=Path("keyring.json"), help="the local keyring file"
+    )
+
+
+def _open(args: argparse.Namespace) -> Vault:
+    provider = LocalKeyProvider(args.keyring, create=False)
+    domains = provider.domains()
+    if not domains:
+        raise ConfigurationError(f"keyring {args.keyring} holds no domain")
+    return Vault(provider=provider, store=args.store, domains=domains)
+
+
+def _list(args: argparse.Namespace) -> int:
+    with _open(args) as vault:
+        provider = LocalKeyProvider(args.keyring, create=False)
+        for domain in vault.domains:
+            versions = provider.versions(domain)
+            primary = provider.primary(domain).version
+            print(
+                f"domain {domain}: KEK versions {', '.join(f'v{r.version}' for r in versions)} (primary v{primary})"
+            )
+            counts: Counter[tuple[str, str]] = Counter()
+            wrapped_under: Counter[int] = Counter()
+            for record in vault.store.records(domain=domain):
+                counts[(record.purpose, record.state.value)] += 1
+                if record.state is not DekState.DESTROYED:
+                    wrapped_under[record.kek_version] += 1
+            for (purpose, state), count in sorted(counts.items()):
+                print(f"  {purpose:<5} {state:<9} {count}")
+            if wrapped_under:
+                under = ", ".join(f"v{v}: {n}" for v, n in sorted(wrapped_under.items()))
+                print(f"  key rows wrapped under {under}")
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    with _open(args) as vault:
+        report = vault.rotate_kek(args.domain, new_version=not args.resume)
+    print(
+        f"domain {report.domain}: KEK v{report.kek_version} is primary; {report.rewrapped} key rows "
+        f"rewrapped, {report.already_current} already under it, {report.changed_meanwhile} changed "
+        "meanwhile (left alone). No data row was touched."
+    )
+    return 0
 
 
 def _write_secret_file(path: Path, text: str) -> None:

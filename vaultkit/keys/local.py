@@ -393,6 +393,24 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         log.info("rotated KEK for domain %s to version %d", domain, ref.version)
         return ref
 
+    def disable(self, domain: str, version: int) -> None:
+        """Disable a KEK version: it no longer unwraps (its key material is erased from the file).
+
+        Raises:
+            KeyProviderError: the version is the primary one, or unknown.
+        """
+        with self._file_lock():
+            self._reload()
+            entry = self._domains.get(domain)
+            if entry is None or str(version) not in entry["keys"]:
+                raise KeyNotFoundError(f"domain {domain!r} has no KEK version {version}")
+            if int(entry["primary"]) == version:
+                raise KeyProviderError("the primary KEK version cannot be disabled; rotate first")
+            del entry["keys"][str(version)]
+            entry["ciphers"].pop(version, None)
+            self._save()
+        log.info("disabled KEK version %d of domain %s", version, domain)
+
     def _cipher(self, ref: KeyRef) -> AESGCM:
         if ref.key_id != self._key_id(ref.domain):
             raise KeyNotFoundError(f"KEK {ref.key_id} is not in keyring {self._keyring_id}")

@@ -88,6 +88,10 @@ class KeyStore(Protocol):
         """Change a row's state."""
         ...
 
+    def rewrap(self, old: DataKeyRecord, *, kek_id: str, kek_version: int, wrapped: bytes) -> bool:
+        """Replace a row's wrapping if it is still ``old``'s (compare-and-set); return success."""
+        ...
+
     def close(self) -> None:
         """Release connections the store opened itself."""
         ...
@@ -137,6 +141,20 @@ class MemoryKeyStore:
 
     def set_state(self, dek_id: bytes, state: DekState) -> None:
         self._update(dek_id, state=DekState(state))
+
+    def rewrap(self, old: DataKeyRecord, *, kek_id: str, kek_version: int, wrapped: bytes) -> bool:
+        with self._lock:
+            row = self._rows.get(old.dek_id)
+            if row is None or (row.kek_id, row.kek_version, row.wrapped) != (
+                old.kek_id,
+                old.kek_version,
+                old.wrapped,
+            ):
+                return False
+            self._rows[old.dek_id] = replace(
+                row, kek_id=kek_id, kek_version=kek_version, wrapped=wrapped
+            )
+            return True
 
     def close(self) -> None:
         return None

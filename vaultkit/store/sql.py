@@ -265,6 +265,24 @@ class SQLKeyStore:
     def set_state(self, dek_id: bytes, state: DekState) -> None:
         self._update(dek_id, f"change state of DEK {dek_id.hex()}", state=DekState(state).value)
 
+    def rewrap(self, old: DataKeyRecord, *, kek_id: str, kek_version: int, wrapped: bytes) -> bool:
+        keys = self.keys
+        statement = (
+            keys.update()
+            .where(
+                keys.c.dek_id == old.dek_id.hex(),
+                keys.c.kek_id == old.kek_id,
+                keys.c.kek_version == old.kek_version,
+                keys.c.wrapped == old.wrapped,
+            )
+            .values(kek_id=kek_id, kek_version=kek_version, wrapped=wrapped)
+        )
+        try:
+            with self.engine.begin() as conn:
+                return conn.execute(statement).rowcount == 1
+        except SQLAlchemyError as exc:
+            raise self._fail(f"rewrap DEK {old.dek_id.hex()}", exc) from None
+
     def close(self) -> None:
         if self._owns_engine:
             self.engine.dispose()
