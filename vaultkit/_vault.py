@@ -536,6 +536,44 @@ class Vault(NoPickle):
         )
         return RotationReport(domain, target.version, rewrapped, current, changed)
 
+    def retire_dek(self, dek_id: bytes) -> None:
+        """Mark a DEK retired: it still decrypts, no process encrypts under it any more.
+
+        Running processes stop using it within the cache time limit, when they re-read its row.
+        Its values are then due for re-encryption; after that, :meth:`destroy_dek`.
+        """
+        record = self._store.get(dek_id)
+        if record is None or record.purpose != _PURPOSE:
+            raise KeyStoreError(f"no data key {dek_id.hex()} in the key store")
+        if record.state is DekState.DESTROYED:
+            raise KeyStoreError(f"DEK {dek_id.hex()} is already destroyed")
+        self._store.set_state(dek_id, DekState.RETIRED)
+        log.info("retired DEK %s of domain %s", dek_id.hex(), record.domain)
+
+    def destroy_dek(self, dek_id: bytes, *, references: int) -> None:
+        """Erase a retired DEK for good; values still under it become unreadable forever.
+
+        Args:
+            dek_id: the DEK.
+            references: how many stored values still name this DEK, as counted by the caller
+                (``vaultkit keys destroy`` scans the columns it is given). Must be 0.
+
+        Raises:
+            KeyStoreError: the DEK is not retired, or values still reference it.
+        """
+        record = self._store.get(dek_id)
+        if record is None or record.purpose != _PURPOSE:
+            raise KeyStoreError(f"no data key {dek_id.hex()} in the key store")
+        if record.state is not DekState.RETIRED:
+            raise KeyStoreError(
+                f"DEK {dek_id.hex()} is {record.state.value}; retire it and re-encrypt first"
+            )
+        if references != 0:
+            raise KeyStoreError(f"DEK {dek_id.hex()} is still referenced by {references} values")
+        self._store.destroy(dek_id)
+        self._cache.drop(dek_id)
+        log.info("destroyed DEK %s of domain %s", dek_id.hex(), record.domain)
+
     # -- audit ------------------------------------------------------------------------------------
 
     def _open_audit_log(self, audit: str | Engine | None, domain: str) -> None:

@@ -176,3 +176,104 @@ def test_keys_list_and_rotate_commands(
         assert record.wrapped.hex()[:16] not in out
         assert record.state is DekState.ACTIVE
     store.close()
+
+
+def test_retire_then_destroy_only_without_references(
+    local: tuple[LocalKeyProvider, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A DEK is destroyed only once retired and unreferenced; its values are then unreadable."""
+    from vaultkit.errors import DecryptionError, KeyStoreError
+
+    provider, url = local
+    data_url = f"sqlite:///{tmp_path / 'data.db'}"
+    data = sa.create_engine(data_url)
+    notes = sa.Table(
+        "notes",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("v", sa.LargeBinary),
+    )
+    notes.metadata.create_all(data)
+    with Vault(provider=provider, store=url, domains=["medical"]) as v:
+        blob = v.encrypt("old value", domain="medical")
+        dek = blob[4:20]
+        with data.begin() as conn:
+            conn.execute(notes.insert().values(id=1, v=blob))
+        with pytest.raises(KeyStoreError, match="retire it"):
+            v.destroy_dek(dek, references=0)
+    monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(MASTER).decode())
+    common = ["--store", url, "--keyring", str(provider.path)]
+    assert main(["keys", "retire-dek", *common, "--dek", dek.hex()]) == 0
+    destroy = [
+        "keys",
+        "destroy",
+        *common,
+        "--dek",
+        dek.hex(),
+        "--data",
+        data_url,
+        "--column",
+        "notes.v",
+        "--yes",
+    ]
+    assert main(destroy) == 3  # still referenced by the row
+    assert "notes.v: 1 values" in capsys.readouterr().out
+    with data.begin() as conn:
+        conn.execute(sa.delete(notes))
+    assert main(destroy) == 0
+    assert "destroyed DEK" in capsys.readouterr().out
+    with Vault(provider=provider, store=url, domains=["medical"]) as fresh:
+        with pytest.raises(DecryptionError):
+            fresh.decrypt(blob)
+        (record,) = [r for r in fresh.store.records() if r.dek_id == dek]
+        assert record.state is DekState.DESTROYED and record.wrapped == b""
+    data.dispose()
+
+
+def test_retired_dek_is_no_longer_used_for_encryption(local: tuple[LocalKeyProvider, str]) -> None:
+    """After its row says retired, a process takes a fresh DEK once its cache entry expires."""
+    provider, url = local
+    with Vault(provider=provider, store=url, domains=["medical"], cache_ttl=0.01) as v:
+        first = v.encrypt("a", domain="medical")[4:20]
+        v.retire_dek(first)
+        import time
+
+        time.sleep(0.02)
+        assert v.encrypt("b", domain="medical")[4:20] != first
+
+
+def test_dek_references_are_counted_on_every_database(database_url: str) -> None:
+    """count_dek_references reads DEK ids from value headers on SQLite, PostgreSQL and MariaDB."""
+    from vaultkit.sqla import count_dek_references
+
+    with Vault(
+        provider=InMemoryKeyProvider(),
+        store=MemoryKeyStore(),
+        domains=["medical"],
+        dek_max_encryptions=2,
+    ) as v:
+        blobs = [v.encrypt(f"value {i}", domain="medical") for i in range(5)]  # DEKs: 2 + 2 + 1
+    engine = sa.create_engine(database_url)
+    notes = sa.Table(
+        "notes",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("v", sa.LargeBinary),
+    )
+    notes.metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                notes.insert(),
+                [{"id": i, "v": b} for i, b in enumerate(blobs, start=1)] + [{"id": 9, "v": None}],
+            )
+        with engine.connect() as conn:
+            counts = [count_dek_references(conn, "notes", "v", blobs[i][4:20]) for i in (0, 2, 4)]
+            assert counts == [2, 2, 1]
+            assert count_dek_references(conn, "notes", "v", bytes(16)) == 0
+    finally:
+        notes.metadata.drop_all(engine)
+        engine.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,83 @@ def register(commands: Any) -> None:
         help="finish an interrupted rotation onto the current version",
     )
     rotate.set_defaults(handler=_rotate)
+    _register_lifecycle(sub)
+
+
+def _register_lifecycle(sub: Any) -> None:
+    retire = sub.add_parser(
+        "retire-dek", help="mark DEKs retired: they decrypt, nobody encrypts under them"
+    )
+    _store_options(retire)
+    retire.add_argument("--dek", action="append", required=True, help="DEK id in hex (repeatable)")
+    retire.set_defaults(handler=_retire)
+    destroy = sub.add_parser(
+        "destroy",
+        help="erase a retired DEK that no value references any more (irreversible)",
+        description=(
+            "Counts the values that still name the DEK in every --column (TABLE.COLUMN) of the "
+            "--data database and refuses if there is any. Asks for the DEK id to confirm unless --yes."
+        ),
+    )
+    _store_options(destroy)
+    destroy.add_argument("--dek", required=True, help="DEK id in hex")
+    destroy.add_argument("--data", required=True, help="database URL of the encrypted data")
+    destroy.add_argument("--column", action="append", required=True, metavar="TABLE.COLUMN")
+    destroy.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    destroy.set_defaults(handler=_destroy)
+
+
+def _dek(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigurationError(f"--dek {text!r} is not hexadecimal") from None
+    if len(raw) != 16:
+        raise ConfigurationError("a DEK id is 16 bytes (32 hex digits)")
+    return raw
+
+
+def _retire(args: argparse.Namespace) -> int:
+    with _open(args) as vault:
+        for text in args.dek:
+            vault.retire_dek(_dek(text))
+            print(f"retired DEK {text}")
+    return 0
+
+
+def _destroy(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from vaultkit.sqla import count_dek_references
+
+    dek_id = _dek(args.dek)
+    engine = sa.create_engine(args.data)
+    try:
+        with engine.connect() as conn:
+            references = 0
+            for spec in args.column:
+                table, dot, column = spec.partition(".")
+                if not dot:
+                    raise ConfigurationError(f"--column takes TABLE.COLUMN, got {spec!r}")
+                found = count_dek_references(conn, table, column, dek_id)
+                print(f"{spec}: {found} values under DEK {args.dek}")
+                references += found
+    finally:
+        engine.dispose()
+    if references:
+        raise ConfigurationError(
+            f"DEK {args.dek} is still referenced by {references} values; re-encrypt them first"
+        )
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigurationError("destroying a DEK needs --yes when not run from a terminal")
+        if input("Type the DEK id to destroy it for good: ").strip() != args.dek:
+            print("not confirmed; nothing destroyed")
+            return 1
+    with _open(args) as vault:
+        vault.destroy_dek(dek_id, references=references)
+    print(f"destroyed DEK {args.dek}: its wrapped key is erased")
+    return 0
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "RowBound",
     "alembic_render_item",
     "configure",
+    "count_dek_references",
     "count_plaintext",
     "get_vault",
 ]
@@ -111,3 +112,24 @@ def alembic_render_item(type_: str, obj: Any, autogen_context: Any) -> str | boo
         autogen_context.imports.add("import vaultkit.sqla.types")
         return f"vaultkit.sqla.types.{obj!r}"
     return False
+
+
+def count_dek_references(
+    connection: sa.Connection | sa.orm.Session, table: str, column: str, dek_id: bytes
+) -> int:
+    """Count the values in ``table.column`` encrypted under ``dek_id`` (from their headers, in SQL).
+
+    Before destroying a retired DEK, count its references in every encrypted column: only a DEK
+    that no value names may go.
+    """
+    if len(dek_id) != wire.DEK_ID_SIZE:
+        raise ConfigurationError(f"a DEK id is {wire.DEK_ID_SIZE} bytes")
+    value = sa.column(column, sa.LargeBinary)
+    # Bytes 5 to 20 (1-based) of a value are its DEK id; see docs/wire-format.md.
+    header_dek = sa.func.substr(value, 5, wire.DEK_ID_SIZE)
+    query = (
+        sa.select(sa.func.count())
+        .select_from(sa.table(table))
+        .where(value.is_not(None), header_dek == sa.literal(dek_id, sa.LargeBinary))
+    )
+    return int(connection.execute(query).scalar_one())

@@ -92,6 +92,10 @@ class KeyStore(Protocol):
         """Replace a row's wrapping if it is still ``old``'s (compare-and-set); return success."""
         ...
 
+    def destroy(self, dek_id: bytes) -> None:
+        """Erase a row's wrapped key and mark it destroyed (the row stays as a tombstone)."""
+        ...
+
     def close(self) -> None:
         """Release connections the store opened itself."""
         ...
@@ -141,6 +145,9 @@ class MemoryKeyStore:
 
     def set_state(self, dek_id: bytes, state: DekState) -> None:
         self._update(dek_id, state=DekState(state))
+
+    def destroy(self, dek_id: bytes) -> None:
+        self._update(dek_id, state=DekState.DESTROYED, wrapped=b"")
 
     def rewrap(self, old: DataKeyRecord, *, kek_id: str, kek_version: int, wrapped: bytes) -> bool:
         with self._lock:

@@ -265,6 +265,11 @@ class SQLKeyStore:
     def set_state(self, dek_id: bytes, state: DekState) -> None:
         self._update(dek_id, f"change state of DEK {dek_id.hex()}", state=DekState(state).value)
 
+    def destroy(self, dek_id: bytes) -> None:
+        self._update(
+            dek_id, f"destroy DEK {dek_id.hex()}", state=DekState.DESTROYED.value, wrapped=b""
+        )
+
     def rewrap(self, old: DataKeyRecord, *, kek_id: str, kek_version: int, wrapped: bytes) -> bool:
         keys = self.keys
         statement = (
