@@ -1,0 +1,309 @@
+"""The re-keying engine: re-encrypt values in place, in resumable batches, while the application runs.
+
+For one table and its encrypted columns (``vaultkit.sqla.Encrypted``), it rewrites every value that
+is legacy plaintext (a column in migration mode) or encrypted under a retired DEK, under the
+domain's current DEK, and fills the blind indexes of those columns in the same UPDATE.
+
+* **Batches by primary key**, in key order (keyset pagination): ``WHERE pk > :last ORDER BY pk``.
+* **Compare-and-set**: each UPDATE carries the old bytes in its WHERE clause, so a row that the
+  application changed after the batch was read is never overwritten with stale data; it is
+  counted and left for the next pass.
+* **Checkpoints** in ``vaultkit_rekey_checkpoints``, committed in the same transaction as the
+  batch's UPDATEs: after a crash at any point, a new run resumes after the last committed batch,
+  and redoing a batch is harmless (values already current are skipped).
+* ``dry_run`` counts what would change without writing; :func:`verify` decrypts everything and
+  counts values by DEK.
+
+No printing, no argv: the command line and migration scripts call :func:`rekey_table`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from vaultkit._access import Principal, SealedValue
+from vaultkit._vault import Vault
+from vaultkit.core import wire
+from vaultkit.errors import ConfigurationError, DecryptionError
+from vaultkit.sqla.types import BlindIndexType, Encrypted, RowBound
+from vaultkit.store import DekState
+
+__all__ = ["RekeyReport", "VerifyReport", "rekey_table", "verify_table"]
+
+CHECKPOINTS: Final = "vaultkit_rekey_checkpoints"
+
+
+@dataclass
+class RekeyReport:
+    """What a run did, in counts; never a value."""
+
+    job: str
+    rows_scanned: int = 0
+    values_rewritten: int = 0
+    plaintext_encrypted: int = 0
+    retired_reencrypted: int = 0
+    changed_meanwhile: int = 0
+    batches: int = 0
+    resumed_after: Any = None
+    finished: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class VerifyReport:
+    """Values by DEK id, plus those that do not decrypt or are still plaintext."""
+
+    values: int = 0
+    by_dek: Counter[str] = field(default_factory=Counter)
+    plaintext: int = 0
+    undecryptable: int = 0
+
+
+def _checkpoints(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        CHECKPOINTS,
+        metadata,
+        sa.Column("job", sa.String(255), primary_key=True),
+        sa.Column("last_key", sa.Text, nullable=True),
+        sa.Column("done", sa.Boolean, nullable=False, default=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def _plan(
+    table: sa.Table, columns: Sequence[str] | None
+) -> tuple[sa.Column[Any], list[sa.Column[Any]]]:
+    primary = list(table.primary_key.columns)
+    if len(primary) != 1:
+        raise ConfigurationError(
+            f"{table.name}: the re-keying engine needs a single-column primary key"
+        )
+    encrypted = [c for c in table.columns if isinstance(c.type, Encrypted)]
+    if columns is not None:
+        wanted = set(columns)
+        missing = wanted - {c.name for c in encrypted}
+        if missing:
+            raise ConfigurationError(
+                f"{table.name}: not encrypted columns: {', '.join(sorted(missing))}"
+            )
+        encrypted = [c for c in encrypted if c.name in wanted]
+    if not encrypted:
+        raise ConfigurationError(f"{table.name} has no encrypted column to re-key")
+    return primary[0], encrypted
+
+
+def _key_text(value: Any) -> str:
+    return json.dumps(
+        value if isinstance(value, int | float | str) or value is None else str(value)
+    )
+
+
+def rekey_table(
+    engine: sa.Engine,
+    table: sa.Table,
+    *,
+    vault: Vault,
+    columns: Sequence[str] | None = None,
+    job: str | None = None,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    principal: Principal | None = None,
+    max_batches: int | None = None,
+    progress: Callable[[RekeyReport], None] | None = None,
+    _after_read: Callable[[Sequence[Any]], None] | None = None,
+) -> RekeyReport:
+    """Re-encrypt the legacy-plaintext and retired-DEK values of ``table``'s encrypted columns.
+
+    Args:
+        engine: the database of ``table``.
+        table: an SQLAlchemy table (``Model.__table__``) with ``Encrypted`` columns.
+        vault: the vault those columns use (configured with ``vaultkit.sqla.configure``).
+        columns: names of the encrypted columns to re-key (default: all).
+        job: checkpoint name (default ``<table>:rekey``); a run resumes its job's checkpoint.
+        batch_size: rows per batch and transaction.
+        dry_run: count what would change; write nothing, keep no checkpoint.
+        principal: who the engine acts as (default: ``vaultkit-rekey`` with grants for every
+            domain of the vault); its reads and writes appear in the audit log under that name.
+        max_batches: stop after this many batches (the checkpoint keeps the place).
+
+    Returns:
+        A :class:`RekeyReport`.
+    """
+    if batch_size < 1:
+        raise ConfigurationError("batch_size must be at least 1")
+    pk, encrypted = _plan(table, columns)
+    job = job or f"{table.name}:rekey"
+    report = RekeyReport(job=job, dry_run=dry_run)
+    indexes = {
+        c.type.source: c for c in table.columns if isinstance(c.type, BlindIndexType)
+    }  # source column name -> index column
+    row_keys = {c.name: table.columns[c.type.row_key] for c in encrypted if c.type.row_key}  # type: ignore[attr-defined]
+    meta = sa.MetaData()
+    checkpoints = _checkpoints(meta)
+    if not dry_run:
+        meta.create_all(engine, checkfirst=True)
+    last: Any = None
+    with engine.connect() as conn:
+        if not dry_run:
+            saved = conn.execute(sa.select(checkpoints).where(checkpoints.c.job == job)).first()
+            if saved is not None and saved.last_key is not None:
+                last = json.loads(saved.last_key)
+                report.resumed_after = last
+    raw = {c.name: sa.type_coerce(c, sa.LargeBinary).label(c.name) for c in encrypted}
+    extra = [k for k in row_keys.values() if k is not pk]
+    states: dict[bytes, DekState | None] = {}
+    actor = principal or Principal("vaultkit-rekey", grants=vault.domains)
+
+    def needs(value: bytes | None) -> str | None:
+        if value is None:
+            return None
+        if value[:2] != wire.MAGIC:
+            return "plaintext"
+        dek_id = value[4:20]
+        if dek_id not in states:
+            record = vault.store.get(dek_id)
+            states[dek_id] = record.state if record is not None else None
+        return "retired" if states[dek_id] is DekState.RETIRED else None
+
+    with vault.acting_as(actor, purpose=f"rekey {job}"):
+        while max_batches is None or report.batches < max_batches:
+            query = sa.select(pk, *extra, *raw.values()).order_by(pk).limit(batch_size)
+            if last is not None:
+                query = query.where(pk > last)
+            with engine.begin() as conn:
+                rows = conn.execute(query).all()
+                if _after_read is not None:
+                    _after_read(rows)
+                if not rows:
+                    report.finished = True
+                    if not dry_run:
+                        _save(conn, checkpoints, job, last, done=True)
+                    break
+                for row in rows:
+                    report.rows_scanned += 1
+                    _rekey_row(
+                        conn, table, pk, row, encrypted, row_keys, indexes, needs, report, dry_run
+                    )
+                last = getattr(row, pk.name)
+                if not dry_run:
+                    _save(conn, checkpoints, job, last, done=False)
+            report.batches += 1
+            if progress is not None:
+                progress(report)
+    return report
+
+
+def _rekey_row(
+    conn: sa.Connection,
+    table: sa.Table,
+    pk: sa.Column[Any],
+    row: Any,
+    encrypted: list[sa.Column[Any]],
+    row_keys: dict[str, sa.Column[Any]],
+    indexes: dict[str, sa.Column[Any]],
+    needs: Callable[[bytes | None], str | None],
+    report: RekeyReport,
+    dry_run: bool,
+) -> None:
+    mapping = row._mapping
+    for column in encrypted:
+        old = mapping[column.name]
+        if old is not None and not isinstance(old, bytes):
+            old = (
+                bytes(old) if isinstance(old, bytearray | memoryview) else str(old).encode("utf-8")
+            )
+        reason = needs(old)
+        if reason is None:
+            continue
+        column_type: Encrypted = column.type  # type: ignore[assignment]
+        row_key = mapping[row_keys[column.name].name] if column.name in row_keys else None
+        if reason == "plaintext" and not column_type.migrating:
+            raise DecryptionError(
+                f"{table.name}.{column.name} holds plaintext but is not in migration mode"
+            )
+        plain = column_type.decrypt_value(mapping[column.name], row=row_key)
+        if isinstance(plain, SealedValue):
+            raise ConfigurationError(
+                f"the re-keying principal has no grant for {column_type.domain}"
+            )
+        if dry_run:
+            _count(report, reason)
+            continue
+        new = column_type.encrypt_value(RowBound(plain, row_key) if row_key is not None else plain)
+        values: dict[str, Any] = {
+            column.name: sa.type_coerce(sa.literal(new, sa.LargeBinary), sa.LargeBinary)
+        }
+        index = indexes.get(column.name)
+        if index is not None:
+            index_type: BlindIndexType = index.type  # type: ignore[assignment]
+            values[index.name] = sa.literal(index_type.digest(plain), sa.LargeBinary)
+        raw_column = sa.type_coerce(column, sa.LargeBinary)
+        statement = (
+            sa.update(table)
+            .where(pk == getattr(row, pk.name), raw_column == sa.literal(old, sa.LargeBinary))
+            .values(values)
+        )
+        if conn.execute(statement).rowcount == 1:
+            _count(report, reason)
+        else:
+            report.changed_meanwhile += 1
+
+
+def _count(report: RekeyReport, reason: str) -> None:
+    report.values_rewritten += 1
+    if reason == "plaintext":
+        report.plaintext_encrypted += 1
+    else:
+        report.retired_reencrypted += 1
+
+
+def _save(conn: sa.Connection, checkpoints: sa.Table, job: str, last: Any, *, done: bool) -> None:
+    values = {
+        "last_key": None if last is None else _key_text(last),
+        "done": done,
+        "updated_at": dt.datetime.now(dt.UTC),
+    }
+    updated = conn.execute(
+        checkpoints.update().where(checkpoints.c.job == job).values(**values)
+    ).rowcount
+    if updated == 0:
+        conn.execute(checkpoints.insert().values(job=job, **values))
+
+
+def verify_table(
+    engine: sa.Engine, table: sa.Table, *, vault: Vault, principal: Principal | None = None
+) -> VerifyReport:
+    """Decrypt every value of ``table``'s encrypted columns; count by DEK, plaintext, failures."""
+    pk, encrypted = _plan(table, None)
+    report = VerifyReport()
+    row_keys = {c.name: table.columns[c.type.row_key] for c in encrypted if c.type.row_key}  # type: ignore[attr-defined]
+    raw = [sa.type_coerce(c, sa.LargeBinary).label(c.name) for c in encrypted]
+    extra = [k for k in row_keys.values() if k is not pk]
+    actor = principal or Principal("vaultkit-verify", grants=vault.domains)
+    with vault.acting_as(actor, purpose=f"verify {table.name}"), engine.connect() as conn:
+        for row in conn.execute(sa.select(pk, *extra, *raw).order_by(pk)):
+            mapping = row._mapping
+            for column in encrypted:
+                value = mapping[column.name]
+                if value is None:
+                    continue
+                report.values += 1
+                value = bytes(value) if not isinstance(value, bytes) else value
+                if value[:2] != wire.MAGIC:
+                    report.plaintext += 1
+                    continue
+                row_key = mapping[row_keys[column.name].name] if column.name in row_keys else None
+                try:
+                    column.type.decrypt_value(value, row=row_key)  # type: ignore[attr-defined]
+                except DecryptionError:
+                    report.undecryptable += 1
+                    continue
+                report.by_dek[value[4:20].hex()] += 1
+    return report
