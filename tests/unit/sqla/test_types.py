@@ -672,7 +672,13 @@ class TestConcurrency:
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(text=st.text(min_size=5, max_size=200).filter(lambda t: len(set(t)) >= 4))
+@given(
+    # Printable text, as plaintexts are: control characters could match SQLite's own record
+    # headers in the file after the insert and make the check below fail by coincidence.
+    text=st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=5, max_size=200).filter(
+        lambda t: len(set(t)) >= 4
+    )
+)
 def test_round_trip_never_stores_plaintext(text: str, vault: Vault, tmp_path: Any) -> None:
     """Any text round-trips through SQLite, and its bytes never appear in the database file."""
     path = tmp_path / f"h{uuid.uuid4().hex}.db"
