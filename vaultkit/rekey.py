@@ -99,6 +99,17 @@ def _plan(
     return primary[0], encrypted
 
 
+def _selection(
+    pk: sa.Column[Any], encrypted: list[sa.Column[Any]]
+) -> tuple[dict[str, sa.Column[Any]], list[Any]]:
+    """Row-key columns of the row-bound columns, and what to select: key, row keys, raw values."""
+    table = pk.table
+    row_keys = {c.name: table.columns[c.type.row_key] for c in encrypted if c.type.row_key}  # type: ignore[attr-defined]
+    extra = [k for k in row_keys.values() if k is not pk]
+    raw = [sa.type_coerce(c, sa.LargeBinary).label(c.name) for c in encrypted]
+    return row_keys, [pk, *extra, *raw]
+
+
 def _key_text(value: Any) -> str:
     return json.dumps(
         value if isinstance(value, int | float | str) or value is None else str(value)
@@ -144,7 +155,7 @@ def rekey_table(
     indexes = {
         c.type.source: c for c in table.columns if isinstance(c.type, BlindIndexType)
     }  # source column name -> index column
-    row_keys = {c.name: table.columns[c.type.row_key] for c in encrypted if c.type.row_key}  # type: ignore[attr-defined]
+    row_keys, selected = _selection(pk, encrypted)
     meta = sa.MetaData()
     checkpoints = _checkpoints(meta)
     if not dry_run:
@@ -156,8 +167,6 @@ def rekey_table(
             if saved is not None and saved.last_key is not None:
                 last = json.loads(saved.last_key)
                 report.resumed_after = last
-    raw = {c.name: sa.type_coerce(c, sa.LargeBinary).label(c.name) for c in encrypted}
-    extra = [k for k in row_keys.values() if k is not pk]
     states: dict[bytes, DekState | None] = {}
     actor = principal or Principal("vaultkit-rekey", grants=vault.domains)
 
@@ -174,7 +183,7 @@ def rekey_table(
 
     with vault.acting_as(actor, purpose=f"rekey {job}"):
         while max_batches is None or report.batches < max_batches:
-            query = sa.select(pk, *extra, *raw.values()).order_by(pk).limit(batch_size)
+            query = sa.select(*selected).order_by(pk).limit(batch_size)
             if last is not None:
                 query = query.where(pk > last)
             with engine.begin() as conn:
@@ -283,12 +292,10 @@ def verify_table(
     """Decrypt every value of ``table``'s encrypted columns; count by DEK, plaintext, failures."""
     pk, encrypted = _plan(table, None)
     report = VerifyReport()
-    row_keys = {c.name: table.columns[c.type.row_key] for c in encrypted if c.type.row_key}  # type: ignore[attr-defined]
-    raw = [sa.type_coerce(c, sa.LargeBinary).label(c.name) for c in encrypted]
-    extra = [k for k in row_keys.values() if k is not pk]
+    row_keys, selected = _selection(pk, encrypted)
     actor = principal or Principal("vaultkit-verify", grants=vault.domains)
     with vault.acting_as(actor, purpose=f"verify {table.name}"), engine.connect() as conn:
-        for row in conn.execute(sa.select(pk, *extra, *raw).order_by(pk)):
+        for row in conn.execute(sa.select(*selected).order_by(pk)):
             mapping = row._mapping
             for column in encrypted:
                 value = mapping[column.name]
