@@ -195,12 +195,17 @@ def rekey_table(
                     if not dry_run:
                         _save(conn, checkpoints, job, last, done=True)
                     break
+                pending: dict[str, list[tuple[dict[str, Any], str]]] = {}
                 for row in rows:
                     report.rows_scanned += 1
-                    _rekey_row(
-                        conn, table, pk, row, encrypted, row_keys, indexes, needs, report, dry_run
-                    )
-                last = getattr(row, pk.name)
+                    _rekey_row(table, row, encrypted, row_keys, indexes, needs, pending)
+                if dry_run:
+                    for items in pending.values():
+                        for _, reason in items:
+                            _count(report, reason)
+                else:
+                    _write(conn, table, pk, indexes, pending, report)
+                last = getattr(rows[-1], pk.name)
                 if not dry_run:
                     _save(conn, checkpoints, job, last, done=False)
             report.batches += 1
@@ -210,17 +215,15 @@ def rekey_table(
 
 
 def _rekey_row(
-    conn: sa.Connection,
     table: sa.Table,
-    pk: sa.Column[Any],
     row: Any,
     encrypted: list[sa.Column[Any]],
     row_keys: dict[str, sa.Column[Any]],
     indexes: dict[str, sa.Column[Any]],
     needs: Callable[[bytes | None], str | None],
-    report: RekeyReport,
-    dry_run: bool,
+    pending: dict[str, list[tuple[dict[str, Any], str]]],
 ) -> None:
+    """Compute the new values of one row; queue them per column as UPDATE parameters."""
     mapping = row._mapping
     for column in encrypted:
         old = mapping[column.name]
@@ -242,27 +245,60 @@ def _rekey_row(
             raise ConfigurationError(
                 f"the re-keying principal has no grant for {column_type.domain}"
             )
-        if dry_run:
-            _count(report, reason)
-            continue
-        new = column_type.encrypt_value(RowBound(plain, row_key) if row_key is not None else plain)
-        values: dict[str, Any] = {
-            column.name: sa.type_coerce(sa.literal(new, sa.LargeBinary), sa.LargeBinary)
+        params: dict[str, Any] = {
+            "_pk": mapping[table.primary_key.columns[0].name],
+            "_old": old,
+            "_new": column_type.encrypt_value(
+                RowBound(plain, row_key) if row_key is not None else plain
+            ),
         }
         index = indexes.get(column.name)
         if index is not None:
             index_type: BlindIndexType = index.type  # type: ignore[assignment]
-            values[index.name] = sa.literal(index_type.digest(plain), sa.LargeBinary)
-        raw_column = sa.type_coerce(column, sa.LargeBinary)
+            params["_ix"] = index_type.digest(plain)
+        pending.setdefault(column.name, []).append((params, reason))
+
+
+def _write(
+    conn: sa.Connection,
+    table: sa.Table,
+    pk: sa.Column[Any],
+    indexes: dict[str, sa.Column[Any]],
+    pending: dict[str, list[tuple[dict[str, Any], str]]],
+    report: RekeyReport,
+) -> None:
+    """One executemany of compare-and-set UPDATEs per column; exact counts either way."""
+    for name, items in pending.items():
+        column = table.columns[name]
+        values: dict[Any, Any] = {column: sa.bindparam("_new", type_=sa.LargeBinary)}
+        index = indexes.get(name)
+        if index is not None:
+            values[index] = sa.bindparam("_ix", type_=sa.LargeBinary)
         statement = (
             sa.update(table)
-            .where(pk == getattr(row, pk.name), raw_column == sa.literal(old, sa.LargeBinary))
+            .where(
+                pk == sa.bindparam("_pk"),
+                sa.type_coerce(column, sa.LargeBinary)
+                == sa.bindparam("_old", type_=sa.LargeBinary),
+            )
             .values(values)
+            .execution_options(vaultkit_raw=True)
         )
-        if conn.execute(statement).rowcount == 1:
-            _count(report, reason)
-        else:
-            report.changed_meanwhile += 1
+        result = conn.execute(statement, [params for params, _ in items])
+        if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(items):
+            for _, reason in items:
+                _count(report, reason)
+            continue
+        # Some rows changed meanwhile (or the driver cannot tell): check each row to count
+        # exactly; a row the application changed does not hold our new value.
+        for params, reason in items:
+            current = conn.execute(
+                sa.select(sa.type_coerce(column, sa.LargeBinary)).where(pk == params["_pk"])
+            ).scalar()
+            if current is not None and bytes(current) == params["_new"]:
+                _count(report, reason)
+            else:
+                report.changed_meanwhile += 1
 
 
 def _count(report: RekeyReport, reason: str) -> None:
