@@ -14,7 +14,6 @@ import hashlib
 import io
 import multiprocessing
 import os
-import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -51,7 +50,6 @@ FIELD_ALIASES: Final[dict[str, tuple[str, ...]]] = {
 }
 CHUNK_ROWS: Final = 20_000
 RECORD_FIELDS: Final = tuple(f.name for f in fields(MemberRecord))
-_HEX32: Final = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def _key(header: str) -> str:
@@ -131,7 +129,7 @@ def _email_only(
             continue
         if len(text) == 64 and n.is_sha256_hex(text):
             digest = text.lower()  # already hashed: passed through
-        elif len(text) == 32 and _HEX32.fullmatch(text):
+        elif n.is_md5_hex(text):
             _reject(report, rejects, row_no, (Reason.MD5_REFUSED, Reason.NO_IDENTIFIER), row, job)
             continue
         else:

@@ -103,8 +103,8 @@ def _hashed(value: str, normalizer: Callable[[str], str], *, refuse_md5: bool) -
     text = value.strip()
     if n.is_sha256_hex(text):
         return text.lower()  # already hashed by the caller: passed through, never re-hashed
-    if refuse_md5:
-        n._refuse_md5(text, Reason.MD5_REFUSED)
+    if refuse_md5 and n.is_md5_hex(text):
+        raise AudienceError(Reason.MD5_REFUSED)
     return hash_identifier(normalizer(value))
 
 

@@ -22,6 +22,7 @@ from vaultkit.errors import AudienceError
 __all__ = [
     "COUNTRIES",
     "Reason",
+    "is_md5_hex",
     "is_sha256_hex",
     "normalize_country",
     "normalize_date_of_birth",
@@ -64,9 +65,9 @@ def is_sha256_hex(value: str) -> bool:
     return len(value) == 64 and _HEX64.fullmatch(value) is not None
 
 
-def _refuse_md5(value: str, reason: Reason) -> None:
-    if len(value) == 32 and _HEX32.fullmatch(value):
-        raise AudienceError(Reason.MD5_REFUSED)
+def is_md5_hex(value: str) -> bool:
+    """Tell whether ``value`` looks like an MD5 digest in hex (32 hex digits), refused for e-mail and phone."""
+    return len(value) == 32 and _HEX32.fullmatch(value) is not None
 
 
 def normalize_email(value: str, *, gmail_rule: str | None = None) -> str:
