@@ -889,6 +889,7 @@ class FieldCipher:
         "_fixed",
         "_open",
         "_pad",
+        "_where",
         "_row_bound",
         "_seal",
         "column",
@@ -911,6 +912,7 @@ class FieldCipher:
         self._pad = pad_to
         self.table = table
         self.column = column
+        self._where = (table, column, None)  # for the audit log; built once, not per value
         self._row_bound = row_bound
         fixed = {"column": column, "table": table}
         self._fixed = wire.context_fields(fixed)
@@ -947,7 +949,7 @@ class FieldCipher:
             self._domain,
             encode_value(value, pad_to=self._pad),
             fields,
-            (self.table, self.column, row),
+            self._where if row is None else (self.table, self.column, row),
         )
 
     def decrypt(self, blob: bytes, *, row: wire.ContextValue | None = None) -> Decrypted:
@@ -957,7 +959,7 @@ class FieldCipher:
             blob if type(blob) is bytes else _as_bytes(blob),
             fields,
             self._domain,
-            (self.table, self.column, row),
+            self._where if row is None else (self.table, self.column, row),
         )
 
     @property
