@@ -889,9 +889,9 @@ class FieldCipher:
         "_fixed",
         "_open",
         "_pad",
-        "_where",
         "_row_bound",
         "_seal",
+        "_where",
         "column",
         "table",
     )
