@@ -871,8 +871,11 @@ class Vault(NoPickle):
 
     def _reset_after_fork(self) -> None:
         # A child must never encrypt under its parent's DEK: take fresh ones, with fresh locks.
+        # Its parent's pending audit rows are the parent's to write, not the child's.
         self._lock = threading.RLock()
         self._active = {}
+        self._audit_lock = threading.Lock()
+        self._audit_batches = {}
 
 
 class FieldCipher:

@@ -220,3 +220,27 @@ def test_concurrent_writers_keep_one_chain_on_postgres(postgres_url: str, tmp_pa
         assert result.ok and result.events >= 8 * 15
     finally:
         vault.close()
+
+
+def test_forked_child_does_not_inherit_pending_audit_rows(setup: tuple[Vault, str, Path]) -> None:
+    """A forked child starts with no open audit batches and a free audit lock."""
+    import multiprocessing
+
+    vault, _url, _ = setup
+    blob = vault.encrypt("note", domain="medical")
+    with acting_as(COACH, purpose="review"):
+        vault.decrypt(blob)
+        vault.decrypt(blob)  # one batch open, one row pending
+        assert vault._audit_batches
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+
+        def child() -> None:
+            queue.put((len(vault._audit_batches), vault._audit_lock.acquire(timeout=5)))
+
+        proc = ctx.Process(target=child)
+        proc.start()
+        proc.join(30)
+    assert proc.exitcode == 0
+    assert queue.get(timeout=5) == (0, True)
+    vault.flush_audit()
