@@ -49,7 +49,8 @@ def engine(database_url: str, vault: Vault) -> Iterator[sa.Engine]:
     META.create_all(eng)
     yield eng
     META.drop_all(eng)
-    sa.Table("vaultkit_rekey_checkpoints", sa.MetaData()).drop(eng, checkfirst=True)
+    for name in ("vaultkit_rekey_checkpoints", "vaultkit_rekey_ranges"):
+        sa.Table(name, sa.MetaData()).drop(eng, checkfirst=True)
     eng.dispose()
 
 

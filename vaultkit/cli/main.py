@@ -31,7 +31,7 @@ EXIT_CODES: Final[tuple[tuple[type[VaultkitError], int], ...]] = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    from vaultkit.cli import audience, audit, bench, demo, keys, password
+    from vaultkit.cli import audience, audit, bench, demo, keys, password, rekey
 
     parser = argparse.ArgumentParser(
         prog="vaultkit",
@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     audience.register(commands)
     password.register(commands)
     audit.register(commands)
+    rekey.register(commands)
     return parser
 
 

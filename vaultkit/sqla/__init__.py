@@ -110,7 +110,10 @@ def alembic_render_item(type_: str, obj: Any, autogen_context: Any) -> str | boo
     """
     if type_ == "type" and isinstance(obj, Encrypted | BlindIndexType):
         autogen_context.imports.add("import vaultkit.sqla.types")
-        return f"vaultkit.sqla.types.{obj!r}"
+        rendered = repr(obj).replace(
+            "previous=Encrypted(", "previous=vaultkit.sqla.types.Encrypted("
+        )
+        return f"vaultkit.sqla.types.{rendered}"
     return False
 
 

@@ -264,6 +264,10 @@ class Encrypted(TypeDecorator[Any]):
             different lengths give ciphertexts of one length.
         table, column: the names bound into the associated data; by default the table and column
             this type is attached to. Give them to keep reading values after renaming a column.
+        previous: how the column was encrypted before a move to another domain or binding (an
+            ``Encrypted`` of the same inner type). Values that do not open under this type are
+            opened under ``previous``; writes always use this type. The re-keying engine moves
+            the old values; then remove ``previous``. See docs/operations.md.
 
     Raises:
         QueryError: on any SQL operator other than ``IS NULL`` / ``IS NOT NULL``, and when the
@@ -287,6 +291,7 @@ class Encrypted(TypeDecorator[Any]):
         pad_to: int | None = None,
         table: str | None = None,
         column: str | None = None,
+        previous: Encrypted | None = None,
     ) -> None:
         super().__init__()
         inner_type = inner() if isinstance(inner, type) else inner
@@ -304,6 +309,16 @@ class Encrypted(TypeDecorator[Any]):
         self.pad_to = pad_to
         self.table = table
         self.column = column
+        if previous is not None:
+            if not isinstance(previous, Encrypted) or previous.previous is not None:
+                raise ConfigurationError("previous= takes one Encrypted type (not a chain)")
+            if type(previous.inner) is not type(inner_type):
+                raise ConfigurationError("previous= must have the same inner type")
+            if previous.row_key is not None and previous.row_key != row_key:
+                raise ConfigurationError(
+                    "previous= may bind to the same row key or to none, not to another column"
+                )
+        self.previous: Encrypted | None = previous
         self._python_type, self._coerce = _coercer(inner_type)
         self._enum_class = inner_type.enum_class if isinstance(inner_type, sa.Enum) else None
         self._attached: tuple[str, str] | None = None
@@ -316,6 +331,8 @@ class Encrypted(TypeDecorator[Any]):
     def _attach(self, table: str, column: str) -> None:
         self._attached = (table, column)
         self._field = None
+        if self.previous is not None:
+            self.previous._attach(table, column)
 
     @property
     def bound_name(self) -> str:
@@ -387,7 +404,13 @@ class Encrypted(TypeDecorator[Any]):
             if self.migrating:
                 return _legacy(stored, self._python_type, self.inner)
             raise DecryptionError
-        value = self.field().decrypt(stored, row=row)
+        if self.previous is None:
+            value = self.field().decrypt(stored, row=row)
+        else:
+            try:
+                value = self.field().decrypt(stored, row=row)
+            except DecryptionError:
+                return self.previous.decrypt_value(stored, row=row)
         if self._enum_class is not None and not isinstance(value, SealedValue):
             return self._enum_class[value]  # type: ignore[index]
         return value
@@ -434,6 +457,14 @@ class Encrypted(TypeDecorator[Any]):
 
         return process
 
+    def is_current(self, stored: bytes, *, row: wire.ContextValue | None = None) -> bool:
+        """Whether ``stored`` (a ciphertext) opens under this type itself, not ``previous``."""
+        try:
+            self.field().decrypt(stored, row=row)
+        except DecryptionError:
+            return False
+        return True
+
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is not None and self.row_key is not None:
             if not self.migrating or _as_bytes_or_none(value)[:2] == _MAGIC:
@@ -443,7 +474,7 @@ class Encrypted(TypeDecorator[Any]):
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any]:
         if self.row_key is not None:
             return lambda value: self.process_result_value(value, dialect)
-        if self.migrating or self._enum_class is not None:
+        if self.migrating or self._enum_class is not None or self.previous is not None:
             return self.decrypt_value
         # Strict mode: a value without the vaultkit header fails the vault's own header check,
         # so no separate test for the magic is needed on this path.
@@ -480,8 +511,11 @@ class Encrypted(TypeDecorator[Any]):
             pad_to=self.pad_to,
             table=self.table,
             column=self.column,
+            previous=self.previous.copy() if self.previous is not None else None,
         )
         copied._attached = self._attached
+        if copied.previous is not None and self.previous is not None:
+            copied.previous._attached = self.previous._attached
         return copied
 
     def __repr__(self) -> str:
@@ -490,7 +524,7 @@ class Encrypted(TypeDecorator[Any]):
         if type(self.inner).__module__.startswith("sqlalchemy."):
             inner = "sa." + inner
         args = [inner, f"domain={self.domain!r}"]
-        for name in ("row_key", "migrating", "vault", "pad_to", "table", "column"):
+        for name in ("row_key", "migrating", "vault", "pad_to", "table", "column", "previous"):
             value = getattr(self, name)
             default = {"migrating": False, "vault": _registry.DEFAULT}.get(name)
             if value is not None and value != default:
