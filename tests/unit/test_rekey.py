@@ -187,3 +187,165 @@ def test_bad_tables_are_refused(vault: Vault) -> None:
         rekey_table(sa.create_engine("sqlite://"), plain, vault=vault)
     with pytest.raises(ConfigurationError, match="not encrypted"):
         rekey_table(sa.create_engine("sqlite://"), MEMBERS, vault=vault, columns=["uid"])
+
+
+def test_strict_column_with_plaintext_is_left_and_counted(engine: sa.Engine, vault: Vault) -> None:
+    """Plaintext in a column not in migration mode is never guessed at: counted, left as it is."""
+    load_legacy(engine, vault, 10)
+    strict = sa.Table(
+        "rk_members",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", Encrypted(sa.String(200), domain="identity")),
+    )
+    report = rekey_table(engine, strict, vault=vault, job="strict")
+    assert report.undecryptable == 10 and report.values_rewritten == 0 and not report.complete
+    with engine.connect() as conn:
+        assert count_plaintext(conn, MEMBERS.c.email) == 10
+
+
+def moved_table(previous: Encrypted, current: Encrypted) -> tuple[sa.Table, sa.Table]:
+    """The same table declared twice: as it was, and with the column's new type."""
+    return tuple(  # type: ignore[return-value]
+        sa.Table(
+            "rk_moves",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("uid", sa.Uuid, nullable=False),
+            sa.Column("diagnosis", column_type),
+        )
+        for column_type in (previous, current)
+    )
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["domain", "binding"],
+)
+def test_move_to_another_domain_or_binding(database_url: str, vault: Vault, what: str) -> None:
+    """A column moved to another domain (identity -> medical) or bound to its rows: readable
+    throughout through previous=, then every value moved, and then readable without previous=."""
+    if what == "domain":
+        old = Encrypted(sa.Text, domain="identity")
+        new = Encrypted(sa.Text, domain="medical", previous=Encrypted(sa.Text, domain="identity"))
+        final = Encrypted(sa.Text, domain="medical")
+    else:
+        old = Encrypted(sa.Text, domain="medical")
+        new = Encrypted(
+            sa.Text, domain="medical", row_key="uid", previous=Encrypted(sa.Text, domain="medical")
+        )
+        final = Encrypted(sa.Text, domain="medical", row_key="uid")
+    before, during = moved_table(old, new)
+    after = moved_table(final, final)[1]
+    engine = sa.create_engine(database_url)
+    before.create(engine)
+    reader = vaultkit.Principal("medical-adviser", grants={"medical"})
+    try:
+        with vault.acting_as(reader, purpose="load"), engine.begin() as conn:
+            conn.execute(
+                before.insert(),
+                [{"id": i, "uid": uuid.UUID(int=i), "diagnosis": f"d{i}"} for i in range(1, 41)],
+            )
+
+        def read(table: sa.Table) -> dict[int, Any]:
+            with vault.acting_as(reader, purpose="read"), engine.connect() as conn:
+                rows = conn.execute(sa.select(table)).all()
+                return {
+                    r.id: r.diagnosis.decrypt(row=r.uid)
+                    if isinstance(r.diagnosis, vaultkit.sqla.EncryptedCell)
+                    else r.diagnosis
+                    for r in rows
+                }
+
+        expected = {i: f"d{i}" for i in range(1, 41)}
+        assert read(during) == expected  # old values open through previous=
+        with vault.acting_as(reader, purpose="write"), engine.begin() as conn:
+            conn.execute(
+                during.update()
+                .where(during.c.id == 5)
+                .values(diagnosis="new five", uid=uuid.UUID(int=5))
+            )
+        expected[5] = "new five"
+        assert read(during) == expected  # a mix of old and new values
+        with pytest.raises(vaultkit.errors.DecryptionError):
+            read(after)  # without previous= the old values do not open
+        report = rekey_table(engine, during, vault=vault, batch_size=15, job=f"move-{what}")
+        assert report.moved == 39 and report.complete  # row 5 was already written the new way
+        assert read(after) == expected
+        assert verify_table(engine, after, vault=vault).clean
+    finally:
+        before.drop(engine)
+        for name in ("vaultkit_rekey_checkpoints", "vaultkit_rekey_ranges"):
+            sa.Table(name, sa.MetaData()).drop(engine, checkfirst=True)
+        engine.dispose()
+
+
+def test_previous_must_be_compatible() -> None:
+    """previous= takes one Encrypted type of the same inner type, bound to the same row key or none."""
+    with pytest.raises(ConfigurationError, match="same inner type"):
+        Encrypted(sa.Text, domain="medical", previous=Encrypted(sa.Integer, domain="identity"))
+    with pytest.raises(ConfigurationError, match="another column"):
+        Encrypted(
+            sa.Text, domain="medical", previous=Encrypted(sa.Text, domain="medical", row_key="x")
+        )
+    inner = Encrypted(sa.Text, domain="identity")
+    with pytest.raises(ConfigurationError, match="not a chain"):
+        Encrypted(
+            sa.Text,
+            domain="medical",
+            previous=Encrypted(sa.Text, domain="identity", previous=inner),
+        )
+    assert "previous=Encrypted(sa.Text(), domain='identity')" in repr(
+        Encrypted(sa.Text, domain="medical", previous=inner)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_hundred_thousand_rows(db: str, request: pytest.FixtureRequest, tmp_path: Any) -> None:
+    """100,000 legacy rows encrypted in place and indexed, half of them then re-keyed again after
+    their DEKs are retired; verify counts everything as current."""
+    url = (
+        f"sqlite:///{tmp_path / 'big.db'}" if db == "sqlite" else request.getfixturevalue("postgres_url")
+    )
+    v = Vault(provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["identity"])
+    vaultkit.sqla.configure(v)
+    table = sa.Table(
+        "rk_big",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", Encrypted(sa.String(200), domain="identity", migrating=True)),
+        sa.Column("email_ix", BlindIndexType("email", normalize=str.lower)),
+    )
+    engine = sa.create_engine(url)
+    table.create(engine)
+    n = 100_000
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("insert into rk_big (id, email) values (:id, :email)"),
+                [{"id": i, "email": f"M{i}@X.be".encode()} for i in range(n)],
+            )
+        first = rekey_table(engine, table, vault=v, job="big-1")
+        assert first.plaintext_encrypted == n and first.complete
+        assert first.ranges_total == 6  # five ranges of 20,000 and the open-ended last one
+        for record in list(v.store.records()):
+            if record.purpose == "data":
+                v.retire_dek(record.dek_id)
+        v._active.clear()
+        second = rekey_table(engine, table, vault=v, job="big-2")
+        assert second.retired_reencrypted == n and second.complete
+        report = verify_table(engine, table, vault=v)
+        assert report.values == n and report.clean and report.by_version == {1: n}
+        with engine.connect() as conn:
+            hits = conn.execute(
+                sa.select(table.c.id).where(table.c.email_ix.in_(["m0@x.be", "m99999@x.be"]))
+            ).scalars()
+            assert sorted(hits) == [0, 99_999]
+    finally:
+        table.drop(engine)
+        for name in ("vaultkit_rekey_checkpoints", "vaultkit_rekey_ranges"):
+            sa.Table(name, sa.MetaData()).drop(engine, checkfirst=True)
+        engine.dispose()
+        vaultkit.sqla.configure(None)
+        v.close()

@@ -410,7 +410,8 @@ class Encrypted(TypeDecorator[Any]):
             try:
                 value = self.field().decrypt(stored, row=row)
             except DecryptionError:
-                return self.previous.decrypt_value(stored, row=row)
+                previous = self.previous
+                return previous.decrypt_value(stored, row=row if previous.row_key else None)
         if self._enum_class is not None and not isinstance(value, SealedValue):
             return self._enum_class[value]  # type: ignore[index]
         return value
