@@ -306,7 +306,9 @@ def test_hundred_thousand_rows(db: str, request: pytest.FixtureRequest, tmp_path
     """100,000 legacy rows encrypted in place and indexed, half of them then re-keyed again after
     their DEKs are retired; verify counts everything as current."""
     url = (
-        f"sqlite:///{tmp_path / 'big.db'}" if db == "sqlite" else request.getfixturevalue("postgres_url")
+        f"sqlite:///{tmp_path / 'big.db'}"
+        if db == "sqlite"
+        else request.getfixturevalue("postgres_url")
     )
     v = Vault(provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["identity"])
     vaultkit.sqla.configure(v)

@@ -83,9 +83,7 @@ def test_dry_run_then_run_then_verify(
     assert main(["rekey", *options, "--model", f"{module}:MEMBERS", "--batch-size", "40"]) == 0
     out = capsys.readouterr().out
     assert "re-encrypted 250 values" in out and "job finished" in out
-    code = main(
-        ["rekey", *options, "--model", f"{module}:MEMBERS", "--job", "second", "--verify"]
-    )
+    code = main(["rekey", *options, "--model", f"{module}:MEMBERS", "--job", "second", "--verify"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "re-encrypted 0 values" in out

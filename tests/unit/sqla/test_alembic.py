@@ -86,3 +86,106 @@ def test_render_item_leaves_other_types_alone() -> None:
     """Types that are not vaultkit's go to Alembic's own rendering."""
     assert vaultkit.sqla.alembic_render_item("type", sa.String(10), object()) is False
     assert vaultkit.sqla.alembic_render_item("column", object(), object()) is False
+
+
+class TestEncryptInPlace:
+    """op.encrypt_column / op.decrypt_column inside a migration, on SQLite, PostgreSQL, MariaDB."""
+
+    @pytest.fixture
+    def vault(self) -> Iterator[Vault]:
+        v = Vault(provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["identity"])
+        vaultkit.sqla.configure(v)
+        yield v
+        vaultkit.sqla.configure(None)
+        v.close()
+
+    def test_upgrade_encrypts_and_downgrade_restores(self, database_url: str, vault: Vault) -> None:
+        """Upgrade: ciphertext at rest, readable through the model, blind index filled, NOT NULL
+        kept. Downgrade: the plaintext column back with the same values."""
+        import vaultkit.sqla.alembic  # noqa: F401 - registers the operations
+
+        engine = sa.create_engine(database_url)
+        legacy = sa.Table(
+            "alembic_members",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("email", sa.String(200), nullable=False),
+            sa.Column("city", sa.String(50), nullable=True),
+        )
+        legacy.create(engine)
+        emails = {i: f"Member{i}@Example.be" for i in range(1, 2501)}
+        with engine.begin() as conn:
+            conn.execute(
+                legacy.insert(),
+                [
+                    {"id": i, "email": e, "city": None if i % 7 else "Gent"}
+                    for i, e in emails.items()
+                ],
+            )
+
+        def migrate(step: str) -> None:
+            with engine.begin() as conn:
+                op = Operations(MigrationContext.configure(conn))
+                if step == "upgrade":
+                    op.add_column("alembic_members", sa.Column("email_index", sa.LargeBinary(33)))
+                    op.encrypt_column(  # type: ignore[attr-defined]
+                        "alembic_members",
+                        "email",
+                        sa.String(200),
+                        domain="identity",
+                        index="email_index",
+                        normalize=str.lower,
+                        batch_size=700,
+                    )
+                    op.encrypt_column("alembic_members", "city", sa.String(50), domain="identity")  # type: ignore[attr-defined]
+                else:
+                    op.decrypt_column("alembic_members", "city", sa.String(50), domain="identity")  # type: ignore[attr-defined]
+                    op.decrypt_column("alembic_members", "email", sa.String(200), domain="identity")  # type: ignore[attr-defined]
+                    op.drop_column("alembic_members", "email_index")
+
+        model = sa.Table(
+            "alembic_members",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("email", Encrypted(sa.String(200), domain="identity"), nullable=False),
+            sa.Column("city", Encrypted(sa.String(50), domain="identity")),
+            sa.Column("email_index", BlindIndexType("email", normalize=str.lower)),
+        )
+        try:
+            migrate("upgrade")
+            with engine.connect() as conn:
+                columns = {c["name"]: c for c in sa.inspect(conn).get_columns("alembic_members")}
+                assert set(columns) == {"id", "email", "city", "email_index"}
+                assert columns["email"]["nullable"] is False and columns["city"]["nullable"]
+                raw = conn.execute(
+                    sa.select(sa.type_coerce(model.c.email, sa.LargeBinary))
+                ).scalars()
+                assert all(bytes(v)[:2] == b"\xf6\x56" for v in raw)
+                rows = dict(conn.execute(sa.select(model.c.id, model.c.email)).all())
+                assert rows == emails
+                cities = dict(conn.execute(sa.select(model.c.id, model.c.city)).all())
+                assert cities[7] == "Gent" and cities[8] is None
+                found = conn.execute(
+                    sa.select(model.c.id).where(model.c.email_index == "member42@example.be")
+                ).scalars()
+                assert list(found) == [42]
+            migrate("downgrade")
+            with engine.connect() as conn:
+                back = dict(conn.execute(sa.select(legacy.c.id, legacy.c.email)).all())
+                assert back == emails
+                assert set(
+                    sa.inspect(conn).get_columns("alembic_members")[i]["name"] for i in range(3)
+                ) == {"id", "email", "city"}
+        finally:
+            legacy.drop(engine)
+            engine.dispose()
+
+    def test_missing_index_column_is_refused(self, vault: Vault) -> None:
+        import vaultkit.sqla.alembic
+
+        engine = sa.create_engine("sqlite://")
+        with engine.begin() as conn:
+            conn.execute(sa.text("create table t (id integer primary key, email text)"))
+            op = Operations(MigrationContext.configure(conn))
+            with pytest.raises(vaultkit.errors.ConfigurationError, match="no column email_index"):
+                op.encrypt_column("t", "email", sa.Text, domain="identity", index="email_index")  # type: ignore[attr-defined]
