@@ -4,7 +4,8 @@ For one table and its encrypted columns (``vaultkit.sqla.Encrypted``), it rewrit
 is legacy plaintext (a column in migration mode), encrypted under a retired DEK, written in an older
 wire format or cipher suite, or still encrypted the way the column's ``previous=`` type says (a
 move to another domain or binding), under the column's current domain and DEK; it fills the blind
-indexes of those columns in the same UPDATE.
+indexes of those columns in the same UPDATE, and rewrites blind-index values that are missing or
+under an older index key version (blind-index key rotation) without re-encrypting their values.
 
 * **Ranges and batches by primary key.** The first worker of a job cuts the key space into ranges
   of about ``range_size`` rows (``vaultkit_rekey_ranges``); workers claim ranges and walk each in
@@ -82,6 +83,7 @@ class RekeyReport:
     retired_reencrypted: int = 0
     outdated_reencrypted: int = 0
     moved: int = 0
+    indexes_rebuilt: int = 0
     changed_meanwhile: int = 0
     left_changing: int = 0
     undecryptable: int = 0
@@ -110,15 +112,18 @@ class VerifyReport:
     undecryptable: int = 0
     under_retired: int = 0
     previous_binding: int = 0
+    index_outdated: int = 0
 
     @property
     def clean(self) -> bool:
-        """Every value opens under its column's current type and no DEK it names is retired."""
+        """Every value opens under its column's current type, no DEK it names is retired, and
+        every blind index is there under its current key version."""
         return (
             self.plaintext == 0
             and self.undecryptable == 0
             and self.under_retired == 0
             and self.previous_binding == 0
+            and self.index_outdated == 0
         )
 
 
@@ -176,14 +181,22 @@ def _plan(
 
 
 def _selection(
-    pk: sa.Column[Any], encrypted: list[sa.Column[Any]]
+    pk: sa.Column[Any],
+    encrypted: list[sa.Column[Any]],
+    indexes: dict[str, sa.Column[Any]] | None = None,
 ) -> tuple[dict[str, sa.Column[Any]], list[Any]]:
-    """Row-key columns of the row-bound columns, and what to select: key, row keys, raw values."""
+    """Row-key columns of the row-bound columns, and what to select: key, row keys, raw values
+    and the stored blind-index values of those columns."""
     table = pk.table
     row_keys = {c.name: table.columns[c.type.row_key] for c in encrypted if c.type.row_key}  # type: ignore[attr-defined]
     extra = list({k.name: k for k in row_keys.values() if k is not pk}.values())
     raw = [sa.type_coerce(c, sa.LargeBinary).label(c.name) for c in encrypted]
-    return row_keys, [pk, *extra, *raw]
+    stored = [
+        sa.type_coerce(indexes[c.name], sa.LargeBinary).label(indexes[c.name].name)
+        for c in encrypted
+        if indexes and c.name in indexes
+    ]
+    return row_keys, [pk, *extra, *raw, *stored]
 
 
 def _key_text(value: Any) -> str | None:
@@ -263,6 +276,8 @@ class _Target:
     row_key_position: int | None
     type: Encrypted
     digest: Callable[[Any], bytes] | None
+    index_position: int | None  # the stored blind index of this column, if it has one
+    index_version: int
     open: Callable[[Any], Any] | None  # the column's result processor, when not row-bound
     seal: Callable[[Any], bytes | None] | None  # the column's bind processor, when not row-bound
 
@@ -287,6 +302,8 @@ def _targets(
                 row_key_position=names.index(row_keys[column.name].name) if bound else None,
                 type=column_type,
                 digest=index.type.digest if index is not None else None,  # type: ignore[attr-defined]
+                index_position=names.index(index.name, 1) if index is not None else None,
+                index_version=index.type.version if index is not None else 0,  # type: ignore[attr-defined]
                 open=None if bound else column_type.result_processor(dialect, None),
                 seal=None if bound else column_type.bind_processor(dialect),
             )
@@ -323,7 +340,12 @@ def _changes(
                 else:
                     reason = classify.reason(column_type, old, row_key)
                 if reason is None:
-                    continue
+                    if target.index_position is None:
+                        continue
+                    stored = row[target.index_position]
+                    if stored is not None and stored[0] == target.index_version:
+                        continue
+                    reason = "index"  # missing, or under an older blind-index key version
                 if reason == "plaintext" and not column_type.migrating:
                     report.undecryptable += 1  # plaintext in a strict column: left for a person
                     continue
@@ -339,11 +361,12 @@ def _changes(
                     f"the re-keying principal has no grant for {column_type.domain}"
                 )
             seal = target.seal
-            new = (
-                seal(plain)
-                if seal is not None
-                else column_type.encrypt_value(RowBound(plain, row_key))
-            )
+            if reason == "index":
+                new = old  # the value stays as it is; only its index is written
+            elif seal is not None:
+                new = seal(plain)
+            else:
+                new = column_type.encrypt_value(RowBound(plain, row_key))
             assert new is not None  # noqa: S101 - a non-NULL plaintext encrypts to bytes
             digest = target.digest(plain) if target.digest is not None else None
             changes.append(_Change(row[0], target.name, old, new, digest, reason))
@@ -468,6 +491,9 @@ def _count(report: RekeyReport, change: _Change) -> None:
         report.retired_reencrypted += 1
     elif change.reason == "outdated":
         report.outdated_reencrypted += 1
+    elif change.reason == "index":
+        report.values_rewritten -= 1  # the value itself was not rewritten
+        report.indexes_rebuilt += 1
     else:
         report.moved += 1
 
@@ -627,7 +653,7 @@ def rekey_table(
     indexes = {
         c.type.source: c for c in table.columns if isinstance(c.type, BlindIndexType)
     }  # source column name -> index column
-    row_keys, selected = _selection(pk, encrypted)
+    row_keys, selected = _selection(pk, encrypted, indexes)
     classify = _Classifier(vault)
     actor = principal or Principal("vaultkit-rekey", grants=vault.domains)
     write = _write_postgresql if engine.dialect.name == "postgresql" else _write_each
@@ -812,7 +838,8 @@ def verify_table(
     """Decrypt every value of ``table``'s encrypted columns; count by DEK, version and problem."""
     pk, encrypted = _plan(table, columns)
     report = VerifyReport()
-    row_keys, selected = _selection(pk, encrypted)
+    indexes = {c.type.source: c for c in table.columns if isinstance(c.type, BlindIndexType)}
+    row_keys, selected = _selection(pk, encrypted, indexes)
     classify = _Classifier(vault)
     actor = principal or Principal("vaultkit-verify", grants=vault.domains)
     with vault.acting_as(actor, purpose=f"verify {table.name}"), engine.connect() as conn:
@@ -837,6 +864,11 @@ def verify_table(
                     continue
                 report.by_dek[value[4:20].hex()] += 1
                 report.by_version[value[2]] += 1
+                index = indexes.get(column.name)
+                if index is not None:
+                    stored = _as_raw(mapping[index.name])
+                    if stored is None or stored[0] != index.type.version:  # type: ignore[attr-defined]
+                        report.index_outdated += 1
                 if reason == "retired":
                     report.under_retired += 1
                 elif reason == "moved":

@@ -351,3 +351,52 @@ def test_hundred_thousand_rows(db: str, request: pytest.FixtureRequest, tmp_path
         engine.dispose()
         vaultkit.sqla.configure(None)
         v.close()
+
+
+def test_blind_index_key_rotation(engine: sa.Engine, vault: Vault) -> None:
+    """Version 2 of a blind index: the engine rewrites every index value under the new key without
+    re-encrypting the values; afterwards lookups need only version 2."""
+    load_legacy(engine, vault, 60)
+    rekey_table(engine, MEMBERS, vault=vault, job="encrypt")
+
+    def members(version: int, query_versions: tuple[int, ...]) -> sa.Table:
+        return sa.Table(
+            "rk_members",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("email", Encrypted(sa.String(200), domain="identity", migrating=True)),
+            sa.Column(
+                "email_ix",
+                BlindIndexType(
+                    "email", normalize=str.lower, version=version, query_versions=query_versions
+                ),
+            ),
+        )
+
+    def lookup(table: sa.Table, email: str) -> list[int]:
+        with engine.connect() as conn:
+            return list(
+                conn.execute(sa.select(table.c.id).where(table.c.email_ix == email)).scalars()
+            )
+
+    with engine.connect() as conn:
+        before = dict(
+            conn.execute(
+                sa.select(MEMBERS.c.id, sa.type_coerce(MEMBERS.c.email, sa.LargeBinary))
+            ).all()
+        )
+    rotating = members(2, (1, 2))
+    assert lookup(rotating, "m7@x.be") == [8]  # old digests still match during the rotation
+    assert not verify_table(engine, rotating, vault=vault).clean  # 60 index values under v1
+    report = rekey_table(engine, rotating, vault=vault, job="index-v2", batch_size=25)
+    assert report.indexes_rebuilt == 60 and report.values_rewritten == 0 and report.complete
+    with engine.connect() as conn:
+        after = dict(
+            conn.execute(
+                sa.select(MEMBERS.c.id, sa.type_coerce(MEMBERS.c.email, sa.LargeBinary))
+            ).all()
+        )
+    assert {k: bytes(v) for k, v in after.items()} == {k: bytes(v) for k, v in before.items()}
+    final = members(2, (2,))
+    assert lookup(final, "m7@x.be") == [8] and lookup(final, "M59@X.be") == [60]
+    assert verify_table(engine, final, vault=vault).clean

@@ -284,7 +284,7 @@ def _summary(args: argparse.Namespace, reports: list[Any], elapsed: float) -> No
     print(
         f"  legacy plaintext {total('plaintext_encrypted'):,}, retired DEK "
         f"{total('retired_reencrypted'):,}, old format {total('outdated_reencrypted'):,}, "
-        f"moved {total('moved'):,}"
+        f"moved {total('moved'):,}; blind-index values rebuilt {total('indexes_rebuilt'):,}"
     )
     print(
         f"  changed by the application meanwhile {total('changed_meanwhile'):,} "
@@ -319,7 +319,8 @@ def _verify(args: argparse.Namespace, table: Any) -> bool:
         print(f"  wire format v{version}: {count:,}")
     print(
         f"  plaintext {report.plaintext:,}, not decryptable {report.undecryptable:,}, "
-        f"under retired DEKs {report.under_retired:,}, previous binding {report.previous_binding:,}"
+        f"under retired DEKs {report.under_retired:,}, previous binding {report.previous_binding:,}, "
+        f"blind index missing or old {report.index_outdated:,}"
     )
     print(f"  {'clean' if report.clean else 'NOT clean'}")
     return report.clean
