@@ -61,19 +61,25 @@ def _vault(keyring: Path, store: str) -> Vault:
     return Vault(provider=provider, store=store, domains=["identity"])
 
 
-def _worker(keyring: str, store: str, url: str, name: str, job: str) -> tuple[int, float]:
+def _worker(
+    keyring: str, store: str, url: str, name: str, job: str, prefetch: bool
+) -> tuple[int, float]:
     """One re-keying worker process: its own vault, engine and claims."""
     with _vault(Path(keyring), store) as vault:
         vaultkit.sqla.configure(vault)
         engine = sa.create_engine(url)
         try:
-            report = rekey_table(engine, _table(name), vault=vault, job=job, range_size=5_000)
+            report = rekey_table(
+                engine, _table(name), vault=vault, job=job, range_size=5_000, prefetch=prefetch
+            )
         finally:
             engine.dispose()
         return report.values_rewritten, report.seconds
 
 
-def rekey_throughput(url: str, rows: int, workers: int) -> tuple[float, str]:
+def rekey_throughput(
+    url: str, rows: int, workers: int, *, prefetch: bool = True
+) -> tuple[float, str]:
     """Rows/s of ``workers`` processes re-keying ``rows`` rows x 3 columns under retired DEKs."""
     folder = Path(tempfile.mkdtemp())
     keyring = folder / "keyring.json"
@@ -103,7 +109,9 @@ def rekey_throughput(url: str, rows: int, workers: int) -> tuple[float, str]:
         job = f"{name}:rekey"
         context = multiprocessing.get_context("spawn")
         with context.Pool(workers) as pool:
-            results = pool.starmap(_worker, [(str(keyring), store, url, name, job)] * workers)
+            results = pool.starmap(
+                _worker, [(str(keyring), store, url, name, job, prefetch)] * workers
+            )
         assert sum(r[0] for r in results) == 3 * rows, results
         # Process start-up (imports, key loading) is excluded: rows over the slowest worker's run.
         return rows / max(r[1] for r in results), engine.dialect.name
@@ -135,6 +143,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-rotation", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="run the throughput table N times")
     args = parser.parse_args()
     if not args.skip_rotation:
         rotation_table()
@@ -142,11 +151,15 @@ def main() -> None:
     print()
     print(f"Re-keying {args.rows:,} rows x 3 encrypted columns under retired DEKs:")
     print()
-    print("| database | workers | rows/s | per worker |")
-    print("|---|---:|---:|---:|")
-    for workers in args.workers:
-        rate, dialect = rekey_throughput(url, args.rows, workers)
-        print(f"| {dialect} | {workers} | {rate:,.0f} | {rate / workers:,.0f} |")
+    print("| database | workers | prefetch | rows/s | per worker |")
+    print("|---|---:|---|---:|---:|")
+    runs = [(1, False), *((w, True) for w in args.workers)]
+    for workers, prefetch in runs * args.repeat:
+        rate, dialect = rekey_throughput(url, args.rows, workers, prefetch=prefetch)
+        print(
+            f"| {dialect} | {workers} | {'yes' if prefetch else 'no'} | {rate:,.0f} | "
+            f"{rate / workers:,.0f} |"
+        )
 
 
 if __name__ == "__main__":
