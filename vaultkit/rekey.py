@@ -595,7 +595,11 @@ def _cut_ranges(
     ]
     try:
         with engine.begin() as conn:
-            conn.execute(ranges.insert(), [{**r, "done": False} for r in rows])
+            # Multi-row INSERTs, not an executemany: a driver pipeline that fails on a concurrent
+            # worker's rows would complain again when it is torn down.
+            for start in range(0, len(rows), 1000):
+                chunk = [{**r, "done": False} for r in rows[start : start + 1000]]
+                conn.execute(ranges.insert().values(chunk))
     except sa.exc.IntegrityError:
         pass  # another worker cut them at the same moment; use its ranges
     with engine.connect() as conn:
