@@ -33,6 +33,7 @@ from vaultkit.errors import (
     ConfigurationError,
     DecryptionError,
     DomainError,
+    KeyProviderError,
     KeyStoreError,
 )
 from vaultkit.keys.domains import KeyDomain
@@ -520,8 +521,12 @@ class Vault(NoPickle):
                 continue
             context = wrap_context(domain, record.dek_id, record.purpose)
             old_ref = KeyRef(domain, record.kek_id, record.kek_version)
-            key = provider.unwrap(old_ref, record.wrapped, context=context)
-            wrapped = provider.wrap(target, key, context=context)
+            rewrap = getattr(provider, "rewrap", None)
+            if rewrap is not None:  # inside the HSM / KMS / transit server: the DEK never travels
+                wrapped = rewrap(old_ref, target, record.wrapped, context=context)
+            else:
+                key = provider.unwrap(old_ref, record.wrapped, context=context)
+                wrapped = provider.wrap(target, key, context=context)
             if self._store.rewrap(
                 record, kek_id=target.key_id, kek_version=target.version, wrapped=wrapped
             ):
@@ -734,11 +739,20 @@ class Vault(NoPickle):
     def _new_wrapped_key(
         self, domain: str, ref: KeyRef, dek_id: bytes, purpose: str, *, name: str | None = None
     ) -> tuple[bytes, DataKeyRecord]:
-        """Make a random 256-bit key, wrap it under ``ref`` and return it with its store row."""
-        key = new_data_key()
-        wrapped = self._providers[domain].wrap(
-            ref, key, context=wrap_context(domain, dek_id, purpose)
-        )
+        """Make a random 256-bit key, wrap it under ``ref`` and return it with its store row.
+
+        A provider with ``generate_data_key`` (AWS KMS) makes and wraps the key in one call.
+        """
+        provider = self._providers[domain]
+        context = wrap_context(domain, dek_id, purpose)
+        generate = getattr(provider, "generate_data_key", None)
+        if generate is not None:
+            key, wrapped = generate(ref, context=context)
+            if not isinstance(key, bytes) or len(key) != 32:
+                raise KeyProviderError("the provider generated a data key that is not 32 bytes")
+        else:
+            key = new_data_key()
+            wrapped = provider.wrap(ref, key, context=context)
         record = DataKeyRecord(
             dek_id=dek_id,
             domain=domain,
@@ -855,6 +869,52 @@ class Vault(NoPickle):
             raise DecryptionError
         return key
 
+    def preload(self, dek_ids: Iterable[bytes]) -> int:
+        """Unwrap the given DEKs into the cache ahead of a read; return how many were unwrapped.
+
+        A provider with ``unwrap_many`` (the transit engine) unwraps them in one request per KEK;
+        others one by one. DEKs already cached, unknown, destroyed, or of a restricted domain the
+        current principal has no grant for are skipped.
+        """
+        wanted: dict[int, list[DataKeyRecord]] = {}
+        with self._lock:
+            for dek_id in dict.fromkeys(dek_ids):
+                cached = self._cache.by_id.get(dek_id)
+                if cached is not None and cached.expires_at >= _monotonic():
+                    continue
+                record = self._store.get(dek_id)
+                if (
+                    record is None
+                    or record.state is DekState.DESTROYED
+                    or record.purpose != _PURPOSE
+                    or record.domain not in self._providers
+                    or self._is_denied(record.domain)
+                ):
+                    continue
+                provider = self._providers[record.domain]
+                wanted.setdefault(id(provider), []).append(record)
+            done = 0
+            for records in wanted.values():
+                provider = self._providers[records[0].domain]
+                unwrap_many = getattr(provider, "unwrap_many", None)
+                if unwrap_many is None:
+                    for record in records:
+                        self._unwrap(record)
+                    done += len(records)
+                    continue
+                items = [
+                    (
+                        KeyRef(r.domain, r.kek_id, r.kek_version),
+                        r.wrapped,
+                        wrap_context(r.domain, r.dek_id, r.purpose),
+                    )
+                    for r in records
+                ]
+                for record, dek in zip(records, unwrap_many(items), strict=True):
+                    self._cache_key(record, dek)
+                done += len(records)
+        return done
+
     def _unwrap(self, record: DataKeyRecord) -> DataKey:
         provider = self._providers.get(record.domain)
         if provider is None:
@@ -863,6 +923,9 @@ class Vault(NoPickle):
         dek = provider.unwrap(
             ref, record.wrapped, context=wrap_context(record.domain, record.dek_id, record.purpose)
         )
+        return self._cache_key(record, dek)
+
+    def _cache_key(self, record: DataKeyRecord, dek: bytes) -> DataKey:
         key = DataKey(dek, record.dek_id, record.domain, wrapped=record.wrapped, ttl=self._ttl)
         key.restricted = self._domains[record.domain].restricted
         key.audited = self._domains[record.domain].audited

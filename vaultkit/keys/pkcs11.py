@@ -1,0 +1,306 @@
+"""KEKs in a PKCS#11 token (an HSM; SoftHSM2 in tests).
+
+Each KEK version is a non-extractable, sensitive AES-256 secret-key object on the token, labelled
+``vaultkit:<domain>:v<N>``. DEKs are wrapped and unwrapped inside the token with ``CKM_AES_GCM``
+(96-bit random IV, 128-bit tag, the wrap context as AAD), so the KEK never leaves the HSM.
+A wrapped DEK is ``01 || IV (12) || ciphertext (32) || tag (16)``.
+
+Every PKCS#11 call goes through one lock per library: some modules (SoftHSM2 with python-pkcs11
+among them) corrupt memory when called from several threads at once. The provider uses PyKCS11
+(``pip install vaultkit[pkcs11]``). The PIN comes from ``pin=`` or an environment variable and
+never appears in a message or log. After ``fork()`` the child opens its own session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
+
+from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
+from vaultkit.keys.provider import KeyRef
+
+__all__ = ["PIN_ENV", "PKCS11KeyProvider"]
+
+log = logging.getLogger("vaultkit.keys")
+
+PIN_ENV: Final = "VAULTKIT_PKCS11_PIN"
+_FORMAT: Final = b"\x01"
+_IV: Final = 12
+_WRAPPED: Final = 1 + _IV + 32 + 16
+_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+T = TypeVar("T")
+
+
+def _library_lock(library: str) -> threading.RLock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(os.path.realpath(library), threading.RLock())
+
+
+class PKCS11KeyProvider:
+    """KEKs as AES-256 key objects in a PKCS#11 token; wrapping happens inside the token.
+
+    Args:
+        library: the PKCS#11 module, such as ``/usr/lib/softhsm/libsofthsm2.so``.
+        token_label: the token to use.
+        pin: the user PIN (default: the environment variable named by ``pin_env``).
+        pin_env: where to find the PIN when ``pin`` is not given.
+        label_prefix: key objects are labelled ``<label_prefix><domain>:v<N>``.
+        create_keys: generate a domain's first key object when it has none.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        library: str,
+        *,
+        token_label: str,
+        pin: str | None = None,
+        pin_env: str = PIN_ENV,
+        label_prefix: str = "vaultkit:",
+        create_keys: bool = True,
+    ) -> None:
+        try:
+            import PyKCS11
+        except ImportError:  # pragma: no cover - depends on the installation
+            raise ConfigurationError(
+                "PKCS11KeyProvider needs PyKCS11: pip install 'vaultkit[pkcs11]'"
+            ) from None
+        self._pk = PyKCS11
+        self.library = library
+        self.token_label = token_label
+        self.label_prefix = label_prefix
+        self.create_keys = create_keys
+        pin = pin if pin is not None else os.environ.get(pin_env)
+        if not pin:
+            raise ConfigurationError(
+                f"no PIN for PKCS#11 token {token_label!r}: give pin= or set {pin_env}"
+            )
+        self._pin = pin
+        self._lock = _library_lock(library)
+        self._session: Any = None
+        self._pid = -1
+        self._handles: dict[str, Any] = {}
+        with self._lock:
+            self._lib = PyKCS11.PyKCS11Lib()
+            try:
+                self._lib.load(library)
+            except PyKCS11.PyKCS11Error as exc:
+                raise KeyProviderError(
+                    f"could not load the PKCS#11 module {library} ({exc}): check the path"
+                ) from None
+
+    def __repr__(self) -> str:
+        return f"PKCS11KeyProvider(library={self.library!r}, token_label={self.token_label!r})"
+
+    # -- session -----------------------------------------------------------------------------------
+
+    def _open(self) -> Any:
+        pk = self._pk
+        if self._session is not None and self._pid == os.getpid():
+            return self._session
+        if self._pid != os.getpid() and self._pid != -1:
+            # After fork: the parent's session is not ours; start from a fresh library state.
+            self._lib = pk.PyKCS11Lib()
+            self._lib.load(self.library)
+            self._handles = {}
+        slot = next(
+            (
+                s
+                for s in self._lib.getSlotList(tokenPresent=True)
+                if self._lib.getTokenInfo(s).label.strip() == self.token_label
+            ),
+            None,
+        )
+        if slot is None:
+            raise KeyProviderError(
+                f"no PKCS#11 token labelled {self.token_label!r} in {self.library}: check the "
+                "token label, and SOFTHSM2_CONF for SoftHSM2"
+            )
+        session = self._lib.openSession(slot, pk.CKF_SERIAL_SESSION | pk.CKF_RW_SESSION)
+        try:
+            session.login(self._pin)
+        except pk.PyKCS11Error as exc:
+            if exc.value != pk.CKR_USER_ALREADY_LOGGED_IN:
+                session.closeSession()
+                raise KeyProviderError(
+                    f"PKCS#11 login to token {self.token_label!r} failed ({_ckr(exc)}): check the PIN"
+                ) from None
+        self._session = session
+        self._pid = os.getpid()
+        return session
+
+    def _do(self, what: str, operation: Callable[[Any], T]) -> T:
+        """Run one operation on the session, serialised with every other call to this library."""
+        pk = self._pk
+        with self._lock:
+            for attempt in (1, 2):
+                session = self._open()
+                try:
+                    return operation(session)
+                except pk.PyKCS11Error as exc:
+                    code = exc.value
+                    if attempt == 1 and code in (
+                        pk.CKR_SESSION_HANDLE_INVALID,
+                        pk.CKR_SESSION_CLOSED,
+                        pk.CKR_DEVICE_REMOVED,
+                        pk.CKR_TOKEN_NOT_PRESENT,
+                        pk.CKR_USER_NOT_LOGGED_IN,
+                    ):
+                        self._session = None  # the token went away: open a new session, once
+                        self._handles = {}
+                        continue
+                    raise KeyProviderError(f"PKCS#11 {what} failed ({_ckr(exc)})") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def _label(self, domain: str, version: int) -> str:
+        return f"{self.label_prefix}{domain}:v{version}"
+
+    def _all_versions(self, domain: str) -> list[int]:
+        pk = self._pk
+        prefix = f"{self.label_prefix}{domain}:v"
+        pattern = re.compile(re.escape(prefix) + r"(\d+)$")
+
+        def find(session: Any) -> list[int]:
+            found = []
+            for handle in session.findObjects(
+                [(pk.CKA_CLASS, pk.CKO_SECRET_KEY), (pk.CKA_KEY_TYPE, pk.CKK_AES)]
+            ):
+                label = session.getAttributeValue(handle, [pk.CKA_LABEL])[0]
+                match = pattern.match(str(label or ""))
+                if match:
+                    found.append(int(match.group(1)))
+            return sorted(found)
+
+        return self._do(f"listing the keys of {domain}", find)
+
+    def _generate(self, domain: str, version: int) -> None:
+        pk = self._pk
+        template = [
+            (pk.CKA_CLASS, pk.CKO_SECRET_KEY),
+            (pk.CKA_KEY_TYPE, pk.CKK_AES),
+            (pk.CKA_VALUE_LEN, 32),
+            (pk.CKA_LABEL, self._label(domain, version)),
+            (pk.CKA_TOKEN, True),
+            (pk.CKA_PRIVATE, True),
+            (pk.CKA_SENSITIVE, True),
+            (pk.CKA_EXTRACTABLE, False),
+            (pk.CKA_ENCRYPT, True),
+            (pk.CKA_DECRYPT, True),
+        ]
+        mechanism = pk.Mechanism(pk.CKM_AES_KEY_GEN, None)
+        self._do(
+            f"generating KEK v{version} of {domain}",
+            lambda s: s.generateKey(template, mechanism),
+        )
+        log.info("generated PKCS#11 KEK %s", self._label(domain, version))
+
+    def _handle(self, ref: KeyRef) -> Any:
+        label = self._label(ref.domain, ref.version)
+        if ref.key_id != label:
+            raise KeyNotFoundError(f"{ref.key_id} is not this provider's key for {ref.domain}")
+        handle = self._handles.get(label)
+        if handle is not None:
+            return handle
+        pk = self._pk
+
+        def find(session: Any) -> Any:
+            found = session.findObjects([(pk.CKA_CLASS, pk.CKO_SECRET_KEY), (pk.CKA_LABEL, label)])
+            return found[0] if found else None
+
+        handle = self._do(f"finding {label}", find)
+        if handle is None:
+            raise KeyNotFoundError(f"no key object {label} on token {self.token_label!r}")
+        self._handles[label] = handle
+        return handle
+
+    def primary(self, domain: str) -> KeyRef:
+        """The highest version of the domain's key objects (created when none and allowed)."""
+        versions = self._all_versions(domain)
+        if not versions:
+            if not self.create_keys:
+                raise DomainError(f"token {self.token_label!r} holds no key for {domain}")
+            with self._lock:
+                versions = self._all_versions(domain)
+                if not versions:
+                    self._generate(domain, 1)
+                    versions = [1]
+        return KeyRef(domain, self._label(domain, versions[-1]), versions[-1])
+
+    def versions(self, domain: str) -> Sequence[KeyRef]:
+        """Every key object of the domain, oldest first."""
+        return [KeyRef(domain, self._label(domain, v), v) for v in self._all_versions(domain)]
+
+    def rotate(self, domain: str) -> KeyRef:
+        """Generate key object v(N+1), primary from now on."""
+        with self._lock:
+            current = self.primary(domain).version
+            self._generate(domain, current + 1)
+        return KeyRef(domain, self._label(domain, current + 1), current + 1)
+
+    def disable(self, domain: str, version: int) -> None:
+        """Destroy the key object of an old version (irreversible): it can unwrap nothing more."""
+        ref = KeyRef(domain, self._label(domain, version), version)
+        if version == self.primary(domain).version:
+            raise ConfigurationError(f"v{version} is the current KEK of {domain}; rotate first")
+        handle = self._handle(ref)
+        self._do(f"destroying {ref.key_id}", lambda s: s.destroyObject(handle))
+        self._handles.pop(ref.key_id, None)
+
+    # -- wrapping ----------------------------------------------------------------------------------
+
+    def wrap(self, ref: KeyRef, data_key: bytes, *, context: bytes) -> bytes:
+        """AES-256-GCM inside the token, the context as AAD."""
+        if not isinstance(data_key, bytes) or len(data_key) != 32:
+            raise TypeError("a data key is 32 bytes")
+        handle = self._handle(ref)
+        iv = os.urandom(_IV)
+        mechanism = self._pk.AES_GCM_Mechanism(iv, context, 128)
+        sealed = self._do(
+            f"wrapping under {ref.key_id}", lambda s: bytes(s.encrypt(handle, data_key, mechanism))
+        )
+        return _FORMAT + iv + sealed
+
+    def unwrap(self, ref: KeyRef, wrapped: bytes, *, context: bytes) -> bytes:
+        """AES-256-GCM decryption inside the token; fails for another key or context."""
+        if len(wrapped) != _WRAPPED or wrapped[:1] != _FORMAT:
+            raise KeyProviderError(f"wrapped data key for {ref.key_id} is malformed")
+        handle = self._handle(ref)
+        mechanism = self._pk.AES_GCM_Mechanism(wrapped[1 : 1 + _IV], context, 128)
+        try:
+            return self._do(
+                f"unwrapping under {ref.key_id}",
+                lambda s: bytes(s.decrypt(handle, wrapped[1 + _IV :], mechanism)),
+            )
+        except KeyProviderError:
+            raise KeyProviderError(
+                f"wrapped data key did not unwrap under {ref.key_id}: wrong KEK, wrong context "
+                "or damaged key row"
+            ) from None
+
+    def close(self) -> None:
+        """Log out and close the session."""
+        with self._lock:
+            if self._session is not None and self._pid == os.getpid():
+                try:
+                    self._session.logout()
+                    self._session.closeSession()
+                except self._pk.PyKCS11Error:
+                    pass
+            self._session = None
+            self._handles = {}
+
+
+def _ckr(exc: Any) -> str:
+    """The CKR_ name of a PyKCS11 error (never anything the caller passed in)."""
+    text = str(exc)
+    match = re.match(r"(CKR_[A-Z_]+)", text)
+    return match.group(1) if match else f"error {getattr(exc, 'value', '?')}"

@@ -1,0 +1,313 @@
+"""KEKs in the transit engine of HashiCorp Vault or OpenBao.
+
+One transit key per domain (``vaultkit-<domain>``, type ``aes256-gcm96``, **derived**): every DEK is
+wrapped under a key derived for its own wrap context (domain, DEK id, purpose), so a wrapped DEK
+only unwraps with the context it was wrapped with, and ``rewrap`` works on it (OpenBao 2.7 cannot
+rewrap ciphertexts made with ``associated_data``; derived keys with ``context`` it can).
+
+A KEK version is a transit key version. ``rotate`` is transit's ``rotate``; the vault's
+``rotate_kek`` then rewraps each key row server-side (``rewrap``): the DEK never travels. Versions
+below the key's ``min_decryption_version`` are not offered and do not unwrap; raise it with
+:meth:`VaultTransitKeyProvider.disable_below` once every key row is under a newer version.
+
+Needs the ``hvac`` package (``pip install vaultkit[transit]``). The token comes from ``token=`` or
+the environment (``VAULT_TOKEN`` or ``BAO_TOKEN``) and never appears in a message or log.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any, Final
+
+from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
+from vaultkit.keys._retry import Retry, Transient
+from vaultkit.keys.provider import KeyRef
+
+__all__ = ["VaultTransitKeyProvider"]
+
+log = logging.getLogger("vaultkit.keys")
+
+TOKEN_ENVS: Final = ("VAULT_TOKEN", "BAO_TOKEN")
+_TRANSIENT_STATUS: Final = frozenset({412, 429, 500, 502, 503, 504})
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class VaultTransitKeyProvider:
+    """KEKs in a Vault or OpenBao transit engine; DEKs wrapped and unwrapped by the server.
+
+    Args:
+        url: the server, such as ``https://bao.internal:8200``.
+        token: a token allowed to use the domain keys (default: ``VAULT_TOKEN`` / ``BAO_TOKEN``).
+        mount_point: where the transit engine is mounted.
+        key_prefix: transit key names are ``<key_prefix><domain>``.
+        create_keys: create a domain's transit key when it does not exist (needs the ``create``
+            right on ``<mount>/keys/<name>``). Off by default: keys are made by the operator.
+        namespace: a Vault Enterprise / OpenBao namespace.
+        verify: TLS verification (``True``, ``False`` or a CA bundle path).
+        timeout: seconds per request.
+        retry: retries of transient failures (connection errors, 5xx, 429).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        mount_point: str = "transit",
+        key_prefix: str = "vaultkit-",
+        create_keys: bool = False,
+        namespace: str | None = None,
+        verify: bool | str = True,
+        timeout: float = 5.0,
+        retry: Retry | None = None,
+    ) -> None:
+        try:
+            import hvac
+        except ImportError:  # pragma: no cover - depends on the installation
+            raise ConfigurationError(
+                "VaultTransitKeyProvider needs hvac: pip install 'vaultkit[transit]'"
+            ) from None
+        if token is None:
+            token = next((os.environ[name] for name in TOKEN_ENVS if os.environ.get(name)), None)
+        if not token:
+            raise ConfigurationError(
+                f"no token for the transit server at {url}: give token= or set "
+                + " or ".join(TOKEN_ENVS)
+            )
+        self.url = url
+        self.mount_point = mount_point.strip("/")
+        self.key_prefix = key_prefix
+        self.create_keys = create_keys
+        self.retry = retry or Retry()
+        # The raw adapter hands back responses as they are: their errors are read here, because
+        # hvac's own exceptions quote whole response bodies (a batch decrypt's includes DEKs).
+        self._client = hvac.Client(
+            url=url,
+            token=token,
+            namespace=namespace,
+            verify=verify,
+            timeout=timeout,
+            adapter=hvac.adapters.RawAdapter,
+        )
+        self._created: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"VaultTransitKeyProvider(url={self.url!r}, mount_point={self.mount_point!r})"
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, what: str, body: Any = None) -> dict[str, Any]:
+        """One API call with retries; errors are ours, never hvac's (whose text quotes bodies)."""
+        import requests
+
+        url = f"/v1/{self.mount_point}/{path}"
+
+        def attempt() -> dict[str, Any]:
+            try:
+                response = self._client.adapter.request(
+                    method, url, json=body, raise_exception=False
+                )
+            except requests.exceptions.RequestException as exc:
+                raise Transient(type(exc).__name__) from None
+            status = response.status_code
+            if status in _TRANSIENT_STATUS:
+                raise Transient(f"HTTP {status}")
+            if 200 <= status < 300:
+                return response.json() if response.content else {}
+            raise _status_error(status, _errors(response), what)
+
+        try:
+            return self.retry.call(f"transit {what}", attempt)
+        except Transient as failure:
+            raise KeyProviderError(
+                f"could not reach the transit server at {self.url} for {what} "
+                f"({failure.reason}, {self.retry.attempts} attempts): check the address, the "
+                "network and that the server is up and unsealed"
+            ) from None
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    def _name(self, domain: str) -> str:
+        return f"{self.key_prefix}{domain}"
+
+    def _key(self, domain: str) -> dict[str, Any]:
+        name = self._name(domain)
+        try:
+            return self._request("GET", f"keys/{name}", f"reading key {name}")["data"]  # type: ignore[no-any-return]
+        except KeyNotFoundError:
+            if not self.create_keys:
+                raise DomainError(
+                    f"transit key {name} does not exist on {self.url} (create it, derived, "
+                    "type aes256-gcm96, or pass create_keys=True)"
+                ) from None
+        with self._lock:
+            self._request(
+                "POST",
+                f"keys/{name}",
+                f"creating key {name}",
+                {"type": "aes256-gcm96", "derived": True, "exportable": False},
+            )
+            log.info("created transit key %s", name)
+        return self._request("GET", f"keys/{name}", f"reading key {name}")["data"]  # type: ignore[no-any-return]
+
+    def _ref(self, domain: str, version: int) -> KeyRef:
+        return KeyRef(domain, self._name(domain), version)
+
+    def primary(self, domain: str) -> KeyRef:
+        """The latest transit key version of ``domain``."""
+        info = self._key(domain)
+        if not info.get("derived"):
+            raise ConfigurationError(
+                f"transit key {self._name(domain)} is not derived; vaultkit binds each wrapped DEK "
+                "to its context and needs derived=true"
+            )
+        return self._ref(domain, int(info["latest_version"]))
+
+    def versions(self, domain: str) -> Sequence[KeyRef]:
+        """Versions that can still decrypt (from ``min_decryption_version``), oldest first."""
+        info = self._key(domain)
+        low = int(info.get("min_decryption_version", 1))
+        return [self._ref(domain, int(v)) for v in sorted(info["keys"], key=int) if int(v) >= low]
+
+    def rotate(self, domain: str) -> KeyRef:
+        """Transit ``rotate``: a new key version, primary from now on."""
+        name = self._name(domain)
+        self._key(domain)
+        self._request("POST", f"keys/{name}/rotate", f"rotating key {name}")
+        ref = self.primary(domain)
+        log.info("rotated transit key %s to v%d", name, ref.version)
+        return ref
+
+    def disable_below(self, domain: str, version: int) -> None:
+        """Set ``min_decryption_version``: versions below ``version`` no longer decrypt."""
+        name = self._name(domain)
+        self._request(
+            "POST",
+            f"keys/{name}/config",
+            f"configuring key {name}",
+            {"min_decryption_version": int(version)},
+        )
+
+    # -- wrapping ----------------------------------------------------------------------------------
+
+    def _check(self, ref: KeyRef) -> str:
+        name = self._name(ref.domain)
+        if ref.key_id != name:
+            raise KeyNotFoundError(f"{ref.key_id} is not this provider's key for {ref.domain}")
+        return name
+
+    def wrap(self, ref: KeyRef, data_key: bytes, *, context: bytes) -> bytes:
+        """Transit ``encrypt`` under version ``ref.version``, derived for ``context``."""
+        name = self._check(ref)
+        data = self._request(
+            "POST",
+            f"encrypt/{name}",
+            f"wrapping under {name} v{ref.version}",
+            {"plaintext": _b64(data_key), "context": _b64(context), "key_version": ref.version},
+        )["data"]
+        return str(data["ciphertext"]).encode("ascii")
+
+    def unwrap(self, ref: KeyRef, wrapped: bytes, *, context: bytes) -> bytes:
+        """Transit ``decrypt``; fails for another context, key or version."""
+        return self.unwrap_many([(ref, wrapped, context)])[0]
+
+    def unwrap_many(self, items: Sequence[tuple[KeyRef, bytes, bytes]]) -> list[bytes]:
+        """Unwrap several DEKs with one request per transit key (``batch_input``)."""
+        results: list[bytes | None] = [None] * len(items)
+        groups: dict[str, list[int]] = {}
+        for i, (ref, wrapped, _context) in enumerate(items):
+            name = self._check(ref)
+            if not wrapped.startswith(f"vault:v{ref.version}:".encode()):
+                raise KeyProviderError(
+                    f"wrapped data key is not a {name} v{ref.version} ciphertext (damaged key row?)"
+                )
+            groups.setdefault(name, []).append(i)
+        for name, indexes in groups.items():
+            batch = [
+                {"ciphertext": items[i][1].decode("ascii"), "context": _b64(items[i][2])}
+                for i in indexes
+            ]
+            what = f"unwrapping {len(batch)} data key(s) under {name}"
+            data = self._batch("POST", f"decrypt/{name}", what, batch)
+            for i, entry in zip(indexes, data, strict=True):
+                if entry.get("error") or "plaintext" not in entry:
+                    raise KeyProviderError(
+                        f"wrapped data key did not unwrap under {name} v{items[i][0].version}: "
+                        f"{_safe(entry.get('error', 'no plaintext'))} (wrong context, version "
+                        "below min_decryption_version, or damaged key row)"
+                    )
+                results[i] = base64.b64decode(entry["plaintext"])
+        return [r for r in results if r is not None]
+
+    def _batch(self, method: str, path: str, what: str, batch: list[dict[str, Any]]) -> Any:
+        """A batch call whose partial failures come back as HTTP 400 with per-item errors."""
+        try:
+            return self._request(method, path, what, {"batch_input": batch})["data"][
+                "batch_results"
+            ]
+        except _BatchError as failed:
+            return failed.results
+
+    def rewrap(self, old: KeyRef, new: KeyRef, wrapped: bytes, *, context: bytes) -> bytes:
+        """Transit ``rewrap`` to version ``new.version`` on the server: the DEK never travels."""
+        name = self._check(new)
+        if self._check(old) != name:
+            raise KeyProviderError("transit rewrap stays within one key")
+        data = self._request(
+            "POST",
+            f"rewrap/{name}",
+            f"rewrapping under {name} v{new.version}",
+            {
+                "ciphertext": wrapped.decode("ascii"),
+                "context": _b64(context),
+                "key_version": new.version,
+            },
+        )["data"]
+        return str(data["ciphertext"]).encode("ascii")
+
+
+class _BatchError(KeyProviderError):
+    def __init__(self, results: list[dict[str, Any]]) -> None:
+        super().__init__("batch request partly failed")
+        self.results = results
+
+
+def _errors(response: Any) -> list[str] | list[dict[str, Any]]:
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    if isinstance(body, dict):
+        batch = (body.get("data") or {}).get("batch_results")
+        if isinstance(batch, list):
+            raise _BatchError(batch)
+        errors = body.get("errors")
+        if isinstance(errors, list):
+            return [str(e) for e in errors]
+    return []
+
+
+def _safe(text: Any) -> str:
+    """A server's error text, kept short and printable (it never holds key material)."""
+    return "".join(c for c in str(text)[:200] if c.isprintable())
+
+
+def _status_error(status: int, errors: Sequence[Any], what: str) -> KeyProviderError:
+    detail = "; ".join(_safe(e) for e in errors) or f"HTTP {status}"
+    if status == 404:
+        return KeyNotFoundError(f"transit server: not found while {what} ({detail})")
+    if status in (401, 403):
+        return KeyProviderError(
+            f"transit server refused {what}: {detail} (check the token and its policy)"
+        )
+    return KeyProviderError(f"transit server refused {what}: {detail}")
