@@ -491,6 +491,19 @@ class Vault(NoPickle):
 
     # -- key rotation -------------------------------------------------------------------------------
 
+    @classmethod
+    def from_config(
+        cls, path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+    ) -> Vault:
+        """A vault and its providers per domain from a TOML file and ``VAULTKIT__*`` variables.
+
+        See :mod:`vaultkit.config` and docs/providers.md. With no ``path``, the file named by
+        ``VAULTKIT_CONFIG`` (or none: environment variables only).
+        """
+        from vaultkit.config import vault_from_config
+
+        return vault_from_config(path, env=env)
+
     def rotate_kek(self, domain: str, *, new_version: bool = True) -> RotationReport:
         """Rotate a domain's KEK: a new version, then every key row rewrapped under it.
 

@@ -60,7 +60,7 @@ def test_cached_deks_keep_serving_when_the_server_is_down(own_openbao: Server) -
         assert [warm.decrypt(b, domain="medical") for b in blobs] == [f"note {i}" for i in range(5)]
         assert warm.decrypt(warm.encrypt("still writing", domain="medical"), domain="medical")
     with cold.acting_as(COACH, purpose="test"):
-        with pytest.raises(KeyProviderError, match="could not reach the transit server.*check"):
+        with pytest.raises(KeyProviderError, match=r"could not reach the transit server.*check"):
             cold.decrypt(blobs[0], domain="medical")
         with pytest.raises(KeyProviderError):
             cold.encrypt("needs a new DEK", domain="medical")
@@ -84,7 +84,11 @@ def test_nothing_is_written_when_no_dek_can_be_had(own_openbao: Server, tmp_path
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
     table.create(engine)
     try:
-        with pytest.raises(KeyProviderError), vault.acting_as(COACH, purpose="t"), engine.begin() as conn:
+        with (
+            pytest.raises(KeyProviderError),
+            vault.acting_as(COACH, purpose="t"),
+            engine.begin() as conn,
+        ):
             conn.execute(table.insert(), [{"id": uuid.uuid4(), "note": "x"}])
         with engine.connect() as conn:
             assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
@@ -146,7 +150,13 @@ def _restart(old: Server, tmp_path: Path, port: int) -> Server:
     assert binary is not None
     with (tmp_path / "bao2.log").open("wb") as output:
         process = subprocess.Popen(
-            [binary, "server", "-dev", f"-dev-root-token-id={old.token}", f"-dev-listen-address=127.0.0.1:{port}"],
+            [
+                binary,
+                "server",
+                "-dev",
+                f"-dev-root-token-id={old.token}",
+                f"-dev-listen-address=127.0.0.1:{port}",
+            ],
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -165,7 +175,10 @@ def test_preload_unwraps_in_one_batch_request(openbao: Server) -> None:
 
     provider = transit(openbao, key_prefix=f"vk{secrets.token_hex(4)}-")
     store = MemoryKeyStore()
-    with Vault(provider=provider, store=store, domains=["medical"], dek_max_encryptions=1) as writer, writer.acting_as(COACH, purpose="t"):
+    with (
+        Vault(provider=provider, store=store, domains=["medical"], dek_max_encryptions=1) as writer,
+        writer.acting_as(COACH, purpose="t"),
+    ):
         blobs = [writer.encrypt(f"n{i}", domain="medical") for i in range(20)]
     calls: list[str] = []
     original = provider._request
@@ -175,7 +188,10 @@ def test_preload_unwraps_in_one_batch_request(openbao: Server) -> None:
         return original(method, path, what, body)
 
     provider._request = counting
-    with Vault(provider=provider, store=store, domains=["medical"]) as reader, reader.acting_as(COACH, purpose="t"):
+    with (
+        Vault(provider=provider, store=store, domains=["medical"]) as reader,
+        reader.acting_as(COACH, purpose="t"),
+    ):
         calls.clear()  # the vault read the key's versions when it started
         assert reader.preload(b[4:20] for b in blobs) == 20
         assert calls == ["decrypt"]
@@ -204,7 +220,10 @@ def test_kms_emulator_down_gives_a_clear_error(tmp_path: Path, aws_emulator: Ser
     own.stop()
     with warm.acting_as(COACH, purpose="t"):
         assert warm.decrypt(blob, domain="medical") == "note"
-    with cold.acting_as(COACH, purpose="t"), pytest.raises(KeyProviderError, match="could not reach KMS.*check"):
+    with (
+        cold.acting_as(COACH, purpose="t"),
+        pytest.raises(KeyProviderError, match=r"could not reach KMS.*check"),
+    ):
         cold.decrypt(blob, domain="medical")
     warm.close()
     cold.close()

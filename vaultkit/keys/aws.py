@@ -85,6 +85,7 @@ class AWSKMSKeyProvider:
         alias_prefix: aliases are ``<alias_prefix><domain>`` and ``<alias_prefix><domain>-v<N>``.
         create_keys: create the first key of a domain that has none (needs ``kms:CreateKey``,
             ``kms:CreateAlias``, ``kms:TagResource``). Off by default.
+        profile: an AWS profile of its own (separate credentials for the medical domain).
         client: a ready ``boto3`` KMS client (then region, endpoint and retries are its own).
         max_attempts: attempts per call, with botocore's standard exponential backoff.
         timeout: connect and read timeout in seconds.
@@ -99,6 +100,7 @@ class AWSKMSKeyProvider:
         endpoint_url: str | None = None,
         alias_prefix: str = "alias/vaultkit-",
         create_keys: bool = False,
+        profile: str | None = None,
         client: Any = None,
         max_attempts: int = 4,
         timeout: float = 5.0,

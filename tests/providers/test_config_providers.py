@@ -1,0 +1,82 @@
+"""Vault.from_config with each remote provider type, the medical domain on its own credentials."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+from tests.providers.conftest import Server, SoftHSM
+from vaultkit import Principal, Vault
+
+COACH = Principal("coach", grants={"medical"})
+HEAD = """
+key_store = "sqlite:///{tmp}/keys.db"
+default_provider = "keyring"
+
+[providers.keyring]
+type = "local"
+path = "{tmp}/keyring.json"
+create = true
+
+[domains.identity]
+
+[domains.medical]
+provider = "medical"
+restricted = true
+"""
+
+
+def round_trip(path: Path, env: dict[str, str]) -> None:
+    env = {"VAULTKIT_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(), **env}
+    with Vault.from_config(path, env=env) as vault, vault.acting_as(COACH, purpose="t"):
+        for domain in ("identity", "medical"):
+            assert vault.decrypt(vault.encrypt("x", domain=domain), domain=domain) == "x"
+
+
+def config(tmp_path: Path, provider: str) -> Path:
+    path = tmp_path / "vaultkit.toml"
+    path.write_text(HEAD.format(tmp=tmp_path) + provider)
+    return path
+
+
+@pytest.mark.pkcs11
+def test_medical_domain_in_an_hsm(tmp_path: Path, softhsm: SoftHSM) -> None:
+    text = f"""
+[providers.medical]
+type = "pkcs11"
+library = "{softhsm.library}"
+token_label = "{softhsm.token_label}"
+pin_env = "MEDICAL_HSM_PIN"
+label_prefix = "cfg{secrets.token_hex(3)}:"
+"""
+    round_trip(config(tmp_path, text), {"MEDICAL_HSM_PIN": softhsm.pin})
+
+
+@pytest.mark.openbao
+def test_medical_domain_in_transit(tmp_path: Path, openbao: Server) -> None:
+    text = f"""
+[providers.medical]
+type = "transit"
+url = "{openbao.url}"
+token_env = "MEDICAL_BAO_TOKEN"
+key_prefix = "cfg{secrets.token_hex(3)}-"
+create_keys = true
+"""
+    round_trip(config(tmp_path, text), {"MEDICAL_BAO_TOKEN": openbao.token})
+
+
+@pytest.mark.aws
+def test_medical_domain_in_kms(tmp_path: Path, aws_emulator: Server) -> None:
+    text = f"""
+[providers.medical]
+type = "aws-kms"
+region = "eu-west-1"
+endpoint_url = "{aws_emulator.url}"
+alias_prefix = "alias/cfg{secrets.token_hex(3)}-"
+create_keys = true
+"""
+    round_trip(config(tmp_path, text), {})

@@ -1,0 +1,138 @@
+"""Vault.from_config: TOML files and VAULTKIT__* variables; secrets only by variable name."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+
+from vaultkit import Principal, Vault
+from vaultkit.config import load_config
+from vaultkit.errors import AccessDeniedError, ConfigurationError, KeyProviderError
+
+MASTER = base64.b64encode(os.urandom(32)).decode()
+MEDICAL_MASTER = base64.b64encode(os.urandom(32)).decode()
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "vaultkit.toml"
+    path.write_text(text.replace("TMP", str(tmp_path)))
+    return path
+
+
+CONFIG = """
+key_store = "sqlite:///TMP/keys.db"
+default_provider = "keyring"
+cache_ttl = 120
+
+[providers.keyring]
+type = "local"
+path = "TMP/keyring.json"
+create = true
+
+[providers.medical-keyring]
+type = "local"
+path = "TMP/medical-keyring.json"
+master_key_env = "MEDICAL_MASTER_KEY"
+create = true
+
+[domains.identity]
+
+[domains.medical]
+provider = "medical-keyring"
+restricted = true
+on_denied = "raise"
+"""
+
+
+def test_a_vault_with_separate_credentials_for_the_medical_domain(tmp_path: Path) -> None:
+    """Each domain's KEK comes from its own provider and master key; policies are applied."""
+    env = {"VAULTKIT_MASTER_KEY": MASTER, "MEDICAL_MASTER_KEY": MEDICAL_MASTER}
+    with Vault.from_config(write(tmp_path, CONFIG), env=env) as vault:
+        assert set(vault.domains) == {"identity", "medical"}
+        coach = Principal("coach", grants={"medical"})
+        with vault.acting_as(coach, purpose="t"):
+            blob = vault.encrypt("diagnosis", domain="medical")
+            assert vault.decrypt(blob, domain="medical") == "diagnosis"
+            assert (
+                vault.decrypt(vault.encrypt("jan", domain="identity"), domain="identity") == "jan"
+            )
+        with vault.acting_as(Principal("claims"), purpose="t"), pytest.raises(AccessDeniedError):
+            vault.decrypt(blob, domain="medical")  # restricted, on_denied = "raise"
+    assert (tmp_path / "medical-keyring.json").exists() and (tmp_path / "keyring.json").exists()
+    # The medical keyring needs its own master key: the general one does not open it.
+    wrong = {"VAULTKIT_MASTER_KEY": MASTER, "MEDICAL_MASTER_KEY": MASTER}
+    with pytest.raises(KeyProviderError, match="wrong master key"):
+        Vault.from_config(write(tmp_path, CONFIG), env=wrong)
+
+
+def test_environment_only_and_overrides(tmp_path: Path) -> None:
+    """VAULTKIT__TABLE__KEY variables alone describe a vault, and override a file's values."""
+    env = {
+        "VAULTKIT_MASTER_KEY": MASTER,
+        "VAULTKIT__KEY_STORE": f"sqlite:///{tmp_path}/env-keys.db",
+        "VAULTKIT__PROVIDERS__KEYRING__TYPE": "local",
+        "VAULTKIT__PROVIDERS__KEYRING__PATH": str(tmp_path / "env-keyring.json"),
+        "VAULTKIT__PROVIDERS__KEYRING__CREATE": "true",
+        "VAULTKIT__DOMAINS__IDENTITY__PROVIDER": "keyring",
+    }
+    with Vault.from_config(env=env) as vault:
+        assert vault.decrypt(vault.encrypt(42, domain="identity"), domain="identity") == 42
+    config = load_config(
+        write(tmp_path, CONFIG),
+        env={
+            "VAULTKIT__PROVIDERS__MEDICAL_KEYRING__PATH": "/elsewhere.json",
+            "VAULTKIT__CACHE_TTL": "30",
+        },
+    )
+    assert config["providers"]["medical-keyring"]["path"] == "/elsewhere.json"
+    assert config["cache_ttl"] == 30
+    path = write(tmp_path, CONFIG)
+    assert load_config(env={"VAULTKIT_CONFIG": str(path)})["cache_ttl"] == 120
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ('[providers.hsm]\ntype = "pkcs11"\npin = "1234"', {}, "pin_env"),
+        ('[providers.bao]\ntype = "transit"\ntoken = "s.abc"', {}, "token_env"),
+        ("", {"VAULTKIT__PROVIDERS__HSM__PIN": "1234"}, "pin_env"),
+        ("master_key = 'x'", {}, "master_key_env"),
+        ("colour = 'blue'", {}, "unknown configuration keys: colour"),
+        (
+            'key_store = "sqlite://"\n[domains.identity]\nprovider = "nope"',
+            {},
+            r"no \[providers.nope\]",
+        ),
+        (
+            'key_store = "sqlite://"\n[providers.p]\ntype = "ftp"\n[domains.identity]\nprovider = "p"',
+            {},
+            "type must be one of",
+        ),
+        (
+            'key_store = "sqlite://"\n[providers.p]\ntype = "local"\npath = "k.json"\n[domains.identity]\nprovider = "p"',
+            {},
+            "VAULTKIT_MASTER_KEY .*is not set",
+        ),
+        ('key_store = "sqlite://"', {}, "declares no"),
+        ("[domains.identity]", {}, "no key_store"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    """Secrets in the file or in VAULTKIT__ variables are refused (and never echoed)."""
+    with pytest.raises(ConfigurationError, match=message) as failure:
+        Vault.from_config(write(tmp_path, text), env=env)
+    assert "1234" not in str(failure.value) and "s.abc" not in str(failure.value)
+
+
+def test_missing_or_broken_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="no vaultkit configuration file"):
+        load_config(tmp_path / "none.toml", env={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("key_store = ")
+    with pytest.raises(ConfigurationError, match="not valid TOML"):
+        load_config(broken, env={})

@@ -1,0 +1,293 @@
+"""Build a vault and its key providers from a TOML file and environment variables.
+
+Operators describe which provider holds each domain's KEK, so that the medical domain can live in
+its own HSM token or KMS account with credentials of its own::
+
+    key_store = "postgresql+psycopg://vaultkit@db.internal/keys"
+
+    [providers.keyring]
+    type = "local"
+    path = "/etc/vaultkit/keyring.json"      # master key: VAULTKIT_MASTER_KEY
+
+    [providers.medical-hsm]
+    type = "pkcs11"
+    library = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label = "medical"
+    pin_env = "MEDICAL_HSM_PIN"              # the PIN itself never goes in the file
+
+    [domains.identity]
+    provider = "keyring"
+
+    [domains.medical]
+    provider = "medical-hsm"
+    restricted = true
+    audited = true
+
+``vault = Vault.from_config("vaultkit.toml")``; with no path, the file named by ``VAULTKIT_CONFIG``.
+Environment variables ``VAULTKIT__<TABLE>__<KEY>`` (double underscores, any case) override or add
+values: ``VAULTKIT__PROVIDERS__MEDICAL_HSM__TOKEN_LABEL=medical-2`` (``_`` in a name matches ``-``
+or ``_``). Secrets are refused in the file and in these variables: give the *name* of the
+variable that holds them (``pin_env``, ``token_env``, ``master_key_env``). docs/providers.md has
+an example for each provider type.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from vaultkit.errors import ConfigurationError
+from vaultkit.keys.domains import KeyDomain
+from vaultkit.keys.provider import KeyProvider
+
+if TYPE_CHECKING:
+    from vaultkit._vault import Vault
+
+__all__ = ["CONFIG_ENV", "load_config", "vault_from_config"]
+
+CONFIG_ENV: Final = "VAULTKIT_CONFIG"
+_PREFIX: Final = "VAULTKIT__"
+#: Keys that would hold a secret: refused, with the name of the ``*_env`` key to use instead.
+_SECRET_KEYS: Final = {
+    "pin": "pin_env",
+    "token": "token_env",
+    "master_key": "master_key_env",
+    "passphrase": "passphrase_env",
+    "secret_access_key": "the AWS credential chain (profile or environment)",
+    "aws_secret_access_key": "the AWS credential chain (profile or environment)",
+    "password": "a *_env key",
+}
+_VAULT_KEYS: Final = {
+    "key_store",
+    "key_store_env",
+    "default_provider",
+    "cache_size",
+    "cache_ttl",
+    "dek_max_encryptions",
+    "dek_max_age_days",
+    "audit",
+    "audit_env",
+    "audit_domain",
+    "providers",
+    "domains",
+}
+_DOMAIN_KEYS: Final = {"provider", "restricted", "audited", "on_denied", "encrypt_requires_grant"}
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _merge_env(config: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, text in env.items():
+        if not name.upper().startswith(_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        _refuse_secret(path[-1], f"environment variable {name}")
+        node = config
+        for part in path[:-1]:
+            match = next(
+                (k for k in node if k.replace("-", "_").lower() == part.replace("-", "_")), part
+            )
+            child = node.setdefault(match, {})
+            if not isinstance(child, dict):
+                raise ConfigurationError(f"{name}: {match} is not a table")
+            node = child
+        node[path[-1]] = _env_value(text)
+
+
+def _refuse_secret(key: str, where: str) -> None:
+    instead = _SECRET_KEYS.get(key.lower())
+    if instead is not None:
+        raise ConfigurationError(
+            f"{where}: {key!r} would hold a secret; name the environment variable that holds it "
+            f"with {instead} instead"
+        )
+
+
+def _check_secrets(node: Any, where: str) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _refuse_secret(key, where)
+            _check_secrets(value, where)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Read the TOML file (``path``, else ``$VAULTKIT_CONFIG``, else none) and apply the
+    ``VAULTKIT__*`` variables of ``env`` (default ``os.environ``). Returns the merged tables."""
+    env = os.environ if env is None else env
+    config: dict[str, Any] = {}
+    source = path if path is not None else env.get(CONFIG_ENV)
+    if source:
+        file = Path(source)
+        try:
+            with file.open("rb") as handle:
+                config = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigurationError(f"no vaultkit configuration file at {file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{file} is not valid TOML: {exc}") from None
+        _check_secrets(config, str(file))
+    _merge_env(config, env)
+    unknown = set(config) - _VAULT_KEYS
+    if unknown:
+        raise ConfigurationError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+    return config
+
+
+def _secret_from_env(
+    settings: dict[str, Any], key: str, default: str | None, env: Mapping[str, str], what: str
+) -> str | None:
+    variable = settings.pop(f"{key}_env", default)
+    if variable is None:
+        return None
+    value = env.get(str(variable))
+    if not value:
+        raise ConfigurationError(f"{what}: environment variable {variable} is not set")
+    return value
+
+
+def _local(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyProvider:
+    from vaultkit.keys.local import MASTER_KEY_ENV, LocalKeyProvider, _decode_master_key
+
+    path = settings.pop("path", None)
+    if not path:
+        raise ConfigurationError(f"{what}: a local provider needs path = the keyring file")
+    passphrase_env = settings.pop("passphrase_env", None)
+    if passphrase_env is not None:
+        passphrase = _secret_from_env(
+            {"passphrase_env": passphrase_env}, "passphrase", None, env, what
+        )
+        return LocalKeyProvider(
+            path, passphrase=passphrase, create=bool(settings.pop("create", False))
+        )
+    key_env = str(settings.pop("master_key_env", MASTER_KEY_ENV))
+    text = env.get(key_env)
+    if not text:
+        raise ConfigurationError(
+            f"{what}: environment variable {key_env} (the master key) is not set"
+        )
+    return LocalKeyProvider(
+        path,
+        master_key=_decode_master_key(text, source=key_env),
+        create=bool(settings.pop("create", False)),
+    )
+
+
+def _pkcs11(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyProvider:
+    from vaultkit.keys.pkcs11 import PIN_ENV, PKCS11KeyProvider
+
+    pin = _secret_from_env(settings, "pin", PIN_ENV, env, what)
+    library = settings.pop("library", None)
+    label = settings.pop("token_label", None)
+    if not library or not label:
+        raise ConfigurationError(f"{what}: a pkcs11 provider needs library and token_label")
+    return PKCS11KeyProvider(str(library), token_label=str(label), pin=pin, **settings)
+
+
+def _transit(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyProvider:
+    from vaultkit.keys.transit import VaultTransitKeyProvider
+
+    token_env = settings.pop("token_env", None)
+    token = None
+    if token_env is not None:
+        token = _secret_from_env({"token_env": token_env}, "token", None, env, what)
+    url = settings.pop("url", None)
+    if not url:
+        raise ConfigurationError(f"{what}: a transit provider needs url")
+    return VaultTransitKeyProvider(str(url), token=token, **settings)
+
+
+def _aws(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyProvider:
+    from vaultkit.keys.aws import AWSKMSKeyProvider
+
+    return AWSKMSKeyProvider(**settings)
+
+
+_BUILDERS: Final[dict[str, Callable[[dict[str, Any], Mapping[str, str], str], KeyProvider]]] = {
+    "local": _local,
+    "pkcs11": _pkcs11,
+    "transit": _transit,
+    "aws-kms": _aws,
+}
+
+
+def build_provider(name: str, settings: Mapping[str, Any], env: Mapping[str, str]) -> KeyProvider:
+    """One provider from its table (``type`` and the provider's own keyword arguments)."""
+    what = f"provider {name!r}"
+    options = dict(settings)
+    kind = options.pop("type", None)
+    builder = _BUILDERS.get(str(kind))
+    if builder is None:
+        raise ConfigurationError(
+            f"{what}: type must be one of {', '.join(sorted(_BUILDERS))}, not {kind!r}"
+        )
+    try:
+        return builder(options, env, what)
+    except TypeError as exc:  # an unknown option for that provider type
+        raise ConfigurationError(f"{what}: {exc}") from None
+
+
+def vault_from_config(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> Vault:
+    """Build a :class:`~vaultkit.Vault` (and its providers) from configuration; see the module."""
+    from vaultkit._vault import Vault
+
+    env = os.environ if env is None else env
+    config = load_config(path, env=env)
+    store = config.get("key_store")
+    if store is None and "key_store_env" in config:
+        store = env.get(str(config["key_store_env"]))
+    if not store:
+        raise ConfigurationError("the configuration names no key_store (a database URL)")
+    provider_tables = config.get("providers") or {}
+    domain_tables = config.get("domains") or {}
+    if not domain_tables:
+        raise ConfigurationError("the configuration declares no [domains.<name>] table")
+    built: dict[str, KeyProvider] = {}
+
+    def provider(name: str) -> KeyProvider:
+        if name not in built:
+            if name not in provider_tables:
+                raise ConfigurationError(f"no [providers.{name}] table")
+            built[name] = build_provider(name, provider_tables[name], env)
+        return built[name]
+
+    default = config.get("default_provider")
+    domains: list[KeyDomain] = []
+    by_domain: dict[str, KeyProvider] = {}
+    for name, table in domain_tables.items():
+        table = dict(table)
+        unknown = set(table) - _DOMAIN_KEYS
+        if unknown:
+            raise ConfigurationError(f"domain {name}: unknown keys {', '.join(sorted(unknown))}")
+        chosen = table.pop("provider", default)
+        if chosen is None:
+            raise ConfigurationError(f"domain {name}: no provider (and no default_provider)")
+        by_domain[name] = provider(str(chosen))
+        domains.append(KeyDomain(name, **table))
+    options: dict[str, Any] = {}
+    for key in ("cache_size", "cache_ttl", "dek_max_encryptions", "audit_domain"):
+        if key in config:
+            options[key] = config[key]
+    if "dek_max_age_days" in config:
+        options["dek_max_age"] = dt.timedelta(days=float(config["dek_max_age_days"]))
+    audit = config.get("audit") or (
+        env.get(str(config["audit_env"])) if "audit_env" in config else None
+    )
+    if audit:
+        options["audit"] = audit
+    main = provider(str(default)) if default else next(iter(by_domain.values()))
+    return Vault(provider=main, store=str(store), domains=domains, providers=by_domain, **options)
