@@ -491,6 +491,12 @@ class Vault(NoPickle):
 
     # -- key rotation -------------------------------------------------------------------------------
 
+    def provider_for(self, domain: str) -> KeyProvider:
+        """The key provider holding ``domain``'s KEK."""
+        if domain not in self._domains:
+            raise DomainError(f"domain {domain!r} is not declared in this vault")
+        return self._providers[domain]
+
     @classmethod
     def from_config(
         cls, path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None

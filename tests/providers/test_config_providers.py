@@ -80,3 +80,40 @@ alias_prefix = "alias/cfg{secrets.token_hex(3)}-"
 create_keys = true
 """
     round_trip(config(tmp_path, text), {})
+
+
+@pytest.mark.openbao
+def test_keys_commands_with_a_config_file(
+    tmp_path: Path,
+    openbao: Server,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`vaultkit keys list / rotate-kek --config`: the medical KEK in transit is rotated and its key
+    rows rewrapped on the server; the old version is then disabled and everything still reads."""
+    from vaultkit.cli.main import main
+
+    text = f"""
+[providers.medical]
+type = "transit"
+url = "{openbao.url}"
+token_env = "MEDICAL_BAO_TOKEN"
+key_prefix = "cli{secrets.token_hex(3)}-"
+create_keys = true
+"""
+    path = config(tmp_path, text)
+    monkeypatch.setenv("MEDICAL_BAO_TOKEN", openbao.token)
+    monkeypatch.setenv("VAULTKIT_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
+    with Vault.from_config(path) as vault, vault.acting_as(COACH, purpose="t"):
+        blob = vault.encrypt("diagnosis", domain="medical")
+    assert main(["keys", "rotate-kek", "--config", str(path), "--domain", "medical"]) == 0
+    assert "KEK v2 is primary; 1 key rows rewrapped" in capsys.readouterr().out
+    assert main(["keys", "list", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "domain medical: KEK versions v1, v2 (primary v2)" in out
+    assert "key rows wrapped under v2: 1" in out
+    with Vault.from_config(path) as vault:
+        vault.provider_for("medical").disable_below("medical", 2)  # type: ignore[attr-defined]
+    with Vault.from_config(path) as vault, vault.acting_as(COACH, purpose="t"):
+        assert vault.decrypt(blob, domain="medical") == "diagnosis"
+    assert openbao.token not in out

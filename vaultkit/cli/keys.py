@@ -145,13 +145,23 @@ def _destroy(args: argparse.Namespace) -> int:
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", required=True, help="database URL of the key store")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="a vaultkit TOML configuration (providers per domain, key store); "
+        "instead of --store and --keyring",
+    )
+    parser.add_argument("--store", help="database URL of the key store (with --keyring)")
     parser.add_argument(
         "--keyring", type=Path, default=Path("keyring.json"), help="the local keyring file"
     )
 
 
 def _open(args: argparse.Namespace) -> Vault:
+    if getattr(args, "config", None) is not None:
+        return Vault.from_config(args.config)
+    if not args.store:
+        raise ConfigurationError("give --config, or --store (and --keyring)")
     provider = LocalKeyProvider(args.keyring, create=False)
     domains = provider.domains()
     if not domains:
@@ -161,8 +171,8 @@ def _open(args: argparse.Namespace) -> Vault:
 
 def _list(args: argparse.Namespace) -> int:
     with _open(args) as vault:
-        provider = LocalKeyProvider(args.keyring, create=False)
         for domain in vault.domains:
+            provider = vault.provider_for(domain)
             versions = provider.versions(domain)
             primary = provider.primary(domain).version
             print(

@@ -37,7 +37,13 @@ def register(commands: Any) -> None:
             "problems, 3 configuration, 4 key provider, 5 key store, 130 interrupted."
         ),
     )
-    rekey.add_argument("--store", required=True, help="database URL of the key store")
+    rekey.add_argument(
+        "--config",
+        type=Path,
+        help="a vaultkit TOML configuration (providers per domain, key store); "
+        "instead of --store and --keyring",
+    )
+    rekey.add_argument("--store", help="database URL of the key store (with --keyring)")
     rekey.add_argument(
         "--keyring", type=Path, default=Path("keyring.json"), help="the local keyring file"
     )
