@@ -227,3 +227,40 @@ def test_kms_emulator_down_gives_a_clear_error(tmp_path: Path, aws_emulator: Ser
         cold.decrypt(blob, domain="medical")
     warm.close()
     cold.close()
+
+
+def _unwrap_in_child(provider: Any, ref: Any, wrapped: bytes, dek: bytes, out: Any) -> None:
+    out.put(provider.unwrap(ref, wrapped, context=b"ctx") == dek)
+
+
+@pytest.mark.openbao
+@pytest.mark.aws
+def test_a_forked_child_uses_connections_of_its_own(openbao: Server, aws_emulator: Server) -> None:
+    """After fork the transit and KMS providers open their own connections (never the parent's
+    pooled sockets) and keep working in parent and child alike."""
+    import multiprocessing
+    import os
+    import secrets
+
+    from vaultkit.keys.aws import AWSKMSKeyProvider
+
+    context = multiprocessing.get_context("fork")
+    for provider in (
+        transit(openbao, key_prefix=f"vk{secrets.token_hex(4)}-"),
+        AWSKMSKeyProvider(
+            region="eu-west-1",
+            endpoint_url=aws_emulator.url,
+            alias_prefix=f"alias/vk{secrets.token_hex(4)}-",
+            create_keys=True,
+        ),
+    ):
+        ref = provider.primary("medical")
+        dek = os.urandom(32)
+        wrapped = provider.wrap(ref, dek, context=b"ctx")  # the parent's pool holds a connection
+        out = context.Queue()
+        child = context.Process(target=_unwrap_in_child, args=(provider, ref, wrapped, dek, out))
+        child.start()
+        assert out.get(timeout=60) is True
+        child.join(timeout=60)
+        assert child.exitcode == 0
+        assert provider.unwrap(ref, wrapped, context=b"ctx") == dek

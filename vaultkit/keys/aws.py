@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
@@ -105,6 +106,7 @@ class AWSKMSKeyProvider:
         max_attempts: int = 4,
         timeout: float = 5.0,
     ) -> None:
+        self._factory: Callable[[], Any] | None = None
         if client is None:
             try:
                 import boto3
@@ -118,11 +120,18 @@ class AWSKMSKeyProvider:
                 connect_timeout=timeout,
                 read_timeout=timeout,
             )
-            client = boto3.client(
-                "kms", region_name=region, endpoint_url=endpoint_url, config=config
-            )
+
+            def factory() -> Any:
+                session = boto3.session.Session(profile_name=profile) if profile else boto3
+                return session.client(
+                    "kms", region_name=region, endpoint_url=endpoint_url, config=config
+                )
+
+            self._factory = factory
+            client = factory()
         _silence_bodies()
         self._kms = client
+        self._pid = os.getpid()
         self.endpoint = endpoint_url or getattr(client.meta, "endpoint_url", "KMS")
         self.alias_prefix = alias_prefix
         self.create_keys = create_keys
@@ -136,6 +145,9 @@ class AWSKMSKeyProvider:
     def _call(self, operation: str, what: str, key: str = "", **kwargs: Any) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+        if self._pid != os.getpid() and self._factory is not None:
+            self._kms = self._factory()  # after fork: a client (and connections) of our own
+            self._pid = os.getpid()
         try:
             return getattr(self._kms, operation)(**kwargs)  # type: ignore[no-any-return]
         except ClientError as exc:

@@ -98,8 +98,8 @@ class VaultTransitKeyProvider:
             timeout=timeout,
             adapter=hvac.adapters.RawAdapter,
         )
-        self._created: set[str] = set()
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"VaultTransitKeyProvider(url={self.url!r}, mount_point={self.mount_point!r})"
@@ -111,6 +111,10 @@ class VaultTransitKeyProvider:
         import requests
 
         url = f"/v1/{self.mount_point}/{path}"
+        if self._pid != os.getpid():
+            # After fork: never share the parent's pooled connections (their byte streams).
+            self._client.adapter.session = requests.Session()
+            self._pid = os.getpid()
 
         def attempt() -> dict[str, Any]:
             try:
