@@ -16,9 +16,9 @@ import os
 import queue
 import sys
 import time
-from pathlib import Path
 from typing import Any, Final
 
+from vaultkit.cli.keys import _store_options
 from vaultkit.errors import ConfigurationError, VaultkitError
 
 EXIT_INCOMPLETE: Final = 7
@@ -37,16 +37,7 @@ def register(commands: Any) -> None:
             "problems, 3 configuration, 4 key provider, 5 key store, 130 interrupted."
         ),
     )
-    rekey.add_argument(
-        "--config",
-        type=Path,
-        help="a vaultkit TOML configuration (providers per domain, key store); "
-        "instead of --store and --keyring",
-    )
-    rekey.add_argument("--store", help="database URL of the key store (with --keyring)")
-    rekey.add_argument(
-        "--keyring", type=Path, default=Path("keyring.json"), help="the local keyring file"
-    )
+    _store_options(rekey)
     rekey.add_argument("--data", required=True, help="database URL of the encrypted data")
     rekey.add_argument(
         "--model",
