@@ -153,6 +153,23 @@ def _tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
     return ranges, checkpoints
 
 
+def _create_tables(engine: sa.Engine) -> None:
+    """Create the engine's tables if missing; workers starting together may race to do it."""
+    meta = sa.MetaData()
+    _tables(meta)
+    for attempt in range(5):
+        try:
+            meta.create_all(engine, checkfirst=True)
+        except sa.exc.DBAPIError:
+            # Another worker's CREATE TABLE won (PostgreSQL reports a unique violation on its
+            # catalog); look again after a moment.
+            if attempt == 4:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+        else:
+            return
+
+
 def _plan(
     table: sa.Table, columns: Sequence[str] | None
 ) -> tuple[sa.Column[Any], list[sa.Column[Any]]]:
@@ -783,9 +800,7 @@ def rekey_table(
             report.finished = run_range(0, None, None)
             report.ranges_done = int(report.finished)
         else:
-            meta = sa.MetaData()
-            _tables(meta)
-            meta.create_all(engine, checkfirst=True)
+            _create_tables(engine)
             report.ranges_total = _cut_ranges(engine, pk, ranges, job, range_size)
             claims = _Claims(engine, ranges, job)
             stopped = False
@@ -848,9 +863,8 @@ def plan_job(
     """
     pk, _ = _plan(table, None)
     job = job or f"{table.name}:rekey"
-    meta = sa.MetaData()
-    ranges, _checkpoints = _tables(meta)
-    meta.create_all(engine, checkfirst=True)
+    ranges, _checkpoints = _tables(sa.MetaData())
+    _create_tables(engine)
     total = _cut_ranges(engine, pk, ranges, job, range_size)
     with engine.connect() as conn:
         left = conn.execute(

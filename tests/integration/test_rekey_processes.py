@@ -131,7 +131,13 @@ def test_three_workers_share_one_job(loaded: tuple[str, str]) -> None:
     """Three processes on one job: every range is done exactly once, by one of them."""
     url, keyring = loaded
     workers = [spawn("rekey", url, keyring, "shared", "250") for _ in range(3)]
-    reports = [finish(w) for w in workers]
+    try:
+        reports = [finish(w) for w in workers]
+    finally:
+        for worker in workers:  # never leave a worker running after a failure
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
     assert sum(r["rows_scanned"] for r in reports) == 6000  # no range done twice
     assert sum(r["values_rewritten"] for r in reports) == 12000
     assert all(r["finished"] for r in reports)

@@ -400,3 +400,29 @@ def test_blind_index_key_rotation(engine: sa.Engine, vault: Vault) -> None:
     final = members(2, (2,))
     assert lookup(final, "m7@x.be") == [8] and lookup(final, "M59@X.be") == [60]
     assert verify_table(engine, final, vault=vault).clean
+
+
+def test_workers_starting_together_create_and_cut_once(engine: sa.Engine, vault: Vault) -> None:
+    """Six workers starting at the same moment race to create the engine's tables and to cut the
+    job's ranges: none fails, and they all see the same ranges."""
+    import threading
+
+    from vaultkit.rekey import plan_job
+
+    load_legacy(engine, vault, 30)
+    barrier = threading.Barrier(6)
+    results: list[Any] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            results.append(plan_job(engine, MEMBERS, job="together", range_size=7))
+        except Exception as exc:  # reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [(5, 5)] * 6  # 30 rows in ranges of 7: 4 bounds, 5 ranges
