@@ -4,6 +4,9 @@ error with nothing written half-done. Also: batch unwrap on the transit engine."
 
 from __future__ import annotations
 
+import select
+import socket
+import socketserver
 import threading
 import time
 import uuid
@@ -98,74 +101,67 @@ def test_nothing_is_written_when_no_dek_can_be_had(own_openbao: Server, tmp_path
         vault.close()
 
 
+class _Forwarder(socketserver.ThreadingTCPServer):
+    """A TCP forwarder from a port to the real server: the server 'comes back' when it starts."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.target = target
+        super().__init__(("127.0.0.1", port), _Pipe)
+
+
+class _Pipe(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        server: Any = self.server
+        with socket.create_connection(server.target) as upstream:
+            streams = [self.request, upstream]
+            while True:
+                ready, _, _ = select.select(streams, [], [], 5)
+                if not ready:
+                    return
+                for stream in ready:
+                    data = stream.recv(65536)
+                    if not data:
+                        return
+                    (upstream if stream is self.request else self.request).sendall(data)
+
+
 @pytest.mark.openbao
-def test_transient_failures_are_retried_with_backoff(tmp_path: Path) -> None:
-    """The server comes up while the provider is retrying: the call succeeds, after waits that
-    grow (logged without secrets)."""
-    pytest.importorskip("hvac")
+def test_transient_failures_are_retried_with_backoff(own_openbao: Server) -> None:
+    """The provider's address refuses connections until, 0.8 s in, the server becomes reachable:
+    the call succeeds after waits that grow (each retry logged, without secrets)."""
     port = free_port()
-    started: list[Server] = []
     waits: list[float] = []
 
     def sleep(seconds: float) -> None:
         waits.append(seconds)
         time.sleep(seconds)
 
-    def start_later() -> None:
-        time.sleep(0.5)
-        started.append(start_openbao(tmp_path / "bao.log", port=port))
+    provider = transit(
+        Server(f"http://127.0.0.1:{port}", own_openbao.token, own_openbao.process),
+        retry=Retry(attempts=12, base_delay=0.2, max_delay=1.0, sleep=sleep),
+    )
+    target = own_openbao.url.rsplit(":", 1)
+    forwarders: list[_Forwarder] = []
 
-    starter = threading.Thread(target=start_later)
-    starter.start()
+    def come_back() -> None:
+        forwarder = _Forwarder(port, (target[0].split("//")[1], int(target[1])))
+        forwarders.append(forwarder)
+        forwarder.serve_forever()
+
+    timer = threading.Timer(0.8, come_back)
+    timer.start()
     try:
-        while not started and starter.is_alive():
-            time.sleep(0.05)
-        starter.join()
-        server = started[0]
-        # Token known only now; point a provider at the port from before the server answered.
-        provider = transit(
-            Server(f"http://127.0.0.1:{port}", server.token, server.process),
-            retry=Retry(attempts=8, base_delay=0.2, max_delay=1.0, sleep=sleep),
-        )
-        server.stop()
-        restart = threading.Timer(0.8, lambda: started.append(_restart(server, tmp_path, port)))
-        restart.start()
-        ref = provider.primary("medical")  # fails while the server is down, then succeeds
-        restart.join()
-        assert ref.version == 1 and len(waits) >= 2
-        assert waits[1] > waits[0] * 0.9 or waits[1] >= 0.2  # backoff grows (with jitter)
+        ref = provider.primary("medical")  # refused, refused, ..., then answered
     finally:
-        for server in started:
-            if server.process.poll() is None:
-                server.stop()
-
-
-def _restart(old: Server, tmp_path: Path, port: int) -> Server:
-    """A new dev server on the same port with the same root token."""
-    import subprocess
-
-    from tests.providers.conftest import bao_binary, wait_for
-
-    binary = bao_binary()
-    assert binary is not None
-    with (tmp_path / "bao2.log").open("wb") as output:
-        process = subprocess.Popen(
-            [
-                binary,
-                "server",
-                "-dev",
-                f"-dev-root-token-id={old.token}",
-                f"-dev-listen-address=127.0.0.1:{port}",
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    assert wait_for(f"{url}/v1/sys/health", 60)
-    import hvac
-
-    hvac.Client(url=url, token=old.token).sys.enable_secrets_engine("transit", path="transit")
-    return Server(url, old.token, process)
+        timer.join(0.1)
+        for forwarder in forwarders:
+            forwarder.shutdown()
+            forwarder.server_close()
+    assert ref.version == 1 and len(waits) >= 2
+    assert 0.1 <= waits[0] <= 0.2 and 0.2 <= waits[1] <= 0.4  # base 0.2 s, doubling, jitter
 
 
 @pytest.mark.openbao
