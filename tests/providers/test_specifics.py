@@ -1,0 +1,144 @@
+"""What is particular to each real provider, beyond the conformance suite."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any
+
+import pytest
+
+from tests.providers.conftest import Server, SoftHSM
+from vaultkit.errors import ConfigurationError, DomainError, KeyProviderError
+
+CONTEXT = b"specific-context"
+
+
+@pytest.mark.openbao
+def test_transit_min_decryption_version_is_respected(openbao: Server) -> None:
+    """After disable_below(2): v1 is neither offered nor unwrapped, with an error that says why."""
+    from vaultkit.keys.transit import VaultTransitKeyProvider
+
+    provider = VaultTransitKeyProvider(
+        openbao.url, token=openbao.token, key_prefix=f"vk{secrets.token_hex(4)}-", create_keys=True
+    )
+    v1 = provider.primary("medical")
+    dek = os.urandom(32)
+    old = provider.wrap(v1, dek, context=CONTEXT)
+    v2 = provider.rotate("medical")
+    moved = provider.rewrap(v1, v2, old, context=CONTEXT)
+    assert moved.startswith(b"vault:v2:") and provider.unwrap(v2, moved, context=CONTEXT) == dek
+    provider.disable_below("medical", 2)
+    assert [r.version for r in provider.versions("medical")] == [2]
+    with pytest.raises(KeyProviderError, match=r"min_decryption_version|disallowed") as failure:
+        provider.unwrap(v1, old, context=CONTEXT)
+    assert dek.hex() not in str(failure.value)
+
+
+@pytest.mark.openbao
+def test_transit_refuses_a_key_that_is_not_derived(openbao: Server) -> None:
+    """A transit key without derivation cannot bind a DEK to its context: refused at start."""
+    import hvac
+
+    from vaultkit.keys.transit import VaultTransitKeyProvider
+
+    prefix = f"vk{secrets.token_hex(4)}-"
+    hvac.Client(url=openbao.url, token=openbao.token).secrets.transit.create_key(
+        f"{prefix}medical", key_type="aes256-gcm96"
+    )
+    provider = VaultTransitKeyProvider(openbao.url, token=openbao.token, key_prefix=prefix)
+    with pytest.raises(ConfigurationError, match="not derived"):
+        provider.primary("medical")
+    missing = VaultTransitKeyProvider(openbao.url, token=openbao.token, key_prefix="none-")
+    with pytest.raises(DomainError, match="does not exist"):
+        missing.primary("medical")
+
+
+@pytest.mark.openbao
+def test_transit_wrong_token_says_check_the_token(openbao: Server) -> None:
+    from vaultkit.keys.transit import VaultTransitKeyProvider
+
+    wrong = secrets.token_hex(16)
+    provider = VaultTransitKeyProvider(openbao.url, token=wrong)
+    with pytest.raises(KeyProviderError, match="check the token") as failure:
+        provider.primary("medical")
+    assert wrong not in str(failure.value) and openbao.token not in str(failure.value)
+
+
+@pytest.mark.pkcs11
+def test_pkcs11_keys_are_sensitive_and_not_extractable(softhsm: SoftHSM) -> None:
+    """The KEK objects cannot be read out of the token; a wrong PIN is refused without echo."""
+    import PyKCS11
+
+    from vaultkit.keys.pkcs11 import PKCS11KeyProvider
+
+    prefix = f"vk{secrets.token_hex(3)}:"
+    provider = PKCS11KeyProvider(
+        softhsm.library, token_label=softhsm.token_label, pin=softhsm.pin, label_prefix=prefix
+    )
+    ref = provider.primary("medical")
+
+    def attributes(session: Any) -> list[Any]:
+        handle = session.findObjects([(PyKCS11.CKA_LABEL, ref.key_id)])[0]
+        return list(
+            session.getAttributeValue(
+                handle,
+                [
+                    PyKCS11.CKA_SENSITIVE,
+                    PyKCS11.CKA_EXTRACTABLE,
+                    PyKCS11.CKA_TOKEN,
+                    PyKCS11.CKA_VALUE,
+                ],
+            )
+        )
+
+    sensitive, extractable, on_token, value = provider._do("inspecting", attributes)
+    assert (sensitive, extractable, on_token) == (True, False, True)
+    assert not value  # the token does not give the key value out
+    provider.close()
+    wrong_pin = secrets.token_hex(6)
+    with pytest.raises(KeyProviderError, match="check the PIN") as failure:
+        PKCS11KeyProvider(
+            softhsm.library, token_label=softhsm.token_label, pin=wrong_pin, label_prefix=prefix
+        ).primary("medical")
+    assert wrong_pin not in str(failure.value) and softhsm.pin not in str(failure.value)
+    with pytest.raises(KeyProviderError, match="check the path"):
+        PKCS11KeyProvider("/nonexistent/libpkcs11.so", token_label="x", pin="1234")
+
+
+@pytest.mark.aws
+def test_kms_binds_the_domain_in_the_encryption_context(aws_emulator: Server) -> None:
+    """The wrapped DEK carries the domain in its encryption context (what IAM conditions use);
+    rotation moves the alias; the current version cannot be disabled."""
+    import base64
+
+    import boto3
+
+    from vaultkit.keys.aws import AWSKMSKeyProvider
+
+    prefix = f"alias/vk{secrets.token_hex(4)}-"
+    provider = AWSKMSKeyProvider(
+        region="eu-west-1", endpoint_url=aws_emulator.url, alias_prefix=prefix, create_keys=True
+    )
+    ref = provider.primary("medical")
+    dek, wrapped = provider.generate_data_key(ref, context=CONTEXT)
+    kms = boto3.client("kms", region_name="eu-west-1", endpoint_url=aws_emulator.url)
+    wrap = base64.b64encode(CONTEXT).decode()
+    plain = kms.decrypt(
+        CiphertextBlob=wrapped,
+        EncryptionContext={"vaultkit:domain": "medical", "vaultkit:wrap": wrap},
+    )["Plaintext"]
+    assert plain == dek
+    with pytest.raises(kms.exceptions.InvalidCiphertextException):
+        kms.decrypt(
+            CiphertextBlob=wrapped,
+            EncryptionContext={"vaultkit:domain": "identity", "vaultkit:wrap": wrap},
+        )
+    v2 = provider.rotate("medical")
+    aliases = {a["AliasName"]: a["TargetKeyId"] for a in kms.list_aliases()["Aliases"]}
+    assert v2.key_id.endswith(aliases[f"{prefix}medical"])
+    assert ref.key_id.endswith(aliases[f"{prefix}medical-v1"])
+    with pytest.raises(ConfigurationError, match="current KEK"):
+        provider.disable("medical", 2)
+    provider.disable("medical", 1)
+    assert kms.describe_key(KeyId=ref.key_id)["KeyMetadata"]["KeyState"] == "Disabled"
