@@ -7,8 +7,12 @@ holds. ``main()`` runs the whole story on SQLite, with no Alembic project needed
 2. the migration turns the column into a binary column (batch mode, for SQLite) and adds the
    blind-index column;
 3. the model declares ``Encrypted(..., migrating=True)``: legacy values are read, every write
-   stores ciphertext; ``count_plaintext`` shows the progress; each row is rewritten;
+   stores ciphertext; the re-keying engine (what ``vaultkit rekey`` runs) encrypts the rest in
+   resumable batches and fills the blind index; ``count_plaintext`` and ``verify_table`` show it;
 4. afterwards the column can drop ``migrating=True``.
+
+For a table small enough to rewrite inside one migration, ``op.encrypt_column`` /
+``op.decrypt_column`` (``import vaultkit.sqla.alembic``) do it all in the migration instead.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ import sqlalchemy as sa
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-from sqlalchemy.orm.attributes import flag_modified
 
 import vaultkit.sqla
 from vaultkit import Vault
 from vaultkit.keys import LocalKeyProvider, generate_master_key
 from vaultkit.keys.local import _decode_master_key
+from vaultkit.rekey import rekey_table, verify_table
 from vaultkit.sqla import BlindIndex, Encrypted, count_plaintext
 
 revision = "3f2a9c1d7b10"
@@ -41,7 +45,8 @@ def upgrade(op: Operations) -> None:
 
 def downgrade(op: Operations) -> None:
     # Only valid while every value is still plaintext (count_plaintext == rows): ciphertexts
-    # cannot be turned back into text by changing a type. Decrypt with the re-key engine first.
+    # cannot be turned back into text by changing a type. Once values are encrypted, a downgrade
+    # uses op.decrypt_column (vaultkit.sqla.alembic), which decrypts them in place.
     with op.batch_alter_table("members") as batch:
         batch.drop_index("ix_members_email_index")
         batch.drop_column("email_index")
@@ -77,15 +82,17 @@ def main() -> None:
     master = _decode_master_key(generate_master_key(), source="example key")
     vault = Vault(
         provider=LocalKeyProvider(workdir / "keyring.json", master_key=master),
-        store=engine,
+        # On SQLite, the key store is a file of its own: SQLite locks a whole file per writer.
+        store=f"sqlite:///{workdir / 'keys.db'}",
         domains=["identity"],
     )
     vaultkit.sqla.configure(vault)
     with Session(engine) as session:
         print(f"plaintext rows before: {count_plaintext(session, Member.email)}")
-        for member in session.scalars(sa.select(Member)):
-            flag_modified(member, "email")  # rewrite the same value: now as ciphertext
-        session.commit()
+    report = rekey_table(engine, Member.__table__, vault=vault)  # type: ignore[arg-type]
+    print(f"re-keying engine: {report.plaintext_encrypted} values encrypted, indexes filled")
+    assert verify_table(engine, Member.__table__, vault=vault).clean  # type: ignore[arg-type]
+    with Session(engine) as session:
         print(f"plaintext rows after:  {count_plaintext(session, Member.email)}")
         found = session.scalars(
             sa.select(Member).where(Member.email_index == "Jan@Example.be")

@@ -136,3 +136,16 @@ def test_missing_or_broken_file(tmp_path: Path) -> None:
     broken.write_text("key_store = ")
     with pytest.raises(ConfigurationError, match="not valid TOML"):
         load_config(broken, env={})
+
+
+def test_the_example_configuration_parses() -> None:
+    """examples/vaultkit.toml is valid, holds no secret, and declares the three domains."""
+    path = Path(__file__).parents[2] / "examples" / "vaultkit.toml"
+    config = load_config(path, env={})
+    assert set(config["domains"]) == {"identity", "financial", "medical"}
+    assert config["domains"]["medical"] == {
+        "provider": "medical-hsm",
+        "restricted": True,
+        "audited": True,
+    }
+    assert config["providers"]["medical-hsm"]["pin_env"] == "MEDICAL_HSM_PIN"
