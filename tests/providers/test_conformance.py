@@ -99,7 +99,7 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
             provider,
             lambda domain, version: provider.disable_below(domain, version + 1),
             lambda: _transit(
-                Server(f"http://127.0.0.1:{free_port()}", server.token, server.process),
+                Server(f"http://127.0.0.1:{free_port()}", server.token, None),
                 prefix,
                 timeout=1.0,
             ),
@@ -113,7 +113,7 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
             provider,
             provider.disable,
             lambda: _aws(
-                Server(f"http://127.0.0.1:{free_port()}", "", server.process),
+                Server(f"http://127.0.0.1:{free_port()}", "", None),
                 prefix,
                 max_attempts=2,
                 timeout=1.0,

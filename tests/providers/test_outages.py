@@ -34,7 +34,7 @@ def own_openbao(tmp_path: Path) -> Iterator[Server]:
     pytest.importorskip("hvac")
     server = start_openbao(tmp_path / "bao.log")
     yield server
-    if server.process.poll() is None:
+    if server.process is not None and server.process.poll() is None:
         server.stop()
 
 
