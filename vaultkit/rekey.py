@@ -337,58 +337,81 @@ def _changes(
     """The new values of ``rows``: one change per value that needs re-encryption; and how many
     values could not be opened (left as they are; :func:`verify_table` reports them too)."""
     changes: list[_Change] = []
+    append = changes.append
     undecryptable = 0
     by_header = classify.by_header
+    plan = [
+        (
+            t.position,
+            t.row_key_position,
+            t.type,
+            t.type.previous is None,
+            t.type.migrating,
+            t.open,
+            t.seal,
+            t.digest,
+            t.index_position,
+            t.index_version,
+            t.name,
+        )
+        for t in targets
+    ]
     for row in rows:
-        for target in targets:
-            old = row[target.position]
+        key = row[0]
+        for (
+            position,
+            rk_at,
+            ctype,
+            by_dek,
+            migrating,
+            open_,
+            seal,
+            digest,
+            ix_at,
+            ix_v,
+            name,
+        ) in plan:
+            old = row[position]
             if old is None:
                 continue
             if type(old) is not bytes:
                 old = _as_raw(old)
-            column_type = target.type
-            row_key = row[target.row_key_position] if target.row_key_position is not None else None
+            row_key = row[rk_at] if rk_at is not None else None
             try:
-                if column_type.previous is None and old[:2] == _MAGIC:
+                if by_dek and old[:2] == _MAGIC:
                     # Without previous=, the reason depends on the header alone (version, suite,
                     # DEK): decided once per DEK.
                     header = old[:20]
                     reason = by_header.get(header, _UNKNOWN)
                     if reason is _UNKNOWN:
-                        reason = by_header[header] = classify.reason(column_type, old, row_key)
+                        reason = by_header[header] = classify.reason(ctype, old, row_key)
                 else:
-                    reason = classify.reason(column_type, old, row_key)
+                    reason = classify.reason(ctype, old, row_key)
                 if reason is None:
-                    if target.index_position is None:
+                    if ix_at is None:
                         continue
-                    stored = row[target.index_position]
-                    if stored is not None and stored[0] == target.index_version:
+                    stored = row[ix_at]
+                    if stored is not None and stored[0] == ix_v:
                         continue
                     reason = "index"  # missing, or under an older blind-index key version
-                if reason == "plaintext" and not column_type.migrating:
+                elif reason == "plaintext" and not migrating:
                     undecryptable += 1  # plaintext in a strict column: left for a person
                     continue
-                open_ = target.open
-                plain = (
-                    open_(old) if open_ is not None else column_type.decrypt_value(old, row=row_key)
-                )
+                plain = open_(old) if open_ is not None else ctype.decrypt_value(old, row=row_key)
             except DecryptionError:
                 undecryptable += 1
                 continue
-            if isinstance(plain, SealedValue):
-                raise ConfigurationError(
-                    f"the re-keying principal has no grant for {column_type.domain}"
-                )
-            seal = target.seal
+            if type(plain) is SealedValue:
+                raise ConfigurationError(f"the re-keying principal has no grant for {ctype.domain}")
             if reason == "index":
                 new = old  # the value stays as it is; only its index is written
             elif seal is not None:
                 new = seal(plain)
             else:
-                new = column_type.encrypt_value(RowBound(plain, row_key))
-            assert new is not None  # noqa: S101 - a non-NULL plaintext encrypts to bytes
-            digest = target.digest(plain) if target.digest is not None else None
-            changes.append(_Change(row[0], target.name, old, new, digest, reason))
+                new = ctype.encrypt_value(RowBound(plain, row_key))
+            append(
+                _Change(key, name, old, new, digest(plain) if digest is not None else None, reason)
+            )
     return changes, undecryptable
 
 
