@@ -148,10 +148,10 @@ class _Progress:
         self.started = time.monotonic()
         self._shown = 0.0
 
-    def add(self, rows: int) -> None:
+    def add(self, rows: int, *, force: bool = False) -> None:
         self.rows += rows
         now = time.monotonic()
-        if not self.show or now - self._shown < 0.2:
+        if not self.show or (now - self._shown < 0.2 and not force):
             return
         self._shown = now
         elapsed = max(now - self.started, 1e-9)
@@ -170,6 +170,7 @@ class _Progress:
 
     def close(self) -> None:
         if self.show and self._shown:
+            self.add(0, force=True)  # the final count, not the last throttled one
             sys.stderr.write("\n")
 
 
