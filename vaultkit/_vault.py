@@ -563,7 +563,8 @@ class Vault(NoPickle):
     def retire_dek(self, dek_id: bytes) -> None:
         """Mark a DEK retired: it still decrypts, no process encrypts under it any more.
 
-        Running processes stop using it within the cache time limit, when they re-read its row.
+        This vault stops encrypting under it at once; other running processes within the cache
+        time limit, when they re-read its row.
         Its values are then due for re-encryption; after that, :meth:`destroy_dek`.
         """
         record = self._store.get(dek_id)
@@ -572,6 +573,12 @@ class Vault(NoPickle):
         if record.state is DekState.DESTROYED:
             raise KeyStoreError(f"DEK {dek_id.hex()} is already destroyed")
         self._store.set_state(dek_id, DekState.RETIRED)
+        with self._lock:
+            # This process stops encrypting under it at once (others within the cache limit).
+            active = self._active.get(record.domain)
+            if active is not None and active.key.dek_id == dek_id:
+                self._flush_count(active)
+                del self._active[record.domain]
         log.info("retired DEK %s of domain %s", dek_id.hex(), record.domain)
 
     def destroy_dek(self, dek_id: bytes, *, references: int) -> None:
