@@ -16,7 +16,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import create_engine as sa_create_engine
@@ -100,6 +100,13 @@ class _Active:
 
 
 _DEK_DOMAINS_MAX: Final = 100_000
+
+
+def _readable(record: DataKeyRecord | None) -> TypeGuard[DataKeyRecord]:
+    """A data-key row that values may be decrypted under (not destroyed, not another kind)."""
+    return (
+        record is not None and record.state is not DekState.DESTROYED and record.purpose == _PURPOSE
+    )
 
 
 class _Denied(Exception):  # noqa: N818 - internal control flow, never raised to callers
@@ -877,11 +884,7 @@ class Vault(NoPickle):
                 key = self._cache.by_id.get(dek_id)
                 if key is None or key.expires_at < _monotonic():
                     record = self._store.get(dek_id)
-                    if (
-                        record is None
-                        or record.state is DekState.DESTROYED
-                        or record.purpose != _PURPOSE
-                    ):
+                    if not _readable(record):
                         self._cache.drop(dek_id)
                         log.debug("no usable DEK %s for a value", dek_id.hex())
                         raise DecryptionError
@@ -910,9 +913,7 @@ class Vault(NoPickle):
                     continue
                 record = self._store.get(dek_id)
                 if (
-                    record is None
-                    or record.state is DekState.DESTROYED
-                    or record.purpose != _PURPOSE
+                    not _readable(record)
                     or record.domain not in self._providers
                     or self._is_denied(record.domain)
                 ):

@@ -149,6 +149,8 @@ def load_config(
 def _secret_from_env(
     settings: dict[str, Any], key: str, default: str | None, env: Mapping[str, str], what: str
 ) -> str | None:
+    """The secret in the variable named by ``<key>_env`` (popped from ``settings``), else by
+    ``default``; None when neither names one. A named variable that is unset is an error."""
     variable = settings.pop(f"{key}_env", default)
     if variable is None:
         return None
@@ -164,24 +166,16 @@ def _local(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyPr
     path = settings.pop("path", None)
     if not path:
         raise ConfigurationError(f"{what}: a local provider needs path = the keyring file")
-    passphrase_env = settings.pop("passphrase_env", None)
-    if passphrase_env is not None:
-        passphrase = _secret_from_env(
-            {"passphrase_env": passphrase_env}, "passphrase", None, env, what
-        )
-        return LocalKeyProvider(
-            path, passphrase=passphrase, create=bool(settings.pop("create", False))
-        )
-    key_env = str(settings.pop("master_key_env", MASTER_KEY_ENV))
-    text = env.get(key_env)
-    if not text:
-        raise ConfigurationError(
-            f"{what}: environment variable {key_env} (the master key) is not set"
-        )
+    create = bool(settings.pop("create", False))
+    passphrase = _secret_from_env(settings, "passphrase", None, env, what)
+    if passphrase is not None:
+        return LocalKeyProvider(path, passphrase=passphrase, create=create)
+    key_env = str(settings.get("master_key_env", MASTER_KEY_ENV))
+    text = _secret_from_env(settings, "master_key", MASTER_KEY_ENV, env, f"{what} (master key)")
+    if text is None:  # pragma: no cover - a default variable name yields a value or raises
+        raise ConfigurationError(f"{what}: no master key")
     return LocalKeyProvider(
-        path,
-        master_key=_decode_master_key(text, source=key_env),
-        create=bool(settings.pop("create", False)),
+        path, master_key=_decode_master_key(text, source=key_env), create=create
     )
 
 
@@ -199,10 +193,7 @@ def _pkcs11(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyP
 def _transit(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyProvider:
     from vaultkit.keys.transit import VaultTransitKeyProvider
 
-    token_env = settings.pop("token_env", None)
-    token = None
-    if token_env is not None:
-        token = _secret_from_env({"token_env": token_env}, "token", None, env, what)
+    token = _secret_from_env(settings, "token", None, env, what)
     url = settings.pop("url", None)
     if not url:
         raise ConfigurationError(f"{what}: a transit provider needs url")

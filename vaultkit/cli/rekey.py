@@ -93,7 +93,7 @@ def _run_worker(args: argparse.Namespace, progress: Any, number: int) -> Any:
 
     import vaultkit.sqla
     from vaultkit.cli.keys import _open
-    from vaultkit.rekey import rekey_table
+    from vaultkit.rekey import _worker_name, rekey_table
 
     table = _load_table(args.model)
     with _open(args) as vault:
@@ -110,9 +110,7 @@ def _run_worker(args: argparse.Namespace, progress: Any, number: int) -> Any:
                 range_size=args.range_size,
                 dry_run=args.dry_run,
                 progress=progress,
-                worker=None
-                if args.workers == 1
-                else f"{os.uname().nodename}:{os.getpid()}:{number}",
+                worker=None if args.workers == 1 else f"{_worker_name()}:{number}",
             )
         finally:
             engine.dispose()
