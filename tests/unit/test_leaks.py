@@ -2,7 +2,9 @@
 
 Secrets planted: a plaintext, a master key, a passphrase, the unwrapped DEK, and a ciphertext.
 Searched: repr() and str() of every public object, every error message raised on the way, every
-log record at DEBUG level, and the output of the command line.
+log record at DEBUG level, the output of the command line, and what an error reporter that
+captures local variables (Sentry, Django's debug page) would ship: the locals of every frame a
+raised exception passed through, and ``vars()`` of the providers.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import contextlib
 import io
 import json
 import logging
+import types
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +45,116 @@ def forms(secret: bytes | str) -> list[str]:
     # Also look for long fragments, in case a message truncates.
     out += [raw.hex()[:24], base64.b64encode(raw).decode()[:20]]
     return out
+
+
+MAX_DEPTH = 8
+MAX_ITEMS = 500
+_OPAQUE = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.CodeType)
+
+
+def _needles(secrets: dict[str, bytes | str]) -> list[tuple[str, str]]:
+    out = []
+    for name, secret in secrets.items():
+        raw = secret.encode() if isinstance(secret, str) else secret
+        for form in [*forms(secret), raw.decode("latin-1")]:
+            if form:
+                out.append((name, form))
+    return out
+
+
+class _Walk:
+    """Search a graph of values for secrets: strings and bytes, containers, objects' ``__dict__``s
+    and every object's ``repr()``; bounded in depth and breadth, each object visited once."""
+
+    def __init__(self, secrets: dict[str, bytes | str]) -> None:
+        self.needles = _needles(secrets)
+        self.seen: set[int] = set()
+        self.found: list[str] = []
+
+    def text(self, text: str, where: str) -> None:
+        for name, form in self.needles:
+            if form in text:
+                self.found.append(f"{name} in {where}")
+
+    def value(self, value: object, where: str, depth: int = 0) -> None:
+        if depth > MAX_DEPTH or id(value) in self.seen or value is None:
+            return
+        self.seen.add(id(value))
+        if isinstance(value, str):
+            self.text(value, where)
+            return
+        if isinstance(value, bytes | bytearray | memoryview):
+            self.text(bytes(value).decode("latin-1"), where)
+            return
+        if isinstance(value, int | float | complex) or isinstance(value, _OPAQUE):
+            return
+        if isinstance(value, types.FrameType | types.TracebackType):
+            return  # frames are walked one by one, from the traceback
+        if isinstance(value, dict):
+            for key, item in list(value.items())[:MAX_ITEMS]:
+                self.value(key, f"{where} key", depth + 1)
+                self.value(item, f"{where}[{key!r}]", depth + 1)
+            return
+        if isinstance(value, list | tuple | set | frozenset | deque):
+            for i, item in enumerate(list(value)[:MAX_ITEMS]):
+                self.value(item, f"{where}[{i}]", depth + 1)
+            return
+        try:
+            shown = repr(value)
+        except Exception:  # a repr that fails shows nothing
+            shown = ""
+        self.text(shown[:5000], f"repr({where})")
+        attributes = getattr(value, "__dict__", None)
+        if isinstance(attributes, dict):
+            self.value(attributes, f"{where}.__dict__", depth + 1)
+        if isinstance(value, BaseException):
+            self.value(value.args, f"{where}.args", depth + 1)
+
+
+def raised_by(fn: Callable[..., object], *args: Any, **kwargs: Any) -> BaseException:
+    """Call ``fn`` and return what it raised (its traceback starts in this helper's frame)."""
+    try:
+        fn(*args, **kwargs)
+    except BaseException as exc:  # the exception is what the test examines
+        return exc
+    raise AssertionError(f"{getattr(fn, '__name__', fn)} raised nothing")
+
+
+def frame_leaks(exc: BaseException, secrets: dict[str, bytes | str]) -> list[str]:
+    """Where a known secret appears in what an error reporter captures of ``exc``.
+
+    That is: the message and attributes of ``exc`` and of each exception chained to it the way
+    reporters follow the chain (``__cause__``, and ``__context__`` unless suppressed), and the
+    ``f_locals`` of every frame of their tracebacks, searched recursively (containers and objects'
+    ``__dict__``s, bounded) for the secrets in raw, hex and base64 form. The frame of
+    :func:`raised_by` is skipped: it is the test's, not the code's under test.
+    """
+    walk = _Walk(secrets)
+    chained: BaseException | None = exc
+    done: set[int] = set()
+    while chained is not None and id(chained) not in done:
+        done.add(id(chained))
+        walk.value(chained, f"exception {type(chained).__name__}")
+        walk.text(str(chained), f"str({type(chained).__name__})")
+        tb = chained.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if frame.f_code is not raised_by.__code__:
+                where = f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}"
+                for name, local in frame.f_locals.items():
+                    walk.value(local, f"{where} local {name}")
+            tb = tb.tb_next
+        chained = chained.__cause__ or (
+            None if chained.__suppress_context__ else chained.__context__
+        )
+    return walk.found
+
+
+def object_leaks(obj: object, secrets: dict[str, bytes | str]) -> list[str]:
+    """Where a known secret appears in ``repr(obj)`` or, recursively, in ``vars(obj)``."""
+    walk = _Walk(secrets)
+    walk.value(obj, type(obj).__name__)
+    return walk.found
 
 
 class Collector:

@@ -27,6 +27,7 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -39,7 +40,8 @@ from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vaultkit._redact import NoPickle
+from vaultkit._files import write_atomic
+from vaultkit._redact import NoPickle, Secret
 from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
 from vaultkit.keys import _kekwrap
 from vaultkit.keys.domains import check_domain_name
@@ -73,15 +75,22 @@ def generate_master_key() -> str:
     return base64.b64encode(os.urandom(32)).decode("ascii")
 
 
-def _decode_master_key(text: str, *, source: str) -> bytes:
+def _b64_or_none(text: str) -> bytes | None:
     try:
-        raw = base64.b64decode(text.strip(), validate=True)
+        return base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise ConfigurationError(f"{source} is not valid base64") from None
-    if len(raw) != 32:
-        raise ConfigurationError(
-            f"{source} must hold 32 random bytes in base64, got {len(raw)} bytes"
-        )
+        return None
+
+
+def _decode_master_key(text: str, *, source: str) -> bytes:
+    raw = _b64_or_none(text)
+    del text  # a malformed master key is still a secret: not in the frame that raises
+    if raw is None:
+        raise ConfigurationError(f"{source} is not valid base64")
+    size = len(raw)
+    if size != 32:
+        del raw
+        raise ConfigurationError(f"{source} must hold 32 random bytes in base64, got {size} bytes")
     return raw
 
 
@@ -98,6 +107,168 @@ def _unb64(text: object, *, what: str) -> bytes:
         raise KeyProviderError(f"keyring file is damaged: {what} is not base64") from None
 
 
+class _Domain(NoPickle):
+    """One domain's KEK versions. Slotted, so ``vars()`` has nothing to show; the key material is
+    inside a :class:`Secret` and the ciphers are opaque ``AESGCM`` objects."""
+
+    __slots__ = ("ciphers", "material", "primary")
+
+    def __init__(
+        self, primary: int, material: Secret[dict[str, dict[str, str]]], ciphers: dict[int, AESGCM]
+    ) -> None:
+        self.primary = primary
+        self.material = material
+        self.ciphers = ciphers
+
+    def with_version(self, version: int, key: bytes, created_at: str) -> _Domain:
+        material = dict(self.material.reveal())
+        material[str(version)] = {"key": _b64(key), "created_at": created_at}
+        return _Domain(version, Secret(material), {**self.ciphers, version: AESGCM(key)})
+
+    def without_version(self, version: int) -> _Domain:
+        material = {v: k for v, k in self.material.reveal().items() if v != str(version)}
+        ciphers = {v: c for v, c in self.ciphers.items() if v != version}
+        return _Domain(self.primary, Secret(material), ciphers)
+
+    def __repr__(self) -> str:
+        return f"_Domain(primary={self.primary}, versions={sorted(self.ciphers)})"
+
+
+_Table = dict[str, _Domain]
+
+
+def _open_table(master: AESGCM, nonce: bytes, body: bytes, aad: bytes) -> _Table | str:
+    """Decrypt and parse the KEK table; on failure the reason ("auth" or "table"), never raising.
+
+    The decrypted table exists only in this frame, which has returned before anyone raises.
+    """
+    try:
+        plain = master.decrypt(nonce, body, aad)
+    except (InvalidTag, ValueError):
+        return "auth"
+    try:
+        table: _Table = {}
+        for name, entry in json.loads(plain)["domains"].items():
+            material = {
+                str(int(v)): {"key": str(k["key"]), "created_at": str(k.get("created_at", ""))}
+                for v, k in entry["keys"].items()
+            }
+            ciphers = {int(v): AESGCM(_strict_b64(k["key"])) for v, k in material.items()}
+            table[str(name)] = _Domain(int(entry["primary"]), Secret(material), ciphers)
+    except Exception:  # any malformation is "damaged"; the details would hold keys
+        return "table"
+    return table
+
+
+def _strict_b64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+def _seal_table(master: AESGCM, table: _Table, aad: bytes) -> tuple[bytes, bytes, bytes]:
+    """``(nonce, ciphertext, SHA-256 of the plaintext)`` of the KEK table; only bytes leave here."""
+    inner = {
+        "domains": {
+            name: {"primary": entry.primary, "keys": entry.material.reveal()}
+            for name, entry in table.items()
+        }
+    }
+    plain = json.dumps(inner, sort_keys=True).encode("utf-8")
+    nonce = os.urandom(12)
+    return nonce, master.encrypt(nonce, plain, aad), hashlib.sha256(plain).digest()
+
+
+def _plaintext_digest(master: AESGCM, nonce: bytes, body: bytes, aad: bytes) -> bytes | None:
+    try:
+        return hashlib.sha256(master.decrypt(nonce, body, aad)).digest()
+    except (InvalidTag, ValueError):
+        return None
+
+
+def _derive(passphrase: Secret[str], kdf: dict[str, Any]) -> bytes | None:
+    """The argon2id master key, or ``None`` when the stored parameters are unusable."""
+    try:
+        salt = base64.b64decode(str(kdf.get("salt")), validate=True)
+        return hash_secret_raw(
+            secret=passphrase.reveal().encode("utf-8"),
+            salt=salt,
+            time_cost=int(kdf["time_cost"]),
+            memory_cost=int(kdf["memory_cost"]),
+            parallelism=int(kdf["parallelism"]),
+            hash_len=32,
+            type=Type.ID,
+        )
+    except Exception:  # argon2 errors would hold the passphrase in their frames
+        return None
+
+
+def _master_from_environment() -> tuple[Secret[bytes] | None, Secret[str] | None]:
+    # The environment's values go straight into Secret wrappers: no frame binds them by name.
+    if os.environ.get(MASTER_KEY_ENV):
+        return Secret(_decode_master_key(os.environ[MASTER_KEY_ENV], source=MASTER_KEY_ENV)), None
+    if os.environ.get(MASTER_PASSPHRASE_ENV):
+        return None, Secret(os.environ[MASTER_PASSPHRASE_ENV])
+    return None, None
+
+
+def _aad(keyring_id: str, kdf: dict[str, Any]) -> bytes:
+    outer = {"vaultkit_keyring": FILE_FORMAT, "keyring_id": keyring_id, "master_key": kdf}
+    return json.dumps(outer, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _header(raw: bytes) -> dict[str, Any] | str:
+    """The parsed document with its header fields checked, or what is wrong with it."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return "not JSON"
+    if not isinstance(doc, dict) or "vaultkit_keyring" not in doc:
+        return "not a vaultkit keyring file"
+    if doc["vaultkit_keyring"] == FILE_FORMAT and (
+        not isinstance(doc.get("master_key"), dict) or not isinstance(doc.get("keyring_id"), str)
+    ):
+        return "header fields missing"
+    return doc
+
+
+def _sealed_parts(doc: dict[str, Any]) -> tuple[bytes, bytes]:
+    return _unb64(doc.get("nonce"), what="nonce"), _unb64(doc.get("ciphertext"), what="ciphertext")
+
+
+def _master_for(
+    kdf: dict[str, Any], key: Secret[bytes] | None, phrase: Secret[str] | None, path: Path
+) -> AESGCM | None:
+    """The master cipher for a file's ``master_key`` header; ``None`` for unusable KDF parameters."""
+    if kdf.get("kind") == "raw":
+        if key is None:
+            raise ConfigurationError(
+                f"keyring {path} is protected by a master key; set {MASTER_KEY_ENV}"
+            )
+        return AESGCM(key.reveal())
+    if kdf.get("kind") == "argon2id":
+        if phrase is None:
+            raise ConfigurationError(
+                f"keyring {path} is protected by a passphrase; set {MASTER_PASSPHRASE_ENV}"
+            )
+        derived = _derive(phrase, kdf)
+        return None if derived is None else AESGCM(derived)
+    raise KeyProviderError(f"keyring file {path} is damaged: unknown master key kind")
+
+
+def _opens(path: Path, key: Secret[bytes] | None, phrase: Secret[str] | None) -> bool:
+    """Whether the keyring file at ``path`` authenticates under this master key (read-only)."""
+    try:
+        doc = _header(path.read_bytes())
+        if isinstance(doc, str) or doc["vaultkit_keyring"] != FILE_FORMAT:
+            return False
+        master = _master_for(doc["master_key"], key, phrase, path)
+        if master is None:
+            return False
+        aad = _aad(doc["keyring_id"], doc["master_key"])
+        return not isinstance(_open_table(master, *_sealed_parts(doc), aad), str)
+    except (OSError, KeyProviderError, ConfigurationError):
+        return False
+
+
 class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
     """Key provider backed by a keyring file encrypted under a master key.
 
@@ -112,10 +283,14 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
 
     Raises:
         ConfigurationError: no master key is available, or it is malformed.
-        KeyProviderError: the file cannot be read, is damaged, or the master key is wrong. Nothing
-            is written in that case.
+        KeyProviderError: the file cannot be read, is damaged, or the master key is wrong (the
+            message says whether the backup ``KEYRING.bak`` opens instead); the file is missing but
+            its backup exists. Nothing is written in these cases.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       Every change keeps the previous file as ``KEYRING.bak`` and is verified before it replaces
+       the keyring; no key material is held in plain instance attributes or raising frames.
     """
 
     def __init__(
@@ -127,37 +302,48 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         create: bool = True,
         kdf_parameters: dict[str, int] | None = None,
     ) -> None:
+        # The secrets go into wrappers at once and the plain names are dropped, so that no frame
+        # of this constructor holds them when an error is raised (reporters capture frame locals).
+        key: Secret[bytes] | None = None if master_key is None else Secret(master_key)
+        phrase: Secret[str] | None = None if passphrase is None else Secret(passphrase)
+        del master_key, passphrase
         self._path = Path(path)
         self._lock = threading.RLock()
-        self._domains: dict[str, dict[str, Any]] = {}
+        self._domains: _Table = {}
         self._create = create
-        if master_key is not None and passphrase is not None:
+        if key is not None and phrase is not None:
             raise ConfigurationError("give a master key or a passphrase, not both")
-        if master_key is not None and (not isinstance(master_key, bytes) or len(master_key) != 32):
+        if key is not None and (not isinstance(key.reveal(), bytes) or len(key.reveal()) != 32):
             raise ConfigurationError("master_key must be 32 bytes")
-        if master_key is None and passphrase is None:
-            env_key = os.environ.get(MASTER_KEY_ENV)
-            env_pass = os.environ.get(MASTER_PASSPHRASE_ENV)
-            if env_key:
-                master_key = _decode_master_key(env_key, source=MASTER_KEY_ENV)
-            elif env_pass:
-                passphrase = env_pass
-            else:
+        if key is None and phrase is None:
+            key, phrase = _master_from_environment()
+            if key is None and phrase is None:
                 raise ConfigurationError(
                     f"no master key for keyring {self._path.name}: set {MASTER_KEY_ENV} (32 random "
                     f"bytes in base64, see `vaultkit keys init`) or {MASTER_PASSPHRASE_ENV}"
                 )
         with self._file_lock():
             if self._path.exists():
-                self._load(master_key=master_key, passphrase=passphrase)
+                self._load(key, phrase)
+            elif self._backup.exists():
+                raise KeyProviderError(
+                    f"keyring {self._path} is missing but its backup {self._backup.name} exists: "
+                    f"copy {self._backup.name} to {self._path.name} to recover it, or remove the "
+                    "backup to start a new keyring"
+                )
             elif create:
-                self._init_new(master_key, passphrase, kdf_parameters or dict(RFC_9106_LOW_MEMORY))
-                self._save()
+                self._init_new(key, phrase, kdf_parameters or dict(RFC_9106_LOW_MEMORY))
+                self._save({})
+                self._domains = {}
                 log.info("created keyring %s (%s)", self._path, self._keyring_id)
             else:
                 raise KeyProviderError(f"keyring file {self._path} does not exist")
 
     # -- file handling ------------------------------------------------------------------------
+
+    @property
+    def _backup(self) -> Path:
+        return self._path.with_name(self._path.name + ".bak")
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -179,112 +365,89 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
                 os.close(fd)
 
     def _init_new(
-        self, master_key: bytes | None, passphrase: str | None, kdf: dict[str, int]
+        self, key: Secret[bytes] | None, phrase: Secret[str] | None, kdf: dict[str, int]
     ) -> None:
         self._keyring_id = os.urandom(16).hex()
-        if master_key is not None:
+        if key is not None:
             self._kdf: dict[str, Any] = {"kind": "raw"}
-            self._master = AESGCM(master_key)
-        else:
-            if passphrase is None:  # unreachable: the constructor guarantees one of the two
-                raise ConfigurationError("no master key or passphrase")
-            self._kdf = {"kind": "argon2id", "salt": _b64(os.urandom(16)), **kdf}
-            self._master = AESGCM(self._derive(passphrase, self._kdf))
-
-    @staticmethod
-    def _derive(passphrase: str, kdf: dict[str, Any]) -> bytes:
-        try:
-            return hash_secret_raw(
-                secret=passphrase.encode("utf-8"),
-                salt=_unb64(kdf.get("salt"), what="KDF salt"),
-                time_cost=int(kdf["time_cost"]),
-                memory_cost=int(kdf["memory_cost"]),
-                parallelism=int(kdf["parallelism"]),
-                hash_len=32,
-                type=Type.ID,
-            )
-        except (KeyError, TypeError, ValueError):
-            raise KeyProviderError("keyring file is damaged: KDF parameters are invalid") from None
+            self._master = AESGCM(key.reveal())
+            return
+        if phrase is None:  # unreachable: the constructor guarantees one of the two
+            raise ConfigurationError("no master key or passphrase")
+        self._kdf = {"kind": "argon2id", "salt": _b64(os.urandom(16)), **kdf}
+        derived = _derive(phrase, self._kdf)
+        if derived is None:
+            raise ConfigurationError("kdf_parameters are invalid for argon2id")
+        self._master = AESGCM(derived)
+        del derived
 
     def _outer_aad(self) -> bytes:
-        outer = {
-            "vaultkit_keyring": FILE_FORMAT,
-            "keyring_id": self._keyring_id,
-            "master_key": self._kdf,
-        }
-        return json.dumps(outer, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        return _aad(self._keyring_id, self._kdf)
 
-    def _load(self, *, master_key: bytes | None, passphrase: str | None) -> None:
+    def _load(self, key: Secret[bytes] | None, phrase: Secret[str] | None) -> None:
         try:
             raw = self._path.read_bytes()
         except OSError as exc:
             raise KeyProviderError(f"cannot read keyring {self._path}: {exc.strerror}") from None
-        try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise KeyProviderError(f"keyring file {self._path} is damaged: not JSON") from None
-        if not isinstance(doc, dict) or "vaultkit_keyring" not in doc:
-            raise KeyProviderError(f"{self._path} is not a vaultkit keyring file")
+        doc = _header(raw)
+        if isinstance(doc, str):
+            raise self._damaged(f"keyring file {self._path} is damaged: {doc}", key, phrase)
         version = doc["vaultkit_keyring"]
         if version != FILE_FORMAT:
             raise KeyProviderError(
                 f"keyring {self._path} has file format {version!r}; this release reads format {FILE_FORMAT}"
             )
-        kdf = doc.get("master_key")
-        keyring_id = doc.get("keyring_id")
-        if not isinstance(kdf, dict) or not isinstance(keyring_id, str):
-            raise KeyProviderError(f"keyring file {self._path} is damaged: header fields missing")
-        self._keyring_id = keyring_id
-        self._kdf = kdf
-        if kdf.get("kind") == "raw":
-            if master_key is None:
-                raise ConfigurationError(
-                    f"keyring {self._path} is protected by a master key; set {MASTER_KEY_ENV}"
-                )
-            self._master = AESGCM(master_key)
-        elif kdf.get("kind") == "argon2id":
-            if passphrase is None:
-                raise ConfigurationError(
-                    f"keyring {self._path} is protected by a passphrase; set {MASTER_PASSPHRASE_ENV}"
-                )
-            self._master = AESGCM(self._derive(passphrase, kdf))
-        else:
-            raise KeyProviderError(f"keyring file {self._path} is damaged: unknown master key kind")
-        self._domains = self._open_body(doc)
+        self._keyring_id = doc["keyring_id"]
+        self._kdf = doc["master_key"]
+        master = _master_for(self._kdf, key, phrase, self._path)
+        if master is None:
+            raise self._damaged(
+                f"keyring file {self._path} is damaged: KDF parameters are invalid", key, phrase
+            )
+        self._master = master
+        table = _open_table(master, *_sealed_parts(doc), self._outer_aad())
+        if table == "auth":
+            raise self._damaged(
+                f"keyring {self._path} could not be opened: wrong master key or damaged file",
+                key,
+                phrase,
+            )
+        if isinstance(table, str):
+            raise self._damaged(
+                f"keyring {self._path} is damaged: key table unreadable", key, phrase
+            )
+        self._domains = table
 
-    def _open_body(self, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        nonce = _unb64(doc.get("nonce"), what="nonce")
-        body = _unb64(doc.get("ciphertext"), what="ciphertext")
-        try:
-            plain = self._master.decrypt(nonce, body, self._outer_aad())
-        except (InvalidTag, ValueError):
-            raise KeyProviderError(
-                f"keyring {self._path} could not be opened: wrong master key or damaged file"
-            ) from None
-        try:
-            inner = json.loads(plain)
-            domains = inner["domains"]
-            for entry in domains.values():
-                entry["ciphers"] = {
-                    int(v): AESGCM(_unb64(k["key"], what="KEK")) for v, k in entry["keys"].items()
-                }
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise KeyProviderError(
-                f"keyring {self._path} is damaged: key table unreadable"
-            ) from None
-        return dict(domains)
+    def _damaged(
+        self, problem: str, key: Secret[bytes] | None, phrase: Secret[str] | None
+    ) -> KeyProviderError:
+        """The error for an unreadable keyring, saying whether its backup opens instead.
 
-    def _save(self) -> None:
-        inner = {
-            "domains": {
-                name: {"primary": entry["primary"], "keys": entry["keys"]}
-                for name, entry in self._domains.items()
-            }
-        }
-        nonce = os.urandom(12)
-        body = self._master.encrypt(
-            nonce, json.dumps(inner, sort_keys=True).encode("utf-8"), self._outer_aad()
+        Recovery is left to the operator on purpose: the backup lacks the last change (a KEK
+        version created then), so switching to it silently could strand DEKs wrapped since.
+        """
+        backup = self._backup
+        if not backup.exists():
+            return KeyProviderError(problem)
+        if _opens(backup, key, phrase):
+            return KeyProviderError(
+                f"{problem}. Its backup {backup.name} (the keyring before its last change) opens "
+                f"with this master key: move {self._path.name} aside and copy {backup.name} to "
+                f"{self._path.name} to recover; a KEK version created by the last change is not in it"
+            )
+        return KeyProviderError(
+            f"{problem} (its backup {backup.name} does not open with this master key either)"
         )
+
+    def _save(self, table: _Table) -> None:
+        """Write ``table`` as the new keyring; the old file becomes ``KEYRING.bak``.
+
+        The new file is written in full, synced, read back, and authenticated under the master key
+        (its plaintext must hash to what was sealed) before it replaces the keyring; the backup is
+        replaced only then. On failure the keyring and the backup are as they were.
+        """
+        aad = self._outer_aad()
+        nonce, body, digest = _seal_table(self._master, table, aad)
         doc = {
             "vaultkit_keyring": FILE_FORMAT,
             "keyring_id": self._keyring_id,
@@ -293,35 +456,45 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
             "ciphertext": _b64(body),
         }
         data = json.dumps(doc, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-        tmp = self._path.with_name(f".{self._path.name}.{os.urandom(4).hex()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        master = self._master
+
+        def authenticates(written: bytes) -> bool:
+            parsed = _header(written)
+            if isinstance(parsed, str) or parsed["keyring_id"] != self._keyring_id:
+                return False
             try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self._path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise KeyProviderError(f"cannot write keyring {self._path}: {exc.strerror}") from None
-        with contextlib.suppress(OSError):  # make the rename durable where the platform allows
-            dir_fd = os.open(self._path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+                parts = _sealed_parts(parsed)
+            except KeyProviderError:
+                return False
+            return _plaintext_digest(master, *parts, aad) == digest
+
+        write_atomic(
+            self._path,
+            data,
+            what="keyring",
+            error=KeyProviderError,
+            check=authenticates,
+            backup=self._backup,
+        )
 
     def _reload(self) -> None:
         """Re-read the file (another process may have rotated a KEK), keeping the master key."""
         try:
-            doc = json.loads(self._path.read_bytes())
-        except (OSError, ValueError):
+            raw = self._path.read_bytes()
+        except OSError:
             raise KeyProviderError(f"cannot re-read keyring {self._path}") from None
-        if doc.get("keyring_id") != self._keyring_id:
+        doc = _header(raw)
+        if isinstance(doc, str):
+            raise KeyProviderError(f"cannot re-read keyring {self._path}: {doc}")
+        if doc["keyring_id"] != self._keyring_id:
             raise KeyProviderError(f"keyring {self._path} was replaced by a different keyring")
-        self._domains = self._open_body(doc)
+        table = _open_table(self._master, *_sealed_parts(doc), self._outer_aad())
+        if isinstance(table, str):
+            raise KeyProviderError(
+                f"keyring {self._path} could not be re-read: it no longer opens with this "
+                "master key (damaged or replaced)"
+            )
+        self._domains = table
 
     # -- KeyProvider --------------------------------------------------------------------------
 
@@ -343,16 +516,17 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         with self._lock:
             return sorted(self._domains)
 
-    def _new_version(self, domain: str) -> None:
-        entry = self._domains.setdefault(domain, {"primary": 0, "keys": {}, "ciphers": {}})
-        version = max((int(v) for v in entry["keys"]), default=0) + 1
-        key = os.urandom(32)
-        entry["keys"][str(version)] = {
-            "key": _b64(key),
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        entry["ciphers"][version] = AESGCM(key)
-        entry["primary"] = version
+    def _with_new_version(self, domain: str) -> _Table:
+        """A copy of the key table with a new primary KEK version of ``domain``."""
+        entry = self._domains.get(domain) or _Domain(0, Secret({}), {})
+        version = max(entry.ciphers, default=0) + 1
+        created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        return {**self._domains, domain: entry.with_version(version, os.urandom(32), created)}
+
+    def _commit(self, table: _Table) -> None:
+        """Save ``table`` and only then adopt it: a failed write leaves the provider as it was."""
+        self._save(table)
+        self._domains = table
 
     def primary(self, domain: str) -> KeyRef:
         check_domain_name(domain)
@@ -366,20 +540,19 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
                 with self._file_lock():
                     self._reload()
                     if domain not in self._domains:
-                        self._new_version(domain)
-                        self._save()
+                        self._commit(self._with_new_version(domain))
                         log.info(
                             "created KEK for domain %s in keyring %s", domain, self._keyring_id
                         )
                 entry = self._domains[domain]
-            return KeyRef(domain, self._key_id(domain), int(entry["primary"]))
+            return KeyRef(domain, self._key_id(domain), entry.primary)
 
     def versions(self, domain: str) -> Sequence[KeyRef]:
         with self._lock:
             entry = self._domains.get(domain)
             if entry is None:
                 raise DomainError(f"keyring {self._path.name} holds no KEK for domain {domain!r}")
-            return [KeyRef(domain, self._key_id(domain), v) for v in sorted(entry["ciphers"])]
+            return [KeyRef(domain, self._key_id(domain), v) for v in sorted(entry.ciphers)]
 
     def rotate(self, domain: str) -> KeyRef:
         check_domain_name(domain)
@@ -387,14 +560,15 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
             self._reload()
             if domain not in self._domains and not self._create:
                 raise DomainError(f"keyring {self._path.name} holds no KEK for domain {domain!r}")
-            self._new_version(domain)
-            self._save()
-            ref = KeyRef(domain, self._key_id(domain), int(self._domains[domain]["primary"]))
+            self._commit(self._with_new_version(domain))
+            ref = KeyRef(domain, self._key_id(domain), self._domains[domain].primary)
         log.info("rotated KEK for domain %s to version %d", domain, ref.version)
         return ref
 
     def disable(self, domain: str, version: int) -> None:
         """Disable a KEK version: it no longer unwraps (its key material is erased from the file).
+
+        The previous file, kept as ``KEYRING.bak`` until the next change, still holds it.
 
         Raises:
             KeyProviderError: the version is the primary one, or unknown.
@@ -402,13 +576,11 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         with self._file_lock():
             self._reload()
             entry = self._domains.get(domain)
-            if entry is None or str(version) not in entry["keys"]:
+            if entry is None or version not in entry.ciphers:
                 raise KeyNotFoundError(f"domain {domain!r} has no KEK version {version}")
-            if int(entry["primary"]) == version:
+            if entry.primary == version:
                 raise KeyProviderError("the primary KEK version cannot be disabled; rotate first")
-            del entry["keys"][str(version)]
-            entry["ciphers"].pop(version, None)
-            self._save()
+            self._commit({**self._domains, domain: entry.without_version(version)})
         log.info("disabled KEK version %d of domain %s", version, domain)
 
     def _cipher(self, ref: KeyRef) -> AESGCM:
@@ -416,18 +588,16 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
             raise KeyNotFoundError(f"KEK {ref.key_id} is not in keyring {self._keyring_id}")
         with self._lock:
             entry = self._domains.get(ref.domain)
-            cipher = entry["ciphers"].get(ref.version) if entry else None
+            cipher = entry.ciphers.get(ref.version) if entry else None
             if cipher is None:
                 with self._file_lock():
                     self._reload()
                 entry = self._domains.get(ref.domain)
-                cipher = entry["ciphers"].get(ref.version) if entry else None
+                cipher = entry.ciphers.get(ref.version) if entry else None
             if cipher is None:
                 raise KeyNotFoundError(
                     f"KEK {ref.key_id} version {ref.version} is not in the keyring"
                 )
-            if not isinstance(cipher, AESGCM):
-                raise KeyProviderError(f"keyring {self._path.name} is damaged")
             return cipher
 
     def __repr__(self) -> str:

@@ -6,6 +6,8 @@ import base64
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -216,10 +218,168 @@ def test_generated_master_keys_are_32_random_bytes() -> None:
 
 
 def test_no_temporary_files_are_left(keyring: Path) -> None:
-    """Atomic writes leave only the keyring and its lock file behind."""
+    """Atomic writes leave only the keyring, its backup and its lock file behind."""
     provider = LocalKeyProvider(keyring, master_key=MASTER)
     for domain in ("identity", "medical", "financial"):
         provider.primary(domain)
     provider.rotate("medical")
-    assert sorted(p.name for p in keyring.parent.iterdir()) == ["keyring.json", "keyring.json.lock"]
+    assert sorted(p.name for p in keyring.parent.iterdir()) == [
+        "keyring.json",
+        "keyring.json.bak",
+        "keyring.json.lock",
+    ]
     assert os.access(keyring, os.R_OK)
+
+
+# A child process that changes the keyring under a file-size limit: its writes past ``limit``
+# bytes return short, then fail with EFBIG (SIGXFSZ is ignored, so the process is not killed).
+# It reports, as JSON, what it raised and what an error reporter would find in the frames.
+SHORT_WRITE_CHILD = r"""
+import json, os, resource, signal, sys
+sys.path.insert(0, sys.argv[4])
+from test_leaks import frame_leaks, raised_by
+from vaultkit.errors import VaultkitError
+from vaultkit.keys import LocalKeyProvider
+
+path, limit, action = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+secrets = {"master key": bytes.fromhex(os.environ["CHILD_MASTER_HEX"])}
+for i, kek in enumerate(os.environ["CHILD_KEKS_HEX"].split(",")):
+    secrets[f"KEK {i}"] = bytes.fromhex(kek)
+provider = LocalKeyProvider(path)
+before = provider.primary("identity").version
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+try:
+    if action == "rotate":
+        exc = raised_by(provider.rotate, "identity")
+    else:
+        exc = raised_by(provider.primary, "criminal")
+except AssertionError:  # nothing raised: the short write went unnoticed
+    exc = None
+print(json.dumps({
+    "error": type(exc).__name__,
+    "vaultkit": isinstance(exc, VaultkitError),
+    "message": str(exc),
+    "leaks": frame_leaks(exc, secrets) if exc is not None else [],
+    "primary_before": before,
+    "primary_after": provider.primary("identity").version,
+    "domains_after": provider.domains(),
+}))
+"""
+
+
+def read_keks(path: Path, master: bytes) -> dict[tuple[str, int], bytes]:
+    """The KEKs of a keyring file, decrypted as docs/keyring.md describes the format."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    doc = json.loads(path.read_bytes())
+    outer = {k: doc[k] for k in ("vaultkit_keyring", "keyring_id", "master_key")}
+    aad = json.dumps(outer, sort_keys=True, separators=(",", ":")).encode()
+    plain = AESGCM(master).decrypt(
+        base64.b64decode(doc["nonce"]), base64.b64decode(doc["ciphertext"]), aad
+    )
+    return {
+        (domain, int(v)): base64.b64decode(k["key"])
+        for domain, entry in json.loads(plain)["domains"].items()
+        for v, k in entry["keys"].items()
+    }
+
+
+class TestShortWrites:
+    @pytest.mark.parametrize("action", ["rotate", "new-domain"])
+    def test_a_short_write_never_destroys_the_keyring(
+        self, keyring: Path, monkeypatch: pytest.MonkeyPatch, action: str
+    ) -> None:
+        """Under a real file-size limit a rotation or a new domain fails with a KeyProviderError that
+        names no secret; the keyring is byte for byte as it was and every old KEK still unwraps."""
+        provider = LocalKeyProvider(keyring, master_key=MASTER)
+        wrapped = {}
+        for domain in ("identity", "medical", "financial"):
+            ref = provider.primary(domain)
+            wrapped[ref] = provider.wrap(ref, domain.encode().ljust(32, b"."), context=CTX)
+        provider.rotate("medical")  # leaves a backup of the two-version state
+        before = keyring.read_bytes()
+        backup_before = (keyring.parent / "keyring.json.bak").read_bytes()
+        keks = read_keks(keyring, MASTER)
+        monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(MASTER).decode())
+        monkeypatch.setenv("CHILD_MASTER_HEX", MASTER.hex())
+        monkeypatch.setenv("CHILD_KEKS_HEX", ",".join(k.hex() for k in keks.values()))
+        root = Path(__file__).resolve().parents[3]
+        monkeypatch.setenv("PYTHONPATH", str(root))
+        limit = len(before) + 40  # the new file is longer by a whole KEK entry
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                SHORT_WRITE_CHILD,
+                str(keyring),
+                str(limit),
+                action,
+                str(root / "tests" / "unit"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert child.returncode == 0, child.stderr[-2000:]
+        outcome = json.loads(child.stdout)
+        again = LocalKeyProvider(keyring, master_key=MASTER)
+        for ref, blob in wrapped.items():
+            assert again.unwrap(ref, blob, context=CTX) == ref.domain.encode().ljust(32, b".")
+        assert keyring.read_bytes() == before
+        assert (keyring.parent / "keyring.json.bak").read_bytes() == backup_before
+        assert sorted(p.name for p in keyring.parent.iterdir()) == [
+            "keyring.json",
+            "keyring.json.bak",
+            "keyring.json.lock",
+        ]
+        assert outcome["error"] == "KeyProviderError" and outcome["vaultkit"]
+        assert "cannot write keyring" in outcome["message"]
+        assert outcome["leaks"] == []
+        assert MASTER.hex() not in outcome["message"]
+        # The failed change is not adopted in memory either: nothing is wrapped under a KEK that
+        # exists nowhere on disk.
+        assert outcome["primary_after"] == outcome["primary_before"] == 1
+        assert "criminal" not in outcome["domains_after"]
+
+
+class TestBackup:
+    def test_previous_file_is_kept_as_a_private_backup(self, keyring: Path) -> None:
+        """After a change the previous keyring is KEYRING.bak (mode 0600) and still opens."""
+        provider = LocalKeyProvider(keyring, master_key=MASTER)
+        v1 = provider.primary("identity")
+        old = provider.wrap(v1, b"a" * 32, context=CTX)
+        provider.rotate("identity")
+        backup = keyring.parent / "keyring.json.bak"
+        assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+        from_backup = LocalKeyProvider(backup, master_key=MASTER, create=False)
+        assert [r.version for r in from_backup.versions("identity")] == [1]
+        assert from_backup.unwrap(v1, old, context=CTX) == b"a" * 32
+
+    def test_damaged_keyring_points_at_its_backup(self, keyring: Path) -> None:
+        """A truncated keyring is refused with a message that says the backup opens and how to
+        restore it; nothing is written; after the copy the old KEKs unwrap."""
+        provider = LocalKeyProvider(keyring, master_key=MASTER)
+        v1 = provider.primary("identity")
+        old = provider.wrap(v1, b"a" * 32, context=CTX)
+        provider.primary("medical")
+        keyring.write_bytes(keyring.read_bytes()[:100])
+        with pytest.raises(KeyProviderError, match=r"not JSON\. Its backup keyring\.json\.bak"):
+            LocalKeyProvider(keyring, master_key=MASTER)
+        assert len(keyring.read_bytes()) == 100
+        with pytest.raises(KeyProviderError, match="does not open with this master key either"):
+            LocalKeyProvider(keyring, master_key=bytes(32))
+        keyring.write_bytes((keyring.parent / "keyring.json.bak").read_bytes())
+        assert LocalKeyProvider(keyring, master_key=MASTER).unwrap(v1, old, context=CTX) == (
+            b"a" * 32
+        )
+
+    def test_missing_keyring_with_a_backup_is_not_recreated(self, keyring: Path) -> None:
+        """A deleted keyring whose backup exists is not silently replaced by a new, empty one."""
+        provider = LocalKeyProvider(keyring, master_key=MASTER)
+        provider.primary("identity")
+        keyring.unlink()
+        with pytest.raises(KeyProviderError, match="missing but its backup"):
+            LocalKeyProvider(keyring, master_key=MASTER)
+        assert not keyring.exists()
