@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.providers.conftest import Server, SoftHSM, free_port
+from tests.unit.test_leaks import frame_leaks, object_leaks, raised_by
 from vaultkit import Principal, Vault
 from vaultkit.errors import KeyProviderError
 from vaultkit.keys import KeyProvider, KeyRef, LocalKeyProvider
@@ -37,6 +38,7 @@ class Case:
     disable: Callable[[str, int], None] | None
     unreachable: Callable[[], Any] | None
     secrets: list[str] = field(default_factory=list)
+    key_material: list[bytes] = field(default_factory=list)
 
 
 def _transit(server: Server, prefix: str, **kwargs: Any) -> Any:
@@ -75,7 +77,9 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
     elif request.param == "local":
         master = os.urandom(32)
         provider = LocalKeyProvider(tmp_path / "keyring.json", master_key=master)
-        yield Case("local", provider, provider.disable, None, [base64.b64encode(master).decode()])
+        yield Case(
+            "local", provider, provider.disable, None, [base64.b64encode(master).decode()], [master]
+        )
     elif request.param == "pkcs11-softhsm2":
         from vaultkit.keys.pkcs11 import PKCS11KeyProvider
 
@@ -234,6 +238,28 @@ def test_nothing_secret_in_errors_reprs_or_logs(
     blob = "\n".join(texts)
     for secret in [dek.hex(), base64.b64encode(dek).decode(), *case.secrets]:
         assert secret not in blob
+
+
+def test_no_secret_in_vars_or_in_the_frames_of_an_error(case: Case) -> None:
+    """What an error reporter that captures locals would ship (the provider's vars() and repr(),
+    and every frame local of a failed unwrap and of an unreachable provider's error) holds no
+    PIN, token, credential, master key or DEK."""
+    planted: dict[str, bytes | str] = {
+        f"secret {i}": s for i, s in enumerate([*case.secrets, *case.key_material])
+    }
+    ref = case.provider.primary("identity")
+    dek = os.urandom(32)
+    wrapped = case.provider.wrap(ref, dek, context=CONTEXT)
+    assert object_leaks(case.provider, planted) == []
+    failed = raised_by(case.provider.unwrap, ref, wrapped, context=b"other")
+    assert isinstance(failed, KeyProviderError)
+    assert frame_leaks(failed, {**planted, "DEK": dek}) == []
+    if case.unreachable is not None:
+        broken = case.unreachable()
+        assert object_leaks(broken, planted) == []
+        failed = raised_by(broken.primary, "identity")
+        assert isinstance(failed, KeyProviderError)
+        assert frame_leaks(failed, planted) == []
 
 
 def test_threads_share_one_provider(case: Case) -> None:

@@ -106,6 +106,55 @@ def test_pkcs11_keys_are_sensitive_and_not_extractable(softhsm: SoftHSM) -> None
         PKCS11KeyProvider("/nonexistent/libpkcs11.so", token_label="x", pin="1234")
 
 
+@pytest.mark.pkcs11
+def test_pkcs11_wrong_pin_is_refused_while_another_provider_is_logged_in(softhsm: SoftHSM) -> None:
+    """PKCS#11 logins are per process and token: a second provider with a wrong PIN is refused
+    although the token is already logged in, and the first provider goes on working."""
+    from vaultkit.keys.pkcs11 import PKCS11KeyProvider
+
+    prefix = f"vk{secrets.token_hex(3)}:"
+    good = PKCS11KeyProvider(
+        softhsm.library, token_label=softhsm.token_label, pin=softhsm.pin, label_prefix=prefix
+    )
+    ref = good.primary("medical")
+    wrong_pin = secrets.token_hex(6)
+    wrong = PKCS11KeyProvider(
+        softhsm.library, token_label=softhsm.token_label, pin=wrong_pin, label_prefix=prefix
+    )
+    with pytest.raises(KeyProviderError, match="check the PIN") as failure:
+        wrong.primary("medical")
+    assert wrong_pin not in str(failure.value) and softhsm.pin not in str(failure.value)
+    with pytest.raises(KeyProviderError, match="check the PIN"):
+        wrong.wrap(ref, b"k" * 32, context=CONTEXT)
+    dek = os.urandom(32)
+    assert good.unwrap(ref, good.wrap(ref, dek, context=CONTEXT), context=CONTEXT) == dek
+    right = PKCS11KeyProvider(
+        softhsm.library, token_label=softhsm.token_label, pin=softhsm.pin, label_prefix=prefix
+    )
+    assert right.unwrap(ref, good.wrap(ref, dek, context=CONTEXT), context=CONTEXT) == dek
+    good.close()
+    right.close()
+
+
+@pytest.mark.pkcs11
+def test_pkcs11_pin_is_in_no_frame_of_a_construction_error(softhsm: SoftHSM) -> None:
+    """A provider that cannot load its module, or logs in with a wrong PIN, raises from frames
+    whose locals (and the provider's vars()) hold no PIN."""
+    from tests.unit.test_leaks import frame_leaks, object_leaks, raised_by
+    from vaultkit.keys.pkcs11 import PKCS11KeyProvider
+
+    pin = secrets.token_hex(8)
+    planted: dict[str, bytes | str] = {"PIN": pin, "token PIN": softhsm.pin}
+    failed = raised_by(PKCS11KeyProvider, "/nonexistent/libpkcs11.so", token_label="x", pin=pin)
+    assert isinstance(failed, KeyProviderError)
+    assert frame_leaks(failed, planted) == []
+    provider = PKCS11KeyProvider(softhsm.library, token_label=softhsm.token_label, pin=pin)
+    assert object_leaks(provider, planted) == []
+    failed = raised_by(provider.primary, "medical")
+    assert isinstance(failed, KeyProviderError)
+    assert frame_leaks(failed, planted) == []
+
+
 @pytest.mark.aws
 def test_kms_binds_the_domain_in_the_encryption_context(aws_emulator: Server) -> None:
     """The wrapped DEK carries the domain in its encryption context (what IAM conditions use);

@@ -9,7 +9,9 @@ unwraps for its own domain, DEK id and purpose, and IAM policies can grant per d
 ``kms:EncryptionContext:vaultkit:domain`` condition key (docs/providers.md has a policy).
 
 Needs ``boto3`` (``pip install vaultkit[aws]``). Credentials come from boto3's usual chain
-(environment, profile, instance role); none is ever logged or quoted. botocore logs request
+(environment, profile, instance role); none is ever logged or quoted, and the boto3 client (which
+holds them) is kept in an opaque :class:`~vaultkit._redact.Secret` holder so that ``vars()`` of the
+provider, and the frames an error reporter captures, do not reach them. botocore logs request
 parameters and response bodies at DEBUG level, which for KMS include data keys: the provider
 installs a filter on botocore's loggers that drops those records.
 """
@@ -24,6 +26,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from vaultkit._redact import Secret
 from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
 from vaultkit.keys.provider import KeyRef
 
@@ -130,9 +133,10 @@ class AWSKMSKeyProvider:
             self._factory = factory
             client = factory()
         _silence_bodies()
-        self._kms = client
-        self._pid = os.getpid()
         self.endpoint = endpoint_url or getattr(client.meta, "endpoint_url", "KMS")
+        self._kms: Secret[Any] = Secret(client)
+        del client
+        self._pid = os.getpid()
         self.alias_prefix = alias_prefix
         self.create_keys = create_keys
         self._lock = threading.Lock()
@@ -146,10 +150,10 @@ class AWSKMSKeyProvider:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         if self._pid != os.getpid() and self._factory is not None:
-            self._kms = self._factory()  # after fork: a client (and connections) of our own
+            self._kms = Secret(self._factory())  # after fork: a client and connections of our own
             self._pid = os.getpid()
         try:
-            return getattr(self._kms, operation)(**kwargs)  # type: ignore[no-any-return]
+            return getattr(self._kms.reveal(), operation)(**kwargs)  # type: ignore[no-any-return]
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", "ClientError"))
             template = _REFUSED.get(code)

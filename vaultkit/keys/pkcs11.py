@@ -8,11 +8,21 @@ A wrapped DEK is ``01 || IV (12) || ciphertext (32) || tag (16)``.
 Every PKCS#11 call goes through one lock per library: some modules (SoftHSM2 with python-pkcs11
 among them) corrupt memory when called from several threads at once. The provider uses PyKCS11
 (``pip install vaultkit[pkcs11]``). The PIN comes from ``pin=`` or an environment variable and
-never appears in a message or log. After ``fork()`` the child opens its own session.
+never appears in a message, a log, ``vars()`` of the provider or a raising frame. After ``fork()``
+the child opens its own session.
+
+PKCS#11 keeps the login state per application and token, not per session: once one session of the
+process is logged in, ``C_Login`` on any other answers ``CKR_USER_ALREADY_LOGGED_IN`` without
+looking at the PIN. So that a second provider with a wrong PIN is not let in on the first one's
+login, each successful login records an HMAC of its PIN (under a random key of this process) for
+that token, and a provider that finds the token already logged in must present the same PIN. A
+token logged in by code outside vaultkit, whose PIN cannot be checked, is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -20,6 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
+from vaultkit._redact import Secret
 from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
 from vaultkit.keys.provider import KeyRef
 
@@ -33,6 +44,9 @@ _IV: Final = 12
 _WRAPPED: Final = 1 + _IV + 32 + 16
 _LOCKS: dict[str, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
+#: (library, token) -> HMAC of the PIN of the login vaultkit made; guarded by the library's lock.
+_LOGINS: dict[tuple[str, str], bytes] = {}
+_PIN_KEY: Final = os.urandom(32)  # this process's key for those HMACs; never stored elsewhere
 
 T = TypeVar("T")
 
@@ -40,6 +54,19 @@ T = TypeVar("T")
 def _library_lock(library: str) -> threading.RLock:
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(os.path.realpath(library), threading.RLock())
+
+
+def _pin_tag(pin: Secret[str]) -> bytes:
+    return hmac.digest(_PIN_KEY, pin.reveal().encode("utf-8"), hashlib.sha256)
+
+
+def _login(session: Any, pin: Secret[str], error: type[Exception]) -> int | None:
+    """``C_Login``; the CKR code on failure. PyKCS11's frames hold the PIN: they end here."""
+    try:
+        session.login(pin.reveal())
+    except error as exc:
+        return int(getattr(exc, "value", -1))
+    return None
 
 
 class PKCS11KeyProvider:
@@ -77,12 +104,15 @@ class PKCS11KeyProvider:
         self.token_label = token_label
         self.label_prefix = label_prefix
         self.create_keys = create_keys
-        pin = pin if pin is not None else os.environ.get(pin_env)
-        if not pin:
+        # The PIN goes into a Secret at once: neither the instance dict nor a raising frame of
+        # this constructor holds it (error reporters capture both).
+        self._pin: Secret[str] = Secret(pin if pin is not None else os.environ.get(pin_env, ""))
+        del pin
+        if not self._pin.reveal():
             raise ConfigurationError(
                 f"no PIN for PKCS#11 token {token_label!r}: give pin= or set {pin_env}"
             )
-        self._pin = pin
+        self._token_key = ("", "")
         self._lock = _library_lock(library)
         self._session: Any = None
         self._pid = -1
@@ -110,28 +140,45 @@ class PKCS11KeyProvider:
             self._lib = pk.PyKCS11Lib()
             self._lib.load(self.library)
             self._handles = {}
-        slot = next(
+        slot, serial = next(
             (
-                s
+                (s, str(info.serialNumber).strip())
                 for s in self._lib.getSlotList(tokenPresent=True)
-                if self._lib.getTokenInfo(s).label.strip() == self.token_label
+                if (info := self._lib.getTokenInfo(s)).label.strip() == self.token_label
             ),
-            None,
+            (None, ""),
         )
         if slot is None:
             raise KeyProviderError(
                 f"no PKCS#11 token labelled {self.token_label!r} in {self.library}: check the "
                 "token label, and SOFTHSM2_CONF for SoftHSM2"
             )
+        token = (os.path.realpath(self.library), f"{serial}/{self.token_label}")
         session = self._lib.openSession(slot, pk.CKF_SERIAL_SESSION | pk.CKF_RW_SESSION)
-        try:
-            session.login(self._pin)
-        except pk.PyKCS11Error as exc:
-            if exc.value != pk.CKR_USER_ALREADY_LOGGED_IN:
+        code = _login(session, self._pin, pk.PyKCS11Error)
+        if code is None:
+            _LOGINS[token] = _pin_tag(self._pin)
+        elif code == pk.CKR_USER_ALREADY_LOGGED_IN:
+            # The token did not look at this PIN: compare it with the one that logged in.
+            known = _LOGINS.get(token)
+            if known is None or not hmac.compare_digest(known, _pin_tag(self._pin)):
                 session.closeSession()
                 raise KeyProviderError(
-                    f"PKCS#11 login to token {self.token_label!r} failed ({_ckr(exc)}): check the PIN"
-                ) from None
+                    f"PKCS#11 login to token {self.token_label!r} refused: the token is already "
+                    "logged in in this process "
+                    + (
+                        "by code outside vaultkit, so this provider's PIN cannot be checked"
+                        if known is None
+                        else "with another PIN than this provider's: check the PIN"
+                    )
+                )
+        else:
+            session.closeSession()
+            raise KeyProviderError(
+                f"PKCS#11 login to token {self.token_label!r} failed ({_ckr_name(pk, code)}): "
+                "check the PIN"
+            )
+        self._token_key = token
         self._session = session
         self._pid = os.getpid()
         return session
@@ -290,6 +337,8 @@ class PKCS11KeyProvider:
         """Log out and close the session."""
         with self._lock:
             if self._session is not None and self._pid == os.getpid():
+                # Logging out ends the login of every session of this process on the token.
+                _LOGINS.pop(self._token_key, None)
                 try:
                     self._session.logout()
                     self._session.closeSession()
@@ -297,6 +346,11 @@ class PKCS11KeyProvider:
                     pass
             self._session = None
             self._handles = {}
+
+
+def _ckr_name(pk: Any, code: int) -> str:
+    name = pk.CKR.get(code)
+    return name if isinstance(name, str) else f"error {code:#x}"
 
 
 def _ckr(exc: Any) -> str:

@@ -11,7 +11,9 @@ below the key's ``min_decryption_version`` are not offered and do not unwrap; ra
 :meth:`VaultTransitKeyProvider.disable_below` once every key row is under a newer version.
 
 Needs the ``hvac`` package (``pip install vaultkit[transit]``). The token comes from ``token=`` or
-the environment (``VAULT_TOKEN`` or ``BAO_TOKEN``) and never appears in a message or log.
+the environment (``VAULT_TOKEN`` or ``BAO_TOKEN``) and never appears in a message or log. It is
+held in a :class:`~vaultkit._redact.Secret`, not by the hvac client, and sent as a header of each
+request only, so that neither ``vars()`` of the provider nor a raising frame shows it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
+from vaultkit._redact import Secret
 from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
 from vaultkit.keys._retry import Retry, Transient
 from vaultkit.keys.provider import KeyRef
@@ -76,9 +79,14 @@ class VaultTransitKeyProvider:
             raise ConfigurationError(
                 "VaultTransitKeyProvider needs hvac: pip install 'vaultkit[transit]'"
             ) from None
-        if token is None:
-            token = next((os.environ[name] for name in TOKEN_ENVS if os.environ.get(name)), None)
-        if not token:
+        # Into a Secret at once; no attribute and no raising frame holds the token itself.
+        self._token: Secret[str] = Secret(
+            token
+            if token is not None
+            else next((os.environ[name] for name in TOKEN_ENVS if os.environ.get(name)), "")
+        )
+        del token
+        if not self._token.reveal():
             raise ConfigurationError(
                 f"no token for the transit server at {url}: give token= or set "
                 + " or ".join(TOKEN_ENVS)
@@ -90,9 +98,10 @@ class VaultTransitKeyProvider:
         self.retry = retry or Retry()
         # The raw adapter hands back responses as they are: their errors are read here, because
         # hvac's own exceptions quote whole response bodies (a batch decrypt's includes DEKs).
+        # token="" (not None, which makes hvac read VAULT_TOKEN itself): the client holds none.
         self._client = hvac.Client(
             url=url,
-            token=token,
+            token="",
             namespace=namespace,
             verify=verify,
             timeout=timeout,
@@ -107,7 +116,11 @@ class VaultTransitKeyProvider:
     # -- requests -------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, what: str, body: Any = None) -> dict[str, Any]:
-        """One API call with retries; errors are ours, never hvac's (whose text quotes bodies)."""
+        """One API call with retries; errors are ours, never hvac's (whose text quotes bodies).
+
+        ``body`` may be a :class:`Secret` (a wrap request carries a DEK): it is revealed only in
+        the call that sends it.
+        """
         import requests
 
         url = f"/v1/{self.mount_point}/{path}"
@@ -117,27 +130,45 @@ class VaultTransitKeyProvider:
             self._pid = os.getpid()
 
         def attempt() -> dict[str, Any]:
-            try:
-                response = self._client.adapter.request(
-                    method, url, json=body, raise_exception=False
-                )
-            except requests.exceptions.RequestException as exc:
-                raise Transient(type(exc).__name__) from None
-            status = response.status_code
+            status, payload = self._send(method, url, body)
             if status in _TRANSIENT_STATUS:
                 raise Transient(f"HTTP {status}")
             if 200 <= status < 300:
-                return response.json() if response.content else {}
-            raise _status_error(status, _errors(response), what)
+                return payload if isinstance(payload, dict) else {}
+            raise _status_error(status, _errors(payload), what)
 
         try:
             return self.retry.call(f"transit {what}", attempt)
         except Transient as failure:
-            raise KeyProviderError(
-                f"could not reach the transit server at {self.url} for {what} "
-                f"({failure.reason}, {self.retry.attempts} attempts): check the address, the "
-                "network and that the server is up and unsealed"
-            ) from None
+            reason = failure.reason
+        raise KeyProviderError(
+            f"could not reach the transit server at {self.url} for {what} "
+            f"({reason}, {self.retry.attempts} attempts): check the address, the "
+            "network and that the server is up and unsealed"
+        )
+
+    def _send(self, method: str, url: str, body: Any) -> tuple[int, Any]:
+        """Send one request; ``(status, parsed JSON body or None)``. No response object outlives
+        this frame (its request headers hold the token)."""
+        import requests
+
+        try:
+            response = self._client.adapter.request(
+                method,
+                url,
+                json=body.reveal() if isinstance(body, Secret) else body,
+                headers={"X-Vault-Token": self._token.reveal()},
+                raise_exception=False,
+            )
+        except requests.exceptions.RequestException as exc:
+            raise Transient(type(exc).__name__) from None
+        status = int(response.status_code)
+        try:
+            payload = response.json() if response.content else {}
+        except ValueError:
+            payload = None
+        del response
+        return status, payload
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -217,7 +248,9 @@ class VaultTransitKeyProvider:
             "POST",
             f"encrypt/{name}",
             f"wrapping under {name} v{ref.version}",
-            {"plaintext": _b64(data_key), "context": _b64(context), "key_version": ref.version},
+            Secret(
+                {"plaintext": _b64(data_key), "context": _b64(context), "key_version": ref.version}
+            ),
         )["data"]
         return str(data["ciphertext"]).encode("ascii")
 
@@ -237,21 +270,39 @@ class VaultTransitKeyProvider:
                 )
             groups.setdefault(name, []).append(i)
         for name, indexes in groups.items():
-            batch = [
-                {"ciphertext": items[i][1].decode("ascii"), "context": _b64(items[i][2])}
-                for i in indexes
-            ]
-            what = f"unwrapping {len(batch)} data key(s) under {name}"
-            data = self._batch("POST", f"decrypt/{name}", what, batch)
-            for i, entry in zip(indexes, data, strict=True):
-                if entry.get("error") or "plaintext" not in entry:
-                    raise KeyProviderError(
-                        f"wrapped data key did not unwrap under {name} v{items[i][0].version}: "
-                        f"{_safe(entry.get('error', 'no plaintext'))} (wrong context, version "
-                        "below min_decryption_version, or damaged key row)"
-                    )
-                results[i] = base64.b64decode(entry["plaintext"])
+            try:
+                failure = self._unwrap_group(name, indexes, items, results)
+            except BaseException:
+                results[:] = []  # no DEK unwrapped so far stays in a frame that raises
+                raise
+            if failure is not None:
+                results[:] = []
+                raise KeyProviderError(failure)
         return [r for r in results if r is not None]
+
+    def _unwrap_group(
+        self,
+        name: str,
+        indexes: list[int],
+        items: Sequence[tuple[KeyRef, bytes, bytes]],
+        results: list[bytes | None],
+    ) -> str | None:
+        """Unwrap one transit key's items into ``results``; the failure message, if any."""
+        batch = [
+            {"ciphertext": items[i][1].decode("ascii"), "context": _b64(items[i][2])}
+            for i in indexes
+        ]
+        what = f"unwrapping {len(batch)} data key(s) under {name}"
+        data = self._batch("POST", f"decrypt/{name}", what, batch)
+        for i, entry in zip(indexes, data, strict=True):
+            if entry.get("error") or "plaintext" not in entry:
+                return (
+                    f"wrapped data key did not unwrap under {name} v{items[i][0].version}: "
+                    f"{_safe(entry.get('error', 'no plaintext'))} (wrong context, version "
+                    "below min_decryption_version, or damaged key row)"
+                )
+            results[i] = base64.b64decode(entry["plaintext"])
+        return None
 
     def _batch(self, method: str, path: str, what: str, batch: list[dict[str, Any]]) -> Any:
         """A batch call whose partial failures come back as HTTP 400 with per-item errors."""
@@ -286,11 +337,8 @@ class _BatchError(KeyProviderError):
         self.results = results
 
 
-def _errors(response: Any) -> list[str] | list[dict[str, Any]]:
-    try:
-        body = response.json()
-    except ValueError:
-        return []
+def _errors(body: Any) -> list[str]:
+    """The ``errors`` of a refused request's JSON body; a partly failed batch raises instead."""
     if isinstance(body, dict):
         batch = (body.get("data") or {}).get("batch_results")
         if isinstance(batch, list):
