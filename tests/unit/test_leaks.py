@@ -312,3 +312,158 @@ def test_no_secret_reaches_any_output(tmp_path: Path, monkeypatch: pytest.Monkey
     assert leaks == []
     assert len(seen.texts) > 40  # the search did look at something
     assert any("DEK" in line for line in logs)  # and logging did happen
+
+
+# -- what an error reporter would capture: frame locals and vars() -------------------------------
+
+WRONG_MASTER = bytes.fromhex("c3" * 32)
+
+
+def keyring_keks(path: Path, master: bytes) -> dict[str, bytes | str]:
+    """Every KEK of a keyring file, decrypted as docs/keyring.md describes the format."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    doc = json.loads(path.read_bytes())
+    outer = {k: doc[k] for k in ("vaultkit_keyring", "keyring_id", "master_key")}
+    aad = json.dumps(outer, sort_keys=True, separators=(",", ":")).encode()
+    plain = AESGCM(master).decrypt(
+        base64.b64decode(doc["nonce"]), base64.b64decode(doc["ciphertext"]), aad
+    )
+    return {
+        f"KEK {domain} v{v}": base64.b64decode(k["key"])
+        for domain, entry in json.loads(plain)["domains"].items()
+        for v, k in entry["keys"].items()
+    }
+
+
+@pytest.fixture
+def keyring_with_keks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, dict[str, bytes | str]]:
+    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
+    monkeypatch.delenv(MASTER_PASSPHRASE_ENV, raising=False)
+    path = tmp_path / "keyring.json"
+    provider = LocalKeyProvider(path, master_key=MASTER)
+    for domain in ("identity", "medical"):
+        provider.primary(domain)
+    provider.rotate("medical")
+    planted: dict[str, bytes | str] = {
+        "master key": MASTER,
+        "wrong master key": WRONG_MASTER,
+        "passphrase": PASSPHRASE,
+        **keyring_keks(path, MASTER),
+    }
+    return path, planted
+
+
+FAILED_SAVE_CHILD = r"""
+import json, os, resource, signal, sys
+sys.path.insert(0, sys.argv[2])
+from test_leaks import frame_leaks, raised_by
+from vaultkit.keys import LocalKeyProvider
+
+planted = {k: bytes.fromhex(v) for k, v in json.loads(os.environ["CHILD_PLANTED"]).items()}
+provider = LocalKeyProvider(sys.argv[1], master_key=planted["master key"])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))  # no byte can be written
+exc = raised_by(provider.rotate, "identity")
+print(json.dumps({"error": type(exc).__name__, "leaks": frame_leaks(exc, planted)}))
+"""
+
+
+def test_a_failed_keyring_save_leaves_no_key_in_any_frame(
+    keyring_with_keks: tuple[Path, dict[str, bytes | str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyring save that fails for real (a file-size limit of 0 in a child process) raises from
+    frames whose locals hold neither the master key nor any KEK, in any form."""
+    import subprocess
+    import sys
+
+    path, planted = keyring_with_keks
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("PYTHONPATH", str(root))
+    monkeypatch.setenv(
+        "CHILD_PLANTED",
+        json.dumps({k: v.hex() for k, v in planted.items() if isinstance(v, bytes)}),
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", FAILED_SAVE_CHILD, str(path), str(root / "tests" / "unit")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    outcome = json.loads(child.stdout)
+    assert outcome == {"error": "KeyProviderError", "leaks": []}
+
+
+def test_a_wrong_master_key_leaves_no_key_in_any_frame(
+    keyring_with_keks: tuple[Path, dict[str, bytes | str]],
+) -> None:
+    """Opening a keyring with a wrong master key raises from frames that hold neither key."""
+    path, planted = keyring_with_keks
+    failed = raised_by(LocalKeyProvider, path, master_key=WRONG_MASTER)
+    assert isinstance(failed, VaultkitError)
+    assert frame_leaks(failed, planted) == []
+
+
+def test_keyring_construction_errors_leave_no_secret_in_any_frame(
+    keyring_with_keks: tuple[Path, dict[str, bytes | str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every way of failing to open a keyring (both secrets, a malformed key in the environment,
+    a wrong passphrase, a damaged file) raises from frames with no secret in them."""
+    path, planted = keyring_with_keks
+    cheap = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
+    pass_ring = tmp_path / "pass.json"
+    LocalKeyProvider(pass_ring, passphrase=PASSPHRASE, kdf_parameters=cheap)
+    damaged = tmp_path / "damaged.json"
+    doc = json.loads(path.read_text())
+    doc["ciphertext"] = doc["ciphertext"][:-8] + "AAAAAAA="
+    damaged.write_text(json.dumps(doc))
+    failures = [
+        raised_by(LocalKeyProvider, path, master_key=MASTER, passphrase=PASSPHRASE),
+        raised_by(LocalKeyProvider, path, master_key=MASTER[:31]),
+        raised_by(LocalKeyProvider, pass_ring, passphrase=PASSPHRASE + "x"),
+        raised_by(LocalKeyProvider, pass_ring, master_key=MASTER),
+        raised_by(LocalKeyProvider, damaged, master_key=MASTER),
+    ]
+    monkeypatch.setenv(MASTER_KEY_ENV, PASSPHRASE)
+    failures.append(raised_by(LocalKeyProvider, path))
+    monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(WRONG_MASTER[:20]).decode())
+    failures.append(raised_by(LocalKeyProvider, path))
+    for failed in failures:
+        assert isinstance(failed, VaultkitError), failed
+        assert frame_leaks(failed, {**planted, "short key": WRONG_MASTER[:20]}) == [], failed
+
+
+def test_providers_hold_no_key_material_in_vars_or_repr(
+    keyring_with_keks: tuple[Path, dict[str, bytes | str]],
+) -> None:
+    """vars() and repr() of a keyring provider, searched recursively, show no master key or KEK;
+    the in-memory provider holds its KEKs only in opaque AESGCM objects (no bytes at all)."""
+    from vaultkit.testing import InMemoryKeyProvider
+
+    path, planted = keyring_with_keks
+    provider = LocalKeyProvider(path, master_key=MASTER)
+    provider.rotate("identity")
+    planted = {**planted, **keyring_keks(path, MASTER)}
+    assert object_leaks(provider, planted) == []
+    memory = InMemoryKeyProvider(["identity", "medical"])
+    memory.rotate("medical")
+    found: list[object] = []
+
+    def collect(value: object) -> None:
+        if isinstance(value, bytes | bytearray):
+            found.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                collect(item)
+
+    collect(vars(memory))
+    assert found == []
