@@ -20,13 +20,20 @@ import contextlib
 import errno
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO, cast
 
+from vaultkit._redact import Secret
 from vaultkit.errors import VaultkitError
 
-__all__ = ["PRIVATE", "atomic_text_output", "sync_directory", "write_atomic"]
+__all__ = [
+    "PRIVATE",
+    "atomic_text_output",
+    "atomic_text_outputs",
+    "sync_directory",
+    "write_atomic",
+]
 
 PRIVATE: Final = 0o600
 
@@ -89,56 +96,91 @@ def _describe(exc: OSError) -> str:
 
 def write_atomic(
     path: Path,
-    data: bytes,
+    data: bytes | Secret[bytes],
     *,
     what: str,
     error: type[VaultkitError],
     check: Callable[[bytes], bool] | None = None,
     backup: Path | None = None,
     mode: int = PRIVATE,
+    exclusive: bool = False,
 ) -> None:
     """Replace ``path`` by ``data`` only once ``data`` is fully on disk and verified.
 
     Args:
         path: the final name.
-        data: the whole content (a small file: it is read back whole).
+        data: the whole content (a small file: it is read back whole). A :class:`Secret` (a
+            master key) is revealed only inside the helper that writes it, never in a frame
+            that raises.
         what: how messages name the file ("keyring", "master key file").
         error: the vaultkit error to raise.
         check: called with the bytes read back from the temporary file; ``False`` refuses it.
         backup: keep the previous content of ``path`` under this name (mode 0600), replaced only
             after the new file verified.
         mode: permissions of the new file.
+        exclusive: refuse to replace an existing ``path`` (the rename is a hard link, which
+            fails when the name exists).
 
     Raises:
-        error: the file could not be written, read back, or verified; ``path`` is unchanged.
+        error: the file could not be written, read back, or verified, or (``exclusive``) exists
+            already; ``path`` is unchanged.
     """
     tmp = _temporary(path)
-    problem: str | None = None
-    try:
-        fd = _create(tmp, mode)
+    problem = _write_verified(tmp, data, check, mode)
+    if problem is None:
         try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        written = tmp.read_bytes()
-        if written != data:
-            problem = f"read back {len(written)} of {len(data)} bytes as written"
-        elif check is not None and not check(written):
-            problem = "the written file did not verify"
-        else:
             if backup is not None:
                 _keep_backup(path, backup)
-            os.replace(tmp, path)
-    except OSError as exc:
-        problem = _describe(exc)
-    except BaseException:
-        _remove(tmp)
-        raise
+            if exclusive:
+                _link_new(tmp, path)
+            else:
+                os.replace(tmp, path)
+        except FileExistsError:
+            problem = "it already exists; not overwriting it"
+        except OSError as exc:
+            problem = _describe(exc)
     if problem is not None:
         _remove(tmp)
         raise error(f"cannot write {what} {path}: {problem}; the previous file is unchanged")
     sync_directory(path.parent)
+
+
+def _write_verified(
+    tmp: Path, data: bytes | Secret[bytes], check: Callable[[bytes], bool] | None, mode: int
+) -> str | None:
+    """Write, sync and read back ``tmp``; what went wrong, or ``None``. Never raises, so the
+    content (which may be a secret) is in no frame of an error."""
+    content = data.reveal() if isinstance(data, Secret) else data
+    try:
+        fd = _create(tmp, mode)
+        try:
+            _write_all(fd, content)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        written = tmp.read_bytes()
+    except OSError as exc:
+        return _describe(exc)
+    if written != content:
+        return f"read back {len(written)} of {len(content)} bytes as written"
+    if check is not None and not check(written):
+        return "the written file did not verify"
+    return None
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` unless that exists (``FileExistsError``)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        # No hard links here: check, then rename (a narrow race, on such file systems only).
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "exists") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 class _Counted(io.RawIOBase):
@@ -168,6 +210,101 @@ class _Counted(io.RawIOBase):
                 super().close()
 
 
+class _Staged:
+    """One streamed output under its temporary name, until :meth:`finish` and :meth:`commit`."""
+
+    def __init__(
+        self, path: Path, *, what: str, error: type[VaultkitError], encoding: str, newline: str
+    ) -> None:
+        self.path = path
+        self.what = what
+        self.error = error
+        self.tmp = _temporary(path)
+        try:
+            fd = _create(self.tmp, PRIVATE)
+        except OSError as exc:
+            raise error(f"cannot write {what} {path}: {_describe(exc)}") from None
+        self.raw = _Counted(fd)
+        buffered = io.BufferedWriter(cast(Any, self.raw), buffer_size=1 << 20)  # 1 MiB
+        self.handle = io.TextIOWrapper(buffered, encoding=encoding, newline=newline)
+
+    def fail(self, problem: str) -> VaultkitError:
+        self.discard()
+        return self.error(
+            f"cannot write {self.what} {self.path}: {problem}; nothing was written under that name"
+        )
+
+    def finish(self) -> None:
+        """Flush, sync and check the size on disk against the bytes written."""
+        problem: str | None = None
+        try:
+            self.handle.flush()
+            os.fsync(self.raw.fd)
+            size = os.fstat(self.raw.fd).st_size
+            if size != self.raw.count:
+                problem = f"{size} bytes on disk of {self.raw.count} written"
+        except OSError as exc:
+            problem = _describe(exc)
+        if problem is not None:
+            raise self.fail(problem)
+        _close(self.handle)
+
+    def commit(self) -> None:
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            raise self.fail(_describe(exc)) from None
+        sync_directory(self.path.parent)
+
+    def discard(self) -> None:
+        _close(self.handle)
+        _remove(self.tmp)
+
+
+@contextlib.contextmanager
+def atomic_text_outputs(
+    paths: Sequence[Path],
+    *,
+    what: str,
+    error: type[VaultkitError],
+    encoding: str = "utf-8",
+    newline: str = "",
+) -> Iterator[list[TextIO]]:
+    """Text files written under temporary names (mode 0600), renamed to ``paths`` together and
+    only when every one of them was written in full.
+
+    For large streamed outputs: nothing is read back; instead each file's size on disk after
+    ``fsync`` must equal the number of bytes the OS accepted. An exception inside the block, or a
+    failed write of any of the files, removes every temporary file and leaves each of ``paths`` as
+    it was, so an output and its companion (an upload and its rejects) never disagree.
+
+    Raises:
+        error: a file could not be written or synced (also when a write inside the block
+            failed); no path is changed.
+    """
+    staged: list[_Staged] = []
+    try:
+        for path in paths:
+            staged.append(_Staged(path, what=what, error=error, encoding=encoding, newline=newline))
+        try:
+            yield [s.handle for s in staged]
+        except OSError as exc:  # a write inside the block failed (disk full, file-size limit)
+            names = " and ".join(str(p) for p in paths)
+            problem = _describe(exc)
+            raise error(
+                f"cannot write {what} {names}: {problem}; nothing was written under "
+                + ("that name" if len(paths) == 1 else "those names")
+            ) from None
+        for s in staged:
+            s.finish()
+        for s in staged:
+            s.commit()
+    except BaseException:
+        for s in staged:
+            s.discard()
+        raise
+
+
 @contextlib.contextmanager
 def atomic_text_output(
     path: Path,
@@ -176,51 +313,12 @@ def atomic_text_output(
     error: type[VaultkitError],
     encoding: str = "utf-8",
     newline: str = "",
-    mode: int = PRIVATE,
 ) -> Iterator[TextIO]:
-    """A text file written under a temporary name and renamed to ``path`` only on success.
-
-    For large streamed outputs: nothing is read back; instead the file's size on disk after
-    ``fsync`` must equal the number of bytes the OS accepted. An exception inside the block, or a
-    failed write, removes the temporary file and leaves ``path`` as it was.
-
-    Raises:
-        error: the file could not be written or synced (also when a write inside the block
-            failed); ``path`` is unchanged.
-    """
-    tmp = _temporary(path)
-    try:
-        fd = _create(tmp, mode)
-    except OSError as exc:
-        raise error(f"cannot write {what} {path}: {_describe(exc)}") from None
-    raw = _Counted(fd)
-    buffered = io.BufferedWriter(cast(Any, raw), buffer_size=1 << 20)  # 1 MiB
-    handle = io.TextIOWrapper(buffered, encoding=encoding, newline=newline)
-    problem: str | None = None
-    try:
-        try:
-            yield handle
-            handle.flush()
-            os.fsync(fd)
-            size = os.fstat(fd).st_size
-            if size != raw.count:
-                problem = f"{size} bytes on disk of {raw.count} written"
-        except OSError as exc:  # a write in the block, the flush or the sync failed
-            problem = _describe(exc)
-        _close(handle)
-        if problem is None:
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                problem = _describe(exc)
-    except BaseException:
-        _close(handle)
-        _remove(tmp)
-        raise
-    if problem is not None:
-        _remove(tmp)
-        raise error(f"cannot write {what} {path}: {problem}; nothing was written under that name")
-    sync_directory(path.parent)
+    """One file as :func:`atomic_text_outputs` writes them."""
+    with atomic_text_outputs(
+        [path], what=what, error=error, encoding=encoding, newline=newline
+    ) as (handle,):
+        yield handle
 
 
 def _close(handle: TextIO) -> None:

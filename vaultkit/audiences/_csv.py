@@ -2,13 +2,15 @@
 
 The input is read in chunks of rows; at most two chunks per worker are in flight, so memory does
 not grow with the file. Output rows keep the input order. The output (and rejects) file is written
-to a temporary file beside the target and renamed into place only when the whole input has been
-processed: an error half-way leaves no output file that looks complete.
+to a temporary file beside the target, created with mode 0600 (hashed identifiers are pseudonymous
+personal data, a rejects file with values is plaintext), and renamed into place only when the whole
+input has been processed and the file's size on disk matches every byte written: an error half-way,
+a full disk or a file-size limit leaves no output file that looks complete, and an older file under
+the final name stays as it was.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -20,6 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from vaultkit._files import atomic_text_outputs
 from vaultkit.audiences import normalize as n
 from vaultkit.audiences._render import (
     _RENDERERS,
@@ -236,21 +239,6 @@ def _blocks(handle: TextIO, size: int, where: str) -> Iterator[tuple[int, str]]:
         yield first, "".join(lines)
 
 
-@contextlib.contextmanager
-def _atomic_output(path: Path) -> Iterator[TextIO]:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    handle = open(tmp, "w", encoding="utf-8", newline="")
-    try:
-        yield handle
-        handle.close()
-        os.replace(tmp, path)
-    except BaseException:
-        handle.close()
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def hash_csv(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -270,20 +258,22 @@ def hash_csv(
 
     Args:
         input_path: a CSV with a header row.
-        output_path: the upload file, with the platform's column names. Written only on success.
+        output_path: the upload file, with the platform's column names. Written only on success,
+            with mode 0600.
         platform: ``"google"`` or ``"meta"``.
         default_region: country for national phone numbers (``"BE"``).
         rules: rule version (default: the newest of the platform).
         mapping: record field -> input header, for headers that are not recognised by name.
         workers: processes to hash with.
         rejects_path: where to write rejected rows and dropped values: row number, status and
-            reason codes, never the values unless ``rejects_with_values``.
+            reason codes, never the values unless ``rejects_with_values``. Mode 0600.
         encoding: of the input (default UTF-8, with or without a byte-order mark).
         chunk_rows: input lines per unit of work.
         progress: called with the number of rows done after each chunk.
 
     Raises:
-        ConfigurationError: bad options or header; AudienceError: undecodable or malformed input.
+        ConfigurationError: bad options or header, or an output file that cannot be written in
+            full (disk full, file-size limit); AudienceError: undecodable or malformed input.
     """
     chosen, version = _check(platform, rules, default_region)
     if workers < 1:
@@ -318,13 +308,13 @@ def hash_csv(
             rejects_with_values=rejects_with_values,
         )
         chunks = _blocks(handle, chunk_rows, source.name)
-        with contextlib.ExitStack() as stack:
-            out = stack.enter_context(_atomic_output(target))
+        outputs = [target] if rejects_path is None else [target, Path(rejects_path)]
+        with atomic_text_outputs(outputs, what="audience file", error=ConfigurationError) as files:
+            out = files[0]
             csv.writer(out, lineterminator="\r\n").writerow(COLUMNS[chosen])
             rejects_writer = None
             if rejects_path is not None:
-                rejects_file = stack.enter_context(_atomic_output(Path(rejects_path)))
-                rejects_writer = csv.writer(rejects_file, lineterminator="\r\n")
+                rejects_writer = csv.writer(files[1], lineterminator="\r\n")
                 rejects_writer.writerow(
                     ["row", "status", "reasons", *(header if rejects_with_values else [])]
                 )

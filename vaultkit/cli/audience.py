@@ -28,7 +28,13 @@ def register(commands: Any) -> None:
         ),
     )
     hash_cmd.add_argument("input", type=Path, help="members CSV with a header row")
-    hash_cmd.add_argument("-o", "--output", type=Path, required=True, help="upload CSV to write")
+    hash_cmd.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="upload CSV to write (mode 0600, put in place only when written in full)",
+    )
     hash_cmd.add_argument("--platform", required=True, choices=[p.value for p in Platform])
     hash_cmd.add_argument("--default-region", help="country of national phone numbers, such as BE")
     versions = ", ".join(f"{p}: {', '.join(v)}" for p, v in RULE_VERSIONS.items())
@@ -44,7 +50,9 @@ def register(commands: Any) -> None:
         "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)"
     )
     hash_cmd.add_argument(
-        "--rejects", type=Path, help="write row numbers and reason codes of rejected rows here"
+        "--rejects",
+        type=Path,
+        help="write row numbers and reason codes of rejected rows here (mode 0600)",
     )
     hash_cmd.add_argument(
         "--rejects-with-values",

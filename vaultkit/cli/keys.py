@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from vaultkit import Vault
+from vaultkit._files import write_atomic
+from vaultkit._redact import Secret
 from vaultkit.errors import ConfigurationError
 from vaultkit.keys.local import (
     MASTER_KEY_ENV,
@@ -203,13 +205,15 @@ def _rotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_secret_file(path: Path, text: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise ConfigurationError(f"{path} already exists; not overwriting it") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text + "\n")
+def _write_secret_file(path: Path, text: Secret[str]) -> None:
+    """Write a master key file (0600), in full and verified, never over an existing file."""
+    write_atomic(
+        path,
+        Secret((text.reveal() + "\n").encode("ascii")),
+        what="master key file",
+        error=ConfigurationError,
+        exclusive=True,
+    )
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -218,18 +222,20 @@ def _init(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"{keyring} already exists; not overwriting it")
     note: str
     if os.environ.get(MASTER_KEY_ENV):
-        master = _decode_master_key(os.environ[MASTER_KEY_ENV], source=MASTER_KEY_ENV)
-        provider = LocalKeyProvider(keyring, master_key=master)
+        provider = LocalKeyProvider(
+            keyring,
+            master_key=_decode_master_key(os.environ[MASTER_KEY_ENV], source=MASTER_KEY_ENV),
+        )
         note = f"Protected by the master key in {MASTER_KEY_ENV}."
     elif args.passphrase:
-        passphrase = os.environ.get(MASTER_PASSPHRASE_ENV)
-        if not passphrase:
-            passphrase = getpass.getpass("Passphrase for the keyring: ")
-            if passphrase != getpass.getpass("Repeat the passphrase: "):
+        passphrase = Secret(os.environ.get(MASTER_PASSPHRASE_ENV, ""))
+        if not passphrase.reveal():
+            passphrase = Secret(getpass.getpass("Passphrase for the keyring: "))
+            if passphrase.reveal() != getpass.getpass("Repeat the passphrase: "):
                 raise ConfigurationError("the two passphrases differ")
-        if len(passphrase) < 12:
+        if len(passphrase.reveal()) < 12:
             raise ConfigurationError("use a passphrase of at least 12 characters")
-        provider = LocalKeyProvider(keyring, passphrase=passphrase)
+        provider = LocalKeyProvider(keyring, passphrase=passphrase.reveal())
         note = (
             "Protected by your passphrase (argon2id). Give it to every process that uses this "
             f"keyring in {MASTER_PASSPHRASE_ENV}."
@@ -238,11 +244,17 @@ def _init(args: argparse.Namespace) -> int:
         key_file: Path = args.master_key_file or keyring.with_name(keyring.name + ".master-key")
         if key_file.exists():
             raise ConfigurationError(f"{key_file} already exists; not overwriting it")
-        master_text = generate_master_key()
-        provider = LocalKeyProvider(
-            keyring, master_key=_decode_master_key(master_text, source="key")
-        )
+        master_text = Secret(generate_master_key())
+        # The key file first: a keyring whose master key was never saved would be lost at once.
+        # If the keyring then cannot be written, the key file protects nothing and goes again.
         _write_secret_file(key_file, master_text)
+        try:
+            provider = LocalKeyProvider(
+                keyring, master_key=_decode_master_key(master_text.reveal(), source="key")
+            )
+        except BaseException:
+            key_file.unlink(missing_ok=True)
+            raise
         note = (
             f"A new master key was written to {key_file} (mode 0600); it is not shown here.\n"
             f"Put its content in the environment variable {MASTER_KEY_ENV} of every process that "

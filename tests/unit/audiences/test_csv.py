@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
+import resource
+import signal
+import stat
 import string
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -265,3 +272,72 @@ def test_unclosed_quote_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(AudienceError, match="never closed"):
         hash_csv(tmp_path / "in.csv", tmp_path / "out.csv", platform="google")
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_output_and_rejects_are_created_0600(tmp_path: Path) -> None:
+    """The upload file (pseudonymous personal data) and the rejects file (plaintext when asked)
+    are readable by their owner only, whatever the umask lets through."""
+    (tmp_path / "in.csv").write_text("email\na@example.be\nnot-an-address\n")
+    old = os.umask(0o022)
+    try:
+        hash_csv(
+            tmp_path / "in.csv",
+            tmp_path / "out.csv",
+            platform="meta",
+            rejects_path=tmp_path / "r.csv",
+            rejects_with_values=True,
+        )
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.csv").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "r.csv").stat().st_mode) == 0o600
+
+
+def _limit_file_size(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return apply
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_short_write_leaves_the_previous_output(tmp_path: Path, workers: str) -> None:
+    """Under a real file-size limit `vaultkit audience hash` fails with a clear error (exit 3, no
+    traceback): the previous upload and rejects files are unchanged and no partial file is left."""
+    make_members(tmp_path / "in.csv", 4000)
+    (tmp_path / "out.csv").write_text("previous upload\n")
+    (tmp_path / "r.csv").write_text("previous rejects\n")
+    root = Path(__file__).resolve().parents[3]
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vaultkit",
+            "audience",
+            "hash",
+            str(tmp_path / "in.csv"),
+            "-o",
+            str(tmp_path / "out.csv"),
+            "--rejects",
+            str(tmp_path / "r.csv"),
+            "--platform",
+            "google",
+            "--default-region",
+            "BE",
+            "--workers",
+            workers,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        preexec_fn=_limit_file_size(64 * 1024),  # the output of 4000 members is ~1 MB
+    )
+    assert child.returncode == 3, child.stderr[-2000:]
+    assert "cannot write audience file" in child.stderr
+    assert "Traceback" not in child.stderr
+    assert (tmp_path / "out.csv").read_text() == "previous upload\n"
+    assert (tmp_path / "r.csv").read_text() == "previous rejects\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv", "r.csv"]
