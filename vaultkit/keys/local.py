@@ -568,7 +568,8 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
     def disable(self, domain: str, version: int) -> None:
         """Disable a KEK version: it no longer unwraps (its key material is erased from the file).
 
-        The previous file, kept as ``KEYRING.bak`` until the next change, still holds it.
+        The keyring is written twice, so that the backup (``KEYRING.bak``) lacks the version too.
+        Old blocks of either file may survive on the disk itself, as with any file rewrite.
 
         Raises:
             KeyProviderError: the version is the primary one, or unknown.
@@ -580,7 +581,9 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
                 raise KeyNotFoundError(f"domain {domain!r} has no KEK version {version}")
             if entry.primary == version:
                 raise KeyProviderError("the primary KEK version cannot be disabled; rotate first")
-            self._commit({**self._domains, domain: entry.without_version(version)})
+            remaining = {**self._domains, domain: entry.without_version(version)}
+            self._commit(remaining)
+            self._save(remaining)  # the backup now holds the same, verified, table
         log.info("disabled KEK version %d of domain %s", version, domain)
 
     def _cipher(self, ref: KeyRef) -> AESGCM:

@@ -357,6 +357,18 @@ class TestBackup:
         assert [r.version for r in from_backup.versions("identity")] == [1]
         assert from_backup.unwrap(v1, old, context=CTX) == b"a" * 32
 
+    def test_a_disabled_kek_is_in_neither_the_keyring_nor_its_backup(self, keyring: Path) -> None:
+        """disable() erases the KEK version from the keyring and from its backup alike."""
+        provider = LocalKeyProvider(keyring, master_key=MASTER)
+        provider.primary("identity")
+        provider.rotate("identity")
+        disabled = read_keks(keyring, MASTER)[("identity", 1)]
+        provider.disable("identity", 1)
+        for path in (keyring, keyring.parent / "keyring.json.bak"):
+            keks = read_keks(path, MASTER)
+            assert ("identity", 1) not in keks and disabled not in keks.values()
+            assert ("identity", 2) in keks
+
     def test_damaged_keyring_points_at_its_backup(self, keyring: Path) -> None:
         """A truncated keyring is refused with a message that says the backup opens and how to
         restore it; nothing is written; after the copy the old KEKs unwrap."""
