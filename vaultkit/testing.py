@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vaultkit._redact import NoPickle
+from vaultkit._redact import NoPickle, Secret
 from vaultkit.errors import DomainError, KeyNotFoundError
 from vaultkit.keys import _kekwrap
 from vaultkit.keys.domains import check_domain_name
@@ -37,7 +37,9 @@ class InMemoryKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
 
     def __init__(self, domains: Sequence[str] = (), *, create: bool = True) -> None:
         self._id = os.urandom(8).hex()
-        self._keks: dict[str, list[AESGCM]] = {}
+        # In an opaque holder: vars() of the provider shows no KEK, also with a cryptography
+        # release whose AESGCM keeps its key in a Python attribute.
+        self._keks: Secret[dict[str, list[AESGCM]]] = Secret({})
         self._create = create
         self._lock = threading.Lock()
         for domain in domains:
@@ -49,28 +51,29 @@ class InMemoryKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
     def primary(self, domain: str) -> KeyRef:
         check_domain_name(domain)
         with self._lock:
-            if domain not in self._keks:
+            keks = self._keks.reveal()
+            if domain not in keks:
                 if not self._create:
                     raise DomainError(f"in-memory provider holds no KEK for domain {domain!r}")
-                self._keks[domain] = [AESGCM(os.urandom(32))]
-            return KeyRef(domain, self._key_id(domain), len(self._keks[domain]))
+                keks[domain] = [AESGCM(os.urandom(32))]
+            return KeyRef(domain, self._key_id(domain), len(keks[domain]))
 
     def versions(self, domain: str) -> Sequence[KeyRef]:
         with self._lock:
-            if domain not in self._keks:
+            keks = self._keks.reveal()
+            if domain not in keks:
                 raise DomainError(f"in-memory provider holds no KEK for domain {domain!r}")
-            return [
-                KeyRef(domain, self._key_id(domain), v + 1) for v in range(len(self._keks[domain]))
-            ]
+            return [KeyRef(domain, self._key_id(domain), v + 1) for v in range(len(keks[domain]))]
 
     def rotate(self, domain: str) -> KeyRef:
         check_domain_name(domain)
         with self._lock:
-            self._keks.setdefault(domain, []).append(AESGCM(os.urandom(32)))
-            return KeyRef(domain, self._key_id(domain), len(self._keks[domain]))
+            versions = self._keks.reveal().setdefault(domain, [])
+            versions.append(AESGCM(os.urandom(32)))
+            return KeyRef(domain, self._key_id(domain), len(versions))
 
     def _cipher(self, ref: KeyRef) -> AESGCM:
-        keks = self._keks.get(ref.domain)
+        keks = self._keks.reveal().get(ref.domain)
         if ref.key_id != self._key_id(ref.domain) or not keks or not 1 <= ref.version <= len(keks):
             raise KeyNotFoundError(
                 f"KEK {ref.key_id} version {ref.version} is unknown to this provider"
@@ -78,7 +81,7 @@ class InMemoryKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         return keks[ref.version - 1]
 
     def __repr__(self) -> str:
-        return f"InMemoryKeyProvider(domains={sorted(self._keks)!r})"
+        return f"InMemoryKeyProvider(domains={sorted(self._keks.reveal())!r})"
 
 
 class CountingKeyProvider:

@@ -370,7 +370,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         self._keyring_id = os.urandom(16).hex()
         if key is not None:
             self._kdf: dict[str, Any] = {"kind": "raw"}
-            self._master = AESGCM(key.reveal())
+            self._master: Secret[AESGCM] = Secret(AESGCM(key.reveal()))
             return
         if phrase is None:  # unreachable: the constructor guarantees one of the two
             raise ConfigurationError("no master key or passphrase")
@@ -378,7 +378,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         derived = _derive(phrase, self._kdf)
         if derived is None:
             raise ConfigurationError("kdf_parameters are invalid for argon2id")
-        self._master = AESGCM(derived)
+        self._master = Secret(AESGCM(derived))
         del derived
 
     def _outer_aad(self) -> bytes:
@@ -404,7 +404,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
             raise self._damaged(
                 f"keyring file {self._path} is damaged: KDF parameters are invalid", key, phrase
             )
-        self._master = master
+        self._master = Secret(master)
         table = _open_table(master, *_sealed_parts(doc), self._outer_aad())
         if table == "auth":
             raise self._damaged(
@@ -447,7 +447,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         replaced only then. On failure the keyring and the backup are as they were.
         """
         aad = self._outer_aad()
-        nonce, body, digest = _seal_table(self._master, table, aad)
+        nonce, body, digest = _seal_table(self._master.reveal(), table, aad)
         doc = {
             "vaultkit_keyring": FILE_FORMAT,
             "keyring_id": self._keyring_id,
@@ -456,7 +456,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
             "ciphertext": _b64(body),
         }
         data = json.dumps(doc, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-        master = self._master
+        master = self._master.reveal()
 
         def authenticates(written: bytes) -> bool:
             parsed = _header(written)
@@ -488,7 +488,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
             raise KeyProviderError(f"cannot re-read keyring {self._path}: {doc}")
         if doc["keyring_id"] != self._keyring_id:
             raise KeyProviderError(f"keyring {self._path} was replaced by a different keyring")
-        table = _open_table(self._master, *_sealed_parts(doc), self._outer_aad())
+        table = _open_table(self._master.reveal(), *_sealed_parts(doc), self._outer_aad())
         if isinstance(table, str):
             raise KeyProviderError(
                 f"keyring {self._path} could not be re-read: it no longer opens with this "
