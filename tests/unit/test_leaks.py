@@ -73,8 +73,9 @@ class _Walk:
 
     def text(self, text: str, where: str) -> None:
         for name, form in self.needles:
-            if form in text:
-                self.found.append(f"{name} in {where}")
+            finding = f"{name} in {where}"
+            if form in text and finding not in self.found:
+                self.found.append(finding)
 
     def value(self, value: object, where: str, depth: int = 0) -> None:
         if depth > MAX_DEPTH or id(value) in self.seen or value is None:
@@ -472,3 +473,44 @@ def test_providers_hold_no_key_material_in_vars_or_repr(
     collect(vars(memory))
     collect(vars(provider))
     assert found == []
+
+
+WALK_KEY = bytes(range(32))
+
+
+class _Holder:
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+
+def _deep() -> None:
+    held = _Holder(_Holder({"k": [base64.b64encode(WALK_KEY).decode()]}))  # noqa: F841 - a finding
+    wrapped = Secret(WALK_KEY)  # noqa: F841 - opaque: not a finding
+    raise ValueError("boom")
+
+
+def _chained() -> None:
+    try:
+        _deep()
+    except ValueError:
+        raise KeyError("second")  # noqa: B904 - the implicit chain is what is tested
+
+
+def _suppressed() -> None:
+    try:
+        _deep()
+    except ValueError:
+        hidden = {"x": (WALK_KEY.hex(),)}  # noqa: F841 - a finding
+        raise KeyError("third") from None
+
+
+def test_the_frame_walk_finds_what_a_reporter_would_ship() -> None:
+    """The walk finds a secret in base64 two objects deep in a frame local, in hex in a nested
+    container, and in the frames of an implicitly chained exception; a Secret holder and a
+    suppressed context (which reporters do not show) are not findings."""
+    held = "key in test_leaks.py:_deep local held.__dict__['inner'].__dict__['inner']['k'][0]"
+    assert frame_leaks(raised_by(_deep), {"key": WALK_KEY}) == [held]
+    assert frame_leaks(raised_by(_chained), {"key": WALK_KEY}) == [held]
+    assert frame_leaks(raised_by(_suppressed), {"key": WALK_KEY}) == [
+        "key in test_leaks.py:_suppressed local hidden['x'][0]"
+    ]
