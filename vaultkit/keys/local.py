@@ -14,8 +14,13 @@ Every field outside ``ciphertext`` is bound to it as associated data, so editing
 parameters or the id breaks authentication rather than silently changing keys. The master key is
 32 random bytes given in base64 (environment variable ``VAULTKIT_MASTER_KEY``), or derived from a
 passphrase (``VAULTKIT_MASTER_PASSPHRASE``) with argon2id at RFC 9106's second recommended
-(low-memory) parameters. Writes go to a temporary file created with mode 0600 and are moved into
-place with ``os.replace``, under an advisory lock, so a crash leaves either the old or the new file.
+(low-memory) parameters.
+
+Every change is written in full to a temporary file (mode 0600), synced, read back and
+authenticated under the master key before ``os.replace`` moves it into place, under an advisory
+lock; the previous file is kept as ``<keyring>.bak``. A full disk, a file-size limit or a crash
+leaves the old or the new file, never a truncated one, and a change that could not be written is
+not adopted in memory either. docs/keyring.md says how to recover from the backup.
 
 Warning:
     The master key protects every KEK in the file. In production keep KEKs in an HSM or KMS.
