@@ -242,7 +242,7 @@ def _remaining(deadline: float) -> float:
     return left
 
 
-class _DeadlineErrorReader(io.RawIOBase):
+class _DeadlineReader(io.RawIOBase):
     """A socket reader whose every receive waits at most until the request's deadline."""
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
@@ -262,7 +262,7 @@ class _DeadlineErrorReader(io.RawIOBase):
         super().close()
 
 
-class _DeadlineErrorSocket:
+class _DeadlineSocket:
     """Wraps a connected socket so that sending and receiving end at one deadline in total.
 
     urllib's ``timeout`` bounds each blocking operation, not the request: a server sending one
@@ -274,7 +274,7 @@ class _DeadlineErrorSocket:
         self._deadline = deadline
 
     def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineErrorReader(self._sock, self._deadline))
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
 
     def sendall(self, data: bytes) -> None:
         self._sock.settimeout(_remaining(self._deadline))
@@ -287,7 +287,7 @@ class _DeadlineErrorSocket:
         return getattr(self._sock, name)
 
 
-class _DeadlineErrorConnection:
+class _DeadlineConnection:
     _deadline: float
     timeout: float | None
     sock: Any
@@ -295,16 +295,16 @@ class _DeadlineErrorConnection:
     def connect(self) -> None:
         self.timeout = _remaining(self._deadline)
         super().connect()  # type: ignore[misc]
-        self.sock = _DeadlineErrorSocket(self.sock, self._deadline)
+        self.sock = _DeadlineSocket(self.sock, self._deadline)
 
 
-class _HTTPConnection(_DeadlineErrorConnection, http.client.HTTPConnection):
+class _HTTPConnection(_DeadlineConnection, http.client.HTTPConnection):
     def __init__(self, *args: Any, deadline: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline = deadline
 
 
-class _HTTPSConnection(_DeadlineErrorConnection, http.client.HTTPSConnection):
+class _HTTPSConnection(_DeadlineConnection, http.client.HTTPSConnection):
     def __init__(self, *args: Any, deadline: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline = deadline

@@ -326,24 +326,7 @@ class PasswordPolicy:
         reasons = []
         if length < self.min_length:
             reasons.append("too_short")
-        prefix = scored_prefix(normalized)
-        places = place_postcode_tokens(prefix) if self._places else []
-        if prefix:
-            from zxcvbn import zxcvbn
-
-            inputs = list(
-                dict.fromkeys([*derived_user_inputs(user_inputs), *self.context_words, *places])
-            )
-            with _ZXCVBN_LOCK:
-                result = zxcvbn(prefix, user_inputs=inputs)
-            score = int(result["score"])
-            feedback = result.get("feedback") or {}
-            warning = str(feedback.get("warning") or "")
-            suggestions = tuple(str(s) for s in feedback.get("suggestions") or ())
-        else:
-            score, warning, suggestions = 0, "", ("Use a few words, avoid common phrases.",)
-        if places and _PLACE_SUGGESTION not in suggestions:
-            suggestions = (_PLACE_SUGGESTION, *suggestions)
+        score, warning, suggestions = self._score(normalized, user_inputs)
         if score < self.min_score:
             reasons.append("too_weak")
         breached = False
@@ -351,8 +334,8 @@ class PasswordPolicy:
             outcome = self._breach_lookup(_sha1_forms(password, normalized))
             if isinstance(outcome, PasswordError):
                 # Error reporters that record frame locals (Sentry, Django's debug page) must
-                # not find the password here.
-                del password, normalized, prefix, places
+                # not find the password, or the user's data, in this frame.
+                del password, normalized, user_inputs
                 raise outcome
             breached = outcome
         if breached:
@@ -367,6 +350,26 @@ class PasswordPolicy:
             suggestions=suggestions,
             breached=breached,
         )
+
+    def _score(
+        self, normalized: str, user_inputs: Iterable[Any]
+    ) -> tuple[int, str, tuple[str, ...]]:
+        prefix = scored_prefix(normalized)
+        if not prefix:
+            return 0, "", ("Use a few words, avoid common phrases.",)
+        from zxcvbn import zxcvbn
+
+        places = place_postcode_tokens(prefix) if self._places else []
+        inputs = list(
+            dict.fromkeys([*derived_user_inputs(user_inputs), *self.context_words, *places])
+        )
+        with _ZXCVBN_LOCK:
+            result = zxcvbn(prefix, user_inputs=inputs)
+        feedback = result.get("feedback") or {}
+        suggestions = tuple(str(s) for s in feedback.get("suggestions") or ())
+        if places and _PLACE_SUGGESTION not in suggestions:
+            suggestions = (_PLACE_SUGGESTION, *suggestions)
+        return int(result["score"]), str(feedback.get("warning") or ""), suggestions
 
     def _breach_lookup(self, digests: list[str]) -> bool | PasswordError:
         # Returns the verdict, or the error to raise: a fresh one, whose traceback does not
