@@ -381,6 +381,8 @@ class PasswordPolicy:
             return any(source.count(digest) >= self.min_breach_count for digest in digests)
         except PasswordError as exc:
             message = str(exc)
+        except Exception as exc:  # a third-party source: its error may quote its input
+            message = f"the breach list failed ({type(exc).__name__})"
         if self.on_unavailable == "allow":
             _log.warning("breached-password check skipped (on_unavailable='allow'): %s", message)
             return False

@@ -478,3 +478,93 @@ class TestMirror:
         assert repr(PwnedRangeMirror("https://mirror.internal/pwned/")) == (
             "PwnedRangeMirror(https://mirror.internal/pwned, timeout=2)"
         )
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1, made with cryptography (a vaultkit dependency)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vaultkit test mirror")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_mirror_with_a_private_ca(mirror: Mirror, tmp_path: Path) -> None:
+    """An https mirror verifies against ssl_context's CA, answers as over http, and an unknown CA is refused."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(mirror))
+    server.daemon_threads = True
+    server.socket = server_context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}"
+        breached_mirror(mirror, {STRONG: 3})
+        trusted = ssl.create_default_context(cafile=str(cert))
+        assert PwnedRangeMirror(url, ssl_context=trusted).count(sha1(STRONG)) == 3
+        assert mirror.seen[-1].path == f"/range/{sha1(STRONG)[:5]}"
+        with pytest.raises(PasswordError, match="mirror is unavailable: unreachable"):
+            PwnedRangeMirror(url, timeout=1).count(sha1(STRONG))  # the system trust store
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_failing_custom_source_fails_closed_without_its_message() -> None:
+    """A third-party source raising any error gives a PasswordError naming only the error type."""
+
+    class Flaky:
+        def count(self, sha1_hex: str) -> int:
+            raise RuntimeError(f"backend rejected {sha1_hex}")
+
+    with pytest.raises(PasswordError, match=r"the breach list failed \(RuntimeError\)") as info:
+        PasswordPolicy(breached=Flaky()).check(STRONG)
+    assert sha1(STRONG) not in str(info.value) and info.value.__context__ is None
+
+
+def test_hash_new_password_refuses_a_breached_password(tmp_path: Path) -> None:
+    """Sign-up raises WeakPasswordError with reason 'breached' for a strong but breached password."""
+    from vaultkit.errors import WeakPasswordError
+    from vaultkit.passwords import CHEAPEST, PasswordHasher, hash_new_password
+
+    write_ranges(tmp_path, {STRONG: 3})
+    policy = PasswordPolicy(breached=PwnedRangeDirectory(tmp_path))
+    with pytest.raises(WeakPasswordError, match="breached") as info:
+        hash_new_password(STRONG, policy=policy, hasher=PasswordHasher(argon2_profile=CHEAPEST))
+    assert STRONG not in str(info.value)
