@@ -12,10 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Final, Literal
@@ -296,6 +297,12 @@ class PasswordPolicy:
             raise ConfigurationError(f"context_words takes at most {MAX_CONTEXT_WORDS} words")
         if not all(isinstance(word, str) for word in words):
             raise ConfigurationError("context_words must be strings")
+        if isinstance(breached, (str, bytes, os.PathLike, Collection)):
+            # str, list and tuple have a count() method that would answer 0 for every password.
+            raise ConfigurationError(
+                "breached takes a breach list such as PwnedRangeDirectory(path), "
+                "not a path or a collection"
+            )
         if breached is not None and not isinstance(breached, BreachedPasswords):
             raise ConfigurationError("breached must have a count(sha1_hex) method")
         if not isinstance(min_breach_count, int) or min_breach_count < 1:

@@ -153,6 +153,9 @@ class TestRangeDirectory:
             PwnedRangeDirectory(tmp_path / "absent")
         with pytest.raises(ConfigurationError):
             PasswordPolicy(breached=object())  # type: ignore[arg-type]
+        for mistaken in (str(tmp_path), tmp_path, [sha1(STRONG)], (sha1(STRONG),)):
+            with pytest.raises(ConfigurationError, match="not a path or a collection"):
+                PasswordPolicy(breached=mistaken)  # type: ignore[arg-type]
         with pytest.raises(ConfigurationError):
             PasswordPolicy(on_unavailable="ignore")  # type: ignore[arg-type]
         assert isinstance(PwnedRangeDirectory(tmp_path), BreachedPasswords)
