@@ -45,6 +45,7 @@ __all__ = [
     "PwnedHashFile",
     "PwnedRangeDirectory",
     "PwnedRangeMirror",
+    "parse_range",
 ]
 
 PREFIX_LENGTH: Final = 5
