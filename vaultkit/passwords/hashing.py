@@ -8,9 +8,12 @@ passlib ``$pbkdf2-sha256$...`` forms, bcrypt ``$2a$/$2b$/$2y$`` and Django's
 stored one is of another scheme or weaker parameters, so that systems migrate at login.
 
 bcrypt reads only 72 bytes. New bcrypt hashes of longer passwords are refused
-(:class:`~vaultkit.errors.PasswordError`), never silently truncated. A legacy bcrypt hash of a
-longer password was made by an old library that truncated; it is verified on the first 72 bytes
-the same way, and replaced with argon2id by ``verify_and_update``.
+(:class:`~vaultkit.errors.PasswordError`), never silently truncated. A bcrypt hash cannot say
+whether vaultkit or an older system made it, so ``verify`` tries the password as ``hash`` would
+have prepared it (NFKC, at most 72 bytes) and then, if that differs, as an older system would
+have (the bytes as given, truncated to 72 as old libraries did). A legacy bcrypt hash of a longer
+password therefore verifies on its first 72 bytes, and is replaced with argon2id by
+``verify_and_update``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,21 @@ class Argon2Profile:
 RFC_9106_LOW_MEMORY: Final = Argon2Profile(time_cost=3, memory_cost=65536, parallelism=4)
 #: For tests only: as cheap as argon2 allows. Never for stored passwords.
 CHEAPEST: Final = Argon2Profile(time_cost=1, memory_cost=8, parallelism=1)
+
+
+_UNKNOWN_HASH: Final = "the stored hash is of an unknown or malformed format"
+
+
+class _ArgumentError(PasswordError, TypeError):
+    """Bad arguments to ``verify``: a TypeError for the programmer, a PasswordError for handlers."""
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # The exception would hold the whole password in its ``object`` attribute.
+        raise PasswordError("the password is not valid Unicode (it has a lone surrogate)") from None
 
 
 def _b64decode_unpadded(text: str, *, altchars: bytes | None = None) -> bytes:
@@ -104,7 +122,7 @@ class PasswordHasher:
     def _normalize(password: str) -> bytes:
         if not isinstance(password, str):
             raise TypeError(f"password must be str, not {type(password).__name__}")
-        return unicodedata.normalize("NFKC", password).encode("utf-8")
+        return _utf8(unicodedata.normalize("NFKC", password))
 
     def hash(self, password: str) -> str:
         """Hash a new password with the configured scheme.
@@ -142,42 +160,58 @@ class PasswordHasher:
             return "phc_pbkdf2_sha256"
         return None
 
-    def _check_order(self, password: str, hashed: str) -> None:
-        if not isinstance(password, str) or not isinstance(hashed, str):
-            raise TypeError("verify(password, hash) takes two str")
-        if self._scheme_of(password) is not None and self._scheme_of(hashed) is None:
-            raise TypeError("arguments in the wrong order: call verify(password, hash)")
-
-    def _unknown(self) -> PasswordError:
-        # Comparable work before failing, so that a malformed or unknown hash (an account that
-        # does not exist) cannot be told from a wrong password by timing.
+    def _dummy_work(self) -> None:
+        # An argon2id verification with this hasher's parameters: the work a real verify does.
         if self._dummy is None:
             self._dummy = self._argon2.hash(b"vaultkit dummy password")
         try:
             self._argon2.verify(self._dummy, b"not the dummy password")
         except VerificationError:
             pass
-        return PasswordError("the stored hash is of an unknown or malformed format")
 
     def verify(self, password: str, hashed: str) -> Literal[True]:
         """Check ``password`` against a stored hash.
+
+        A password is checked in the form :meth:`hash` gives it (NFKC) and, for legacy formats
+        and when it differs, as given: ``verify(p, hash(q))`` succeeds whenever ``p`` and ``q``
+        are the same text in two Unicode normalisation forms.
 
         Returns:
             ``True``; any other outcome raises.
 
         Raises:
             PasswordMismatchError: the password does not match.
-            PasswordError: the hash is unknown or malformed (after comparable work).
-            TypeError: the arguments are not str, or are given in the wrong order.
+            PasswordError: the hash is unknown or malformed. An argon2id verification's worth
+                of work is done first, before any argument check, so that neither the time nor
+                the type of error tells an unknown account from a known one.
+            TypeError: the arguments are not str, or are given in the wrong order; after the same
+                work, and also a :class:`~vaultkit.errors.PasswordError`, so that a handler for
+                unknown hashes treats it alike.
         """
-        self._check_order(password, hashed)
-        scheme = self._scheme_of(hashed)
-        if scheme is None:
-            raise self._unknown()
+        scheme = self._scheme_of(hashed) if isinstance(hashed, str) else None
+        if scheme is None or not isinstance(password, str):
+            # Every way to fail before a real verification costs the same work and raises a
+            # PasswordError: an unknown account (no hash, or a placeholder) must not answer
+            # faster, or with another error, whatever the caller passed as the password.
+            self._dummy_work()
+            if not isinstance(password, str) or not isinstance(hashed, str):
+                raise _ArgumentError("verify(password, hash) takes two str")
+            if self._scheme_of(password) is not None:
+                raise _ArgumentError(
+                    "the stored hash is of an unknown or malformed format, and the password "
+                    "argument looks like a stored hash: arguments in the wrong order? "
+                    "Call verify(password, hash)"
+                )
+            raise PasswordError(_UNKNOWN_HASH)
         try:
             ok = self._verify(scheme, password, hashed)
+        except PasswordError:
+            # The password is not valid Unicode, so no hash can be of it.
+            self._dummy_work()
+            ok = False
         except (ValueError, InvalidHashError, binascii.Error, UnicodeError):
-            raise self._unknown() from None
+            self._dummy_work()
+            raise PasswordError(_UNKNOWN_HASH) from None
         if not ok:
             raise PasswordMismatchError("password does not match")
         return True
@@ -191,9 +225,18 @@ class PasswordHasher:
             except VerificationError:
                 # argon2 could not decode the hash: malformed, not a wrong password.
                 raise ValueError("malformed argon2 hash") from None
-        raw = password.encode("utf-8")
+        raw = _utf8(password)
         if scheme == "bcrypt":
-            return bcrypt.checkpw(raw[:BCRYPT_MAX_BYTES], hashed.encode("ascii"))
+            # hash() stored bcrypt(NFKC(password)) and refused more than 72 bytes; an older
+            # system stored bcrypt(first 72 bytes as given). Try the first, then the second.
+            stored = hashed.encode("ascii")
+            candidates = []
+            normalized = self._normalize(password)
+            if len(normalized) <= BCRYPT_MAX_BYTES:
+                candidates.append(normalized)
+            if raw[:BCRYPT_MAX_BYTES] not in candidates:
+                candidates.append(raw[:BCRYPT_MAX_BYTES])
+            return any(bcrypt.checkpw(candidate, stored) for candidate in candidates)
         if scheme == "django_bcrypt_sha256":
             inner = hashed.removeprefix("bcrypt_sha256$")
             prehash = hashlib.sha256(raw).hexdigest().encode("ascii")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import statistics
+import time
+import unicodedata
 
 import bcrypt
 import pytest
@@ -12,6 +15,7 @@ from vaultkit.errors import PasswordError, PasswordMismatchError, WeakPasswordEr
 from vaultkit.passwords import (
     CHEAPEST,
     RFC_9106_LOW_MEMORY,
+    Argon2Profile,
     PasswordHasher,
     PasswordPolicy,
     hash_new_password,
@@ -79,6 +83,43 @@ class TestBcrypt:
             BCRYPT.hash(emoji)
         assert FAST.verify(emoji, FAST.hash(emoji)) is True
 
+    @pytest.mark.parametrize(
+        ("stored_as", "typed_as"),
+        [
+            (
+                "\ufb01sh and chips, 4x",
+                "\ufb01sh and chips, 4x",
+            ),  # a ligature, typed the same twice
+            ("fish and chips, 4x", "\ufb01sh and chips, 4x"),
+            ("Crème brûlée à volonté", "NFD"),  # typed decomposed (macOS)
+            ("\uff30\uff41\uff53\uff53 full width", "Pass full width"),
+        ],
+    )
+    def test_verify_normalises_like_hash(self, stored_as: str, typed_as: str) -> None:
+        """A bcrypt hash made by hash() verifies the same text typed in another normalisation form."""
+        typed = unicodedata.normalize("NFD", stored_as) if typed_as == "NFD" else typed_as
+        hashed = BCRYPT.hash(stored_as)
+        assert BCRYPT.verify(typed, hashed) is True
+        assert FAST.verify(typed, FAST.hash(stored_as)) is True
+        with pytest.raises(PasswordMismatchError):
+            BCRYPT.verify(typed + "!", hashed)
+
+    def test_legacy_bcrypt_of_the_bytes_as_typed_still_verifies(self) -> None:
+        """A legacy bcrypt hash of a decomposed password (not NFKC) verifies on the bytes as typed."""
+        typed = unicodedata.normalize("NFD", "café crème 1978")
+        legacy = bcrypt.hashpw(typed.encode(), bcrypt.gensalt(4)).decode()
+        assert BCRYPT.verify(typed, legacy) is True
+        with pytest.raises(PasswordMismatchError):
+            BCRYPT.verify(unicodedata.normalize("NFC", typed), legacy)
+
+    def test_no_new_hash_verifies_a_longer_password(self) -> None:
+        """A password that hash() accepted (at most 72 bytes) does not verify with text appended."""
+        exact = "é" * 36  # 72 bytes
+        hashed = BCRYPT.hash(exact)
+        assert BCRYPT.verify(exact, hashed) is True
+        with pytest.raises(PasswordMismatchError):
+            BCRYPT.verify(exact[:-1] + "e", hashed)
+
     def test_cost_12_is_the_default(self) -> None:
         """bcrypt hashes use cost 12 unless configured."""
         assert PasswordHasher(scheme="bcrypt").bcrypt_rounds == 12
@@ -143,6 +184,17 @@ class TestBadInput:
         assert not isinstance(info.value, PasswordMismatchError)
         assert "whatever" not in str(info.value) and (not stored or stored not in str(info.value))
 
+    def test_lone_surrogate_is_a_password_error_without_the_password(self) -> None:
+        """A password with a lone surrogate is refused with a PasswordError that does not hold it."""
+        secret = "geheim\ud800wachtwoord"
+        for hasher in (FAST, BCRYPT):
+            with pytest.raises(PasswordError) as info:
+                hasher.hash(secret)
+            assert "geheim" not in repr(info.value.args) + repr(vars(info.value))
+            assert info.value.__cause__ is None and info.value.__suppress_context__
+        with pytest.raises(PasswordMismatchError):
+            FAST.verify(secret, FAST.hash("geheim wachtwoord"))
+
     def test_swapped_arguments(self) -> None:
         """verify(hash, password) is caught as a TypeError."""
         hashed = FAST.hash("secret words here")
@@ -163,3 +215,57 @@ def test_hash_new_password_checks_the_policy() -> None:
         hash_new_password("Summer2024!", policy=policy, hasher=FAST)
     assert "Summer2024" not in str(info.value) and "too_weak" in str(info.value)
     assert info.value.result.score == 2  # type: ignore[attr-defined]
+
+
+class TestUnknownAccountsLookLikeKnownOnes:
+    """verify() with an unknown or malformed hash: comparable work first, then one error type."""
+
+    # argon2id with one lane runs in the calling thread, so thread CPU time measures its work
+    # and is not inflated by other processes on a loaded machine.
+    HASHER = PasswordHasher(
+        argon2_profile=Argon2Profile(time_cost=2, memory_cost=19456, parallelism=1)
+    )
+
+    @staticmethod
+    def cpu_seconds(call: object) -> float:
+        start = time.thread_time()
+        try:
+            call()  # type: ignore[operator]
+        except (PasswordError, TypeError):
+            pass
+        return time.thread_time() - start
+
+    def bad_calls(self) -> dict[str, object]:
+        real = self.HASHER.hash("correct horse battery staple")
+        return {
+            "unknown format": lambda: self.HASHER.verify("whatever", "md5$abc$def"),
+            "empty placeholder": lambda: self.HASHER.verify("whatever", ""),
+            "malformed bcrypt": lambda: self.HASHER.verify("whatever", "$2b$12$short"),
+            "password shaped like a hash": lambda: self.HASHER.verify(real, "garbage"),
+            "no stored hash (None)": lambda: self.HASHER.verify("whatever", None),  # type: ignore[arg-type]
+            "no password (None)": lambda: self.HASHER.verify(None, real),  # type: ignore[arg-type]
+            "bytes password": lambda: self.HASHER.verify(b"whatever", "md5$x"),  # type: ignore[arg-type]
+        }
+
+    def test_every_early_failure_does_a_verifications_work(self) -> None:
+        """Each way to fail before a real verify costs about one real argon2id verify in CPU time."""
+        real = self.HASHER.hash("correct horse battery staple")
+        reference = statistics.median(
+            self.cpu_seconds(lambda: self.HASHER.verify("wrong password", real)) for _ in range(5)
+        )
+        assert reference > 0.002  # the reference itself did real work
+        for name, call in self.bad_calls().items():
+            spent = min(self.cpu_seconds(call) for _ in range(3))
+            # Generous bounds: without the dummy work these calls take microseconds (ratio ~0.001).
+            assert 0.3 * reference <= spent <= 10 * reference, (name, spent, reference)
+
+    def test_one_error_type_whatever_the_password(self) -> None:
+        """An unknown or malformed hash raises a PasswordError (never a mismatch) for any password argument."""
+        real = self.HASHER.hash("correct horse battery staple")
+        for password in ("whatever", real, "$2b$12$" + "a" * 53, "", "x" * 10_000):
+            for stored in ("", "garbage", "md5$abc$def", "$argon2id$broken"):
+                with pytest.raises(PasswordError) as info:
+                    self.HASHER.verify(password, stored)
+                assert not isinstance(info.value, PasswordMismatchError)
+        with pytest.raises(PasswordError):
+            self.HASHER.verify("whatever", None)  # type: ignore[arg-type]

@@ -7,14 +7,17 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
+from vaultkit.errors import ConfigurationError
 from vaultkit.passwords import PasswordPolicy
 from vaultkit.passwords.policy import (
     MAX_L33T_CHARACTERS,
     MAX_SCORED_LENGTH,
     derived_user_inputs,
+    place_postcode_tokens,
     scored_prefix,
 )
 
@@ -171,3 +174,83 @@ def test_threads_never_see_each_others_inputs() -> None:
     for t in threads:
         t.join()
     assert mismatches == []
+
+
+class TestContextWords:
+    def test_organisation_words_are_penalised(self) -> None:
+        """Passwords built on the insurer's own name and sector words lose the score they had."""
+        cases = ("Vivamedis2024!", "Mutualiteit2024", "Ziekenfonds#2025", "Zorgverzekeraar2024!")
+        words = ["Vivamedis", "ziekenfonds", "mutualiteit", "zorgverzekeraar"]
+        policy = PasswordPolicy(context_words=words)
+        before = [POLICY.check(p).score for p in cases]
+        after = [policy.check(p).score for p in cases]
+        assert all(b >= 3 for b in before), before
+        assert all(a < 3 for a in after), after
+        assert policy.check("correct horse battery staple").accepted
+
+    def test_combined_with_user_inputs(self) -> None:
+        """Context words and the user's own inputs are both penalised in one check."""
+        policy = PasswordPolicy(context_words=["Vivamedis"])
+        result = policy.check("vivamedisjanssens", user_inputs=["Janssens"])
+        assert not result.accepted
+        assert PasswordPolicy().check("vivamedisjanssens").score > result.score
+
+    def test_bad_context_words_are_refused(self) -> None:
+        """A single string, non-strings and more than the maximum are refused at construction."""
+        for bad in ("ziekenfonds", [1, 2], ["w"] * 1001):
+            with pytest.raises(ConfigurationError):
+                PasswordPolicy(context_words=bad)  # type: ignore[arg-type]
+        assert "context_words=<" in repr(PasswordPolicy(context_words=["Vivamedis"]))
+
+
+class TestPlacesWithPostalCodes:
+    # Each scores 3 or more with zxcvbn and the Dutch place list alone (before this rule).
+    WEAK = (
+        "Leuven3000!",
+        "Hasselt3500!",
+        "Brugge8000#",
+        "Utrecht3511AB",
+        "Amsterdam1012AB",
+        "3000Leuven!",
+    )
+
+    def test_place_and_own_postal_code_is_weak(self) -> None:
+        """A Belgian or Dutch place followed (or preceded) by its own postal code is rejected as weak."""
+        for password in self.WEAK:
+            result = POLICY.check(password)
+            assert not result.accepted and result.score < 3, (password, result.score)
+            assert "Avoid a place name with its postal code." in result.suggestions
+
+    def test_tokens(self) -> None:
+        """Tokens cover separators, accents, Dutch letters and the address order; another place's code does not count."""
+        assert place_postcode_tokens("Leuven3000") == ["leuven3000"]
+        assert place_postcode_tokens("Gent-9000") == ["gent-9000"]
+        assert place_postcode_tokens("xxLiège4000") == ["liège4000"]
+        assert place_postcode_tokens("Liege4000") == ["liege4000"]
+        assert "utrecht3511ab" in place_postcode_tokens("Utrecht3511AB")
+        assert place_postcode_tokens("3000 Leuven") == ["3000 leuven"]
+        assert place_postcode_tokens("Sint-Niklaas9100") == ["sint-niklaas9100"]
+        assert place_postcode_tokens("Leuven9000") == []  # 9000 is Gent's
+        assert place_postcode_tokens("Gentbrugge3000") == []
+        assert place_postcode_tokens("Leuven30") == []
+        assert place_postcode_tokens("3000") == []
+
+    def test_off_without_extra_dictionaries(self) -> None:
+        """Without the extra dictionaries no place list is consulted (the rule is part of them)."""
+        code = (
+            "from vaultkit.passwords import PasswordPolicy; "
+            "print(PasswordPolicy(extra_dictionaries=False).check('Leuven3000!').suggestions)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        assert "postal code" not in out
+
+
+def test_worst_case_stays_bounded_with_every_rule() -> None:
+    """Long place-and-code floods and l33t floods still get a verdict well under a second each."""
+    policy = PasswordPolicy(context_words=["Vivamedis", "ziekenfonds", "mutualiteit"])
+    for text in ("Leuven3000" * 1000, "3000 leuven " * 500, "4@8({[<3691!|" * 800, "9000gent" * 9):
+        start = time.perf_counter()
+        assert policy.check(text).verdict in ("accept", "reject")
+        assert time.perf_counter() - start < 2.0  # the benchmark measures the real figure
