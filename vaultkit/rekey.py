@@ -90,6 +90,9 @@ class RekeyReport:
     changed_meanwhile: int = 0
     left_changing: int = 0
     undecryptable: int = 0
+    #: Dry run only: values of a ``previous=`` column in the column's own domain, which only
+    #: decrypting can tell apart (the run re-encrypts those still in the previous binding).
+    unchecked: int = 0
     batches: int = 0
     ranges_total: int = 0
     ranges_done: int = 0
@@ -249,8 +252,10 @@ def _as_raw(value: Any) -> bytes | None:
 class _Classifier:
     """Decides why a stored value needs re-encryption, caching what the key store says per DEK."""
 
-    def __init__(self, vault: Vault) -> None:
+    def __init__(self, vault: Vault, *, decrypt: bool = True) -> None:
         self._vault = vault
+        #: False in a dry run: nothing is decrypted (an audited decrypt would write an event).
+        self._decrypt = decrypt
         self._deks: dict[bytes, tuple[DekState | None, str | None]] = {}
         #: Reasons by the first 20 bytes of a value, for columns without ``previous=``.
         self.by_header: dict[bytes, str | None] = {}
@@ -269,10 +274,13 @@ class _Classifier:
             known = (record.state, record.domain) if record is not None else (None, None)
             self._deks[dek_id] = known
         state, domain = known
-        if column_type.previous is not None and (
-            domain != column_type.domain or not column_type.is_current(value, row=row_key)
-        ):
-            return "moved"
+        if column_type.previous is not None:
+            if domain != column_type.domain:
+                return "moved"
+            if not self._decrypt:
+                return "unchecked"  # only decrypting tells the previous binding from the current
+            if not column_type.is_current(value, row=row_key):
+                return "moved"
         if state is DekState.RETIRED:
             return "retired"
         return None
@@ -332,10 +340,13 @@ def _targets(
 
 
 def _changes(
-    rows: Sequence[Any], targets: list[_Target], classify: _Classifier
+    rows: Sequence[Any], targets: list[_Target], classify: _Classifier, *, dry_run: bool = False
 ) -> tuple[list[_Change], int]:
     """The new values of ``rows``: one change per value that needs re-encryption; and how many
-    values could not be opened (left as they are; :func:`verify_table` reports them too)."""
+    values could not be opened (left as they are; :func:`verify_table` reports them too).
+
+    With ``dry_run`` the changes only carry their reason: nothing is decrypted or encrypted, so
+    no DEK, blind-index key or audit event comes into being."""
     changes: list[_Change] = []
     append = changes.append
     undecryptable = 0
@@ -396,6 +407,9 @@ def _changes(
                     reason = "index"  # missing, or under an older blind-index key version
                 elif reason == "plaintext" and not migrating:
                     undecryptable += 1  # plaintext in a strict column: left for a person
+                    continue
+                if dry_run:
+                    append(_Change(key, name, old, old, None, reason))
                     continue
                 plain = open_(old) if open_ is not None else ctype.decrypt_value(old, row=row_key)
             except DecryptionError:
@@ -536,6 +550,9 @@ def _count(report: RekeyReport, change: _Change) -> None:
     elif change.reason == "index":
         report.values_rewritten -= 1  # the value itself was not rewritten
         report.indexes_rebuilt += 1
+    elif change.reason == "unchecked":
+        report.values_rewritten -= 1  # a dry run cannot tell without decrypting
+        report.unchecked += 1
     else:
         report.moved += 1
 
@@ -704,7 +721,7 @@ def rekey_table(
         c.type.source: c for c in table.columns if isinstance(c.type, BlindIndexType)
     }  # source column name -> index column
     row_keys, selected = _selection(pk, encrypted, indexes)
-    classify = _Classifier(vault)
+    classify = _Classifier(vault, decrypt=not dry_run)
     actor = principal or Principal("vaultkit-rekey", grants=vault.domains)
     write = _write_postgresql if engine.dialect.name == "postgresql" else _write_each
     targets = _targets(engine.dialect, selected, encrypted, row_keys, indexes)
@@ -746,7 +763,7 @@ def rekey_table(
         def fetch(after: Any) -> tuple[Sequence[Any], list[_Change], int]:
             with engine.connect() as reader:
                 rows = reader.execute(batch(after)).all()
-            return (rows, *_changes(rows, targets, classify))
+            return (rows, *_changes(rows, targets, classify, dry_run=dry_run))
 
         ahead: Future[tuple[Sequence[Any], list[_Change], int]] | None = None
         while True:
@@ -770,7 +787,7 @@ def rekey_table(
                     conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 if executor is None:
                     rows = conn.execute(batch(last)).all()
-                    changes, bad = _changes(rows, targets, classify)
+                    changes, bad = _changes(rows, targets, classify, dry_run=dry_run)
                 if _after_read is not None:
                     _after_read(rows)
                 report.rows_scanned += len(rows)

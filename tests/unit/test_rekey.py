@@ -424,3 +424,119 @@ def test_workers_starting_together_create_and_cut_once(engine: sa.Engine, vault:
     for thread in threads:
         thread.join()
     assert results == [(5, 5)] * 6  # 30 rows in ranges of 7: 4 bounds, 5 ranges
+
+
+DRY_META = sa.MetaData()
+DRY = sa.Table(
+    "rk_dry",
+    DRY_META,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("uid", sa.Uuid, nullable=False),
+    sa.Column("email", Encrypted(sa.String(200), domain="identity", migrating=True)),
+    sa.Column("email_ix", BlindIndexType("email", normalize=str.lower)),
+    sa.Column("note", Encrypted(sa.Text, domain="medical", row_key="uid")),
+)
+AUDITED = [KeyDomain("identity"), KeyDomain("medical", restricted=True, audited=True)]
+
+
+class TestDryRunWritesNothing:
+    """``dry_run=True`` classifies from headers and the key store: no key, event, row or checkpoint."""
+
+    def test_key_store_audit_log_and_data_are_untouched(self, database_url: str) -> None:
+        """Legacy plaintext (no identity DEK nor index key yet) and medical values under a retired
+        DEK: a dry run counts them and every table of the one database stays byte for byte."""
+        from tests.integration._dbdump import dump_database
+
+        provider = InMemoryKeyProvider()
+        engine = sa.create_engine(database_url)
+        DRY_META.create_all(engine)
+        with Vault(provider=provider, store=database_url, domains=AUDITED) as app:
+            vaultkit.sqla.configure(app)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(
+                        sa.text("insert into rk_dry (id, uid, email) values (:id, :uid, :email)"),
+                        [
+                            {
+                                "id": i,
+                                "uid": uuid.UUID(int=i)
+                                if engine.dialect.name == "postgresql"
+                                else uuid.UUID(int=i).hex,
+                                "email": f"M{i}@X.be".encode(),
+                            }
+                            for i in range(1, 31)
+                        ],
+                    )
+                coach = vaultkit.Principal("coach", grants={"medical"})
+                with app.acting_as(coach, purpose="load"), engine.begin() as conn:
+                    for i in range(1, 31):
+                        conn.execute(
+                            DRY.update()
+                            .where(DRY.c.id == i)
+                            .values(note=f"note {i}", uid=uuid.UUID(int=i))
+                        )
+                for record in app.store.records(domain="medical"):
+                    if record.purpose == "data":
+                        app.retire_dek(record.dek_id)
+            finally:
+                vaultkit.sqla.configure(None)
+        before = dump_database(database_url)
+        assert "vaultkit_audit_events" in before and "vaultkit_data_keys" in before
+        with Vault(provider=provider, store=database_url, domains=AUDITED) as operator:
+            vaultkit.sqla.configure(operator)
+            try:
+                report = rekey_table(engine, DRY, vault=operator, dry_run=True, batch_size=7)
+            finally:
+                vaultkit.sqla.configure(None)
+        after = dump_database(database_url)
+        DRY_META.drop_all(engine)
+        engine.dispose()
+        assert (report.plaintext_encrypted, report.retired_reencrypted) == (30, 30)
+        assert report.rows_scanned == 30 and report.finished and report.dry_run
+        assert after == before
+
+    @pytest.mark.parametrize("what", ["domain", "binding"])
+    def test_moves_are_classified_without_decrypting(self, tmp_path: Any, what: str) -> None:
+        """A move to another domain is counted as moved from the DEK's domain alone; a move to a
+        row binding in the same audited domain, which only decrypting could tell, is counted as
+        unchecked; either way no audit event is written."""
+        if what == "domain":
+            old = Encrypted(sa.Text, domain="identity")
+            new = Encrypted(
+                sa.Text, domain="medical", previous=Encrypted(sa.Text, domain="identity")
+            )
+        else:
+            old = Encrypted(sa.Text, domain="medical")
+            new = Encrypted(
+                sa.Text,
+                domain="medical",
+                row_key="uid",
+                previous=Encrypted(sa.Text, domain="medical"),
+            )
+        before, during = moved_table(old, new)
+        url = f"sqlite:///{tmp_path / 'app.db'}"
+        engine = sa.create_engine(url)
+        before.create(engine)
+        with Vault(provider=InMemoryKeyProvider(), store=url, domains=AUDITED) as vault:
+            vaultkit.sqla.configure(vault)
+            try:
+                coach = vaultkit.Principal("coach", grants={"medical"})
+                with vault.acting_as(coach, purpose="load"), engine.begin() as conn:
+                    conn.execute(
+                        before.insert(),
+                        [
+                            {"id": i, "uid": uuid.UUID(int=i), "diagnosis": f"d{i}"}
+                            for i in range(40)
+                        ],
+                    )
+                log = vault.audit_log
+                assert log is not None
+                events = len(list(log.read()))
+                report = rekey_table(engine, during, vault=vault, dry_run=True, batch_size=15)
+                assert len(list(log.read())) == events
+            finally:
+                vaultkit.sqla.configure(None)
+        engine.dispose()
+        expected = (40, 0) if what == "domain" else (0, 40)
+        assert (report.moved, report.unchecked) == expected
+        assert report.values_rewritten == expected[0] and report.undecryptable == 0

@@ -57,7 +57,10 @@ def register(commands: Any) -> None:
         "--vault-name", default="default", help="the vault name the columns use (vault=...)"
     )
     rekey.add_argument(
-        "--dry-run", action="store_true", help="count what would change; write nothing"
+        "--dry-run",
+        action="store_true",
+        help="count what would change from the values' headers and the key store; decrypt, "
+        "encrypt and write nothing (no key, audit event or checkpoint)",
     )
     rekey.add_argument(
         "--verify",
@@ -172,6 +175,29 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+def _check_policies(args: argparse.Namespace) -> None:
+    """Refuse ``--store``/``--keyring`` for a key store that serves audited domains.
+
+    A keyring knows domain names, not policies: a vault built from it treats every domain as
+    neither restricted nor audited, so re-keying medical values would read and write them with
+    no audit event. The key store tells whether some vault audits its domains (it holds the audit
+    log's key); which ones only the configuration says.
+    """
+    if getattr(args, "config", None) is not None:
+        return
+    from vaultkit.cli.keys import _open
+
+    with _open(args) as vault:
+        audit_domains = sorted({r.domain for r in vault.store.records() if r.purpose == "audit"})
+    if audit_domains:
+        raise ConfigurationError(
+            f"the key store keeps an audit log (its key is in domain {audit_domains[0]}), so some "
+            "domains are audited, and --store/--keyring cannot tell which: give --config with the "
+            "application's vaultkit.toml (its [domains] say restricted and audited) so that the "
+            "re-key is audited"
+        )
+
+
 def _rekey(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
@@ -182,6 +208,7 @@ def _rekey(args: argparse.Namespace) -> int:
     if args.dry_run and args.workers != 1:
         raise ConfigurationError("--dry-run runs one worker")
     table = _load_table(args.model)
+    _check_policies(args)
     args.job = args.job or f"{table.name}:rekey"
     engine = sa.create_engine(args.data, hide_parameters=True)
     try:
@@ -287,7 +314,12 @@ def _summary(args: argparse.Namespace, reports: list[Any], elapsed: float) -> No
         f"(retried), left changing {total('left_changing'):,}, "
         f"not decryptable {total('undecryptable'):,}"
     )
-    if not args.dry_run:
+    if args.dry_run:
+        print(
+            "  dry run: nothing decrypted, encrypted or written; values of a previous= binding "
+            f"in their own domain, only told apart by decrypting: {total('unchecked'):,}"
+        )
+    else:
         finished = any(r.finished for r in reports)
         print(f"  job {'finished' if finished else 'not finished: run again to resume'}")
 
