@@ -12,6 +12,7 @@ __all__ = [
     "AudienceError",
     "AuditError",
     "ConfigurationError",
+    "ConflictError",
     "DecryptionError",
     "DomainError",
     "KeyNotFoundError",
@@ -35,6 +36,11 @@ class VaultkitError(Exception):
 
 class ConfigurationError(VaultkitError):
     """The vault, a provider or a key store is wired wrongly; raised at construction time."""
+
+
+class ConflictError(VaultkitError):
+    """The database kept aborting a transaction on a conflict with another one (deadlock,
+    serialization failure, lock timeout) through bounded retries; nothing of it was written."""
 
 
 class KeyProviderError(VaultkitError):

@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import datetime as dt
 import json
+import logging
 import os
+import random
 import re
 import socket
 import time
@@ -50,13 +53,14 @@ import sqlalchemy as sa
 from vaultkit._access import Principal, SealedValue
 from vaultkit._vault import Vault
 from vaultkit.core import wire
-from vaultkit.errors import ConfigurationError, DecryptionError
+from vaultkit.errors import ConfigurationError, ConflictError, DecryptionError
 from vaultkit.sqla.types import BlindIndexType, Encrypted, RowBound
 from vaultkit.store import DekState
 
 __all__ = [
     "CHECKPOINTS",
     "RANGES",
+    "ConflictRetry",
     "RekeyReport",
     "VerifyReport",
     "drop_job",
@@ -65,13 +69,47 @@ __all__ = [
     "verify_table",
 ]
 
+log = logging.getLogger("vaultkit.rekey")
+
 RANGES: Final = "vaultkit_rekey_ranges"
 CHECKPOINTS: Final = "vaultkit_rekey_checkpoints"
 #: Attempts at a value the application keeps changing, within one batch, before it is left
 #: for the next run (and counted in ``RekeyReport.left_changing``).
 CAS_ATTEMPTS: Final = 3
+#: Transactions the server aborts on a conflict with another transaction: retried.
+_CONFLICT_SQLSTATES: Final = {
+    "40P01": "deadlock detected",
+    "40001": "serialization failure",
+    "55P03": "lock not available (lock_timeout)",
+}
+_CONFLICT_MYSQL: Final = {1213: "deadlock", 1205: "lock wait timeout"}
 _MAGIC: Final = wire.MAGIC
 _UNKNOWN: Final = "unknown"
+
+
+@dataclass(frozen=True)
+class ConflictRetry:
+    """How often a batch the database aborted on a conflict is tried again.
+
+    Deadlocks (PostgreSQL SQLSTATE 40P01, MySQL/MariaDB error 1213), serialization failures
+    (40001) and lock timeouts (55P03, 1205) roll the batch's transaction back; the engine waits
+    ``min(max_delay, base_delay * 2**n)`` times a random factor from 0.5 to 1 after failure ``n``
+    (from 0), reads the batch again and redoes it, up to ``attempts`` tries in all; then it raises
+    :class:`~vaultkit.errors.ConflictError` (the batches before are committed: a new run resumes).
+    """
+
+    attempts: int = 6
+    base_delay: float = 0.05
+    max_delay: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay < 0 or self.max_delay < 0:
+            raise ConfigurationError("attempts must be at least 1 and delays not negative")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (from 0)."""
+        wait = min(self.max_delay, self.base_delay * 2.0**attempt)
+        return wait * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
 
 
 @dataclass
@@ -88,6 +126,8 @@ class RekeyReport:
     moved: int = 0
     indexes_rebuilt: int = 0
     changed_meanwhile: int = 0
+    #: Batches the database aborted on a conflict (deadlock, lock timeout) and that were redone.
+    conflicts_retried: int = 0
     left_changing: int = 0
     undecryptable: int = 0
     #: Dry run only: values of a ``previous=`` column in the column's own domain, which only
@@ -429,6 +469,20 @@ def _changes(
     return changes, undecryptable
 
 
+def _lock_statement(dialect: sa.Dialect, pk: sa.Column[Any]) -> sa.Select[Any] | None:
+    """``SELECT key ... WHERE key IN (:keys) ORDER BY key FOR UPDATE``; None on SQLite, which
+    locks the whole database for a writer instead of rows."""
+    if dialect.name == "sqlite":
+        return None
+    if dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        keys: Any = pk == sa.any_(sa.bindparam("keys", type_=ARRAY(pk.type)))
+    else:
+        keys = pk.in_(sa.bindparam("keys", expanding=True))
+    return sa.select(pk).where(keys).order_by(pk).with_for_update()
+
+
 def _write_each(
     conn: sa.Connection,
     table: sa.Table,
@@ -537,6 +591,31 @@ def _write_postgresql(
         key = result_row[0]
         written.update((key, name) for i, name in enumerate(names) if result_row[i + 1])
     return [c for c in changes if (c.pk, c.column) not in written]
+
+
+def _conflict(exc: BaseException) -> str | None:
+    """What a deadlock, serialization failure or lock timeout the server reported is called, or
+    None for any other error.
+
+    PostgreSQL says it by SQLSTATE (psycopg 3 ``sqlstate``, psycopg2 ``pgcode``), MySQL and
+    MariaDB by error number (the first argument of PyMySQL's and mysqlclient's errors); the error
+    comes wrapped by SQLAlchemy (``DBAPIError.orig``) or straight from the driver (the PostgreSQL
+    write path uses the driver's cursor).
+    """
+    error = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    if isinstance(code, str) and code in _CONFLICT_SQLSTATES:
+        return f"SQLSTATE {code}: {_CONFLICT_SQLSTATES[code]}"
+    args = getattr(error, "args", ())
+    if args and type(args[0]) is int and args[0] in _CONFLICT_MYSQL:
+        return f"error {args[0]}: {_CONFLICT_MYSQL[args[0]]}"
+    return None
+
+
+def _restore(report: RekeyReport, saved: RekeyReport) -> None:
+    """Put back the counts of an aborted transaction's batch (it is redone)."""
+    for item in dataclasses.fields(report):
+        setattr(report, item.name, getattr(saved, item.name))
 
 
 def _count(report: RekeyReport, change: _Change) -> None:
@@ -682,6 +761,7 @@ def rekey_table(
     progress: Callable[[RekeyReport], None] | None = None,
     worker: str | None = None,
     prefetch: bool = True,
+    retry: ConflictRetry | None = None,
     _after_read: Callable[[Sequence[Any]], None] | None = None,
 ) -> RekeyReport:
     """Re-encrypt the values of ``table``'s encrypted columns that need it; one worker's run.
@@ -707,13 +787,19 @@ def rekey_table(
         prefetch: on a database server, read and re-encrypt the next batch in a helper thread
             while this one is written (about 20% faster on PostgreSQL here; see
             docs/benchmarks.md). Ignored on SQLite.
+        retry: how a batch aborted by the database on a conflict (deadlock, serialization
+            failure, lock timeout) is retried; default :class:`ConflictRetry()`.
 
     Returns:
         A :class:`RekeyReport`.
+
+    Raises:
+        ConflictError: the database aborted one batch on a conflict at every attempt.
     """
     if batch_size < 1 or range_size < 1:
         raise ConfigurationError("batch_size and range_size must be at least 1")
     started = time.monotonic()
+    retry = retry or ConflictRetry()
     pk, encrypted = _plan(table, columns)
     job = job or f"{table.name}:rekey"
     report = RekeyReport(job=job, worker=worker or _worker_name(), dry_run=dry_run)
@@ -724,6 +810,7 @@ def rekey_table(
     classify = _Classifier(vault, decrypt=not dry_run)
     actor = principal or Principal("vaultkit-rekey", grants=vault.domains)
     write = _write_postgresql if engine.dialect.name == "postgresql" else _write_each
+    lock_rows = _lock_statement(engine.dialect, pk)
     targets = _targets(engine.dialect, selected, encrypted, row_keys, indexes)
     relaxed_commit = engine.dialect.name == "postgresql" and not dry_run
     # On a database server, the next batch is read and re-encrypted in a helper thread while
@@ -765,29 +852,20 @@ def rekey_table(
                 rows = reader.execute(batch(after)).all()
             return (rows, *_changes(rows, targets, classify, dry_run=dry_run))
 
-        ahead: Future[tuple[Sequence[Any], list[_Change], int]] | None = None
-        while True:
-            if max_batches is not None and report.batches >= max_batches:
-                return False
-            if executor is not None:
-                # Read and compute this batch in the helper thread (already started while the
-                # previous batch was written), then start on the next one while this is written.
-                if ahead is None:
-                    ahead = executor.submit(contextvars.copy_context().run, fetch, last)
-                rows, changes, bad = ahead.result()
-                ahead = None
-                last_batch = max_batches is not None and report.batches + 1 >= max_batches
-                if len(rows) == batch_size and not last_batch:
-                    after = getattr(rows[-1], pk.name)
-                    ahead = executor.submit(contextvars.copy_context().run, fetch, after)
+        def write_batch(
+            after: Any, prefetched: tuple[Sequence[Any], list[_Change], int] | None
+        ) -> tuple[Sequence[Any], bool]:
+            """One batch in one transaction (read unless prefetched, write, checkpoint)."""
             with engine.begin() as conn:
                 if relaxed_commit:
                     # Safe here: a batch's values and its checkpoint commit together, so losing
                     # the last commits in a server crash only means redoing those batches.
                     conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-                if executor is None:
-                    rows = conn.execute(batch(last)).all()
+                if prefetched is None:
+                    rows = conn.execute(batch(after)).all()
                     changes, bad = _changes(rows, targets, classify, dry_run=dry_run)
+                else:
+                    rows, changes, bad = prefetched
                 if _after_read is not None:
                     _after_read(rows)
                 report.rows_scanned += len(rows)
@@ -797,11 +875,64 @@ def rekey_table(
                         _count(report, change)
                 else:
                     _apply(conn, changes)
-                if rows:
-                    last = getattr(rows[-1], pk.name)
                 done = len(rows) < batch_size
                 if not dry_run:
-                    _save(conn, checkpoints, job, seq, last, done=done, worker=report.worker)
+                    position = getattr(rows[-1], pk.name) if rows else after
+                    _save(conn, checkpoints, job, seq, position, done=done, worker=report.worker)
+            return rows, done
+
+        ahead: Future[tuple[Sequence[Any], list[_Change], int]] | None = None
+        while True:
+            if max_batches is not None and report.batches >= max_batches:
+                return False
+            prefetched: tuple[Sequence[Any], list[_Change], int] | None = None
+            if executor is not None:
+                # Read and compute this batch in the helper thread (already started while the
+                # previous batch was written), then start on the next one while this is written.
+                if ahead is None:
+                    ahead = executor.submit(contextvars.copy_context().run, fetch, last)
+                prefetched = ahead.result()
+                ahead = None
+                rows = prefetched[0]
+                last_batch = max_batches is not None and report.batches + 1 >= max_batches
+                if len(rows) == batch_size and not last_batch:
+                    after = getattr(rows[-1], pk.name)
+                    ahead = executor.submit(contextvars.copy_context().run, fetch, after)
+            for attempt in range(retry.attempts):
+                counts = dataclasses.replace(report)  # restored if the database aborts the batch
+                try:
+                    rows, done = write_batch(last, prefetched)
+                    break
+                except Exception as exc:
+                    conflict = _conflict(exc)
+                    if conflict is None:
+                        raise
+                    _restore(report, counts)
+                    # Read the batch again inside the next transaction (what the application
+                    # committed meanwhile), and the batch after it too: its place may move.
+                    prefetched = None
+                    if ahead is not None:
+                        ahead.cancel()
+                        ahead = None
+                    if attempt == retry.attempts - 1:
+                        raise ConflictError(
+                            f"{table.name}: the database aborted a batch {retry.attempts} times "
+                            f"on a conflict ({conflict}); the batches before it are committed: "
+                            "run the same command again to resume"
+                        ) from None
+                    report.conflicts_retried += 1
+                    delay = retry.delay(attempt)
+                    log.warning(
+                        "%s: batch aborted by the database (%s); retry %d of %d in %.2f s",
+                        table.name,
+                        conflict,
+                        attempt + 1,
+                        retry.attempts - 1,
+                        delay,
+                    )
+                    time.sleep(delay)
+            if rows:
+                last = getattr(rows[-1], pk.name)
             report.batches += 1
             if progress is not None:
                 progress(report)
@@ -810,6 +941,11 @@ def rekey_table(
 
     def _apply(conn: sa.Connection, changes: list[_Change]) -> None:
         pending = changes
+        if changes and lock_rows is not None:
+            # Lock the rows to be written first, in key order: two transactions that each lock
+            # in key order cannot deadlock on these rows (an application that locks them in
+            # another order still can; the batch is then retried).
+            conn.execute(lock_rows, {"keys": sorted({c.pk for c in changes})}).all()
         for attempt in range(CAS_ATTEMPTS):
             missed = write(conn, table, pk, indexes, pending) if pending else []
             missed_ids = {id(c) for c in missed}
