@@ -22,6 +22,7 @@ __all__ = [
     "PasswordMismatchError",
     "QueryError",
     "UnsupportedFormatError",
+    "VaultkitDeprecationWarning",
     "VaultkitError",
     "WeakPasswordError",
 ]
@@ -109,3 +110,11 @@ class WeakPasswordError(PasswordError):
 
 class PasswordMismatchError(PasswordError):
     """A password did not match the stored hash."""
+
+
+class VaultkitDeprecationWarning(UserWarning):
+    """A vaultkit name or default that goes away in the release its message names.
+
+    A ``UserWarning``, not a ``DeprecationWarning``, so that it is shown by default (as pyca's
+    ``CryptographyDeprecationWarning``).
+    """

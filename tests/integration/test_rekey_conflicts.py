@@ -253,7 +253,7 @@ def test_a_conflict_that_outlasts_the_retries_exits_8_with_one_line(
     monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(os.urandom(32)).decode())
     monkeypatch.chdir(tmp_path)
     keyring = tmp_path / "keyring.json"
-    LocalKeyProvider(keyring, create=True).primary("identity")
+    LocalKeyProvider(keyring, create_keys=True).primary("identity")
     module = f"rk_conflict_model_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{module}.py").write_text(MODEL)
     if backend == "postgres":

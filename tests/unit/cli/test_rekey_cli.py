@@ -182,7 +182,7 @@ class Audited:
         self.url = url
         self.store = f"sqlite:///{tmp_path / 'keys.db'}" if url.startswith("sqlite") else url
         self.keyring = tmp_path / "keyring.json"
-        provider = LocalKeyProvider(self.keyring, create=True)
+        provider = LocalKeyProvider(self.keyring, create_keys=True)
         provider.primary("identity")
         provider.primary("medical")
         self.config = tmp_path / "vaultkit.toml"
