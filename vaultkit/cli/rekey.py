@@ -3,8 +3,10 @@
 Exit codes: 0 the job is finished and nothing was left behind (and, with ``--verify``, every value
 opens under its column's current type and no value names a retired DEK); 7 the run ended but
 values are left for another run (changed by the application at every attempt, not decryptable)
-or verification found problems; 3 configuration errors; 4/5 key provider or key store errors;
-130 interrupted (the checkpoints keep the place: run the same command again).
+or verification found problems; 2 usage; 3 configuration errors (among them ``--store`` and
+``--keyring`` for a key store with an audit log); 4/5 key provider or key store errors; 8 the data
+database aborted one batch on a conflict at every retry (deadlock, serialization failure, lock
+timeout); 130 interrupted (the checkpoints keep the place: run the same command again).
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ def register(commands: Any) -> None:
             "legacy plaintext (columns in migration mode), under retired DEKs, in an old wire "
             "format, or still encrypted as the column's previous= type says; fills their blind "
             "indexes in the same pass. Resumable: run the same command again after a crash. "
+            "Give --config (the application's vaultkit.toml) so that restricted and audited "
+            "domains are re-keyed under their policy. "
             "Exit codes: 0 done and clean, 7 values left for another run or --verify found "
-            "problems, 3 configuration, 4 key provider, 5 key store, 130 interrupted."
+            "problems, 2 usage, 3 configuration, 4 key provider, 5 key store, 8 the database "
+            "kept aborting a batch on a conflict (deadlock, lock timeout), 130 interrupted."
         ),
     )
     _store_options(rekey)
@@ -312,12 +317,14 @@ def _summary(args: argparse.Namespace, reports: list[Any], elapsed: float) -> No
     print(
         f"  changed by the application meanwhile {total('changed_meanwhile'):,} "
         f"(retried), left changing {total('left_changing'):,}, "
-        f"not decryptable {total('undecryptable'):,}"
+        f"not decryptable {total('undecryptable'):,}; "
+        f"batches aborted by the database and redone (conflicts retried) "
+        f"{total('conflicts_retried'):,}"
     )
     if args.dry_run:
         print(
-            "  dry run: nothing decrypted, encrypted or written; values of a previous= binding "
-            f"in their own domain, only told apart by decrypting: {total('unchecked'):,}"
+            "  dry run: nothing decrypted, encrypted or written; unchecked (a previous= binding "
+            f"in the column's own domain, told apart only by decrypting) {total('unchecked'):,}"
         )
     else:
         finished = any(r.finished for r in reports)
