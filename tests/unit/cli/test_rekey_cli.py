@@ -6,6 +6,7 @@ import base64
 import os
 import re
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -317,3 +318,104 @@ class TestAuditedDomains:
         if not audited.url.startswith("mysql"):  # MariaDB: item 2 of issue 13 (DATETIME(6))
             with Vault.from_config(audited.config) as vault:
                 assert vault.audit_log is not None and vault.audit_log.verify().ok
+
+
+class TestExitCodes:
+    """Each exit code docs/operations.md lists for `vaultkit rekey`, driven for real (0 and 7 above;
+    8, a conflict outlasting the retries, in tests/integration/test_rekey_conflicts.py)."""
+
+    def test_2_usage(self, setup: tuple[list[str], str]) -> None:
+        """A missing --model is argparse's usage error, exit code 2."""
+        options, _module = setup
+        with pytest.raises(SystemExit) as stopped:
+            main(["rekey", *options])
+        assert stopped.value.code == 2
+
+    def test_3_configuration(
+        self, setup: tuple[list[str], str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A column that is not encrypted is a configuration error, exit code 3, in one line."""
+        options, module = setup
+        assert main(["rekey", *options, "--model", f"{module}:MEMBERS", "--column", "id"]) == 3
+        err = capsys.readouterr().err
+        assert err.startswith("vaultkit: ConfigurationError: ") and err.count("\n") == 1
+
+    def test_4_key_provider(
+        self,
+        setup: tuple[list[str], str],
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Another master key than the keyring's is a key-provider error, exit code 4."""
+        options, module = setup
+        monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(os.urandom(32)).decode())
+        assert main(["rekey", *options, "--model", f"{module}:MEMBERS"]) == 4
+        assert "KeyProviderError" in capsys.readouterr().err
+
+    def test_5_key_store(
+        self, setup: tuple[list[str], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A key store that cannot be opened is a key-store error, exit code 5."""
+        options, module = setup
+        at = options.index("--store") + 1
+        broken = [*options[:at], f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"]
+        broken += options[at + 1 :]
+        assert main(["rekey", *broken, "--model", f"{module}:MEMBERS"]) == 5
+        assert "KeyStoreError" in capsys.readouterr().err
+
+    @pytest.mark.slow
+    def test_130_interrupted_then_resumed(
+        self, setup: tuple[list[str], str], tmp_path: Path
+    ) -> None:
+        """SIGINT during a run exits 130 with one line; the same command then resumes and
+        finishes (exit code 0)."""
+        import signal
+        import subprocess
+        import sys
+
+        options, module = setup
+        data = options[options.index("--data") + 1]
+        engine = sa.create_engine(data)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("insert into cli_members (id, email) values (:id, :email)"),
+                [{"id": i, "email": f"More{i}@X.be".encode()} for i in range(250, 5_000)],
+            )
+        engine.dispose()
+        command = [
+            sys.executable,
+            "-m",
+            "vaultkit",
+            "rekey",
+            *options,
+            "--model",
+            f"{module}:MEMBERS",
+            "--batch-size",
+            "20",
+        ]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+        run = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        checkpoints = sa.create_engine(data)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # wait for the first committed batches
+                with checkpoints.connect() as conn:
+                    if (
+                        sa.inspect(conn).has_table("vaultkit_rekey_checkpoints")
+                        and conn.execute(
+                            sa.text("select count(*) from vaultkit_rekey_checkpoints")
+                        ).scalar_one()
+                    ):
+                        break
+                time.sleep(0.05)
+            run.send_signal(signal.SIGINT)
+            _, err = run.communicate(timeout=60)
+        finally:
+            checkpoints.dispose()
+            if run.poll() is None:
+                run.kill()
+        assert run.returncode == 130, err
+        assert err.strip() == "vaultkit: interrupted"
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert "job finished" in again.stdout
