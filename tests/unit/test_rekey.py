@@ -540,3 +540,44 @@ class TestDryRunWritesNothing:
         expected = (40, 0) if what == "domain" else (0, 40)
         assert (report.moved, report.unchecked) == expected
         assert report.values_rewritten == expected[0] and report.undecryptable == 0
+
+
+class TestKeyOrderLocks:
+    """The rows a batch writes are locked first, in key order, for every kind of key."""
+
+    @pytest.mark.parametrize("key", ["uuid", "string"])
+    def test_uuid_and_string_keys(self, database_url: str, vault: Vault, key: str) -> None:
+        """A table keyed by UUID or by string is re-keyed through the key-order lock."""
+        key_type: Any = sa.Uuid if key == "uuid" else sa.String(40)
+        table = sa.Table(
+            f"rk_keys_{key}",
+            sa.MetaData(),
+            sa.Column("id", key_type, primary_key=True),
+            sa.Column("email", Encrypted(sa.String(200), domain="identity", migrating=True)),
+        )
+        engine = sa.create_engine(database_url)
+        table.create(engine)
+        keys = [uuid.UUID(int=i) if key == "uuid" else f"member-{i:03d}" for i in range(30)]
+        raw = sa.Table(
+            table.name,
+            sa.MetaData(),
+            sa.Column("id", key_type, primary_key=True),
+            sa.Column("email", sa.LargeBinary),
+        )
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    raw.insert(),
+                    [{"id": k, "email": f"M{i}@X.be".encode()} for i, k in enumerate(keys)],
+                )
+            report = rekey_table(engine, table, vault=vault, batch_size=7)
+            assert report.plaintext_encrypted == 30 and report.complete
+            with engine.connect() as conn:
+                assert count_plaintext(conn, table.c.email) == 0
+                found = dict(conn.execute(sa.select(table.c.id, table.c.email)).all())
+            assert found == {k: f"M{i}@X.be" for i, k in enumerate(keys)}
+        finally:
+            table.drop(engine)
+            for name in ("vaultkit_rekey_checkpoints", "vaultkit_rekey_ranges"):
+                sa.Table(name, sa.MetaData()).drop(engine, checkfirst=True)
+            engine.dispose()
