@@ -318,7 +318,9 @@ class _Classifier:
             if domain != column_type.domain:
                 return "moved"
             if not self._decrypt:
-                return "unchecked"  # only decrypting tells the previous binding from the current
+                # Only decrypting tells the previous binding from the current one; a value under
+                # a retired DEK is re-encrypted either way.
+                return "retired" if state is DekState.RETIRED else "unchecked"
             if not column_type.is_current(value, row=row_key):
                 return "moved"
         if state is DekState.RETIRED:

@@ -495,11 +495,12 @@ class TestDryRunWritesNothing:
         assert report.rows_scanned == 30 and report.finished and report.dry_run
         assert after == before
 
-    @pytest.mark.parametrize("what", ["domain", "binding"])
+    @pytest.mark.parametrize("what", ["domain", "binding", "binding, retired DEK"])
     def test_moves_are_classified_without_decrypting(self, tmp_path: Any, what: str) -> None:
         """A move to another domain is counted as moved from the DEK's domain alone; a move to a
         row binding in the same audited domain, which only decrypting could tell, is counted as
-        unchecked; either way no audit event is written."""
+        unchecked, unless its DEK is retired (re-encrypted either way); no audit event is
+        written."""
         if what == "domain":
             old = Encrypted(sa.Text, domain="identity")
             new = Encrypted(
@@ -529,6 +530,10 @@ class TestDryRunWritesNothing:
                             for i in range(40)
                         ],
                     )
+                if what == "binding, retired DEK":
+                    for record in vault.store.records(domain="medical"):
+                        if record.purpose == "data":
+                            vault.retire_dek(record.dek_id)
                 log = vault.audit_log
                 assert log is not None
                 events = len(list(log.read()))
@@ -537,9 +542,9 @@ class TestDryRunWritesNothing:
             finally:
                 vaultkit.sqla.configure(None)
         engine.dispose()
-        expected = (40, 0) if what == "domain" else (0, 40)
-        assert (report.moved, report.unchecked) == expected
-        assert report.values_rewritten == expected[0] and report.undecryptable == 0
+        expected = {"domain": (40, 0, 0), "binding": (0, 40, 0), "binding, retired DEK": (0, 0, 40)}
+        assert (report.moved, report.unchecked, report.retired_reencrypted) == expected[what]
+        assert report.values_rewritten == 40 - report.unchecked and report.undecryptable == 0
 
 
 class TestKeyOrderLocks:
