@@ -27,8 +27,9 @@ its own HSM token or KMS account with credentials of its own::
 Environment variables ``VAULTKIT__<TABLE>__<KEY>`` (double underscores, any case) override or add
 values: ``VAULTKIT__PROVIDERS__MEDICAL_HSM__TOKEN_LABEL=medical-2`` (``_`` in a name matches ``-``
 or ``_``). Secrets are refused in the file and in these variables: give the *name* of the
-variable that holds them (``pin_env``, ``token_env``, ``master_key_env``). docs/providers.md has
-an example for each provider type.
+variable that holds them (``pin_env``, ``token_env``, ``master_key_env``). No provider creates a
+key unless its table says ``create_keys = true`` (the same key for every type; the default is
+false). docs/providers.md has an example for each provider type.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tomllib
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from vaultkit.errors import ConfigurationError
+from vaultkit.errors import ConfigurationError, VaultkitDeprecationWarning
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider
 
@@ -160,22 +162,46 @@ def _secret_from_env(
     return value
 
 
+def _create_keys(settings: dict[str, Any], what: str) -> bool:
+    """``create_keys`` of a provider table (popped): false unless the file says true.
+
+    A configuration file describes a deployment, and a deployment's keys are made on purpose
+    (``vaultkit keys init``, the HSM's or KMS's own tools), never as a side effect of starting a
+    process against a wrong path, token or account.
+    """
+    value = settings.pop("create_keys", None)
+    if "create" in settings:
+        old = settings.pop("create")
+        warnings.warn(
+            f"{what}: the key create is now create_keys, the name every provider type uses; "
+            "create will be removed in vaultkit 0.2.0",
+            VaultkitDeprecationWarning,
+            stacklevel=2,
+        )
+        value = old if value is None else value
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{what}: create_keys must be true or false")
+    return value
+
+
 def _local(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyProvider:
     from vaultkit.keys.local import MASTER_KEY_ENV, LocalKeyProvider, _decode_master_key
 
     path = settings.pop("path", None)
     if not path:
         raise ConfigurationError(f"{what}: a local provider needs path = the keyring file")
-    create = bool(settings.pop("create", False))
+    create = _create_keys(settings, what)
     passphrase = _secret_from_env(settings, "passphrase", None, env, what)
     if passphrase is not None:
-        return LocalKeyProvider(path, passphrase=passphrase, create=create)
+        return LocalKeyProvider(path, passphrase=passphrase, create_keys=create)
     key_env = str(settings.get("master_key_env", MASTER_KEY_ENV))
     text = _secret_from_env(settings, "master_key", MASTER_KEY_ENV, env, f"{what} (master key)")
     if text is None:  # pragma: no cover - a default variable name yields a value or raises
         raise ConfigurationError(f"{what}: no master key")
     return LocalKeyProvider(
-        path, master_key=_decode_master_key(text, source=key_env), create=create
+        path, master_key=_decode_master_key(text, source=key_env), create_keys=create
     )
 
 
@@ -187,7 +213,10 @@ def _pkcs11(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyP
     label = settings.pop("token_label", None)
     if not library or not label:
         raise ConfigurationError(f"{what}: a pkcs11 provider needs library and token_label")
-    return PKCS11KeyProvider(str(library), token_label=str(label), pin=pin, **settings)
+    create = _create_keys(settings, what)
+    return PKCS11KeyProvider(
+        str(library), token_label=str(label), pin=pin, create_keys=create, **settings
+    )
 
 
 def _transit(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyProvider:
@@ -197,13 +226,14 @@ def _transit(settings: dict[str, Any], env: Mapping[str, str], what: str) -> Key
     url = settings.pop("url", None)
     if not url:
         raise ConfigurationError(f"{what}: a transit provider needs url")
-    return VaultTransitKeyProvider(str(url), token=token, **settings)
+    create = _create_keys(settings, what)
+    return VaultTransitKeyProvider(str(url), token=token, create_keys=create, **settings)
 
 
 def _aws(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyProvider:
     from vaultkit.keys.aws import AWSKMSKeyProvider
 
-    return AWSKMSKeyProvider(**settings)
+    return AWSKMSKeyProvider(create_keys=_create_keys(settings, what), **settings)
 
 
 _BUILDERS: Final[dict[str, Callable[[dict[str, Any], Mapping[str, str], str], KeyProvider]]] = {

@@ -12,6 +12,7 @@ __all__ = [
     "AudienceError",
     "AuditError",
     "ConfigurationError",
+    "ConflictError",
     "DecryptionError",
     "DomainError",
     "KeyNotFoundError",
@@ -21,6 +22,7 @@ __all__ = [
     "PasswordMismatchError",
     "QueryError",
     "UnsupportedFormatError",
+    "VaultkitDeprecationWarning",
     "VaultkitError",
     "WeakPasswordError",
 ]
@@ -35,6 +37,11 @@ class VaultkitError(Exception):
 
 class ConfigurationError(VaultkitError):
     """The vault, a provider or a key store is wired wrongly; raised at construction time."""
+
+
+class ConflictError(VaultkitError):
+    """The database kept aborting a transaction on a conflict with another one (deadlock,
+    serialization failure, lock timeout) through bounded retries; nothing of it was written."""
 
 
 class KeyProviderError(VaultkitError):
@@ -103,3 +110,11 @@ class WeakPasswordError(PasswordError):
 
 class PasswordMismatchError(PasswordError):
     """A password did not match the stored hash."""
+
+
+class VaultkitDeprecationWarning(UserWarning):
+    """A vaultkit name or default that goes away in the release its message names.
+
+    A ``UserWarning``, not a ``DeprecationWarning``, so that it is shown by default (as pyca's
+    ``CryptographyDeprecationWarning``).
+    """

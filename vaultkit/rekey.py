@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import datetime as dt
 import json
+import logging
 import os
+import random
 import re
 import socket
 import time
@@ -50,13 +53,14 @@ import sqlalchemy as sa
 from vaultkit._access import Principal, SealedValue
 from vaultkit._vault import Vault
 from vaultkit.core import wire
-from vaultkit.errors import ConfigurationError, DecryptionError
+from vaultkit.errors import ConfigurationError, ConflictError, DecryptionError
 from vaultkit.sqla.types import BlindIndexType, Encrypted, RowBound
 from vaultkit.store import DekState
 
 __all__ = [
     "CHECKPOINTS",
     "RANGES",
+    "ConflictRetry",
     "RekeyReport",
     "VerifyReport",
     "drop_job",
@@ -65,13 +69,47 @@ __all__ = [
     "verify_table",
 ]
 
+log = logging.getLogger("vaultkit.rekey")
+
 RANGES: Final = "vaultkit_rekey_ranges"
 CHECKPOINTS: Final = "vaultkit_rekey_checkpoints"
 #: Attempts at a value the application keeps changing, within one batch, before it is left
 #: for the next run (and counted in ``RekeyReport.left_changing``).
 CAS_ATTEMPTS: Final = 3
+#: Transactions the server aborts on a conflict with another transaction: retried.
+_CONFLICT_SQLSTATES: Final = {
+    "40P01": "deadlock detected",
+    "40001": "serialization failure",
+    "55P03": "lock not available (lock_timeout)",
+}
+_CONFLICT_MYSQL: Final = {1213: "deadlock", 1205: "lock wait timeout"}
 _MAGIC: Final = wire.MAGIC
 _UNKNOWN: Final = "unknown"
+
+
+@dataclass(frozen=True)
+class ConflictRetry:
+    """How often a batch the database aborted on a conflict is tried again.
+
+    Deadlocks (PostgreSQL SQLSTATE 40P01, MySQL/MariaDB error 1213), serialization failures
+    (40001) and lock timeouts (55P03, 1205) roll the batch's transaction back; the engine waits
+    ``min(max_delay, base_delay * 2**n)`` times a random factor from 0.5 to 1 after failure ``n``
+    (from 0), reads the batch again and redoes it, up to ``attempts`` tries in all; then it raises
+    :class:`~vaultkit.errors.ConflictError` (the batches before are committed: a new run resumes).
+    """
+
+    attempts: int = 6
+    base_delay: float = 0.05
+    max_delay: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay < 0 or self.max_delay < 0:
+            raise ConfigurationError("attempts must be at least 1 and delays not negative")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (from 0)."""
+        wait = min(self.max_delay, self.base_delay * 2.0**attempt)
+        return wait * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
 
 
 @dataclass
@@ -88,8 +126,13 @@ class RekeyReport:
     moved: int = 0
     indexes_rebuilt: int = 0
     changed_meanwhile: int = 0
+    #: Batches the database aborted on a conflict (deadlock, lock timeout) and that were redone.
+    conflicts_retried: int = 0
     left_changing: int = 0
     undecryptable: int = 0
+    #: Dry run only: values of a ``previous=`` column in the column's own domain, which only
+    #: decrypting can tell apart (the run re-encrypts those still in the previous binding).
+    unchecked: int = 0
     batches: int = 0
     ranges_total: int = 0
     ranges_done: int = 0
@@ -249,8 +292,10 @@ def _as_raw(value: Any) -> bytes | None:
 class _Classifier:
     """Decides why a stored value needs re-encryption, caching what the key store says per DEK."""
 
-    def __init__(self, vault: Vault) -> None:
+    def __init__(self, vault: Vault, *, decrypt: bool = True) -> None:
         self._vault = vault
+        #: False in a dry run: nothing is decrypted (an audited decrypt would write an event).
+        self._decrypt = decrypt
         self._deks: dict[bytes, tuple[DekState | None, str | None]] = {}
         #: Reasons by the first 20 bytes of a value, for columns without ``previous=``.
         self.by_header: dict[bytes, str | None] = {}
@@ -269,10 +314,15 @@ class _Classifier:
             known = (record.state, record.domain) if record is not None else (None, None)
             self._deks[dek_id] = known
         state, domain = known
-        if column_type.previous is not None and (
-            domain != column_type.domain or not column_type.is_current(value, row=row_key)
-        ):
-            return "moved"
+        if column_type.previous is not None:
+            if domain != column_type.domain:
+                return "moved"
+            if not self._decrypt:
+                # Only decrypting tells the previous binding from the current one; a value under
+                # a retired DEK is re-encrypted either way.
+                return "retired" if state is DekState.RETIRED else "unchecked"
+            if not column_type.is_current(value, row=row_key):
+                return "moved"
         if state is DekState.RETIRED:
             return "retired"
         return None
@@ -332,10 +382,13 @@ def _targets(
 
 
 def _changes(
-    rows: Sequence[Any], targets: list[_Target], classify: _Classifier
+    rows: Sequence[Any], targets: list[_Target], classify: _Classifier, *, dry_run: bool = False
 ) -> tuple[list[_Change], int]:
     """The new values of ``rows``: one change per value that needs re-encryption; and how many
-    values could not be opened (left as they are; :func:`verify_table` reports them too)."""
+    values could not be opened (left as they are; :func:`verify_table` reports them too).
+
+    With ``dry_run`` the changes only carry their reason: nothing is decrypted or encrypted, so
+    no DEK, blind-index key or audit event comes into being."""
     changes: list[_Change] = []
     append = changes.append
     undecryptable = 0
@@ -397,6 +450,9 @@ def _changes(
                 elif reason == "plaintext" and not migrating:
                     undecryptable += 1  # plaintext in a strict column: left for a person
                     continue
+                if dry_run:
+                    append(_Change(key, name, old, old, None, reason))
+                    continue
                 plain = open_(old) if open_ is not None else ctype.decrypt_value(old, row=row_key)
             except DecryptionError:
                 undecryptable += 1
@@ -413,6 +469,20 @@ def _changes(
                 _Change(key, name, old, new, digest(plain) if digest is not None else None, reason)
             )
     return changes, undecryptable
+
+
+def _lock_statement(dialect: sa.Dialect, pk: sa.Column[Any]) -> sa.Select[Any] | None:
+    """``SELECT key ... WHERE key IN (:keys) ORDER BY key FOR UPDATE``; None on SQLite, which
+    locks the whole database for a writer instead of rows."""
+    if dialect.name == "sqlite":
+        return None
+    if dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        keys: Any = pk == sa.any_(sa.bindparam("keys", type_=ARRAY(pk.type)))
+    else:
+        keys = pk.in_(sa.bindparam("keys", expanding=True))
+    return sa.select(pk).where(keys).order_by(pk).with_for_update()
 
 
 def _write_each(
@@ -525,6 +595,31 @@ def _write_postgresql(
     return [c for c in changes if (c.pk, c.column) not in written]
 
 
+def _conflict(exc: BaseException) -> str | None:
+    """What a deadlock, serialization failure or lock timeout the server reported is called, or
+    None for any other error.
+
+    PostgreSQL says it by SQLSTATE (psycopg 3 ``sqlstate``, psycopg2 ``pgcode``), MySQL and
+    MariaDB by error number (the first argument of PyMySQL's and mysqlclient's errors); the error
+    comes wrapped by SQLAlchemy (``DBAPIError.orig``) or straight from the driver (the PostgreSQL
+    write path uses the driver's cursor).
+    """
+    error = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    if isinstance(code, str) and code in _CONFLICT_SQLSTATES:
+        return f"SQLSTATE {code}: {_CONFLICT_SQLSTATES[code]}"
+    args = getattr(error, "args", ())
+    if args and type(args[0]) is int and args[0] in _CONFLICT_MYSQL:
+        return f"error {args[0]}: {_CONFLICT_MYSQL[args[0]]}"
+    return None
+
+
+def _restore(report: RekeyReport, saved: RekeyReport) -> None:
+    """Put back the counts of an aborted transaction's batch (it is redone)."""
+    for item in dataclasses.fields(report):
+        setattr(report, item.name, getattr(saved, item.name))
+
+
 def _count(report: RekeyReport, change: _Change) -> None:
     report.values_rewritten += 1
     if change.reason == "plaintext":
@@ -536,6 +631,9 @@ def _count(report: RekeyReport, change: _Change) -> None:
     elif change.reason == "index":
         report.values_rewritten -= 1  # the value itself was not rewritten
         report.indexes_rebuilt += 1
+    elif change.reason == "unchecked":
+        report.values_rewritten -= 1  # a dry run cannot tell without decrypting
+        report.unchecked += 1
     else:
         report.moved += 1
 
@@ -665,6 +763,7 @@ def rekey_table(
     progress: Callable[[RekeyReport], None] | None = None,
     worker: str | None = None,
     prefetch: bool = True,
+    retry: ConflictRetry | None = None,
     _after_read: Callable[[Sequence[Any]], None] | None = None,
 ) -> RekeyReport:
     """Re-encrypt the values of ``table``'s encrypted columns that need it; one worker's run.
@@ -690,13 +789,19 @@ def rekey_table(
         prefetch: on a database server, read and re-encrypt the next batch in a helper thread
             while this one is written (about 20% faster on PostgreSQL here; see
             docs/benchmarks.md). Ignored on SQLite.
+        retry: how a batch aborted by the database on a conflict (deadlock, serialization
+            failure, lock timeout) is retried; default :class:`ConflictRetry()`.
 
     Returns:
         A :class:`RekeyReport`.
+
+    Raises:
+        ConflictError: the database aborted one batch on a conflict at every attempt.
     """
     if batch_size < 1 or range_size < 1:
         raise ConfigurationError("batch_size and range_size must be at least 1")
     started = time.monotonic()
+    retry = retry or ConflictRetry()
     pk, encrypted = _plan(table, columns)
     job = job or f"{table.name}:rekey"
     report = RekeyReport(job=job, worker=worker or _worker_name(), dry_run=dry_run)
@@ -704,9 +809,10 @@ def rekey_table(
         c.type.source: c for c in table.columns if isinstance(c.type, BlindIndexType)
     }  # source column name -> index column
     row_keys, selected = _selection(pk, encrypted, indexes)
-    classify = _Classifier(vault)
+    classify = _Classifier(vault, decrypt=not dry_run)
     actor = principal or Principal("vaultkit-rekey", grants=vault.domains)
     write = _write_postgresql if engine.dialect.name == "postgresql" else _write_each
+    lock_rows = _lock_statement(engine.dialect, pk)
     targets = _targets(engine.dialect, selected, encrypted, row_keys, indexes)
     relaxed_commit = engine.dialect.name == "postgresql" and not dry_run
     # On a database server, the next batch is read and re-encrypted in a helper thread while
@@ -746,31 +852,22 @@ def rekey_table(
         def fetch(after: Any) -> tuple[Sequence[Any], list[_Change], int]:
             with engine.connect() as reader:
                 rows = reader.execute(batch(after)).all()
-            return (rows, *_changes(rows, targets, classify))
+            return (rows, *_changes(rows, targets, classify, dry_run=dry_run))
 
-        ahead: Future[tuple[Sequence[Any], list[_Change], int]] | None = None
-        while True:
-            if max_batches is not None and report.batches >= max_batches:
-                return False
-            if executor is not None:
-                # Read and compute this batch in the helper thread (already started while the
-                # previous batch was written), then start on the next one while this is written.
-                if ahead is None:
-                    ahead = executor.submit(contextvars.copy_context().run, fetch, last)
-                rows, changes, bad = ahead.result()
-                ahead = None
-                last_batch = max_batches is not None and report.batches + 1 >= max_batches
-                if len(rows) == batch_size and not last_batch:
-                    after = getattr(rows[-1], pk.name)
-                    ahead = executor.submit(contextvars.copy_context().run, fetch, after)
+        def write_batch(
+            after: Any, prefetched: tuple[Sequence[Any], list[_Change], int] | None
+        ) -> tuple[Sequence[Any], bool]:
+            """One batch in one transaction (read unless prefetched, write, checkpoint)."""
             with engine.begin() as conn:
                 if relaxed_commit:
                     # Safe here: a batch's values and its checkpoint commit together, so losing
                     # the last commits in a server crash only means redoing those batches.
                     conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-                if executor is None:
-                    rows = conn.execute(batch(last)).all()
-                    changes, bad = _changes(rows, targets, classify)
+                if prefetched is None:
+                    rows = conn.execute(batch(after)).all()
+                    changes, bad = _changes(rows, targets, classify, dry_run=dry_run)
+                else:
+                    rows, changes, bad = prefetched
                 if _after_read is not None:
                     _after_read(rows)
                 report.rows_scanned += len(rows)
@@ -780,11 +877,64 @@ def rekey_table(
                         _count(report, change)
                 else:
                     _apply(conn, changes)
-                if rows:
-                    last = getattr(rows[-1], pk.name)
                 done = len(rows) < batch_size
                 if not dry_run:
-                    _save(conn, checkpoints, job, seq, last, done=done, worker=report.worker)
+                    position = getattr(rows[-1], pk.name) if rows else after
+                    _save(conn, checkpoints, job, seq, position, done=done, worker=report.worker)
+            return rows, done
+
+        ahead: Future[tuple[Sequence[Any], list[_Change], int]] | None = None
+        while True:
+            if max_batches is not None and report.batches >= max_batches:
+                return False
+            prefetched: tuple[Sequence[Any], list[_Change], int] | None = None
+            if executor is not None:
+                # Read and compute this batch in the helper thread (already started while the
+                # previous batch was written), then start on the next one while this is written.
+                if ahead is None:
+                    ahead = executor.submit(contextvars.copy_context().run, fetch, last)
+                prefetched = ahead.result()
+                ahead = None
+                rows = prefetched[0]
+                last_batch = max_batches is not None and report.batches + 1 >= max_batches
+                if len(rows) == batch_size and not last_batch:
+                    after = getattr(rows[-1], pk.name)
+                    ahead = executor.submit(contextvars.copy_context().run, fetch, after)
+            for attempt in range(retry.attempts):
+                counts = dataclasses.replace(report)  # restored if the database aborts the batch
+                try:
+                    rows, done = write_batch(last, prefetched)
+                    break
+                except Exception as exc:
+                    conflict = _conflict(exc)
+                    if conflict is None:
+                        raise
+                    _restore(report, counts)
+                    # Read the batch again inside the next transaction (what the application
+                    # committed meanwhile), and the batch after it too: its place may move.
+                    prefetched = None
+                    if ahead is not None:
+                        ahead.cancel()
+                        ahead = None
+                    if attempt == retry.attempts - 1:
+                        raise ConflictError(
+                            f"{table.name}: the database aborted a batch {retry.attempts} times "
+                            f"on a conflict ({conflict}); the batches before it are committed: "
+                            "run the same command again to resume"
+                        ) from None
+                    report.conflicts_retried += 1
+                    delay = retry.delay(attempt)
+                    log.warning(
+                        "%s: batch aborted by the database (%s); retry %d of %d in %.2f s",
+                        table.name,
+                        conflict,
+                        attempt + 1,
+                        retry.attempts - 1,
+                        delay,
+                    )
+                    time.sleep(delay)
+            if rows:
+                last = getattr(rows[-1], pk.name)
             report.batches += 1
             if progress is not None:
                 progress(report)
@@ -793,6 +943,11 @@ def rekey_table(
 
     def _apply(conn: sa.Connection, changes: list[_Change]) -> None:
         pending = changes
+        if changes and lock_rows is not None:
+            # Lock the rows to be written first, in key order: two transactions that each lock
+            # in key order cannot deadlock on these rows (an application that locks them in
+            # another order still can; the batch is then retried).
+            conn.execute(lock_rows, {"keys": sorted({c.pk for c in changes})}).all()
         for attempt in range(CAS_ATTEMPTS):
             missed = write(conn, table, pk, indexes, pending) if pending else []
             missed_ids = {id(c) for c in missed}

@@ -20,7 +20,7 @@ default_provider = "keyring"
 [providers.keyring]
 type = "local"
 path = "{tmp}/keyring.json"
-create = true
+create_keys = true
 
 [domains.identity]
 
@@ -52,8 +52,40 @@ library = "{softhsm.library}"
 token_label = "{softhsm.token_label}"
 pin_env = "MEDICAL_HSM_PIN"
 label_prefix = "cfg{secrets.token_hex(3)}:"
+create_keys = true
 """
     round_trip(config(tmp_path, text), {"MEDICAL_HSM_PIN": softhsm.pin})
+
+
+@pytest.mark.pkcs11
+def test_an_hsm_provider_from_a_file_creates_no_key_by_default(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """A pkcs11 table without create_keys generates no key object in the token (the class's own
+    default is to create): the vault refuses to start, and the token stays without that key."""
+    from vaultkit.errors import DomainError
+    from vaultkit.keys.pkcs11 import PKCS11KeyProvider
+
+    prefix = f"cfg{secrets.token_hex(3)}:"
+    text = f"""
+[providers.medical]
+type = "pkcs11"
+library = "{softhsm.library}"
+token_label = "{softhsm.token_label}"
+pin_env = "MEDICAL_HSM_PIN"
+label_prefix = "{prefix}"
+"""
+    env = {"VAULTKIT_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+    with pytest.raises(DomainError, match="holds no key for medical"):
+        Vault.from_config(config(tmp_path, text), env={**env, "MEDICAL_HSM_PIN": softhsm.pin})
+    token = PKCS11KeyProvider(
+        softhsm.library,
+        token_label=softhsm.token_label,
+        pin=softhsm.pin,
+        label_prefix=prefix,
+        create_keys=False,
+    )
+    assert token.versions("medical") == []
 
 
 @pytest.mark.openbao

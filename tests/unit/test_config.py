@@ -10,7 +10,12 @@ import pytest
 
 from vaultkit import Principal, Vault
 from vaultkit.config import load_config
-from vaultkit.errors import AccessDeniedError, ConfigurationError, KeyProviderError
+from vaultkit.errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    KeyProviderError,
+    VaultkitDeprecationWarning,
+)
 
 MASTER = base64.b64encode(os.urandom(32)).decode()
 MEDICAL_MASTER = base64.b64encode(os.urandom(32)).decode()
@@ -30,13 +35,13 @@ cache_ttl = 120
 [providers.keyring]
 type = "local"
 path = "TMP/keyring.json"
-create = true
+create_keys = true
 
 [providers.medical-keyring]
 type = "local"
 path = "TMP/medical-keyring.json"
 master_key_env = "MEDICAL_MASTER_KEY"
-create = true
+create_keys = true
 
 [domains.identity]
 
@@ -75,7 +80,7 @@ def test_environment_only_and_overrides(tmp_path: Path) -> None:
         "VAULTKIT__KEY_STORE": f"sqlite:///{tmp_path}/env-keys.db",
         "VAULTKIT__PROVIDERS__KEYRING__TYPE": "local",
         "VAULTKIT__PROVIDERS__KEYRING__PATH": str(tmp_path / "env-keyring.json"),
-        "VAULTKIT__PROVIDERS__KEYRING__CREATE": "true",
+        "VAULTKIT__PROVIDERS__KEYRING__CREATE_KEYS": "true",
         "VAULTKIT__DOMAINS__IDENTITY__PROVIDER": "keyring",
     }
     with Vault.from_config(env=env) as vault:
@@ -149,3 +154,51 @@ def test_the_example_configuration_parses() -> None:
         "audited": True,
     }
     assert config["providers"]["medical-hsm"]["pin_env"] == "MEDICAL_HSM_PIN"
+
+
+LOCAL_ONLY = """
+key_store = "sqlite:///TMP/keys.db"
+
+[providers.keyring]
+type = "local"
+path = "TMP/keyring.json"
+{create}
+
+[domains.identity]
+provider = "keyring"
+"""
+
+
+class TestKeyCreation:
+    """One name, create_keys, on every provider type; a configuration file creates no key unless
+    it says so."""
+
+    def test_a_local_provider_creates_nothing_by_default(self, tmp_path: Path) -> None:
+        """Without create_keys a missing keyring is an error and no file appears."""
+        path = write(tmp_path, LOCAL_ONLY.format(create=""))
+        with pytest.raises(KeyProviderError, match="does not exist"):
+            Vault.from_config(path, env={"VAULTKIT_MASTER_KEY": MASTER})
+        assert not (tmp_path / "keyring.json").exists()
+
+    def test_create_keys_true_creates_the_keyring(self, tmp_path: Path) -> None:
+        """`create_keys = true`, the key the pkcs11, transit and aws-kms types take, works for a
+        local provider too."""
+        path = write(tmp_path, LOCAL_ONLY.format(create="create_keys = true"))
+        with Vault.from_config(path, env={"VAULTKIT_MASTER_KEY": MASTER}) as vault:
+            assert vault.decrypt(vault.encrypt("x", domain="identity"), domain="identity") == "x"
+        assert (tmp_path / "keyring.json").exists()
+
+    def test_the_old_key_create_still_works_and_warns(self, tmp_path: Path) -> None:
+        """`create = true` is read as create_keys, with a VaultkitDeprecationWarning naming the
+        release that removes it."""
+        path = write(tmp_path, LOCAL_ONLY.format(create="create = true"))
+        with pytest.warns(VaultkitDeprecationWarning, match=r"create_keys.*0\.2\.0"):
+            Vault.from_config(path, env={"VAULTKIT_MASTER_KEY": MASTER}).close()
+        assert (tmp_path / "keyring.json").exists()
+
+    def test_create_keys_takes_a_boolean(self, tmp_path: Path) -> None:
+        """A string such as "false" is refused, not read as true."""
+        path = write(tmp_path, LOCAL_ONLY.format(create='create_keys = "false"'))
+        with pytest.raises(ConfigurationError, match="create_keys must be true or false"):
+            Vault.from_config(path, env={"VAULTKIT_MASTER_KEY": MASTER})
+        assert not (tmp_path / "keyring.json").exists()

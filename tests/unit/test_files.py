@@ -76,7 +76,7 @@ def test_a_written_master_key_file_is_private_and_complete(tmp_path: Path) -> No
     key_file = tmp_path / "k.json.master-key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     master = base64.b64decode(key_file.read_text().strip())
-    LocalKeyProvider(tmp_path / "k.json", master_key=master, create=False)
+    LocalKeyProvider(tmp_path / "k.json", master_key=master, create_keys=False)
 
 
 def test_exclusive_write_never_replaces_a_file(tmp_path: Path) -> None:

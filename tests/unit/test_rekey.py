@@ -424,3 +424,165 @@ def test_workers_starting_together_create_and_cut_once(engine: sa.Engine, vault:
     for thread in threads:
         thread.join()
     assert results == [(5, 5)] * 6  # 30 rows in ranges of 7: 4 bounds, 5 ranges
+
+
+DRY_META = sa.MetaData()
+DRY = sa.Table(
+    "rk_dry",
+    DRY_META,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("uid", sa.Uuid, nullable=False),
+    sa.Column("email", Encrypted(sa.String(200), domain="identity", migrating=True)),
+    sa.Column("email_ix", BlindIndexType("email", normalize=str.lower)),
+    sa.Column("note", Encrypted(sa.Text, domain="medical", row_key="uid")),
+)
+AUDITED = [KeyDomain("identity"), KeyDomain("medical", restricted=True, audited=True)]
+
+
+class TestDryRunWritesNothing:
+    """``dry_run=True`` classifies from headers and the key store: no key, event, row or checkpoint."""
+
+    def test_key_store_audit_log_and_data_are_untouched(self, database_url: str) -> None:
+        """Legacy plaintext (no identity DEK nor index key yet) and medical values under a retired
+        DEK: a dry run counts them and every table of the one database stays byte for byte."""
+        from tests.integration._dbdump import dump_database
+
+        provider = InMemoryKeyProvider()
+        engine = sa.create_engine(database_url)
+        DRY_META.create_all(engine)
+        with Vault(provider=provider, store=database_url, domains=AUDITED) as app:
+            vaultkit.sqla.configure(app)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(
+                        sa.text("insert into rk_dry (id, uid, email) values (:id, :uid, :email)"),
+                        [
+                            {
+                                "id": i,
+                                "uid": uuid.UUID(int=i)
+                                if engine.dialect.name == "postgresql"
+                                else uuid.UUID(int=i).hex,
+                                "email": f"M{i}@X.be".encode(),
+                            }
+                            for i in range(1, 31)
+                        ],
+                    )
+                coach = vaultkit.Principal("coach", grants={"medical"})
+                with app.acting_as(coach, purpose="load"), engine.begin() as conn:
+                    for i in range(1, 31):
+                        conn.execute(
+                            DRY.update()
+                            .where(DRY.c.id == i)
+                            .values(note=f"note {i}", uid=uuid.UUID(int=i))
+                        )
+                for record in app.store.records(domain="medical"):
+                    if record.purpose == "data":
+                        app.retire_dek(record.dek_id)
+            finally:
+                vaultkit.sqla.configure(None)
+        before = dump_database(database_url)
+        assert "vaultkit_audit_events" in before and "vaultkit_data_keys" in before
+        with Vault(provider=provider, store=database_url, domains=AUDITED) as operator:
+            vaultkit.sqla.configure(operator)
+            try:
+                report = rekey_table(engine, DRY, vault=operator, dry_run=True, batch_size=7)
+            finally:
+                vaultkit.sqla.configure(None)
+        after = dump_database(database_url)
+        DRY_META.drop_all(engine)
+        engine.dispose()
+        assert (report.plaintext_encrypted, report.retired_reencrypted) == (30, 30)
+        assert report.rows_scanned == 30 and report.finished and report.dry_run
+        assert after == before
+
+    @pytest.mark.parametrize("what", ["domain", "binding", "binding, retired DEK"])
+    def test_moves_are_classified_without_decrypting(self, tmp_path: Any, what: str) -> None:
+        """A move to another domain is counted as moved from the DEK's domain alone; a move to a
+        row binding in the same audited domain, which only decrypting could tell, is counted as
+        unchecked, unless its DEK is retired (re-encrypted either way); no audit event is
+        written."""
+        if what == "domain":
+            old = Encrypted(sa.Text, domain="identity")
+            new = Encrypted(
+                sa.Text, domain="medical", previous=Encrypted(sa.Text, domain="identity")
+            )
+        else:
+            old = Encrypted(sa.Text, domain="medical")
+            new = Encrypted(
+                sa.Text,
+                domain="medical",
+                row_key="uid",
+                previous=Encrypted(sa.Text, domain="medical"),
+            )
+        before, during = moved_table(old, new)
+        url = f"sqlite:///{tmp_path / 'app.db'}"
+        engine = sa.create_engine(url)
+        before.create(engine)
+        with Vault(provider=InMemoryKeyProvider(), store=url, domains=AUDITED) as vault:
+            vaultkit.sqla.configure(vault)
+            try:
+                coach = vaultkit.Principal("coach", grants={"medical"})
+                with vault.acting_as(coach, purpose="load"), engine.begin() as conn:
+                    conn.execute(
+                        before.insert(),
+                        [
+                            {"id": i, "uid": uuid.UUID(int=i), "diagnosis": f"d{i}"}
+                            for i in range(40)
+                        ],
+                    )
+                if what == "binding, retired DEK":
+                    for record in vault.store.records(domain="medical"):
+                        if record.purpose == "data":
+                            vault.retire_dek(record.dek_id)
+                log = vault.audit_log
+                assert log is not None
+                events = len(list(log.read()))
+                report = rekey_table(engine, during, vault=vault, dry_run=True, batch_size=15)
+                assert len(list(log.read())) == events
+            finally:
+                vaultkit.sqla.configure(None)
+        engine.dispose()
+        expected = {"domain": (40, 0, 0), "binding": (0, 40, 0), "binding, retired DEK": (0, 0, 40)}
+        assert (report.moved, report.unchecked, report.retired_reencrypted) == expected[what]
+        assert report.values_rewritten == 40 - report.unchecked and report.undecryptable == 0
+
+
+class TestKeyOrderLocks:
+    """The rows a batch writes are locked first, in key order, for every kind of key."""
+
+    @pytest.mark.parametrize("key", ["uuid", "string"])
+    def test_uuid_and_string_keys(self, database_url: str, vault: Vault, key: str) -> None:
+        """A table keyed by UUID or by string is re-keyed through the key-order lock."""
+        key_type: Any = sa.Uuid if key == "uuid" else sa.String(40)
+        table = sa.Table(
+            f"rk_keys_{key}",
+            sa.MetaData(),
+            sa.Column("id", key_type, primary_key=True),
+            sa.Column("email", Encrypted(sa.String(200), domain="identity", migrating=True)),
+        )
+        engine = sa.create_engine(database_url)
+        table.create(engine)
+        keys = [uuid.UUID(int=i) if key == "uuid" else f"member-{i:03d}" for i in range(30)]
+        raw = sa.Table(
+            table.name,
+            sa.MetaData(),
+            sa.Column("id", key_type, primary_key=True),
+            sa.Column("email", sa.LargeBinary),
+        )
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    raw.insert(),
+                    [{"id": k, "email": f"M{i}@X.be".encode()} for i, k in enumerate(keys)],
+                )
+            report = rekey_table(engine, table, vault=vault, batch_size=7)
+            assert report.plaintext_encrypted == 30 and report.complete
+            with engine.connect() as conn:
+                assert count_plaintext(conn, table.c.email) == 0
+                found = dict(conn.execute(sa.select(table.c.id, table.c.email)).all())
+            assert found == {k: f"M{i}@X.be" for i, k in enumerate(keys)}
+        finally:
+            table.drop(engine)
+            for name in ("vaultkit_rekey_checkpoints", "vaultkit_rekey_ranges"):
+                sa.Table(name, sa.MetaData()).drop(engine, checkfirst=True)
+            engine.dispose()

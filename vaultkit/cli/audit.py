@@ -30,7 +30,7 @@ def register(commands: Any) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    provider = LocalKeyProvider(args.keyring, create=False)
+    provider = LocalKeyProvider(args.keyring, create_keys=False)
     with Vault(
         provider=provider, store=args.store, domains=[KeyDomain(args.domain, audited=True)]
     ) as vault:

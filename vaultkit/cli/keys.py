@@ -164,7 +164,7 @@ def _open(args: argparse.Namespace) -> Vault:
         return Vault.from_config(args.config)
     if not args.store:
         raise ConfigurationError("give --config, or --store (and --keyring)")
-    provider = LocalKeyProvider(args.keyring, create=False)
+    provider = LocalKeyProvider(args.keyring, create_keys=False)
     domains = provider.domains()
     if not domains:
         raise ConfigurationError(f"keyring {args.keyring} holds no domain")

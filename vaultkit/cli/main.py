@@ -10,6 +10,7 @@ from typing import Final
 
 from vaultkit.errors import (
     ConfigurationError,
+    ConflictError,
     DecryptionError,
     DomainError,
     KeyProviderError,
@@ -19,13 +20,15 @@ from vaultkit.errors import (
 
 __all__ = ["EXIT_CODES", "main"]
 
-#: Exit codes: 0 success, 2 usage (argparse); the rest by error class, most specific first.
+#: Exit codes: 0 success, 2 usage (argparse); the rest by error class, most specific first
+#: (7 is a command's own "done, but not clean": ``vaultkit rekey``, ``vaultkit audit verify``).
 EXIT_CODES: Final[tuple[tuple[type[VaultkitError], int], ...]] = (
     (ConfigurationError, 3),
     (DomainError, 3),
     (KeyProviderError, 4),
     (KeyStoreError, 5),
     (DecryptionError, 6),
+    (ConflictError, 8),
     (VaultkitError, 1),
 )
 

@@ -3,8 +3,10 @@
 Exit codes: 0 the job is finished and nothing was left behind (and, with ``--verify``, every value
 opens under its column's current type and no value names a retired DEK); 7 the run ended but
 values are left for another run (changed by the application at every attempt, not decryptable)
-or verification found problems; 3 configuration errors; 4/5 key provider or key store errors;
-130 interrupted (the checkpoints keep the place: run the same command again).
+or verification found problems; 2 usage; 3 configuration errors (among them ``--store`` and
+``--keyring`` for a key store with an audit log); 4/5 key provider or key store errors; 8 the data
+database aborted one batch on a conflict at every retry (deadlock, serialization failure, lock
+timeout); 130 interrupted (the checkpoints keep the place: run the same command again).
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ def register(commands: Any) -> None:
             "legacy plaintext (columns in migration mode), under retired DEKs, in an old wire "
             "format, or still encrypted as the column's previous= type says; fills their blind "
             "indexes in the same pass. Resumable: run the same command again after a crash. "
+            "Give --config (the application's vaultkit.toml) so that restricted and audited "
+            "domains are re-keyed under their policy. "
             "Exit codes: 0 done and clean, 7 values left for another run or --verify found "
-            "problems, 3 configuration, 4 key provider, 5 key store, 130 interrupted."
+            "problems, 2 usage, 3 configuration, 4 key provider, 5 key store, 8 the database "
+            "kept aborting a batch on a conflict (deadlock, lock timeout), 130 interrupted."
         ),
     )
     _store_options(rekey)
@@ -57,7 +62,10 @@ def register(commands: Any) -> None:
         "--vault-name", default="default", help="the vault name the columns use (vault=...)"
     )
     rekey.add_argument(
-        "--dry-run", action="store_true", help="count what would change; write nothing"
+        "--dry-run",
+        action="store_true",
+        help="count what would change from the values' headers and the key store; decrypt, "
+        "encrypt and write nothing (no key, audit event or checkpoint)",
     )
     rekey.add_argument(
         "--verify",
@@ -172,6 +180,29 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+def _check_policies(args: argparse.Namespace) -> None:
+    """Refuse ``--store``/``--keyring`` for a key store that serves audited domains.
+
+    A keyring knows domain names, not policies: a vault built from it treats every domain as
+    neither restricted nor audited, so re-keying medical values would read and write them with
+    no audit event. The key store tells whether some vault audits its domains (it holds the audit
+    log's key); which ones only the configuration says.
+    """
+    if getattr(args, "config", None) is not None:
+        return
+    from vaultkit.cli.keys import _open
+
+    with _open(args) as vault:
+        audit_domains = sorted({r.domain for r in vault.store.records() if r.purpose == "audit"})
+    if audit_domains:
+        raise ConfigurationError(
+            f"the key store keeps an audit log (its key is in domain {audit_domains[0]}), so some "
+            "domains are audited, and --store/--keyring cannot tell which: give --config with the "
+            "application's vaultkit.toml (its [domains] say restricted and audited) so that the "
+            "re-key is audited"
+        )
+
+
 def _rekey(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
@@ -182,6 +213,7 @@ def _rekey(args: argparse.Namespace) -> int:
     if args.dry_run and args.workers != 1:
         raise ConfigurationError("--dry-run runs one worker")
     table = _load_table(args.model)
+    _check_policies(args)
     args.job = args.job or f"{table.name}:rekey"
     engine = sa.create_engine(args.data, hide_parameters=True)
     try:
@@ -285,9 +317,16 @@ def _summary(args: argparse.Namespace, reports: list[Any], elapsed: float) -> No
     print(
         f"  changed by the application meanwhile {total('changed_meanwhile'):,} "
         f"(retried), left changing {total('left_changing'):,}, "
-        f"not decryptable {total('undecryptable'):,}"
+        f"not decryptable {total('undecryptable'):,}; "
+        f"batches aborted by the database and redone (conflicts retried) "
+        f"{total('conflicts_retried'):,}"
     )
-    if not args.dry_run:
+    if args.dry_run:
+        print(
+            "  dry run: nothing decrypted, encrypted or written; unchecked (a previous= binding "
+            f"in the column's own domain, told apart only by decrypting) {total('unchecked'):,}"
+        )
+    else:
         finished = any(r.finished for r in reports)
         print(f"  job {'finished' if finished else 'not finished: run again to resume'}")
 

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -47,7 +48,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vaultkit._files import write_atomic
 from vaultkit._redact import NoPickle, Secret
-from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
+from vaultkit.errors import (
+    ConfigurationError,
+    DomainError,
+    KeyNotFoundError,
+    KeyProviderError,
+    VaultkitDeprecationWarning,
+)
 from vaultkit.keys import _kekwrap
 from vaultkit.keys.domains import check_domain_name
 from vaultkit.keys.provider import KeyRef
@@ -278,12 +285,15 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
     """Key provider backed by a keyring file encrypted under a master key.
 
     Args:
-        path: the keyring file. It is created on first use when ``create`` is true.
+        path: the keyring file. It is created on first use when ``create_keys`` is true.
         master_key: 32 raw bytes; else ``passphrase``; else the environment variables
             ``VAULTKIT_MASTER_KEY`` (base64) or ``VAULTKIT_MASTER_PASSPHRASE``.
         passphrase: a passphrase from which the master key is derived with argon2id.
-        create: create the file, and a KEK for each domain asked for, when missing. With
-            ``create=False`` an unknown domain raises :class:`DomainError`.
+        create_keys: create the file, and a KEK for each domain asked for, when missing (the
+            default in code, for development, tests and the demo; a configuration file's
+            ``type = "local"`` provider defaults to false). With ``create_keys=False`` a missing
+            file raises :class:`KeyProviderError` and an unknown domain :class:`DomainError`.
+        create: the former name of ``create_keys``; deprecated, removed in vaultkit 0.2.0.
         kdf_parameters: argon2id parameters for a new passphrase-protected file.
 
     Raises:
@@ -304,9 +314,18 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         *,
         master_key: bytes | None = None,
         passphrase: str | None = None,
-        create: bool = True,
+        create_keys: bool = True,
+        create: bool | None = None,
         kdf_parameters: dict[str, int] | None = None,
     ) -> None:
+        if create is not None:
+            warnings.warn(
+                "LocalKeyProvider(create=...) is now create_keys=..., the name every provider "
+                "uses; create= will be removed in vaultkit 0.2.0",
+                VaultkitDeprecationWarning,
+                stacklevel=2,
+            )
+            create_keys = create
         # The secrets go into wrappers at once and the plain names are dropped, so that no frame
         # of this constructor holds them when an error is raised (reporters capture frame locals).
         key: Secret[bytes] | None = None if master_key is None else Secret(master_key)
@@ -315,7 +334,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         self._path = Path(path)
         self._lock = threading.RLock()
         self._domains: _Table = {}
-        self._create = create
+        self._create = create_keys
         if key is not None and phrase is not None:
             raise ConfigurationError("give a master key or a passphrase, not both")
         if key is not None and (not isinstance(key.reveal(), bytes) or len(key.reveal()) != 32):
@@ -336,7 +355,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
                     f"copy {self._backup.name} to {self._path.name} to recover it, or remove the "
                     "backup to start a new keyring"
                 )
-            elif create:
+            elif create_keys:
                 self._init_new(key, phrase, kdf_parameters or dict(RFC_9106_LOW_MEMORY))
                 self._save({})
                 self._domains = {}

@@ -6,6 +6,7 @@ import base64
 import os
 import re
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,3 +138,284 @@ def test_progress_line_shows_rate_and_time_left(capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err
     assert "25.0%" in err and "250/1,000 rows" in err and "rows/s" in err
     assert re.search(r" 0:0[34] left", err)  # 750 rows left at about 250 rows/s
+
+
+AUDITED_MODEL = textwrap.dedent(
+    """
+    import sqlalchemy as sa
+    from vaultkit.sqla import BlindIndexType, Encrypted
+
+    NOTES = sa.Table(
+        "cli_notes",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", Encrypted(sa.String(200), domain="identity", migrating=True)),
+        sa.Column("email_ix", BlindIndexType("email", normalize=str.lower)),
+        sa.Column("note", Encrypted(sa.Text, domain="medical")),
+    )
+    """
+)
+AUDITED_CONFIG = """
+key_store = "{url}"
+default_provider = "keyring"
+
+[providers.keyring]
+type = "local"
+path = "{keyring}"
+
+[domains.identity]
+
+[domains.medical]
+restricted = true
+audited = true
+"""
+
+
+class Audited:
+    """An insurer's set-up as the runbook has it: a key store with the audit log, the data (on a
+    server, in the same schema or database; on SQLite, two files); a keyring; a vaultkit.toml
+    declaring medical restricted and audited; 300 rows whose e-mail is legacy plaintext and whose
+    medical note is under a retired DEK."""
+
+    def __init__(self, tmp_path: Path, url: str) -> None:
+        from vaultkit import Principal, Vault
+
+        self.url = url
+        self.store = f"sqlite:///{tmp_path / 'keys.db'}" if url.startswith("sqlite") else url
+        self.keyring = tmp_path / "keyring.json"
+        provider = LocalKeyProvider(self.keyring, create_keys=True)
+        provider.primary("identity")
+        provider.primary("medical")
+        self.config = tmp_path / "vaultkit.toml"
+        self.config.write_text(AUDITED_CONFIG.format(url=self.store, keyring=self.keyring))
+        self.module = f"cli_audited_{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{self.module}.py").write_text(AUDITED_MODEL)
+        engine = sa.create_engine(url)
+        binary = "bytea" if engine.dialect.name == "postgresql" else "blob"
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    f"create table cli_notes (id integer primary key, email {binary}, "
+                    f"email_ix {binary}, note {binary})"
+                )
+            )
+        import vaultkit.sqla
+
+        with Vault.from_config(self.config) as app:
+            vaultkit.sqla.configure(app)
+            try:
+                notes = sa.Table(
+                    "cli_notes",
+                    sa.MetaData(),
+                    sa.Column("id", sa.Integer, primary_key=True),
+                    sa.Column("email", sa.LargeBinary),
+                    sa.Column("note", vaultkit.sqla.Encrypted(sa.Text, domain="medical")),
+                )
+                coach = Principal("coach", grants={"medical"})
+                with app.acting_as(coach, purpose="load"), engine.begin() as conn:
+                    conn.execute(
+                        notes.insert(),
+                        [
+                            {"id": i, "email": f"Secret{i}@X.be".encode(), "note": f"Diag {i}"}
+                            for i in range(300)
+                        ],
+                    )
+            finally:
+                vaultkit.sqla.configure(None)
+            for record in app.store.records(domain="medical"):
+                if record.purpose == "data":
+                    app.retire_dek(record.dek_id)
+        engine.dispose()
+        self.data = ["--data", url, "--model", f"{self.module}:NOTES", "--no-progress"]
+        self.runbook = ["rekey", "--store", self.store, "--keyring", str(self.keyring), *self.data]
+        self.configured = ["rekey", "--config", str(self.config), *self.data]
+
+    def dump(self) -> list[dict[str, list[str]]]:
+        """Every table of the key store's and the data's databases, row by row."""
+        from tests.integration._dbdump import dump_database
+
+        return [dump_database(self.store), dump_database(self.url)]
+
+    def events(self) -> list[tuple[str, str | None, str, str, int]]:
+        """(principal, purpose, action, domain, count) of every audit event, in order."""
+        engine = sa.create_engine(self.store)
+        try:
+            with engine.connect() as conn:
+                return [
+                    tuple(r)  # type: ignore[misc]
+                    for r in conn.execute(
+                        sa.text(
+                            "select principal, purpose, action, domain, count "
+                            "from vaultkit_audit_events order by seq"
+                        )
+                    )
+                ]
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str) -> Audited:
+    """The runbook's set-up on SQLite, PostgreSQL or MariaDB."""
+    monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(os.urandom(32)).decode())
+    monkeypatch.chdir(tmp_path)
+    return Audited(tmp_path, database_url)
+
+
+class TestDryRunCommand:
+    """``vaultkit rekey --dry-run``: "counts only, writes nothing", as the runbook says."""
+
+    def test_every_table_is_untouched(
+        self, audited: Audited, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The dry run with --config counts 300 plaintext and 300 retired values and leaves the key
+        store, the audit log and the data byte for byte as they were."""
+        before = audited.dump()
+        assert main([*audited.configured, "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "would re-encrypt 600 values" in out
+        assert "legacy plaintext 300, retired DEK 300" in out
+        assert audited.dump() == before
+
+
+class TestAuditedDomains:
+    """Re-keying an audited domain is audited, or refused: never silent."""
+
+    def test_the_keyring_command_is_refused_for_an_audited_key_store(
+        self, audited: Audited, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`--store --keyring` cannot know which domains are audited: with an audit log in the key
+        store it exits 3 naming --config, and writes nothing."""
+        before = audited.dump()
+        assert main([*audited.runbook, "--verify"]) == 3
+        err = capsys.readouterr().err
+        assert "--config" in err and "audited" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+        assert audited.dump() == before
+
+    def test_the_config_command_audits_every_value_read_and_written(
+        self, audited: Audited, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With --config the 300 medical values re-encrypted give decrypt and write events for 300
+        values under the principal vaultkit-rekey, and --verify's reads are logged too."""
+        from vaultkit import Vault
+
+        already = len(audited.events())
+        assert main([*audited.configured, "--batch-size", "64", "--verify"]) == 0
+        out = capsys.readouterr().out
+        assert "re-encrypted 600 values" in out and "clean" in out
+        new = audited.events()[already:]
+        by: dict[tuple[str, str | None, str, str], int] = {}
+        for principal, purpose, action, domain, count in new:
+            by[(principal, purpose, action, domain)] = (
+                by.get((principal, purpose, action, domain), 0) + count
+            )
+        assert by == {
+            ("vaultkit-rekey", "rekey cli_notes:rekey", "decrypt", "medical"): 300,
+            ("vaultkit-rekey", "rekey cli_notes:rekey", "write", "medical"): 300,
+            ("vaultkit-verify", "verify cli_notes", "decrypt", "medical"): 300,
+        }
+        if not audited.url.startswith("mysql"):  # MariaDB: item 2 of issue 13 (DATETIME(6))
+            with Vault.from_config(audited.config) as vault:
+                assert vault.audit_log is not None and vault.audit_log.verify().ok
+
+
+class TestExitCodes:
+    """Each exit code docs/operations.md lists for `vaultkit rekey`, driven for real (0 and 7 above;
+    8, a conflict outlasting the retries, in tests/integration/test_rekey_conflicts.py)."""
+
+    def test_2_usage(self, setup: tuple[list[str], str]) -> None:
+        """A missing --model is argparse's usage error, exit code 2."""
+        options, _module = setup
+        with pytest.raises(SystemExit) as stopped:
+            main(["rekey", *options])
+        assert stopped.value.code == 2
+
+    def test_3_configuration(
+        self, setup: tuple[list[str], str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A column that is not encrypted is a configuration error, exit code 3, in one line."""
+        options, module = setup
+        assert main(["rekey", *options, "--model", f"{module}:MEMBERS", "--column", "id"]) == 3
+        err = capsys.readouterr().err
+        assert err.startswith("vaultkit: ConfigurationError: ") and err.count("\n") == 1
+
+    def test_4_key_provider(
+        self,
+        setup: tuple[list[str], str],
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Another master key than the keyring's is a key-provider error, exit code 4."""
+        options, module = setup
+        monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(os.urandom(32)).decode())
+        assert main(["rekey", *options, "--model", f"{module}:MEMBERS"]) == 4
+        assert "KeyProviderError" in capsys.readouterr().err
+
+    def test_5_key_store(
+        self, setup: tuple[list[str], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A key store that cannot be opened is a key-store error, exit code 5."""
+        options, module = setup
+        at = options.index("--store") + 1
+        broken = [*options[:at], f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"]
+        broken += options[at + 1 :]
+        assert main(["rekey", *broken, "--model", f"{module}:MEMBERS"]) == 5
+        assert "KeyStoreError" in capsys.readouterr().err
+
+    @pytest.mark.slow
+    def test_130_interrupted_then_resumed(
+        self, setup: tuple[list[str], str], tmp_path: Path
+    ) -> None:
+        """SIGINT during a run exits 130 with one line; the same command then resumes and
+        finishes (exit code 0)."""
+        import signal
+        import subprocess
+        import sys
+
+        options, module = setup
+        data = options[options.index("--data") + 1]
+        engine = sa.create_engine(data)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("insert into cli_members (id, email) values (:id, :email)"),
+                [{"id": i, "email": f"More{i}@X.be".encode()} for i in range(250, 5_000)],
+            )
+        engine.dispose()
+        command = [
+            sys.executable,
+            "-m",
+            "vaultkit",
+            "rekey",
+            *options,
+            "--model",
+            f"{module}:MEMBERS",
+            "--batch-size",
+            "20",
+        ]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+        run = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        checkpoints = sa.create_engine(data)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # wait for the first committed batches
+                with checkpoints.connect() as conn:
+                    if (
+                        sa.inspect(conn).has_table("vaultkit_rekey_checkpoints")
+                        and conn.execute(
+                            sa.text("select count(*) from vaultkit_rekey_checkpoints")
+                        ).scalar_one()
+                    ):
+                        break
+                time.sleep(0.05)
+            run.send_signal(signal.SIGINT)
+            _, err = run.communicate(timeout=60)
+        finally:
+            checkpoints.dispose()
+            if run.poll() is None:
+                run.kill()
+        assert run.returncode == 130, err
+        assert err.strip() == "vaultkit: interrupted"
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert "job finished" in again.stdout

@@ -76,15 +76,15 @@ class TestCreateAndReopen:
             LocalKeyProvider(keyring, passphrase="wrong horse battery")
 
     def test_create_false_needs_the_file(self, keyring: Path) -> None:
-        """With create=False a missing file is an error, not a new keyring."""
+        """With create_keys=False a missing file is an error, not a new keyring."""
         with pytest.raises(KeyProviderError, match="does not exist"):
-            LocalKeyProvider(keyring, master_key=MASTER, create=False)
+            LocalKeyProvider(keyring, master_key=MASTER, create_keys=False)
         assert not keyring.exists()
 
     def test_create_false_refuses_new_domains(self, keyring: Path) -> None:
-        """With create=False an unknown domain is a DomainError."""
+        """With create_keys=False an unknown domain is a DomainError."""
         LocalKeyProvider(keyring, master_key=MASTER).primary("identity")
-        strict = LocalKeyProvider(keyring, master_key=MASTER, create=False)
+        strict = LocalKeyProvider(keyring, master_key=MASTER, create_keys=False)
         with pytest.raises(DomainError, match="medical"):
             strict.primary("medical")
 
@@ -353,7 +353,7 @@ class TestBackup:
         provider.rotate("identity")
         backup = keyring.parent / "keyring.json.bak"
         assert stat.S_IMODE(backup.stat().st_mode) == 0o600
-        from_backup = LocalKeyProvider(backup, master_key=MASTER, create=False)
+        from_backup = LocalKeyProvider(backup, master_key=MASTER, create_keys=False)
         assert [r.version for r in from_backup.versions("identity")] == [1]
         assert from_backup.unwrap(v1, old, context=CTX) == b"a" * 32
 
