@@ -514,24 +514,24 @@ class AuditLog:
                 "the checkpoint is not authentic: it was altered, or made under another audit key"
             )
 
-    def verify(self, *, expect: Checkpoint | None = None) -> VerifyResult:
+    def verify(self, *, expect: Checkpoint | Sequence[Checkpoint] | None = None) -> VerifyResult:
         """Recompute the chain; name the first broken link, if any.
 
         Args:
-            expect: a checkpoint taken earlier. The log must be the same log, reach at least the
-                checkpoint's event, and hold at that sequence number the event checkpointed;
-                otherwise it was truncated, rolled back or replaced.
+            expect: one or more checkpoints taken earlier. The log must be the same log, reach
+                at least each checkpoint's event, and hold at that sequence number the event
+                checkpointed; otherwise it was truncated, rolled back or replaced.
 
         Raises:
-            AuditError: the log cannot be read, or ``expect`` is not authentic (altered, or not
+            AuditError: the log cannot be read, or a checkpoint is not authentic (altered, or not
                 made under this log's audit key).
         """
-        if expect is not None:
-            self._check_checkpoint(expect)
+        expects = [expect] if isinstance(expect, Checkpoint) else list(expect or ())
+        for checkpoint in expects:
+            self._check_checkpoint(checkpoint)
+        wanted = {c.seq for c in expects}
+        seen: dict[int, str] = {0: GENESIS.hex()}
         expected_seq, prev, count = 1, GENESIS, 0
-        at_checkpoint: str | None = (
-            GENESIS.hex() if expect is not None and expect.seq == 0 else None
-        )
         try:
             for seq, event, prev_mac, mac in self.read():
                 count += 1
@@ -545,8 +545,8 @@ class AuditLog:
                     )
                 if mac != self._mac(prev + event.canonical(seq)).hex():
                     return VerifyResult(False, count, seq, f"event {seq} was altered or forged")
-                if expect is not None and seq == expect.seq:
-                    at_checkpoint = mac
+                if seq in wanted:
+                    seen[seq] = mac
                 prev, expected_seq = bytes.fromhex(mac), seq + 1
             head = self._read_head()
         except (SQLAlchemyError, ValueError, KeyError) as exc:
@@ -566,32 +566,42 @@ class AuditLog:
                 "the head row was altered: it does not carry the audit key's MAC "
                 "(a rewound or replaced head)",
             )
-        if expect is not None:
-            if not hmac.compare_digest(head.log_id, expect.log_id):
-                return VerifyResult(
-                    False,
-                    count,
-                    1,
-                    "the log is not the one the checkpoint was taken of: it was replaced or "
-                    "recreated",
-                )
-            if count < expect.seq:
-                return VerifyResult(
-                    False,
-                    count,
-                    count + 1,
-                    f"the log ends at event {count} but the checkpoint of "
-                    f"{expect.at.isoformat()} recorded event {expect.seq}: truncated or rolled back",
-                )
-            if at_checkpoint is None or not hmac.compare_digest(at_checkpoint, expect.chain):
-                return VerifyResult(
-                    False,
-                    count,
-                    expect.seq,
-                    f"event {expect.seq} is not the one the checkpoint recorded: the log was "
-                    "rolled back and rewritten",
-                )
+        for checkpoint in expects:
+            broken = self._against(checkpoint, head.log_id, count, seen.get(checkpoint.seq))
+            if broken is not None:
+                return broken
         return VerifyResult(True, count)
+
+    @staticmethod
+    def _against(
+        checkpoint: Checkpoint, log_id: str, count: int, chain: str | None
+    ) -> VerifyResult | None:
+        """The failure of a verified log against one checkpoint, or ``None`` if it holds."""
+        if not hmac.compare_digest(log_id, checkpoint.log_id):
+            return VerifyResult(
+                False,
+                count,
+                1,
+                "the log is not the one the checkpoint was taken of: it was replaced or recreated",
+            )
+        if count < checkpoint.seq:
+            return VerifyResult(
+                False,
+                count,
+                count + 1,
+                f"the log ends at event {count} but the checkpoint of "
+                f"{checkpoint.at.isoformat()} recorded event {checkpoint.seq}: truncated or "
+                "rolled back",
+            )
+        if chain is None or not hmac.compare_digest(chain, checkpoint.chain):
+            return VerifyResult(
+                False,
+                count,
+                checkpoint.seq,
+                f"event {checkpoint.seq} is not the one the checkpoint recorded: the log was "
+                "rolled back and rewritten",
+            )
+        return None
 
     def __repr__(self) -> str:
         return f"AuditLog({self.engine.url.render_as_string(hide_password=True)!r})"
