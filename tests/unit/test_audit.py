@@ -504,3 +504,33 @@ def test_a_head_table_of_the_first_layout_is_upgraded_on_every_backend(database_
         assert AuditLog(engine, mac=mac).verify(expect=checkpoint).events == 3
     finally:
         engine.dispose()
+
+
+def test_a_short_write_leaves_the_previous_checkpoint_intact(tmp_path: Path) -> None:
+    """With a file-size limit below a checkpoint's size, writing fails and the old file stays."""
+    import subprocess
+    import sys
+    import textwrap
+
+    target = tmp_path / "latest.json"
+    target.write_text("previous checkpoint\n")
+    script = textwrap.dedent(
+        f"""
+        import datetime as dt, resource, signal
+        from vaultkit.audit import Checkpoint, write_checkpoint
+        from vaultkit.errors import AuditError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a short write instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+        cp = Checkpoint("0" * 32, 7, "1" * 64, dt.datetime.now(dt.UTC), "2" * 64)
+        try:
+            write_checkpoint({str(target)!r}, cp)
+        except AuditError as exc:
+            print("refused:", exc)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "refused: could not write the checkpoint" in result.stdout, result.stderr
+    assert target.read_text() == "previous checkpoint\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.json"]  # no temporary file left
