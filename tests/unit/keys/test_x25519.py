@@ -422,3 +422,22 @@ class TestLegacyRows:
         engine.dispose()
         assert unit.reauthenticate_legacy(store, rows, unsafe_trust_legacy=True) == 0
         store.close()
+
+
+def test_rotation_rewraps_writer_rows_as_the_units_own(
+    unit: X25519KeyProvider, writer: Ed25519PrivateKey, url: str
+) -> None:
+    """rotate_kek on the unit rewraps writer-signed rows as 03 under the new version; all read."""
+    with Vault(
+        provider=_IDENTITY,
+        store=url,
+        domains=DOMAINS,
+        providers={"medical": unit.public_only(signer=writer)},
+    ) as claims:
+        uploaded = claims.encrypt("uploaded", domain="medical", context=CONTEXT)
+    with Vault(provider=_IDENTITY, store=url, domains=DOMAINS, providers={"medical": unit}) as v:
+        report = v.rotate_kek("medical")
+        assert report.kek_version == 2 and report.rewrapped == 1
+        assert {r.wrapped[:1] for r in v.store.records(domain="medical")} == {b"\x03"}
+        with v.acting_as(COACH, purpose="review"):
+            assert v.decrypt(uploaded, context=CONTEXT) == "uploaded"
