@@ -21,6 +21,7 @@ from typing import Any, Final, TypeGuard
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from vaultkit._access import Principal, Scope, SealedValue, acting_as, current_scope
 from vaultkit._codec import PlainValue, decode_value, encode_value
@@ -33,6 +34,7 @@ from vaultkit.errors import (
     ConfigurationError,
     DecryptionError,
     DomainError,
+    KeyAuthenticationError,
     KeyProviderError,
     KeyStoreError,
 )
@@ -302,6 +304,7 @@ class Vault(NoPickle):
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
         self._audit_log: AuditLog | None = None
+        self._audit_engine: Engine | None = None  # an audit engine this vault made (audit=URL)
         self._audit_batches: dict[tuple[Any, ...], list[Any]] = {}
         self._audit_lock = threading.Lock()
         self._audit_batch_size = audit_batch_size
@@ -437,9 +440,17 @@ class Vault(NoPickle):
                 raise KeyStoreError(f"the {purpose} key {name} in domain {domain} was destroyed")
             provider = self._providers[domain]
             ref = KeyRef(domain, record.kek_id, record.kek_version)
-            key = provider.unwrap(
-                ref, record.wrapped, context=wrap_context(domain, dek_id, purpose)
-            )
+            try:
+                key = provider.unwrap(
+                    ref, record.wrapped, context=wrap_context(domain, dek_id, purpose)
+                )
+            except KeyAuthenticationError:
+                # Named keys come only from rows the key holder made (never from a row an
+                # encrypt-only key could create): a planted or replaced row is refused, not used.
+                raise KeyStoreError(
+                    f"the {purpose} key {name} in domain {domain} (key row {dek_id.hex()}) was "
+                    "not made by the holder of the domain's key; refused"
+                ) from None
             named = BlindIndexKey(key, domain=domain, name=name, version=version)
             self._index_keys[(domain, name)] = named
             return named
@@ -620,7 +631,11 @@ class Vault(NoPickle):
         if not isinstance(self._audit_batch_size, int) or self._audit_batch_size < 1:
             raise ConfigurationError("audit_batch_size must be a positive integer")
         if isinstance(audit, str):
-            engine = sa_create_engine(audit)
+            try:
+                engine = sa_create_engine(audit)
+            except (SQLAlchemyError, ValueError, ImportError) as exc:
+                raise ConfigurationError(f"cannot use audit URL: {type(exc).__name__}") from None
+            self._audit_engine = engine
         elif isinstance(audit, Engine):
             engine = audit
         elif isinstance(self._store, SQLKeyStore):
@@ -718,6 +733,8 @@ class Vault(NoPickle):
             self._cache.clear()
             if self._owns_store:
                 self._store.close()
+            if self._audit_engine is not None:
+                self._audit_engine.dispose()
 
     def __enter__(self) -> Vault:
         return self
@@ -947,9 +964,21 @@ class Vault(NoPickle):
         if provider is None:
             raise DomainError(f"domain {record.domain!r} is not configured in this vault")
         ref = KeyRef(record.domain, record.kek_id, record.kek_version)
-        dek = provider.unwrap(
-            ref, record.wrapped, context=wrap_context(record.domain, record.dek_id, record.purpose)
-        )
+        try:
+            dek = provider.unwrap(
+                ref,
+                record.wrapped,
+                context=wrap_context(record.domain, record.dek_id, record.purpose),
+            )
+        except KeyAuthenticationError:
+            # A key row the provider cannot tell as its own or a pinned writer's (planted by a
+            # database writer holding an encrypt-only key): its values fail like forged ones.
+            log.warning(
+                "refused DEK %s of domain %s: its wrapped key is not authenticated",
+                record.dek_id.hex(),
+                record.domain,
+            )
+            raise DecryptionError from None
         return self._cache_key(record, dek)
 
     def _cache_key(self, record: DataKeyRecord, dek: bytes) -> DataKey:
@@ -966,6 +995,10 @@ class Vault(NoPickle):
         self._active = {}
         self._audit_lock = threading.Lock()
         self._audit_batches = {}
+        if self._audit_log is not None:
+            # The parent's pooled audit connections are the parent's: the child opens its own
+            # (SQLAlchemy's "Using Connection Pools with Multiprocessing or os.fork()").
+            self._audit_log.engine.dispose(close=False)
 
 
 class FieldCipher:

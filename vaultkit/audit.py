@@ -1,35 +1,69 @@
-"""A tamper-evident audit log: append-only events in an HMAC hash chain.
+"""A tamper-evident audit log: append-only events in an HMAC hash chain, with checkpoints.
 
 Each event's ``mac`` is ``HMAC-SHA256(audit key, previous mac || canonical event)``, where the
 canonical event is its sequence number and fields as sorted, compact JSON; the first event chains
-from 32 zero bytes. A one-row head table records the last sequence number and mac. Appends lock the
-head row in their transaction, so concurrent writers never fork the chain. The audit key is a
-random 256-bit key wrapped by a domain's KEK in the key store (``Vault`` provides it), so without
-the provider nobody can forge a link.
+from 32 zero bytes. A one-row head table records the log's random id, the last sequence number and
+mac, and ``auth``, a MAC of those three under a key derived from the audit key, so a head rewound
+by someone without the key no longer authenticates. Appends lock the head row in their
+transaction, check its MAC and refuse to extend an altered head, so concurrent writers never fork
+the chain. The audit key is a random 256-bit key wrapped by a domain's KEK in the key store
+(``Vault`` provides it), so without the provider nobody can forge a link.
 
 :meth:`AuditLog.verify` recomputes the chain and names the first broken link: an edited event
 (its mac no longer matches), a deleted one (a gap in sequence numbers or a wrong previous mac), a
-reordered pair, an inserted forgery, or a truncated tail (the head no longer matches the last
-event). Events never hold a value, only who, why, where and which rows.
+reordered pair, an inserted forgery, a truncated tail (the head no longer matches the last event)
+or an altered head row.
+
+What the log alone cannot show is a rollback to a state it really had: a database writer who kept
+an old head row can delete the events after it and put that row back. Against that, export a
+:class:`Checkpoint` (:meth:`AuditLog.checkpoint`, ``vaultkit audit head``): the log id, sequence
+number and chain mac of the head, MACed under the audit key. Keep it where the database writer
+cannot write; :meth:`AuditLog.verify` with ``expect=`` then fails when the log ends before the
+checkpoint or its event at the checkpoint's sequence number is not the one checkpointed.
+
+Events never hold a value, only who, why, where and which rows; checkpoints hold no secret.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
+import hmac
 import json
+import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from vaultkit._redact import NoPickle
 from vaultkit.errors import AuditError
 
-__all__ = ["AuditEvent", "AuditLog", "VerifyResult"]
+__all__ = [
+    "AuditEvent",
+    "AuditLog",
+    "Checkpoint",
+    "VerifyResult",
+    "read_checkpoint",
+    "write_checkpoint",
+]
+
+log = logging.getLogger("vaultkit")
 
 GENESIS: Final = bytes(32)
 _HEAD_ID: Final = 1
+# Labels of the keys derived from the audit key. Each is shorter than 32 bytes, so no label is ever
+# a chain MAC's input (32 bytes of previous mac and then the event), and the keys stay apart.
+_HEAD_LABEL: Final = b"vaultkit audit head key v1"
+_CHECKPOINT_LABEL: Final = b"vaultkit audit checkpoint v1"
+_CHECKPOINT_VERSION: Final = 1
+_CHECKPOINT_MAX: Final = 4096  # bytes: a checkpoint file is about 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +108,166 @@ class VerifyResult:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The head of an audit log at one moment, MACed under the audit key; holds no secret.
+
+    Args:
+        log_id: the log's random id (32 hex digits), so a checkpoint fits one log only.
+        seq: the sequence number of the last event.
+        chain: that event's mac (64 hex digits), which commits to every event before it.
+        at: when the checkpoint was taken (UTC).
+        mac: HMAC-SHA256 of the other fields under a key derived from the audit key.
+
+    .. versionadded:: 0.1.0
+    """
+
+    log_id: str
+    seq: int
+    chain: str
+    at: dt.datetime
+    mac: str
+
+    def body(self) -> bytes:
+        """The canonical bytes the checkpoint's ``mac`` covers."""
+        return json.dumps(
+            {
+                "v": _CHECKPOINT_VERSION,
+                "log_id": self.log_id,
+                "seq": self.seq,
+                "chain": self.chain,
+                "at": self.at.astimezone(dt.UTC).isoformat(timespec="seconds"),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+
+    def to_json(self) -> str:
+        """The checkpoint as one line of JSON (what ``vaultkit audit head`` writes)."""
+        fields = json.loads(self.body())
+        fields["mac"] = self.mac
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Checkpoint:
+        """Parse a checkpoint; its MAC is checked by :meth:`AuditLog.verify`, not here.
+
+        Raises:
+            AuditError: not a checkpoint of this format.
+        """
+        try:
+            checkpoint = _parse_checkpoint(json.loads(text))
+        except (ValueError, TypeError, KeyError, RecursionError):
+            checkpoint = None
+        if checkpoint is None:
+            raise AuditError("not a vaultkit audit checkpoint (or a damaged one)")
+        return checkpoint
+
+
+def _parse_checkpoint(fields: Any) -> Checkpoint | None:
+    """The checkpoint in parsed JSON, or ``None`` when it is not one."""
+    if not isinstance(fields, dict) or fields.get("v") != _CHECKPOINT_VERSION:
+        return None
+    if set(fields) != {"v", "log_id", "seq", "chain", "at", "mac"}:
+        return None
+    log_id, seq, chain, mac = fields["log_id"], fields["seq"], fields["chain"], fields["mac"]
+    if not (isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0):
+        return None
+    for value, size in ((log_id, 32), (chain, 64), (mac, 64)):
+        if not isinstance(value, str) or len(value) != size:
+            return None
+        bytes.fromhex(value)  # ValueError when not hex
+    if not isinstance(fields["at"], str):
+        return None
+    at = dt.datetime.fromisoformat(fields["at"])
+    if at.tzinfo is None:
+        return None
+    return Checkpoint(log_id=log_id, seq=seq, chain=chain, at=at, mac=mac)
+
+
+def write_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint`` to ``path`` atomically, mode 0600.
+
+    The bytes go to a temporary file in the same directory (created 0600), written in full,
+    flushed to disk and read back before it replaces ``path``; a full disk or a crash leaves the
+    previous checkpoint as it was.
+
+    Raises:
+        AuditError: the file could not be written.
+    """
+    target = Path(path)
+    data = (checkpoint.to_json() + "\n").encode()
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        _check_reads_back(Path(tmp), data)
+        os.replace(tmp, target)
+        tmp = None
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise AuditError(
+            f"could not write the checkpoint to {target}: {type(exc).__name__}"
+        ) from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # os.write may write less than asked (a full disk, a file-size limit): loop until all is out.
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:  # pragma: no cover - os.write raises rather than return 0
+            raise OSError("short write")
+        view = view[written:]
+    os.fsync(fd)
+
+
+def _check_reads_back(path: Path, data: bytes) -> None:
+    if path.read_bytes() != data:
+        raise OSError("the checkpoint did not read back as written")
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint file written by :func:`write_checkpoint` or ``vaultkit audit head``.
+
+    Raises:
+        AuditError: the file is missing, too large or not a checkpoint.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_CHECKPOINT_MAX + 1)
+    except OSError as exc:
+        raise AuditError(f"cannot read the checkpoint {path}: {type(exc).__name__}") from None
+    if len(data) > _CHECKPOINT_MAX:
+        raise AuditError(f"{path} is not a vaultkit audit checkpoint (too large)")
+    return Checkpoint.from_json(data)
+
+
+class _KeyedMac(NoPickle):
+    """HMAC-SHA256 under a key derived from the audit key; holds only the HMAC state."""
+
+    __slots__ = ("_base",)
+
+    def __init__(self, mac: Callable[[bytes], bytes], label: bytes) -> None:
+        self._base = hmac.new(mac(label), digestmod=hashlib.sha256)
+
+    def __call__(self, data: bytes) -> bytes:
+        digest = self._base.copy()
+        digest.update(data)
+        return digest.digest()
+
+
 class AuditLog:
     """The audit tables ``vaultkit_audit_events`` and ``vaultkit_audit_head`` in an SQL database.
 
@@ -81,6 +275,9 @@ class AuditLog:
         engine: where the tables live (by default the key store's database).
         mac: the keyed HMAC of the chain: ``mac(data) -> 32 bytes``.
         table_prefix: prefix of the two table names.
+
+    A head table written before the head carried its own MAC gains the columns ``log_id`` and
+    ``auth`` when the log is opened, and its head is authenticated then, once.
 
     .. versionadded:: 0.1.0
     """
@@ -90,6 +287,8 @@ class AuditLog:
     ) -> None:
         self.engine = engine
         self._mac = mac
+        self._head_mac = _KeyedMac(mac, _HEAD_LABEL)
+        self._checkpoint_mac = _KeyedMac(mac, _CHECKPOINT_LABEL)
         self._metadata = sa.MetaData()
         self.events = sa.Table(
             f"{table_prefix}audit_events",
@@ -114,17 +313,85 @@ class AuditLog:
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("seq", sa.BigInteger, nullable=False),
             sa.Column("mac", sa.String(64), nullable=False),
+            # Added after the first layout: nullable so that ALTER TABLE can add them to a log
+            # that has rows; every head this code writes sets both.
+            sa.Column("log_id", sa.String(32), nullable=True),
+            sa.Column("auth", sa.String(64), nullable=True),
         )
         try:
             self._metadata.create_all(engine, checkfirst=True)
+            upgraded = self._add_head_columns()
             with engine.begin() as conn:
-                if conn.execute(sa.select(self.head.c.id)).first() is None:
-                    conn.execute(self.head.insert().values(id=_HEAD_ID, seq=0, mac=GENESIS.hex()))
+                head = conn.execute(sa.select(self.head).where(self.head.c.id == _HEAD_ID)).first()
+                if head is None:
+                    log_id = os.urandom(16).hex()
+                    conn.execute(
+                        self.head.insert().values(
+                            id=_HEAD_ID,
+                            seq=0,
+                            mac=GENESIS.hex(),
+                            log_id=log_id,
+                            auth=self._head_auth(log_id, 0, GENESIS.hex()),
+                        )
+                    )
+                elif upgraded and head.auth is None:
+                    # A log of the first layout: authenticate its head once, on the open that
+                    # adds the columns. A head whose auth is later emptied is refused, not adopted.
+                    log_id = os.urandom(16).hex()
+                    conn.execute(
+                        self.head.update()
+                        .where(self.head.c.id == _HEAD_ID, self.head.c.auth.is_(None))
+                        .values(
+                            log_id=log_id,
+                            auth=self._head_auth(log_id, int(head.seq), head.mac),
+                        )
+                    )
+                    log.info("audit log head upgraded: it now carries its own MAC")
         except SQLAlchemyError as exc:
             raise AuditError(f"cannot open the audit log: {type(exc).__name__}") from None
 
+    def _add_head_columns(self) -> bool:
+        """Add ``log_id`` and ``auth`` to a head table of the first layout; True if it did."""
+        have = {c["name"] for c in sa.inspect(self.engine).get_columns(self.head.name)}
+        missing = [c for c in (self.head.c.log_id, self.head.c.auth) if c.name not in have]
+        if not missing:
+            return False
+        preparer = self.engine.dialect.identifier_preparer
+        for column in missing:
+            ddl = (
+                f"ALTER TABLE {preparer.format_table(self.head)} ADD COLUMN "
+                f"{preparer.format_column(column)} {column.type.compile(self.engine.dialect)}"
+            )
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.text(ddl))
+            except SQLAlchemyError:
+                # Another process opening the same log may have added it first.
+                have = {c["name"] for c in sa.inspect(self.engine).get_columns(self.head.name)}
+                if column.name not in have:
+                    raise
+        return True
+
+    def _head_auth(self, log_id: str, seq: int, mac: str) -> str:
+        data = bytes.fromhex(log_id) + seq.to_bytes(8, "big") + bytes.fromhex(mac)
+        return self._head_mac(b"\x01" + data).hex()
+
+    def _head_ok(self, head: Any) -> bool:
+        if head.auth is None or head.log_id is None:
+            return False
+        try:
+            expected = self._head_auth(head.log_id, int(head.seq), head.mac)
+        except (ValueError, OverflowError):
+            return False
+        return hmac.compare_digest(expected, head.auth)
+
     def append(self, events: Sequence[AuditEvent]) -> None:
-        """Append events in one transaction; raises AuditError if they could not be written."""
+        """Append events in one transaction; raises AuditError if they could not be written.
+
+        Raises:
+            AuditError: the events could not be written, or the head row does not carry its MAC
+                (it was altered: the log is not extended past a rewound head).
+        """
         if not events:
             return
         try:
@@ -135,10 +402,17 @@ class AuditLog:
                     self.head.update().where(self.head.c.id == _HEAD_ID).values(seq=self.head.c.seq)
                 )
                 head = conn.execute(
-                    sa.select(self.head.c.seq, self.head.c.mac)
+                    sa.select(
+                        self.head.c.seq, self.head.c.mac, self.head.c.log_id, self.head.c.auth
+                    )
                     .where(self.head.c.id == _HEAD_ID)
                     .with_for_update()
                 ).one()
+                if not self._head_ok(head):
+                    raise AuditError(
+                        "the audit log's head row does not carry its MAC (it was altered); "
+                        "run vaultkit audit verify"
+                    )
                 seq, prev = int(head.seq), bytes.fromhex(head.mac)
                 rows = []
                 for event in events:
@@ -166,7 +440,11 @@ class AuditLog:
                 conn.execute(
                     self.head.update()
                     .where(self.head.c.id == _HEAD_ID)
-                    .values(seq=seq, mac=prev.hex())
+                    .values(
+                        seq=seq,
+                        mac=prev.hex(),
+                        auth=self._head_auth(head.log_id, seq, prev.hex()),
+                    )
                 )
         except SQLAlchemyError as exc:
             raise AuditError(f"an audit event could not be written: {type(exc).__name__}") from None
@@ -191,8 +469,68 @@ class AuditLog:
                 )
                 yield int(m["seq"]), event, m["prev_mac"], m["mac"]
 
-    def verify(self) -> VerifyResult:
-        """Recompute the chain; name the first broken link, if any."""
+    def _read_head(self) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(self.head.c.seq, self.head.c.mac, self.head.c.log_id, self.head.c.auth)
+            ).one()
+
+    def checkpoint(self) -> Checkpoint:
+        """Export the head as a MACed :class:`Checkpoint` (run :meth:`verify` first).
+
+        Raises:
+            AuditError: the log cannot be read, or its head row does not carry its MAC or does
+                not match the last event.
+        """
+        try:
+            head = self._read_head()
+            with self.engine.connect() as conn:
+                last = conn.execute(
+                    sa.select(self.events.c.mac).where(self.events.c.seq == head.seq)
+                ).scalar_one_or_none()
+        except SQLAlchemyError as exc:
+            raise AuditError(f"the audit log could not be read: {type(exc).__name__}") from None
+        if not self._head_ok(head) or (int(head.seq) > 0 and last != head.mac):
+            raise AuditError("the audit log's head row was altered; run vaultkit audit verify")
+        unsigned = Checkpoint(
+            log_id=head.log_id,
+            seq=int(head.seq),
+            chain=head.mac,
+            at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+            mac="",
+        )
+        return Checkpoint(
+            log_id=unsigned.log_id,
+            seq=unsigned.seq,
+            chain=unsigned.chain,
+            at=unsigned.at,
+            mac=self._checkpoint_mac(unsigned.body()).hex(),
+        )
+
+    def _check_checkpoint(self, checkpoint: Checkpoint) -> None:
+        expected = self._checkpoint_mac(checkpoint.body()).hex()
+        if not hmac.compare_digest(expected, checkpoint.mac):
+            raise AuditError(
+                "the checkpoint is not authentic: it was altered, or made under another audit key"
+            )
+
+    def verify(self, *, expect: Checkpoint | Sequence[Checkpoint] | None = None) -> VerifyResult:
+        """Recompute the chain; name the first broken link, if any.
+
+        Args:
+            expect: one or more checkpoints taken earlier. The log must be the same log, reach
+                at least each checkpoint's event, and hold at that sequence number the event
+                checkpointed; otherwise it was truncated, rolled back or replaced.
+
+        Raises:
+            AuditError: the log cannot be read, or a checkpoint is not authentic (altered, or not
+                made under this log's audit key).
+        """
+        expects = [expect] if isinstance(expect, Checkpoint) else list(expect or ())
+        for checkpoint in expects:
+            self._check_checkpoint(checkpoint)
+        wanted = {c.seq for c in expects}
+        seen: dict[int, str] = {0: GENESIS.hex()}
         expected_seq, prev, count = 1, GENESIS, 0
         try:
             for seq, event, prev_mac, mac in self.read():
@@ -207,9 +545,10 @@ class AuditLog:
                     )
                 if mac != self._mac(prev + event.canonical(seq)).hex():
                     return VerifyResult(False, count, seq, f"event {seq} was altered or forged")
+                if seq in wanted:
+                    seen[seq] = mac
                 prev, expected_seq = bytes.fromhex(mac), seq + 1
-            with self.engine.connect() as conn:
-                head = conn.execute(sa.select(self.head.c.seq, self.head.c.mac)).one()
+            head = self._read_head()
         except (SQLAlchemyError, ValueError, KeyError) as exc:
             raise AuditError(f"the audit log could not be read: {type(exc).__name__}") from None
         if int(head.seq) != count or head.mac != prev.hex():
@@ -219,7 +558,50 @@ class AuditLog:
                 count + 1,
                 f"the log ends at event {count} but recorded {head.seq} events",
             )
+        if not self._head_ok(head):
+            return VerifyResult(
+                False,
+                count,
+                count + 1,
+                "the head row was altered: it does not carry the audit key's MAC "
+                "(a rewound or replaced head)",
+            )
+        for checkpoint in expects:
+            broken = self._against(checkpoint, head.log_id, count, seen.get(checkpoint.seq))
+            if broken is not None:
+                return broken
         return VerifyResult(True, count)
+
+    @staticmethod
+    def _against(
+        checkpoint: Checkpoint, log_id: str, count: int, chain: str | None
+    ) -> VerifyResult | None:
+        """The failure of a verified log against one checkpoint, or ``None`` if it holds."""
+        if not hmac.compare_digest(log_id, checkpoint.log_id):
+            return VerifyResult(
+                False,
+                count,
+                1,
+                "the log is not the one the checkpoint was taken of: it was replaced or recreated",
+            )
+        if count < checkpoint.seq:
+            return VerifyResult(
+                False,
+                count,
+                count + 1,
+                f"the log ends at event {count} but the checkpoint of "
+                f"{checkpoint.at.isoformat()} recorded event {checkpoint.seq}: truncated or "
+                "rolled back",
+            )
+        if chain is None or not hmac.compare_digest(chain, checkpoint.chain):
+            return VerifyResult(
+                False,
+                count,
+                checkpoint.seq,
+                f"event {checkpoint.seq} is not the one the checkpoint recorded: the log was "
+                "rolled back and rewritten",
+            )
+        return None
 
     def __repr__(self) -> str:
         return f"AuditLog({self.engine.url.render_as_string(hide_password=True)!r})"

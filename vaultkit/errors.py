@@ -15,6 +15,7 @@ __all__ = [
     "ConflictError",
     "DecryptionError",
     "DomainError",
+    "KeyAuthenticationError",
     "KeyNotFoundError",
     "KeyProviderError",
     "KeyStoreError",
@@ -50,6 +51,14 @@ class KeyProviderError(VaultkitError):
 
 class KeyNotFoundError(KeyProviderError):
     """A key id or key version is unknown to the provider."""
+
+
+class KeyAuthenticationError(KeyProviderError):
+    """A wrapped key's origin is not authenticated: neither the key holder nor a pinned writer made it.
+
+    Raised by providers that tell their own wrapped keys from planted ones (the X25519 provider).
+    A vault turns it into :class:`DecryptionError` for values, and refuses named keys with it.
+    """
 
 
 class KeyStoreError(VaultkitError):

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.orm.attributes import flag_modified
 
 import vaultkit.sqla
 from vaultkit import ANONYMOUS, KeyDomain, Principal, SealedValue, Vault, acting_as, current_scope
+from vaultkit.core.envelope import wrap_context
 from vaultkit.errors import AccessDeniedError, DomainError, KeyProviderError
 from vaultkit.keys import X25519KeyProvider
 from vaultkit.sqla import Encrypted
@@ -203,13 +205,14 @@ class TestCryptographicSegregation:
         """Two vaults over one database: the claims back end stores a medical document with the
         unit's public key and cannot read it back, whatever principal it claims; the unit can."""
         url = f"sqlite:///{tmp_path / 'shared.db'}"
-        unit_keys = X25519KeyProvider.generate(["medical"])
+        writer = Ed25519PrivateKey.generate()
+        unit_keys = X25519KeyProvider.generate(["medical"], writers={"claims": writer.public_key()})
         identity = InMemoryKeyProvider(["identity"])
         claims_vault = Vault(
             provider=identity,
             store=url,
             domains=DOMAINS,
-            providers={"medical": unit_keys.public_only()},
+            providers={"medical": unit_keys.public_only(signer=writer)},
         )
         unit_vault = Vault(
             provider=identity, store=url, domains=DOMAINS, providers={"medical": unit_keys}
@@ -228,19 +231,24 @@ class TestCryptographicSegregation:
 
     def test_public_keys_travel_as_pem(self) -> None:
         """The unit hands out PEM public keys; private keys leave only on a deliberate call."""
-        unit = X25519KeyProvider.generate(["medical"])
-        service = X25519KeyProvider.from_public_pem({"medical": unit.public_pem("medical")})
+        writer = Ed25519PrivateKey.generate()
+        unit = X25519KeyProvider.generate(["medical"], writers={"claims": writer.public_key()})
+        service = X25519KeyProvider.from_public_pem(
+            {"medical": unit.public_pem("medical")}, signer=writer
+        )
         ref = service.primary("medical")
-        wrapped = service.wrap(ref, b"k" * 32, context=b"ctx")
-        assert unit.unwrap(ref, wrapped, context=b"ctx") == b"k" * 32
+        ctx, other = wrap_context("medical", b"1" * 16), wrap_context("medical", b"2" * 16)
+        wrapped = service.wrap(ref, b"k" * 32, context=ctx)
+        assert unit.unwrap(ref, wrapped, context=ctx) == b"k" * 32
         with pytest.raises(KeyProviderError):
-            unit.unwrap(ref, wrapped, context=b"other")
+            unit.unwrap(ref, wrapped, context=other)
         with pytest.raises(KeyProviderError, match="unsafe_allow_export"):
             unit.private_pem("medical")
         again = X25519KeyProvider.from_private_pem(
-            {"medical": unit.private_pem("medical", unsafe_allow_export=True)}
+            {"medical": unit.private_pem("medical", unsafe_allow_export=True)},
+            writers={"claims": writer.public_key()},
         )
-        assert again.unwrap(ref, wrapped, context=b"ctx") == b"k" * 32
+        assert again.unwrap(ref, wrapped, context=ctx) == b"k" * 32
         assert "public-only" in repr(service) and "PRIVATE" not in repr(unit)
 
     def test_rotation_keeps_old_versions(self) -> None:
@@ -251,4 +259,4 @@ class TestCryptographicSegregation:
         v2 = unit.rotate("medical")
         assert v2.version == 2 and unit.unwrap(v1, old, context=b"c") == b"a" * 32
         with pytest.raises(KeyProviderError):
-            unit.public_only().rotate("medical")
+            unit.public_only(signer=Ed25519PrivateKey.generate()).rotate("medical")

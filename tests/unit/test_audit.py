@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import datetime as dt
+import json
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from vaultkit import KeyDomain, Principal, SealedValue, Vault, acting_as
+from vaultkit.audit import AuditEvent, AuditLog
 from vaultkit.cli.main import main
 from vaultkit.errors import AuditError
 from vaultkit.keys import LocalKeyProvider
@@ -244,3 +248,289 @@ def test_forked_child_does_not_inherit_pending_audit_rows(setup: tuple[Vault, st
     assert proc.exitcode == 0
     assert queue.get(timeout=5) == (0, True)
     vault.flush_audit()
+
+
+class TestHeadAndCheckpoints:
+    """A truncated or rolled-back log is caught: by the head's own MAC, and against a checkpoint."""
+
+    @pytest.fixture
+    def cli(
+        self, setup: tuple[Vault, str, Path], monkeypatch: pytest.MonkeyPatch
+    ) -> Callable[..., int]:
+        _, url, keyring = setup
+        monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(MASTER).decode())
+        base = ["--store", url, "--keyring", str(keyring), "--domain", "medical"]
+
+        def run(action: str, *extra: str) -> int:
+            return main(["audit", action, *base, *extra])
+
+        return run
+
+    @staticmethod
+    def read(vault: Vault, n: int, prefix: str = "p") -> None:
+        blob = vault.encrypt("note", domain="medical")
+        for i in range(n):
+            with vault.acting_as(COACH, purpose=f"{prefix}{i}"):
+                vault.decrypt(blob)
+
+    @staticmethod
+    def head_row(url: str) -> dict[str, object]:
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            row = conn.execute(sa.text("select * from vaultkit_audit_head")).one()
+        engine.dispose()
+        return dict(row._mapping)
+
+    @staticmethod
+    def put_head(url: str, head: dict[str, object]) -> None:
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "update vaultkit_audit_head set seq = :seq, mac = :mac, log_id = :log_id,"
+                    " auth = :auth"
+                ),
+                head,
+            )
+        engine.dispose()
+
+    def test_a_rewound_head_fails_verify_without_a_checkpoint(
+        self, setup: tuple[Vault, str, Path], cli: Callable[..., int]
+    ) -> None:
+        """Deleting the tail and rewinding the head's seq and mac breaks the head's own MAC."""
+        vault, url, _ = setup
+        self.read(vault, 6)
+        keep = events(url)[2]
+        sql(url, f"delete from vaultkit_audit_events where seq > {keep.seq}")
+        sql(url, f"update vaultkit_audit_head set seq = {keep.seq}, mac = '{keep.mac}'")
+        assert vault.audit_log is not None
+        result = vault.audit_log.verify()
+        assert not result.ok and "head row was altered" in result.reason
+        assert cli("verify") == 7
+        with vault.acting_as(COACH, purpose="after"), pytest.raises(AuditError, match="head"):
+            vault.decrypt(vault.encrypt("x", domain="medical"))
+
+    def test_an_emptied_head_mac_is_refused_not_adopted(
+        self, setup: tuple[Vault, str, Path], cli: Callable[..., int]
+    ) -> None:
+        """A head whose MAC was set to NULL is not re-authenticated when the log is reopened."""
+        vault, url, keyring = setup
+        self.read(vault, 3)
+        sql(url, "update vaultkit_audit_head set auth = null")
+        assert cli("verify") == 7
+        with Vault(
+            provider=LocalKeyProvider(keyring, master_key=MASTER), store=url, domains=DOMAINS
+        ) as again:
+            assert again.audit_log is not None and not again.audit_log.verify().ok
+
+    def test_an_untouched_log_passes_against_its_checkpoint(
+        self,
+        setup: tuple[Vault, str, Path],
+        cli: Callable[..., int],
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """audit head writes a 0600 checkpoint; verify --expect passes, also after more events."""
+        vault, _, _ = setup
+        self.read(vault, 4)
+        checkpoint = tmp_path / "audit-head.json"
+        assert cli("head", "--out", str(checkpoint)) == 0
+        assert stat.S_IMODE(checkpoint.stat().st_mode) == 0o600
+        saved = json.loads(checkpoint.read_text())
+        assert set(saved) == {"v", "log_id", "seq", "chain", "at", "mac"} and saved["seq"] >= 4
+        assert cli("verify", "--expect", str(checkpoint)) == 0
+        self.read(vault, 3, prefix="later")
+        assert cli("verify", "--expect", str(checkpoint)) == 0
+        assert "checkpoint" in capsys.readouterr().out
+        assert cli("head") == 0  # to stdout
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["seq"] > saved["seq"] and printed["log_id"] == saved["log_id"]
+
+    def test_a_truncation_with_a_replayed_head_fails_against_the_checkpoint(
+        self,
+        setup: tuple[Vault, str, Path],
+        cli: Callable[..., int],
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Deleting the tail and putting back an older head row is caught only by a checkpoint."""
+        vault, url, _ = setup
+        self.read(vault, 3)
+        old_head = self.head_row(url)  # a database writer keeps a copy of the head row
+        self.read(vault, 4, prefix="hidden")
+        checkpoint = tmp_path / "audit-head.json"
+        assert cli("head", "--out", str(checkpoint)) == 0
+        sql(url, f"delete from vaultkit_audit_events where seq > {old_head['seq']}")
+        self.put_head(url, old_head)
+        assert vault.audit_log is not None and vault.audit_log.verify().ok  # the limit, documented
+        capsys.readouterr()
+        assert cli("verify", "--expect", str(checkpoint)) == 7
+        assert "truncated or rolled back" in capsys.readouterr().out
+        assert cli("head", "--expect", str(checkpoint)) == 7
+
+    def test_a_recreated_log_fails_against_the_checkpoint(
+        self,
+        setup: tuple[Vault, str, Path],
+        cli: Callable[..., int],
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Dropping both audit tables (a new, empty log) fails against the old checkpoint."""
+        vault, url, _ = setup
+        self.read(vault, 3)
+        checkpoint = tmp_path / "audit-head.json"
+        assert cli("head", "--out", str(checkpoint)) == 0
+        sql(url, "drop table vaultkit_audit_events")
+        sql(url, "drop table vaultkit_audit_head")
+        assert cli("verify") == 0  # a fresh log is intact
+        capsys.readouterr()
+        assert cli("verify", "--expect", str(checkpoint)) == 7
+        assert "replaced or recreated" in capsys.readouterr().out
+
+    def test_a_tampered_checkpoint_is_refused(
+        self,
+        setup: tuple[Vault, str, Path],
+        cli: Callable[..., int],
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """An edited checkpoint, or one that is not JSON, is refused with exit code 1."""
+        vault, _, _ = setup
+        self.read(vault, 3)
+        checkpoint = tmp_path / "audit-head.json"
+        assert cli("head", "--out", str(checkpoint)) == 0
+        saved = json.loads(checkpoint.read_text())
+        edited = tmp_path / "edited.json"
+        edited.write_text(json.dumps({**saved, "seq": 1}))
+        capsys.readouterr()
+        assert cli("verify", "--expect", str(edited)) == 1
+        assert "checkpoint is not authentic" in capsys.readouterr().err
+        edited.write_text("not json")
+        assert cli("verify", "--expect", str(edited)) == 1
+        assert "not a vaultkit audit checkpoint" in capsys.readouterr().err
+
+    def test_a_log_of_the_first_layout_opens_and_verifies(
+        self, setup: tuple[Vault, str, Path], cli: Callable[..., int], tmp_path: Path
+    ) -> None:
+        """A head table without log_id and auth (the first layout) is upgraded on open."""
+        vault, url, keyring = setup
+        self.read(vault, 3)
+        vault.close()
+        sql(url, "alter table vaultkit_audit_head drop column auth")
+        sql(url, "alter table vaultkit_audit_head drop column log_id")
+        with Vault(
+            provider=LocalKeyProvider(keyring, master_key=MASTER), store=url, domains=DOMAINS
+        ) as again:
+            assert again.audit_log is not None and again.audit_log.verify().ok
+            self.read(again, 2)
+        assert cli("verify") == 0
+        assert cli("head", "--out", str(tmp_path / "cp.json")) == 0
+        assert cli("verify", "--expect", str(tmp_path / "cp.json")) == 0
+
+
+@pytest.mark.postgres
+def test_a_forked_child_writes_events_on_its_own_connections(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """With Vault(audit=URL), a forked child and its parent log at once; the chain stays whole."""
+    import multiprocessing
+
+    vault = Vault(
+        provider=LocalKeyProvider(tmp_path / "k.json", master_key=MASTER),
+        store=f"sqlite:///{tmp_path / 'keys.db'}",
+        domains=DOMAINS,
+        audit=postgres_url,
+        audit_batch_size=1,
+    )
+    try:
+        blob = vault.encrypt("note", domain="medical")
+        with vault.acting_as(COACH, purpose="parent-0"):
+            vault.decrypt(blob)  # the parent's pool now holds a PostgreSQL connection
+        ctx = multiprocessing.get_context("fork")
+        go = ctx.Event()
+
+        def child() -> None:
+            go.wait(10)
+            for i in range(40):
+                with vault.acting_as(Principal("coach-child", grants={"medical"}), purpose=f"c{i}"):
+                    vault.decrypt(blob)
+            vault.close()
+
+        proc = ctx.Process(target=child)
+        proc.start()
+        go.set()
+        for i in range(40):
+            with vault.acting_as(COACH, purpose=f"parent-{i + 1}"):
+                vault.decrypt(blob)
+        proc.join(60)
+        assert proc.exitcode == 0
+        with vault.acting_as(COACH, purpose="parent-after"):
+            vault.decrypt(blob)  # the parent's connection is still valid
+        assert vault.audit_log is not None
+        result = vault.audit_log.verify()
+        assert result.ok and result.events >= 2 * 40 + 2
+    finally:
+        vault.close()
+
+
+def test_a_head_table_of_the_first_layout_is_upgraded_on_every_backend(database_url: str) -> None:
+    """On SQLite, PostgreSQL and MariaDB a head without log_id and auth gains both on open."""
+    import hashlib
+    import hmac
+    import os
+
+    key = os.urandom(32)
+
+    def mac(data: bytes) -> bytes:
+        return hmac.new(key, data, hashlib.sha256).digest()
+
+    engine = sa.create_engine(database_url)
+    try:
+        first = AuditLog(engine, mac=mac)
+        event = AuditEvent(
+            "coach-17", "review", "decrypt", "medical", "t", "c", ("r1",), 1, None,
+            # Whole seconds: MariaDB's DATETIME drops microseconds (issue 13 fixes the column).
+            dt.datetime.now(dt.UTC).replace(microsecond=0),
+        )  # fmt: skip
+        first.append([event, event])
+        with engine.begin() as conn:
+            conn.execute(sa.text("alter table vaultkit_audit_head drop column auth"))
+            conn.execute(sa.text("alter table vaultkit_audit_head drop column log_id"))
+        again = AuditLog(engine, mac=mac)
+        assert again.verify().ok
+        checkpoint = again.checkpoint()
+        again.append([event])
+        assert checkpoint.seq == 2 and again.verify(expect=checkpoint).ok
+        assert AuditLog(engine, mac=mac).verify(expect=checkpoint).events == 3
+    finally:
+        engine.dispose()
+
+
+def test_a_short_write_leaves_the_previous_checkpoint_intact(tmp_path: Path) -> None:
+    """With a file-size limit below a checkpoint's size, writing fails and the old file stays."""
+    import subprocess
+    import sys
+    import textwrap
+
+    target = tmp_path / "latest.json"
+    target.write_text("previous checkpoint\n")
+    script = textwrap.dedent(
+        f"""
+        import datetime as dt, resource, signal
+        from vaultkit.audit import Checkpoint, write_checkpoint
+        from vaultkit.errors import AuditError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a short write instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+        cp = Checkpoint("0" * 32, 7, "1" * 64, dt.datetime.now(dt.UTC), "2" * 64)
+        try:
+            write_checkpoint({str(target)!r}, cp)
+        except AuditError as exc:
+            print("refused:", exc)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "refused: could not write the checkpoint" in result.stdout, result.stderr
+    assert target.read_text() == "previous checkpoint\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.json"]  # no temporary file left
