@@ -59,6 +59,7 @@ __all__ = [
     "RANGES",
     "RekeyReport",
     "VerifyReport",
+    "default_job",
     "drop_job",
     "plan_job",
     "rekey_table",
@@ -128,6 +129,12 @@ class VerifyReport:
             and self.previous_binding == 0
             and self.index_outdated == 0
         )
+
+
+def default_job(table: sa.Table) -> str:
+    """The job name a run takes by default: ``<table>:rekey``, ``<schema>.<table>:rekey`` for a
+    table of a named schema (so tables of one name in two schemas are two jobs)."""
+    return f"{table.name}:rekey" if table.schema is None else f"{table.schema}.{table.name}:rekey"
 
 
 def _tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
@@ -698,7 +705,7 @@ def rekey_table(
         raise ConfigurationError("batch_size and range_size must be at least 1")
     started = time.monotonic()
     pk, encrypted = _plan(table, columns)
-    job = job or f"{table.name}:rekey"
+    job = job or default_job(table)
     report = RekeyReport(job=job, worker=worker or _worker_name(), dry_run=dry_run)
     indexes = {
         c.type.source: c for c in table.columns if isinstance(c.type, BlindIndexType)
@@ -885,7 +892,7 @@ def plan_job(
     ranges before starting workers on several machines.
     """
     pk, _ = _plan(table, None)
-    job = job or f"{table.name}:rekey"
+    job = job or default_job(table)
     ranges, _checkpoints = _tables(sa.MetaData())
     _create_tables(engine)
     total = _cut_ranges(engine, pk, ranges, job, range_size)

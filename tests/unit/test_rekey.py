@@ -424,3 +424,44 @@ def test_workers_starting_together_create_and_cut_once(engine: sa.Engine, vault:
     for thread in threads:
         thread.join()
     assert results == [(5, 5)] * 6  # 30 rows in ranges of 7: 4 bounds, 5 ranges
+
+
+@pytest.mark.postgres
+def test_tables_of_one_name_in_two_schemas_are_two_jobs(
+    postgres_url: str, postgres_schema: str, vault: Vault
+) -> None:
+    """By default tenant B's members table is its own job: a finished run on tenant A's table
+    of the same name does not make the run on tenant B's skip its rows."""
+    other = f"{postgres_schema}_b"
+    eng = sa.create_engine(postgres_url)
+    with eng.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{other}"'))
+    try:
+        meta = sa.MetaData()
+        tables = [
+            sa.Table(
+                "tenant_members",
+                meta,
+                sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                sa.Column("email", Encrypted(sa.String(200), domain="identity", migrating=True)),
+                schema=schema,
+            )
+            for schema in (postgres_schema, other)
+        ]
+        meta.create_all(eng)
+        for schema in (postgres_schema, other):
+            with eng.begin() as conn:
+                conn.execute(
+                    sa.text(f'insert into "{schema}".tenant_members (id, email) values (:i, :e)'),
+                    [{"i": i, "e": f"m{i}@x.be".encode()} for i in range(1, 11)],
+                )
+        reports = [rekey_table(eng, table, vault=vault) for table in tables]
+        assert [r.plaintext_encrypted for r in reports] == [10, 10]
+        assert reports[0].job != reports[1].job
+        for table in tables:
+            with eng.connect() as conn:
+                assert count_plaintext(conn, table.c.email) == 0
+    finally:
+        with eng.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{other}" CASCADE'))
+        eng.dispose()

@@ -175,14 +175,14 @@ class _Progress:
 def _rekey(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
-    from vaultkit.rekey import RekeyReport, plan_job
+    from vaultkit.rekey import RekeyReport, default_job, plan_job
 
     if args.workers < 1 or args.batch_size < 1 or args.range_size < 1:
         raise ConfigurationError("--workers, --batch-size and --range-size must be at least 1")
     if args.dry_run and args.workers != 1:
         raise ConfigurationError("--dry-run runs one worker")
     table = _load_table(args.model)
-    args.job = args.job or f"{table.name}:rekey"
+    args.job = args.job or default_job(table)
     engine = sa.create_engine(args.data, hide_parameters=True)
     try:
         with engine.connect() as conn:

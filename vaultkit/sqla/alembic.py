@@ -89,7 +89,8 @@ class _ColumnOp(MigrateOperation):
         }
 
     def encrypted_type(self) -> Encrypted:
-        """The column's type once encrypted: bound to its final table and column names."""
+        """The column's type once encrypted: bound to its final schema, table and column names,
+        exactly as the model's ``Encrypted`` column binds them."""
         return Encrypted(
             self.inner,
             domain=self.domain,
@@ -98,6 +99,7 @@ class _ColumnOp(MigrateOperation):
             pad_to=self.pad_to,
             table=self.table_name,
             column=self.column_name,
+            schema=self.schema,
         )
 
     def index_type(self) -> BlindIndexType | None:
@@ -116,6 +118,7 @@ class _ColumnOp(MigrateOperation):
             sa.MetaData(),
             sa.Column(self.column_name, self.encrypted_type()),
             sa.Column(self.index, index),
+            schema=self.schema,
         )
         return index
 

@@ -41,6 +41,7 @@ __all__ = ["BlindIndexType", "Encrypted", "EncryptedCell", "RowBound"]
 
 _MAGIC: Final = wire.MAGIC
 _NULL_OPERATORS: Final = frozenset({operators.is_, operators.is_not})
+_SCHEMA_BINDINGS: Final = ("schema", "legacy")
 
 
 class _RawBinary(sa.LargeBinary):
@@ -268,6 +269,13 @@ class Encrypted(TypeDecorator[Any]):
             ``Encrypted`` of the same inner type). Values that do not open under this type are
             opened under ``previous``; writes always use this type. The re-keying engine moves
             the old values; then remove ``previous``. See docs/operations.md.
+        schema: the schema bound into the associated data; by default the schema of the table
+            this type is attached to (``Table.schema``), and none for a table without one.
+            Schema, table and column are separate context entries (docs/wire-format.md).
+        schema_binding: ``"schema"`` (the default) binds as just described. ``"legacy"`` binds
+            as vaultkit did before the schema entry existed: no schema, and ``table.column``
+            split at its first dot. Only for a ``previous=`` type, to read values written that
+            way while ``vaultkit rekey`` moves them to the current binding.
 
     Raises:
         QueryError: on any SQL operator other than ``IS NULL`` / ``IS NOT NULL``, and when the
@@ -292,6 +300,8 @@ class Encrypted(TypeDecorator[Any]):
         table: str | None = None,
         column: str | None = None,
         previous: Encrypted | None = None,
+        schema: str | None = None,
+        schema_binding: str = "schema",
     ) -> None:
         super().__init__()
         inner_type = inner() if isinstance(inner, type) else inner
@@ -309,6 +319,14 @@ class Encrypted(TypeDecorator[Any]):
         self.pad_to = pad_to
         self.table = table
         self.column = column
+        if schema is not None and not (isinstance(schema, str) and schema):
+            raise ConfigurationError("schema= takes a non-empty schema name")
+        self.schema = schema
+        if schema_binding not in _SCHEMA_BINDINGS:
+            raise ConfigurationError('schema_binding= is "schema" or "legacy"')
+        self.schema_binding = schema_binding
+        #: Set on the type given as another's ``previous=``: only there may it bind the legacy way.
+        self._as_previous = False
         if previous is not None:
             if not isinstance(previous, Encrypted) or previous.previous is not None:
                 raise ConfigurationError("previous= takes one Encrypted type (not a chain)")
@@ -319,31 +337,54 @@ class Encrypted(TypeDecorator[Any]):
                     "previous= may bind to the same row key or to none, not to another column"
                 )
         self.previous: Encrypted | None = previous
+        if previous is not None:
+            previous._as_previous = True
         self._python_type, self._coerce = _coercer(inner_type)
         self._enum_class = inner_type.enum_class if isinstance(inner_type, sa.Enum) else None
-        self._attached: tuple[str, str] | None = None
+        self._attached: tuple[str, str, str | None] | None = None  # table, column, schema
         self._slot = _registry.slot(vault)
         self._field: FieldCipher | None = None
         self._field_generation = -1
 
     # -- naming and the vault -----------------------------------------------------------------
 
-    def _attach(self, table: str, column: str) -> None:
-        self._attached = (table, column)
+    def _attach(self, table: str, column: str, schema: str | None = None) -> None:
+        self._check_binding()
+        self._attached = (str(table), str(column), None if schema is None else str(schema))
         self._field = None
         if self.previous is not None:
-            self.previous._attach(table, column)
+            self.previous._attach(table, column, schema)
 
-    @property
-    def bound_name(self) -> str:
-        """``table.column`` as bound into the associated data."""
-        table = self.table or (self._attached[0] if self._attached else None)
-        column = self.column or (self._attached[1] if self._attached else None)
+    def _check_binding(self) -> None:
+        if self.schema_binding == "legacy" and not self._as_previous:
+            raise ConfigurationError(
+                'schema_binding="legacy" is only for a previous= type: values are always written '
+                "with the schema bound; read the old ones through previous= and move them with "
+                "vaultkit rekey (docs/operations.md)"
+            )
+
+    def binding(self) -> tuple[str | None, str, str]:
+        """The schema (or ``None``), table and column bound into the associated data."""
+        attached = self._attached
+        table = self.table or (attached[0] if attached else None)
+        column = self.column or (attached[1] if attached else None)
         if table is None or column is None:
             raise ConfigurationError(
                 "this Encrypted type is not attached to a table column; give table= and column="
             )
-        return f"{table}.{column}"
+        if self.schema_binding == "legacy":
+            # Before the schema entry, the names went through "table.column" and were split at
+            # the first dot: no schema, and a dot in the table name moved into the column name.
+            table, column = f"{table}.{column}".split(".", 1)
+            return None, table, column
+        schema = self.schema if self.schema is not None else (attached[2] if attached else None)
+        return schema, table, column
+
+    @property
+    def bound_name(self) -> str:
+        """``table.column`` (``schema.table.column`` with a schema), for messages."""
+        schema, table, column = self.binding()
+        return f"{table}.{column}" if schema is None else f"{schema}.{table}.{column}"
 
     @property
     def python_type(self) -> type:
@@ -354,11 +395,13 @@ class Encrypted(TypeDecorator[Any]):
         slot = self._slot
         field = self._field
         if field is None or self._field_generation != slot.generation:
-            table, column = self.bound_name.split(".", 1)
+            self._check_binding()
+            schema, table, column = self.binding()
             field = slot.get().field(
                 self.domain,
                 table=table,
                 column=column,
+                schema=schema,
                 row_bound=self.row_key is not None,
                 pad_to=self.pad_to,
             )
@@ -444,8 +487,7 @@ class Encrypted(TypeDecorator[Any]):
                 return self.encrypt_value(value)
             if generation != slot.generation or seal is None:
                 field = self.field()
-                seal, fields = field._seal, field._fixed
-                where = (field.table, field.column, None)
+                seal, fields, where = field._seal, field._fixed, field._where
                 generation = slot.generation
             if type(value) is str and python_type is str and pad is None:
                 try:  # the common case, encoded here without a call (see vaultkit._codec)
@@ -491,8 +533,7 @@ class Encrypted(TypeDecorator[Any]):
                 return None
             if generation != slot.generation or open_ is None:
                 field = self.field()
-                open_, fields = field._open, field._fixed
-                where = (field.table, field.column, None)
+                open_, fields, where = field._open, field._fixed, field._where
                 generation = slot.generation
             return open_(value if type(value) is bytes else _as_bytes(value), fields, domain, where)
 
@@ -513,7 +554,10 @@ class Encrypted(TypeDecorator[Any]):
             table=self.table,
             column=self.column,
             previous=self.previous.copy() if self.previous is not None else None,
+            schema=self.schema,
+            schema_binding=self.schema_binding,
         )
+        copied._as_previous = self._as_previous
         copied._attached = self._attached
         if copied.previous is not None and self.previous is not None:
             copied.previous._attached = self.previous._attached
@@ -525,9 +569,23 @@ class Encrypted(TypeDecorator[Any]):
         if type(self.inner).__module__.startswith("sqlalchemy."):
             inner = "sa." + inner
         args = [inner, f"domain={self.domain!r}"]
-        for name in ("row_key", "migrating", "vault", "pad_to", "table", "column", "previous"):
+        for name in (
+            "row_key",
+            "migrating",
+            "vault",
+            "pad_to",
+            "table",
+            "column",
+            "previous",
+            "schema",
+            "schema_binding",
+        ):
             value = getattr(self, name)
-            default = {"migrating": False, "vault": _registry.DEFAULT}.get(name)
+            default = {
+                "migrating": False,
+                "vault": _registry.DEFAULT,
+                "schema_binding": "schema",
+            }.get(name)
             if value is not None and value != default:
                 args.append(f"{name}={value!r}")
         return f"Encrypted({', '.join(args)})"
