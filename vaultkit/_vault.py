@@ -994,6 +994,7 @@ class FieldCipher:
         "_pad",
         "_row_bound",
         "_seal",
+        "_vault",
         "_where",
         "column",
         "schema",
@@ -1015,6 +1016,7 @@ class FieldCipher:
             fixed = wire.cell_context(table=table, column=column, schema=schema)
         except ValueError as exc:
             raise ConfigurationError(f"cannot bind a column to this name: {exc}") from None
+        self._vault = vault
         self._seal = vault._seal
         self._open = vault._open
         self._domain = domain
@@ -1074,6 +1076,29 @@ class FieldCipher:
             self._domain,
             self._where if row is None else (self._where[0], self.column, row),
         )
+
+    def admit_plaintext(self, *, row: wire.ContextValue | None = None) -> SealedValue | None:
+        """Apply the rules of a decrypt to a legacy plaintext value of this column (migration mode).
+
+        A principal without the grant of a restricted domain gets what a decrypt would give it
+        (a :class:`SealedValue`, or :class:`AccessDeniedError` where the domain says so, audited
+        as ``denied``); in an audited domain the read is logged as a ``decrypt`` event without a
+        DEK id, written before the value is handed out.
+
+        Returns:
+            ``None`` when the value may be handed out, else the sealed value to return instead.
+
+        Raises:
+            AccessDeniedError: no grant, and the domain raises for readers without one.
+            AuditError: the audit event could not be written.
+        """
+        vault, domain = self._vault, self._domain
+        where = self._where if row is None else (self._where[0], self.column, row)
+        if vault._is_denied(domain):
+            return vault._denied(domain, where)
+        if vault._domains[domain].audited:
+            vault._audit("decrypt", domain, where, None)
+        return None
 
     @property
     def domain(self) -> str:

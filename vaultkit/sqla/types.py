@@ -211,8 +211,23 @@ def _coercer(inner: TypeEngine[Any]) -> tuple[type | None, Callable[[Any], Plain
     return python_type, strict
 
 
+#: What :func:`_legacy` returns for a legacy value that does not convert to the column's type.
+_INVALID: Final = object()
+
+
 def _legacy(raw: Any, python_type: type | None, inner: TypeEngine[Any]) -> Any:
-    """Interpret a legacy plaintext value (migration mode) as the inner type's Python type."""
+    """Interpret a legacy plaintext value (migration mode) as the inner type's Python type.
+
+    Returns :data:`_INVALID` when it does not convert. No exception leaves this function: the
+    converters' messages quote the value (``invalid literal for int() with base 10: 'abc'``).
+    """
+    try:
+        return _convert_legacy(raw, python_type, inner)
+    except Exception:  # any failure: its message and chain would carry the value
+        return _INVALID
+
+
+def _convert_legacy(raw: Any, python_type: type | None, inner: TypeEngine[Any]) -> Any:
     if isinstance(raw, bytearray | memoryview):
         raw = bytes(raw)
     if python_type is bytes:
@@ -243,7 +258,7 @@ def _legacy(raw: Any, python_type: type | None, inner: TypeEngine[Any]) -> Any:
     }
     converter = converters.get(python_type)
     if converter is None:
-        raise DecryptionError
+        return _INVALID
     return converter(str(text))
 
 
@@ -441,11 +456,15 @@ class Encrypted(TypeDecorator[Any]):
             return None
         if type(stored) is not bytes:
             if self.migrating and not isinstance(stored, bytearray | memoryview):
-                return _legacy(stored, self._python_type, self.inner)
+                box = [stored]
+                del stored  # the legacy value travels in ``box`` only, emptied by _read_legacy
+                return self._read_legacy(box, row)
             stored = _as_bytes(stored)
         if stored[:2] != _MAGIC:
             if self.migrating:
-                return _legacy(stored, self._python_type, self.inner)
+                box = [stored]
+                del stored
+                return self._read_legacy(box, row)
             raise DecryptionError
         if self.previous is None:
             value = self.field().decrypt(stored, row=row)
@@ -457,6 +476,25 @@ class Encrypted(TypeDecorator[Any]):
                 return previous.decrypt_value(stored, row=row if previous.row_key else None)
         if self._enum_class is not None and not isinstance(value, SealedValue):
             return self._enum_class[value]  # type: ignore[index]
+        return value
+
+    def _read_legacy(self, box: list[Any], row: wire.ContextValue | None) -> Any:
+        """A legacy plaintext value in migration mode, taken out of ``box``.
+
+        The grant and the audit log apply as to a decrypt (:meth:`FieldCipher.admit_plaintext`).
+        A value that does not convert raises :class:`DecryptionError` naming the column, with no
+        exception chained and no frame of vaultkit's holding the value.
+        """
+        sealed = self.field().admit_plaintext(row=row)
+        if sealed is not None:
+            box.clear()
+            return sealed
+        value = _legacy(box.pop(), self._python_type, self.inner)
+        if value is _INVALID:
+            raise DecryptionError(
+                f"legacy plaintext in {self.bound_name} is not a valid "
+                f"{type(self.inner).__name__} value"
+            )
         return value
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
