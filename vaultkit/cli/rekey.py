@@ -287,6 +287,11 @@ def _summary(args: argparse.Namespace, reports: list[Any], elapsed: float) -> No
         f"(retried), left changing {total('left_changing'):,}, "
         f"not decryptable {total('undecryptable'):,}"
     )
+    if total("tampered"):
+        print(
+            f"  TAMPERED {total('tampered'):,}: plaintext not recorded in its row when the "
+            "migration began (a ciphertext replaced by plaintext?), left as it is"
+        )
     if not args.dry_run:
         finished = any(r.finished for r in reports)
         print(f"  job {'finished' if finished else 'not finished: run again to resume'}")
@@ -318,5 +323,10 @@ def _verify(args: argparse.Namespace, table: Any) -> bool:
         f"under retired DEKs {report.under_retired:,}, previous binding {report.previous_binding:,}, "
         f"blind index missing or old {report.index_outdated:,}"
     )
+    if report.tampered:
+        print(
+            f"  TAMPERED {report.tampered:,}: plaintext not recorded in its row when the "
+            "migration began, or found after it"
+        )
     print(f"  {'clean' if report.clean else 'NOT clean'}")
     return report.clean

@@ -214,6 +214,21 @@ def _coercer(inner: TypeEngine[Any]) -> tuple[type | None, Callable[[Any], Plain
 #: What :func:`_legacy` returns for a legacy value that does not convert to the column's type.
 _INVALID: Final = object()
 
+#: Legacy manifests loaded by :func:`vaultkit.rekey.load_migration`: by vault name, schema, table
+#: and column, a function telling whether a legacy plaintext was recorded when the migration of
+#: that column began, with the generation of the configured vault it was loaded for (configuring
+#: another vault forgets it). Keyed by binding, not by type object: SQLAlchemy copies types.
+_LEGACY_MANIFESTS: dict[tuple[str, str | None, str, str], tuple[int, Callable[[bytes], bool]]] = {}
+
+
+def _legacy_bytes(raw: Any) -> bytes:
+    """The stored bytes of a legacy value, as the manifest's tags were computed over them."""
+    if isinstance(raw, bytes):
+        return raw
+    if isinstance(raw, bytearray | memoryview):
+        return bytes(raw)
+    return str(raw).encode("utf-8")  # legacy text read through a text column type
+
 
 def _legacy(raw: Any, python_type: type | None, inner: TypeEngine[Any]) -> Any:
     """Interpret a legacy plaintext value (migration mode) as the inner type's Python type.
@@ -478,13 +493,55 @@ class Encrypted(TypeDecorator[Any]):
             return self._enum_class[value]  # type: ignore[index]
         return value
 
-    def _read_legacy(self, box: list[Any], row: wire.ContextValue | None) -> Any:
-        """A legacy plaintext value in migration mode, taken out of ``box``.
+    def use_legacy_manifest(self, admits: Callable[[bytes], bool] | None) -> None:
+        """Accept in migration mode only legacy plaintext that ``admits`` recognises.
 
-        The grant and the audit log apply as to a decrypt (:meth:`FieldCipher.admit_plaintext`).
-        A value that does not convert raises :class:`DecryptionError` naming the column, with no
-        exception chained and no frame of vaultkit's holding the value.
+        :func:`vaultkit.rekey.load_migration` calls it with the column's legacy manifest (the
+        values recorded when the migration began); ``None`` forgets it. It applies to every copy
+        of this type with the same vault and binding, until another vault is configured.
         """
+        key = (self.vault, *self.binding())
+        if admits is None:
+            _LEGACY_MANIFESTS.pop(key, None)
+        else:
+            _LEGACY_MANIFESTS[key] = (self._slot.generation, admits)
+
+    def _read_legacy(self, box: list[Any], row: wire.ContextValue | None) -> Any:
+        """A legacy plaintext value read in migration mode, taken out of ``box``.
+
+        Only a value recorded in the column's legacy manifest is accepted (others raise
+        :class:`DecryptionError`); then as :meth:`open_legacy`.
+        """
+        loaded = _LEGACY_MANIFESTS.get((self.vault, *self.binding()))
+        if loaded is None or loaded[0] != self._slot.generation:
+            box.clear()
+            raise ConfigurationError(
+                f"{self.bound_name} is in migration mode, but its legacy manifest is not loaded "
+                "in this process: call vaultkit.rekey.load_migration(engine, table, vault=...) "
+                "at start-up (docs/operations.md, encrypting a legacy plaintext column)"
+            )
+        if not loaded[1](_legacy_bytes(box[0])):
+            box.clear()
+            raise DecryptionError(
+                f"legacy plaintext in {self.bound_name} was not recorded when its migration "
+                "began: refused as a possible downgrade of a ciphertext"
+            )
+        return self._open_legacy(box, row)
+
+    def open_legacy(self, raw: Any, *, row: wire.ContextValue | None = None) -> Any:
+        """Convert a legacy plaintext value of this column, already checked against its manifest.
+
+        For the re-keying engine, which checks each value against its row in the legacy
+        manifest itself. The grant and the audit log apply as to a decrypt
+        (:meth:`vaultkit.FieldCipher.admit_plaintext`). A value that does not convert raises
+        :class:`DecryptionError` naming the column, with no exception chained and no frame of
+        vaultkit's holding the value.
+        """
+        box = [raw]
+        del raw
+        return self._open_legacy(box, row)
+
+    def _open_legacy(self, box: list[Any], row: wire.ContextValue | None) -> Any:
         sealed = self.field().admit_plaintext(row=row)
         if sealed is not None:
             box.clear()
