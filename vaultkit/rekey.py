@@ -59,7 +59,7 @@ from typing import Any, Final, NamedTuple
 import sqlalchemy as sa
 
 from vaultkit._access import Principal, SealedValue
-from vaultkit._vault import Vault
+from vaultkit._vault import BlindIndexKey, Vault
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError, DecryptionError
 from vaultkit.sqla.types import BlindIndexType, Encrypted, RowBound
@@ -341,8 +341,25 @@ class _Manifest:
         text = json.dumps(list(self.binding), ensure_ascii=False)
         self._scope = hashlib.sha256(b"vaultkit legacy scope\x00" + text.encode()).digest()[:16]
         self.scope = self._scope.hex()
-        self._key = vault.blind_index_key(
-            column_type.domain, table=_MANIFEST_KEY_TABLE, column=self.scope, version=1
+        self._vault = vault
+        self._domain = column_type.domain
+        self._hmac: BlindIndexKey | None = None
+
+    @property
+    def _key(self) -> BlindIndexKey:
+        # Made (or read) on first use, so that begin() can tell first whether it existed.
+        if self._hmac is None:
+            self._hmac = self._vault.blind_index_key(
+                self._domain, table=_MANIFEST_KEY_TABLE, column=self.scope, version=1
+            )
+        return self._hmac
+
+    def key_existed(self) -> bool:
+        """Whether the key store already holds this column's manifest key (a migration began)."""
+        name = f"{_MANIFEST_KEY_TABLE}.{self.scope}@"
+        return any(
+            (record.name or "").startswith(name)
+            for record in self._vault.store.records(domain=self._domain)
         )
 
     @staticmethod
@@ -365,12 +382,38 @@ class _Manifest:
         ).first()
         return found is not None
 
-    def begin(self, conn: sa.Connection, pk: sa.Column[Any], batch_size: int) -> int | None:
+    def begin(
+        self, conn: sa.Connection, pk: sa.Column[Any], batch_size: int, *, restart: bool
+    ) -> int | None:
         """Record the column's legacy rows; ``None`` when its migration had begun already."""
         migrations, rows = _legacy_tables(sa.MetaData())
         migrations.metadata.create_all(conn, checkfirst=True)
         if self.begun(conn):
             return None
+        schema, table, column = self.binding
+        # The record goes in first: a worker beginning at the same moment waits on its primary
+        # key until this transaction ends, then finds the migration begun.
+        conn.execute(
+            migrations.insert().values(
+                scope=self.scope,
+                schema_name=schema,
+                table_name=table,
+                column_name=column,
+                started_at=dt.datetime.now(dt.UTC),
+                legacy_rows=0,
+            )
+        )
+        if not restart and self.key_existed():
+            # The manifest key lives in the key store, the manifest in the data database: a
+            # key without a record means the record went (deleted by a database writer, or a
+            # begin that failed half-way). Recording the column afresh would take whatever
+            # plaintext it holds now, downgrades included, as legacy.
+            raise ConfigurationError(
+                f"{self.column.table.name}.{column}: its legacy manifest is missing although its "
+                "migration began before (the manifest key exists in the key store); restore "
+                f"{LEGACY_MIGRATIONS} and {LEGACY_ROWS} from a backup, or check the column's "
+                "plaintext by hand and call vaultkit.rekey.begin_migration(..., restart=True)"
+            )
         raw = sa.type_coerce(self.column, sa.LargeBinary)
         last: Any = None
         count = 0
@@ -397,16 +440,8 @@ class _Manifest:
                 conn.execute(rows.insert(), entries)
                 count += len(entries)
             last = batch[-1][0]
-        schema, table, column = self.binding
         conn.execute(
-            migrations.insert().values(
-                scope=self.scope,
-                schema_name=schema,
-                table_name=table,
-                column_name=column,
-                started_at=dt.datetime.now(dt.UTC),
-                legacy_rows=count,
-            )
+            migrations.update().where(migrations.c.scope == self.scope).values(legacy_rows=count)
         )
         return count
 
@@ -498,6 +533,7 @@ def begin_migration(
     vault: Vault,
     columns: Sequence[str] | None = None,
     batch_size: int = 5000,
+    restart: bool = False,
 ) -> dict[str, int]:
     """Record which rows of ``table``'s migrating columns hold legacy plaintext now.
 
@@ -514,10 +550,16 @@ def begin_migration(
         vault: the vault those columns use.
         columns: names of the columns to record (default: every column in migration mode).
         batch_size: rows read per query.
+        restart: record a column afresh although its manifest key shows that its migration
+            began before and its records are gone. Only after checking its plaintext by hand.
 
     Returns:
         The number of legacy rows recorded per column; a column whose migration had begun
         already is left out.
+
+    Raises:
+        ConfigurationError: the column's manifest key exists in the key store but its records
+            are gone from the data database (see ``restart``).
 
     .. versionadded:: 0.1.0
     """
@@ -528,7 +570,7 @@ def begin_migration(
         manifest = _Manifest(vault, column)
         try:
             with _in_transaction(bind) as conn:
-                count = manifest.begin(conn, pk, batch_size)
+                count = manifest.begin(conn, pk, batch_size, restart=restart)
         except sa.exc.IntegrityError:
             # Another worker recorded it at the same moment (its rows or its record collided).
             if isinstance(bind, sa.Connection):

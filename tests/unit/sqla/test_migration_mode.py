@@ -261,3 +261,24 @@ class TestManifest:
             sa.Column("amount", Encrypted(sa.Integer, domain="identity")),
         )
         assert verify_table(engine, strict, vault=vault).tampered == 1
+
+    def test_a_deleted_manifest_is_not_recorded_afresh(
+        self, engine: sa.Engine, vault: Vault
+    ) -> None:
+        """A writer who deletes the manifest and downgrades a value does not get the next run to
+        record the column afresh (the manifest key in the key store shows the migration began):
+        the run refuses, until an operator restarts the migration deliberately."""
+        plant(engine, 1, amount=b"1200")
+        begin(engine, vault)
+        with engine.begin() as conn:
+            conn.execute(NOTES.update().where(NOTES.c.id == 1).values(amount=1300))
+            conn.execute(sa.text("delete from vaultkit_legacy_rows"))
+            conn.execute(sa.text("delete from vaultkit_legacy_migrations"))
+        update(engine, 1, amount=b"999999")
+        with pytest.raises(ConfigurationError, match="legacy manifest is missing"):
+            rekey_table(engine, NOTES, vault=vault, columns=["amount"])
+        with pytest.raises(ConfigurationError, match="legacy manifest is missing"):
+            begin_migration(engine, NOTES, vault=vault, columns=["amount"])
+        assert begin_migration(engine, NOTES, vault=vault, columns=["amount"], restart=True) == {
+            "amount": 1
+        }
