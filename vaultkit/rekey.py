@@ -344,6 +344,9 @@ class _Manifest:
         self._vault = vault
         self._domain = column_type.domain
         self._hmac: BlindIndexKey | None = None
+        #: The migration ended (no recorded row left in plaintext): no entry is looked up, and
+        #: any plaintext is tampering.
+        self.finished = False
 
     @property
     def _key(self) -> BlindIndexKey:
@@ -378,9 +381,12 @@ class _Manifest:
         if not sa.inspect(conn).has_table(migrations.name):
             return False
         found = conn.execute(
-            sa.select(migrations.c.scope).where(migrations.c.scope == self.scope)
+            sa.select(migrations.c.finished_at).where(migrations.c.scope == self.scope)
         ).first()
-        return found is not None
+        if found is None:
+            return False
+        self.finished = found.finished_at is not None
+        return True
 
     def begin(
         self, conn: sa.Connection, pk: sa.Column[Any], batch_size: int, *, restart: bool
@@ -729,7 +735,11 @@ def _legacy_entries(
     if not manifests or not rows:
         return {}
     keys = [row[0] for row in rows]
-    return {name: manifest.entries(conn, keys) for name, manifest in manifests.items()}
+    return {
+        name: manifest.entries(conn, keys)
+        for name, manifest in manifests.items()
+        if not manifest.finished
+    }
 
 
 def _changes(

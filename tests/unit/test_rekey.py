@@ -465,3 +465,42 @@ def test_tables_of_one_name_in_two_schemas_are_two_jobs(
         with eng.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{other}" CASCADE'))
         eng.dispose()
+
+
+@pytest.mark.postgres
+def test_workers_beginning_a_migration_together_record_it_once(
+    postgres_url: str, vault: Vault
+) -> None:
+    """Two workers beginning the same column's migration at once: one records its legacy rows,
+    the other waits for it and finds the migration begun; the manifest holds each row once."""
+    import threading
+
+    from vaultkit.rekey import begin_migration
+
+    eng = sa.create_engine(postgres_url)
+    META.create_all(eng)
+    try:
+        load_legacy(eng, vault, 300)
+        results: list[object] = []
+        barrier = threading.Barrier(2)
+
+        def worker() -> None:
+            barrier.wait()
+            try:
+                results.append(begin_migration(eng, MEMBERS, vault=vault, batch_size=50))
+            except Exception as exc:  # reported below
+                results.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(map(str, results)) == ["{'email': 300}", "{}"]
+        with eng.connect() as conn:
+            assert (
+                conn.execute(sa.text("select count(*) from vaultkit_legacy_rows")).scalar() == 300
+            )
+    finally:
+        META.drop_all(eng)
+        eng.dispose()
