@@ -288,7 +288,10 @@ class Encrypted(TypeDecorator[Any]):
         row_key: name of a column of the same table whose value binds each value to its row (a UUID
             key or member number known at insert time, never a database-assigned autoincrement).
             A value copied into another row then fails to decrypt.
-        migrating: read legacy plaintext (anything without the vaultkit header) as the inner type;
+        migrating: read legacy plaintext (a value without the vaultkit header) as the inner
+            type, if it was recorded in the column's legacy manifest when the migration began
+            (:func:`vaultkit.rekey.begin_migration`, loaded with
+            :func:`vaultkit.rekey.load_migration`), under the domain's grant and audit rules;
             always write ciphertext. Off by default: strict mode raises on anything else.
         vault: name of the configured vault (see :func:`vaultkit.sqla.configure`).
         pad_to: pad plaintexts to a multiple of this many bytes, so that short enumerations of
