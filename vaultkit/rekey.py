@@ -312,6 +312,23 @@ def _legacy_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
     return migrations, rows
 
 
+# PostgreSQL statements over arrays for the manifest (the names are the constants above; the
+# values are parameters).
+_PG_INSERT: Final = sa.text(
+    f"INSERT INTO {LEGACY_ROWS} (scope, row_id, row_tag, value_tag) "  # noqa: S608
+    "SELECT :scope, u.r, u.t, u.v FROM unnest(CAST(:ids AS VARCHAR[]), "
+    "CAST(:row_tags AS BYTEA[]), CAST(:value_tags AS BYTEA[])) AS u(r, t, v)"
+)
+_PG_SELECT: Final = sa.text(
+    f"SELECT row_id, row_tag FROM {LEGACY_ROWS} "  # noqa: S608
+    "WHERE scope = :scope AND row_id = ANY(CAST(:ids AS VARCHAR[]))"
+)
+_PG_DELETE: Final = sa.text(
+    f"DELETE FROM {LEGACY_ROWS} "  # noqa: S608
+    "WHERE scope = :scope AND row_id = ANY(CAST(:ids AS VARCHAR[]))"
+)
+
+
 @contextmanager
 def _in_transaction(bind: sa.Engine | sa.Connection) -> Iterator[sa.Connection]:
     """The caller's connection (inside its transaction, as in an Alembic migration) or a new
@@ -367,10 +384,12 @@ class _Manifest:
 
     @staticmethod
     def row_id(key: Any) -> str:
-        return hashlib.sha256(str(_key_text(key)).encode()).hexdigest()[:32]
+        """Hex of a hash of the row key's text (as the checkpoints store keys)."""
+        text = str(key) if type(key) is int else str(_key_text(key))  # json.dumps(int) == str
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def row_tag(self, key: Any, raw: bytes) -> bytes:
-        prefix = b"vaultkit legacy row\x00" + self._scope + bytes.fromhex(self.row_id(key))
+    def row_tag(self, row_id: str, raw: bytes) -> bytes:
+        prefix = b"vaultkit legacy row\x00" + self._scope + bytes.fromhex(row_id)
         return self._key.digest(prefix + raw)[:16]
 
     def value_tag(self, raw: bytes) -> bytes:
@@ -434,48 +453,72 @@ class _Manifest:
             for key, stored in batch:
                 value = _as_raw(stored)
                 if value is not None and value[:2] != _MAGIC:
+                    row_id = self.row_id(key)
                     entries.append(
                         {
                             "scope": self.scope,
-                            "row_id": self.row_id(key),
-                            "row_tag": self.row_tag(key, value),
+                            "row_id": row_id,
+                            "row_tag": self.row_tag(row_id, value),
                             "value_tag": self.value_tag(value),
                         }
                     )
             if entries:
-                conn.execute(rows.insert(), entries)
-                count += len(entries)
+                self._insert(conn, rows, entries)
+            count += len(entries)
             last = batch[-1][0]
         conn.execute(
             migrations.update().where(migrations.c.scope == self.scope).values(legacy_rows=count)
         )
         return count
 
-    def entries(self, conn: sa.Connection, keys: Sequence[Any]) -> dict[str, bytes]:
-        """Row id -> row tag of those of ``keys`` that are still in the manifest."""
+    @staticmethod
+    def _insert(conn: sa.Connection, rows: sa.Table, entries: list[dict[str, Any]]) -> None:
+        if conn.dialect.name == "postgresql":
+            # One statement over arrays: an executemany would send one INSERT per row, and a
+            # multi-row VALUES costs more to compile than to run.
+            conn.execute(
+                _PG_INSERT,
+                {
+                    "scope": entries[0]["scope"],
+                    "ids": [e["row_id"] for e in entries],
+                    "row_tags": [e["row_tag"] for e in entries],
+                    "value_tags": [e["value_tag"] for e in entries],
+                },
+            )
+        else:
+            conn.execute(rows.insert(), entries)
+
+    def entries(self, conn: sa.Connection, keys: Sequence[Any]) -> dict[Any, tuple[str, bytes]]:
+        """Row key -> (row id, row tag) of those of ``keys`` that are still in the manifest."""
         _migrations, rows = _legacy_tables(sa.MetaData())
-        ids = [self.row_id(k) for k in keys]
-        found: dict[str, bytes] = {}
-        for start in range(0, len(ids), 1000):
-            found.update(
-                (row_id, bytes(tag))
-                for row_id, tag in conn.execute(
+        by_id = {self.row_id(k): k for k in keys}
+        ids = list(by_id)
+        found: dict[Any, tuple[str, bytes]] = {}
+        if conn.dialect.name == "postgresql":
+            result = conn.execute(_PG_SELECT, {"scope": self.scope, "ids": ids}).all()
+        else:
+            result = []
+            for start in range(0, len(ids), 1000):
+                result += conn.execute(
                     sa.select(rows.c.row_id, rows.c.row_tag).where(
                         rows.c.scope == self.scope, rows.c.row_id.in_(ids[start : start + 1000])
                     )
                 ).all()
-            )
+        for row_id, tag in result:
+            found[by_id[row_id]] = (row_id, bytes(tag))
         return found
 
-    def recorded(self, entries: dict[str, bytes], key: Any, raw: bytes) -> bool:
-        """Whether the row ``key`` was recorded holding exactly ``raw``."""
-        tag = entries.get(self.row_id(key))
-        return tag is not None and hmac.compare_digest(tag, self.row_tag(key, raw))
+    def recorded(self, entry: tuple[str, bytes] | None, raw: bytes) -> bool:
+        """Whether the row of ``entry`` (from :meth:`entries`) was recorded holding ``raw``."""
+        return entry is not None and hmac.compare_digest(entry[1], self.row_tag(entry[0], raw))
 
     def forget(self, conn: sa.Connection, row_ids: Sequence[str]) -> None:
         """Drop the entries of rows that hold ciphertext now: they are never plaintext again."""
         _migrations, rows = _legacy_tables(sa.MetaData())
         ids = sorted(set(row_ids))
+        if conn.dialect.name == "postgresql":
+            conn.execute(_PG_DELETE, {"scope": self.scope, "ids": ids})
+            return
         for start in range(0, len(ids), 1000):
             conn.execute(
                 rows.delete().where(
@@ -726,11 +769,14 @@ class _Batch:
     tampered: int = 0
     #: Manifest entries of rows seen holding ciphertext: (column name, row id).
     forget: list[tuple[str, str]] = field(default_factory=list)
+    #: Row ids of the recorded legacy values among ``changes``, by (column name, row key):
+    #: forgotten once written.
+    legacy_ids: dict[tuple[str, Any], str] = field(default_factory=dict)
 
 
 def _legacy_entries(
     conn: sa.Connection, manifests: dict[str, _Manifest], rows: Sequence[Any]
-) -> dict[str, dict[str, bytes]]:
+) -> dict[str, dict[Any, tuple[str, bytes]]]:
     """The manifest entries of ``rows``, per column with a manifest (one query per column)."""
     if not manifests or not rows:
         return {}
@@ -747,7 +793,7 @@ def _changes(
     targets: list[_Target],
     classify: _Classifier,
     manifests: dict[str, _Manifest] | None = None,
-    legacy: dict[str, dict[str, bytes]] | None = None,
+    legacy: dict[str, dict[Any, tuple[str, bytes]]] | None = None,
 ) -> _Batch:
     """The new values of ``rows``: one change per value that needs re-encryption; how many values
     could not be opened, and how many plaintext values were refused as tampered (both left as
@@ -812,10 +858,9 @@ def _changes(
                         reason = by_header[header] = classify.reason(ctype, old, row_key)
                 else:
                     reason = classify.reason(ctype, old, row_key)
-                if entries and reason != "plaintext":
-                    row_id = _Manifest.row_id(key)
-                    if row_id in entries:
-                        found.forget.append((name, row_id))  # ciphertext now: never plaintext again
+                entry = entries.get(key) if entries else None
+                if entry is not None and reason != "plaintext":
+                    found.forget.append((name, entry[0]))  # ciphertext now: never plaintext again
                 if reason is None:
                     if ix_at is None:
                         continue
@@ -824,11 +869,11 @@ def _changes(
                         continue
                     reason = "index"  # missing, or under an older blind-index key version
                 elif reason == "plaintext":
-                    if manifest is not None and not (
-                        migrating and manifest.recorded(entries, key, old)
-                    ):
+                    if manifest is not None and not (migrating and manifest.recorded(entry, old)):
                         found.tampered += 1  # not this row's recorded legacy value: left alone
                         continue
+                    if entry is not None:
+                        found.legacy_ids[(name, key)] = entry[0]
                     if not migrating:
                         found.undecryptable += 1  # plaintext in a strict column: left for a person
                         continue
@@ -1243,25 +1288,25 @@ def rekey_table(
         # Rows that hold ciphertext after this batch leave the legacy manifest, in the same
         # transaction as the batch's values.
         forget = list(found.forget)
-        _write_batch(conn, found.changes, forget)
+        _write_batch(conn, found, forget)
         by_column: dict[str, list[str]] = {}
         for name, row_id in forget:
             by_column.setdefault(name, []).append(row_id)
         for name, row_ids in by_column.items():
             manifests[name].forget(conn, row_ids)
 
-    def _write_batch(
-        conn: sa.Connection, changes: list[_Change], forget: list[tuple[str, str]]
-    ) -> None:
-        pending = changes
+    def _write_batch(conn: sa.Connection, found: _Batch, forget: list[tuple[str, str]]) -> None:
+        pending = found.changes
+        legacy_ids = dict(found.legacy_ids)
         for attempt in range(CAS_ATTEMPTS):
             missed = write(conn, table, pk, indexes, pending) if pending else []
             missed_ids = {id(c) for c in missed}
             for change in pending:
                 if id(change) not in missed_ids:
                     _count(report, change)
-                    if change.reason == "plaintext" and change.column in manifests:
-                        forget.append((change.column, _Manifest.row_id(change.pk)))
+                    row_id = legacy_ids.get((change.column, change.pk))
+                    if change.reason == "plaintext" and row_id is not None:
+                        forget.append((change.column, row_id))
             if not missed:
                 return
             if attempt == 0:
@@ -1277,6 +1322,7 @@ def rekey_table(
             report.undecryptable += redo.undecryptable
             report.tampered += redo.tampered
             forget.extend(redo.forget)
+            legacy_ids.update(redo.legacy_ids)
             pending = [c for c in redo.changes if (c.pk, c.column) in wanted]
         report.left_changing += len(pending)
 
@@ -1415,7 +1461,7 @@ def _verify_row(
     indexes: dict[str, sa.Column[Any]],
     classify: _Classifier,
     manifests: dict[str, _Manifest],
-    legacy: dict[str, dict[str, bytes]],
+    legacy: dict[str, dict[Any, tuple[str, bytes]]],
     report: VerifyReport,
 ) -> None:
     mapping = row._mapping
@@ -1429,7 +1475,7 @@ def _verify_row(
             manifest = manifests.get(column.name)
             if manifest is None or (
                 column_type.migrating
-                and manifest.recorded(legacy.get(column.name, {}), row[0], value)
+                and manifest.recorded(legacy.get(column.name, {}).get(row[0]), value)
             ):
                 report.plaintext += 1
             else:
