@@ -18,8 +18,12 @@ name. ``decrypt_column`` does the reverse. Both run inside the migration's trans
 database has transactional DDL (PostgreSQL, SQLite): an error leaves the table as it was.
 
 They rewrite every row while the migration runs. For tables the application must keep using
-meanwhile, declare the column ``Encrypted(..., migrating=True)`` and run ``vaultkit rekey``
-instead (docs/operations.md, "Encrypting a legacy column").
+meanwhile, declare the column ``Encrypted(..., migrating=True)``, record its legacy manifest with
+``vaultkit.rekey.begin_migration(op.get_bind(), table, vault=...)`` and run ``vaultkit rekey``
+instead (docs/operations.md, "Encrypting a legacy plaintext column").
+
+In a table of a named schema (``schema=``), the values are bound to that schema exactly as the
+model's ``Encrypted`` column binds them (docs/wire-format.md, "Column binding").
 
 The vault comes from :func:`vaultkit.sqla.configure` (call it in ``env.py``).
 """
