@@ -207,6 +207,34 @@ class TestNames:
         finally:
             engine.dispose()
 
+    def test_legacy_binding_reads_old_values_of_a_dotted_table(self, vault: Vault) -> None:
+        """A value written before this change in table "a.b", column "c" (bound then as table
+        "a", column "b.c") opens through previous=Encrypted(..., schema_binding="legacy"), and
+        not through the current binding alone."""
+        old = vault.field("identity", table="a", column="b.c").encrypt("written long ago")
+        current = sa.Table(
+            "a.b",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("c", Encrypted(sa.Text, domain="identity")),
+        )
+        moving = sa.Table(
+            "a.b",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column(
+                "c",
+                Encrypted(
+                    sa.Text,
+                    domain="identity",
+                    previous=Encrypted(sa.Text, domain="identity", schema_binding="legacy"),
+                ),
+            ),
+        )
+        with pytest.raises(DecryptionError):
+            current.c.c.type.decrypt_value(old)  # type: ignore[attr-defined]
+        assert moving.c.c.type.decrypt_value(old) == "written long ago"  # type: ignore[attr-defined]
+
     def test_tables_without_a_schema_bind_as_before(self, vault: Vault) -> None:
         """A column of a schema-less table binds exactly {"table", "column"}: the v1 context of
         values written before the schema entry existed, byte for byte."""
