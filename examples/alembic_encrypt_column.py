@@ -6,7 +6,8 @@ holds. ``main()`` runs the whole story on SQLite, with no Alembic project needed
 1. a legacy ``members`` table with plaintext e-mails;
 2. the migration turns the column into a binary column (batch mode, for SQLite) and adds the
    blind-index column;
-3. the model declares ``Encrypted(..., migrating=True)``: legacy values are read, every write
+3. the model declares ``Encrypted(..., migrating=True)``; ``begin_migration`` records the legacy
+   manifest and ``load_migration`` loads it: the recorded legacy values are read, every write
    stores ciphertext; the re-keying engine (what ``vaultkit rekey`` runs) encrypts the rest in
    resumable batches and fills the blind index; ``count_plaintext`` and ``verify_table`` show it;
 4. afterwards the column can drop ``migrating=True``.
@@ -29,7 +30,7 @@ import vaultkit.sqla
 from vaultkit import Vault
 from vaultkit.keys import LocalKeyProvider, generate_master_key
 from vaultkit.keys.local import _decode_master_key
-from vaultkit.rekey import rekey_table, verify_table
+from vaultkit.rekey import begin_migration, load_migration, rekey_table, verify_table
 from vaultkit.sqla import BlindIndex, Encrypted, count_plaintext
 
 revision = "3f2a9c1d7b10"
@@ -87,8 +88,15 @@ def main() -> None:
         domains=["identity"],
     )
     vaultkit.sqla.configure(vault)
+    # The migration begins: the legacy manifest records which rows hold which plaintext now
+    # (keyed tags, never the values). Only those are accepted as plaintext from here on; each
+    # application process loads the manifest at start-up.
+    recorded = begin_migration(engine, Member.__table__, vault=vault)  # type: ignore[arg-type]
+    load_migration(engine, Member.__table__, vault=vault)  # type: ignore[arg-type]
+    print(f"legacy manifest: {recorded['email']} rows recorded")
     with Session(engine) as session:
         print(f"plaintext rows before: {count_plaintext(session, Member.email)}")
+        assert session.get(Member, 2).email == "marie@example.be"  # type: ignore[union-attr]
     report = rekey_table(engine, Member.__table__, vault=vault)  # type: ignore[arg-type]
     print(f"re-keying engine: {report.plaintext_encrypted} values encrypted, indexes filled")
     assert verify_table(engine, Member.__table__, vault=vault).clean  # type: ignore[arg-type]

@@ -390,17 +390,26 @@ class Vault(NoPickle):
         column: str,
         row_bound: bool = False,
         pad_to: int | None = None,
+        schema: str | None = None,
     ) -> FieldCipher:
         """Return a cipher bound to one column, with its associated data prepared once.
 
         Values it makes are exactly those of :meth:`encrypt` with the context
-        ``{"table": table, "column": column}`` (plus ``"row"`` when ``row_bound``), padded to a
-        multiple of ``pad_to`` bytes when given.
+        ``{"table": table, "column": column}`` (plus ``"schema"`` when ``schema`` is given and
+        ``"row"`` when ``row_bound``), padded to a multiple of ``pad_to`` bytes when given.
+
+        .. versionchanged:: 0.1.0 ``schema=`` binds the table's schema as its own context entry.
         """
         if domain not in self._domains:
             raise DomainError(f"domain {domain!r} is not declared in this vault")
         return FieldCipher(
-            self, domain, table=table, column=column, row_bound=row_bound, pad_to=pad_to
+            self,
+            domain,
+            table=table,
+            column=column,
+            schema=schema,
+            row_bound=row_bound,
+            pad_to=pad_to,
         )
 
     def blind_index_key(
@@ -1004,7 +1013,8 @@ class Vault(NoPickle):
 class FieldCipher:
     """Encrypts and decrypts the values of one column; made by :meth:`Vault.field`.
 
-    Holds no key material of its own and is safe to share between threads.
+    Holds no key material of its own and is safe to share between threads. The schema, table and
+    column names are bound as separate context entries (:func:`vaultkit.core.wire.cell_context`).
     """
 
     __slots__ = (
@@ -1017,8 +1027,10 @@ class FieldCipher:
         "_pad",
         "_row_bound",
         "_seal",
+        "_vault",
         "_where",
         "column",
+        "schema",
         "table",
     )
 
@@ -1031,34 +1043,44 @@ class FieldCipher:
         column: str,
         row_bound: bool,
         pad_to: int | None = None,
+        schema: str | None = None,
     ) -> None:
+        try:
+            fixed = wire.cell_context(table=table, column=column, schema=schema)
+        except ValueError as exc:
+            raise ConfigurationError(f"cannot bind a column to this name: {exc}") from None
+        self._vault = vault
         self._seal = vault._seal
         self._open = vault._open
         self._domain = domain
         self._pad = pad_to
+        self.schema = schema
         self.table = table
         self.column = column
-        self._where = (table, column, None)  # for the audit log; built once, not per value
+        # For the audit log (built once, not per value): the table as ``schema.table`` when it has
+        # a schema. Display only; the associated data keeps the names apart.
+        self._where = (table if schema is None else f"{schema}.{table}", column, None)
         self._row_bound = row_bound
-        fixed = {"column": column, "table": table}
         self._fixed = wire.context_fields(fixed)
+        # A row-bound value's entries are these plus "row", in sorted place: the entries before
+        # and after it are encoded once here, so each value only encodes its row key.
         keys = sorted(fixed)
         self._before = b"".join(
-            wire.encode_field(k) + wire.encode_field(fixed[k]) for k in keys if k < "row"
+            wire.encode_field(k) + wire.encode_field(fixed[k]) for k in keys if k < wire.CONTEXT_ROW
         )
         self._after = b"".join(
-            wire.encode_field(k) + wire.encode_field(fixed[k]) for k in keys if k > "row"
+            wire.encode_field(k) + wire.encode_field(fixed[k]) for k in keys if k > wire.CONTEXT_ROW
         )
         self._count = wire.u16(len(fixed) + 1)
 
     def _fields(self, row: wire.ContextValue | None) -> bytes:
         if not self._row_bound:
             if row is not None:
-                raise TypeError(f"{self.table}.{self.column} is not row-bound; pass no row")
+                raise TypeError(f"{self._where[0]}.{self.column} is not row-bound; pass no row")
             return self._fixed
         if row is None:
             raise ConfigurationError(
-                f"{self.table}.{self.column} is row-bound: a row key is required"
+                f"{self._where[0]}.{self.column} is row-bound: a row key is required"
             )
         return (
             self._count
@@ -1075,7 +1097,7 @@ class FieldCipher:
             self._domain,
             encode_value(value, pad_to=self._pad),
             fields,
-            self._where if row is None else (self.table, self.column, row),
+            self._where if row is None else (self._where[0], self.column, row),
         )
 
     def decrypt(self, blob: bytes, *, row: wire.ContextValue | None = None) -> Decrypted:
@@ -1085,8 +1107,31 @@ class FieldCipher:
             blob if type(blob) is bytes else _as_bytes(blob),
             fields,
             self._domain,
-            self._where if row is None else (self.table, self.column, row),
+            self._where if row is None else (self._where[0], self.column, row),
         )
+
+    def admit_plaintext(self, *, row: wire.ContextValue | None = None) -> SealedValue | None:
+        """Apply the rules of a decrypt to a legacy plaintext value of this column (migration mode).
+
+        A principal without the grant of a restricted domain gets what a decrypt would give it
+        (a :class:`SealedValue`, or :class:`AccessDeniedError` where the domain says so, audited
+        as ``denied``); in an audited domain the read is logged as a ``decrypt`` event without a
+        DEK id, written before the value is handed out.
+
+        Returns:
+            ``None`` when the value may be handed out, else the sealed value to return instead.
+
+        Raises:
+            AccessDeniedError: no grant, and the domain raises for readers without one.
+            AuditError: the audit event could not be written.
+        """
+        vault, domain = self._vault, self._domain
+        where = self._where if row is None else (self._where[0], self.column, row)
+        if vault._is_denied(domain):
+            return vault._denied(domain, where)
+        if vault._domains[domain].audited:
+            vault._audit("decrypt", domain, where, None)
+        return None
 
     @property
     def domain(self) -> str:
@@ -1094,4 +1139,8 @@ class FieldCipher:
         return self._domain
 
     def __repr__(self) -> str:
-        return f"FieldCipher(domain={self._domain!r}, table={self.table!r}, column={self.column!r})"
+        schema = f", schema={self.schema!r}" if self.schema is not None else ""
+        return (
+            f"FieldCipher(domain={self._domain!r}{schema}, table={self.table!r}, "
+            f"column={self.column!r})"
+        )

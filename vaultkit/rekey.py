@@ -23,16 +23,26 @@ under an older index key version (blind-index key rotation) without re-encryptin
   each range, and redoing a batch is harmless (values already current are skipped).
 * ``dry_run`` counts what would change without writing; :func:`verify_table` decrypts everything
   and counts values by DEK.
+* **Legacy manifest.** Plaintext in a column in migration mode is encrypted only if its row was
+  recorded with that very value when the column's migration began (:func:`begin_migration`, run
+  by the first re-key job if nobody ran it before): keyed tags of row key and value, never the
+  value. Anything else is counted as ``tampered`` and left alone, so a ciphertext a database
+  writer replaced by plaintext is never laundered into a genuine one. Once a row holds ciphertext
+  its entry is forgotten; the application checks values against the same manifest
+  (:func:`load_migration`).
 
 No printing, no argv: the command line and migration scripts call :func:`rekey_table`.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import contextvars
 import dataclasses
 import datetime as dt
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -41,6 +51,7 @@ import re
 import socket
 import time
 import uuid
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,7 +62,7 @@ from typing import Any, Final, NamedTuple
 import sqlalchemy as sa
 
 from vaultkit._access import Principal, SealedValue
-from vaultkit._vault import Vault
+from vaultkit._vault import BlindIndexKey, Vault
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError, ConflictError, DecryptionError
 from vaultkit.sqla.types import BlindIndexType, Encrypted, RowBound
@@ -59,11 +70,16 @@ from vaultkit.store import DekState
 
 __all__ = [
     "CHECKPOINTS",
+    "LEGACY_MIGRATIONS",
+    "LEGACY_ROWS",
     "RANGES",
     "ConflictRetry",
     "RekeyReport",
     "VerifyReport",
+    "begin_migration",
+    "default_job",
     "drop_job",
+    "load_migration",
     "plan_job",
     "rekey_table",
     "verify_table",
@@ -73,6 +89,13 @@ log = logging.getLogger("vaultkit.rekey")
 
 RANGES: Final = "vaultkit_rekey_ranges"
 CHECKPOINTS: Final = "vaultkit_rekey_checkpoints"
+#: One row per column whose migration began: names, start time, legacy rows recorded, end time.
+LEGACY_MIGRATIONS: Final = "vaultkit_legacy_migrations"
+#: The legacy manifest: per row that held plaintext when its column's migration began, keyed tags
+#: of its row key and value. Rows go as soon as they hold ciphertext.
+LEGACY_ROWS: Final = "vaultkit_legacy_rows"
+#: The blind-index key name part under which each column's manifest key is kept (per column).
+_MANIFEST_KEY_TABLE: Final = "vaultkit legacy manifest"
 #: Attempts at a value the application keeps changing, within one batch, before it is left
 #: for the next run (and counted in ``RekeyReport.left_changing``).
 CAS_ATTEMPTS: Final = 3
@@ -133,6 +156,10 @@ class RekeyReport:
     #: Dry run only: values of a ``previous=`` column in the column's own domain, which only
     #: decrypting can tell apart (the run re-encrypts those still in the previous binding).
     unchecked: int = 0
+    #: Plaintext values refused: not recorded with that value in that row when the migration
+    #: began (a ciphertext replaced by plaintext, for example), or in a column out of migration
+    #: mode after its migration. Left as they are for a person to look at.
+    tampered: int = 0
     batches: int = 0
     ranges_total: int = 0
     ranges_done: int = 0
@@ -143,8 +170,14 @@ class RekeyReport:
 
     @property
     def complete(self) -> bool:
-        """The job is finished and nothing was left behind (no value left changing or unreadable)."""
-        return self.finished and self.left_changing == 0 and self.undecryptable == 0
+        """The job is finished and nothing was left behind (no value left changing, unreadable or
+        refused as tampered)."""
+        return (
+            self.finished
+            and self.left_changing == 0
+            and self.undecryptable == 0
+            and self.tampered == 0
+        )
 
 
 @dataclass
@@ -159,6 +192,9 @@ class VerifyReport:
     under_retired: int = 0
     previous_binding: int = 0
     index_outdated: int = 0
+    #: Plaintext values not recorded with that value in that row when their column's migration
+    #: began, or found after it (see :attr:`RekeyReport.tampered`); not counted in ``plaintext``.
+    tampered: int = 0
 
     @property
     def clean(self) -> bool:
@@ -166,11 +202,18 @@ class VerifyReport:
         every blind index is there under its current key version."""
         return (
             self.plaintext == 0
+            and self.tampered == 0
             and self.undecryptable == 0
             and self.under_retired == 0
             and self.previous_binding == 0
             and self.index_outdated == 0
         )
+
+
+def default_job(table: sa.Table) -> str:
+    """The job name a run takes by default: ``<table>:rekey``, ``<schema>.<table>:rekey`` for a
+    table of a named schema (so tables of one name in two schemas are two jobs)."""
+    return f"{table.name}:rekey" if table.schema is None else f"{table.schema}.{table.name}:rekey"
 
 
 def _tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
@@ -289,6 +332,392 @@ def _as_raw(value: Any) -> bytes | None:
     return str(value).encode("utf-8")  # legacy text read through a text column type
 
 
+def _legacy_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
+    migrations = sa.Table(
+        LEGACY_MIGRATIONS,
+        metadata,
+        sa.Column("scope", sa.String(32), primary_key=True),  # hex: hash of schema, table, column
+        sa.Column("schema_name", sa.String(255), nullable=True),
+        sa.Column("table_name", sa.String(255), nullable=False),
+        sa.Column("column_name", sa.String(255), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("legacy_rows", sa.Integer, nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    )
+    rows = sa.Table(
+        LEGACY_ROWS,
+        metadata,
+        sa.Column("scope", sa.String(32), primary_key=True),
+        sa.Column("row_id", sa.String(32), primary_key=True),  # hex: hash of the row's key text
+        sa.Column("row_tag", sa.LargeBinary(16), nullable=False),  # HMAC of row and value
+        sa.Column("value_tag", sa.LargeBinary(8), nullable=False),  # HMAC of the value alone
+    )
+    return migrations, rows
+
+
+# PostgreSQL statements over arrays for the manifest (the names are the constants above; the
+# values are parameters).
+_PG_INSERT: Final = sa.text(
+    f"INSERT INTO {LEGACY_ROWS} (scope, row_id, row_tag, value_tag) "  # noqa: S608
+    "SELECT :scope, u.r, u.t, u.v FROM unnest(CAST(:ids AS VARCHAR[]), "
+    "CAST(:row_tags AS BYTEA[]), CAST(:value_tags AS BYTEA[])) AS u(r, t, v)"
+)
+_PG_SELECT: Final = sa.text(
+    f"SELECT row_id, row_tag FROM {LEGACY_ROWS} "  # noqa: S608
+    "WHERE scope = :scope AND row_id = ANY(CAST(:ids AS VARCHAR[]))"
+)
+_PG_DELETE: Final = sa.text(
+    f"DELETE FROM {LEGACY_ROWS} "  # noqa: S608
+    "WHERE scope = :scope AND row_id = ANY(CAST(:ids AS VARCHAR[]))"
+)
+
+
+@contextmanager
+def _in_transaction(bind: sa.Engine | sa.Connection) -> Iterator[sa.Connection]:
+    """The caller's connection (inside its transaction, as in an Alembic migration) or a new
+    transaction on the engine."""
+    if isinstance(bind, sa.Connection):
+        yield bind
+    else:
+        with bind.begin() as conn:
+            yield conn
+
+
+class _Manifest:
+    """The legacy manifest of one encrypted column: which rows held plaintext, and which value,
+    when the column's migration began.
+
+    Each entry holds two HMAC-SHA256 tags under a key of the column's domain (a blind-index key
+    of its own, wrapped by the domain's KEK in the key store): ``row_tag`` over the row key and
+    the stored bytes, ``value_tag`` over the stored bytes alone (the application, which sees a
+    value without its row, checks that one). A database writer cannot make a tag for a value of
+    their choosing; deleting entries only makes values refused.
+    """
+
+    def __init__(self, vault: Vault, column: sa.Column[Any]) -> None:
+        column_type: Encrypted = column.type  # type: ignore[assignment]
+        self.column = column
+        self.binding = column_type.binding()
+        text = json.dumps(list(self.binding), ensure_ascii=False)
+        self._scope = hashlib.sha256(b"vaultkit legacy scope\x00" + text.encode()).digest()[:16]
+        self.scope = self._scope.hex()
+        self._vault = vault
+        self._domain = column_type.domain
+        self._hmac: BlindIndexKey | None = None
+        #: The migration ended (no recorded row left in plaintext): no entry is looked up, and
+        #: any plaintext is tampering.
+        self.finished = False
+
+    @property
+    def _key(self) -> BlindIndexKey:
+        # Made (or read) on first use, so that begin() can tell first whether it existed.
+        if self._hmac is None:
+            self._hmac = self._vault.blind_index_key(
+                self._domain, table=_MANIFEST_KEY_TABLE, column=self.scope, version=1
+            )
+        return self._hmac
+
+    def key_existed(self) -> bool:
+        """Whether the key store already holds this column's manifest key (a migration began)."""
+        name = f"{_MANIFEST_KEY_TABLE}.{self.scope}@"
+        return any(
+            (record.name or "").startswith(name)
+            for record in self._vault.store.records(domain=self._domain)
+        )
+
+    @staticmethod
+    def row_id(key: Any) -> str:
+        """Hex of a hash of the row key's text (as the checkpoints store keys)."""
+        text = str(key) if type(key) is int else str(_key_text(key))  # json.dumps(int) == str
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def row_tag(self, row_id: str, raw: bytes) -> bytes:
+        prefix = b"vaultkit legacy row\x00" + self._scope + bytes.fromhex(row_id)
+        return self._key.digest(prefix + raw)[:16]
+
+    def value_tag(self, raw: bytes) -> bytes:
+        return self._key.digest(b"vaultkit legacy value\x00" + self._scope + raw)[:8]
+
+    def begun(self, conn: sa.Connection) -> bool:
+        migrations, _rows = _legacy_tables(sa.MetaData())
+        if not sa.inspect(conn).has_table(migrations.name):
+            return False
+        found = conn.execute(
+            sa.select(migrations.c.finished_at).where(migrations.c.scope == self.scope)
+        ).first()
+        if found is None:
+            return False
+        self.finished = found.finished_at is not None
+        return True
+
+    def begin(
+        self, conn: sa.Connection, pk: sa.Column[Any], batch_size: int, *, restart: bool
+    ) -> int | None:
+        """Record the column's legacy rows; ``None`` when its migration had begun already."""
+        migrations, rows = _legacy_tables(sa.MetaData())
+        migrations.metadata.create_all(conn, checkfirst=True)
+        if self.begun(conn):
+            return None
+        schema, table, column = self.binding
+        # The record goes in first: a worker beginning at the same moment waits on its primary
+        # key until this transaction ends, then finds the migration begun.
+        conn.execute(
+            migrations.insert().values(
+                scope=self.scope,
+                schema_name=schema,
+                table_name=table,
+                column_name=column,
+                started_at=dt.datetime.now(dt.UTC),
+                legacy_rows=0,
+            )
+        )
+        if not restart and self.key_existed():
+            # The manifest key lives in the key store, the manifest in the data database: a
+            # key without a record means the record went (deleted by a database writer, or a
+            # begin that failed half-way). Recording the column afresh would take whatever
+            # plaintext it holds now, downgrades included, as legacy.
+            raise ConfigurationError(
+                f"{self.column.table.name}.{column}: its legacy manifest is missing although its "
+                "migration began before (the manifest key exists in the key store); restore "
+                f"{LEGACY_MIGRATIONS} and {LEGACY_ROWS} from a backup, or check the column's "
+                "plaintext by hand and call vaultkit.rekey.begin_migration(..., restart=True)"
+            )
+        raw = sa.type_coerce(self.column, sa.LargeBinary)
+        last: Any = None
+        count = 0
+        while True:
+            query = sa.select(pk, raw).where(self.column.is_not(None)).order_by(pk)
+            if last is not None:
+                query = query.where(pk > last)
+            batch = conn.execute(query.limit(batch_size)).all()
+            if not batch:
+                break
+            entries = []
+            for key, stored in batch:
+                value = _as_raw(stored)
+                if value is not None and value[:2] != _MAGIC:
+                    row_id = self.row_id(key)
+                    entries.append(
+                        {
+                            "scope": self.scope,
+                            "row_id": row_id,
+                            "row_tag": self.row_tag(row_id, value),
+                            "value_tag": self.value_tag(value),
+                        }
+                    )
+            if entries:
+                self._insert(conn, rows, entries)
+            count += len(entries)
+            last = batch[-1][0]
+        conn.execute(
+            migrations.update().where(migrations.c.scope == self.scope).values(legacy_rows=count)
+        )
+        return count
+
+    @staticmethod
+    def _insert(conn: sa.Connection, rows: sa.Table, entries: list[dict[str, Any]]) -> None:
+        if conn.dialect.name == "postgresql":
+            # One statement over arrays: an executemany would send one INSERT per row, and a
+            # multi-row VALUES costs more to compile than to run.
+            conn.execute(
+                _PG_INSERT,
+                {
+                    "scope": entries[0]["scope"],
+                    "ids": [e["row_id"] for e in entries],
+                    "row_tags": [e["row_tag"] for e in entries],
+                    "value_tags": [e["value_tag"] for e in entries],
+                },
+            )
+        else:
+            conn.execute(rows.insert(), entries)
+
+    def entries(self, conn: sa.Connection, keys: Sequence[Any]) -> dict[Any, tuple[str, bytes]]:
+        """Row key -> (row id, row tag) of those of ``keys`` that are still in the manifest."""
+        _migrations, rows = _legacy_tables(sa.MetaData())
+        by_id = {self.row_id(k): k for k in keys}
+        ids = list(by_id)
+        found: dict[Any, tuple[str, bytes]] = {}
+        if conn.dialect.name == "postgresql":
+            result = conn.execute(_PG_SELECT, {"scope": self.scope, "ids": ids}).all()
+        else:
+            result = []
+            for start in range(0, len(ids), 1000):
+                result += conn.execute(
+                    sa.select(rows.c.row_id, rows.c.row_tag).where(
+                        rows.c.scope == self.scope, rows.c.row_id.in_(ids[start : start + 1000])
+                    )
+                ).all()
+        for row_id, tag in result:
+            found[by_id[row_id]] = (row_id, bytes(tag))
+        return found
+
+    def recorded(self, entry: tuple[str, bytes] | None, raw: bytes) -> bool:
+        """Whether the row of ``entry`` (from :meth:`entries`) was recorded holding ``raw``."""
+        return entry is not None and hmac.compare_digest(entry[1], self.row_tag(entry[0], raw))
+
+    def forget(self, conn: sa.Connection, row_ids: Sequence[str]) -> None:
+        """Drop the entries of rows that hold ciphertext now: they are never plaintext again."""
+        _migrations, rows = _legacy_tables(sa.MetaData())
+        ids = sorted(set(row_ids))
+        if conn.dialect.name == "postgresql":
+            conn.execute(_PG_DELETE, {"scope": self.scope, "ids": ids})
+            return
+        for start in range(0, len(ids), 1000):
+            conn.execute(
+                rows.delete().where(
+                    rows.c.scope == self.scope, rows.c.row_id.in_(ids[start : start + 1000])
+                )
+            )
+
+    def finish_if_empty(self, conn: sa.Connection) -> None:
+        """Record the end of the migration once no recorded row holds plaintext any more."""
+        migrations, rows = _legacy_tables(sa.MetaData())
+        left = conn.execute(
+            sa.select(sa.func.count()).select_from(rows).where(rows.c.scope == self.scope)
+        ).scalar_one()
+        if int(left) == 0:
+            conn.execute(
+                migrations.update()
+                .where(migrations.c.scope == self.scope, migrations.c.finished_at.is_(None))
+                .values(finished_at=dt.datetime.now(dt.UTC))
+            )
+
+    def admits(self, conn: sa.Connection) -> tuple[Callable[[bytes], bool], int]:
+        """A check of values against the manifest's value tags, for the application; and how
+        many values it knows."""
+        _migrations, rows = _legacy_tables(sa.MetaData())
+        tags = array(
+            "Q",
+            sorted(
+                int.from_bytes(bytes(tag), "big")
+                for tag in conn.execute(
+                    sa.select(rows.c.value_tag).where(rows.c.scope == self.scope)
+                ).scalars()
+            ),
+        )  # 8 bytes per legacy row
+        value_tag = self.value_tag
+
+        def admits(raw: bytes) -> bool:
+            tag = int.from_bytes(value_tag(raw), "big")
+            at = bisect.bisect_left(tags, tag)
+            return at < len(tags) and tags[at] == tag
+
+        return admits, len(tags)
+
+
+def _manifests(
+    bind: sa.Engine | sa.Connection, vault: Vault, columns: Sequence[sa.Column[Any]]
+) -> dict[str, _Manifest]:
+    """The manifests of those of ``columns`` whose migration has begun, by column name."""
+    manifests = {}
+    with bind.connect() if isinstance(bind, sa.Engine) else contextlib.nullcontext(bind) as conn:
+        for column in columns:
+            manifest = _Manifest(vault, column)
+            if manifest.begun(conn):
+                manifests[column.name] = manifest
+    return manifests
+
+
+def begin_migration(
+    bind: sa.Engine | sa.Connection,
+    table: sa.Table,
+    *,
+    vault: Vault,
+    columns: Sequence[str] | None = None,
+    batch_size: int = 5000,
+    restart: bool = False,
+) -> dict[str, int]:
+    """Record which rows of ``table``'s migrating columns hold legacy plaintext now.
+
+    Run it once per column, when the column holds only legacy plaintext (in the migration that
+    changes it to binary storage, before ``Encrypted(..., migrating=True)`` is deployed): from
+    then on, only the values recorded here, in their rows, are accepted as plaintext. The first
+    :func:`rekey_table` run over a migrating column calls it if nobody did. Values written into
+    the column before it ran are taken as they are.
+
+    Args:
+        bind: an engine, or a connection whose transaction the records join (``op.get_bind()``
+            in an Alembic migration).
+        table: the table, with its ``Encrypted(..., migrating=True)`` columns.
+        vault: the vault those columns use.
+        columns: names of the columns to record (default: every column in migration mode).
+        batch_size: rows read per query.
+        restart: record a column afresh although its manifest key shows that its migration
+            began before and its records are gone. Only after checking its plaintext by hand.
+
+    Returns:
+        The number of legacy rows recorded per column; a column whose migration had begun
+        already is left out.
+
+    Raises:
+        ConfigurationError: the column's manifest key exists in the key store but its records
+            are gone from the data database (see ``restart``).
+
+    .. versionadded:: 0.1.0
+    """
+    pk, encrypted = _plan(table, columns)
+    chosen = encrypted if columns is not None else [c for c in encrypted if c.type.migrating]  # type: ignore[attr-defined]
+    counts: dict[str, int] = {}
+    for column in chosen:
+        manifest = _Manifest(vault, column)
+        try:
+            with _in_transaction(bind) as conn:
+                count = manifest.begin(conn, pk, batch_size, restart=restart)
+        except sa.exc.IntegrityError:
+            # Another worker recorded it at the same moment (its rows or its record collided).
+            if isinstance(bind, sa.Connection):
+                raise
+            with bind.connect() as conn:
+                if not manifest.begun(conn):
+                    raise
+            count = None
+        if count is not None:
+            counts[column.name] = count
+    return counts
+
+
+def load_migration(
+    bind: sa.Engine | sa.Connection,
+    table: sa.Table,
+    *,
+    vault: Vault,
+    columns: Sequence[str] | None = None,
+) -> int:
+    """Load the legacy manifests of ``table``'s migrating columns into this process.
+
+    Call it at start-up in every process that reads those columns while they are in migration
+    mode (after :func:`vaultkit.sqla.configure`). A column then hands out legacy plaintext only
+    if the value was recorded when its migration began; any other plaintext raises
+    :class:`~vaultkit.errors.DecryptionError`. Without a loaded manifest, a legacy read raises
+    :class:`~vaultkit.errors.ConfigurationError`. Memory: 8 bytes per recorded row.
+
+    Returns:
+        The number of legacy values loaded, over all columns.
+
+    Raises:
+        ConfigurationError: a migrating column's migration has not begun
+            (:func:`begin_migration`).
+
+    .. versionadded:: 0.1.0
+    """
+    _pk, encrypted = _plan(table, columns)
+    chosen = encrypted if columns is not None else [c for c in encrypted if c.type.migrating]  # type: ignore[attr-defined]
+    loaded = 0
+    with bind.connect() if isinstance(bind, sa.Engine) else contextlib.nullcontext(bind) as conn:
+        for column in chosen:
+            column_type: Encrypted = column.type  # type: ignore[assignment]
+            manifest = _Manifest(vault, column)
+            if not manifest.begun(conn):
+                raise ConfigurationError(
+                    f"{column_type.bound_name}: its migration has not begun, so no legacy value "
+                    "is known; run vaultkit.rekey.begin_migration (or vaultkit rekey) first"
+                )
+            admits, known = manifest.admits(conn)
+            column_type.use_legacy_manifest(admits)
+            loaded += known
+    return loaded
+
+
 class _Classifier:
     """Decides why a stored value needs re-encryption, caching what the key store says per DEK."""
 
@@ -381,17 +810,56 @@ def _targets(
     return targets
 
 
-def _changes(
-    rows: Sequence[Any], targets: list[_Target], classify: _Classifier, *, dry_run: bool = False
-) -> tuple[list[_Change], int]:
-    """The new values of ``rows``: one change per value that needs re-encryption; and how many
-    values could not be opened (left as they are; :func:`verify_table` reports them too).
+@dataclass
+class _Batch:
+    """What :func:`_changes` found in one batch of rows."""
 
-    With ``dry_run`` the changes only carry their reason: nothing is decrypted or encrypted, so
-    no DEK, blind-index key or audit event comes into being."""
-    changes: list[_Change] = []
-    append = changes.append
-    undecryptable = 0
+    changes: list[_Change] = field(default_factory=list)
+    undecryptable: int = 0
+    tampered: int = 0
+    #: Manifest entries of rows seen holding ciphertext: (column name, row id).
+    forget: list[tuple[str, str]] = field(default_factory=list)
+    #: Row ids of the recorded legacy values among ``changes``, by (column name, row key):
+    #: forgotten once written.
+    legacy_ids: dict[tuple[str, Any], str] = field(default_factory=dict)
+
+
+def _legacy_entries(
+    conn: sa.Connection, manifests: dict[str, _Manifest], rows: Sequence[Any]
+) -> dict[str, dict[Any, tuple[str, bytes]]]:
+    """The manifest entries of ``rows``, per column with a manifest (one query per column)."""
+    if not manifests or not rows:
+        return {}
+    keys = [row[0] for row in rows]
+    return {
+        name: manifest.entries(conn, keys)
+        for name, manifest in manifests.items()
+        if not manifest.finished
+    }
+
+
+def _changes(
+    rows: Sequence[Any],
+    targets: list[_Target],
+    classify: _Classifier,
+    manifests: dict[str, _Manifest] | None = None,
+    legacy: dict[str, dict[Any, tuple[str, bytes]]] | None = None,
+    *,
+    dry_run: bool = False,
+) -> _Batch:
+    """The new values of ``rows``: one change per value that needs re-encryption; how many values
+    could not be opened, and how many plaintext values were refused as tampered (both left as
+    they are; :func:`verify_table` reports them too).
+
+    ``manifests`` are the legacy manifests of the columns whose migration has begun, and
+    ``legacy`` their entries for these rows (:func:`_legacy_entries`). With ``dry_run`` the
+    changes only carry their reason: nothing is decrypted or encrypted, so no DEK, blind-index
+    key or audit event comes into being.
+    """
+    found = _Batch()
+    append = found.changes.append
+    manifests = manifests or {}
+    legacy = legacy or {}
     by_header = classify.by_header
     plan = [
         (
@@ -406,6 +874,8 @@ def _changes(
             t.index_position,
             t.index_version,
             t.name,
+            manifests.get(t.name),
+            legacy.get(t.name, {}),
         )
         for t in targets
     ]
@@ -423,6 +893,8 @@ def _changes(
             ix_at,
             ix_v,
             name,
+            manifest,
+            entries,
         ) in plan:
             old = row[position]
             if old is None:
@@ -440,6 +912,9 @@ def _changes(
                         reason = by_header[header] = classify.reason(ctype, old, row_key)
                 else:
                     reason = classify.reason(ctype, old, row_key)
+                entry = entries.get(key) if entries else None
+                if entry is not None and reason != "plaintext":
+                    found.forget.append((name, entry[0]))  # ciphertext now: never plaintext again
                 if reason is None:
                     if ix_at is None:
                         continue
@@ -447,15 +922,26 @@ def _changes(
                     if stored is not None and stored[0] == ix_v:
                         continue
                     reason = "index"  # missing, or under an older blind-index key version
-                elif reason == "plaintext" and not migrating:
-                    undecryptable += 1  # plaintext in a strict column: left for a person
-                    continue
+                elif reason == "plaintext":
+                    if manifest is not None and not (migrating and manifest.recorded(entry, old)):
+                        found.tampered += 1  # not this row's recorded legacy value: left alone
+                        continue
+                    if entry is not None:
+                        found.legacy_ids[(name, key)] = entry[0]
+                    if not migrating:
+                        found.undecryptable += 1  # plaintext in a strict column: left for a person
+                        continue
                 if dry_run:
                     append(_Change(key, name, old, old, None, reason))
                     continue
-                plain = open_(old) if open_ is not None else ctype.decrypt_value(old, row=row_key)
+                if reason == "plaintext":
+                    plain = ctype.open_legacy(old, row=row_key)
+                else:
+                    plain = (
+                        open_(old) if open_ is not None else ctype.decrypt_value(old, row=row_key)
+                    )
             except DecryptionError:
-                undecryptable += 1
+                found.undecryptable += 1
                 continue
             if type(plain) is SealedValue:
                 raise ConfigurationError(f"the re-keying principal has no grant for {ctype.domain}")
@@ -468,7 +954,7 @@ def _changes(
             append(
                 _Change(key, name, old, new, digest(plain) if digest is not None else None, reason)
             )
-    return changes, undecryptable
+    return found
 
 
 def _lock_statement(dialect: sa.Dialect, pk: sa.Column[Any]) -> sa.Select[Any] | None:
@@ -803,7 +1289,7 @@ def rekey_table(
     started = time.monotonic()
     retry = retry or ConflictRetry()
     pk, encrypted = _plan(table, columns)
-    job = job or f"{table.name}:rekey"
+    job = job or default_job(table)
     report = RekeyReport(job=job, worker=worker or _worker_name(), dry_run=dry_run)
     indexes = {
         c.type.source: c for c in table.columns if isinstance(c.type, BlindIndexType)
@@ -814,6 +1300,12 @@ def rekey_table(
     write = _write_postgresql if engine.dialect.name == "postgresql" else _write_each
     lock_rows = _lock_statement(engine.dialect, pk)
     targets = _targets(engine.dialect, selected, encrypted, row_keys, indexes)
+    if not dry_run:
+        migrating = [c.name for c in encrypted if c.type.migrating]  # type: ignore[attr-defined]
+        if migrating:
+            with vault.acting_as(actor, purpose=f"rekey {job}"):
+                begin_migration(engine, table, vault=vault, columns=migrating)
+    manifests = _manifests(engine, vault, encrypted)
     relaxed_commit = engine.dialect.name == "postgresql" and not dry_run
     # On a database server, the next batch is read and re-encrypted in a helper thread while
     # this one is written: the client's work and the server's overlap. (SQLite runs in-process.)
@@ -849,13 +1341,14 @@ def rekey_table(
                 query = query.where(pk <= hi)
             return query
 
-        def fetch(after: Any) -> tuple[Sequence[Any], list[_Change], int]:
+        def fetch(after: Any) -> tuple[Sequence[Any], _Batch]:
             with engine.connect() as reader:
                 rows = reader.execute(batch(after)).all()
-            return (rows, *_changes(rows, targets, classify, dry_run=dry_run))
+                legacy = _legacy_entries(reader, manifests, rows)
+            return rows, _changes(rows, targets, classify, manifests, legacy, dry_run=dry_run)
 
         def write_batch(
-            after: Any, prefetched: tuple[Sequence[Any], list[_Change], int] | None
+            after: Any, prefetched: tuple[Sequence[Any], _Batch] | None
         ) -> tuple[Sequence[Any], bool]:
             """One batch in one transaction (read unless prefetched, write, checkpoint)."""
             with engine.begin() as conn:
@@ -865,29 +1358,31 @@ def rekey_table(
                     conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 if prefetched is None:
                     rows = conn.execute(batch(after)).all()
-                    changes, bad = _changes(rows, targets, classify, dry_run=dry_run)
+                    legacy = _legacy_entries(conn, manifests, rows)
+                    found = _changes(rows, targets, classify, manifests, legacy, dry_run=dry_run)
                 else:
-                    rows, changes, bad = prefetched
+                    rows, found = prefetched
                 if _after_read is not None:
                     _after_read(rows)
                 report.rows_scanned += len(rows)
-                report.undecryptable += bad
+                report.undecryptable += found.undecryptable
+                report.tampered += found.tampered
                 if dry_run:
-                    for change in changes:
+                    for change in found.changes:
                         _count(report, change)
                 else:
-                    _apply(conn, changes)
+                    _apply(conn, found)
                 done = len(rows) < batch_size
                 if not dry_run:
                     position = getattr(rows[-1], pk.name) if rows else after
                     _save(conn, checkpoints, job, seq, position, done=done, worker=report.worker)
             return rows, done
 
-        ahead: Future[tuple[Sequence[Any], list[_Change], int]] | None = None
+        ahead: Future[tuple[Sequence[Any], _Batch]] | None = None
         while True:
             if max_batches is not None and report.batches >= max_batches:
                 return False
-            prefetched: tuple[Sequence[Any], list[_Change], int] | None = None
+            prefetched: tuple[Sequence[Any], _Batch] | None = None
             if executor is not None:
                 # Read and compute this batch in the helper thread (already started while the
                 # previous batch was written), then start on the next one while this is written.
@@ -941,19 +1436,34 @@ def rekey_table(
             if done:
                 return True
 
-    def _apply(conn: sa.Connection, changes: list[_Change]) -> None:
-        pending = changes
-        if changes and lock_rows is not None:
+    def _apply(conn: sa.Connection, found: _Batch) -> None:
+        if found.changes and lock_rows is not None:
             # Lock the rows to be written first, in key order: two transactions that each lock
             # in key order cannot deadlock on these rows (an application that locks them in
             # another order still can; the batch is then retried).
-            conn.execute(lock_rows, {"keys": sorted({c.pk for c in changes})}).all()
+            conn.execute(lock_rows, {"keys": sorted({c.pk for c in found.changes})}).all()
+        # Rows that hold ciphertext after this batch leave the legacy manifest, in the same
+        # transaction as the batch's values.
+        forget = list(found.forget)
+        _write_batch(conn, found, forget)
+        by_column: dict[str, list[str]] = {}
+        for name, row_id in forget:
+            by_column.setdefault(name, []).append(row_id)
+        for name, row_ids in by_column.items():
+            manifests[name].forget(conn, row_ids)
+
+    def _write_batch(conn: sa.Connection, found: _Batch, forget: list[tuple[str, str]]) -> None:
+        pending = found.changes
+        legacy_ids = dict(found.legacy_ids)
         for attempt in range(CAS_ATTEMPTS):
             missed = write(conn, table, pk, indexes, pending) if pending else []
             missed_ids = {id(c) for c in missed}
             for change in pending:
                 if id(change) not in missed_ids:
                     _count(report, change)
+                    row_id = legacy_ids.get((change.column, change.pk))
+                    if change.reason == "plaintext" and row_id is not None:
+                        forget.append((change.column, row_id))
             if not missed:
                 return
             if attempt == 0:
@@ -964,9 +1474,13 @@ def rekey_table(
                 sa.select(*selected).where(pk.in_({c.pk for c in missed})).order_by(pk)
             ).all()
             wanted = {(c.pk, c.column) for c in missed}
-            redo, bad = _changes(again, targets, classify)
-            report.undecryptable += bad
-            pending = [c for c in redo if (c.pk, c.column) in wanted]
+            legacy = _legacy_entries(conn, manifests, again)
+            redo = _changes(again, targets, classify, manifests, legacy)
+            report.undecryptable += redo.undecryptable
+            report.tampered += redo.tampered
+            forget.extend(redo.forget)
+            legacy_ids.update(redo.legacy_ids)
+            pending = [c for c in redo.changes if (c.pk, c.column) in wanted]
         report.left_changing += len(pending)
 
     with (
@@ -996,6 +1510,10 @@ def rekey_table(
                     claimed.finished = run_range(claimed.seq, lo, hi)
                     stopped = not claimed.finished  # max_batches: the range stays open
                     report.ranges_done += claimed.finished
+    if report.finished and not dry_run and manifests:
+        with engine.begin() as conn:
+            for manifest in manifests.values():
+                manifest.finish_if_empty(conn)
     report.seconds = time.monotonic() - started
     return report
 
@@ -1040,7 +1558,7 @@ def plan_job(
     ranges before starting workers on several machines.
     """
     pk, _ = _plan(table, None)
-    job = job or f"{table.name}:rekey"
+    job = job or default_job(table)
     ranges, _checkpoints = _tables(sa.MetaData())
     _create_tables(engine)
     total = _cut_ranges(engine, pk, ranges, job, range_size)
@@ -1077,35 +1595,64 @@ def verify_table(
     row_keys, selected = _selection(pk, encrypted, indexes)
     classify = _Classifier(vault)
     actor = principal or Principal("vaultkit-verify", grants=vault.domains)
-    with vault.acting_as(actor, purpose=f"verify {table.name}"), engine.connect() as conn:
+    manifests = _manifests(engine, vault, encrypted)
+    with (
+        vault.acting_as(actor, purpose=f"verify {table.name}"),
+        engine.connect() as conn,
+        engine.connect() as lookup,
+    ):
         result = conn.execution_options(yield_per=2000).execute(sa.select(*selected).order_by(pk))
-        for row in result:
-            mapping = row._mapping
-            for column in encrypted:
-                value = _as_raw(mapping[column.name])
-                if value is None:
-                    continue
-                report.values += 1
-                if value[:2] != wire.MAGIC:
-                    report.plaintext += 1
-                    continue
-                column_type: Encrypted = column.type  # type: ignore[assignment]
-                row_key = mapping[row_keys[column.name].name] if column.name in row_keys else None
-                try:
-                    column_type.decrypt_value(value, row=row_key)
-                    reason = classify.reason(column_type, value, row_key)
-                except DecryptionError:
-                    report.undecryptable += 1
-                    continue
-                report.by_dek[value[4:20].hex()] += 1
-                report.by_version[value[2]] += 1
-                index = indexes.get(column.name)
-                if index is not None:
-                    stored = _as_raw(mapping[index.name])
-                    if stored is None or stored[0] != index.type.version:  # type: ignore[attr-defined]
-                        report.index_outdated += 1
-                if reason == "retired":
-                    report.under_retired += 1
-                elif reason == "moved":
-                    report.previous_binding += 1
+        for chunk in result.partitions():
+            # Plaintext is checked against the legacy manifest of its column: the recorded value
+            # of its row is still to migrate; anything else is a downgrade.
+            legacy = _legacy_entries(lookup, manifests, chunk)
+            for row in chunk:
+                _verify_row(row, encrypted, row_keys, indexes, classify, manifests, legacy, report)
     return report
+
+
+def _verify_row(
+    row: Any,
+    encrypted: list[sa.Column[Any]],
+    row_keys: dict[str, sa.Column[Any]],
+    indexes: dict[str, sa.Column[Any]],
+    classify: _Classifier,
+    manifests: dict[str, _Manifest],
+    legacy: dict[str, dict[Any, tuple[str, bytes]]],
+    report: VerifyReport,
+) -> None:
+    mapping = row._mapping
+    for column in encrypted:
+        value = _as_raw(mapping[column.name])
+        if value is None:
+            continue
+        report.values += 1
+        column_type: Encrypted = column.type  # type: ignore[assignment]
+        if value[:2] != wire.MAGIC:
+            manifest = manifests.get(column.name)
+            if manifest is None or (
+                column_type.migrating
+                and manifest.recorded(legacy.get(column.name, {}).get(row[0]), value)
+            ):
+                report.plaintext += 1
+            else:
+                report.tampered += 1
+            continue
+        row_key = mapping[row_keys[column.name].name] if column.name in row_keys else None
+        try:
+            column_type.decrypt_value(value, row=row_key)
+            reason = classify.reason(column_type, value, row_key)
+        except DecryptionError:
+            report.undecryptable += 1
+            continue
+        report.by_dek[value[4:20].hex()] += 1
+        report.by_version[value[2]] += 1
+        index = indexes.get(column.name)
+        if index is not None:
+            stored = _as_raw(mapping[index.name])
+            if stored is None or stored[0] != index.type.version:  # type: ignore[attr-defined]
+                report.index_outdated += 1
+        if reason == "retired":
+            report.under_retired += 1
+        elif reason == "moved":
+            report.previous_binding += 1

@@ -150,3 +150,60 @@ def test_uuid_row_keys_equal_their_text(row: uuid.UUID) -> None:
     """A UUID row key and its canonical text bind identically."""
     blob = VAULT.encrypt("x", domain="identity", context={"row": row})
     assert VAULT.decrypt(blob, context={"row": str(row)}) == "x"
+
+
+names = st.text(
+    st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12
+) | st.sampled_from(["a", "b", "a.b", "b.c", ".", "a.", ".b"])
+cells = st.tuples(st.none() | names, names, names)
+
+
+@settings(max_examples=300, deadline=None)
+@given(written=cells, read=cells, row_bound=st.booleans())
+def test_a_value_opens_only_under_its_own_schema_table_and_column(
+    written: tuple[str | None, str, str], read: tuple[str | None, str, str], row_bound: bool
+) -> None:
+    """Schema, table and column are separate fields of the binding: a column cipher opens a value
+    exactly when all three names are the ones it was written under, dots in names or not."""
+    schema, table, column = written
+    row = "m-1" if row_bound else None
+    writer = VAULT.field("identity", schema=schema, table=table, column=column, row_bound=row_bound)
+    blob = writer.encrypt("x", row=row)
+    reader = VAULT.field(
+        "identity", schema=read[0], table=read[1], column=read[2], row_bound=row_bound
+    )
+    if read == written:
+        assert reader.decrypt(blob, row=row) == "x"
+    else:
+        with pytest.raises(DecryptionError):
+            reader.decrypt(blob, row=row)
+
+
+@settings(max_examples=200, deadline=None)
+@given(written=cells, read=cells)
+def test_encrypted_columns_bind_names_apart(
+    written: tuple[str | None, str, str], read: tuple[str | None, str, str]
+) -> None:
+    """An Encrypted column given schema=, table= and column= opens a value written under other
+    names never: table "a.b" with column "c" is not table "a" with column "b.c"."""
+    import sqlalchemy as sa
+
+    import vaultkit.sqla
+    from vaultkit.sqla import Encrypted
+
+    vaultkit.sqla.configure(VAULT)
+    try:
+
+        def column_type(cell: tuple[str | None, str, str]) -> Encrypted:
+            return Encrypted(
+                sa.Text, domain="identity", schema=cell[0], table=cell[1], column=cell[2]
+            )
+
+        blob = column_type(written).encrypt_value("x")
+        if read == written:
+            assert column_type(read).decrypt_value(blob) == "x"
+        else:
+            with pytest.raises(DecryptionError):
+                column_type(read).decrypt_value(blob)
+    finally:
+        vaultkit.sqla.configure(None)

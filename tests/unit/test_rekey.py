@@ -586,3 +586,83 @@ class TestKeyOrderLocks:
             for name in ("vaultkit_rekey_checkpoints", "vaultkit_rekey_ranges"):
                 sa.Table(name, sa.MetaData()).drop(engine, checkfirst=True)
             engine.dispose()
+
+
+@pytest.mark.postgres
+def test_tables_of_one_name_in_two_schemas_are_two_jobs(
+    postgres_url: str, postgres_schema: str, vault: Vault
+) -> None:
+    """By default tenant B's members table is its own job: a finished run on tenant A's table
+    of the same name does not make the run on tenant B's skip its rows."""
+    other = f"{postgres_schema}_b"
+    eng = sa.create_engine(postgres_url)
+    with eng.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{other}"'))
+    try:
+        meta = sa.MetaData()
+        tables = [
+            sa.Table(
+                "tenant_members",
+                meta,
+                sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                sa.Column("email", Encrypted(sa.String(200), domain="identity", migrating=True)),
+                schema=schema,
+            )
+            for schema in (postgres_schema, other)
+        ]
+        meta.create_all(eng)
+        for schema in (postgres_schema, other):
+            with eng.begin() as conn:
+                conn.execute(
+                    sa.text(f'insert into "{schema}".tenant_members (id, email) values (:i, :e)'),
+                    [{"i": i, "e": f"m{i}@x.be".encode()} for i in range(1, 11)],
+                )
+        reports = [rekey_table(eng, table, vault=vault) for table in tables]
+        assert [r.plaintext_encrypted for r in reports] == [10, 10]
+        assert reports[0].job != reports[1].job
+        for table in tables:
+            with eng.connect() as conn:
+                assert count_plaintext(conn, table.c.email) == 0
+    finally:
+        with eng.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{other}" CASCADE'))
+        eng.dispose()
+
+
+@pytest.mark.postgres
+def test_workers_beginning_a_migration_together_record_it_once(
+    postgres_url: str, vault: Vault
+) -> None:
+    """Two workers beginning the same column's migration at once: one records its legacy rows,
+    the other waits for it and finds the migration begun; the manifest holds each row once."""
+    import threading
+
+    from vaultkit.rekey import begin_migration
+
+    eng = sa.create_engine(postgres_url)
+    META.create_all(eng)
+    try:
+        load_legacy(eng, vault, 300)
+        results: list[object] = []
+        barrier = threading.Barrier(2)
+
+        def worker() -> None:
+            barrier.wait()
+            try:
+                results.append(begin_migration(eng, MEMBERS, vault=vault, batch_size=50))
+            except Exception as exc:  # reported below
+                results.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(map(str, results)) == ["{'email': 300}", "{}"]
+        with eng.connect() as conn:
+            assert (
+                conn.execute(sa.text("select count(*) from vaultkit_legacy_rows")).scalar() == 300
+            )
+    finally:
+        META.drop_all(eng)
+        eng.dispose()

@@ -1,10 +1,14 @@
-"""Generate tests/vectors/wire_v1_valid.json and wire_v1_invalid.json.
+"""Generate tests/vectors/wire_v1_valid.json, wire_v1_invalid.json and the schema-binding pair.
 
 Run from the repository root: ``python tests/vectors/generate_wire_v1.py``. The vectors use fixed
 test keys and fixed nonces (never do that outside a vector file) so that they are reproducible; the
 test suite checks that this script still produces the committed files byte for byte, and decodes
 every vector with an independent decoder written from docs/wire-format.md that imports only
 ``cryptography``. Released vector files are never edited: a new wire version gets new files.
+
+``wire_v1_schema_valid.json`` and ``wire_v1_schema_invalid.json`` (added later, as their own files)
+cover the column binding of docs/wire-format.md: schema, table and column as separate context
+entries (``vaultkit.core.wire.cell_context``), the schema entry only where a table has a schema.
 """
 
 from __future__ import annotations
@@ -135,6 +139,135 @@ def _flip(data: bytes, index: int) -> bytes:
     return data[:index] + bytes((data[index] ^ 0x01,)) + data[index + 1 :]
 
 
+# The column binding (docs/wire-format.md, "Column binding"): contexts as the column types build
+# them. (description, domain, context, value, pad_to)
+TENANT_A = wire.cell_context(schema="tenant_a", table="members", column="name")
+DOTTED_TABLE = wire.cell_context(table="a.b", column="c")
+SCHEMA_CASES: list[tuple[str, str, dict[str, Any], Any, int | None]] = [
+    ("str in a table of schema tenant_a", "identity", TENANT_A, "Jan Peeters", None),
+    (
+        "the same table in schema tenant_b",
+        "identity",
+        wire.cell_context(schema="tenant_b", table="members", column="name"),
+        "Jan Peeters",
+        None,
+    ),
+    (
+        "row-bound cell in a schema",
+        "medical",
+        {**wire.cell_context(schema="tenant_a", table="notes", column="body"), "row": "m-17"},
+        "diabetes type 2",
+        None,
+    ),
+    (
+        "integer row key in a schema",
+        "medical",
+        {**wire.cell_context(schema="tenant_a", table="chats", column="doc"), "row": 42},
+        {"b": [1, 2], "a": "x"},
+        None,
+    ),
+    ("dot in the table name, no schema", "identity", DOTTED_TABLE, "dotted table", None),
+    (
+        "dot in the column name, no schema",
+        "identity",
+        wire.cell_context(table="a", column="b.c"),
+        "dotted column",
+        None,
+    ),
+    (
+        "non-ASCII schema name",
+        "identity",
+        wire.cell_context(schema="zörg", table="leden", column="naam"),
+        "Élodie",
+        None,
+    ),
+]
+
+
+def _schema_nonce(index: int) -> bytes:
+    return hashlib.sha256(f"vaultkit wire v1 schema vector nonce {index}".encode()).digest()[:12]
+
+
+def build_schema_valid() -> list[dict[str, Any]]:
+    vectors = []
+    for index, (description, domain, context, value, pad_to) in enumerate(SCHEMA_CASES):
+        plaintext = encode_value(value, pad_to=pad_to)
+        nonce = _schema_nonce(index)
+        vectors.append(
+            {
+                "description": description,
+                "dek": DEK.hex(),
+                "dek_id": DEK_ID.hex(),
+                "domain": domain,
+                "context": context,
+                "nonce": nonce.hex(),
+                "encoded_plaintext": plaintext.hex(),
+                "value": _json_value(value),
+                "ciphertext": _seal(domain, context, plaintext, nonce).hex(),
+            }
+        )
+    return vectors
+
+
+def build_schema_invalid() -> list[dict[str, Any]]:
+    valid = build_schema_valid()
+    tenant, row_bound, dotted = valid[0], valid[2], valid[4]
+
+    def variant(description: str, base: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+        entry = {k: base[k] for k in ("dek", "dek_id", "domain")}
+        return {
+            "description": description,
+            **entry,
+            "context": context,
+            "ciphertext": base["ciphertext"],
+            "error": "authentication",
+        }
+
+    return [
+        variant(
+            "copied into the same table of schema tenant_b",
+            tenant,
+            wire.cell_context(schema="tenant_b", table="members", column="name"),
+        ),
+        variant(
+            "read without the schema (the binding before the schema entry)",
+            tenant,
+            wire.cell_context(table="members", column="name"),
+        ),
+        variant(
+            "schema joined into the table name",
+            tenant,
+            wire.cell_context(table="tenant_a.members", column="name"),
+        ),
+        variant(
+            "schema and table swapped",
+            tenant,
+            wire.cell_context(schema="members", table="tenant_a", column="name"),
+        ),
+        variant("empty schema entry", tenant, {**TENANT_A, "schema": ""}),
+        variant(
+            "another row of the same schema",
+            row_bound,
+            {**row_bound["context"], "row": "m-18"},
+        ),
+        variant(
+            "row-bound cell copied to schema tenant_b",
+            row_bound,
+            {**row_bound["context"], "schema": "tenant_b"},
+        ),
+        variant(
+            "dot moved from the table into the column",
+            dotted,
+            wire.cell_context(table="a", column="b.c"),
+        ),
+        variant(
+            "dotted table read as schema a, table b",
+            dotted,
+            wire.cell_context(schema="a", table="b", column="c"),
+        ),
+    ]
+
+
 def build_invalid() -> list[dict[str, Any]]:
     base = build_valid()[0]
     good = bytes.fromhex(base["ciphertext"])
@@ -182,9 +315,13 @@ def build_invalid() -> list[dict[str, Any]]:
     ]
 
 
-def _document(kind: str, vectors: list[dict[str, Any]]) -> dict[str, Any]:
+def _document(
+    kind: str,
+    vectors: list[dict[str, Any]],
+    source: str = "vaultkit wire format v1, docs/wire-format.md",
+) -> dict[str, Any]:
     return {
-        "source": "vaultkit wire format v1, docs/wire-format.md",
+        "source": source,
         "generated_by": "tests/vectors/generate_wire_v1.py (vaultkit's own encoder, fixed test keys and nonces)",
         "verified_by": "tests/unit/core/test_vectors.py: an independent decoder from docs/wire-format.md using only cryptography",
         "kind": kind,
@@ -203,7 +340,23 @@ def render() -> dict[str, str]:
             _document("invalid", build_invalid()), indent=2, ensure_ascii=False
         )
         + "\n",
+        "wire_v1_schema_valid.json": json.dumps(
+            _document("valid", build_schema_valid(), _SCHEMA_SOURCE), indent=2, ensure_ascii=False
+        )
+        + "\n",
+        "wire_v1_schema_invalid.json": json.dumps(
+            _document("invalid", build_schema_invalid(), _SCHEMA_SOURCE),
+            indent=2,
+            ensure_ascii=False,
+        )
+        + "\n",
     }
+
+
+_SCHEMA_SOURCE = (
+    'vaultkit wire format v1, docs/wire-format.md, "Column binding" (schema, table and column as '
+    "separate context entries)"
+)
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def _check_policies(args: argparse.Namespace) -> None:
 def _rekey(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
-    from vaultkit.rekey import RekeyReport, plan_job
+    from vaultkit.rekey import RekeyReport, default_job, plan_job
 
     if args.workers < 1 or args.batch_size < 1 or args.range_size < 1:
         raise ConfigurationError("--workers, --batch-size and --range-size must be at least 1")
@@ -214,7 +214,7 @@ def _rekey(args: argparse.Namespace) -> int:
         raise ConfigurationError("--dry-run runs one worker")
     table = _load_table(args.model)
     _check_policies(args)
-    args.job = args.job or f"{table.name}:rekey"
+    args.job = args.job or default_job(table)
     engine = sa.create_engine(args.data, hide_parameters=True)
     try:
         with engine.connect() as conn:
@@ -321,6 +321,11 @@ def _summary(args: argparse.Namespace, reports: list[Any], elapsed: float) -> No
         f"batches aborted by the database and redone (conflicts retried) "
         f"{total('conflicts_retried'):,}"
     )
+    if total("tampered"):
+        print(
+            f"  TAMPERED {total('tampered'):,}: plaintext not recorded in its row when the "
+            "migration began (a ciphertext replaced by plaintext?), left as it is"
+        )
     if args.dry_run:
         print(
             "  dry run: nothing decrypted, encrypted or written; unchecked (a previous= binding "
@@ -357,5 +362,10 @@ def _verify(args: argparse.Namespace, table: Any) -> bool:
         f"under retired DEKs {report.under_retired:,}, previous binding {report.previous_binding:,}, "
         f"blind index missing or old {report.index_outdated:,}"
     )
+    if report.tampered:
+        print(
+            f"  TAMPERED {report.tampered:,}: plaintext not recorded in its row when the "
+            "migration began, or found after it"
+        )
     print(f"  {'clean' if report.clean else 'NOT clean'}")
     return report.clean

@@ -26,8 +26,21 @@ the context block, so each value is bound to its format, suite, DEK, domain and 
                u16 len(key) || key || u16 len(value) || value   (UTF-8)
 
 A value copied to another column, row or domain therefore fails to authenticate. ``docs/wire-format.md``
-repeats this byte by byte with worked vectors. Old versions stay decodable here forever; a new
-version adds a decoder and a vector file and never changes this one.
+repeats this byte by byte with worked vectors.
+
+The column types bind a value to its cell with these context entries (:func:`cell_context`), each
+its own length-prefixed entry, so that no name can run into another::
+
+    column   the column name                       always
+    row      the row key, as context value text     row-bound columns only
+    schema   the table's schema                    only when the table has one
+    table    the table name                        always
+
+A table without a schema binds exactly as before the ``schema`` entry existed (no entry, not an
+empty one), so its values are unchanged byte for byte.
+
+Old versions stay decodable here forever; a new version adds a decoder and a vector file and
+never changes this one.
 """
 
 from __future__ import annotations
@@ -42,6 +55,10 @@ from vaultkit.errors import DecryptionError, UnsupportedFormatError
 
 __all__ = [
     "COMMITMENT_SIZE",
+    "CONTEXT_COLUMN",
+    "CONTEXT_ROW",
+    "CONTEXT_SCHEMA",
+    "CONTEXT_TABLE",
     "DEK_ID_SIZE",
     "EMPTY_CONTEXT",
     "HEADER_SIZE",
@@ -55,6 +72,7 @@ __all__ = [
     "ContextValue",
     "Suite",
     "build_header",
+    "cell_context",
     "context_block",
     "context_fields",
     "context_value_text",
@@ -74,6 +92,12 @@ HEADER_SIZE: Final = 2 + 1 + 1 + DEK_ID_SIZE + COMMITMENT_SIZE  # 52 bytes
 PREFIX_SIZE: Final = HEADER_SIZE + NONCE_SIZE  # 64 bytes before the ciphertext
 MIN_VALUE_SIZE: Final = PREFIX_SIZE + 1 + TAG_SIZE  # 81 bytes: the typed plaintext is never empty
 MAX_CONTEXT_FIELD_BYTES: Final = 0xFFFF  # each length in the context block is a u16
+
+#: Context keys of a column's cell (see the module docstring). Sorted: column, row, schema, table.
+CONTEXT_COLUMN: Final = "column"
+CONTEXT_ROW: Final = "row"
+CONTEXT_SCHEMA: Final = "schema"
+CONTEXT_TABLE: Final = "table"
 
 _HEADER_STRUCT: Final = struct.Struct(">2sBB16s32s")  # magic, version, suite, DEK id, commitment
 _U16: Final = struct.Struct(">H")
@@ -175,6 +199,41 @@ def context_fields(context: Mapping[str, ContextValue] | None) -> bytes:
             raise ValueError(f"context field {key[:32]!r} exceeds {MAX_CONTEXT_FIELD_BYTES} bytes")
         parts += (pack(len(raw_key)), raw_key, pack(len(raw_value)), raw_value)
     return b"".join(parts)
+
+
+def _cell_name(kind: str, name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"a {kind} name must be str, not {type(name).__name__}")
+    if not name:
+        raise ValueError(f"a {kind} name must not be empty")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"a {kind} name must be valid Unicode (no lone surrogates)") from None
+    if size > MAX_CONTEXT_FIELD_BYTES:
+        raise ValueError(f"a {kind} name is at most {MAX_CONTEXT_FIELD_BYTES} bytes")
+    return str(name)
+
+
+def cell_context(*, table: str, column: str, schema: str | None = None) -> dict[str, str]:
+    """Return the context entries that bind a value to a column: table, column, and the schema.
+
+    Each name is its own entry, so ``table "a.b", column "c"`` and ``table "a", column "b.c"``
+    bind differently, and a table in schema ``tenant_a`` differently from the same table in
+    ``tenant_b`` or in no schema. ``schema=None`` adds no entry (the binding of a table without a
+    schema is unchanged from before the entry existed); an empty name is refused.
+
+    Raises:
+        TypeError: a name is not a str.
+        ValueError: a name is empty or longer than a context field can hold.
+    """
+    context = {
+        CONTEXT_COLUMN: _cell_name("column", column),
+        CONTEXT_TABLE: _cell_name("table", table),
+    }
+    if schema is not None:
+        context[CONTEXT_SCHEMA] = _cell_name("schema", schema)
+    return context
 
 
 def context_block(domain: str, context: Mapping[str, ContextValue] | None) -> bytes:

@@ -105,10 +105,12 @@ def _column_attached(column: sa.Column[Any], table: Any) -> None:
                 f"{table.name}.{column.name} is encrypted and cannot be {what}: its ciphertexts are "
                 "random; index a BlindIndex column instead"
             )
-        if column_type._attached is not None and column_type._attached != (table.name, column.name):
+        # The schema is part of the binding: the same type in a table of another schema is a copy.
+        where = (table.name, column.name, table.schema)
+        if column_type._attached is not None and column_type._attached != where:
             column_type = column_type.copy()
             column.type = column_type
-        column_type._attach(table.name, column.name)
+        column_type._attach(*where)
     elif isinstance(column_type, BlindIndexType):
         if column_type._attached is not None and column_type._attached[0] != table.name:
             column_type = column_type.copy()

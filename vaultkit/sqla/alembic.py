@@ -18,8 +18,12 @@ name. ``decrypt_column`` does the reverse. Both run inside the migration's trans
 database has transactional DDL (PostgreSQL, SQLite): an error leaves the table as it was.
 
 They rewrite every row while the migration runs. For tables the application must keep using
-meanwhile, declare the column ``Encrypted(..., migrating=True)`` and run ``vaultkit rekey``
-instead (docs/operations.md, "Encrypting a legacy column").
+meanwhile, declare the column ``Encrypted(..., migrating=True)``, record its legacy manifest with
+``vaultkit.rekey.begin_migration(op.get_bind(), table, vault=...)`` and run ``vaultkit rekey``
+instead (docs/operations.md, "Encrypting a legacy plaintext column").
+
+In a table of a named schema (``schema=``), the values are bound to that schema exactly as the
+model's ``Encrypted`` column binds them (docs/wire-format.md, "Column binding").
 
 The vault comes from :func:`vaultkit.sqla.configure` (call it in ``env.py``).
 """
@@ -89,7 +93,8 @@ class _ColumnOp(MigrateOperation):
         }
 
     def encrypted_type(self) -> Encrypted:
-        """The column's type once encrypted: bound to its final table and column names."""
+        """The column's type once encrypted: bound to its final schema, table and column names,
+        exactly as the model's ``Encrypted`` column binds them."""
         return Encrypted(
             self.inner,
             domain=self.domain,
@@ -98,6 +103,7 @@ class _ColumnOp(MigrateOperation):
             pad_to=self.pad_to,
             table=self.table_name,
             column=self.column_name,
+            schema=self.schema,
         )
 
     def index_type(self) -> BlindIndexType | None:
@@ -116,6 +122,7 @@ class _ColumnOp(MigrateOperation):
             sa.MetaData(),
             sa.Column(self.column_name, self.encrypted_type()),
             sa.Column(self.index, index),
+            schema=self.schema,
         )
         return index
 

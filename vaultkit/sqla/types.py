@@ -41,6 +41,7 @@ __all__ = ["BlindIndexType", "Encrypted", "EncryptedCell", "RowBound"]
 
 _MAGIC: Final = wire.MAGIC
 _NULL_OPERATORS: Final = frozenset({operators.is_, operators.is_not})
+_SCHEMA_BINDINGS: Final = ("schema", "legacy")
 
 
 class _RawBinary(sa.LargeBinary):
@@ -210,8 +211,38 @@ def _coercer(inner: TypeEngine[Any]) -> tuple[type | None, Callable[[Any], Plain
     return python_type, strict
 
 
+#: What :func:`_legacy` returns for a legacy value that does not convert to the column's type.
+_INVALID: Final = object()
+
+#: Legacy manifests loaded by :func:`vaultkit.rekey.load_migration`: by vault name, schema, table
+#: and column, a function telling whether a legacy plaintext was recorded when the migration of
+#: that column began, with the generation of the configured vault it was loaded for (configuring
+#: another vault forgets it). Keyed by binding, not by type object: SQLAlchemy copies types.
+_LEGACY_MANIFESTS: dict[tuple[str, str | None, str, str], tuple[int, Callable[[bytes], bool]]] = {}
+
+
+def _legacy_bytes(raw: Any) -> bytes:
+    """The stored bytes of a legacy value, as the manifest's tags were computed over them."""
+    if isinstance(raw, bytes):
+        return raw
+    if isinstance(raw, bytearray | memoryview):
+        return bytes(raw)
+    return str(raw).encode("utf-8")  # legacy text read through a text column type
+
+
 def _legacy(raw: Any, python_type: type | None, inner: TypeEngine[Any]) -> Any:
-    """Interpret a legacy plaintext value (migration mode) as the inner type's Python type."""
+    """Interpret a legacy plaintext value (migration mode) as the inner type's Python type.
+
+    Returns :data:`_INVALID` when it does not convert. No exception leaves this function: the
+    converters' messages quote the value (``invalid literal for int() with base 10: 'abc'``).
+    """
+    try:
+        return _convert_legacy(raw, python_type, inner)
+    except Exception:  # any failure: its message and chain would carry the value
+        return _INVALID
+
+
+def _convert_legacy(raw: Any, python_type: type | None, inner: TypeEngine[Any]) -> Any:
     if isinstance(raw, bytearray | memoryview):
         raw = bytes(raw)
     if python_type is bytes:
@@ -242,7 +273,7 @@ def _legacy(raw: Any, python_type: type | None, inner: TypeEngine[Any]) -> Any:
     }
     converter = converters.get(python_type)
     if converter is None:
-        raise DecryptionError
+        return _INVALID
     return converter(str(text))
 
 
@@ -257,7 +288,10 @@ class Encrypted(TypeDecorator[Any]):
         row_key: name of a column of the same table whose value binds each value to its row (a UUID
             key or member number known at insert time, never a database-assigned autoincrement).
             A value copied into another row then fails to decrypt.
-        migrating: read legacy plaintext (anything without the vaultkit header) as the inner type;
+        migrating: read legacy plaintext (a value without the vaultkit header) as the inner
+            type, if it was recorded in the column's legacy manifest when the migration began
+            (:func:`vaultkit.rekey.begin_migration`, loaded with
+            :func:`vaultkit.rekey.load_migration`), under the domain's grant and audit rules;
             always write ciphertext. Off by default: strict mode raises on anything else.
         vault: name of the configured vault (see :func:`vaultkit.sqla.configure`).
         pad_to: pad plaintexts to a multiple of this many bytes, so that short enumerations of
@@ -268,6 +302,13 @@ class Encrypted(TypeDecorator[Any]):
             ``Encrypted`` of the same inner type). Values that do not open under this type are
             opened under ``previous``; writes always use this type. The re-keying engine moves
             the old values; then remove ``previous``. See docs/operations.md.
+        schema: the schema bound into the associated data; by default the schema of the table
+            this type is attached to (``Table.schema``), and none for a table without one.
+            Schema, table and column are separate context entries (docs/wire-format.md).
+        schema_binding: ``"schema"`` (the default) binds as just described. ``"legacy"`` binds
+            as vaultkit did before the schema entry existed: no schema, and ``table.column``
+            split at its first dot. Only for a ``previous=`` type, to read values written that
+            way while ``vaultkit rekey`` moves them to the current binding.
 
     Raises:
         QueryError: on any SQL operator other than ``IS NULL`` / ``IS NOT NULL``, and when the
@@ -292,6 +333,8 @@ class Encrypted(TypeDecorator[Any]):
         table: str | None = None,
         column: str | None = None,
         previous: Encrypted | None = None,
+        schema: str | None = None,
+        schema_binding: str = "schema",
     ) -> None:
         super().__init__()
         inner_type = inner() if isinstance(inner, type) else inner
@@ -309,6 +352,14 @@ class Encrypted(TypeDecorator[Any]):
         self.pad_to = pad_to
         self.table = table
         self.column = column
+        if schema is not None and not (isinstance(schema, str) and schema):
+            raise ConfigurationError("schema= takes a non-empty schema name")
+        self.schema = schema
+        if schema_binding not in _SCHEMA_BINDINGS:
+            raise ConfigurationError('schema_binding= is "schema" or "legacy"')
+        self.schema_binding = schema_binding
+        #: Set on the type given as another's ``previous=``: only there may it bind the legacy way.
+        self._as_previous = False
         if previous is not None:
             if not isinstance(previous, Encrypted) or previous.previous is not None:
                 raise ConfigurationError("previous= takes one Encrypted type (not a chain)")
@@ -319,31 +370,54 @@ class Encrypted(TypeDecorator[Any]):
                     "previous= may bind to the same row key or to none, not to another column"
                 )
         self.previous: Encrypted | None = previous
+        if previous is not None:
+            previous._as_previous = True
         self._python_type, self._coerce = _coercer(inner_type)
         self._enum_class = inner_type.enum_class if isinstance(inner_type, sa.Enum) else None
-        self._attached: tuple[str, str] | None = None
+        self._attached: tuple[str, str, str | None] | None = None  # table, column, schema
         self._slot = _registry.slot(vault)
         self._field: FieldCipher | None = None
         self._field_generation = -1
 
     # -- naming and the vault -----------------------------------------------------------------
 
-    def _attach(self, table: str, column: str) -> None:
-        self._attached = (table, column)
+    def _attach(self, table: str, column: str, schema: str | None = None) -> None:
+        self._check_binding()
+        self._attached = (str(table), str(column), None if schema is None else str(schema))
         self._field = None
         if self.previous is not None:
-            self.previous._attach(table, column)
+            self.previous._attach(table, column, schema)
 
-    @property
-    def bound_name(self) -> str:
-        """``table.column`` as bound into the associated data."""
-        table = self.table or (self._attached[0] if self._attached else None)
-        column = self.column or (self._attached[1] if self._attached else None)
+    def _check_binding(self) -> None:
+        if self.schema_binding == "legacy" and not self._as_previous:
+            raise ConfigurationError(
+                'schema_binding="legacy" is only for a previous= type: values are always written '
+                "with the schema bound; read the old ones through previous= and move them with "
+                "vaultkit rekey (docs/operations.md)"
+            )
+
+    def binding(self) -> tuple[str | None, str, str]:
+        """The schema (or ``None``), table and column bound into the associated data."""
+        attached = self._attached
+        table = self.table or (attached[0] if attached else None)
+        column = self.column or (attached[1] if attached else None)
         if table is None or column is None:
             raise ConfigurationError(
                 "this Encrypted type is not attached to a table column; give table= and column="
             )
-        return f"{table}.{column}"
+        if self.schema_binding == "legacy":
+            # Before the schema entry, the names went through "table.column" and were split at
+            # the first dot: no schema, and a dot in the table name moved into the column name.
+            table, column = f"{table}.{column}".split(".", 1)
+            return None, table, column
+        schema = self.schema if self.schema is not None else (attached[2] if attached else None)
+        return schema, table, column
+
+    @property
+    def bound_name(self) -> str:
+        """``table.column`` (``schema.table.column`` with a schema), for messages."""
+        schema, table, column = self.binding()
+        return f"{table}.{column}" if schema is None else f"{schema}.{table}.{column}"
 
     @property
     def python_type(self) -> type:
@@ -354,11 +428,13 @@ class Encrypted(TypeDecorator[Any]):
         slot = self._slot
         field = self._field
         if field is None or self._field_generation != slot.generation:
-            table, column = self.bound_name.split(".", 1)
+            self._check_binding()
+            schema, table, column = self.binding()
             field = slot.get().field(
                 self.domain,
                 table=table,
                 column=column,
+                schema=schema,
                 row_bound=self.row_key is not None,
                 pad_to=self.pad_to,
             )
@@ -398,11 +474,15 @@ class Encrypted(TypeDecorator[Any]):
             return None
         if type(stored) is not bytes:
             if self.migrating and not isinstance(stored, bytearray | memoryview):
-                return _legacy(stored, self._python_type, self.inner)
+                box = [stored]
+                del stored  # the legacy value travels in ``box`` only, emptied by _read_legacy
+                return self._read_legacy(box, row)
             stored = _as_bytes(stored)
         if stored[:2] != _MAGIC:
             if self.migrating:
-                return _legacy(stored, self._python_type, self.inner)
+                box = [stored]
+                del stored
+                return self._read_legacy(box, row)
             raise DecryptionError
         if self.previous is None:
             value = self.field().decrypt(stored, row=row)
@@ -414,6 +494,67 @@ class Encrypted(TypeDecorator[Any]):
                 return previous.decrypt_value(stored, row=row if previous.row_key else None)
         if self._enum_class is not None and not isinstance(value, SealedValue):
             return self._enum_class[value]  # type: ignore[index]
+        return value
+
+    def use_legacy_manifest(self, admits: Callable[[bytes], bool] | None) -> None:
+        """Accept in migration mode only legacy plaintext that ``admits`` recognises.
+
+        :func:`vaultkit.rekey.load_migration` calls it with the column's legacy manifest (the
+        values recorded when the migration began); ``None`` forgets it. It applies to every copy
+        of this type with the same vault and binding, until another vault is configured.
+        """
+        key = (self.vault, *self.binding())
+        if admits is None:
+            _LEGACY_MANIFESTS.pop(key, None)
+        else:
+            _LEGACY_MANIFESTS[key] = (self._slot.generation, admits)
+
+    def _read_legacy(self, box: list[Any], row: wire.ContextValue | None) -> Any:
+        """A legacy plaintext value read in migration mode, taken out of ``box``.
+
+        Only a value recorded in the column's legacy manifest is accepted (others raise
+        :class:`DecryptionError`); then as :meth:`open_legacy`.
+        """
+        loaded = _LEGACY_MANIFESTS.get((self.vault, *self.binding()))
+        if loaded is None or loaded[0] != self._slot.generation:
+            box.clear()
+            raise ConfigurationError(
+                f"{self.bound_name} is in migration mode, but its legacy manifest is not loaded "
+                "in this process: call vaultkit.rekey.load_migration(engine, table, vault=...) "
+                "at start-up (docs/operations.md, encrypting a legacy plaintext column)"
+            )
+        if not loaded[1](_legacy_bytes(box[0])):
+            box.clear()
+            raise DecryptionError(
+                f"legacy plaintext in {self.bound_name} was not recorded when its migration "
+                "began: refused as a possible downgrade of a ciphertext"
+            )
+        return self._open_legacy(box, row)
+
+    def open_legacy(self, raw: Any, *, row: wire.ContextValue | None = None) -> Any:
+        """Convert a legacy plaintext value of this column, already checked against its manifest.
+
+        For the re-keying engine, which checks each value against its row in the legacy
+        manifest itself. The grant and the audit log apply as to a decrypt
+        (:meth:`vaultkit.FieldCipher.admit_plaintext`). A value that does not convert raises
+        :class:`DecryptionError` naming the column, with no exception chained and no frame of
+        vaultkit's holding the value.
+        """
+        box = [raw]
+        del raw
+        return self._open_legacy(box, row)
+
+    def _open_legacy(self, box: list[Any], row: wire.ContextValue | None) -> Any:
+        sealed = self.field().admit_plaintext(row=row)
+        if sealed is not None:
+            box.clear()
+            return sealed
+        value = _legacy(box.pop(), self._python_type, self.inner)
+        if value is _INVALID:
+            raise DecryptionError(
+                f"legacy plaintext in {self.bound_name} is not a valid "
+                f"{type(self.inner).__name__} value"
+            )
         return value
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
@@ -444,8 +585,7 @@ class Encrypted(TypeDecorator[Any]):
                 return self.encrypt_value(value)
             if generation != slot.generation or seal is None:
                 field = self.field()
-                seal, fields = field._seal, field._fixed
-                where = (field.table, field.column, None)
+                seal, fields, where = field._seal, field._fixed, field._where
                 generation = slot.generation
             if type(value) is str and python_type is str and pad is None:
                 try:  # the common case, encoded here without a call (see vaultkit._codec)
@@ -491,8 +631,7 @@ class Encrypted(TypeDecorator[Any]):
                 return None
             if generation != slot.generation or open_ is None:
                 field = self.field()
-                open_, fields = field._open, field._fixed
-                where = (field.table, field.column, None)
+                open_, fields, where = field._open, field._fixed, field._where
                 generation = slot.generation
             return open_(value if type(value) is bytes else _as_bytes(value), fields, domain, where)
 
@@ -513,7 +652,10 @@ class Encrypted(TypeDecorator[Any]):
             table=self.table,
             column=self.column,
             previous=self.previous.copy() if self.previous is not None else None,
+            schema=self.schema,
+            schema_binding=self.schema_binding,
         )
+        copied._as_previous = self._as_previous
         copied._attached = self._attached
         if copied.previous is not None and self.previous is not None:
             copied.previous._attached = self.previous._attached
@@ -525,9 +667,23 @@ class Encrypted(TypeDecorator[Any]):
         if type(self.inner).__module__.startswith("sqlalchemy."):
             inner = "sa." + inner
         args = [inner, f"domain={self.domain!r}"]
-        for name in ("row_key", "migrating", "vault", "pad_to", "table", "column", "previous"):
+        for name in (
+            "row_key",
+            "migrating",
+            "vault",
+            "pad_to",
+            "table",
+            "column",
+            "previous",
+            "schema",
+            "schema_binding",
+        ):
             value = getattr(self, name)
-            default = {"migrating": False, "vault": _registry.DEFAULT}.get(name)
+            default = {
+                "migrating": False,
+                "vault": _registry.DEFAULT,
+                "schema_binding": "schema",
+            }.get(name)
             if value is not None and value != default:
                 args.append(f"{name}={value!r}")
         return f"Encrypted({', '.join(args)})"

@@ -419,3 +419,27 @@ class TestExitCodes:
         again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr
         assert "job finished" in again.stdout
+
+
+def test_a_downgraded_value_is_reported_as_tampered(
+    setup: tuple[list[str], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ciphertext a database writer replaced by plaintext after the first run is not
+    re-encrypted by the next run; both the run and --verify report it as tampered (exit 7),
+    without showing the value."""
+    options, module = setup
+    assert main(["rekey", *options, "--model", f"{module}:MEMBERS"]) == 0
+    data = options[options.index("--data") + 1]
+    engine = sa.create_engine(data)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("update cli_members set email = :v where id = 7"), {"v": b"Forged7@X.be"}
+        )
+    engine.dispose()
+    capsys.readouterr()
+    code = main(["rekey", *options, "--model", f"{module}:MEMBERS", "--job", "again", "--verify"])
+    out = capsys.readouterr().out
+    assert code == 7, out
+    assert "re-encrypted 0 values" in out
+    assert out.count("TAMPERED 1") == 2 and "NOT clean" in out
+    assert "Forged" not in out

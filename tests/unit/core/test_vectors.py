@@ -22,13 +22,17 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from vaultkit import Vault
 from vaultkit.core.envelope import wrap_context
-from vaultkit.errors import DecryptionError, UnsupportedFormatError
+from vaultkit.errors import ConfigurationError, DecryptionError, UnsupportedFormatError
 from vaultkit.store import DataKeyRecord, DekState, MemoryKeyStore
 from vaultkit.testing import InMemoryKeyProvider
 
 VECTORS = Path(__file__).parents[2] / "vectors"
 VALID = json.loads((VECTORS / "wire_v1_valid.json").read_text(encoding="utf-8"))
 INVALID = json.loads((VECTORS / "wire_v1_invalid.json").read_text(encoding="utf-8"))
+SCHEMA_VALID = json.loads((VECTORS / "wire_v1_schema_valid.json").read_text(encoding="utf-8"))
+SCHEMA_INVALID = json.loads((VECTORS / "wire_v1_schema_invalid.json").read_text(encoding="utf-8"))
+ALL_VALID = VALID["vectors"] + SCHEMA_VALID["vectors"]
+ALL_INVALID = INVALID["vectors"] + SCHEMA_INVALID["vectors"]
 
 
 class UnsupportedError(Exception):
@@ -132,7 +136,7 @@ def vault_holding_the_vector_dek(vector: dict[str, Any]) -> Vault:
     return Vault(provider=provider, store=store, domains=["identity", "financial", "medical"])
 
 
-@pytest.mark.parametrize("v", VALID["vectors"], ids=[v["description"] for v in VALID["vectors"]])
+@pytest.mark.parametrize("v", ALL_VALID, ids=[v["description"] for v in ALL_VALID])
 class TestValidVectors:
     def test_independent_decoder_reads_it(self, v: dict[str, Any]) -> None:
         """The decoder written from the document alone recovers the encoded plaintext and value."""
@@ -157,9 +161,7 @@ class TestValidVectors:
             assert str(got) == str(want)  # keeps -0.0
 
 
-@pytest.mark.parametrize(
-    "v", INVALID["vectors"], ids=[v["description"] for v in INVALID["vectors"]]
-)
+@pytest.mark.parametrize("v", ALL_INVALID, ids=[v["description"] for v in ALL_INVALID])
 class TestInvalidVectors:
     def test_independent_decoder_rejects_it(self, v: dict[str, Any]) -> None:
         """The independent decoder refuses every damaged vector, in the documented way."""
@@ -177,6 +179,49 @@ class TestInvalidVectors:
         if v["error"] == "authentication":
             assert type(info.value) is DecryptionError
             assert str(info.value) == "ciphertext could not be authenticated"
+
+
+def _field_for(vault: Vault, v: dict[str, Any]) -> Any:
+    context = v["context"]
+    return vault.field(
+        v["domain"],
+        schema=context.get("schema"),
+        table=context["table"],
+        column=context["column"],
+        row_bound="row" in context,
+    )
+
+
+@pytest.mark.parametrize(
+    "v", SCHEMA_VALID["vectors"], ids=[v["description"] for v in SCHEMA_VALID["vectors"]]
+)
+def test_column_cipher_binds_like_the_schema_vectors(v: dict[str, Any]) -> None:
+    """A FieldCipher given the vector's schema, table and column decrypts it: the column types
+    bind names exactly as docs/wire-format.md's column binding says."""
+    with vault_holding_the_vector_dek(v) as vault:
+        got = _field_for(vault, v).decrypt(
+            bytes.fromhex(v["ciphertext"]), row=v["context"].get("row")
+        )
+    want = expected_value(v["value"])
+    assert got == want and type(got) is type(want)
+
+
+@pytest.mark.parametrize(
+    "v",
+    [v for v in SCHEMA_INVALID["vectors"] if v["context"].get("schema") != ""],
+    ids=lambda v: v["description"],
+)
+def test_column_cipher_rejects_the_schema_invalid_vectors(v: dict[str, Any]) -> None:
+    """A FieldCipher bound to the wrong schema, table/column split or row refuses the value."""
+    with vault_holding_the_vector_dek(v) as vault, pytest.raises(DecryptionError):
+        _field_for(vault, v).decrypt(bytes.fromhex(v["ciphertext"]), row=v["context"].get("row"))
+
+
+def test_column_cipher_refuses_an_empty_schema_name() -> None:
+    """An empty schema name is refused when the cipher is made, not bound as an empty entry."""
+    with vault_holding_the_vector_dek(SCHEMA_VALID["vectors"][0]) as vault:
+        with pytest.raises(ConfigurationError, match="schema name must not be empty"):
+            vault.field("identity", schema="", table="members", column="name")
 
 
 def test_generator_reproduces_the_committed_files() -> None:

@@ -189,3 +189,72 @@ class TestEncryptInPlace:
             op = Operations(MigrationContext.configure(conn))
             with pytest.raises(vaultkit.errors.ConfigurationError, match="no column email_index"):
                 op.encrypt_column("t", "email", sa.Text, domain="identity", index="email_index")  # type: ignore[attr-defined]
+
+
+@pytest.mark.postgres
+def test_alembic_and_the_column_type_bind_a_schema_alike(
+    postgres_url: str, postgres_schema: str
+) -> None:
+    """In a table of a named schema, values op.encrypt_column writes decrypt through the model's
+    Encrypted column and verify clean in the re-key engine, and values vaultkit rekey writes
+    decrypt back through op.decrypt_column: all three bind schema, table and column alike."""
+    import vaultkit.sqla.alembic
+    from vaultkit.rekey import rekey_table, verify_table
+
+    vault = Vault(provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["identity"])
+    vaultkit.sqla.configure(vault)
+    postgres_engine = sa.create_engine(postgres_url)  # the re-key tables go to the test's schema
+    schema = postgres_schema
+    legacy = sa.Table(
+        "schema_members",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", sa.String(200)),
+        sa.Column("note", sa.LargeBinary),  # already binary: vaultkit rekey encrypts it in place
+        schema=schema,
+    )
+    legacy.create(postgres_engine)
+    emails = {i: f"m{i}@example.be" for i in range(1, 31)}
+    notes = {i: f"note {i}" for i in range(1, 31)}
+    with postgres_engine.begin() as conn:
+        conn.execute(
+            legacy.insert(),
+            [{"id": i, "email": emails[i], "note": notes[i].encode()} for i in emails],
+        )
+    model = sa.Table(
+        "schema_members",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", Encrypted(sa.String(200), domain="identity")),
+        sa.Column("note", Encrypted(sa.Text, domain="identity", migrating=True)),
+        schema=schema,
+    )
+    try:
+        with postgres_engine.begin() as conn:
+            op = Operations(MigrationContext.configure(conn))
+            op.encrypt_column(  # type: ignore[attr-defined]
+                "schema_members", "email", sa.String(200), domain="identity", schema=schema
+            )
+        with postgres_engine.connect() as conn:
+            assert dict(conn.execute(sa.select(model.c.id, model.c.email)).all()) == emails
+            stored = conn.execute(
+                sa.text(f'select email from "{schema}".schema_members where id = 1')
+            ).scalar_one()
+        cell = {"schema": schema, "table": "schema_members", "column": "email"}
+        assert vault.decrypt(bytes(stored), context=cell, domain="identity") == emails[1]
+        assert verify_table(postgres_engine, model, vault=vault, columns=["email"]).clean
+
+        report = rekey_table(postgres_engine, model, vault=vault, columns=["note"])
+        assert report.complete and report.plaintext_encrypted == 30
+        with postgres_engine.begin() as conn:
+            op = Operations(MigrationContext.configure(conn))
+            op.decrypt_column(  # type: ignore[attr-defined]
+                "schema_members", "note", sa.Text, domain="identity", schema=schema
+            )
+            back = conn.execute(sa.text(f'select id, note from "{schema}".schema_members')).all()
+        assert dict(back) == notes  # type: ignore[arg-type]
+    finally:
+        legacy.drop(postgres_engine)
+        postgres_engine.dispose()
+        vaultkit.sqla.configure(None)
+        vault.close()

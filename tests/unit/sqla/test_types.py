@@ -499,13 +499,18 @@ class TestBlindIndex:
 
 
 class TestMigrationMode:
-    def test_legacy_plaintext_is_read_and_rewritten(self, engine: sa.Engine) -> None:
+    def test_legacy_plaintext_is_read_and_rewritten(self, engine: sa.Engine, vault: Vault) -> None:
         """A migrating column reads legacy plaintext and writes ciphertext; count_plaintext counts."""
+        from vaultkit.rekey import begin_migration, load_migration
+
         with engine.begin() as conn:
             conn.execute(
                 sa.text("insert into legacy (id, name, amount) values (1, :n, :a), (2, :n2, :a2)"),
                 {"n": b"Jan Peeters", "a": b"1200", "n2": b"Marie", "a2": b"7"},
             )
+        # The migration begins (its legacy manifest) and the application loads it.
+        begin_migration(engine, Legacy.__table__, vault=vault)
+        load_migration(engine, Legacy.__table__, vault=vault)
         with Session(engine) as s:
             assert count_plaintext(s, Legacy.name) == 2
             one = s.get(Legacy, 1)
