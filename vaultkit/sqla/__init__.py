@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import MappedColumn, mapped_column
+from sqlalchemy.orm import MappedColumn
 
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError
@@ -68,7 +68,7 @@ def BlindIndex(  # noqa: N802 - declared like a column, named like a type
 
     .. versionadded:: 0.1.0
     """
-    return mapped_column(
+    return _BlindIndexColumn(
         BlindIndexType(
             source,
             domain=domain,
@@ -81,6 +81,23 @@ def BlindIndex(  # noqa: N802 - declared like a column, named like a type
         index=True,
         nullable=True,
     )
+
+
+class _BlindIndexColumn(MappedColumn[bytes | None]):
+    """The column :func:`BlindIndex` declares; refuses classes that would ignore it (SQLModel)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        # SQLModel (a pydantic model) takes a MappedColumn for a field's default value and makes
+        # the column from the annotation alone: an unindexed binary column nothing fills.
+        if any(
+            base.__name__ == "SQLModel" and base.__module__.startswith("sqlmodel")
+            for base in owner.__mro__
+        ):
+            raise ConfigurationError(
+                f"{owner.__name__}.{name}: BlindIndex() is an SQLAlchemy declarative column, which "
+                "SQLModel ignores (the index would stay empty); declare it with "
+                "vaultkit.integrations.sqlmodel.BlindIndexField(...) instead"
+            )
 
 
 def count_plaintext(connection: sa.Connection | sa.orm.Session, column: Any) -> int:
