@@ -124,6 +124,20 @@ def alembic_render_item(type_: str, obj: Any, autogen_context: Any) -> str | boo
     In ``env.py``: ``context.configure(..., render_item=vaultkit.sqla.alembic_render_item)``.
     Renders ``vaultkit.sqla.types.Encrypted(sa.String(length=320), domain='identity')``: names
     and flags only, never a vault, key or secret.
+
+    Warning:
+        With the key store in the application's database, autogenerate also sees vaultkit's own
+        tables (``vaultkit_data_keys``, ...) and would drop them, making every value unreadable.
+        Configure all of vaultkit's hooks at once instead, which keeps those tables out and turns
+        a plaintext column that became ``Encrypted`` into ``op.encrypt_column``::
+
+            import vaultkit.sqla.alembic
+
+            context.configure(
+                connection=connection,
+                target_metadata=Base.metadata,
+                **vaultkit.sqla.alembic.autogenerate_options(),
+            )
     """
     if type_ == "type" and isinstance(obj, Encrypted | BlindIndexType):
         autogen_context.imports.add("import vaultkit.sqla.types")
