@@ -82,7 +82,8 @@ def vaultkit_scope(
     Returns:
         An ``async`` generator dependency yielding the principal. Declare it with
         ``Depends(...)`` on the route, the router or the app, with FastAPI's default dependency
-        scope (``"request"``): then the response model is serialized inside the scope too.
+        scope (``"request"``): the scope then lasts until the response is sent, so that the body
+        of a streaming response is produced inside it too.
 
     Raises:
         TypeError: ``purpose`` is empty; at request time, ``resolve_principal`` returned something

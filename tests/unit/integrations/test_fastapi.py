@@ -164,6 +164,19 @@ def app_for(world: World, resolver: Any) -> FastAPI:
     ) -> Any:
         return session.get(Chat, chat_id)
 
+    def plain_session() -> Iterator[Session]:
+        # A sync yield dependency that does not depend on the scope, on a route that lists it.
+        with Session(world.engine) as session:
+            session.info["who"] = current_scope().principal.name
+            yield session
+
+    @app.get("/listed/{chat_id}", dependencies=[Depends(coaching)])
+    def read_listed(
+        chat_id: uuid.UUID, session: Annotated[Session, Depends(plain_session)]
+    ) -> dict[str, Any]:
+        chat = session.get(Chat, chat_id)
+        return {"who": session.info["who"], "text": _plain(chat.text if chat else None)}
+
     @app.get("/whoami")
     async def whoami() -> dict[str, Any]:
         return seen()
@@ -221,6 +234,14 @@ class TestScopeFromDependency:
         response = run(get(app, f"/session/{chat_id}", "coach-2"))
         assert response.status_code == 200, response.text
         assert response.json() == {"id": str(chat_id), "text": text}
+
+    def test_route_dependencies_run_before_the_endpoints_own(self, world: World) -> None:
+        """A session dependency of the endpoint runs inside the scope listed on the route."""
+        app = app_for(world, async_principal)
+        chat_id, text = next(iter(world.chats.items()))
+        response = run(get(app, f"/listed/{chat_id}", "coach-3"))
+        assert response.status_code == 200, response.text
+        assert response.json() == {"who": "coach-3", "text": text}
 
     def test_scope_is_left_when_the_request_ends(self, world: World) -> None:
         """After a request, also one that fails with 404, the caller's context is anonymous again."""
