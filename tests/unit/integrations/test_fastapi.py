@@ -388,3 +388,42 @@ class TestMaybeSealed:
         assert Out(value=SealedValue("medical")).model_dump_json() == (
             '{"value":{"sealed":"medical"}}'
         )
+
+
+# Starlette's TestClient warns when it runs on httpx rather than its successor httpx2; the tests
+# group installs httpx, which the ASGI tests above use directly.
+@pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteDeprecationWarning")
+class TestWithTestClient:
+    def test_sync_client_requests_each_get_their_own_scope(self, world: World) -> None:
+        """Through FastAPI's TestClient (the app in a portal thread), scopes follow the requests."""
+        from fastapi.testclient import TestClient
+
+        app = app_for(world, sync_principal)
+        chat_id, text = next(iter(world.chats.items()))
+        with TestClient(app) as client:
+            coach = client.get(f"/sync/{chat_id}", headers={"X-User": "coach-5"})
+            claims = client.get(f"/model/{chat_id}", headers={"X-User": "claims-5"})
+            nobody = client.get("/whoami")
+        assert coach.json()["text"] == text and coach.json()["who"] == "coach-5"
+        assert claims.json() == {"id": str(chat_id), "text": {"sealed": "medical"}}
+        assert nobody.json() == {"who": "anonymous", "purpose": None}
+
+    def test_naive_sync_dependency_fails_clearly(self, world: World) -> None:
+        """The naive sync yield dependency fails through TestClient too, naming vaultkit_scope."""
+        from fastapi.testclient import TestClient
+
+        app = FastAPI()
+
+        def naive(x_user: Annotated[str, Header()]) -> Iterator[None]:
+            with acting_as(principal_named(x_user), purpose="coaching"):
+                yield
+
+        @app.get("/whoami", dependencies=[Depends(naive)])
+        def whoami() -> dict[str, str]:
+            return {"who": current_scope().principal.name}
+
+        with (
+            TestClient(app) as client,
+            pytest.raises(ConfigurationError, match="vaultkit_scope"),
+        ):
+            client.get("/whoami", headers={"X-User": "coach-1"})
