@@ -34,9 +34,12 @@ from sqlalchemy.types import TypeEngine
 from sqlmodel import Field
 
 from vaultkit.sqla import BlindIndexType, Encrypted
-from vaultkit.sqla._registry import DEFAULT
 
 __all__ = ["BlindIndexField", "EncryptedField"]
+
+
+def _vault_option(vault: str | None) -> dict[str, Any]:
+    return {} if vault is None else {"vault": vault}
 
 
 def BlindIndexField(  # noqa: N802 - declared like a field, named like SQLModel's Field
@@ -47,11 +50,12 @@ def BlindIndexField(  # noqa: N802 - declared like a field, named like SQLModel'
     query_versions: Sequence[int] | None = None,
     bits: int | None = None,
     domain: str | None = None,
-    vault: str = DEFAULT,
+    vault: str | None = None,
 ) -> Any:
     """A blind-index field for the encrypted field ``source``: what ``BlindIndex`` is to the ORM.
 
-    The arguments are those of :func:`vaultkit.sqla.BlindIndex`. Annotate the field
+    The arguments are those of :func:`vaultkit.sqla.BlindIndex` (``vault``: the name of a
+    configured vault other than the default one). Annotate the field
     ``bytes | None``; query it with the plaintext (``Member.email_index == "jan@example.be"``).
 
     .. versionadded:: 0.1.0
@@ -62,8 +66,8 @@ def BlindIndexField(  # noqa: N802 - declared like a field, named like SQLModel'
         version=version,
         query_versions=query_versions,
         bits=bits,
-        vault=vault,
         normalize=normalize,
+        **_vault_option(vault),
     )
     return Field(
         default=None, repr=False, sa_column=sa.Column(index_type, index=True, nullable=True)
@@ -76,7 +80,7 @@ def EncryptedField(  # noqa: N802 - declared like a field, named like SQLModel's
     domain: str,
     row_key: str | None = None,
     migrating: bool = False,
-    vault: str = DEFAULT,
+    vault: str | None = None,
     pad_to: int | None = None,
     nullable: bool = True,
     default: Any = None,
@@ -89,6 +93,11 @@ def EncryptedField(  # noqa: N802 - declared like a field, named like SQLModel's
     .. versionadded:: 0.1.0
     """
     column_type = Encrypted(
-        inner, domain=domain, row_key=row_key, migrating=migrating, vault=vault, pad_to=pad_to
+        inner,
+        domain=domain,
+        row_key=row_key,
+        migrating=migrating,
+        pad_to=pad_to,
+        **_vault_option(vault),
     )
     return Field(default=default, repr=False, sa_column=sa.Column(column_type, nullable=nullable))
