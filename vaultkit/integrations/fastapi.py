@@ -48,6 +48,7 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
+import anyio
 from fastapi import Depends
 from fastapi.concurrency import run_in_threadpool
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
@@ -110,7 +111,9 @@ def vaultkit_scope(
                 yield principal
             finally:
                 if vault is not None:
-                    await run_in_threadpool(vault.flush_audit)
+                    # Shielded: a client that disconnects must not leave the batches unwritten.
+                    with anyio.CancelScope(shield=True):
+                        await run_in_threadpool(vault.flush_audit)
 
     return scope_dependency
 
