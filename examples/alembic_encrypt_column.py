@@ -14,6 +14,22 @@ holds. ``main()`` runs the whole story on SQLite, with no Alembic project needed
 
 For a table small enough to rewrite inside one migration, ``op.encrypt_column`` /
 ``op.decrypt_column`` (``import vaultkit.sqla.alembic``) do it all in the migration instead.
+
+Autogenerate: vaultkit keeps tables of its own in the application's database (here the re-keying
+engine's checkpoints; with the key store there too, ``vaultkit_data_keys``). They are not in the
+application's metadata, so plain autogenerate would drop them. The ``env.py`` of the project::
+
+    import vaultkit.sqla.alembic
+
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        **vaultkit.sqla.alembic.autogenerate_options(),
+    )
+
+keeps them out, renders vaultkit's column types, and autogenerates ``op.encrypt_column`` for a
+plaintext column whose model type became ``Encrypted`` (not in migration mode, as here).
+``main()`` compares the two at the end.
 """
 
 from __future__ import annotations
@@ -22,11 +38,13 @@ import tempfile
 from pathlib import Path
 
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vaultkit.sqla
+import vaultkit.sqla.alembic
 from vaultkit import Vault
 from vaultkit.keys import LocalKeyProvider, generate_master_key
 from vaultkit.keys.local import _decode_master_key
@@ -107,6 +125,15 @@ def main() -> None:
         ).one()
         assert found.email == "jan@example.be"
         print(f"lookup through the blind index finds member {found.id}")
+    with engine.connect() as conn:
+        plain = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        options = vaultkit.sqla.alembic.autogenerate_options()
+        filters = {k: options[k] for k in ("include_name", "include_object")}
+        kept = compare_metadata(MigrationContext.configure(conn, opts=filters), Base.metadata)
+    dropped = sorted(d[1].name for d in plain if d[0] == "remove_table")
+    print(f"plain autogenerate would drop: {', '.join(dropped)}")
+    assert dropped and not [d for d in kept if d[0] == "remove_table"]
+    print("with vaultkit.sqla.alembic.autogenerate_options(): nothing to drop")
     vaultkit.sqla.configure(None)
     vault.close()
     engine.dispose()

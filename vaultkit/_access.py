@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from vaultkit.errors import ConfigurationError
 from vaultkit.keys.domains import check_domain_name
 
 __all__ = ["ANONYMOUS", "Principal", "Scope", "SealedValue", "acting_as", "current_scope"]
@@ -75,7 +76,16 @@ def acting_as(principal: Principal, *, purpose: str) -> Iterator[Scope]:
     try:
         yield scope
     finally:
-        _scope.reset(token)
+        try:
+            _scope.reset(token)
+        except ValueError:
+            # Left in another context than it was entered in: FastAPI runs the two halves of a
+            # sync ``def`` dependency with ``yield`` in two copies of the request's context.
+            raise ConfigurationError(
+                "acting_as was left in another context than it was entered in (a sync FastAPI "
+                "dependency with yield does that): set a request's scope with "
+                "vaultkit.integrations.fastapi.vaultkit_scope"
+            ) from None
 
 
 class SealedValue:

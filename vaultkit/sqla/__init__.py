@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import MappedColumn, mapped_column
+from sqlalchemy.orm import MappedColumn
 
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError
@@ -68,7 +68,7 @@ def BlindIndex(  # noqa: N802 - declared like a column, named like a type
 
     .. versionadded:: 0.1.0
     """
-    return mapped_column(
+    return _BlindIndexColumn(
         BlindIndexType(
             source,
             domain=domain,
@@ -81,6 +81,23 @@ def BlindIndex(  # noqa: N802 - declared like a column, named like a type
         index=True,
         nullable=True,
     )
+
+
+class _BlindIndexColumn(MappedColumn[bytes | None]):
+    """The column :func:`BlindIndex` declares; refuses classes that would ignore it (SQLModel)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        # SQLModel (a pydantic model) takes a MappedColumn for a field's default value and makes
+        # the column from the annotation alone: an unindexed binary column nothing fills.
+        if any(
+            base.__name__ == "SQLModel" and base.__module__.startswith("sqlmodel")
+            for base in owner.__mro__
+        ):
+            raise ConfigurationError(
+                f"{owner.__name__}.{name}: BlindIndex() is an SQLAlchemy declarative column, which "
+                "SQLModel ignores (the index would stay empty); declare it with "
+                "vaultkit.integrations.sqlmodel.BlindIndexField(...) instead"
+            )
 
 
 def count_plaintext(connection: sa.Connection | sa.orm.Session, column: Any) -> int:
@@ -107,6 +124,20 @@ def alembic_render_item(type_: str, obj: Any, autogen_context: Any) -> str | boo
     In ``env.py``: ``context.configure(..., render_item=vaultkit.sqla.alembic_render_item)``.
     Renders ``vaultkit.sqla.types.Encrypted(sa.String(length=320), domain='identity')``: names
     and flags only, never a vault, key or secret.
+
+    Warning:
+        With the key store in the application's database, autogenerate also sees vaultkit's own
+        tables (``vaultkit_data_keys``, ...) and would drop them, making every value unreadable.
+        Configure all of vaultkit's hooks at once instead, which keeps those tables out and turns
+        a plaintext column that became ``Encrypted`` into ``op.encrypt_column``::
+
+            import vaultkit.sqla.alembic
+
+            context.configure(
+                connection=connection,
+                target_metadata=Base.metadata,
+                **vaultkit.sqla.alembic.autogenerate_options(),
+            )
     """
     if type_ == "type" and isinstance(obj, Encrypted | BlindIndexType):
         autogen_context.imports.add("import vaultkit.sqla.types")

@@ -43,7 +43,15 @@ from vaultkit.errors import ConfigurationError
 from vaultkit.sqla._registry import DEFAULT, get_vault
 from vaultkit.sqla.types import BlindIndexType, Encrypted, RowBound
 
-__all__ = ["DecryptColumnOp", "EncryptColumnOp"]
+__all__ = [
+    "VAULTKIT_TABLE_PREFIX",
+    "DecryptColumnOp",
+    "EncryptColumnOp",
+    "autogenerate_options",
+    "encrypt_column_directives",
+    "include_name",
+    "include_object",
+]
 
 _BATCH = 1000
 _SUFFIX = "__vaultkit_new"
@@ -292,3 +300,290 @@ def _decrypt_column(operations: Operations, operation: DecryptColumnOp) -> None:
 
     with vault.acting_as(_principal(operation), purpose=f"alembic decrypt {operation.table_name}"):
         _rewrite(operations, operation, operation.inner, convert)
+
+
+# -- autogenerate: vaultkit's own tables, and columns that become encrypted ---------------------
+#
+# With the key store in the application's database, vaultkit's tables (the key store's
+# ``vaultkit_data_keys`` and ``vaultkit_meta``, the audit log's ``vaultkit_audit_events`` and
+# ``vaultkit_audit_head``, the re-keying engine's ``vaultkit_rekey_ranges`` and
+# ``vaultkit_rekey_checkpoints``) are in the database but not in the application's metadata:
+# autogenerate would drop them, and with the key table every value becomes unreadable. vaultkit
+# creates and upgrades its own tables itself; the filters below keep them out of autogenerate.
+
+#: The prefix of vaultkit's own table names (``SQLKeyStore(table_prefix=...)`` may add others).
+VAULTKIT_TABLE_PREFIX = "vaultkit_"
+
+_IncludeName = Callable[[Any, str, Any], bool]
+_IncludeObject = Callable[[Any, Any, str, bool, Any], bool]
+
+
+def _is_vaultkit_table(name: Any, prefixes: tuple[str, ...]) -> bool:
+    return isinstance(name, str) and name.startswith(prefixes)
+
+
+def _name_filter(prefixes: tuple[str, ...], user: _IncludeName | None) -> _IncludeName:
+    def include_name(name: Any, type_: str, parent_names: Any) -> bool:
+        table = name if type_ == "table" else (parent_names or {}).get("table_name")
+        if _is_vaultkit_table(table, prefixes):
+            return False
+        return True if user is None else bool(user(name, type_, parent_names))
+
+    return include_name
+
+
+def _object_filter(prefixes: tuple[str, ...], user: _IncludeObject | None) -> _IncludeObject:
+    def include_object(
+        object_: Any, name: Any, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        table = name if type_ == "table" else getattr(getattr(object_, "table", None), "name", None)
+        if _is_vaultkit_table(table, prefixes):
+            return False
+        return True if user is None else bool(user(object_, name, type_, reflected, compare_to))
+
+    return include_object
+
+
+def include_name(name: Any, type_: str, parent_names: Any) -> bool:
+    """Alembic ``include_name`` hook: leave vaultkit's own tables out of autogenerate.
+
+    In ``env.py``: ``context.configure(..., include_name=vaultkit.sqla.alembic.include_name)``;
+    to combine it with a filter of your own, use :func:`autogenerate_options`.
+
+    .. versionadded:: 0.1.0
+    """
+    return _default_name_filter(name, type_, parent_names)
+
+
+def include_object(object_: Any, name: Any, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Alembic ``include_object`` hook: leave vaultkit's own tables out of autogenerate.
+
+    Also filters what :func:`include_name` does not see (a ``vaultkit_*`` table in the model's
+    metadata). See :func:`autogenerate_options` to combine it with a filter of your own.
+
+    .. versionadded:: 0.1.0
+    """
+    return _default_object_filter(object_, name, type_, reflected, compare_to)
+
+
+_default_name_filter = _name_filter((VAULTKIT_TABLE_PREFIX,), None)
+_default_object_filter = _object_filter((VAULTKIT_TABLE_PREFIX,), None)
+
+
+def autogenerate_options(
+    *,
+    include_name: _IncludeName | None = None,
+    include_object: _IncludeObject | None = None,
+    process_revision_directives: Callable[[Any, Any, list[Any]], None] | None = None,
+    render_item: Callable[[str, Any, Any], Any] | None = None,
+    table_prefixes: tuple[str, ...] = (VAULTKIT_TABLE_PREFIX,),
+) -> dict[str, Any]:
+    """Everything ``context.configure`` needs for autogenerate with vaultkit, around your own hooks.
+
+    In ``env.py``::
+
+        import vaultkit.sqla.alembic
+
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            **vaultkit.sqla.alembic.autogenerate_options(include_object=my_filter),
+        )
+
+    The options: ``include_name`` and ``include_object`` skip vaultkit's own tables (names
+    starting with one of ``table_prefixes``; add yours when the key store was given a
+    ``table_prefix``) and then ask your filter; ``render_item`` renders vaultkit's column types
+    (:func:`vaultkit.sqla.alembic_render_item`), then yours; ``process_revision_directives`` turns
+    a column changed from plaintext to ``Encrypted`` into ``op.encrypt_column`` (and
+    ``op.decrypt_column`` in the downgrade), then runs yours.
+
+    Returns:
+        keyword arguments for ``alembic.context.configure``.
+
+    .. versionadded:: 0.1.0
+    """
+    prefixes: Any = table_prefixes
+    if isinstance(prefixes, str) or not all(isinstance(p, str) and p for p in prefixes):
+        raise TypeError("table_prefixes is a tuple of non-empty table-name prefixes")
+    from vaultkit.sqla import alembic_render_item
+
+    def render(type_: str, obj: Any, autogen_context: Any) -> Any:
+        rendered = alembic_render_item(type_, obj, autogen_context)
+        if rendered is False and render_item is not None:
+            return render_item(type_, obj, autogen_context)
+        return rendered
+
+    def directives(context: Any, revision: Any, scripts: list[Any]) -> None:
+        encrypt_column_directives(context, revision, scripts)
+        if process_revision_directives is not None:
+            process_revision_directives(context, revision, scripts)
+
+    return {
+        "include_name": _name_filter(tuple(prefixes), include_name),
+        "include_object": _object_filter(tuple(prefixes), include_object),
+        "render_item": render,
+        "process_revision_directives": directives,
+    }
+
+
+def encrypt_column_directives(context: Any, revision: Any, scripts: list[Any]) -> None:
+    """Alembic ``process_revision_directives`` hook: plaintext -> ``Encrypted`` as ``encrypt_column``.
+
+    Autogenerate sees a column whose model type changed from ``String`` to ``Encrypted(String)``
+    as a type change, ``alter_column(type_=...)``, which cannot encrypt anything: PostgreSQL
+    refuses to cast text to ``bytea``, SQLite keeps the plaintext in the binary column (strict
+    reads then fail). This hook replaces it with ``op.encrypt_column(...)`` (with the column's
+    blind index, when the model declares one) and the downgrade's with ``op.decrypt_column(...)``.
+    A column declared ``Encrypted(..., migrating=True)`` is left to the type change: migration
+    mode reads the plaintext left in place, and ``vaultkit rekey`` encrypts it online.
+
+    .. versionadded:: 0.1.0
+    """
+    from alembic.operations import ops
+
+    metadata = context.opts.get("target_metadata") if context is not None else None
+    metadatas: list[Any] = list(metadata) if isinstance(metadata, list | tuple) else [metadata]
+    for script in scripts:
+        for container in (*script.upgrade_ops_list, *script.downgrade_ops_list):
+            for table_ops in container.ops:
+                if isinstance(table_ops, ops.ModifyTableOps):
+                    _rewrite_table_ops(table_ops, metadatas)
+
+
+def _rewrite_table_ops(table_ops: Any, metadatas: list[Any]) -> None:
+    from alembic.operations import ops
+
+    first: list[Any] = []
+    kept: list[Any] = []
+    last: list[Any] = []
+    for op in table_ops.ops:
+        if not isinstance(op, ops.AlterColumnOp) or op.modify_type is None:
+            kept.append(op)
+            continue
+        new, old = op.modify_type, op.existing_type
+        if isinstance(new, Encrypted) and not new.migrating and _holds_plaintext(old):
+            column_op: _ColumnOp = EncryptColumnOp(
+                op.table_name,
+                op.column_name,
+                new.inner,
+                schema=op.schema,
+                **_encrypted_kwargs(new),
+                **_index_kwargs(metadatas, op.schema, op.table_name, op.column_name),
+            )
+            last.append(column_op)  # after the add_column of its blind index
+        elif isinstance(old, Encrypted) and not old.migrating and _holds_plaintext(new):
+            column_op = DecryptColumnOp(
+                op.table_name, op.column_name, new, schema=op.schema, **_encrypted_kwargs(old)
+            )
+            first.append(column_op)  # before the drop_column of its blind index
+        else:
+            kept.append(op)
+            continue
+        # Whatever else changed on the column (nullable, comment) stays an alter_column.
+        op.modify_type = None
+        op.existing_type = sa.LargeBinary() if isinstance(column_op, EncryptColumnOp) else new
+        if op.has_changes():
+            (last if isinstance(column_op, EncryptColumnOp) else first).append(op)
+    table_ops.ops[:] = [*first, *kept, *last]
+
+
+def _holds_plaintext(column_type: Any) -> bool:
+    if column_type is None or isinstance(column_type, Encrypted | BlindIndexType):
+        return False
+    return not isinstance(column_type, sa.LargeBinary | sa.types._Binary)
+
+
+def _encrypted_kwargs(column_type: Encrypted) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"domain": column_type.domain}
+    if column_type.row_key is not None:
+        kwargs["row_key"] = column_type.row_key
+    if column_type.pad_to is not None:
+        kwargs["pad_to"] = column_type.pad_to
+    if column_type.vault != DEFAULT:
+        kwargs["vault"] = column_type.vault
+    return kwargs
+
+
+def _index_kwargs(
+    metadatas: list[Any], schema: str | None, table_name: str, column: str
+) -> dict[str, Any]:
+    for metadata in metadatas:
+        if metadata is None:
+            continue
+        table = metadata.tables.get(f"{schema}.{table_name}" if schema else table_name)
+        if table is None:
+            continue
+        for candidate in table.columns:
+            index = candidate.type
+            if isinstance(index, BlindIndexType) and index.source == column:
+                kwargs: dict[str, Any] = {"index": candidate.name}
+                if index.normalize is not None:
+                    kwargs["normalize"] = index.normalize
+                if index.bits is not None:
+                    kwargs["index_bits"] = index.bits
+                return kwargs
+    return {}
+
+
+def _render_callable(function: Callable[..., Any], autogen_context: Any, where: str) -> str:
+    """``str.lower`` or ``myapp.normalize.email``: a name a migration can import."""
+    owner = getattr(function, "__objclass__", None)
+    if owner is not None and owner.__module__ == "builtins":
+        return f"{owner.__name__}.{function.__name__}"  # a method of str, such as str.lower
+    module = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", "")
+    if module is None or module == "__main__" or "<" in qualname:
+        raise ConfigurationError(
+            f"{where}: its normalize function ({qualname or type(function).__name__}) has no "
+            "import path a migration could use (a lambda or a local function); define it at "
+            "module level, or write op.encrypt_column(..., normalize=...) by hand"
+        )
+    if module == "builtins":
+        return qualname
+    autogen_context.imports.add(f"import {module}")
+    return f"{module}.{qualname}"
+
+
+def _render_type(column_type: Any, autogen_context: Any) -> str:
+    """``sa.String(length=320)``, ``mysql.VARCHAR(length=320)``: as Alembic renders types."""
+    module = type(column_type).__module__
+    if module.startswith("sqlalchemy.dialects."):
+        dialect = module.split(".")[2]
+        autogen_context.imports.add(f"from sqlalchemy.dialects import {dialect}")
+        return f"{dialect}.{column_type!r}"
+    if module.startswith("sqlalchemy."):
+        return f"sa.{column_type!r}"
+    autogen_context.imports.add(f"import {module}")
+    return f"{module}.{column_type!r}"
+
+
+def _render_column_op(autogen_context: Any, op: _ColumnOp) -> str:
+    name = "encrypt_column" if isinstance(op, EncryptColumnOp) else "decrypt_column"
+    inner = _render_type(op.inner, autogen_context)
+    args = [repr(op.table_name), repr(op.column_name), inner, f"domain={op.domain!r}"]
+    for key in ("row_key", "pad_to", "vault"):
+        value = getattr(op, key)
+        if value is not None and value != DEFAULT:
+            args.append(f"{key}={value!r}")
+    if isinstance(op, EncryptColumnOp) and op.index is not None:
+        args.append(f"index={op.index!r}")
+        if op.normalize is not None:
+            where = f"{op.table_name}.{op.index}"
+            args.append(f"normalize={_render_callable(op.normalize, autogen_context, where)}")
+        if op.index_bits is not None:
+            args.append(f"index_bits={op.index_bits!r}")
+    if op.schema is not None:
+        args.append(f"schema={op.schema!r}")
+    # ``op.encrypt_column`` exists once this module is imported: the migration imports it.
+    autogen_context.imports.add("import vaultkit.sqla.alembic")
+    return f"op.{name}({', '.join(args)})"
+
+
+def _register_renderers() -> None:
+    from alembic.autogenerate import renderers
+
+    renderers.dispatch_for(EncryptColumnOp)(_render_column_op)
+    renderers.dispatch_for(DecryptColumnOp)(_render_column_op)
+
+
+_register_renderers()

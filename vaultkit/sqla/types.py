@@ -31,7 +31,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from vaultkit._access import SealedValue
 from vaultkit._codec import PlainValue, encode_value
-from vaultkit._vault import BlindIndexKey, FieldCipher, _as_bytes
+from vaultkit._vault import BlindIndexKey, FieldCipher
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError, DecryptionError, QueryError
 from vaultkit.keys.domains import check_domain_name
@@ -40,6 +40,17 @@ from vaultkit.sqla import _registry
 __all__ = ["BlindIndexType", "Encrypted", "EncryptedCell", "RowBound"]
 
 _MAGIC: Final = wire.MAGIC
+
+
+def _as_bytes(stored: object) -> bytes:
+    """A stored value as bytes; anything else (a text written by another tool) is no ciphertext."""
+    if isinstance(stored, bytes):
+        return stored
+    if isinstance(stored, bytearray | memoryview):
+        return bytes(stored)
+    raise DecryptionError
+
+
 _NULL_OPERATORS: Final = frozenset({operators.is_, operators.is_not})
 _SCHEMA_BINDINGS: Final = ("schema", "legacy")
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -258,3 +261,279 @@ def test_alembic_and_the_column_type_bind_a_schema_alike(
         postgres_engine.dispose()
         vaultkit.sqla.configure(None)
         vault.close()
+
+
+# -- autogenerate with the key store in the application's database -----------------------------
+
+VAULTKIT_TABLES = {
+    "vaultkit_data_keys",
+    "vaultkit_meta",
+    "vaultkit_audit_events",
+    "vaultkit_audit_head",
+    "vaultkit_rekey_ranges",
+    "vaultkit_rekey_checkpoints",
+}
+
+ENV_PY = """
+from alembic import context
+
+import vaultkit.sqla.alembic
+
+config = context.config
+context.configure(
+    connection=config.attributes["connection"],
+    target_metadata=config.attributes["metadata"],
+    **vaultkit.sqla.alembic.autogenerate_options(),
+)
+with context.begin_transaction():
+    context.run_migrations()
+"""
+
+
+def app_metadata(email_type: sa.types.TypeEngine[object]) -> sa.MetaData:
+    """The application's own metadata: a members table, its e-mail column typed as given."""
+    meta = sa.MetaData()
+    columns: list[sa.Column[object]] = [
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", email_type, nullable=False),
+    ]
+    if isinstance(email_type, Encrypted):
+        columns.append(
+            sa.Column("email_index", BlindIndexType("email", normalize=str.lower), index=True)
+        )
+    sa.Table("members", meta, *columns)
+    return meta
+
+
+@pytest.fixture
+def app_db(database_url: str, tmp_path: Path) -> Iterator[tuple[sa.Engine, Vault]]:
+    """An application database holding the key store, the audit log and re-key checkpoints."""
+    from vaultkit import KeyDomain
+    from vaultkit.rekey import rekey_table
+
+    vault = Vault(
+        provider=InMemoryKeyProvider(["identity", "medical"]),
+        store=database_url,
+        domains=[KeyDomain("identity"), KeyDomain("medical", restricted=True, audited=True)],
+    )
+    vaultkit.sqla.configure(vault)
+    engine = sa.create_engine(database_url)
+    model = app_metadata(Encrypted(sa.String(320), domain="identity"))
+    model.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(model.tables["members"].insert(), [{"id": 1, "email": "jan@example.be"}])
+    rekey_table(engine, model.tables["members"], vault=vault)
+    with engine.connect() as conn:
+        assert VAULTKIT_TABLES <= set(sa.inspect(conn).get_table_names())
+    yield engine, vault
+    vaultkit.sqla.configure(None)
+    vault.close()
+    engine.dispose()
+
+
+def removed_tables(engine: sa.Engine, metadata: sa.MetaData, **opts: object) -> set[str]:
+    from alembic.autogenerate import compare_metadata
+
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts=opts)
+        diffs = compare_metadata(context, metadata)
+    return {d[1].name for d in diffs if isinstance(d, tuple) and d[0] == "remove_table"}
+
+
+class TestAutogenerateKeepsVaultkitTables:
+    def test_without_the_filters_autogenerate_drops_the_key_store(
+        self, app_db: tuple[sa.Engine, Vault]
+    ) -> None:
+        """Plain autogenerate would emit drop_table for every vaultkit table (the hazard)."""
+        engine, _ = app_db
+        model = app_metadata(Encrypted(sa.String(320), domain="identity"))
+        removed = removed_tables(engine, model)
+        assert removed >= VAULTKIT_TABLES
+        assert all(name.startswith("vaultkit_") for name in removed)
+
+    def test_filters_leave_vaultkit_tables_alone(self, app_db: tuple[sa.Engine, Vault]) -> None:
+        """With include_name and include_object, autogenerate finds no difference at all."""
+        from alembic.autogenerate import compare_metadata
+
+        import vaultkit.sqla.alembic as vk_alembic
+
+        engine, _ = app_db
+        model = app_metadata(Encrypted(sa.String(320), domain="identity"))
+        opts = {
+            "include_name": vk_alembic.include_name,
+            "include_object": vk_alembic.include_object,
+        }
+        with engine.connect() as conn:
+            diffs = compare_metadata(MigrationContext.configure(conn, opts=opts), model)
+        assert diffs == []
+
+    def test_options_compose_with_the_applications_own_filters(
+        self, app_db: tuple[sa.Engine, Vault]
+    ) -> None:
+        """The application's filters still apply, after vaultkit's tables are skipped."""
+        import vaultkit.sqla.alembic as vk_alembic
+
+        engine, _ = app_db
+        with engine.begin() as conn:
+            conn.execute(sa.text("create table legacy_report (id integer primary key)"))
+            conn.execute(sa.text("create table old_export (id integer primary key)"))
+        asked: list[str] = []
+
+        def mine(name: object, type_: str, parent_names: object) -> bool:
+            if type_ == "table":
+                asked.append(str(name))
+            return not (type_ == "table" and str(name).startswith("legacy_"))
+
+        options = vk_alembic.autogenerate_options(include_name=mine)
+        model = app_metadata(Encrypted(sa.String(320), domain="identity"))
+        removed = removed_tables(
+            engine,
+            model,
+            include_name=options["include_name"],
+            include_object=options["include_object"],
+        )
+        assert removed == {"old_export"}
+        assert "legacy_report" in asked and not any(n.startswith("vaultkit_") for n in asked)
+
+    def test_custom_key_store_prefix_is_skipped_when_named(self, tmp_path: Path) -> None:
+        """A key store with its own table prefix is skipped once the prefix is given."""
+        import vaultkit.sqla.alembic as vk_alembic
+        from vaultkit.store import SQLKeyStore
+
+        url = f"sqlite:///{tmp_path / 'app.db'}"
+        SQLKeyStore(url, table_prefix="keys_").engine.dispose()
+        engine = sa.create_engine(url)
+        model = app_metadata(sa.String(320))
+        model.create_all(engine)
+        options = vk_alembic.autogenerate_options(table_prefixes=("keys_", "vaultkit_"))
+        assert removed_tables(engine, model) == {"keys_data_keys", "keys_meta"}
+        kept = {k: options[k] for k in ("include_name", "include_object")}
+        assert removed_tables(engine, model, **kept) == set()
+        engine.dispose()
+
+
+def alembic_project(tmp_path: Path) -> tuple[Any, Path]:
+    """A real Alembic project (``alembic init``) whose env.py uses vaultkit's options."""
+    from alembic import command
+    from alembic.config import Config
+
+    directory = tmp_path / "migrations"
+    config = Config(str(tmp_path / "alembic.ini"))
+    config.set_main_option("script_location", str(directory))
+    command.init(config, str(directory))
+    (directory / "env.py").write_text(ENV_PY)
+    return config, directory / "versions"
+
+
+class TestAutogenerateEncryptsColumns:
+    @pytest.fixture
+    def legacy(self, database_url: str) -> Iterator[tuple[sa.Engine, Vault]]:
+        """A plaintext members table next to the key store, in one database."""
+        vault = Vault(provider=InMemoryKeyProvider(), store=database_url, domains=["identity"])
+        vaultkit.sqla.configure(vault)
+        engine = sa.create_engine(database_url)
+        app_metadata(sa.String(320)).create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "insert into members (id, email) values (1, 'Jan@Example.be'), (2, 'marie@example.be')"
+                )
+            )
+        yield engine, vault
+        vaultkit.sqla.configure(None)
+        vault.close()
+        engine.dispose()
+
+    def test_string_to_encrypted_becomes_encrypt_column(
+        self, legacy: tuple[sa.Engine, Vault], tmp_path: Path
+    ) -> None:
+        """`alembic revision --autogenerate` writes op.encrypt_column, which upgrade runs and
+        downgrade reverses; no alter_column of the type and no drop_table of the key store."""
+        from alembic import command
+
+        engine, _vault = legacy
+        config, versions = alembic_project(tmp_path)
+        model = app_metadata(Encrypted(sa.String(320), domain="identity"))
+        with engine.begin() as conn:
+            config.attributes.update(connection=conn, metadata=model)
+            command.revision(config, message="encrypt e-mail", autogenerate=True)
+        (script,) = versions.glob("*.py")
+        code = script.read_text()
+        upgrade, downgrade = code.split("def downgrade")
+        assert (
+            "op.encrypt_column('members', 'email', sa.String(length=320), domain='identity', "
+            "index='email_index', normalize=str.lower)"
+        ) in upgrade
+        # The downgrade restores the column's type as reflected (VARCHAR(320)).
+        assert re.search(
+            r"op\.decrypt_column\('members', 'email', \w+\.VARCHAR\(length=320[^)]*\), "
+            r"domain='identity'\)",
+            downgrade,
+        )
+        assert "import vaultkit.sqla.alembic" in code
+        assert "alter_column" not in code and "drop_table" not in code
+        assert upgrade.index("add_column") < upgrade.index("encrypt_column")
+        assert downgrade.index("decrypt_column") < downgrade.index("drop_column")
+
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+        members = model.tables["members"]
+        with engine.connect() as conn:
+            raw = conn.execute(sa.select(sa.type_coerce(members.c.email, sa.LargeBinary))).scalars()
+            assert all(bytes(v)[:2] == b"\xf6\x56" for v in raw)
+            found = conn.execute(
+                sa.select(members.c.id, members.c.email).where(
+                    members.c.email_index == "jan@example.be"
+                )
+            ).all()
+            assert [tuple(r) for r in found] == [(1, "Jan@Example.be")]
+            assert VAULTKIT_TABLES & set(sa.inspect(conn).get_table_names()) >= {
+                "vaultkit_data_keys",
+                "vaultkit_meta",
+            }
+
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "base")
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("select id, email from members order by id")).all()
+            assert [tuple(r) for r in rows] == [(1, "Jan@Example.be"), (2, "marie@example.be")]
+
+    def test_migrating_column_stays_a_type_change(self, tmp_path: Path) -> None:
+        """A column declared migrating=True is left to alter_column (migration mode reads it)."""
+        code = autogenerate_code(
+            tmp_path, app_metadata(Encrypted(sa.String(320), domain="identity", migrating=True))
+        )
+        assert "alter_column" in code and "encrypt_column" not in code
+
+    def test_unnameable_normalize_is_refused_with_a_pointer(self, tmp_path: Path) -> None:
+        """A lambda normalize cannot be written into a migration: autogenerate says so."""
+        model = app_metadata(sa.String(320))
+        model.tables["members"].c.email.type = Encrypted(sa.String(320), domain="identity")
+        model.tables["members"].append_column(
+            sa.Column("email_index", BlindIndexType("email", normalize=lambda v: v.strip()))
+        )
+        with pytest.raises(vaultkit.errors.ConfigurationError, match=r"op\.encrypt_column"):
+            autogenerate_code(tmp_path, model)
+
+
+def autogenerate_code(tmp_path: Path, model: sa.MetaData) -> str:
+    """Autogenerate a revision from a plaintext members table to ``model``; return its code."""
+    from alembic import command
+
+    vault = Vault(provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["identity"])
+    vaultkit.sqla.configure(vault)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    app_metadata(sa.String(320)).create_all(engine)
+    config, versions = alembic_project(tmp_path)
+    try:
+        with engine.begin() as conn:
+            config.attributes.update(connection=conn, metadata=model)
+            command.revision(config, message="change", autogenerate=True)
+        (script,) = versions.glob("*.py")
+        return script.read_text()
+    finally:
+        vaultkit.sqla.configure(None)
+        vault.close()
+        engine.dispose()
