@@ -985,7 +985,11 @@ class Vault(NoPickle):
         """
         unknown = self._cache.unknown
         now = _monotonic()
-        if unknown.refuses(dek_id, now):
+        if unknown.refuses(dek_id, now) and not any(
+            # A DEK this vault took since the list was read is not in it, and is surely real.
+            active.key.dek_id == dek_id
+            for active in self._active.values()
+        ):
             return None
         record = self._store.get(dek_id)
         if _readable(record):

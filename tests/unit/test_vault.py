@@ -697,6 +697,17 @@ class TestUnknownDekCache:
             clock.now += vault_module.NEGATIVE_TTL
             assert reader.decrypt(blob) == "fresh"
 
+    def test_own_new_dek_is_readable_while_the_budget_is_spent(
+        self, provider: InMemoryKeyProvider, store_engine: sa.Engine, clock: FakeClock
+    ) -> None:
+        """A vault reads back what it just wrote under a DEK it took after the listing."""
+        with self._reader(store_engine, provider) as vault:
+            for _ in range(vault_module.UNKNOWN_LOOKUP_BUDGET):
+                with pytest.raises(DecryptionError):
+                    vault.decrypt(self._hostile(os.urandom(16)))
+            assert vault._cache.unknown.snapshot is not None
+            assert vault.decrypt(vault.encrypt("mine", domain="identity")) == "mine"
+
     def test_a_row_seen_late_is_read_within_the_ttl(
         self, provider: InMemoryKeyProvider, store_engine: sa.Engine, clock: FakeClock
     ) -> None:
