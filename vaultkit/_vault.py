@@ -136,8 +136,8 @@ class _Unknown:
     (one query) and answers every id outside it without a lookup until the window ends. Known DEKs
     are never refused; a DEK created after the set was read becomes readable when the window ends.
     Hostile values therefore cost at most ``UNKNOWN_LOOKUP_BUDGET + 1`` key-store queries per window,
-    however many there are and whatever ids they name. A store with more than ``SNAPSHOT_MAX`` key
-    rows is never listed: such a vault falls back to the per-id cache alone.
+    however many there are and whatever ids they name. A store found to hold more than
+    ``SNAPSHOT_MAX`` key rows is not listed again: that vault keeps to the per-id cache alone.
     """
 
     __slots__ = ("ids", "misses", "snapshot", "too_big", "window_end")
