@@ -708,6 +708,34 @@ class TestUnknownDekCache:
             assert vault._cache.unknown.snapshot is not None
             assert vault.decrypt(vault.encrypt("mine", domain="identity")) == "mine"
 
+    def test_a_store_too_large_to_list_is_listed_once(
+        self,
+        provider: InMemoryKeyProvider,
+        store_engine: sa.Engine,
+        clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Past SNAPSHOT_MAX rows the vault lists the store once, then keeps to per-id lookups."""
+        monkeypatch.setattr(vault_module, "SNAPSHOT_MAX", 2)  # instead of 100,000 key rows
+        with self._reader(store_engine, provider) as writer:
+            for domain in ("identity", "medical", "claims"):
+                with acting_as(ADVISER, purpose="p"):
+                    writer.encrypt("x", domain=domain)
+        with self._reader(store_engine, provider) as reader:
+            queries = QueryCounter(store_engine)
+            budget = vault_module.UNKNOWN_LOOKUP_BUDGET
+            for _ in range(budget + 10):
+                with pytest.raises(DecryptionError):
+                    reader.decrypt(self._hostile(os.urandom(16)))
+            assert reader._cache.unknown.too_big
+            assert reader._cache.unknown.snapshot is None
+            assert queries.count == budget + 1 + 10
+            clock.now += vault_module.NEGATIVE_TTL
+            for _ in range(budget + 10):
+                with pytest.raises(DecryptionError):
+                    reader.decrypt(self._hostile(os.urandom(16)))
+            assert queries.count == 2 * (budget + 10) + 1
+
     def test_a_row_seen_late_is_read_within_the_ttl(
         self, provider: InMemoryKeyProvider, store_engine: sa.Engine, clock: FakeClock
     ) -> None:
