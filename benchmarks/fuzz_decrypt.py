@@ -33,6 +33,7 @@ import dataclasses
 import datetime as dt
 import gc
 import itertools
+import json
 import logging
 import multiprocessing
 import os
@@ -45,6 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -455,6 +457,7 @@ class Report:
 
     def merge(self, other: Report) -> None:
         self.cases += other.cases
+        self.seconds += other.seconds
         self.outcomes.update(other.outcomes)
         self.kinds.update(other.kinds)
         for key, histogram in other.histograms.items():
@@ -477,6 +480,32 @@ class Report:
             if seen >= rank:
                 return (bucket + 1) * BUCKET_NS / 1000
         return 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "cases": self.cases,
+                "seconds": self.seconds,
+                "outcomes": self.outcomes,
+                "kinds": self.kinds,
+                "histograms": [[*k, sorted(h.items())] for k, h in self.histograms.items()],
+                "worst": [[*k, list(w)] for k, w in self.worst.items()],
+                "failures": self.failures,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        data = json.loads(text)
+        return cls(
+            cases=data["cases"],
+            seconds=data["seconds"],
+            outcomes=Counter(data["outcomes"]),
+            kinds=Counter(data["kinds"]),
+            histograms={(c, o): Counter(dict(map(tuple, h))) for c, o, h in data["histograms"]},
+            worst={(c, o): (w[0], w[1], w[2]) for c, o, w in data["worst"]},
+            failures=data["failures"],
+        )
 
     def worst_of(self, outcome: str | None = None, clock: str = "wall") -> tuple[int, int, str]:
         items = [
@@ -609,7 +638,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="medical not audited: time the read path without the synchronous audit writes",
     )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the report here (merge with --merge)"
+    )
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", default=None, help="print the sum of --json reports"
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        report = Report()
+        for path in args.merge:
+            report.merge(Report.from_json(path.read_text()))
+        print(f"fuzz_decrypt: {len(args.merge)} reports merged, {report.seconds:.1f} s in all")
+        return _print(report)
     # The vault warns once per window when values name many unknown DEK ids, which the fuzzer
     # does on purpose; keep the report readable.
     logging.getLogger("vaultkit").setLevel(logging.ERROR)
@@ -637,6 +678,12 @@ def main(argv: list[str] | None = None) -> int:
         f"medical {'not ' if args.no_audit else ''}audited "
         f"(Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)"
     )
+    if args.json is not None:
+        args.json.write_text(report.to_json())
+    return _print(report)
+
+
+def _print(report: Report) -> int:
     print(
         f"{'outcome':<18} {'cases':>11} {'p50 µs':>8} {'p99 µs':>8} {'worst µs':>10} "
         f"{'CPU p99':>8} {'CPU worst':>10}  worst wall case / worst CPU case"
