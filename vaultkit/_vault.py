@@ -119,6 +119,61 @@ class _Denied(Exception):  # noqa: N818 - internal control flow, never raised to
         self.domain = domain
 
 
+#: Seconds a DEK id the key store did not know (or holds destroyed) is answered from memory. A DEK
+#: created meanwhile by another process (seen late through a lagging replica) is readable after it.
+NEGATIVE_TTL: Final = 5.0
+NEGATIVE_CACHE_SIZE: Final = 4096  # unknown DEK ids remembered, 16 bytes each
+#: Key-store lookups that may find nothing per NEGATIVE_TTL window before the vault stops asking
+#: for ids it does not know and reads the list of readable DEK ids instead (see _Unknown).
+UNKNOWN_LOOKUP_BUDGET: Final = 64
+SNAPSHOT_MAX: Final = 100_000  # readable DEK ids a vault keeps in memory at most (16 bytes each)
+
+
+class _Unknown:
+    """DEK ids the key store did not have, and a shared budget of lookups that find nothing.
+
+    Remembering each unknown id for ``NEGATIVE_TTL`` stops hostile values that repeat a few ids.
+    Random ids defeat any per-id cache, so misses also share a budget: after
+    ``UNKNOWN_LOOKUP_BUDGET`` misses in one window the vault reads the set of readable DEK ids once
+    (one query) and answers every id outside it without a lookup until the window ends. Known DEKs
+    are never refused; a DEK created after the set was read becomes readable when the window ends.
+    Hostile values therefore cost at most ``UNKNOWN_LOOKUP_BUDGET + 1`` key-store queries per window,
+    however many there are and whatever ids they name. A store found to hold more than
+    ``SNAPSHOT_MAX`` key rows is not listed again: that vault keeps to the per-id cache alone.
+    """
+
+    __slots__ = ("ids", "misses", "snapshot", "too_big", "window_end")
+
+    def __init__(self) -> None:
+        self.ids: OrderedDict[bytes, float] = OrderedDict()  # DEK id -> when to ask again
+        self.window_end = 0.0
+        self.misses = 0
+        self.snapshot: frozenset[bytes] | None = None  # readable ids, while the window lasts
+        self.too_big = False
+
+    def refuses(self, dek_id: bytes, now: float) -> bool:
+        """Whether ``dek_id`` is known to be unusable without asking the key store."""
+        if now >= self.window_end:
+            self.window_end = now + NEGATIVE_TTL
+            self.misses = 0
+            self.snapshot = None
+        until = self.ids.get(dek_id)
+        if until is not None:
+            if until > now:
+                return True
+            del self.ids[dek_id]
+        return self.snapshot is not None and dek_id not in self.snapshot
+
+    def add(self, dek_id: bytes, now: float) -> bool:
+        """Remember an id the store did not have; return whether the window's budget is spent."""
+        self.ids.pop(dek_id, None)
+        while len(self.ids) >= NEGATIVE_CACHE_SIZE:
+            self.ids.popitem(last=False)
+        self.ids[dek_id] = now + NEGATIVE_TTL
+        self.misses += 1
+        return self.snapshot is None and not self.too_big and self.misses >= UNKNOWN_LOOKUP_BUDGET
+
+
 class _KeyCache:
     """Unwrapped DEKs by id and by header, bounded, with second-chance (CLOCK) eviction."""
 
@@ -126,6 +181,7 @@ class _KeyCache:
         self.max_size = max_size
         self.by_id: OrderedDict[bytes, DataKey] = OrderedDict()
         self.by_header: dict[bytes, DataKey] = {}
+        self.unknown = _Unknown()
 
     def put(self, key: DataKey) -> None:
         old = self.by_id.pop(key.dek_id, None)
@@ -150,6 +206,7 @@ class _KeyCache:
     def clear(self) -> None:
         self.by_id.clear()
         self.by_header.clear()
+        self.unknown = _Unknown()
 
 
 def _as_bytes(blob: object) -> bytes:
@@ -867,7 +924,7 @@ class Vault(NoPickle):
         key = self._cache.by_header.get(blob[:_H])
         if key is None or key.expires_at < _monotonic():
             try:
-                key = self._key_for(blob)
+                key = self._key_for(blob, domain)
             except _Denied as denied:
                 return self._denied(denied.domain, where)
         else:
@@ -876,19 +933,29 @@ class Vault(NoPickle):
             raise DecryptionError
         if key.restricted and key.domain not in current_scope().principal.grants:
             return self._denied(key.domain, where)
+        if key.audited:
+            # Logged before decrypting, so that when the event cannot be written the error is
+            # raised while no frame holds plaintext (reporters that capture locals would ship it).
+            self._audit("decrypt", key.domain, where, key.dek_id)
         try:
             plaintext = key.cipher.decrypt(blob[_H:_P], blob[_P:], key.aad_prefix + fields)
         except InvalidTag:
             raise DecryptionError from None
-        if key.audited:
-            # Logged before the plaintext leaves: if the event cannot be written, this raises.
-            self._audit("decrypt", key.domain, where, key.dek_id)
         if plaintext[:1] == b"\x01":  # str, the common case, decoded here without a call
             try:
                 return plaintext[1:].decode("utf-8")
             except UnicodeDecodeError:
-                raise DecryptionError from None
-        return decode_value(plaintext)
+                pass
+        else:
+            try:
+                return decode_value(plaintext)
+            except DecryptionError:
+                pass
+        # An authenticated plaintext that does not decode: raised here, after the except blocks,
+        # so that neither this frame nor a chained error (UnicodeDecodeError keeps the bytes)
+        # holds it.
+        del plaintext
+        raise DecryptionError
 
     def _is_denied(self, domain: str) -> bool:
         policy = self._domains.get(domain)
@@ -898,31 +965,88 @@ class Vault(NoPickle):
             and domain not in current_scope().principal.grants
         )
 
-    def _key_for(self, blob: bytes) -> DataKey:
+    def _key_for(self, blob: bytes, domain: str | None) -> DataKey:
+        """The DEK ``blob`` names, for a value of ``domain`` (``None``: the value's own).
+
+        Raises _Denied before any key-store read or provider call when the reader lacks the grant
+        of the column's domain (or, without one, of the DEK's known domain), and DecryptionError
+        for a DEK of another domain than the column's: it can never be right, whoever reads.
+        """
         _suite, dek_id, commitment = wire.parse_header(blob)
-        # A reader without the grant is turned away before any key-store read or provider call.
         known = self._dek_domains.get(dek_id)
-        if known is not None and self._is_denied(known):
-            raise _Denied(known)
+        if known is not None:
+            if domain is not None and known != domain:
+                raise DecryptionError
+            if self._is_denied(known):
+                raise _Denied(known)
+        elif domain is not None and self._is_denied(domain):
+            raise _Denied(domain)
         key = self._cache.by_id.get(dek_id)
         if key is None or key.expires_at < _monotonic():
             with self._lock:
                 key = self._cache.by_id.get(dek_id)
                 if key is None or key.expires_at < _monotonic():
-                    record = self._store.get(dek_id)
-                    if not _readable(record):
+                    record = self._readable_record(dek_id)
+                    if record is None:
                         self._cache.drop(dek_id)
                         log.debug("no usable DEK %s for a value", dek_id.hex())
                         raise DecryptionError
                     if len(self._dek_domains) >= _DEK_DOMAINS_MAX:
                         self._dek_domains.clear()
                     self._dek_domains[dek_id] = record.domain
+                    if domain is not None and record.domain != domain:
+                        raise DecryptionError
                     if self._is_denied(record.domain):
                         raise _Denied(record.domain)
                     key = self._unwrap(record)
         if not hmac.compare_digest(key.commitment, commitment):
             raise DecryptionError
         return key
+
+    def _readable_record(self, dek_id: bytes) -> DataKeyRecord | None:
+        """The readable data-key row of ``dek_id``, or ``None``; call with the lock held.
+
+        Ids the store did not have are answered from memory for a while, and lookups that find
+        nothing share a budget per window (see :class:`_Unknown`).
+        """
+        unknown = self._cache.unknown
+        now = _monotonic()
+        if unknown.refuses(dek_id, now) and not any(
+            # A DEK this vault took since the list was read is not in it, and is surely real.
+            active.key.dek_id == dek_id
+            for active in self._active.values()
+        ):
+            return None
+        record = self._store.get(dek_id)
+        if _readable(record):
+            return record
+        if unknown.add(dek_id, now):
+            self._list_readable(unknown)
+        return None
+
+    def _list_readable(self, unknown: _Unknown) -> None:
+        ids: set[bytes] = set()
+        rows = 0
+        for record in self._store.records():
+            rows += 1
+            if rows > SNAPSHOT_MAX:
+                unknown.too_big = True
+                log.warning(
+                    "values name many unknown DEK ids; the key store has more than %d rows, so "
+                    "each unknown id costs a lookup",
+                    SNAPSHOT_MAX,
+                )
+                return
+            if _readable(record):
+                ids.add(record.dek_id)
+        unknown.snapshot = frozenset(ids)
+        log.warning(
+            "%d values named DEK ids the key store does not have within %.0f s; ids outside the "
+            "%d readable DEKs are refused without a lookup for the rest of that time",
+            unknown.misses,
+            NEGATIVE_TTL,
+            len(ids),
+        )
 
     def preload(self, dek_ids: Iterable[bytes]) -> int:
         """Unwrap the given DEKs into the cache ahead of a read; return how many were unwrapped.
@@ -937,9 +1061,9 @@ class Vault(NoPickle):
                 cached = self._cache.by_id.get(dek_id)
                 if cached is not None and cached.expires_at >= _monotonic():
                     continue
-                record = self._store.get(dek_id)
+                record = self._readable_record(dek_id)
                 if (
-                    not _readable(record)
+                    record is None
                     or record.domain not in self._providers
                     or self._is_denied(record.domain)
                 ):
