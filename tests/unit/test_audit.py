@@ -534,3 +534,155 @@ def test_a_short_write_leaves_the_previous_checkpoint_intact(tmp_path: Path) -> 
     assert "refused: could not write the checkpoint" in result.stdout, result.stderr
     assert target.read_text() == "previous checkpoint\n"
     assert [p.name for p in tmp_path.iterdir()] == ["latest.json"]  # no temporary file left
+
+
+class TestNoEventIsLost:
+    """Every access reaches the log or fails; a failed write keeps its events (issue 13, item 3).
+
+    The log is made unwritable for real: its events table renamed away (SQLite), INSERT revoked
+    from the application's role (PostgreSQL).
+    """
+
+    @staticmethod
+    def counted(url: str) -> int:
+        return sum(int(e.count) for e in events(url) if e.action == "decrypt")
+
+    def test_a_full_batch_that_cannot_be_written_fails_the_read_and_keeps_its_rows(
+        self, setup: tuple[Vault, str, Path]
+    ) -> None:
+        """With the events table gone, the read that fills the batch fails and so does every
+        later one; once the table is back the kept rows are written first, and the log counts
+        exactly the reads that returned plaintext."""
+        vault, url, _ = setup  # audit_batch_size=100
+        blob = vault.encrypt("note", domain="medical")
+        returned = 0
+        with acting_as(COACH, purpose="review"):
+            assert vault.decrypt(blob) == "note"  # the batch's first event, written
+            returned += 1
+            sql(url, "alter table vaultkit_audit_events rename to hidden_events")
+            with pytest.raises(AuditError):
+                for _ in range(1000):
+                    assert vault.decrypt(blob) == "note"
+                    returned += 1
+            assert returned == 100  # the batch never outgrows audit_batch_size
+            with pytest.raises(AuditError):
+                vault.decrypt(blob)  # the kept rows go first, and cannot
+            sql(url, "alter table hidden_events rename to vaultkit_audit_events")
+            assert vault.decrypt(blob) == "note"
+            returned += 1
+        vault.flush_audit()
+        assert self.counted(url) == returned
+        assert vault.audit_log is not None and vault.audit_log.verify().ok
+
+    def test_a_failed_flush_keeps_its_rows_and_fails_the_next_read(
+        self, setup: tuple[Vault, str, Path]
+    ) -> None:
+        """A flush that fails (the acting_as block ends with the log gone) keeps the batch's row
+        keys; the next read fails until the log is back, then they are written first."""
+        vault, url, _ = setup
+        notes = vault.field("medical", table="members", column="note", row_bound=True)
+        blobs = [(f"m-{i}", notes.encrypt("x", row=f"m-{i}")) for i in range(5)]
+        with pytest.raises(AuditError), vault.acting_as(COACH, purpose="review"):
+            for row, blob in blobs:
+                notes.decrypt(blob, row=row)
+            sql(url, "alter table vaultkit_audit_events rename to hidden_events")
+        with pytest.raises(AuditError), vault.acting_as(COACH, purpose="again"):
+            notes.decrypt(blobs[0][1], row="m-0")
+        sql(url, "alter table hidden_events rename to vaultkit_audit_events")
+        with vault.acting_as(COACH, purpose="again"):
+            assert notes.decrypt(blobs[0][1], row="m-0") == "x"
+        logged = [(e.purpose, e.row_keys) for e in events(url) if e.action == "decrypt"]
+        assert logged == [
+            ("review", '["m-0"]'),
+            ("review", '["m-1","m-2","m-3","m-4"]'),
+            ("again", '["m-0"]'),
+        ]
+        assert vault.audit_log is not None and vault.audit_log.verify().ok
+
+    def test_close_keeps_the_events_when_the_log_is_down(
+        self, setup: tuple[Vault, str, Path]
+    ) -> None:
+        """close() with the log down raises and stays open; a second close() writes them."""
+        vault, url, _ = setup
+        blob = vault.encrypt("note", domain="medical")
+        with acting_as(COACH, purpose="review"):
+            vault.decrypt(blob)
+            vault.decrypt(blob)
+        sql(url, "alter table vaultkit_audit_events rename to hidden_events")
+        with pytest.raises(AuditError):
+            vault.close()
+        sql(url, "alter table hidden_events rename to vaultkit_audit_events")
+        vault.close()
+        assert self.counted(url) == 2
+
+    def test_a_crash_loses_only_row_keys_never_the_fact_of_access(self, tmp_path: Path) -> None:
+        """A process killed in the middle of a batch leaves the batch's first event: who read
+        which column for what purpose, with which DEK."""
+        import subprocess
+        import sys
+        import textwrap
+
+        url = f"sqlite:///{tmp_path / 'app.db'}"
+        script = textwrap.dedent(
+            f"""
+            import os
+            from vaultkit import KeyDomain, Principal, Vault, acting_as
+            from vaultkit.keys import LocalKeyProvider
+            vault = Vault(
+                provider=LocalKeyProvider({str(tmp_path / "k.json")!r}, master_key=bytes(32)),
+                store={url!r},
+                domains=[KeyDomain("medical", restricted=True, audited=True)],
+            )
+            notes = vault.field("medical", table="members", column="note", row_bound=True)
+            blobs = [notes.encrypt("x", row=i) for i in range(50)]
+            with acting_as(Principal("coach-17", grants={{"medical"}}), purpose="review"):
+                for i, blob in enumerate(blobs):
+                    notes.decrypt(blob, row=i)
+                os._exit(0)  # a crash: no flush, no close
+            """
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        reads = [e for e in events(url) if e.action == "decrypt"]
+        assert [
+            (e.principal, e.purpose, e.table_name, e.column_name, e.row_keys) for e in reads
+        ] == [("coach-17", "review", "members", "note", '["0"]')]
+
+
+@pytest.mark.postgres
+def test_revoked_insert_on_postgres_fails_reads_until_granted_again(
+    postgres_engine: sa.Engine, postgres_url: str, postgres_schema: str, tmp_path: Path
+) -> None:
+    """With INSERT on the events table revoked from the application's role, the flush fails and
+    keeps its rows, reads fail; granted again, the rows are written first and the chain holds."""
+    import uuid
+
+    role = f"vk_app_{uuid.uuid4().hex[:8]}"
+    with postgres_engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(sa.text(f'GRANT ALL ON SCHEMA "{postgres_schema}" TO {role}'))
+    app_url = sa.make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+    vault = Vault(
+        provider=LocalKeyProvider(tmp_path / "k.json", master_key=MASTER),
+        store=app_url,
+        domains=DOMAINS,
+    )
+    try:
+        blob = vault.encrypt("note", domain="medical")
+        with pytest.raises(AuditError), vault.acting_as(COACH, purpose="review"):
+            for _ in range(3):
+                assert vault.decrypt(blob) == "note"
+            sql(postgres_url, f"REVOKE INSERT ON vaultkit_audit_events FROM {role}")
+        with pytest.raises(AuditError), vault.acting_as(COACH, purpose="later"):
+            vault.decrypt(blob)
+        sql(postgres_url, f"GRANT INSERT ON vaultkit_audit_events TO {role}")
+        with vault.acting_as(COACH, purpose="later"):
+            assert vault.decrypt(blob) == "note"
+        counts = [(e.purpose, e.count) for e in events(postgres_url) if e.action == "decrypt"]
+        assert counts == [("review", 1), ("review", 2), ("later", 1)]
+        assert vault.audit_log is not None and vault.audit_log.verify().ok
+    finally:
+        vault.close()
+        with postgres_engine.begin() as conn:
+            conn.execute(sa.text(f"DROP OWNED BY {role}"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))
