@@ -489,8 +489,7 @@ def test_a_head_table_of_the_first_layout_is_upgraded_on_every_backend(database_
         first = AuditLog(engine, mac=mac)
         event = AuditEvent(
             "coach-17", "review", "decrypt", "medical", "t", "c", ("r1",), 1, None,
-            # Whole seconds: MariaDB's DATETIME drops microseconds (issue 13 fixes the column).
-            dt.datetime.now(dt.UTC).replace(microsecond=0),
+            dt.datetime.now(dt.UTC),
         )  # fmt: skip
         first.append([event, event])
         with engine.begin() as conn:
