@@ -47,14 +47,20 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import SQLAlchemyError
 
 from vaultkit._redact import NoPickle
-from vaultkit.errors import AuditError
+from vaultkit.core import wire
+from vaultkit.core.envelope import wrap_context
+from vaultkit.errors import AuditError, KeyAuthenticationError, KeyStoreError
+from vaultkit.keys.provider import KeyProvider, KeyRef
+from vaultkit.store import DekState, KeyStore
 
 __all__ = [
     "AuditEvent",
     "AuditLog",
     "Checkpoint",
     "VerifyResult",
+    "audit_key_id",
     "audit_log_exists",
+    "read_audit_key",
     "read_checkpoint",
     "write_checkpoint",
     "writer_table_prefix",
@@ -74,6 +80,9 @@ _CHECKPOINT_LABEL: Final = b"vaultkit audit checkpoint v1"
 _WRITER_LINK_LABEL: Final = b"vaultkit audit writer link v1"
 _WRITER_HEAD_LABEL: Final = b"vaultkit audit writer head v1"
 _CHECKPOINT_VERSION: Final = 1
+#: The audit key's name and purpose in the key store (a named key, like a blind-index key).
+AUDIT_KEY_NAME: Final = "audit-log@v1"
+_AUDIT_PURPOSE: Final = "audit"
 _CHECKPOINT_MAX: Final = 4096  # bytes: a checkpoint file is about 250
 
 
@@ -395,6 +404,72 @@ def audit_log_exists(engine: sa.Engine, *, table_prefix: str = "vaultkit_") -> b
         )
     except SQLAlchemyError as exc:
         raise AuditError(f"the audit database cannot be read: {type(exc).__name__}") from None
+
+
+def audit_key_id(domain: str) -> bytes:
+    """The key-store id of ``domain``'s audit key (derived from its name, as Vault makes it)."""
+    digest = hashlib.sha256(
+        b"vaultkit index key v1\x00" + wire.encode_field(domain) + wire.encode_field(AUDIT_KEY_NAME)
+    )
+    return digest.digest()[: wire.DEK_ID_SIZE]
+
+
+class _AuditKey(NoPickle):
+    """HMAC-SHA256 under the audit key; holds only the HMAC state."""
+
+    __slots__ = ("_base",)
+
+    def __init__(self, base: Any) -> None:
+        self._base = base
+
+    def __call__(self, data: bytes) -> bytes:
+        digest = self._base.copy()
+        digest.update(data)
+        return bytes(digest.digest())
+
+    def __repr__(self) -> str:
+        return "_AuditKey(***)"
+
+
+def read_audit_key(
+    store: KeyStore, provider: KeyProvider, domain: str
+) -> Callable[[bytes], bytes] | None:
+    """The HMAC of ``domain``'s audit key, unwrapped from ``store`` by ``provider``; reads only.
+
+    Returns ``None`` when the store holds no audit key for the domain (no vault ever audited it
+    there). Unlike :class:`~vaultkit.Vault`, it never creates one.
+
+    Raises:
+        KeyStoreError: the row is not the audit key, was destroyed, or was not made by the
+            holder of the domain's key (a planted row in an encrypt-only domain).
+        KeyProviderError: the provider cannot unwrap it (an encrypt-only key, a revoked KEK).
+    """
+    dek_id = audit_key_id(domain)
+    record = store.get(dek_id)
+    if record is None:
+        return None
+    if (
+        record.purpose != _AUDIT_PURPOSE
+        or record.domain != domain
+        or record.name != AUDIT_KEY_NAME
+    ):
+        raise KeyStoreError(f"key-store row {dek_id.hex()} is not the audit key of {domain}")
+    if record.state is DekState.DESTROYED:
+        raise KeyStoreError(f"the audit key of domain {domain} was destroyed")
+    ref = KeyRef(domain, record.kek_id, record.kek_version)
+    try:
+        base = hmac.new(
+            provider.unwrap(
+                ref, record.wrapped, context=wrap_context(domain, dek_id, _AUDIT_PURPOSE)
+            ),
+            digestmod=hashlib.sha256,
+        )
+    except KeyAuthenticationError:
+        raise KeyStoreError(
+            f"the audit key of domain {domain} (key row {dek_id.hex()}) was not made by the "
+            "holder of the domain's key; refused"
+        ) from None
+    return _AuditKey(base)
 
 
 #: The time of an event. MySQL and MariaDB keep whole seconds in a bare DATETIME; the MAC covers

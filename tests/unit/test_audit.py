@@ -375,13 +375,19 @@ class TestHeadAndCheckpoints:
         tmp_path: Path,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
-        """Dropping both audit tables (a new, empty log) fails against the old checkpoint."""
-        vault, url, _ = setup
+        """Dropping both audit tables is "no audit log here" (exit 9); the new, empty log the
+        application's next vault creates is intact but fails against the old checkpoint."""
+        vault, url, keyring = setup
         self.read(vault, 3)
         checkpoint = tmp_path / "audit-head.json"
         assert cli("head", "--out", str(checkpoint)) == 0
         sql(url, "drop table vaultkit_audit_events")
         sql(url, "drop table vaultkit_audit_head")
+        assert cli("verify") == 9  # verify creates nothing: there is no log
+        assert "no audit log here" in capsys.readouterr().err
+        Vault(
+            provider=LocalKeyProvider(keyring, master_key=MASTER), store=url, domains=DOMAINS
+        ).close()  # the application starts again: a new, empty log
         assert cli("verify") == 0  # a fresh log is intact
         capsys.readouterr()
         assert cli("verify", "--expect", str(checkpoint)) == 7
