@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from vaultkit._access import Principal, Scope, SealedValue, acting_as, current_scope
 from vaultkit._codec import PlainValue, decode_value, encode_value
 from vaultkit._redact import NoPickle
-from vaultkit.audit import AuditEvent, AuditLog
+from vaultkit.audit import AuditEvent, AuditLog, audit_log_exists, writer_table_prefix
 from vaultkit.core import wire
 from vaultkit.core.envelope import DataKey, new_data_key, new_dek_id, wrap_context
 from vaultkit.errors import (
@@ -308,6 +308,7 @@ class Vault(NoPickle):
         self._audit_engine: Engine | None = None  # an audit engine this vault made (audit=URL)
         self._audit_batches: dict[tuple[Any, ...], list[Any]] = {}
         self._audit_pending: list[AuditEvent] = []  # events a failed write kept, written first
+        self._audit_writers: dict[str, Any] = {}  # pinned encrypt-only writers: name -> key
         self._audit_lock = threading.Lock()
         self._audit_batch_size = audit_batch_size
         audited = [d.name for d in declared.values() if d.audited]
@@ -647,13 +648,45 @@ class Vault(NoPickle):
                 "audited domains need an audit log: give audit= (a database URL or Engine) or use "
                 "an SQL key store"
             )
+        provider = self._providers[domain]
+        signer = getattr(provider, "audit_signer", None)
+        writer = signer(domain) if callable(signer) else None
+        if writer is not None:
+            # An encrypt-only writer cannot read the unit's audit key (nor make one): it logs
+            # into a chain of its own, signed with its writer key, which the unit verifies.
+            public, sign = writer
+            self._audit_log = AuditLog.of_writer(engine, public, sign=sign)
+            return
         key = self._named_key(domain, "audit-log@v1", _AUDIT_PURPOSE, 1)
         self._audit_log = AuditLog(engine, mac=key.digest)
+        pinned = getattr(provider, "pinned_writers", None)
+        self._audit_writers = dict(pinned()) if callable(pinned) else {}
 
     @property
     def audit_log(self) -> AuditLog | None:
-        """The audit log of the audited domains, or ``None`` when no domain is audited."""
+        """The audit log this vault writes, or ``None`` when no domain is audited.
+
+        In an encrypt-only writer (the audit domain's provider holds only the public key, with
+        a ``signer``) it is the writer's own chain, signed with the writer key.
+        """
         return self._audit_log
+
+    @property
+    def writer_audit_logs(self) -> dict[str, AuditLog]:
+        """The audit chains of the encrypt-only writers the audit domain's provider pins.
+
+        Read-only, by writer name, for those that have logged anything (whose tables exist):
+        verify each with :meth:`AuditLog.verify`. Empty for a provider that pins no writer.
+        """
+        log_ = self._audit_log
+        if log_ is None:
+            return {}
+        engine = log_.engine
+        return {
+            name: AuditLog.of_writer(engine, key, name=name)
+            for name, key in self._audit_writers.items()
+            if audit_log_exists(engine, table_prefix=writer_table_prefix(key))
+        }
 
     def _audit(self, action: str, domain: str, where: Any, dek_id: bytes | None) -> None:
         """Log one access to an audited domain, or raise :class:`AuditError`: never neither.

@@ -448,11 +448,7 @@ def read_audit_key(
     record = store.get(dek_id)
     if record is None:
         return None
-    if (
-        record.purpose != _AUDIT_PURPOSE
-        or record.domain != domain
-        or record.name != AUDIT_KEY_NAME
-    ):
+    if record.purpose != _AUDIT_PURPOSE or record.domain != domain or record.name != AUDIT_KEY_NAME:
         raise KeyStoreError(f"key-store row {dek_id.hex()} is not the audit key of {domain}")
     if record.state is DekState.DESTROYED:
         raise KeyStoreError(f"the audit key of domain {domain} was destroyed")

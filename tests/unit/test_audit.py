@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,6 +44,14 @@ def events(url: str) -> list[sa.Row[tuple[object, ...]]]:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         rows = conn.execute(sa.text("select * from vaultkit_audit_events order by seq")).all()
+    engine.dispose()
+    return rows
+
+
+def events_of(url: str, table: str) -> list[sa.Row[tuple[object, ...]]]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(f"select * from {table} order by seq")).all()
     engine.dispose()
     return rows
 
@@ -691,3 +700,153 @@ def test_revoked_insert_on_postgres_fails_reads_until_granted_again(
         with postgres_engine.begin() as conn:
             conn.execute(sa.text(f"DROP OWNED BY {role}"))
             conn.execute(sa.text(f"DROP ROLE {role}"))
+
+
+class TestEncryptOnlyWriters:
+    """An encrypt-only writer logs its accesses in a chain of its own, signed with its writer key;
+    the unit verifies it with the key it pins (issue 13, item 7)."""
+
+    @pytest.fixture
+    def services(self, tmp_path: Path) -> Iterator[tuple[Vault, Vault, str]]:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from vaultkit.keys import X25519KeyProvider
+
+        url = f"sqlite:///{tmp_path / 'app.db'}"
+        general = LocalKeyProvider(tmp_path / "keyring.json", master_key=MASTER)
+        writer_key = Ed25519PrivateKey.generate()
+        unit_provider = X25519KeyProvider.generate(
+            ["medical"], writers={"claims-backend": writer_key.public_key()}
+        )
+        claims = Vault(
+            provider=general,
+            providers={"medical": unit_provider.public_only(signer=writer_key)},
+            store=url,
+            domains=DOMAINS,
+        )
+        unit = Vault(
+            provider=general, providers={"medical": unit_provider}, store=url, domains=DOMAINS
+        )
+        yield claims, unit, url
+        claims.close()
+        unit.close()
+
+    @staticmethod
+    def writer_table(unit: Vault) -> str:
+        return unit.writer_audit_logs["claims-backend"].events.name
+
+    def test_the_writer_starts_and_both_chains_verify(
+        self, services: tuple[Vault, Vault, str]
+    ) -> None:
+        """A vault whose audited medical domain is encrypt-only starts; its write events and the
+        unit's reads are in two chains, and the unit verifies both."""
+        claims, unit, _ = services
+        with claims.acting_as(CLAIMS, purpose="claim-77"):
+            blobs = [claims.encrypt(f"certificate {i}", domain="medical") for i in range(3)]
+        claims.flush_audit()
+        with unit.acting_as(COACH, purpose="coaching-chat"):
+            assert [unit.decrypt(b) for b in blobs] == [f"certificate {i}" for i in range(3)]
+        unit.flush_audit()
+        assert unit.audit_log is not None and unit.audit_log.verify().ok
+        chain = unit.writer_audit_logs["claims-backend"]
+        result = chain.verify()
+        assert result.ok and result.events == 2
+        assert [(e.principal, e.action, e.count) for _, e, _, _ in chain.read()] == [
+            ("claims-handler-3", "write", 1),
+            ("claims-handler-3", "write", 2),
+        ]
+        assert claims.audit_log is not None and claims.audit_log.verify().ok
+        assert unit.audit_log.events.name == "vaultkit_audit_events" != chain.events.name
+
+    def test_a_database_writer_cannot_edit_or_extend_the_writer_chain(
+        self, services: tuple[Vault, Vault, str]
+    ) -> None:
+        """An edited writer event, or one appended with a made-up signature, fails the unit's
+        verification of that chain; the unit's own chain is untouched."""
+        claims, unit, url = services
+        for i in range(3):
+            with claims.acting_as(CLAIMS, purpose=f"claim-{i}"):
+                claims.encrypt("certificate", domain="medical")
+        table = self.writer_table(unit)
+        sql(url, f"update {table} set principal = 'someone-else' where seq = 2")
+        result = unit.writer_audit_logs["claims-backend"].verify()
+        assert not result.ok and result.first_broken == 2 and "altered" in result.reason
+        sql(url, f"update {table} set principal = 'claims-handler-3' where seq = 2")
+        last = events_of(url, table)[-1]
+        sql(
+            url,
+            f"insert into {table} (seq, at, principal, purpose, action, domain, table_name,"
+            " column_name, row_keys, count, dek_id, prev_mac, mac) values"
+            f" ({last.seq + 1}, '2026-01-01 00:00:00', 'x', 'y', 'write', 'medical', null, null,"
+            f" '[]', 1, null, '{last.mac}', '{'0' * 128}')",
+        )
+        forged = unit.writer_audit_logs["claims-backend"].verify()
+        assert not forged.ok and forged.first_broken == last.seq + 1
+        assert unit.audit_log is not None and unit.audit_log.verify().ok
+
+    def test_a_chain_planted_under_the_writers_name_with_another_key_fails(
+        self, services: tuple[Vault, Vault, str]
+    ) -> None:
+        """Someone with another Ed25519 key who creates the pinned writer's tables and signs
+        events there does not pass the unit's verification."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        _claims, unit, url = services
+        pinned = unit.provider_for("medical").pinned_writers()["claims-backend"]  # type: ignore[attr-defined]
+        engine = sa.create_engine(url)
+        try:
+            planted = AuditLog.of_writer(engine, pinned, sign=Ed25519PrivateKey.generate().sign)
+            planted.append(
+                [
+                    AuditEvent(
+                        "claims-handler-3",
+                        "x",
+                        "write",
+                        "medical",
+                        None,
+                        None,
+                        (),
+                        1,
+                        None,
+                        dt.datetime.now(dt.UTC),
+                    )
+                ]
+            )
+        finally:
+            engine.dispose()
+        result = unit.writer_audit_logs["claims-backend"].verify()
+        assert not result.ok and result.first_broken == 1
+
+    def test_the_writer_signer_signs_audit_links_only(
+        self, services: tuple[Vault, Vault, str]
+    ) -> None:
+        """The signing function the provider gives the audit log refuses a key-row message."""
+        from vaultkit.errors import KeyProviderError
+
+        claims, _unit, _ = services
+        signer = claims.provider_for("medical").audit_signer("medical")  # type: ignore[attr-defined]
+        assert signer is not None
+        with pytest.raises(KeyProviderError):
+            signer[1](b"vaultkit x25519 writer v1" + bytes(40))
+
+
+def test_the_encrypt_only_example_in_domains_md_runs_as_written(tmp_path: Path) -> None:
+    """docs/domains.md's encrypt-only example (unit, claims writer, both chains verified) runs."""
+    import re
+
+    text = (Path(__file__).parents[2] / "docs" / "domains.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    example = next(
+        b for b in blocks if "public_only(signer=writer_key)" in b and "writer_audit_logs" in b
+    )
+    import subprocess
+    import sys
+
+    script = tmp_path / "example.py"
+    script.write_text(example)
+    env = {**os.environ, MASTER_KEY_ENV: base64.b64encode(MASTER).decode()}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert (tmp_path / "insurer.db").exists()
