@@ -193,3 +193,45 @@ def test_a_log_of_the_first_layout_verifies_read_only_and_says_what_it_cannot_ch
     assert main(["audit", "head", "--config", str(app.config)]) == 1  # upgrade first
     assert "first layout" in capsys.readouterr().err
     assert app.dump() == before
+
+
+def test_a_writer_chain_is_verified_with_its_pinned_key(
+    app: App, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--writer NAME=PEM verifies an encrypt-only writer's own chain: exit 0 intact, 7 after an
+    edit, 9 for a writer that has no chain here."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from vaultkit.audit import AuditEvent, AuditLog
+
+    def pem(key: Ed25519PrivateKey, name: str) -> str:
+        path = app.dir / f"{name}.pub.pem"
+        path.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        return f"{name}={path}"
+
+    writer, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    engine = sa.create_engine(app.audit)
+    try:
+        chain = AuditLog.of_writer(engine, writer.public_key(), sign=writer.sign)
+        event = AuditEvent(
+            "claims-handler-3", "c", "write", "medical", None, None, (), 1, None,
+            dt.datetime.now(dt.UTC),
+        )  # fmt: skip
+        chain.append([event, event])
+    finally:
+        engine.dispose()
+    verify = ["audit", "verify", "--config", str(app.config)]
+    assert main([*verify, "--writer", pem(writer, "claims")]) == 0
+    assert "writer claims: audit chain intact: 2 events" in capsys.readouterr().out
+    assert main([*verify, "--writer", pem(stranger, "other")]) == 9
+    assert "no audit log here for writer other" in capsys.readouterr().err
+    app.sql(f"update {chain.events.name} set purpose = 'edited' where seq = 2")
+    assert main([*verify, "--writer", pem(writer, "claims")]) == 7
+    assert "writer claims: audit chain BROKEN at event 2" in capsys.readouterr().out

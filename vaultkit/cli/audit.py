@@ -7,7 +7,10 @@ and, for ``Vault(audit=URL)``, ``--audit URL``. Both only read: the key store, t
 the audit key are opened read-only (an SQLite file in read-only mode, PostgreSQL and MariaDB in
 read-only sessions), and nothing is created, upgraded or written.
 
-Exit codes: 0 intact; 7 the log is broken, truncated or rolled back (against ``--expect``); 9 no
+``verify --writer NAME=PEM`` also verifies an encrypt-only writer's own chain (signed with the
+writer key whose public half the unit pins).
+
+Exit codes: 0 intact; 7 the log (or a writer's chain) is broken, truncated or rolled back (against ``--expect``); 9 no
 audit log here: the audit database has no audit tables, or the key store no audit key for the
 domain (nothing was verified); 1 a checkpoint file is refused (altered, made under another audit
 key, unreadable); 3, 4, 5 as for every command (configuration, key provider, key store).
@@ -25,6 +28,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from vaultkit.audit import (
@@ -35,6 +40,7 @@ from vaultkit.audit import (
     read_audit_key,
     read_checkpoint,
     write_checkpoint,
+    writer_table_prefix,
 )
 from vaultkit.errors import ConfigurationError
 from vaultkit.keys import KeyProvider, LocalKeyProvider
@@ -97,6 +103,14 @@ def register(commands: Any) -> None:
         "1 checkpoint refused, 3 configuration, 4 key provider, 5 key store.",
     )
     _common(verify)
+    verify.add_argument(
+        "--writer",
+        action="append",
+        default=[],
+        metavar="NAME=PEM",
+        help="also verify an encrypt-only writer's own audit chain, with the Ed25519 public key "
+        "(PEM file) the unit pins for it in writers= (repeatable)",
+    )
     verify.set_defaults(handler=_verify)
     head = sub.add_parser(
         "head",
@@ -246,14 +260,55 @@ def _no_log(exc: _NoAuditLog) -> int:
     return EXIT_NO_LOG
 
 
+def _writer_keys(args: argparse.Namespace) -> list[tuple[str, Ed25519PublicKey]]:
+    keys = []
+    for item in getattr(args, "writer", []):
+        name, sep, pem = item.partition("=")
+        if not sep or not name or not pem:
+            raise ConfigurationError(f"--writer takes NAME=PEM-FILE, not {item!r}")
+        try:
+            key = serialization.load_pem_public_key(Path(pem).read_bytes())
+        except (OSError, ValueError, TypeError):
+            raise ConfigurationError(
+                f"writer {name}: {pem} is not a readable PEM public key"
+            ) from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise ConfigurationError(f"writer {name}: {pem} is not an Ed25519 public key")
+        keys.append((name, key))
+    return keys
+
+
+def _writer_chain(engine: sa.Engine, name: str, key: Ed25519PublicKey) -> AuditLog:
+    if not audit_log_exists(engine, table_prefix=writer_table_prefix(key)):
+        raise _NoAuditLog(
+            f"no audit log here for writer {name}: no tables {writer_table_prefix(key)}"
+            "audit_events and ..._audit_head (it has logged nothing here, or they were dropped)"
+        )
+    return AuditLog.of_writer(engine, key, name=name)
+
+
 def _verify(args: argparse.Namespace) -> int:
     expected = _expected(args)
+    writers = _writer_keys(args)
     try:
         with _audit_log(args) as log:
             result = log.verify(expect=expected)
+            chains = [
+                (name, _writer_chain(log.engine, name, key).verify()) for name, key in writers
+            ]
     except _NoAuditLog as exc:
         return _no_log(exc)
-    return _report(result, args)
+    code = _report(result, args)
+    for name, chain in chains:
+        if chain.ok:
+            print(f"writer {name}: audit chain intact: {chain.events} events, signatures verified")
+        else:
+            print(
+                f"writer {name}: audit chain BROKEN at event {chain.first_broken}: "
+                f"{chain.reason} ({chain.events} events read)"
+            )
+            code = EXIT_BROKEN
+    return code
 
 
 def _head(args: argparse.Namespace) -> int:
