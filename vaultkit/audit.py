@@ -711,8 +711,9 @@ class AuditLog:
                 ).one()
                 if not self._head_ok(head):
                     raise AuditError(
-                        "the audit log's head row does not carry its MAC (it was altered); "
-                        "run vaultkit audit verify"
+                        "the audit log's head row does not carry its MAC (it was altered, or "
+                        "the log was made under another audit key: each audit key needs tables "
+                        "of its own); run vaultkit audit verify"
                     )
                 seq, prev = int(head.seq), bytes.fromhex(head.mac)
                 rows = []
