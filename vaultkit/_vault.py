@@ -26,11 +26,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from vaultkit._access import Principal, Scope, SealedValue, acting_as, current_scope
 from vaultkit._codec import PlainValue, decode_value, encode_value
 from vaultkit._redact import NoPickle
-from vaultkit.audit import AuditEvent, AuditLog
+from vaultkit.audit import AuditEvent, AuditLog, audit_log_exists, writer_table_prefix
 from vaultkit.core import wire
 from vaultkit.core.envelope import DataKey, new_data_key, new_dek_id, wrap_context
 from vaultkit.errors import (
     AccessDeniedError,
+    AuditError,
     ConfigurationError,
     DecryptionError,
     DomainError,
@@ -363,6 +364,8 @@ class Vault(NoPickle):
         self._audit_log: AuditLog | None = None
         self._audit_engine: Engine | None = None  # an audit engine this vault made (audit=URL)
         self._audit_batches: dict[tuple[Any, ...], list[Any]] = {}
+        self._audit_pending: list[AuditEvent] = []  # events a failed write kept, written first
+        self._audit_writers: dict[str, Any] = {}  # pinned encrypt-only writers: name -> key
         self._audit_lock = threading.Lock()
         self._audit_batch_size = audit_batch_size
         audited = [d.name for d in declared.values() if d.audited]
@@ -711,21 +714,59 @@ class Vault(NoPickle):
                 "audited domains need an audit log: give audit= (a database URL or Engine) or use "
                 "an SQL key store"
             )
+        provider = self._providers[domain]
+        signer = getattr(provider, "audit_signer", None)
+        writer = signer(domain) if callable(signer) else None
+        if writer is not None:
+            # An encrypt-only writer cannot read the unit's audit key (nor make one): it logs
+            # into a chain of its own, signed with its writer key, which the unit verifies.
+            public, sign = writer
+            self._audit_log = AuditLog.of_writer(engine, public, sign=sign)
+            return
         key = self._named_key(domain, "audit-log@v1", _AUDIT_PURPOSE, 1)
         self._audit_log = AuditLog(engine, mac=key.digest)
+        pinned = getattr(provider, "pinned_writers", None)
+        self._audit_writers = dict(pinned()) if callable(pinned) else {}
 
     @property
     def audit_log(self) -> AuditLog | None:
-        """The audit log of the audited domains, or ``None`` when no domain is audited."""
+        """The audit log this vault writes, or ``None`` when no domain is audited.
+
+        In an encrypt-only writer (the audit domain's provider holds only the public key, with
+        a ``signer``) it is the writer's own chain, signed with the writer key.
+        """
         return self._audit_log
 
-    def _audit(self, action: str, domain: str, where: Any, dek_id: bytes | None) -> None:
-        """Log one access to an audited domain; the first of a batch is written before returning.
+    @property
+    def writer_audit_logs(self) -> dict[str, AuditLog]:
+        """The audit chains of the encrypt-only writers the audit domain's provider pins.
 
-        Bulk reads share one event per batch: the first access of a (principal, purpose, action,
-        domain, table, column, DEK) is written at once, so that a failed write fails the access;
-        further row keys are written together every ``audit_batch_size`` accesses, when the
+        Read-only, by writer name, for those that have logged anything (whose tables exist):
+        verify each with :meth:`AuditLog.verify`. Empty for a provider that pins no writer.
+        """
+        log_ = self._audit_log
+        if log_ is None:
+            return {}
+        engine = log_.engine
+        return {
+            name: AuditLog.of_writer(engine, key, name=name)
+            for name, key in self._audit_writers.items()
+            if audit_log_exists(engine, table_prefix=writer_table_prefix(key))
+        }
+
+    def _audit(self, action: str, domain: str, where: Any, dek_id: bytes | None) -> None:
+        """Log one access to an audited domain, or raise :class:`AuditError`: never neither.
+
+        Bulk reads share one event per batch, a batch being the accesses of one (principal,
+        purpose, action, domain, table, column, DEK). The first access of a batch is written at
+        once, so a log that cannot be written fails the access. Further row keys are written
+        together when the batch is full (``audit_batch_size`` accesses), when the
         ``vault.acting_as`` block ends, on :meth:`flush_audit` and on :meth:`close`.
+
+        A write that fails keeps its events (never discards them): every later access of the
+        vault first writes them, and fails while it cannot. So a batch holds at most
+        ``audit_batch_size - 1`` unwritten accesses, and while the log is down no access
+        succeeds and nothing piles up.
         """
         log_ = self._audit_log
         if log_ is None:
@@ -739,17 +780,31 @@ class Vault(NoPickle):
         key = (scope.principal.name, scope.purpose, action, domain, table, column, dek_id)
         row_text = wire.context_value_text(row) if row is not None else None
         with self._audit_lock:
+            if self._audit_pending:
+                # An earlier write failed: its events go first, or this access fails too.
+                log_.append(self._audit_pending)
+                self._audit_pending = []
             batch = self._audit_batches.get(key)
             if batch is None:
                 log_.append([self._audit_event(key, (row_text,) if row_text else (), 1)])
                 self._audit_batches[key] = [[], 0]
                 return
-            if row_text is not None:
-                batch[0].append(row_text)
-            batch[1] += 1
-            if batch[1] >= self._audit_batch_size:
-                log_.append([self._audit_event(key, tuple(batch[0]), batch[1])])
-                batch[0], batch[1] = [], 0
+            if batch[1] + 1 < self._audit_batch_size:
+                if row_text is not None:
+                    batch[0].append(row_text)
+                batch[1] += 1
+                return
+            # The batch is full with this access: write it now, this access included.
+            rows = (*batch[0], row_text) if row_text is not None else tuple(batch[0])
+            try:
+                log_.append([self._audit_event(key, rows, batch[1] + 1)])
+            except AuditError:
+                # Keep the batch's earlier accesses (they returned); this one fails, unrecorded.
+                del self._audit_batches[key]
+                if batch[1]:
+                    self._audit_pending = [self._audit_event(key, tuple(batch[0]), batch[1])]
+                raise
+            batch[0], batch[1] = [], 0
 
     @staticmethod
     def _audit_event(key: tuple[Any, ...], rows: tuple[str, ...], count: int) -> AuditEvent:
@@ -770,23 +825,41 @@ class Vault(NoPickle):
     def flush_audit(self) -> None:
         """Write the row keys of every open audit batch and close the batches.
 
+        Events that an earlier write could not store are written first. If the write fails,
+        every event is kept for the next attempt (this call again, :meth:`close`, or the next
+        audited access, which fails until they are written).
+
         Raises:
-            AuditError: the events could not be written.
+            AuditError: the events could not be written (they are kept).
         """
         log_ = self._audit_log
         if log_ is None:
             return
         with self._audit_lock:
             events = [
-                self._audit_event(k, tuple(b[0]), b[1])
-                for k, b in self._audit_batches.items()
-                if b[1]
+                *self._audit_pending,
+                *(
+                    self._audit_event(k, tuple(b[0]), b[1])
+                    for k, b in self._audit_batches.items()
+                    if b[1]
+                ),
             ]
             self._audit_batches.clear()
-            log_.append(events)
+            try:
+                log_.append(events)
+            except AuditError:
+                self._audit_pending = events
+                raise
+            self._audit_pending = []
 
     def close(self) -> None:
-        """Record encryption counts in the key store and release what the vault opened."""
+        """Record encryption counts in the key store and release what the vault opened.
+
+        Raises:
+            AuditError: the open audit batches could not be written; the vault stays open with
+                the events kept, so that ``close()`` can be called again once the log is
+                writable.
+        """
         if not self._closed and self._audit_log is not None:
             self.flush_audit()
         with self._lock:
@@ -1128,6 +1201,7 @@ class Vault(NoPickle):
         self._active = {}
         self._audit_lock = threading.Lock()
         self._audit_batches = {}
+        self._audit_pending = []
         if self._audit_log is not None:
             # The parent's pooled audit connections are the parent's: the child opens its own
             # (SQLAlchemy's "Using Connection Pools with Multiprocessing or os.fork()").
