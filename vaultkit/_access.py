@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from vaultkit.keys.domains import check_domain_name
 
@@ -42,10 +43,18 @@ ANONYMOUS = Principal("anonymous")
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """The principal and purpose in force for the current thread or asyncio task."""
+    """The principal and purpose in force for the current thread or asyncio task.
+
+    ``opened`` holds what this scope decrypted from ORM attributes of restricted or audited
+    domains (:mod:`vaultkit.sqla`), per object: another scope, even of the same principal, never
+    sees it, and it is emptied when the ``acting_as`` block ends.
+    """
 
     principal: Principal
     purpose: str | None
+    opened: weakref.WeakKeyDictionary[Any, dict[str, Any]] = field(
+        init=False, repr=False, compare=False, default_factory=weakref.WeakKeyDictionary
+    )
 
 
 _scope: contextvars.ContextVar[Scope] = contextvars.ContextVar(
@@ -76,6 +85,7 @@ def acting_as(principal: Principal, *, purpose: str) -> Iterator[Scope]:
         yield scope
     finally:
         _scope.reset(token)
+        scope.opened.clear()
 
 
 class SealedValue:
