@@ -14,6 +14,7 @@ __all__ = [
     "ConfigurationError",
     "DecryptionError",
     "DomainError",
+    "EncodingError",
     "KeyNotFoundError",
     "KeyProviderError",
     "KeyStoreError",
@@ -78,6 +79,14 @@ class AuditError(VaultkitError):
 
 class QueryError(VaultkitError):
     """An SQL operator was used that has no meaning on randomised ciphertext."""
+
+
+class EncodingError(VaultkitError, TypeError, ValueError):
+    """A value cannot be stored in its encrypted column: wrong type, or a value its codec refuses.
+
+    The message names the column and the kind of failure, never the value. It is also a
+    ``TypeError`` and a ``ValueError``, the built-in errors such input raised before.
+    """
 
 
 class AudienceError(VaultkitError):

@@ -17,10 +17,12 @@ indexes, unique constraints and primary keys on encrypted columns.
 
 from __future__ import annotations
 
+import logging
+import traceback
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -121,6 +123,7 @@ def _column_attached(column: sa.Column[Any], table: Any) -> None:
             column_type = column_type.copy()
             column.type = column_type
         column_type._attach(table.name, column.name)
+        _sensitive_keys.add(column.key)
     elif isinstance(column_type, BlindIndexType):
         if column_type._attached is not None and column_type._attached[0] != table.name:
             column_type = column_type.copy()
@@ -128,6 +131,7 @@ def _column_attached(column: sa.Column[Any], table: Any) -> None:
         # The source column may be attached later (Alembic builds tables column by column): the
         # domain is resolved from it on first use.
         column_type._attach(table)
+        _sensitive_keys.add(column.key)
     _plans.pop(table, None)
 
 
@@ -291,24 +295,73 @@ def _table_name(statement: Insert | Update) -> str:
     return str(getattr(statement.table, "name", statement.table))
 
 
-# -- errors -------------------------------------------------------------------------------------
+# -- errors and logs ---------------------------------------------------------------------------
+#
+# A failing statement is reported by SQLAlchemy with its parameters: for vaultkit columns those are
+# plaintexts when the failure comes before or during the bind processors (another column's
+# processor, a value an encrypted column refuses). The failure is reported here instead: vaultkit's
+# own errors as they are, SQLAlchemy's with the values of encrypted columns and blind-index sources
+# replaced, and the finished frames below the failure (bind processors, parameter processing)
+# cleared of their locals. SQLAlchemy's frames that are still running when the error is raised
+# (``Connection.execute`` and the ORM flush above it) keep the parameters they were given; see
+# docs/sqlalchemy.md.
+
+_REDACTED: Final = "<encrypted column value hidden by vaultkit>"
+
+#: Keys of the parameters that carry plaintext into vaultkit columns: encrypted columns and
+#: blind indexes (whose parameter is the source plaintext until the processor digests it).
+_sensitive_keys: set[str] = set()
+
+
+def _redacted(params: Any) -> Any:
+    if isinstance(params, dict):
+        return {k: (_REDACTED if k in _sensitive_keys else v) for k, v in params.items()}
+    if isinstance(params, list | tuple):
+        return type(params)(_redacted(p) for p in params)
+    return params
+
+
+def _clear_finished_frames(tb: Any) -> None:
+    # Frames still running (the ones that will see the exception next) cannot be cleared and are
+    # skipped by traceback.clear_frames; the finished ones, down to the raise, lose their locals.
+    traceback.clear_frames(tb)
 
 
 @event.listens_for(Engine, "handle_error", retval=True)
 def _handle_error(context: Any) -> BaseException | None:
-    # SQLAlchemy's StatementError quotes the statement's parameters, which for vaultkit columns
-    # are plaintexts. When the failure is vaultkit's own (a missing row key, a wrong value type in
-    # an encrypted column), raise it as it is, without the parameters.
     original = context.original_exception
+    _clear_finished_frames(original.__traceback__)
     if isinstance(original, VaultkitError):
         return original
-    if isinstance(original, TypeError | ValueError):
-        tb = original.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        if tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("vaultkit."):
-            return (TypeError if isinstance(original, TypeError) else ValueError)(str(original))
+    wrapped = context.sqlalchemy_exception
+    if wrapped is not None and getattr(wrapped, "params", None) is not None:
+        wrapped.params = _redacted(wrapped.params)
     return None
+
+
+def _result_columns(context: Any) -> Iterator[Any]:
+    compiled = getattr(context, "compiled", None)
+    for entry in getattr(compiled, "_result_columns", None) or ():
+        yield entry[3]
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _before_cursor_execute(
+    conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any, executemany: bool
+) -> None:
+    logger = getattr(conn.engine, "logger", None)
+    if logger is None or not logger.isEnabledFor(logging.DEBUG):
+        return
+    # SQLAlchemy logs each result row at DEBUG level after the result processors ran, that is
+    # after vaultkit decrypted it, whatever hide_parameters says.
+    for column_type in _result_columns(context):
+        if isinstance(column_type, Encrypted):
+            raise ConfigurationError(
+                "the SQLAlchemy engine logs result rows (echo='debug', or the sqlalchemy.engine "
+                f"logger at DEBUG), and this statement reads the encrypted column "
+                f"{column_type._name_or_unknown()}: its decrypted values would be logged. Log "
+                "statements only (echo=True, the logger at INFO)"
+            )
 
 
 # -- ORM: values of restricted and audited domains are opened on access -------------------------
@@ -431,15 +484,24 @@ def _in_container(mutable: type | None, cell: EncryptedCell) -> Any:
 class _MapperPlan:
     """The encrypted attributes of one mapper, and which of them are row-bound."""
 
-    __slots__ = ("guards", "mutables", "row_bound")
+    __slots__ = ("_epoch", "_guarded", "_slots", "guards", "mutables", "row_bound")
 
     def __init__(self, guards: tuple[_Guard, ...]) -> None:
         self.guards = guards
         self.row_bound = tuple(g for g in guards if g.row_attr is not None)
         self.mutables: dict[str, type | None] = {}
+        self._slots = tuple({id(g.column_type._slot): g.column_type._slot for g in guards}.values())
+        self._epoch = -1
+        self._guarded = True
 
     def any_guarded(self) -> bool:
-        return any(g.column_type.guarded() for g in self.guards)
+        """Whether any attribute's domain is restricted or audited (rechecked on reconfiguration)."""
+        # Generations only grow, so their sum changes whenever one of them does.
+        epoch = sum(slot.generation for slot in self._slots)
+        if epoch != self._epoch:
+            self._guarded = any(g.column_type.guarded() for g in self.guards)
+            self._epoch = epoch
+        return self._guarded
 
 
 _mapper_plans: weakref.WeakKeyDictionary[Mapper[Any], _MapperPlan] = weakref.WeakKeyDictionary()
@@ -448,6 +510,8 @@ _mapper_plans: weakref.WeakKeyDictionary[Mapper[Any], _MapperPlan] = weakref.Wea
 def _cells_after_load(
     target: Any, plan: _MapperPlan, context: Any, only: Any = None, *, expire: bool = True
 ) -> None:
+    if not plan.row_bound and not plan.any_guarded():
+        return  # the fast path: every value was decrypted once, on load
     state_dict = attributes.instance_dict(target)
     stale = []
     for guard in plan.guards:
@@ -486,6 +550,8 @@ def _cells_after_load(
 
 
 def _wrap_pending(target: Any, plan: _MapperPlan, *, insert: bool) -> None:
+    if not plan.any_guarded():
+        return
     state = attributes.instance_state(target)
     state_dict = state.dict
     for guard in plan.guards:
@@ -500,6 +566,8 @@ def _wrap_pending(target: Any, plan: _MapperPlan, *, insert: bool) -> None:
 
 
 def _cells_after_flush(target: Any, plan: _MapperPlan) -> None:
+    if not plan.any_guarded():
+        return
     state = attributes.instance_state(target)
     state_dict = state.dict
     scope = current_scope()

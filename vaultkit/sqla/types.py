@@ -34,7 +34,13 @@ from vaultkit._access import SealedValue
 from vaultkit._codec import PlainValue, encode_value
 from vaultkit._vault import BlindIndexKey, FieldCipher
 from vaultkit.core import wire
-from vaultkit.errors import ConfigurationError, DecryptionError, QueryError
+from vaultkit.errors import (
+    ConfigurationError,
+    DecryptionError,
+    EncodingError,
+    QueryError,
+    VaultkitError,
+)
 from vaultkit.keys.domains import check_domain_name
 from vaultkit.sqla import _registry
 
@@ -95,6 +101,32 @@ def _stored_bytes(value: Any, column: Encrypted) -> bytes:
         f"{column._name_or_unknown()}: the database returned a {type(value).__name__} where a "
         "binary ciphertext was expected; store encrypted columns as binary (BYTEA, BLOB)"
     )
+
+
+#: What a bind processor turns into an EncodingError: a wrong type, a value its codec refuses, a
+#: JSON value nested too deeply for the encoder.
+_ENCODING_FAILURES: Final = (TypeError, ValueError, RecursionError)
+
+
+def _encoding_error(column: Encrypted | BlindIndexType, exc: BaseException) -> Exception:
+    """The error to raise for ``exc`` under ``column``'s bind processor: never quoting the value.
+
+    Messages of vaultkit's own checks name types and limits only and are kept; any other
+    message (the JSON encoder's, a user's normalising function's) may quote the value, so only
+    its class is named.
+    """
+    if isinstance(exc, VaultkitError):
+        return exc
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    own = tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("vaultkit.")
+    detail = str(exc) if own and not isinstance(exc, UnicodeError) else type(exc).__name__
+    if isinstance(column, Encrypted):
+        name = column._name_or_unknown()
+    else:
+        name = f"blind index of {column.source!r}"
+    return EncodingError(f"{name}: the value cannot be stored ({detail})")
 
 
 class _CellKey:
@@ -493,7 +525,19 @@ class Encrypted(TypeDecorator[Any]):
         return dialect.type_descriptor(_RawBinary())
 
     def encrypt_value(self, value: Any) -> bytes | None:
-        """Encrypt one value for this column; ``None`` stays ``None`` (stored as NULL)."""
+        """Encrypt one value for this column; ``None`` stays ``None`` (stored as NULL).
+
+        Raises:
+            EncodingError: the value does not fit the column; the message never quotes it.
+        """
+        try:
+            return self._encrypt_value(value)
+        except _ENCODING_FAILURES as exc:
+            error = _encoding_error(self, exc)
+        # Raised outside the except block: the original, which may hold the value, is not chained.
+        raise error
+
+    def _encrypt_value(self, value: Any) -> bytes | None:
         row = None
         if type(value) is RowBound:
             row = value.row
@@ -573,16 +617,20 @@ class Encrypted(TypeDecorator[Any]):
                 seal, fields = field._seal, field._fixed
                 where = (field.table, field.column, None)
                 generation = slot.generation
-            if type(value) is str and python_type is str and pad is None:
-                try:  # the common case, encoded here without a call (see vaultkit._codec)
-                    return seal(domain, b"\x01" + value.encode("utf-8"), fields, where)
-                except UnicodeEncodeError:
-                    pass  # a lone surrogate: encode_value raises a clean error below
-            elif python_type is not str or type(value) is not str:
-                if type(value) is Pending:
-                    return self.encrypt_value(value)
-                value = coerce(value)
-            return seal(domain, encode_value(value, pad_to=pad), fields, where)
+            try:
+                if type(value) is str and python_type is str and pad is None:
+                    try:  # the common case, encoded here without a call (see vaultkit._codec)
+                        return seal(domain, b"\x01" + value.encode("utf-8"), fields, where)
+                    except UnicodeEncodeError:
+                        pass  # a lone surrogate: encode_value raises a clean error below
+                elif python_type is not str or type(value) is not str:
+                    if type(value) is Pending:
+                        return self.encrypt_value(value)
+                    value = coerce(value)
+                return seal(domain, encode_value(value, pad_to=pad), fields, where)
+            except _ENCODING_FAILURES as exc:
+                error = _encoding_error(self, exc)
+            raise error
 
         return process
 
@@ -835,9 +883,13 @@ class BlindIndexType(TypeDecorator[bytes]):
         return bytes((version,)) + data
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
-        if type(value) is _Probe:
-            return self.digest(value.value, value.version)
-        return self.digest(value)
+        try:
+            if type(value) is _Probe:
+                return self.digest(value.value, value.version)
+            return self.digest(value)
+        except _ENCODING_FAILURES as exc:
+            error = _encoding_error(self, exc)
+        raise error
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], bytes | None]:
         return lambda value: self.process_bind_param(value, dialect)
