@@ -441,6 +441,20 @@ class TestWrites:
 
 
 class TestPolicy:
+    def test_mutable_json_loads_for_a_reader_without_the_grant(
+        self, engine: sa.Engine, member_id: uuid.UUID
+    ) -> None:
+        """MutableDict / MutableList columns of a restricted domain load sealed for claims staff."""
+        with acting_as(CLAIMS, purpose="claim"):
+            for options in ({}, {"yield_per": 10}):
+                with Session(engine) as s:
+                    statement = sa.select(Member).execution_options(**options)
+                    m = next(iter(s.scalars(statement)))
+                    assert m.name == "Jan Peeters"
+                    assert sealed(m.doc) and sealed(m.tags)
+                    s.refresh(m)
+                    assert sealed(m.doc)
+
     def test_raise_mode_loads_and_raises_on_access(self, tmp_path: Path) -> None:
         """With on_denied='raise' the claims handler loads the member and gets AccessDeniedError on access."""
         domains = [
