@@ -18,6 +18,7 @@ indexes, unique constraints and primary keys on encrypted columns.
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 import weakref
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from sqlalchemy.sql.selectable import Select
 
 from vaultkit._access import SealedValue, current_scope
 from vaultkit.errors import ConfigurationError, QueryError, VaultkitError
+from vaultkit.sqla import _registry
 from vaultkit.sqla.types import (
     CELL_KEY,
     BlindIndexType,
@@ -640,12 +642,7 @@ def _guard_attributes(mapper: Mapper[Any]) -> _MapperPlan | None:
     return plan
 
 
-@event.listens_for(Mapper, "mapper_configured")
-def _mapper_configured(mapper: Mapper[Any], class_: type) -> None:
-    plan = _guard_attributes(mapper)
-    if plan is None:
-        return
-
+def _listen_loads(mapper: Mapper[Any], plan: _MapperPlan) -> None:
     def on_load(target: Any, context: Any) -> None:
         _cells_after_load(target, plan, context)
 
@@ -655,6 +652,14 @@ def _mapper_configured(mapper: Mapper[Any], class_: type) -> None:
     def on_refresh_flush(target: Any, context: Any, attrs: Any) -> None:
         _cells_after_load(target, plan, context, attrs, expire=False)
 
+    # Inserted first: sqlalchemy.ext.mutable's own load listener must find the cell already in
+    # the container it accepts.
+    event.listen(mapper, "load", on_load, raw=False, insert=True)
+    event.listen(mapper, "refresh", on_refresh, raw=False, insert=True)
+    event.listen(mapper, "refresh_flush", on_refresh_flush, raw=False, insert=True)
+
+
+def _listen_flushes(mapper: Mapper[Any], plan: _MapperPlan) -> None:
     def before_insert(mapper_: Any, connection: Any, target: Any) -> None:
         _wrap_pending(target, plan, insert=True)
 
@@ -664,15 +669,60 @@ def _mapper_configured(mapper: Mapper[Any], class_: type) -> None:
     def after_write(mapper_: Any, connection: Any, target: Any) -> None:
         _cells_after_flush(target, plan)
 
-    # Inserted first: sqlalchemy.ext.mutable's own load listener must find the cell already in
-    # the container it accepts.
-    event.listen(mapper, "load", on_load, raw=False, insert=True)
-    event.listen(mapper, "refresh", on_refresh, raw=False, insert=True)
-    event.listen(mapper, "refresh_flush", on_refresh_flush, raw=False, insert=True)
     event.listen(mapper, "before_insert", before_insert)
     event.listen(mapper, "before_update", before_update)
     event.listen(mapper, "after_insert", after_write)
     event.listen(mapper, "after_update", after_write)
+
+
+# The per-row listeners of a mapper whose domains are neither restricted nor audited would only
+# return at once; they are registered when a domain of the mapper is (or may be) guarded: at
+# configuration, or later, before the first ORM statement or flush after the vault changed.
+_armed: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+_loads_listened: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+_arm_lock = threading.Lock()
+_epoch = -1
+
+
+def _arm(mapper: Mapper[Any], plan: _MapperPlan) -> None:
+    with _arm_lock:
+        if mapper in _armed:
+            return
+        if mapper not in _loads_listened:
+            _listen_loads(mapper, plan)
+            _loads_listened.add(mapper)
+        _listen_flushes(mapper, plan)
+        _armed.add(mapper)
+
+
+def _arm_guarded() -> None:
+    global _epoch
+    epoch = sum(slot.generation for slot in _registry._slots.values())
+    if epoch == _epoch:
+        return
+    for mapper, plan in list(_mapper_plans.items()):
+        if mapper not in _armed and plan.any_guarded():
+            _arm(mapper, plan)
+    _epoch = epoch
+
+
+@event.listens_for(Mapper, "mapper_configured")
+def _mapper_configured(mapper: Mapper[Any], class_: type) -> None:
+    plan = _guard_attributes(mapper)
+    if plan is None:
+        return
+    if plan.any_guarded():
+        _arm(mapper, plan)
+    elif plan.row_bound:
+        # Row-bound values of other domains are decrypted on load with the entity's row key.
+        with _arm_lock:
+            _listen_loads(mapper, plan)
+            _loads_listened.add(mapper)
+
+
+@event.listens_for(Session, "before_flush")
+def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
+    _arm_guarded()
 
 
 def _loads_guarded_entities(orm_state: ORMExecuteState) -> bool:
@@ -706,6 +756,7 @@ def _loads_guarded_entities(orm_state: ORMExecuteState) -> bool:
 def _do_orm_execute(orm_state: ORMExecuteState) -> Any:
     if not orm_state.is_orm_statement or not _mapper_plans:
         return None
+    _arm_guarded()
     statement = orm_state.statement
     if not (orm_state.is_select or getattr(statement, "_returning", None)):
         return None

@@ -515,3 +515,38 @@ class TestPolicy:
             state = {k: v for k, v in vars(m).items() if not k.startswith("_sa_")}
         with pytest.raises(TypeError):
             pickle.dumps(state)  # the cells refuse pickling rather than leak
+
+    def test_domain_restricted_after_the_mappers_were_configured(self, tmp_path: Path) -> None:
+        """A vault configured after the mappers, making their domain restricted, still seals."""
+
+        class LateBase(DeclarativeBase):
+            pass
+
+        class Late(LateBase):
+            __tablename__ = "late_notes"
+            id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+            note: Mapped[str] = mapped_column(Encrypted(sa.Text, domain="medical"))
+
+        url = f"sqlite:///{tmp_path / 'late.db'}"
+        open_vault = Vault(provider=InMemoryKeyProvider(), store=url, domains=["medical"])
+        vaultkit.sqla.configure(open_vault)
+        sa.orm.configure_mappers()
+        engine = sa.create_engine(url)
+        LateBase.metadata.create_all(engine)
+        open_vault.close()
+        domains = [KeyDomain("medical", restricted=True)]
+        try:
+            with Vault(provider=InMemoryKeyProvider(), store=url, domains=domains) as v:
+                vaultkit.sqla.configure(v)
+                with Session(engine) as s:
+                    with acting_as(COACH, purpose="chat"):
+                        s.add(Late(note=NOTE))
+                        s.flush()
+                        late = s.scalars(sa.select(Late)).one()
+                        assert late.note == NOTE
+                    assert_no_plaintext(late)
+                    with acting_as(CLAIMS, purpose="claim"):
+                        assert sealed(late.note)
+        finally:
+            vaultkit.sqla.configure(None)
+            engine.dispose()
