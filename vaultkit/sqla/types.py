@@ -118,7 +118,7 @@ def _encoding_error(column: Encrypted | BlindIndexType, exc: BaseException) -> E
     message (the JSON encoder's, a user's normalising function's) may quote the value, so only
     its class is named.
     """
-    if isinstance(exc, VaultkitError):
+    if isinstance(exc, VaultkitError) and not isinstance(exc, EncodingError):
         return exc
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
@@ -796,12 +796,24 @@ class Encrypted(TypeDecorator[Any]):
                     return self._cell(value)
             elif orm_cells.get() and self.guarded():
                 return self._cell(value)
-        return self.decrypt_value(value)
+        if not self.migrating:
+            return self.decrypt_value(value)
+        # A legacy plaintext that fails to convert must not stay in this frame's locals (error
+        # reporters capture them): it travels on to decrypt_value only.
+        box = [value]
+        del value
+        return self.decrypt_value(box.pop())
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any]:
-        if self.row_key is not None or (
-            self.migrating or self._enum_class is not None or self.previous is not None
-        ):
+        if self.migrating:
+
+            def legacy(value: Any) -> Any:
+                box = [value]
+                del value  # as in process_result_value
+                return self.process_result_value(box.pop(), dialect)
+
+            return legacy
+        if self.row_key is not None or self._enum_class is not None or self.previous is not None:
             return lambda value: self.process_result_value(value, dialect)
         # Strict mode: a value without the vaultkit header fails the vault's own header check,
         # so no separate test for the magic is needed on this path.
