@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import functools
@@ -16,15 +17,15 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeGuard
+from typing import TYPE_CHECKING, Any, Final, TypeGuard
 
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from vaultkit._access import Principal, Scope, SealedValue, acting_as, current_scope
 from vaultkit._codec import PlainValue, decode_value, encode_value
+from vaultkit._offload import call as _call
+from vaultkit._offload import in_greenlet, run_async, sync_engine
 from vaultkit._redact import NoPickle
 from vaultkit.audit import AuditEvent, AuditLog
 from vaultkit.core import wire
@@ -41,6 +42,9 @@ from vaultkit.errors import (
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider, KeyRef
 from vaultkit.store import DataKeyRecord, DekState, KeyStore, SQLKeyStore
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["BlindIndexKey", "CacheInfo", "FieldCipher", "RotationReport", "Vault"]
 
@@ -213,6 +217,8 @@ class Vault(NoPickle):
         provider: the key provider holding the domains' KEKs.
         store: the key store: a :class:`~vaultkit.store.KeyStore`, an SQLAlchemy ``Engine`` or a
             database URL (tables ``vaultkit_data_keys`` and ``vaultkit_meta`` are created there).
+            An async URL or ``AsyncEngine`` gets a synchronous engine of vaultkit's own on the
+            same database (docs/sqlalchemy.md, "asyncio").
         domains: the key domains this vault serves; names or :class:`KeyDomain` objects.
         providers: per-domain providers that override ``provider`` (a medical KEK in its own HSM).
         cache_size: how many unwrapped DEKs to keep.
@@ -233,14 +239,14 @@ class Vault(NoPickle):
         self,
         *,
         provider: KeyProvider,
-        store: KeyStore | Engine | str,
+        store: KeyStore | Engine | AsyncEngine | str,
         domains: Iterable[KeyDomain | str],
         providers: Mapping[str, KeyProvider] | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
         cache_ttl: float = DEFAULT_CACHE_TTL,
         dek_max_encryptions: int = DEFAULT_MAX_ENCRYPTIONS,
         dek_max_age: dt.timedelta = DEFAULT_MAX_AGE,
-        audit: str | Engine | None = None,
+        audit: str | Engine | AsyncEngine | None = None,
         audit_domain: str | None = None,
         audit_batch_size: int = DEFAULT_AUDIT_BATCH,
     ) -> None:
@@ -281,8 +287,11 @@ class Vault(NoPickle):
         for name, domain_provider in self._providers.items():
             domain_provider.primary(name)
 
-        if isinstance(store, str | Engine):
-            self._store: KeyStore = SQLKeyStore(store)
+        if isinstance(store, str | Engine) or isinstance(
+            getattr(store, "sync_engine", None), Engine
+        ):
+            # An async URL or AsyncEngine: the store opens a sync engine of its own (_offload).
+            self._store: KeyStore = SQLKeyStore(store)  # type: ignore[arg-type]
             self._owns_store = True
         elif isinstance(store, KeyStore):
             self._store = store
@@ -428,7 +437,9 @@ class Vault(NoPickle):
             raise DomainError(f"domain {domain!r} is not declared in this vault")
         if not isinstance(version, int) or not 1 <= version <= 255:
             raise ConfigurationError("a blind-index version is an integer from 1 to 255")
-        return self._named_key(domain, f"{table}.{column}@v{version}", _INDEX_PURPOSE, version)
+        return _call(
+            self._named_key, domain, f"{table}.{column}@v{version}", _INDEX_PURPOSE, version
+        )
 
     def _named_key(self, domain: str, name: str, purpose: str, version: int) -> BlindIndexKey:
         """A named HMAC key of ``purpose`` in ``domain``, created on first use, then cached."""
@@ -634,19 +645,17 @@ class Vault(NoPickle):
 
     # -- audit ------------------------------------------------------------------------------------
 
-    def _open_audit_log(self, audit: str | Engine | None, domain: str) -> None:
+    def _open_audit_log(self, audit: str | Engine | AsyncEngine | None, domain: str) -> None:
         if domain not in self._domains:
             raise ConfigurationError(f"audit_domain {domain!r} is not declared in this vault")
         if not isinstance(self._audit_batch_size, int) or self._audit_batch_size < 1:
             raise ConfigurationError("audit_batch_size must be a positive integer")
-        if isinstance(audit, str):
-            try:
-                engine = sa_create_engine(audit)
-            except (SQLAlchemyError, ValueError, ImportError) as exc:
-                raise ConfigurationError(f"cannot use audit URL: {type(exc).__name__}") from None
-            self._audit_engine = engine
-        elif isinstance(audit, Engine):
-            engine = audit
+        made = sync_engine(audit, what="audit") if audit is not None else None
+        if made is not None:
+            # A sync URL or Engine, or an async one: then a sync engine of the vault's own.
+            engine, owned = made
+            if owned:
+                self._audit_engine = engine
         elif isinstance(self._store, SQLKeyStore):
             engine = self._store.engine
         else:
@@ -684,15 +693,38 @@ class Vault(NoPickle):
         with self._audit_lock:
             batch = self._audit_batches.get(key)
             if batch is None:
-                log_.append([self._audit_event(key, (row_text,) if row_text else (), 1)])
-                self._audit_batches[key] = [[], 0]
+                self._append(log_, [self._audit_event(key, (row_text,) if row_text else (), 1)])
+                # setdefault: in asyncio another task may have opened the batch meanwhile.
+                self._audit_batches.setdefault(key, [[], 0])
                 return
             if row_text is not None:
                 batch[0].append(row_text)
             batch[1] += 1
             if batch[1] >= self._audit_batch_size:
-                log_.append([self._audit_event(key, tuple(batch[0]), batch[1])])
+                rows, count = batch[0], batch[1]
                 batch[0], batch[1] = [], 0
+                try:
+                    self._append(log_, [self._audit_event(key, tuple(rows), count)])
+                except BaseException:
+                    batch[0][:0] = rows  # kept for the next write, with any added meanwhile
+                    batch[1] += count
+                    raise
+
+    def _append(self, log_: AuditLog, events: list[AuditEvent]) -> None:
+        """Write audit events; the caller holds ``_audit_lock``.
+
+        In SQLAlchemy's asyncio greenlet the write goes to a worker thread and the lock is let go
+        meanwhile: the greenlet switches to the event loop, and another task of the loop's thread
+        taking the lock would block that thread, and with it the write, for good.
+        """
+        if not in_greenlet():
+            log_.append(events)
+            return
+        self._audit_lock.release()
+        try:
+            _call(log_.append, events)
+        finally:
+            self._audit_lock.acquire()
 
     @staticmethod
     def _audit_event(key: tuple[Any, ...], rows: tuple[str, ...], count: int) -> AuditEvent:
@@ -726,7 +758,21 @@ class Vault(NoPickle):
                 if b[1]
             ]
             self._audit_batches.clear()
-            log_.append(events)
+            self._append(log_, events)
+
+    async def aflush_audit(self) -> None:
+        """:meth:`flush_audit` for asyncio code: the events are written in a worker thread.
+
+        .. versionadded:: 0.1.0
+        """
+        await run_async(self.flush_audit)
+
+    async def apreload(self, dek_ids: Iterable[bytes]) -> int:
+        """:meth:`preload` for asyncio code, in a worker thread, under the calling task's scope.
+
+        .. versionadded:: 0.1.0
+        """
+        return await asyncio.to_thread(self.preload, list(dek_ids))
 
     def close(self) -> None:
         """Record encryption counts in the key store and release what the vault opened."""
@@ -759,7 +805,7 @@ class Vault(NoPickle):
     def _seal(self, domain: str, plaintext: bytes, fields: bytes, where: Any = None) -> bytes:
         active = self._active.get(domain)
         if active is None or next(active.uses) > self._max_uses or active.deadline < _monotonic():
-            active = self._next_active(domain)
+            active = _call(self._next_active, domain)
         if active.gated:
             self._check_encrypt_grant(domain)
         key = active.key
@@ -867,7 +913,8 @@ class Vault(NoPickle):
         key = self._cache.by_header.get(blob[:_H])
         if key is None or key.expires_at < _monotonic():
             try:
-                key = self._key_for(blob)
+                # In SQLAlchemy's asyncio greenlet: in a worker thread, awaited (_offload).
+                key = _call(self._key_for, blob)
             except _Denied as denied:
                 return self._denied(denied.domain, where)
         else:
