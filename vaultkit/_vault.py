@@ -708,6 +708,7 @@ class Vault(NoPickle):
                 except BaseException:
                     batch[0][:0] = rows  # kept for the next write, with any added meanwhile
                     batch[1] += count
+                    self._audit_batches.setdefault(key, batch)
                     raise
 
     def _append(self, log_: AuditLog, events: list[AuditEvent]) -> None:
@@ -758,7 +759,9 @@ class Vault(NoPickle):
                 if b[1]
             ]
             self._audit_batches.clear()
-            self._append(log_, events)
+        # Written outside the lock (other threads and tasks go on auditing meanwhile); in
+        # SQLAlchemy's asyncio greenlet in a worker thread.
+        _call(log_.append, events)
 
     async def aflush_audit(self) -> None:
         """:meth:`flush_audit` for asyncio code: the events are written in a worker thread.
