@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import faulthandler
+import gc
 import signal
 import sys
 import threading
@@ -85,6 +86,9 @@ def watchdog(seconds: float) -> Iterator[None]:
         thread.join()
         signal.signal(signal.SIGUSR1, previous)
     if fired:
+        # Collect the abandoned greenlets now, not inside pytest's report (their teardown
+        # switches threads' frames, which the AST compiler of the traceback cannot stand).
+        gc.collect()
         pytest.fail(f"hung for more than {seconds}s (deadlock?): stacks dumped on stderr")
 
 
