@@ -188,8 +188,8 @@ def check_burst(
     assert vault.audit_log.verify().ok
 
 
-def new_vault(provider: InMemoryKeyProvider, store: Any) -> Vault:
-    return Vault(provider=provider, store=store, domains=DOMAINS)
+def new_vault(provider: InMemoryKeyProvider, store: Any, **options: Any) -> Vault:
+    return Vault(provider=provider, store=store, domains=DOMAINS, **options)
 
 
 def test_fifty_tasks_under_different_principals(async_url: str) -> None:
@@ -377,3 +377,54 @@ def test_async_url_key_store_gets_a_sync_engine(tmp_path: Any) -> None:
         blob = v.encrypt("x", domain="identity")
         assert v.decrypt(blob) == "x"
         assert v.store.engine.url.drivername == "sqlite+pysqlite"  # type: ignore[attr-defined]
+
+
+def test_full_audit_batches_written_from_many_tasks(tmp_path: Any) -> None:
+    """With audit batches of 3 row keys, the batches that fill up inside SQLAlchemy's greenlet
+    are written off the loop while other tasks go on adding to them: no row key is lost."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+
+    async def main() -> None:
+        engine = create_async_engine(url)
+        provider = InMemoryKeyProvider(["identity", "medical"])
+        try:
+            with new_vault(provider, url) as writer:
+                expected = await seed(engine, writer)
+            with new_vault(provider, url, audit_batch_size=3) as vault:
+                vaultkit.sqla.configure(vault)
+                results = await burst(engine, 20)
+                await vault.aflush_audit()
+                await asyncio.to_thread(check_burst, results, expected, vault)
+                assert vault.audit_log is not None
+                rows = collections.Counter()
+                for _seq, event, _prev, _mac in vault.audit_log.read():
+                    if event.action == "decrypt" and event.principal.startswith("task-"):
+                        rows[event.principal] += len(event.rows)
+                # Every read row key is logged once (the first read's key is in its own event).
+                assert set(rows.values()) == {MEMBERS}
+        finally:
+            await engine.dispose()
+
+    with watchdog(TIMEOUT + 30):
+        asyncio.run(main())
+
+
+def test_async_audit_url_gets_a_sync_engine_of_the_vaults_own(tmp_path: Any) -> None:
+    """``audit=`` an aiosqlite URL: the audit log is written through a pysqlite engine that the
+    vault made, and disposes of on close."""
+    from vaultkit.store import MemoryKeyStore
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+    vault = Vault(
+        provider=InMemoryKeyProvider(["medical"]),
+        store=MemoryKeyStore(),
+        domains=[KeyDomain("medical", audited=True)],
+        audit=url,
+    )
+    with vault:
+        assert vault.audit_log is not None
+        assert vault.audit_log.engine.url.drivername == "sqlite+pysqlite"
+        with acting_as(Principal("p"), purpose="t"):
+            vault.decrypt(vault.encrypt("x", domain="medical"))
+        vault.flush_audit()
+        assert [e.action for _s, e, _p, _m in vault.audit_log.read()] == ["write", "decrypt"]
