@@ -20,6 +20,11 @@ tag   type             payload
 0A    UUID             16 bytes
 0B    dict or list     JSON, sorted keys, no spaces, UTF-8, NaN refused
 ====  ===============  =====================================================================
+
+JSON nested deeper than the interpreter's recursion limit lets :mod:`json` go (about 1,000 levels
+by default, fewer when the call stack is already deep) is refused with :class:`EncodingError` on
+encryption, and an authenticated payload nested that deep fails with :class:`DecryptionError`:
+never a ``RecursionError``, whoever wrote the plaintext.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final, TypeAlias
 
-from vaultkit.errors import DecryptionError
+from vaultkit.errors import DecryptionError, EncodingError
 
 __all__ = ["PlainValue", "decode_value", "encode_value"]
 
@@ -71,9 +76,14 @@ def _datetime(value: dt.datetime) -> bytes:
 
 
 def _json(value: JSONValue) -> bytes:
-    text = json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    try:
+        text = json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except RecursionError:
+        # The C encoder counts its nesting against the recursion limit; a value that deep (or a
+        # self-referencing one the circular check misses) is refused, not half-encoded.
+        raise EncodingError("JSON value is nested too deeply to encode") from None
     return bytes((JSON,)) + text.encode("utf-8")
 
 
@@ -128,10 +138,13 @@ def encode_value(value: PlainValue, *, pad_to: int | None = None) -> bytes:
             return b"\x01" + value.encode("utf-8")
         data = _encoder_for(value)(value)
     except UnicodeEncodeError:
-        raise ValueError("string is not valid Unicode (lone surrogate)") from None
+        raise EncodingError("string is not valid Unicode (lone surrogate)") from None
+    except EncodingError:
+        raise
     except ValueError as exc:
-        # json.dumps refuses NaN and infinities; its message quotes no value.
-        raise ValueError(f"value cannot be encoded: {exc}") from None
+        # json.dumps refuses NaN and infinities and circular references; its message quotes no
+        # value.
+        raise EncodingError(f"value cannot be encoded: {exc}") from None
     if pad_to is None:
         return data
     if not 1 <= pad_to <= MAX_PAD_BLOCK:
@@ -200,5 +213,7 @@ def decode_value(data: bytes) -> PlainValue:
         raise DecryptionError
     try:
         return decoder(body)
-    except (ValueError, TypeError, KeyError, struct.error, ArithmeticError):
+    except (ValueError, TypeError, KeyError, struct.error, ArithmeticError, RecursionError):
+        # RecursionError: JSON nested deeper than the recursion limit, authenticated or not, is
+        # a damaged value like any other.
         raise DecryptionError from None

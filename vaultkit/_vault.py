@@ -27,11 +27,12 @@ from vaultkit._codec import PlainValue, decode_value, encode_value
 from vaultkit._offload import call as _call
 from vaultkit._offload import in_greenlet, run_async, sync_engine
 from vaultkit._redact import NoPickle
-from vaultkit.audit import AuditEvent, AuditLog
+from vaultkit.audit import AuditEvent, AuditLog, audit_log_exists, writer_table_prefix
 from vaultkit.core import wire
 from vaultkit.core.envelope import DataKey, new_data_key, new_dek_id, wrap_context
 from vaultkit.errors import (
     AccessDeniedError,
+    AuditError,
     ConfigurationError,
     DecryptionError,
     DomainError,
@@ -123,6 +124,61 @@ class _Denied(Exception):  # noqa: N818 - internal control flow, never raised to
         self.domain = domain
 
 
+#: Seconds a DEK id the key store did not know (or holds destroyed) is answered from memory. A DEK
+#: created meanwhile by another process (seen late through a lagging replica) is readable after it.
+NEGATIVE_TTL: Final = 5.0
+NEGATIVE_CACHE_SIZE: Final = 4096  # unknown DEK ids remembered, 16 bytes each
+#: Key-store lookups that may find nothing per NEGATIVE_TTL window before the vault stops asking
+#: for ids it does not know and reads the list of readable DEK ids instead (see _Unknown).
+UNKNOWN_LOOKUP_BUDGET: Final = 64
+SNAPSHOT_MAX: Final = 100_000  # readable DEK ids a vault keeps in memory at most (16 bytes each)
+
+
+class _Unknown:
+    """DEK ids the key store did not have, and a shared budget of lookups that find nothing.
+
+    Remembering each unknown id for ``NEGATIVE_TTL`` stops hostile values that repeat a few ids.
+    Random ids defeat any per-id cache, so misses also share a budget: after
+    ``UNKNOWN_LOOKUP_BUDGET`` misses in one window the vault reads the set of readable DEK ids once
+    (one query) and answers every id outside it without a lookup until the window ends. Known DEKs
+    are never refused; a DEK created after the set was read becomes readable when the window ends.
+    Hostile values therefore cost at most ``UNKNOWN_LOOKUP_BUDGET + 1`` key-store queries per window,
+    however many there are and whatever ids they name. A store found to hold more than
+    ``SNAPSHOT_MAX`` key rows is not listed again: that vault keeps to the per-id cache alone.
+    """
+
+    __slots__ = ("ids", "misses", "snapshot", "too_big", "window_end")
+
+    def __init__(self) -> None:
+        self.ids: OrderedDict[bytes, float] = OrderedDict()  # DEK id -> when to ask again
+        self.window_end = 0.0
+        self.misses = 0
+        self.snapshot: frozenset[bytes] | None = None  # readable ids, while the window lasts
+        self.too_big = False
+
+    def refuses(self, dek_id: bytes, now: float) -> bool:
+        """Whether ``dek_id`` is known to be unusable without asking the key store."""
+        if now >= self.window_end:
+            self.window_end = now + NEGATIVE_TTL
+            self.misses = 0
+            self.snapshot = None
+        until = self.ids.get(dek_id)
+        if until is not None:
+            if until > now:
+                return True
+            del self.ids[dek_id]
+        return self.snapshot is not None and dek_id not in self.snapshot
+
+    def add(self, dek_id: bytes, now: float) -> bool:
+        """Remember an id the store did not have; return whether the window's budget is spent."""
+        self.ids.pop(dek_id, None)
+        while len(self.ids) >= NEGATIVE_CACHE_SIZE:
+            self.ids.popitem(last=False)
+        self.ids[dek_id] = now + NEGATIVE_TTL
+        self.misses += 1
+        return self.snapshot is None and not self.too_big and self.misses >= UNKNOWN_LOOKUP_BUDGET
+
+
 class _KeyCache:
     """Unwrapped DEKs by id and by header, bounded, with second-chance (CLOCK) eviction."""
 
@@ -130,6 +186,7 @@ class _KeyCache:
         self.max_size = max_size
         self.by_id: OrderedDict[bytes, DataKey] = OrderedDict()
         self.by_header: dict[bytes, DataKey] = {}
+        self.unknown = _Unknown()
 
     def put(self, key: DataKey) -> None:
         old = self.by_id.pop(key.dek_id, None)
@@ -154,6 +211,7 @@ class _KeyCache:
     def clear(self) -> None:
         self.by_id.clear()
         self.by_header.clear()
+        self.unknown = _Unknown()
 
 
 def _as_bytes(blob: object) -> bytes:
@@ -315,6 +373,8 @@ class Vault(NoPickle):
         self._audit_log: AuditLog | None = None
         self._audit_engine: Engine | None = None  # an audit engine this vault made (audit=URL)
         self._audit_batches: dict[tuple[Any, ...], list[Any]] = {}
+        self._audit_pending: list[AuditEvent] = []  # events a failed write kept, written first
+        self._audit_writers: dict[str, Any] = {}  # pinned encrypt-only writers: name -> key
         self._audit_lock = threading.Lock()
         self._audit_batch_size = audit_batch_size
         audited = [d.name for d in declared.values() if d.audited]
@@ -663,21 +723,59 @@ class Vault(NoPickle):
                 "audited domains need an audit log: give audit= (a database URL or Engine) or use "
                 "an SQL key store"
             )
+        provider = self._providers[domain]
+        signer = getattr(provider, "audit_signer", None)
+        writer = signer(domain) if callable(signer) else None
+        if writer is not None:
+            # An encrypt-only writer cannot read the unit's audit key (nor make one): it logs
+            # into a chain of its own, signed with its writer key, which the unit verifies.
+            public, sign = writer
+            self._audit_log = AuditLog.of_writer(engine, public, sign=sign)
+            return
         key = self._named_key(domain, "audit-log@v1", _AUDIT_PURPOSE, 1)
         self._audit_log = AuditLog(engine, mac=key.digest)
+        pinned = getattr(provider, "pinned_writers", None)
+        self._audit_writers = dict(pinned()) if callable(pinned) else {}
 
     @property
     def audit_log(self) -> AuditLog | None:
-        """The audit log of the audited domains, or ``None`` when no domain is audited."""
+        """The audit log this vault writes, or ``None`` when no domain is audited.
+
+        In an encrypt-only writer (the audit domain's provider holds only the public key, with
+        a ``signer``) it is the writer's own chain, signed with the writer key.
+        """
         return self._audit_log
 
-    def _audit(self, action: str, domain: str, where: Any, dek_id: bytes | None) -> None:
-        """Log one access to an audited domain; the first of a batch is written before returning.
+    @property
+    def writer_audit_logs(self) -> dict[str, AuditLog]:
+        """The audit chains of the encrypt-only writers the audit domain's provider pins.
 
-        Bulk reads share one event per batch: the first access of a (principal, purpose, action,
-        domain, table, column, DEK) is written at once, so that a failed write fails the access;
-        further row keys are written together every ``audit_batch_size`` accesses, when the
+        Read-only, by writer name, for those that have logged anything (whose tables exist):
+        verify each with :meth:`AuditLog.verify`. Empty for a provider that pins no writer.
+        """
+        log_ = self._audit_log
+        if log_ is None:
+            return {}
+        engine = log_.engine
+        return {
+            name: AuditLog.of_writer(engine, key, name=name)
+            for name, key in self._audit_writers.items()
+            if audit_log_exists(engine, table_prefix=writer_table_prefix(key))
+        }
+
+    def _audit(self, action: str, domain: str, where: Any, dek_id: bytes | None) -> None:
+        """Log one access to an audited domain, or raise :class:`AuditError`: never neither.
+
+        Bulk reads share one event per batch, a batch being the accesses of one (principal,
+        purpose, action, domain, table, column, DEK). The first access of a batch is written at
+        once, so a log that cannot be written fails the access. Further row keys are written
+        together when the batch is full (``audit_batch_size`` accesses), when the
         ``vault.acting_as`` block ends, on :meth:`flush_audit` and on :meth:`close`.
+
+        A write that fails keeps its events (never discards them): every later access of the
+        vault first writes them, and fails while it cannot. So a batch holds at most
+        ``audit_batch_size - 1`` unwritten accesses, and while the log is down no access
+        succeeds and nothing piles up.
         """
         log_ = self._audit_log
         if log_ is None:
@@ -691,25 +789,39 @@ class Vault(NoPickle):
         key = (scope.principal.name, scope.purpose, action, domain, table, column, dek_id)
         row_text = wire.context_value_text(row) if row is not None else None
         with self._audit_lock:
+            if self._audit_pending:
+                # An earlier write failed: its events go first, or this access fails too.
+                pending, self._audit_pending = self._audit_pending, []
+                try:
+                    self._append(log_, pending)
+                except AuditError:
+                    self._audit_pending[:0] = pending
+                    raise
             batch = self._audit_batches.get(key)
             if batch is None:
                 self._append(log_, [self._audit_event(key, (row_text,) if row_text else (), 1)])
                 # setdefault: in asyncio another task may have opened the batch meanwhile.
                 self._audit_batches.setdefault(key, [[], 0])
                 return
-            if row_text is not None:
-                batch[0].append(row_text)
-            batch[1] += 1
-            if batch[1] >= self._audit_batch_size:
-                rows, count = batch[0], batch[1]
-                batch[0], batch[1] = [], 0
-                try:
-                    self._append(log_, [self._audit_event(key, tuple(rows), count)])
-                except BaseException:
-                    batch[0][:0] = rows  # kept for the next write, with any added meanwhile
-                    batch[1] += count
-                    self._audit_batches.setdefault(key, batch)
-                    raise
+            if batch[1] + 1 < self._audit_batch_size:
+                if row_text is not None:
+                    batch[0].append(row_text)
+                batch[1] += 1
+                return
+            # The batch is full with this access: write it now, this access included. The batch
+            # is emptied first: in asyncio other tasks may add to it while the write is under way.
+            rows = (*batch[0], row_text) if row_text is not None else tuple(batch[0])
+            earlier = (tuple(batch[0]), batch[1])
+            batch[0], batch[1] = [], 0
+            try:
+                self._append(log_, [self._audit_event(key, rows, earlier[1] + 1)])
+            except AuditError:
+                # Keep the batch's earlier accesses (they returned); this one fails, unrecorded.
+                if not batch[1] and self._audit_batches.get(key) is batch:
+                    del self._audit_batches[key]
+                if earlier[1]:
+                    self._audit_pending.append(self._audit_event(key, *earlier))
+                raise
 
     def _append(self, log_: AuditLog, events: list[AuditEvent]) -> None:
         """Write audit events; the caller holds ``_audit_lock``.
@@ -746,22 +858,35 @@ class Vault(NoPickle):
     def flush_audit(self) -> None:
         """Write the row keys of every open audit batch and close the batches.
 
+        Events that an earlier write could not store are written first. If the write fails,
+        every event is kept for the next attempt (this call again, :meth:`close`, or the next
+        audited access, which fails until they are written).
+
         Raises:
-            AuditError: the events could not be written.
+            AuditError: the events could not be written (they are kept).
         """
         log_ = self._audit_log
         if log_ is None:
             return
         with self._audit_lock:
             events = [
-                self._audit_event(k, tuple(b[0]), b[1])
-                for k, b in self._audit_batches.items()
-                if b[1]
+                *self._audit_pending,
+                *(
+                    self._audit_event(k, tuple(b[0]), b[1])
+                    for k, b in self._audit_batches.items()
+                    if b[1]
+                ),
             ]
             self._audit_batches.clear()
+            self._audit_pending = []
         # Written outside the lock (other threads and tasks go on auditing meanwhile); in
         # SQLAlchemy's asyncio greenlet in a worker thread.
-        _call(log_.append, events)
+        try:
+            _call(log_.append, events)
+        except AuditError:
+            with self._audit_lock:
+                self._audit_pending[:0] = events
+            raise
 
     async def aflush_audit(self) -> None:
         """:meth:`flush_audit` for asyncio code: the events are written in a worker thread.
@@ -778,7 +903,13 @@ class Vault(NoPickle):
         return await asyncio.to_thread(self.preload, list(dek_ids))
 
     def close(self) -> None:
-        """Record encryption counts in the key store and release what the vault opened."""
+        """Record encryption counts in the key store and release what the vault opened.
+
+        Raises:
+            AuditError: the open audit batches could not be written; the vault stays open with
+                the events kept, so that ``close()`` can be called again once the log is
+                writable.
+        """
         if not self._closed and self._audit_log is not None:
             self.flush_audit()
         with self._lock:
@@ -916,8 +1047,7 @@ class Vault(NoPickle):
         key = self._cache.by_header.get(blob[:_H])
         if key is None or key.expires_at < _monotonic():
             try:
-                # In SQLAlchemy's asyncio greenlet: in a worker thread, awaited (_offload).
-                key = _call(self._key_for, blob)
+                key = self._key_for(blob, domain)
             except _Denied as denied:
                 return self._denied(denied.domain, where)
         else:
@@ -926,19 +1056,29 @@ class Vault(NoPickle):
             raise DecryptionError
         if key.restricted and key.domain not in current_scope().principal.grants:
             return self._denied(key.domain, where)
+        if key.audited:
+            # Logged before decrypting, so that when the event cannot be written the error is
+            # raised while no frame holds plaintext (reporters that capture locals would ship it).
+            self._audit("decrypt", key.domain, where, key.dek_id)
         try:
             plaintext = key.cipher.decrypt(blob[_H:_P], blob[_P:], key.aad_prefix + fields)
         except InvalidTag:
             raise DecryptionError from None
-        if key.audited:
-            # Logged before the plaintext leaves: if the event cannot be written, this raises.
-            self._audit("decrypt", key.domain, where, key.dek_id)
         if plaintext[:1] == b"\x01":  # str, the common case, decoded here without a call
             try:
                 return plaintext[1:].decode("utf-8")
             except UnicodeDecodeError:
-                raise DecryptionError from None
-        return decode_value(plaintext)
+                pass
+        else:
+            try:
+                return decode_value(plaintext)
+            except DecryptionError:
+                pass
+        # An authenticated plaintext that does not decode: raised here, after the except blocks,
+        # so that neither this frame nor a chained error (UnicodeDecodeError keeps the bytes)
+        # holds it.
+        del plaintext
+        raise DecryptionError
 
     def _is_denied(self, domain: str) -> bool:
         policy = self._domains.get(domain)
@@ -948,31 +1088,94 @@ class Vault(NoPickle):
             and domain not in current_scope().principal.grants
         )
 
-    def _key_for(self, blob: bytes) -> DataKey:
+    def _key_for(self, blob: bytes, domain: str | None) -> DataKey:
+        """The DEK ``blob`` names, for a value of ``domain`` (``None``: the value's own).
+
+        Raises _Denied before any key-store read or provider call when the reader lacks the grant
+        of the column's domain (or, without one, of the DEK's known domain), and DecryptionError
+        for a DEK of another domain than the column's: it can never be right, whoever reads.
+        """
         _suite, dek_id, commitment = wire.parse_header(blob)
-        # A reader without the grant is turned away before any key-store read or provider call.
         known = self._dek_domains.get(dek_id)
-        if known is not None and self._is_denied(known):
-            raise _Denied(known)
+        if known is not None:
+            if domain is not None and known != domain:
+                raise DecryptionError
+            if self._is_denied(known):
+                raise _Denied(known)
+        elif domain is not None and self._is_denied(domain):
+            raise _Denied(domain)
         key = self._cache.by_id.get(dek_id)
         if key is None or key.expires_at < _monotonic():
-            with self._lock:
-                key = self._cache.by_id.get(dek_id)
-                if key is None or key.expires_at < _monotonic():
-                    record = self._store.get(dek_id)
-                    if not _readable(record):
-                        self._cache.drop(dek_id)
-                        log.debug("no usable DEK %s for a value", dek_id.hex())
-                        raise DecryptionError
-                    if len(self._dek_domains) >= _DEK_DOMAINS_MAX:
-                        self._dek_domains.clear()
-                    self._dek_domains[dek_id] = record.domain
-                    if self._is_denied(record.domain):
-                        raise _Denied(record.domain)
-                    key = self._unwrap(record)
+            # In SQLAlchemy's asyncio greenlet: in a worker thread, awaited (_offload).
+            key = _call(self._load_key, dek_id, domain)
         if not hmac.compare_digest(key.commitment, commitment):
             raise DecryptionError
         return key
+
+    def _load_key(self, dek_id: bytes, domain: str | None) -> DataKey:
+        """Read and unwrap a DEK that is not cached (key-store read, provider call)."""
+        with self._lock:
+            key = self._cache.by_id.get(dek_id)
+            if key is None or key.expires_at < _monotonic():
+                record = self._readable_record(dek_id)
+                if record is None:
+                    self._cache.drop(dek_id)
+                    log.debug("no usable DEK %s for a value", dek_id.hex())
+                    raise DecryptionError
+                if len(self._dek_domains) >= _DEK_DOMAINS_MAX:
+                    self._dek_domains.clear()
+                self._dek_domains[dek_id] = record.domain
+                if domain is not None and record.domain != domain:
+                    raise DecryptionError
+                if self._is_denied(record.domain):
+                    raise _Denied(record.domain)
+                key = self._unwrap(record)
+        return key
+
+    def _readable_record(self, dek_id: bytes) -> DataKeyRecord | None:
+        """The readable data-key row of ``dek_id``, or ``None``; call with the lock held.
+
+        Ids the store did not have are answered from memory for a while, and lookups that find
+        nothing share a budget per window (see :class:`_Unknown`).
+        """
+        unknown = self._cache.unknown
+        now = _monotonic()
+        if unknown.refuses(dek_id, now) and not any(
+            # A DEK this vault took since the list was read is not in it, and is surely real.
+            active.key.dek_id == dek_id
+            for active in self._active.values()
+        ):
+            return None
+        record = self._store.get(dek_id)
+        if _readable(record):
+            return record
+        if unknown.add(dek_id, now):
+            self._list_readable(unknown)
+        return None
+
+    def _list_readable(self, unknown: _Unknown) -> None:
+        ids: set[bytes] = set()
+        rows = 0
+        for record in self._store.records():
+            rows += 1
+            if rows > SNAPSHOT_MAX:
+                unknown.too_big = True
+                log.warning(
+                    "values name many unknown DEK ids; the key store has more than %d rows, so "
+                    "each unknown id costs a lookup",
+                    SNAPSHOT_MAX,
+                )
+                return
+            if _readable(record):
+                ids.add(record.dek_id)
+        unknown.snapshot = frozenset(ids)
+        log.warning(
+            "%d values named DEK ids the key store does not have within %.0f s; ids outside the "
+            "%d readable DEKs are refused without a lookup for the rest of that time",
+            unknown.misses,
+            NEGATIVE_TTL,
+            len(ids),
+        )
 
     def preload(self, dek_ids: Iterable[bytes]) -> int:
         """Unwrap the given DEKs into the cache ahead of a read; return how many were unwrapped.
@@ -987,9 +1190,9 @@ class Vault(NoPickle):
                 cached = self._cache.by_id.get(dek_id)
                 if cached is not None and cached.expires_at >= _monotonic():
                     continue
-                record = self._store.get(dek_id)
+                record = self._readable_record(dek_id)
                 if (
-                    not _readable(record)
+                    record is None
                     or record.domain not in self._providers
                     or self._is_denied(record.domain)
                 ):
@@ -1054,6 +1257,7 @@ class Vault(NoPickle):
         self._active = {}
         self._audit_lock = threading.Lock()
         self._audit_batches = {}
+        self._audit_pending = []
         if self._audit_log is not None:
             # The parent's pooled audit connections are the parent's: the child opens its own
             # (SQLAlchemy's "Using Connection Pools with Multiprocessing or os.fork()").

@@ -40,18 +40,30 @@ from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy as sa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import SQLAlchemyError
 
 from vaultkit._redact import NoPickle
-from vaultkit.errors import AuditError
+from vaultkit.core import wire
+from vaultkit.core.envelope import wrap_context
+from vaultkit.errors import AuditError, KeyAuthenticationError, KeyStoreError
+from vaultkit.keys.provider import KeyProvider, KeyRef
+from vaultkit.store import DekState, KeyStore
 
 __all__ = [
     "AuditEvent",
     "AuditLog",
     "Checkpoint",
     "VerifyResult",
+    "audit_key_id",
+    "audit_log_exists",
+    "read_audit_key",
     "read_checkpoint",
     "write_checkpoint",
+    "writer_table_prefix",
 ]
 
 log = logging.getLogger("vaultkit")
@@ -62,7 +74,15 @@ _HEAD_ID: Final = 1
 # a chain MAC's input (32 bytes of previous mac and then the event), and the keys stay apart.
 _HEAD_LABEL: Final = b"vaultkit audit head key v1"
 _CHECKPOINT_LABEL: Final = b"vaultkit audit checkpoint v1"
+# Labels of a writer chain's Ed25519 signatures (links and head). They differ from the X25519
+# provider's key-row label ("vaultkit x25519 writer v1") in their ninth byte, so no signature of
+# one kind is ever a valid signature of the other.
+_WRITER_LINK_LABEL: Final = b"vaultkit audit writer link v1"
+_WRITER_HEAD_LABEL: Final = b"vaultkit audit writer head v1"
 _CHECKPOINT_VERSION: Final = 1
+#: The audit key's name and purpose in the key store (a named key, like a blind-index key).
+AUDIT_KEY_NAME: Final = "audit-log@v1"
+_AUDIT_PURPOSE: Final = "audit"
 _CHECKPOINT_MAX: Final = 4096  # bytes: a checkpoint file is about 250
 
 
@@ -106,6 +126,12 @@ class VerifyResult:
     events: int
     first_broken: int | None = None
     reason: str = ""
+    #: What the result does not cover, said plainly (a head of the first layout, opened
+    #: read-only, carries no MAC of its own); empty when the check was complete.
+    note: str = ""
+    #: Events whose stored time lost its microseconds (MySQL/MariaDB before the ``at`` column
+    #: kept them): their MACs cannot be recomputed, so they are not verified.
+    truncated: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +294,190 @@ class _KeyedMac(NoPickle):
         return digest.digest()
 
 
+class _HmacLinks(NoPickle):
+    """The links of a vault's own chain: HMAC-SHA256 under the audit key (and keys derived)."""
+
+    __slots__ = ("_checkpoint", "_head", "_mac")
+    size: Final = 32
+
+    def __init__(self, mac: Callable[[bytes], bytes]) -> None:
+        self._mac = mac
+        self._head = _KeyedMac(mac, _HEAD_LABEL)
+        self._checkpoint = _KeyedMac(mac, _CHECKPOINT_LABEL)
+
+    def link(self, prev: bytes, data: bytes) -> bytes:
+        return self._mac(prev + data)
+
+    def check(self, prev: bytes, data: bytes, link: bytes) -> bool:
+        return hmac.compare_digest(self._mac(prev + data), link)
+
+    def head(self, data: bytes) -> bytes:
+        return self._head(b"\x01" + data)
+
+    def check_head(self, data: bytes, auth: bytes) -> bool:
+        return hmac.compare_digest(self.head(data), auth)
+
+    def checkpoint(self, body: bytes) -> bytes:
+        return self._checkpoint(body)
+
+
+class _SignedLinks(NoPickle):
+    """The links of an encrypt-only writer's chain: Ed25519 signatures by the writer's key.
+
+    The writer signs (``sign``); the unit, pinning the writer's public key, only verifies. A
+    database writer holds neither the signing key nor a MAC key, so it can no more forge a link
+    of this chain than of the unit's.
+    """
+
+    __slots__ = ("_public", "_sign", "name")
+    size: Final = 64
+
+    def __init__(
+        self, public: Ed25519PublicKey, sign: Callable[[bytes], bytes] | None, name: str
+    ) -> None:
+        self._public = public
+        self._sign = sign
+        self.name = name
+
+    def _signed(self, data: bytes) -> bytes:
+        if self._sign is None:
+            raise AuditError(f"the audit chain of writer {self.name} is only verified here")
+        return self._sign(data)
+
+    def _verified(self, signature: bytes, data: bytes) -> bool:
+        try:
+            self._public.verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True
+
+    def link(self, prev: bytes, data: bytes) -> bytes:
+        return self._signed(_WRITER_LINK_LABEL + prev + data)
+
+    def check(self, prev: bytes, data: bytes, link: bytes) -> bool:
+        return self._verified(link, _WRITER_LINK_LABEL + prev + data)
+
+    def head(self, data: bytes) -> bytes:
+        return self._signed(_WRITER_HEAD_LABEL + data)
+
+    def check_head(self, data: bytes, auth: bytes) -> bool:
+        return self._verified(auth, _WRITER_HEAD_LABEL + data)
+
+    def checkpoint(self, body: bytes) -> bytes:
+        raise AuditError(
+            f"checkpoints are taken of the unit's own audit log, not of writer {self.name}'s chain"
+        )
+
+
+_Links = _HmacLinks | _SignedLinks
+
+
+def _unhex(text: object) -> bytes | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return None
+
+
+def writer_table_prefix(public: Ed25519PublicKey, table_prefix: str = "vaultkit_") -> str:
+    """The table prefix of an encrypt-only writer's own audit chain.
+
+    ``<table_prefix>w<writer id>_``, the writer id being the first 8 bytes of SHA-256 of the
+    writer's raw Ed25519 public key in hex (the id its signed key rows carry).
+    """
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return f"{table_prefix}w{hashlib.sha256(raw).digest()[:8].hex()}_"
+
+
+def audit_log_exists(engine: sa.Engine, *, table_prefix: str = "vaultkit_") -> bool:
+    """Whether both audit tables exist in ``engine``'s database; reads only.
+
+    Raises:
+        AuditError: the database cannot be reached.
+    """
+    try:
+        inspector = sa.inspect(engine)
+        return inspector.has_table(f"{table_prefix}audit_events") and inspector.has_table(
+            f"{table_prefix}audit_head"
+        )
+    except SQLAlchemyError as exc:
+        raise AuditError(f"the audit database cannot be read: {type(exc).__name__}") from None
+
+
+def audit_key_id(domain: str) -> bytes:
+    """The key-store id of ``domain``'s audit key (derived from its name, as Vault makes it)."""
+    digest = hashlib.sha256(
+        b"vaultkit index key v1\x00" + wire.encode_field(domain) + wire.encode_field(AUDIT_KEY_NAME)
+    )
+    return digest.digest()[: wire.DEK_ID_SIZE]
+
+
+class _AuditKey(NoPickle):
+    """HMAC-SHA256 under the audit key; holds only the HMAC state."""
+
+    __slots__ = ("_base",)
+
+    def __init__(self, base: Any) -> None:
+        self._base = base
+
+    def __call__(self, data: bytes) -> bytes:
+        digest = self._base.copy()
+        digest.update(data)
+        return bytes(digest.digest())
+
+    def __repr__(self) -> str:
+        return "_AuditKey(***)"
+
+
+def read_audit_key(
+    store: KeyStore, provider: KeyProvider, domain: str
+) -> Callable[[bytes], bytes] | None:
+    """The HMAC of ``domain``'s audit key, unwrapped from ``store`` by ``provider``; reads only.
+
+    Returns ``None`` when the store holds no audit key for the domain (no vault ever audited it
+    there). Unlike :class:`~vaultkit.Vault`, it never creates one.
+
+    Raises:
+        KeyStoreError: the row is not the audit key, was destroyed, or was not made by the
+            holder of the domain's key (a planted row in an encrypt-only domain).
+        KeyProviderError: the provider cannot unwrap it (an encrypt-only key, a revoked KEK).
+    """
+    dek_id = audit_key_id(domain)
+    record = store.get(dek_id)
+    if record is None:
+        return None
+    if record.purpose != _AUDIT_PURPOSE or record.domain != domain or record.name != AUDIT_KEY_NAME:
+        raise KeyStoreError(f"key-store row {dek_id.hex()} is not the audit key of {domain}")
+    if record.state is DekState.DESTROYED:
+        raise KeyStoreError(f"the audit key of domain {domain} was destroyed")
+    ref = KeyRef(domain, record.kek_id, record.kek_version)
+    try:
+        base = hmac.new(
+            provider.unwrap(
+                ref, record.wrapped, context=wrap_context(domain, dek_id, _AUDIT_PURPOSE)
+            ),
+            digestmod=hashlib.sha256,
+        )
+    except KeyAuthenticationError:
+        raise KeyStoreError(
+            f"the audit key of domain {domain} (key row {dek_id.hex()}) was not made by the "
+            "holder of the domain's key; refused"
+        ) from None
+    return _AuditKey(base)
+
+
+#: The time of an event. MySQL and MariaDB keep whole seconds in a bare DATETIME; the MAC covers
+#: microseconds, so there the column is DATETIME(6) (and widened on open; see AuditLog).
+_TIMESTAMP: Final = (
+    sa.DateTime(timezone=True)
+    .with_variant(mysql.DATETIME(fsp=6), "mysql")
+    .with_variant(mysql.DATETIME(fsp=6), "mariadb")
+)
+_MYSQL: Final = frozenset({"mysql", "mariadb"})
+
+
 class AuditLog:
     """The audit tables ``vaultkit_audit_events`` and ``vaultkit_audit_head`` in an SQL database.
 
@@ -275,26 +485,45 @@ class AuditLog:
         engine: where the tables live (by default the key store's database).
         mac: the keyed HMAC of the chain: ``mac(data) -> 32 bytes``.
         table_prefix: prefix of the two table names.
+        read_only: open for verification only: create nothing, upgrade nothing, write nothing
+            (:meth:`append` refuses). Missing tables raise :class:`AuditError`
+            (:func:`audit_log_exists` tells beforehand). A head of the first layout is verified
+            as it is, without its own MAC, and :attr:`VerifyResult.note` says so.
 
-    A head table written before the head carried its own MAC gains the columns ``log_id`` and
-    ``auth`` when the log is opened, and its head is authenticated then, once.
+    Opened for writing, the log creates missing tables; a head table written before the head
+    carried its own MAC gains the columns ``log_id`` and ``auth`` and its head is authenticated,
+    once; on MySQL/MariaDB an ``at`` column of whole seconds is widened to ``DATETIME(6)``.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       ``read_only``; ``DATETIME(6)`` on MySQL/MariaDB; :meth:`of_writer` chains.
     """
 
     def __init__(
-        self, engine: sa.Engine, mac: Callable[[bytes], bytes], *, table_prefix: str = "vaultkit_"
+        self,
+        engine: sa.Engine,
+        mac: Callable[[bytes], bytes] | None = None,
+        *,
+        table_prefix: str = "vaultkit_",
+        read_only: bool = False,
+        _links: _Links | None = None,
     ) -> None:
+        if _links is None:
+            if mac is None:
+                raise TypeError("AuditLog needs mac=, the keyed HMAC of the chain")
+            _links = _HmacLinks(mac)
         self.engine = engine
-        self._mac = mac
-        self._head_mac = _KeyedMac(mac, _HEAD_LABEL)
-        self._checkpoint_mac = _KeyedMac(mac, _CHECKPOINT_LABEL)
+        self.read_only = read_only
+        self._links: _Links = _links
+        self._genesis = bytes(_links.size)
+        self._legacy_head = False
         self._metadata = sa.MetaData()
+        width = 2 * _links.size
         self.events = sa.Table(
             f"{table_prefix}audit_events",
             self._metadata,
             sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
-            sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("at", _TIMESTAMP, nullable=False),
             sa.Column("principal", sa.String(255), nullable=False),
             sa.Column("purpose", sa.String(255), nullable=True),
             sa.Column("action", sa.String(16), nullable=False),
@@ -304,51 +533,96 @@ class AuditLog:
             sa.Column("row_keys", sa.Text, nullable=False),
             sa.Column("count", sa.Integer, nullable=False),
             sa.Column("dek_id", sa.String(32), nullable=True),
-            sa.Column("prev_mac", sa.String(64), nullable=False),
-            sa.Column("mac", sa.String(64), nullable=False),
+            sa.Column("prev_mac", sa.String(width), nullable=False),
+            sa.Column("mac", sa.String(width), nullable=False),
         )
         self.head = sa.Table(
             f"{table_prefix}audit_head",
             self._metadata,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("seq", sa.BigInteger, nullable=False),
-            sa.Column("mac", sa.String(64), nullable=False),
+            sa.Column("mac", sa.String(width), nullable=False),
             # Added after the first layout: nullable so that ALTER TABLE can add them to a log
             # that has rows; every head this code writes sets both.
             sa.Column("log_id", sa.String(32), nullable=True),
-            sa.Column("auth", sa.String(64), nullable=True),
+            sa.Column("auth", sa.String(width), nullable=True),
         )
         try:
-            self._metadata.create_all(engine, checkfirst=True)
-            upgraded = self._add_head_columns()
-            with engine.begin() as conn:
-                head = conn.execute(sa.select(self.head).where(self.head.c.id == _HEAD_ID)).first()
-                if head is None:
-                    log_id = os.urandom(16).hex()
-                    conn.execute(
-                        self.head.insert().values(
-                            id=_HEAD_ID,
-                            seq=0,
-                            mac=GENESIS.hex(),
-                            log_id=log_id,
-                            auth=self._head_auth(log_id, 0, GENESIS.hex()),
-                        )
-                    )
-                elif upgraded and head.auth is None:
-                    # A log of the first layout: authenticate its head once, on the open that
-                    # adds the columns. A head whose auth is later emptied is refused, not adopted.
-                    log_id = os.urandom(16).hex()
-                    conn.execute(
-                        self.head.update()
-                        .where(self.head.c.id == _HEAD_ID, self.head.c.auth.is_(None))
-                        .values(
-                            log_id=log_id,
-                            auth=self._head_auth(log_id, int(head.seq), head.mac),
-                        )
-                    )
-                    log.info("audit log head upgraded: it now carries its own MAC")
+            if read_only:
+                self._open_read_only()
+            else:
+                self._open_for_writing()
         except SQLAlchemyError as exc:
             raise AuditError(f"cannot open the audit log: {type(exc).__name__}") from None
+
+    @classmethod
+    def of_writer(
+        cls,
+        engine: sa.Engine,
+        public_key: Ed25519PublicKey,
+        *,
+        sign: Callable[[bytes], bytes] | None = None,
+        name: str = "",
+        table_prefix: str = "vaultkit_",
+        read_only: bool = False,
+    ) -> AuditLog:
+        """The audit chain of an encrypt-only writer, in tables of its own.
+
+        Each link and the head are Ed25519 signatures by the writer's signing key (``sign``,
+        the writer's side); the unit verifies them with the writer's pinned ``public_key``
+        (without ``sign``, read-only). The tables are named by :func:`writer_table_prefix`.
+        """
+        label = name or writer_table_prefix(public_key, "")[1:-1]
+        return cls(
+            engine,
+            table_prefix=writer_table_prefix(public_key, table_prefix),
+            read_only=read_only or sign is None,
+            _links=_SignedLinks(public_key, sign, label),
+        )
+
+    def _where(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def _open_read_only(self) -> None:
+        inspector = sa.inspect(self.engine)
+        if not (inspector.has_table(self.events.name) and inspector.has_table(self.head.name)):
+            raise AuditError(
+                f"no audit log at {self._where()}: the tables {self.events.name} and "
+                f"{self.head.name} do not exist"
+            )
+        have = {c["name"] for c in inspector.get_columns(self.head.name)}
+        self._legacy_head = not {"log_id", "auth"} <= have
+
+    def _open_for_writing(self) -> None:
+        self._metadata.create_all(self.engine, checkfirst=True)
+        upgraded = self._add_head_columns()
+        self._widen_times()
+        with self.engine.begin() as conn:
+            head = conn.execute(sa.select(self.head).where(self.head.c.id == _HEAD_ID)).first()
+            if head is None:
+                log_id = os.urandom(16).hex()
+                conn.execute(
+                    self.head.insert().values(
+                        id=_HEAD_ID,
+                        seq=0,
+                        mac=self._genesis.hex(),
+                        log_id=log_id,
+                        auth=self._head_auth(log_id, 0, self._genesis.hex()),
+                    )
+                )
+            elif upgraded and head.auth is None:
+                # A log of the first layout: authenticate its head once, on the open that
+                # adds the columns. A head whose auth is later emptied is refused, not adopted.
+                log_id = os.urandom(16).hex()
+                conn.execute(
+                    self.head.update()
+                    .where(self.head.c.id == _HEAD_ID, self.head.c.auth.is_(None))
+                    .values(
+                        log_id=log_id,
+                        auth=self._head_auth(log_id, int(head.seq), head.mac),
+                    )
+                )
+                log.info("audit log head upgraded: it now carries its own MAC")
 
     def _add_head_columns(self) -> bool:
         """Add ``log_id`` and ``auth`` to a head table of the first layout; True if it did."""
@@ -372,28 +646,55 @@ class AuditLog:
                     raise
         return True
 
+    def _widen_times(self) -> None:
+        """On MySQL/MariaDB, widen an ``at`` column of whole seconds to ``DATETIME(6)``.
+
+        Events written before keep the whole seconds they were stored with; their MACs cover
+        the microseconds the column dropped, so :meth:`verify` reports them as not verifiable.
+        """
+        if self.engine.dialect.name not in _MYSQL:
+            return
+        columns = {c["name"]: c for c in sa.inspect(self.engine).get_columns(self.events.name)}
+        if getattr(columns["at"]["type"], "fsp", None) == 6:
+            return
+        preparer = self.engine.dialect.identifier_preparer
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    f"ALTER TABLE {preparer.format_table(self.events)} MODIFY "
+                    f"{preparer.format_column(self.events.c.at)} DATETIME(6) NOT NULL"
+                )
+            )
+        log.info("audit log: the at column now keeps microseconds (DATETIME(6))")
+
+    def _head_data(self, log_id: str, seq: int, mac: str) -> bytes:
+        return bytes.fromhex(log_id) + seq.to_bytes(8, "big") + bytes.fromhex(mac)
+
     def _head_auth(self, log_id: str, seq: int, mac: str) -> str:
-        data = bytes.fromhex(log_id) + seq.to_bytes(8, "big") + bytes.fromhex(mac)
-        return self._head_mac(b"\x01" + data).hex()
+        return self._links.head(self._head_data(log_id, seq, mac)).hex()
 
     def _head_ok(self, head: Any) -> bool:
-        if head.auth is None or head.log_id is None:
+        auth = _unhex(head.auth)
+        if auth is None or head.log_id is None:
             return False
         try:
-            expected = self._head_auth(head.log_id, int(head.seq), head.mac)
-        except (ValueError, OverflowError):
+            data = self._head_data(head.log_id, int(head.seq), head.mac)
+        except (ValueError, OverflowError, TypeError):
             return False
-        return hmac.compare_digest(expected, head.auth)
+        return self._links.check_head(data, auth)
 
     def append(self, events: Sequence[AuditEvent]) -> None:
         """Append events in one transaction; raises AuditError if they could not be written.
 
         Raises:
             AuditError: the events could not be written, or the head row does not carry its MAC
-                (it was altered: the log is not extended past a rewound head).
+                (it was altered: the log is not extended past a rewound head), or the log was
+                opened read-only.
         """
         if not events:
             return
+        if self.read_only:
+            raise AuditError("this audit log was opened read-only")
         try:
             with self.engine.begin() as conn:
                 # Take the head's row lock first (SQLite: the database write lock), so that
@@ -410,14 +711,15 @@ class AuditLog:
                 ).one()
                 if not self._head_ok(head):
                     raise AuditError(
-                        "the audit log's head row does not carry its MAC (it was altered); "
-                        "run vaultkit audit verify"
+                        "the audit log's head row does not carry its MAC (it was altered, or "
+                        "the log was made under another audit key: each audit key needs tables "
+                        "of its own); run vaultkit audit verify"
                     )
                 seq, prev = int(head.seq), bytes.fromhex(head.mac)
                 rows = []
                 for event in events:
                     seq += 1
-                    mac = self._mac(prev + event.canonical(seq))
+                    mac = self._links.link(prev, event.canonical(seq))
                     rows.append(
                         {
                             "seq": seq,
@@ -470,27 +772,43 @@ class AuditLog:
                 yield int(m["seq"]), event, m["prev_mac"], m["mac"]
 
     def _read_head(self) -> Any:
+        if self._legacy_head:
+            columns = [
+                self.head.c.seq,
+                self.head.c.mac,
+                sa.null().label("log_id"),
+                sa.null().label("auth"),
+            ]
+        else:
+            columns = [self.head.c.seq, self.head.c.mac, self.head.c.log_id, self.head.c.auth]
         with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(self.head.c.seq, self.head.c.mac, self.head.c.log_id, self.head.c.auth)
-            ).one()
+            return conn.execute(sa.select(*columns).where(self.head.c.id == _HEAD_ID)).first()
 
     def checkpoint(self) -> Checkpoint:
         """Export the head as a MACed :class:`Checkpoint` (run :meth:`verify` first).
 
         Raises:
             AuditError: the log cannot be read, or its head row does not carry its MAC or does
-                not match the last event.
+                not match the last event, or is of the first layout (opened read-only).
         """
+        if self._legacy_head:
+            raise AuditError(
+                "the audit log's head is of the first layout (no MAC of its own): open the log "
+                "once with the application's vault to upgrade it, then take a checkpoint"
+            )
         try:
             head = self._read_head()
             with self.engine.connect() as conn:
-                last = conn.execute(
-                    sa.select(self.events.c.mac).where(self.events.c.seq == head.seq)
-                ).scalar_one_or_none()
+                last = (
+                    None
+                    if head is None
+                    else conn.execute(
+                        sa.select(self.events.c.mac).where(self.events.c.seq == head.seq)
+                    ).scalar_one_or_none()
+                )
         except SQLAlchemyError as exc:
             raise AuditError(f"the audit log could not be read: {type(exc).__name__}") from None
-        if not self._head_ok(head) or (int(head.seq) > 0 and last != head.mac):
+        if head is None or not self._head_ok(head) or (int(head.seq) > 0 and last != head.mac):
             raise AuditError("the audit log's head row was altered; run vaultkit audit verify")
         unsigned = Checkpoint(
             log_id=head.log_id,
@@ -504,15 +822,19 @@ class AuditLog:
             seq=unsigned.seq,
             chain=unsigned.chain,
             at=unsigned.at,
-            mac=self._checkpoint_mac(unsigned.body()).hex(),
+            mac=self._links.checkpoint(unsigned.body()).hex(),
         )
 
     def _check_checkpoint(self, checkpoint: Checkpoint) -> None:
-        expected = self._checkpoint_mac(checkpoint.body()).hex()
+        expected = self._links.checkpoint(checkpoint.body()).hex()
         if not hmac.compare_digest(expected, checkpoint.mac):
             raise AuditError(
                 "the checkpoint is not authentic: it was altered, or made under another audit key"
             )
+
+    def _time_truncated(self, event: AuditEvent) -> bool:
+        """Whether a failing event may be one whose time a bare DATETIME cut to whole seconds."""
+        return self.engine.dialect.name in _MYSQL and event.at.microsecond == 0
 
     def verify(self, *, expect: Checkpoint | Sequence[Checkpoint] | None = None) -> VerifyResult:
         """Recompute the chain; name the first broken link, if any.
@@ -522,6 +844,11 @@ class AuditLog:
                 at least each checkpoint's event, and hold at that sequence number the event
                 checkpointed; otherwise it was truncated, rolled back or replaced.
 
+        On MySQL/MariaDB, an event whose MAC fails and whose stored time has no microseconds
+        may have been written before the ``at`` column kept them: it is counted in
+        :attr:`VerifyResult.truncated`, the chain is checked on through its stored mac, and the
+        result is not ``ok`` (its contents cannot be verified).
+
         Raises:
             AuditError: the log cannot be read, or a checkpoint is not authentic (altered, or not
                 made under this log's audit key).
@@ -530,8 +857,9 @@ class AuditLog:
         for checkpoint in expects:
             self._check_checkpoint(checkpoint)
         wanted = {c.seq for c in expects}
-        seen: dict[int, str] = {0: GENESIS.hex()}
-        expected_seq, prev, count = 1, GENESIS, 0
+        seen: dict[int, str] = {0: self._genesis.hex()}
+        expected_seq, prev, count = 1, self._genesis, 0
+        truncated, first_truncated = 0, 0
         try:
             for seq, event, prev_mac, mac in self.read():
                 count += 1
@@ -543,14 +871,26 @@ class AuditLog:
                     return VerifyResult(
                         False, count, seq, f"event {seq} does not follow event {seq - 1}"
                     )
-                if mac != self._mac(prev + event.canonical(seq)).hex():
-                    return VerifyResult(False, count, seq, f"event {seq} was altered or forged")
+                link = _unhex(mac)
+                if (
+                    link is None
+                    or len(link) != self._links.size
+                    or not self._links.check(prev, event.canonical(seq), link)
+                ):
+                    if link is None or len(link) != self._links.size:
+                        return VerifyResult(False, count, seq, f"event {seq} was altered or forged")
+                    if not self._time_truncated(event):
+                        return VerifyResult(False, count, seq, f"event {seq} was altered or forged")
+                    truncated += 1
+                    first_truncated = first_truncated or seq
                 if seq in wanted:
                     seen[seq] = mac
-                prev, expected_seq = bytes.fromhex(mac), seq + 1
+                prev, expected_seq = link, seq + 1
             head = self._read_head()
-        except (SQLAlchemyError, ValueError, KeyError) as exc:
+        except (SQLAlchemyError, ValueError, KeyError, TypeError) as exc:
             raise AuditError(f"the audit log could not be read: {type(exc).__name__}") from None
+        if head is None:
+            return VerifyResult(False, count, count + 1, "the head row is missing")
         if int(head.seq) != count or head.mac != prev.hex():
             return VerifyResult(
                 False,
@@ -558,7 +898,14 @@ class AuditLog:
                 count + 1,
                 f"the log ends at event {count} but recorded {head.seq} events",
             )
-        if not self._head_ok(head):
+        note = ""
+        if self._legacy_head:
+            note = (
+                "the head row is of the first layout and carries no MAC of its own, so a "
+                "rewound head cannot be told from a true one (opening the log with the "
+                "application's vault upgrades it)"
+            )
+        elif not self._head_ok(head):
             return VerifyResult(
                 False,
                 count,
@@ -567,10 +914,23 @@ class AuditLog:
                 "(a rewound or replaced head)",
             )
         for checkpoint in expects:
-            broken = self._against(checkpoint, head.log_id, count, seen.get(checkpoint.seq))
+            broken = self._against(checkpoint, head.log_id or "", count, seen.get(checkpoint.seq))
             if broken is not None:
                 return broken
-        return VerifyResult(True, count)
+        if truncated:
+            return VerifyResult(
+                False,
+                count,
+                first_truncated,
+                f"{truncated} events, the first event {first_truncated}, do not match their MAC "
+                "and have a time of whole seconds: altered, or written before vaultkit kept "
+                "microseconds in MySQL/MariaDB (the MAC covers the exact time the column "
+                "dropped), so they cannot be verified; the chain through them and every other "
+                "event verified",
+                note,
+                truncated,
+            )
+        return VerifyResult(True, count, note=note)
 
     @staticmethod
     def _against(
@@ -604,4 +964,4 @@ class AuditLog:
         return None
 
     def __repr__(self) -> str:
-        return f"AuditLog({self.engine.url.render_as_string(hide_password=True)!r})"
+        return f"AuditLog({self._where()!r})"

@@ -39,9 +39,11 @@ import os
 import tomllib
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from vaultkit._redact import Secret
 from vaultkit.errors import ConfigurationError, VaultkitDeprecationWarning
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider
@@ -49,7 +51,7 @@ from vaultkit.keys.provider import KeyProvider
 if TYPE_CHECKING:
     from vaultkit._vault import Vault
 
-__all__ = ["CONFIG_ENV", "load_config", "vault_from_config"]
+__all__ = ["CONFIG_ENV", "VaultParts", "load_config", "vault_from_config", "vault_parts"]
 
 CONFIG_ENV: Final = "VAULTKIT_CONFIG"
 _PREFIX: Final = "VAULTKIT__"
@@ -80,6 +82,17 @@ _VAULT_KEYS: Final = {
 _DOMAIN_KEYS: Final = {"provider", "restricted", "audited", "on_denied", "encrypt_requires_grant"}
 
 
+#: The environment, wrapped: its repr shows nothing, and a frame holding it holds no secret (error
+#: reporters capture frame locals; ``os.environ``'s repr lists ``VAULTKIT_MASTER_KEY`` and PINs).
+_Env = Secret[Mapping[str, str]]
+
+
+def _wrap_env(env: Mapping[str, str] | _Env | None) -> _Env:
+    if isinstance(env, Secret):
+        return env
+    return Secret(os.environ if env is None else env)
+
+
 def _env_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -87,10 +100,9 @@ def _env_value(text: str) -> Any:
         return text
 
 
-def _merge_env(config: dict[str, Any], env: Mapping[str, str]) -> None:
-    for name, text in env.items():
-        if not name.upper().startswith(_PREFIX):
-            continue
+def _merge_env(config: dict[str, Any], env: _Env) -> None:
+    # Names first, values only once a name is known not to hold a secret.
+    for name in [n for n in env.reveal() if n.upper().startswith(_PREFIX)]:
         path = [part.lower() for part in name[len(_PREFIX) :].split("__") if part]
         if not path:
             continue
@@ -104,7 +116,7 @@ def _merge_env(config: dict[str, Any], env: Mapping[str, str]) -> None:
             if not isinstance(child, dict):
                 raise ConfigurationError(f"{name}: {match} is not a table")
             node = child
-        node[path[-1]] = _env_value(text)
+        node[path[-1]] = _env_value(env.reveal()[name])
 
 
 def _refuse_secret(key: str, where: str) -> None:
@@ -128,9 +140,14 @@ def load_config(
 ) -> dict[str, Any]:
     """Read the TOML file (``path``, else ``$VAULTKIT_CONFIG``, else none) and apply the
     ``VAULTKIT__*`` variables of ``env`` (default ``os.environ``). Returns the merged tables."""
-    env = os.environ if env is None else env
+    environ = _wrap_env(env)
+    del env  # no frame of this module binds the environment itself
+    return _load(path, environ)
+
+
+def _load(path: str | os.PathLike[str] | None, env: _Env) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    source = path if path is not None else env.get(CONFIG_ENV)
+    source = path if path is not None else env.reveal().get(CONFIG_ENV)
     if source:
         file = Path(source)
         try:
@@ -149,15 +166,15 @@ def load_config(
 
 
 def _secret_from_env(
-    settings: dict[str, Any], key: str, default: str | None, env: Mapping[str, str], what: str
-) -> str | None:
+    settings: dict[str, Any], key: str, default: str | None, env: _Env, what: str
+) -> Secret[str] | None:
     """The secret in the variable named by ``<key>_env`` (popped from ``settings``), else by
     ``default``; None when neither names one. A named variable that is unset is an error."""
     variable = settings.pop(f"{key}_env", default)
     if variable is None:
         return None
-    value = env.get(str(variable))
-    if not value:
+    value = Secret(env.reveal().get(str(variable)) or "")
+    if not value.reveal():
         raise ConfigurationError(f"{what}: environment variable {variable} is not set")
     return value
 
@@ -186,7 +203,11 @@ def _create_keys(settings: dict[str, Any], what: str) -> bool:
     return value
 
 
-def _local(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyProvider:
+# The builders hand each secret to its provider's constructor straight out of its Secret (the
+# constructors wrap it at once), so that no frame here binds a PIN, token, passphrase or key.
+
+
+def _local(settings: dict[str, Any], env: _Env, what: str) -> KeyProvider:
     from vaultkit.keys.local import MASTER_KEY_ENV, LocalKeyProvider, _decode_master_key
 
     path = settings.pop("path", None)
@@ -195,17 +216,17 @@ def _local(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyPr
     create = _create_keys(settings, what)
     passphrase = _secret_from_env(settings, "passphrase", None, env, what)
     if passphrase is not None:
-        return LocalKeyProvider(path, passphrase=passphrase, create_keys=create)
+        return LocalKeyProvider(path, passphrase=passphrase.reveal(), create_keys=create)
     key_env = str(settings.get("master_key_env", MASTER_KEY_ENV))
     text = _secret_from_env(settings, "master_key", MASTER_KEY_ENV, env, f"{what} (master key)")
     if text is None:  # pragma: no cover - a default variable name yields a value or raises
         raise ConfigurationError(f"{what}: no master key")
     return LocalKeyProvider(
-        path, master_key=_decode_master_key(text, source=key_env), create_keys=create
+        path, master_key=_decode_master_key(text.reveal(), source=key_env), create_keys=create
     )
 
 
-def _pkcs11(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyProvider:
+def _pkcs11(settings: dict[str, Any], env: _Env, what: str) -> KeyProvider:
     from vaultkit.keys.pkcs11 import PIN_ENV, PKCS11KeyProvider
 
     pin = _secret_from_env(settings, "pin", PIN_ENV, env, what)
@@ -215,11 +236,15 @@ def _pkcs11(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyP
         raise ConfigurationError(f"{what}: a pkcs11 provider needs library and token_label")
     create = _create_keys(settings, what)
     return PKCS11KeyProvider(
-        str(library), token_label=str(label), pin=pin, create_keys=create, **settings
+        str(library),
+        token_label=str(label),
+        pin=None if pin is None else pin.reveal(),
+        create_keys=create,
+        **settings,
     )
 
 
-def _transit(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyProvider:
+def _transit(settings: dict[str, Any], env: _Env, what: str) -> KeyProvider:
     from vaultkit.keys.transit import VaultTransitKeyProvider
 
     token = _secret_from_env(settings, "token", None, env, what)
@@ -227,16 +252,18 @@ def _transit(settings: dict[str, Any], env: Mapping[str, str], what: str) -> Key
     if not url:
         raise ConfigurationError(f"{what}: a transit provider needs url")
     create = _create_keys(settings, what)
-    return VaultTransitKeyProvider(str(url), token=token, create_keys=create, **settings)
+    return VaultTransitKeyProvider(
+        str(url), token=None if token is None else token.reveal(), create_keys=create, **settings
+    )
 
 
-def _aws(settings: dict[str, Any], env: Mapping[str, str], what: str) -> KeyProvider:
+def _aws(settings: dict[str, Any], env: _Env, what: str) -> KeyProvider:
     from vaultkit.keys.aws import AWSKMSKeyProvider
 
     return AWSKMSKeyProvider(create_keys=_create_keys(settings, what), **settings)
 
 
-_BUILDERS: Final[dict[str, Callable[[dict[str, Any], Mapping[str, str], str], KeyProvider]]] = {
+_BUILDERS: Final[dict[str, Callable[[dict[str, Any], _Env, str], KeyProvider]]] = {
     "local": _local,
     "pkcs11": _pkcs11,
     "transit": _transit,
@@ -244,8 +271,12 @@ _BUILDERS: Final[dict[str, Callable[[dict[str, Any], Mapping[str, str], str], Ke
 }
 
 
-def build_provider(name: str, settings: Mapping[str, Any], env: Mapping[str, str]) -> KeyProvider:
+def build_provider(
+    name: str, settings: Mapping[str, Any], env: Mapping[str, str] | _Env
+) -> KeyProvider:
     """One provider from its table (``type`` and the provider's own keyword arguments)."""
+    environ = _wrap_env(env)
+    del env
     what = f"provider {name!r}"
     options = dict(settings)
     kind = options.pop("type", None)
@@ -255,22 +286,60 @@ def build_provider(name: str, settings: Mapping[str, Any], env: Mapping[str, str
             f"{what}: type must be one of {', '.join(sorted(_BUILDERS))}, not {kind!r}"
         )
     try:
-        return builder(options, env, what)
+        return builder(options, environ, what)
     except TypeError as exc:  # an unknown option for that provider type
         raise ConfigurationError(f"{what}: {exc}") from None
 
 
-def vault_from_config(
-    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
-) -> Vault:
-    """Build a :class:`~vaultkit.Vault` (and its providers) from configuration; see the module."""
-    from vaultkit._vault import Vault
+@dataclass(frozen=True)
+class VaultParts:
+    """What a configuration builds a vault from, without building it (nothing is opened).
 
-    env = os.environ if env is None else env
-    config = load_config(path, env=env)
+    ``vaultkit audit verify --config`` reads the audit log through these, read-only, exactly
+    as the application's vault would find it: the same key store, audit database, audit domain
+    and provider.
+
+    .. versionadded:: 0.2.0
+    """
+
+    store: str
+    domains: list[KeyDomain]
+    provider: KeyProvider
+    providers: dict[str, KeyProvider]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def audit(self) -> str | None:
+        """The audit database URL (``audit`` or ``audit_env``), or None: the key store's."""
+        value = self.options.get("audit")
+        return None if value is None else str(value)
+
+    @property
+    def audit_domain(self) -> str | None:
+        """The domain whose key MACs the audit log (as :class:`~vaultkit.Vault` picks it)."""
+        if "audit_domain" in self.options:
+            return str(self.options["audit_domain"])
+        return next((d.name for d in self.domains if d.audited), None)
+
+    def __repr__(self) -> str:
+        return f"VaultParts(store=..., domains={[d.name for d in self.domains]!r})"
+
+
+def vault_parts(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | Secret[Mapping[str, str]] | None = None,
+) -> VaultParts:
+    """The key store URL, domains, providers and options a configuration describes.
+
+    Builds the providers (as :func:`vault_from_config` does), opens nothing else.
+    """
+    environ = _wrap_env(env)
+    del env
+    config = _load(path, environ)
     store = config.get("key_store")
     if store is None and "key_store_env" in config:
-        store = env.get(str(config["key_store_env"]))
+        store = environ.reveal().get(str(config["key_store_env"]))
     if not store:
         raise ConfigurationError("the configuration names no key_store (a database URL)")
     provider_tables = config.get("providers") or {}
@@ -283,7 +352,7 @@ def vault_from_config(
         if name not in built:
             if name not in provider_tables:
                 raise ConfigurationError(f"no [providers.{name}] table")
-            built[name] = build_provider(name, provider_tables[name], env)
+            built[name] = build_provider(name, provider_tables[name], environ)
         return built[name]
 
     default = config.get("default_provider")
@@ -306,9 +375,27 @@ def vault_from_config(
     if "dek_max_age_days" in config:
         options["dek_max_age"] = dt.timedelta(days=float(config["dek_max_age_days"]))
     audit = config.get("audit") or (
-        env.get(str(config["audit_env"])) if "audit_env" in config else None
+        environ.reveal().get(str(config["audit_env"])) if "audit_env" in config else None
     )
     if audit:
         options["audit"] = audit
     main = provider(str(default)) if default else next(iter(by_domain.values()))
-    return Vault(provider=main, store=str(store), domains=domains, providers=by_domain, **options)
+    return VaultParts(str(store), domains, main, by_domain, options)
+
+
+def vault_from_config(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> Vault:
+    """Build a :class:`~vaultkit.Vault` (and its providers) from configuration; see the module."""
+    from vaultkit._vault import Vault
+
+    environ = _wrap_env(env)
+    del env
+    parts = vault_parts(path, env=environ)
+    return Vault(
+        provider=parts.provider,
+        store=parts.store,
+        domains=parts.domains,
+        providers=parts.providers,
+        **parts.options,
+    )

@@ -15,6 +15,7 @@ __all__ = [
     "ConflictError",
     "DecryptionError",
     "DomainError",
+    "EncodingError",
     "KeyAuthenticationError",
     "KeyNotFoundError",
     "KeyProviderError",
@@ -78,6 +79,13 @@ class DecryptionError(VaultkitError):
 
     def __init__(self, message: str = DECRYPTION_FAILED) -> None:
         super().__init__(message)
+
+
+class EncodingError(VaultkitError, ValueError):
+    """A value cannot be encoded for encryption: a lone surrogate, NaN in JSON, JSON nested too deep.
+
+    A ``ValueError`` too, as the built-in errors it replaces were; the message never quotes the value.
+    """
 
 
 class UnsupportedFormatError(DecryptionError):

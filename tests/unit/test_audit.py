@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,6 +44,14 @@ def events(url: str) -> list[sa.Row[tuple[object, ...]]]:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         rows = conn.execute(sa.text("select * from vaultkit_audit_events order by seq")).all()
+    engine.dispose()
+    return rows
+
+
+def events_of(url: str, table: str) -> list[sa.Row[tuple[object, ...]]]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(f"select * from {table} order by seq")).all()
     engine.dispose()
     return rows
 
@@ -375,13 +384,19 @@ class TestHeadAndCheckpoints:
         tmp_path: Path,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
-        """Dropping both audit tables (a new, empty log) fails against the old checkpoint."""
-        vault, url, _ = setup
+        """Dropping both audit tables is "no audit log here" (exit 9); the new, empty log the
+        application's next vault creates is intact but fails against the old checkpoint."""
+        vault, url, keyring = setup
         self.read(vault, 3)
         checkpoint = tmp_path / "audit-head.json"
         assert cli("head", "--out", str(checkpoint)) == 0
         sql(url, "drop table vaultkit_audit_events")
         sql(url, "drop table vaultkit_audit_head")
+        assert cli("verify") == 9  # verify creates nothing: there is no log
+        assert "no audit log here" in capsys.readouterr().err
+        Vault(
+            provider=LocalKeyProvider(keyring, master_key=MASTER), store=url, domains=DOMAINS
+        ).close()  # the application starts again: a new, empty log
         assert cli("verify") == 0  # a fresh log is intact
         capsys.readouterr()
         assert cli("verify", "--expect", str(checkpoint)) == 7
@@ -489,8 +504,7 @@ def test_a_head_table_of_the_first_layout_is_upgraded_on_every_backend(database_
         first = AuditLog(engine, mac=mac)
         event = AuditEvent(
             "coach-17", "review", "decrypt", "medical", "t", "c", ("r1",), 1, None,
-            # Whole seconds: MariaDB's DATETIME drops microseconds (issue 13 fixes the column).
-            dt.datetime.now(dt.UTC).replace(microsecond=0),
+            dt.datetime.now(dt.UTC),
         )  # fmt: skip
         first.append([event, event])
         with engine.begin() as conn:
@@ -534,3 +548,305 @@ def test_a_short_write_leaves_the_previous_checkpoint_intact(tmp_path: Path) -> 
     assert "refused: could not write the checkpoint" in result.stdout, result.stderr
     assert target.read_text() == "previous checkpoint\n"
     assert [p.name for p in tmp_path.iterdir()] == ["latest.json"]  # no temporary file left
+
+
+class TestNoEventIsLost:
+    """Every access reaches the log or fails; a failed write keeps its events (issue 13, item 3).
+
+    The log is made unwritable for real: its events table renamed away (SQLite), INSERT revoked
+    from the application's role (PostgreSQL).
+    """
+
+    @staticmethod
+    def counted(url: str) -> int:
+        return sum(int(e.count) for e in events(url) if e.action == "decrypt")
+
+    def test_a_full_batch_that_cannot_be_written_fails_the_read_and_keeps_its_rows(
+        self, setup: tuple[Vault, str, Path]
+    ) -> None:
+        """With the events table gone, the read that fills the batch fails and so does every
+        later one; once the table is back the kept rows are written first, and the log counts
+        exactly the reads that returned plaintext."""
+        vault, url, _ = setup  # audit_batch_size=100
+        blob = vault.encrypt("note", domain="medical")
+        returned = 0
+        with acting_as(COACH, purpose="review"):
+            assert vault.decrypt(blob) == "note"  # the batch's first event, written
+            returned += 1
+            sql(url, "alter table vaultkit_audit_events rename to hidden_events")
+            with pytest.raises(AuditError):
+                for _ in range(1000):
+                    assert vault.decrypt(blob) == "note"
+                    returned += 1
+            assert returned == 100  # the batch never outgrows audit_batch_size
+            with pytest.raises(AuditError):
+                vault.decrypt(blob)  # the kept rows go first, and cannot
+            sql(url, "alter table hidden_events rename to vaultkit_audit_events")
+            assert vault.decrypt(blob) == "note"
+            returned += 1
+        vault.flush_audit()
+        assert self.counted(url) == returned
+        assert vault.audit_log is not None and vault.audit_log.verify().ok
+
+    def test_a_failed_flush_keeps_its_rows_and_fails_the_next_read(
+        self, setup: tuple[Vault, str, Path]
+    ) -> None:
+        """A flush that fails (the acting_as block ends with the log gone) keeps the batch's row
+        keys; the next read fails until the log is back, then they are written first."""
+        vault, url, _ = setup
+        notes = vault.field("medical", table="members", column="note", row_bound=True)
+        blobs = [(f"m-{i}", notes.encrypt("x", row=f"m-{i}")) for i in range(5)]
+        with pytest.raises(AuditError), vault.acting_as(COACH, purpose="review"):
+            for row, blob in blobs:
+                notes.decrypt(blob, row=row)
+            sql(url, "alter table vaultkit_audit_events rename to hidden_events")
+        with pytest.raises(AuditError), vault.acting_as(COACH, purpose="again"):
+            notes.decrypt(blobs[0][1], row="m-0")
+        sql(url, "alter table hidden_events rename to vaultkit_audit_events")
+        with vault.acting_as(COACH, purpose="again"):
+            assert notes.decrypt(blobs[0][1], row="m-0") == "x"
+        logged = [(e.purpose, e.row_keys) for e in events(url) if e.action == "decrypt"]
+        assert logged == [
+            ("review", '["m-0"]'),
+            ("review", '["m-1","m-2","m-3","m-4"]'),
+            ("again", '["m-0"]'),
+        ]
+        assert vault.audit_log is not None and vault.audit_log.verify().ok
+
+    def test_close_keeps_the_events_when_the_log_is_down(
+        self, setup: tuple[Vault, str, Path]
+    ) -> None:
+        """close() with the log down raises and stays open; a second close() writes them."""
+        vault, url, _ = setup
+        blob = vault.encrypt("note", domain="medical")
+        with acting_as(COACH, purpose="review"):
+            vault.decrypt(blob)
+            vault.decrypt(blob)
+        sql(url, "alter table vaultkit_audit_events rename to hidden_events")
+        with pytest.raises(AuditError):
+            vault.close()
+        sql(url, "alter table hidden_events rename to vaultkit_audit_events")
+        vault.close()
+        assert self.counted(url) == 2
+
+    def test_a_crash_loses_only_row_keys_never_the_fact_of_access(self, tmp_path: Path) -> None:
+        """A process killed in the middle of a batch leaves the batch's first event: who read
+        which column for what purpose, with which DEK."""
+        import subprocess
+        import sys
+        import textwrap
+
+        url = f"sqlite:///{tmp_path / 'app.db'}"
+        script = textwrap.dedent(
+            f"""
+            import os
+            from vaultkit import KeyDomain, Principal, Vault, acting_as
+            from vaultkit.keys import LocalKeyProvider
+            vault = Vault(
+                provider=LocalKeyProvider({str(tmp_path / "k.json")!r}, master_key=bytes(32)),
+                store={url!r},
+                domains=[KeyDomain("medical", restricted=True, audited=True)],
+            )
+            notes = vault.field("medical", table="members", column="note", row_bound=True)
+            blobs = [notes.encrypt("x", row=i) for i in range(50)]
+            with acting_as(Principal("coach-17", grants={{"medical"}}), purpose="review"):
+                for i, blob in enumerate(blobs):
+                    notes.decrypt(blob, row=i)
+                os._exit(0)  # a crash: no flush, no close
+            """
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        reads = [e for e in events(url) if e.action == "decrypt"]
+        assert [
+            (e.principal, e.purpose, e.table_name, e.column_name, e.row_keys) for e in reads
+        ] == [("coach-17", "review", "members", "note", '["0"]')]
+
+
+@pytest.mark.postgres
+def test_revoked_insert_on_postgres_fails_reads_until_granted_again(
+    postgres_engine: sa.Engine, postgres_url: str, postgres_schema: str, tmp_path: Path
+) -> None:
+    """With INSERT on the events table revoked from the application's role, the flush fails and
+    keeps its rows, reads fail; granted again, the rows are written first and the chain holds."""
+    import uuid
+
+    role = f"vk_app_{uuid.uuid4().hex[:8]}"
+    with postgres_engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(sa.text(f'GRANT ALL ON SCHEMA "{postgres_schema}" TO {role}'))
+    app_url = sa.make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+    vault = Vault(
+        provider=LocalKeyProvider(tmp_path / "k.json", master_key=MASTER),
+        store=app_url,
+        domains=DOMAINS,
+    )
+    try:
+        blob = vault.encrypt("note", domain="medical")
+        with pytest.raises(AuditError), vault.acting_as(COACH, purpose="review"):
+            for _ in range(3):
+                assert vault.decrypt(blob) == "note"
+            sql(postgres_url, f"REVOKE INSERT ON vaultkit_audit_events FROM {role}")
+        with pytest.raises(AuditError), vault.acting_as(COACH, purpose="later"):
+            vault.decrypt(blob)
+        sql(postgres_url, f"GRANT INSERT ON vaultkit_audit_events TO {role}")
+        with vault.acting_as(COACH, purpose="later"):
+            assert vault.decrypt(blob) == "note"
+        counts = [(e.purpose, e.count) for e in events(postgres_url) if e.action == "decrypt"]
+        assert counts == [("review", 1), ("review", 2), ("later", 1)]
+        assert vault.audit_log is not None and vault.audit_log.verify().ok
+    finally:
+        vault.close()
+        with postgres_engine.begin() as conn:
+            conn.execute(sa.text(f"DROP OWNED BY {role}"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))
+
+
+class TestEncryptOnlyWriters:
+    """An encrypt-only writer logs its accesses in a chain of its own, signed with its writer key;
+    the unit verifies it with the key it pins (issue 13, item 7)."""
+
+    @pytest.fixture
+    def services(self, tmp_path: Path) -> Iterator[tuple[Vault, Vault, str]]:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from vaultkit.keys import X25519KeyProvider
+
+        url = f"sqlite:///{tmp_path / 'app.db'}"
+        general = LocalKeyProvider(tmp_path / "keyring.json", master_key=MASTER)
+        writer_key = Ed25519PrivateKey.generate()
+        unit_provider = X25519KeyProvider.generate(
+            ["medical"], writers={"claims-backend": writer_key.public_key()}
+        )
+        claims = Vault(
+            provider=general,
+            providers={"medical": unit_provider.public_only(signer=writer_key)},
+            store=url,
+            domains=DOMAINS,
+        )
+        unit = Vault(
+            provider=general, providers={"medical": unit_provider}, store=url, domains=DOMAINS
+        )
+        yield claims, unit, url
+        claims.close()
+        unit.close()
+
+    @staticmethod
+    def writer_table(unit: Vault) -> str:
+        return unit.writer_audit_logs["claims-backend"].events.name
+
+    def test_the_writer_starts_and_both_chains_verify(
+        self, services: tuple[Vault, Vault, str]
+    ) -> None:
+        """A vault whose audited medical domain is encrypt-only starts; its write events and the
+        unit's reads are in two chains, and the unit verifies both."""
+        claims, unit, _ = services
+        with claims.acting_as(CLAIMS, purpose="claim-77"):
+            blobs = [claims.encrypt(f"certificate {i}", domain="medical") for i in range(3)]
+        claims.flush_audit()
+        with unit.acting_as(COACH, purpose="coaching-chat"):
+            assert [unit.decrypt(b) for b in blobs] == [f"certificate {i}" for i in range(3)]
+        unit.flush_audit()
+        assert unit.audit_log is not None and unit.audit_log.verify().ok
+        chain = unit.writer_audit_logs["claims-backend"]
+        result = chain.verify()
+        assert result.ok and result.events == 2
+        assert [(e.principal, e.action, e.count) for _, e, _, _ in chain.read()] == [
+            ("claims-handler-3", "write", 1),
+            ("claims-handler-3", "write", 2),
+        ]
+        assert claims.audit_log is not None and claims.audit_log.verify().ok
+        assert unit.audit_log.events.name == "vaultkit_audit_events" != chain.events.name
+
+    def test_a_database_writer_cannot_edit_or_extend_the_writer_chain(
+        self, services: tuple[Vault, Vault, str]
+    ) -> None:
+        """An edited writer event, or one appended with a made-up signature, fails the unit's
+        verification of that chain; the unit's own chain is untouched."""
+        claims, unit, url = services
+        for i in range(3):
+            with claims.acting_as(CLAIMS, purpose=f"claim-{i}"):
+                claims.encrypt("certificate", domain="medical")
+        table = self.writer_table(unit)
+        sql(url, f"update {table} set principal = 'someone-else' where seq = 2")
+        result = unit.writer_audit_logs["claims-backend"].verify()
+        assert not result.ok and result.first_broken == 2 and "altered" in result.reason
+        sql(url, f"update {table} set principal = 'claims-handler-3' where seq = 2")
+        last = events_of(url, table)[-1]
+        sql(
+            url,
+            f"insert into {table} (seq, at, principal, purpose, action, domain, table_name,"
+            " column_name, row_keys, count, dek_id, prev_mac, mac) values"
+            f" ({last.seq + 1}, '2026-01-01 00:00:00', 'x', 'y', 'write', 'medical', null, null,"
+            f" '[]', 1, null, '{last.mac}', '{'0' * 128}')",
+        )
+        forged = unit.writer_audit_logs["claims-backend"].verify()
+        assert not forged.ok and forged.first_broken == last.seq + 1
+        assert unit.audit_log is not None and unit.audit_log.verify().ok
+
+    def test_a_chain_planted_under_the_writers_name_with_another_key_fails(
+        self, services: tuple[Vault, Vault, str]
+    ) -> None:
+        """Someone with another Ed25519 key who creates the pinned writer's tables and signs
+        events there does not pass the unit's verification."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        _claims, unit, url = services
+        pinned = unit.provider_for("medical").pinned_writers()["claims-backend"]  # type: ignore[attr-defined]
+        engine = sa.create_engine(url)
+        try:
+            planted = AuditLog.of_writer(engine, pinned, sign=Ed25519PrivateKey.generate().sign)
+            planted.append(
+                [
+                    AuditEvent(
+                        "claims-handler-3",
+                        "x",
+                        "write",
+                        "medical",
+                        None,
+                        None,
+                        (),
+                        1,
+                        None,
+                        dt.datetime.now(dt.UTC),
+                    )
+                ]
+            )
+        finally:
+            engine.dispose()
+        result = unit.writer_audit_logs["claims-backend"].verify()
+        assert not result.ok and result.first_broken == 1
+
+    def test_the_writer_signer_signs_audit_links_only(
+        self, services: tuple[Vault, Vault, str]
+    ) -> None:
+        """The signing function the provider gives the audit log refuses a key-row message."""
+        from vaultkit.errors import KeyProviderError
+
+        claims, _unit, _ = services
+        signer = claims.provider_for("medical").audit_signer("medical")  # type: ignore[attr-defined]
+        assert signer is not None
+        with pytest.raises(KeyProviderError):
+            signer[1](b"vaultkit x25519 writer v1" + bytes(40))
+
+
+def test_the_encrypt_only_example_in_domains_md_runs_as_written(tmp_path: Path) -> None:
+    """docs/domains.md's encrypt-only example (unit, claims writer, both chains verified) runs."""
+    import re
+
+    text = (Path(__file__).parents[2] / "docs" / "domains.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    example = next(
+        b for b in blocks if "public_only(signer=writer_key)" in b and "writer_audit_logs" in b
+    )
+    import subprocess
+    import sys
+
+    script = tmp_path / "example.py"
+    script.write_text(example)
+    env = {**os.environ, MASTER_KEY_ENV: base64.b64encode(MASTER).decode()}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert (tmp_path / "insurer.db").exists()

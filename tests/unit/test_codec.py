@@ -8,12 +8,19 @@ import math
 import uuid
 import zoneinfo
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+import vaultkit.sqla
+from vaultkit import Vault
 from vaultkit._codec import decode_value, encode_value
-from vaultkit.errors import DecryptionError
+from vaultkit.errors import DecryptionError, EncodingError, VaultkitError
+from vaultkit.sqla import Encrypted
+from vaultkit.store import MemoryKeyStore
+from vaultkit.testing import InMemoryKeyProvider
 
 CASES: list[Any] = [
     "Jan Peeters",
@@ -147,3 +154,77 @@ class TestRefusals:
         """Anything that is not a canonical encoding fails as DecryptionError, never another error."""
         with pytest.raises(DecryptionError):
             decode_value(data)
+
+
+DEEP = 100_000
+
+
+def _nested(depth: int, *, as_dict: bool = False) -> Any:
+    value: Any = {} if as_dict else []
+    for _ in range(depth):
+        value = {"a": value} if as_dict else [value]
+    return value
+
+
+class TestDeepJSON:
+    @pytest.mark.parametrize("as_dict", [False, True], ids=["list", "dict"])
+    def test_deep_json_is_refused_on_encode(self, as_dict: bool) -> None:
+        """JSON nested 100,000 deep raises EncodingError (a ValueError), never RecursionError."""
+        with pytest.raises(EncodingError, match="nested too deeply") as info:
+            encode_value(_nested(DEEP, as_dict=as_dict))
+        assert isinstance(info.value, ValueError)
+        assert isinstance(info.value, VaultkitError)
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            b"[" * DEEP + b"]" * DEEP,
+            b'{"a":' * DEEP + b"0" + b"}" * DEEP,
+            b"[" * DEEP,
+            b'[{"a":' * (DEEP // 2) + b"0" + b"}]" * (DEEP // 2),
+        ],
+        ids=["list", "dict", "unterminated", "mixed"],
+    )
+    def test_deep_json_payload_is_a_decryption_error(self, payload: bytes) -> None:
+        """An authenticated JSON payload nested 100,000 deep decodes to DecryptionError."""
+        with pytest.raises(DecryptionError):
+            decode_value(b"\x0b" + payload)
+
+    def test_moderately_nested_json_round_trips(self) -> None:
+        """Nesting well inside the recursion limit (200 levels) still round-trips."""
+        value = _nested(200)
+        assert decode_value(encode_value(value)) == value
+
+    def test_encrypted_json_column_refuses_deep_values(self, tmp_path: Path) -> None:
+        """An Encrypted(JSON) column raises vaultkit errors for deep JSON, written or read."""
+        vault = Vault(provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["medical"])
+        metadata = sa.MetaData()
+        docs = sa.Table(
+            "docs",
+            metadata,
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("doc", Encrypted(sa.JSON, domain="medical")),
+        )
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+        metadata.create_all(engine)
+        vaultkit.sqla.configure(vault)
+        try:
+            with (
+                engine.begin() as conn,
+                pytest.raises((EncodingError, sa.exc.StatementError)) as info,
+            ):
+                conn.execute(docs.insert().values(id=1, doc=_nested(DEEP)))
+            # SQLAlchemy may wrap an error raised by a bind processor; the cause is vaultkit's.
+            error = getattr(info.value, "orig", None) or info.value
+            assert isinstance(error, EncodingError), type(info.value)
+            # A key holder writes a payload that deep with plain SQL: reading it fails cleanly.
+            cipher = vault.field("medical", table="docs", column="doc")
+            hostile = vault._seal("medical", b"\x0b" + b"[" * DEEP, cipher._fixed)
+            with engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO docs (id, doc) VALUES (2, :b)"), {"b": hostile})
+            with engine.connect() as conn, pytest.raises(DecryptionError):
+                conn.execute(sa.select(docs.c.doc).where(docs.c.id == 2)).all()
+        finally:
+            vaultkit.sqla.configure(None)
+            engine.dispose()
+            vault.close()

@@ -202,3 +202,61 @@ class TestKeyCreation:
         with pytest.raises(ConfigurationError, match="create_keys must be true or false"):
             Vault.from_config(path, env={"VAULTKIT_MASTER_KEY": MASTER})
         assert not (tmp_path / "keyring.json").exists()
+
+
+class TestNoSecretInFrames:
+    """A provider constructor that raises leaves no PIN, token, passphrase, master key or
+    ``os.environ`` in the frames an error reporter ships (the builders of vaultkit.config)."""
+
+    PIN = "PLANTED-PIN-493817"
+    TOKEN = "PLANTED-TOKEN-hvs.a8d7f6"
+    PASSPHRASE = "PLANTED-PASSPHRASE-horse-battery"
+    OTHER = "PLANTED-UNRELATED-ENV-SECRET-55"
+
+    @pytest.fixture
+    def environ(self, monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes | str]:
+        """Secrets in the real os.environ, as a deployment has them."""
+        wrong = base64.b64encode(os.urandom(32)).decode()
+        values = {
+            "VAULTKIT_MASTER_KEY": wrong,
+            "VAULTKIT_PKCS11_PIN": self.PIN,
+            "TRANSIT_TOKEN": self.TOKEN,
+            "KEYRING_PASSPHRASE": self.PASSPHRASE,
+            "UNRELATED_SECRET": self.OTHER,
+        }
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        return {**values, "master key bytes": base64.b64decode(wrong)}
+
+    def test_failing_constructors(self, tmp_path: Path, environ: dict[str, bytes | str]) -> None:
+        """A wrong master key, a wrong passphrase, a PKCS#11 library that does not load, an
+        unknown transit option and a bad top-level key: each error's frames hold no secret."""
+        from tests.unit.test_leaks import frame_leaks, raised_by
+        from vaultkit.keys import LocalKeyProvider
+
+        LocalKeyProvider(tmp_path / "keyring.json", master_key=os.urandom(32)).primary("identity")
+        LocalKeyProvider(
+            tmp_path / "pass.json",
+            passphrase="another passphrase",
+            kdf_parameters={"time_cost": 1, "memory_cost": 1024, "parallelism": 1},
+        ).primary("identity")
+        providers = {
+            "master": 'type = "local"\npath = "TMP/keyring.json"',
+            "passphrase": 'type = "local"\npath = "TMP/pass.json"\n'
+            'passphrase_env = "KEYRING_PASSPHRASE"',
+            "hsm": 'type = "pkcs11"\nlibrary = "TMP/missing-libsofthsm2.so"\ntoken_label = "m"',
+            "transit": 'type = "transit"\nurl = "http://127.0.0.1:9"\ntoken_env = "TRANSIT_TOKEN"'
+            "\nno_such_option = 1",
+        }
+        failures = []
+        for name, table in providers.items():
+            path = write(
+                tmp_path,
+                f'key_store = "sqlite:///TMP/keys.db"\n[providers.{name}]\n{table}\n'
+                f'[domains.identity]\nprovider = "{name}"\n',
+            )
+            failures.append(raised_by(Vault.from_config, path))
+        failures.append(raised_by(load_config, write(tmp_path, "unknown_key = 1\n")))
+        for failed in failures:
+            assert isinstance(failed, ConfigurationError | KeyProviderError), repr(failed)
+            assert frame_leaks(failed, environ) == [], failed

@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import multiprocessing
 import os
 import pickle
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 import vaultkit._vault as vault_module
-from vaultkit import FieldCipher, KeyDomain, Vault
-from vaultkit.errors import ConfigurationError, DecryptionError, DomainError, KeyProviderError
+from vaultkit import FieldCipher, KeyDomain, Principal, SealedValue, Vault, acting_as
+from vaultkit.core import wire
+from vaultkit.errors import (
+    AccessDeniedError,
+    AuditError,
+    ConfigurationError,
+    DecryptionError,
+    DomainError,
+    EncodingError,
+    KeyProviderError,
+    VaultkitError,
+)
 from vaultkit.store import DekState, MemoryKeyStore
 from vaultkit.testing import CountingKeyProvider, InMemoryKeyProvider
 
@@ -443,3 +457,431 @@ class TestCommitment:
         forged = forged_header + nonce + key.cipher.encrypt(nonce, b"\x01forged", aad)
         with pytest.raises(DecryptionError):
             vault.decrypt(forged)
+
+
+# -- issue 12: the decryption path against hostile values ------------------------------------------
+
+POLICIES = [
+    KeyDomain("identity"),
+    KeyDomain("medical", restricted=True),
+    KeyDomain("claims", restricted=True, on_denied="raise"),
+]
+COACH = Principal("coach-17")
+ADVISER = Principal("adviser-2", grants={"medical", "claims"})
+
+
+class QueryCounter:
+    """Counts the statements a real engine sends to its database."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.statements: list[str] = []
+        sa.event.listen(engine, "before_cursor_execute", self._count)
+
+    def _count(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.statements.append(statement)
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+
+@pytest.fixture
+def store_engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    """A real SQLite engine for a key store (one file per test)."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'keys.db'}")
+    yield engine
+    engine.dispose()
+
+
+def _header_for(dek_id: bytes) -> bytes:
+    return wire.build_header(dek_id, os.urandom(32))
+
+
+class TestForeignDek:
+    @pytest.mark.parametrize("warm", [False, True])
+    @pytest.mark.parametrize("reader", [COACH, ADVISER], ids=["no-grant", "grant"])
+    def test_medical_dek_in_identity_column_is_a_decryption_error(
+        self, provider: InMemoryKeyProvider, warm: bool, reader: Principal
+    ) -> None:
+        """Bytes naming a medical DEK in an identity column fail to authenticate for any reader."""
+        store = MemoryKeyStore()
+        with Vault(provider=provider, store=store, domains=POLICIES) as writer:
+            medical = writer.field("medical", table="members", column="note").encrypt("flu")
+        forged_body = medical[:52] + os.urandom(40)
+        random_header = _header_for(dek_of(medical)) + os.urandom(40)
+        with Vault(provider=provider, store=store, domains=POLICIES) as reader_vault:
+            if warm:  # the reader already knows the DEK's domain (and, with the grant, its key)
+                with acting_as(ADVISER, purpose="p"):
+                    note = reader_vault.field("medical", table="members", column="note")
+                    assert note.decrypt(medical) == "flu"
+            column = reader_vault.field("identity", table="members", column="note")
+            with acting_as(reader, purpose="p"):
+                for blob in (medical, forged_body, random_header):
+                    with pytest.raises(DecryptionError):
+                        column.decrypt(blob)
+                    with pytest.raises(DecryptionError):
+                        reader_vault.decrypt(blob, domain="identity")
+
+    def test_claims_dek_in_identity_column_does_not_raise_access_denied(
+        self, provider: InMemoryKeyProvider
+    ) -> None:
+        """A DEK of a raise-on-denial domain named by an identity value is DecryptionError."""
+        store = MemoryKeyStore()
+        with Vault(provider=provider, store=store, domains=POLICIES) as writer:
+            with acting_as(ADVISER, purpose="p"):
+                claim = writer.field("claims", table="c", column="x").encrypt("claim 17")
+        with Vault(provider=provider, store=store, domains=POLICIES) as reader:
+            with acting_as(COACH, purpose="p"), pytest.raises(DecryptionError):
+                reader.field("identity", table="c", column="x").decrypt(claim)
+
+    def test_foreign_dek_costs_no_provider_call(self, provider: InMemoryKeyProvider) -> None:
+        """A reader with every grant refuses a DEK of another domain before unwrapping it."""
+        store = MemoryKeyStore()
+        with Vault(provider=provider, store=store, domains=POLICIES) as writer:
+            medical = writer.encrypt("flu", domain="medical")
+        counting = CountingKeyProvider(provider)
+        with Vault(provider=counting, store=store, domains=POLICIES) as reader:
+            with acting_as(ADVISER, purpose="p"), pytest.raises(DecryptionError):
+                reader.decrypt(medical, domain="identity")
+        assert counting.calls["unwrap"] == 0
+
+    @pytest.mark.parametrize(("domain", "denial"), [("medical", "seal"), ("claims", "raise")])
+    def test_genuine_restricted_value_is_denied_without_touching_keys(
+        self, provider: InMemoryKeyProvider, store_engine: sa.Engine, domain: str, denial: str
+    ) -> None:
+        """A cold reader without the grant is denied from the column's domain: no query, no unwrap."""
+        with Vault(provider=provider, store=store_engine, domains=POLICIES) as writer:
+            with acting_as(ADVISER, purpose="p"):
+                blob = writer.field(domain, table="t", column="c").encrypt("diagnosis")
+        counting = CountingKeyProvider(provider)
+        with Vault(provider=counting, store=store_engine, domains=POLICIES) as reader:
+            column = reader.field(domain, table="t", column="c")
+            queries = QueryCounter(store_engine)
+            with acting_as(COACH, purpose="p"):
+                if denial == "seal":
+                    sealed = column.decrypt(blob)
+                    assert isinstance(sealed, SealedValue)
+                    assert sealed.domain == domain
+                else:
+                    with pytest.raises(AccessDeniedError):
+                        column.decrypt(blob)
+            assert queries.count == 0
+            with acting_as(ADVISER, purpose="p"):
+                assert column.decrypt(blob) == "diagnosis"
+        assert counting.calls["unwrap"] == 1
+
+    def test_context_api_without_a_domain_still_denies_by_the_deks_domain(
+        self, provider: InMemoryKeyProvider
+    ) -> None:
+        """Vault.decrypt without domain= denies a restricted value by the domain of its DEK."""
+        store = MemoryKeyStore()
+        with Vault(provider=provider, store=store, domains=POLICIES) as writer:
+            blob = writer.encrypt("flu", domain="medical")
+        with Vault(provider=provider, store=store, domains=POLICIES) as reader:
+            with acting_as(COACH, purpose="p"):
+                assert isinstance(reader.decrypt(blob), SealedValue)
+                assert isinstance(reader.decrypt(blob, domain="medical"), SealedValue)
+
+
+DEEP = 100_000
+
+
+class TestHostilePlaintext:
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            b"[" * DEEP + b"]" * DEEP,
+            b'{"a":' * DEEP + b"1" + b"}" * DEEP,
+            b"[" * DEEP,
+        ],
+        ids=["list", "dict", "unterminated"],
+    )
+    def test_deep_json_under_a_valid_key_is_a_decryption_error(
+        self, vault: Vault, payload: bytes
+    ) -> None:
+        """JSON a key holder nested 100,000 deep raises DecryptionError, never RecursionError."""
+        fields = wire.context_fields(CTX)
+        blob = vault._seal("identity", b"\x0b" + payload, fields)
+        with pytest.raises(DecryptionError):
+            vault.decrypt(blob, context=CTX)
+        padded = vault._seal("identity", b"\x8b" + payload + b"\x80\x00", fields)
+        with pytest.raises(DecryptionError):
+            vault.decrypt(padded, context=CTX)
+
+    def test_deep_json_is_refused_on_encrypt(self, vault: Vault) -> None:
+        """Encrypting JSON nested 100,000 deep raises a ValueError-derived vaultkit error."""
+        value: list[Any] = []
+        for _ in range(DEEP):
+            value = [value]
+        with pytest.raises(EncodingError, match="nested too deeply") as info:
+            vault.encrypt(value, domain="identity")
+        assert isinstance(info.value, ValueError)
+        assert isinstance(info.value, VaultkitError)
+
+
+class TestUnknownDekCache:
+    def _reader(self, store_engine: sa.Engine, provider: InMemoryKeyProvider) -> Vault:
+        return Vault(provider=provider, store=store_engine, domains=POLICIES)
+
+    @staticmethod
+    def _hostile(dek_id: bytes) -> bytes:
+        return _header_for(dek_id) + os.urandom(40)
+
+    def test_repeated_unknown_ids_cost_one_query_each(
+        self, provider: InMemoryKeyProvider, store_engine: sa.Engine, clock: FakeClock
+    ) -> None:
+        """10,000 values naming 20 unknown DEK ids cost 20 key-store queries, not 10,000."""
+        pool = [os.urandom(16) for _ in range(20)]
+        blobs = [self._hostile(pool[i % 20]) for i in range(10_000)]
+        with self._reader(store_engine, provider) as reader:
+            queries = QueryCounter(store_engine)
+            for blob in blobs:
+                with pytest.raises(DecryptionError):
+                    reader.decrypt(blob)
+            assert queries.count == 20
+            assert len(reader._cache.unknown.ids) == 20
+
+    def test_random_unknown_ids_share_one_budget(
+        self, provider: InMemoryKeyProvider, store_engine: sa.Engine, clock: FakeClock
+    ) -> None:
+        """10,000 values with fresh random DEK ids cost the budget plus one listing per window."""
+        with self._reader(store_engine, provider) as writer:
+            genuine = [writer.encrypt(i, domain="identity") for i in range(3)]
+            writer.retire_dek(dek_of(genuine[0]))
+            later = writer.encrypt("after", domain="identity")
+        blobs = [self._hostile(os.urandom(16)) for _ in range(10_000)]
+        with self._reader(store_engine, provider) as reader:
+            queries = QueryCounter(store_engine)
+            for blob in blobs:
+                with pytest.raises(DecryptionError):
+                    reader.decrypt(blob)
+            assert queries.count == vault_module.UNKNOWN_LOOKUP_BUDGET + 1
+            assert len(reader._cache.unknown.ids) <= vault_module.NEGATIVE_CACHE_SIZE
+            # DEKs the store has are never refused, cached or not, retired or active.
+            assert [reader.decrypt(b) for b in genuine] == [0, 1, 2]
+            assert reader.decrypt(later) == "after"
+            # A new window renews the budget, and no more than that.
+            clock.now += vault_module.NEGATIVE_TTL
+            before = queries.count
+            for blob in blobs:
+                with pytest.raises(DecryptionError):
+                    reader.decrypt(blob)
+            assert queries.count - before == vault_module.UNKNOWN_LOOKUP_BUDGET + 1
+
+    def test_negative_cache_is_bounded(
+        self, provider: InMemoryKeyProvider, clock: FakeClock
+    ) -> None:
+        """However many unknown ids a vault meets, it remembers at most NEGATIVE_CACHE_SIZE."""
+        with Vault(provider=provider, store=MemoryKeyStore(), domains=POLICIES) as reader:
+            for _ in range(3):
+                for _ in range(vault_module.NEGATIVE_CACHE_SIZE):
+                    with pytest.raises(DecryptionError):
+                        reader.decrypt(self._hostile(os.urandom(16)))
+                clock.now += vault_module.NEGATIVE_TTL
+            assert len(reader._cache.unknown.ids) <= vault_module.NEGATIVE_CACHE_SIZE
+
+    def test_a_dek_created_later_by_another_process_is_read_within_the_ttl(
+        self, provider: InMemoryKeyProvider, store_engine: sa.Engine, clock: FakeClock
+    ) -> None:
+        """After the budget is spent, a DEK another vault creates is readable once the window ends."""
+        with (
+            self._reader(store_engine, provider) as reader,
+            self._reader(store_engine, provider) as other,
+        ):
+            for _ in range(vault_module.UNKNOWN_LOOKUP_BUDGET):
+                with pytest.raises(DecryptionError):
+                    reader.decrypt(self._hostile(os.urandom(16)))
+            blob = other.encrypt("fresh", domain="identity")
+            with pytest.raises(DecryptionError):
+                reader.decrypt(blob)  # not in the listing taken when the budget ran out
+            clock.now += vault_module.NEGATIVE_TTL
+            assert reader.decrypt(blob) == "fresh"
+
+    def test_own_new_dek_is_readable_while_the_budget_is_spent(
+        self, provider: InMemoryKeyProvider, store_engine: sa.Engine, clock: FakeClock
+    ) -> None:
+        """A vault reads back what it just wrote under a DEK it took after the listing."""
+        with self._reader(store_engine, provider) as vault:
+            for _ in range(vault_module.UNKNOWN_LOOKUP_BUDGET):
+                with pytest.raises(DecryptionError):
+                    vault.decrypt(self._hostile(os.urandom(16)))
+            assert vault._cache.unknown.snapshot is not None
+            assert vault.decrypt(vault.encrypt("mine", domain="identity")) == "mine"
+
+    def test_a_store_too_large_to_list_is_listed_once(
+        self,
+        provider: InMemoryKeyProvider,
+        store_engine: sa.Engine,
+        clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Past SNAPSHOT_MAX rows the vault lists the store once, then keeps to per-id lookups."""
+        monkeypatch.setattr(vault_module, "SNAPSHOT_MAX", 2)  # instead of 100,000 key rows
+        with self._reader(store_engine, provider) as writer:
+            for domain in ("identity", "medical", "claims"):
+                with acting_as(ADVISER, purpose="p"):
+                    writer.encrypt("x", domain=domain)
+        with self._reader(store_engine, provider) as reader:
+            queries = QueryCounter(store_engine)
+            budget = vault_module.UNKNOWN_LOOKUP_BUDGET
+            for _ in range(budget + 10):
+                with pytest.raises(DecryptionError):
+                    reader.decrypt(self._hostile(os.urandom(16)))
+            assert reader._cache.unknown.too_big
+            assert reader._cache.unknown.snapshot is None
+            assert queries.count == budget + 1 + 10
+            clock.now += vault_module.NEGATIVE_TTL
+            for _ in range(budget + 10):
+                with pytest.raises(DecryptionError):
+                    reader.decrypt(self._hostile(os.urandom(16)))
+            assert queries.count == 2 * (budget + 10) + 1
+
+    def test_a_row_seen_late_is_read_within_the_ttl(
+        self, provider: InMemoryKeyProvider, store_engine: sa.Engine, clock: FakeClock
+    ) -> None:
+        """A DEK row that reaches the store after its value did is read once its id's entry expires."""
+        with self._reader(store_engine, provider) as other:
+            blob = other.encrypt("late", domain="identity")
+        with store_engine.begin() as conn:  # as a lagging replica would show it: not there yet
+            row = conn.execute(sa.text("SELECT * FROM vaultkit_data_keys")).mappings().one()
+            conn.execute(sa.text("DELETE FROM vaultkit_data_keys"))
+        with self._reader(store_engine, provider) as reader:
+            with pytest.raises(DecryptionError):
+                reader.decrypt(blob)
+            columns = ", ".join(row.keys())
+            marks = ", ".join(f":{k}" for k in row.keys())
+            with store_engine.begin() as conn:
+                conn.execute(
+                    sa.text(f"INSERT INTO vaultkit_data_keys ({columns}) VALUES ({marks})"),
+                    dict(row),
+                )
+            queries = QueryCounter(store_engine)
+            clock.now += vault_module.NEGATIVE_TTL / 2
+            with pytest.raises(DecryptionError):
+                reader.decrypt(blob)
+            assert queries.count == 0
+            clock.now += vault_module.NEGATIVE_TTL / 2
+            assert reader.decrypt(blob) == "late"
+
+    def test_preload_skips_remembered_unknown_ids(
+        self, provider: InMemoryKeyProvider, store_engine: sa.Engine, clock: FakeClock
+    ) -> None:
+        """preload asks the store once for an unknown id, however often it is named."""
+        unknown = os.urandom(16)
+        with self._reader(store_engine, provider) as reader:
+            queries = QueryCounter(store_engine)
+            assert reader.preload([unknown]) == 0
+            for _ in range(100):
+                assert reader.preload([unknown]) == 0
+                with pytest.raises(DecryptionError):
+                    reader.decrypt(self._hostile(unknown))
+            assert queries.count == 1
+
+
+PLANTED = "planted-diagnosis-" + os.urandom(8).hex()
+
+
+def _secret_in_frames(exc: BaseException, secret: str) -> list[str]:
+    """Where ``secret`` appears in the locals of every frame of ``exc`` and its chained errors."""
+    needle_bytes = secret.encode()
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def walk(obj: Any, path: str, depth: int) -> None:
+        if id(obj) in seen or depth > 5 or len(seen) > 200_000:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, str):
+            if secret in obj:
+                found.append(path)
+            return
+        if isinstance(obj, bytes | bytearray | memoryview):
+            if needle_bytes in bytes(obj):
+                found.append(path)
+            return
+        if isinstance(obj, dict):
+            items = list(obj.items())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            items = list(enumerate(obj))
+        elif isinstance(obj, BaseException):
+            items = [("args", obj.args), *vars(obj).items()]
+            for attr in ("object",):  # UnicodeDecodeError keeps the bytes it failed on
+                if hasattr(obj, attr):
+                    items.append((attr, getattr(obj, attr)))
+        else:
+            # Plain attribute storage only (what a reporter's repr of locals can reach), read
+            # without calling properties or __getattr__ hooks.
+            try:
+                items = list(object.__getattribute__(obj, "__dict__").items())
+            except (AttributeError, TypeError):
+                items = []
+            for cls in type(obj).__mro__:
+                for slot in cls.__dict__.get("__slots__", ()):
+                    descriptor: Any = cls.__dict__.get(slot) if isinstance(slot, str) else None
+                    if type(descriptor).__name__ == "member_descriptor":
+                        try:
+                            items.append((slot, descriptor.__get__(obj, cls)))
+                        except AttributeError:
+                            pass
+        for key, value in items:
+            walk(value, f"{path}.{key}", depth + 1)
+
+    chain: BaseException | None = exc
+    while chain is not None and id(chain) not in seen:
+        walk(chain, type(chain).__name__, 0)
+        tb = chain.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            for name, value in frame.f_locals.items():
+                walk(value, f"{frame.f_code.co_name}:{name}", 1)
+            tb = tb.tb_next
+        chain = chain.__cause__ or chain.__context__
+    return found
+
+
+def _write_planted(url: str, provider: InMemoryKeyProvider, domains: list[KeyDomain]) -> bytes:
+    with Vault(provider=provider, store=url, domains=domains) as writer:
+        with acting_as(ADVISER, purpose="intake"):
+            return writer.field("medical", table="notes", column="text").encrypt(PLANTED)
+
+
+class TestNoPlaintextInFrames:
+    @pytest.mark.parametrize("api", ["field", "context"])
+    def test_failed_audit_write_leaves_no_plaintext_in_frames(
+        self, provider: InMemoryKeyProvider, tmp_path: Path, api: str
+    ) -> None:
+        """When the audit table is gone the read fails, and no traceback frame holds the value."""
+        url = f"sqlite:///{tmp_path / 'keys.db'}"
+        domains = [KeyDomain("medical", restricted=True, audited=True)]
+        blob = _write_planted(url, provider, domains)
+        with Vault(provider=provider, store=url, domains=domains) as reader:
+            engine = sa.create_engine(url)
+            with engine.begin() as conn:  # the audit table is really gone, not patched away
+                conn.execute(sa.text("DROP TABLE vaultkit_audit_events"))
+            engine.dispose()
+            with acting_as(ADVISER, purpose="review"), pytest.raises(AuditError) as info:
+                if api == "field":
+                    reader.field("medical", table="notes", column="text").decrypt(blob)
+                else:
+                    reader.decrypt(blob, context={"table": "notes", "column": "text"})
+            assert _secret_in_frames(info.value, PLANTED) == []
+            reader._audit_log = None  # let close() finish without the table
+
+    @pytest.mark.parametrize(
+        "plaintext",
+        [
+            b"\x01" + PLANTED.encode() + b"\xff",  # a str that is not UTF-8
+            b"\x0b[" + json.dumps(PLANTED).encode(),  # JSON cut short
+            b"\x8b" + json.dumps([PLANTED]).encode() + b"\x80\x01",  # bad padding
+        ],
+        ids=["utf8", "json", "padding"],
+    )
+    def test_undecodable_plaintext_leaves_no_trace_in_frames(
+        self, vault: Vault, plaintext: bytes
+    ) -> None:
+        """An authenticated plaintext that does not decode is not kept by the error or its frames."""
+        blob = vault._seal("medical", plaintext, wire.context_fields(CTX))
+        del plaintext
+        with pytest.raises(DecryptionError) as info:
+            vault.decrypt(blob, context=CTX)
+        assert _secret_in_frames(info.value, PLANTED) == []

@@ -43,7 +43,7 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -78,6 +78,9 @@ _WRITER: Final = b"\x04"
 _INFO: Final = b"vaultkit x25519 wrap v1"
 _UNIT_INFO: Final = b"vaultkit x25519 unit wrap v1"
 _SIG_LABEL: Final = b"vaultkit x25519 writer v1"
+# What a writer signs for its own audit chain starts with this (vaultkit.audit's labels), never
+# with _SIG_LABEL: the signing function handed to the audit log signs nothing else.
+_AUDIT_SIG_PREFIX: Final = b"vaultkit audit writer "
 _DEK_SIZE: Final = 32
 _SEALED: Final = _DEK_SIZE + 16
 _WRITER_ID: Final = 8
@@ -312,6 +315,33 @@ class X25519KeyProvider(NoPickle):
             )
             for k in self._private[domain]
         ]
+
+    # -- audit --------------------------------------------------------------------------------
+
+    def audit_signer(self, domain: str) -> tuple[Ed25519PublicKey, Callable[[bytes], bytes]] | None:
+        """An encrypt-only writer's key for its own audit chain: public key and signing function.
+
+        ``None`` when this provider holds ``domain``'s private key (the unit, which keeps its
+        chain under the audit key). A :class:`~vaultkit.Vault` whose audit domain is
+        encrypt-only here logs into the writer's own chain (:meth:`AuditLog.of_writer
+        <vaultkit.audit.AuditLog.of_writer>`), signed with ``signer``, which the unit verifies
+        with the key it pins in ``writers=``. The function signs audit-chain messages only.
+        """
+        self._keys(domain)
+        signer = self._signer
+        if domain in self._private or signer is None:
+            return None
+
+        def sign(data: bytes) -> bytes:
+            if not data.startswith(_AUDIT_SIG_PREFIX):
+                raise KeyProviderError("the audit signer signs audit-chain links only")
+            return signer.sign(data)
+
+        return signer.public_key(), sign
+
+    def pinned_writers(self) -> dict[str, Ed25519PublicKey]:
+        """The writers this unit pins (name -> Ed25519 public key), whose audit chains it checks."""
+        return {name: key for name, key in self._writers.values()}
 
     # -- KeyProvider --------------------------------------------------------------------------
 
