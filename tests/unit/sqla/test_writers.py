@@ -79,9 +79,7 @@ def audit_actions(vault: Vault) -> list[tuple[str, str]]:
     ]
 
 
-def test_a_writer_reads_back_what_it_may_read_after_commit(
-    engine: sa.Engine, vault: Vault
-) -> None:
+def test_a_writer_reads_back_what_it_may_read_after_commit(engine: sa.Engine, vault: Vault) -> None:
     """After commit, the writer reads the member's id, name and e-mail without an
     AccessDeniedError and without a denied event; only its write is audited."""
     with vault.acting_as(WRITER, purpose="claim-77"), Session(engine) as session:
