@@ -143,7 +143,16 @@ def code_130(tmp: Path) -> int:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
-    time.sleep(4)  # imports done; the command blocks reading stdin
+    deadline = time.monotonic() + 60
+    syscall = Path(f"/proc/{child.pid}/syscall")
+    while time.monotonic() < deadline:  # until it blocks in read(0, ...) for the password
+        try:
+            if syscall.read_text().startswith("0 0x0 "):
+                break
+        except OSError:  # no /proc: give the imports time
+            time.sleep(5)
+            break
+        time.sleep(0.05)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=30)
     assert err.decode().strip() == "vaultkit: interrupted"
