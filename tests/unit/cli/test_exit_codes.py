@@ -243,3 +243,19 @@ def test_an_unexpected_exception_is_one_line_and_code_1(
         "values; please report it)"
     ]
     assert "4711" not in err and "asthma" not in err
+
+
+def test_audit_verify_tells_an_unreachable_database_from_a_broken_log(
+    setup: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vaultkit audit verify` exits 10 when the audit database cannot be reached and 5 when
+    the key store cannot, each with one line and no password, not 1 ("cannot be read")."""
+    closed = "postgresql+psycopg://postgres:pw-4711@127.0.0.1:1/test"
+    assert main([*VERIFY, "--audit", closed]) == 10
+    err = capsys.readouterr().err
+    assert err.startswith("vaultkit: DatabaseError: cannot reach the database")
+    store = ["--store", closed, "--keyring", "keyring.json", "--domain", "medical"]
+    assert main(["audit", "verify", *store, "--audit", "sqlite:///keys.db"]) == 5
+    err += capsys.readouterr().err
+    assert "KeyStoreError: key store at" in err and "cannot be reached" in err
+    assert len(err.strip().splitlines()) == 2 and "pw-4711" not in err
