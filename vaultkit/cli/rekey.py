@@ -149,7 +149,7 @@ def _child(args: argparse.Namespace, messages: Any, number: int) -> None:
         if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
             messages.put(("error", database_failure(exc)))
         else:
-            messages.put(("error", RuntimeError(f"worker {number} failed: {type(exc).__name__}")))
+            messages.put(("error", VaultkitError(f"worker {number} failed: {type(exc).__name__}")))
 
 
 class _Progress:

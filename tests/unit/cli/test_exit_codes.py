@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from vaultkit import KeyDomain, Principal, Vault
 from vaultkit.cli.main import EXIT_CODES, main
@@ -259,3 +260,43 @@ def test_audit_verify_tells_an_unreachable_database_from_a_broken_log(
     err += capsys.readouterr().err
     assert "KeyStoreError: key store at" in err and "cannot be reached" in err
     assert len(err.strip().splitlines()) == 2 and "pw-4711" not in err
+
+
+@pytest.mark.postgres
+def test_a_worker_process_that_fails_unexpectedly_is_one_line_and_code_1(
+    setup: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --workers 2, a model module that raises only in the worker processes ends the run
+    with 1 and one line naming the worker and the exception's class, not its message."""
+    (setup / "worker_models.py").write_text(
+        textwrap.dedent(
+            """
+            import multiprocessing
+            import sqlalchemy as sa
+            from vaultkit.sqla import Encrypted
+
+            if multiprocessing.parent_process() is not None:
+                raise RuntimeError("member 4711 has diagnosis asthma")
+            T = sa.Table(
+                "wm", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                sa.Column("v", Encrypted(sa.Text, domain="identity")),
+            )
+            """
+        )
+    )
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("create table wm (id integer primary key, v bytea)"))
+    engine.dispose()
+    code = main(
+        [
+            "rekey", "--store", "sqlite:///worker-keys.db", "--keyring", "keyring.json",
+            "--data", postgres_url, "--model", "worker_models:T", "--workers", "2",
+        ]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "vaultkit: VaultkitError: worker 0 failed: RuntimeError"
+    ] or (err.strip().splitlines() == ["vaultkit: VaultkitError: worker 1 failed: RuntimeError"])
+    assert "4711" not in err
