@@ -22,14 +22,15 @@ __all__ = ["EXIT_CODES", "EXIT_DATABASE", "EXIT_UNEXPECTED", "DatabaseError", "m
 
 
 class DatabaseError(VaultkitError):
-    """A database the command uses (data, key store's or audit database) failed or was not
-    reached; the message names the driver's error class, never its text once SQL ran."""
+    """A database the command uses other than the key store (the data or the audit database)
+    failed or was not reached; the message names the driver's error class, never its text once
+    SQL ran. (The key store's failures are :class:`~vaultkit.errors.KeyStoreError`, exit 5.)"""
 
 
 #: Exit codes (docs/operations.md, "Exit codes", is the authoritative table; a test drives each):
 #: 0 success; 2 usage (argparse); by error class, most specific first: 3 configuration, 4 key
 #: provider, 5 key store, 6 decryption, 8 conflict (a batch aborted by the database through every
-#: retry), 10 a database failed or was not reached, 1 any other vaultkit error. Commands return
+#: retry), 10 the data or audit database failed or was not reached, 1 any other vaultkit error. Commands return
 #: their own: 7 "done, but not clean" (``vaultkit rekey``, ``vaultkit audit verify``), 9 "no audit
 #: log here" (``vaultkit audit``), 4 "breach list unavailable" (``vaultkit password check``), 1 a
 #: refusal (a checkpoint refused, a password rejected, a destroy not confirmed). An unexpected
