@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import platform
 import random
@@ -48,6 +49,10 @@ from sqlalchemy_utils import StringEncryptedType  # noqa: E402
 from sqlalchemy_utils.types.encrypted.encrypted_type import AesGcmEngine  # noqa: E402
 
 FLOOR_KEY = AESGCM(os.urandom(32))
+
+
+#: The clock every timing uses (``--clock``).
+CLOCK: list[Callable[[], float]] = [time.perf_counter]
 
 
 class _Bytes(sa.LargeBinary):
@@ -118,9 +123,9 @@ def timed(fn: Callable[[], None]) -> float:
     # Start each measurement from a collected heap, so that one variant does not pay for the
     # garbage of the previous one.
     gc.collect()
-    start = time.perf_counter()
+    start = CLOCK[0]()
     fn()
-    return time.perf_counter() - start
+    return CLOCK[0]() - start
 
 
 def run_once(model: type[Any], url: str, data: list[dict[str, Any]]) -> dict[str, float]:
@@ -182,36 +187,63 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["plain", "floor", "vaultkit", "sqlalchemy-utils"],
+        help="variants to measure (plain always first: it is the baseline)",
+    )
+    parser.add_argument("--targets", nargs="+", default=["SQLite file", "SQLite memory"])
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall time, or this process's CPU time (steadier on a shared machine)",
+    )
     args = parser.parse_args()
+    if args.clock == "cpu":
+        CLOCK[0] = time.process_time
 
     vault = Vault(provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["identity"])
     vaultkit.sqla.configure(vault)
     data = rows(args.rows)
     tmp = Path(tempfile.mkdtemp(prefix="vaultkit-bench-"))
     counter = iter(range(10**6))
-    targets = {
+    factories = {
         "SQLite file": lambda: f"sqlite:///{tmp / f'b{next(counter)}.db'}",
         "SQLite memory": lambda: "sqlite://",
     }
-    kinds = ["plain", "floor", "vaultkit", "sqlalchemy-utils"]
+    targets = {name: factories[name] for name in args.targets}
+    kinds = ["plain", *(k for k in args.kinds if k != "plain")]
+    figures: dict[str, dict[str, dict[str, float]]] = {}
     print(
         f"<!-- Python {platform.python_version()}, SQLAlchemy {sa.__version__}, {args.rows} rows, "
         f"best of {args.repeat} -->"
     )
     for target, url_factory in targets.items():
         results = {kind: measure(kind, url_factory, data, args.repeat) for kind in kinds}
+        figures[target] = results
         plain = results["plain"]
+        peer = "sqlalchemy-utils" in results and "vaultkit" in results
         print(f"\n**{target}**, {args.rows:,} rows (seconds, and ratio to plain):\n")
         print(
-            "| operation | plain | floor | vaultkit | sqlalchemy-utils | vaultkit vs sqlalchemy-utils |"
+            "| operation | "
+            + " | ".join(kinds)
+            + (" | vaultkit vs sqlalchemy-utils |" if peer else " |")
         )
-        print("|---|---:|---:|---:|---:|---:|")
+        print("|---|" + "---:|" * (len(kinds) + peer))
         for op in plain:
             cells = [f"{plain[op]:.2f}"]
             for kind in kinds[1:]:
                 cells.append(f"{results[kind][op]:.2f} ({results[kind][op] / plain[op]:.2f}x)")
-            speedup = results["sqlalchemy-utils"][op] / results["vaultkit"][op]
-            print(f"| {op} | " + " | ".join(cells) + f" | {speedup:.2f}x faster |")
+            line = f"| {op} | " + " | ".join(cells) + " |"
+            if peer:
+                speedup = results["sqlalchemy-utils"][op] / results["vaultkit"][op]
+                line += f" {speedup:.2f}x faster |"
+            print(line)
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=1))
     vault.close()
 
 

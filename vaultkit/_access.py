@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from vaultkit.errors import ConfigurationError
 from vaultkit.keys.domains import check_domain_name
@@ -43,10 +44,18 @@ ANONYMOUS = Principal("anonymous")
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """The principal and purpose in force for the current thread or asyncio task."""
+    """The principal and purpose in force for the current thread or asyncio task.
+
+    ``opened`` holds what this scope decrypted from ORM attributes of restricted or audited
+    domains (:mod:`vaultkit.sqla`), per object: another scope, even of the same principal, never
+    sees it, and it is emptied when the ``acting_as`` block ends.
+    """
 
     principal: Principal
     purpose: str | None
+    opened: weakref.WeakKeyDictionary[Any, dict[str, Any]] = field(
+        init=False, repr=False, compare=False, default_factory=weakref.WeakKeyDictionary
+    )
 
 
 _scope: contextvars.ContextVar[Scope] = contextvars.ContextVar(
@@ -86,6 +95,8 @@ def acting_as(principal: Principal, *, purpose: str) -> Iterator[Scope]:
                 "dependency with yield does that): set a request's scope with "
                 "vaultkit.integrations.fastapi.vaultkit_scope"
             ) from None
+        finally:
+            scope.opened.clear()
 
 
 class SealedValue:

@@ -81,13 +81,6 @@ class DecryptionError(VaultkitError):
         super().__init__(message)
 
 
-class EncodingError(VaultkitError, ValueError):
-    """A value cannot be encoded for encryption: a lone surrogate, NaN in JSON, JSON nested too deep.
-
-    A ``ValueError`` too, as the built-in errors it replaces were; the message never quotes the value.
-    """
-
-
 class UnsupportedFormatError(DecryptionError):
     """The value carries a wire-format version or suite this release cannot read."""
 
@@ -102,6 +95,15 @@ class AuditError(VaultkitError):
 
 class QueryError(VaultkitError):
     """An SQL operator was used that has no meaning on randomised ciphertext."""
+
+
+class EncodingError(VaultkitError, TypeError, ValueError):
+    """A value cannot be encoded for encryption: a wrong type, a lone surrogate, NaN in JSON, JSON
+    nested too deep, or a value its column's codec refuses.
+
+    The message names the column (where there is one) and the kind of failure, never the value. It
+    is also a ``TypeError`` and a ``ValueError``, the built-in errors such input raised before.
+    """
 
 
 class AudienceError(VaultkitError):

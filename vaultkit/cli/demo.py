@@ -237,7 +237,8 @@ def _show(workdir: Path, engine: sa.Engine, vault: Vault, provider: LocalKeyProv
         )
     with vault.acting_as(COACH, purpose="coaching-chat"), Session(engine) as session:
         try:
-            session.get(Member, marie_id)
+            # A restricted value is decrypted when it is read, under the reader's scope.
+            _ = session.get(Member, marie_id).health_note  # type: ignore[union-attr]
             outcome = "decrypted (this must never happen)"
         except DecryptionError as exc:
             outcome = f"refused: DecryptionError('{exc}')"

@@ -17,21 +17,37 @@ indexes, unique constraints and primary keys on encrypted columns.
 
 from __future__ import annotations
 
+import logging
+import threading
+import traceback
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Mapper, attributes
+from sqlalchemy.ext.mutable import Mutable
+from sqlalchemy.orm import Mapper, ORMExecuteState, Session, attributes
+from sqlalchemy.orm.attributes import InstrumentedAttribute
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.selectable import Select
 
+from vaultkit._access import SealedValue, current_scope
 from vaultkit.errors import ConfigurationError, QueryError, VaultkitError
-from vaultkit.sqla.types import BlindIndexType, Encrypted, EncryptedCell, RowBound
+from vaultkit.sqla import _registry
+from vaultkit.sqla.types import (
+    CELL_KEY,
+    BlindIndexType,
+    Encrypted,
+    EncryptedCell,
+    Pending,
+    RowBound,
+    cell_of,
+    orm_cells,
+)
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,7 @@ def _column_attached(column: sa.Column[Any], table: Any) -> None:
             column_type = column_type.copy()
             column.type = column_type
         column_type._attach(*where)
+        _sensitive_keys.add(column.key)
     elif isinstance(column_type, BlindIndexType):
         if column_type._attached is not None and column_type._attached[0] != table.name:
             column_type = column_type.copy()
@@ -118,6 +135,7 @@ def _column_attached(column: sa.Column[Any], table: Any) -> None:
         # The source column may be attached later (Alembic builds tables column by column): the
         # domain is resolved from it on first use.
         column_type._attach(table)
+        _sensitive_keys.add(column.key)
     _plans.pop(table, None)
 
 
@@ -281,64 +299,479 @@ def _table_name(statement: Insert | Update) -> str:
     return str(getattr(statement.table, "name", statement.table))
 
 
-# -- errors -------------------------------------------------------------------------------------
+# -- errors and logs ---------------------------------------------------------------------------
+#
+# A failing statement is reported by SQLAlchemy with its parameters: for vaultkit columns those are
+# plaintexts when the failure comes before or during the bind processors (another column's
+# processor, a value an encrypted column refuses). The failure is reported here instead: vaultkit's
+# own errors as they are, SQLAlchemy's with the values of encrypted columns and blind-index sources
+# replaced, and the finished frames below the failure (bind processors, parameter processing)
+# cleared of their locals. SQLAlchemy's frames that are still running when the error is raised
+# (``Connection.execute`` and the ORM flush above it) keep the parameters they were given; see
+# docs/sqlalchemy.md.
+
+_REDACTED: Final = "<encrypted column value hidden by vaultkit>"
+
+#: Keys of the parameters that carry plaintext into vaultkit columns: encrypted columns and
+#: blind indexes (whose parameter is the source plaintext until the processor digests it).
+_sensitive_keys: set[str] = set()
+
+
+def _redacted(params: Any) -> Any:
+    if isinstance(params, dict):
+        return {k: (_REDACTED if k in _sensitive_keys else v) for k, v in params.items()}
+    if isinstance(params, list | tuple):
+        return type(params)(_redacted(p) for p in params)
+    return params
+
+
+def _clear_finished_frames(tb: Any) -> None:
+    # Frames still running (the ones that will see the exception next) cannot be cleared and are
+    # skipped by traceback.clear_frames; the finished ones, down to the raise, lose their locals.
+    traceback.clear_frames(tb)
 
 
 @event.listens_for(Engine, "handle_error", retval=True)
 def _handle_error(context: Any) -> BaseException | None:
-    # SQLAlchemy's StatementError quotes the statement's parameters, which for vaultkit columns
-    # are plaintexts. When the failure is vaultkit's own (a missing row key, a wrong value type in
-    # an encrypted column), raise it as it is, without the parameters.
     original = context.original_exception
+    _clear_finished_frames(original.__traceback__)
     if isinstance(original, VaultkitError):
         return original
-    if isinstance(original, TypeError | ValueError):
-        tb = original.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        if tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("vaultkit."):
-            return (TypeError if isinstance(original, TypeError) else ValueError)(str(original))
+    wrapped = context.sqlalchemy_exception
+    if wrapped is not None and getattr(wrapped, "params", None) is not None:
+        wrapped.params = _redacted(wrapped.params)
     return None
 
 
-# -- ORM loads ----------------------------------------------------------------------------------
+def _result_columns(context: Any) -> Iterator[Any]:
+    compiled = getattr(context, "compiled", None)
+    for entry in getattr(compiled, "_result_columns", None) or ():
+        yield entry[3]
 
 
-def _decrypt_loaded(target: Any, pairs: tuple[tuple[str, str], ...], only: Any = None) -> None:
-    state_dict = attributes.instance_dict(target)
-    for attr, row_attr in pairs:
-        if only is not None and attr not in only:
-            continue
-        value = state_dict.get(attr)
-        if isinstance(value, EncryptedCell):
-            attributes.set_committed_value(
-                target, attr, value.decrypt(row=getattr(target, row_attr))
+@event.listens_for(Engine, "before_cursor_execute")
+def _before_cursor_execute(
+    conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any, executemany: bool
+) -> None:
+    logger = getattr(conn.engine, "logger", None)
+    if logger is None or not logger.isEnabledFor(logging.DEBUG):
+        return
+    # SQLAlchemy logs each result row at DEBUG level after the result processors ran, that is
+    # after vaultkit decrypted it, whatever hide_parameters says.
+    for column_type in _result_columns(context):
+        if isinstance(column_type, Encrypted):
+            raise ConfigurationError(
+                "the SQLAlchemy engine logs result rows (echo='debug', or the sqlalchemy.engine "
+                f"logger at DEBUG), and this statement reads the encrypted column "
+                f"{column_type._name_or_unknown()}: its decrypted values would be logged. Log "
+                "statements only (echo=True, the logger at INFO)"
             )
+
+
+# -- ORM: values of restricted and audited domains are opened on access -------------------------
+#
+# A Session is shared by whoever uses it, and its identity map outlives any ``acting_as`` block.
+# So for a column whose domain is restricted or audited, an ORM load never decrypts: the
+# attribute holds an EncryptedCell (the ciphertext) in the instance's committed state, and reading
+# the attribute decrypts it under the reader's own scope. The vault then applies that reader's
+# grants and writes that reader's audit event. What a scope decrypted is cached in the scope itself
+# (Scope.opened), keyed by object and attribute and checked against the cell it came from, so
+# repeated reads cost a dictionary lookup and a mutable value keeps its identity, while another
+# scope, of another principal or of the same one, never sees it.
+#
+# A value the application assigns is its own until the flush; reading it needs the grant like any
+# other. The flush writes its ciphertext and the attribute then holds that ciphertext as a cell.
+# Columns of other domains keep the plain fast path: decrypted once, on load.
+
+
+class _Guard:
+    """What the ORM needs to know about one encrypted attribute of one mapped class."""
+
+    __slots__ = ("column_type", "key", "mutable", "row_attr")
+
+    def __init__(self, key: str, column_type: Encrypted, row_attr: str | None, mutable: bool):
+        self.key = key
+        self.column_type = column_type
+        self.row_attr = row_attr
+        self.mutable = mutable  # sqlalchemy.ext.mutable tracks it: cells travel in containers
+
+    def row(self, instance: Any) -> Any:
+        return getattr(instance, self.row_attr) if self.row_attr is not None else None
+
+    def read(self, instance: Any, value: Any) -> Any:
+        """What ``instance.<key>`` gives the current scope, for the non-None ``value`` held."""
+        column_type = self.column_type
+        cell = value if type(value) is EncryptedCell else cell_of(value) if self.mutable else None
+        if cell is None:
+            # A plaintext: loaded for a domain that is neither restricted nor audited (the fast
+            # path), or assigned by the application and not yet flushed.
+            if type(value) is Pending:
+                value = value.value
+            if (
+                column_type.restricted()
+                and column_type.domain not in current_scope().principal.grants
+            ):
+                return column_type.deny(self.row(instance))
+            return value
+        state = attributes.instance_state(instance)
+        scope = current_scope()
+        opened = scope.opened if scope.purpose is not None else None
+        if opened is not None:
+            held = opened.get(state)
+            if held is not None:
+                hit = held.get(self.key)
+                if hit is not None and hit[0] is cell:
+                    return hit[1]
+        plain = cell.decrypt(row=self.row(instance))
+        if type(plain) is SealedValue:
+            return plain
+        if self.mutable and cell is not value and isinstance(value, Mutable):
+            # The same Mutable class that sqlalchemy.ext.mutable put around the cell, so that
+            # in-place changes flag the attribute (see _modified below).
+            tracked: Any = type(value).coerce(self.key, plain)
+            tracked._parents[state] = self.key
+            plain = tracked
+        if opened is not None:
+            opened.setdefault(state, {})[self.key] = (cell, plain)
+        return plain
+
+
+class _GuardedAttribute(InstrumentedAttribute[Any]):
+    """The class attribute of an encrypted column: reads go through :meth:`_Guard.read`."""
+
+    __slots__ = ()
+    inherit_cache = True
+    _vaultkit_guard: _Guard
+
+    def __get__(self, instance: Any, owner: Any) -> Any:
+        if instance is None:
+            return self
+        dict_ = attributes.instance_dict(instance)
+        key = self.key
+        if key in dict_:
+            value = dict_[key]
+        else:
+            value = self.impl.get(attributes.instance_state(instance), dict_)
+        if value is None:
+            return None
+        return self._vaultkit_guard.read(instance, value)
+
+
+def _mutable_class(attribute: Any) -> type | None:
+    """The ``sqlalchemy.ext.mutable`` class tracking ``attribute``, found among its set listeners.
+
+    ``Mutable.as_mutable`` records the class nowhere but in its listener; the listener is wrapped
+    by the attribute events, so look one closure deep. ``None`` when there is none.
+    """
+    for listener in attribute.dispatch.set:
+        fn = listener
+        for _ in range(3):
+            names = getattr(getattr(fn, "__code__", None), "co_freevars", ())
+            cells = getattr(fn, "__closure__", None) or ()
+            closure = dict(zip(names, cells, strict=False))
+            if getattr(fn, "__module__", "") == "sqlalchemy.ext.mutable" and "cls" in closure:
+                found = closure["cls"].cell_contents
+                return found if isinstance(found, type) else None
+            if "fn" not in closure:
+                break
+            fn = closure["fn"].cell_contents
+    return None
+
+
+def _in_container(mutable: type | None, cell: EncryptedCell) -> Any:
+    # The container sqlalchemy.ext.mutable accepts (it coerces it to its own class on load).
+    if mutable is not None and issubclass(mutable, list):
+        return [cell]
+    return {CELL_KEY: cell}
+
+
+class _MapperPlan:
+    """The encrypted attributes of one mapper, and which of them are row-bound."""
+
+    __slots__ = ("_epoch", "_guarded", "_slots", "guards", "mutables", "row_bound")
+
+    def __init__(self, guards: tuple[_Guard, ...]) -> None:
+        self.guards = guards
+        self.row_bound = tuple(g for g in guards if g.row_attr is not None)
+        self.mutables: dict[str, type | None] = {}
+        self._slots = tuple({id(g.column_type._slot): g.column_type._slot for g in guards}.values())
+        self._epoch = -1
+        self._guarded = True
+
+    def any_guarded(self) -> bool:
+        """Whether any attribute's domain is restricted or audited (rechecked on reconfiguration)."""
+        # Generations only grow, so their sum changes whenever one of them does.
+        epoch = sum(slot.generation for slot in self._slots)
+        if epoch != self._epoch:
+            self._guarded = any(g.column_type.guarded() for g in self.guards)
+            self._epoch = epoch
+        return self._guarded
+
+
+_mapper_plans: weakref.WeakKeyDictionary[Mapper[Any], _MapperPlan] = weakref.WeakKeyDictionary()
+
+
+def _cells_after_load(
+    target: Any, plan: _MapperPlan, context: Any, only: Any = None, *, expire: bool = True
+) -> None:
+    if not plan.row_bound and not plan.any_guarded():
+        return  # the fast path: every value was decrypted once, on load
+    state_dict = attributes.instance_dict(target)
+    stale = []
+    for guard in plan.guards:
+        key = guard.key
+        if only is not None and key not in only:
+            continue
+        value = state_dict.get(key)
+        if value is None:
+            continue
+        if type(value) is EncryptedCell:
+            if guard.column_type.guarded():
+                if guard.mutable:
+                    mutable = plan.mutables.get(key)
+                    if key not in plan.mutables:
+                        mutable = plan.mutables[key] = _mutable_class(
+                            attributes.manager_of_class(type(target))[key]
+                        )
+                    state_dict[key] = _in_container(mutable, value)
+            elif guard.row_attr is not None:
+                attributes.set_committed_value(
+                    target, key, value.decrypt(row=getattr(target, guard.row_attr))
+                )
+        elif expire and guard.column_type.guarded() and cell_of(value) is None:
+            # Decrypted outside an entity load that vaultkit saw (a textual statement, a
+            # yield_per stream): under whoever ran the query. Drop it; the next read loads the
+            # ciphertext again and opens it under the reader's scope.
+            stale.append(key)
+    if stale:
+        state = attributes.instance_state(target)
+        session = getattr(context, "session", None)
+        if session is not None and state.key is not None:
+            session.expire(target, stale)
+        else:
+            for key in stale:
+                state_dict.pop(key, None)
+
+
+def _wrap_pending(target: Any, plan: _MapperPlan, *, insert: bool) -> None:
+    if not plan.any_guarded():
+        return
+    state = attributes.instance_state(target)
+    state_dict = state.dict
+    for guard in plan.guards:
+        key = guard.key
+        value = state_dict.get(key)
+        if value is None or type(value) is Pending or cell_of(value) is not None:
+            continue
+        if not insert and key not in state.committed_state:
+            continue
+        if guard.column_type.guarded():
+            state_dict[key] = Pending(value)
+
+
+def _cells_after_flush(target: Any, plan: _MapperPlan) -> None:
+    if not plan.any_guarded():
+        return
+    state = attributes.instance_state(target)
+    state_dict = state.dict
+    scope = current_scope()
+    for guard in plan.guards:
+        key = guard.key
+        pending = state_dict.get(key)
+        if type(pending) is not Pending:
+            continue
+        if pending.ciphertext is None:
+            state_dict[key] = pending.value
+            continue
+        cell = EncryptedCell(guard.column_type, pending.ciphertext)
+        value = pending.value
+        if guard.mutable and isinstance(value, Mutable):
+            # The value keeps tracking its parent; the attribute holds the cell in a container
+            # of the value's own Mutable class, as after a load.
+            holder: Any = type(value).coerce(key, _in_container(type(value), cell))
+            holder._parents[state] = key
+            state_dict[key] = holder
+        else:
+            state_dict[key] = cell
+        # The writer reads its own value back without decrypting it again, in this scope only.
+        column_type = guard.column_type
+        if scope.purpose is not None and (
+            not column_type.restricted() or column_type.domain in scope.principal.grants
+        ):
+            scope.opened.setdefault(state, {})[key] = (cell, value)
+
+
+def _modified(target: Any, initiator: Any) -> None:
+    # flag_modified (also what a Mutable value calls on an in-place change) on an attribute that
+    # holds a cell: the value to write is the one this scope opened and changed.
+    key = initiator.key
+    state = attributes.instance_state(target)
+    cell = cell_of(state.dict.get(key))
+    if cell is None:
+        return
+    scope = current_scope()
+    held = scope.opened.get(state) if scope.purpose is not None else None
+    hit = held.get(key) if held is not None else None
+    if hit is not None and hit[0] is cell:
+        state.dict[key] = hit[1]
+
+
+def _guard_attributes(mapper: Mapper[Any]) -> _MapperPlan | None:
+    guards = []
+    for prop in mapper.column_attrs:
+        column = prop.columns[0]
+        if not (isinstance(column, sa.Column) and isinstance(column.type, Encrypted)):
+            continue
+        row_attr = None
+        if column.type.row_key:
+            key_column = _row_key_column(column.table, column)
+            row_attr = mapper.get_property_by_column(key_column).key
+        mutable = column.info.get("_ext_mutable_orig_type") is not None
+        guard = _Guard(prop.key, column.type, row_attr, mutable)
+        guards.append(guard)
+        attribute = mapper.class_manager.get(prop.key)
+        if type(attribute) is InstrumentedAttribute:
+            attribute.__class__ = type(
+                f"Guarded_{mapper.class_.__name__}_{prop.key}",
+                (_GuardedAttribute,),
+                {"__slots__": (), "inherit_cache": True, "_vaultkit_guard": guard},
+            )
+            event.listen(attribute, "modified", _modified, raw=False)
+    if not guards:
+        return None
+    plan = _MapperPlan(tuple(guards))
+    _mapper_plans[mapper] = plan
+    return plan
+
+
+def _listen_loads(mapper: Mapper[Any], plan: _MapperPlan) -> None:
+    def on_load(target: Any, context: Any) -> None:
+        _cells_after_load(target, plan, context)
+
+    def on_refresh(target: Any, context: Any, attrs: Any) -> None:
+        _cells_after_load(target, plan, context, attrs)
+
+    def on_refresh_flush(target: Any, context: Any, attrs: Any) -> None:
+        _cells_after_load(target, plan, context, attrs, expire=False)
+
+    # Inserted first: sqlalchemy.ext.mutable's own load listener must find the cell already in
+    # the container it accepts.
+    event.listen(mapper, "load", on_load, raw=False, insert=True)
+    event.listen(mapper, "refresh", on_refresh, raw=False, insert=True)
+    event.listen(mapper, "refresh_flush", on_refresh_flush, raw=False, insert=True)
+
+
+def _listen_flushes(mapper: Mapper[Any], plan: _MapperPlan) -> None:
+    def before_insert(mapper_: Any, connection: Any, target: Any) -> None:
+        _wrap_pending(target, plan, insert=True)
+
+    def before_update(mapper_: Any, connection: Any, target: Any) -> None:
+        _wrap_pending(target, plan, insert=False)
+
+    def after_write(mapper_: Any, connection: Any, target: Any) -> None:
+        _cells_after_flush(target, plan)
+
+    event.listen(mapper, "before_insert", before_insert)
+    event.listen(mapper, "before_update", before_update)
+    event.listen(mapper, "after_insert", after_write)
+    event.listen(mapper, "after_update", after_write)
+
+
+# The per-row listeners of a mapper whose domains are neither restricted nor audited would only
+# return at once; they are registered when a domain of the mapper is (or may be) guarded: at
+# configuration, or later, before the first ORM statement or flush after the vault changed.
+_armed: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+_loads_listened: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+_arm_lock = threading.Lock()
+_epoch = -1
+
+
+def _arm(mapper: Mapper[Any], plan: _MapperPlan) -> None:
+    with _arm_lock:
+        if mapper in _armed:
+            return
+        if mapper not in _loads_listened:
+            _listen_loads(mapper, plan)
+            _loads_listened.add(mapper)
+        _listen_flushes(mapper, plan)
+        _armed.add(mapper)
+
+
+def _arm_guarded() -> None:
+    global _epoch
+    epoch = sum(slot.generation for slot in _registry._slots.values())
+    if epoch == _epoch:
+        return
+    for mapper, plan in list(_mapper_plans.items()):
+        if mapper not in _armed and plan.any_guarded():
+            _arm(mapper, plan)
+    _epoch = epoch
 
 
 @event.listens_for(Mapper, "mapper_configured")
 def _mapper_configured(mapper: Mapper[Any], class_: type) -> None:
-    pairs = []
-    for prop in mapper.column_attrs:
-        column = prop.columns[0]
-        if (
-            isinstance(column, sa.Column)
-            and isinstance(column.type, Encrypted)
-            and column.type.row_key
-        ):
-            table = column.table
-            key_column = _row_key_column(table, column)
-            pairs.append((prop.key, mapper.get_property_by_column(key_column).key))
-    if not pairs:
+    plan = _guard_attributes(mapper)
+    if plan is None:
         return
-    frozen = tuple(pairs)
+    if plan.any_guarded():
+        _arm(mapper, plan)
+    elif plan.row_bound:
+        # Row-bound values of other domains are decrypted on load with the entity's row key.
+        with _arm_lock:
+            _listen_loads(mapper, plan)
+            _loads_listened.add(mapper)
 
-    def on_load(target: Any, context: Any) -> None:
-        _decrypt_loaded(target, frozen)
 
-    def on_refresh(target: Any, context: Any, attrs: Any) -> None:
-        _decrypt_loaded(target, frozen, attrs)
+@event.listens_for(Session, "before_flush")
+def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
+    _arm_guarded()
 
-    event.listen(mapper, "load", on_load, raw=False)
-    event.listen(mapper, "refresh", on_refresh, raw=False)
-    event.listen(mapper, "refresh_flush", on_refresh, raw=False)
+
+def _loads_guarded_entities(orm_state: ORMExecuteState) -> bool:
+    if orm_state.is_column_load or orm_state.is_relationship_load:
+        mappers = orm_state.all_mappers
+    else:
+        mappers = []
+        for description in orm_state.statement.column_descriptions:  # type: ignore[attr-defined]
+            entity = description.get("entity")
+            if entity is not None and description.get("expr") is entity:
+                mappers.append(sa.inspect(entity).mapper)
+        if not mappers:
+            return False
+    seen: set[Mapper[Any]] = set()
+    todo = list(mappers)
+    while todo:
+        mapper = todo.pop()
+        if mapper in seen:
+            continue
+        seen.add(mapper)
+        plan = _mapper_plans.get(mapper)
+        if plan is not None and plan.any_guarded():
+            return True
+        # Entities loaded alongside (joined eager loads) come through the same rows.
+        todo.extend(rel.mapper for rel in mapper.relationships)
+        todo.extend(mapper.self_and_descendants)
+    return False
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _do_orm_execute(orm_state: ORMExecuteState) -> Any:
+    if not orm_state.is_orm_statement or not _mapper_plans:
+        return None
+    _arm_guarded()
+    statement = orm_state.statement
+    if not (orm_state.is_select or getattr(statement, "_returning", None)):
+        return None
+    options = orm_state.execution_options
+    if options.get("yield_per") or options.get("stream_results"):
+        # A stream is read as it is consumed, outside this call: its guarded values are
+        # dropped on load instead (see _cells_after_load) and read again on access.
+        return None
+    if not _loads_guarded_entities(orm_state):
+        return None
+    token = orm_cells.set(True)
+    try:
+        # The rows are fetched, and the entities built, while the flag is set.
+        return orm_state.invoke_statement().freeze()()
+    finally:
+        orm_cells.reset(token)

@@ -20,8 +20,9 @@ import json
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -33,22 +34,19 @@ from vaultkit._access import SealedValue
 from vaultkit._codec import PlainValue, encode_value
 from vaultkit._vault import BlindIndexKey, FieldCipher
 from vaultkit.core import wire
-from vaultkit.errors import ConfigurationError, DecryptionError, QueryError
+from vaultkit.errors import (
+    ConfigurationError,
+    DecryptionError,
+    EncodingError,
+    QueryError,
+    VaultkitError,
+)
 from vaultkit.keys.domains import check_domain_name
 from vaultkit.sqla import _registry
 
 __all__ = ["BlindIndexType", "Encrypted", "EncryptedCell", "RowBound"]
 
 _MAGIC: Final = wire.MAGIC
-
-
-def _as_bytes(stored: object) -> bytes:
-    """A stored value as bytes; anything else (a text written by another tool) is no ciphertext."""
-    if isinstance(stored, bytes):
-        return stored
-    if isinstance(stored, bytearray | memoryview):
-        return bytes(stored)
-    raise DecryptionError
 
 
 _NULL_OPERATORS: Final = frozenset({operators.is_, operators.is_not})
@@ -89,6 +87,98 @@ class _RawVarbinary(mysql.VARBINARY):
         return None
 
 
+#: Set by the ORM hooks while an ORM statement loads entities: the columns of restricted or
+#: audited domains then yield :class:`EncryptedCell` objects, opened on attribute access under
+#: the reader's own scope (see :mod:`vaultkit.sqla._hooks`), instead of plaintext decrypted under
+#: whoever happened to run the query.
+orm_cells: ContextVar[bool] = ContextVar("vaultkit_orm_cells", default=False)
+
+
+def _stored_bytes(value: Any, column: Encrypted) -> bytes:
+    """Return a stored value as bytes, or raise a vaultkit error naming the column (never the value)."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise DecryptionError(
+        f"{column._name_or_unknown()}: the database returned a {type(value).__name__} where a "
+        "binary ciphertext was expected; store encrypted columns as binary (BYTEA, BLOB)"
+    )
+
+
+#: What a bind processor turns into an EncodingError: a wrong type, a value its codec refuses, a
+#: JSON value nested too deeply for the encoder.
+_ENCODING_FAILURES: Final = (TypeError, ValueError, RecursionError)
+
+
+def _encoding_error(column: Encrypted | BlindIndexType, exc: BaseException) -> Exception:
+    """The error to raise for ``exc`` under ``column``'s bind processor: never quoting the value.
+
+    Messages of vaultkit's own checks name types and limits only and are kept; any other
+    message (the JSON encoder's, a user's normalising function's) may quote the value, so only
+    its class is named.
+    """
+    if isinstance(exc, VaultkitError):
+        return exc
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    own = tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("vaultkit.")
+    detail = str(exc) if own and not isinstance(exc, UnicodeError) else type(exc).__name__
+    if isinstance(column, Encrypted):
+        name = column._name_or_unknown()
+    else:
+        name = f"blind index of {column.source!r}"
+    return EncodingError(f"{name}: the value cannot be stored ({detail})")
+
+
+class _CellKey:
+    """The one key of the container that stands for a sealed cell in a ``Mutable`` attribute."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<sealed cell>"
+
+
+#: ``sqlalchemy.ext.mutable`` refuses anything but its own container in a mutable attribute, so
+#: there a cell travels as ``{CELL_KEY: cell}`` or ``[cell]`` (a key and an item no JSON value
+#: can hold).
+CELL_KEY: Final = _CellKey()
+
+
+def cell_of(value: Any) -> EncryptedCell | None:
+    """Return the cell that ``value`` stands for (itself, or inside a mutable container), else None."""
+    if type(value) is EncryptedCell:
+        return value
+    if isinstance(value, dict):
+        if len(value) == 1:
+            found = value.get(CELL_KEY)
+            return found if type(found) is EncryptedCell else None
+    elif isinstance(value, list) and len(value) == 1 and type(value[0]) is EncryptedCell:
+        return value[0]
+    return None
+
+
+class Pending:
+    """A value the application assigned to a restricted or audited attribute, on its way to the
+    database.
+
+    The ORM hooks wrap such values before a flush; the column type encrypts :attr:`value` and
+    keeps the ciphertext it wrote in :attr:`ciphertext`, so that after the flush the attribute
+    holds that ciphertext (an :class:`EncryptedCell`) rather than the writer's plaintext.
+    """
+
+    __slots__ = ("ciphertext", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.ciphertext: bytes | None = None
+
+    def __repr__(self) -> str:
+        return "Pending(<value>)"
+
+
 class RowBound:
     """A value on its way into a row-bound column, with the row key it is bound to.
 
@@ -107,11 +197,13 @@ class RowBound:
 
 
 class EncryptedCell:
-    """A row-bound value read without its row key: ciphertext only, never plaintext.
+    """A stored value not yet decrypted: ciphertext only, never plaintext.
 
-    ORM loads of whole entities decrypt these automatically with the entity's row key. A Core
-    ``select`` of a row-bound column yields them; open one with :meth:`decrypt`, giving the row key
-    selected alongside.
+    A Core ``select`` of a row-bound column yields them (open one with :meth:`decrypt`, giving the
+    row key selected alongside). In the ORM, the attributes of restricted and audited domains
+    hold them in the instance's committed state: the attribute decrypts on each access under the
+    scope of the reader (cached for that scope only), so that an object loaded by one principal
+    never hands its plaintext to another.
     """
 
     __slots__ = ("_type", "ciphertext")
@@ -120,12 +212,17 @@ class EncryptedCell:
         self._type = column_type
         self.ciphertext = ciphertext
 
-    def decrypt(self, *, row: wire.ContextValue) -> Any:
-        """Decrypt with the row key of the row this value was read from."""
+    def decrypt(self, *, row: wire.ContextValue | None = None) -> Any:
+        """Decrypt under the current scope, with the row key of its row when the column is row-bound."""
         return self._type.decrypt_value(self.ciphertext, row=row)
 
     def __repr__(self) -> str:
-        return f"EncryptedCell({self._type.bound_name}, {len(self.ciphertext)} bytes)"
+        return f"EncryptedCell({self._type._name_or_unknown()}, {len(self.ciphertext)} bytes)"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        # Its column type names a configured vault, which is not shipped; refuse rather than
+        # fail later in another process.
+        raise TypeError("an EncryptedCell cannot be pickled")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, EncryptedCell) and other.ciphertext == self.ciphertext
@@ -159,6 +256,10 @@ def _coercer(inner: TypeEngine[Any]) -> tuple[type | None, Callable[[Any], Plain
 
         def to_json(value: Any) -> PlainValue:
             if isinstance(value, dict | list):
+                if cell_of(value) is not None:
+                    raise TypeError(
+                        "a sealed value cannot be written back into an encrypted column"
+                    )
                 return value
             raise TypeError(f"a JSON column takes dict or list, not {type(value).__name__}")
 
@@ -389,6 +490,9 @@ class Encrypted(TypeDecorator[Any]):
         self._slot = _registry.slot(vault)
         self._field: FieldCipher | None = None
         self._field_generation = -1
+        self._policy_generation = -1
+        self._guarded = True
+        self._restricted = True
 
     # -- naming and the vault -----------------------------------------------------------------
 
@@ -453,6 +557,44 @@ class Encrypted(TypeDecorator[Any]):
             self._field_generation = slot.generation
         return field
 
+    # -- who may read it ----------------------------------------------------------------------
+
+    def _load_policy(self) -> None:
+        slot = self._slot
+        vault = slot.vault
+        # Without a configured vault, or for a domain it does not declare, assume the strictest.
+        policy = vault._domains.get(self.domain) if vault is not None else None
+        self._restricted = policy is None or policy.restricted
+        self._guarded = policy is None or policy.restricted or policy.audited
+        self._policy_generation = slot.generation
+
+    def guarded(self) -> bool:
+        """Whether the configured vault restricts or audits this column's domain.
+
+        The ORM keeps the values of such columns as ciphertext in its identity map and decrypts
+        them on access, under the scope of the reader.
+        """
+        if self._policy_generation != self._slot.generation:
+            self._load_policy()
+        return self._guarded
+
+    def restricted(self) -> bool:
+        """Whether reading this column's domain needs a grant."""
+        if self._policy_generation != self._slot.generation:
+            self._load_policy()
+        return self._restricted
+
+    def deny(self, row: wire.ContextValue | None = None) -> Any:
+        """Answer a reader without the grant as the vault does: audited, sealed or raising."""
+        table, column = self.bound_name.split(".", 1)
+        return self._slot.get()._denied(self.domain, (table, column, row))
+
+    def _name_or_unknown(self) -> str:
+        try:
+            return self.bound_name
+        except ConfigurationError:
+            return "an Encrypted column"
+
     # -- SQLAlchemy hooks ---------------------------------------------------------------------
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
@@ -461,10 +603,26 @@ class Encrypted(TypeDecorator[Any]):
         return dialect.type_descriptor(_RawBinary())
 
     def encrypt_value(self, value: Any) -> bytes | None:
-        """Encrypt one value for this column; ``None`` stays ``None`` (stored as NULL)."""
+        """Encrypt one value for this column; ``None`` stays ``None`` (stored as NULL).
+
+        Raises:
+            EncodingError: the value does not fit the column; the message never quotes it.
+        """
+        try:
+            return self._encrypt_value(value)
+        except _ENCODING_FAILURES as exc:
+            error = _encoding_error(self, exc)
+        # Raised outside the except block: the original, which may hold the value, is not chained.
+        raise error
+
+    def _encrypt_value(self, value: Any) -> bytes | None:
         row = None
         if type(value) is RowBound:
             row = value.row
+            value = value.value
+        pending = None
+        if type(value) is Pending:
+            pending = value
             value = value.value
         if value is None:
             return None
@@ -477,7 +635,10 @@ class Encrypted(TypeDecorator[Any]):
             )
         if type(value) is not str or self._python_type is not str:
             value = self._coerce(value)
-        return self.field().encrypt(value, row=row)
+        blob = self.field().encrypt(value, row=row)
+        if pending is not None:
+            pending.ciphertext = blob
+        return blob
 
     def decrypt_value(self, stored: Any, *, row: wire.ContextValue | None = None) -> Any:
         """Decrypt one stored value of this column (with its row key when row-bound)."""
@@ -488,7 +649,7 @@ class Encrypted(TypeDecorator[Any]):
                 box = [stored]
                 del stored  # the legacy value travels in ``box`` only, emptied by _read_legacy
                 return self._read_legacy(box, row)
-            stored = _as_bytes(stored)
+            stored = _stored_bytes(stored, self)
         if stored[:2] != _MAGIC:
             if self.migrating:
                 box = [stored]
@@ -598,14 +759,20 @@ class Encrypted(TypeDecorator[Any]):
                 field = self.field()
                 seal, fields, where = field._seal, field._fixed, field._where
                 generation = slot.generation
-            if type(value) is str and python_type is str and pad is None:
-                try:  # the common case, encoded here without a call (see vaultkit._codec)
-                    return seal(domain, b"\x01" + value.encode("utf-8"), fields, where)
-                except UnicodeEncodeError:
-                    pass  # a lone surrogate: encode_value raises a clean error below
-            elif python_type is not str or type(value) is not str:
-                value = coerce(value)
-            return seal(domain, encode_value(value, pad_to=pad), fields, where)
+            try:
+                if type(value) is str and python_type is str and pad is None:
+                    try:  # the common case, encoded here without a call (see vaultkit._codec)
+                        return seal(domain, b"\x01" + value.encode("utf-8"), fields, where)
+                    except UnicodeEncodeError:
+                        pass  # a lone surrogate: encode_value raises a clean error below
+                elif python_type is not str or type(value) is not str:
+                    if type(value) is Pending:
+                        return self.encrypt_value(value)
+                    value = coerce(value)
+                return seal(domain, encode_value(value, pad_to=pad), fields, where)
+            except _ENCODING_FAILURES as exc:
+                error = _encoding_error(self, exc)
+            raise error
 
         return process
 
@@ -617,17 +784,25 @@ class Encrypted(TypeDecorator[Any]):
             return False
         return True
 
+    def _cell(self, value: Any) -> EncryptedCell:
+        if not self.migrating or isinstance(value, bytes | bytearray | memoryview):
+            value = _stored_bytes(value, self)
+        return EncryptedCell(self, value)
+
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
-        if value is not None and self.row_key is not None:
-            if not self.migrating or _as_bytes_or_none(value)[:2] == _MAGIC:
-                return EncryptedCell(self, _as_bytes(value))
+        if value is not None:
+            if self.row_key is not None:
+                if not self.migrating or _as_bytes_or_none(value)[:2] == _MAGIC:
+                    return self._cell(value)
+            elif orm_cells.get() and self.guarded():
+                return self._cell(value)
         return self.decrypt_value(value)
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any]:
-        if self.row_key is not None:
+        if self.row_key is not None or (
+            self.migrating or self._enum_class is not None or self.previous is not None
+        ):
             return lambda value: self.process_result_value(value, dialect)
-        if self.migrating or self._enum_class is not None or self.previous is not None:
-            return self.decrypt_value
         # Strict mode: a value without the vaultkit header fails the vault's own header check,
         # so no separate test for the magic is needed on this path.
         slot, domain = self._slot, self.domain
@@ -635,16 +810,23 @@ class Encrypted(TypeDecorator[Any]):
         open_: Callable[[bytes, bytes, str | None, Any], Any] | None = None
         fields = b""
         where: tuple[str, str, None] | None = None
+        guarded = True
+        cells = orm_cells
 
         def process(value: Any) -> Any:
-            nonlocal generation, open_, fields, where
+            nonlocal generation, open_, fields, where, guarded
             if value is None:
                 return None
             if generation != slot.generation or open_ is None:
                 field = self.field()
                 open_, fields, where = field._open, field._fixed, field._where
+                guarded = self.guarded()
                 generation = slot.generation
-            return open_(value if type(value) is bytes else _as_bytes(value), fields, domain, where)
+            if type(value) is not bytes:
+                value = _stored_bytes(value, self)
+            if guarded and cells.get():
+                return EncryptedCell(self, value)
+            return open_(value, fields, domain, where)
 
         return process
 
@@ -848,8 +1030,10 @@ class BlindIndexType(TypeDecorator[bytes]):
             return None
         if type(value) is RowBound:
             value = value.value
-            if value is None:
-                return None
+        if type(value) is Pending:
+            value = value.value
+        if value is None:
+            return None
         normalized = self.normalize(value) if self.normalize is not None else value
         version = self.version if version is None else version
         mac = self._key(version).digest(encode_value(normalized))
@@ -857,15 +1041,26 @@ class BlindIndexType(TypeDecorator[bytes]):
         return bytes((version,)) + data
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
-        if type(value) is _Probe:
-            return self.digest(value.value, value.version)
-        return self.digest(value)
+        try:
+            if type(value) is _Probe:
+                return self.digest(value.value, value.version)
+            return self.digest(value)
+        except _ENCODING_FAILURES as exc:
+            error = _encoding_error(self, exc)
+        raise error
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], bytes | None]:
         return lambda value: self.process_bind_param(value, dialect)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> bytes | None:
-        return None if value is None else _as_bytes(value)
+        if value is None or type(value) is bytes:
+            return value
+        if isinstance(value, bytearray | memoryview):
+            return bytes(value)
+        raise DecryptionError(
+            f"blind index of {self.source!r}: the database returned a {type(value).__name__} "
+            "where a binary digest was expected"
+        )
 
     def process_literal_param(self, value: Any, dialect: Dialect) -> str:
         raise QueryError("blind-index digests are never rendered into SQL text")

@@ -67,12 +67,12 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     vault.close()
 
 
-def find(engine: sa.Engine, email: str) -> list[Member]:
+def find(engine: sa.Engine, email: str) -> list[tuple[Any, Any, Any]]:
+    """(email, age, note) of the members found through the blind index, read as the coach (the
+    medical note decrypts on access, under the scope that reads it)."""
     with Session(engine) as session, vaultkit.acting_as(COACH, purpose="test"):
-        found = list(session.scalars(sa.select(Member).where(Member.email_index == email)))
-        for member in found:
-            session.expunge(member)
-        return found
+        found = session.scalars(sa.select(Member).where(Member.email_index == email))
+        return [(m.email, m.age, m.note) for m in found]
 
 
 class TestPandasAlone:
@@ -115,8 +115,12 @@ class TestPandasAlone:
                 ),
                 {"id": uuid.UUID(int=1).hex, "email": MEMBERS.c.email.type.encrypt_value("a@x.be")},
             )
-        with Session(engine) as session, pytest.raises(DecryptionError):
-            session.scalars(sa.select(Member)).all()
+        # Text where a ciphertext belongs fails on load (the driver hands back a str) or, for a
+        # restricted column whose value decrypts on access, on access.
+        with Session(engine) as session, vaultkit.acting_as(COACH, purpose="test"):
+            with pytest.raises(DecryptionError):
+                (member,) = session.scalars(sa.select(Member)).all()
+                member.note  # noqa: B018
 
 
 class TestToSQL:
@@ -125,14 +129,8 @@ class TestToSQL:
         data = frame()
         written = vaultkit.sqla.pandas.to_sql(data, Member, engine, chunksize=16)
         assert written == len(data)
-        (member,) = find(engine, "member7@example.be")
-        assert (member.email, member.age, member.note) == (
-            "Member7@Example.be",
-            27,
-            "note 7: asthma",
-        )
-        (gap,) = find(engine, "member15@example.be")
-        assert gap.age is None and gap.note is None
+        assert find(engine, "member7@example.be") == [("Member7@Example.be", 27, "note 7: asthma")]
+        assert find(engine, "member15@example.be") == [("Member15@Example.be", None, None)]
         with engine.connect() as conn:
             raw = conn.execute(
                 sa.select(
@@ -161,7 +159,7 @@ class TestToSQL:
         with Session(engine) as session, vaultkit.acting_as(COACH, purpose="test"):
             assert session.get(Member, one).note == "note 1: asthma"  # type: ignore[union-attr]
             with pytest.raises(DecryptionError):
-                session.get(Member, two)
+                session.get(Member, two).note  # type: ignore[union-attr]  # noqa: B018
 
     def test_works_inside_the_callers_transaction(self, engine: sa.Engine) -> None:
         """With a connection, the rows are part of the caller's transaction and roll back with it."""

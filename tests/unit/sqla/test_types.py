@@ -757,3 +757,50 @@ def test_postgres_round_trips_never_store_plaintext(postgres_url: str, vault: Va
     finally:
         Base.metadata.drop_all(engine)
         engine.dispose()
+
+
+class TestWrongStorageType:
+    """An Encrypted column whose database column is not binary: TEXT or INTEGER holding non-bytes."""
+
+    @pytest.fixture
+    def wrong(self, tmp_path: Any, vault: Vault) -> Iterator[tuple[sa.Engine, sa.Table]]:
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'wrong.db'}")
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE wrong_types (id VARCHAR(36) PRIMARY KEY, note TEXT, "
+                    "amount INTEGER, level TEXT, bound TEXT, email_index TEXT)"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO wrong_types VALUES ('k1', 'plain medical note', 42, 'LOW', "
+                    "'bound note', 'not a digest')"
+                )
+            )
+        table = sa.Table(
+            "wrong_types",
+            sa.MetaData(),
+            sa.Column("id", sa.String(36), primary_key=True),
+            sa.Column("note", Encrypted(sa.Text, domain="medical")),
+            sa.Column("amount", Encrypted(sa.Integer, domain="financial")),
+            sa.Column("level", Encrypted(sa.Enum(Level), domain="medical")),
+            sa.Column("bound", Encrypted(sa.Text, domain="medical", row_key="id")),
+            sa.Column("email_index", vaultkit.sqla.BlindIndexType("note")),
+        )
+        yield engine, table
+        engine.dispose()
+
+    def test_non_bytes_from_the_driver_is_a_decryption_error_naming_the_column(
+        self, wrong: tuple[sa.Engine, sa.Table]
+    ) -> None:
+        """A str or int where a ciphertext belongs raises DecryptionError naming the column, no value."""
+        engine, table = wrong
+        for column in ("note", "amount", "level", "bound"):
+            with engine.connect() as conn, pytest.raises(DecryptionError) as info:
+                conn.execute(sa.select(table.c[column])).all()
+            message = str(info.value)
+            assert f"wrong_types.{column}" in message and "binary" in message
+            assert "plain medical note" not in message and "42" not in message
+        with engine.connect() as conn, pytest.raises(DecryptionError, match="blind index"):
+            conn.execute(sa.select(table.c.email_index)).all()
