@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
-import re
-import shlex
 from pathlib import Path
 
 import pytest
@@ -16,13 +14,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.integration._dbdump import dump_database
+from tests.integration._runbook import commands, run
 from vaultkit import Principal, Vault
 from vaultkit.audit import AuditEvent, AuditLog
-from vaultkit.cli.main import main
 from vaultkit.keys import LocalKeyProvider
 from vaultkit.keys.local import MASTER_KEY_ENV
 
-RUNBOOK = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+SECTIONS = ("## The audit log: verify and checkpoint",)  # the sh blocks this module runs
 CONFIG = """
 key_store = "{store}"
 audit = "{audit}"
@@ -38,17 +36,6 @@ path = "keyring.json"
 restricted = true
 audited = true
 """
-
-
-def commands(section: str) -> list[str]:
-    """The shell lines of the first ``sh`` block after ``section``, continuations joined and
-    comments dropped."""
-    text = RUNBOOK.read_text()
-    block = re.search(r"```sh\n(.*?)```", text[text.index(section) :], re.DOTALL)
-    assert block is not None
-    joined = block.group(1).replace("\\\n", " ")
-    lines = [line.split("#", 1)[0].strip() for line in joined.splitlines()]
-    return [line for line in lines if line]
 
 
 def test_the_audit_section_runs_as_written(
@@ -93,14 +80,11 @@ def test_the_audit_section_runs_as_written(
     checkpoints.mkdir()
     before = dump_database(store), dump_database(audit)
     ran = 0
-    for line in commands("## The audit log: verify and checkpoint"):
-        if line.startswith("export "):
-            continue
-        line = line.replace("/srv/audit-checkpoints", str(checkpoints))
-        argv = [os.path.expandvars(word) for word in shlex.split(line)]
-        assert argv[0] == "vaultkit"
-        assert main(argv[1:]) == 0, line
-        ran += 1
+    for line in commands(SECTIONS[0]):
+        code = run(line, {"/srv/audit-checkpoints": str(checkpoints)})
+        if code is not None:
+            assert code == 0, line
+            ran += 1
     assert ran == 6
     assert (checkpoints / "latest.json").exists() and (checkpoints / "new.json").exists()
     assert (dump_database(store), dump_database(audit)) == before

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import os
-import re
-import shlex
 import textwrap
 from pathlib import Path
 
@@ -15,12 +13,12 @@ import pytest
 import sqlalchemy as sa
 
 from tests.integration._dbdump import dump_database
+from tests.integration._runbook import app_package, commands, run
 from vaultkit import Principal, Vault
-from vaultkit.cli.main import main
 from vaultkit.keys import LocalKeyProvider
 from vaultkit.keys.local import MASTER_KEY_ENV
 
-RUNBOOK = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+SECTIONS = ("## Re-encrypting values",)  # the sh blocks this module runs
 MODELS = textwrap.dedent(
     """
     import sqlalchemy as sa
@@ -56,17 +54,6 @@ audited = true
 """
 
 
-def commands(section: str) -> list[str]:
-    """The shell lines of the first ``sh`` block after the heading ``section``, continuations
-    joined and comments dropped."""
-    text = RUNBOOK.read_text()
-    start = text.index(section)
-    block = re.search(r"```sh\n(.*?)```", text[start:], re.DOTALL)
-    assert block is not None
-    joined = block.group(1).replace("\\\n", " ")
-    return [line.split("#", 1)[0].strip() for line in joined.splitlines() if line.strip()]
-
-
 @pytest.mark.parametrize(
     "backend",
     [
@@ -89,10 +76,7 @@ def test_the_rekey_section_runs_as_written(
     master = base64.b64encode(os.urandom(32)).decode()
     monkeypatch.setenv(MASTER_KEY_ENV, master)
     monkeypatch.setenv("APP_DB_URL", url)
-    (tmp_path / "myapp").mkdir()
-    (tmp_path / "myapp" / "__init__.py").write_text("")
-    (tmp_path / "myapp" / "models.py").write_text(MODELS)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    app_package(tmp_path, MODELS, monkeypatch)
     keyring = tmp_path / "keyring.json"
     provider = LocalKeyProvider(keyring, create_keys=True)
     for domain in ("identity", "medical"):
@@ -135,15 +119,15 @@ def test_the_rekey_section_runs_as_written(
                 app.retire_dek(record.dek_id)
     engine.dispose()
 
-    lines = commands("## Re-encrypting values")
+    lines = commands(SECTIONS[0])
     assert lines[0].startswith("export VAULTKIT_MASTER_KEY=")
-    dry_run, run = lines[1:]
-    assert dry_run.endswith("--dry-run") and "--verify" in run
+    dry_run, rekey = lines[1:]
+    assert dry_run.endswith("--dry-run") and "--verify" in rekey
     before = dump_database(url)
-    assert main(shlex.split(os.path.expandvars(dry_run))[1:]) == 0
+    assert run(dry_run) == 0
     assert "would re-encrypt 600 values" in capsys.readouterr().out
     assert dump_database(url) == before
-    assert main(shlex.split(os.path.expandvars(run))[1:]) == 0
+    assert run(rekey) == 0
     out = capsys.readouterr().out
     assert "2 worker(s)" in out and "re-encrypted 600 values" in out and "clean" in out
     engine = sa.create_engine(url)

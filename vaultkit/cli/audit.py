@@ -42,7 +42,7 @@ from vaultkit.audit import (
     write_checkpoint,
     writer_table_prefix,
 )
-from vaultkit.errors import ConfigurationError
+from vaultkit.errors import ConfigurationError, KeyStoreError
 from vaultkit.keys import KeyProvider, LocalKeyProvider
 from vaultkit.store import SQLKeyStore
 
@@ -211,6 +211,7 @@ def _audit_log(args: argparse.Namespace) -> Iterator[AuditLog]:
             if audit_engine is not None:
                 cleanup.callback(audit_engine.dispose)
         shown = _shown(audit_url or store_url)
+        _reachable(store_engine, audit_engine, store_url)
         if audit_engine is None or not audit_log_exists(audit_engine):
             hint = (
                 ""
@@ -234,6 +235,24 @@ def _audit_log(args: argparse.Namespace) -> Iterator[AuditLog]:
                 f"domain {domain} (is {domain} the vault's audit domain? see --domain, --config)"
             )
         yield AuditLog(audit_engine, mac=mac, read_only=True)
+
+
+def _reachable(store: sa.Engine | None, audit: sa.Engine | None, store_url: str) -> None:
+    """Connect to the key store's and the audit database once: an unreachable key store is a
+    KeyStoreError (exit 5) as for every command, an unreachable audit database a database
+    failure (exit 10), neither an "audit log cannot be read"."""
+    from vaultkit.cli.main import database_failure
+
+    for engine in dict.fromkeys(e for e in (store, audit) if e is not None):
+        try:
+            with engine.connect():
+                pass
+        except SQLAlchemyError as exc:
+            if engine is store:
+                raise KeyStoreError(
+                    f"key store at {_shown(store_url)} cannot be reached: {type(exc).__name__}"
+                ) from None
+            raise database_failure(exc) from None
 
 
 def _expected(args: argparse.Namespace) -> list[Checkpoint]:

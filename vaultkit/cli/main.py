@@ -18,10 +18,23 @@ from vaultkit.errors import (
     VaultkitError,
 )
 
-__all__ = ["EXIT_CODES", "main"]
+__all__ = ["EXIT_CODES", "EXIT_DATABASE", "EXIT_UNEXPECTED", "DatabaseError", "main"]
 
-#: Exit codes: 0 success, 2 usage (argparse); the rest by error class, most specific first
-#: (7 is a command's own "done, but not clean": ``vaultkit rekey``, ``vaultkit audit verify``).
+
+class DatabaseError(VaultkitError):
+    """A database the command uses other than the key store (the data or the audit database)
+    failed or was not reached; the message names the driver's error class, never its text once
+    SQL ran. (The key store's failures are :class:`~vaultkit.errors.KeyStoreError`, exit 5.)"""
+
+
+#: Exit codes (docs/operations.md, "Exit codes", is the authoritative table; a test drives each):
+#: 0 success; 2 usage (argparse); by error class, most specific first: 3 configuration, 4 key
+#: provider, 5 key store, 6 decryption, 8 conflict (a batch aborted by the database through every
+#: retry), 10 the data or audit database failed or was not reached, 1 any other vaultkit error. Commands return
+#: their own: 7 "done, but not clean" (``vaultkit rekey``, ``vaultkit audit verify``), 9 "no audit
+#: log here" (``vaultkit audit``), 4 "breach list unavailable" (``vaultkit password check``), 1 a
+#: refusal (a checkpoint refused, a password rejected, a destroy not confirmed). An unexpected
+#: exception is 1 (one line, no traceback); Ctrl-C is 130.
 EXIT_CODES: Final[tuple[tuple[type[VaultkitError], int], ...]] = (
     (ConfigurationError, 3),
     (DomainError, 3),
@@ -29,8 +42,44 @@ EXIT_CODES: Final[tuple[tuple[type[VaultkitError], int], ...]] = (
     (KeyStoreError, 5),
     (DecryptionError, 6),
     (ConflictError, 8),
+    (DatabaseError, 10),
     (VaultkitError, 1),
 )
+EXIT_DATABASE: Final = 10
+EXIT_UNEXPECTED: Final = 1
+
+
+def database_failure(exc: Exception) -> VaultkitError:
+    """The vaultkit error to report for a SQLAlchemy error ``exc``, naming no value.
+
+    A bad URL (or unknown driver) is a configuration error, its text not shown (a URL may hold a
+    password). A failure before any SQL ran (connecting, logging in) shows the driver's first line
+    (host, port, user; no SQL, no parameters); once SQL ran, the driver's text may quote values
+    (a unique key's DETAIL, a statement's parameters), so only its class and SQLSTATE are shown.
+    """
+    import sqlalchemy.exc
+
+    if isinstance(exc, sqlalchemy.exc.ArgumentError):
+        return ConfigurationError(
+            f"a database URL is not valid or names an unknown driver ({type(exc).__name__}; "
+            "the URL is not shown, it may hold a password)"
+        )
+    orig = getattr(exc, "orig", None)
+    cause = f"{type(orig).__module__}.{type(orig).__name__}" if orig is not None else ""
+    code = (
+        orig.args[0]
+        if orig is not None and orig.args and isinstance(orig.args[0], int)
+        else getattr(orig, "sqlstate", None)
+    )
+    where = f"{type(exc).__name__}" + (
+        f" ({cause}" + (f", code {code})" if code else ")") if cause else ""
+    )
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.statement is None and orig is not None:
+        first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+        return DatabaseError(f"cannot reach the database: {where}: {first}")
+    return DatabaseError(
+        f"the database failed: {where}; its message is not shown (it may quote values)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,9 +113,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except VaultkitError as exc:
-        # vaultkit messages name no secret; print the class and message, never a traceback.
-        print(f"vaultkit: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return next(code for cls, code in EXIT_CODES if isinstance(exc, cls))
+        return _report(exc)
     except KeyboardInterrupt:
         print("vaultkit: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        import sqlalchemy.exc
+
+        if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+            return _report(database_failure(exc))
+        # A bug or a failure vaultkit did not foresee. Its message and traceback may quote values
+        # (SQL parameters, a row), so neither is shown: one line naming the class.
+        print(
+            f"vaultkit: unexpected error: {type(exc).__name__} (its message is not shown, it may "
+            "quote values; please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_UNEXPECTED
+
+
+def _report(exc: VaultkitError) -> int:
+    # vaultkit messages name no secret; print the class and the message's first line only.
+    lines = str(exc).splitlines()
+    print(f"vaultkit: {type(exc).__name__}: {lines[0] if lines else ''}", file=sys.stderr)
+    return next(code for cls, code in EXIT_CODES if isinstance(exc, cls))

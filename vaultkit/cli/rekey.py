@@ -6,7 +6,7 @@ values are left for another run (changed by the application at every attempt, no
 or verification found problems; 2 usage; 3 configuration errors (among them ``--store`` and
 ``--keyring`` for a key store with an audit log); 4/5 key provider or key store errors; 8 the data
 database aborted one batch on a conflict at every retry (deadlock, serialization failure, lock
-timeout); 130 interrupted (the checkpoints keep the place: run the same command again).
+timeout); 10 a database failed or was not reached; 1 an unexpected error; 130 interrupted (the checkpoints keep the place: run the same command again).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def register(commands: Any) -> None:
             "domains are re-keyed under their policy. "
             "Exit codes: 0 done and clean, 7 values left for another run or --verify found "
             "problems, 2 usage, 3 configuration, 4 key provider, 5 key store, 8 the database "
-            "kept aborting a batch on a conflict (deadlock, lock timeout), 130 interrupted."
+            "kept aborting a batch on a conflict (deadlock, lock timeout), 10 a database failed "
+            "or was not reached, 130 interrupted."
         ),
     )
     _store_options(rekey)
@@ -141,7 +142,14 @@ def _child(args: argparse.Namespace, messages: Any, number: int) -> None:
     except KeyboardInterrupt:
         messages.put(("interrupted", None))
     except Exception as exc:  # a driver error may quote SQL parameters: keep only its class
-        messages.put(("error", RuntimeError(f"worker {number} failed: {type(exc).__name__}")))
+        import sqlalchemy.exc
+
+        from vaultkit.cli.main import database_failure
+
+        if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+            messages.put(("error", database_failure(exc)))
+        else:
+            messages.put(("error", VaultkitError(f"worker {number} failed: {type(exc).__name__}")))
 
 
 class _Progress:
