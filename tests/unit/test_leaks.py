@@ -514,3 +514,26 @@ def test_the_frame_walk_finds_what_a_reporter_would_ship() -> None:
     assert frame_leaks(raised_by(_suppressed), {"key": WALK_KEY}) == [
         "key in test_leaks.py:_suppressed local hidden['x'][0]"
     ]
+
+
+def test_x25519_provider_shows_no_private_key_bytes() -> None:
+    """vars() and repr() of the encrypt-only unit's X25519 provider, searched recursively, show
+    neither its private keys nor its writer's signing key as bytes (they stay opaque key objects)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from vaultkit.keys.x25519 import X25519KeyProvider
+
+    signer = Ed25519PrivateKey.generate()
+    unit = X25519KeyProvider.generate(["medical"]).with_writers({"intake": signer.public_key()})
+    writer = unit.public_only(signer=signer)
+    raw = serialization.Encoding.Raw
+    private = serialization.PrivateFormat.Raw
+    none = serialization.NoEncryption()
+    planted: dict[str, bytes | str] = {
+        "writer signing key": signer.private_bytes(raw, private, none),
+    }
+    for i, key in enumerate(unit._private["medical"]):
+        planted[f"unit private key {i}"] = key.private_bytes(raw, private, none)
+    assert object_leaks(unit, planted) == []
+    assert object_leaks(writer, planted) == []
