@@ -548,6 +548,11 @@ def _cells_after_load(
         session = getattr(context, "session", None)
         if session is not None and state.key is not None:
             session.expire(target, stale)
+        elif state.key is not None:
+            # An ORM UPDATE's synchronize_session set the statement's plaintext on the object
+            # (the refresh event without a query context): expired, the attribute is loaded
+            # again as ciphertext and opened under the reader's scope.
+            state._expire_attributes(state_dict, stale)
         else:
             for key in stale:
                 state_dict.pop(key, None)
@@ -732,10 +737,18 @@ def _loads_guarded_entities(orm_state: ORMExecuteState) -> bool:
         mappers = orm_state.all_mappers
     else:
         mappers = []
-        for description in orm_state.statement.column_descriptions:  # type: ignore[attr-defined]
-            entity = description.get("entity")
-            if entity is not None and description.get("expr") is entity:
-                mappers.append(sa.inspect(entity).mapper)
+        statement = orm_state.statement
+        if isinstance(statement, Insert | Update):
+            # INSERT/UPDATE ... RETURNING(Member): the entity is returned as its annotated table.
+            for returned in statement._returning:
+                mapper = returned._annotations.get("parentmapper")
+                if mapper is not None and isinstance(returned, sa.FromClause):
+                    mappers.append(mapper)
+        else:
+            for description in statement.column_descriptions:  # type: ignore[attr-defined]
+                entity = description.get("entity")
+                if entity is not None and description.get("expr") is entity:
+                    mappers.append(sa.inspect(entity).mapper)
         if not mappers:
             return False
     seen: set[Mapper[Any]] = set()

@@ -899,6 +899,14 @@ class Encrypted(TypeDecorator[Any]):
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
             if op in _NULL_OPERATORS:
                 return super().operate(op, *other, **kwargs)
+            if op is operators.eq and other and isinstance(other[0], sa.ColumnClause):
+                # Column == column is how SQLAlchemy itself looks columns up in lists and dicts
+                # (``c in returning``, ``mapper._columntoproperty[c]``): it only asks the
+                # result's truth, which compares the two columns' identities. The comparison
+                # is built for that, and refused if it is ever compiled into SQL.
+                pair = super().operate(op, *other, **kwargs)
+                pair.__class__ = _RefusedColumnPair
+                return pair
             raise _query_error(
                 _expr_name(self.expr),
                 op,
@@ -908,6 +916,19 @@ class Encrypted(TypeDecorator[Any]):
 
         def reverse_operate(self, op: Any, other: Any, **kwargs: Any) -> Any:
             return self.operate(op, other, **kwargs)
+
+
+class _RefusedColumnPair(sa.BinaryExpression[bool]):
+    """``encrypted_column == column``: true only for the same column, refused as SQL."""
+
+    inherit_cache = True
+
+    def _compiler_dispatch(self, visitor: Any, **kw: Any) -> str:
+        raise _query_error(
+            _expr_name(self.left),
+            self.operator,
+            "Two ciphertexts of the same plaintext differ; compare BlindIndex columns instead.",
+        )
 
 
 def _as_bytes_or_none(value: Any) -> bytes:
