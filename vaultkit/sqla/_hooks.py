@@ -30,6 +30,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.mutable import Mutable
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, attributes
+from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm.attributes import InstrumentedAttribute
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Insert, Update
@@ -713,8 +714,41 @@ def _arm_guarded() -> None:
     _epoch = epoch
 
 
+def _listen_index_sources(mapper: Mapper[Any]) -> None:
+    """Expire a blind-index attribute when an ORM UPDATE synchronises its source into an object.
+
+    The statement hook derives the index in SQL, out of the ORM's sight; ``synchronize_session``
+    would leave the old digest on the object. It reports the attributes it set through the
+    refresh event without a query context, the only refresh that comes without one.
+    """
+    indexes: dict[str, list[str]] = {}
+    for prop in mapper.column_attrs:
+        column = prop.columns[0]
+        if isinstance(column, sa.Column) and isinstance(column.type, BlindIndexType):
+            source = column.table.columns.get(column.type.source)
+            if source is not None:
+                try:
+                    source_key = mapper.get_property_by_column(source).key
+                except orm_exc.UnmappedColumnError:
+                    continue  # an unmapped source: nothing to synchronise
+                indexes.setdefault(source_key, []).append(prop.key)
+    if not indexes:
+        return
+
+    def on_refresh(target: Any, context: Any, attrs: Any) -> None:
+        if context is not None or not attrs:
+            return
+        stale = [index for key in attrs for index in indexes.get(key, ())]
+        if stale:
+            state = attributes.instance_state(target)
+            state._expire_attributes(state.dict, stale)
+
+    event.listen(mapper, "refresh", on_refresh, raw=False)
+
+
 @event.listens_for(Mapper, "mapper_configured")
 def _mapper_configured(mapper: Mapper[Any], class_: type) -> None:
+    _listen_index_sources(mapper)
     plan = _guard_attributes(mapper)
     if plan is None:
         return

@@ -137,6 +137,22 @@ class TestOrmUpdate:
             s.commit()
         assert_round_trip(engine, member_id, "b@example.org", "old")
 
+    @pytest.mark.parametrize("sync", ["auto", "evaluate", "fetch"])
+    def test_identity_map_index_follows_source(self, engine: sa.Engine, sync: str) -> None:
+        """After a synchronised update of the source, the object's blind index is the stored one."""
+        with acting_as(COACH, purpose="intake"), Session(engine) as s:
+            m = Member(email="a@example.org", note="n")
+            s.add(m)
+            s.commit()
+            old_digest = m.email_index
+            s.execute(
+                sa.update(Member).where(Member.id == m.id).values(email="b@example.org"),
+                execution_options={"synchronize_session": sync},
+            )
+            stored = s.scalar(sa.select(Member.email_index).where(Member.id == m.id))
+            assert stored != old_digest
+            assert m.email_index == stored
+
 
 class TestOrmInsertReturning:
     def test_bulk_insert_returning_entities(self, engine: sa.Engine) -> None:
