@@ -137,6 +137,24 @@ class TestOrmUpdate:
             s.commit()
         assert_round_trip(engine, member_id, "b@example.org", "old")
 
+    def test_bulk_update_by_primary_key(self, engine: sa.Engine) -> None:
+        """update(Member) with a list of dicts by primary key binds each value to its own row."""
+        with acting_as(COACH, purpose="intake"), Session(engine) as s:
+            members = [Member(email=f"m{i}@example.org", note=f"n{i}") for i in range(3)]
+            s.add_all(members)
+            s.commit()
+            ids = [m.id for m in members]
+            s.execute(
+                sa.update(Member),
+                [
+                    {"id": i, "note": f"new {n}", "email": f"x{n}@example.org"}
+                    for n, i in enumerate(ids)
+                ],
+            )
+            s.commit()
+        for n, member_id in enumerate(ids):
+            assert_round_trip(engine, member_id, f"x{n}@example.org", f"new {n}")
+
     @pytest.mark.parametrize("sync", ["auto", "evaluate", "fetch"])
     def test_identity_map_index_follows_source(self, engine: sa.Engine, sync: str) -> None:
         """After a synchronised update of the source, the object's blind index is the stored one."""
