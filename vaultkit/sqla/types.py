@@ -899,12 +899,12 @@ class Encrypted(TypeDecorator[Any]):
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
             if op in _NULL_OPERATORS:
                 return super().operate(op, *other, **kwargs)
-            if op is operators.eq and other and isinstance(other[0], sa.ColumnClause):
+            if op is operators.eq and other and _column_of(other[0]) is not None:
                 # Column == column is how SQLAlchemy itself looks columns up in lists and dicts
                 # (``c in returning``, ``mapper._columntoproperty[c]``): it only asks the
                 # result's truth, which compares the two columns' identities. The comparison
                 # is built for that, and refused if it is ever compiled into SQL.
-                pair = super().operate(op, *other, **kwargs)
+                pair = super().operate(op, _column_of(other[0]), **kwargs)
                 pair.__class__ = _RefusedColumnPair
                 return pair
             raise _query_error(
@@ -916,6 +916,12 @@ class Encrypted(TypeDecorator[Any]):
 
         def reverse_operate(self, op: Any, other: Any, **kwargs: Any) -> Any:
             return self.operate(op, other, **kwargs)
+
+
+def _column_of(value: Any) -> sa.ColumnClause[Any] | None:
+    """The column ``value`` is (a mapped attribute gives its column), or ``None`` for a value."""
+    clause = value.__clause_element__() if hasattr(value, "__clause_element__") else value
+    return clause if isinstance(clause, sa.ColumnClause) else None
 
 
 class _RefusedColumnPair(sa.BinaryExpression[bool]):
@@ -1140,6 +1146,11 @@ class BlindIndexType(TypeDecorator[bytes]):
             if op in _NULL_OPERATORS:
                 return super().operate(op, *other, **kwargs)
             if op is operators.eq:
+                column = _column_of(other[0])
+                if column is not None and isinstance(column.type, BlindIndexType):
+                    # Digests against digests: another blind index (finding duplicates with a
+                    # self-join), or SQLAlchemy looking the column up in its own dicts and lists.
+                    return super().operate(op, column, **kwargs)
                 probes = self._probes(other[0])
                 if len(probes) == 1:
                     return super().operate(op, probes[0], **kwargs)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
 
 import vaultkit.sqla
 from vaultkit import KeyDomain, Principal, SealedValue, Vault, acting_as
@@ -241,3 +241,24 @@ class TestUserComparisonsStillRefused:
                 s.scalars(sa.select(Member).where(Member.note == Member.email)).all()
             with pytest.raises(QueryError, match=r"orm_stmt_members\.note"):
                 s.scalars(sa.select(Member).where(Member.note == Member.note)).all()
+
+
+class TestBlindIndexAgainstBlindIndex:
+    def test_self_join_finds_duplicates(self, engine: sa.Engine) -> None:
+        """A blind index compared with a blind index compares digests: a self-join finds duplicates."""
+        with acting_as(COACH, purpose="dedupe"), Session(engine) as s:
+            s.add_all(
+                [
+                    Member(email="Dup@example.org", note="1"),
+                    Member(email="dup@example.org", note="2"),
+                    Member(email="other@example.org", note="3"),
+                ]
+            )
+            s.commit()
+            other = aliased(Member)
+            pairs = s.execute(
+                sa.select(Member.email, other.email).join(
+                    other, sa.and_(Member.email_index == other.email_index, Member.id != other.id)
+                )
+            ).all()
+            assert sorted(a.lower() for a, _ in pairs) == ["dup@example.org"] * 2
