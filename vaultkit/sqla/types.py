@@ -952,11 +952,21 @@ def _expr_name(expr: Any) -> str:
 class _Probe:
     """A value to look up in a blind index under one key version."""
 
-    __slots__ = ("value", "version")
+    __slots__ = ("index", "value", "version")
 
-    def __init__(self, value: Any, version: int) -> None:
+    def __init__(self, index: BlindIndexType, value: Any, version: int) -> None:
+        self.index = index
         self.value = value
         self.version = version
+
+    def __eq__(self, other: object) -> bool:
+        # The ORM's synchronize_session="evaluate" runs a WHERE clause in Python against the
+        # loaded objects: there, a probe meets the digest an object holds.
+        if isinstance(other, bytes | bytearray | memoryview):
+            return self.index.digest(self.value, self.version) == bytes(other)
+        return NotImplemented
+
+    __hash__ = object.__hash__
 
 
 class BlindIndexType(TypeDecorator[bytes]):
@@ -1140,7 +1150,7 @@ class BlindIndexType(TypeDecorator[bytes]):
             index_type = self.expr.type
             if not isinstance(index_type, BlindIndexType):
                 raise TypeError("not a blind-index column")
-            return [_Probe(value, v) for v in index_type.query_versions]
+            return [_Probe(index_type, value, v) for v in index_type.query_versions]
 
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
             if op in _NULL_OPERATORS:

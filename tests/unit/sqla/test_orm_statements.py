@@ -156,6 +156,26 @@ class TestOrmUpdate:
             assert_round_trip(engine, member_id, f"x{n}@example.org", f"new {n}")
 
     @pytest.mark.parametrize("sync", ["auto", "evaluate", "fetch"])
+    def test_update_where_blind_index_synchronises(self, engine: sa.Engine, sync: str) -> None:
+        """An update WHERE blind index == value updates the matching object in the identity map."""
+        with acting_as(COACH, purpose="intake"), Session(engine) as s:
+            m = Member(email="a@example.org", note="n")
+            other = Member(email="b@example.org", note="n")
+            s.add_all([m, other])
+            s.commit()
+            assert (m.email, other.email) == ("a@example.org", "b@example.org")
+            s.execute(
+                sa.update(Member)
+                .where(Member.email_index == "A@example.org")
+                .values(email="c@example.org"),
+                execution_options={"synchronize_session": sync},
+            )
+            assert (m.email, other.email) == ("c@example.org", "b@example.org")
+            s.commit()
+        with acting_as(COACH, purpose="check"), Session(engine) as s:
+            assert sorted(s.scalars(sa.select(Member.email))) == ["b@example.org", "c@example.org"]
+
+    @pytest.mark.parametrize("sync", ["auto", "evaluate", "fetch"])
     def test_identity_map_index_follows_source(self, engine: sa.Engine, sync: str) -> None:
         """After a synchronised update of the source, the object's blind index is the stored one."""
         with acting_as(COACH, purpose="intake"), Session(engine) as s:
