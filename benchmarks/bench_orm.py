@@ -15,6 +15,9 @@ about 15, a 200-byte note), in four variants measured in the same run:
 
 Operations: ORM insert (``add_all`` + commit), ORM select (all entities), ORM round trip (both),
 Core insert (executemany) and Core select, on an SQLite file and in memory. Best of ``--repeat``.
+With ``--statements``: the ORM-enabled statements instead (``insert(Member).returning(Member)``
+with a list of dicts, a bulk ``update(Member)`` by primary key, and ``update().where().values()``
+synchronised into loaded objects), e.g. ``--statements --kinds plain vaultkit --rows 10000``.
 """
 
 from __future__ import annotations
@@ -128,6 +131,39 @@ def timed(fn: Callable[[], None]) -> float:
     return CLOCK[0]() - start
 
 
+def run_statements(model: type[Any], url: str, data: list[dict[str, Any]]) -> dict[str, float]:
+    """Time the ORM-enabled statements once on a fresh database: INSERT..RETURNING and UPDATE."""
+    engine = sa.create_engine(url)
+    model.metadata.create_all(engine)
+    results: dict[str, float] = {}
+    changed = [{"id": r["id"], "note": r["note"][::-1]} for r in data]
+
+    def insert_returning() -> None:
+        with Session(engine) as s:
+            got = s.scalars(sa.insert(model).returning(model), data).all()
+            assert len(got) == len(data) and got[-1].note == data[-1]["note"]
+            s.commit()
+
+    def update_by_key() -> None:
+        with Session(engine) as s:
+            s.execute(sa.update(model), changed)
+            s.commit()
+
+    def update_values() -> None:
+        with Session(engine) as s:
+            # All rows loaded, so that synchronize_session has objects to update.
+            loaded = s.scalars(sa.select(model)).all()
+            s.execute(sa.update(model).where(model.id > 0).values(note="note after the update"))
+            assert loaded[0].note == "note after the update"
+            s.commit()
+
+    results["ORM insert().returning()"] = timed(insert_returning)
+    results["ORM bulk update() by key"] = timed(update_by_key)
+    results["ORM update().values(), synchronised"] = timed(update_values)
+    engine.dispose()
+    return results
+
+
 def run_once(model: type[Any], url: str, data: list[dict[str, Any]]) -> dict[str, float]:
     """Time each operation once on a fresh database."""
     table = model.__table__
@@ -172,13 +208,18 @@ def run_once(model: type[Any], url: str, data: list[dict[str, Any]]) -> dict[str
 
 
 def measure(
-    kind: str, url_factory: Callable[[], str], data: list[dict[str, Any]], repeat: int
+    kind: str,
+    url_factory: Callable[[], str],
+    data: list[dict[str, Any]],
+    repeat: int,
+    statements: bool = False,
 ) -> dict[str, float]:
     """Best time of each operation over ``repeat`` fresh databases."""
     model = make_model(kind)
+    run = run_statements if statements else run_once
     best: dict[str, float] = {}
     for _ in range(repeat):
-        for key, value in run_once(model, url_factory(), data).items():
+        for key, value in run(model, url_factory(), data).items():
             best[key] = min(best.get(key, value), value)
     return best
 
@@ -192,6 +233,11 @@ def main() -> None:
         nargs="+",
         default=["plain", "floor", "vaultkit", "sqlalchemy-utils"],
         help="variants to measure (plain always first: it is the baseline)",
+    )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="measure the ORM-enabled statements (insert().returning(), update()) instead",
     )
     parser.add_argument("--targets", nargs="+", default=["SQLite file", "SQLite memory"])
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -222,7 +268,9 @@ def main() -> None:
         f"best of {args.repeat} -->"
     )
     for target, url_factory in targets.items():
-        results = {kind: measure(kind, url_factory, data, args.repeat) for kind in kinds}
+        results = {
+            kind: measure(kind, url_factory, data, args.repeat, args.statements) for kind in kinds
+        }
         figures[target] = results
         plain = results["plain"]
         peer = "sqlalchemy-utils" in results and "vaultkit" in results

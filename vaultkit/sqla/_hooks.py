@@ -30,6 +30,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.mutable import Mutable
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, attributes
+from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm.attributes import InstrumentedAttribute
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Insert, Update
@@ -548,6 +549,11 @@ def _cells_after_load(
         session = getattr(context, "session", None)
         if session is not None and state.key is not None:
             session.expire(target, stale)
+        elif state.key is not None:
+            # An ORM UPDATE's synchronize_session set the statement's plaintext on the object
+            # (the refresh event without a query context): expired, the attribute is loaded
+            # again as ciphertext and opened under the reader's scope.
+            state._expire_attributes(state_dict, stale)
         else:
             for key in stale:
                 state_dict.pop(key, None)
@@ -708,8 +714,41 @@ def _arm_guarded() -> None:
     _epoch = epoch
 
 
+def _listen_index_sources(mapper: Mapper[Any]) -> None:
+    """Expire a blind-index attribute when an ORM UPDATE synchronises its source into an object.
+
+    The statement hook derives the index in SQL, out of the ORM's sight; ``synchronize_session``
+    would leave the old digest on the object. It reports the attributes it set through the
+    refresh event without a query context, the only refresh that comes without one.
+    """
+    indexes: dict[str, list[str]] = {}
+    for prop in mapper.column_attrs:
+        column = prop.columns[0]
+        if isinstance(column, sa.Column) and isinstance(column.type, BlindIndexType):
+            source = column.table.columns.get(column.type.source)
+            if source is not None:
+                try:
+                    source_key = mapper.get_property_by_column(source).key
+                except orm_exc.UnmappedColumnError:
+                    continue  # an unmapped source: nothing to synchronise
+                indexes.setdefault(source_key, []).append(prop.key)
+    if not indexes:
+        return
+
+    def on_refresh(target: Any, context: Any, attrs: Any) -> None:
+        if context is not None or not attrs:
+            return
+        stale = [index for key in attrs for index in indexes.get(key, ())]
+        if stale:
+            state = attributes.instance_state(target)
+            state._expire_attributes(state.dict, stale)
+
+    event.listen(mapper, "refresh", on_refresh, raw=False)
+
+
 @event.listens_for(Mapper, "mapper_configured")
 def _mapper_configured(mapper: Mapper[Any], class_: type) -> None:
+    _listen_index_sources(mapper)
     plan = _guard_attributes(mapper)
     if plan is None:
         return
@@ -732,10 +771,18 @@ def _loads_guarded_entities(orm_state: ORMExecuteState) -> bool:
         mappers = orm_state.all_mappers
     else:
         mappers = []
-        for description in orm_state.statement.column_descriptions:  # type: ignore[attr-defined]
-            entity = description.get("entity")
-            if entity is not None and description.get("expr") is entity:
-                mappers.append(sa.inspect(entity).mapper)
+        statement = orm_state.statement
+        if isinstance(statement, Insert | Update):
+            # INSERT/UPDATE ... RETURNING(Member): the entity is returned as its annotated table.
+            for returned in statement._returning:
+                mapper = returned._annotations.get("parentmapper")
+                if mapper is not None and isinstance(returned, sa.FromClause):
+                    mappers.append(mapper)
+        else:
+            for description in statement.column_descriptions:  # type: ignore[attr-defined]
+                entity = description.get("entity")
+                if entity is not None and description.get("expr") is entity:
+                    mappers.append(sa.inspect(entity).mapper)
         if not mappers:
             return False
     seen: set[Mapper[Any]] = set()

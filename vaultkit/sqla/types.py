@@ -899,6 +899,14 @@ class Encrypted(TypeDecorator[Any]):
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
             if op in _NULL_OPERATORS:
                 return super().operate(op, *other, **kwargs)
+            if op is operators.eq and other and _column_of(other[0]) is not None:
+                # Column == column is how SQLAlchemy itself looks columns up in lists and dicts
+                # (``c in returning``, ``mapper._columntoproperty[c]``): it only asks the
+                # result's truth, which compares the two columns' identities. The comparison
+                # is built for that, and refused if it is ever compiled into SQL.
+                pair = super().operate(op, _column_of(other[0]), **kwargs)
+                pair.__class__ = _RefusedColumnPair
+                return pair
             raise _query_error(
                 _expr_name(self.expr),
                 op,
@@ -908,6 +916,25 @@ class Encrypted(TypeDecorator[Any]):
 
         def reverse_operate(self, op: Any, other: Any, **kwargs: Any) -> Any:
             return self.operate(op, other, **kwargs)
+
+
+def _column_of(value: Any) -> sa.ColumnClause[Any] | None:
+    """The column ``value`` is (a mapped attribute gives its column), or ``None`` for a value."""
+    clause = value.__clause_element__() if hasattr(value, "__clause_element__") else value
+    return clause if isinstance(clause, sa.ColumnClause) else None
+
+
+class _RefusedColumnPair(sa.BinaryExpression[bool]):
+    """``encrypted_column == column``: true only for the same column, refused as SQL."""
+
+    inherit_cache = True
+
+    def _compiler_dispatch(self, visitor: Any, **kw: Any) -> str:
+        raise _query_error(
+            _expr_name(self.left),
+            self.operator,
+            "Two ciphertexts of the same plaintext differ; compare BlindIndex columns instead.",
+        )
 
 
 def _as_bytes_or_none(value: Any) -> bytes:
@@ -925,11 +952,21 @@ def _expr_name(expr: Any) -> str:
 class _Probe:
     """A value to look up in a blind index under one key version."""
 
-    __slots__ = ("value", "version")
+    __slots__ = ("index", "value", "version")
 
-    def __init__(self, value: Any, version: int) -> None:
+    def __init__(self, index: BlindIndexType, value: Any, version: int) -> None:
+        self.index = index
         self.value = value
         self.version = version
+
+    def __eq__(self, other: object) -> bool:
+        # The ORM's synchronize_session="evaluate" runs a WHERE clause in Python against the
+        # loaded objects: there, a probe meets the digest an object holds.
+        if isinstance(other, bytes | bytearray | memoryview):
+            return self.index.digest(self.value, self.version) == bytes(other)
+        return NotImplemented
+
+    __hash__ = object.__hash__
 
 
 class BlindIndexType(TypeDecorator[bytes]):
@@ -1113,12 +1150,17 @@ class BlindIndexType(TypeDecorator[bytes]):
             index_type = self.expr.type
             if not isinstance(index_type, BlindIndexType):
                 raise TypeError("not a blind-index column")
-            return [_Probe(value, v) for v in index_type.query_versions]
+            return [_Probe(index_type, value, v) for v in index_type.query_versions]
 
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
             if op in _NULL_OPERATORS:
                 return super().operate(op, *other, **kwargs)
             if op is operators.eq:
+                column = _column_of(other[0])
+                if column is not None and isinstance(column.type, BlindIndexType):
+                    # Digests against digests: another blind index (finding duplicates with a
+                    # self-join), or SQLAlchemy looking the column up in its own dicts and lists.
+                    return super().operate(op, column, **kwargs)
                 probes = self._probes(other[0])
                 if len(probes) == 1:
                     return super().operate(op, probes[0], **kwargs)
