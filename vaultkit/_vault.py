@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import functools
@@ -16,15 +17,15 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeGuard
+from typing import TYPE_CHECKING, Any, Final, TypeGuard
 
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from vaultkit._access import Principal, Scope, SealedValue, acting_as, current_scope
 from vaultkit._codec import PlainValue, decode_value, encode_value
+from vaultkit._offload import call as _call
+from vaultkit._offload import in_greenlet, run_async, sync_engine
 from vaultkit._redact import NoPickle
 from vaultkit.audit import AuditEvent, AuditLog, audit_log_exists, writer_table_prefix
 from vaultkit.core import wire
@@ -42,6 +43,9 @@ from vaultkit.errors import (
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider, KeyRef
 from vaultkit.store import DataKeyRecord, DekState, KeyStore, SQLKeyStore
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["BlindIndexKey", "CacheInfo", "FieldCipher", "RotationReport", "Vault"]
 
@@ -271,6 +275,8 @@ class Vault(NoPickle):
         provider: the key provider holding the domains' KEKs.
         store: the key store: a :class:`~vaultkit.store.KeyStore`, an SQLAlchemy ``Engine`` or a
             database URL (tables ``vaultkit_data_keys`` and ``vaultkit_meta`` are created there).
+            An async URL or ``AsyncEngine`` gets a synchronous engine of vaultkit's own on the
+            same database (docs/sqlalchemy.md, "asyncio").
         domains: the key domains this vault serves; names or :class:`KeyDomain` objects.
         providers: per-domain providers that override ``provider`` (a medical KEK in its own HSM).
         cache_size: how many unwrapped DEKs to keep.
@@ -291,14 +297,14 @@ class Vault(NoPickle):
         self,
         *,
         provider: KeyProvider,
-        store: KeyStore | Engine | str,
+        store: KeyStore | Engine | AsyncEngine | str,
         domains: Iterable[KeyDomain | str],
         providers: Mapping[str, KeyProvider] | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
         cache_ttl: float = DEFAULT_CACHE_TTL,
         dek_max_encryptions: int = DEFAULT_MAX_ENCRYPTIONS,
         dek_max_age: dt.timedelta = DEFAULT_MAX_AGE,
-        audit: str | Engine | None = None,
+        audit: str | Engine | AsyncEngine | None = None,
         audit_domain: str | None = None,
         audit_batch_size: int = DEFAULT_AUDIT_BATCH,
     ) -> None:
@@ -339,8 +345,11 @@ class Vault(NoPickle):
         for name, domain_provider in self._providers.items():
             domain_provider.primary(name)
 
-        if isinstance(store, str | Engine):
-            self._store: KeyStore = SQLKeyStore(store)
+        if isinstance(store, str | Engine) or isinstance(
+            getattr(store, "sync_engine", None), Engine
+        ):
+            # An async URL or AsyncEngine: the store opens a sync engine of its own (_offload).
+            self._store: KeyStore = SQLKeyStore(store)  # type: ignore[arg-type]
             self._owns_store = True
         elif isinstance(store, KeyStore):
             self._store = store
@@ -488,7 +497,9 @@ class Vault(NoPickle):
             raise DomainError(f"domain {domain!r} is not declared in this vault")
         if not isinstance(version, int) or not 1 <= version <= 255:
             raise ConfigurationError("a blind-index version is an integer from 1 to 255")
-        return self._named_key(domain, f"{table}.{column}@v{version}", _INDEX_PURPOSE, version)
+        return _call(
+            self._named_key, domain, f"{table}.{column}@v{version}", _INDEX_PURPOSE, version
+        )
 
     def _named_key(self, domain: str, name: str, purpose: str, version: int) -> BlindIndexKey:
         """A named HMAC key of ``purpose`` in ``domain``, created on first use, then cached."""
@@ -694,19 +705,17 @@ class Vault(NoPickle):
 
     # -- audit ------------------------------------------------------------------------------------
 
-    def _open_audit_log(self, audit: str | Engine | None, domain: str) -> None:
+    def _open_audit_log(self, audit: str | Engine | AsyncEngine | None, domain: str) -> None:
         if domain not in self._domains:
             raise ConfigurationError(f"audit_domain {domain!r} is not declared in this vault")
         if not isinstance(self._audit_batch_size, int) or self._audit_batch_size < 1:
             raise ConfigurationError("audit_batch_size must be a positive integer")
-        if isinstance(audit, str):
-            try:
-                engine = sa_create_engine(audit)
-            except (SQLAlchemyError, ValueError, ImportError) as exc:
-                raise ConfigurationError(f"cannot use audit URL: {type(exc).__name__}") from None
-            self._audit_engine = engine
-        elif isinstance(audit, Engine):
-            engine = audit
+        made = sync_engine(audit, what="audit") if audit is not None else None
+        if made is not None:
+            # A sync URL or Engine, or an async one: then a sync engine of the vault's own.
+            engine, owned = made
+            if owned:
+                self._audit_engine = engine
         elif isinstance(self._store, SQLKeyStore):
             engine = self._store.engine
         else:
@@ -782,29 +791,53 @@ class Vault(NoPickle):
         with self._audit_lock:
             if self._audit_pending:
                 # An earlier write failed: its events go first, or this access fails too.
-                log_.append(self._audit_pending)
-                self._audit_pending = []
+                pending, self._audit_pending = self._audit_pending, []
+                try:
+                    self._append(log_, pending)
+                except AuditError:
+                    self._audit_pending[:0] = pending
+                    raise
             batch = self._audit_batches.get(key)
             if batch is None:
-                log_.append([self._audit_event(key, (row_text,) if row_text else (), 1)])
-                self._audit_batches[key] = [[], 0]
+                self._append(log_, [self._audit_event(key, (row_text,) if row_text else (), 1)])
+                # setdefault: in asyncio another task may have opened the batch meanwhile.
+                self._audit_batches.setdefault(key, [[], 0])
                 return
             if batch[1] + 1 < self._audit_batch_size:
                 if row_text is not None:
                     batch[0].append(row_text)
                 batch[1] += 1
                 return
-            # The batch is full with this access: write it now, this access included.
+            # The batch is full with this access: write it now, this access included. The batch
+            # is emptied first: in asyncio other tasks may add to it while the write is under way.
             rows = (*batch[0], row_text) if row_text is not None else tuple(batch[0])
+            earlier = (tuple(batch[0]), batch[1])
+            batch[0], batch[1] = [], 0
             try:
-                log_.append([self._audit_event(key, rows, batch[1] + 1)])
+                self._append(log_, [self._audit_event(key, rows, earlier[1] + 1)])
             except AuditError:
                 # Keep the batch's earlier accesses (they returned); this one fails, unrecorded.
-                del self._audit_batches[key]
-                if batch[1]:
-                    self._audit_pending = [self._audit_event(key, tuple(batch[0]), batch[1])]
+                if not batch[1] and self._audit_batches.get(key) is batch:
+                    del self._audit_batches[key]
+                if earlier[1]:
+                    self._audit_pending.append(self._audit_event(key, *earlier))
                 raise
-            batch[0], batch[1] = [], 0
+
+    def _append(self, log_: AuditLog, events: list[AuditEvent]) -> None:
+        """Write audit events; the caller holds ``_audit_lock``.
+
+        In SQLAlchemy's asyncio greenlet the write goes to a worker thread and the lock is let go
+        meanwhile: the greenlet switches to the event loop, and another task of the loop's thread
+        taking the lock would block that thread, and with it the write, for good.
+        """
+        if not in_greenlet():
+            log_.append(events)
+            return
+        self._audit_lock.release()
+        try:
+            _call(log_.append, events)
+        finally:
+            self._audit_lock.acquire()
 
     @staticmethod
     def _audit_event(key: tuple[Any, ...], rows: tuple[str, ...], count: int) -> AuditEvent:
@@ -845,12 +878,29 @@ class Vault(NoPickle):
                 ),
             ]
             self._audit_batches.clear()
-            try:
-                log_.append(events)
-            except AuditError:
-                self._audit_pending = events
-                raise
             self._audit_pending = []
+        # Written outside the lock (other threads and tasks go on auditing meanwhile); in
+        # SQLAlchemy's asyncio greenlet in a worker thread.
+        try:
+            _call(log_.append, events)
+        except AuditError:
+            with self._audit_lock:
+                self._audit_pending[:0] = events
+            raise
+
+    async def aflush_audit(self) -> None:
+        """:meth:`flush_audit` for asyncio code: the events are written in a worker thread.
+
+        .. versionadded:: 0.1.0
+        """
+        await run_async(self.flush_audit)
+
+    async def apreload(self, dek_ids: Iterable[bytes]) -> int:
+        """:meth:`preload` for asyncio code, in a worker thread, under the calling task's scope.
+
+        .. versionadded:: 0.1.0
+        """
+        return await asyncio.to_thread(self.preload, list(dek_ids))
 
     def close(self) -> None:
         """Record encryption counts in the key store and release what the vault opened.
@@ -889,7 +939,7 @@ class Vault(NoPickle):
     def _seal(self, domain: str, plaintext: bytes, fields: bytes, where: Any = None) -> bytes:
         active = self._active.get(domain)
         if active is None or next(active.uses) > self._max_uses or active.deadline < _monotonic():
-            active = self._next_active(domain)
+            active = _call(self._next_active, domain)
         if active.gated:
             self._check_encrypt_grant(domain)
         key = active.key
@@ -1056,24 +1106,30 @@ class Vault(NoPickle):
             raise _Denied(domain)
         key = self._cache.by_id.get(dek_id)
         if key is None or key.expires_at < _monotonic():
-            with self._lock:
-                key = self._cache.by_id.get(dek_id)
-                if key is None or key.expires_at < _monotonic():
-                    record = self._readable_record(dek_id)
-                    if record is None:
-                        self._cache.drop(dek_id)
-                        log.debug("no usable DEK %s for a value", dek_id.hex())
-                        raise DecryptionError
-                    if len(self._dek_domains) >= _DEK_DOMAINS_MAX:
-                        self._dek_domains.clear()
-                    self._dek_domains[dek_id] = record.domain
-                    if domain is not None and record.domain != domain:
-                        raise DecryptionError
-                    if self._is_denied(record.domain):
-                        raise _Denied(record.domain)
-                    key = self._unwrap(record)
+            # In SQLAlchemy's asyncio greenlet: in a worker thread, awaited (_offload).
+            key = _call(self._load_key, dek_id, domain)
         if not hmac.compare_digest(key.commitment, commitment):
             raise DecryptionError
+        return key
+
+    def _load_key(self, dek_id: bytes, domain: str | None) -> DataKey:
+        """Read and unwrap a DEK that is not cached (key-store read, provider call)."""
+        with self._lock:
+            key = self._cache.by_id.get(dek_id)
+            if key is None or key.expires_at < _monotonic():
+                record = self._readable_record(dek_id)
+                if record is None:
+                    self._cache.drop(dek_id)
+                    log.debug("no usable DEK %s for a value", dek_id.hex())
+                    raise DecryptionError
+                if len(self._dek_domains) >= _DEK_DOMAINS_MAX:
+                    self._dek_domains.clear()
+                self._dek_domains[dek_id] = record.domain
+                if domain is not None and record.domain != domain:
+                    raise DecryptionError
+                if self._is_denied(record.domain):
+                    raise _Denied(record.domain)
+                key = self._unwrap(record)
         return key
 
     def _readable_record(self, dek_id: bytes) -> DataKeyRecord | None:

@@ -22,14 +22,18 @@ import functools
 import os
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from vaultkit.errors import ConfigurationError, KeyStoreError
+from vaultkit._offload import sync_engine
+from vaultkit.errors import KeyStoreError
 from vaultkit.store._base import SCHEMA_VERSION, DataKeyRecord, DekState
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["SQLKeyStore"]
 
@@ -48,7 +52,10 @@ class SQLKeyStore:
     """Key store in an SQL database.
 
     Args:
-        engine: an SQLAlchemy :class:`~sqlalchemy.engine.Engine`, or a database URL.
+        engine: an SQLAlchemy :class:`~sqlalchemy.engine.Engine`, or a database URL. An async
+            URL or ``AsyncEngine`` (or its ``sync_engine``) gets an engine of the store's own on
+            the same database with the driver's synchronous twin (``asyncpg`` and
+            ``psycopg_async``: ``psycopg``; ``aiosqlite``: ``pysqlite``; docs/sqlalchemy.md).
         table_prefix: prefix of the two table names.
         schema: database schema (PostgreSQL) holding the tables.
         create: create missing tables on first use.
@@ -61,26 +68,19 @@ class SQLKeyStore:
 
     def __init__(
         self,
-        engine: Engine | str,
+        engine: Engine | AsyncEngine | str,
         *,
         table_prefix: str = "vaultkit_",
         schema: str | None = None,
         create: bool = True,
     ) -> None:
-        if isinstance(engine, str):
-            try:
-                engine = sa.create_engine(engine)
-            except (SQLAlchemyError, ValueError, ImportError) as exc:
-                raise ConfigurationError(
-                    f"cannot use key-store URL: {type(exc).__name__}"
-                ) from None
-            self._owns_engine = True
-        elif isinstance(engine, Engine):
-            self._owns_engine = False
-        else:
+        # An async URL or engine gets a synchronous engine of the key store's own (_offload).
+        made = sync_engine(engine, what="key-store")
+        if made is None:
             raise TypeError(
                 f"engine must be an SQLAlchemy Engine or a URL, not {type(engine).__name__}"
             )
+        engine, self._owns_engine = made
         self.engine = engine
         self._metadata = sa.MetaData(schema=schema)
         self.keys = sa.Table(
