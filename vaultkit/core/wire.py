@@ -49,7 +49,7 @@ import enum
 import struct
 import uuid
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, NamedTuple
 
 from vaultkit.errors import DecryptionError, UnsupportedFormatError
 
@@ -59,18 +59,25 @@ __all__ = [
     "CONTEXT_ROW",
     "CONTEXT_SCHEMA",
     "CONTEXT_TABLE",
+    "COMMITMENT_SLICE",
     "DEK_ID_SIZE",
+    "DEK_ID_SLICE",
+    "DEK_ID_SQL_START",
     "EMPTY_CONTEXT",
     "HEADER_SIZE",
     "MAGIC",
     "MAX_CONTEXT_FIELD_BYTES",
     "MIN_VALUE_SIZE",
     "NONCE_SIZE",
+    "NONCE_SLICE",
     "PREFIX_SIZE",
+    "SUITE_OFFSET",
     "TAG_SIZE",
     "VERSION_1",
+    "VERSION_OFFSET",
     "ContextValue",
     "Suite",
+    "ValueHeader",
     "build_header",
     "cell_context",
     "context_block",
@@ -79,6 +86,7 @@ __all__ = [
     "encode_field",
     "is_vaultkit_value",
     "parse_header",
+    "parse_value",
     "u16",
 ]
 
@@ -92,6 +100,16 @@ HEADER_SIZE: Final = 2 + 1 + 1 + DEK_ID_SIZE + COMMITMENT_SIZE  # 52 bytes
 PREFIX_SIZE: Final = HEADER_SIZE + NONCE_SIZE  # 64 bytes before the ciphertext
 MIN_VALUE_SIZE: Final = PREFIX_SIZE + 1 + TAG_SIZE  # 81 bytes: the typed plaintext is never empty
 MAX_CONTEXT_FIELD_BYTES: Final = 0xFFFF  # each length in the context block is a u16
+
+#: Where each header field sits in a stored value (the table above). Readers outside ``core`` use
+#: these names or :func:`parse_value`, never literal offsets.
+VERSION_OFFSET: Final = 2
+SUITE_OFFSET: Final = 3
+DEK_ID_SLICE: Final = slice(4, 4 + DEK_ID_SIZE)
+COMMITMENT_SLICE: Final = slice(4 + DEK_ID_SIZE, HEADER_SIZE)
+NONCE_SLICE: Final = slice(HEADER_SIZE, PREFIX_SIZE)
+#: The DEK id's first byte for SQL ``substr(value, DEK_ID_SQL_START, DEK_ID_SIZE)`` (1-based).
+DEK_ID_SQL_START: Final = DEK_ID_SLICE.start + 1
 
 #: Context keys of a column's cell (see the module docstring). Sorted: column, row, schema, table.
 CONTEXT_COLUMN: Final = "column"
@@ -151,6 +169,38 @@ def parse_header(data: bytes) -> tuple[Suite, bytes, bytes]:
             f"cipher suite {suite_id} is not supported by this release"
         ) from None
     return suite, dek_id, commitment
+
+
+class ValueHeader(NamedTuple):
+    """The header fields of a stored value, as read by :func:`parse_value` (not authenticated)."""
+
+    version: int
+    suite: int
+    dek_id: bytes
+    commitment: bytes
+
+
+def parse_value(data: bytes) -> ValueHeader | None:
+    """Read the header fields of a stored value without checking them against a key.
+
+    This is what tools read to sort values by DEK or format (the re-keying engine, reports); the
+    fields are *not authenticated* until the value decrypts. Unlike :func:`parse_header`, an
+    unknown version or suite is returned as read, not refused.
+
+    Returns:
+        The header fields, or ``None`` when ``data`` does not start with the magic (legacy
+        plaintext, in a migrating column).
+
+    Raises:
+        DecryptionError: ``data`` starts with the magic but is shorter than the smallest value
+            (a truncated or hostile value is never mistaken for plaintext).
+    """
+    if data[:2] != MAGIC:
+        return None
+    if len(data) < MIN_VALUE_SIZE:
+        raise DecryptionError
+    _magic, version, suite, dek_id, commitment = _HEADER_STRUCT.unpack_from(data)
+    return ValueHeader(version, suite, dek_id, commitment)
 
 
 def encode_field(text: str) -> bytes:

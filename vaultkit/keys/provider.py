@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-__all__ = ["KeyProvider", "KeyRef"]
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+__all__ = [
+    "KeyProvider",
+    "KeyRef",
+    "SupportsAuditSigner",
+    "SupportsBatchUnwrap",
+    "SupportsDataKeyGeneration",
+    "SupportsRewrap",
+    "SupportsWriterPins",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,4 +67,56 @@ class KeyProvider(Protocol):
 
     def rotate(self, domain: str) -> KeyRef:
         """Create a new KEK version for ``domain``, make it primary and return it."""
+        ...
+
+
+# -- optional capabilities ----------------------------------------------------------------------
+# A provider may offer more than the five methods above. The vault checks each capability with
+# ``isinstance(provider, SupportsX)`` (these are runtime-checkable Protocols: the check looks for
+# the method's name only, so its signature is what mypy checks), and wrappers such as
+# ``vaultkit.testing.CountingKeyProvider`` forward exactly the capabilities their inner provider has.
+
+
+@runtime_checkable
+class SupportsRewrap(Protocol):
+    """Re-wraps a wrapped DEK under another KEK version without the DEK leaving the key server."""
+
+    def rewrap(self, old: KeyRef, new: KeyRef, wrapped: bytes, *, context: bytes) -> bytes:
+        """Return ``wrapped`` (made under ``old``) wrapped under ``new``, bound to ``context``."""
+        ...
+
+
+@runtime_checkable
+class SupportsBatchUnwrap(Protocol):
+    """Unwraps several DEKs in one round trip (a transit ``batch_input``)."""
+
+    def unwrap_many(self, items: Sequence[tuple[KeyRef, bytes, bytes]]) -> list[bytes]:
+        """Unwrap ``(ref, wrapped, context)`` items, in order; fails as a whole like ``unwrap``."""
+        ...
+
+
+@runtime_checkable
+class SupportsDataKeyGeneration(Protocol):
+    """Makes a new DEK on the key server and returns it with its wrapped form (KMS ``GenerateDataKey``)."""
+
+    def generate_data_key(self, ref: KeyRef, *, context: bytes) -> tuple[bytes, bytes]:
+        """Return ``(data_key, wrapped)`` under ``ref``, bound to ``context``."""
+        ...
+
+
+@runtime_checkable
+class SupportsAuditSigner(Protocol):
+    """An encrypt-only writer's signing key for its own audit chain (:mod:`vaultkit.keys.x25519`)."""
+
+    def audit_signer(self, domain: str) -> tuple[Ed25519PublicKey, Callable[[bytes], bytes]] | None:
+        """The writer's public key and signing function, or ``None`` in the unit itself."""
+        ...
+
+
+@runtime_checkable
+class SupportsWriterPins(Protocol):
+    """A unit that pins the writers whose audit chains it verifies (:mod:`vaultkit.keys.x25519`)."""
+
+    def pinned_writers(self) -> dict[str, Ed25519PublicKey]:
+        """Writer name -> Ed25519 public key."""
         ...
