@@ -37,6 +37,7 @@ from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.selectable import Select
 
 from vaultkit._access import SealedValue, current_scope
+from vaultkit._offload import in_greenlet
 from vaultkit.errors import ConfigurationError, QueryError, VaultkitError
 from vaultkit.sqla import _registry
 from vaultkit.sqla.types import (
@@ -399,7 +400,7 @@ class _Guard:
     def row(self, instance: Any) -> Any:
         return getattr(instance, self.row_attr) if self.row_attr is not None else None
 
-    def read(self, instance: Any, value: Any) -> Any:
+    def read(self, instance: Any, value: Any, *, opening_ahead: bool = False) -> Any:
         """What ``instance.<key>`` gives the current scope, for the non-None ``value`` held."""
         column_type = self.column_type
         cell = value if type(value) is EncryptedCell else cell_of(value) if self.mutable else None
@@ -425,6 +426,10 @@ class _Guard:
                     return hit[1]
         plain = cell.decrypt(row=self.row(instance))
         if type(plain) is SealedValue:
+            if opening_ahead and opened is not None:
+                # Opened ahead of access (asyncio, see _open_ahead): the denial is the scope's
+                # answer for this cell, as a decrypted value would be, and is audited once.
+                opened.setdefault(state, {})[self.key] = (cell, plain)
             return plain
         if self.mutable and cell is not value and isinstance(value, Mutable):
             # The same Mutable class that sqlalchemy.ext.mutable put around the cell, so that
@@ -819,6 +824,50 @@ def _do_orm_execute(orm_state: ORMExecuteState) -> Any:
     token = orm_cells.set(True)
     try:
         # The rows are fetched, and the entities built, while the flag is set.
-        return orm_state.invoke_statement().freeze()()
+        frozen = orm_state.invoke_statement().freeze()
     finally:
         orm_cells.reset(token)
+    if in_greenlet():
+        _open_ahead(frozen.data)
+    return frozen()
+
+
+def _open_ahead(rows: Any) -> None:
+    """Open the guarded values of the entities a statement returned, for the current scope.
+
+    In SQLAlchemy's asyncio greenlet (an ``AsyncSession`` statement), where the vault's key-store
+    reads, unwraps and audit writes go to worker threads, awaited on the event loop. The
+    attributes are read later in the coroutine, outside the greenlet, where a decrypt could only
+    do that I/O on the loop's own thread: blocking every other task and, with SQLite, waiting on
+    a read transaction that one of those tasks holds. Opened here, the values land in the
+    scope's cache (``Scope.opened``) and the access is a dictionary lookup; another scope that
+    reads the same object still decrypts under its own grants, on access. A value that fails to
+    open here is left to its access, which raises as it would have.
+    """
+    scope = current_scope()
+    if scope.purpose is None:  # no scope cache to keep the values in
+        return
+    seen: set[int] = set()
+    for row in rows:
+        for item in row if isinstance(row, tuple) else (row,):
+            if item is None or id(item) in seen:
+                continue
+            state = getattr(item, "_sa_instance_state", None)  # None: a scalar, not an entity
+            if state is None:
+                continue
+            seen.add(id(item))
+            plan = _mapper_plans.get(state.mapper)
+            if plan is None:
+                continue
+            for guard in plan.guards:
+                value = state.dict.get(guard.key)
+                if value is None or not guard.column_type.guarded():
+                    continue
+                if type(value) is not EncryptedCell and not (
+                    guard.mutable and cell_of(value) is not None
+                ):
+                    continue
+                try:
+                    guard.read(item, value, opening_ahead=True)
+                except VaultkitError:
+                    continue  # raised again on access, where the application expects it

@@ -438,3 +438,96 @@ def test_async_audit_url_gets_a_sync_engine_of_the_vaults_own(tmp_path: Any) -> 
             vault.decrypt(vault.encrypt("x", domain="medical"))
         vault.flush_audit()
         assert [e.action for _s, e, _p, _m in vault.audit_log.read()] == ["write", "decrypt"]
+
+
+def test_attribute_reads_in_a_coroutine_do_no_io_on_the_loop_thread(tmp_path: Any) -> None:
+    """Audited and restricted attributes are read in the coroutine, outside SQLAlchemy's greenlet:
+    their values were opened for the task's scope when the statement ran, so neither the audit
+    event (decrypt or denied) nor a key-store read is written from the event loop's thread."""
+    store_url = f"sqlite:///{tmp_path / 'keys.db'}"
+    audit_url = f"sqlite:///{tmp_path / 'audit.db'}"
+    statement_threads: list[tuple[int, str]] = []
+
+    async def main() -> None:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
+        provider = InMemoryKeyProvider(["identity", "medical"])
+        try:
+            with new_vault(provider, store_url, audit=audit_url) as writer:
+                await seed(engine, writer)
+            with new_vault(provider, store_url, audit=audit_url) as vault:
+                vaultkit.sqla.configure(vault)
+                assert vault.audit_log is not None
+                for own in (vault.audit_log.engine, vault.store.engine):  # type: ignore[attr-defined]
+                    sa.event.listen(
+                        own,
+                        "before_cursor_execute",
+                        lambda _c, _cur, sql, *_a: statement_threads.append(
+                            (threading.get_ident(), sql.split()[0].upper())
+                        ),
+                    )
+                loop_thread = threading.get_ident()
+                results = await asyncio.wait_for(
+                    asyncio.gather(*(read_all(engine, i) for i in range(4))), TIMEOUT
+                )
+                assert statement_threads, "no key-store read or audit write was made"
+                on_loop = [sql for thread, sql in statement_threads if thread == loop_thread]
+                assert on_loop == []
+                await vault.aflush_audit()
+                assert len(results) == 4
+                counts: collections.Counter[tuple[str, str]] = collections.Counter()
+                for _seq, event, _prev, _mac in vault.audit_log.read():
+                    if event.principal.startswith("task-"):
+                        counts[event.principal, event.action] += event.count
+                assert counts == {
+                    (principal(i).name, "decrypt" if i % 2 == 0 else "denied"): MEMBERS
+                    for i in range(4)
+                }
+        finally:
+            await engine.dispose()
+
+    with watchdog(TIMEOUT + 30):
+        asyncio.run(main())
+
+
+def test_a_shared_async_session_opens_per_scope(tmp_path: Any) -> None:
+    """One AsyncSession used by two principals in turn: the object the coach loaded (its note
+    opened for the coach's scope) gives the claims handler a sealed value, audited as his denial;
+    the coach's plaintext is never handed on."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    coach = Principal("coach", grants={"medical"})
+    handler = Principal("handler")
+
+    async def main() -> None:
+        engine = create_async_engine(url)
+        provider = InMemoryKeyProvider(["identity", "medical"])
+        try:
+            with new_vault(provider, url) as writer:
+                expected = await seed(engine, writer)
+            with new_vault(provider, url) as vault:
+                vaultkit.sqla.configure(vault)
+                async with AsyncSession(engine) as session:
+                    with acting_as(coach, purpose="care"):
+                        members = (await session.scalars(sa.select(Member))).all()
+                        assert {m.id: m.note for m in members} == {
+                            k: v[1] for k, v in expected.items()
+                        }
+                    with acting_as(handler, purpose="claims"):
+                        # The identity map's objects, not loaded again: opened on access.
+                        notes = [m.note for m in members]
+                        assert all(isinstance(n, SealedValue) for n in notes)
+                        again = (await session.scalars(sa.select(Member))).all()
+                        assert all(isinstance(m.note, SealedValue) for m in again)
+                await vault.aflush_audit()
+                assert vault.audit_log is not None
+                counts: collections.Counter[tuple[str, str]] = collections.Counter()
+                for _seq, event, _prev, _mac in vault.audit_log.read():
+                    if event.principal in ("coach", "handler"):
+                        counts[event.principal, event.action] += event.count
+                assert counts["coach", "decrypt"] == MEMBERS
+                assert counts["handler", "decrypt"] == 0
+                assert counts["handler", "denied"] >= MEMBERS
+        finally:
+            await engine.dispose()
+
+    with watchdog(TIMEOUT + 30):
+        asyncio.run(main())
