@@ -55,11 +55,11 @@ from vaultkit.errors import DecryptionError, UnsupportedFormatError
 
 __all__ = [
     "COMMITMENT_SIZE",
+    "COMMITMENT_SLICE",
     "CONTEXT_COLUMN",
     "CONTEXT_ROW",
     "CONTEXT_SCHEMA",
     "CONTEXT_TABLE",
-    "COMMITMENT_SLICE",
     "DEK_ID_SIZE",
     "DEK_ID_SLICE",
     "DEK_ID_SQL_START",
