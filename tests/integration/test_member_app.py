@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -39,6 +40,7 @@ pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).parents[2]
 APP_DIR = ROOT / "examples" / "member_app"
 TIMEOUT = 60.0  # seconds: any one command, the server's start-up and its shutdown
+BURST = 20  # concurrent chat reads, half by the coach, half by the claims handler
 
 HANDLER = {"X-User": "hana-claims", "X-Role": "claims-handler"}
 COACH = {"X-User": "coach-anna", "X-Role": "coach"}
@@ -201,6 +203,14 @@ def test_members_claims_and_a_chat_a_claims_handler_cannot_read(app: App) -> Non
             (m["id"], {"sealed": "medical"}) for m in sent
         ]
 
+        # Concurrent requests under both principals: each sees what its own principal may.
+        who = [COACH, HANDLER] * (BURST // 2)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            burst = list(pool.map(lambda h: get(client, f"{base}/chat", h).json(), who))
+        for headers, answer in zip(who, burst, strict=True):
+            texts = MESSAGES if headers is COACH else [{"sealed": "medical"}] * len(MESSAGES)
+            assert [m["text"] for m in answer] == texts
+
         # The application's own role checks, and the stub's refusal of a caller without headers.
         assert client.post(f"{base}/chat", json={"text": "x"}, headers=HANDLER).status_code == 403
         assert client.get(f"{base}/claims", headers=COACH).status_code == 403
@@ -254,14 +264,14 @@ def test_members_claims_and_a_chat_a_claims_handler_cannot_read(app: App) -> Non
         assert len(json.loads(rows)) == count
         for message_id in json.loads(rows):
             accesses[principal, action, message_id] += 1
-    # Each message: written once and read twice by the coach (the answer to a post is what she
-    # wrote, not a read), refused once to the handler, who decrypted nothing. Preloading the
-    # DEKs at start-up decrypts no value and logs nothing.
+    # Each message: written once and read 2 + BURST / 2 times by the coach (the answer to a post
+    # is what she wrote, not a read), refused 1 + BURST / 2 times to the handler, who decrypted
+    # nothing. Preloading the DEKs at start-up decrypts no value and logs nothing.
     assert accesses == collections.Counter(
         {
             **{("coach-anna", "write", m["id"]): 1 for m in sent},
-            **{("coach-anna", "decrypt", m["id"]): 2 for m in sent},
-            **{("hana-claims", "denied", m["id"]): 1 for m in sent},
+            **{("coach-anna", "decrypt", m["id"]): 2 + BURST // 2 for m in sent},
+            **{("hana-claims", "denied", m["id"]): 1 + BURST // 2 for m in sent},
         }
     )
     audit = json.dumps([tuple(e) for e in events])

@@ -166,6 +166,7 @@ async def read_chat(member_id: uuid.UUID, session: SessionDep, _: AnyStaff) -> l
     """The chat, for coaches and claims handlers alike: the app lets both in, and the key domain
     decides what each one reads. A coach gets the text (each read is audited); a claims handler
     gets ``{"sealed": "medical"}`` where the text would be (each refusal is audited too)."""
+    await member_or_404(session, member_id)
     query = (
         sa.select(ChatMessage)
         .where(ChatMessage.member_id == member_id)
