@@ -7,6 +7,7 @@ by httpx. Every wait has a timeout, so a hung server fails the test instead of b
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import concurrent.futures
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ from alembic.migration import MigrationContext
 
 import vaultkit.sqla.alembic
 from tests.integration._dbdump import dump_database
+from vaultkit.audit import AuditEvent, AuditLog
 from vaultkit.core import wire
 from vaultkit.keys import generate_master_key
 
@@ -316,3 +319,48 @@ def test_without_vaultkits_filters_autogenerate_would_drop_the_key_tables(
     finally:
         engine.dispose()
     assert dropped == VAULTKIT_TABLES
+
+
+def test_the_chat_read_writes_its_audit_events_off_the_event_loop(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chat endpoint reads the medical text inside SQLAlchemy's greenlet, so the audit
+    events of a coach's read and of a handler's refusal are written in worker threads: none
+    blocks the event loop's thread (read by the response serializer, each request's first
+    event was written there, a few milliseconds of a blocked loop per request)."""
+    run(app.env, "alembic", "upgrade", "head")
+    for name in ("VAULTKIT_MASTER_KEY", "MEMBER_APP_DATABASE_URL", "MEMBER_APP_KEYRING"):
+        monkeypatch.setenv(name, app.env[name])
+    monkeypatch.syspath_prepend(str(APP_DIR))
+    from member_app.main import create_app
+
+    writers: list[tuple[int, list[str]]] = []
+    append = AuditLog.append
+
+    def recording_append(log: AuditLog, events: list[AuditEvent]) -> None:
+        writers.append((threading.get_ident(), [e.action for e in events]))
+        append(log, events)
+
+    monkeypatch.setattr(AuditLog, "append", recording_append)
+
+    async def main() -> None:
+        member_app = create_app()
+        transport = httpx.ASGITransport(app=member_app)
+        async with (
+            member_app.router.lifespan_context(member_app),
+            httpx.AsyncClient(transport=transport, base_url="http://app") as client,
+        ):
+            new = {"name": NAME, "email": EMAIL}
+            member = (await client.post("/members", json=new, headers=HANDLER)).json()
+            chat = f"/members/{member['id']}/chat"
+            for text in MESSAGES:
+                response = await client.post(chat, json={"text": text}, headers=COACH)
+                assert response.status_code == 201
+            for who in (COACH, HANDLER, COACH):
+                assert (await client.get(chat, headers=who)).status_code == 200
+
+    asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    actions = [action for _, events in writers for action in events]
+    assert {"write", "decrypt", "denied"} <= set(actions)
+    on_loop = [events for thread, events in writers if thread == threading.get_ident() and events]
+    assert on_loop == []
