@@ -115,6 +115,14 @@ def run(env: dict[str, str], *args: str, expect: int = 0) -> subprocess.Complete
     return result
 
 
+def table_names(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -177,6 +185,9 @@ def test_members_claims_and_a_chat_a_claims_handler_cannot_read(app: App) -> Non
     # Autogenerate against the migrated database finds nothing to do: the models match the
     # revisions, and vaultkit's tables (not in the models) are not dropped.
     assert "No new upgrade operations detected" in run(app.env, "alembic", "check").stdout
+    # The vault that env.py opened made vaultkit's tables; the app's start-up will make none.
+    migrated = table_names(app.sync_url)
+    assert migrated == {"alembic_version", "members", "claims", "chat_messages", *VAULTKIT_TABLES}
 
     with serve(app) as client:
         member = post(client, "/members", {"name": NAME, "email": EMAIL}, HANDLER)
@@ -241,11 +252,10 @@ def test_members_claims_and_a_chat_a_claims_handler_cannot_read(app: App) -> Non
                     "row_keys, count FROM vaultkit_audit_events ORDER BY seq"
                 )
             ).all()
-            tables = set(sa.inspect(conn).get_table_names())
     finally:
         engine.dispose()
     assert len(stored) == 2 + 2 + len(MESSAGES) and all(v.startswith(wire.MAGIC) for v in stored)
-    assert VAULTKIT_TABLES <= tables
+    assert table_names(app.sync_url) == migrated
 
     # Neither plaintext nor any ciphertext reached the claims handler.
     body = refused.content

@@ -143,6 +143,7 @@ async def file_claim(
 
 @members.get("/{member_id}/claims", response_model=list[ClaimOut])
 async def list_claims(member_id: uuid.UUID, session: SessionDep, _: ClaimsHandler) -> list[Claim]:
+    await member_or_404(session, member_id)
     query = sa.select(Claim).where(Claim.member_id == member_id).order_by(Claim.filed_at)
     return list(await session.scalars(query))
 

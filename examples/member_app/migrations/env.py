@@ -6,7 +6,14 @@ tables that are not in the models' metadata and drop them: with the key table ev
 becomes unreadable. It also renders vaultkit's column types, and turns a plaintext column whose
 model type became ``Encrypted`` into ``op.encrypt_column``.
 
-Online mode only: revision 0001 has vaultkit create its tables over a live connection.
+The vault is opened here, before any revision runs. Revisions that encrypt or decrypt a column
+in place need it (``op.encrypt_column``, which autogenerate writes when a plaintext column's model
+type becomes ``Encrypted``). Opening it also has vaultkit create its own tables in this database
+where they are missing, in vaultkit's own layout (whose version it keeps in ``vaultkit_meta`` and
+upgrades itself): this is where they are made, on purpose, so that the app's start-up finds them
+and creates nothing. No revision creates or drops them.
+
+Online mode only (no ``--sql``): the vault works over a live connection.
 """
 
 import asyncio
@@ -14,11 +21,12 @@ from logging.config import fileConfig
 
 from alembic import context
 from member_app.models import Base
-from member_app.vault import database_url
+from member_app.vault import database_url, open_vault
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import vaultkit.sqla
 import vaultkit.sqla.alembic
 
 config = context.config
@@ -47,4 +55,9 @@ async def run_async_migrations() -> None:
 
 if context.is_offline_mode():
     raise SystemExit("the member app's migrations run online only (no --sql)")
-asyncio.run(run_async_migrations())
+with open_vault() as vault:
+    vaultkit.sqla.configure(vault)
+    try:
+        asyncio.run(run_async_migrations())
+    finally:
+        vaultkit.sqla.configure(None)

@@ -1,13 +1,13 @@
 """members, claims and the coaching chat
 
-The output of ``alembic revision --autogenerate --rev-id 0002`` against a database at 0001, as
-generated (then ``ruff format``). vaultkit's tables were already there and are not touched: no
-``op.drop_table("vaultkit_data_keys")`` in the upgrade. vaultkit's column types render with their
-domain and row key; no vault, key or secret goes into a migration.
+The output of ``alembic revision --autogenerate --rev-id 0001`` against an empty database, as
+generated (then ``ruff format``). vaultkit's own tables were there already (env.py's vault made
+them) and are left alone: no ``op.drop_table("vaultkit_data_keys")``. vaultkit's column types
+render with their domain and row key; no vault, key or secret goes into a migration.
 
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-12-01 12:22:29
+Revision ID: 0001
+Revises:
+Create Date: 2026-12-01 12:31:21
 """
 
 from collections.abc import Sequence
@@ -17,8 +17,8 @@ from alembic import op
 
 import vaultkit.sqla.types
 
-revision: str = "0002"
-down_revision: str | Sequence[str] | None = "0001"
+revision: str = "0001"
+down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
