@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+import vaultkit.sqla
 import vaultkit.sqla.alembic
 from tests.integration._dbdump import dump_database
 from vaultkit.audit import AuditEvent, AuditLog
@@ -369,7 +370,10 @@ def test_the_chat_read_writes_its_audit_events_off_the_event_loop(
             for who in (COACH, HANDLER, COACH):
                 assert (await client.get(chat, headers=who)).status_code == 200
 
-    asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    try:
+        asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    finally:
+        vaultkit.sqla.configure(None)  # create_app() configured it; the lifespan may not have run
     actions = [action for _, events in writers for action in events]
     assert {"write", "decrypt", "denied"} <= set(actions)
     on_loop = [events for thread, events in writers if thread == threading.get_ident() and events]
