@@ -163,7 +163,7 @@ async def post_message(
 
 
 @chat.get("", response_model=list[MessageOut])
-async def read_chat(member_id: uuid.UUID, session: SessionDep, _: AnyStaff) -> list[MessageOut]:
+async def read_chat(member_id: uuid.UUID, session: SessionDep, _: AnyStaff) -> list[ChatMessage]:
     """The chat, for coaches and claims handlers alike: the app lets both in, and the key domain
     decides what each one reads. A coach gets the text (each read is audited); a claims handler
     gets ``{"sealed": "medical"}`` where the text would be (each refusal is audited too)."""
@@ -173,11 +173,10 @@ async def read_chat(member_id: uuid.UUID, session: SessionDep, _: AnyStaff) -> l
         .where(ChatMessage.member_id == member_id)
         .order_by(ChatMessage.sent_at, ChatMessage.id)
     )
-    messages = list(await session.scalars(query))
-    # A medical value is decrypted (or sealed) when ``text`` is read, and the read writes its
-    # audit event. Read here, inside SQLAlchemy's greenlet, vaultkit writes the event in a worker
-    # thread; read by the response serializer, it would write it on the event loop's thread.
-    return await session.run_sync(lambda _: [MessageOut.model_validate(m) for m in messages])
+    # In an AsyncSession the statement opens the medical values for this request's scope (the
+    # audit events written in worker threads, off the event loop); the response serializer then
+    # reads them from the scope's cache (docs/sqlalchemy.md, "asyncio").
+    return list(await session.scalars(query))
 
 
 # -- the application ------------------------------------------------------------------------------
