@@ -7,10 +7,12 @@ its calls, so that a test can show that reading many rows costs one unwrap per d
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -18,8 +20,19 @@ from vaultkit._redact import NoPickle, Secret
 from vaultkit.errors import DomainError, KeyNotFoundError
 from vaultkit.keys import _kekwrap
 from vaultkit.keys.domains import check_domain_name
-from vaultkit.keys.provider import KeyProvider, KeyRef
+from vaultkit.keys.provider import (
+    KeyProvider,
+    KeyRef,
+    SupportsAuditSigner,
+    SupportsBatchUnwrap,
+    SupportsDataKeyGeneration,
+    SupportsRewrap,
+    SupportsWriterPins,
+)
 from vaultkit.store import MemoryKeyStore
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = ["CountingKeyProvider", "InMemoryKeyProvider", "MemoryKeyStore"]
 
@@ -85,11 +98,31 @@ class InMemoryKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
 
 
 class CountingKeyProvider:
-    """Pass every call through to ``inner`` and count it by method name in :attr:`calls`."""
+    """Pass every call through to ``inner`` and count it by method name in :attr:`calls`.
+
+    The wrapper has exactly the optional capabilities of ``inner``
+    (:class:`~vaultkit.keys.SupportsRewrap`, :class:`~vaultkit.keys.SupportsBatchUnwrap`,
+    :class:`~vaultkit.keys.SupportsDataKeyGeneration`, :class:`~vaultkit.keys.SupportsAuditSigner`,
+    :class:`~vaultkit.keys.SupportsWriterPins`): ``isinstance(counting, SupportsRewrap)`` holds
+    when it holds for ``inner``, and those calls are forwarded and counted too. So a counted
+    transit provider still rewraps server-side and unwraps in batches. (The instance is of a
+    subclass made once per set of capabilities; it is still a ``CountingKeyProvider``.)
+
+    .. versionchanged:: 0.1.0
+       Forwards the inner provider's optional capabilities.
+    """
+
+    inner: KeyProvider
+    calls: Counter[str]
+
+    def __new__(cls, inner: KeyProvider) -> CountingKeyProvider:
+        if cls is CountingKeyProvider:
+            cls = _counting_class(frozenset(c for c in _FORWARDERS if isinstance(inner, c)))
+        return super().__new__(cls)
 
     def __init__(self, inner: KeyProvider) -> None:
         self.inner = inner
-        self.calls: Counter[str] = Counter()
+        self.calls = Counter()
         self._lock = threading.Lock()
 
     def _count(self, name: str) -> None:
@@ -118,3 +151,70 @@ class CountingKeyProvider:
 
     def __repr__(self) -> str:
         return f"CountingKeyProvider({self.inner!r})"
+
+
+# -- forwarded capabilities: one mixin per Protocol of vaultkit.keys.provider ------------------------
+
+
+class _CountsRewrap(CountingKeyProvider):
+    inner: Any
+
+    def rewrap(self, old: KeyRef, new: KeyRef, wrapped: bytes, *, context: bytes) -> bytes:
+        self._count("rewrap")
+        return self.inner.rewrap(old, new, wrapped, context=context)  # type: ignore[no-any-return]
+
+
+class _CountsBatchUnwrap(CountingKeyProvider):
+    inner: Any
+
+    def unwrap_many(self, items: Sequence[tuple[KeyRef, bytes, bytes]]) -> list[bytes]:
+        self._count("unwrap_many")
+        return self.inner.unwrap_many(items)  # type: ignore[no-any-return]
+
+
+class _CountsDataKeyGeneration(CountingKeyProvider):
+    inner: Any
+
+    def generate_data_key(self, ref: KeyRef, *, context: bytes) -> tuple[bytes, bytes]:
+        self._count("generate_data_key")
+        return self.inner.generate_data_key(ref, context=context)  # type: ignore[no-any-return]
+
+
+class _CountsAuditSigner(CountingKeyProvider):
+    inner: Any
+
+    def audit_signer(self, domain: str) -> tuple[Ed25519PublicKey, Callable[[bytes], bytes]] | None:
+        self._count("audit_signer")
+        return self.inner.audit_signer(domain)  # type: ignore[no-any-return]
+
+
+class _CountsWriterPins(CountingKeyProvider):
+    inner: Any
+
+    def pinned_writers(self) -> dict[str, Ed25519PublicKey]:
+        self._count("pinned_writers")
+        return self.inner.pinned_writers()  # type: ignore[no-any-return]
+
+
+#: capability Protocol -> the mixin that forwards it; the order fixes the MRO of the made classes.
+_FORWARDERS: Final[dict[type, type[CountingKeyProvider]]] = {
+    SupportsRewrap: _CountsRewrap,
+    SupportsBatchUnwrap: _CountsBatchUnwrap,
+    SupportsDataKeyGeneration: _CountsDataKeyGeneration,
+    SupportsAuditSigner: _CountsAuditSigner,
+    SupportsWriterPins: _CountsWriterPins,
+}
+
+
+@functools.cache
+def _counting_class(capabilities: frozenset[type]) -> type[CountingKeyProvider]:
+    """The ``CountingKeyProvider`` subclass with the forwarders of exactly ``capabilities``."""
+    if not capabilities:
+        return CountingKeyProvider
+    mixins = tuple(m for c, m in _FORWARDERS.items() if c in capabilities)
+    name = (
+        "CountingKeyProvider["
+        + ", ".join(c.__name__ for c in _FORWARDERS if c in capabilities)
+        + "]"
+    )
+    return type(name, mixins, {"__module__": __name__, "__qualname__": name})
