@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.providers.conftest import Server, SoftHSM, free_port
+from tests._servers import Server, SoftHSM, free_port
 from tests.unit.test_leaks import frame_leaks, object_leaks, raised_by
 from vaultkit import Principal, Vault
 from vaultkit.errors import KeyProviderError

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 import vaultkit.sqla
-from tests.providers.conftest import Server, free_port, start_moto, start_openbao
+from tests._servers import Server, free_port, start_moto, start_openbao, started
 from vaultkit import Principal, Vault
 from vaultkit.errors import KeyProviderError
 from vaultkit.keys._retry import Retry
@@ -32,7 +32,7 @@ COACH = Principal("coach-7", grants={"medical"})
 def own_openbao(tmp_path: Path) -> Iterator[Server]:
     """An OpenBao server of this test's own, to stop at will."""
     pytest.importorskip("hvac")
-    server = start_openbao(tmp_path / "bao.log")
+    server = started(start_openbao, tmp_path / "bao.log")
     yield server
     if server.process is not None and server.process.poll() is None:
         server.stop()
@@ -200,7 +200,7 @@ def test_kms_emulator_down_gives_a_clear_error(tmp_path: Path, aws_emulator: Ser
     """With the KMS endpoint gone: cached DEKs serve; a cold read says what to check."""
     from vaultkit.keys.aws import AWSKMSKeyProvider
 
-    own = start_moto(tmp_path / "moto.log")
+    own = started(start_moto, tmp_path / "moto.log")
 
     def provider() -> AWSKMSKeyProvider:
         return AWSKMSKeyProvider(
