@@ -85,9 +85,10 @@ def free_port_pair() -> int:
     raise RuntimeError("no two adjacent free ports on 127.0.0.1")
 
 
-def wait_for(url: str, seconds: float) -> bool:
+def wait_for(url: str, seconds: float, process: subprocess.Popen[bytes] | None = None) -> bool:
+    """Whether ``url`` answers within ``seconds`` (giving up early when ``process`` has exited)."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
         try:
             with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - a local test server
                 return True
@@ -165,10 +166,14 @@ def start_openbao(log: Path, port: int | None = None, *, binary: str | None = No
             env={**os.environ, "HOME": str(log.parent)},
         )
     url = f"http://127.0.0.1:{port}"
-    if not wait_for(f"{url}/v1/sys/health", 60):
+    try:
+        if not wait_for(f"{url}/v1/sys/health", 60, process):
+            raise ServerUnavailable("OPENBAO", f"OpenBao did not start: {_tail(log)}")
+        enable_transit(url, token)
+    except BaseException:
         process.kill()
-        raise ServerUnavailable("OPENBAO", f"OpenBao did not start: {_tail(log)}")
-    enable_transit(url, token)
+        process.wait(timeout=20)
+        raise
     return Server(url, token, process)
 
 
@@ -186,7 +191,7 @@ def start_moto(log: Path, port: int | None = None, *, python: str | None = None)
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    if not wait_for(f"{url}/moto-api/", 60):
+    if not wait_for(f"{url}/moto-api/", 60, process):
         process.kill()
         raise ServerUnavailable("AWS_EMULATOR", f"moto's server did not start: {_tail(log)}")
     return Server(url, "", process)
