@@ -166,14 +166,19 @@ def start_openbao(log: Path, port: int | None = None, *, binary: str | None = No
             env={**os.environ, "HOME": str(log.parent)},
         )
     url = f"http://127.0.0.1:{port}"
+    answered = wait_for(f"{url}/v1/sys/health", 60, process)
     try:
-        if not wait_for(f"{url}/v1/sys/health", 60, process):
-            raise ServerUnavailable("OPENBAO", f"OpenBao did not start: {_tail(log)}")
-        enable_transit(url, token)
+        if answered:
+            enable_transit(url, token)
     except BaseException:
-        process.kill()
-        process.wait(timeout=20)
+        answered = False
         raise
+    finally:
+        if not answered:
+            process.kill()
+            process.wait(timeout=20)
+    if not answered:
+        raise ServerUnavailable("OPENBAO", f"OpenBao did not start: {_tail(log)}")
     return Server(url, token, process)
 
 

@@ -13,8 +13,10 @@ def test_a_missing_server_binary_exits_1_with_the_reason(tmp_path: Path) -> None
     """``python -m tests._servers openbao`` with no bao binary prints no variable and exits 1
     (CI then fails instead of skipping the OpenBao tests)."""
     result = subprocess.run(
-        [sys.executable, "-m", "tests._servers", "openbao", "--bao", str(tmp_path / "no-bao")]
-        + ["--log", str(tmp_path / "bao.log")],
+        [
+            *(sys.executable, "-m", "tests._servers", "openbao"),
+            *("--bao", str(tmp_path / "no-bao"), "--log", str(tmp_path / "bao.log")),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
