@@ -226,7 +226,9 @@ def test_kms_emulator_down_gives_a_clear_error(tmp_path: Path, aws_emulator: Ser
 
 
 def _unwrap_in_child(provider: Any, ref: Any, wrapped: bytes, dek: bytes, out: Any) -> None:
-    out.put(provider.unwrap(ref, wrapped, context=b"ctx") == dek)
+    client = provider._client if hasattr(provider, "_client") else provider._kms
+    inherited = client.current()  # the parent's client: never handed to the child
+    out.put((inherited is None, provider.unwrap(ref, wrapped, context=b"ctx") == dek))
 
 
 @pytest.mark.openbao
@@ -256,7 +258,7 @@ def test_a_forked_child_uses_connections_of_its_own(openbao: Server, aws_emulato
         out = context.Queue()
         child = context.Process(target=_unwrap_in_child, args=(provider, ref, wrapped, dek, out))
         child.start()
-        assert out.get(timeout=60) is True
+        assert out.get(timeout=60) == (True, True)
         child.join(timeout=60)
         assert child.exitcode == 0
         assert provider.unwrap(ref, wrapped, context=b"ctx") == dek
