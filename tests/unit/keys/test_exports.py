@@ -88,3 +88,11 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="NoSuchProvider"):
         vaultkit.keys.NoSuchProvider  # noqa: B018 - the lookup is the test
     assert not hasattr(vaultkit.keys, "NoSuchProvider")
+
+
+def test_decode_master_key_is_public_and_keeps_its_old_name() -> None:
+    """``decode_master_key`` is public; the old private name is the same function (for a release)."""
+    from vaultkit.keys.local import _decode_master_key, decode_master_key, generate_master_key
+
+    assert _decode_master_key is decode_master_key
+    assert len(decode_master_key(generate_master_key(), source="test")) == 32
