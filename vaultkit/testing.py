@@ -11,7 +11,7 @@ import functools
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from vaultkit.keys.memory import InMemoryKeyProvider
 from vaultkit.keys.provider import (
@@ -91,43 +91,33 @@ class CountingKeyProvider:
 
 
 class _CountsRewrap(CountingKeyProvider):
-    inner: Any
-
     def rewrap(self, old: KeyRef, new: KeyRef, wrapped: bytes, *, context: bytes) -> bytes:
         self._count("rewrap")
-        return self.inner.rewrap(old, new, wrapped, context=context)  # type: ignore[no-any-return]
+        return cast(SupportsRewrap, self.inner).rewrap(old, new, wrapped, context=context)
 
 
 class _CountsBatchUnwrap(CountingKeyProvider):
-    inner: Any
-
     def unwrap_many(self, items: Sequence[tuple[KeyRef, bytes, bytes]]) -> list[bytes]:
         self._count("unwrap_many")
-        return self.inner.unwrap_many(items)  # type: ignore[no-any-return]
+        return cast(SupportsBatchUnwrap, self.inner).unwrap_many(items)
 
 
 class _CountsDataKeyGeneration(CountingKeyProvider):
-    inner: Any
-
     def generate_data_key(self, ref: KeyRef, *, context: bytes) -> tuple[bytes, bytes]:
         self._count("generate_data_key")
-        return self.inner.generate_data_key(ref, context=context)  # type: ignore[no-any-return]
+        return cast(SupportsDataKeyGeneration, self.inner).generate_data_key(ref, context=context)
 
 
 class _CountsAuditSigner(CountingKeyProvider):
-    inner: Any
-
     def audit_signer(self, domain: str) -> tuple[Ed25519PublicKey, Callable[[bytes], bytes]] | None:
         self._count("audit_signer")
-        return self.inner.audit_signer(domain)  # type: ignore[no-any-return]
+        return cast(SupportsAuditSigner, self.inner).audit_signer(domain)
 
 
 class _CountsWriterPins(CountingKeyProvider):
-    inner: Any
-
     def pinned_writers(self) -> dict[str, Ed25519PublicKey]:
         self._count("pinned_writers")
-        return self.inner.pinned_writers()  # type: ignore[no-any-return]
+        return cast(SupportsWriterPins, self.inner).pinned_writers()
 
 
 #: capability Protocol -> the mixin that forwards it; the order fixes the MRO of the made classes.
