@@ -155,14 +155,14 @@ def test_pkcs11_pin_is_in_no_frame_of_a_construction_error(softhsm: SoftHSM) -> 
     assert frame_leaks(failed, planted) == []
 
 
-def _pkcs11(softhsm: SoftHSM) -> Any:
+def _pkcs11(softhsm: SoftHSM, prefix: str | None = None) -> Any:
     from vaultkit.keys.pkcs11 import PKCS11KeyProvider
 
     return PKCS11KeyProvider(
         softhsm.library,
         token_label=softhsm.token_label,
         pin=softhsm.pin,
-        label_prefix=f"vk{secrets.token_hex(4)}:",
+        label_prefix=prefix or f"vk{secrets.token_hex(4)}:",
     )
 
 
@@ -206,17 +206,19 @@ def _pkcs11_in_child(provider: Any, ref: Any, wrapped: bytes, dek: bytes, out: A
 
 
 @pytest.mark.pkcs11
-@pytest.mark.parametrize("opened", [True, False], ids=["session-open", "never-opened"])
-def test_pkcs11_a_forked_child_opens_its_own_session(softhsm: SoftHSM, opened: bool) -> None:
-    """After fork the child loads the module and logs in on its own (whether or not the parent
-    had a session yet); parent and child both keep working."""
+@pytest.mark.parametrize("parent", ["session-open", "closed", "never-opened"])
+def test_pkcs11_a_forked_child_opens_its_own_session(softhsm: SoftHSM, parent: str) -> None:
+    """After fork the child loads the module and logs in on its own (whether the parent's
+    provider has a session, closed it, or never opened one); parent and child keep working."""
     import multiprocessing
 
-    provider = _pkcs11(softhsm)
-    ref = provider.primary("medical")
+    prefix = f"vk{secrets.token_hex(4)}:"
+    first = _pkcs11(softhsm, prefix)
+    ref = first.primary("medical")
     dek = os.urandom(32)
-    wrapped = provider.wrap(ref, dek, context=CONTEXT)
-    if not opened:
+    wrapped = first.wrap(ref, dek, context=CONTEXT)
+    provider = first if parent != "never-opened" else _pkcs11(softhsm, prefix)
+    if parent == "closed":
         provider.close()
     context = multiprocessing.get_context("fork")
     out = context.Queue()
@@ -229,6 +231,7 @@ def test_pkcs11_a_forked_child_opens_its_own_session(softhsm: SoftHSM, opened: b
     assert provider.unwrap(ref, from_child, context=CONTEXT) == dek
     assert provider.unwrap(ref, wrapped, context=CONTEXT) == dek
     provider.close()
+    first.close()
 
 
 @pytest.mark.aws
