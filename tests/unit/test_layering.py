@@ -420,7 +420,7 @@ def find_offsets(modules: Mapping[str, Module]) -> list[Violation]:
 
         def flag(node: ast.AST, what: str, module: Module = module) -> None:
             key = f"offset: {module.name}: {what}"
-            violations.append(Violation("offset", key, f"{module.path}:{node.lineno}"))  # type: ignore[attr-defined]
+            violations.append(Violation("offset", key, f"{module.path}:{node.lineno}"))
 
         for scope in _scopes(module.tree):
             near_magic = _names_magic(scope)
@@ -493,6 +493,30 @@ def test_every_layer_names_existing_modules() -> None:
     tops = {_top(name) for name in load_modules(package_sources())}
     assert {n for layer in LAYERS for n in layer} - PLANNED <= tops
     assert not PLANNED & tops, "a planned module exists now: remove it from PLANNED"
+
+
+def conftest_imports(root: Path) -> list[str]:
+    """``file:line`` of every import of a conftest module in the ``.py`` files under ``root``."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(n.split(".")[-1] == "conftest" for n in names):
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    return found
+
+
+def test_no_test_module_imports_a_conftest() -> None:
+    """Helpers shared by tests live in tests/_servers.py (and the like), never in a conftest:
+    pytest loads conftests itself, and importing one a second time runs it twice."""
+    assert conftest_imports(Path(__file__).resolve().parents[1]) == []
 
 
 # -- self-tests: the checker catches each kind of violation ---------------------------------------
@@ -640,6 +664,14 @@ class TestTheChecker:
         assert "upward: vaultkit.keys.zz_upward (layer 1) imports vaultkit.cli.main" in str(
             failure.value
         )
+
+    def test_a_conftest_import_is_found(self, tmp_path: Path) -> None:
+        """``from tests.providers.conftest import Server`` in a test module is found."""
+        (tmp_path / "tests").mkdir()
+        (tmp_path / "tests" / "test_x.py").write_text(
+            "from tests.providers.conftest import Server\nimport tests.conftest\n"
+        )
+        assert conftest_imports(tmp_path / "tests") == ["tests/test_x.py:1", "tests/test_x.py:2"]
 
     def test_the_test_fails_on_a_stale_allowance(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """An entry of KNOWN_VIOLATIONS that no longer occurs fails the test, named."""
