@@ -47,7 +47,7 @@ import vaultkit.sqla
 import vaultkit.sqla.alembic
 from vaultkit import Vault
 from vaultkit.keys import LocalKeyProvider, generate_master_key
-from vaultkit.keys.local import _decode_master_key
+from vaultkit.keys.local import decode_master_key
 from vaultkit.rekey import begin_migration, load_migration, rekey_table, verify_table
 from vaultkit.sqla import BlindIndex, Encrypted, count_plaintext
 
@@ -98,7 +98,7 @@ def main() -> None:
         upgrade(Operations(MigrationContext.configure(conn)))
     print("migrated: members.email is binary, members.email_index added")
 
-    master = _decode_master_key(generate_master_key(), source="example key")
+    master = decode_master_key(generate_master_key(), source="example key")
     vault = Vault(
         provider=LocalKeyProvider(workdir / "keyring.json", master_key=master),
         # On SQLite, the key store is a file of its own: SQLite locks a whole file per writer.

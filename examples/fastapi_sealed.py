@@ -27,7 +27,7 @@ import vaultkit.sqla
 from vaultkit import KeyDomain, Principal, Vault
 from vaultkit.integrations.fastapi import MaybeSealed, vaultkit_scope
 from vaultkit.keys import LocalKeyProvider, generate_master_key
-from vaultkit.keys.local import _decode_master_key
+from vaultkit.keys.local import decode_master_key
 from vaultkit.sqla import Encrypted
 
 
@@ -91,7 +91,7 @@ def main() -> None:
     vault = Vault(
         provider=LocalKeyProvider(
             workdir / "keyring.json",
-            master_key=_decode_master_key(generate_master_key(), source="example key"),
+            master_key=decode_master_key(generate_master_key(), source="example key"),
         ),
         store=url,
         domains=[KeyDomain("medical", restricted=True, audited=True)],

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from vaultkit import KeyDomain, Vault
+from vaultkit.core import wire
 from vaultkit.errors import DecryptionError
 from vaultkit.keys import LocalKeyProvider, generate_master_key
 
@@ -27,7 +28,10 @@ def main() -> None:
     cell = {"table": "members", "column": "name", "row": "m-17"}
     blob = vault.encrypt("Jan Peeters", domain="identity", context=cell)
     assert vault.decrypt(blob, context=cell) == "Jan Peeters"
-    print(f"{len(blob)}-byte ciphertext under DEK {blob[4:20].hex()} decrypts in its own cell only")
+    header = wire.parse_value(blob)  # the header read without a key: not authenticated
+    assert header is not None
+    dek = header.dek_id.hex()
+    print(f"{len(blob)}-byte ciphertext under DEK {dek} decrypts in its own cell only")
 
     # The same value in another member's row does not decrypt.
     try:

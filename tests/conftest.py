@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from tests._servers import unavailable
 from vaultkit import Vault
 from vaultkit.store import MemoryKeyStore
 from vaultkit.testing import InMemoryKeyProvider
@@ -17,7 +18,6 @@ from vaultkit.testing import InMemoryKeyProvider
 POSTGRES_DSN = os.environ.get(
     "VAULTKIT_TEST_POSTGRES_DSN", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-REQUIRE_POSTGRES = os.environ.get("VAULTKIT_REQUIRE_POSTGRES") == "1"
 
 
 @pytest.fixture
@@ -27,33 +27,69 @@ def provider() -> InMemoryKeyProvider:
 
 
 @pytest.fixture
-def vault(provider: InMemoryKeyProvider) -> Iterator[Vault]:
-    """A vault over in-memory keys and an in-memory key store."""
-    with Vault(
-        provider=provider, store=MemoryKeyStore(), domains=["identity", "financial", "medical"]
-    ) as v:
-        yield v
+def vault_kwargs(provider: InMemoryKeyProvider) -> dict[str, Any]:
+    """The arguments of the ``vault`` fixture's :class:`Vault`. A test module or class that needs
+    another vault overrides this fixture, never ``vault`` itself."""
+    return {
+        "provider": provider,
+        "store": MemoryKeyStore(),
+        "domains": ["identity", "financial", "medical"],
+    }
 
 
-def _server_engine(dsn: str, *, what: str, required: bool) -> sa.Engine:
-    """An engine on a test server; skips the test, or fails it when required, if none answers."""
+@pytest.fixture
+def vault(request: pytest.FixtureRequest, vault_kwargs: dict[str, Any]) -> Iterator[Vault]:
+    """A vault over in-memory keys and an in-memory key store (``vault_kwargs``), closed after.
+
+    In a test marked ``configured`` (``pytestmark = pytest.mark.configured`` in a module) it is
+    also the column types' vault, unset after the test and before the vault closes."""
+    with Vault(**vault_kwargs) as v:
+        if request.node.get_closest_marker("configured") is None:
+            yield v
+            return
+        import vaultkit.sqla
+
+        vaultkit.sqla.configure(v)
+        try:
+            yield v
+        finally:
+            vaultkit.sqla.configure(None)
+
+
+@pytest.fixture
+def configure_vault() -> Iterator[Callable[[Vault | None], None]]:
+    """:func:`vaultkit.sqla.configure`, with ``configure(None)`` after the test."""
+    import vaultkit.sqla
+
+    yield vaultkit.sqla.configure
+    vaultkit.sqla.configure(None)
+
+
+@pytest.fixture
+def configured_vault(vault: Vault, configure_vault: Callable[[Vault | None], None]) -> Vault:
+    """The ``vault`` fixture as the column types' vault (``vaultkit.sqla.configure``), unset after
+    the test and before the vault closes (or mark the test ``configured`` and use ``vault``)."""
+    configure_vault(vault)
+    return vault
+
+
+def _server_engine(dsn: str, *, what: str, require: str) -> sa.Engine:
+    """An engine on a test server; skips the test, or fails it when VAULTKIT_REQUIRE_<require>=1,
+    if none answers."""
     engine = sa.create_engine(dsn)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("select 1"))
     except Exception as exc:  # any failure to connect means no server here
         engine.dispose()
-        message = f"no {what} server at {dsn}: {type(exc).__name__}"
-        if required:
-            pytest.fail(f"{message} (VAULTKIT_REQUIRE_{what.upper()}=1)")
-        pytest.skip(message)
+        unavailable(require, f"no {what} server at {dsn}: {type(exc).__name__}")
     return engine
 
 
 @pytest.fixture(scope="session")
 def postgres_engine() -> Iterator[sa.Engine]:
     """An engine on the test PostgreSQL server; skips, or fails in CI, when none answers."""
-    engine = _server_engine(POSTGRES_DSN, what="PostgreSQL", required=REQUIRE_POSTGRES)
+    engine = _server_engine(POSTGRES_DSN, what="PostgreSQL", require="POSTGRES")
     yield engine
     engine.dispose()
 
@@ -79,13 +115,12 @@ def postgres_url(postgres_engine: sa.Engine, postgres_schema: str) -> str:
 MARIADB_DSN = os.environ.get(
     "VAULTKIT_TEST_MARIADB_DSN", "mysql+pymysql://root@127.0.0.1:3306/test"
 )
-REQUIRE_MARIADB = os.environ.get("VAULTKIT_REQUIRE_MARIADB") == "1"
 
 
 @pytest.fixture(scope="session")
 def mariadb_engine() -> Iterator[sa.Engine]:
     """An engine on the test MariaDB server; skips, or fails in CI, when none answers."""
-    engine = _server_engine(MARIADB_DSN, what="MariaDB", required=REQUIRE_MARIADB)
+    engine = _server_engine(MARIADB_DSN, what="MariaDB", require="MARIADB")
     yield engine
     engine.dispose()
 

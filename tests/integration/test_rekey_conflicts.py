@@ -11,14 +11,13 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-import vaultkit.sqla
 from vaultkit import Vault
 from vaultkit.cli.main import main
 from vaultkit.keys import LocalKeyProvider
@@ -66,13 +65,13 @@ def pg(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("postgres_url"))
 
 
+pytestmark = pytest.mark.configured  # the vault fixture is the column types' vault
+
+
 @pytest.fixture
-def vault() -> Iterator[Vault]:
-    """A vault over in-memory keys, configured for the columns."""
-    with Vault(provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["identity"]) as v:
-        vaultkit.sqla.configure(v)
-        yield v
-        vaultkit.sqla.configure(None)
+def vault_kwargs() -> dict[str, Any]:
+    """A vault over in-memory keys (configured for the columns: ``configured_vault``)."""
+    return {"provider": InMemoryKeyProvider(), "store": MemoryKeyStore(), "domains": ["identity"]}
 
 
 def load(url: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.providers.conftest import Server, SoftHSM
+from tests._servers import Server, SoftHSM
 from vaultkit import Principal, Vault
 
 COACH = Principal("coach", grants={"medical"})

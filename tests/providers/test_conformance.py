@@ -18,11 +18,20 @@ from typing import Any
 
 import pytest
 
-from tests.providers.conftest import Server, SoftHSM, free_port
+from tests._servers import Server, SoftHSM, free_port
 from tests.unit.test_leaks import frame_leaks, object_leaks, raised_by
 from vaultkit import Principal, Vault
 from vaultkit.errors import KeyProviderError
-from vaultkit.keys import KeyProvider, KeyRef, LocalKeyProvider
+from vaultkit.keys import (
+    KeyProvider,
+    KeyRef,
+    LocalKeyProvider,
+    SupportsAuditSigner,
+    SupportsBatchUnwrap,
+    SupportsDataKeyGeneration,
+    SupportsRewrap,
+    SupportsWriterPins,
+)
 from vaultkit.store import MemoryKeyStore
 from vaultkit.testing import CountingKeyProvider, InMemoryKeyProvider
 
@@ -128,6 +137,40 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
 
 def test_is_a_key_provider(case: Case) -> None:
     assert isinstance(case.provider, KeyProvider)
+
+
+def test_a_counted_provider_keeps_its_capabilities(case: Case) -> None:
+    """CountingKeyProvider has exactly the optional capabilities of the provider it wraps, and a
+    rotation through it rewraps server-side where the provider can (no DEK unwrapped)."""
+    counting = CountingKeyProvider(case.provider)
+    for capability in (
+        SupportsRewrap,
+        SupportsBatchUnwrap,
+        SupportsDataKeyGeneration,
+        SupportsAuditSigner,
+        SupportsWriterPins,
+    ):
+        assert isinstance(counting, capability) == isinstance(case.provider, capability)
+    store = MemoryKeyStore()
+    with (
+        Vault(provider=counting, store=store, domains=["medical"], dek_max_encryptions=2) as vault,
+        vault.acting_as(Principal("coach", grants={"medical"}), purpose="test"),
+    ):
+        blobs = [vault.encrypt(f"note {i}", domain="medical") for i in range(4)]
+        before = counting.calls.copy()
+        assert vault.rotate_kek("medical").rewrapped == 2
+        if isinstance(case.provider, SupportsRewrap):
+            assert counting.calls["rewrap"] - before["rewrap"] == 2
+            assert counting.calls["unwrap"] == before["unwrap"]
+        else:
+            assert counting.calls["rewrap"] == 0
+    with (
+        Vault(provider=counting, store=store, domains=["medical"]) as fresh,
+        fresh.acting_as(Principal("coach", grants={"medical"}), purpose="test"),
+    ):
+        assert [fresh.decrypt(b, domain="medical") for b in blobs] == [
+            f"note {i}" for i in range(4)
+        ]
 
 
 def test_wrap_unwrap_round_trip(case: Case) -> None:

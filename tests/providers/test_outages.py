@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 import vaultkit.sqla
-from tests.providers.conftest import Server, free_port, start_moto, start_openbao
+from tests._servers import Server, free_port, start_moto, start_openbao, started
 from vaultkit import Principal, Vault
 from vaultkit.errors import KeyProviderError
 from vaultkit.keys._retry import Retry
@@ -32,7 +32,7 @@ COACH = Principal("coach-7", grants={"medical"})
 def own_openbao(tmp_path: Path) -> Iterator[Server]:
     """An OpenBao server of this test's own, to stop at will."""
     pytest.importorskip("hvac")
-    server = start_openbao(tmp_path / "bao.log")
+    server = started(start_openbao, tmp_path / "bao.log")
     yield server
     if server.process is not None and server.process.poll() is None:
         server.stop()
@@ -200,7 +200,7 @@ def test_kms_emulator_down_gives_a_clear_error(tmp_path: Path, aws_emulator: Ser
     """With the KMS endpoint gone: cached DEKs serve; a cold read says what to check."""
     from vaultkit.keys.aws import AWSKMSKeyProvider
 
-    own = start_moto(tmp_path / "moto.log")
+    own = started(start_moto, tmp_path / "moto.log")
 
     def provider() -> AWSKMSKeyProvider:
         return AWSKMSKeyProvider(
@@ -226,7 +226,9 @@ def test_kms_emulator_down_gives_a_clear_error(tmp_path: Path, aws_emulator: Ser
 
 
 def _unwrap_in_child(provider: Any, ref: Any, wrapped: bytes, dek: bytes, out: Any) -> None:
-    out.put(provider.unwrap(ref, wrapped, context=b"ctx") == dek)
+    client = provider._client if hasattr(provider, "_client") else provider._kms
+    inherited = client.current()  # the parent's client: never handed to the child
+    out.put((inherited is None, provider.unwrap(ref, wrapped, context=b"ctx") == dek))
 
 
 @pytest.mark.openbao
@@ -256,7 +258,7 @@ def test_a_forked_child_uses_connections_of_its_own(openbao: Server, aws_emulato
         out = context.Queue()
         child = context.Process(target=_unwrap_in_child, args=(provider, ref, wrapped, dek, out))
         child.start()
-        assert out.get(timeout=60) is True
+        assert out.get(timeout=60) == (True, True)
         child.join(timeout=60)
         assert child.exitcode == 0
         assert provider.unwrap(ref, wrapped, context=b"ctx") == dek

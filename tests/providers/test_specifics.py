@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.providers.conftest import Server, SoftHSM
+from tests._servers import Server, SoftHSM
 from vaultkit.errors import ConfigurationError, DomainError, KeyProviderError
 
 CONTEXT = b"specific-context"
@@ -153,6 +153,85 @@ def test_pkcs11_pin_is_in_no_frame_of_a_construction_error(softhsm: SoftHSM) -> 
     failed = raised_by(provider.primary, "medical")
     assert isinstance(failed, KeyProviderError)
     assert frame_leaks(failed, planted) == []
+
+
+def _pkcs11(softhsm: SoftHSM, prefix: str | None = None) -> Any:
+    from vaultkit.keys.pkcs11 import PKCS11KeyProvider
+
+    return PKCS11KeyProvider(
+        softhsm.library,
+        token_label=softhsm.token_label,
+        pin=softhsm.pin,
+        label_prefix=prefix or f"vk{secrets.token_hex(4)}:",
+    )
+
+
+@pytest.mark.pkcs11
+def test_pkcs11_wrapped_dek_layout_is_unchanged(softhsm: SoftHSM) -> None:
+    """A wrapped DEK is ``01 || IV (12) || GCM ciphertext and tag (48)``, byte for byte as before
+    the provider used the shared layout: one framed by hand with the token's own AES-GCM unwraps,
+    and one the provider wraps opens by hand the same way."""
+    provider = _pkcs11(softhsm)
+    pk = provider._pk
+    ref = provider.primary("medical")
+    handle = provider._handle(ref)
+    dek, iv = os.urandom(32), os.urandom(12)
+    sealed = provider._do(
+        "test", lambda s: bytes(s.encrypt(handle, dek, pk.AES_GCM_Mechanism(iv, CONTEXT, 128)))
+    )
+    assert len(sealed) == 48
+    assert provider.unwrap(ref, b"\x01" + iv + sealed, context=CONTEXT) == dek
+    wrapped = provider.wrap(ref, dek, context=CONTEXT)
+    assert len(wrapped) == 61 and wrapped[:1] == b"\x01"
+    opened = provider._do(
+        "test",
+        lambda s: bytes(
+            s.decrypt(handle, wrapped[13:], pk.AES_GCM_Mechanism(wrapped[1:13], CONTEXT, 128))
+        ),
+    )
+    assert opened == dek
+    for bad in (b"\x02" + wrapped[1:], wrapped[:-1]):
+        with pytest.raises(KeyProviderError, match="malformed"):
+            provider.unwrap(ref, bad, context=CONTEXT)
+    provider.close()
+
+
+def _pkcs11_in_child(provider: Any, ref: Any, wrapped: bytes, dek: bytes, out: Any) -> None:
+    try:
+        parent = provider._token.current()
+        result = provider.unwrap(ref, wrapped, context=CONTEXT) == dek
+        out.put((parent is None, result, provider.wrap(ref, dek, context=CONTEXT)))
+    except Exception as exc:  # reported to the parent, which fails the test
+        out.put((False, False, type(exc).__name__.encode()))
+
+
+@pytest.mark.pkcs11
+@pytest.mark.parametrize("parent", ["session-open", "closed", "never-opened"])
+def test_pkcs11_a_forked_child_opens_its_own_session(softhsm: SoftHSM, parent: str) -> None:
+    """After fork the child loads the module and logs in on its own (whether the parent's
+    provider has a session, closed it, or never opened one); parent and child keep working."""
+    import multiprocessing
+
+    prefix = f"vk{secrets.token_hex(4)}:"
+    first = _pkcs11(softhsm, prefix)
+    ref = first.primary("medical")
+    dek = os.urandom(32)
+    wrapped = first.wrap(ref, dek, context=CONTEXT)
+    provider = first if parent != "never-opened" else _pkcs11(softhsm, prefix)
+    if parent == "closed":
+        provider.close()
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_pkcs11_in_child, args=(provider, ref, wrapped, dek, out))
+    child.start()
+    fresh, unwrapped, from_child = out.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert fresh and unwrapped
+    assert provider.unwrap(ref, from_child, context=CONTEXT) == dek
+    assert provider.unwrap(ref, wrapped, context=CONTEXT) == dek
+    provider.close()
+    first.close()
 
 
 @pytest.mark.aws

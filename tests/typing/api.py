@@ -10,7 +10,16 @@ import sqlalchemy as sa
 
 from vaultkit import CacheInfo, ContextValue, FieldCipher, KeyDomain, KeyProvider, KeyRef, Vault
 from vaultkit.errors import DecryptionError, VaultkitError
-from vaultkit.keys import LocalKeyProvider, generate_master_key
+from vaultkit.keys import (
+    AWSKMSKeyProvider,
+    LocalKeyProvider,
+    PKCS11KeyProvider,
+    SupportsBatchUnwrap,
+    SupportsRewrap,
+    VaultTransitKeyProvider,
+    generate_master_key,
+)
+from vaultkit.keys.local import decode_master_key
 from vaultkit.store import DataKeyRecord, DekState, KeyStore, MemoryKeyStore, SQLKeyStore
 from vaultkit.testing import CountingKeyProvider, InMemoryKeyProvider
 
@@ -77,3 +86,19 @@ def orm_usage(vault: Vault, session: Session) -> None:
     cell = EncryptedCell(Encrypted(Text, domain="medical"), b"")
     count: int = vaultkit.sqla.count_plaintext(session, Member.email)
     del email, note, cell, count
+
+
+def typed_providers() -> None:
+    """The lazily exported providers are classes mypy knows; capabilities narrow with isinstance."""
+    remote: list[KeyProvider] = [
+        AWSKMSKeyProvider(region="eu-west-1"),
+        VaultTransitKeyProvider("https://bao.internal:8200", token="t"),
+        PKCS11KeyProvider("/usr/lib/softhsm/libsofthsm2.so", token_label="t", pin="1234"),
+    ]
+    master: bytes = decode_master_key(generate_master_key(), source="a key")
+    counting = CountingKeyProvider(LocalKeyProvider("keyring.json", master_key=master))
+    ref = counting.primary("identity")
+    if isinstance(counting, SupportsRewrap):
+        counting.rewrap(ref, ref, b"", context=b"")
+    if isinstance(remote[1], SupportsBatchUnwrap):
+        remote[1].unwrap_many([(ref, b"", b"")])

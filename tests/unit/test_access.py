@@ -7,8 +7,8 @@ import json
 import pickle
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -31,9 +31,8 @@ DOMAINS = [KeyDomain("identity"), KeyDomain("medical", restricted=True)]
 
 
 @pytest.fixture
-def vault() -> Iterator[Vault]:
-    with Vault(provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=DOMAINS) as v:
-        yield v
+def vault_kwargs() -> dict[str, Any]:
+    return {"provider": InMemoryKeyProvider(), "store": MemoryKeyStore(), "domains": DOMAINS}
 
 
 class TestScopes:

@@ -29,18 +29,17 @@ MEMBERS = sa.Table(
 )
 
 
+pytestmark = pytest.mark.configured  # the vault fixture is the column types' vault
+
+
 @pytest.fixture
-def vault() -> Iterator[Vault]:
-    v = Vault(
-        provider=InMemoryKeyProvider(),
-        store=MemoryKeyStore(),
-        domains=[KeyDomain("identity"), KeyDomain("medical", restricted=True)],
-        dek_max_encryptions=50,
-    )
-    vaultkit.sqla.configure(v)
-    yield v
-    vaultkit.sqla.configure(None)
-    v.close()
+def vault_kwargs() -> dict[str, Any]:
+    return {
+        "provider": InMemoryKeyProvider(),
+        "store": MemoryKeyStore(),
+        "domains": [KeyDomain("identity"), KeyDomain("medical", restricted=True)],
+        "dek_max_encryptions": 50,
+    }
 
 
 @pytest.fixture

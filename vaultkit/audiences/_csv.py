@@ -36,7 +36,7 @@ from vaultkit.audiences._render import (
 from vaultkit.audiences.normalize import Reason
 from vaultkit.errors import AudienceError, ConfigurationError
 
-__all__ = ["FIELD_ALIASES", "hash_csv"]
+__all__ = ["FIELD_ALIASES", "RECORD_FIELDS", "hash_csv"]
 
 #: Header names recognised for each record field (compared case-insensitively, ignoring spaces,
 #: dashes and underscores), unless ``mapping`` names the header explicitly.

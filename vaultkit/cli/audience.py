@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vaultkit.audiences import RULE_VERSIONS, Platform
-from vaultkit.audiences._csv import RECORD_FIELDS, hash_csv
+from vaultkit.audiences import RECORD_FIELDS, RULE_VERSIONS, Platform, hash_csv
 from vaultkit.errors import ConfigurationError
 
 

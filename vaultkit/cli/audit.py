@@ -241,7 +241,7 @@ def _reachable(store: sa.Engine | None, audit: sa.Engine | None, store_url: str)
     """Connect to the key store's and the audit database once: an unreachable key store is a
     KeyStoreError (exit 5) as for every command, an unreachable audit database a database
     failure (exit 10), neither an "audit log cannot be read"."""
-    from vaultkit.cli.main import database_failure
+    from vaultkit.cli._common import database_failure
 
     for engine in dict.fromkeys(e for e in (store, audit) if e is not None):
         try:

@@ -21,7 +21,7 @@ import vaultkit.sqla
 from vaultkit import KeyDomain, Principal, Vault
 from vaultkit.audiences import COLUMNS, AudienceReport, MemberRecord, Platform, hash_records
 from vaultkit.errors import DecryptionError, QueryError
-from vaultkit.keys.local import LocalKeyProvider, _decode_master_key, generate_master_key
+from vaultkit.keys.local import LocalKeyProvider, decode_master_key, generate_master_key
 from vaultkit.sqla import BlindIndex, Encrypted, count_plaintext
 
 
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 def _demo(workdir: Path) -> int:
     keyring = workdir / "keyring.json"
     # A throwaway master key held only in this process; a real one comes from VAULTKIT_MASTER_KEY.
-    master_key = _decode_master_key(generate_master_key(), source="demo key")
+    master_key = decode_master_key(generate_master_key(), source="demo key")
     provider = LocalKeyProvider(keyring, master_key=master_key)
     engine = sa.create_engine(f"sqlite:///{workdir / 'demo.db'}", hide_parameters=True)
     # The medical domain is the functional unit's: restricted to principals with the grant, and

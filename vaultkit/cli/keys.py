@@ -10,15 +10,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from vaultkit import Vault
 from vaultkit._files import write_atomic
 from vaultkit._redact import Secret
+from vaultkit.cli._common import open_vault, parse_dek_id, store_options
 from vaultkit.errors import ConfigurationError
 from vaultkit.keys.local import (
     MASTER_KEY_ENV,
     MASTER_PASSPHRASE_ENV,
     LocalKeyProvider,
-    _decode_master_key,
+    decode_master_key,
     generate_master_key,
 )
 from vaultkit.store import DekState
@@ -52,14 +52,14 @@ def register(commands: Any) -> None:
     listing = sub.add_parser(
         "list", help="domains, KEK versions and key rows by purpose and state (never key material)"
     )
-    _store_options(listing)
+    store_options(listing)
     listing.set_defaults(handler=_list)
 
     rotate = sub.add_parser(
         "rotate-kek",
         help="create a new KEK version and rewrap every key row of the domain (no data row changes)",
     )
-    _store_options(rotate)
+    store_options(rotate)
     rotate.add_argument("--domain", required=True)
     rotate.add_argument(
         "--resume",
@@ -74,7 +74,7 @@ def _register_lifecycle(sub: Any) -> None:
     retire = sub.add_parser(
         "retire-dek", help="mark DEKs retired: they decrypt, nobody encrypts under them"
     )
-    _store_options(retire)
+    store_options(retire)
     retire.add_argument("--dek", action="append", required=True, help="DEK id in hex (repeatable)")
     retire.set_defaults(handler=_retire)
     destroy = sub.add_parser(
@@ -85,7 +85,7 @@ def _register_lifecycle(sub: Any) -> None:
             "--data database and refuses if there is any. Asks for the DEK id to confirm unless --yes."
         ),
     )
-    _store_options(destroy)
+    store_options(destroy)
     destroy.add_argument("--dek", required=True, help="DEK id in hex")
     destroy.add_argument("--data", required=True, help="database URL of the encrypted data")
     destroy.add_argument("--column", action="append", required=True, metavar="TABLE.COLUMN")
@@ -93,20 +93,10 @@ def _register_lifecycle(sub: Any) -> None:
     destroy.set_defaults(handler=_destroy)
 
 
-def _dek(text: str) -> bytes:
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raise ConfigurationError(f"--dek {text!r} is not hexadecimal") from None
-    if len(raw) != 16:
-        raise ConfigurationError("a DEK id is 16 bytes (32 hex digits)")
-    return raw
-
-
 def _retire(args: argparse.Namespace) -> int:
-    with _open(args) as vault:
+    with open_vault(args) as vault:
         for text in args.dek:
-            vault.retire_dek(_dek(text))
+            vault.retire_dek(parse_dek_id(text))
             print(f"retired DEK {text}")
     return 0
 
@@ -116,7 +106,7 @@ def _destroy(args: argparse.Namespace) -> int:
 
     from vaultkit.sqla import count_dek_references
 
-    dek_id = _dek(args.dek)
+    dek_id = parse_dek_id(args.dek)
     engine = sa.create_engine(args.data)
     try:
         with engine.connect() as conn:
@@ -140,39 +130,14 @@ def _destroy(args: argparse.Namespace) -> int:
         if input("Type the DEK id to destroy it for good: ").strip() != args.dek:
             print("not confirmed; nothing destroyed")
             return 1
-    with _open(args) as vault:
+    with open_vault(args) as vault:
         vault.destroy_dek(dek_id, references=references)
     print(f"destroyed DEK {args.dek}: its wrapped key is erased")
     return 0
 
 
-def _store_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="a vaultkit TOML configuration (providers per domain, key store); "
-        "instead of --store and --keyring",
-    )
-    parser.add_argument("--store", help="database URL of the key store (with --keyring)")
-    parser.add_argument(
-        "--keyring", type=Path, default=Path("keyring.json"), help="the local keyring file"
-    )
-
-
-def _open(args: argparse.Namespace) -> Vault:
-    if getattr(args, "config", None) is not None:
-        return Vault.from_config(args.config)
-    if not args.store:
-        raise ConfigurationError("give --config, or --store (and --keyring)")
-    provider = LocalKeyProvider(args.keyring, create_keys=False)
-    domains = provider.domains()
-    if not domains:
-        raise ConfigurationError(f"keyring {args.keyring} holds no domain")
-    return Vault(provider=provider, store=args.store, domains=domains)
-
-
 def _list(args: argparse.Namespace) -> int:
-    with _open(args) as vault:
+    with open_vault(args) as vault:
         for domain in vault.domains:
             provider = vault.provider_for(domain)
             versions = provider.versions(domain)
@@ -195,7 +160,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    with _open(args) as vault:
+    with open_vault(args) as vault:
         report = vault.rotate_kek(args.domain, new_version=not args.resume)
     print(
         f"domain {report.domain}: KEK v{report.kek_version} is primary; {report.rewrapped} key rows "
@@ -224,7 +189,7 @@ def _init(args: argparse.Namespace) -> int:
     if os.environ.get(MASTER_KEY_ENV):
         provider = LocalKeyProvider(
             keyring,
-            master_key=_decode_master_key(os.environ[MASTER_KEY_ENV], source=MASTER_KEY_ENV),
+            master_key=decode_master_key(os.environ[MASTER_KEY_ENV], source=MASTER_KEY_ENV),
         )
         note = f"Protected by the master key in {MASTER_KEY_ENV}."
     elif args.passphrase:
@@ -250,7 +215,7 @@ def _init(args: argparse.Namespace) -> int:
         _write_secret_file(key_file, master_text)
         try:
             provider = LocalKeyProvider(
-                keyring, master_key=_decode_master_key(master_text.reveal(), source="key")
+                keyring, master_key=decode_master_key(master_text.reveal(), source="key")
             )
         except BaseException:
             key_file.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from vaultkit.cli._common import DatabaseError, database_failure
 from vaultkit.errors import (
     ConfigurationError,
     ConflictError,
@@ -19,12 +20,6 @@ from vaultkit.errors import (
 )
 
 __all__ = ["EXIT_CODES", "EXIT_DATABASE", "EXIT_UNEXPECTED", "DatabaseError", "main"]
-
-
-class DatabaseError(VaultkitError):
-    """A database the command uses other than the key store (the data or the audit database)
-    failed or was not reached; the message names the driver's error class, never its text once
-    SQL ran. (The key store's failures are :class:`~vaultkit.errors.KeyStoreError`, exit 5.)"""
 
 
 #: Exit codes (docs/operations.md, "Exit codes", is the authoritative table; a test drives each):
@@ -47,39 +42,6 @@ EXIT_CODES: Final[tuple[tuple[type[VaultkitError], int], ...]] = (
 )
 EXIT_DATABASE: Final = 10
 EXIT_UNEXPECTED: Final = 1
-
-
-def database_failure(exc: Exception) -> VaultkitError:
-    """The vaultkit error to report for a SQLAlchemy error ``exc``, naming no value.
-
-    A bad URL (or unknown driver) is a configuration error, its text not shown (a URL may hold a
-    password). A failure before any SQL ran (connecting, logging in) shows the driver's first line
-    (host, port, user; no SQL, no parameters); once SQL ran, the driver's text may quote values
-    (a unique key's DETAIL, a statement's parameters), so only its class and SQLSTATE are shown.
-    """
-    import sqlalchemy.exc
-
-    if isinstance(exc, sqlalchemy.exc.ArgumentError):
-        return ConfigurationError(
-            f"a database URL is not valid or names an unknown driver ({type(exc).__name__}; "
-            "the URL is not shown, it may hold a password)"
-        )
-    orig = getattr(exc, "orig", None)
-    cause = f"{type(orig).__module__}.{type(orig).__name__}" if orig is not None else ""
-    code = (
-        orig.args[0]
-        if orig is not None and orig.args and isinstance(orig.args[0], int)
-        else getattr(orig, "sqlstate", None)
-    )
-    where = f"{type(exc).__name__}" + (
-        f" ({cause}" + (f", code {code})" if code else ")") if cause else ""
-    )
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.statement is None and orig is not None:
-        first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
-        return DatabaseError(f"cannot reach the database: {where}: {first}")
-    return DatabaseError(
-        f"the database failed: {where}; its message is not shown (it may quote values)"
-    )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any, Final
 
-from vaultkit.cli.keys import _store_options
+from vaultkit.cli._common import open_vault, store_options
 from vaultkit.errors import ConfigurationError, VaultkitError
 
 EXIT_INCOMPLETE: Final = 7
@@ -43,7 +43,7 @@ def register(commands: Any) -> None:
             "or was not reached, 130 interrupted."
         ),
     )
-    _store_options(rekey)
+    store_options(rekey)
     rekey.add_argument("--data", required=True, help="database URL of the encrypted data")
     rekey.add_argument(
         "--model",
@@ -101,11 +101,10 @@ def _run_worker(args: argparse.Namespace, progress: Any, number: int) -> Any:
     import sqlalchemy as sa
 
     import vaultkit.sqla
-    from vaultkit.cli.keys import _open
     from vaultkit.rekey import _worker_name, rekey_table
 
     table = _load_table(args.model)
-    with _open(args) as vault:
+    with open_vault(args) as vault:
         vaultkit.sqla.configure(vault, name=args.vault_name)
         engine = sa.create_engine(args.data, hide_parameters=True)
         try:
@@ -144,7 +143,7 @@ def _child(args: argparse.Namespace, messages: Any, number: int) -> None:
     except Exception as exc:  # a driver error may quote SQL parameters: keep only its class
         import sqlalchemy.exc
 
-        from vaultkit.cli.main import database_failure
+        from vaultkit.cli._common import database_failure
 
         if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
             messages.put(("error", database_failure(exc)))
@@ -198,9 +197,8 @@ def _check_policies(args: argparse.Namespace) -> None:
     """
     if getattr(args, "config", None) is not None:
         return
-    from vaultkit.cli.keys import _open
 
-    with _open(args) as vault:
+    with open_vault(args) as vault:
         audit_domains = sorted({r.domain for r in vault.store.records() if r.purpose == "audit"})
     if audit_domains:
         raise ConfigurationError(
@@ -348,10 +346,9 @@ def _verify(args: argparse.Namespace, table: Any) -> bool:
     import sqlalchemy as sa
 
     import vaultkit.sqla
-    from vaultkit.cli.keys import _open
     from vaultkit.rekey import verify_table
 
-    with _open(args) as vault:
+    with open_vault(args) as vault:
         vaultkit.sqla.configure(vault, name=args.vault_name)
         engine = sa.create_engine(args.data, hide_parameters=True)
         try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from typing import Any, Final
 
 from vaultkit._redact import Secret
 from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
+from vaultkit.keys._fork import PerProcess
 from vaultkit.keys.provider import KeyRef
 
 __all__ = ["AWSKMSKeyProvider"]
@@ -109,7 +109,7 @@ class AWSKMSKeyProvider:
         max_attempts: int = 4,
         timeout: float = 5.0,
     ) -> None:
-        self._factory: Callable[[], Any] | None = None
+        factory: Callable[[], Any] | None = None
         if client is None:
             try:
                 import boto3
@@ -130,13 +130,16 @@ class AWSKMSKeyProvider:
                     "kms", region_name=region, endpoint_url=endpoint_url, config=config
                 )
 
-            self._factory = factory
             client = factory()
         _silence_bodies()
         self.endpoint = endpoint_url or getattr(client.meta, "endpoint_url", "KMS")
-        self._kms: Secret[Any] = Secret(client)
+        # The client (which holds the credentials) in an opaque holder; a forked child makes one
+        # of its own, with connections of its own. A client the caller gave is theirs: kept.
+        given: Secret[Any] = Secret(client)
         del client
-        self._pid = os.getpid()
+        self._kms: PerProcess[Secret[Any]] = PerProcess(
+            (lambda: Secret(factory())) if factory is not None else (lambda: given), value=given
+        )
         self.alias_prefix = alias_prefix
         self.create_keys = create_keys
         self._lock = threading.Lock()
@@ -149,11 +152,8 @@ class AWSKMSKeyProvider:
     def _call(self, operation: str, what: str, key: str = "", **kwargs: Any) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-        if self._pid != os.getpid() and self._factory is not None:
-            self._kms = Secret(self._factory())  # after fork: a client and connections of our own
-            self._pid = os.getpid()
         try:
-            return getattr(self._kms.reveal(), operation)(**kwargs)  # type: ignore[no-any-return]
+            return getattr(self._kms.get().reveal(), operation)(**kwargs)  # type: ignore[no-any-return]
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", "ClientError"))
             template = _REFUSED.get(code)

@@ -38,7 +38,8 @@ class KeyDomain:
         name: the domain's name (see :data:`DOMAIN_NAME_PATTERN`).
         restricted: decrypting needs a principal holding a grant for this domain
             (``vault.acting_as(Principal("coach-17", grants={"medical"}), purpose=...)``).
-        audited: each decrypt and write is to be logged (the audit log itself is not built yet).
+        audited: each decrypt, denied read and write is an event in the vault's hash-chained audit
+            log (:mod:`vaultkit.audit`; a vault with an audited domain needs ``audit=``).
         on_denied: for a reader without the grant, ``"seal"`` yields a :class:`SealedValue`,
             ``"raise"`` raises :class:`AccessDeniedError`. Never plaintext, never ``None``.
         encrypt_requires_grant: also refuse encryption without the grant. By default anyone may

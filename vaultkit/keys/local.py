@@ -69,6 +69,7 @@ __all__ = [
     "MASTER_PASSPHRASE_ENV",
     "RFC_9106_LOW_MEMORY",
     "LocalKeyProvider",
+    "decode_master_key",
     "generate_master_key",
 ]
 
@@ -94,7 +95,19 @@ def _b64_or_none(text: str) -> bytes | None:
         return None
 
 
-def _decode_master_key(text: str, *, source: str) -> bytes:
+def decode_master_key(text: str, *, source: str) -> bytes:
+    """Return the 32 bytes of a master key given in base64 (as ``VAULTKIT_MASTER_KEY`` holds it).
+
+    Args:
+        text: the base64 text.
+        source: where the text came from (an environment variable's name), for the message.
+
+    Raises:
+        ConfigurationError: the text is not base64 or does not hold 32 bytes. The message names
+            ``source`` and the size, never the text.
+
+    .. versionadded:: 0.1.0
+    """
     raw = _b64_or_none(text)
     del text  # a malformed master key is still a secret: not in the frame that raises
     if raw is None:
@@ -104,6 +117,10 @@ def _decode_master_key(text: str, *, source: str) -> bytes:
         del raw
         raise ConfigurationError(f"{source} must hold 32 random bytes in base64, got {size} bytes")
     return raw
+
+
+#: The old, private name; kept for one release (0.2 removes it).
+_decode_master_key = decode_master_key
 
 
 def _b64(data: bytes) -> str:

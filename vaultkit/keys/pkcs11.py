@@ -3,7 +3,8 @@
 Each KEK version is a non-extractable, sensitive AES-256 secret-key object on the token, labelled
 ``vaultkit:<domain>:v<N>``. DEKs are wrapped and unwrapped inside the token with ``CKM_AES_GCM``
 (96-bit random IV, 128-bit tag, the wrap context as AAD), so the KEK never leaves the HSM.
-A wrapped DEK is ``01 || IV (12) || ciphertext (32) || tag (16)``.
+A wrapped DEK is ``01 || IV (12) || ciphertext (32) || tag (16)``, the layout of the local
+provider (:mod:`vaultkit.keys._kekwrap`).
 
 Every PKCS#11 call goes through one lock per library: some modules (SoftHSM2 with python-pkcs11
 among them) corrupt memory when called from several threads at once. The provider uses PyKCS11
@@ -21,6 +22,7 @@ token logged in by code outside vaultkit, whose PIN cannot be checked, is refuse
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -28,10 +30,13 @@ import os
 import re
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from vaultkit._redact import Secret
 from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
+from vaultkit.keys import _kekwrap
+from vaultkit.keys._fork import PerProcess
 from vaultkit.keys.provider import KeyRef
 
 __all__ = ["PIN_ENV", "PKCS11KeyProvider"]
@@ -39,9 +44,6 @@ __all__ = ["PIN_ENV", "PKCS11KeyProvider"]
 log = logging.getLogger("vaultkit.keys")
 
 PIN_ENV: Final = "VAULTKIT_PKCS11_PIN"
-_FORMAT: Final = b"\x01"
-_IV: Final = 12
-_WRAPPED: Final = 1 + _IV + 32 + 16
 _LOCKS: dict[str, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
 #: (library, token) -> HMAC of the PIN of the login vaultkit made; guarded by the library's lock.
@@ -67,6 +69,16 @@ def _login(session: Any, pin: Secret[str], error: type[Exception]) -> int | None
     except error as exc:
         return int(getattr(exc, "value", -1))
     return None
+
+
+@dataclass(eq=False)
+class _Token:
+    """What one process holds of the token: the loaded module, a session, found key handles."""
+
+    lib: Any
+    session: Any = None
+    key: tuple[str, str] = ("", "")  # (library, serial/label) of the login, for _LOGINS
+    handles: dict[str, Any] = field(default_factory=dict)
 
 
 class PKCS11KeyProvider:
@@ -112,19 +124,15 @@ class PKCS11KeyProvider:
             raise ConfigurationError(
                 f"no PIN for PKCS#11 token {token_label!r}: give pin= or set {pin_env}"
             )
-        self._token_key = ("", "")
         self._lock = _library_lock(library)
-        self._session: Any = None
-        self._pid = -1
-        self._handles: dict[str, Any] = {}
+        # A forked child loads the module again and opens a session of its own: the parent's
+        # session and module state are not the child's (each process initialises the module).
+        # The loader holds no reference to the provider: a cycle would leave the provider to the
+        # cyclic garbage collector, which may then finalise its PyKCS11Lib while another thread's
+        # PyKCS11Lib.load() holds PyKCS11's class lock (its __del__ takes that lock: a deadlock).
+        load = functools.partial(_load, PyKCS11, library)
         with self._lock:
-            self._lib = PyKCS11.PyKCS11Lib()
-            try:
-                self._lib.load(library)
-            except PyKCS11.PyKCS11Error as exc:
-                raise KeyProviderError(
-                    f"could not load the PKCS#11 module {library} ({exc}): check the path"
-                ) from None
+            self._token = PerProcess(load, value=load())
 
     def __repr__(self) -> str:
         return f"PKCS11KeyProvider(library={self.library!r}, token_label={self.token_label!r})"
@@ -133,18 +141,15 @@ class PKCS11KeyProvider:
 
     def _open(self) -> Any:
         pk = self._pk
-        if self._session is not None and self._pid == os.getpid():
-            return self._session
-        if self._pid != os.getpid() and self._pid != -1:
-            # After fork: the parent's session is not ours; start from a fresh library state.
-            self._lib = pk.PyKCS11Lib()
-            self._lib.load(self.library)
-            self._handles = {}
+        state = self._token.get()
+        if state.session is not None:
+            return state.session
+        lib = state.lib
         slot, serial = next(
             (
                 (s, str(info.serialNumber).strip())
-                for s in self._lib.getSlotList(tokenPresent=True)
-                if (info := self._lib.getTokenInfo(s)).label.strip() == self.token_label
+                for s in lib.getSlotList(tokenPresent=True)
+                if (info := lib.getTokenInfo(s)).label.strip() == self.token_label
             ),
             (None, ""),
         )
@@ -154,7 +159,7 @@ class PKCS11KeyProvider:
                 "token label, and SOFTHSM2_CONF for SoftHSM2"
             )
         token = (os.path.realpath(self.library), f"{serial}/{self.token_label}")
-        session = self._lib.openSession(slot, pk.CKF_SERIAL_SESSION | pk.CKF_RW_SESSION)
+        session = lib.openSession(slot, pk.CKF_SERIAL_SESSION | pk.CKF_RW_SESSION)
         code = _login(session, self._pin, pk.PyKCS11Error)
         if code is None:
             _LOGINS[token] = _pin_tag(self._pin)
@@ -178,9 +183,8 @@ class PKCS11KeyProvider:
                 f"PKCS#11 login to token {self.token_label!r} failed ({_ckr_name(pk, code)}): "
                 "check the PIN"
             )
-        self._token_key = token
-        self._session = session
-        self._pid = os.getpid()
+        state.key = token
+        state.session = session
         return session
 
     def _do(self, what: str, operation: Callable[[Any], T]) -> T:
@@ -200,8 +204,9 @@ class PKCS11KeyProvider:
                         pk.CKR_TOKEN_NOT_PRESENT,
                         pk.CKR_USER_NOT_LOGGED_IN,
                     ):
-                        self._session = None  # the token went away: open a new session, once
-                        self._handles = {}
+                        state = self._token.get()  # the token went away: a new session, once
+                        state.session = None
+                        state.handles = {}
                         continue
                     raise KeyProviderError(f"PKCS#11 {what} failed ({_ckr(exc)})") from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -254,7 +259,7 @@ class PKCS11KeyProvider:
         label = self._label(ref.domain, ref.version)
         if ref.key_id != label:
             raise KeyNotFoundError(f"{ref.key_id} is not this provider's key for {ref.domain}")
-        handle = self._handles.get(label)
+        handle = self._token.get().handles.get(label)
         if handle is not None:
             return handle
         pk = self._pk
@@ -266,7 +271,7 @@ class PKCS11KeyProvider:
         handle = self._do(f"finding {label}", find)
         if handle is None:
             raise KeyNotFoundError(f"no key object {label} on token {self.token_label!r}")
-        self._handles[label] = handle
+        self._token.get().handles[label] = handle
         return handle
 
     def primary(self, domain: str) -> KeyRef:
@@ -300,32 +305,30 @@ class PKCS11KeyProvider:
             raise ConfigurationError(f"v{version} is the current KEK of {domain}; rotate first")
         handle = self._handle(ref)
         self._do(f"destroying {ref.key_id}", lambda s: s.destroyObject(handle))
-        self._handles.pop(ref.key_id, None)
+        self._token.get().handles.pop(ref.key_id, None)
 
     # -- wrapping ----------------------------------------------------------------------------------
 
     def wrap(self, ref: KeyRef, data_key: bytes, *, context: bytes) -> bytes:
         """AES-256-GCM inside the token, the context as AAD."""
-        if not isinstance(data_key, bytes) or len(data_key) != 32:
-            raise TypeError("a data key is 32 bytes")
+        _kekwrap.check_data_key(data_key)
         handle = self._handle(ref)
-        iv = os.urandom(_IV)
+        iv = os.urandom(_kekwrap.NONCE_SIZE)
         mechanism = self._pk.AES_GCM_Mechanism(iv, context, 128)
         sealed = self._do(
             f"wrapping under {ref.key_id}", lambda s: bytes(s.encrypt(handle, data_key, mechanism))
         )
-        return _FORMAT + iv + sealed
+        return _kekwrap.frame(iv, sealed)
 
     def unwrap(self, ref: KeyRef, wrapped: bytes, *, context: bytes) -> bytes:
         """AES-256-GCM decryption inside the token; fails for another key or context."""
-        if len(wrapped) != _WRAPPED or wrapped[:1] != _FORMAT:
-            raise KeyProviderError(f"wrapped data key for {ref.key_id} is malformed")
+        iv, sealed = _kekwrap.split(wrapped, what=ref.key_id)
         handle = self._handle(ref)
-        mechanism = self._pk.AES_GCM_Mechanism(wrapped[1 : 1 + _IV], context, 128)
+        mechanism = self._pk.AES_GCM_Mechanism(iv, context, 128)
         try:
             return self._do(
                 f"unwrapping under {ref.key_id}",
-                lambda s: bytes(s.decrypt(handle, wrapped[1 + _IV :], mechanism)),
+                lambda s: bytes(s.decrypt(handle, sealed, mechanism)),
             )
         except KeyProviderError:
             raise KeyProviderError(
@@ -336,16 +339,30 @@ class PKCS11KeyProvider:
     def close(self) -> None:
         """Log out and close the session."""
         with self._lock:
-            if self._session is not None and self._pid == os.getpid():
+            state = self._token.current()  # never the parent's session, in a forked child
+            if state is not None and state.session is not None:
                 # Logging out ends the login of every session of this process on the token.
-                _LOGINS.pop(self._token_key, None)
+                _LOGINS.pop(state.key, None)
                 try:
-                    self._session.logout()
-                    self._session.closeSession()
+                    state.session.logout()
+                    state.session.closeSession()
                 except self._pk.PyKCS11Error:
                     pass
-            self._session = None
-            self._handles = {}
+                state.session = None
+                state.handles = {}
+
+
+def _load(pk: Any, library: str) -> _Token:
+    """Load the PKCS#11 module ``library`` for this process."""
+    lib = pk.PyKCS11Lib()
+    try:
+        lib.load(library)
+    except pk.PyKCS11Error as exc:
+        failure = f"could not load the PKCS#11 module {library} ({exc}): check the path"
+    else:
+        return _Token(lib)
+    del lib  # unloaded now, outside PyKCS11's lock, not by the garbage collector later
+    raise KeyProviderError(failure)
 
 
 def _ckr_name(pk: Any, code: int) -> str:

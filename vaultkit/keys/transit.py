@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from vaultkit._redact import Secret
 from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
+from vaultkit.keys._fork import PerProcess
 from vaultkit.keys._retry import Retry, Transient
 from vaultkit.keys.provider import KeyRef
 
@@ -99,16 +100,19 @@ class VaultTransitKeyProvider:
         # The raw adapter hands back responses as they are: their errors are read here, because
         # hvac's own exceptions quote whole response bodies (a batch decrypt's includes DEKs).
         # token="" (not None, which makes hvac read VAULT_TOKEN itself): the client holds none.
-        self._client = hvac.Client(
-            url=url,
-            token="",
-            namespace=namespace,
-            verify=verify,
-            timeout=timeout,
-            adapter=hvac.adapters.RawAdapter,
+        # A forked child makes a client of its own: never the parent's pooled connections.
+        self._client = PerProcess(
+            lambda: hvac.Client(
+                url=url,
+                token="",
+                namespace=namespace,
+                verify=verify,
+                timeout=timeout,
+                adapter=hvac.adapters.RawAdapter,
+            )
         )
+        self._client.get()
         self._lock = threading.Lock()
-        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"VaultTransitKeyProvider(url={self.url!r}, mount_point={self.mount_point!r})"
@@ -121,13 +125,7 @@ class VaultTransitKeyProvider:
         ``body`` may be a :class:`Secret` (a wrap request carries a DEK): it is revealed only in
         the call that sends it.
         """
-        import requests
-
         url = f"/v1/{self.mount_point}/{path}"
-        if self._pid != os.getpid():
-            # After fork: never share the parent's pooled connections (their byte streams).
-            self._client.adapter.session = requests.Session()
-            self._pid = os.getpid()
 
         def attempt() -> dict[str, Any]:
             status, payload = self._send(method, url, body)
@@ -153,7 +151,7 @@ class VaultTransitKeyProvider:
         import requests
 
         try:
-            response = self._client.adapter.request(
+            response = self._client.get().adapter.request(
                 method,
                 url,
                 json=body.reveal() if isinstance(body, Secret) else body,

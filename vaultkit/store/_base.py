@@ -37,7 +37,8 @@ class DataKeyRecord:
         dek_id: 16 random bytes, also carried in the header of every value under this DEK.
         domain: the key domain; bound into the wrapping context, so a row moved to another domain
             does not unwrap.
-        purpose: ``"data"`` for value encryption; later kinds (blind-index keys) use other names.
+        purpose: ``"data"`` for value encryption, ``"index"`` for blind-index keys, ``"audit"``
+            for the audit log's key.
         kek_id: the provider's id of the KEK the DEK is wrapped under.
         kek_version: the KEK version.
         wrapped: the DEK wrapped by the KEK; empty once destroyed.

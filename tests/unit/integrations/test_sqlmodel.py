@@ -25,14 +25,12 @@ class Member(SQLModel, table=True):
 
 
 @pytest.fixture
-def engine(vault: Vault, database_url: str) -> Iterator[sa.Engine]:
-    vaultkit.sqla.configure(vault)
+def engine(configured_vault: Vault, database_url: str) -> Iterator[sa.Engine]:
     engine = create_engine(database_url)
     SQLModel.metadata.create_all(engine, tables=[Member.__table__])  # type: ignore[list-item]
     yield engine
     SQLModel.metadata.drop_all(engine, tables=[Member.__table__])  # type: ignore[list-item]
     engine.dispose()
-    vaultkit.sqla.configure(None)
 
 
 class TestFields:

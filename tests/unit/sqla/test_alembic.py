@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,11 @@ from vaultkit.testing import InMemoryKeyProvider
 
 
 @pytest.fixture
-def metadata() -> Iterator[sa.MetaData]:
+def metadata(configure_vault: Callable[[Vault | None], None]) -> Iterator[sa.MetaData]:
     vault = Vault(
         provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["identity", "medical"]
     )
-    vaultkit.sqla.configure(vault)
+    configure_vault(vault)
     meta = sa.MetaData()
     sa.Table(
         "members",
@@ -37,7 +37,7 @@ def metadata() -> Iterator[sa.MetaData]:
         sa.Column("note", Encrypted(sa.Text, domain="medical", row_key="id", pad_to=16)),
     )
     yield meta
-    vaultkit.sqla.configure(None)
+    configure_vault(None)
     vault.close()
 
 
@@ -91,16 +91,17 @@ def test_render_item_leaves_other_types_alone() -> None:
     assert vaultkit.sqla.alembic_render_item("column", object(), object()) is False
 
 
+@pytest.mark.configured
 class TestEncryptInPlace:
     """op.encrypt_column / op.decrypt_column inside a migration, on SQLite, PostgreSQL, MariaDB."""
 
     @pytest.fixture
-    def vault(self) -> Iterator[Vault]:
-        v = Vault(provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["identity"])
-        vaultkit.sqla.configure(v)
-        yield v
-        vaultkit.sqla.configure(None)
-        v.close()
+    def vault_kwargs(self) -> dict[str, Any]:
+        return {
+            "provider": InMemoryKeyProvider(),
+            "store": MemoryKeyStore(),
+            "domains": ["identity"],
+        }
 
     def test_upgrade_encrypts_and_downgrade_restores(self, database_url: str, vault: Vault) -> None:
         """Upgrade: ciphertext at rest, readable through the model, blind index filled, NOT NULL

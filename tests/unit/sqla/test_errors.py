@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,7 +20,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-import vaultkit.sqla
 from vaultkit import Vault
 from vaultkit.errors import ConfigurationError, EncodingError, VaultkitError
 from vaultkit.sqla import BlindIndex, Encrypted
@@ -65,18 +64,18 @@ def values(**changes: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
+def engine(tmp_path: Path, configure_vault: Callable[[Vault | None], None]) -> Iterator[sa.Engine]:
     vault = Vault(
         provider=InMemoryKeyProvider(),
         store=MemoryKeyStore(),
         domains=["identity", "financial"],
     )
-    vaultkit.sqla.configure(vault)
+    configure_vault(vault)
     eng = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
     Base.metadata.create_all(eng)
     yield eng
     eng.dispose()
-    vaultkit.sqla.configure(None)
+    configure_vault(None)
     vault.close()
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-import vaultkit.sqla
 from vaultkit import KeyDomain, Principal, SealedValue, Vault
 from vaultkit.errors import AccessDeniedError, ConfigurationError, DecryptionError
 from vaultkit.rekey import begin_migration, load_migration, rekey_table, verify_table
@@ -27,21 +27,20 @@ CLAIMS = Principal("claims-handler-3")
 PLANTED = "forged diagnosis 5b1f"
 
 
+pytestmark = pytest.mark.configured  # the vault fixture is the column types' vault
+
+
 @pytest.fixture
-def vault(tmp_path: Path) -> Iterator[Vault]:
-    v = Vault(
-        provider=InMemoryKeyProvider(["identity", "medical", "criminal"]),
-        store=f"sqlite:///{tmp_path / 'keys.db'}",
-        domains=[
+def vault_kwargs(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "provider": InMemoryKeyProvider(["identity", "medical", "criminal"]),
+        "store": f"sqlite:///{tmp_path / 'keys.db'}",
+        "domains": [
             KeyDomain("identity"),
             KeyDomain("medical", restricted=True, audited=True),
             KeyDomain("criminal", restricted=True, on_denied="raise"),
         ],
-    )
-    vaultkit.sqla.configure(v)
-    yield v
-    vaultkit.sqla.configure(None)
-    v.close()
+    }
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
 
-import vaultkit.sqla
 from vaultkit import KeyDomain, Principal, SealedValue, Vault, acting_as
 from vaultkit.errors import DecryptionError, QueryError
 from vaultkit.sqla import BlindIndex, Encrypted
@@ -42,18 +42,17 @@ class Member(Base):
 SYNC = ["auto", "evaluate", "fetch", False]
 
 
+pytestmark = pytest.mark.configured  # the vault fixture is the column types' vault
+
+
 @pytest.fixture
-def vault(tmp_path: Path) -> Iterator[Vault]:
+def vault_kwargs(tmp_path: Path) -> dict[str, Any]:
     """A vault with a plain identity domain and a restricted, audited medical domain."""
-    v = Vault(
-        provider=InMemoryKeyProvider(),
-        store=f"sqlite:///{tmp_path / 'keys.db'}",
-        domains=[KeyDomain("identity"), KeyDomain("medical", restricted=True, audited=True)],
-    )
-    vaultkit.sqla.configure(v)
-    yield v
-    vaultkit.sqla.configure(None)
-    v.close()
+    return {
+        "provider": InMemoryKeyProvider(),
+        "store": f"sqlite:///{tmp_path / 'keys.db'}",
+        "domains": [KeyDomain("identity"), KeyDomain("medical", restricted=True, audited=True)],
+    }
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
@@ -51,19 +51,21 @@ def frame(n: int = 50) -> pd.DataFrame:
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[sa.Engine]:
+def engine(
+    database_url: str, configure_vault: Callable[[Vault | None], None]
+) -> Iterator[sa.Engine]:
     vault = Vault(
         provider=InMemoryKeyProvider(["identity", "medical"]),
         store=MemoryKeyStore(),
         domains=[KeyDomain("identity"), KeyDomain("medical", restricted=True)],
     )
-    vaultkit.sqla.configure(vault)
+    configure_vault(vault)
     engine = sa.create_engine(database_url, hide_parameters=True)
     Base.metadata.create_all(engine)
     yield engine
     Base.metadata.drop_all(engine)
     engine.dispose()
-    vaultkit.sqla.configure(None)
+    configure_vault(None)
     vault.close()
 
 

@@ -7,11 +7,11 @@ and between tables whose names differ only in where a dot sits.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-import vaultkit.sqla
 from vaultkit import Vault
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError, DecryptionError
@@ -20,16 +20,16 @@ from vaultkit.sqla import Encrypted
 from vaultkit.store import MemoryKeyStore
 from vaultkit.testing import InMemoryKeyProvider
 
+pytestmark = pytest.mark.configured  # the vault fixture is the column types' vault
+
 
 @pytest.fixture
-def vault() -> Iterator[Vault]:
-    v = Vault(
-        provider=InMemoryKeyProvider(["identity"]), store=MemoryKeyStore(), domains=["identity"]
-    )
-    vaultkit.sqla.configure(v)
-    yield v
-    vaultkit.sqla.configure(None)
-    v.close()
+def vault_kwargs() -> dict[str, Any]:
+    return {
+        "provider": InMemoryKeyProvider(["identity"]),
+        "store": MemoryKeyStore(),
+        "domains": ["identity"],
+    }
 
 
 @pytest.fixture

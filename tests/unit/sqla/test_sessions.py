@@ -75,19 +75,18 @@ class Visit(Base):
     member: Mapped[Member] = relationship(back_populates="visits")
 
 
+pytestmark = pytest.mark.configured  # the vault fixture is the column types' vault
+
+
 @pytest.fixture
-def vault(tmp_path: Path) -> Iterator[Vault]:
+def vault_kwargs(tmp_path: Path) -> dict[str, Any]:
     """A vault with an audited, restricted medical domain; every access is its own audit event."""
-    v = Vault(
-        provider=InMemoryKeyProvider(),
-        store=f"sqlite:///{tmp_path / 'keys.db'}",
-        domains=[KeyDomain("identity"), KeyDomain("medical", restricted=True, audited=True)],
-        audit_batch_size=1,
-    )
-    vaultkit.sqla.configure(v)
-    yield v
-    vaultkit.sqla.configure(None)
-    v.close()
+    return {
+        "provider": InMemoryKeyProvider(),
+        "store": f"sqlite:///{tmp_path / 'keys.db'}",
+        "domains": [KeyDomain("identity"), KeyDomain("medical", restricted=True, audited=True)],
+        "audit_batch_size": 1,
+    }
 
 
 @pytest.fixture

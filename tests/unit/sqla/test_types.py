@@ -97,14 +97,13 @@ class AutoKey(Base):
     note: Mapped[str | None] = mapped_column(Encrypted(sa.Text, domain="medical", row_key="id"))
 
 
+pytestmark = pytest.mark.configured  # the vault fixture is the column types' vault
+
+
 @pytest.fixture
-def vault() -> Iterator[Vault]:
-    """A vault configured as the default one for the column types, cleared afterwards."""
-    v = Vault(provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=DOMAINS)
-    vaultkit.sqla.configure(v)
-    yield v
-    vaultkit.sqla.configure(None)
-    v.close()
+def vault_kwargs() -> dict[str, Any]:
+    """The vault configured as the default one for the column types, cleared afterwards."""
+    return {"provider": InMemoryKeyProvider(), "store": MemoryKeyStore(), "domains": DOMAINS}
 
 
 @pytest.fixture

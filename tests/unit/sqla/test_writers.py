@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-import vaultkit.sqla
 from vaultkit import KeyDomain, Principal, SealedValue, Vault
 from vaultkit.errors import AccessDeniedError
 from vaultkit.sqla import Encrypted
@@ -44,20 +44,19 @@ def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+pytestmark = pytest.mark.configured  # the vault fixture is the column types' vault
+
+
 @pytest.fixture
-def vault(mode: str, tmp_path: Path) -> Iterator[Vault]:
-    v = Vault(
-        provider=InMemoryKeyProvider(["identity", "medical"]),
-        store=f"sqlite:///{tmp_path / 'keys.db'}",
-        domains=[
+def vault_kwargs(mode: str, tmp_path: Path) -> dict[str, Any]:
+    return {
+        "provider": InMemoryKeyProvider(["identity", "medical"]),
+        "store": f"sqlite:///{tmp_path / 'keys.db'}",
+        "domains": [
             KeyDomain("identity"),
             KeyDomain("medical", restricted=True, audited=True, on_denied=mode),
         ],
-    )
-    vaultkit.sqla.configure(v)
-    yield v
-    vaultkit.sqla.configure(None)
-    v.close()
+    }
 
 
 @pytest.fixture

@@ -1,0 +1,81 @@
+"""A key provider whose KEKs live in process memory only, for tests (:mod:`vaultkit.testing`).
+
+Its KEKs vanish with the process, like tink-py's fake KMS. A wrapped DEK has the layout of the
+local provider (:mod:`vaultkit.keys._kekwrap`). Import it from :mod:`vaultkit.testing`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vaultkit._redact import NoPickle, Secret
+from vaultkit.errors import DomainError, KeyNotFoundError
+from vaultkit.keys import _kekwrap
+from vaultkit.keys.domains import check_domain_name
+from vaultkit.keys.provider import KeyRef
+
+__all__ = ["InMemoryKeyProvider"]
+
+
+class InMemoryKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
+    """A key provider with KEKs in memory only. For tests; everything is lost with the process.
+
+    Args:
+        domains: domains to create KEKs for up front. With ``create=True`` (the default) a KEK is
+            also created for any other domain on first use.
+        create: whether unknown domains get a KEK on first use.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, domains: Sequence[str] = (), *, create: bool = True) -> None:
+        self._id = os.urandom(8).hex()
+        # In an opaque holder: vars() of the provider shows no KEK, also with a cryptography
+        # release whose AESGCM keeps its key in a Python attribute.
+        self._keks: Secret[dict[str, list[AESGCM]]] = Secret({})
+        self._create = create
+        self._lock = threading.Lock()
+        for domain in domains:
+            self.rotate(domain)
+
+    def _key_id(self, domain: str) -> str:
+        return f"memory:{self._id}:{domain}"
+
+    def primary(self, domain: str) -> KeyRef:
+        check_domain_name(domain)
+        with self._lock:
+            keks = self._keks.reveal()
+            if domain not in keks:
+                if not self._create:
+                    raise DomainError(f"in-memory provider holds no KEK for domain {domain!r}")
+                keks[domain] = [AESGCM(os.urandom(32))]
+            return KeyRef(domain, self._key_id(domain), len(keks[domain]))
+
+    def versions(self, domain: str) -> Sequence[KeyRef]:
+        with self._lock:
+            keks = self._keks.reveal()
+            if domain not in keks:
+                raise DomainError(f"in-memory provider holds no KEK for domain {domain!r}")
+            return [KeyRef(domain, self._key_id(domain), v + 1) for v in range(len(keks[domain]))]
+
+    def rotate(self, domain: str) -> KeyRef:
+        check_domain_name(domain)
+        with self._lock:
+            versions = self._keks.reveal().setdefault(domain, [])
+            versions.append(AESGCM(os.urandom(32)))
+            return KeyRef(domain, self._key_id(domain), len(versions))
+
+    def _cipher(self, ref: KeyRef) -> AESGCM:
+        keks = self._keks.reveal().get(ref.domain)
+        if ref.key_id != self._key_id(ref.domain) or not keks or not 1 <= ref.version <= len(keks):
+            raise KeyNotFoundError(
+                f"KEK {ref.key_id} version {ref.version} is unknown to this provider"
+            )
+        return keks[ref.version - 1]
+
+    def __repr__(self) -> str:
+        return f"InMemoryKeyProvider(domains={sorted(self._keks.reveal())!r})"
