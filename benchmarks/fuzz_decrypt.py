@@ -207,7 +207,7 @@ class Corpus:
                 row = "r-hostile" if target.row_bound else None
                 for raw in _hostile_plaintexts(rng):
                     fields = wire.context_fields(target.context(row))
-                    blob = writer._seal(target.domain, raw, fields, target.context(row))
+                    blob = writer._cipher.seal(target.domain, raw, fields, target.context(row))
                     self.entries.append(Entry(blob, target, row, None, True))
         writer.close()
         self.dek_domains = {e.blob[4:20]: e.target.domain for e in self.entries}

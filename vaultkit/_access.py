@@ -5,14 +5,23 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from vaultkit.errors import ConfigurationError
-from vaultkit.keys.domains import check_domain_name
+from vaultkit.errors import AccessDeniedError, ConfigurationError
+from vaultkit.keys.domains import KeyDomain, check_domain_name
 
-__all__ = ["ANONYMOUS", "Principal", "Scope", "SealedValue", "acting_as", "current_scope"]
+__all__ = [
+    "ANONYMOUS",
+    "Denied",
+    "Policy",
+    "Principal",
+    "Scope",
+    "SealedValue",
+    "acting_as",
+    "current_scope",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +136,56 @@ class SealedValue:
 
     def __reduce_ex__(self, protocol: object) -> NoReturn:
         raise TypeError("a sealed value cannot be pickled")
+
+
+class Denied(Exception):  # noqa: N818 - internal control flow, never raised to callers
+    """The current principal may not read this domain (raised before any key is read)."""
+
+    def __init__(self, domain: str) -> None:
+        super().__init__(domain)
+        self.domain = domain
+
+
+class Policy:
+    """Who may read and write each declared domain: the grant checks, and nothing else.
+
+    Built once from a vault's :class:`~vaultkit.KeyDomain` declarations and never changed
+    afterwards, so it needs no lock and no reset after a fork. The principal is the one in
+    force for the calling thread or task (:func:`current_scope`).
+    """
+
+    __slots__ = ("audited", "domains", "restricted")
+
+    def __init__(self, domains: Mapping[str, KeyDomain]) -> None:
+        self.domains: dict[str, KeyDomain] = dict(domains)
+        #: Names of the restricted and the audited domains (read on the hot paths).
+        self.restricted = frozenset(n for n, d in self.domains.items() if d.restricted)
+        self.audited = frozenset(n for n, d in self.domains.items() if d.audited)
+
+    def is_denied(self, domain: str) -> bool:
+        """Whether the current principal lacks the grant of a restricted ``domain``."""
+        return domain in self.restricted and domain not in current_scope().principal.grants
+
+    def check_encrypt(self, domain: str) -> None:
+        """Refuse encryption into ``domain`` without its grant (``encrypt_requires_grant``).
+
+        Raises:
+            AccessDeniedError: the current principal has no grant for ``domain``.
+        """
+        scope = current_scope()
+        if domain not in scope.principal.grants:
+            raise AccessDeniedError(
+                f"principal {scope.principal.name!r} may not encrypt into domain {domain!r}"
+            )
+
+    def sealed(self, domain: str) -> SealedValue:
+        """What a denied read of ``domain`` yields: a sealed value, or the domain's error.
+
+        Raises:
+            AccessDeniedError: the domain is declared with ``on_denied="raise"``.
+        """
+        if self.domains[domain].on_denied == "raise":
+            raise AccessDeniedError(
+                f"principal {current_scope().principal.name!r} has no grant for domain {domain!r}"
+            )
+        return SealedValue(domain)

@@ -39,7 +39,7 @@ from typing import Any, Final, TypeAlias
 
 from vaultkit.errors import DecryptionError, EncodingError
 
-__all__ = ["PlainValue", "decode_value", "encode_value"]
+__all__ = ["STR_TAG", "PlainValue", "decode_value", "encode_value"]
 
 JSONValue: TypeAlias = dict[str, Any] | list[Any]
 PlainValue: TypeAlias = (
@@ -58,6 +58,9 @@ DATETIME_NAIVE: Final = 0x09
 UUID: Final = 0x0A
 JSON: Final = 0x0B
 PADDED: Final = 0x80
+#: The first byte of an unpadded encoded str: the common case, which the hot paths encode and
+#: decode inline (``STR_TAG + text.encode("utf-8")``).
+STR_TAG: Final = bytes((STR,))
 MAX_PAD_BLOCK: Final = 4096  # bytes
 
 _DOUBLE: Final = struct.Struct(">d")
@@ -135,7 +138,7 @@ def encode_value(value: PlainValue, *, pad_to: int | None = None) -> bytes:
     """Return the canonical typed encoding of ``value``, padded to a multiple of ``pad_to`` bytes."""
     try:
         if type(value) is str and pad_to is None:  # the common case, without dispatch
-            return b"\x01" + value.encode("utf-8")
+            return STR_TAG + value.encode("utf-8")
         data = _encoder_for(value)(value)
     except UnicodeEncodeError:
         raise EncodingError("string is not valid Unicode (lone surrogate)") from None

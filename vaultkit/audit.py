@@ -37,7 +37,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
@@ -46,12 +46,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import SQLAlchemyError
 
+from vaultkit._offload import sync_engine
 from vaultkit._redact import NoPickle
 from vaultkit.core import wire
 from vaultkit.core.envelope import wrap_context
-from vaultkit.errors import AuditError, KeyAuthenticationError, KeyStoreError
+from vaultkit.errors import AuditError, ConfigurationError, KeyAuthenticationError, KeyStoreError
 from vaultkit.keys.provider import KeyProvider, KeyRef
 from vaultkit.store import DekState, KeyStore
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
     "AuditEvent",
@@ -60,6 +64,7 @@ __all__ = [
     "VerifyResult",
     "audit_key_id",
     "audit_log_exists",
+    "open_audit_log",
     "read_audit_key",
     "read_checkpoint",
     "write_checkpoint",
@@ -965,3 +970,58 @@ class AuditLog:
 
     def __repr__(self) -> str:
         return f"AuditLog({self._where()!r})"
+
+
+def open_audit_log(
+    target: str | sa.URL | sa.Engine | AsyncEngine | None,
+    *,
+    key_store_engine: sa.Engine | None,
+    mac: Callable[[], Callable[[bytes], bytes]] | None = None,
+    writer: tuple[Ed25519PublicKey, Callable[[bytes], bytes]] | None = None,
+) -> tuple[AuditLog, sa.Engine | None]:
+    """Open the audit log a vault writes, for writing: where ``target`` says, or the key store's.
+
+    Args:
+        target: a database URL or Engine (an async one gets a synchronous engine of vaultkit's
+            own on the same database), or ``None``: the key store's database.
+        key_store_engine: the key store's engine, if it is an SQL store.
+        mac: called once the database is known, returns the chain's keyed MAC (the audit key).
+        writer: for an encrypt-only writer, its Ed25519 public key and signing function: the log
+            is then the writer's own chain (:meth:`AuditLog.of_writer`) and ``mac`` is not used.
+
+    Returns:
+        The log, and the engine opened for it that the caller must dispose of (or ``None``).
+
+    Raises:
+        ConfigurationError: no database for the log, or its URL cannot be used.
+        AuditError: the log cannot be opened.
+
+    .. versionadded:: 0.2.0
+    """
+    if writer is None and mac is None:
+        raise TypeError("open_audit_log needs mac= or writer=")
+    made = sync_engine(target, what="audit") if target is not None else None
+    owned: sa.Engine | None = None
+    if made is not None:
+        engine, is_own = made
+        owned = engine if is_own else None
+    elif key_store_engine is not None:
+        engine = key_store_engine
+    else:
+        raise ConfigurationError(
+            "audited domains need an audit log: give audit= (a database URL or Engine) or use "
+            "an SQL key store"
+        )
+    try:
+        if writer is not None:
+            # An encrypt-only writer cannot read the unit's audit key (nor make one): it logs
+            # into a chain of its own, signed with its writer key, which the unit verifies.
+            public, sign = writer
+            return AuditLog.of_writer(engine, public, sign=sign), owned
+        if mac is not None:
+            return AuditLog(engine, mac=mac()), owned
+    except BaseException:
+        if owned is not None:
+            owned.dispose()
+        raise
+    raise TypeError("open_audit_log needs mac= or writer=")  # not reached: checked above

@@ -51,7 +51,14 @@ from vaultkit.keys.provider import KeyProvider
 if TYPE_CHECKING:
     from vaultkit._vault import Vault
 
-__all__ = ["CONFIG_ENV", "VaultParts", "load_config", "vault_from_config", "vault_parts"]
+__all__ = [
+    "CONFIG_ENV",
+    "VaultParts",
+    "load_config",
+    "vault_from_config",
+    "vault_options",
+    "vault_parts",
+]
 
 CONFIG_ENV: Final = "VAULTKIT_CONFIG"
 _PREFIX: Final = "VAULTKIT__"
@@ -332,7 +339,7 @@ def vault_parts(
 ) -> VaultParts:
     """The key store URL, domains, providers and options a configuration describes.
 
-    Builds the providers (as :func:`vault_from_config` does), opens nothing else.
+    Builds the providers (as :meth:`Vault.from_config` does), opens nothing else.
     """
     environ = _wrap_env(env)
     del env
@@ -383,19 +390,43 @@ def vault_parts(
     return VaultParts(str(store), domains, main, by_domain, options)
 
 
+def vault_options(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | Secret[Mapping[str, str]] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of :class:`~vaultkit.Vault` that a configuration describes.
+
+    ``Vault(**vault_options(path))`` is :meth:`Vault.from_config`. Builds the providers and
+    opens nothing else.
+
+    .. versionadded:: 0.2.0
+    """
+    parts = vault_parts(path, env=env)
+    return {
+        "provider": parts.provider,
+        "store": parts.store,
+        "domains": parts.domains,
+        "providers": parts.providers,
+        **parts.options,
+    }
+
+
 def vault_from_config(
     path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
 ) -> Vault:
-    """Build a :class:`~vaultkit.Vault` (and its providers) from configuration; see the module."""
+    """Build a :class:`~vaultkit.Vault` (and its providers) from configuration; see the module.
+
+    .. deprecated:: 0.2.0
+       Use :meth:`Vault.from_config` (or ``Vault(**vault_options(...))``); removed in 0.3.0.
+    """
+    warnings.warn(
+        "vaultkit.config.vault_from_config is deprecated and will be removed in 0.3.0; use "
+        "Vault.from_config",
+        VaultkitDeprecationWarning,
+        stacklevel=2,
+    )
+    # The one reference from this module up to the vault, kept for this deprecated shim only.
     from vaultkit._vault import Vault
 
-    environ = _wrap_env(env)
-    del env
-    parts = vault_parts(path, env=environ)
-    return Vault(
-        provider=parts.provider,
-        store=parts.store,
-        domains=parts.domains,
-        providers=parts.providers,
-        **parts.options,
-    )
+    return Vault(**vault_options(path, env=env))

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import vaultkit._vault as vault_module
+import vaultkit._keyring as keyring_module
 from vaultkit import KeyDomain, Principal, SealedValue, Vault, acting_as
 from vaultkit.core import wire
 from vaultkit.errors import AccessDeniedError, DecryptionError, EncodingError
@@ -109,7 +109,7 @@ def test_denied_reader_of_restricted_column_gets_no_plaintext(body: bytes, flip:
 def test_any_plaintext_under_a_valid_key_decodes_or_fails_cleanly(tag: int, body: bytes) -> None:
     """Plaintext a key holder wrote decodes to a vaultkit type or raises DecryptionError only."""
     fields = wire.context_fields({"table": "t", "column": "c"})
-    blob = VAULT._seal("identity", bytes((tag,)) + body, fields)
+    blob = VAULT._cipher.seal("identity", bytes((tag,)) + body, fields)
     try:
         value = IDENTITY.decrypt(blob)
     except DecryptionError:
@@ -131,7 +131,7 @@ def test_json_of_any_depth_never_raises_recursion_error(
     leaf = b"" if opener == b"[" else b"0"
     payload = opener * depth + leaf + (closer * depth if closed else b"")
     fields = wire.context_fields({"table": "t", "column": "c"})
-    blob = VAULT._seal("identity", b"\x0b" + payload, fields)
+    blob = VAULT._cipher.seal("identity", b"\x0b" + payload, fields)
     try:
         value = IDENTITY.decrypt(blob)
     except DecryptionError:
@@ -206,7 +206,7 @@ def test_unknown_dek_ids_cost_bounded_store_reads(picks: list[int], pool_size: i
             with pytest.raises(DecryptionError):
                 reader.decrypt(wire.build_header(dek_id, bytes(32)) + bytes(30))
     distinct = len(set(named))
-    budget = vault_module.UNKNOWN_LOOKUP_BUDGET
+    budget = keyring_module.UNKNOWN_LOOKUP_BUDGET
     # One window of NEGATIVE_TTL seconds is far longer than an example takes.
     assert store.reads["get"] <= min(distinct, budget)
     assert store.reads["records"] == (1 if distinct >= budget else 0)

@@ -244,12 +244,12 @@ def test_forked_child_does_not_inherit_pending_audit_rows(setup: tuple[Vault, st
     with acting_as(COACH, purpose="review"):
         vault.decrypt(blob)
         vault.decrypt(blob)  # one batch open, one row pending
-        assert vault._audit_batches
+        assert vault._recorder._batches
         ctx = multiprocessing.get_context("fork")
         queue = ctx.Queue()
 
         def child() -> None:
-            queue.put((len(vault._audit_batches), vault._audit_lock.acquire(timeout=5)))
+            queue.put((len(vault._recorder._batches), vault._recorder._lock.acquire(timeout=5)))
 
         proc = ctx.Process(target=child)
         proc.start()

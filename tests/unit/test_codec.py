@@ -219,7 +219,7 @@ class TestDeepJSON:
             assert isinstance(error, EncodingError), type(info.value)
             # A key holder writes a payload that deep with plain SQL: reading it fails cleanly.
             cipher = vault.field("medical", table="docs", column="doc")
-            hostile = vault._seal("medical", b"\x0b" + b"[" * DEEP, cipher._fixed)
+            hostile = cipher.sealer()(b"\x0b" + b"[" * DEEP)
             with engine.begin() as conn:
                 conn.execute(sa.text("INSERT INTO docs (id, doc) VALUES (2, :b)"), {"b": hostile})
             with engine.connect() as conn, pytest.raises(DecryptionError):

@@ -231,7 +231,7 @@ def test_no_secret_reaches_any_output(tmp_path: Path, monkeypatch: pytest.Monkey
         )
         field = vault.field("identity", table="members", column="name", row_bound=True)
         vault.decrypt(blob, context=ctx)  # a writer reads through the provider, then caches
-        key = vault._cache.by_id[record.dek_id]
+        key = vault._keyring.cache.by_id[record.dek_id]
         seen.add(
             vault,
             provider,

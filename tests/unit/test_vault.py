@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-import vaultkit._vault as vault_module
+import vaultkit._cipher as cipher_module
+import vaultkit._keyring as keyring_module
 from vaultkit import FieldCipher, KeyDomain, Principal, SealedValue, Vault, acting_as
 from vaultkit.core import wire
 from vaultkit.errors import (
@@ -53,8 +54,8 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(vault_module, "_monotonic", fake)
-    monkeypatch.setattr("vaultkit.core.envelope.time.monotonic", fake)
+    monkeypatch.setattr(keyring_module, "_monotonic", fake)
+    monkeypatch.setattr(cipher_module, "_monotonic", fake)
     return fake
 
 
@@ -283,7 +284,7 @@ class TestConstruction:
         with pytest.raises(TypeError, match="cannot be pickled"):
             pickle.dumps(vault)
         vault.decrypt(blob)  # a writer reads through the provider, then caches
-        key = vault._cache.by_header[blob[:52]]
+        key = vault._keyring.cache.by_header[blob[:52]]
         with pytest.raises(TypeError):
             copy.deepcopy(key)
         with pytest.raises(TypeError):
@@ -450,7 +451,7 @@ class TestCommitment:
 
         blob = vault.encrypt("x", domain="identity")
         vault.decrypt(blob)  # a writer reads through the provider, then caches
-        key = vault._cache.by_header[blob[:52]]
+        key = vault._keyring.cache.by_header[blob[:52]]
         forged_header = blob[:20] + bytes(32)
         nonce = os.urandom(12)
         aad = key.aad_prefix + wire.EMPTY_CONTEXT
@@ -601,10 +602,10 @@ class TestHostilePlaintext:
     ) -> None:
         """JSON a key holder nested 100,000 deep raises DecryptionError, never RecursionError."""
         fields = wire.context_fields(CTX)
-        blob = vault._seal("identity", b"\x0b" + payload, fields)
+        blob = vault._cipher.seal("identity", b"\x0b" + payload, fields)
         with pytest.raises(DecryptionError):
             vault.decrypt(blob, context=CTX)
-        padded = vault._seal("identity", b"\x8b" + payload + b"\x80\x00", fields)
+        padded = vault._cipher.seal("identity", b"\x8b" + payload + b"\x80\x00", fields)
         with pytest.raises(DecryptionError):
             vault.decrypt(padded, context=CTX)
 
@@ -639,7 +640,7 @@ class TestUnknownDekCache:
                 with pytest.raises(DecryptionError):
                     reader.decrypt(blob)
             assert queries.count == 20
-            assert len(reader._cache.unknown.ids) == 20
+            assert len(reader._keyring.cache.unknown.ids) == 20
 
     def test_random_unknown_ids_share_one_budget(
         self, provider: InMemoryKeyProvider, store_engine: sa.Engine, clock: FakeClock
@@ -655,18 +656,18 @@ class TestUnknownDekCache:
             for blob in blobs:
                 with pytest.raises(DecryptionError):
                     reader.decrypt(blob)
-            assert queries.count == vault_module.UNKNOWN_LOOKUP_BUDGET + 1
-            assert len(reader._cache.unknown.ids) <= vault_module.NEGATIVE_CACHE_SIZE
+            assert queries.count == keyring_module.UNKNOWN_LOOKUP_BUDGET + 1
+            assert len(reader._keyring.cache.unknown.ids) <= keyring_module.NEGATIVE_CACHE_SIZE
             # DEKs the store has are never refused, cached or not, retired or active.
             assert [reader.decrypt(b) for b in genuine] == [0, 1, 2]
             assert reader.decrypt(later) == "after"
             # A new window renews the budget, and no more than that.
-            clock.now += vault_module.NEGATIVE_TTL
+            clock.now += keyring_module.NEGATIVE_TTL
             before = queries.count
             for blob in blobs:
                 with pytest.raises(DecryptionError):
                     reader.decrypt(blob)
-            assert queries.count - before == vault_module.UNKNOWN_LOOKUP_BUDGET + 1
+            assert queries.count - before == keyring_module.UNKNOWN_LOOKUP_BUDGET + 1
 
     def test_negative_cache_is_bounded(
         self, provider: InMemoryKeyProvider, clock: FakeClock
@@ -674,11 +675,11 @@ class TestUnknownDekCache:
         """However many unknown ids a vault meets, it remembers at most NEGATIVE_CACHE_SIZE."""
         with Vault(provider=provider, store=MemoryKeyStore(), domains=POLICIES) as reader:
             for _ in range(3):
-                for _ in range(vault_module.NEGATIVE_CACHE_SIZE):
+                for _ in range(keyring_module.NEGATIVE_CACHE_SIZE):
                     with pytest.raises(DecryptionError):
                         reader.decrypt(self._hostile(os.urandom(16)))
-                clock.now += vault_module.NEGATIVE_TTL
-            assert len(reader._cache.unknown.ids) <= vault_module.NEGATIVE_CACHE_SIZE
+                clock.now += keyring_module.NEGATIVE_TTL
+            assert len(reader._keyring.cache.unknown.ids) <= keyring_module.NEGATIVE_CACHE_SIZE
 
     def test_a_dek_created_later_by_another_process_is_read_within_the_ttl(
         self, provider: InMemoryKeyProvider, store_engine: sa.Engine, clock: FakeClock
@@ -688,13 +689,13 @@ class TestUnknownDekCache:
             self._reader(store_engine, provider) as reader,
             self._reader(store_engine, provider) as other,
         ):
-            for _ in range(vault_module.UNKNOWN_LOOKUP_BUDGET):
+            for _ in range(keyring_module.UNKNOWN_LOOKUP_BUDGET):
                 with pytest.raises(DecryptionError):
                     reader.decrypt(self._hostile(os.urandom(16)))
             blob = other.encrypt("fresh", domain="identity")
             with pytest.raises(DecryptionError):
                 reader.decrypt(blob)  # not in the listing taken when the budget ran out
-            clock.now += vault_module.NEGATIVE_TTL
+            clock.now += keyring_module.NEGATIVE_TTL
             assert reader.decrypt(blob) == "fresh"
 
     def test_own_new_dek_is_readable_while_the_budget_is_spent(
@@ -702,10 +703,10 @@ class TestUnknownDekCache:
     ) -> None:
         """A vault reads back what it just wrote under a DEK it took after the listing."""
         with self._reader(store_engine, provider) as vault:
-            for _ in range(vault_module.UNKNOWN_LOOKUP_BUDGET):
+            for _ in range(keyring_module.UNKNOWN_LOOKUP_BUDGET):
                 with pytest.raises(DecryptionError):
                     vault.decrypt(self._hostile(os.urandom(16)))
-            assert vault._cache.unknown.snapshot is not None
+            assert vault._keyring.cache.unknown.snapshot is not None
             assert vault.decrypt(vault.encrypt("mine", domain="identity")) == "mine"
 
     def test_a_store_too_large_to_list_is_listed_once(
@@ -716,21 +717,21 @@ class TestUnknownDekCache:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Past SNAPSHOT_MAX rows the vault lists the store once, then keeps to per-id lookups."""
-        monkeypatch.setattr(vault_module, "SNAPSHOT_MAX", 2)  # instead of 100,000 key rows
+        monkeypatch.setattr(keyring_module, "SNAPSHOT_MAX", 2)  # instead of 100,000 key rows
         with self._reader(store_engine, provider) as writer:
             for domain in ("identity", "medical", "claims"):
                 with acting_as(ADVISER, purpose="p"):
                     writer.encrypt("x", domain=domain)
         with self._reader(store_engine, provider) as reader:
             queries = QueryCounter(store_engine)
-            budget = vault_module.UNKNOWN_LOOKUP_BUDGET
+            budget = keyring_module.UNKNOWN_LOOKUP_BUDGET
             for _ in range(budget + 10):
                 with pytest.raises(DecryptionError):
                     reader.decrypt(self._hostile(os.urandom(16)))
-            assert reader._cache.unknown.too_big
-            assert reader._cache.unknown.snapshot is None
+            assert reader._keyring.cache.unknown.too_big
+            assert reader._keyring.cache.unknown.snapshot is None
             assert queries.count == budget + 1 + 10
-            clock.now += vault_module.NEGATIVE_TTL
+            clock.now += keyring_module.NEGATIVE_TTL
             for _ in range(budget + 10):
                 with pytest.raises(DecryptionError):
                     reader.decrypt(self._hostile(os.urandom(16)))
@@ -756,11 +757,11 @@ class TestUnknownDekCache:
                     dict(row),
                 )
             queries = QueryCounter(store_engine)
-            clock.now += vault_module.NEGATIVE_TTL / 2
+            clock.now += keyring_module.NEGATIVE_TTL / 2
             with pytest.raises(DecryptionError):
                 reader.decrypt(blob)
             assert queries.count == 0
-            clock.now += vault_module.NEGATIVE_TTL / 2
+            clock.now += keyring_module.NEGATIVE_TTL / 2
             assert reader.decrypt(blob) == "late"
 
     def test_preload_skips_remembered_unknown_ids(
@@ -865,7 +866,7 @@ class TestNoPlaintextInFrames:
                 else:
                     reader.decrypt(blob, context={"table": "notes", "column": "text"})
             assert _secret_in_frames(info.value, PLANTED) == []
-            reader._audit_log = None  # let close() finish without the table
+            reader._recorder = None  # let close() finish without the table
 
     @pytest.mark.parametrize(
         "plaintext",
@@ -880,7 +881,7 @@ class TestNoPlaintextInFrames:
         self, vault: Vault, plaintext: bytes
     ) -> None:
         """An authenticated plaintext that does not decode is not kept by the error or its frames."""
-        blob = vault._seal("medical", plaintext, wire.context_fields(CTX))
+        blob = vault._cipher.seal("medical", plaintext, wire.context_fields(CTX))
         del plaintext
         with pytest.raises(DecryptionError) as info:
             vault.decrypt(blob, context=CTX)

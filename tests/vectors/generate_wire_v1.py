@@ -108,7 +108,7 @@ def _seal(domain: str, context: dict[str, Any] | None, plaintext: bytes, nonce: 
     cipher, commitment = aead.derive_suite1(DEK, DEK_ID)
     header = wire.build_header(DEK_ID, commitment)
     aad = header + wire.context_block(domain, context)
-    return header + nonce + cipher.encrypt(nonce, plaintext, aad)
+    return aead.seal_with_nonce(cipher, nonce, plaintext, aad, header)
 
 
 def _ctx(context: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -285,10 +285,13 @@ def build_invalid() -> list[dict[str, Any]]:
     def reheader(version: int, suite: int) -> bytes:
         header = wire.MAGIC + bytes((version, suite)) + DEK_ID + commitment
         aad = header + wire.context_block(base["domain"], base["context"])
-        return header + nonce + cipher.encrypt(nonce, plaintext, aad)
+        return aead.seal_with_nonce(cipher, nonce, plaintext, aad, header)
 
     other_cipher = AESGCM(bytes(32))
-    bad_commit = good[:20] + bytes(32) + good[52:]
+    commitment_at = wire.COMMITMENT_SLICE
+    bad_commit = (
+        good[: commitment_at.start] + bytes(wire.COMMITMENT_SIZE) + good[commitment_at.stop :]
+    )
     return [
         variant("empty input", b"", "authentication"),
         variant("plain UTF-8 text, no header", b"Jan Peeters" * 10, "authentication"),
@@ -299,7 +302,7 @@ def build_invalid() -> list[dict[str, Any]]:
         variant("nonce bit flipped", _flip(good, wire.HEADER_SIZE), "authentication"),
         variant("magic changed", _flip(good, 0), "authentication"),
         variant("commitment zeroed", bad_commit, "authentication"),
-        variant("DEK id changed", _flip(good, 4), "authentication"),
+        variant("DEK id changed", _flip(good, wire.DEK_ID_SLICE.start), "authentication"),
         variant("another row", good, "authentication", context={**MEMBER, "row": "m-18"}),
         variant("another column", good, "authentication", context={**MEMBER, "column": "email"}),
         variant("another domain", good, "authentication", domain="medical"),
@@ -307,7 +310,7 @@ def build_invalid() -> list[dict[str, Any]]:
         variant("extra context entry", good, "authentication", context={**MEMBER, "x": "1"}),
         variant(
             "same bytes under another key",
-            good[:64] + other_cipher.encrypt(nonce, plaintext, b""),
+            good[: wire.HEADER_SIZE] + aead.seal_with_nonce(other_cipher, nonce, plaintext, b""),
             "authentication",
         ),
         variant("format version 2", reheader(2, 1), "unsupported"),

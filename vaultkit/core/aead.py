@@ -38,11 +38,13 @@ __all__ = [
     "derive_suite1",
     "open_",
     "seal",
+    "seal_with_nonce",
 ]
 
 KEY_SIZE: Final = 32  # bytes: AES-256 and every DEK
 ENCRYPTION_KEY_INFO: Final = b"vaultkit v1 AES-256-GCM key"
 COMMITMENT_INFO: Final = b"vaultkit v1 key commitment"
+_urandom = os.urandom
 
 
 def _hkdf(dek: bytes, dek_id: bytes, info: bytes) -> bytes:
@@ -62,17 +64,42 @@ def derive_suite1(dek: bytes, dek_id: bytes) -> tuple[AESGCM, bytes]:
     return AESGCM(_hkdf(dek, dek_id, ENCRYPTION_KEY_INFO)), _hkdf(dek, dek_id, COMMITMENT_INFO)
 
 
-def seal(cipher: AESGCM, plaintext: bytes, aad: bytes) -> bytes:
-    """Encrypt under a fresh random nonce; return ``nonce || ciphertext || tag``."""
-    nonce = os.urandom(wire.NONCE_SIZE)
-    return nonce + cipher.encrypt(nonce, plaintext, aad)
+def seal(cipher: AESGCM, plaintext: bytes, aad: bytes, header: bytes = b"") -> bytes:
+    """Encrypt under a fresh random nonce; return ``header || nonce || ciphertext || tag``.
+
+    The nonce is 96 bits from the OS CSPRNG (``os.urandom``), drawn for this call alone. With
+    ``header`` (a wire-format header, which the caller also puts at the start of ``aad``) the
+    result is a whole stored value; this is the call the vault makes for every value.
+    """
+    nonce = _urandom(wire.NONCE_SIZE)
+    return header + nonce + cipher.encrypt(nonce, plaintext, aad)
 
 
-def open_(cipher: AESGCM, sealed: bytes, aad: bytes) -> bytes:
-    """Decrypt ``nonce || ciphertext || tag``; any failure raises :class:`DecryptionError`."""
-    if len(sealed) < wire.NONCE_SIZE + wire.TAG_SIZE:
+def seal_with_nonce(
+    cipher: AESGCM, nonce: bytes, plaintext: bytes, aad: bytes, header: bytes = b""
+) -> bytes:
+    """:func:`seal` with a nonce the caller chose: for reproducible test vectors only.
+
+    Warning:
+        Reusing a nonce under one key reveals the XOR of the plaintexts and lets anyone forge
+        tags (NIST SP 800-38D, appendix A). Nothing in vaultkit calls this outside
+        ``tests/vectors``.
+    """
+    if len(nonce) != wire.NONCE_SIZE:
+        raise ValueError(f"a nonce is {wire.NONCE_SIZE} bytes, got {len(nonce)}")
+    return header + nonce + cipher.encrypt(nonce, plaintext, aad)
+
+
+def open_(cipher: AESGCM, sealed: bytes, aad: bytes, offset: int = 0) -> bytes:
+    """Decrypt ``nonce || ciphertext || tag`` found at ``offset`` of ``sealed``.
+
+    With ``offset=wire.HEADER_SIZE`` it opens a whole stored value (the header is authenticated
+    through ``aad``). Any failure raises :class:`DecryptionError`.
+    """
+    if len(sealed) < offset + wire.NONCE_SIZE + wire.TAG_SIZE:
         raise DecryptionError
+    start = offset + wire.NONCE_SIZE
     try:
-        return cipher.decrypt(sealed[: wire.NONCE_SIZE], sealed[wire.NONCE_SIZE :], aad)
+        return cipher.decrypt(sealed[offset:start], sealed[start:], aad)
     except InvalidTag:
         raise DecryptionError from None

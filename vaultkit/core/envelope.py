@@ -15,7 +15,6 @@ that bind associated data; the value-level key commitment covers those that cann
 from __future__ import annotations
 
 import os
-import time
 from typing import Final
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -46,26 +45,18 @@ def wrap_context(domain: str, dek_id: bytes, purpose: str = "data") -> bytes:
 class DataKey(NoPickle):
     """An unwrapped DEK, ready to use: derived cipher, header and AAD prefix, computed once.
 
-    Holds key material: refuses pickling and copying, and its ``repr`` names only id and domain.
+    Key material only: what the vault caches about it (time limit, the domain's policy) lives in
+    the vault's own cache entry. Refuses pickling and copying, and its ``repr`` names only id and
+    domain.
+
+    .. versionchanged:: 0.2.0
+       Key material only: ``wrapped``, ``ttl``, ``expires_at``, ``referenced``, ``restricted``
+       and ``audited`` moved to the vault's cache entry.
     """
 
-    __slots__ = (
-        "aad_prefix",
-        "audited",
-        "cipher",
-        "commitment",
-        "dek_id",
-        "domain",
-        "expires_at",
-        "header",
-        "referenced",
-        "restricted",
-        "wrapped",
-    )
+    __slots__ = ("aad_prefix", "cipher", "commitment", "dek_id", "domain", "header")
 
-    def __init__(
-        self, dek: bytes, dek_id: bytes, domain: str, *, wrapped: bytes, ttl: float
-    ) -> None:
+    def __init__(self, dek: bytes, dek_id: bytes, domain: str) -> None:
         cipher, commitment = aead.derive_suite1(dek, dek_id)
         self.cipher: AESGCM = cipher
         self.commitment = commitment
@@ -73,12 +64,6 @@ class DataKey(NoPickle):
         self.domain = domain
         self.header = wire.build_header(dek_id, commitment)
         self.aad_prefix = self.header + wire.encode_field(domain)
-        self.wrapped = wrapped
-        self.expires_at = time.monotonic() + ttl
-        self.referenced = True
-        # Set by the vault from the domain's policy: decrypting needs a grant / is logged.
-        self.restricted = False
-        self.audited = False
 
     def __repr__(self) -> str:
         return f"DataKey(dek_id={self.dek_id.hex()!r}, domain={self.domain!r})"

@@ -75,6 +75,7 @@ __all__ = [
     "TAG_SIZE",
     "VERSION_1",
     "VERSION_OFFSET",
+    "ContextTemplate",
     "ContextValue",
     "Suite",
     "ValueHeader",
@@ -82,6 +83,7 @@ __all__ = [
     "cell_context",
     "context_block",
     "context_fields",
+    "context_template",
     "context_value_text",
     "encode_field",
     "is_vaultkit_value",
@@ -249,6 +251,35 @@ def context_fields(context: Mapping[str, ContextValue] | None) -> bytes:
             raise ValueError(f"context field {key[:32]!r} exceeds {MAX_CONTEXT_FIELD_BYTES} bytes")
         parts += (pack(len(raw_key)), raw_key, pack(len(raw_value)), raw_value)
     return b"".join(parts)
+
+
+class ContextTemplate:
+    """The context entries of a cell with one entry left open: made once, filled per value.
+
+    ``template.fill(value)`` equals ``context_fields({**fixed, slot: value})`` byte for byte: the
+    entries before and after ``slot`` in sorted order are encoded once, so each value encodes
+    only its own entry (a row key).
+    """
+
+    __slots__ = ("_after", "_prefix", "slot")
+
+    def __init__(self, fixed: Mapping[str, str], slot: str) -> None:
+        if slot in fixed:
+            raise ValueError(f"context entry {slot!r} is both fixed and the open slot")
+        keys = sorted(fixed)
+        before = b"".join(encode_field(k) + encode_field(fixed[k]) for k in keys if k < slot)
+        self._after = b"".join(encode_field(k) + encode_field(fixed[k]) for k in keys if k > slot)
+        self._prefix = u16(len(fixed) + 1) + before + encode_field(slot)
+        self.slot = slot
+
+    def fill(self, value: ContextValue) -> bytes:
+        """The context entries with ``value`` in the open slot."""
+        return self._prefix + encode_field(context_value_text(value)) + self._after
+
+
+def context_template(fixed: Mapping[str, str], slot: str = CONTEXT_ROW) -> ContextTemplate:
+    """Return the context entries ``fixed`` plus an open ``slot`` (by default the row key)."""
+    return ContextTemplate(fixed, slot)
 
 
 def _cell_name(kind: str, name: object) -> str:

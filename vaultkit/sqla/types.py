@@ -31,7 +31,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from vaultkit._access import SealedValue
-from vaultkit._codec import PlainValue, encode_value
+from vaultkit._codec import STR_TAG, PlainValue, encode_value
 from vaultkit._vault import BlindIndexKey, FieldCipher
 from vaultkit.core import wire
 from vaultkit.errors import (
@@ -737,39 +737,35 @@ class Encrypted(TypeDecorator[Any]):
             return self.encrypt_value
         # The per-value path of a column without row binding: one Python frame around the
         # vault's seal, with the cipher looked up again only when the configured vault changes.
-        slot, domain, pad, python_type, coerce = (
+        slot, pad, python_type, coerce = (
             self._slot,
-            self.domain,
             self.pad_to,
             self._python_type,
             self._coerce,
         )
         generation = -1
-        seal: Callable[[str, bytes, bytes, Any], bytes] | None = None
-        fields = b""
-        where: tuple[str, str, None] | None = None
+        seal: Callable[[bytes], bytes] | None = None
 
         def process(value: Any) -> bytes | None:
-            nonlocal generation, seal, fields, where
+            nonlocal generation, seal
             if value is None:
                 return None
             if type(value) is RowBound:
                 return self.encrypt_value(value)
             if generation != slot.generation or seal is None:
-                field = self.field()
-                seal, fields, where = field._seal, field._fixed, field._where
+                seal = self.field().sealer()
                 generation = slot.generation
             try:
                 if type(value) is str and python_type is str and pad is None:
                     try:  # the common case, encoded here without a call (see vaultkit._codec)
-                        return seal(domain, b"\x01" + value.encode("utf-8"), fields, where)
+                        return seal(STR_TAG + value.encode("utf-8"))
                     except UnicodeEncodeError:
                         pass  # a lone surrogate: encode_value raises a clean error below
                 elif python_type is not str or type(value) is not str:
                     if type(value) is Pending:
                         return self.encrypt_value(value)
                     value = coerce(value)
-                return seal(domain, encode_value(value, pad_to=pad), fields, where)
+                return seal(encode_value(value, pad_to=pad))
             except _ENCODING_FAILURES as exc:
                 error = _encoding_error(self, exc)
             raise error
@@ -817,28 +813,25 @@ class Encrypted(TypeDecorator[Any]):
             return lambda value: self.process_result_value(value, dialect)
         # Strict mode: a value without the vaultkit header fails the vault's own header check,
         # so no separate test for the magic is needed on this path.
-        slot, domain = self._slot, self.domain
+        slot = self._slot
         generation = -1
-        open_: Callable[[bytes, bytes, str | None, Any], Any] | None = None
-        fields = b""
-        where: tuple[str, str, None] | None = None
+        open_: Callable[[bytes], Any] | None = None
         guarded = True
         cells = orm_cells
 
         def process(value: Any) -> Any:
-            nonlocal generation, open_, fields, where, guarded
+            nonlocal generation, open_, guarded
             if value is None:
                 return None
             if generation != slot.generation or open_ is None:
-                field = self.field()
-                open_, fields, where = field._open, field._fixed, field._where
+                open_ = self.field().opener()
                 guarded = self.guarded()
                 generation = slot.generation
             if type(value) is not bytes:
                 value = _stored_bytes(value, self)
             if guarded and cells.get():
                 return EncryptedCell(self, value)
-            return open_(value, fields, domain, where)
+            return open_(value)
 
         return process
 

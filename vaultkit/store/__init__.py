@@ -1,7 +1,7 @@
 """Data-key stores: where wrapped DEKs live."""
 
 from vaultkit.store._base import SCHEMA_VERSION, DataKeyRecord, DekState, KeyStore, MemoryKeyStore
-from vaultkit.store.sql import SQLKeyStore
+from vaultkit.store.sql import SQLKeyStore, open_store
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -10,4 +10,5 @@ __all__ = [
     "KeyStore",
     "MemoryKeyStore",
     "SQLKeyStore",
+    "open_store",
 ]

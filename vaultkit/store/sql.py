@@ -30,12 +30,12 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from vaultkit._offload import sync_engine
 from vaultkit.errors import KeyStoreError
-from vaultkit.store._base import SCHEMA_VERSION, DataKeyRecord, DekState
+from vaultkit.store._base import SCHEMA_VERSION, DataKeyRecord, DekState, KeyStore
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["SQLKeyStore"]
+__all__ = ["SQLKeyStore", "open_store"]
 
 _SCHEMA_KEY = "key_store_schema"
 
@@ -294,3 +294,24 @@ class SQLKeyStore:
 
     def __repr__(self) -> str:
         return f"SQLKeyStore({self._where()!r}, table={self.keys.fullname!r})"
+
+
+def open_store(spec: KeyStore | Engine | AsyncEngine | str) -> tuple[KeyStore, bool]:
+    """The key store ``spec`` names, and whether it was opened here (the caller closes it then).
+
+    Args:
+        spec: a :class:`~vaultkit.store.KeyStore` (used as it is), an SQLAlchemy ``Engine`` or a
+            database URL (an :class:`SQLKeyStore` on it). An async URL or ``AsyncEngine`` gets
+            a synchronous engine of the store's own on the same database.
+
+    Raises:
+        TypeError: ``spec`` is none of these.
+        KeyStoreError: the database cannot be reached, or holds a newer key-store layout.
+
+    .. versionadded:: 0.2.0
+    """
+    if isinstance(spec, str | Engine) or isinstance(getattr(spec, "sync_engine", None), Engine):
+        return SQLKeyStore(spec), True  # type: ignore[arg-type]
+    if isinstance(spec, KeyStore):
+        return spec, False
+    raise TypeError(f"store must be a KeyStore, an Engine or a URL, not {type(spec).__name__}")

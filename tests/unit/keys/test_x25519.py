@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from vaultkit import KeyDomain, Principal, Vault
 from vaultkit._codec import encode_value
-from vaultkit._vault import _index_key_id
+from vaultkit._keyring import index_key_id as _index_key_id
 from vaultkit.audit import AuditLog
 from vaultkit.core import wire
 from vaultkit.core.envelope import DataKey, wrap_context
@@ -130,7 +130,7 @@ def plant_row(
 
 def forged_value(dek: bytes, dek_id: bytes, plaintext: str) -> bytes:
     """A wire-format v1 value under a DEK the attacker chose, for the context of CONTEXT."""
-    key = DataKey(dek, dek_id, "medical", wrapped=b"", ttl=60)
+    key = DataKey(dek, dek_id, "medical")
     nonce = os.urandom(12)
     aad = key.aad_prefix + wire.context_fields(CONTEXT)
     return key.header + nonce + key.cipher.encrypt(nonce, encode_value(plaintext), aad)
