@@ -215,7 +215,7 @@ def _create_keys(settings: dict[str, Any], what: str) -> bool:
 
 
 def _local(settings: dict[str, Any], env: _Env, what: str) -> KeyProvider:
-    from vaultkit.keys.local import MASTER_KEY_ENV, LocalKeyProvider, _decode_master_key
+    from vaultkit.keys.local import MASTER_KEY_ENV, LocalKeyProvider, decode_master_key
 
     path = settings.pop("path", None)
     if not path:
@@ -229,7 +229,7 @@ def _local(settings: dict[str, Any], env: _Env, what: str) -> KeyProvider:
     if text is None:  # pragma: no cover - a default variable name yields a value or raises
         raise ConfigurationError(f"{what}: no master key")
     return LocalKeyProvider(
-        path, master_key=_decode_master_key(text.reveal(), source=key_env), create_keys=create
+        path, master_key=decode_master_key(text.reveal(), source=key_env), create_keys=create
     )
 
 

@@ -74,7 +74,6 @@ KNOWN_VIOLATIONS: dict[str, str] = {
     "cycle: vaultkit._vault -> vaultkit.config -> vaultkit._vault": "the deprecated vault_from_config shim; removed in 0.3.0",
     "upward: vaultkit.config (layer 2) imports vaultkit._vault (layer 4) [TYPE_CHECKING]": "the shim's return type; removed with it in 0.3.0",
     # -- private names across packages (review D4)
-    "private: vaultkit.config imports vaultkit.keys.local._decode_master_key": "config.py is h15-vault's file: use the public decode_master_key; h15-vault",
     "private: vaultkit.cli.rekey imports vaultkit.rekey._worker_name": "waits for the public rekey.default_worker_name(); h15-rekey makes it, then cli/rekey.py uses it (h15-wiring or the lead)",
     # -- wire offsets outside core (review D3): rekey.py becomes the rekey/ package on h15-rekey,
     #    which reads headers with core.wire.parse_value / DEK_ID_SLICE.
