@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from vaultkit import KeyDomain, Vault
+from vaultkit.core import wire
 from vaultkit.errors import DecryptionError
 from vaultkit.keys import LocalKeyProvider, generate_master_key
 
@@ -27,7 +28,13 @@ def main() -> None:
     cell = {"table": "members", "column": "name", "row": "m-17"}
     blob = vault.encrypt("Jan Peeters", domain="identity", context=cell)
     assert vault.decrypt(blob, context=cell) == "Jan Peeters"
-    print(f"{len(blob)}-byte ciphertext under DEK {blob[4:20].hex()} decrypts in its own cell only")
+    # The header names the DEK in the clear (anyone reading the database sees it too); it is
+    # authenticated only when the value decrypts.
+    header = wire.parse_value(blob)
+    assert header is not None
+    print(
+        f"{len(blob)}-byte ciphertext under DEK {header.dek_id.hex()} decrypts in its own cell only"
+    )
 
     # The same value in another member's row does not decrypt.
     try:

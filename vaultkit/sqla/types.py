@@ -46,8 +46,6 @@ from vaultkit.sqla import _registry
 
 __all__ = ["BlindIndexType", "Encrypted", "EncryptedCell", "RowBound"]
 
-_MAGIC: Final = wire.MAGIC
-
 
 _NULL_OPERATORS: Final = frozenset({operators.is_, operators.is_not})
 _SCHEMA_BINDINGS: Final = ("schema", "legacy")
@@ -650,7 +648,7 @@ class Encrypted(TypeDecorator[Any]):
                 del stored  # the legacy value travels in ``box`` only, emptied by _read_legacy
                 return self._read_legacy(box, row)
             stored = _stored_bytes(stored, self)
-        if stored[:2] != _MAGIC:
+        if not wire.is_vaultkit_value(stored):
             if self.migrating:
                 box = [stored]
                 del stored
@@ -792,7 +790,7 @@ class Encrypted(TypeDecorator[Any]):
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is not None:
             if self.row_key is not None:
-                if not self.migrating or _as_bytes_or_none(value)[:2] == _MAGIC:
+                if not self.migrating or wire.is_vaultkit_value(_as_bytes_or_none(value)):
                     return self._cell(value)
             elif orm_cells.get() and self.guarded():
                 return self._cell(value)
