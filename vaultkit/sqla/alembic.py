@@ -35,12 +35,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic.operations import MigrateOperation, Operations
-from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeEngine
 
 from vaultkit._access import Principal
 from vaultkit.errors import ConfigurationError
 from vaultkit.sqla._registry import DEFAULT, get_vault
+from vaultkit.sqla._storage import storage_for
 from vaultkit.sqla.types import BlindIndexType, Encrypted, RowBound
 
 __all__ = [
@@ -285,9 +285,7 @@ def _encrypt_column(operations: Operations, operation: EncryptColumnOp) -> None:
 
     with vault.acting_as(_principal(operation), purpose=f"alembic encrypt {operation.table_name}"):
         # Stored as the Encrypted type stores: BYTEA, BLOB, or LONGBLOB on MariaDB and MySQL.
-        dialect = operations.get_bind().dialect.name
-        storage = mysql.LONGBLOB() if dialect in ("mysql", "mariadb") else sa.LargeBinary()
-        _rewrite(operations, operation, storage, convert)
+        _rewrite(operations, operation, storage_for(operations.get_bind().dialect), convert)
 
 
 @Operations.implementation_for(DecryptColumnOp)
