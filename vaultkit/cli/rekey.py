@@ -102,7 +102,7 @@ def _run_worker(args: argparse.Namespace, progress: Any, number: int) -> Any:
 
     import vaultkit.sqla
     from vaultkit.cli.keys import _open
-    from vaultkit.rekey import _worker_name, rekey_table
+    from vaultkit.rekey import default_worker_name, rekey_table
 
     table = _load_table(args.model)
     with _open(args) as vault:
@@ -119,7 +119,7 @@ def _run_worker(args: argparse.Namespace, progress: Any, number: int) -> Any:
                 range_size=args.range_size,
                 dry_run=args.dry_run,
                 progress=progress,
-                worker=None if args.workers == 1 else f"{_worker_name()}:{number}",
+                worker=None if args.workers == 1 else f"{default_worker_name()}:{number}",
             )
         finally:
             engine.dispose()
