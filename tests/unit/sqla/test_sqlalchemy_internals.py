@@ -299,3 +299,22 @@ def test_every_private_access_is_listed() -> None:
     assert found_getattr <= _KNOWN_GETATTR, (
         f"add a check to RELIED_ON for {sorted(found_getattr - _KNOWN_GETATTR)}"
     )
+
+
+def test_installed_sqlalchemy_is_a_supported_version() -> None:
+    """The SQLAlchemy under test is one pyproject.toml allows, so the checks above speak for it."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((SQLA.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    wanted = [
+        Requirement(d)
+        for d in pyproject["project"]["dependencies"]
+        if Requirement(d).name.lower() == "sqlalchemy"
+    ]
+    assert len(wanted) == 1 and wanted[0].specifier, "pyproject.toml bounds SQLAlchemy"
+    assert wanted[0].specifier.contains(sa.__version__), (
+        f"SQLAlchemy {sa.__version__} is outside the supported {wanted[0].specifier}: run "
+        "this module against it, then widen the bound in pyproject.toml"
+    )
