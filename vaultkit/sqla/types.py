@@ -302,10 +302,17 @@ class Encrypted(TypeDecorator[Any]):
             previous._as_previous = True
         self._python_type, self._coerce = coercer(inner_type, cell_of=cell_of)
         self._enum_class = inner_type.enum_class if isinstance(inner_type, sa.Enum) else None
+        #: Strict, without row binding, enum or previous=: opened by the shortcut of _prepare_open.
+        self._strict_fixed = (
+            not self.migrating and row_key is None and previous is None and self._enum_class is None
+        )
         self._attached: tuple[str, str, str | None] | None = None  # table, column, schema
         self._slot = _registry.slot(vault)
         self._field: FieldCipher | None = None
         self._field_generation = -1
+        #: The prepared encrypt and decrypt functions (see "the two directions" below).
+        self._bind_fn: Callable[[Any], bytes | None] | None = None
+        self._open_fn: Callable[[Any], Any] | None = None
         self._policy_generation = -1
         self._guarded = True
         self._restricted = True
@@ -316,6 +323,7 @@ class Encrypted(TypeDecorator[Any]):
         self._check_binding()
         self._attached = (str(table), str(column), None if schema is None else str(schema))
         self._field = None
+        self._bind_fn = self._open_fn = None  # prepared for the old binding
         if self.previous is not None:
             self.previous._attach(table, column, schema)
 
@@ -416,12 +424,29 @@ class Encrypted(TypeDecorator[Any]):
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         return dialect.type_descriptor(storage_for(dialect))
 
+    # -- the two directions -------------------------------------------------------------------
+    #
+    # One implementation each: _encrypt (any value, with or without its row key) and _decrypt.
+    # What SQLAlchemy asks for (bind_processor, result_processor) and the public encrypt_value /
+    # decrypt_value use the same functions, prepared once per type (_binder, _opener): for a
+    # column without row binding they start with a shortcut for the common case (a str sealed
+    # with the column's fixed context; a ciphertext opened with it), which hands anything else
+    # to the general path. The shortcuts keep the cipher they use until the configured vault
+    # changes.
+
     def encrypt_value(self, value: Any) -> bytes | None:
         """Encrypt one value for this column; ``None`` stays ``None`` (stored as NULL).
 
         Raises:
             EncodingError: the value does not fit the column; the message never quotes it.
         """
+        binder = self._bind_fn
+        if binder is None:
+            binder = self._bind_fn = self._prepare_bind()
+        return binder(value)
+
+    def _encrypt(self, value: Any) -> bytes | None:
+        """The encrypt path for any value: unwraps ``RowBound`` and ``Pending``, checks, seals."""
         try:
             return self._encrypt_value(value)
         except _ENCODING_FAILURES as exc:
@@ -456,6 +481,11 @@ class Encrypted(TypeDecorator[Any]):
 
     def decrypt_value(self, stored: Any, *, row: wire.ContextValue | None = None) -> Any:
         """Decrypt one stored value of this column (with its row key when row-bound)."""
+        if row is None and self._strict_fixed:
+            opener = self._open_fn
+            if opener is None:
+                opener = self._open_fn = self._prepare_open(cells=False)
+            return opener(stored)
         if stored is None:
             return None
         if type(stored) is not bytes:
@@ -547,10 +577,17 @@ class Encrypted(TypeDecorator[Any]):
         return self.encrypt_value(value)
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], bytes | None]:
+        binder = self._bind_fn
+        if binder is None:
+            binder = self._bind_fn = self._prepare_bind()
+        return binder
+
+    def _prepare_bind(self) -> Callable[[Any], bytes | None]:
+        """The encrypt function of this column: :meth:`_encrypt`, after a shortcut for str values
+        of a column without row binding (one Python frame around the vault's seal)."""
+        general = self._encrypt
         if self.row_key is not None:
-            return self.encrypt_value
-        # The per-value path of a column without row binding: one Python frame around the
-        # vault's seal, with the cipher looked up again only when the configured vault changes.
+            return general
         slot, domain, pad, python_type, coerce = (
             self._slot,
             self.domain,
@@ -558,6 +595,7 @@ class Encrypted(TypeDecorator[Any]):
             self._python_type,
             self._coerce,
         )
+        plain_str = python_type is str and pad is None
         generation = -1
         seal: Callable[[str, bytes, bytes, Any], bytes] | None = None
         fields = b""
@@ -565,24 +603,21 @@ class Encrypted(TypeDecorator[Any]):
 
         def process(value: Any) -> bytes | None:
             nonlocal generation, seal, fields, where
-            if value is None:
-                return None
-            if type(value) is RowBound:
-                return self.encrypt_value(value)
+            kind = type(value)
+            if value is None or kind is RowBound or kind is Pending:
+                return general(value)
             if generation != slot.generation or seal is None:
                 field = self.field()
                 seal, fields, where = field._seal, field._fixed, field._where
                 generation = slot.generation
             try:
-                if type(value) is str and python_type is str and pad is None:
+                if kind is str and plain_str:
                     try:  # the common case, encoded here without a call (see vaultkit._codec)
                         return seal(domain, b"\x01" + value.encode("utf-8"), fields, where)
                     except UnicodeEncodeError:
                         pass  # a lone surrogate: encode_value raises a clean error below
-                elif python_type is not str or type(value) is not str:
-                    if type(value) is Pending:
-                        return self.encrypt_value(value)
-                    value = coerce(value)
+                elif python_type is not str or kind is not str:
+                    value = coerce(value)  # as _encrypt_value does
                 return seal(domain, encode_value(value, pad_to=pad), fields, where)
             except _ENCODING_FAILURES as exc:
                 error = _encoding_error(self, exc)
@@ -627,8 +662,15 @@ class Encrypted(TypeDecorator[Any]):
                 return self.process_result_value(box.pop(), dialect)
 
             return legacy
-        if self.row_key is not None or self._enum_class is not None or self.previous is not None:
+        if not self._strict_fixed:
             return lambda value: self.process_result_value(value, dialect)
+        return self._prepare_open(cells=True)
+
+    def _prepare_open(self, *, cells: bool) -> Callable[[Any], Any]:
+        """The decrypt function of a strict column without row binding, enum or ``previous=``:
+        the vault's open with the column's fixed context, prepared once. With ``cells`` (the
+        result processor), an ORM load of a restricted or audited domain gets an
+        :class:`EncryptedCell` instead (see :mod:`vaultkit.sqla._hooks`)."""
         # Strict mode: a value without the vaultkit header fails the vault's own header check,
         # so no separate test for the magic is needed on this path.
         slot, domain = self._slot, self.domain
@@ -637,7 +679,7 @@ class Encrypted(TypeDecorator[Any]):
         fields = b""
         where: tuple[str, str, None] | None = None
         guarded = True
-        cells = orm_cells
+        orm = orm_cells
 
         def process(value: Any) -> Any:
             nonlocal generation, open_, fields, where, guarded
@@ -646,11 +688,11 @@ class Encrypted(TypeDecorator[Any]):
             if generation != slot.generation or open_ is None:
                 field = self.field()
                 open_, fields, where = field._open, field._fixed, field._where
-                guarded = self.guarded()
+                guarded = cells and self.guarded()
                 generation = slot.generation
             if type(value) is not bytes:
                 value = _stored_bytes(value, self)
-            if guarded and cells.get():
+            if guarded and orm.get():
                 return EncryptedCell(self, value)
             return open_(value, fields, domain, where)
 
