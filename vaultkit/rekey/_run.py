@@ -198,7 +198,7 @@ class _Run:
         ):
             if self.dry_run:
                 report.ranges_total = 1
-                report.finished = self.range(0, None, None)
+                report.finished = self.work_range(0, None, None)
                 report.ranges_done = int(report.finished)
             else:
                 self.claim_ranges(range_size)
@@ -225,13 +225,13 @@ class _Run:
                     time.sleep(0.2)
                     continue
                 lo, hi = key_value(self.pk, claimed.lo), key_value(self.pk, claimed.hi)
-                claimed.finished = self.range(claimed.seq, lo, hi)
+                claimed.finished = self.work_range(claimed.seq, lo, hi)
                 stopped = not claimed.finished  # max_batches: the range stays open
                 report.ranges_done += claimed.finished
 
     # -- one range ----------------------------------------------------------------------------
 
-    def range(self, seq: int, lo: Any, hi: Any) -> bool:
+    def work_range(self, seq: int, lo: Any, hi: Any) -> bool:
         """Work through one range from its checkpoint; False when stopped by ``max_batches``."""
         report, executor, max_batches = self.report, self.executor, self.max_batches
         last = lo
