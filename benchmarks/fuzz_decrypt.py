@@ -210,7 +210,7 @@ class Corpus:
                     blob = writer._cipher.seal(target.domain, raw, fields, target.context(row))
                     self.entries.append(Entry(blob, target, row, None, True))
         writer.close()
-        self.dek_domains = {e.blob[4:20]: e.target.domain for e in self.entries}
+        self.dek_domains = {e.blob[wire.DEK_ID_SLICE]: e.target.domain for e in self.entries}
         self.dek_ids = sorted(self.dek_domains)
         self.genuine = [e for e in self.entries if not e.hostile]
         self.hostile = [e for e in self.entries if e.hostile]
@@ -335,16 +335,17 @@ def make_case(corpus: Corpus, seed: int, index: int) -> Case:
         blob, authentic = entry.blob + rng.randbytes(rng.randrange(1, 40)), False
     elif kind == "swap_dek_id":
         other = rng.choice(corpus.dek_ids)
-        if other == entry.blob[4:20]:
-            other = rng.randbytes(16)
-        blob, authentic = entry.blob[:4] + other + entry.blob[20:], False
+        if other == entry.blob[wire.DEK_ID_SLICE]:
+            other = rng.randbytes(wire.DEK_ID_SIZE)
+        blob, authentic = _with_dek_id(entry.blob, other), False
     elif kind == "swap_header":
         donor = rng.choice(entries)
-        if donor.blob[:52] == entry.blob[:52]:
-            donor = Entry(rng.randbytes(52), donor.target, None, None, False)
-        blob, authentic = donor.blob[:52] + entry.blob[52:], False
+        header = wire.HEADER_SIZE
+        if donor.blob[:header] == entry.blob[:header]:
+            donor = Entry(rng.randbytes(header), donor.target, None, None, False)
+        blob, authentic = donor.blob[:header] + entry.blob[header:], False
     elif kind == "header_byte":
-        pos = rng.randrange(4)
+        pos = rng.randrange(wire.DEK_ID_SLICE.start)  # magic, version or suite
         data = bytearray(entry.blob)
         data[pos] = rng.choice([b for b in range(256) if b != data[pos]])
         blob, authentic = bytes(data), False
@@ -355,15 +356,16 @@ def make_case(corpus: Corpus, seed: int, index: int) -> Case:
             if rng.random() < 0.5
             else random.Random(rng.randrange(32)).randbytes(16)
         )
-        blob, authentic = entry.blob[:4] + dek + entry.blob[20:], False
+        blob, authentic = _with_dek_id(entry.blob, dek), False
     elif kind == "known_dek_random_body":
-        blob = entry.blob[:20] + rng.randbytes(rng.randrange(0, 200))
+        blob = entry.blob[: wire.DEK_ID_SLICE.stop] + rng.randbytes(rng.randrange(0, 200))
         authentic = False
     elif kind == "random_bytes":
         n = rng.randrange(0, 200)
         blob = rng.randbytes(n)
-        if n >= 4 and rng.random() < 0.5:
-            blob = b"\xf6\x56\x01\x01" + blob[4:]
+        start = wire.DEK_ID_SLICE.start
+        if n >= start and rng.random() < 0.5:
+            blob = wire.build_header(bytes(16), bytes(32))[:start] + blob[start:]
         authentic = False
     elif kind == "wrong_row":
         if row is None:
@@ -384,11 +386,17 @@ def make_case(corpus: Corpus, seed: int, index: int) -> Case:
     return Case(blob, target, row, reader, kind, authentic, entry)
 
 
+def _with_dek_id(blob: bytes, dek_id: bytes) -> bytes:
+    """``blob`` with the DEK id in its header replaced."""
+    return blob[: wire.DEK_ID_SLICE.start] + dek_id + blob[wire.DEK_ID_SLICE.stop :]
+
+
 def _target_domain(corpus: Corpus, case: Case) -> str | None:
     """The domain a reader is judged against: the column's, else that of the DEK named."""
     if not case.target.api or case.target.claim:
         return case.target.domain
-    return corpus.dek_domains.get(bytes(case.blob[4:20])) if len(case.blob) >= 20 else None
+    dek_id = bytes(case.blob[wire.DEK_ID_SLICE])
+    return corpus.dek_domains.get(dek_id) if len(dek_id) == wire.DEK_ID_SIZE else None
 
 
 def judge(corpus: Corpus, case: Case, outcome: str, result: Any) -> str | None:

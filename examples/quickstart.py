@@ -28,10 +28,13 @@ def main() -> None:
     cell = {"table": "members", "column": "name", "row": "m-17"}
     blob = vault.encrypt("Jan Peeters", domain="identity", context=cell)
     assert vault.decrypt(blob, context=cell) == "Jan Peeters"
-    header = wire.parse_value(blob)  # the header read without a key: not authenticated
+    # The header names the DEK in the clear (anyone reading the database sees it too); it is
+    # authenticated only when the value decrypts.
+    header = wire.parse_value(blob)
     assert header is not None
-    dek = header.dek_id.hex()
-    print(f"{len(blob)}-byte ciphertext under DEK {dek} decrypts in its own cell only")
+    print(
+        f"{len(blob)}-byte ciphertext under DEK {header.dek_id.hex()} decrypts in its own cell only"
+    )
 
     # The same value in another member's row does not decrypt.
     try:

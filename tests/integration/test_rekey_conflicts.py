@@ -141,7 +141,7 @@ class Application(threading.Thread):
 
 
 def test_a_deadlock_with_the_application_is_retried_and_keeps_its_writes(
-    pg: str, vault: Vault, caplog: pytest.LogCaptureFixture
+    pg: str, vault: Vault, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The application locks the batch's last row, the batch locks the others in key order and
     waits, the application then wants the first row: PostgreSQL reports a deadlock to the batch
@@ -166,7 +166,8 @@ def test_a_deadlock_with_the_application_is_retried_and_keeps_its_writes(
             app.start()
             assert locked.wait(10)
 
-    report = rekey_table(engine, CONFLICTS, vault=vault, batch_size=100, _after_read=after_read)
+    monkeypatch.setattr("vaultkit.rekey._run.after_read", after_read)
+    report = rekey_table(engine, CONFLICTS, vault=vault, batch_size=100)
     app.join(20)
     engine.dispose()
     watcher.dispose()

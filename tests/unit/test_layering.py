@@ -73,21 +73,6 @@ KNOWN_VIOLATIONS: dict[str, str] = {
     #    migration path for its callers and removed with it in 0.3.0.
     "cycle: vaultkit._vault -> vaultkit.config -> vaultkit._vault": "the deprecated vault_from_config shim; removed in 0.3.0",
     "upward: vaultkit.config (layer 2) imports vaultkit._vault (layer 4) [TYPE_CHECKING]": "the shim's return type; removed with it in 0.3.0",
-    # -- private names across packages (review D4)
-    "private: vaultkit.cli.rekey imports vaultkit.rekey._worker_name": "waits for the public rekey.default_worker_name(); h15-rekey makes it, then cli/rekey.py uses it (h15-wiring or the lead)",
-    # -- wire offsets outside core (review D3): rekey.py becomes the rekey/ package on h15-rekey,
-    #    which reads headers with core.wire.parse_value / DEK_ID_SLICE.
-    "offset: vaultkit.rekey: literal offset next to MAGIC: old[:2]": "classifying a stored value; h15-rekey",
-    "offset: vaultkit.rekey: literal offset next to MAGIC: old[:20]": "magic+version+suite+DEK id prefix; h15-rekey",
-    "offset: vaultkit.rekey: literal offset next to MAGIC: value[:2]": "magic check by hand (3 places); h15-rekey",
-    "offset: vaultkit.rekey: header field sliced by hand: value[4:20]": "the DEK id (2 places); h15-rekey",
-    "offset: vaultkit.rekey: literal offset next to MAGIC: value[2]": "the version byte (2 places); h15-rekey",
-    "offset: vaultkit.rekey: literal offset next to MAGIC: value[3]": "the suite byte; h15-rekey",
-    # -- sqla: h15-rekey splits sqla/types.py and sqla/alembic.py; sqla/__init__.py is sqla/* too.
-    "offset: vaultkit.sqla: SQL substr with literal positions: sa.func.substr(raw, 1, 2)": "the magic in SQL (count_plaintext): use wire names; h15-rekey (sqla/*)",
-    "offset: vaultkit.sqla: SQL substr with literal positions: sa.func.substr(value, 5, wire.DEK_ID_SIZE)": "DEK id in SQL: use wire.DEK_ID_SQL_START; h15-rekey (sqla/*)",
-    "offset: vaultkit.sqla.types: literal offset next to MAGIC: stored[:2]": "magic check by hand; h15-rekey (sqla/types.py split)",
-    "offset: vaultkit.sqla.types: literal offset next to MAGIC: _as_bytes_or_none(value)[:2]": "magic check by hand; h15-rekey (sqla/types.py split)",
 }  # fmt: skip
 
 

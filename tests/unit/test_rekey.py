@@ -158,7 +158,9 @@ def test_resumes_from_its_checkpoint(engine: sa.Engine, vault: Vault) -> None:
         assert count_plaintext(conn, MEMBERS.c.email) == 0
 
 
-def test_rows_changed_meanwhile_are_not_overwritten(engine: sa.Engine, vault: Vault) -> None:
+def test_rows_changed_meanwhile_are_not_overwritten(
+    engine: sa.Engine, vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A row the application updates after the batch was read keeps the application's value."""
     load_legacy(engine, vault, 10)
 
@@ -169,9 +171,8 @@ def test_rows_changed_meanwhile_are_not_overwritten(engine: sa.Engine, vault: Va
 
     if engine.dialect.name == "sqlite":
         pytest.skip("SQLite allows one writer at a time; covered on PostgreSQL and MariaDB")
-    report = rekey_table(
-        engine, MEMBERS, vault=vault, batch_size=100, _after_read=application_writes
-    )
+    monkeypatch.setattr("vaultkit.rekey._run.after_read", application_writes)
+    report = rekey_table(engine, MEMBERS, vault=vault, batch_size=100)
     assert report.changed_meanwhile == 1 and report.plaintext_encrypted == 9
     assert read_all(engine, vault)[3][0] == "new@x.be"
 
@@ -665,3 +666,28 @@ def test_workers_beginning_a_migration_together_record_it_once(
     finally:
         META.drop_all(eng)
         eng.dispose()
+
+
+def test_values_too_short_to_be_ciphertext_are_counted_not_fatal(
+    engine: sa.Engine, vault: Vault
+) -> None:
+    """A value that starts with the wire magic but is shorter than any ciphertext (the magic
+    alone, or a ciphertext cut short) is counted as undecryptable and left, by both the re-key
+    run and verify; it neither stops the run nor passes for a current value."""
+    from vaultkit.core import wire
+
+    load_legacy(engine, vault, 10)
+    assert rekey_table(engine, MEMBERS, vault=vault, job="first").complete
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.select(sa.type_coerce(MEMBERS.c.email, sa.LargeBinary)).where(MEMBERS.c.id == 5)
+        ).scalar_one()
+    with engine.begin() as conn:
+        update = sa.text("update rk_members set email = :email where id = :id")
+        # Row 5 comes after rows of the same DEK, whose header the run has seen by then.
+        conn.execute(update, [{"id": 1, "email": wire.MAGIC}, {"id": 5, "email": stored[:60]}])
+    report = rekey_table(engine, MEMBERS, vault=vault, job="short")
+    assert report.finished and report.undecryptable == 2 and not report.complete
+    assert report.values_rewritten == 0
+    verified = verify_table(engine, MEMBERS, vault=vault)
+    assert verified.undecryptable == 2 and not verified.clean

@@ -101,7 +101,7 @@ def _run_worker(args: argparse.Namespace, progress: Any, number: int) -> Any:
     import sqlalchemy as sa
 
     import vaultkit.sqla
-    from vaultkit.rekey import _worker_name, rekey_table
+    from vaultkit.rekey import default_worker_name, rekey_table
 
     table = _load_table(args.model)
     with open_vault(args) as vault:
@@ -118,7 +118,7 @@ def _run_worker(args: argparse.Namespace, progress: Any, number: int) -> Any:
                 range_size=args.range_size,
                 dry_run=args.dry_run,
                 progress=progress,
-                worker=None if args.workers == 1 else f"{_worker_name()}:{number}",
+                worker=None if args.workers == 1 else f"{default_worker_name()}:{number}",
             )
         finally:
             engine.dispose()

@@ -66,6 +66,7 @@ __all__ = [
     "EMPTY_CONTEXT",
     "HEADER_SIZE",
     "MAGIC",
+    "MAGIC_SQL_START",
     "MAX_CONTEXT_FIELD_BYTES",
     "MIN_VALUE_SIZE",
     "NONCE_SIZE",
@@ -110,6 +111,8 @@ SUITE_OFFSET: Final = 3
 DEK_ID_SLICE: Final = slice(4, 4 + DEK_ID_SIZE)
 COMMITMENT_SLICE: Final = slice(4 + DEK_ID_SIZE, HEADER_SIZE)
 NONCE_SLICE: Final = slice(HEADER_SIZE, PREFIX_SIZE)
+#: The magic's first byte for SQL ``substr(value, MAGIC_SQL_START, len(MAGIC))`` (1-based).
+MAGIC_SQL_START: Final = 1
 #: The DEK id's first byte for SQL ``substr(value, DEK_ID_SQL_START, DEK_ID_SIZE)`` (1-based).
 DEK_ID_SQL_START: Final = DEK_ID_SLICE.start + 1
 

@@ -110,7 +110,7 @@ def count_plaintext(connection: sa.Connection | sa.orm.Session, column: Any) -> 
     if not isinstance(getattr(expr, "type", None), Encrypted):
         raise ConfigurationError("count_plaintext() takes an Encrypted column")
     raw = sa.type_coerce(expr, sa.LargeBinary)
-    prefix = sa.func.substr(raw, 1, 2)
+    prefix = sa.func.substr(raw, wire.MAGIC_SQL_START, len(wire.MAGIC))
     magic = sa.literal(wire.MAGIC, sa.LargeBinary)
     query = sa.select(sa.func.count()).where(
         raw.is_not(None), sa.or_(prefix.is_(None), prefix != magic)
@@ -159,8 +159,8 @@ def count_dek_references(
     if len(dek_id) != wire.DEK_ID_SIZE:
         raise ConfigurationError(f"a DEK id is {wire.DEK_ID_SIZE} bytes")
     value = sa.column(column, sa.LargeBinary)
-    # Bytes 5 to 20 (1-based) of a value are its DEK id; see docs/wire-format.md.
-    header_dek = sa.func.substr(value, 5, wire.DEK_ID_SIZE)
+    # The DEK id's place in the header (1-based in SQL); see docs/wire-format.md.
+    header_dek = sa.func.substr(value, wire.DEK_ID_SQL_START, wire.DEK_ID_SIZE)
     query = (
         sa.select(sa.func.count())
         .select_from(sa.table(table))

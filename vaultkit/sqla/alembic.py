@@ -35,12 +35,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic.operations import MigrateOperation, Operations
-from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeEngine
 
 from vaultkit._access import Principal
 from vaultkit.errors import ConfigurationError
 from vaultkit.sqla._registry import DEFAULT, get_vault
+from vaultkit.sqla._storage import storage_for
+from vaultkit.sqla.keyset import single_primary_key, walk
 from vaultkit.sqla.types import BlindIndexType, Encrypted, RowBound
 
 __all__ = [
@@ -58,6 +59,9 @@ _SUFFIX = "__vaultkit_new"
 
 
 class _ColumnOp(MigrateOperation):
+    #: The operation's name on ``op`` (``op.encrypt_column``), for messages.
+    op_name = "encrypt_column"
+
     def __init__(
         self,
         table_name: str,
@@ -159,6 +163,8 @@ class EncryptColumnOp(_ColumnOp):
 class DecryptColumnOp(_ColumnOp):
     """``op.decrypt_column(table, column, inner_type, domain=..., ...)``: ciphertext -> plaintext."""
 
+    op_name = "decrypt_column"
+
     @classmethod
     def decrypt_column(
         cls,
@@ -180,14 +186,12 @@ def _existing(operations: Operations, operation: _ColumnOp) -> tuple[sa.Table, s
     table = sa.Table(
         operation.table_name, sa.MetaData(), schema=operation.schema, autoload_with=connection
     )
-    primary = list(table.primary_key.columns)
-    if len(primary) != 1:
-        raise ConfigurationError(f"{operation.table_name}: needs a single-column primary key")
+    pk = single_primary_key(table, user=f"op.{operation.op_name}")
     if operation.column_name not in table.columns:
         raise ConfigurationError(f"{operation.table_name} has no column {operation.column_name}")
     if operation.row_key is not None and operation.row_key not in table.columns:
         raise ConfigurationError(f"{operation.table_name} has no column {operation.row_key}")
-    return table, primary[0]
+    return table, pk
 
 
 def _rewrite(
@@ -216,14 +220,7 @@ def _rewrite(
     if row_key is not None:
         selected.append(row_key)
     index = operation.index_type() if isinstance(operation, EncryptColumnOp) else None
-    last: Any = None
-    while True:
-        query = sa.select(*selected).order_by(pk).limit(operation.batch_size)
-        if last is not None:
-            query = query.where(pk > last)
-        rows = connection.execute(query).all()
-        if not rows:
-            break
+    for rows in walk(connection, sa.select(*selected), pk, operation.batch_size):
         params = []
         for row in rows:
             value = row[1]
@@ -242,7 +239,6 @@ def _rewrite(
             .execution_options(vaultkit_raw=True),
             params,
         )
-        last = rows[-1][0]
     with operations.batch_alter_table(operation.table_name, schema=operation.schema) as batch:
         batch.drop_column(operation.column_name)
         batch.alter_column(
@@ -285,9 +281,7 @@ def _encrypt_column(operations: Operations, operation: EncryptColumnOp) -> None:
 
     with vault.acting_as(_principal(operation), purpose=f"alembic encrypt {operation.table_name}"):
         # Stored as the Encrypted type stores: BYTEA, BLOB, or LONGBLOB on MariaDB and MySQL.
-        dialect = operations.get_bind().dialect.name
-        storage = mysql.LONGBLOB() if dialect in ("mysql", "mariadb") else sa.LargeBinary()
-        _rewrite(operations, operation, storage, convert)
+        _rewrite(operations, operation, storage_for(operations.get_bind().dialect), convert)
 
 
 @Operations.implementation_for(DecryptColumnOp)

@@ -14,24 +14,18 @@ type's own key, the normalising function of a blind index). The vault is looked 
 
 from __future__ import annotations
 
-import datetime as dt
-import enum
-import json
-import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from decimal import Decimal
 from typing import Any, Final, NoReturn
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.sql import operators
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from vaultkit._access import SealedValue
-from vaultkit._codec import STR_TAG, PlainValue, encode_value
+from vaultkit._codec import STR_TAG, encode_value
 from vaultkit._vault import BlindIndexKey, FieldCipher
 from vaultkit.core import wire
 from vaultkit.errors import (
@@ -43,48 +37,14 @@ from vaultkit.errors import (
 )
 from vaultkit.keys.domains import check_domain_name
 from vaultkit.sqla import _registry
+from vaultkit.sqla._coerce import INVALID, coercer, legacy_bytes, legacy_value
+from vaultkit.sqla._storage import RawBinary, index_storage_for, storage_for
 
 __all__ = ["BlindIndexType", "Encrypted", "EncryptedCell", "RowBound"]
-
-_MAGIC: Final = wire.MAGIC
 
 
 _NULL_OPERATORS: Final = frozenset({operators.is_, operators.is_not})
 _SCHEMA_BINDINGS: Final = ("schema", "legacy")
-
-
-class _RawBinary(sa.LargeBinary):
-    """``LargeBinary`` without its bind processor.
-
-    ``LargeBinary`` wraps every bound value in the DB-API's ``Binary`` (a GC-tracked ``memoryview``
-    on SQLite, about 2.5 us per field in bulk inserts); ciphertexts are already ``bytes``.
-    """
-
-    def bind_processor(self, dialect: Dialect) -> None:
-        return None
-
-    def result_processor(self, dialect: Dialect, coltype: object) -> None:
-        return None
-
-
-class _RawLongBlob(mysql.LONGBLOB):
-    """MariaDB/MySQL LONGBLOB (plain BLOB stops at 64 KiB), without the bind processor."""
-
-    def bind_processor(self, dialect: Dialect) -> None:
-        return None
-
-    def result_processor(self, dialect: Dialect, coltype: object) -> None:
-        return None
-
-
-class _RawVarbinary(mysql.VARBINARY):
-    """MariaDB/MySQL VARBINARY for blind indexes (a BLOB cannot be indexed without a prefix)."""
-
-    def bind_processor(self, dialect: Dialect) -> None:
-        return None
-
-    def result_processor(self, dialect: Dialect, coltype: object) -> None:
-        return None
 
 
 #: Set by the ORM hooks while an ORM statement loads entities: the columns of restricted or
@@ -238,155 +198,11 @@ def _query_error(name: str, op: object, hint: str) -> QueryError:
     )
 
 
-def _coercer(inner: TypeEngine[Any]) -> tuple[type | None, Callable[[Any], PlainValue]]:
-    """Return the Python type of ``inner`` and a function that checks and converts values to it."""
-    if isinstance(inner, sa.Enum):
-        enum_class = inner.enum_class
-        names = frozenset(inner.enums)
-
-        def to_enum_name(value: Any) -> PlainValue:
-            if enum_class is not None and isinstance(value, enum_class):
-                return str(value.name)
-            if isinstance(value, str) and value in names:
-                return str(value)
-            raise ValueError(f"value is not one of the {len(names)} members of this Enum column")
-
-        return (enum_class or str), to_enum_name
-    if isinstance(inner, sa.JSON):
-
-        def to_json(value: Any) -> PlainValue:
-            if isinstance(value, dict | list):
-                if cell_of(value) is not None:
-                    raise TypeError(
-                        "a sealed value cannot be written back into an encrypted column"
-                    )
-                return value
-            raise TypeError(f"a JSON column takes dict or list, not {type(value).__name__}")
-
-        return dict, to_json
-    try:
-        python_type = inner.python_type
-    except NotImplementedError:
-        raise ConfigurationError(
-            f"Encrypted cannot wrap {type(inner).__name__}: no Python type"
-        ) from None
-
-    def strict(value: Any) -> PlainValue:
-        if isinstance(value, python_type) and not (python_type is int and isinstance(value, bool)):
-            return value  # type: ignore[no-any-return]
-        raise TypeError(
-            f"column of type {type(inner).__name__} takes {python_type.__name__}, not {type(value).__name__}"
-        )
-
-    if python_type is Decimal:
-
-        def to_decimal(value: Any) -> PlainValue:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return Decimal(value)
-            return strict(value)
-
-        return Decimal, to_decimal
-    if python_type is float:
-
-        def to_float(value: Any) -> PlainValue:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return float(value)
-            return strict(value)
-
-        return float, to_float
-    if python_type is uuid.UUID:
-
-        def to_uuid(value: Any) -> PlainValue:
-            if isinstance(value, str):
-                return uuid.UUID(value)
-            return strict(value)
-
-        return uuid.UUID, to_uuid
-    if python_type is dt.date:
-
-        def to_date(value: Any) -> PlainValue:
-            if isinstance(value, dt.datetime):
-                raise TypeError(
-                    "a Date column takes a date, not a datetime (the time would be lost)"
-                )
-            return strict(value)
-
-        return dt.date, to_date
-    if python_type is bytes:
-
-        def to_bytes(value: Any) -> PlainValue:
-            if isinstance(value, bytearray | memoryview):
-                return bytes(value)
-            return strict(value)
-
-        return bytes, to_bytes
-    return python_type, strict
-
-
-#: What :func:`_legacy` returns for a legacy value that does not convert to the column's type.
-_INVALID: Final = object()
-
 #: Legacy manifests loaded by :func:`vaultkit.rekey.load_migration`: by vault name, schema, table
 #: and column, a function telling whether a legacy plaintext was recorded when the migration of
 #: that column began, with the generation of the configured vault it was loaded for (configuring
 #: another vault forgets it). Keyed by binding, not by type object: SQLAlchemy copies types.
 _LEGACY_MANIFESTS: dict[tuple[str, str | None, str, str], tuple[int, Callable[[bytes], bool]]] = {}
-
-
-def _legacy_bytes(raw: Any) -> bytes:
-    """The stored bytes of a legacy value, as the manifest's tags were computed over them."""
-    if isinstance(raw, bytes):
-        return raw
-    if isinstance(raw, bytearray | memoryview):
-        return bytes(raw)
-    return str(raw).encode("utf-8")  # legacy text read through a text column type
-
-
-def _legacy(raw: Any, python_type: type | None, inner: TypeEngine[Any]) -> Any:
-    """Interpret a legacy plaintext value (migration mode) as the inner type's Python type.
-
-    Returns :data:`_INVALID` when it does not convert. No exception leaves this function: the
-    converters' messages quote the value (``invalid literal for int() with base 10: 'abc'``).
-    """
-    try:
-        return _convert_legacy(raw, python_type, inner)
-    except Exception:  # any failure: its message and chain would carry the value
-        return _INVALID
-
-
-def _convert_legacy(raw: Any, python_type: type | None, inner: TypeEngine[Any]) -> Any:
-    if isinstance(raw, bytearray | memoryview):
-        raw = bytes(raw)
-    if python_type is bytes:
-        return raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
-    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    if python_type is None or python_type is str:
-        return text if isinstance(text, str) else str(text)
-    if (
-        isinstance(inner, sa.Enum)
-        and isinstance(python_type, type)
-        and issubclass(python_type, enum.Enum)
-    ):
-        return python_type[text]
-    if isinstance(text, python_type) and not isinstance(text, bool):
-        return text
-    if python_type is bool:
-        if isinstance(text, int):
-            return bool(text)
-        return str(text).strip().lower() in {"1", "t", "true", "y", "yes"}
-    converters: dict[type, Callable[[str], Any]] = {
-        int: int,
-        float: float,
-        Decimal: Decimal,
-        dt.date: dt.date.fromisoformat,
-        dt.datetime: dt.datetime.fromisoformat,
-        uuid.UUID: uuid.UUID,
-        dict: json.loads,
-    }
-    converter = converters.get(python_type)
-    if converter is None:
-        return _INVALID
-    return converter(str(text))
 
 
 class Encrypted(TypeDecorator[Any]):
@@ -429,7 +245,7 @@ class Encrypted(TypeDecorator[Any]):
     .. versionadded:: 0.1.0
     """
 
-    impl = _RawBinary
+    impl = RawBinary
     cache_ok = True
 
     def __init__(
@@ -484,12 +300,19 @@ class Encrypted(TypeDecorator[Any]):
         self.previous: Encrypted | None = previous
         if previous is not None:
             previous._as_previous = True
-        self._python_type, self._coerce = _coercer(inner_type)
+        self._python_type, self._coerce = coercer(inner_type, cell_of=cell_of)
         self._enum_class = inner_type.enum_class if isinstance(inner_type, sa.Enum) else None
+        #: Strict, without row binding, enum or previous=: opened by the shortcut of _prepare_open.
+        self._strict_fixed = (
+            not self.migrating and row_key is None and previous is None and self._enum_class is None
+        )
         self._attached: tuple[str, str, str | None] | None = None  # table, column, schema
         self._slot = _registry.slot(vault)
         self._field: FieldCipher | None = None
         self._field_generation = -1
+        #: The prepared encrypt and decrypt functions (see "the two directions" below).
+        self._bind_fn: Callable[[Any], bytes | None] | None = None
+        self._open_fn: Callable[[Any], Any] | None = None
         self._policy_generation = -1
         self._guarded = True
         self._restricted = True
@@ -500,6 +323,7 @@ class Encrypted(TypeDecorator[Any]):
         self._check_binding()
         self._attached = (str(table), str(column), None if schema is None else str(schema))
         self._field = None
+        self._bind_fn = self._open_fn = None  # prepared for the old binding
         if self.previous is not None:
             self.previous._attach(table, column, schema)
 
@@ -598,9 +422,17 @@ class Encrypted(TypeDecorator[Any]):
     # -- SQLAlchemy hooks ---------------------------------------------------------------------
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(_RawLongBlob())
-        return dialect.type_descriptor(_RawBinary())
+        return dialect.type_descriptor(storage_for(dialect))
+
+    # -- the two directions -------------------------------------------------------------------
+    #
+    # One implementation each: _encrypt (any value, with or without its row key) and _decrypt.
+    # What SQLAlchemy asks for (bind_processor, result_processor) and the public encrypt_value /
+    # decrypt_value use the same functions, prepared once per type (_binder, _opener): for a
+    # column without row binding they start with a shortcut for the common case (a str sealed
+    # with the column's fixed context; a ciphertext opened with it), which hands anything else
+    # to the general path. The shortcuts keep the cipher they use until the configured vault
+    # changes.
 
     def encrypt_value(self, value: Any) -> bytes | None:
         """Encrypt one value for this column; ``None`` stays ``None`` (stored as NULL).
@@ -608,6 +440,13 @@ class Encrypted(TypeDecorator[Any]):
         Raises:
             EncodingError: the value does not fit the column; the message never quotes it.
         """
+        binder = self._bind_fn
+        if binder is None:
+            binder = self._bind_fn = self._prepare_bind()
+        return binder(value)
+
+    def _encrypt(self, value: Any) -> bytes | None:
+        """The encrypt path for any value: unwraps ``RowBound`` and ``Pending``, checks, seals."""
         try:
             return self._encrypt_value(value)
         except _ENCODING_FAILURES as exc:
@@ -642,6 +481,11 @@ class Encrypted(TypeDecorator[Any]):
 
     def decrypt_value(self, stored: Any, *, row: wire.ContextValue | None = None) -> Any:
         """Decrypt one stored value of this column (with its row key when row-bound)."""
+        if row is None and self._strict_fixed:
+            opener = self._open_fn
+            if opener is None:
+                opener = self._open_fn = self._prepare_open(cells=False)
+            return opener(stored)
         if stored is None:
             return None
         if type(stored) is not bytes:
@@ -650,7 +494,7 @@ class Encrypted(TypeDecorator[Any]):
                 del stored  # the legacy value travels in ``box`` only, emptied by _read_legacy
                 return self._read_legacy(box, row)
             stored = _stored_bytes(stored, self)
-        if stored[:2] != _MAGIC:
+        if not wire.is_vaultkit_value(stored):
             if self.migrating:
                 box = [stored]
                 del stored
@@ -695,7 +539,7 @@ class Encrypted(TypeDecorator[Any]):
                 "in this process: call vaultkit.rekey.load_migration(engine, table, vault=...) "
                 "at start-up (docs/operations.md, encrypting a legacy plaintext column)"
             )
-        if not loaded[1](_legacy_bytes(box[0])):
+        if not loaded[1](legacy_bytes(box[0])):
             box.clear()
             raise DecryptionError(
                 f"legacy plaintext in {self.bound_name} was not recorded when its migration "
@@ -721,8 +565,8 @@ class Encrypted(TypeDecorator[Any]):
         if sealed is not None:
             box.clear()
             return sealed
-        value = _legacy(box.pop(), self._python_type, self.inner)
-        if value is _INVALID:
+        value = legacy_value(box.pop(), self._python_type, self.inner)
+        if value is INVALID:
             raise DecryptionError(
                 f"legacy plaintext in {self.bound_name} is not a valid "
                 f"{type(self.inner).__name__} value"
@@ -733,8 +577,17 @@ class Encrypted(TypeDecorator[Any]):
         return self.encrypt_value(value)
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], bytes | None]:
+        binder = self._bind_fn
+        if binder is None:
+            binder = self._bind_fn = self._prepare_bind()
+        return binder
+
+    def _prepare_bind(self) -> Callable[[Any], bytes | None]:
+        """The encrypt function of this column: :meth:`_encrypt`, after a shortcut for str values
+        of a column without row binding (one Python frame around the vault's seal)."""
+        general = self._encrypt
         if self.row_key is not None:
-            return self.encrypt_value
+            return general
         # The per-value path of a column without row binding: one Python frame around the
         # vault's seal, with the cipher looked up again only when the configured vault changes.
         slot, pad, python_type, coerce = (
@@ -743,28 +596,26 @@ class Encrypted(TypeDecorator[Any]):
             self._python_type,
             self._coerce,
         )
+        plain_str = python_type is str and pad is None
         generation = -1
         seal: Callable[[bytes], bytes] | None = None
 
         def process(value: Any) -> bytes | None:
             nonlocal generation, seal
-            if value is None:
-                return None
-            if type(value) is RowBound:
-                return self.encrypt_value(value)
+            kind = type(value)
+            if value is None or kind is RowBound or kind is Pending:
+                return general(value)
             if generation != slot.generation or seal is None:
                 seal = self.field().sealer()
                 generation = slot.generation
             try:
-                if type(value) is str and python_type is str and pad is None:
+                if kind is str and plain_str:
                     try:  # the common case, encoded here without a call (see vaultkit._codec)
                         return seal(STR_TAG + value.encode("utf-8"))
                     except UnicodeEncodeError:
                         pass  # a lone surrogate: encode_value raises a clean error below
-                elif python_type is not str or type(value) is not str:
-                    if type(value) is Pending:
-                        return self.encrypt_value(value)
-                    value = coerce(value)
+                elif python_type is not str or kind is not str:
+                    value = coerce(value)  # as _encrypt_value does
                 return seal(encode_value(value, pad_to=pad))
             except _ENCODING_FAILURES as exc:
                 error = _encoding_error(self, exc)
@@ -788,7 +639,7 @@ class Encrypted(TypeDecorator[Any]):
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is not None:
             if self.row_key is not None:
-                if not self.migrating or _as_bytes_or_none(value)[:2] == _MAGIC:
+                if not self.migrating or wire.is_vaultkit_value(_as_bytes_or_none(value)):
                     return self._cell(value)
             elif orm_cells.get() and self.guarded():
                 return self._cell(value)
@@ -809,15 +660,22 @@ class Encrypted(TypeDecorator[Any]):
                 return self.process_result_value(box.pop(), dialect)
 
             return legacy
-        if self.row_key is not None or self._enum_class is not None or self.previous is not None:
+        if not self._strict_fixed:
             return lambda value: self.process_result_value(value, dialect)
+        return self._prepare_open(cells=True)
+
+    def _prepare_open(self, *, cells: bool) -> Callable[[Any], Any]:
+        """The decrypt function of a strict column without row binding, enum or ``previous=``:
+        the vault's open with the column's fixed context, prepared once. With ``cells`` (the
+        result processor), an ORM load of a restricted or audited domain gets an
+        :class:`EncryptedCell` instead (see :mod:`vaultkit.sqla._hooks`)."""
         # Strict mode: a value without the vaultkit header fails the vault's own header check,
         # so no separate test for the magic is needed on this path.
         slot = self._slot
         generation = -1
         open_: Callable[[bytes], Any] | None = None
         guarded = True
-        cells = orm_cells
+        orm = orm_cells
 
         def process(value: Any) -> Any:
             nonlocal generation, open_, guarded
@@ -825,11 +683,11 @@ class Encrypted(TypeDecorator[Any]):
                 return None
             if generation != slot.generation or open_ is None:
                 open_ = self.field().opener()
-                guarded = self.guarded()
+                guarded = cells and self.guarded()
                 generation = slot.generation
             if type(value) is not bytes:
                 value = _stored_bytes(value, self)
-            if guarded and cells.get():
+            if guarded and orm.get():
                 return EncryptedCell(self, value)
             return open_(value)
 
@@ -982,7 +840,7 @@ class BlindIndexType(TypeDecorator[bytes]):
     .. versionadded:: 0.1.0
     """
 
-    impl = _RawBinary
+    impl = RawBinary
     cache_ok = True
 
     def __init__(
@@ -1044,9 +902,7 @@ class BlindIndexType(TypeDecorator[bytes]):
         return 1 + self._size
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(_RawVarbinary(self.length))
-        return dialect.type_descriptor(_RawBinary(self.length))
+        return dialect.type_descriptor(index_storage_for(dialect, self.length))
 
     def _key(self, version: int) -> BlindIndexKey:
         slot = self._slot

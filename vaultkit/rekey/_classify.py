@@ -1,0 +1,259 @@
+"""Why a stored value needs re-encryption, and the new values of a batch of rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, NamedTuple
+
+import sqlalchemy as sa
+
+from vaultkit import SealedValue, Vault
+from vaultkit.core import wire
+from vaultkit.errors import ConfigurationError, DecryptionError
+from vaultkit.rekey._manifest import Manifest
+from vaultkit.rekey._table import as_raw
+from vaultkit.sqla.types import Encrypted, RowBound
+from vaultkit.store import DekState
+
+__all__ = ["Batch", "Change", "Classifier", "Target", "changes_in", "targets_of"]
+
+_UNKNOWN: Final = "unknown"
+_SUITE: Final = wire.Suite.AES256_GCM_HKDF_SHA256_COMMIT
+#: The leading bytes a value's reason depends on, without ``previous=``: magic, version, suite
+#: and DEK id (the cache key of :attr:`Classifier.by_header`).
+_ROUTE: Final = wire.DEK_ID_SLICE.stop
+#: A shorter value with the magic is refused by :meth:`Classifier.reason` (never cached).
+_SHORTEST: Final = wire.MIN_VALUE_SIZE
+
+
+class Classifier:
+    """Decides why a stored value needs re-encryption, caching what the key store says per DEK."""
+
+    def __init__(self, vault: Vault, *, decrypt: bool = True) -> None:
+        self._vault = vault
+        #: False in a dry run: nothing is decrypted (an audited decrypt would write an event).
+        self._decrypt = decrypt
+        self._deks: dict[bytes, tuple[DekState | None, str | None]] = {}
+        #: Reasons by the first 20 bytes of a value, for columns without ``previous=``.
+        self.by_header: dict[bytes, str | None] = {}
+
+    def reason(self, column_type: Encrypted, value: bytes | None, row_key: Any) -> str | None:
+        """Why ``value`` needs rewriting (``"plaintext"``, ``"outdated"``, ``"retired"``,
+        ``"moved"``, ``"unchecked"`` in a dry run), or None when it is current.
+
+        Raises:
+            DecryptionError: the value has the magic but is too short to be one.
+        """
+        if value is None:
+            return None
+        header = wire.parse_value(value)
+        if header is None:
+            return "plaintext"
+        if header.version != wire.VERSION_1 or header.suite != _SUITE:
+            return "outdated"
+        dek_id = header.dek_id
+        known = self._deks.get(dek_id)
+        if known is None:
+            record = self._vault.store.get(dek_id)
+            known = (record.state, record.domain) if record is not None else (None, None)
+            self._deks[dek_id] = known
+        state, domain = known
+        if column_type.previous is not None:
+            if domain != column_type.domain:
+                return "moved"
+            if not self._decrypt:
+                # Only decrypting tells the previous binding from the current one; a value under
+                # a retired DEK is re-encrypted either way.
+                return "retired" if state is DekState.RETIRED else "unchecked"
+            if not column_type.is_current(value, row=row_key):
+                return "moved"
+        if state is DekState.RETIRED:
+            return "retired"
+        return None
+
+
+class Change(NamedTuple):
+    pk: Any
+    column: str
+    old: bytes
+    new: bytes
+    digest: bytes | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """One encrypted column as the engine handles it: positions in the selected row, fast paths."""
+
+    name: str
+    position: int
+    row_key_position: int | None
+    type: Encrypted
+    digest: Callable[[Any], bytes] | None
+    index_position: int | None  # the stored blind index of this column, if it has one
+    index_version: int
+    open: Callable[[Any], Any] | None  # the column's result processor, when not row-bound
+    seal: Callable[[Any], bytes | None] | None  # the column's bind processor, when not row-bound
+
+
+def targets_of(
+    dialect: sa.Dialect,
+    selected: list[Any],
+    encrypted: list[sa.Column[Any]],
+    row_keys: dict[str, sa.Column[Any]],
+    indexes: dict[str, sa.Column[Any]],
+) -> list[Target]:
+    names = [getattr(item, "name", None) or item.key for item in selected]
+    targets = []
+    for column in encrypted:
+        column_type: Encrypted = column.type  # type: ignore[assignment]
+        bound = column.name in row_keys
+        index = indexes.get(column.name)
+        targets.append(
+            Target(
+                name=column.name,
+                position=names.index(column.name, 1),
+                row_key_position=names.index(row_keys[column.name].name) if bound else None,
+                type=column_type,
+                digest=index.type.digest if index is not None else None,  # type: ignore[attr-defined]
+                index_position=names.index(index.name, 1) if index is not None else None,
+                index_version=index.type.version if index is not None else 0,  # type: ignore[attr-defined]
+                open=None if bound else column_type.result_processor(dialect, None),
+                seal=None if bound else column_type.bind_processor(dialect),
+            )
+        )
+    return targets
+
+
+@dataclass
+class Batch:
+    """What :func:`changes_in` found in one batch of rows."""
+
+    changes: list[Change] = field(default_factory=list)
+    undecryptable: int = 0
+    tampered: int = 0
+    #: Manifest entries of rows seen holding ciphertext: (column name, row id).
+    forget: list[tuple[str, str]] = field(default_factory=list)
+    #: Row ids of the recorded legacy values among ``changes``, by (column name, row key):
+    #: forgotten once written.
+    legacy_ids: dict[tuple[str, Any], str] = field(default_factory=dict)
+
+
+def changes_in(
+    rows: Sequence[Any],
+    targets: list[Target],
+    classify: Classifier,
+    manifests: dict[str, Manifest] | None = None,
+    legacy: dict[str, dict[Any, tuple[str, bytes]]] | None = None,
+    *,
+    dry_run: bool = False,
+) -> Batch:
+    """The new values of ``rows``: one change per value that needs re-encryption; how many values
+    could not be opened, and how many plaintext values were refused as tampered (both left as
+    they are; :func:`verify_table` reports them too).
+
+    ``manifests`` are the legacy manifests of the columns whose migration has begun, and
+    ``legacy`` their entries for these rows (:func:`legacy_entries`). With ``dry_run`` the
+    changes only carry their reason: nothing is decrypted or encrypted, so no DEK, blind-index
+    key or audit event comes into being.
+    """
+    found = Batch()
+    append = found.changes.append
+    manifests = manifests or {}
+    legacy = legacy or {}
+    by_header = classify.by_header
+    plan = [
+        (
+            t.position,
+            t.row_key_position,
+            t.type,
+            t.type.previous is None,
+            t.type.migrating,
+            t.open,
+            t.seal,
+            t.digest,
+            t.index_position,
+            t.index_version,
+            t.name,
+            manifests.get(t.name),
+            legacy.get(t.name, {}),
+        )
+        for t in targets
+    ]
+    for row in rows:
+        key = row[0]
+        for (
+            position,
+            rk_at,
+            ctype,
+            by_dek,
+            migrating,
+            open_,
+            seal,
+            digest,
+            ix_at,
+            ix_v,
+            name,
+            manifest,
+            entries,
+        ) in plan:
+            old = row[position]
+            if old is None:
+                continue
+            if type(old) is not bytes:
+                old = as_raw(old)
+            row_key = row[rk_at] if rk_at is not None else None
+            try:
+                if by_dek and len(old) >= _SHORTEST and wire.is_vaultkit_value(old):
+                    # Without previous=, the reason depends on the header alone (version, suite,
+                    # DEK): decided once per DEK.
+                    header = old[:_ROUTE]
+                    reason = by_header.get(header, _UNKNOWN)
+                    if reason is _UNKNOWN:
+                        reason = by_header[header] = classify.reason(ctype, old, row_key)
+                else:
+                    reason = classify.reason(ctype, old, row_key)
+                entry = entries.get(key) if entries else None
+                if entry is not None and reason != "plaintext":
+                    found.forget.append((name, entry[0]))  # ciphertext now: never plaintext again
+                if reason is None:
+                    if ix_at is None:
+                        continue
+                    stored = row[ix_at]
+                    if stored is not None and stored[0] == ix_v:
+                        continue
+                    reason = "index"  # missing, or under an older blind-index key version
+                elif reason == "plaintext":
+                    if manifest is not None and not (migrating and manifest.recorded(entry, old)):
+                        found.tampered += 1  # not this row's recorded legacy value: left alone
+                        continue
+                    if entry is not None:
+                        found.legacy_ids[(name, key)] = entry[0]
+                    if not migrating:
+                        found.undecryptable += 1  # plaintext in a strict column: left for a person
+                        continue
+                if dry_run:
+                    append(Change(key, name, old, old, None, reason))
+                    continue
+                if reason == "plaintext":
+                    plain = ctype.open_legacy(old, row=row_key)
+                else:
+                    plain = (
+                        open_(old) if open_ is not None else ctype.decrypt_value(old, row=row_key)
+                    )
+            except DecryptionError:
+                found.undecryptable += 1
+                continue
+            if type(plain) is SealedValue:
+                raise ConfigurationError(f"the re-keying principal has no grant for {ctype.domain}")
+            if reason == "index":
+                new = old  # the value stays as it is; only its index is written
+            elif seal is not None:
+                new = seal(plain)
+            else:
+                new = ctype.encrypt_value(RowBound(plain, row_key))
+            append(
+                Change(key, name, old, new, digest(plain) if digest is not None else None, reason)
+            )
+    return found
