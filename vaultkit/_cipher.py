@@ -363,6 +363,12 @@ class FieldCipher:
         where = self._where if row is None else (self._where[0], self.column, row)
         return self._cipher.admit(self._domain, where)
 
+    def deny(self, *, row: wire.ContextValue | None = None) -> SealedValue:
+        """Answer a reader of this column without the grant as a decrypt would: the refusal is
+        audited (``denied``), then a :class:`SealedValue` is returned, or
+        :class:`AccessDeniedError` raised where the domain says so."""
+        return self._cipher.deny(self._domain, (self._where[0], self.column, row))
+
     @property
     def domain(self) -> str:
         """The key domain of this column."""

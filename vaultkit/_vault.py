@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from vaultkit import _lifecycle
-from vaultkit._access import Policy, Principal, Scope, SealedValue, acting_as
+from vaultkit._access import Policy, Principal, Scope, acting_as
 from vaultkit._cipher import Cipher, Decrypted, FieldCipher, as_bytes
 from vaultkit._codec import PlainValue, encode_value
 from vaultkit._keyring import (
@@ -207,6 +207,10 @@ class Vault(NoPickle):
         """Names of the declared key domains."""
         return tuple(self._domains)
 
+    def key_domain(self, name: str) -> KeyDomain | None:
+        """The declared :class:`KeyDomain` called ``name`` (its policy), or ``None``."""
+        return self._domains.get(name)
+
     @property
     def store(self) -> KeyStore:
         """The key store holding the wrapped DEKs.
@@ -361,10 +365,6 @@ class Vault(NoPickle):
                 yield scope
             finally:
                 self.flush_audit()
-
-    def _denied(self, domain: str, where: object = None) -> SealedValue:
-        """A read of ``domain`` without its grant, answered as a decrypt would (vaultkit.sqla)."""
-        return self._cipher.deny(domain, where)
 
     # -- key rotation and life cycle ------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.mutable import Mutable
-from sqlalchemy.orm import Mapper, ORMExecuteState, Session, attributes
+from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, attributes
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm.attributes import InstrumentedAttribute
 from sqlalchemy.sql import visitors
@@ -852,8 +852,8 @@ def _open_ahead(rows: Any) -> None:
         for item in row if isinstance(row, tuple) else (row,):
             if item is None or id(item) in seen:
                 continue
-            state = getattr(item, "_sa_instance_state", None)  # None: a scalar, not an entity
-            if state is None:
+            state = sa.inspect(item, raiseerr=False)
+            if not isinstance(state, InstanceState):  # a scalar, not an entity
                 continue
             seen.add(id(item))
             plan = _mapper_plans.get(state.mapper)

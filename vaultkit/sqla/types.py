@@ -387,7 +387,7 @@ class Encrypted(TypeDecorator[Any]):
         slot = self._slot
         vault = slot.vault
         # Without a configured vault, or for a domain it does not declare, assume the strictest.
-        policy = vault._domains.get(self.domain) if vault is not None else None
+        policy = vault.key_domain(self.domain) if vault is not None else None
         self._restricted = policy is None or policy.restricted
         self._guarded = policy is None or policy.restricted or policy.audited
         self._policy_generation = slot.generation
@@ -410,8 +410,7 @@ class Encrypted(TypeDecorator[Any]):
 
     def deny(self, row: wire.ContextValue | None = None) -> Any:
         """Answer a reader without the grant as the vault does: audited, sealed or raising."""
-        table, column = self.bound_name.split(".", 1)
-        return self._slot.get()._denied(self.domain, (table, column, row))
+        return self.field().deny(row=row)
 
     def _name_or_unknown(self) -> str:
         try:
