@@ -24,8 +24,8 @@ from sqlalchemy.engine import Engine
 
 from vaultkit._access import Principal, Scope, SealedValue, acting_as, current_scope
 from vaultkit._codec import PlainValue, decode_value, encode_value
+from vaultkit._offload import CancelledCall, in_greenlet, run_async, sync_engine
 from vaultkit._offload import call as _call
-from vaultkit._offload import in_greenlet, run_async, sync_engine
 from vaultkit._redact import NoPickle
 from vaultkit.audit import AuditEvent, AuditLog, audit_log_exists, writer_table_prefix
 from vaultkit.core import wire
@@ -794,7 +794,7 @@ class Vault(NoPickle):
                 pending, self._audit_pending = self._audit_pending, []
                 try:
                     self._append(log_, pending)
-                except AuditError:
+                except (AuditError, CancelledCall):
                     self._audit_pending[:0] = pending
                     raise
             batch = self._audit_batches.get(key)
@@ -815,7 +815,7 @@ class Vault(NoPickle):
             batch[0], batch[1] = [], 0
             try:
                 self._append(log_, [self._audit_event(key, rows, earlier[1] + 1)])
-            except AuditError:
+            except (AuditError, CancelledCall):
                 # Keep the batch's earlier accesses (they returned); this one fails, unrecorded.
                 if not batch[1] and self._audit_batches.get(key) is batch:
                     del self._audit_batches[key]
@@ -835,7 +835,7 @@ class Vault(NoPickle):
             return
         self._audit_lock.release()
         try:
-            _call(log_.append, events)
+            _call(log_.append, events, finish=True)
         finally:
             self._audit_lock.acquire()
 
@@ -882,8 +882,8 @@ class Vault(NoPickle):
         # Written outside the lock (other threads and tasks go on auditing meanwhile); in
         # SQLAlchemy's asyncio greenlet in a worker thread.
         try:
-            _call(log_.append, events)
-        except AuditError:
+            _call(log_.append, events, finish=True)
+        except (AuditError, CancelledCall):
             with self._audit_lock:
                 self._audit_pending[:0] = events
             raise
