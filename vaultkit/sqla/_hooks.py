@@ -21,7 +21,8 @@ import logging
 import threading
 import traceback
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -655,12 +656,23 @@ def _guard_attributes(mapper: Mapper[Any]) -> _MapperPlan | None:
     return plan
 
 
+#: The entities an AsyncSession statement loads, while it runs (see _open_ahead): those of its
+#: rows and those loaded alongside (joined eager loads), which its rows do not name.
+_loaded: ContextVar[list[Any] | None] = ContextVar("vaultkit_loaded", default=None)
+
+
 def _listen_loads(mapper: Mapper[Any], plan: _MapperPlan) -> None:
     def on_load(target: Any, context: Any) -> None:
         _cells_after_load(target, plan, context)
+        loaded = _loaded.get()
+        if loaded is not None:
+            loaded.append(target)
 
     def on_refresh(target: Any, context: Any, attrs: Any) -> None:
         _cells_after_load(target, plan, context, attrs)
+        loaded = _loaded.get()
+        if loaded is not None:
+            loaded.append(target)
 
     def on_refresh_flush(target: Any, context: Any, attrs: Any) -> None:
         _cells_after_load(target, plan, context, attrs, expire=False)
@@ -821,18 +833,23 @@ def _do_orm_execute(orm_state: ORMExecuteState) -> Any:
         return None
     if not _loads_guarded_entities(orm_state):
         return None
+    ahead = in_greenlet()
     token = orm_cells.set(True)
+    loaded: list[Any] = []
+    loading = _loaded.set(loaded) if ahead else None
     try:
         # The rows are fetched, and the entities built, while the flag is set.
         frozen = orm_state.invoke_statement().freeze()
     finally:
         orm_cells.reset(token)
-    if in_greenlet():
-        _open_ahead(frozen.data)
+        if loading is not None:
+            _loaded.reset(loading)
+    if ahead:
+        _open_ahead(frozen.data, loaded)
     return frozen()
 
 
-def _open_ahead(rows: Any) -> None:
+def _open_ahead(rows: Any, loaded: Iterable[Any] = ()) -> None:
     """Open the guarded values of the entities a statement returned, for the current scope.
 
     In SQLAlchemy's asyncio greenlet (an ``AsyncSession`` statement), where the vault's key-store
@@ -843,13 +860,16 @@ def _open_ahead(rows: Any) -> None:
     scope's cache (``Scope.opened``) and the access is a dictionary lookup; another scope that
     reads the same object still decrypts under its own grants, on access. A value that fails to
     open here is left to its access, which raises as it would have.
+
+    The entities are those of the rows (one per row, or several in a ``Row``) and ``loaded``:
+    the ones the statement loaded alongside (joined eager loads).
     """
     scope = current_scope()
     if scope.purpose is None:  # no scope cache to keep the values in
         return
     seen: set[int] = set()
-    for row in rows:
-        for item in row if isinstance(row, tuple) else (row,):
+    for row in (*rows, tuple(loaded)):
+        for item in row if isinstance(row, tuple | sa.Row) else (row,):
             if item is None or id(item) in seen:
                 continue
             state = getattr(item, "_sa_instance_state", None)  # None: a scalar, not an entity
