@@ -39,7 +39,7 @@ from sqlalchemy.sql.selectable import Select
 
 from vaultkit._access import SealedValue, current_scope
 from vaultkit._offload import in_greenlet
-from vaultkit.errors import ConfigurationError, QueryError, VaultkitError
+from vaultkit.errors import AccessDeniedError, ConfigurationError, QueryError, VaultkitError
 from vaultkit.sqla import _registry
 from vaultkit.sqla.types import (
     CELL_KEY,
@@ -424,8 +424,16 @@ class _Guard:
             if held is not None:
                 hit = held.get(self.key)
                 if hit is not None and hit[0] is cell:
+                    if type(hit[1]) is _Refused:
+                        raise AccessDeniedError(hit[1].message)
                     return hit[1]
-        plain = cell.decrypt(row=self.row(instance))
+        try:
+            plain = cell.decrypt(row=self.row(instance))
+        except AccessDeniedError as denied:
+            if opening_ahead and opened is not None:
+                # A domain whose denial raises: the access raises again, audited once.
+                opened.setdefault(state, {})[self.key] = (cell, _Refused(str(denied)))
+            raise
         if type(plain) is SealedValue:
             if opening_ahead and opened is not None:
                 # Opened ahead of access (asyncio, see _open_ahead): the denial is the scope's
@@ -441,6 +449,15 @@ class _Guard:
         if opened is not None:
             opened.setdefault(state, {})[self.key] = (cell, plain)
         return plain
+
+
+class _Refused:
+    """A scope's cached denial, for a domain whose denial raises (``on_denied="raise"``)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message  # AccessDeniedError's: principal and domain names, no value
 
 
 class _GuardedAttribute(InstrumentedAttribute[Any]):
@@ -624,7 +641,7 @@ def _modified(target: Any, initiator: Any) -> None:
     scope = current_scope()
     held = scope.opened.get(state) if scope.purpose is not None else None
     hit = held.get(key) if held is not None else None
-    if hit is not None and hit[0] is cell:
+    if hit is not None and hit[0] is cell and type(hit[1]) is not _Refused:
         state.dict[key] = hit[1]
 
 
