@@ -39,7 +39,13 @@ from sqlalchemy.sql.selectable import Select
 
 from vaultkit._access import SealedValue, current_scope
 from vaultkit._offload import in_greenlet
-from vaultkit.errors import AccessDeniedError, ConfigurationError, QueryError, VaultkitError
+from vaultkit.errors import (
+    AccessDeniedError,
+    AuditError,
+    ConfigurationError,
+    QueryError,
+    VaultkitError,
+)
 from vaultkit.sqla import _registry
 from vaultkit.sqla.types import (
     CELL_KEY,
@@ -424,15 +430,19 @@ class _Guard:
             if held is not None:
                 hit = held.get(self.key)
                 if hit is not None and hit[0] is cell:
-                    if type(hit[1]) is _Refused:
-                        raise AccessDeniedError(hit[1].message)
-                    return hit[1]
+                    if type(hit[1]) is not _Raised:
+                        return hit[1]
+                    if not (opening_ahead and hit[1].error is AuditError):
+                        raise hit[1].error(hit[1].message)
+                    # An audit write that failed: the next statement tries again.
         try:
             plain = cell.decrypt(row=self.row(instance))
-        except AccessDeniedError as denied:
+        except (AccessDeniedError, AuditError) as exc:
             if opening_ahead and opened is not None:
-                # A domain whose denial raises: the access raises again, audited once.
-                opened.setdefault(state, {})[self.key] = (cell, _Refused(str(denied)))
+                # Opened ahead (asyncio): the access raises the same error without trying
+                # again, outside the greenlet, on the loop's thread. A denial is audited once;
+                # an audit log that is down does not stall the loop once per value read.
+                opened.setdefault(state, {})[self.key] = (cell, _Raised(type(exc), str(exc)))
             raise
         if type(plain) is SealedValue:
             if opening_ahead and opened is not None:
@@ -451,13 +461,14 @@ class _Guard:
         return plain
 
 
-class _Refused:
-    """A scope's cached denial, for a domain whose denial raises (``on_denied="raise"``)."""
+class _Raised:
+    """What a value opened ahead raised (a denial that raises, an audit write that failed)."""
 
-    __slots__ = ("message",)
+    __slots__ = ("error", "message")
 
-    def __init__(self, message: str) -> None:
-        self.message = message  # AccessDeniedError's: principal and domain names, no value
+    def __init__(self, error: type[VaultkitError], message: str) -> None:
+        self.error = error
+        self.message = message  # the error's own: names principal and domain, never a value
 
 
 class _GuardedAttribute(InstrumentedAttribute[Any]):
@@ -641,7 +652,7 @@ def _modified(target: Any, initiator: Any) -> None:
     scope = current_scope()
     held = scope.opened.get(state) if scope.purpose is not None else None
     hit = held.get(key) if held is not None else None
-    if hit is not None and hit[0] is cell and type(hit[1]) is not _Refused:
+    if hit is not None and hit[0] is cell and type(hit[1]) is not _Raised:
         state.dict[key] = hit[1]
 
 

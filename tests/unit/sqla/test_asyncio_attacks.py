@@ -775,3 +775,81 @@ def test_a_task_created_in_a_block_does_not_outlive_its_grant(tmp_path: Any) -> 
             await engine.dispose()
 
     run(main)
+
+
+# -- 7. a slow, failing audit log must not freeze the loop --------------------------------------
+
+
+async def max_lag_during(work: Any) -> tuple[Any, float]:
+    """Run ``work`` while a ticker sleeps 1 ms at a time; return its result and the worst lag."""
+    stop = asyncio.Event()
+    lags: list[float] = [0.0]
+    loop = asyncio.get_running_loop()
+
+    async def tick() -> None:
+        while not stop.is_set():
+            start = loop.time()
+            await asyncio.sleep(0.001)
+            lags.append(loop.time() - start - 0.001)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.01)
+    try:
+        result = await work
+    finally:
+        stop.set()
+        await ticker
+    return result, max(lags)
+
+
+def test_unreachable_audit_log_does_not_stall_the_loop_on_attribute_reads(tmp_path: Any) -> None:
+    """Attack (availability): the audit database is unreachable; each write attempt takes a
+    connect timeout (0.5 s here) and fails. The statement's open-ahead fails for every value,
+    in worker threads; then each attribute read in the coroutine retried the write inline, on
+    the loop's thread: every task of the process froze for a connect timeout per value read.
+    Defence wanted: the reads still fail closed (AuditError), without I/O on the loop."""
+    delay = 0.5
+
+    async def main() -> None:
+        setup = Setup(tmp_path)
+        engine = create_async_engine(setup.url)
+        try:
+            with setup.vault() as writer:
+                await seed(engine, writer)
+            with setup.vault() as vault:
+                vaultkit.sqla.configure(vault)
+                assert vault.audit_log is not None
+                real = vault.audit_log.append
+
+                def unreachable(events: Any) -> None:
+                    if not events:
+                        return
+                    threading.Event().wait(delay)
+                    raise AuditError("an audit event could not be written: OperationalError")
+
+                vault.audit_log.append = unreachable  # type: ignore[method-assign]
+                with acting_as(COACH, purpose="care"):
+                    async with AsyncSession(engine) as session:
+                        patients = (await session.scalars(sa.select(Patient))).all()
+
+                        async def read_all() -> list[type[BaseException]]:
+                            failures = []
+                            for patient in patients:
+                                try:
+                                    _ = patient.note
+                                except AuditError as exc:
+                                    failures.append(type(exc))
+                            return failures
+
+                        failures, lag = await max_lag_during(read_all())
+                        assert failures == [AuditError] * MEMBERS  # fail closed
+                        assert lag < delay / 2, f"the loop stalled for {lag:.2f}s"
+                        # Once the log is back, the next statement opens the values.
+                        vault.audit_log.append = real  # type: ignore[method-assign]
+                        again = (await session.scalars(sa.select(Patient))).all()
+                        assert sorted(p.note for p in again) == [note_of(n) for n in range(MEMBERS)]
+                await vault.aflush_audit()
+        finally:
+            await engine.dispose()
+
+    run(main)
