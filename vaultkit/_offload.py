@@ -19,6 +19,7 @@ vaultkit opens for its own tables (:func:`sync_engine`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from vaultkit.errors import ConfigurationError
 
-__all__ = ["call", "in_greenlet", "run_async", "sync_engine", "sync_url"]
+__all__ = ["CancelledCall", "call", "in_greenlet", "run_async", "sync_engine", "sync_url"]
 
 _T = TypeVar("_T")
 
@@ -51,6 +52,13 @@ SYNC_DRIVERS: Final = {
 }
 
 
+class CancelledCall(asyncio.CancelledError):
+    """The task was cancelled while a ``call(..., finish=True)`` ran, and that call failed.
+
+    Its cause is the call's error. The caller keeps what it handed over, as on that error.
+    """
+
+
 def in_greenlet() -> bool:
     """Whether this code runs inside SQLAlchemy's asyncio greenlet (``greenlet_spawn``)."""
     greenlet = sys.modules.get("greenlet")
@@ -67,15 +75,33 @@ def _await(awaitable: Any) -> Any:
     return await_(awaitable)
 
 
-def call(fn: Callable[..., _T], *args: Any) -> _T:
+def call(fn: Callable[..., _T], *args: Any, finish: bool = False) -> _T:
     """Call ``fn(*args)``; inside SQLAlchemy's greenlet in a worker thread, awaited on the loop.
 
     The worker runs in a copy of the caller's context (``asyncio.to_thread``), so the vaultkit
     scope (principal, purpose) is the calling task's. Exceptions propagate unchanged.
+
+    With ``finish`` (audit writes), a cancelled task still waits for the call's outcome: a
+    worker that had not started yet would otherwise never run it, and a failure after the
+    cancellation would go unseen, so the caller could neither keep nor drop what it handed
+    over. The cancellation then goes on: as :class:`CancelledCall` (a ``CancelledError``)
+    when the call failed, so that the caller keeps what it handed over.
     """
     if not in_greenlet():
         return fn(*args)
-    return _await(asyncio.to_thread(fn, *args))  # type: ignore[no-any-return]
+    if not finish:
+        return _await(asyncio.to_thread(fn, *args))  # type: ignore[no-any-return]
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return _await(asyncio.shield(future))  # type: ignore[no-any-return]
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                _await(asyncio.wait((future,)))  # returns, never raises the call's error
+        failure = future.exception()
+        if failure is not None:
+            raise CancelledCall from failure
+        raise
 
 
 async def run_async(fn: Callable[..., _T], *args: Any) -> _T:

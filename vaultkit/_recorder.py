@@ -19,8 +19,8 @@ import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 from vaultkit._access import current_scope
+from vaultkit._offload import CancelledCall, in_greenlet
 from vaultkit._offload import call as _call
-from vaultkit._offload import in_greenlet
 from vaultkit.audit import AuditEvent, AuditLog, audit_log_exists, writer_table_prefix
 from vaultkit.core import wire
 from vaultkit.errors import AuditError
@@ -115,7 +115,7 @@ class AuditRecorder:
                 pending, self._pending = self._pending, []
                 try:
                     self._write_locked(pending)
-                except AuditError:
+                except (AuditError, CancelledCall):
                     self._pending[:0] = pending
                     raise
             batch = self._batches.get(key)
@@ -136,7 +136,7 @@ class AuditRecorder:
             batch[0], batch[1] = [], 0
             try:
                 self._write_locked([_event(key, rows, earlier[1] + 1)])
-            except AuditError:
+            except (AuditError, CancelledCall):
                 # Keep the batch's earlier accesses (they returned); this one fails, unrecorded.
                 if not batch[1] and self._batches.get(key) is batch:
                     del self._batches[key]
@@ -163,7 +163,7 @@ class AuditRecorder:
     def _write(self, events: list[AuditEvent]) -> None:
         """Write events to the log: the one place the recorder writes (in SQLAlchemy's asyncio
         greenlet, in a worker thread, awaited)."""
-        _call(self.log.append, events)
+        _call(self.log.append, events, finish=True)
 
     def flush(self) -> None:
         """Write the row keys of every open batch and close the batches (see ``flush_audit``).
@@ -182,7 +182,7 @@ class AuditRecorder:
         # SQLAlchemy's asyncio greenlet in a worker thread.
         try:
             self._write(events)
-        except AuditError:
+        except (AuditError, CancelledCall):
             with self._lock:
                 self._pending[:0] = events
             raise

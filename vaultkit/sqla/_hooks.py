@@ -21,7 +21,8 @@ import logging
 import threading
 import traceback
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -38,7 +39,13 @@ from sqlalchemy.sql.selectable import Select
 
 from vaultkit._access import SealedValue, current_scope
 from vaultkit._offload import in_greenlet
-from vaultkit.errors import ConfigurationError, QueryError, VaultkitError
+from vaultkit.errors import (
+    AccessDeniedError,
+    AuditError,
+    ConfigurationError,
+    QueryError,
+    VaultkitError,
+)
 from vaultkit.sqla import _registry
 from vaultkit.sqla.types import (
     CELL_KEY,
@@ -423,8 +430,20 @@ class _Guard:
             if held is not None:
                 hit = held.get(self.key)
                 if hit is not None and hit[0] is cell:
-                    return hit[1]
-        plain = cell.decrypt(row=self.row(instance))
+                    if type(hit[1]) is not _Raised:
+                        return hit[1]
+                    if not (opening_ahead and hit[1].error is AuditError):
+                        raise hit[1].error(hit[1].message)
+                    # An audit write that failed: the next statement tries again.
+        try:
+            plain = cell.decrypt(row=self.row(instance))
+        except (AccessDeniedError, AuditError) as exc:
+            if opening_ahead and opened is not None:
+                # Opened ahead (asyncio): the access raises the same error without trying
+                # again, outside the greenlet, on the loop's thread. A denial is audited once;
+                # an audit log that is down does not stall the loop once per value read.
+                opened.setdefault(state, {})[self.key] = (cell, _Raised(type(exc), str(exc)))
+            raise
         if type(plain) is SealedValue:
             if opening_ahead and opened is not None:
                 # Opened ahead of access (asyncio, see _open_ahead): the denial is the scope's
@@ -440,6 +459,16 @@ class _Guard:
         if opened is not None:
             opened.setdefault(state, {})[self.key] = (cell, plain)
         return plain
+
+
+class _Raised:
+    """What a value opened ahead raised (a denial that raises, an audit write that failed)."""
+
+    __slots__ = ("error", "message")
+
+    def __init__(self, error: type[VaultkitError], message: str) -> None:
+        self.error = error
+        self.message = message  # the error's own: names principal and domain, never a value
 
 
 class _GuardedAttribute(InstrumentedAttribute[Any]):
@@ -623,7 +652,7 @@ def _modified(target: Any, initiator: Any) -> None:
     scope = current_scope()
     held = scope.opened.get(state) if scope.purpose is not None else None
     hit = held.get(key) if held is not None else None
-    if hit is not None and hit[0] is cell:
+    if hit is not None and hit[0] is cell and type(hit[1]) is not _Raised:
         state.dict[key] = hit[1]
 
 
@@ -655,12 +684,23 @@ def _guard_attributes(mapper: Mapper[Any]) -> _MapperPlan | None:
     return plan
 
 
+#: The entities an AsyncSession statement loads, while it runs (see _open_ahead): those of its
+#: rows and those loaded alongside (joined eager loads), which its rows do not name.
+_loaded: ContextVar[list[Any] | None] = ContextVar("vaultkit_loaded", default=None)
+
+
 def _listen_loads(mapper: Mapper[Any], plan: _MapperPlan) -> None:
     def on_load(target: Any, context: Any) -> None:
         _cells_after_load(target, plan, context)
+        loaded = _loaded.get()
+        if loaded is not None:
+            loaded.append(target)
 
     def on_refresh(target: Any, context: Any, attrs: Any) -> None:
         _cells_after_load(target, plan, context, attrs)
+        loaded = _loaded.get()
+        if loaded is not None:
+            loaded.append(target)
 
     def on_refresh_flush(target: Any, context: Any, attrs: Any) -> None:
         _cells_after_load(target, plan, context, attrs, expire=False)
@@ -821,18 +861,23 @@ def _do_orm_execute(orm_state: ORMExecuteState) -> Any:
         return None
     if not _loads_guarded_entities(orm_state):
         return None
+    ahead = in_greenlet()
     token = orm_cells.set(True)
+    loaded: list[Any] = []
+    loading = _loaded.set(loaded) if ahead else None
     try:
         # The rows are fetched, and the entities built, while the flag is set.
         frozen = orm_state.invoke_statement().freeze()
     finally:
         orm_cells.reset(token)
-    if in_greenlet():
-        _open_ahead(frozen.data)
+        if loading is not None:
+            _loaded.reset(loading)
+    if ahead:
+        _open_ahead(frozen.data, loaded)
     return frozen()
 
 
-def _open_ahead(rows: Any) -> None:
+def _open_ahead(rows: Any, loaded: Iterable[Any] = ()) -> None:
     """Open the guarded values of the entities a statement returned, for the current scope.
 
     In SQLAlchemy's asyncio greenlet (an ``AsyncSession`` statement), where the vault's key-store
@@ -843,13 +888,16 @@ def _open_ahead(rows: Any) -> None:
     scope's cache (``Scope.opened``) and the access is a dictionary lookup; another scope that
     reads the same object still decrypts under its own grants, on access. A value that fails to
     open here is left to its access, which raises as it would have.
+
+    The entities are those of the rows (one per row, or several in a ``Row``) and ``loaded``:
+    the ones the statement loaded alongside (joined eager loads).
     """
     scope = current_scope()
     if scope.purpose is None:  # no scope cache to keep the values in
         return
     seen: set[int] = set()
-    for row in rows:
-        for item in row if isinstance(row, tuple) else (row,):
+    for row in (*rows, tuple(loaded)):
+        for item in row if isinstance(row, tuple | sa.Row) else (row,):
             if item is None or id(item) in seen:
                 continue
             state = sa.inspect(item, raiseerr=False)
