@@ -7,7 +7,7 @@ import contextvars
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from vaultkit.errors import AccessDeniedError, ConfigurationError
 from vaultkit.keys.domains import KeyDomain, check_domain_name
@@ -65,17 +65,27 @@ class Scope:
     opened: weakref.WeakKeyDictionary[Any, dict[str, Any]] = field(
         init=False, repr=False, compare=False, default_factory=weakref.WeakKeyDictionary
     )
+    #: Set when its ``acting_as`` block ends. Code that still holds the scope in a copied context
+    #: (an asyncio task or a thread started inside the block that outlives it) is anonymous then.
+    ended: bool = field(init=False, repr=False, compare=False, default=False)
 
 
+_ANONYMOUS_SCOPE: Final = Scope(ANONYMOUS, None)
 _scope: contextvars.ContextVar[Scope] = contextvars.ContextVar(
     "vaultkit_scope",
-    default=Scope(ANONYMOUS, None),  # noqa: B039 - Scope is a frozen dataclass, not mutable
+    default=_ANONYMOUS_SCOPE,
 )
 
 
 def current_scope() -> Scope:
-    """Return the principal and purpose in force here."""
-    return _scope.get()
+    """Return the principal and purpose in force here.
+
+    A scope whose ``acting_as`` block has ended is in force nowhere: a task or thread that was
+    started inside the block and runs on after it (``asyncio.create_task``, a thread pool given a
+    copy of the context) acts anonymously from then on, without the block's grants.
+    """
+    scope = _scope.get()
+    return _ANONYMOUS_SCOPE if scope.ended else scope
 
 
 @contextlib.contextmanager
@@ -105,6 +115,7 @@ def acting_as(principal: Principal, *, purpose: str) -> Iterator[Scope]:
                 "vaultkit.integrations.fastapi.vaultkit_scope"
             ) from None
         finally:
+            object.__setattr__(scope, "ended", True)  # frozen: set once, by its own block
             scope.opened.clear()
 
 

@@ -259,3 +259,33 @@ class TestCryptographicSegregation:
         assert v2.version == 2 and unit.unwrap(v1, old, context=b"c") == b"a" * 32
         with pytest.raises(KeyProviderError):
             unit.public_only(signer=Ed25519PrivateKey.generate()).rotate("medical")
+
+
+def test_a_context_copied_inside_a_block_is_anonymous_after_it() -> None:
+    """A thread given a copy of the context inside ``acting_as`` (as ``asyncio.to_thread`` and
+    executors do) that runs on after the block ends acts anonymously from then on: it keeps no
+    grant of a block that is over."""
+    import contextvars
+    import threading
+
+    from vaultkit import ANONYMOUS, current_scope
+
+    seen: list[tuple[str, str | None]] = []
+    started, ended = threading.Event(), threading.Event()
+
+    def work() -> None:
+        seen.append((current_scope().principal.name, current_scope().purpose))
+        started.set()
+        ended.wait(5)
+        scope = current_scope()
+        seen.append((scope.principal.name, scope.purpose))
+        assert "medical" not in scope.principal.grants
+
+    with acting_as(Principal("coach", grants={"medical"}), purpose="care"):
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(work,))
+        thread.start()
+        started.wait(5)
+    ended.set()
+    thread.join(5)
+    assert seen == [("coach", "care"), (ANONYMOUS.name, None)]

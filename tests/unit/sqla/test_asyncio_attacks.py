@@ -740,10 +740,6 @@ def test_objects_handed_to_a_concurrent_task_of_another_principal_are_sealed(
     run(main)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 4: a task created inside acting_as keeps the principal after the block ends",
-)
 def test_a_task_created_in_a_block_does_not_outlive_its_grant(tmp_path: Any) -> None:
     """Attack: a request handler starts a background task inside the coach's block (a
     notification, a cache warm-up) and returns; the block ends. The task copied the context,
