@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidTag
 from vaultkit._access import Denied, Policy, SealedValue, current_scope
 from vaultkit._codec import STR, STR_TAG, PlainValue, decode_value, encode_value
 from vaultkit._offload import call as _call
+from vaultkit._redact import NoPickle
 from vaultkit.core import aead, wire
 from vaultkit.errors import AuditError, ConfigurationError, DecryptionError
 
@@ -80,7 +81,7 @@ def _decode(plaintext: bytes) -> PlainValue:
     raise DecryptionError
 
 
-class Cipher:
+class Cipher(NoPickle):
     """Seals and opens values: the hot paths of a vault.
 
     Args:

@@ -295,7 +295,7 @@ def _after_fork(ref: weakref.ReferenceType[Keyring]) -> None:
         keyring.reset_after_fork()
 
 
-class Keyring:
+class Keyring(NoPickle):
     """Per-domain providers, the active DEKs and their budgets, the DEK cache and named keys.
 
     Args:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 from vaultkit._access import current_scope
 from vaultkit._offload import CancelledCall, in_greenlet
 from vaultkit._offload import call as _call
+from vaultkit._redact import NoPickle
 from vaultkit.audit import AuditEvent, AuditLog, audit_log_exists, writer_table_prefix
 from vaultkit.core import wire
 from vaultkit.errors import AuditError
@@ -43,7 +44,7 @@ def _after_fork(ref: weakref.ReferenceType[AuditRecorder]) -> None:
         recorder.reset_after_fork()
 
 
-class AuditRecorder:
+class AuditRecorder(NoPickle):
     """Batches a vault's audit events and writes them to its :class:`~vaultkit.audit.AuditLog`.
 
     Args:

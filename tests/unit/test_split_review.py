@@ -180,11 +180,6 @@ class TestNoKeyMaterialLeavesByPickleOrCopy:
         with pytest.raises((TypeError, AttributeError, pickle.PicklingError)):
             pickle.dumps(getattr(audited_vault, part))
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review 2 finding 1: Keyring and Cipher are not NoPickle; copy.copy succeeds "
-        "(a second keyring sharing the DEK maps and the lock, not reset after a fork)",
-    )
     @pytest.mark.parametrize("part", ["_keyring", "_cipher"])
     def test_parts_refuse_copying_like_the_vault(self, audited_vault: Vault, part: str) -> None:
         with pytest.raises(TypeError, match="key material"):
