@@ -49,7 +49,7 @@ from vaultkit.keys.provider import (
     SupportsBatchUnwrap,
     SupportsDataKeyGeneration,
 )
-from vaultkit.store import DataKeyRecord, DekState, KeyStore
+from vaultkit.store import DataKeyRecord, DekState, KeyStore, SupportsStates
 
 __all__ = ["BlindIndexKey", "CacheInfo", "Keyring"]
 
@@ -61,6 +61,9 @@ DEFAULT_MAX_ENCRYPTIONS: Final = 2**24
 DEFAULT_MAX_AGE: Final = dt.timedelta(days=30)
 DEFAULT_CACHE_SIZE: Final = 1000  # unwrapped DEKs kept per vault
 DEFAULT_CACHE_TTL: Final = 600.0  # seconds before a cached DEK is fetched and unwrapped again
+#: Seconds before the key-store state of a cached DEK is read again (no unwrap): a DEK destroyed
+#: or retired elsewhere stops decrypting (or encrypting) here within that time.
+DEFAULT_KEY_CHECK_INTERVAL: Final = 5.0
 PURPOSE: Final = "data"
 INDEX_PURPOSE: Final = "index"
 AUDIT_PURPOSE: Final = "audit"
@@ -85,11 +88,17 @@ class CacheInfo:
     size: int
     max_size: int
     ttl: float
+    check_interval: float = DEFAULT_KEY_CHECK_INTERVAL
 
 
 class _CachedKey(NoPickle):
     """An unwrapped DEK in the cache: its material (copied from the DataKey, so that the hot path
     makes no extra attribute hop) and the cache's own bookkeeping and the domain's policy flags.
+
+    ``expires_at``, the one time the hot path compares, is the next key-store check (at most
+    ``check`` seconds away); ``unwrap_at`` is when the DEK must be read and unwrapped again (``ttl``
+    after it was). A check that finds the row still readable moves ``expires_at`` on without an
+    unwrap (:meth:`Keyring.revalidate`).
 
     Holds key material: refuses pickling and copying; ``repr`` names only id and domain.
     """
@@ -105,16 +114,21 @@ class _CachedKey(NoPickle):
         "header",
         "referenced",
         "restricted",
+        "unwrap_at",
     )
 
-    def __init__(self, key: DataKey, ttl: float, *, restricted: bool, audited: bool) -> None:
+    def __init__(
+        self, key: DataKey, ttl: float, check: float, *, restricted: bool, audited: bool
+    ) -> None:
         self.cipher = key.cipher
         self.commitment = key.commitment
         self.dek_id = key.dek_id
         self.domain = key.domain
         self.header = key.header
         self.aad_prefix = key.aad_prefix
-        self.expires_at = _monotonic() + ttl
+        now = _monotonic()
+        self.unwrap_at = now + ttl
+        self.expires_at = min(now + check, self.unwrap_at)
         self.referenced = True
         self.restricted = restricted
         self.audited = audited
@@ -127,12 +141,16 @@ class _Active(NoPickle):
     """The DEK this process encrypts under in one domain, with its budget.
 
     The fields the hot path reads (``cipher``, ``header``, ``aad_prefix``) are copied from the
-    DataKey; ``deadline`` is the earlier of the age budget and the cache time limit.
+    DataKey; ``deadline`` is the earliest of the age budget (``retire_at``), the cache time limit
+    (``expires_at``, then it is unwrapped again) and the next key-store check (``check_at``, then
+    its row's state is read again, so that a DEK retired elsewhere stops encrypting here).
     """
 
     __slots__ = (
         "aad_prefix",
         "audited",
+        "check",
+        "check_at",
         "cipher",
         "deadline",
         "dek_id",
@@ -145,13 +163,21 @@ class _Active(NoPickle):
     )
 
     def __init__(
-        self, key: DataKey, retire_at: float, ttl: float, *, gated: bool, audited: bool
+        self,
+        key: DataKey,
+        retire_at: float,
+        ttl: float,
+        check: float,
+        *,
+        gated: bool,
+        audited: bool,
     ) -> None:
         self.gated = gated
         self.audited = audited
         self.uses = itertools.count(1)
         self.retire_at = retire_at
         self.dek_id = key.dek_id
+        self.check = check
         self.set_key(key, ttl)
 
     def set_key(self, key: DataKey, ttl: float) -> None:
@@ -160,7 +186,12 @@ class _Active(NoPickle):
         self.header = key.header
         self.aad_prefix = key.aad_prefix
         self.expires_at = _monotonic() + ttl
-        self.deadline = min(self.retire_at, self.expires_at)
+        self.checked()
+
+    def checked(self) -> None:
+        """Its row was found active just now: encrypt under it until the next check is due."""
+        self.check_at = min(_monotonic() + self.check, self.expires_at)
+        self.deadline = min(self.retire_at, self.check_at)
 
     def __repr__(self) -> str:
         return f"_Active(dek_id={self.dek_id.hex()!r}, domain={self.key.domain!r})"
@@ -303,6 +334,8 @@ class Keyring(NoPickle):
         providers: the provider of each declared domain.
         store: the key store.
         cache_size, cache_ttl, max_uses, max_age: the cache's and each DEK's limits (seconds).
+        check_interval: seconds between key-store reads of a cached DEK's state (capped at
+            ``cache_ttl``).
     """
 
     def __init__(
@@ -315,11 +348,13 @@ class Keyring(NoPickle):
         cache_ttl: float,
         max_uses: int,
         max_age: float,
+        check_interval: float = DEFAULT_KEY_CHECK_INTERVAL,
     ) -> None:
         self.policy = policy
         self.providers: dict[str, KeyProvider] = dict(providers)
         self.store = store
         self.ttl = float(cache_ttl)
+        self.check = min(float(check_interval), self.ttl)
         self.max_uses = max_uses
         self.max_age = max_age
         self.cache = _KeyCache(cache_size)
@@ -336,7 +371,7 @@ class Keyring(NoPickle):
     # -- reading the key store ---------------------------------------------------------------
 
     def cache_info(self) -> CacheInfo:
-        return CacheInfo(len(self.cache.by_id), self.cache.max_size, self.ttl)
+        return CacheInfo(len(self.cache.by_id), self.cache.max_size, self.ttl, self.check)
 
     def data_keys(
         self, *, domain: str | None = None, state: DekState | None = None
@@ -374,8 +409,13 @@ class Keyring(NoPickle):
                     record = self.store.get(active.dek_id)
                     if record is not None and record.state is DekState.ACTIVE:
                         active.set_key(self._unwrap_data_key(record), self.ttl)
+                elif now >= active.check_at:
+                    # The next check is due: read the row's state only (no unwrap), so that a DEK
+                    # retired or destroyed by another process stops encrypting here.
+                    if self._states([active.dek_id]).get(active.dek_id) is DekState.ACTIVE:
+                        active.checked()
                 used = next(active.uses)
-                if used <= self.max_uses and active.deadline > now and active.expires_at > now:
+                if used <= self.max_uses and active.deadline > now:
                     return active
             if active is not None:
                 self._flush_count(active)
@@ -433,6 +473,7 @@ class Keyring(NoPickle):
             key,
             _monotonic() + self.max_age,
             self.ttl,
+            self.check,
             gated=policy.encrypt_requires_grant,
             audited=policy.audited,
         )
@@ -486,10 +527,17 @@ class Keyring(NoPickle):
         return key
 
     def _load_key(self, dek_id: bytes, domain: str | None) -> _CachedKey:
-        """Read and unwrap a DEK that is not cached (key-store read, provider call)."""
+        """Read and unwrap a DEK that is not cached (key-store read, provider call), or check
+        the state of one whose check is due (key-store read only)."""
         with self._lock:
             key = self.cache.by_id.get(dek_id)
-            if key is None or key.expires_at < _monotonic():
+            now = _monotonic()
+            if key is not None and key.expires_at < now <= key.unwrap_at:
+                if self.policy.is_denied(key.domain):
+                    raise Denied(key.domain)  # no key-store read for a reader without the grant
+                self._revalidate(now)
+                key = self.cache.by_id.get(dek_id)
+            if key is None or key.expires_at < now:
                 record = self._readable_record(dek_id)
                 if record is None:
                     self.cache.drop(dek_id)
@@ -504,6 +552,37 @@ class Keyring(NoPickle):
                     raise Denied(record.domain)
                 key = self._cache_key(record, self._unwrap(record))
         return key
+
+    def _revalidate(self, now: float) -> None:
+        """Check every cached DEK whose check is due in one key-store read; call with the lock.
+
+        Those still readable serve for another ``check`` seconds (never past their ``unwrap_at``)
+        without a provider call; the others (destroyed, or gone from the store) leave the cache.
+        """
+        due = [k for k in self.cache.by_id.values() if k.expires_at < now <= k.unwrap_at]
+        if not due:
+            return
+        states = self._states([k.dek_id for k in due])
+        until = now + self.check
+        for key in due:
+            state = states.get(key.dek_id)
+            if state is None or state is DekState.DESTROYED:
+                self.cache.drop(key.dek_id)
+                log.info("DEK %s is no longer readable; dropped from the cache", key.dek_id.hex())
+            else:
+                key.expires_at = min(until, key.unwrap_at)
+
+    def _states(self, dek_ids: list[bytes]) -> dict[bytes, DekState]:
+        """The key-store states of ``dek_ids`` (left out: rows the store does not have)."""
+        store = self.store
+        if isinstance(store, SupportsStates):
+            return store.states(dek_ids)
+        found: dict[bytes, DekState] = {}
+        for dek_id in dek_ids:
+            record = store.get(dek_id)
+            if record is not None:
+                found[dek_id] = record.state
+        return found
 
     def _readable_record(self, dek_id: bytes) -> DataKeyRecord | None:
         """The readable data-key row of ``dek_id``, or ``None``; call with the lock held.
@@ -556,8 +635,8 @@ class Keyring(NoPickle):
         with self._lock:
             for dek_id in dict.fromkeys(dek_ids):
                 cached = self.cache.by_id.get(dek_id)
-                if cached is not None and cached.expires_at >= _monotonic():
-                    continue
+                if cached is not None and cached.unwrap_at >= _monotonic():
+                    continue  # unwrapped already; its due check comes with the next read
                 record = self._readable_record(dek_id)
                 if (
                     record is None
@@ -618,7 +697,9 @@ class Keyring(NoPickle):
 
     def _cache_key(self, record: DataKeyRecord, key: DataKey) -> _CachedKey:
         domain = self.policy.domains[record.domain]
-        cached = _CachedKey(key, self.ttl, restricted=domain.restricted, audited=domain.audited)
+        cached = _CachedKey(
+            key, self.ttl, self.check, restricted=domain.restricted, audited=domain.audited
+        )
         self.cache.put(cached)
         return cached
 

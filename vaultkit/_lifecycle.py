@@ -71,7 +71,7 @@ def retire_dek(keyring: Keyring, dek_id: bytes) -> None:
     if record.state is DekState.DESTROYED:
         raise KeyStoreError(f"DEK {dek_id.hex()} is already destroyed")
     store.set_state(dek_id, DekState.RETIRED)
-    # This process stops encrypting under it at once (others within the cache limit).
+    # This process stops encrypting under it at once (others within key_check_interval).
     keyring.stop_encrypting(record.domain, dek_id)
     log.info("retired DEK %s of domain %s", dek_id.hex(), record.domain)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ from vaultkit._keyring import (
     AUDIT_PURPOSE,
     DEFAULT_CACHE_SIZE,
     DEFAULT_CACHE_TTL,
+    DEFAULT_KEY_CHECK_INTERVAL,
     DEFAULT_MAX_AGE,
     DEFAULT_MAX_ENCRYPTIONS,
     INDEX_PURPOSE,
@@ -94,7 +96,11 @@ class Vault(NoPickle):
         providers: per-domain providers that override ``provider`` (a medical KEK in its own HSM).
         cache_size: how many unwrapped DEKs to keep.
         cache_ttl: seconds after which a cached DEK is re-read from the store and unwrapped again,
-            so a revoked KEK or a destroyed DEK stops working within that time.
+            so a revoked KEK stops working within that time.
+        key_check_interval: seconds after which the key-store state of a cached DEK is read
+            again, without an unwrap (5 by default, at most ``cache_ttl``): a DEK destroyed by
+            another process decrypts here no more, and one retired elsewhere encrypts here no
+            more, that long after. One key-store query per interval covers every cached DEK due.
         dek_max_encryptions: encryptions under one DEK before a fresh DEK is taken.
         dek_max_age: age after which a fresh DEK is taken for encryption.
 
@@ -115,6 +121,7 @@ class Vault(NoPickle):
         providers: Mapping[str, KeyProvider] | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
         cache_ttl: float = DEFAULT_CACHE_TTL,
+        key_check_interval: float = DEFAULT_KEY_CHECK_INTERVAL,
         dek_max_encryptions: int = DEFAULT_MAX_ENCRYPTIONS,
         dek_max_age: dt.timedelta = DEFAULT_MAX_AGE,
         audit: str | Engine | AsyncEngine | None = None,
@@ -134,6 +141,12 @@ class Vault(NoPickle):
             raise ConfigurationError("cache_size must be a positive integer")
         if not cache_ttl > 0:
             raise ConfigurationError("cache_ttl must be positive")
+        if (
+            isinstance(key_check_interval, bool)
+            or not isinstance(key_check_interval, int | float)
+            or not 0 < key_check_interval < math.inf
+        ):
+            raise ConfigurationError("key_check_interval must be a positive number of seconds")
         if not isinstance(dek_max_encryptions, int) or not 1 <= dek_max_encryptions <= 2**32:
             raise ConfigurationError("dek_max_encryptions must be between 1 and 2**32")
         if dek_max_age <= dt.timedelta(0):
@@ -162,6 +175,7 @@ class Vault(NoPickle):
             store=self._store,
             cache_size=cache_size,
             cache_ttl=cache_ttl,
+            check_interval=key_check_interval,
             max_uses=dek_max_encryptions,
             max_age=dek_max_age.total_seconds(),
         )
@@ -409,14 +423,17 @@ class Vault(NoPickle):
     def retire_dek(self, dek_id: bytes) -> None:
         """Mark a DEK retired: it still decrypts, no process encrypts under it any more.
 
-        This vault stops encrypting under it at once; other running processes within the cache
-        time limit, when they re-read its row.
+        This vault stops encrypting under it at once; other running processes within their
+        ``key_check_interval``, when they re-read its row's state.
         Its values are then due for re-encryption; after that, :meth:`destroy_dek`.
         """
         _lifecycle.retire_dek(self._keyring, dek_id)
 
     def destroy_dek(self, dek_id: bytes, *, references: int) -> None:
         """Erase a retired DEK for good; values still under it become unreadable forever.
+
+        This vault forgets it at once; other running processes within their
+        ``key_check_interval`` (5 s by default), when they re-read its row's state.
 
         Args:
             dek_id: the DEK.

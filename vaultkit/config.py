@@ -78,6 +78,7 @@ _VAULT_KEYS: Final = {
     "default_provider",
     "cache_size",
     "cache_ttl",
+    "key_check_interval",
     "dek_max_encryptions",
     "dek_max_age_days",
     "audit",
@@ -376,7 +377,13 @@ def vault_parts(
         by_domain[name] = provider(str(chosen))
         domains.append(KeyDomain(name, **table))
     options: dict[str, Any] = {}
-    for key in ("cache_size", "cache_ttl", "dek_max_encryptions", "audit_domain"):
+    for key in (
+        "cache_size",
+        "cache_ttl",
+        "key_check_interval",
+        "dek_max_encryptions",
+        "audit_domain",
+    ):
         if key in config:
             options[key] = config[key]
     if "dek_max_age_days" in config:

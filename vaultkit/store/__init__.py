@@ -1,6 +1,13 @@
 """Data-key stores: where wrapped DEKs live."""
 
-from vaultkit.store._base import SCHEMA_VERSION, DataKeyRecord, DekState, KeyStore, MemoryKeyStore
+from vaultkit.store._base import (
+    SCHEMA_VERSION,
+    DataKeyRecord,
+    DekState,
+    KeyStore,
+    MemoryKeyStore,
+    SupportsStates,
+)
 from vaultkit.store.sql import SQLKeyStore, open_store
 
 __all__ = [
@@ -10,5 +17,6 @@ __all__ = [
     "KeyStore",
     "MemoryKeyStore",
     "SQLKeyStore",
+    "SupportsStates",
     "open_store",
 ]

@@ -5,13 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Final, Protocol, runtime_checkable
 
 from vaultkit.errors import KeyStoreError
 
-__all__ = ["SCHEMA_VERSION", "DataKeyRecord", "DekState", "KeyStore", "MemoryKeyStore"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "DataKeyRecord",
+    "DekState",
+    "KeyStore",
+    "MemoryKeyStore",
+    "SupportsStates",
+]
 
 #: Version of the key-store layout this release writes and reads. A store written by a newer
 #: release is refused at start-up instead of being misread.
@@ -102,6 +109,21 @@ class KeyStore(Protocol):
         ...
 
 
+@runtime_checkable
+class SupportsStates(Protocol):
+    """A key store that reads the states of many rows in one query (optional).
+
+    A vault re-checks the states of its cached DEKs every ``key_check_interval`` seconds; a store
+    with this method answers for all of them at once, any other store is asked row by row.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def states(self, dek_ids: Collection[bytes]) -> dict[bytes, DekState]:
+        """The state of each of ``dek_ids`` the store has; ids it does not have are left out."""
+        ...
+
+
 class MemoryKeyStore:
     """A key store in a dict, for tests. Thread-safe; lost with the process.
 
@@ -120,6 +142,10 @@ class MemoryKeyStore:
 
     def get(self, dek_id: bytes) -> DataKeyRecord | None:
         return self._rows.get(dek_id)
+
+    def states(self, dek_ids: Collection[bytes]) -> dict[bytes, DekState]:
+        rows = self._rows
+        return {dek_id: rows[dek_id].state for dek_id in dek_ids if dek_id in rows}
 
     def records(
         self, *, domain: str | None = None, state: DekState | None = None

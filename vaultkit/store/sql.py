@@ -17,12 +17,13 @@ PostgreSQL (BYTEA) and MariaDB/MySQL (BLOB) all work.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import os
 import weakref
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Iterator
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["SQLKeyStore", "open_store"]
 
 _SCHEMA_KEY = "key_store_schema"
+_STATES_CHUNK: Final = 500  # DEK ids per query of SQLKeyStore.states
 
 
 def _dispose_after_fork(ref: weakref.ReferenceType[SQLKeyStore]) -> None:
@@ -227,6 +229,24 @@ class SQLKeyStore:
         except SQLAlchemyError as exc:
             raise self._fail(f"read DEK {dek_id.hex()}", exc) from None
         return None if row is None else self._to_record(row)
+
+    def states(self, dek_ids: Collection[bytes]) -> dict[bytes, DekState]:
+        """The state of each of ``dek_ids`` this store has, in one query per 500 ids."""
+        hexes = [dek_id.hex() for dek_id in dek_ids]
+        found: dict[bytes, DekState] = {}
+        query = sa.select(self.keys.c.dek_id, self.keys.c.state)
+        try:
+            with self.engine.connect() as conn:
+                for start in range(0, len(hexes), _STATES_CHUNK):
+                    chunk = hexes[start : start + _STATES_CHUNK]
+                    for dek_id, state in conn.execute(
+                        query.where(self.keys.c.dek_id.in_(chunk))
+                    ).all():
+                        with contextlib.suppress(ValueError):  # unknown state: not readable
+                            found[bytes.fromhex(dek_id)] = DekState(state)
+        except SQLAlchemyError as exc:
+            raise self._fail("read DEK states", exc) from None
+        return found
 
     def records(
         self, *, domain: str | None = None, state: DekState | None = None
