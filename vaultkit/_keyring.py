@@ -98,7 +98,7 @@ class _CachedKey(NoPickle):
     ``expires_at``, the one time the hot path compares, is the next key-store check (at most
     ``check`` seconds away); ``unwrap_at`` is when the DEK must be read and unwrapped again (``ttl``
     after it was). A check that finds the row still readable moves ``expires_at`` on without an
-    unwrap (:meth:`Keyring.revalidate`).
+    unwrap (:meth:`Keyring._revalidate`).
 
     Holds key material: refuses pickling and copying; ``repr`` names only id and domain.
     """

@@ -329,3 +329,40 @@ def test_sql_store_reads_many_states_in_one_go(tmp_path: Path) -> None:
         assert store.states(many) == {deks[0]: DekState.ACTIVE}
     finally:
         store.close()
+
+
+def test_in_the_asyncio_greenlet_the_check_reads_in_a_worker_thread(
+    provider: InMemoryKeyProvider, clock: FakeClock
+) -> None:
+    """Inside SQLAlchemy's greenlet (an AsyncSession) the check's store read leaves the loop."""
+    import asyncio
+    import threading
+
+    from sqlalchemy.util.concurrency import greenlet_spawn
+
+    class ThreadStore(MemoryKeyStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.threads: list[int] = []
+
+        def states(self, dek_ids: Collection[bytes]) -> dict[bytes, DekState]:
+            self.threads.append(threading.get_ident())
+            return super().states(dek_ids)
+
+    store = ThreadStore()
+    blobs = written(provider, store, 100)
+
+    async def main() -> int:
+        with Vault(provider=provider, store=store, domains=DOMAINS) as reader:
+            assert await greenlet_spawn(reader.decrypt, blobs[0]) == 0
+            clock.now += 6
+            assert await greenlet_spawn(reader.decrypt, blobs[1]) == 1
+            destroy_elsewhere(provider, store, dek_of(blobs[0]))
+            clock.now += 6
+            with pytest.raises(DecryptionError):
+                await greenlet_spawn(reader.decrypt, blobs[2])
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert len(store.threads) == 2
+    assert loop_thread not in store.threads
