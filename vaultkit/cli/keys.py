@@ -132,7 +132,10 @@ def _destroy(args: argparse.Namespace) -> int:
             return 1
     with open_vault(args) as vault:
         vault.destroy_dek(dek_id, references=references)
-    print(f"destroyed DEK {args.dek}: its wrapped key is erased")
+    print(
+        f"destroyed DEK {args.dek}: its wrapped key is erased; running processes stop decrypting "
+        "under it within their key_check_interval (5 s by default)"
+    )
     return 0
 
 
