@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests._servers import unavailable
+from tests._support import FakeClock
 from vaultkit import Vault
 from vaultkit.store import MemoryKeyStore
 from vaultkit.testing import InMemoryKeyProvider
@@ -18,6 +19,18 @@ from vaultkit.testing import InMemoryKeyProvider
 POSTGRES_DSN = os.environ.get(
     "VAULTKIT_TEST_POSTGRES_DSN", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The keyring's and the cipher's monotonic clock, moved by hand (``clock.now += 6``)."""
+    import vaultkit._cipher
+    import vaultkit._keyring
+
+    fake = FakeClock()
+    monkeypatch.setattr(vaultkit._keyring, "_monotonic", fake)
+    monkeypatch.setattr(vaultkit._cipher, "_monotonic", fake)
+    return fake
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import vaultkit._cipher as cipher_module
-import vaultkit._keyring as keyring_module
+from tests._support import FakeClock, dek_of
 from vaultkit import KeyDomain, Principal, Vault, acting_as
 from vaultkit.config import vault_options
 from vaultkit.errors import ConfigurationError, DecryptionError
@@ -25,26 +24,6 @@ from vaultkit.store import DataKeyRecord, DekState, KeyStore, MemoryKeyStore, SQ
 from vaultkit.testing import CountingKeyProvider, InMemoryKeyProvider
 
 DOMAINS = ["identity", "financial", "medical"]
-
-
-def dek_of(blob: bytes) -> bytes:
-    return blob[4:20]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(keyring_module, "_monotonic", fake)
-    monkeypatch.setattr(cipher_module, "_monotonic", fake)
-    return fake
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-import vaultkit._cipher as cipher_module
 import vaultkit._keyring as keyring_module
+from tests._support import FakeClock, dek_of
 from vaultkit import FieldCipher, KeyDomain, Principal, SealedValue, Vault, acting_as
 from vaultkit.core import wire
 from vaultkit.errors import (
@@ -37,26 +37,6 @@ from vaultkit.testing import CountingKeyProvider, InMemoryKeyProvider
 
 CTX = {"table": "members", "column": "name", "row": "m-17"}
 DOMAINS = ["identity", "financial", "medical"]
-
-
-def dek_of(blob: bytes) -> bytes:
-    return blob[4:20]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(keyring_module, "_monotonic", fake)
-    monkeypatch.setattr(cipher_module, "_monotonic", fake)
-    return fake
 
 
 class TestRoundTrip:
