@@ -44,8 +44,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.dialects import mysql
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from vaultkit._ddl import create_tables
 from vaultkit._offload import sync_engine
 from vaultkit._redact import NoPickle
 from vaultkit.core import wire
@@ -599,9 +600,19 @@ class AuditLog:
         self._legacy_head = not {"log_id", "auth"} <= have
 
     def _open_for_writing(self) -> None:
-        self._metadata.create_all(self.engine, checkfirst=True)
+        # Writers starting at the same moment may race to create the tables (vaultkit._ddl).
+        create_tables(self.engine, self._metadata)
         upgraded = self._add_head_columns()
         self._widen_times()
+        try:
+            self._start_head(upgraded=upgraded)
+        except IntegrityError:
+            # Another writer opening the new log at the same moment inserted the head first;
+            # its head stands (each append reads the head it extends).
+            pass
+
+    def _start_head(self, *, upgraded: bool) -> None:
+        """Insert the head of a new log, or authenticate the head of a first-layout log."""
         with self.engine.begin() as conn:
             head = conn.execute(sa.select(self.head).where(self.head.c.id == _HEAD_ID)).first()
             if head is None:

@@ -55,7 +55,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "_redact",
         "_files",
         "_offload",
-    ),  # leaves: errors, secret holders, file and async I/O
+        "_ddl",
+    ),  # leaves: errors, secret holders, file and async I/O, DDL
     ("core", "keys", "store", "_codec", "audiences", "passwords"),
     ("_access", "audit", "config", "testing"),
     ("_keyring", "_recorder", "_cipher", "_lifecycle"),

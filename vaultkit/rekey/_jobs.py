@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
+from vaultkit._ddl import create_tables
 from vaultkit.rekey._table import key_text, plan_table
 from vaultkit.sqla.keyset import boundaries
 
@@ -79,17 +79,7 @@ def create_job_tables(engine: sa.Engine) -> None:
     """Create the engine's tables if missing; workers starting together may race to do it."""
     meta = sa.MetaData()
     job_tables(meta)
-    for attempt in range(5):
-        try:
-            meta.create_all(engine, checkfirst=True)
-        except sa.exc.DBAPIError:
-            # Another worker's CREATE TABLE won (PostgreSQL reports a unique violation on its
-            # catalog); look again after a moment.
-            if attempt == 4:
-                raise
-            time.sleep(0.1 * (attempt + 1))
-        else:
-            return
+    create_tables(engine, meta)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from vaultkit import BlindIndexKey, Vault
+from vaultkit._ddl import create_tables
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError
 from vaultkit.rekey._table import as_raw, in_transaction, key_text, plan_table
@@ -352,6 +353,11 @@ def begin_migration(
     pk, encrypted = plan_table(table, columns)
     chosen = encrypted if columns is not None else [c for c in encrypted if c.type.migrating]  # type: ignore[attr-defined]
     counts: dict[str, int] = {}
+    if chosen and isinstance(bind, sa.Engine):
+        # Workers starting together may race to create the manifest tables: create them first,
+        # outside the records' transaction (vaultkit._ddl). A connection's caller (a migration)
+        # is alone; Manifest.begin creates them inside its transaction.
+        create_tables(bind, legacy_tables(sa.MetaData())[0].metadata)
     for column in chosen:
         manifest = Manifest(vault, column)
         try:
