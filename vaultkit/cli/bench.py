@@ -1,42 +1,66 @@
-"""``vaultkit bench``: per-value cost of vaultkit against raw AES-GCM, measured in one run.
+"""``vaultkit bench``: vaultkit measured beside its baselines in one run, as a reviewer's report.
 
-Two baselines from pyca/cryptography on a payload of the same size, measured in the same run:
-*raw*, one bare ``AESGCM.encrypt(os.urandom(12), payload, None)`` (and its ``decrypt``); and
-*framed*, the least a stored value needs: the nonce prepended on encryption and split off on
-decryption, with associated data as long as vaultkit's (header and context). vaultkit is measured with every feature on:
-typed encoding, DEK budget accounting, key-committing header, and the domain and cell context in
-the associated data. Two vaultkit paths are timed: ``Vault.encrypt`` with a context dict (encoded
-on every call) and a :class:`~vaultkit.FieldCipher` (the path the SQLAlchemy column types use,
-context prepared once). Figures are ratios to the baseline: machine speed cancels out.
+Each suite (``--suite core,orm,providers,rekey,audiences,passwords``; all by default) times
+vaultkit with every protection on next to its baselines in the same run: raw and framed AES-GCM,
+plain columns, bare SHA-256, the libraries vaultkit wraps, and peers (Fernet, sqlalchemy-utils,
+Tink) when installed. Figures are absolute (µs per operation, ops/s, MB/s, rows/s), with their
+distribution over rounds (best, median, p95) and ratios to each baseline, so machine speed cancels
+out. Beside each baseline or peer, what it does not protect.
+
+The report starts with a machine block (CPU model and flags, cores, Python, cryptography and its
+OpenSSL, SQLAlchemy, SQLite and database servers, vaultkit version and commit) and a digest of the
+vault configuration whose protections were checked on. No host or user name unless
+``--include-host``.
+
+``--json-out FILE`` writes the run as JSON of schema ``vaultkit-bench/1`` (validated before it is
+written); ``--compare BASE.json`` prints base, now and delta per figure, with a noise threshold and
+a warning when the machine blocks differ; ``--input RUN.json`` reports a saved run instead of
+measuring; ``--chart FILE`` draws the ratios (matplotlib, ``pip install 'vaultkit[bench]'``);
+``--update-doc docs/benchmarks.md`` rewrites the generated part of that page from the run.
+
+Exit codes: 0; 2 usage; 3 a JSON file that is not a ``vaultkit-bench/1`` run, ``--chart``
+without matplotlib, or an ``--update-doc`` file without its markers; 1 with ``--fail-on-regression`` when ``--compare`` finds a figure slower
+beyond the noise threshold.
+
+.. versionchanged:: 0.3.0
+   Suites, machine block, ``--format``, ``--json-out``, ``--compare``, ``--chart``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import os
-import platform
-import timeit
-from collections.abc import Callable
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import cryptography
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from vaultkit.bench._machine import config_digest, load_average, machine_block
+from vaultkit.bench._model import Run
+from vaultkit.bench._report import (
+    DEFAULT_NOISE,
+    compare,
+    format_comparison,
+    format_markdown,
+    format_run,
+    splice_generated,
+)
+from vaultkit.bench._schema import SchemaError, validate
+from vaultkit.bench._suites import SUITES, protections
+from vaultkit.errors import ConfigurationError
 
-import vaultkit
-from vaultkit import FieldCipher, Vault
-from vaultkit.core import wire
-from vaultkit.store import MemoryKeyStore
-from vaultkit.testing import InMemoryKeyProvider
+__all__ = ["SIZES", "CoreResult", "load_run", "measure", "measure_core", "register", "run"]
 
-__all__ = ["CoreResult", "measure_core", "register"]
-
+#: Payload sizes of :func:`measure_core` (``benchmarks/bench_key_check.py`` compares trees with it).
 SIZES = (16, 64, 256, 4096)
 
 
 @dataclass(frozen=True, slots=True)
 class CoreResult:
-    """Microseconds per operation for one payload size."""
+    """Best microseconds per operation for one payload size (the interface older trees share)."""
 
     size: int
     raw_encrypt: float
@@ -49,100 +73,174 @@ class CoreResult:
     field_decrypt: float
 
 
-def _best(fn: Callable[[], object], number: int, rounds: int) -> float:
-    return min(timeit.repeat(fn, number=number, repeat=rounds)) / number * 1e6
-
-
-def _measure_size(
-    size: int, vault: Vault, field: FieldCipher, number: int, rounds: int
-) -> CoreResult:
-    context = {"table": "members", "column": "note"}
-    raw = AESGCM(os.urandom(32))
-    urandom = os.urandom
-    payload = os.urandom(size)
-    text = "x" * size
-    nonce = urandom(12)
-    raw_ct = raw.encrypt(nonce, payload, None)
-    blob = vault.encrypt(text, domain="identity", context=context)
-    fblob = field.encrypt(text)
-    # Associated data as long as vaultkit's: header, domain and the column's context.
-    aad = os.urandom(wire.HEADER_SIZE + len(wire.context_block("identity", context)))
-    framed = nonce + raw.encrypt(nonce, payload, aad)
-
-    def framed_encrypt() -> bytes:
-        n = urandom(12)
-        return n + raw.encrypt(n, payload, aad)
-
-    ops: dict[str, Callable[[], object]] = {
-        "raw_encrypt": lambda: raw.encrypt(urandom(12), payload, None),
-        "raw_decrypt": lambda: raw.decrypt(nonce, raw_ct, None),
-        "framed_encrypt": framed_encrypt,
-        "framed_decrypt": lambda: raw.decrypt(framed[:12], framed[12:], aad),
-        "vault_encrypt": lambda: vault.encrypt(text, domain="identity", context=context),
-        "vault_decrypt": lambda: vault.decrypt(blob, context=context),
-        "field_encrypt": lambda: field.encrypt(text),
-        "field_decrypt": lambda: field.decrypt(fblob),
-    }
-    best = dict.fromkeys(ops, float("inf"))
-    # Interleave the operations so that drift in machine speed hits them all alike.
-    for _ in range(rounds):
-        for name, fn in ops.items():
-            best[name] = min(best[name], _best(fn, number, 1))
-    return CoreResult(size=size, **best)
-
-
 def measure_core(
     sizes: tuple[int, ...] = SIZES, *, number: int = 20000, rounds: int = 7
 ) -> list[CoreResult]:
-    """Time raw AES-GCM and vaultkit on payloads of ``sizes`` bytes; return µs per operation."""
-    vault = Vault(provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["identity"])
-    field = vault.field("identity", table="members", column="note")
-    try:
-        return [_measure_size(size, vault, field, number, rounds) for size in sizes]
-    finally:
-        vault.close()
+    """Time raw and framed AES-GCM, ``Vault`` and ``FieldCipher``; best µs per operation."""
+    from cryptography.fernet import Fernet
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from vaultkit.bench._model import interleaved
+    from vaultkit.bench._suites import bench_vault, core_ops
+    from vaultkit.core import wire
+
+    names = {
+        "raw AESGCM": "raw",
+        "framed AESGCM": "framed",
+        "Vault.encrypt": "vault",
+        "FieldCipher": "field",
+    }
+    context = {"table": "members", "column": "note"}
+    out = []
+    with bench_vault() as vault:
+        field = vault.field("identity", table="members", column="note")
+        raw = AESGCM(os.urandom(32))
+        aad = os.urandom(wire.HEADER_SIZE + len(wire.context_block("identity", context)))
+        fernet = Fernet(Fernet.generate_key())
+        for size in sizes:
+            ops = core_ops(size, vault, field, raw, fernet, None, aad, context)
+            chosen = {f"{names[s]}_{o}": fn for (s, o), fn in ops.items() if s in names}
+            samples = interleaved(chosen, number=number, rounds=rounds)
+            out.append(CoreResult(size, **{k: min(v) * 1e6 for k, v in samples.items()}))
+    return out
 
 
-def environment() -> str:
-    """One line naming the software the figures were measured with."""
-    return (
-        f"Python {platform.python_version()}, cryptography {cryptography.__version__}, "
-        f"vaultkit {vaultkit.__version__}, {platform.machine()}, {os.cpu_count()} CPUs"
-    )
-
-
-def format_core(results: list[CoreResult]) -> str:
-    """Render results as a Markdown table: µs per operation, ratios to raw and to framed."""
-    lines = [
-        "| payload | op | raw µs | framed µs | Vault.encrypt/decrypt µs | FieldCipher µs "
-        "| FieldCipher / raw | FieldCipher / framed | Vault / raw |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        for op in ("encrypt", "decrypt"):
-            raw = getattr(r, f"raw_{op}")
-            framed = getattr(r, f"framed_{op}")
-            vault = getattr(r, f"vault_{op}")
-            field = getattr(r, f"field_{op}")
-            lines.append(
-                f"| {r.size} B | {op} | {raw:.2f} | {framed:.2f} | {vault:.2f} | {field:.2f} "
-                f"| {field / raw:.2f}x | {field / framed:.2f}x | {vault / raw:.2f}x |"
-            )
-    return "\n".join(lines)
+def _suites(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SUITES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown suite(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SUITES)}"
+        )
+    return names
 
 
 def register(commands: Any) -> None:
-    bench = commands.add_parser("bench", help="measure vaultkit against raw AES-GCM")
+    bench = commands.add_parser(
+        "bench",
+        help="measure vaultkit against its baselines and peers",
+        description="Measure vaultkit beside its baselines in one run (docs/benchmarks.md).",
+    )
     bench.add_argument("--quick", action="store_true", help="few iterations, for a smoke run")
+    bench.add_argument(
+        "--suite",
+        type=_suites,
+        default=list(SUITES),
+        metavar="NAMES",
+        help=f"comma-separated suites (default: all): {','.join(SUITES)}",
+    )
+    bench.add_argument(
+        "--format", choices=["table", "markdown", "json"], default="table", help="output format"
+    )
+    bench.add_argument("--json-out", type=Path, metavar="FILE", help="also write the run as JSON")
+    bench.add_argument("--chart", type=Path, metavar="FILE", help="draw the ratios (.svg, .png)")
+    bench.add_argument(
+        "--compare", type=Path, metavar="BASE.json", help="print base, now and delta per figure"
+    )
+    bench.add_argument(
+        "--input", type=Path, metavar="RUN.json", help="report a saved run instead of measuring"
+    )
+    bench.add_argument(
+        "--noise",
+        type=float,
+        default=DEFAULT_NOISE,
+        metavar="FRACTION",
+        help=f"--compare: changes below this fraction are noise (default {DEFAULT_NOISE})",
+    )
+    bench.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        help="--compare: exit 1 when a figure is slower beyond the noise threshold",
+    )
+    bench.add_argument(
+        "--update-doc",
+        type=Path,
+        metavar="FILE.md",
+        help="write the Markdown report between the generated-part markers of FILE.md",
+    )
+    bench.add_argument(
+        "--include-host", action="store_true", help="name the host and user in the machine block"
+    )
     bench.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    number, rounds = (500, 2) if args.quick else (20000, 7)
-    print(f"vaultkit bench core: {environment()}")
-    print(
-        f"parameters: AES-256-GCM, 96-bit random nonce, key commitment, context AAD; "
-        f"{number} calls x {rounds} rounds, best round kept; ratios against raw AESGCM in this run"
+def measure(
+    suites: list[str], *, quick: bool, include_host: bool = False, argv: list[str] | None = None
+) -> Run:
+    """Run ``suites`` and return the run, machine block and checked configuration included."""
+    started = time.perf_counter()
+    found = protections()
+    config = {
+        "protections": found,
+        "all_on": all(v is True for k, v in found.items() if k != "suite"),
+        "digest": config_digest(found),
+    }
+    result = Run(
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        quick=quick,
+        machine=machine_block(include_host=include_host),
+        config=config,
+        argv=list(argv or []),
     )
-    print(format_core(measure_core(number=number, rounds=rounds)))
-    return 0
+    for name in suites:
+        suite_start = time.perf_counter()
+        suite = SUITES[name](quick)
+        suite.seconds = time.perf_counter() - suite_start
+        suite.finish()
+        result.suites.append(suite)
+    result.machine["load_average_after"] = load_average()
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def load_run(path: Path) -> Run:
+    """Read and validate a saved run.
+
+    Raises:
+        ConfigurationError: the file cannot be read or is not a ``vaultkit-bench/1`` run.
+    """
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"{path}: not a readable JSON file ({type(exc).__name__})"
+        ) from None
+    try:
+        validate(document)
+    except SchemaError as exc:
+        raise ConfigurationError(f"{path}: not a vaultkit-bench/1 run: {exc}") from None
+    return Run.from_json(document)
+
+
+def run(args: argparse.Namespace) -> int:
+    base = load_run(args.compare) if args.compare else None
+    if args.input:
+        now = load_run(args.input)
+    else:
+        now = measure(
+            args.suite, quick=args.quick, include_host=args.include_host, argv=sys.argv[1:]
+        )
+    document = now.to_json()
+    validate(document)  # what is written or printed is always a valid vaultkit-bench/1 run
+    if args.json_out:
+        args.json_out.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+    if args.chart:
+        from vaultkit.bench._chart import write_chart
+
+        write_chart(now, args.chart)
+    if args.update_doc:
+        chart = None
+        if args.chart:
+            chart = os.path.relpath(args.chart, args.update_doc.parent)
+        try:
+            text = args.update_doc.read_text(encoding="utf-8")
+            updated = splice_generated(text, format_markdown(now, chart=chart))
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"--update-doc {args.update_doc}: {exc}") from None
+        args.update_doc.write_text(updated, encoding="utf-8")
+    if base is None:
+        print(format_run(now, args.format, chart=str(args.chart) if args.chart else None))
+        return 0
+    comparison = compare(base, now, noise=args.noise)
+    print(format_comparison(comparison, args.format))
+    return 1 if args.fail_on_regression and comparison.regressions else 0

@@ -1,0 +1,66 @@
+"""``--chart FILE``: bars of each subject's ratio to its suite's first baseline, per case.
+
+matplotlib comes with the ``bench`` extra and is imported here only, when a chart is asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vaultkit.bench._model import Run
+from vaultkit.errors import ConfigurationError
+
+__all__ = ["write_chart"]
+
+
+def write_chart(run: Run, path: Path) -> None:
+    """Draw one panel per suite into ``path`` (SVG, PNG or PDF, by its suffix).
+
+    Raises:
+        ConfigurationError: matplotlib is not installed (``pip install 'vaultkit[bench]'``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigurationError(
+            "--chart needs matplotlib: pip install 'vaultkit[bench]'"
+        ) from None
+    suites = [s for s in run.suites if s.baselines and s.results]
+    if not suites:
+        raise ConfigurationError("--chart: the run has no ratios to draw")
+    figure, axes = plt.subplots(
+        len(suites), 1, figsize=(10, 3.2 * len(suites)), squeeze=False, layout="constrained"
+    )
+    for axis, suite in zip(axes[:, 0], suites, strict=True):
+        baseline = suite.baselines[0]
+        subjects = [
+            s
+            for s in dict.fromkeys(r.subject for r in suite.results)
+            if s != baseline and any(baseline in r.ratios for r in suite.results if r.subject == s)
+        ]
+        cases = list(dict.fromkeys(f"{r.case} {r.op}" for r in suite.results))
+        width = 0.8 / max(1, len(subjects))
+        for i, subject in enumerate(subjects):
+            ratios = {
+                f"{r.case} {r.op}": r.ratios[baseline]
+                for r in suite.results
+                if r.subject == subject and baseline in r.ratios
+            }
+            xs = [c + i * width for c in range(len(cases))]
+            axis.bar(xs, [ratios.get(c, 0.0) for c in cases], width, label=subject)
+        axis.axhline(1.0, color="black", linewidth=0.8)
+        axis.set_xticks(
+            [c + 0.4 - width / 2 for c in range(len(cases))],
+            cases,
+            rotation=30,
+            ha="right",
+            fontsize=7,
+        )
+        axis.set_ylabel(f"x {baseline}")
+        axis.set_title(f"{suite.name}: ratio to {baseline} (lower is faster)", fontsize=9)
+        axis.legend(fontsize=7)
+    figure.savefig(path)
+    plt.close(figure)

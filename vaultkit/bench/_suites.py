@@ -1,0 +1,845 @@
+"""The suites of ``vaultkit bench``: each measures vaultkit beside its baselines in the same run.
+
+Every suite is a function ``(quick) -> SuiteResult``. Baselines are named in the suite's
+``baselines``; every result gets its ratio to each baseline of the same case and op. Peers
+(Fernet, Tink, sqlalchemy-utils) are measured when installed and skipped with the reason
+otherwise; ``lacks`` lists what a baseline or peer does not protect that vaultkit does.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import os
+import random
+import string
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from vaultkit.bench._model import Result, Role, Stats, SuiteResult, calibrate, interleaved
+
+__all__ = ["SUITES", "bench_vault", "core_ops", "protections"]
+
+_CORE_SIZES = (16, 64, 256, 1024, 4096, 16384)
+_QUICK_SIZES = (16, 64, 256, 4096)
+
+_RAW_LACKS = (
+    "nonce not stored with the value",
+    "no associated data: a value moved to another cell decrypts",
+    "no key commitment",
+    "no key id, so no rotation or key management",
+)
+_FRAMED_LACKS = (
+    "associated data of the same length but no cell context built",
+    "no key commitment",
+    "no key id, so no rotation or key management",
+    "no typed encoding",
+)
+_FERNET_LACKS = (
+    "no associated data: a token moved to another cell decrypts",
+    "AES-128-CBC + HMAC, timestamp in clear",
+    "no key id or envelope keys",
+)
+_TINK_LACKS = (
+    "no key commitment (AES-GCM)",
+    "cell binding only if the caller passes associated data",
+)
+_SQLA_UTILS_LACKS = (
+    "one key for every column, derived from a string by SHA-256",
+    "no associated data: a value moved to another row or column decrypts",
+    "no key commitment, no key id, no rotation",
+)
+_FLOOR_LACKS = (
+    "no associated data, no key commitment",
+    "one key in process memory, no key management",
+)
+
+
+def _result(
+    case: str,
+    op: str,
+    subject: str,
+    role: Role,
+    samples: list[float],
+    number: int,
+    *,
+    bytes_per_op: int | None = None,
+    rows_per_op: int | None = None,
+    lacks: tuple[str, ...] = (),
+) -> Result:
+    return Result(
+        case=case,
+        op=op,
+        subject=subject,
+        role=role,
+        stats=Stats.of(samples, number),
+        bytes_per_op=bytes_per_op,
+        rows_per_op=rows_per_op,
+        lacks=lacks,
+    )
+
+
+@contextmanager
+def bench_vault(**kwargs: Any) -> Iterator[Any]:
+    from vaultkit import Vault
+    from vaultkit.store import MemoryKeyStore
+    from vaultkit.testing import InMemoryKeyProvider
+
+    vault = Vault(
+        provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["identity"], **kwargs
+    )
+    try:
+        yield vault
+    finally:
+        vault.close()
+
+
+def protections() -> dict[str, Any]:
+    """Check, on a vault built like the suites' ones, that every protection is on.
+
+    Each entry is what was observed, not what was configured: the suite byte of a real value (key
+    commitment), a value moved to another column failing (cell binding), a restricted domain
+    read without a grant yielding a sealed value.
+    """
+    from vaultkit import KeyDomain, Principal, SealedValue, Vault
+    from vaultkit.core import wire
+    from vaultkit.errors import DecryptionError
+    from vaultkit.store import MemoryKeyStore
+    from vaultkit.testing import InMemoryKeyProvider
+
+    found: dict[str, Any] = {}
+    vault = Vault(
+        provider=InMemoryKeyProvider(),
+        store=MemoryKeyStore(),
+        domains=["identity", KeyDomain("medical", restricted=True)],
+    )
+    try:
+        note = vault.field("identity", table="members", column="note")
+        other = vault.field("identity", table="members", column="email")
+        blob = note.encrypt("protections check")
+        suite, _dek, _commitment = wire.parse_header(blob)
+        found["suite"] = suite.name
+        found["key_commitment"] = suite is wire.Suite.AES256_GCM_HKDF_SHA256_COMMIT
+        try:
+            other.decrypt(blob)
+        except DecryptionError:
+            found["cell_binding"] = True
+        else:
+            found["cell_binding"] = False
+        found["random_nonce"] = note.encrypt("x")[52:64] != note.encrypt("x")[52:64]
+        medical = vault.field("medical", table="chats", column="body")
+        sealed = medical.decrypt(medical.encrypt("protections check"))
+        found["restricted_domain_sealed_without_grant"] = isinstance(sealed, SealedValue)
+        with vault.acting_as(Principal("bench", grants={"medical"}), purpose="bench check"):
+            found["restricted_domain_opens_with_grant"] = (
+                medical.decrypt(medical.encrypt("y")) == "y"
+            )
+    finally:
+        vault.close()
+    return found
+
+
+# -- core ---------------------------------------------------------------------------------------
+
+
+def core(quick: bool) -> SuiteResult:
+    """Per-value encrypt and decrypt against raw and framed AES-GCM, Fernet and Tink."""
+    from cryptography.fernet import Fernet
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from vaultkit.core import wire
+
+    sizes = _QUICK_SIZES if quick else _CORE_SIZES
+    # Calls per round are calibrated per operation so that a round lasts about ``target``.
+    target, rounds = (0.001, 5) if quick else (0.04, 7)
+    suite = SuiteResult(
+        "core",
+        "Per-value cost of one field: raw `AESGCM` (the floor), *framed* AES-GCM (nonce stored, "
+        "associated data as long as vaultkit's), `Vault.encrypt` (context dict per call) and "
+        "`FieldCipher` (the column types' path) with every protection on.",
+        baselines=("raw AESGCM", "framed AESGCM"),
+        params={
+            "sizes": list(sizes),
+            "round_s": target,
+            "rounds": rounds,
+            "interleaved": True,
+        },
+    )
+    tink_aead: Any = None
+    try:
+        import tink  # type: ignore[import-not-found, unused-ignore]
+        from tink import aead as tink_aead_module  # type: ignore[import-not-found, unused-ignore]
+
+        tink_aead_module.register()
+        handle = tink.new_keyset_handle(tink_aead_module.aead_key_templates.AES256_GCM)
+        tink_aead = handle.primitive(tink_aead_module.Aead)
+    except ImportError:
+        suite.skip("Tink AEAD", "not installed (pip install tink)")
+    urandom = os.urandom
+    context = {"table": "members", "column": "note"}
+    with bench_vault() as vault:
+        field = vault.field("identity", table="members", column="note")
+        raw = AESGCM(urandom(32))
+        fernet = Fernet(Fernet.generate_key())
+        aad = urandom(wire.HEADER_SIZE + len(wire.context_block("identity", context)))
+        for size in sizes:
+            ops = core_ops(size, vault, field, raw, fernet, tink_aead, aad, context)
+            named = {f"{s}\0{o}": fn for (s, o), fn in ops.items()}
+            numbers = {name: calibrate(fn, target) for name, fn in named.items()}
+            samples = interleaved(named, number=numbers, rounds=rounds)
+            for op in ("encrypt", "decrypt"):
+                for (subject, o), _fn in ops.items():
+                    if o != op:
+                        continue
+                    role: Role = (
+                        "baseline"
+                        if subject in suite.baselines
+                        else "vaultkit"
+                        if subject in ("Vault.encrypt", "FieldCipher")
+                        else "peer"
+                    )
+                    lacks = {
+                        "raw AESGCM": _RAW_LACKS,
+                        "framed AESGCM": _FRAMED_LACKS,
+                        "Fernet": _FERNET_LACKS,
+                        "Tink AEAD": _TINK_LACKS,
+                    }.get(subject, ())
+                    suite.add(
+                        _result(
+                            f"{size} B",
+                            op,
+                            subject,
+                            role,
+                            samples[f"{subject}\0{o}"],
+                            numbers[f"{subject}\0{o}"],
+                            bytes_per_op=size,
+                            lacks=lacks,
+                        )
+                    )
+    return suite
+
+
+def core_ops(
+    size: int,
+    vault: Any,
+    field: Any,
+    raw: Any,
+    fernet: Any,
+    tink_aead: Any,
+    aad: bytes,
+    context: dict[str, str],
+) -> dict[tuple[str, str], Callable[[], object]]:
+    """The operations of one payload size, each with its input prepared outside the timing."""
+    urandom = os.urandom
+    payload = urandom(size)
+    text = "x" * size
+    nonce = urandom(12)
+    raw_ct = raw.encrypt(nonce, payload, None)
+    framed = nonce + raw.encrypt(nonce, payload, aad)
+    blob = vault.encrypt(text, domain="identity", context=context)
+    fblob = field.encrypt(text)
+    token = fernet.encrypt(payload)
+
+    def framed_encrypt() -> bytes:
+        n = urandom(12)
+        out: bytes = n + raw.encrypt(n, payload, aad)
+        return out
+
+    ops: dict[tuple[str, str], Callable[[], object]] = {
+        ("raw AESGCM", "encrypt"): lambda: raw.encrypt(urandom(12), payload, None),
+        ("raw AESGCM", "decrypt"): lambda: raw.decrypt(nonce, raw_ct, None),
+        ("framed AESGCM", "encrypt"): framed_encrypt,
+        ("framed AESGCM", "decrypt"): lambda: raw.decrypt(framed[:12], framed[12:], aad),
+        ("Fernet", "encrypt"): lambda: fernet.encrypt(payload),
+        ("Fernet", "decrypt"): lambda: fernet.decrypt(token),
+        ("Vault.encrypt", "encrypt"): lambda: vault.encrypt(
+            text, domain="identity", context=context
+        ),
+        ("Vault.encrypt", "decrypt"): lambda: vault.decrypt(blob, context=context),
+        ("FieldCipher", "encrypt"): lambda: field.encrypt(text),
+        ("FieldCipher", "decrypt"): lambda: field.decrypt(fblob),
+    }
+    if tink_aead is not None:
+        tct = tink_aead.encrypt(payload, b"")
+        ops[("Tink AEAD", "encrypt")] = lambda: tink_aead.encrypt(payload, b"")
+        ops[("Tink AEAD", "decrypt")] = lambda: tink_aead.decrypt(tct, b"")
+    return ops
+
+
+# -- orm ----------------------------------------------------------------------------------------
+
+_ORM_VAULT = "vaultkit-bench"
+
+
+def _orm_model(kind: str, floor_key: Any) -> type[Any]:
+    import sqlalchemy as sa
+    from sqlalchemy.orm import DeclarativeBase, mapped_column
+    from sqlalchemy.types import TypeDecorator
+
+    from vaultkit.sqla import Encrypted
+
+    class _Bytes(sa.LargeBinary):
+        def bind_processor(self, dialect: Any) -> None:
+            return None
+
+    class FloorAESGCM(TypeDecorator[str]):
+        impl = _Bytes
+        cache_ok = True
+
+        def process_bind_param(self, value: Any, dialect: Any) -> bytes | None:
+            if value is None:
+                return None
+            nonce = os.urandom(12)
+            out: bytes = nonce + floor_key.encrypt(nonce, value.encode(), None)
+            return out
+
+        def process_result_value(self, value: Any, dialect: Any) -> str | None:
+            if value is None:
+                return None
+            text: str = floor_key.decrypt(value[:12], value[12:], None).decode()
+            return text
+
+    def col(inner: Any) -> Any:
+        if kind == "plain columns":
+            return mapped_column(inner)
+        if kind == "floor AESGCM column":
+            return mapped_column(FloorAESGCM())
+        if kind == "vaultkit Encrypted":
+            return mapped_column(Encrypted(inner, domain="identity", vault=_ORM_VAULT))
+        from sqlalchemy_utils import StringEncryptedType
+        from sqlalchemy_utils.types.encrypted.encrypted_type import AesGcmEngine
+
+        return mapped_column(StringEncryptedType(sa.String, "k" * 32, AesGcmEngine))
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Member(Base):
+        __tablename__ = "members"
+        id = mapped_column(sa.Integer, primary_key=True)
+        member_no = mapped_column(sa.Integer)
+        email = col(sa.String(320))
+        phone = col(sa.String(32))
+        note = col(sa.Text)
+
+    return Member
+
+
+def _member_rows(n: int) -> list[dict[str, Any]]:
+    rnd = random.Random(7)  # noqa: S311 - synthetic data
+    letters = string.ascii_lowercase
+    return [
+        {
+            "id": i + 1,
+            "member_no": 100000 + i,
+            "email": "".join(rnd.choices(letters, k=12)) + "@example.be",
+            "phone": "+32 470 " + "".join(rnd.choices(string.digits, k=6)),
+            "note": "".join(rnd.choices(letters + " ", k=200)),
+        }
+        for i in range(n)
+    ]
+
+
+def orm(quick: bool) -> SuiteResult:
+    """ORM and Core insert and select of rows with three encrypted columns, on in-memory SQLite."""
+    import sqlite3
+    import warnings
+
+    import sqlalchemy as sa
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from sqlalchemy.orm import Session
+
+    import vaultkit.sqla
+
+    n, rounds = (300, 3) if quick else (20_000, 5)
+    suite = SuiteResult(
+        "orm",
+        "Rows of 5 columns, 3 encrypted (e-mail, phone, 200-character note), through the ORM "
+        "(`add_all` + commit; select all entities) and Core (executemany; select), in-memory "
+        "SQLite, against the same model with plain columns and a floor `TypeDecorator`.",
+        baselines=("plain columns", "floor AESGCM column"),
+        params={"rows": n, "rounds": rounds, "database": f"SQLite {sqlite3.sqlite_version} memory"},
+    )
+    kinds = ["plain columns", "floor AESGCM column", "vaultkit Encrypted"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import sqlalchemy_utils  # noqa: F401
+
+        kinds.append("sqlalchemy-utils StringEncryptedType")
+    except ImportError:
+        suite.skip("sqlalchemy-utils", "not installed (pip install 'vaultkit[bench]')")
+    data = _member_rows(n)
+    floor_key = AESGCM(os.urandom(32))
+    lacks = {
+        "floor AESGCM column": _FLOOR_LACKS,
+        "sqlalchemy-utils StringEncryptedType": _SQLA_UTILS_LACKS,
+        "plain columns": ("no encryption at all",),
+    }
+    samples: dict[tuple[str, str], list[float]] = {}
+    with bench_vault() as vault:
+        vaultkit.sqla.configure(vault, name=_ORM_VAULT)
+        try:
+            models = {kind: _orm_model(kind, floor_key) for kind in kinds}
+            for _ in range(rounds):
+                for kind, model in models.items():
+                    engine = sa.create_engine("sqlite://")
+                    model.metadata.create_all(engine)
+                    table = model.__table__
+
+                    def orm_insert(model: Any = model, engine: Any = engine) -> None:
+                        with Session(engine) as s:
+                            s.add_all([model(**r) for r in data])
+                            s.commit()
+
+                    def orm_select(model: Any = model, engine: Any = engine) -> None:
+                        with Session(engine) as s:
+                            got = s.scalars(sa.select(model)).all()
+                            if len(got) != n or got[-1].note != data[-1]["note"]:
+                                raise RuntimeError("ORM select returned other rows")
+
+                    def core_insert(table: Any = table, engine: Any = engine) -> None:
+                        with engine.begin() as conn:
+                            conn.execute(sa.delete(table))
+                            conn.execute(table.insert(), data)
+
+                    def core_select(table: Any = table, engine: Any = engine) -> None:
+                        with engine.connect() as conn:
+                            if len(conn.execute(sa.select(table)).all()) != n:
+                                raise RuntimeError("Core select returned other rows")
+
+                    for op, fn in (
+                        ("ORM insert", orm_insert),
+                        ("ORM select", orm_select),
+                        ("Core insert", core_insert),
+                        ("Core select", core_select),
+                    ):
+                        start = time.perf_counter()
+                        fn()
+                        samples.setdefault((kind, op), []).append(time.perf_counter() - start)
+                    engine.dispose()
+        finally:
+            vaultkit.sqla.configure(None, name=_ORM_VAULT)
+    for op in ("ORM insert", "ORM select", "Core insert", "Core select"):
+        for kind in kinds:
+            role: Role = (
+                "baseline"
+                if kind in suite.baselines
+                else "vaultkit"
+                if kind.startswith("vaultkit")
+                else "peer"
+            )
+            suite.add(
+                _result(
+                    f"{n:,} rows",
+                    op,
+                    kind,
+                    role,
+                    samples[(kind, op)],
+                    1,
+                    rows_per_op=n,
+                    lacks=lacks.get(kind, ()),
+                )
+            )
+    suite.notes.append(
+        "`benchmarks/bench_orm.py` runs the same comparison at 100,000 rows on SQLite files and "
+        "the ORM-enabled statements (insert().returning(), bulk update())."
+    )
+    return suite
+
+
+# -- providers ----------------------------------------------------------------------------------
+
+
+def providers(quick: bool) -> SuiteResult:
+    """Wrap + unwrap of a 32-byte DEK by each provider that can run here, beside local AES-GCM."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from vaultkit.keys import LocalKeyProvider
+    from vaultkit.testing import InMemoryKeyProvider
+
+    calls, rounds = (20, 3) if quick else (200, 7)
+    suite = SuiteResult(
+        "providers",
+        "One DEK wrap and unwrap (32 bytes, with context) through each key provider: the cost "
+        "a process pays once per DEK (then cached), beside the same work done by one "
+        "`AESGCM` key in memory.",
+        baselines=("AESGCM in memory",),
+        params={"calls": calls, "rounds": rounds},
+    )
+    context = b"vaultkit-bench"
+    kek = AESGCM(os.urandom(32))
+
+    def bare() -> None:
+        dek = os.urandom(32)
+        nonce = os.urandom(12)
+        if kek.decrypt(nonce, kek.encrypt(nonce, dek, context), context) != dek:
+            raise RuntimeError("round trip failed")
+
+    found: dict[str, tuple[Callable[[], None], tuple[str, ...]]] = {
+        "AESGCM in memory": (
+            bare,
+            ("KEK in this process's memory", "no KEK versions, no access control, no audit"),
+        ),
+    }
+    with tempfile.TemporaryDirectory(prefix="vaultkit-bench-") as folder:
+        candidates: dict[str, Any] = {
+            "InMemoryKeyProvider (tests)": InMemoryKeyProvider(),
+            "LocalKeyProvider (keyring file)": LocalKeyProvider(
+                Path(folder) / "keyring.json", master_key=os.urandom(32)
+            ),
+        }
+        addr, token = (
+            os.environ.get("VAULTKIT_TEST_OPENBAO_ADDR"),
+            os.environ.get("VAULTKIT_TEST_OPENBAO_TOKEN"),
+        )
+        if addr and token:
+            from vaultkit.keys.transit import VaultTransitKeyProvider
+
+            candidates["transit (OpenBao)"] = VaultTransitKeyProvider(
+                addr, token=token, create_keys=True
+            )
+        else:
+            suite.skip("transit", "VAULTKIT_TEST_OPENBAO_ADDR and _TOKEN not set")
+        suite.skip("PKCS#11, AWS KMS", "need a token or an emulator: benchmarks/bench_providers.py")
+        for name, provider in candidates.items():
+            ref = provider.primary("medical")
+
+            def trip(provider: Any = provider, ref: Any = ref) -> None:
+                dek = os.urandom(32)
+                wrapped = provider.wrap(ref, dek, context=context)
+                if provider.unwrap(ref, wrapped, context=context) != dek:
+                    raise RuntimeError("round trip failed")
+
+            found[name] = (trip, ())
+        samples = interleaved(
+            {name: fn for name, (fn, _) in found.items()}, number=calls, rounds=rounds
+        )
+    for name, (_fn, lacks) in found.items():
+        role: Role = "baseline" if name in suite.baselines else "vaultkit"
+        suite.add(
+            _result("32 B DEK", "wrap + unwrap", name, role, samples[name], calls, lacks=lacks)
+        )
+    return suite
+
+
+# -- rekey --------------------------------------------------------------------------------------
+
+
+def rekey(quick: bool) -> SuiteResult:
+    """Re-keying rows/s on an SQLite file against reading and rewriting the same rows; KEK rotation."""
+    import sqlalchemy as sa
+
+    import vaultkit.sqla
+    from vaultkit import Vault
+    from vaultkit.rekey import drop_job, rekey_table
+    from vaultkit.sqla import Encrypted
+    from vaultkit.store import MemoryKeyStore
+    from vaultkit.testing import InMemoryKeyProvider
+
+    n, rounds = (500, 2) if quick else (20_000, 3)
+    suite = SuiteResult(
+        "rekey",
+        "One worker re-encrypting every value of 3 encrypted columns whose DEK was retired "
+        "(`rekey_table`, SQLite file), against the least a re-key must do on the database: read "
+        "every row and write it back by key. KEK rotation rewraps DEK rows only.",
+        baselines=("read + rewrite, no crypto",),
+        params={"rows": n, "rounds": rounds, "workers": 1, "database": "SQLite file"},
+    )
+    samples: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="vaultkit-bench-") as folder:
+        vault = Vault(provider=InMemoryKeyProvider(), store=MemoryKeyStore(), domains=["identity"])
+        vaultkit.sqla.configure(vault, name=_ORM_VAULT)
+        try:
+            for r in range(rounds):
+                name = f"bench_rekey_{uuid.uuid4().hex[:8]}"
+                table = sa.Table(
+                    name,
+                    sa.MetaData(),
+                    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                    *(
+                        sa.Column(c, Encrypted(t, domain="identity", vault=_ORM_VAULT))
+                        for c, t in (
+                            ("email", sa.String(320)),
+                            ("phone", sa.String(32)),
+                            ("note", sa.Text),
+                        )
+                    ),
+                )
+                plain = sa.Table(
+                    f"{name}_plain",
+                    sa.MetaData(),
+                    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                    *(sa.Column(c, sa.LargeBinary) for c in ("email", "phone", "note")),
+                )
+                engine = sa.create_engine(f"sqlite:///{Path(folder) / f'r{r}.db'}")
+                table.metadata.create_all(engine)
+                plain.metadata.create_all(engine)
+                rows = [
+                    {
+                        "id": i,
+                        "email": f"m{i}@example.be",
+                        "phone": "+32470123456",
+                        "note": "x" * 200,
+                    }
+                    for i in range(n)
+                ]
+                with engine.begin() as conn:
+                    conn.execute(table.insert(), rows)
+                    stored = conn.execute(
+                        sa.select(
+                            table.c.id,
+                            *(
+                                sa.type_coerce(table.c[c], sa.LargeBinary)
+                                for c in ("email", "phone", "note")
+                            ),
+                        )
+                    ).all()
+                    conn.execute(
+                        plain.insert(),
+                        [{"id": s[0], "email": s[1], "phone": s[2], "note": s[3]} for s in stored],
+                    )
+                for record in list(vault.store.records()):
+                    vault.retire_dek(record.dek_id)
+
+                start = time.perf_counter()
+                with engine.begin() as conn:
+                    got = conn.execute(sa.select(plain)).all()
+                    conn.execute(
+                        plain.update().where(plain.c.id == sa.bindparam("key")),
+                        [{"key": g[0], "email": g[1], "phone": g[2], "note": g[3]} for g in got],
+                    )
+                samples.setdefault("read + rewrite, no crypto", []).append(
+                    time.perf_counter() - start
+                )
+
+                job = f"{name}:rekey"
+                start = time.perf_counter()
+                report = rekey_table(engine, table, vault=vault, job=job, range_size=5_000)
+                samples.setdefault("vaultkit rekey_table", []).append(time.perf_counter() - start)
+                if report.values_rewritten != 3 * n:
+                    raise RuntimeError("rekey did not rewrite every value")
+                drop_job(engine, job)
+                engine.dispose()
+        finally:
+            vaultkit.sqla.configure(None, name=_ORM_VAULT)
+            vault.close()
+    suite.add(
+        _result(
+            f"{n:,} rows x 3 columns",
+            "re-key",
+            "read + rewrite, no crypto",
+            "baseline",
+            samples["read + rewrite, no crypto"],
+            1,
+            rows_per_op=n,
+            lacks=("no decryption, no re-encryption, no resumable job",),
+        )
+    )
+    suite.add(
+        _result(
+            f"{n:,} rows x 3 columns",
+            "re-key",
+            "vaultkit rekey_table",
+            "vaultkit",
+            samples["vaultkit rekey_table"],
+            1,
+            rows_per_op=n,
+        )
+    )
+    for deks, values in ((20, 2_000), (20, 200)) if quick else ((100, 10_000), (100, 1_000)):
+        times = []
+        for _ in range(rounds):
+            with Vault(
+                provider=InMemoryKeyProvider(["medical"]),
+                store=MemoryKeyStore(),
+                domains=["medical"],
+                dek_max_encryptions=max(1, values // deks),
+            ) as v:
+                for i in range(values):
+                    v.encrypt(i, domain="medical")
+                start = time.perf_counter()
+                v.rotate_kek("medical")
+                times.append(time.perf_counter() - start)
+        suite.add(
+            _result(
+                f"{deks} DEKs, {values:,} values",
+                "KEK rotation",
+                "vaultkit rotate_kek",
+                "vaultkit",
+                times,
+                1,
+            )
+        )
+    suite.notes.append(
+        "KEK rotation should take the same time for the same number of DEKs whatever the number "
+        "of values; `benchmarks/bench_rekey.py --postgres URL` measures workers on PostgreSQL."
+    )
+    return suite
+
+
+# -- audiences ----------------------------------------------------------------------------------
+
+
+def audiences(quick: bool) -> SuiteResult:
+    """E-mail audience hashing end to end (CSV in, platform CSV out) against a bare SHA-256 loop."""
+    from vaultkit.audiences._csv import hash_csv
+
+    n, rounds = (3_000, 2) if quick else (100_000, 3)
+    suite = SuiteResult(
+        "audiences",
+        "Member e-mails hashed for an ad platform's upload with `hash_csv` (normalisation per "
+        "platform, validation, reject handling, CSV in and out), one worker, against "
+        "`hashlib.sha256` over the same e-mails already in memory.",
+        baselines=("bare sha256 loop",),
+        params={"rows": n, "rounds": rounds, "workers": 1},
+    )
+    rnd = random.Random(42)  # noqa: S311 - synthetic data
+    emails = [
+        "".join(rnd.choices(string.ascii_lowercase, k=6))
+        + f".{i % 1000}@"
+        + ("gmail.com" if i % 4 == 0 else "example.be")
+        for i in range(n)
+    ]
+    with tempfile.TemporaryDirectory(prefix="vaultkit-bench-") as folder:
+        source = Path(folder) / "emails.csv"
+        with open(source, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["email"])
+            writer.writerows([e] for e in emails)
+        sha = hashlib.sha256
+
+        def bare() -> None:
+            for email in emails:
+                sha(email.encode()).hexdigest()
+
+        ops: dict[str, Callable[[], object]] = {"bare sha256 loop": bare}
+        for platform in ("google", "meta"):
+            ops[f"hash_csv {platform}"] = functools.partial(
+                hash_csv,
+                source,
+                Path(folder) / f"out-{platform}.csv",
+                platform=platform,
+                default_region="BE",
+            )
+        samples = interleaved(ops, number=1, rounds=rounds)
+    for name in ops:
+        role: Role = "baseline" if name in suite.baselines else "vaultkit"
+        lacks = (
+            (
+                "no normalisation (case, spaces, Gmail dots)",
+                "no validation, no reject file",
+                "no CSV",
+            )
+            if role == "baseline"
+            else ()
+        )
+        suite.add(
+            _result(
+                f"{n:,} e-mails", "hash", name, role, samples[name], 1, rows_per_op=n, lacks=lacks
+            )
+        )
+    return suite
+
+
+# -- passwords ----------------------------------------------------------------------------------
+
+_PASSWORD = "correct horse battery staple"  # noqa: S105 - a benchmark input, not a secret
+
+
+def passwords(quick: bool) -> SuiteResult:
+    """Hash, verify and policy check against argon2-cffi, bcrypt and zxcvbn called directly."""
+    import argon2
+    import bcrypt
+    import zxcvbn
+
+    from vaultkit.passwords import PasswordHasher, PasswordPolicy
+
+    rounds = 2 if quick else 5
+    suite = SuiteResult(
+        "passwords",
+        "vaultkit's password hashing facade and policy against the libraries it wraps, called "
+        "directly with the same parameters: argon2id t=3, 64 MiB, p=4 (RFC 9106 low-memory), "
+        "bcrypt cost 12, and zxcvbn on the same input.",
+        baselines=("argon2-cffi", "bcrypt", "zxcvbn"),
+        params={"rounds": rounds, "argon2id": "t=3, m=65536 KiB, p=4", "bcrypt": "cost 12"},
+    )
+    argon = argon2.PasswordHasher(
+        time_cost=3, memory_cost=65536, parallelism=4, type=argon2.Type.ID
+    )
+    mine = PasswordHasher()
+    mine_bcrypt = PasswordHasher(scheme="bcrypt", bcrypt_rounds=12)
+    stored_argon = argon.hash(_PASSWORD)
+    stored_mine = mine.hash(_PASSWORD)
+    salt = bcrypt.gensalt(12)
+    stored_bcrypt = bcrypt.hashpw(_PASSWORD.encode(), salt)
+    stored_mine_bcrypt = mine_bcrypt.hash(_PASSWORD)
+    policy = PasswordPolicy()
+    hard = "Tr0ub4dor&3" * 6  # 66 characters, l33t and repeated: expensive for zxcvbn
+    ops: dict[tuple[str, str, str], Callable[[], object]] = {
+        ("argon2id", "hash", "argon2-cffi"): lambda: argon.hash(_PASSWORD),
+        ("argon2id", "hash", "vaultkit PasswordHasher"): lambda: mine.hash(_PASSWORD),
+        ("argon2id", "verify", "argon2-cffi"): lambda: argon.verify(stored_argon, _PASSWORD),
+        ("argon2id", "verify", "vaultkit PasswordHasher"): lambda: mine.verify(
+            _PASSWORD, stored_mine
+        ),
+        ("bcrypt", "hash", "bcrypt"): lambda: bcrypt.hashpw(_PASSWORD.encode(), bcrypt.gensalt(12)),
+        ("bcrypt", "hash", "vaultkit PasswordHasher"): lambda: mine_bcrypt.hash(_PASSWORD),
+        ("bcrypt", "verify", "bcrypt"): lambda: bcrypt.checkpw(_PASSWORD.encode(), stored_bcrypt),
+        ("bcrypt", "verify", "vaultkit PasswordHasher"): lambda: mine_bcrypt.verify(
+            _PASSWORD, stored_mine_bcrypt
+        ),
+        ("typical input", "policy check", "zxcvbn"): lambda: zxcvbn.zxcvbn(_PASSWORD),
+        ("typical input", "policy check", "vaultkit PasswordPolicy"): lambda: policy.check(
+            _PASSWORD
+        ),
+        ("expensive input", "policy check", "zxcvbn"): lambda: zxcvbn.zxcvbn(hard),
+        ("expensive input", "policy check", "vaultkit PasswordPolicy"): lambda: policy.check(hard),
+    }
+    lacks = {
+        "argon2-cffi": ("no NFKC normalisation, no legacy PBKDF2/bcrypt verification",),
+        "bcrypt": ("silently ignores bytes past 72", "no NFKC normalisation"),
+        "zxcvbn": (
+            "refuses input over 72 characters instead of scoring a prefix",
+            "no breach list",
+        ),
+    }
+    # No warm-up: a hash has nothing to warm, and each call costs a fifth of a second.
+    samples = interleaved(
+        {"\0".join(k): fn for k, fn in ops.items()}, number=1, rounds=rounds, warmup=False
+    )
+    for case, op, subject in ops:
+        role: Role = "baseline" if subject in suite.baselines else "vaultkit"
+        suite.add(
+            _result(
+                case,
+                op,
+                subject,
+                role,
+                samples["\0".join((case, op, subject))],
+                1,
+                lacks=lacks.get(subject, ()),
+            )
+        )
+    suite.notes.append(
+        "`benchmarks/bench_passwords.py` searches for the policy's worst-case inputs and times "
+        "the breached-password mirror."
+    )
+    return suite
+
+
+#: Every suite by name, in the order a run measures them.
+SUITES: dict[str, Callable[[bool], SuiteResult]] = {
+    "core": core,
+    "orm": orm,
+    "providers": providers,
+    "rekey": rekey,
+    "audiences": audiences,
+    "passwords": passwords,
+}
