@@ -1,6 +1,6 @@
 # One command for every check: `make check`. CI runs the same target.
 PY ?= python
-.PHONY: check lint typecheck test smoke format
+.PHONY: check lint typecheck test smoke format site
 
 check: lint typecheck test smoke
 
@@ -21,3 +21,8 @@ smoke:
 format:
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+# The documentation site (needs `pip install -e . --group docs`); CI also opens every page in
+# headless Chromium (.ci/render_check.py).
+site:
+	$(PY) -m mkdocs build --strict
