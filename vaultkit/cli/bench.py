@@ -17,6 +17,8 @@ written); ``--compare BASE.json`` prints base, now and delta per figure, with a 
 a warning when the machine blocks differ; ``--input RUN.json`` reports a saved run instead of
 measuring; ``--chart FILE`` draws the ratios (matplotlib, ``pip install 'vaultkit[bench]'``);
 ``--update-doc docs/benchmarks.md`` rewrites the generated part of that page from the run.
+``--database URL`` (repeatable) also runs the ``orm`` and ``rekey`` suites on that database, in
+tables of their own that they drop; the machine block gets its server version, never the URL.
 
 Exit codes: 0; 2 usage; 3 a JSON file that is not a ``vaultkit-bench/1`` run, ``--chart``
 without matplotlib, or an ``--update-doc`` file without its markers; 1 with ``--fail-on-regression`` when ``--compare`` finds a figure slower
@@ -32,7 +34,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ from vaultkit.bench._report import (
     splice_generated,
 )
 from vaultkit.bench._schema import SchemaError, validate
-from vaultkit.bench._suites import SUITES, protections
+from vaultkit.bench._suites import SUITES, Options, protections
 from vaultkit.errors import ConfigurationError
 
 __all__ = ["SIZES", "CoreResult", "load_run", "measure", "measure_core", "register", "run"]
@@ -132,6 +133,13 @@ def register(commands: Any) -> None:
     bench.add_argument(
         "--format", choices=["table", "markdown", "json"], default="table", help="output format"
     )
+    bench.add_argument(
+        "--database",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also measure the orm and rekey suites on this database (tables of their own, dropped)",
+    )
     bench.add_argument("--json-out", type=Path, metavar="FILE", help="also write the run as JSON")
     bench.add_argument("--chart", type=Path, metavar="FILE", help="draw the ratios (.svg, .png)")
     bench.add_argument(
@@ -165,9 +173,18 @@ def register(commands: Any) -> None:
 
 
 def measure(
-    suites: list[str], *, quick: bool, include_host: bool = False, argv: list[str] | None = None
+    suites: list[str],
+    *,
+    quick: bool,
+    databases: tuple[str, ...] = (),
+    include_host: bool = False,
+    argv: list[str] | None = None,
 ) -> Run:
-    """Run ``suites`` and return the run, machine block and checked configuration included."""
+    """Run ``suites`` and return the run, machine block and checked configuration included.
+
+    ``databases`` are SQLAlchemy URLs the ``orm`` and ``rekey`` suites also measure, beside
+    SQLite, in tables of unique names that they drop afterwards.
+    """
     started = time.perf_counter()
     found = protections()
     config = {
@@ -182,15 +199,27 @@ def measure(
         config=config,
         argv=list(argv or []),
     )
+    options = Options(quick=quick, databases=databases)
     for name in suites:
         suite_start = time.perf_counter()
-        suite = SUITES[name](quick)
+        suite = SUITES[name](options)
         suite.seconds = time.perf_counter() - suite_start
         suite.finish()
         result.suites.append(suite)
+    result.machine["database_servers"] = dict(sorted(options.servers.items()))
     result.machine["load_average_after"] = load_average()
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """What was measured, as command-line arguments; database URLs left out (they may hold a password)."""
+    out = ["bench", "--suite", ",".join(args.suite)]
+    if args.quick:
+        out.append("--quick")
+    for _url in args.database:
+        out += ["--database", "<url>"]
+    return out
 
 
 def load_run(path: Path) -> Run:
@@ -218,7 +247,11 @@ def run(args: argparse.Namespace) -> int:
         now = load_run(args.input)
     else:
         now = measure(
-            args.suite, quick=args.quick, include_host=args.include_host, argv=sys.argv[1:]
+            args.suite,
+            quick=args.quick,
+            databases=tuple(args.database),
+            include_host=args.include_host,
+            argv=_argv(args),
         )
     document = now.to_json()
     validate(document)  # what is written or printed is always a valid vaultkit-bench/1 run

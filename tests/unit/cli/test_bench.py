@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from vaultkit.bench import SCHEMA_ID
 from vaultkit.bench._machine import machine_block
-from vaultkit.bench._model import Result, Run, Stats, SuiteResult
+from vaultkit.bench._model import Result, Run, Stats, SuiteResult, calibrate, interleaved
 from vaultkit.bench._report import (
     BEGIN_MARKER,
     END_MARKER,
@@ -399,3 +399,64 @@ def test_every_suite_runs_quick() -> None:
 
 def _fields(result: Result) -> dict[str, Any]:
     return {name: getattr(result, name) for name in Result.__slots__ if not name.startswith("__")}
+
+
+@pytest.mark.parametrize(
+    ("server", "dialect"),
+    [
+        pytest.param("postgres_url", "postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb_url", "mysql", marks=pytest.mark.mariadb),
+    ],
+)
+def test_database_suites_name_the_server_and_clean_up(
+    server: str, dialect: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """--database runs orm and rekey there too, records the server version (not the URL) and drops its tables."""
+    import sqlalchemy as sa
+
+    url: str = request.getfixturevalue(server)
+    out = tmp_path / "run.json"
+    assert (
+        main(
+            ["bench", "--quick", "--suite", "orm,rekey", "--database", url, "--json-out", str(out)]
+        )
+        == 0
+    )
+    text = out.read_text()
+    assert url not in text and "127.0.0.1" not in text
+    document = json.loads(text)
+    assert document["machine"]["database_servers"][dialect]
+    assert document["argv"] == ["bench", "--suite", "orm,rekey", "--quick", "--database", "<url>"]
+    cases = {r["case"] for s in document["suites"] for r in s["results"]}
+    assert f"300 rows, {dialect}" in cases and f"500 rows x 3 columns, {dialect}" in cases
+    engine = sa.create_engine(url)
+    try:
+        left = [t for t in sa.inspect(engine).get_table_names() if t.startswith("bench_")]
+    finally:
+        engine.dispose()
+    assert left == []
+
+
+class TestTiming:
+    def test_interleaved_runs_every_operation_each_round(self) -> None:
+        """Each operation is called warm-up + rounds x number times, and gets one sample per round."""
+        calls = {"a": 0, "b": 0}
+
+        def op(name: str) -> Any:
+            def fn() -> None:
+                calls[name] += 1
+
+            return fn
+
+        samples = interleaved({"a": op("a"), "b": op("b")}, number={"a": 3, "b": 5}, rounds=4)
+        assert calls == {"a": 1 + 12, "b": 1 + 20}
+        assert [len(samples["a"]), len(samples["b"])] == [4, 4]
+
+    def test_calibrate_scales_calls_to_the_target(self) -> None:
+        """A slower operation gets fewer calls per round, and never fewer than one."""
+        import time as clock
+
+        fast = calibrate(lambda: None, 0.01)
+        slow = calibrate(lambda: clock.sleep(0.002), 0.01)
+        assert fast > slow >= 1
+        assert calibrate(lambda: clock.sleep(0.003), 0.0001) == 1
