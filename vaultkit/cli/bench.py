@@ -19,6 +19,8 @@ measuring; ``--chart FILE`` draws the ratios (matplotlib, ``pip install 'vaultki
 ``--update-doc docs/benchmarks.md`` rewrites the generated part of that page from the run.
 ``--database URL`` (repeatable) also runs the ``orm`` and ``rekey`` suites on that database, in
 tables of their own that they drop; the machine block gets its server version, never the URL.
+``--config FILE`` makes the ``providers`` suite measure each domain's provider of that vault
+configuration (wraps and unwraps of random data keys, nothing stored).
 
 Exit codes: 0; 2 usage; 3 a JSON file that is not a ``vaultkit-bench/1`` run, ``--chart``
 without matplotlib, or an ``--update-doc`` file without its markers; 1 with ``--fail-on-regression`` when ``--compare`` finds a figure slower
@@ -140,6 +142,12 @@ def register(commands: Any) -> None:
         metavar="URL",
         help="also measure the orm and rekey suites on this database (tables of their own, dropped)",
     )
+    bench.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="providers suite: also measure each domain's provider of this vault configuration",
+    )
     bench.add_argument("--json-out", type=Path, metavar="FILE", help="also write the run as JSON")
     bench.add_argument("--chart", type=Path, metavar="FILE", help="draw the ratios (.svg, .png)")
     bench.add_argument(
@@ -177,17 +185,20 @@ def measure(
     *,
     quick: bool,
     databases: tuple[str, ...] = (),
+    config: str | None = None,
     include_host: bool = False,
     argv: list[str] | None = None,
 ) -> Run:
     """Run ``suites`` and return the run, machine block and checked configuration included.
 
     ``databases`` are SQLAlchemy URLs the ``orm`` and ``rekey`` suites also measure, beside
-    SQLite, in tables of unique names that they drop afterwards.
+    SQLite, in tables of unique names that they drop afterwards. ``config`` is a vault
+    configuration file whose providers the ``providers`` suite measures (a few hundred wraps and
+    unwraps of random data keys; nothing is stored).
     """
     started = time.perf_counter()
     found = protections()
-    config = {
+    checked = {
         "protections": found,
         "all_on": all(v is True for k, v in found.items() if k != "suite"),
         "digest": config_digest(found),
@@ -196,10 +207,10 @@ def measure(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         quick=quick,
         machine=machine_block(include_host=include_host),
-        config=config,
+        config=checked,
         argv=list(argv or []),
     )
-    options = Options(quick=quick, databases=databases)
+    options = Options(quick=quick, databases=databases, config=config)
     for name in suites:
         suite_start = time.perf_counter()
         suite = SUITES[name](options)
@@ -219,6 +230,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
         out.append("--quick")
     for _url in args.database:
         out += ["--database", "<url>"]
+    if args.config:
+        out += ["--config", "<file>"]
     return out
 
 
@@ -250,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
             args.suite,
             quick=args.quick,
             databases=tuple(args.database),
+            config=str(args.config) if args.config else None,
             include_host=args.include_host,
             argv=_argv(args),
         )

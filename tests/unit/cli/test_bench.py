@@ -212,13 +212,15 @@ class TestMachineBlock:
         assert set(block["git"]) == {"commit", "dirty"}
 
     def test_protections_are_observed_on(self) -> None:
-        """Key commitment, cell binding, random nonces and the restricted domain are checked on."""
+        """Key commitment, cell binding, random nonces, the restricted domain and the audit log are on."""
         found = protections()
         assert found["key_commitment"] is True
         assert found["cell_binding"] is True
         assert found["random_nonce"] is True
         assert found["restricted_domain_sealed_without_grant"] is True
         assert found["restricted_domain_opens_with_grant"] is True
+        assert found["audit_records_decrypt_and_denial"] is True
+        assert found["audit_chain_verifies"] is True
 
 
 class TestCompare:
@@ -460,3 +462,46 @@ class TestTiming:
         slow = calibrate(lambda: clock.sleep(0.002), 0.01)
         assert fast > slow >= 1
         assert calibrate(lambda: clock.sleep(0.003), 0.0001) == 1
+
+
+def test_config_providers_are_measured_and_a_refusal_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--config measures each domain's provider; one that refuses is listed as skipped, by class only."""
+    import base64
+    import os
+
+    monkeypatch.setenv("VAULTKIT_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
+    # A keyring (same master key) holding a KEK for identity only: medical's round trip is refused.
+    frozen = tmp_path / "frozen.json"
+    assert main(["keys", "init", "--keyring", str(frozen), "--domain", "identity"]) == 0
+    (tmp_path / "vaultkit.toml").write_text(
+        f"""
+key_store = "sqlite:///{tmp_path}/keys.db"
+default_provider = "keyring"
+
+[providers.keyring]
+type = "local"
+path = "{tmp_path}/keyring.json"
+create_keys = true
+
+[providers.frozen]
+type = "local"
+path = "{frozen}"
+
+[domains.identity]
+
+[domains.medical]
+provider = "frozen"
+"""
+    )
+    out = tmp_path / "run.json"
+    args = ["bench", "--quick", "--suite", "providers", "--config", str(tmp_path / "vaultkit.toml")]
+    assert main([*args, "--json-out", str(out)]) == 0
+    document = json.loads(out.read_text())
+    suite = document["suites"][0]
+    subjects = {r["subject"] for r in suite["results"]}
+    assert "LocalKeyProvider (domain identity)" in subjects
+    skipped = {s["subject"]: s["reason"] for s in suite["skipped"]}
+    assert skipped["LocalKeyProvider (domain medical)"].startswith("round trip refused (")
+    assert str(tmp_path) not in json.dumps(document)
