@@ -18,6 +18,7 @@ __all__ = [
     "format_comparison",
     "format_run",
     "human_time",
+    "load_warning",
     "splice_generated",
 ]
 
@@ -127,6 +128,21 @@ def _machine_lines(run: Run) -> list[tuple[str, str]]:
     return pairs
 
 
+def load_warning(run: Run) -> str | None:
+    """A sentence when the machine was busy during the run (1-minute load over half the cores)."""
+    m = run.machine
+    loads = [x for x in (m.get("load_average_before"), m.get("load_average_after")) if x]
+    cores = m.get("logical_cores") or 1
+    peak = max((x[0] for x in loads), default=0.0)
+    if peak <= cores / 2:
+        return None
+    return (
+        f"The machine was busy: a 1-minute load average of up to {peak:.1f} on {cores} cores. "
+        "Other processes shared the CPU, so these figures are noisy: compare best rounds of "
+        "several runs, or rerun on an idle machine."
+    )
+
+
 def _environment(run: Run) -> str:
     m = run.machine
     return (
@@ -143,6 +159,9 @@ def _skipped(suite: SuiteResult) -> list[str]:
 def format_table(run: Run) -> str:
     out = [f"vaultkit bench: {_environment(run)}"]
     out += [f"{name}: {value}" for name, value in _machine_lines(run)]
+    warning = load_warning(run)
+    if warning:
+        out.append(f"WARNING: {warning}")
     for suite in run.suites:
         out += ["", f"== {suite.name}: {suite.description}"]
         out.append(
@@ -167,6 +186,9 @@ def format_markdown(run: Run, *, chart: str | None = None) -> str:
         "|---|---|",
     ]
     out += [_row([name, value]) for name, value in _machine_lines(run)]
+    warning = load_warning(run)
+    if warning:
+        out += ["", f"> **Noisy figures.** {warning}"]
     if chart:
         out += ["", f"![Ratio of each subject to its suite's first baseline]({chart})"]
     for suite in run.suites:

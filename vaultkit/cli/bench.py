@@ -23,11 +23,13 @@ tables of their own that they drop; the machine block gets its server version, n
 configuration (wraps and unwraps of random data keys, nothing stored).
 
 Exit codes: 0; 2 usage; 3 a JSON file that is not a ``vaultkit-bench/1`` run, ``--chart``
-without matplotlib, or an ``--update-doc`` file without its markers; 1 with ``--fail-on-regression`` when ``--compare`` finds a figure slower
-beyond the noise threshold.
+without matplotlib, or an ``--update-doc`` file without its markers; 1 with
+``--fail-on-regression`` when ``--compare`` finds a figure slower beyond the noise threshold;
+the command's usual codes (4 provider, 10 database) when ``--config`` or ``--database`` fail.
 
 .. versionchanged:: 0.3.0
-   Suites, machine block, ``--format``, ``--json-out``, ``--compare``, ``--chart``.
+   Suites, machine block, ``--format``, ``--json-out``, ``--compare``, ``--input``, ``--chart``,
+   ``--update-doc``, ``--database``, ``--config``.
 """
 
 from __future__ import annotations

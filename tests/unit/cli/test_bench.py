@@ -505,3 +505,26 @@ provider = "frozen"
     skipped = {s["subject"]: s["reason"] for s in suite["skipped"]}
     assert skipped["LocalKeyProvider (domain medical)"].startswith("round trip refused (")
     assert str(tmp_path) not in json.dumps(document)
+
+
+def test_busy_machine_is_called_noisy() -> None:
+    """A load average above half the cores puts a noise warning in the report; an idle one does not."""
+    from vaultkit.bench._report import format_table
+
+    idle = crafted_run()
+    assert "noisy" not in format_table(idle) and "noisy" not in format_markdown(idle)
+    busy = crafted_run()
+    busy.machine["load_average_after"] = [6.5, 5.0, 4.0]
+    assert "WARNING: The machine was busy: a 1-minute load average of up to 6.5 on 2 cores" in (
+        format_table(busy)
+    )
+    assert "> **Noisy figures.** The machine was busy" in format_markdown(busy)
+
+
+def test_measure_core_keeps_the_interface_older_trees_share() -> None:
+    """measure_core returns best µs per operation per size (benchmarks/bench_key_check.py uses it)."""
+    from vaultkit.cli.bench import measure_core
+
+    (result,) = measure_core((16,), number=20, rounds=2)
+    assert result.size == 16
+    assert 0 < result.raw_encrypt and 0 < result.field_decrypt
