@@ -204,8 +204,9 @@ def core(options: Options) -> SuiteResult:
         "core",
         "Per-value cost of one field: raw `AESGCM` (the floor), *framed* AES-GCM (nonce stored, "
         "associated data as long as vaultkit's), `Vault.encrypt` (context dict per call) and "
-        "`FieldCipher` (the column types' path) with every protection on.",
-        baselines=("raw AESGCM", "framed AESGCM"),
+        "`FieldCipher` (the column types' path) with every protection on; and the blind-index "
+        "HMAC of an e-mail beside one bare `hmac.digest`.",
+        baselines=("raw AESGCM", "framed AESGCM", "hmac.digest"),
         params={
             "sizes": list(sizes),
             "round_s": target,
@@ -264,7 +265,38 @@ def core(options: Options) -> SuiteResult:
                             lacks=lacks,
                         )
                     )
+        _blind_index(suite, vault, target, rounds)
     return suite
+
+
+def _blind_index(suite: SuiteResult, vault: Any, target: float, rounds: int) -> None:
+    """The blind-index HMAC of a normalised e-mail beside one ``hmac.digest`` with the key at hand."""
+    import hmac
+
+    key = vault.blind_index_key("identity", table="members", column="email")
+    bare_key = os.urandom(32)
+    email = b"jan.peeters@example.be"  # 22 bytes, a typical normalised e-mail
+    ops: dict[str, Callable[[], object]] = {
+        "hmac.digest": lambda: hmac.digest(bare_key, email, "sha256"),
+        "BlindIndexKey.digest": lambda: key.digest(email),
+    }
+    numbers = {name: calibrate(fn, target) for name, fn in ops.items()}
+    samples = interleaved(ops, number=numbers, rounds=rounds)
+    for name in ops:
+        suite.add(
+            _result(
+                f"{len(email)} B",
+                "blind index",
+                name,
+                "baseline" if name == "hmac.digest" else "vaultkit",
+                samples[name],
+                numbers[name],
+                bytes_per_op=len(email),
+                lacks=("key in this process's memory, not wrapped, versioned or per column",)
+                if name == "hmac.digest"
+                else (),
+            )
+        )
 
 
 def core_ops(
