@@ -142,7 +142,7 @@ class TestUpgrade:
         shutil.copy(V1 / "keys_v1.db", tmp_path / "keys.db")
         url = f"sqlite:///{tmp_path / 'keys.db'}"
         before = (tmp_path / "keys.db").read_bytes()
-        with pytest.raises(KeyStoreError, match="layout version 1.*create=True to upgrade"):
+        with pytest.raises(KeyStoreError, match=r"layout version 1.*create=True to upgrade"):
             SQLKeyStore(url, create=False)
         assert (tmp_path / "keys.db").read_bytes() == before
 

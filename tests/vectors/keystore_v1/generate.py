@@ -1,3 +1,6 @@
+"""Make the layout version 1 key store of this directory (run once, with vaultkit 0.2 on the path:
+``PYTHONPATH=<a 0.2 checkout> python generate.py``). Kept to show how the files were made."""
+
 import json
 from pathlib import Path
 
@@ -5,11 +8,11 @@ from vaultkit import Vault
 from vaultkit.keys import LocalKeyProvider
 from vaultkit.store import SCHEMA_VERSION
 
-assert SCHEMA_VERSION == 1
+assert SCHEMA_VERSION == 1, "run with vaultkit 0.2 (key-store layout version 1)"  # noqa: S101
 MASTER = bytes(range(32))
-out = Path("/tmp/v1gen")
+out = Path(__file__).parent
 provider = LocalKeyProvider(out / "keyring.json", master_key=MASTER)
-values = []
+values: list[dict[str, object]] = []
 with Vault(
     provider=provider,
     store=f"sqlite:///{out / 'keys_v1.db'}",
@@ -17,17 +20,10 @@ with Vault(
     dek_max_encryptions=3,
 ) as vault:
     for i in range(8):
-        dom = "identity" if i % 2 else "medical"
-        values.append(
-            {
-                "domain": dom,
-                "plain": f"value {i}",
-                "blob": vault.encrypt(
-                    f"value {i}", domain=dom, context={"table": "t", "column": "c", "row": i}
-                ).hex(),
-                "row": i,
-            }
-        )
-    idx = vault.blind_index_key("identity", table="t", column="c")
-    values.append({"index": idx.digest(b"jan").hex()})
+        domain = "identity" if i % 2 else "medical"
+        context = {"table": "t", "column": "c", "row": i}
+        blob = vault.encrypt(f"value {i}", domain=domain, context=context)
+        values.append({"domain": domain, "plain": f"value {i}", "blob": blob.hex(), "row": i})
+    index = vault.blind_index_key("identity", table="t", column="c")
+    values.append({"index": index.digest(b"jan").hex()})
 (out / "values.json").write_text(json.dumps(values, indent=1))
