@@ -8,7 +8,7 @@ from vaultkit import Vault
 from vaultkit.keys import LocalKeyProvider
 from vaultkit.store import SCHEMA_VERSION
 
-assert SCHEMA_VERSION == 1, "run with vaultkit 0.2 (key-store layout version 1)"  # noqa: S101
+assert SCHEMA_VERSION == 1, "run with vaultkit 0.2 (key-store layout version 1)"
 MASTER = bytes(range(32))
 out = Path(__file__).parent
 provider = LocalKeyProvider(out / "keyring.json", master_key=MASTER)
