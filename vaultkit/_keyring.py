@@ -1342,3 +1342,4 @@ class Keyring(NoPickle):
         # cipher holds a reference to ``active``.
         self._lock = threading.RLock()
         self.active.clear()
+        self.subject_actives.clear()

@@ -541,6 +541,9 @@ class Vault(NoPickle):
         """
         if not isinstance(at, dt.datetime) or at.utcoffset() is None:
             raise ValueError("at must be a timezone-aware datetime")
+        return _call(self._end_relationship, subject, at)
+
+    def _end_relationship(self, subject: Subject, at: dt.datetime) -> int:
         store = self._scoped_store()
         updated = 0
         for domain in self._domains.values():
@@ -576,8 +579,11 @@ class Vault(NoPickle):
 
         .. versionadded:: 0.3.0
         """
-        store = self._scoped_store()
         names = self._subject_domains(domains)
+        _call(self._allow_subject, subject, names)
+
+    def _allow_subject(self, subject: Subject, names: list[str]) -> None:
+        store = self._scoped_store()
         for name in names:
             ref = _call(self._keyring.subject_ref, name, subject)
             old = store.get_subject(name, ref)

@@ -666,3 +666,26 @@ def test_process_scoped_domains_do_not_touch_scoped_machinery(
         assert [vault.decrypt(b) for b in blobs] == list(range(10))
     assert {r.purpose for r in store.records()} == {"data"}
     assert all(r.scope is None and r.destroy_at is None for r in store.records())
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueErasedError("destroyed", domain="medical", dek_id=b"\x01" * 16),
+        SubjectErasedError(domain="medical", dek_id=b"\x02" * 16),
+        RetentionExpiredError(domain="chat"),
+        SubjectErasedError("writes for this subject are refused", domain="medical"),
+    ],
+)
+def test_erased_errors_survive_pickling(error: ValueErasedError) -> None:
+    """Errors cross process boundaries (worker pools) with their class, reason and ids."""
+    import pickle
+
+    back = pickle.loads(pickle.dumps(error))  # noqa: S301
+    assert type(back) is type(error)
+    assert (back.reason, back.domain, back.dek_id, str(back)) == (
+        error.reason,
+        error.domain,
+        error.dek_id,
+        str(error),
+    )
