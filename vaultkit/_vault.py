@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from vaultkit import _lifecycle
+from vaultkit import _lifecycle, _scoped
 from vaultkit._access import Policy, Principal, Scope, acting_as
 from vaultkit._cipher import Cipher, Decrypted, FieldCipher, as_bytes
 from vaultkit._codec import PlainValue, encode_value
@@ -550,8 +550,8 @@ class Vault(NoPickle):
             retention = domain.retention
             if retention is None or retention.after != "relationship_end":
                 continue
-            ref = _call(self._keyring.subject_ref, domain.name, subject)
-            deadline = retention.deadline(at)
+            ref = self._keyring.subject_ref(domain.name, subject)
+            deadline = _scoped.subject_deadline(retention, at)
             old = store.get_subject(domain.name, ref) or SubjectRecord(domain.name, ref)
             store.put_subject(
                 SubjectRecord(
@@ -563,8 +563,7 @@ class Vault(NoPickle):
                     request_id=old.request_id,
                 )
             )
-            updated += store.set_destroy_at(domain.name, ref, deadline)
-            self._keyring.forget_subject(domain.name, ref)
+            updated += self._keyring.set_subject_deadline(domain.name, ref, deadline)
         return updated
 
     def allow_subject(self, subject: Subject, *, domains: Iterable[str] | None = None) -> None:
@@ -585,7 +584,7 @@ class Vault(NoPickle):
     def _allow_subject(self, subject: Subject, names: list[str]) -> None:
         store = self._scoped_store()
         for name in names:
-            ref = _call(self._keyring.subject_ref, name, subject)
+            ref = self._keyring.subject_ref(name, subject)
             old = store.get_subject(name, ref)
             if old is not None and old.fenced_at is not None:
                 store.put_subject(
