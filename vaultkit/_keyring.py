@@ -8,6 +8,16 @@ makes new DEKs. :meth:`Keyring.resolve` turns a value's header into its key, wit
 *before* any key-store read or provider call (the :class:`~vaultkit._access.Policy` is injected)
 and the key-commitment check after.
 
+Domains with ``dek_scope="subject"`` or ``"bucket"`` (0.3.0) have *scoped* DEKs: one per member
+(``subject_actives``, a bounded LRU by subject reference) or one per time bucket (in ``active``,
+with the bucket end as a deadline). They are wrapped in process under the domain's wrapping key
+(a key-store row of purpose ``wrapping``, itself wrapped by the KEK: one provider unwrap per
+domain and epoch), with the scope, subject reference, bucket end and subject deadline bound into
+the wrap (:mod:`vaultkit._scoped`). Reads fail closed: a scoped DEK past its deadline (the code's
+retention from the bound bucket end, or its ``destroy_at``) is never unwrapped, swept or not, and
+a cached one stops at its deadline; a destroyed one raises its ``ValueErasedError``. Both are
+remembered (``_KeyCache.erased``) so that repeated reads cost no key-store query.
+
 It has one lock of its own (``_lock``), taken around key-store reads, provider calls and changes
 to its maps, and never while any other collaborator's lock is held; after a fork the child gets
 a fresh lock and no active DEK (:meth:`Keyring.reset_after_fork`).

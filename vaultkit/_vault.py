@@ -102,6 +102,14 @@ class Vault(NoPickle):
     processes never share an encryption key. Unwrapped DEKs are cached, bounded and time-limited;
     decrypting many values costs one provider call per distinct DEK.
 
+    A domain with ``dek_scope="subject"`` has one DEK per member (:meth:`encrypt` takes
+    ``subject=``), one with ``dek_scope="bucket"`` one per time window; both are wrapped under a
+    per-domain wrapping key, so reading the values of many members costs one provider call per
+    domain. Their :class:`~vaultkit.Retention` is enforced at read time (a key past its deadline
+    is never unwrapped) and by destroying keys; the key store holds keyed references of members
+    (:meth:`subject_ref`), never their ids. Such a vault needs a key store with
+    :class:`~vaultkit.store.SupportsScopedKeys` (the SQL and memory stores have it).
+
     Args:
         provider: the key provider holding the domains' KEKs.
         store: the key store: a :class:`~vaultkit.store.KeyStore`, an SQLAlchemy ``Engine`` or a
@@ -121,6 +129,10 @@ class Vault(NoPickle):
         dek_max_age: age after which a fresh DEK is taken for encryption.
         clock: the wall clock, returning a timezone-aware datetime (``datetime.now(UTC)`` by
             default): it picks bucket keys and decides retention deadlines. Tests inject one.
+            Cached keys are refused at their deadline by the monotonic clock, and checked against
+            this one every ``key_check_interval``.
+
+    .. versionchanged:: 0.3.0 ``clock=``; domains with subject and bucket keys.
 
     Raises:
         ConfigurationError: the arguments do not fit together.
