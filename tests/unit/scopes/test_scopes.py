@@ -778,3 +778,26 @@ def test_subject_deadlines_survive_every_database(
         bucket = v.encrypt("hi", domain="chat")
     with Vault(provider=provider, store=database_url, domains=seed_domains(), clock=wall) as r:
         assert [r.decrypt(blob), r.decrypt(later), r.decrypt(bucket)] == ["claim", "claim 2", "hi"]
+
+
+def test_one_key_check_covers_every_subject_key_in_use(
+    provider: InMemoryKeyProvider, wall: Wall
+) -> None:
+    """Writers of many members read the key store once per check interval, not once per member."""
+
+    class Counting(MemoryKeyStore):
+        checks = 0
+
+        def key_deadlines(
+            self, dek_ids: object
+        ) -> dict[bytes, tuple[DekState, dt.datetime | None]]:
+            self.checks += 1
+            return super().key_deadlines(dek_ids)  # type: ignore[arg-type]
+
+    store = Counting()
+    with Vault(provider=provider, store=store, domains=seed_domains(), clock=wall) as vault:
+        first = [vault.encrypt(i, domain="medical", subject=f"m-{i}") for i in range(50)]
+        wall.advance(seconds=6)
+        again = [vault.encrypt(i, domain="medical", subject=f"m-{i}") for i in range(50)]
+        assert store.checks == 1
+        assert [dek_of(b) for b in again] == [dek_of(b) for b in first]
