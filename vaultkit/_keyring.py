@@ -70,6 +70,7 @@ from vaultkit.store import (
     DataKeyRecord,
     DekState,
     KeyStore,
+    SupportsGetMany,
     SupportsScopedKeys,
     SupportsStates,
 )
@@ -1248,11 +1249,29 @@ class Keyring(NoPickle):
         wanted: dict[int, list[DataKeyRecord]] = {}
         scoped = 0
         with self._lock:
+            todo = []
             for dek_id in dict.fromkeys(dek_ids):
                 cached = self.cache.by_id.get(dek_id)
                 if cached is not None and cached.unwrap_at >= _monotonic():
                     continue  # unwrapped already; its due check comes with the next read
-                record = self._readable_record(dek_id)
+                todo.append(dek_id)
+            store = self.store
+            fetched: dict[bytes, DataKeyRecord] | None = None
+            if isinstance(store, SupportsGetMany) and len(todo) > 1:
+                # Many rows in few queries (one per 500 ids); ids remembered as unknown are not
+                # asked for, and those the store does not have are remembered.
+                unknown, now = self.cache.unknown, _monotonic()
+                todo = [i for i in todo if not unknown.refuses(i, now)]
+                fetched = store.get_many(todo)
+                for dek_id in todo:
+                    if dek_id not in fetched:
+                        unknown.add(dek_id, now)
+            for dek_id in todo:
+                if fetched is not None:
+                    found = fetched.get(dek_id)
+                    record = found if _readable(found) else None
+                else:
+                    record = self._readable_record(dek_id)
                 if (
                     record is None
                     or record.domain not in self.providers
