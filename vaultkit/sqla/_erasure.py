@@ -41,7 +41,9 @@ def _tables(target: sa.MetaData | sa.Table | Iterable[sa.Table]) -> list[sa.Tabl
     tables = [getattr(t, "__table__", t) for t in target]
     for table in tables:
         if not isinstance(table, sa.Table):
-            raise TypeError(f"erasure_cells takes tables or mapped classes, not {type(table).__name__}")
+            raise TypeError(
+                f"erasure_cells takes tables or mapped classes, not {type(table).__name__}"
+            )
     return tables
 
 
@@ -111,7 +113,9 @@ def erasure_cells(
     return cells
 
 
-def _null_cells(connection: sa.Connection, plans: list[_TableErasure], subject: Any) -> dict[str, int]:
+def _null_cells(
+    connection: sa.Connection, plans: list[_TableErasure], subject: Any
+) -> dict[str, int]:
     rows: dict[str, int] = {}
     for plan in plans:
         table = plan.table

@@ -33,6 +33,7 @@ from sqlalchemy.ext.mutable import Mutable
 from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, attributes
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm.attributes import InstrumentedAttribute
+from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.selectable import Select
@@ -49,11 +50,11 @@ from vaultkit.errors import (
 from vaultkit.sqla import _registry
 from vaultkit.sqla.types import (
     CELL_KEY,
+    UNKNOWN,
     BlindIndexType,
     Encrypted,
     EncryptedCell,
     Pending,
-    UNKNOWN,
     RowBound,
     cell_of,
     orm_cells,
@@ -124,7 +125,8 @@ def _plan(table: Any) -> _TablePlan | None:
         if isinstance(column.type, Encrypted) and (
             column.type.row_key is not None or column.type.subject is not None
         ):
-            row_key = subject_key = None
+            row_key: str | None = None
+            subject_key: str | None = None
             if column.type.row_key is not None:
                 key_column = _row_key_column(table, column)
                 row_bound.append((column.key, key_column.key))
@@ -252,19 +254,21 @@ def _rewrite(
     if insert:
         # Every parameter set of one executemany must name the same columns, so the row key is
         # filled in for rows whose row-bound values are NULL too.
-        for row_key, key_column in (*plan.row_keys.items(), *plan.subject_columns.items()):
-            if out.get(row_key) is None:
-                row = _default_for(key_column)
-                if row is not None:
-                    out[row_key] = row
+        for name, key_column in (*plan.row_keys.items(), *plan.subject_columns.items()):
+            if out.get(name) is None:
+                default = _default_for(key_column)
+                if default is not None:
+                    out[name] = default
 
     def known(key: str) -> Any:
-        if key in out:
-            return out[key]
+        """The value of column ``key`` in this row: None when NULL, UNKNOWN when not written."""
+        found = out.get(key)
+        if found is not None:
+            return found
         if key in where_binds:
             bind = where_binds[key]
             return params.get(bind.key, bind.effective_value)
-        return UNKNOWN
+        return None if key in out else UNKNOWN
 
     for column_key, row_key, subject_key in plan.bound:
         if column_key not in out:
@@ -334,7 +338,7 @@ def _before_execute(
             else {}
         )
         embedded = _statement_values(statement)
-        if not insert and plan.subjects:
+        if isinstance(statement, Update) and plan.subjects:
             _check_subject_change(statement, plan, embedded, multiparams or [params])
         if embedded is not None:
             rewritten = _rewrite(embedded, plan, insert=insert, where_binds=where_binds)
@@ -936,11 +940,11 @@ def _bind_subjects(target: Any, plan: _MapperPlan) -> None:
 
 
 def _same(old: Any, new: Any) -> bool:
-    if old is attributes.NO_VALUE:
+    if old is NO_VALUE:
         return False
     try:
         return bool(old == new)
-    except Exception:  # noqa: BLE001 - an odd type's comparison: treat as changed
+    except Exception:  # an odd type's comparison: treat it as changed
         return False
 
 

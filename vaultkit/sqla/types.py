@@ -437,7 +437,7 @@ class Encrypted(TypeDecorator[Any]):
         if scope == "subject" and self.subject is None:
             raise ConfigurationError(
                 f"{self._name_or_unknown()}: domain {self.domain!r} keeps a key per subject; "
-                "name the column holding the subject: Encrypted(..., subject=\"member_id\")"
+                'name the column holding the subject: Encrypted(..., subject="member_id")'
             )
         if self.subject is not None and scope is not None and scope != "subject":
             raise ConfigurationError(
@@ -578,14 +578,6 @@ class Encrypted(TypeDecorator[Any]):
                 ``on_erased="raise"``; with ``on_erased="null"`` the value reads as ``None``.
             DecryptionError: any other failure, in both modes.
         """
-        if self.on_erased == "null":
-            try:
-                return self._decrypt_value(stored, row)
-            except ValueErasedError:
-                return None
-        return self._decrypt_value(stored, row)
-
-    def _decrypt_value(self, stored: Any, row: wire.ContextValue | None) -> Any:
         if row is None and self._strict_fixed:
             opener = self._open_fn
             if opener is None:
@@ -605,16 +597,18 @@ class Encrypted(TypeDecorator[Any]):
                 del stored
                 return self._read_legacy(box, row)
             raise DecryptionError
-        if self.previous is None:
+        try:
             value = self.field().decrypt(stored, row=row)
-        else:
-            try:
-                value = self.field().decrypt(stored, row=row)
-            except ValueErasedError:
-                raise  # the key is gone: the value is no older type's either
-            except DecryptionError:
-                previous = self.previous
-                return previous.decrypt_value(stored, row=row if previous.row_key else None)
+        except ValueErasedError:
+            # The key is gone: the value is no older type's either.
+            if self.on_erased == "null":
+                return None
+            raise
+        except DecryptionError:
+            previous = self.previous
+            if previous is None:
+                raise
+            return previous.decrypt_value(stored, row=row if previous.row_key else None)
         if self._enum_class is not None and not isinstance(value, SealedValue):
             return self._enum_class[value]  # type: ignore[index]
         return value

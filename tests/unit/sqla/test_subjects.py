@@ -122,7 +122,9 @@ def engine(tmp_path: Path, vault: Vault) -> Iterator[sa.Engine]:
     eng.dispose()
 
 
-def erase(vault: Vault, clock: FakeClock, subject: int, domains: tuple[str, ...] = ("medical", "chats")) -> int:
+def erase(
+    vault: Vault, clock: FakeClock, subject: int, domains: tuple[str, ...] = ("medical", "chats")
+) -> int:
     """Fence the subject and destroy its keys in ``domains`` through the key store, then let the
     key check interval pass so that this process's cached keys are checked again."""
     now = datetime.now(UTC)
@@ -323,7 +325,10 @@ class TestCoreStatements:
             conn.execute(MEMBERS.insert(), {"id": ids[0], "member_id": 10, "chat": "x"})
             conn.execute(
                 MEMBERS.insert(),
-                [{"id": ids[1], "member_id": 10, "chat": "y"}, {"id": ids[2], "member_id": 11, "chat": "z"}],
+                [
+                    {"id": ids[1], "member_id": 10, "chat": "y"},
+                    {"id": ids[2], "member_id": 11, "chat": "z"},
+                ],
             )
             returned = conn.execute(
                 MEMBERS.insert().returning(MEMBERS.c.id, MEMBERS.c.note),
@@ -411,9 +416,7 @@ def test_pandas_to_sql_picks_each_rows_key(engine: sa.Engine) -> None:
     import vaultkit.sqla.pandas
 
     ids = [uuid.uuid4() for _ in range(4)]
-    frame = pd.DataFrame(
-        {"id": ids, "member_id": [40, 40, 41, 41], "chat": ["a", "b", "c", None]}
-    )
+    frame = pd.DataFrame({"id": ids, "member_id": [40, 40, 41, 41], "chat": ["a", "b", "c", None]})
     assert vaultkit.sqla.pandas.to_sql(frame, Member, engine) == 4
     rows = [raw_row(engine, pk) for pk in ids]
     assert dek_of(rows[0].chat) == dek_of(rows[1].chat) != dek_of(rows[2].chat)
@@ -546,8 +549,12 @@ class TestErasureCells:
         assert (row.chat_index, row.email_index) == (None, None)
         assert raw_row(engine, kept).chat_index is not None
         with Session(engine) as s:
-            assert s.scalars(sa.select(Member.id).where(Member.chat_index == "same words")).all() == [kept]
-            assert s.scalars(sa.select(Member.id).where(Member.email_index == "gone@x.be")).all() == []
+            assert s.scalars(
+                sa.select(Member.id).where(Member.chat_index == "same words")
+            ).all() == [kept]
+            assert (
+                s.scalars(sa.select(Member.id).where(Member.email_index == "gone@x.be")).all() == []
+            )
         assert cells() == {"subj_members": 1, "subj_visits": 1}  # idempotent
 
     def test_inside_the_callers_transaction(self, engine: sa.Engine) -> None:
@@ -558,7 +565,9 @@ class TestErasureCells:
             conn.rollback()
         assert raw_row(engine, pk).chat_index is not None
 
-    def test_schema_qualified_names(self, vault: Vault, postgres_url: str, postgres_schema: str) -> None:
+    def test_schema_qualified_names(
+        self, vault: Vault, postgres_url: str, postgres_schema: str
+    ) -> None:
         """A table in a schema is reported as schema.table."""
         metadata = sa.MetaData(schema=postgres_schema)
         table = sa.Table(
