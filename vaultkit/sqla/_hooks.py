@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+import uuid
 import weakref
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
@@ -281,13 +282,26 @@ def _rewrite(
             row = known(row_key)
             if row is None or row is UNKNOWN:
                 continue  # the column type explains that the row key is missing
-        subject = known(subject_key) if subject_key is not None else UNKNOWN
+        subject = UNKNOWN
+        if subject_key is not None:
+            subject = _as_stored(plan.subject_columns[subject_key], known(subject_key))
         out[column_key] = RowBound(value, row, subject=subject)
     for index_key, source_key in plan.indexes:
         # The index is always derived from its source; a value given for it directly is ignored.
         if source_key in params:
             out[index_key] = params[source_key]
     return out
+
+
+def _as_stored(column: sa.Column[Any], value: Any) -> Any:
+    """A subject as its column holds it: a UUID given as text to a ``Uuid`` column is the UUID,
+    so that its key is the one the ORM's writes, and the erasure, find."""
+    if type(value) is str and isinstance(column.type, sa.Uuid) and column.type.as_uuid:
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            return value  # the database refuses it, with its own error
+    return value
 
 
 def _statement_values(statement: Insert | Update) -> dict[str, Any] | None:

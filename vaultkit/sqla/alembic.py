@@ -25,6 +25,11 @@ instead (docs/operations.md, "Encrypting a legacy plaintext column").
 In a table of a named schema (``schema=``), the values are bound to that schema exactly as the
 model's ``Encrypted`` column binds them (docs/wire-format.md, "Column binding").
 
+For a column of a subject-scoped domain, ``subject="member_id"`` names the column holding each
+row's subject, as on the model's ``Encrypted`` column: each value is encrypted under its member's
+key (a row whose subject is NULL stops the migration). ``on_erased=`` is rendered as the model
+declares it; for ``decrypt_column``, ``on_erased="null"`` turns erased values into NULL.
+
 The vault comes from :func:`vaultkit.sqla.configure` (call it in ``env.py``).
 """
 

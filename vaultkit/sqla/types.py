@@ -14,6 +14,8 @@ type's own key, the normalising function of a blind index). The vault is looked 
 
 from __future__ import annotations
 
+import numbers
+import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -433,7 +435,7 @@ class Encrypted(TypeDecorator[Any]):
 
     def _check_scope(self, policy: KeyDomain | None) -> None:
         """Refuse a ``subject=`` that does not match the domain's key scope."""
-        scope = getattr(policy, "dek_scope", "process") if policy is not None else None
+        scope = policy.dek_scope if policy is not None else None
         if scope == "subject" and self.subject is None:
             raise ConfigurationError(
                 f"{self._name_or_unknown()}: domain {self.domain!r} keeps a key per subject; "
@@ -557,6 +559,7 @@ class Encrypted(TypeDecorator[Any]):
                     f"{self.bound_name}: the subject column {self.subject!r} is NULL in this "
                     "row, so the value has no subject key to be encrypted under; set it first"
                 )
+            subject = self._canonical_subject(subject)
         elif subject is not UNKNOWN:
             raise ConfigurationError(f"{self.bound_name} has no subject= column; pass no subject")
         if type(value) is not str or self._python_type is not str:
@@ -569,6 +572,22 @@ class Encrypted(TypeDecorator[Any]):
         if pending is not None:
             pending.ciphertext = blob
         return blob
+
+    def _canonical_subject(self, subject: Any) -> str | int | uuid.UUID:
+        """The subject as the vault takes it: str, int or UUID (a numpy integer becomes int)."""
+        kind = type(subject)
+        if kind is str or kind is int or kind is uuid.UUID:
+            return subject  # type: ignore[no-any-return]
+        if isinstance(subject, bool):
+            pass
+        elif isinstance(subject, numbers.Integral):
+            return int(subject)
+        elif isinstance(subject, str | int | uuid.UUID):
+            return subject
+        raise ConfigurationError(
+            f"{self.bound_name}: the subject in {self.subject!r} is a {kind.__name__}; a subject "
+            "is a str, an int or a UUID"
+        )
 
     def decrypt_value(self, stored: Any, *, row: wire.ContextValue | None = None) -> Any:
         """Decrypt one stored value of this column (with its row key when row-bound).
