@@ -589,15 +589,26 @@ class Encrypted(TypeDecorator[Any]):
             "is a str, an int or a UUID"
         )
 
-    def decrypt_value(self, stored: Any, *, row: wire.ContextValue | None = None) -> Any:
+    def decrypt_value(
+        self, stored: Any, *, row: wire.ContextValue | None = None, on_erased: str | None = None
+    ) -> Any:
         """Decrypt one stored value of this column (with its row key when row-bound).
+
+        ``on_erased`` overrides the column's own setting for this call: the re-keying engine
+        and verify pass ``"raise"`` to count erased values apart instead of reading them as NULL.
 
         Raises:
             ValueErasedError: the value's key was destroyed (erasure, retention), with
                 ``on_erased="raise"``; with ``on_erased="null"`` the value reads as ``None``.
             DecryptionError: any other failure, in both modes.
+
+        .. versionchanged:: 0.3.0
+            ``on_erased=``.
         """
-        if row is None and self._strict_fixed:
+        if on_erased is not None and on_erased not in _ON_ERASED:
+            raise ConfigurationError('on_erased= is "raise" or "null"')
+        mode = self.on_erased if on_erased is None else on_erased
+        if row is None and self._strict_fixed and mode == self.on_erased:
             opener = self._open_fn
             if opener is None:
                 opener = self._open_fn = self._prepare_open(cells=False)
@@ -620,14 +631,16 @@ class Encrypted(TypeDecorator[Any]):
             value = self.field().decrypt(stored, row=row)
         except ValueErasedError:
             # The key is gone: the value is no older type's either.
-            if self.on_erased == "null":
+            if mode == "null":
                 return None
             raise
         except DecryptionError:
             previous = self.previous
             if previous is None:
                 raise
-            return previous.decrypt_value(stored, row=row if previous.row_key else None)
+            return previous.decrypt_value(
+                stored, row=row if previous.row_key else None, on_erased=mode
+            )
         if self._enum_class is not None and not isinstance(value, SealedValue):
             return self._enum_class[value]  # type: ignore[index]
         return value
