@@ -268,10 +268,11 @@ class TestOrmWrites:
             m = s.get_one(Member, pk)
             m.note = "second"
             m.chat = "second chat"
-            s.commit()
-            assert (m.note, m.chat) == ("second", "second chat")
+            s.flush()
             assert type(m.__dict__["note"]) is EncryptedCell  # no RowBound left behind
             assert m.__dict__["chat"] == "second chat"
+            assert (m.note, m.chat) == ("second", "second chat")
+            s.commit()
         after = raw_row(engine, pk)
         assert after.note != before.note
         assert dek_of(after.note) == dek_of(before.note)
@@ -465,6 +466,19 @@ class TestErased:
                 _ = m.note
             assert not isinstance(caught.value, ValueErasedError)
 
+    def test_decrypt_value_can_ask_for_the_error(
+        self, engine: sa.Engine, vault: Vault, clock: FakeClock
+    ) -> None:
+        """decrypt_value(on_erased="raise") on a "null" column raises, for re-key and verify."""
+        pk = add_member(engine, 54, note="n")
+        stored = raw_row(engine, pk).note
+        erase(vault, clock, 54, ("medical",))
+        note_type = MEMBERS.c.note.type
+        with acting_as(COACH, purpose="verify"):
+            assert note_type.decrypt_value(stored) is None
+            with pytest.raises(SubjectErasedError):
+                note_type.decrypt_value(stored, on_erased="raise")
+
     @pytest.mark.parametrize("loader", [joinedload, selectinload])
     def test_eager_loads_of_erased_cells(
         self, engine: sa.Engine, vault: Vault, clock: FakeClock, loader: Any
@@ -614,17 +628,22 @@ class TestAttacks:
     def test_copy_without_row_key_stays_under_the_first_members_key(
         self, engine: sa.Engine, vault: Vault, clock: FakeClock
     ) -> None:
-        """Without row_key a copied value reads in B's row, but it is A's: erasing A erases it."""
+        """Without row_key a copied value reads in B's row, but it is A's: erasing B leaves it,
+        erasing A erases it."""
         a = add_member(engine, 92, note="a's note")
         b = add_member(engine, 93, note="b's note")
-        copied = raw_row(engine, a).note
         with engine.begin() as conn:
-            conn.execute(sa.update(RAW).where(RAW.c.id == b).values(note=copied))
-        assert dek_of(copied) != dek_of(raw_row(engine, a).note) or True
-        erase(vault, clock, 93)  # B's erasure does not cover a key that was never B's
-        erase(vault, clock, 92)
-        with acting_as(COACH, purpose="read"), Session(engine) as s:
-            assert s.get_one(Member, b).note is None  # gone with A's key
+            conn.execute(sa.update(RAW).where(RAW.c.id == b).values(note=raw_row(engine, a).note))
+
+        def note_of_b() -> str | None:
+            with acting_as(COACH, purpose="read"), Session(engine) as s:
+                return s.get_one(Member, b).note
+
+        assert note_of_b() == "a's note"
+        erase(vault, clock, 93, ("medical",))  # B's erasure covers no key that was never B's
+        assert note_of_b() == "a's note"
+        erase(vault, clock, 92, ("medical",))
+        assert note_of_b() is None  # gone with A's key
 
     def test_another_principal_in_the_same_session(self, engine: sa.Engine) -> None:
         """An object loaded by the coach gives a principal without the grant no plaintext."""
@@ -670,3 +689,62 @@ def test_unconfigured_vault_fails_clearly() -> None:
     vaultkit.sqla.configure(None)
     with pytest.raises(ConfigurationError):
         erasure_cells(Base.metadata, sa.create_engine("sqlite://"), 1)
+
+
+def _legacy_chats(engine: sa.Engine, name: str, rows: list[dict[str, Any]]) -> sa.Table:
+    legacy = sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("member_id", sa.Integer),
+        sa.Column("chat", sa.Text),
+    )
+    legacy.create(engine)
+    with engine.begin() as conn:
+        conn.execute(legacy.insert(), rows)
+    return legacy
+
+
+def _column_op(engine: sa.Engine, name: str, table: str, **kwargs: Any) -> None:
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    import vaultkit.sqla.alembic  # noqa: F401 - registers the operations
+
+    with engine.begin() as conn:
+        getattr(Operations(MigrationContext.configure(conn)), name)(
+            table, "chat", sa.Text, domain="chats", subject="member_id", **kwargs
+        )
+
+
+def test_alembic_encrypt_column_uses_each_rows_subject(engine: sa.Engine) -> None:
+    """op.encrypt_column(..., subject=) encrypts each row under its member's key, readable
+    through the model; decrypt_column reverses it."""
+    rows = [{"id": i, "member_id": 100 + i % 2, "chat": f"chat {i}"} for i in range(6)]
+    legacy = _legacy_chats(engine, "legacy_chats", rows)
+    _column_op(engine, "encrypt_column", "legacy_chats")
+    raw = sa.table("legacy_chats", sa.column("id"), sa.column("chat", sa.LargeBinary))
+    with engine.connect() as conn:
+        blobs = {r.id: r.chat for r in conn.execute(sa.select(raw.c.id, raw.c.chat))}
+    assert dek_of(blobs[0]) == dek_of(blobs[2]) != dek_of(blobs[1])
+    model = sa.Table(
+        "legacy_chats",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("member_id", sa.Integer),
+        sa.Column("chat", Encrypted(sa.Text, domain="chats", subject="member_id")),
+    )
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.select(model.c.chat)).scalars()) == [r["chat"] for r in rows]
+    _column_op(engine, "decrypt_column", "legacy_chats")
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.select(legacy.c.chat)).scalars()) == [r["chat"] for r in rows]
+
+
+def test_alembic_encrypt_column_refuses_a_row_without_subject(engine: sa.Engine) -> None:
+    """A row whose member is NULL stops op.encrypt_column(..., subject=) before it writes."""
+    legacy = _legacy_chats(engine, "orphan_chats", [{"id": 1, "member_id": None, "chat": "x"}])
+    with pytest.raises(ConfigurationError, match="NULL"):
+        _column_op(engine, "encrypt_column", "orphan_chats")
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(legacy.c.chat)).scalar_one() == "x"
