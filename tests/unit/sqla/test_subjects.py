@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -426,6 +428,25 @@ def test_pandas_to_sql_picks_each_rows_key(engine: sa.Engine) -> None:
         vaultkit.sqla.pandas.to_sql(orphan, Member, engine)
 
 
+@pytest.fixture(
+    params=["aiosqlite", pytest.param("asyncpg", marks=pytest.mark.postgres)],
+)
+def async_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database for an async driver: an aiosqlite file, or a fresh PostgreSQL database
+    (async drivers take no search-path option), dropped after."""
+    if request.param == "aiosqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'async.db'}"
+        return
+    server: sa.Engine = request.getfixturevalue("postgres_engine")
+    name = f"vk_subj_{uuid.uuid4().hex[:12]}"
+    with server.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = server.url.set(database=name, drivername="postgresql+asyncpg")
+    yield url.render_as_string(hide_password=False)
+    with server.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
 # -- erased values ------------------------------------------------------------------------------
 
 
@@ -507,12 +528,13 @@ class TestErased:
                 s.flush()
 
     def test_async_session_loads_erased_cells_as_none(
-        self, tmp_path: Path, vault: Vault, clock: FakeClock
+        self, async_url: str, vault: Vault, clock: FakeClock
     ) -> None:
-        """An AsyncSession load (values opened ahead in the greenlet) gives None for erased cells."""
+        """AsyncSession: inserts and updates pick the member's key; a load (values opened ahead
+        in the greenlet) gives None for erased cells."""
         from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-        url = f"sqlite+aiosqlite:///{tmp_path / 'async.db'}"
+        url = async_url
 
         async def run() -> dict[int | None, tuple[str | None, str | None]]:
             eng = create_async_engine(url)
@@ -521,7 +543,11 @@ class TestErased:
                     await conn.run_sync(Base.metadata.create_all)
                 with acting_as(COACH, purpose="intake"):
                     async with AsyncSession(eng) as s:
-                        s.add_all([Member(member_id=70, note="a"), Member(member_id=71, note="b")])
+                        b = Member(member_id=71, note="b")
+                        s.add_all([Member(member_id=70, note="a"), b])
+                        await s.commit()
+                        await s.refresh(b)
+                        b.note = "b2"  # an update of the value alone, flushed in the greenlet
                         await s.commit()
                 erase(vault, clock, 70, ("medical",))
                 with acting_as(COACH, purpose="read"):
@@ -531,7 +557,7 @@ class TestErased:
             finally:
                 await eng.dispose()
 
-        assert asyncio.run(run()) == {70: (None, None), 71: ("b", None)}
+        assert asyncio.run(run()) == {70: (None, None), 71: ("b2", None)}
 
 
 # -- the database side of an erasure --------------------------------------------------------------
@@ -748,3 +774,60 @@ def test_alembic_encrypt_column_refuses_a_row_without_subject(engine: sa.Engine)
         _column_op(engine, "encrypt_column", "orphan_chats")
     with engine.connect() as conn:
         assert conn.execute(sa.select(legacy.c.chat)).scalar_one() == "x"
+
+
+# -- properties and leaks -------------------------------------------------------------------------
+
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(rows=st.lists(st.tuples(st.integers(1, 6), _TEXT | st.none()), min_size=1, max_size=12))
+def test_keys_follow_members_exactly(engine: sa.Engine, rows: list[tuple[int, str | None]]) -> None:
+    """For any rows: two values share a DEK exactly when they share a member, and round-trip."""
+    params = [
+        {"id": uuid.uuid4(), "member_pk": uuid.uuid4(), "member_id": m, "summary": text}
+        for m, text in rows
+    ]
+    with engine.begin() as conn:
+        conn.execute(VISITS.insert(), params)
+        got = {r.id: r.summary for r in conn.execute(sa.select(VISITS.c.id, VISITS.c.summary))}
+        raw = sa.table(
+            "subj_visits", sa.column("id", sa.Uuid), sa.column("summary", sa.LargeBinary)
+        )
+        blobs = {r.id: r.summary for r in conn.execute(sa.select(raw.c.id, raw.c.summary))}
+    assert all(got[p["id"]] == p["summary"] for p in params)
+    written = [(p["member_id"], dek_of(blobs[p["id"]])) for p in params if p["summary"] is not None]
+    for member_a, dek_a in written:
+        for member_b, dek_b in written:
+            assert (member_a == member_b) == (dek_a == dek_b)
+
+
+def test_errors_name_no_member_and_no_value(
+    engine: sa.Engine, vault: Vault, clock: FakeClock
+) -> None:
+    """Refusals, erasure errors and reprs on the subject paths carry no member id, no value."""
+    member, secret = 918273645, "very private words"
+    messages = [repr(RowBound(secret, uuid.uuid4(), subject=member))]
+    for attempt in (
+        lambda: MEMBERS.c.chat.type.encrypt_value(RowBound(secret, uuid.uuid4())),
+        lambda: MEMBERS.c.chat.type.encrypt_value(RowBound(secret, uuid.uuid4(), subject=None)),
+        lambda: MEMBERS.c.chat.type.encrypt_value(RowBound(secret, uuid.uuid4(), subject=1.5)),
+    ):
+        with pytest.raises(ConfigurationError) as refused:
+            attempt()
+        messages.append(str(refused.value))
+    pk = add_member(engine, member, chat=secret)
+    erase(vault, clock, member)
+    with Session(engine) as s, pytest.raises(SubjectErasedError) as erased:
+        s.get_one(Member, pk)
+    messages.append(str(erased.value))
+    with Session(engine) as s:
+        s.add(Member(member_id=member, chat=secret))
+        with pytest.raises(SubjectErasedError) as fenced:
+            s.flush()
+    messages.append(str(fenced.value))
+    for message in messages:
+        assert str(member) not in message and secret not in message
