@@ -400,6 +400,22 @@ class TestCoreStatements:
         rows = [raw_row(engine, pk) for pk in ids]
         assert dek_of(rows[0].note) != dek_of(rows[1].note)
 
+    def test_orm_bulk_update_by_primary_key(self, engine: sa.Engine) -> None:
+        """A bulk update by primary key names no subject: refused, unless it writes the subject
+        and every value under that subject's keys."""
+        pk = add_member(engine, 22, note="n", chat="c")
+        with acting_as(COACH, purpose="bulk"), Session(engine) as s:
+            with pytest.raises(ConfigurationError, match="not known"):
+                s.execute(sa.update(Member), [{"id": pk, "chat": "c2"}])
+            s.rollback()
+            with pytest.raises(ConfigurationError, match="subject column"):
+                s.execute(sa.update(Member), [{"id": pk, "member_id": 22, "chat": "c2"}])
+            s.rollback()
+            s.execute(sa.update(Member), [{"id": pk, "member_id": 23, "chat": "c3", "note": "n3"}])
+            s.commit()
+            m = s.get_one(Member, pk)
+            assert (m.member_id, m.chat, m.note) == (23, "c3", "n3")
+
     def test_row_bound_written_by_hand(self, engine: sa.Engine) -> None:
         """An application can give the subject itself, with RowBound(value, row, subject=...)."""
         column_type = MEMBERS.c.chat.type
