@@ -41,7 +41,14 @@ from vaultkit.errors import (
     SubjectErasedError,
     ValueErasedError,
 )
-from vaultkit.sqla import BlindIndex, Encrypted, EncryptedCell, RowBound, erasure_cells
+from vaultkit.sqla import (
+    BlindIndex,
+    BlindIndexType,
+    Encrypted,
+    EncryptedCell,
+    RowBound,
+    erasure_cells,
+)
 from vaultkit.store import SubjectRecord
 from vaultkit.testing import InMemoryKeyProvider
 
@@ -308,6 +315,20 @@ class TestOrmWrites:
             with pytest.raises(AccessDeniedError, match="new subject"):
                 s.flush()
         assert raw_row(engine, pk).member_id == 6
+
+    def test_failed_flush_leaves_no_wrapper_behind(self, engine: sa.Engine) -> None:
+        """A flush that fails after the subject was attached leaves no wrapper in the object;
+        after the rollback it reads the stored value."""
+        pk = add_member(engine, 9, chat="stored")
+        with acting_as(COACH, purpose="edit"), Session(engine) as s:
+            m = s.get_one(Member, pk)
+            m.chat = "assigned"
+            s.add(Member(member_id=None, chat="orphan"))
+            with pytest.raises(ConfigurationError, match="NULL"):
+                s.flush()
+            assert not any(type(v) is RowBound for v in vars(m).values())
+            s.rollback()
+            assert m.chat == "stored"
 
     def test_flush_without_a_scope(self, engine: sa.Engine) -> None:
         """Outside any acting_as block, writes of an unrestricted subject-scoped column work."""
@@ -641,6 +662,52 @@ class TestErasureCells:
             assert erasure_cells(metadata, eng, 9)() == {f"{postgres_schema}.events": 1}
         finally:
             eng.dispose()
+
+    def test_table_with_two_subject_columns(self, engine: sa.Engine) -> None:
+        """Each subject-scoped index goes with its own subject; another index with either."""
+        metadata = sa.MetaData()
+        messages = sa.Table(
+            "subj_messages",
+            metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("sender_id", sa.Integer),
+            sa.Column("recipient_id", sa.Integer),
+            sa.Column("sent", Encrypted(sa.Text, domain="chats", subject="sender_id")),
+            sa.Column("sent_index", BlindIndexType("sent")),
+            sa.Column("received", Encrypted(sa.Text, domain="chats", subject="recipient_id")),
+            sa.Column("received_index", BlindIndexType("received")),
+            sa.Column("topic", Encrypted(sa.Text, domain="identity")),
+            sa.Column("topic_index", BlindIndexType("topic")),
+        )
+        metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(
+                messages.insert(),
+                [
+                    {
+                        "id": i,
+                        "sender_id": s,
+                        "recipient_id": r,
+                        "sent": "s",
+                        "received": "r",
+                        "topic": "t",
+                    }
+                    for i, (s, r) in enumerate([(1, 2), (2, 1), (2, 3)])
+                ],
+            )
+        assert erasure_cells(metadata, engine, 1)() == {"subj_messages": 2}
+        indexes = sa.select(
+            messages.c.id,
+            messages.c.sent_index.is_(None),
+            messages.c.received_index.is_(None),
+            messages.c.topic_index.is_(None),
+        ).order_by(messages.c.id)
+        with engine.connect() as conn:
+            assert [tuple(r) for r in conn.execute(indexes)] == [
+                (0, True, False, True),  # sent by 1
+                (1, False, True, True),  # received by 1
+                (2, False, False, False),  # between 2 and 3
+            ]
 
     def test_misconfiguration_is_raised_when_built(self, engine: sa.Engine) -> None:
         """A subject column that names no column fails when the callback is built, before erasing."""
