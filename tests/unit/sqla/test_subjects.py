@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,12 @@ from sqlalchemy.orm import (
 
 import vaultkit.sqla
 from tests._support import FakeClock, dek_of
-from vaultkit import KeyDomain, Principal, SealedValue, Vault, acting_as
+from vaultkit import KeyDomain, Principal, Retention, SealedValue, Vault, acting_as
 from vaultkit.errors import (
     AccessDeniedError,
     ConfigurationError,
     DecryptionError,
+    RetentionExpiredError,
     SubjectErasedError,
     ValueErasedError,
 )
@@ -914,3 +915,56 @@ def test_errors_name_no_member_and_no_value(
     messages.append(str(fenced.value))
     for message in messages:
         assert str(member) not in message and secret not in message
+
+
+class TestRetention:
+    """A bucket-scoped domain with a 72-hour retention: past its deadline a value reads as
+    expired (RetentionExpiredError) or, with on_erased="null", as None; no sweep needed."""
+
+    @pytest.fixture
+    def vault_kwargs(self, tmp_path: Path, clock: FakeClock) -> dict[str, Any]:
+        self.now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+        return {
+            "provider": InMemoryKeyProvider(),
+            "store": f"sqlite:///{tmp_path / 'keys.db'}",
+            "domains": [
+                KeyDomain(
+                    "teleconsult",
+                    dek_scope="bucket",
+                    bucket=timedelta(hours=1),
+                    retention=Retention("PT72H"),
+                )
+            ],
+            "clock": lambda: self.now,
+            "key_check_interval": CHECK,
+        }
+
+    def test_chats_are_unreadable_after_73_hours(
+        self, vault: Vault, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        """Readable at 71 hours; at 73 hours "raise" raises RetentionExpiredError, "null" gives None."""
+        table = sa.Table(
+            "teleconsult_chats",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("strict", Encrypted(sa.Text, domain="teleconsult")),
+            sa.Column("lenient", Encrypted(sa.Text, domain="teleconsult", on_erased="null")),
+        )
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'chats.db'}")
+        table.create(engine)
+        with engine.begin() as conn:
+            conn.execute(table.insert(), {"id": 1, "strict": "hello", "lenient": "hello"})
+        start = self.now
+        self.now = start + timedelta(hours=71)
+        with engine.connect() as conn:
+            assert tuple(conn.execute(sa.select(table.c.strict, table.c.lenient)).one()) == (
+                "hello",
+                "hello",
+            )
+        self.now = start + timedelta(hours=73)
+        clock.now += CHECK + 1  # this process's cached key is checked again
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(table.c.lenient)).scalar_one() is None
+            with pytest.raises(RetentionExpiredError):
+                conn.execute(sa.select(table.c.strict)).scalar_one()
+        engine.dispose()
