@@ -1,15 +1,19 @@
-"""Statement and ORM hooks that give row-bound columns their row keys and keep blind indexes in sync.
+"""Statement and ORM hooks that give row-bound columns their row keys, subject-scoped columns their
+subjects, and keep blind indexes in sync.
 
 A column type sees one value at a time, never its row. Two hooks fill the gap, with cost per
 statement and per row, never per query plan:
 
-* ``before_execute`` on every engine: for an INSERT or UPDATE of a table with row-bound or
-  blind-indexed columns, each parameter set gets its row key (filled from the key column's Python
-  default when the application left it unset, as the insert would have), each row-bound value is
-  wrapped with that key (:class:`RowBound`), and each blind index receives its source value. It also
-  refuses ``ORDER BY`` on an encrypted column.
+* ``before_execute`` on every engine: for an INSERT or UPDATE of a table with row-bound,
+  subject-scoped or blind-indexed columns, each parameter set gets its row key (filled from the key
+  column's Python default when the application left it unset, as the insert would have), each
+  row-bound or subject-scoped value is wrapped with its row key and subject (:class:`RowBound`),
+  and each blind index receives its source value. An UPDATE that moves rows to another subject
+  without rewriting their subject-scoped values is refused. It also refuses ``ORDER BY`` on an
+  encrypted column.
 * ``load`` and ``refresh`` on mapped classes: row-bound values of a loaded entity are decrypted with
-  the entity's own row key.
+  the entity's own row key. ``before_update``: a subject-scoped value changed alone is given the
+  entity's subject, and all of them are rewritten when the subject changes.
 
 At definition time, a column event records table and column names on the types and refuses
 indexes, unique constraints and primary keys on encrypted columns.
@@ -24,7 +28,7 @@ import uuid
 import weakref
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -66,14 +70,13 @@ from vaultkit.sqla.types import (
 class _TablePlan:
     """What the write hook must do for one table."""
 
-    row_bound: tuple[tuple[str, str], ...]  # (column key, row-key column key)
+    #: Columns with a row key or a subject: (column key, row-key column key, subject column key).
+    bound: tuple[tuple[str, str | None, str | None], ...]
     indexes: tuple[tuple[str, str], ...]  # (index column key, source column key)
     row_keys: dict[str, sa.Column[Any]]  # row-key column key -> column
-    #: Columns with a row key or a subject: (column key, row-key column key, subject column key).
-    bound: tuple[tuple[str, str | None, str | None], ...] = ()
     #: Subject column key -> the keys of the columns encrypted under that subject's keys.
-    subjects: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    subject_columns: dict[str, sa.Column[Any]] = field(default_factory=dict)
+    subjects: dict[str, tuple[str, ...]]
+    subject_columns: dict[str, sa.Column[Any]]  # subject column key -> column
 
 
 _plans: weakref.WeakKeyDictionary[sa.Table, _TablePlan | None] = weakref.WeakKeyDictionary()
@@ -116,7 +119,6 @@ def _plan(table: Any) -> _TablePlan | None:
         return _plans[table]
     except KeyError:
         pass
-    row_bound = []
     row_keys: dict[str, sa.Column[Any]] = {}
     bound: list[tuple[str, str | None, str | None]] = []
     subjects: dict[str, list[str]] = {}
@@ -130,7 +132,6 @@ def _plan(table: Any) -> _TablePlan | None:
             subject_key: str | None = None
             if column.type.row_key is not None:
                 key_column = _row_key_column(table, column)
-                row_bound.append((column.key, key_column.key))
                 row_keys[key_column.key] = key_column
                 row_key = key_column.key
             if column.type.subject is not None:
@@ -149,10 +150,9 @@ def _plan(table: Any) -> _TablePlan | None:
             indexes.append((column.key, source.key))
     plan = (
         _TablePlan(
-            tuple(row_bound),
+            tuple(bound),
             tuple(indexes),
             row_keys,
-            tuple(bound),
             {key: tuple(columns) for key, columns in subjects.items()},
             subject_columns,
         )
