@@ -14,9 +14,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError
 from vaultkit.sqla._hooks import _subject_column
 from vaultkit.sqla.types import BlindIndexType, Encrypted
+from vaultkit.store import SupportsScopedKeys
 
 __all__ = ["erasure_cells"]
 
@@ -26,6 +28,9 @@ class _TableErasure:
     table: sa.Table
     #: Subject column -> the blind-index columns nulled in the rows where it holds the subject.
     indexes: dict[sa.Column[Any], tuple[sa.Column[Any], ...]]
+    #: Subject-scoped column -> its own blind indexes, also nulled wherever the column holds a
+    #: value under one of the subject's keys (whatever its subject column says).
+    sources: dict[sa.Column[Any], tuple[sa.Column[Any], ...]]
 
     @property
     def name(self) -> str:
@@ -57,6 +62,9 @@ def _plan(table: sa.Table) -> _TableErasure | None:
     if not subjects:
         return None
     indexes: dict[sa.Column[Any], list[sa.Column[Any]]] = {s: [] for s in subjects}
+    sources: dict[sa.Column[Any], list[sa.Column[Any]]] = {
+        c: [] for columns in subjects.values() for c in columns
+    }
     for column in table.columns:
         if not isinstance(column.type, BlindIndexType):
             continue
@@ -67,7 +75,13 @@ def _plan(table: sa.Table) -> _TableErasure | None:
         # row's subject, in a table with one subject column, and with every subject otherwise.
         for subject in owners or list(subjects):
             indexes[subject].append(column)
-    return _TableErasure(table, {s: tuple(columns) for s, columns in indexes.items()})
+        if source in sources:
+            sources[source].append(column)
+    return _TableErasure(
+        table,
+        {s: tuple(columns) for s, columns in indexes.items()},
+        {c: tuple(columns) for c, columns in sources.items()},
+    )
 
 
 def erasure_cells(
@@ -79,10 +93,18 @@ def erasure_cells(
 
     In every table with an ``Encrypted(..., subject=...)`` column of a subject-scoped domain, the
     callback runs ``UPDATE <table> SET <each blind index> = NULL WHERE <subject column> =
-    :subject`` and returns, per table (``schema.table`` for a table with a schema), the number of
-    the subject's rows: those whose subject-scoped cells became unreadable, also in a table
-    without a blind index. It runs in one transaction (its own with an engine; the connection's
-    with a connection, committed by the caller) and is idempotent.
+    :subject``, and nulls the blind index of each subject-scoped column wherever that column
+    holds a value under one of the subject's keys (matched by the DEK id in the value's header,
+    whatever the subject column says: a database writer who changed a row's subject column or
+    copied a ciphertext into another row does not keep the subject's index cells alive). It
+    returns, per table (``schema.table`` for a table with a schema), the number of the subject's
+    rows: those whose subject-scoped cells became unreadable, also in a table without a blind
+    index. It runs in one transaction (its own with an engine; the connection's with a
+    connection, committed by the caller) and is idempotent.
+
+    Cost: the subject-column match uses that column's index (declare one); the header match
+    reads every row of the table once (``substr`` of the binary column), which is the price of
+    not trusting the subject column.
 
     The tables are checked when the callback is built, so a configuration error is raised before
     the erasure begins.
@@ -113,13 +135,47 @@ def erasure_cells(
     return cells
 
 
+def _subject_deks(
+    column: sa.Column[Any], subject: Any, found: dict[str, list[bytes]]
+) -> list[bytes]:
+    """The ids of every key the subject ever had in ``column``'s domain (any state)."""
+    column_type = column.type
+    if not isinstance(column_type, Encrypted):
+        return []
+    domain = column_type.domain
+    if domain not in found:
+        vault = column_type._slot.get()
+        store = vault.store
+        if not isinstance(store, SupportsScopedKeys):
+            raise ConfigurationError(f"the key store of domain {domain!r} has no subject keys")
+        ref = vault.subject_ref(domain, subject)
+        found[domain] = [key.dek_id for key in store.subject_keys(domain, ref)]
+    return found[domain]
+
+
+def _under(column: sa.Column[Any], deks: list[bytes]) -> sa.ColumnElement[bool]:
+    """``column`` holds a value under one of ``deks``: the DEK id in its header, read in SQL."""
+    raw = sa.type_coerce(column, sa.LargeBinary)
+    header_dek = sa.func.substr(raw, wire.DEK_ID_SQL_START, wire.DEK_ID_SIZE)
+    return header_dek.in_([sa.literal(dek, sa.LargeBinary) for dek in deks])
+
+
 def _null_cells(
     connection: sa.Connection, plans: list[_TableErasure], subject: Any
 ) -> dict[str, int]:
     rows: dict[str, int] = {}
+    found: dict[str, list[bytes]] = {}
     for plan in plans:
         table = plan.table
-        where = sa.or_(*(column == subject for column in plan.indexes))
+        # A row is the subject's when its subject column says so, or when one of its values is
+        # under the subject's keys: a database writer who changed the subject column, or copied
+        # a ciphertext into another row, does not keep the subject's index cells alive.
+        under = {
+            column: _under(column, deks)
+            for column in plan.sources
+            if (deks := _subject_deks(column, subject, found))
+        }
+        where = sa.or_(*(column == subject for column in plan.indexes), *under.values())
         count = connection.execute(sa.select(sa.func.count()).select_from(table).where(where))
         rows[plan.name] = int(count.scalar_one())
         for column, indexes in plan.indexes.items():
@@ -128,5 +184,11 @@ def _null_cells(
                     sa.update(table)
                     .where(column == subject)
                     .values({index.key: None for index in indexes})
+                )
+        for column, condition in under.items():
+            own = plan.sources[column]
+            if own:
+                connection.execute(
+                    sa.update(table).where(condition).values({index.key: None for index in own})
                 )
     return rows

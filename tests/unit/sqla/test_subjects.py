@@ -635,6 +635,31 @@ class TestErasureCells:
             )
         assert cells() == {"subj_members": 1, "subj_visits": 1}  # idempotent
 
+    def test_a_database_writer_cannot_keep_index_cells_alive(
+        self, engine: sa.Engine, vault: Vault, clock: FakeClock
+    ) -> None:
+        """A DB writer who moves the erased member's row to another member, or copies its
+        ciphertext and digest into another member's row, still sees those index cells nulled."""
+        moved = add_member(engine, 83, chat="moved words")
+        source = add_member(engine, 84, chat="copied words")
+        target = add_member(engine, 85, email="c@x.be", chat="own words")
+        copied = raw_row(engine, source)
+        with engine.begin() as conn:
+            conn.execute(sa.update(RAW).where(RAW.c.id == moved).values(member_id=99))
+            conn.execute(
+                sa.update(RAW)
+                .where(RAW.c.id == target)
+                .values(chat=copied.chat, chat_index=copied.chat_index)
+            )
+        erase(vault, clock, 83)
+        assert erasure_cells([Member], engine, 83)() == {"subj_members": 1}
+        assert raw_row(engine, moved).chat_index is None
+        erase(vault, clock, 84)
+        assert erasure_cells([Member], engine, 84)() == {"subj_members": 2}
+        assert raw_row(engine, source).chat_index is None
+        row = raw_row(engine, target)
+        assert row.chat_index is None and row.email_index is not None
+
     def test_inside_the_callers_transaction(self, engine: sa.Engine) -> None:
         """With a connection, the callback runs in the caller's transaction (rolled back here)."""
         pk = add_member(engine, 82, chat="words")
