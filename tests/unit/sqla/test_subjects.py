@@ -342,7 +342,21 @@ class TestOrmWrites:
             assert m.chat == "plain 2"
 
 
+@pytest.fixture
+def any_engine(database_url: str, vault: Vault) -> Iterator[sa.Engine]:
+    eng = sa.create_engine(database_url)
+    Base.metadata.create_all(eng)
+    yield eng
+    eng.dispose()
+
+
 class TestCoreStatements:
+    """On SQLite, PostgreSQL and MariaDB."""
+
+    @pytest.fixture
+    def engine(self, any_engine: sa.Engine) -> sa.Engine:
+        return any_engine
+
     def test_insert_executemany_and_returning(self, engine: sa.Engine) -> None:
         """Core insert (one row, many, RETURNING) takes each row's subject from its parameters."""
         ids = [uuid.uuid4() for _ in range(3)]
@@ -599,14 +613,6 @@ class TestErased:
 
 
 # -- the database side of an erasure --------------------------------------------------------------
-
-
-@pytest.fixture
-def any_engine(database_url: str, vault: Vault) -> Iterator[sa.Engine]:
-    eng = sa.create_engine(database_url)
-    Base.metadata.create_all(eng)
-    yield eng
-    eng.dispose()
 
 
 class TestErasureCells:
