@@ -215,6 +215,40 @@ class TestConfiguration:
         with pytest.raises(ConfigurationError, match="on_erased"):
             Encrypted(sa.Text, domain="chats", subject="member_id", on_erased="ignore")
 
+    def test_moving_a_process_column_to_a_subject_domain(self, engine: sa.Engine) -> None:
+        """A column moved to a subject-scoped domain reads its old values through previous=
+        and writes new ones under each member's key."""
+        name = f"moved_{uuid.uuid4().hex[:8]}"
+        old = sa.Table(
+            name,
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("member_id", sa.Integer),
+            sa.Column("note", Encrypted(sa.Text, domain="identity")),
+        )
+        old.create(engine)
+        with engine.begin() as conn:
+            conn.execute(old.insert(), {"id": 1, "member_id": 1, "note": "old"})
+        new = sa.Table(
+            name,
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("member_id", sa.Integer),
+            sa.Column(
+                "note",
+                Encrypted(
+                    sa.Text,
+                    domain="chats",
+                    subject="member_id",
+                    previous=Encrypted(sa.Text, domain="identity"),
+                ),
+            ),
+        )
+        with engine.begin() as conn:
+            conn.execute(new.insert(), {"id": 2, "member_id": 2, "note": "new"})
+            got = {r.id: r.note for r in conn.execute(sa.select(new.c.id, new.c.note))}
+        assert got == {1: "old", 2: "new"}
+
     def test_subject_and_on_erased_are_in_the_cache_key(self) -> None:
         """Both are positional-or-keyword parameters, so SQLAlchemy's cache key tells them apart."""
         keys = {
