@@ -35,10 +35,16 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.mutable import Mutable
-from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, attributes
+from sqlalchemy.orm import (
+    InstanceState,
+    LoaderCallableStatus,
+    Mapper,
+    ORMExecuteState,
+    Session,
+    attributes,
+)
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm.attributes import InstrumentedAttribute
-from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.selectable import Select
@@ -954,7 +960,7 @@ def _bind_subjects(target: Any, plan: _MapperPlan) -> None:
 
 
 def _same(old: Any, new: Any) -> bool:
-    if old is NO_VALUE:
+    if old is LoaderCallableStatus.NO_VALUE:
         return False
     try:
         return bool(old == new)
