@@ -11,6 +11,7 @@ destroy each key of the member's reference), as :meth:`vaultkit.Vault.erase_subj
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -1033,3 +1034,45 @@ class TestRetention:
             with pytest.raises(RetentionExpiredError):
                 conn.execute(sa.select(table.c.strict)).scalar_one()
         engine.dispose()
+
+
+_EXAMPLES = itertools.count(1000)
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    members=st.lists(st.integers(0, 9), min_size=1, max_size=10),
+    erased=st.sets(st.integers(0, 9), max_size=4),
+)
+def test_erasure_takes_exactly_the_erased_members(
+    engine: sa.Engine, vault: Vault, clock: FakeClock, members: list[int], erased: set[int]
+) -> None:
+    """For any members and any erased subset: exactly the erased members' cells read None and
+    lose their index cells; everyone else's rows are untouched."""
+    # Fresh member ids per example: the vault, and the fences of earlier examples, persist.
+    base = next(_EXAMPLES) * 100
+    members = [base + m for m in members]
+    erased = {base + m for m in erased}
+    with engine.begin() as conn:
+        conn.execute(sa.delete(RAW))
+    rows = {add_member(engine, m, note=f"n{m}", chat=f"c{m}"): m for m in members}
+    reported = 0
+    for member in erased:
+        erase(vault, clock, member)
+        reported += erasure_cells([Member], engine, member)()["subj_members"]
+    assert reported == sum(1 for m in rows.values() if m in erased)
+    with acting_as(COACH, purpose="check"), Session(engine) as s:
+        for pk, member in rows.items():
+            raw = raw_row(engine, pk)
+            if member in erased:
+                assert raw.chat_index is None
+                note = s.scalars(sa.select(Member.note).where(Member.id == pk)).one()
+                assert note is None  # on_erased="null"
+                with pytest.raises(SubjectErasedError):  # on_erased="raise"
+                    _ = Member.__table__.c.chat.type.decrypt_value(raw.chat, row=pk)
+            else:
+                assert raw.chat_index is not None
+                m = s.get_one(Member, pk)
+                assert (m.note, m.chat) == (f"n{member}", f"c{member}")
