@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError
@@ -86,7 +87,7 @@ def _plan(table: sa.Table) -> _TableErasure | None:
 
 def erasure_cells(
     tables: sa.MetaData | sa.Table | Iterable[Any],
-    bind: sa.Engine | sa.Connection,
+    bind: sa.Engine | sa.Connection | Session,
     subject: str | int | Any,
 ) -> Callable[[], dict[str, int]]:
     """The ``cells=`` callback of :meth:`vaultkit.Vault.erase_subject` for these tables.
@@ -100,7 +101,7 @@ def erasure_cells(
     returns, per table (``schema.table`` for a table with a schema), the number of the subject's
     rows: those whose subject-scoped cells became unreadable, also in a table without a blind
     index. It runs in one transaction (its own with an engine; the connection's with a
-    connection, committed by the caller) and is idempotent.
+    connection or session, committed by the caller) and is idempotent.
 
     Cost: the subject-column match uses that column's index (declare one); the header match
     reads every row of the table once (``substr`` of the binary column), which is the price of
@@ -111,7 +112,7 @@ def erasure_cells(
 
     Args:
         tables: a ``MetaData`` (all its tables), a ``Table``, or tables and mapped classes.
-        bind: the engine or connection of the application's database.
+        bind: the engine, connection or session of the application's database.
         subject: the subject (member id) as stored in the subject columns.
 
     Returns:
@@ -127,6 +128,8 @@ def erasure_cells(
     plans = [plan for plan in map(_plan, _tables(tables)) if plan is not None]
 
     def cells() -> dict[str, int]:
+        if isinstance(bind, Session):
+            return _null_cells(bind.connection(), plans, subject)
         if isinstance(bind, sa.Connection):
             return _null_cells(bind, plans, subject)
         with bind.begin() as connection:

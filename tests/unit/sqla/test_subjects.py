@@ -702,11 +702,17 @@ class TestErasureCells:
         assert row.chat_index is None and row.email_index is not None
 
     def test_inside_the_callers_transaction(self, engine: sa.Engine) -> None:
-        """With a connection, the callback runs in the caller's transaction (rolled back here)."""
+        """With a connection or a session, the callback runs in the caller's transaction (rolled
+        back here)."""
         pk = add_member(engine, 82, chat="words")
         with engine.connect() as conn:
             assert erasure_cells([Member], conn, 82)() == {"subj_members": 1}
             conn.rollback()
+        assert raw_row(engine, pk).chat_index is not None
+        with Session(engine) as s:
+            assert erasure_cells([Member], s, 82)() == {"subj_members": 1}
+            assert s.get_one(Member, pk).chat_index is None  # in the session's transaction
+            s.rollback()
         assert raw_row(engine, pk).chat_index is not None
 
     def test_schema_qualified_names(
