@@ -8,7 +8,8 @@ whoever holds the index key). :func:`erasure_cells` builds the callback that
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from vaultkit.sqla._hooks import _subject_column
 from vaultkit.sqla.types import BlindIndexType, Encrypted
 from vaultkit.store import SupportsScopedKeys
 
-__all__ = ["erasure_cells"]
+__all__ = ["erasure_cells", "misplaced_cells"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,3 +196,95 @@ def _null_cells(
                     sa.update(table).where(condition).values({index.key: None for index in own})
                 )
     return rows
+
+
+def misplaced_cells(
+    tables: sa.MetaData | sa.Table | Iterable[Any],
+    bind: sa.Engine | sa.Connection,
+    *,
+    batch: int = 1000,
+) -> dict[str, list[Any]]:
+    """Find subject-scoped values encrypted under another subject's key than their row's.
+
+    A value of a column without ``row_key=`` that a database writer copied into another member's
+    row still decrypts there (under the first member's key; see docs/sqlalchemy.md). This check
+    flags such values, and rows whose subject column was changed behind vaultkit's back: for each
+    subject-scoped column it compares the DEK named in each value's header (read in SQL) with the
+    subject reference the key store holds for that DEK, and the reference of the row's subject.
+    Nothing is decrypted; key-store rows are read once per DEK.
+
+    Args:
+        tables: a ``MetaData`` (all its tables), a ``Table``, or tables and mapped classes.
+        bind: the engine or connection of the application's database.
+        batch: rows read per query.
+
+    Returns:
+        per table (``schema.table`` for a table with a schema), the primary keys of the rows
+        holding at least one misplaced value; tables with none are left out.
+
+    .. versionadded:: 0.3.0
+    """
+    found: dict[str, list[Any]] = {}
+    plans = [plan for plan in map(_plan, _tables(tables)) if plan is not None]
+    refs: dict[tuple[str, Any], str] = {}
+    owners: dict[bytes, str | None] = {}
+    for plan in plans:
+        table = plan.table
+        primary = list(table.primary_key.columns)
+        if len(primary) != 1:
+            raise ConfigurationError(f"{plan.name}: misplaced_cells needs a one-column primary key")
+        pk = primary[0]
+        columns = [
+            (column, subject)
+            for subject in plan.indexes
+            for column in plan.sources
+            if isinstance(column.type, Encrypted) and column.type.subject == subject.key
+        ]
+        selected = [pk, *{subject for _, subject in columns}]
+        headers = [
+            sa.func.substr(
+                sa.type_coerce(c, sa.LargeBinary), wire.DEK_ID_SQL_START, wire.DEK_ID_SIZE
+            )
+            for c, _ in columns
+        ]
+        query = sa.select(*selected, *headers).order_by(pk)
+        subjects_at = {subject: i for i, subject in enumerate(selected)}
+        offset = 0
+        misplaced: list[Any] = []
+        with _reading(bind) as connection:
+            while True:
+                rows = connection.execute(query.limit(batch).offset(offset)).all()
+                for row in rows:
+                    for i, (column, subject) in enumerate(columns):
+                        dek = row[len(selected) + i]
+                        if dek is None:
+                            continue
+                        vault = column.type._slot.get()  # type: ignore[attr-defined]
+                        domain = column.type.domain  # type: ignore[attr-defined]
+                        dek = bytes(dek)
+                        if dek not in owners:
+                            record = vault.store.get(dek)
+                            owners[dek] = record.subject if record is not None else None
+                        value = row[subjects_at[subject]]
+                        key = (domain, value)
+                        if value is not None and key not in refs:
+                            refs[key] = vault.subject_ref(domain, value)
+                        if value is None or owners[dek] != refs[key]:
+                            misplaced.append(row[0])
+                            break
+                if len(rows) < batch:
+                    break
+                offset += batch
+        if misplaced:
+            found[plan.name] = misplaced
+    return found
+
+
+@contextlib.contextmanager
+def _reading(bind: sa.Engine | sa.Connection) -> Iterator[sa.Connection]:
+    """A connection to read with: the caller's, or a new one of the engine, closed after."""
+    if isinstance(bind, sa.Connection):
+        yield bind
+        return
+    with bind.connect() as connection:
+        yield connection

@@ -827,6 +827,21 @@ class TestAttacks:
         erase(vault, clock, 92, ("medical",))
         assert note_of_b() is None  # gone with A's key
 
+    def test_misplaced_values_are_flagged(self, any_engine: sa.Engine) -> None:
+        """misplaced_cells flags a value copied into another member's row, and a row whose
+        subject column a writer changed; untouched rows and NULL values are not flagged."""
+        engine = any_engine
+        a = add_member(engine, 110, note="a's note", chat="a's chat")
+        b = add_member(engine, 111, note="b's note")
+        c = add_member(engine, 112, chat="c's chat")
+        add_member(engine, 113, email="no subject-scoped value")
+        assert vaultkit.sqla.misplaced_cells(Base.metadata, engine) == {}
+        with engine.begin() as conn:
+            conn.execute(sa.update(RAW).where(RAW.c.id == b).values(note=raw_row(engine, a).note))
+            conn.execute(sa.update(RAW).where(RAW.c.id == c).values(member_id=110))
+        found = vaultkit.sqla.misplaced_cells([Member, Visit], engine, batch=2)
+        assert {k: sorted(v) for k, v in found.items()} == {"subj_members": sorted([b, c])}
+
     def test_another_principal_in_the_same_session(self, engine: sa.Engine) -> None:
         """An object loaded by the coach gives a principal without the grant no plaintext."""
         pk = add_member(engine, 94, note="private")
