@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError
 from vaultkit.sqla._hooks import _subject_column
+from vaultkit.sqla.keyset import single_primary_key, walk
 from vaultkit.sqla.types import BlindIndexType, Encrypted
 from vaultkit.store import SupportsScopedKeys
 
@@ -224,16 +225,15 @@ def misplaced_cells(
 
     .. versionadded:: 0.3.0
     """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigurationError("batch= is a number of rows, at least 1")
     found: dict[str, list[Any]] = {}
     plans = [plan for plan in map(_plan, _tables(tables)) if plan is not None]
     refs: dict[tuple[str, Any], str] = {}
     owners: dict[bytes, str | None] = {}
     for plan in plans:
         table = plan.table
-        primary = list(table.primary_key.columns)
-        if len(primary) != 1:
-            raise ConfigurationError(f"{plan.name}: misplaced_cells needs a one-column primary key")
-        pk = primary[0]
+        pk = single_primary_key(table, user="misplaced_cells")
         columns = [
             (column, subject)
             for subject in plan.indexes
@@ -247,13 +247,11 @@ def misplaced_cells(
             )
             for c, _ in columns
         ]
-        query = sa.select(*selected, *headers).order_by(pk)
+        query = sa.select(*selected, *headers)
         subjects_at = {subject: i for i, subject in enumerate(selected)}
-        offset = 0
         misplaced: list[Any] = []
         with _reading(bind) as connection:
-            while True:
-                rows = connection.execute(query.limit(batch).offset(offset)).all()
+            for rows in walk(connection, query, pk, batch):
                 for row in rows:
                     for i, (column, subject) in enumerate(columns):
                         dek = row[len(selected) + i]
@@ -272,9 +270,6 @@ def misplaced_cells(
                         if value is None or owners[dek] != refs[key]:
                             misplaced.append(row[0])
                             break
-                if len(rows) < batch:
-                    break
-                offset += batch
         if misplaced:
             found[plan.name] = misplaced
     return found
