@@ -119,7 +119,10 @@ def erasure_usage(session: Session) -> None:
     cells = vaultkit.sqla.erasure_cells(Base.metadata, session.get_bind().engine, 42)
     rows: dict[str, int] = cells()
     bound = vaultkit.sqla.RowBound("text", uuid.uuid4(), subject=42)
-    del rows, bound
+    misplaced: dict[str, list[object]] = vaultkit.sqla.misplaced_cells(
+        [Consultation], session.get_bind().engine
+    )
+    del rows, bound, misplaced
 
 
 def typed_scopes() -> None:

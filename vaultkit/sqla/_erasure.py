@@ -212,7 +212,9 @@ def misplaced_cells(
     flags such values, and rows whose subject column was changed behind vaultkit's back: for each
     subject-scoped column it compares the DEK named in each value's header (read in SQL) with the
     subject reference the key store holds for that DEK, and the reference of the row's subject.
-    Nothing is decrypted; key-store rows are read once per DEK.
+    Nothing is decrypted; key-store rows are read once per DEK. Values not yet moved from a
+    ``previous=`` domain (under a process-wide key) are reported too: they are under no
+    subject's key yet.
 
     Args:
         tables: a ``MetaData`` (all its tables), a ``Table``, or tables and mapped classes.
