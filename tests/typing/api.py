@@ -104,6 +104,27 @@ def typed_providers() -> None:
         remote[1].unwrap_many([(ref, b"", b"")])
 
 
+class Consultation(Base):
+    """A subject-scoped column, and the erasure callback built for it (issue 16)."""
+
+    __tablename__ = "consultations"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    member_id: Mapped[int]
+    chat: Mapped[str | None] = mapped_column(
+        Encrypted(Text, domain="chats", row_key="id", subject="member_id", on_erased="null")
+    )
+
+
+def erasure_usage(session: Session) -> None:
+    cells = vaultkit.sqla.erasure_cells(Base.metadata, session.get_bind().engine, 42)
+    rows: dict[str, int] = cells()
+    bound = vaultkit.sqla.RowBound("text", uuid.uuid4(), subject=42)
+    misplaced: dict[str, list[object]] = vaultkit.sqla.misplaced_cells(
+        [Consultation], session.get_bind().engine
+    )
+    del rows, bound, misplaced
+
+
 def typed_scopes() -> None:
     from vaultkit import Retention, Subject
     from vaultkit.errors import RetentionExpiredError, SubjectErasedError, ValueErasedError

@@ -84,6 +84,8 @@ def EncryptedField(  # noqa: N802 - declared like a field, named like SQLModel's
     pad_to: int | None = None,
     nullable: bool = True,
     default: Any = None,
+    subject: str | None = None,
+    on_erased: str = "raise",
 ) -> Any:
     """An encrypted field: ``Encrypted(inner, domain=..., ...)`` as the field's column.
 
@@ -91,6 +93,9 @@ def EncryptedField(  # noqa: N802 - declared like a field, named like SQLModel's
     and the field's ``default``. Left out of the model's ``repr``.
 
     .. versionadded:: 0.1.0
+
+    .. versionchanged:: 0.3.0
+        ``subject=`` and ``on_erased=``.
     """
     column_type = Encrypted(
         inner,
@@ -98,6 +103,8 @@ def EncryptedField(  # noqa: N802 - declared like a field, named like SQLModel's
         row_key=row_key,
         migrating=migrating,
         pad_to=pad_to,
+        subject=subject,
+        on_erased=on_erased,
         **_vault_option(vault),
     )
     return Field(default=default, repr=False, sa_column=sa.Column(column_type, nullable=nullable))

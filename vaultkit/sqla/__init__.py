@@ -28,6 +28,7 @@ from sqlalchemy.orm import MappedColumn
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError
 from vaultkit.sqla import _hooks  # noqa: F401 - registers the statement and mapper hooks
+from vaultkit.sqla._erasure import erasure_cells, misplaced_cells
 from vaultkit.sqla._registry import DEFAULT, configure, get_vault
 from vaultkit.sqla.types import BlindIndexType, Encrypted, EncryptedCell, RowBound
 
@@ -41,7 +42,9 @@ __all__ = [
     "configure",
     "count_dek_references",
     "count_plaintext",
+    "erasure_cells",
     "get_vault",
+    "misplaced_cells",
 ]
 
 

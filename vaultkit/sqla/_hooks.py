@@ -1,15 +1,19 @@
-"""Statement and ORM hooks that give row-bound columns their row keys and keep blind indexes in sync.
+"""Statement and ORM hooks that give row-bound columns their row keys, subject-scoped columns their
+subjects, and keep blind indexes in sync.
 
 A column type sees one value at a time, never its row. Two hooks fill the gap, with cost per
 statement and per row, never per query plan:
 
-* ``before_execute`` on every engine: for an INSERT or UPDATE of a table with row-bound or
-  blind-indexed columns, each parameter set gets its row key (filled from the key column's Python
-  default when the application left it unset, as the insert would have), each row-bound value is
-  wrapped with that key (:class:`RowBound`), and each blind index receives its source value. It also
-  refuses ``ORDER BY`` on an encrypted column.
+* ``before_execute`` on every engine: for an INSERT or UPDATE of a table with row-bound,
+  subject-scoped or blind-indexed columns, each parameter set gets its row key (filled from the key
+  column's Python default when the application left it unset, as the insert would have), each
+  row-bound or subject-scoped value is wrapped with its row key and subject (:class:`RowBound`),
+  and each blind index receives its source value. An UPDATE that moves rows to another subject
+  without rewriting their subject-scoped values is refused. It also refuses ``ORDER BY`` on an
+  encrypted column.
 * ``load`` and ``refresh`` on mapped classes: row-bound values of a loaded entity are decrypted with
-  the entity's own row key.
+  the entity's own row key. ``before_update``: a subject-scoped value changed alone is given the
+  entity's subject, and all of them are rewritten when the subject changes.
 
 At definition time, a column event records table and column names on the types and refuses
 indexes, unique constraints and primary keys on encrypted columns.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+import uuid
 import weakref
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
@@ -30,7 +35,14 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.mutable import Mutable
-from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, attributes
+from sqlalchemy.orm import (
+    InstanceState,
+    LoaderCallableStatus,
+    Mapper,
+    ORMExecuteState,
+    Session,
+    attributes,
+)
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm.attributes import InstrumentedAttribute
 from sqlalchemy.sql import visitors
@@ -49,6 +61,7 @@ from vaultkit.errors import (
 from vaultkit.sqla import _registry
 from vaultkit.sqla.types import (
     CELL_KEY,
+    UNKNOWN,
     BlindIndexType,
     Encrypted,
     EncryptedCell,
@@ -63,9 +76,13 @@ from vaultkit.sqla.types import (
 class _TablePlan:
     """What the write hook must do for one table."""
 
-    row_bound: tuple[tuple[str, str], ...]  # (column key, row-key column key)
+    #: Columns with a row key or a subject: (column key, row-key column key, subject column key).
+    bound: tuple[tuple[str, str | None, str | None], ...]
     indexes: tuple[tuple[str, str], ...]  # (index column key, source column key)
     row_keys: dict[str, sa.Column[Any]]  # row-key column key -> column
+    #: Subject column key -> the keys of the columns encrypted under that subject's keys.
+    subjects: dict[str, tuple[str, ...]]
+    subject_columns: dict[str, sa.Column[Any]]  # subject column key -> column
 
 
 _plans: weakref.WeakKeyDictionary[sa.Table, _TablePlan | None] = weakref.WeakKeyDictionary()
@@ -83,6 +100,24 @@ def _row_key_column(table: Any, column: sa.Column[Any]) -> sa.Column[Any]:
     return key_column  # type: ignore[no-any-return]
 
 
+def _subject_column(table: Any, column: sa.Column[Any]) -> sa.Column[Any]:
+    """Return the column that ``column``'s ``subject=`` names, or explain why it cannot serve."""
+    subject = column.type.subject if isinstance(column.type, Encrypted) else None
+    subject_column = table.columns.get(subject) if subject is not None else None
+    if subject_column is None:
+        raise ConfigurationError(
+            f"{table.name}.{column.name} names subject column {subject!r}, which is not a column "
+            f"of {table.name}"
+        )
+    if isinstance(subject_column.type, Encrypted | BlindIndexType):
+        raise ConfigurationError(
+            f"{table.name}.{column.name}: its subject column {subject!r} is itself encrypted or a "
+            "blind index; the subject is a plain column (a member id), known at every write and "
+            "searchable when the subject is erased"
+        )
+    return subject_column  # type: ignore[no-any-return]
+
+
 def _plan(table: Any) -> _TablePlan | None:
     if not isinstance(table, sa.Table):
         return None
@@ -90,14 +125,27 @@ def _plan(table: Any) -> _TablePlan | None:
         return _plans[table]
     except KeyError:
         pass
-    row_bound = []
     row_keys: dict[str, sa.Column[Any]] = {}
+    bound: list[tuple[str, str | None, str | None]] = []
+    subjects: dict[str, list[str]] = {}
+    subject_columns: dict[str, sa.Column[Any]] = {}
     indexes = []
     for column in table.columns:
-        if isinstance(column.type, Encrypted) and column.type.row_key is not None:
-            key_column = _row_key_column(table, column)
-            row_bound.append((column.key, key_column.key))
-            row_keys[key_column.key] = key_column
+        if isinstance(column.type, Encrypted) and (
+            column.type.row_key is not None or column.type.subject is not None
+        ):
+            row_key: str | None = None
+            subject_key: str | None = None
+            if column.type.row_key is not None:
+                key_column = _row_key_column(table, column)
+                row_keys[key_column.key] = key_column
+                row_key = key_column.key
+            if column.type.subject is not None:
+                subject_column = _subject_column(table, column)
+                subject_key = subject_column.key
+                subject_columns[subject_key] = subject_column
+                subjects.setdefault(subject_key, []).append(column.key)
+            bound.append((column.key, row_key, subject_key))
         elif isinstance(column.type, BlindIndexType):
             source = table.columns.get(column.type.source)
             if source is None:
@@ -107,7 +155,15 @@ def _plan(table: Any) -> _TablePlan | None:
                 )
             indexes.append((column.key, source.key))
     plan = (
-        _TablePlan(tuple(row_bound), tuple(indexes), row_keys) if (row_bound or indexes) else None
+        _TablePlan(
+            tuple(bound),
+            tuple(indexes),
+            row_keys,
+            {key: tuple(columns) for key, columns in subjects.items()},
+            subject_columns,
+        )
+        if (bound or indexes)
+        else None
     )
     _plans[table] = plan
     return plan
@@ -196,37 +252,62 @@ def _default_for(column: sa.Column[Any]) -> Any:
 def _rewrite(
     params: dict[str, Any], plan: _TablePlan, *, insert: bool, where_binds: dict[str, Any]
 ) -> dict[str, Any]:
-    touches = any(c in params for c, _ in plan.row_bound) or any(
+    touches = any(c in params for c, _, _ in plan.bound) or any(
         s in params for _, s in plan.indexes
     )
-    if not touches and not (insert and plan.row_bound):
+    if not touches and not (insert and plan.bound):
         return params
     out = dict(params)
     if insert:
         # Every parameter set of one executemany must name the same columns, so the row key is
         # filled in for rows whose row-bound values are NULL too.
-        for row_key, key_column in plan.row_keys.items():
-            if out.get(row_key) is None:
-                row = _default_for(key_column)
-                if row is not None:
-                    out[row_key] = row
-    for column_key, row_key in plan.row_bound:
+        for name, key_column in (*plan.row_keys.items(), *plan.subject_columns.items()):
+            if out.get(name) is None:
+                default = _default_for(key_column)
+                if default is not None:
+                    out[name] = default
+
+    def known(key: str) -> Any:
+        """The value of column ``key`` in this row: None when NULL, UNKNOWN when not written."""
+        found = out.get(key)
+        if found is not None:
+            return found
+        if key in where_binds:
+            bind = where_binds[key]
+            return params.get(bind.key, bind.effective_value)
+        return None if key in out else UNKNOWN
+
+    for column_key, row_key, subject_key in plan.bound:
         if column_key not in out:
             continue
         value = out[column_key]
         if value is None or type(value) is RowBound:
             continue
-        row = out.get(row_key)
-        if row is None and row_key in where_binds:
-            bind = where_binds[row_key]
-            row = params.get(bind.key, bind.effective_value)
-        if row is not None:
-            out[column_key] = RowBound(value, row)
+        row = None
+        if row_key is not None:
+            row = known(row_key)
+            if row is None or row is UNKNOWN:
+                continue  # the column type explains that the row key is missing
+        subject = UNKNOWN
+        if subject_key is not None:
+            subject = _as_stored(plan.subject_columns[subject_key], known(subject_key))
+        out[column_key] = RowBound(value, row, subject=subject)
     for index_key, source_key in plan.indexes:
         # The index is always derived from its source; a value given for it directly is ignored.
         if source_key in params:
             out[index_key] = params[source_key]
     return out
+
+
+def _as_stored(column: sa.Column[Any], value: Any) -> Any:
+    """A subject as its column holds it: a UUID given as text to a ``Uuid`` column is the UUID,
+    so that its key is the one the ORM's writes, and the erasure, find."""
+    if type(value) is str and isinstance(column.type, sa.Uuid) and column.type.as_uuid:
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            return value  # the database refuses it, with its own error
+    return value
 
 
 def _statement_values(statement: Insert | Update) -> dict[str, Any] | None:
@@ -266,17 +347,19 @@ def _before_execute(
         if plan is None:
             return statement, multiparams, params
         insert = isinstance(statement, Insert)
-        if getattr(statement, "_multi_values", None) and (plan.row_bound or plan.indexes):
+        if getattr(statement, "_multi_values", None) and (plan.bound or plan.indexes):
             raise ConfigurationError(
                 f"multi-row VALUES on {_table_name(statement)}, which has row-bound or blind-indexed "
                 "columns: pass the rows as a list of parameter dicts instead"
             )
         where_binds = (
-            _where_binds(statement, plan.row_keys)
-            if isinstance(statement, Update) and plan.row_bound
+            _where_binds(statement, {**plan.row_keys, **plan.subject_columns})
+            if isinstance(statement, Update) and plan.bound
             else {}
         )
         embedded = _statement_values(statement)
+        if isinstance(statement, Update) and plan.subjects:
+            _check_subject_change(statement, plan, embedded, multiparams or [params])
         if embedded is not None:
             rewritten = _rewrite(embedded, plan, insert=insert, where_binds=where_binds)
             if rewritten is not embedded:
@@ -302,6 +385,30 @@ def _before_execute(
 
 
 _MISSING = object()
+
+
+def _check_subject_change(
+    statement: Update, plan: _TablePlan, embedded: dict[str, Any] | None, param_sets: Any
+) -> None:
+    """Refuse an UPDATE that moves rows to another subject and leaves their values behind.
+
+    A subject-scoped value is encrypted under its subject's key: after the subject column
+    changes it would stay under the old subject's key (readable after the new subject's
+    erasure, unreadable after the old one's). Rewriting it needs its plaintext, which SQL does not
+    have; the statement must write the values too (the ORM does so by itself).
+    """
+    written = set(embedded or ())
+    for subject_key, columns in plan.subjects.items():
+        for param_set in param_sets:
+            keys = written.union(param_set or ())
+            if subject_key in keys and not all(c in keys for c in columns):
+                missing = ", ".join(c for c in columns if c not in keys)
+                raise ConfigurationError(
+                    f"UPDATE of {_table_name(statement)} sets the subject column {subject_key!r} "
+                    f"but not {missing}, encrypted under the subject's keys: write those columns "
+                    "in the same statement (re-encrypted under the new subject's keys), or update "
+                    "through the ORM, which does so"
+                )
 
 
 def _table_name(statement: Insert | Update) -> str:
@@ -396,13 +503,21 @@ def _before_cursor_execute(
 class _Guard:
     """What the ORM needs to know about one encrypted attribute of one mapped class."""
 
-    __slots__ = ("column_type", "key", "mutable", "row_attr")
+    __slots__ = ("column_type", "key", "mutable", "row_attr", "subject_attr")
 
-    def __init__(self, key: str, column_type: Encrypted, row_attr: str | None, mutable: bool):
+    def __init__(
+        self,
+        key: str,
+        column_type: Encrypted,
+        row_attr: str | None,
+        mutable: bool,
+        subject_attr: str | None = None,
+    ):
         self.key = key
         self.column_type = column_type
         self.row_attr = row_attr
         self.mutable = mutable  # sqlalchemy.ext.mutable tracks it: cells travel in containers
+        self.subject_attr = subject_attr  # the attribute holding the value's subject
 
     def row(self, instance: Any) -> Any:
         return getattr(instance, self.row_attr) if self.row_attr is not None else None
@@ -413,7 +528,10 @@ class _Guard:
         cell = value if type(value) is EncryptedCell else cell_of(value) if self.mutable else None
         if cell is None:
             # A plaintext: loaded for a domain that is neither restricted nor audited (the fast
-            # path), or assigned by the application and not yet flushed.
+            # path), or assigned by the application and not yet flushed (wrapped for a flush
+            # that failed, until the session rolls back).
+            if type(value) is RowBound:
+                value = value.value
             if type(value) is Pending:
                 value = value.value
             if (
@@ -523,11 +641,12 @@ def _in_container(mutable: type | None, cell: EncryptedCell) -> Any:
 class _MapperPlan:
     """The encrypted attributes of one mapper, and which of them are row-bound."""
 
-    __slots__ = ("_epoch", "_guarded", "_slots", "guards", "mutables", "row_bound")
+    __slots__ = ("_epoch", "_guarded", "_slots", "guards", "mutables", "row_bound", "subjects")
 
     def __init__(self, guards: tuple[_Guard, ...]) -> None:
         self.guards = guards
         self.row_bound = tuple(g for g in guards if g.row_attr is not None)
+        self.subjects = tuple(g for g in guards if g.subject_attr is not None)
         self.mutables: dict[str, type | None] = {}
         self._slots = tuple({id(g.column_type._slot): g.column_type._slot for g in guards}.values())
         self._epoch = -1
@@ -601,12 +720,18 @@ def _wrap_pending(target: Any, plan: _MapperPlan, *, insert: bool) -> None:
     for guard in plan.guards:
         key = guard.key
         value = state_dict.get(key)
+        bound = value if type(value) is RowBound else None  # given its subject (_bind_subjects)
+        if bound is not None:
+            value = bound.value
         if value is None or type(value) is Pending or cell_of(value) is not None:
             continue
         if not insert and key not in state.committed_state:
             continue
         if guard.column_type.guarded():
-            state_dict[key] = Pending(value)
+            if bound is not None:
+                bound.value = Pending(value)
+            else:
+                state_dict[key] = Pending(value)
 
 
 def _cells_after_flush(target: Any, plan: _MapperPlan) -> None:
@@ -666,8 +791,12 @@ def _guard_attributes(mapper: Mapper[Any]) -> _MapperPlan | None:
         if column.type.row_key:
             key_column = _row_key_column(column.table, column)
             row_attr = mapper.get_property_by_column(key_column).key
+        subject_attr = None
+        if column.type.subject:
+            subject_column = _subject_column(column.table, column)
+            subject_attr = mapper.get_property_by_column(subject_column).key
         mutable = column.info.get("_ext_mutable_orig_type") is not None
-        guard = _Guard(prop.key, column.type, row_attr, mutable)
+        guard = _Guard(prop.key, column.type, row_attr, mutable, subject_attr)
         guards.append(guard)
         attribute = mapper.class_manager.get(prop.key)
         if type(attribute) is InstrumentedAttribute:
@@ -791,12 +920,83 @@ def _listen_index_sources(mapper: Mapper[Any]) -> None:
     event.listen(mapper, "refresh", on_refresh, raw=False)
 
 
+def _bind_subjects(target: Any, plan: _MapperPlan) -> None:
+    """Before an ORM UPDATE: give each subject-scoped value being written its subject.
+
+    The ORM's UPDATE names only the changed columns and the primary key, so the statement hook
+    would not see the subject of a value changed alone: the value is wrapped with it here
+    (:class:`RowBound`, unwrapped after the write). When the subject itself changes, every
+    subject-scoped value of the row is read (under the current scope, which needs the grant of a
+    restricted domain) and written again, under the new subject's key.
+    """
+    state = attributes.instance_state(target)
+    state_dict = state.dict
+    committed = state.committed_state
+    for guard in plan.subjects:
+        key = guard.key
+        subject_attr = guard.subject_attr
+        if subject_attr is None:  # not in plan.subjects; for the type checker
+            continue
+        moved = subject_attr in committed and not _same(
+            committed[subject_attr], state_dict.get(subject_attr)
+        )
+        if moved and key not in committed:
+            value = getattr(target, key)  # loaded if need be, opened under the current scope
+            if type(value) is SealedValue:
+                raise AccessDeniedError(
+                    f"{guard.column_type._name_or_unknown()}: moving the row to another subject "
+                    "re-encrypts this value under the new subject's key, which needs the grant "
+                    f"of domain {guard.column_type.domain!r}"
+                )
+            state_dict[key] = value
+            attributes.flag_modified(target, key)
+        elif key not in committed:
+            continue
+        value = state_dict.get(key)
+        if value is None or type(value) is RowBound:
+            continue
+        row = guard.row(target) if guard.row_attr is not None else None
+        state_dict[key] = RowBound(value, row, subject=getattr(target, subject_attr))
+
+
+def _same(old: Any, new: Any) -> bool:
+    if old is LoaderCallableStatus.NO_VALUE:
+        return False
+    try:
+        return bool(old == new)
+    except Exception:  # an odd type's comparison: treat it as changed
+        return False
+
+
+def _unbind_subjects(target: Any, plan: _MapperPlan) -> None:
+    state_dict = attributes.instance_dict(target)
+    for guard in plan.subjects:
+        value = state_dict.get(guard.key)
+        if type(value) is RowBound:
+            state_dict[guard.key] = value.value
+
+
+def _listen_subjects(mapper: Mapper[Any], plan: _MapperPlan) -> None:
+    def before_update(mapper_: Any, connection: Any, target: Any) -> None:
+        _bind_subjects(target, plan)
+
+    def after_update(mapper_: Any, connection: Any, target: Any) -> None:
+        _unbind_subjects(target, plan)
+
+    # Inserted first: the guarded values' Pending wrapper goes inside (before_update), and is
+    # found again by _cells_after_flush once the RowBound is gone (after_update).
+    event.listen(mapper, "before_update", before_update, insert=True)
+    event.listen(mapper, "after_update", after_update, insert=True)
+
+
 @event.listens_for(Mapper, "mapper_configured")
 def _mapper_configured(mapper: Mapper[Any], class_: type) -> None:
     _listen_index_sources(mapper)
     plan = _guard_attributes(mapper)
     if plan is None:
         return
+    if plan.subjects:
+        _listen_subjects(mapper, plan)
     if plan.any_guarded():
         _arm(mapper, plan)
     elif plan.row_bound:

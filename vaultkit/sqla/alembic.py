@@ -25,6 +25,11 @@ instead (docs/operations.md, "Encrypting a legacy plaintext column").
 In a table of a named schema (``schema=``), the values are bound to that schema exactly as the
 model's ``Encrypted`` column binds them (docs/wire-format.md, "Column binding").
 
+For a column of a subject-scoped domain, ``subject="member_id"`` names the column holding each
+row's subject, as on the model's ``Encrypted`` column: each value is encrypted under its member's
+key (a row whose subject is NULL stops the migration). ``on_erased=`` is rendered as the model
+declares it; for ``decrypt_column``, ``on_erased="null"`` turns erased values into NULL.
+
 The vault comes from :func:`vaultkit.sqla.configure` (call it in ``env.py``).
 """
 
@@ -77,6 +82,8 @@ class _ColumnOp(MigrateOperation):
         index_bits: int | None = None,
         schema: str | None = None,
         batch_size: int = _BATCH,
+        subject: str | None = None,
+        on_erased: str = "raise",
     ) -> None:
         self.table_name = table_name
         self.column_name = column_name
@@ -90,6 +97,8 @@ class _ColumnOp(MigrateOperation):
         self.index_bits = index_bits
         self.schema = schema
         self.batch_size = batch_size
+        self.subject = subject
+        self.on_erased = on_erased
 
     def _kwargs(self) -> dict[str, Any]:
         return {
@@ -102,6 +111,8 @@ class _ColumnOp(MigrateOperation):
             "index_bits": self.index_bits,
             "schema": self.schema,
             "batch_size": self.batch_size,
+            "subject": self.subject,
+            "on_erased": self.on_erased,
         }
 
     def encrypted_type(self) -> Encrypted:
@@ -116,6 +127,8 @@ class _ColumnOp(MigrateOperation):
             table=self.table_name,
             column=self.column_name,
             schema=self.schema,
+            subject=self.subject,
+            on_erased=self.on_erased,
         )
 
     def index_type(self) -> BlindIndexType | None:
@@ -189,8 +202,9 @@ def _existing(operations: Operations, operation: _ColumnOp) -> tuple[sa.Table, s
     pk = single_primary_key(table, user=f"op.{operation.op_name}")
     if operation.column_name not in table.columns:
         raise ConfigurationError(f"{operation.table_name} has no column {operation.column_name}")
-    if operation.row_key is not None and operation.row_key not in table.columns:
-        raise ConfigurationError(f"{operation.table_name} has no column {operation.row_key}")
+    for other in (operation.row_key, operation.subject):
+        if other is not None and other not in table.columns:
+            raise ConfigurationError(f"{operation.table_name} has no column {other}")
     return table, pk
 
 
@@ -198,7 +212,7 @@ def _rewrite(
     operations: Operations,
     operation: _ColumnOp,
     new_type: TypeEngine[Any],
-    convert: Callable[[Any, Any], Any],
+    convert: Callable[[Any, Any, Any], Any],
 ) -> None:
     """Add ``column__vaultkit_new``, fill it from ``column`` in batches, swap the two."""
     connection = operations.get_bind()
@@ -219,13 +233,18 @@ def _rewrite(
     selected = [pk, sa.type_coerce(old, sa.LargeBinary if _is_binary(old) else old.type)]
     if row_key is not None:
         selected.append(row_key)
+    subject = table.columns[operation.subject] if operation.subject else None
+    if subject is not None:
+        selected.append(subject)
     index = operation.index_type() if isinstance(operation, EncryptColumnOp) else None
     for rows in walk(connection, sa.select(*selected), pk, operation.batch_size):
         params = []
         for row in rows:
             value = row[1]
             row_value = row[2] if row_key is not None else None
-            entry = {"_pk": row[0], "_v": None if value is None else convert(value, row_value)}
+            subject_value = row[-1] if subject is not None else None
+            converted = None if value is None else convert(value, row_value, subject_value)
+            entry = {"_pk": row[0], "_v": converted}
             if index is not None:
                 entry["_ix"] = None if value is None else index.digest(_plain(value, old))
             params.append(entry)
@@ -276,7 +295,9 @@ def _encrypt_column(operations: Operations, operation: EncryptColumnOp) -> None:
                 "column (op.add_column) before encrypt_column"
             )
 
-    def convert(value: Any, row: Any) -> bytes | None:
+    def convert(value: Any, row: Any, subject: Any) -> bytes | None:
+        if operation.subject:
+            return encrypted.encrypt_value(RowBound(value, row, subject=subject))
         return encrypted.encrypt_value(RowBound(value, row) if operation.row_key else value)
 
     with vault.acting_as(_principal(operation), purpose=f"alembic encrypt {operation.table_name}"):
@@ -289,7 +310,7 @@ def _decrypt_column(operations: Operations, operation: DecryptColumnOp) -> None:
     vault = get_vault(operation.vault)
     encrypted = operation.encrypted_type()
 
-    def convert(value: Any, row: Any) -> Any:
+    def convert(value: Any, row: Any, subject: Any) -> Any:
         return encrypted.decrypt_value(bytes(value), row=row)
 
     with vault.acting_as(_principal(operation), purpose=f"alembic decrypt {operation.table_name}"):
@@ -495,6 +516,10 @@ def _encrypted_kwargs(column_type: Encrypted) -> dict[str, Any]:
         kwargs["pad_to"] = column_type.pad_to
     if column_type.vault != DEFAULT:
         kwargs["vault"] = column_type.vault
+    if column_type.subject is not None:
+        kwargs["subject"] = column_type.subject
+    if column_type.on_erased != "raise":
+        kwargs["on_erased"] = column_type.on_erased
     return kwargs
 
 
@@ -568,6 +593,10 @@ def _render_column_op(autogen_context: Any, op: _ColumnOp) -> str:
             args.append(f"index_bits={op.index_bits!r}")
     if op.schema is not None:
         args.append(f"schema={op.schema!r}")
+    if op.subject is not None:
+        args.append(f"subject={op.subject!r}")
+    if op.on_erased != "raise":
+        args.append(f"on_erased={op.on_erased!r}")
     # ``op.encrypt_column`` exists once this module is imported: the migration imports it.
     autogen_context.imports.add("import vaultkit.sqla.alembic")
     return f"op.{name}({', '.join(args)})"

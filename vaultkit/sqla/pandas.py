@@ -5,8 +5,10 @@ Given the model's ``Encrypted`` types as ``dtype=``, it encrypts, but its table 
 column, so the index stays NULL and lookups silently find nothing; given no types, it writes the
 plaintext itself into the binary columns (strict reads then raise ``DecryptionError``).
 :func:`to_sql` inserts the frame's rows through the model's own table instead, so the statement
-hook of :mod:`vaultkit.sqla` encrypts every value, binds row-bound values to their rows and fills
-every blind index, as for any Core insert::
+hook of :mod:`vaultkit.sqla` encrypts every value, binds row-bound values to their rows, encrypts
+subject-scoped values under each row's member key (the frame must carry the subject column; a row
+whose subject is missing raises :class:`~vaultkit.errors.ConfigurationError`) and fills every blind
+index, as for any Core insert::
 
     import vaultkit.sqla.pandas
 

@@ -14,6 +14,8 @@ type's own key, the normalising function of a blind index). The vault is looked 
 
 from __future__ import annotations
 
+import numbers
+import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -33,9 +35,10 @@ from vaultkit.errors import (
     DecryptionError,
     EncodingError,
     QueryError,
+    ValueErasedError,
     VaultkitError,
 )
-from vaultkit.keys.domains import check_domain_name
+from vaultkit.keys.domains import KeyDomain, check_domain_name
 from vaultkit.sqla import _registry
 from vaultkit.sqla._coerce import INVALID, coercer, legacy_bytes, legacy_value
 from vaultkit.sqla._storage import RawBinary, index_storage_for, storage_for
@@ -45,6 +48,7 @@ __all__ = ["BlindIndexType", "Encrypted", "EncryptedCell", "RowBound"]
 
 _NULL_OPERATORS: Final = frozenset({operators.is_, operators.is_not})
 _SCHEMA_BINDINGS: Final = ("schema", "legacy")
+_ON_ERASED: Final = ("raise", "null")
 
 
 #: Set by the ORM hooks while an ORM statement loads entities: the columns of restricted or
@@ -139,21 +143,42 @@ class Pending:
         return "Pending(<value>)"
 
 
-class RowBound:
-    """A value on its way into a row-bound column, with the row key it is bound to.
+class _Unknown:
+    """The subject of a write that vaultkit could not see (not in the statement's parameters)."""
 
-    The statement hook of :mod:`vaultkit.sqla` wraps values in it; applications may too, when they
-    write a row-bound column with a statement whose row key vaultkit cannot see.
-    """
-
-    __slots__ = ("row", "value")
-
-    def __init__(self, value: Any, row: Any) -> None:
-        self.value = value
-        self.row = row
+    __slots__ = ()
 
     def __repr__(self) -> str:
-        return "RowBound(<value>, row=<row key>)"
+        return "<subject not known>"
+
+
+#: :attr:`RowBound.subject` when the write did not name the subject column at all.
+UNKNOWN: Final = _Unknown()
+
+
+class RowBound:
+    """A value on its way into a row-bound or subject-scoped column, with its row key and subject.
+
+    The statement hook of :mod:`vaultkit.sqla` wraps values in it; applications may too, when they
+    write such a column with a statement whose row key or subject vaultkit cannot see. ``row`` is
+    ``None`` for a column without ``row_key=``; ``subject`` is the value of the column's
+    ``subject=`` column in that row (the member id), used only to pick the member's key.
+
+    .. versionchanged:: 0.3.0
+        ``subject=``.
+    """
+
+    __slots__ = ("row", "subject", "value")
+
+    def __init__(self, value: Any, row: Any, *, subject: Any = UNKNOWN) -> None:
+        self.value = value
+        self.row = row
+        self.subject = subject
+
+    def __repr__(self) -> str:
+        if self.subject is UNKNOWN:
+            return "RowBound(<value>, row=<row key>)"
+        return "RowBound(<value>, row=<row key>, subject=<subject>)"
 
 
 class EncryptedCell:
@@ -237,12 +262,29 @@ class Encrypted(TypeDecorator[Any]):
             as vaultkit did before the schema entry existed: no schema, and ``table.column``
             split at its first dot. Only for a ``previous=`` type, to read values written that
             way while ``vaultkit rekey`` moves them to the current binding.
+        subject: name of a column of the same table holding the value's subject (the member
+            id), required for a domain declared ``KeyDomain(..., dek_scope="subject")`` and
+            refused for any other. Each value is encrypted under its subject's own key, so that
+            :meth:`vaultkit.Vault.erase_subject` makes the member's values unreadable everywhere
+            (replicas, dumps and backups included). The subject column is a plain column, known
+            at every write; a write whose subject is NULL or not in the statement raises
+            :class:`~vaultkit.errors.ConfigurationError`. An UPDATE that changes the subject of
+            a row must rewrite the row's subject-scoped values too (the ORM does it; a Core
+            statement that does not is refused). See docs/sqlalchemy.md.
+        on_erased: what reading a value whose key was destroyed gives: ``"raise"`` (the
+            default) raises :class:`~vaultkit.errors.ValueErasedError` (``SubjectErasedError``
+            after an erasure, ``RetentionExpiredError`` past the retention), ``"null"`` reads
+            it as ``None``, so that loading rows with erased cells keeps working. Any other
+            decryption failure raises :class:`~vaultkit.errors.DecryptionError` in both modes.
 
     Raises:
         QueryError: on any SQL operator other than ``IS NULL`` / ``IS NOT NULL``, and when the
             column is indexed, unique or a primary key.
 
     .. versionadded:: 0.1.0
+
+    .. versionchanged:: 0.3.0
+        ``subject=`` and ``on_erased=``.
     """
 
     impl = RawBinary
@@ -263,6 +305,8 @@ class Encrypted(TypeDecorator[Any]):
         previous: Encrypted | None = None,
         schema: str | None = None,
         schema_binding: str = "schema",
+        subject: str | None = None,
+        on_erased: str = "raise",
     ) -> None:
         super().__init__()
         inner_type = inner() if isinstance(inner, type) else inner
@@ -286,6 +330,12 @@ class Encrypted(TypeDecorator[Any]):
         if schema_binding not in _SCHEMA_BINDINGS:
             raise ConfigurationError('schema_binding= is "schema" or "legacy"')
         self.schema_binding = schema_binding
+        if subject is not None and not (isinstance(subject, str) and subject):
+            raise ConfigurationError("subject= takes the name of a column of the same table")
+        self.subject = subject
+        if on_erased not in _ON_ERASED:
+            raise ConfigurationError('on_erased= is "raise" or "null"')
+        self.on_erased = on_erased
         #: Set on the type given as another's ``previous=``: only there may it bind the legacy way.
         self._as_previous = False
         if previous is not None:
@@ -369,7 +419,9 @@ class Encrypted(TypeDecorator[Any]):
         if field is None or self._field_generation != slot.generation:
             self._check_binding()
             schema, table, column = self.binding()
-            field = slot.get().field(
+            vault = slot.get()
+            self._check_scope(vault.key_domain(self.domain))
+            field = vault.field(
                 self.domain,
                 table=table,
                 column=column,
@@ -380,6 +432,27 @@ class Encrypted(TypeDecorator[Any]):
             self._field = field
             self._field_generation = slot.generation
         return field
+
+    def _check_scope(self, policy: KeyDomain | None) -> None:
+        """Refuse a ``subject=`` that does not match the domain's key scope."""
+        scope = policy.dek_scope if policy is not None else None
+        if scope == "subject" and self.subject is None:
+            raise ConfigurationError(
+                f"{self._name_or_unknown()}: domain {self.domain!r} keeps a key per subject; "
+                'name the column holding the subject: Encrypted(..., subject="member_id")'
+            )
+        if self.subject is not None and scope is not None and scope != "subject":
+            raise ConfigurationError(
+                f"{self._name_or_unknown()} names subject {self.subject!r}, but domain "
+                f"{self.domain!r} is not subject-scoped (its keys are per {scope}); declare the "
+                'domain KeyDomain(..., dek_scope="subject") or drop subject='
+            )
+
+    def subject_scoped(self) -> bool:
+        """Whether the configured vault keeps this column's values under per-subject keys."""
+        policy = self._slot.get().key_domain(self.domain)
+        self._check_scope(policy)
+        return self.subject is not None
 
     # -- who may read it ----------------------------------------------------------------------
 
@@ -455,8 +528,10 @@ class Encrypted(TypeDecorator[Any]):
 
     def _encrypt_value(self, value: Any) -> bytes | None:
         row = None
+        subject: Any = UNKNOWN
         if type(value) is RowBound:
             row = value.row
+            subject = value.subject
             value = value.value
         pending = None
         if type(value) is Pending:
@@ -471,16 +546,69 @@ class Encrypted(TypeDecorator[Any]):
                 "autoincrement id does not), or write through the ORM or with the row key among the "
                 "statement's parameters"
             )
+        if self.subject is not None:
+            if subject is UNKNOWN:
+                raise ConfigurationError(
+                    f"{self.bound_name} is encrypted under the key of the subject in "
+                    f"{self.subject!r}, which is not known for this write: write the subject "
+                    "column in the same statement (or name it in the WHERE clause of an UPDATE), "
+                    "or write through the ORM"
+                )
+            if subject is None:
+                raise ConfigurationError(
+                    f"{self.bound_name}: the subject column {self.subject!r} is NULL in this "
+                    "row, so the value has no subject key to be encrypted under; set it first"
+                )
+            subject = self._canonical_subject(subject)
+        elif subject is not UNKNOWN:
+            raise ConfigurationError(f"{self.bound_name} has no subject= column; pass no subject")
         if type(value) is not str or self._python_type is not str:
             value = self._coerce(value)
-        blob = self.field().encrypt(value, row=row)
+        field = self.field()
+        if self.subject is not None:
+            blob = field.encrypt(value, row=row, subject=subject)
+        else:
+            blob = field.encrypt(value, row=row)
         if pending is not None:
             pending.ciphertext = blob
         return blob
 
-    def decrypt_value(self, stored: Any, *, row: wire.ContextValue | None = None) -> Any:
-        """Decrypt one stored value of this column (with its row key when row-bound)."""
-        if row is None and self._strict_fixed:
+    def _canonical_subject(self, subject: Any) -> str | int | uuid.UUID:
+        """The subject as the vault takes it: str, int or UUID (a numpy integer becomes int)."""
+        kind = type(subject)
+        if kind is str or kind is int or kind is uuid.UUID:
+            return subject  # type: ignore[no-any-return]
+        if isinstance(subject, bool):
+            pass
+        elif isinstance(subject, numbers.Integral):
+            return int(subject)
+        elif isinstance(subject, str | int | uuid.UUID):
+            return subject
+        raise ConfigurationError(
+            f"{self.bound_name}: the subject in {self.subject!r} is a {kind.__name__}; a subject "
+            "is a str, an int or a UUID"
+        )
+
+    def decrypt_value(
+        self, stored: Any, *, row: wire.ContextValue | None = None, on_erased: str | None = None
+    ) -> Any:
+        """Decrypt one stored value of this column (with its row key when row-bound).
+
+        ``on_erased`` overrides the column's own setting for this call: the re-keying engine
+        and verify pass ``"raise"`` to count erased values apart instead of reading them as NULL.
+
+        Raises:
+            ValueErasedError: the value's key was destroyed (erasure, retention), with
+                ``on_erased="raise"``; with ``on_erased="null"`` the value reads as ``None``.
+            DecryptionError: any other failure, in both modes.
+
+        .. versionchanged:: 0.3.0
+            ``on_erased=``.
+        """
+        if on_erased is not None and on_erased not in _ON_ERASED:
+            raise ConfigurationError('on_erased= is "raise" or "null"')
+        mode = self.on_erased if on_erased is None else on_erased
+        if row is None and self._strict_fixed and mode == self.on_erased:
             opener = self._open_fn
             if opener is None:
                 opener = self._open_fn = self._prepare_open(cells=False)
@@ -499,14 +627,20 @@ class Encrypted(TypeDecorator[Any]):
                 del stored
                 return self._read_legacy(box, row)
             raise DecryptionError
-        if self.previous is None:
+        try:
             value = self.field().decrypt(stored, row=row)
-        else:
-            try:
-                value = self.field().decrypt(stored, row=row)
-            except DecryptionError:
-                previous = self.previous
-                return previous.decrypt_value(stored, row=row if previous.row_key else None)
+        except ValueErasedError:
+            # The key is gone: the value is no older type's either.
+            if mode == "null":
+                return None
+            raise
+        except DecryptionError:
+            previous = self.previous
+            if previous is None:
+                raise
+            return previous.decrypt_value(
+                stored, row=row if previous.row_key else None, on_erased=mode
+            )
         if self._enum_class is not None and not isinstance(value, SealedValue):
             return self._enum_class[value]  # type: ignore[index]
         return value
@@ -585,7 +719,7 @@ class Encrypted(TypeDecorator[Any]):
         """The encrypt function of this column: :meth:`_encrypt`, after a shortcut for str values
         of a column without row binding (one Python frame around the vault's seal)."""
         general = self._encrypt
-        if self.row_key is not None:
+        if self.row_key is not None or self.subject is not None:
             return general
         # The per-value path of a column without row binding: one Python frame around the
         # vault's seal, with the cipher looked up again only when the configured vault changes.
@@ -690,7 +824,16 @@ class Encrypted(TypeDecorator[Any]):
                 return EncryptedCell(self, value)
             return open_(value)
 
-        return process
+        if self.on_erased != "null":
+            return process
+
+        def erased_as_null(value: Any) -> Any:
+            try:
+                return process(value)
+            except ValueErasedError:
+                return None
+
+        return erased_as_null
 
     def process_literal_param(self, value: Any, dialect: Dialect) -> str:
         raise QueryError(f"{self.bound_name}: ciphertext is never rendered into SQL text")
@@ -709,6 +852,8 @@ class Encrypted(TypeDecorator[Any]):
             previous=self.previous.copy() if self.previous is not None else None,
             schema=self.schema,
             schema_binding=self.schema_binding,
+            subject=self.subject,
+            on_erased=self.on_erased,
         )
         copied._as_previous = self._as_previous
         copied._attached = self._attached
@@ -732,12 +877,15 @@ class Encrypted(TypeDecorator[Any]):
             "previous",
             "schema",
             "schema_binding",
+            "subject",
+            "on_erased",
         ):
             value = getattr(self, name)
             default = {
                 "migrating": False,
                 "vault": _registry.DEFAULT,
                 "schema_binding": "schema",
+                "on_erased": "raise",
             }.get(name)
             if value is not None and value != default:
                 args.append(f"{name}={value!r}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -74,3 +75,41 @@ class TestBlindIndexRefused:
         error = info.value if isinstance(info.value, ConfigurationError) else info.value.__cause__
         assert isinstance(error, ConfigurationError)
         assert "Wrong.email_index" in str(error) and "BlindIndexField" in str(error)
+
+
+class Chat(SQLModel, table=True):
+    __tablename__ = "sqlmodel_chats"
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    member_id: int
+    body: str | None = EncryptedField(
+        sa.Text, domain="chats", subject="member_id", on_erased="null"
+    )
+
+
+def test_subject_scoped_field(
+    configure_vault: Callable[[Vault | None], None], tmp_path: Path
+) -> None:
+    """EncryptedField(subject=, on_erased=) passes both on: each member's body under its own key."""
+    from vaultkit import KeyDomain
+    from vaultkit.store import MemoryKeyStore
+    from vaultkit.testing import InMemoryKeyProvider
+
+    column_type = Chat.__table__.c.body.type  # type: ignore[attr-defined]
+    assert (column_type.subject, column_type.on_erased) == ("member_id", "null")
+    with Vault(
+        provider=InMemoryKeyProvider(),
+        store=MemoryKeyStore(),
+        domains=[KeyDomain("chats", dek_scope="subject")],
+    ) as vault:
+        configure_vault(vault)
+        engine = create_engine(f"sqlite:///{tmp_path / 'chats.db'}")
+        SQLModel.metadata.create_all(engine, tables=[Chat.__table__])  # type: ignore[list-item]
+        with Session(engine) as session:
+            session.add_all([Chat(member_id=1, body="one"), Chat(member_id=2, body="two")])
+            session.commit()
+        with engine.connect() as conn:
+            raw = conn.execute(sa.text("select body from sqlmodel_chats")).scalars().all()
+        assert raw[0][4:20] != raw[1][4:20]  # the DEK ids of the two members' values
+        with Session(engine) as session:
+            assert sorted(c.body or "" for c in session.exec(select(Chat))) == ["one", "two"]
+        engine.dispose()

@@ -85,6 +85,50 @@ def test_rendered_migration_runs(metadata: sa.MetaData) -> None:
     engine.dispose()
 
 
+def test_subject_and_on_erased_render_and_round_trip() -> None:
+    """subject= and on_erased= are rendered, into a type with the same cache key as the model's."""
+    import types
+
+    import vaultkit.sqla.alembic as vk_alembic
+
+    model = Encrypted(sa.Text, domain="chats", subject="member_id", on_erased="null")
+    meta = sa.MetaData()
+    sa.Table(
+        "visits",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("member_id", sa.Integer),
+        sa.Column("chat", model),
+    )
+    code = render(meta)
+    assert (
+        "vaultkit.sqla.types.Encrypted(sa.Text(), domain='chats', subject='member_id', "
+        "on_erased='null')"
+    ) in code
+    rendered = eval(  # noqa: S307 - our own rendered code
+        "vaultkit.sqla.types.Encrypted(sa.Text(), domain='chats', subject='member_id', "
+        "on_erased='null')",
+        {"vaultkit": vaultkit, "sa": sa},
+    )
+    assert rendered._static_cache_key == model._static_cache_key
+    op = vk_alembic.EncryptColumnOp(
+        "visits", "chat", sa.Text, domain="chats", subject="member_id", on_erased="null"
+    )
+    context = types.SimpleNamespace(imports=set())
+    line = vk_alembic._render_column_op(context, op)
+    assert line == (
+        "op.encrypt_column('visits', 'chat', sa.Text(), domain='chats', subject='member_id', "
+        "on_erased='null')"
+    )
+    assert vk_alembic._encrypted_kwargs(model) == {
+        "domain": "chats",
+        "subject": "member_id",
+        "on_erased": "null",
+    }
+    reverse = op.reverse()
+    assert (reverse.subject, reverse.on_erased) == ("member_id", "null")
+
+
 def test_render_item_leaves_other_types_alone() -> None:
     """Types that are not vaultkit's go to Alembic's own rendering."""
     assert vaultkit.sqla.alembic_render_item("type", sa.String(10), object()) is False
