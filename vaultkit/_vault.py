@@ -22,10 +22,10 @@ import datetime as dt
 import math
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from vaultkit import _lifecycle
+from vaultkit import _backups, _lifecycle
 from vaultkit._access import Policy, Principal, Scope, acting_as
 from vaultkit._cipher import Cipher, Decrypted, FieldCipher, as_bytes
 from vaultkit._codec import PlainValue, encode_value
@@ -121,6 +121,19 @@ class Vault(NoPickle):
         dek_max_age: age after which a fresh DEK is taken for encryption.
         clock: the wall clock, returning a timezone-aware datetime (``datetime.now(UTC)`` by
             default): it picks bucket keys and decides retention deadlines. Tests inject one.
+        erasure_ledger: a file outside the database where every erasure is written (durably)
+            before its keys are destroyed. The vault replays it when it opens: keys of an erased
+            subject that the key store holds as live again (a restored backup) are destroyed
+            again and the subject fenced again. Keep it on another disk, with another backup
+            policy, than the database. It does not help against someone who restores a backup
+            outside vaultkit with the KEK at hand: shred epochs do.
+        key_store_backup_retention: how long backups of the key store are kept, when it lives in
+            a database of its own (an operator's statement, not checked): erasure receipts give
+            ``erased_at`` + this as the date from which no backup holds the keys.
+        shred_epoch_interval: how often :meth:`shred_epoch` runs for each domain (from a
+            scheduler; not run by the vault): receipts give the next epoch after the erasure
+            plus the provider's deletion delay as that date. The same interval is the oldest
+            backup that can still be restored.
 
     Raises:
         ConfigurationError: the arguments do not fit together.
@@ -146,6 +159,9 @@ class Vault(NoPickle):
         audit_domain: str | None = None,
         audit_batch_size: int = DEFAULT_AUDIT_BATCH,
         clock: Callable[[], dt.datetime] | None = None,
+        erasure_ledger: str | os.PathLike[str] | None = None,
+        key_store_backup_retention: dt.timedelta | None = None,
+        shred_epoch_interval: dt.timedelta | None = None,
     ) -> None:
         declared = _declared(domains)
         if clock is not None and not callable(clock):
@@ -210,6 +226,18 @@ class Vault(NoPickle):
             max_age=dek_max_age.total_seconds(),
             clock=self._clock,
         )
+        try:  # backups: check the modes, replay the erasure ledger (vaultkit/_backups.py)
+            self._backups = _backups.BackupModes.start(
+                self._store,
+                erasure_ledger=erasure_ledger,
+                key_store_backup_retention=key_store_backup_retention,
+                shred_epoch_interval=shred_epoch_interval,
+                now=self._keyring.now(),
+            )
+        except BaseException:
+            if self._owns_store:
+                self._store.close()
+            raise
         self._recorder: AuditRecorder | None = None
         if audited and audit_domain is not None:
             try:
@@ -695,3 +723,21 @@ class Vault(NoPickle):
 
     def __repr__(self) -> str:
         return f"Vault(domains={list(self._domains)!r}, store={self._store!r})"
+
+    # -- data life cycle: backups (vaultkit/_backups.py) ------------------------------------------
+
+    def _ledger_append(
+        self, domain: str, subject_ref: str, request_id: str, at: dt.datetime
+    ) -> None:
+        """Write an erasure to the erasure ledger, durably, before it happens (no ledger: no-op).
+
+        Raises:
+            KeyStoreError: the ledger could not be written; nothing may be destroyed then.
+        """
+        self._backups.append(domain, subject_ref, request_id, at)
+
+    def _finality(self, domains: Sequence[str], erased_at: dt.datetime) -> dt.datetime | None:
+        """From when no backup holds keys erased at ``erased_at`` in ``domains`` (or ``None``)."""
+        return _backups.finality(
+            self._backups, self._store, dict(self._keyring.providers), erased_at, domains
+        )

@@ -7,6 +7,7 @@ its calls, so that a test can show that reading many rows costs one unwrap per d
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import threading
 from collections import Counter
@@ -126,6 +127,10 @@ class _CountsWriterPins(CountingKeyProvider):
 
 
 class _CountsVersionDestruction(CountingKeyProvider):
+    @property
+    def destruction_delay(self) -> dt.timedelta:
+        return cast(SupportsVersionDestruction, self.inner).destruction_delay
+
     def destroy_version(self, ref: KeyRef) -> VersionDestruction:
         self._count("destroy_version")
         return cast(SupportsVersionDestruction, self.inner).destroy_version(ref)

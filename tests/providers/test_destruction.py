@@ -121,6 +121,7 @@ def test_every_provider_and_its_counted_wrapper_can_destroy_a_version(case: Case
     counting.rotate("identity")
     counting.destroy_version(old)
     assert counting.calls["destroy_version"] == 1
+    assert case.provider.destruction_delay == counting.destruction_delay == case.delay
 
 
 def test_a_destroyed_version_unwraps_nothing_not_even_a_backup_copy(case: Case) -> None:

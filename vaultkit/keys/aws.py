@@ -301,6 +301,14 @@ class AWSKMSKeyProvider:
             "disable_key", f"disabling KEK v{version} of {domain}", KeyId=arn.rsplit("/", 1)[-1]
         )
 
+    @property
+    def destruction_delay(self) -> dt.timedelta:
+        """The waiting period of ``ScheduleKeyDeletion``: ``deletion_window_days``.
+
+        .. versionadded:: 0.3.0
+        """
+        return dt.timedelta(days=self.deletion_window_days)
+
     def destroy_version(self, ref: KeyRef) -> VersionDestruction:
         """Schedule the deletion of version ``ref``'s KMS key (``ScheduleKeyDeletion``).
 

@@ -641,6 +641,14 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         if not self._erase_version(domain, version):
             raise KeyNotFoundError(f"domain {domain!r} has no KEK version {version}")
 
+    @property
+    def destruction_delay(self) -> dt.timedelta:
+        """Zero: :meth:`destroy_version` destroys at once.
+
+        .. versionadded:: 0.3.0
+        """
+        return dt.timedelta(0)
+
     def destroy_version(self, ref: KeyRef) -> VersionDestruction:
         """Destroy a KEK version (:class:`~vaultkit.keys.SupportsVersionDestruction`).
 

@@ -77,6 +77,14 @@ class InMemoryKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
             versions.append(AESGCM(os.urandom(32)))
             return KeyRef(domain, self._key_id(domain), len(versions))
 
+    @property
+    def destruction_delay(self) -> dt.timedelta:
+        """Zero: :meth:`destroy_version` destroys at once.
+
+        .. versionadded:: 0.3.0
+        """
+        return dt.timedelta(0)
+
     def destroy_version(self, ref: KeyRef) -> VersionDestruction:
         """Drop the KEK of version ``ref`` from memory: nothing wrapped under it unwraps again.
 

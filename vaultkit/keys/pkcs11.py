@@ -308,6 +308,14 @@ class PKCS11KeyProvider:
         self._do(f"destroying {ref.key_id}", lambda s: s.destroyObject(handle))
         self._token.get().handles.pop(ref.key_id, None)
 
+    @property
+    def destruction_delay(self) -> dt.timedelta:
+        """Zero: :meth:`destroy_version` destroys at once.
+
+        .. versionadded:: 0.3.0
+        """
+        return dt.timedelta(0)
+
     def destroy_version(self, ref: KeyRef) -> VersionDestruction:
         """Destroy the key object of version ``ref`` on the token (``C_DestroyObject``).
 

@@ -164,6 +164,11 @@ class SupportsVersionDestruction(Protocol):
     .. versionadded:: 0.3.0
     """
 
+    @property
+    def destruction_delay(self) -> dt.timedelta:
+        """How long after ``destroy_version`` the material is gone for good (0: at once)."""
+        ...
+
     def destroy_version(self, ref: KeyRef) -> VersionDestruction:
         """Destroy KEK version ``ref``; see :class:`VersionDestruction` for when it is final.
 

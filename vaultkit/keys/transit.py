@@ -232,6 +232,14 @@ class VaultTransitKeyProvider:
             {"min_decryption_version": int(version)},
         )
 
+    @property
+    def destruction_delay(self) -> dt.timedelta:
+        """Zero: :meth:`destroy_version` destroys at once.
+
+        .. versionadded:: 0.3.0
+        """
+        return dt.timedelta(0)
+
     def destroy_version(self, ref: KeyRef) -> VersionDestruction:
         """Delete the key material of version ``ref`` and of every older version from the server.
 
