@@ -28,12 +28,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vaultkit import _lifecycle, _scoped
+from vaultkit._keyring import WRAPPING_PURPOSE, Keyring, index_key_id
 from vaultkit._ledger import ErasureLedger, LedgerEntry
 from vaultkit.errors import ConfigurationError
-from vaultkit.keys.provider import SupportsVersionDestruction
-from vaultkit.store import DekState, KeyStore, SupportsScopedKeys
+from vaultkit.keys.provider import SupportsVersionDestruction, VersionDestruction
+from vaultkit.store import (
+    WRAPPING_KEK_ID,
+    DataKeyRecord,
+    DekState,
+    KeyStore,
+    SupportsScopedKeys,
+)
 
-__all__ = ["BackupModes", "ShredReport", "finality", "next_epoch"]
+__all__ = ["BackupModes", "ShredReport", "finality", "next_epoch", "shred_epoch"]
 
 log = logging.getLogger("vaultkit")
 
@@ -182,5 +192,154 @@ class ShredReport:
         }
 
 
-def _live(state: DekState) -> bool:
-    return state is not DekState.DESTROYED
+def _epoch_of(record: DataKeyRecord) -> int:
+    name = record.name or ""
+    prefix, _, number = name.partition("@")
+    return int(number) if prefix == "wrapping" and number.isdigit() else 0
+
+
+def _rewrap_scoped(
+    keyring: Keyring,
+    domain: str,
+    old: dict[int, AESGCM],
+    epoch: int,
+    new: AESGCM,
+    batch: int,
+) -> tuple[int, int]:
+    """Rewrap the live scoped DEKs of ``domain`` under ``old`` epochs to ``epoch`` (CAS per row).
+
+    Returns (rewrapped, changed meanwhile or unreadable).
+    """
+    store = keyring.store
+    done = skipped = 0
+    pending: list[DataKeyRecord] = []
+
+    def flush() -> None:
+        nonlocal done, skipped
+        for record in pending:
+            context = _scoped.record_context(record)
+            dek = _scoped.unwrap(old[record.kek_version], record.wrapped, context)
+            if dek is None:  # damaged, or moved by a database writer: unreadable already
+                skipped += 1
+                continue
+            wrapped = _scoped.wrap(new, dek, context)
+            del dek
+            if store.rewrap(record, kek_id=WRAPPING_KEK_ID, kek_version=epoch, wrapped=wrapped):
+                done += 1
+            else:
+                skipped += 1
+        log.info("shred epoch of domain %s: %d scoped keys rewrapped so far", domain, done)
+        pending.clear()
+
+    for record in store.records(domain=domain):
+        if (
+            record.kek_id == WRAPPING_KEK_ID
+            and record.kek_version in old
+            and record.state is not DekState.DESTROYED
+        ):
+            pending.append(record)
+            if len(pending) >= batch:
+                flush()
+    if pending:
+        flush()
+    return done, skipped
+
+
+def shred_epoch(keyring: Keyring, domain: str, *, batch: int = 1000) -> ShredReport:
+    """Start a new shred epoch of ``domain`` (see :meth:`Vault.shred_epoch`)."""
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ConfigurationError("batch must be a positive integer")
+    provider = keyring.providers[domain]
+    if not isinstance(provider, SupportsVersionDestruction):
+        raise ConfigurationError(
+            f"the provider of domain {domain!r} ({type(provider).__name__}) cannot destroy KEK "
+            "versions (SupportsVersionDestruction): shred epochs need it"
+        )
+    store = keyring.store
+    now = keyring.now()
+    # (1) A new KEK version; every row the KEK wraps (wrapping keys included) rewrapped under it.
+    rotation = _lifecycle.rotate_kek(keyring, domain, new_version=True)
+    target = rotation.kek_version
+    changed = rotation.changed_meanwhile
+    epoch: int | None = None
+    scoped_done = 0
+    destroyed_epochs: list[int] = []
+    stranded = 0
+    if isinstance(store, SupportsScopedKeys) and keyring.policy.domains[domain].scoped:
+        rows = store.wrapping_keys(domain)
+        old_epochs = sorted(_epoch_of(r) for r in rows if r.state is not DekState.DESTROYED)
+        old_epochs = [e for e in old_epochs if e > 0]
+        epoch = max((_epoch_of(r) for r in rows), default=0) + 1
+        # (2) Wrapping key N+1, under the new KEK version; the old ones unwrapped while they live.
+        name = _scoped.wrapping_name(epoch)
+        keyring._create_named_key(domain, name, index_key_id(domain, name), WRAPPING_PURPOSE)
+        keyring.forget_wrapping(domain)
+        new_key = keyring._wrapping_key(domain, epoch)
+        old_keys = {e: keyring._wrapping_key(domain, e) for e in old_epochs}
+        # (3) Every live scoped DEK rewrapped locally from N to N+1 (compare-and-set per row).
+        scoped_done, skipped = _rewrap_scoped(keyring, domain, old_keys, epoch, new_key, batch)
+        changed += skipped
+        # (4) The old wrapping rows destroyed; then once more for rows another process inserted
+        #     under an old epoch before it saw the destruction (it re-checks after its insert).
+        for old_epoch in old_epochs:
+            old_name = _scoped.wrapping_name(old_epoch)
+            if store.destroy_key(index_key_id(domain, old_name), reason="shred", at=now):
+                destroyed_epochs.append(old_epoch)
+        keyring.forget_wrapping(domain)
+        late, skipped = _rewrap_scoped(keyring, domain, old_keys, epoch, new_key, batch)
+        scoped_done += late
+        old_keys.clear()
+        stranded += sum(
+            1
+            for r in store.records(domain=domain)
+            if r.kek_id == WRAPPING_KEK_ID
+            and r.kek_version in old_epochs
+            and r.state is not DekState.DESTROYED
+        )
+    # (5) Rows a process wrapped under the old KEK meanwhile: onto the new version too.
+    again = _lifecycle.rotate_kek(keyring, domain, new_version=False)
+    old_refs = [r for r in provider.versions(domain) if r.version < target]
+    old_ids = {(r.key_id, r.version) for r in old_refs}
+
+    def under_old() -> int:
+        return sum(
+            1 for r in store.provider_wrapped(domain) if (r.kek_id, r.kek_version) in old_ids
+        )
+
+    destructions: list[VersionDestruction] = []
+    if under_old():
+        log.warning(
+            "shred epoch of domain %s: rows are still wrapped under an old KEK version; it is "
+            "not destroyed (run the epoch again)",
+            domain,
+        )
+    else:
+        # (6) The old KEK versions destroyed in the provider, newest first (transit trims below).
+        for ref in sorted(old_refs, key=lambda r: r.version, reverse=True):
+            destructions.append(provider.destroy_version(ref))
+        stranded += under_old()
+    versions = sorted({v for d in destructions for v in d.versions})
+    final_at = max((d.final_at for d in destructions), default=None)
+    report = ShredReport(
+        domain=domain,
+        epoch=epoch,
+        kek_version=target,
+        kek_rows_rewrapped=rotation.rewrapped + again.rewrapped,
+        scoped_rewrapped=scoped_done,
+        changed_meanwhile=changed + again.changed_meanwhile,
+        wrapping_destroyed=tuple(destroyed_epochs),
+        kek_versions_destroyed=tuple(versions),
+        final_at=final_at,
+        stranded=stranded,
+    )
+    log.info(
+        "shred epoch of domain %s: KEK v%d, epoch %s, %d scoped keys rewrapped, KEK versions "
+        "%s destroyed (final %s)",
+        domain,
+        target,
+        epoch,
+        scoped_done,
+        versions,
+        final_at,
+    )
+    return report

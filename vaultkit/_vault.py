@@ -736,6 +736,43 @@ class Vault(NoPickle):
         """
         self._backups.append(domain, subject_ref, request_id, at)
 
+    def shred_epoch(self, domain: str, *, batch: int = 1000) -> _backups.ShredReport:
+        """Start a new shred epoch of ``domain``: every backup older than it becomes unreadable.
+
+        In this order: (1) the domain's KEK gets a new version and every row it wraps (the
+        wrapping keys, process-scoped DEKs, blind-index and audit keys) is rewrapped under it, as
+        :meth:`rotate_kek` does; (2) a new wrapping key, epoch N+1, is made under the new
+        version; (3) every live subject and bucket DEK of the domain is rewrapped locally from
+        the old wrapping keys to it (compare-and-set per row, in batches of ``batch``; the DEKs
+        themselves do not change, so no value is re-encrypted); (4) the old wrapping-key rows are
+        destroyed, and rows another process inserted under them meanwhile are rewrapped too;
+        (5) once no row is wrapped under an old KEK version any more, the provider destroys those
+        versions (:class:`~vaultkit.keys.SupportsVersionDestruction`: at once for the local
+        keyring, PKCS#11 and OpenBao, after the waiting period for AWS KMS).
+
+        Afterwards a copy of the key store taken before the epoch (a database backup) holds
+        only rows wrapped under destroyed KEK versions: restored, nothing in it unwraps, with or
+        without an erasure ledger, whoever holds the KEK's current version. That is also the
+        limit: a backup older than the last epoch cannot be restored. Run it every
+        ``shred_epoch_interval`` (``vaultkit keys shred-epoch`` from a scheduler); other
+        processes keep working throughout. Running it again after a failure is safe.
+
+        Args:
+            domain: a declared domain whose provider can destroy KEK versions.
+            batch: scoped DEKs per batch of the rewrap.
+
+        Returns:
+            A :class:`ShredReport` (counts, epochs and versions; no key material).
+
+        Raises:
+            ConfigurationError: the domain's provider cannot destroy KEK versions.
+            DomainError, KeyProviderError, KeyStoreError.
+
+        .. versionadded:: 0.3.0
+        """
+        self._check_domain(domain)
+        return _backups.shred_epoch(self._keyring, domain, batch=batch)
+
     def _finality(self, domains: Sequence[str], erased_at: dt.datetime) -> dt.datetime | None:
         """From when no backup holds keys erased at ``erased_at`` in ``domains`` (or ``None``)."""
         return _backups.finality(
