@@ -302,8 +302,15 @@ def shred_epoch(keyring: Keyring, domain: str, *, batch: int = 1000) -> ShredRep
     old_ids = {(r.key_id, r.version) for r in old_refs}
 
     def under_old() -> int:
+        rows = (
+            store.provider_wrapped(domain)
+            if isinstance(store, SupportsScopedKeys)
+            else list(store.records(domain=domain))
+        )
         return sum(
-            1 for r in store.provider_wrapped(domain) if (r.kek_id, r.kek_version) in old_ids
+            1
+            for r in rows
+            if r.state is not DekState.DESTROYED and (r.kek_id, r.kek_version) in old_ids
         )
 
     destructions: list[VersionDestruction] = []
