@@ -245,6 +245,23 @@ def test_local_destruction_also_leaves_the_keyring_backup_without_the_version(
         )
 
 
+def test_another_local_provider_sees_the_rotation_and_the_destruction(tmp_path: Path) -> None:
+    """Two providers on one keyring file (two processes): after one rotates and destroys v1, the
+    other's primary is v2 at once, so it never wraps a new DEK under the destroyed version."""
+    master = os.urandom(32)
+    path = tmp_path / "keyring.json"
+    first = LocalKeyProvider(path, master_key=master)
+    second = LocalKeyProvider(path, master_key=master)
+    v1 = first.primary("identity")
+    assert second.primary("identity") == v1
+    v2 = first.rotate("identity")
+    first.destroy_version(v1)
+    assert second.primary("identity") == v2
+    assert [r.version for r in second.versions("identity")] == [2]
+    wrapped = second.wrap(second.primary("identity"), b"n" * 32, context=CONTEXT)
+    assert first.unwrap(v2, wrapped, context=CONTEXT) == b"n" * 32
+
+
 @pytest.mark.aws
 def test_kms_destruction_schedules_deletion_with_the_configured_window(
     aws_emulator: Server,

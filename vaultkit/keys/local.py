@@ -592,9 +592,18 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         self._domains = table
         self._seen = self._identity()
 
+    def _refresh(self) -> None:
+        """Re-read the file if another process (or provider) changed it since it was read."""
+        if self._stale():
+            with self._file_lock():
+                self._reload()
+
     def primary(self, domain: str) -> KeyRef:
         check_domain_name(domain)
         with self._lock:
+            # Another process may have rotated (and destroyed the old version): one stat() per
+            # call, so that new DEKs are never wrapped under a version that is gone.
+            self._refresh()
             entry = self._domains.get(domain)
             if entry is None:
                 if not self._create:
@@ -613,6 +622,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
 
     def versions(self, domain: str) -> Sequence[KeyRef]:
         with self._lock:
+            self._refresh()
             entry = self._domains.get(domain)
             if entry is None:
                 raise DomainError(f"keyring {self._path.name} holds no KEK for domain {domain!r}")
