@@ -319,3 +319,40 @@ def test_transit_destruction_trims_the_key_ring_from_below(openbao: Server) -> N
         provider.unwrap(v1, old, context=CONTEXT)
     assert provider.unwrap(v3, provider.wrap(v3, b"n" * 32, context=CONTEXT), context=CONTEXT)
     assert provider.destroy_version(v1).versions == (1,)
+
+
+def test_a_shred_epoch_on_this_provider_makes_a_pre_erasure_backup_unreadable(
+    case: Case, tmp_path: Path
+) -> None:
+    """Subject keys on this provider: a backup of the SQLite key store, an erasure, a shred epoch.
+    The live store reads the other subject; the restored backup reads nobody (the old KEK version
+    is destroyed in the HSM / OpenBao / keyring; KMS: pending deletion)."""
+    from tests.integration.test_restore import erase
+    from vaultkit import KeyDomain
+    from vaultkit.errors import SubjectErasedError
+
+    domains = [KeyDomain("medical", dek_scope="subject")]
+    live = tmp_path / "keys.db"
+    with Vault(provider=case.provider, store=f"sqlite:///{live}", domains=domains) as vault:
+        alice = vault.encrypt("a", domain="medical", subject="alice")
+        bob = vault.encrypt("b", domain="medical", subject="bob")
+        copy = tmp_path / "backup.db"
+        with sqlite3.connect(live) as src, sqlite3.connect(copy) as dst:
+            src.backup(dst)
+        old = case.provider.primary("medical")
+        erase(vault, "alice")
+        report = vault.shred_epoch("medical")
+        assert report.stranded == 0 and old.version in report.kek_versions_destroyed
+        assert report.final_at is not None
+        assert report.final_at - dt.datetime.now(dt.UTC) <= case.delay + dt.timedelta(minutes=1)
+        with pytest.raises(SubjectErasedError):
+            vault.decrypt(alice, domain="medical")
+    with Vault(provider=case.provider, store=f"sqlite:///{live}", domains=domains) as fresh:
+        assert fresh.decrypt(bob, domain="medical") == "b"
+    if not case.refuses:
+        _pending_deletion(case, old)
+        return
+    with Vault(provider=case.provider, store=f"sqlite:///{copy}", domains=domains) as restored:
+        for blob in (alice, bob):
+            with pytest.raises(KeyProviderError):
+                restored.decrypt(blob, domain="medical")
