@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from vaultkit import _backups, _lifecycle
+from vaultkit import _backups, _lifecycle, _scoped
 from vaultkit._access import Policy, Principal, Scope, acting_as
 from vaultkit._cipher import Cipher, Decrypted, FieldCipher, as_bytes
 from vaultkit._codec import PlainValue, encode_value
@@ -102,6 +102,14 @@ class Vault(NoPickle):
     processes never share an encryption key. Unwrapped DEKs are cached, bounded and time-limited;
     decrypting many values costs one provider call per distinct DEK.
 
+    A domain with ``dek_scope="subject"`` has one DEK per member (:meth:`encrypt` takes
+    ``subject=``), one with ``dek_scope="bucket"`` one per time window; both are wrapped under a
+    per-domain wrapping key, so reading the values of many members costs one provider call per
+    domain. Their :class:`~vaultkit.Retention` is enforced at read time (a key past its deadline
+    is never unwrapped) and by destroying keys; the key store holds keyed references of members
+    (:meth:`subject_ref`), never their ids. Such a vault needs a key store with
+    :class:`~vaultkit.store.SupportsScopedKeys` (the SQL and memory stores have it).
+
     Args:
         provider: the key provider holding the domains' KEKs.
         store: the key store: a :class:`~vaultkit.store.KeyStore`, an SQLAlchemy ``Engine`` or a
@@ -121,6 +129,8 @@ class Vault(NoPickle):
         dek_max_age: age after which a fresh DEK is taken for encryption.
         clock: the wall clock, returning a timezone-aware datetime (``datetime.now(UTC)`` by
             default): it picks bucket keys and decides retention deadlines. Tests inject one.
+            Cached keys are refused at their deadline by the monotonic clock, and checked against
+            this one every ``key_check_interval``.
         erasure_ledger: a file outside the database where every erasure is written (durably)
             before its keys are destroyed. The vault replays it when it opens: keys of an erased
             subject that the key store holds as live again (a restored backup) are destroyed
@@ -134,6 +144,9 @@ class Vault(NoPickle):
             scheduler; not run by the vault): receipts give the next epoch after the erasure
             plus the provider's deletion delay as that date. The same interval is the oldest
             backup that can still be restored.
+
+    .. versionchanged:: 0.3.0 ``clock=``; domains with subject and bucket keys; ``erasure_ledger=``,
+        ``key_store_backup_retention=``, ``shred_epoch_interval=``.
 
     Raises:
         ConfigurationError: the arguments do not fit together.
@@ -164,8 +177,12 @@ class Vault(NoPickle):
         shred_epoch_interval: dt.timedelta | None = None,
     ) -> None:
         declared = _declared(domains)
-        if clock is not None and not callable(clock):
-            raise TypeError("clock must be a callable returning an aware datetime")
+        if clock is not None:
+            if not callable(clock):
+                raise TypeError("clock must be a callable returning an aware datetime")
+            probe = clock()
+            if not isinstance(probe, dt.datetime) or probe.utcoffset() is None:
+                raise ConfigurationError("clock must return a timezone-aware datetime")
         if not isinstance(provider, KeyProvider):
             raise TypeError(f"provider must implement KeyProvider, not {type(provider).__name__}")
         overrides = dict(providers or {})
@@ -565,14 +582,17 @@ class Vault(NoPickle):
         """
         if not isinstance(at, dt.datetime) or at.utcoffset() is None:
             raise ValueError("at must be a timezone-aware datetime")
+        return _call(self._end_relationship, subject, at)
+
+    def _end_relationship(self, subject: Subject, at: dt.datetime) -> int:
         store = self._scoped_store()
         updated = 0
         for domain in self._domains.values():
             retention = domain.retention
             if retention is None or retention.after != "relationship_end":
                 continue
-            ref = _call(self._keyring.subject_ref, domain.name, subject)
-            deadline = retention.deadline(at)
+            ref = self._keyring.subject_ref(domain.name, subject)
+            deadline = _scoped.subject_deadline(retention, at)
             old = store.get_subject(domain.name, ref) or SubjectRecord(domain.name, ref)
             store.put_subject(
                 SubjectRecord(
@@ -584,8 +604,7 @@ class Vault(NoPickle):
                     request_id=old.request_id,
                 )
             )
-            updated += store.set_destroy_at(domain.name, ref, deadline)
-            self._keyring.forget_subject(domain.name, ref)
+            updated += self._keyring.set_subject_deadline(domain.name, ref, deadline)
         return updated
 
     def allow_subject(self, subject: Subject, *, domains: Iterable[str] | None = None) -> None:
@@ -600,10 +619,13 @@ class Vault(NoPickle):
 
         .. versionadded:: 0.3.0
         """
-        store = self._scoped_store()
         names = self._subject_domains(domains)
+        _call(self._allow_subject, subject, names)
+
+    def _allow_subject(self, subject: Subject, names: list[str]) -> None:
+        store = self._scoped_store()
         for name in names:
-            ref = _call(self._keyring.subject_ref, name, subject)
+            ref = self._keyring.subject_ref(name, subject)
             old = store.get_subject(name, ref)
             if old is not None and old.fenced_at is not None:
                 store.put_subject(
