@@ -776,8 +776,9 @@ class Vault(NoPickle):
         only rows wrapped under destroyed KEK versions: restored, nothing in it unwraps, with or
         without an erasure ledger, whoever holds the KEK's current version. That is also the
         limit: a backup older than the last epoch cannot be restored. Run it every
-        ``shred_epoch_interval`` (``vaultkit keys shred-epoch`` from a scheduler); other
-        processes keep working throughout. Running it again after a failure is safe.
+        ``shred_epoch_interval`` (``vaultkit keys shred-epoch`` from a scheduler), one epoch of
+        a domain at a time; other processes keep working throughout. Running it again after a
+        failure is safe.
 
         Args:
             domain: a declared domain whose provider can destroy KEK versions.

@@ -103,6 +103,31 @@ def test_a_copy_of_the_key_store_from_before_the_epoch_reads_nothing(scope: str)
                 restored.decrypt(blob, domain="medical")
 
 
+def test_a_recorded_relationship_end_survives_the_epoch() -> None:
+    """A subject key whose deadline is bound into its wrapping (end_relationship) is rewrapped
+    with it: readable after the epoch, deadline unchanged."""
+    import datetime as dt
+
+    from vaultkit import Retention
+
+    contract = KeyDomain(
+        "contract",
+        dek_scope="subject",
+        retention=Retention("P5Y", after="relationship_end", kind="no_less_than", ground="tax"),
+    )
+    provider = InMemoryKeyProvider()
+    store = MemoryKeyStore()
+    with Vault(provider=provider, store=store, domains=[contract]) as vault:
+        blob = vault.encrypt("policy 7", domain="contract", subject="m-1")
+        vault.end_relationship("m-1", at=dt.datetime.now(dt.UTC))
+        before = {r.dek_id: r.destroy_at for r in store.records() if r.scope == "subject"}
+        assert vault.shred_epoch("contract").scoped_rewrapped == 1
+    after = {r.dek_id: r.destroy_at for r in store.records() if r.scope == "subject"}
+    assert after == before and None not in after.values()
+    with Vault(provider=provider, store=store, domains=[contract]) as fresh:
+        assert fresh.decrypt(blob, domain="contract") == "policy 7"
+
+
 def test_epochs_run_again_and_again() -> None:
     """Three epochs in a row: epoch 4, KEK v4, only v4 left, everything readable."""
     provider = InMemoryKeyProvider()
