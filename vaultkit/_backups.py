@@ -83,7 +83,14 @@ class BackupModes:
         if erasure_ledger is not None:
             if not isinstance(erasure_ledger, str | os.PathLike):
                 raise TypeError("erasure_ledger must be a path")
-            ledger = ErasureLedger(Path(erasure_ledger))
+            path = Path(erasure_ledger)
+            if not path.parent.is_dir():
+                # Never a silent empty replay: a ledger whose disk is not mounted reads as none.
+                raise ConfigurationError(
+                    f"the directory of the erasure ledger {path} does not exist (is its disk "
+                    "mounted?); create it to start a new ledger"
+                )
+            ledger = ErasureLedger(path)
             ledger.replay(store, now=now)
         return cls(ledger, retention, interval)
 

@@ -19,6 +19,9 @@ a last line without its newline: readers skip it (that erasure never went past t
 next append cuts it off first. Any other damaged line is an error: replaying part of a ledger
 would leave erased subjects readable without saying so.
 
+Trust: whoever can write the file can have any subject's keys destroyed at the next start-up
+(the references are in the key store): give it the permissions of the keyring, not of a log.
+
 What it does not cover: an attacker who holds a database backup *and* can use the KEK reads the
 restored keys without ever running a vault; only shred epochs (:meth:`Vault.shred_epoch`) cover
 that. And a ledger restored from an older backup of its own misses the erasures since.

@@ -210,6 +210,24 @@ class TestVaultOptions:
         if isinstance(store, SQLKeyStore):
             store.close()
 
+    def test_a_ledger_on_a_missing_disk_is_refused_not_read_as_empty(self, tmp_path: Path) -> None:
+        """A ledger whose directory does not exist (its disk not mounted) stops the vault's
+        start instead of replaying nothing; an existing directory with no file yet is fine."""
+        with pytest.raises(ConfigurationError, match="mounted"):
+            Vault(
+                provider=InMemoryKeyProvider(),
+                store=MemoryKeyStore(),
+                domains=["medical"],
+                erasure_ledger=tmp_path / "not-mounted" / "erasures.jsonl",
+            )
+        with Vault(
+            provider=InMemoryKeyProvider(),
+            store=MemoryKeyStore(),
+            domains=["medical"],
+            erasure_ledger=tmp_path / "erasures.jsonl",
+        ):
+            pass
+
     def test_a_damaged_ledger_keeps_the_vault_closed(self, tmp_path: Path) -> None:
         """A ledger that cannot be read fails the vault's start (no partial replay)."""
         path = tmp_path / "erasures.jsonl"
