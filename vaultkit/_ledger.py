@@ -16,7 +16,8 @@ itself, then ``fsync``; only then does the caller go on to destroy anything. A f
 disk, I/O error) truncates the file back to its size before the write and raises, so no erasure
 runs without its line on disk. Reads take a shared lock. A crash in the middle of a write leaves
 a last line without its newline: readers skip it (that erasure never went past this step), the
-next append cuts it off first. Any other damaged line is an error: replaying part of a ledger
+next append cuts it off first. (A crash may also leave whole lines of an append that never
+returned: replaying them carries out the erasure that was asked for.) Any other damaged line is an error: replaying part of a ledger
 would leave erased subjects readable without saying so.
 
 Trust: whoever can write the file can have any subject's keys destroyed at the next start-up

@@ -208,7 +208,40 @@ def _append_many(path: str, worker: int, count: int) -> None:
         ledger.append([LedgerEntry("medical", f"{worker:02x}{i:030x}", T0, f"w{worker}-{i}")])
 
 
+def _append_forever(path: str) -> None:
+    ledger = ErasureLedger(path)
+    i = 0
+    while True:
+        ledger.append([LedgerEntry("medical", f"{i:032x}", T0, f"r{i}-{j}") for j in range(200)])
+        i += 1
+
+
 class TestConcurrency:
+    def test_a_writer_killed_mid_append_leaves_a_readable_ledger(self, tmp_path: Path) -> None:
+        """A real crash: a process appending in a loop is SIGKILLed; the ledger reads (every
+        complete line valid) and takes the next append."""
+        import signal
+        import time
+
+        path = str(tmp_path / "erasures.jsonl")
+        context = multiprocessing.get_context("spawn")
+        writer = context.Process(target=_append_forever, args=(path,))
+        writer.start()
+        deadline = time.monotonic() + 60
+        while (not os.path.exists(path) or os.path.getsize(path) < 200_000) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        assert writer.pid is not None
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.join(30)
+        ledger = ErasureLedger(path)
+        found = ledger.entries()
+        assert found  # whole lines only (a torn last one is skipped); none of them raises
+        ledger.append([entry()])
+        assert ledger.entries()[-1] == entry()
+        assert ledger.path.read_bytes().endswith(b"\n")
+
     def test_concurrent_writers_in_four_processes_lose_and_tear_nothing(
         self, tmp_path: Path
     ) -> None:
