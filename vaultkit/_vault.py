@@ -22,10 +22,10 @@ import datetime as dt
 import math
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from vaultkit import _lifecycle, _scoped
+from vaultkit import _backups, _lifecycle, _scoped
 from vaultkit._access import Policy, Principal, Scope, acting_as
 from vaultkit._cipher import Cipher, Decrypted, FieldCipher, as_bytes
 from vaultkit._codec import PlainValue, encode_value
@@ -132,8 +132,22 @@ class Vault(NoPickle):
             default): it picks bucket keys and decides retention deadlines. Tests inject one.
             Cached keys are refused at their deadline by the monotonic clock, and checked against
             this one every ``key_check_interval``.
+        erasure_ledger: a file outside the database where every erasure is written (durably)
+            before its keys are destroyed. The vault replays it when it opens: keys of an erased
+            subject that the key store holds as live again (a restored backup) are destroyed
+            again and the subject fenced again. Keep it on another disk, with another backup
+            policy, than the database. It does not help against someone who restores a backup
+            outside vaultkit with the KEK at hand: shred epochs do.
+        key_store_backup_retention: how long backups of the key store are kept, when it lives in
+            a database of its own (an operator's statement, not checked): erasure receipts give
+            ``erased_at`` + this as the date from which no backup holds the keys.
+        shred_epoch_interval: how often :meth:`shred_epoch` runs for each domain (from a
+            scheduler; not run by the vault): receipts give the next epoch after the erasure
+            plus the provider's deletion delay as that date. The same interval is the oldest
+            backup that can still be restored.
 
-    .. versionchanged:: 0.3.0 ``clock=``; domains with subject and bucket keys.
+    .. versionchanged:: 0.3.0 ``clock=``; domains with subject and bucket keys; ``erasure_ledger=``,
+        ``key_store_backup_retention=``, ``shred_epoch_interval=``.
 
     Raises:
         ConfigurationError: the arguments do not fit together.
@@ -159,6 +173,9 @@ class Vault(NoPickle):
         audit_domain: str | None = None,
         audit_batch_size: int = DEFAULT_AUDIT_BATCH,
         clock: Callable[[], dt.datetime] | None = None,
+        erasure_ledger: str | os.PathLike[str] | None = None,
+        key_store_backup_retention: dt.timedelta | None = None,
+        shred_epoch_interval: dt.timedelta | None = None,
     ) -> None:
         declared = _declared(domains)
         if clock is not None:
@@ -227,6 +244,18 @@ class Vault(NoPickle):
             max_age=dek_max_age.total_seconds(),
             clock=self._clock,
         )
+        try:  # backups: check the modes, replay the erasure ledger (vaultkit/_backups.py)
+            self._backups = _backups.BackupModes.start(
+                self._store,
+                erasure_ledger=erasure_ledger,
+                key_store_backup_retention=key_store_backup_retention,
+                shred_epoch_interval=shred_epoch_interval,
+                now=self._keyring.now(),
+            )
+        except BaseException:
+            if self._owns_store:
+                self._store.close()
+            raise
         self._recorder: AuditRecorder | None = None
         if audited and audit_domain is not None:
             try:
@@ -717,3 +746,59 @@ class Vault(NoPickle):
 
     def __repr__(self) -> str:
         return f"Vault(domains={list(self._domains)!r}, store={self._store!r})"
+
+    # -- data life cycle: backups (vaultkit/_backups.py) ------------------------------------------
+
+    def _ledger_append(
+        self, domain: str, subject_ref: str, request_id: str, at: dt.datetime
+    ) -> None:
+        """Write an erasure to the erasure ledger, durably, before it happens (no ledger: no-op).
+
+        Raises:
+            KeyStoreError: the ledger could not be written; nothing may be destroyed then.
+        """
+        self._backups.append(domain, subject_ref, request_id, at)
+
+    def shred_epoch(self, domain: str, *, batch: int = 1000) -> _backups.ShredReport:
+        """Start a new shred epoch of ``domain``: every backup older than it becomes unreadable.
+
+        In this order: (1) the domain's KEK gets a new version and every row it wraps (the
+        wrapping keys, process-scoped DEKs, blind-index and audit keys) is rewrapped under it, as
+        :meth:`rotate_kek` does; (2) a new wrapping key, epoch N+1, is made under the new
+        version; (3) every live subject and bucket DEK of the domain is rewrapped locally from
+        the old wrapping keys to it (compare-and-set per row, in batches of ``batch``; the DEKs
+        themselves do not change, so no value is re-encrypted); (4) the old wrapping-key rows are
+        destroyed, and rows another process inserted under them meanwhile are rewrapped too;
+        (5) once no row is wrapped under an old KEK version any more, the provider destroys those
+        versions (:class:`~vaultkit.keys.SupportsVersionDestruction`: at once for the local
+        keyring, PKCS#11 and OpenBao, after the waiting period for AWS KMS).
+
+        Afterwards a copy of the key store taken before the epoch (a database backup) holds
+        only rows wrapped under destroyed KEK versions: restored, nothing in it unwraps, with or
+        without an erasure ledger, whoever holds the KEK's current version. That is also the
+        limit: a backup older than the last epoch cannot be restored. Run it every
+        ``shred_epoch_interval`` (``vaultkit keys shred-epoch`` from a scheduler), one epoch of
+        a domain at a time; other processes keep working throughout. Running it again after a
+        failure is safe.
+
+        Args:
+            domain: a declared domain whose provider can destroy KEK versions.
+            batch: scoped DEKs per batch of the rewrap.
+
+        Returns:
+            A :class:`ShredReport` (counts, epochs and versions; no key material).
+
+        Raises:
+            ConfigurationError: the domain's provider cannot destroy KEK versions.
+            DomainError, KeyProviderError, KeyStoreError.
+
+        .. versionadded:: 0.3.0
+        """
+        self._check_domain(domain)
+        return _backups.shred_epoch(self._keyring, domain, batch=batch)
+
+    def _finality(self, domains: Sequence[str], erased_at: dt.datetime) -> dt.datetime | None:
+        """From when no backup holds keys erased at ``erased_at`` in ``domains`` (or ``None``)."""
+        return _backups.finality(
+            self._backups, self._store, dict(self._keyring.providers), erased_at, domains
+        )

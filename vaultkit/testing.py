@@ -7,6 +7,7 @@ its calls, so that a test can show that reading many rows costs one unwrap per d
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import threading
 from collections import Counter
@@ -21,7 +22,9 @@ from vaultkit.keys.provider import (
     SupportsBatchUnwrap,
     SupportsDataKeyGeneration,
     SupportsRewrap,
+    SupportsVersionDestruction,
     SupportsWriterPins,
+    VersionDestruction,
 )
 from vaultkit.store import MemoryKeyStore
 
@@ -37,13 +40,16 @@ class CountingKeyProvider:
     The wrapper has exactly the optional capabilities of ``inner``
     (:class:`~vaultkit.keys.SupportsRewrap`, :class:`~vaultkit.keys.SupportsBatchUnwrap`,
     :class:`~vaultkit.keys.SupportsDataKeyGeneration`, :class:`~vaultkit.keys.SupportsAuditSigner`,
-    :class:`~vaultkit.keys.SupportsWriterPins`): ``isinstance(counting, SupportsRewrap)`` holds
+    :class:`~vaultkit.keys.SupportsWriterPins`,
+    :class:`~vaultkit.keys.SupportsVersionDestruction`): ``isinstance(counting, SupportsRewrap)`` holds
     when it holds for ``inner``, and those calls are forwarded and counted too. So a counted
     transit provider still rewraps server-side and unwraps in batches. (The instance is of a
     subclass made once per set of capabilities; it is still a ``CountingKeyProvider``.)
 
     .. versionchanged:: 0.1.0
        Forwards the inner provider's optional capabilities.
+    .. versionchanged:: 0.3.0
+       Forwards :class:`~vaultkit.keys.SupportsVersionDestruction` too.
     """
 
     inner: KeyProvider
@@ -120,6 +126,16 @@ class _CountsWriterPins(CountingKeyProvider):
         return cast(SupportsWriterPins, self.inner).pinned_writers()
 
 
+class _CountsVersionDestruction(CountingKeyProvider):
+    @property
+    def destruction_delay(self) -> dt.timedelta:
+        return cast(SupportsVersionDestruction, self.inner).destruction_delay
+
+    def destroy_version(self, ref: KeyRef) -> VersionDestruction:
+        self._count("destroy_version")
+        return cast(SupportsVersionDestruction, self.inner).destroy_version(ref)
+
+
 #: capability Protocol -> the mixin that forwards it; the order fixes the MRO of the made classes.
 _FORWARDERS: Final[dict[type, type[CountingKeyProvider]]] = {
     SupportsRewrap: _CountsRewrap,
@@ -127,6 +143,7 @@ _FORWARDERS: Final[dict[type, type[CountingKeyProvider]]] = {
     SupportsDataKeyGeneration: _CountsDataKeyGeneration,
     SupportsAuditSigner: _CountsAuditSigner,
     SupportsWriterPins: _CountsWriterPins,
+    SupportsVersionDestruction: _CountsVersionDestruction,
 }
 
 

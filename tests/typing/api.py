@@ -170,3 +170,27 @@ def typed_scopes() -> None:
     except ValueErasedError as exc:
         where: str | None = exc.domain
         print(where)
+
+
+# -- backups: version destruction, backup modes, shred epochs (0.3.0) --------------------------
+
+
+def backups_usage(provider: KeyProvider) -> None:
+    from vaultkit.keys import SupportsVersionDestruction, VersionDestruction
+
+    vault = Vault(
+        provider=provider,
+        store="sqlite://",
+        domains=[KeyDomain("medical", dek_scope="subject")],
+        erasure_ledger="/var/lib/vaultkit/erasures.jsonl",
+        key_store_backup_retention=dt.timedelta(days=35),
+        shred_epoch_interval=dt.timedelta(days=7),
+    )
+    report = vault.shred_epoch("medical", batch=500)
+    versions: tuple[int, ...] = report.kek_versions_destroyed
+    final: dt.datetime | None = report.final_at
+    if isinstance(provider, SupportsVersionDestruction):
+        done: VersionDestruction = provider.destroy_version(provider.versions("medical")[0])
+        delay: dt.timedelta = provider.destruction_delay
+        del done, delay
+    del versions, final

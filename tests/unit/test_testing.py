@@ -16,6 +16,7 @@ from vaultkit.keys import (
     SupportsBatchUnwrap,
     SupportsDataKeyGeneration,
     SupportsRewrap,
+    SupportsVersionDestruction,
     SupportsWriterPins,
     X25519KeyProvider,
 )
@@ -28,6 +29,7 @@ CAPABILITIES: dict[type, str] = {
     SupportsDataKeyGeneration: "generate_data_key",
     SupportsAuditSigner: "audit_signer",
     SupportsWriterPins: "pinned_writers",
+    SupportsVersionDestruction: "destroy_version",
 }
 COACH = Principal("coach", grants={"medical"})
 REF = KeyRef("medical", "k", 1)
@@ -38,7 +40,30 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "generate_data_key": ((REF,), {"context": b"ctx"}),
     "audit_signer": (("medical",), {}),
     "pinned_writers": ((), {}),
+    "destroy_version": ((REF,), {}),
 }
+
+
+class Plain:
+    """A provider with the five methods of KeyProvider and nothing else."""
+
+    def __init__(self) -> None:
+        self._inner = InMemoryKeyProvider()
+
+    def primary(self, domain: str) -> KeyRef:
+        return self._inner.primary(domain)
+
+    def versions(self, domain: str) -> Sequence[KeyRef]:
+        return self._inner.versions(domain)
+
+    def rotate(self, domain: str) -> KeyRef:
+        return self._inner.rotate(domain)
+
+    def wrap(self, ref: KeyRef, data_key: bytes, *, context: bytes) -> bytes:
+        return self._inner.wrap(ref, data_key, context=context)
+
+    def unwrap(self, ref: KeyRef, wrapped: bytes, *, context: bytes) -> bytes:
+        return self._inner.unwrap(ref, wrapped, context=context)
 
 
 class TransitLike(InMemoryKeyProvider):
@@ -93,11 +118,16 @@ class TestCapabilities:
             assert counting.calls[name] == 1
 
     def test_a_plain_provider_gains_nothing(self) -> None:
-        """An in-memory provider has no extras, and neither has its counted wrapper."""
-        counting = CountingKeyProvider(InMemoryKeyProvider())
+        """A provider with no extras has a counted wrapper with none either."""
+        counting = CountingKeyProvider(Plain())
         assert type(counting) is CountingKeyProvider
         assert not any(isinstance(counting, c) for c in CAPABILITIES)
         assert not any(hasattr(counting, name) for name in CAPABILITIES.values())
+
+    def test_the_in_memory_provider_only_destroys_versions(self) -> None:
+        """The in-memory provider's one extra is version destruction; its wrapper forwards it."""
+        counting = CountingKeyProvider(InMemoryKeyProvider())
+        assert [c for c in CAPABILITIES if isinstance(counting, c)] == [SupportsVersionDestruction]
 
     def test_one_class_per_set_of_capabilities(self) -> None:
         """Wrapping two providers with the same extras makes instances of the same class."""

@@ -1,9 +1,10 @@
-"""``vaultkit keys``: create a local keyring, list keys, rotate a KEK."""
+"""``vaultkit keys``: create a local keyring, list keys, rotate a KEK, start a shred epoch."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 from collections import Counter
@@ -67,6 +68,20 @@ def register(commands: Any) -> None:
         help="finish an interrupted rotation onto the current version",
     )
     rotate.set_defaults(handler=_rotate)
+    shred = sub.add_parser(
+        "shred-epoch",
+        help="start a shred epoch: new KEK version and wrapping key, old ones destroyed",
+        description=(
+            "Rotates the domain's KEK, rewraps every key row (scoped DEKs under a new wrapping "
+            "key), then destroys the old wrapping key and the old KEK versions in the provider. "
+            "Every backup of the key store taken before is unreadable afterwards (also for erased "
+            "subjects); so is any restore of one. Run it on a schedule (shred_epoch_interval)."
+        ),
+    )
+    store_options(shred)
+    shred.add_argument("--domain", required=True)
+    shred.add_argument("--json", action="store_true", help="print the report as JSON")
+    shred.set_defaults(handler=_shred_epoch)
     _register_lifecycle(sub)
 
 
@@ -170,6 +185,31 @@ def _rotate(args: argparse.Namespace) -> int:
         f"rewrapped, {report.already_current} already under it, {report.changed_meanwhile} changed "
         "meanwhile (left alone). No data row was touched."
     )
+    return 0
+
+
+def _shred_epoch(args: argparse.Namespace) -> int:
+    with open_vault(args) as vault:
+        report = vault.shred_epoch(args.domain)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+        return 0 if report.stranded == 0 else 1
+    destroyed = ", ".join(f"v{v}" for v in report.kek_versions_destroyed) or "none"
+    epoch = "none (no scoped keys)" if report.epoch is None else str(report.epoch)
+    print(
+        f"domain {report.domain}: KEK v{report.kek_version} is primary, wrapping epoch {epoch}; "
+        f"{report.kek_rows_rewrapped} KEK-wrapped rows and {report.scoped_rewrapped} scoped keys "
+        f"rewrapped, {report.changed_meanwhile} changed meanwhile"
+    )
+    final = "" if report.final_at is None else f", gone for good from {report.final_at.isoformat()}"
+    print(f"  old KEK versions destroyed: {destroyed}{final}")
+    if report.stranded:
+        print(
+            f"  {report.stranded} key rows were written under a destroyed key during the epoch "
+            "and are unreadable",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -20,7 +20,9 @@ from vaultkit.keys.provider import (
     SupportsBatchUnwrap,
     SupportsDataKeyGeneration,
     SupportsRewrap,
+    SupportsVersionDestruction,
     SupportsWriterPins,
+    VersionDestruction,
 )
 from vaultkit.keys.x25519 import X25519KeyProvider
 
@@ -41,8 +43,10 @@ __all__ = [
     "SupportsBatchUnwrap",
     "SupportsDataKeyGeneration",
     "SupportsRewrap",
+    "SupportsVersionDestruction",
     "SupportsWriterPins",
     "VaultTransitKeyProvider",
+    "VersionDestruction",
     "X25519KeyProvider",
     "generate_master_key",
 ]

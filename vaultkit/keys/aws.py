@@ -19,6 +19,7 @@ installs a filter on botocore's loggers that drops those records.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import logging
 import re
 import threading
@@ -28,7 +29,7 @@ from typing import Any, Final
 from vaultkit._redact import Secret
 from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
 from vaultkit.keys._fork import PerProcess
-from vaultkit.keys.provider import KeyRef
+from vaultkit.keys.provider import KeyRef, VersionDestruction
 
 __all__ = ["AWSKMSKeyProvider"]
 
@@ -93,8 +94,12 @@ class AWSKMSKeyProvider:
         client: a ready ``boto3`` KMS client (then region, endpoint and retries are its own).
         max_attempts: attempts per call, with botocore's standard exponential backoff.
         timeout: connect and read timeout in seconds.
+        deletion_window_days: the waiting period of :meth:`destroy_version`'s
+            ``ScheduleKeyDeletion``, 7 to 30 days (KMS's bounds; 7, the shortest, by default).
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0
+       ``deletion_window_days`` and :meth:`destroy_version`.
     """
 
     def __init__(
@@ -108,7 +113,13 @@ class AWSKMSKeyProvider:
         client: Any = None,
         max_attempts: int = 4,
         timeout: float = 5.0,
+        deletion_window_days: int = 7,
     ) -> None:
+        if not 7 <= deletion_window_days <= 30:
+            raise ConfigurationError(
+                f"deletion_window_days must be 7 to 30 (KMS's bounds), got {deletion_window_days}"
+            )
+        self.deletion_window_days = deletion_window_days
         factory: Callable[[], Any] | None = None
         if client is None:
             try:
@@ -288,6 +299,60 @@ class AWSKMSKeyProvider:
             raise ConfigurationError(f"v{version} is the current KEK of {domain}; rotate first")
         self._call(
             "disable_key", f"disabling KEK v{version} of {domain}", KeyId=arn.rsplit("/", 1)[-1]
+        )
+
+    @property
+    def destruction_delay(self) -> dt.timedelta:
+        """The waiting period of ``ScheduleKeyDeletion``: ``deletion_window_days``.
+
+        .. versionadded:: 0.3.0
+        """
+        return dt.timedelta(days=self.deletion_window_days)
+
+    def destroy_version(self, ref: KeyRef) -> VersionDestruction:
+        """Schedule the deletion of version ``ref``'s KMS key (``ScheduleKeyDeletion``).
+
+        :class:`~vaultkit.keys.SupportsVersionDestruction`. Each version is a KMS key of its own,
+        so one version can go without the others. KMS refuses the key from the call on (state
+        ``PendingDeletion``: nothing wrapped under it decrypts) and deletes its material when
+        the waiting period (``deletion_window_days``, 7 to 30 days) ends: ``final_at`` is then.
+        Until then an administrator can still ``CancelKeyDeletion``; IAM can deny it. Its
+        ``-vN`` alias is kept, so that a second call finds the key and answers with the same
+        date. Needs ``kms:ScheduleKeyDeletion`` and ``kms:DescribeKey``.
+
+        Raises:
+            KeyProviderError: ``ref`` is the current version, or KMS refused.
+            KeyNotFoundError: no ``-vN`` alias for ``ref``'s version points at ``ref.key_id``.
+
+        .. versionadded:: 0.3.0
+        """
+        found = self._versions(ref.domain)
+        arn = found.get(ref.version)
+        if arn is None or arn != ref.key_id:
+            raise KeyNotFoundError(f"no KEK v{ref.version} of {ref.domain} behind its alias")
+        if arn == found[None]:
+            raise KeyProviderError(
+                f"v{ref.version} is the current KEK of {ref.domain}; rotate first"
+            )
+        key_id = arn.rsplit("/", 1)[-1]
+        what = f"destroying KEK v{ref.version} of {ref.domain}"
+        now = dt.datetime.now(dt.UTC)
+        metadata = self._call("describe_key", what, KeyId=key_id)["KeyMetadata"]
+        if metadata.get("KeyState") == "PendingDeletion" and metadata.get("DeletionDate"):
+            when = metadata["DeletionDate"]
+        else:
+            when = self._call(
+                "schedule_key_deletion",
+                what,
+                KeyId=key_id,
+                PendingWindowInDays=self.deletion_window_days,
+            ).get("DeletionDate")
+            log.info("scheduled deletion of KMS key %s (%s v%d)", key_id, ref.domain, ref.version)
+        if not isinstance(when, dt.datetime):  # an emulator may leave it out
+            when = now + dt.timedelta(days=self.deletion_window_days)
+        final_at = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        return VersionDestruction(
+            ref, (ref.version,), now, final_at.astimezone(dt.UTC), "ScheduleKeyDeletion"
         )
 
     # -- wrapping --------------------------------------------------------------------------------

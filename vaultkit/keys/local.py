@@ -57,7 +57,7 @@ from vaultkit.errors import (
 )
 from vaultkit.keys import _kekwrap
 from vaultkit.keys.domains import check_domain_name
-from vaultkit.keys.provider import KeyRef
+from vaultkit.keys.provider import KeyRef, VersionDestruction
 
 try:
     import fcntl
@@ -351,6 +351,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         self._path = Path(path)
         self._lock = threading.RLock()
         self._domains: _Table = {}
+        self._seen: tuple[int, int, int] | None = None  # the file read last, see _stale()
         self._create = create_keys
         if key is not None and phrase is not None:
             raise ConfigurationError("give a master key or a passphrase, not both")
@@ -376,6 +377,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
                 self._init_new(key, phrase, kdf_parameters or dict(RFC_9106_LOW_MEMORY))
                 self._save({})
                 self._domains = {}
+                self._seen = self._identity()
                 log.info("created keyring %s (%s)", self._path, self._keyring_id)
             else:
                 raise KeyProviderError(f"keyring file {self._path} does not exist")
@@ -426,6 +428,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         return _aad(self._keyring_id, self._kdf)
 
     def _load(self, key: Secret[bytes] | None, phrase: Secret[str] | None) -> None:
+        seen = self._identity()
         try:
             raw = self._path.read_bytes()
         except OSError as exc:
@@ -458,6 +461,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
                 f"keyring {self._path} is damaged: key table unreadable", key, phrase
             )
         self._domains = table
+        self._seen = seen
 
     def _damaged(
         self, problem: str, key: Secret[bytes] | None, phrase: Secret[str] | None
@@ -520,6 +524,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
 
     def _reload(self) -> None:
         """Re-read the file (another process may have rotated a KEK), keeping the master key."""
+        seen = self._identity()
         try:
             raw = self._path.read_bytes()
         except OSError:
@@ -536,6 +541,23 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
                 "master key (damaged or replaced)"
             )
         self._domains = table
+        self._seen = seen
+
+    def _identity(self) -> tuple[int, int, int] | None:
+        """(inode, mtime, size) of the keyring file: every write replaces it (a new inode)."""
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _stale(self) -> bool:
+        """Whether the file changed since it was read last (another process or provider wrote).
+
+        A file that cannot be stat()ed is not "changed": the keys in memory stay usable, as before.
+        """
+        now = self._identity()
+        return now is not None and now != self._seen
 
     # -- KeyProvider --------------------------------------------------------------------------
 
@@ -568,10 +590,20 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         """Save ``table`` and only then adopt it: a failed write leaves the provider as it was."""
         self._save(table)
         self._domains = table
+        self._seen = self._identity()
+
+    def _refresh(self) -> None:
+        """Re-read the file if another process (or provider) changed it since it was read."""
+        if self._stale():
+            with self._file_lock():
+                self._reload()
 
     def primary(self, domain: str) -> KeyRef:
         check_domain_name(domain)
         with self._lock:
+            # Another process may have rotated (and destroyed the old version): one stat() per
+            # call, so that new DEKs are never wrapped under a version that is gone.
+            self._refresh()
             entry = self._domains.get(domain)
             if entry is None:
                 if not self._create:
@@ -590,6 +622,7 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
 
     def versions(self, domain: str) -> Sequence[KeyRef]:
         with self._lock:
+            self._refresh()
             entry = self._domains.get(domain)
             if entry is None:
                 raise DomainError(f"keyring {self._path.name} holds no KEK for domain {domain!r}")
@@ -615,17 +648,60 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         Raises:
             KeyProviderError: the version is the primary one, or unknown.
         """
+        if not self._erase_version(domain, version):
+            raise KeyNotFoundError(f"domain {domain!r} has no KEK version {version}")
+
+    @property
+    def destruction_delay(self) -> dt.timedelta:
+        """Zero: :meth:`destroy_version` destroys at once.
+
+        .. versionadded:: 0.3.0
+        """
+        return dt.timedelta(0)
+
+    def destroy_version(self, ref: KeyRef) -> VersionDestruction:
+        """Destroy a KEK version (:class:`~vaultkit.keys.SupportsVersionDestruction`).
+
+        The version's key material is removed from the keyring file and from its backup
+        ``KEYRING.bak`` (the file is rewritten twice, atomically, under the file lock), so it is
+        final at once: ``final_at`` is now. Copies of the keyring file made before (a backup of
+        the host, old blocks on the disk) still hold it: keep the keyring out of long-lived
+        backups, or use a provider whose key material never leaves it.
+
+        Raises:
+            KeyProviderError: ``ref`` is the primary version of its domain.
+            KeyNotFoundError: ``ref`` is not of this keyring, or names a version it never had.
+
+        .. versionadded:: 0.3.0
+        """
+        if ref.key_id != self._key_id(ref.domain):
+            raise KeyNotFoundError(f"KEK {ref.key_id} is not in keyring {self._keyring_id}")
+        now = dt.datetime.now(dt.UTC)
+        self._erase_version(ref.domain, ref.version)
+        return VersionDestruction(ref, (ref.version,), now, now, "keyring rewrite")
+
+    def _erase_version(self, domain: str, version: int) -> bool:
+        """Remove ``version`` from the file and its backup; False if it was already gone.
+
+        Raises KeyProviderError for the primary and KeyNotFoundError for a version the domain
+        never had (above the primary, or below 1).
+        """
         with self._file_lock():
             self._reload()
             entry = self._domains.get(domain)
-            if entry is None or version not in entry.ciphers:
+            if entry is None or not 1 <= version <= entry.primary:
                 raise KeyNotFoundError(f"domain {domain!r} has no KEK version {version}")
             if entry.primary == version:
-                raise KeyProviderError("the primary KEK version cannot be disabled; rotate first")
+                raise KeyProviderError(
+                    "the primary KEK version cannot be disabled or destroyed; rotate first"
+                )
+            if version not in entry.ciphers:
+                return False
             remaining = {**self._domains, domain: entry.without_version(version)}
             self._commit(remaining)
             self._save(remaining)  # the backup now holds the same, verified, table
-        log.info("disabled KEK version %d of domain %s", version, domain)
+        log.info("erased KEK version %d of domain %s", version, domain)
+        return True
 
     def _cipher(self, ref: KeyRef) -> AESGCM:
         if ref.key_id != self._key_id(ref.domain):
@@ -633,7 +709,9 @@ class LocalKeyProvider(_kekwrap.AESGCMWrapping, NoPickle):
         with self._lock:
             entry = self._domains.get(ref.domain)
             cipher = entry.ciphers.get(ref.version) if entry else None
-            if cipher is None:
+            # A version another process (or provider) destroyed is dropped here at once: each
+            # use of a KEK costs one stat() of the file, and a changed file is read again.
+            if cipher is None or self._stale():
                 with self._file_lock():
                     self._reload()
                 entry = self._domains.get(ref.domain)

@@ -22,6 +22,7 @@ token logged in by code outside vaultkit, whose PIN cannot be checked, is refuse
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import hmac
@@ -37,7 +38,7 @@ from vaultkit._redact import Secret
 from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
 from vaultkit.keys import _kekwrap
 from vaultkit.keys._fork import PerProcess
-from vaultkit.keys.provider import KeyRef
+from vaultkit.keys.provider import KeyRef, VersionDestruction
 
 __all__ = ["PIN_ENV", "PKCS11KeyProvider"]
 
@@ -306,6 +307,47 @@ class PKCS11KeyProvider:
         handle = self._handle(ref)
         self._do(f"destroying {ref.key_id}", lambda s: s.destroyObject(handle))
         self._token.get().handles.pop(ref.key_id, None)
+
+    @property
+    def destruction_delay(self) -> dt.timedelta:
+        """Zero: :meth:`destroy_version` destroys at once.
+
+        .. versionadded:: 0.3.0
+        """
+        return dt.timedelta(0)
+
+    def destroy_version(self, ref: KeyRef) -> VersionDestruction:
+        """Destroy the key object of version ``ref`` on the token (``C_DestroyObject``).
+
+        :class:`~vaultkit.keys.SupportsVersionDestruction`. The token erases the object at once,
+        so ``final_at`` is now; a backup of the token (SoftHSM2's token directory, an HSM's
+        backup blob) made before still holds it, and is the operator's to expire.
+
+        Raises:
+            KeyProviderError: ``ref`` is the primary version, or the token refused.
+            KeyNotFoundError: ``ref`` is not this provider's label for its version, or names a
+                version above the primary.
+
+        .. versionadded:: 0.3.0
+        """
+        if ref.key_id != self._label(ref.domain, ref.version):
+            raise KeyNotFoundError(f"{ref.key_id} is not this provider's key for {ref.domain}")
+        now = dt.datetime.now(dt.UTC)
+        with self._lock:  # no rotation between the check of the primary and the destruction
+            versions = self._all_versions(ref.domain)
+            primary = versions[-1] if versions else 0
+            if ref.version == primary:
+                raise KeyProviderError(
+                    f"v{ref.version} is the current KEK of {ref.domain}; rotate first"
+                )
+            if not 1 <= ref.version < primary:
+                raise KeyNotFoundError(f"no key object {ref.key_id} on token {self.token_label!r}")
+            if ref.version in versions:
+                handle = self._handle(ref)
+                self._do(f"destroying {ref.key_id}", lambda s: s.destroyObject(handle))
+                self._token.get().handles.pop(ref.key_id, None)
+                log.info("destroyed PKCS#11 KEK %s", ref.key_id)
+        return VersionDestruction(ref, (ref.version,), now, now, "C_DestroyObject")
 
     # -- wrapping ----------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -16,7 +17,9 @@ __all__ = [
     "SupportsBatchUnwrap",
     "SupportsDataKeyGeneration",
     "SupportsRewrap",
+    "SupportsVersionDestruction",
     "SupportsWriterPins",
+    "VersionDestruction",
 ]
 
 
@@ -119,4 +122,59 @@ class SupportsWriterPins(Protocol):
 
     def pinned_writers(self) -> dict[str, Ed25519PublicKey]:
         """Writer name -> Ed25519 public key."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class VersionDestruction:
+    """What :meth:`SupportsVersionDestruction.destroy_version` did to a KEK version.
+
+    Args:
+        ref: the version asked for.
+        versions: every version of the domain whose material this call destroyed or scheduled
+            for destruction (OpenBao trims a key ring from below, so destroying v3 there also
+            destroys v1 and v2; the other providers destroy ``ref`` alone).
+        requested_at: when the provider was asked (UTC).
+        final_at: from when the material is gone for good (UTC): ``requested_at`` where the
+            provider destroys at once (a keyring file, a PKCS#11 token, an OpenBao trim), the
+            end of the pending window where it schedules (AWS KMS ``ScheduleKeyDeletion``, 7 to
+            30 days). The version unwraps nothing from ``requested_at`` on in either case.
+        mechanism: the provider's mechanism, for reports (``"keyring rewrite"``,
+            ``"C_DestroyObject"``, ``"transit trim"``, ``"ScheduleKeyDeletion"``, ...).
+
+    .. versionadded:: 0.3.0
+    """
+
+    ref: KeyRef
+    versions: tuple[int, ...]
+    requested_at: dt.datetime
+    final_at: dt.datetime
+    mechanism: str
+
+
+@runtime_checkable
+class SupportsVersionDestruction(Protocol):
+    """Destroys the material of one old KEK version for good (shred epochs, erasure in backups).
+
+    Every DEK wrapped under a destroyed version is unreadable from then on, also a copy of the
+    wrapped bytes in a database backup: that is the point. The primary version is refused, and
+    so is a version that does not exist; destroying a version that is already destroyed again
+    returns its destruction (idempotent, so an interrupted shred epoch can be run again).
+
+    .. versionadded:: 0.3.0
+    """
+
+    @property
+    def destruction_delay(self) -> dt.timedelta:
+        """How long after ``destroy_version`` the material is gone for good (0: at once)."""
+        ...
+
+    def destroy_version(self, ref: KeyRef) -> VersionDestruction:
+        """Destroy KEK version ``ref``; see :class:`VersionDestruction` for when it is final.
+
+        Raises:
+            KeyProviderError: ``ref`` is the primary version of its domain (rotate first), or the
+                provider refused.
+            KeyNotFoundError: ``ref`` names no version this provider ever had.
+        """
         ...

@@ -19,6 +19,7 @@ request only, so that neither ``vars()`` of the provider nor a raising frame sho
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import logging
 import os
 import threading
@@ -29,7 +30,7 @@ from vaultkit._redact import Secret
 from vaultkit.errors import ConfigurationError, DomainError, KeyNotFoundError, KeyProviderError
 from vaultkit.keys._fork import PerProcess
 from vaultkit.keys._retry import Retry, Transient
-from vaultkit.keys.provider import KeyRef
+from vaultkit.keys.provider import KeyRef, VersionDestruction
 
 __all__ = ["VaultTransitKeyProvider"]
 
@@ -230,6 +231,65 @@ class VaultTransitKeyProvider:
             f"configuring key {name}",
             {"min_decryption_version": int(version)},
         )
+
+    @property
+    def destruction_delay(self) -> dt.timedelta:
+        """Zero: :meth:`destroy_version` destroys at once.
+
+        .. versionadded:: 0.3.0
+        """
+        return dt.timedelta(0)
+
+    def destroy_version(self, ref: KeyRef) -> VersionDestruction:
+        """Delete the key material of version ``ref`` and of every older version from the server.
+
+        :class:`~vaultkit.keys.SupportsVersionDestruction`. Transit keeps a key's versions as one
+        ring that can only be cut from below: this raises ``min_decryption_version`` (and
+        ``min_encryption_version``) to ``ref.version + 1``, then ``trim`` s the ring with
+        ``min_available_version = ref.version + 1``, which deletes the older versions' material
+        from the server's storage for good. So ``VersionDestruction.versions`` lists every
+        version up to ``ref.version``; ``final_at`` is now. A snapshot of the server's storage
+        (Raft snapshot, storage backup) made before still holds them. The token needs the
+        ``update`` right on ``<mount>/keys/<name>/config`` and ``<mount>/keys/<name>/trim``.
+
+        Raises:
+            KeyProviderError: ``ref`` is the latest version, or the server refused.
+            KeyNotFoundError: ``ref`` names a version above the latest.
+
+        .. versionadded:: 0.3.0
+        """
+        name = self._check(ref)
+        now = dt.datetime.now(dt.UTC)
+        with self._lock:
+            info = self._key(ref.domain)
+            latest = int(info["latest_version"])
+            trimmed_below = int(info.get("min_available_version") or 0)
+            if ref.version == latest:
+                raise KeyProviderError(
+                    f"v{ref.version} is the current version of transit key {name}; rotate first"
+                )
+            if not 1 <= ref.version < latest:
+                raise KeyNotFoundError(f"transit key {name} has no version {ref.version}")
+            floor = ref.version + 1
+            destroyed = tuple(range(max(trimmed_below, 1), floor))
+            if floor > trimmed_below:
+                config = {
+                    "min_decryption_version": max(
+                        floor, int(info.get("min_decryption_version") or 0)
+                    ),
+                    "min_encryption_version": max(
+                        floor, int(info.get("min_encryption_version") or 0)
+                    ),
+                }
+                self._request("POST", f"keys/{name}/config", f"configuring key {name}", config)
+                self._request(
+                    "POST",
+                    f"keys/{name}/trim",
+                    f"trimming key {name}",
+                    {"min_available_version": floor},
+                )
+                log.info("trimmed transit key %s below v%d", name, floor)
+        return VersionDestruction(ref, destroyed or (ref.version,), now, now, "transit trim")
 
     # -- wrapping ----------------------------------------------------------------------------------
 
