@@ -147,7 +147,9 @@ def keys(url: str | None, members: int) -> None:
             rows = _rows(store) - process_rows
             calls = dict(provider.calls)
             total_bytes = _table_bytes(store)
-        print(f"key store: {store.engine.dialect.name} ({where.split(':', 1)[0]}); {members} members")
+        print(
+            f"key store: {store.engine.dialect.name} ({where.split(':', 1)[0]}); {members} members"
+        )
         print("| | values | key-store rows | provider calls | write µs/value |")
         print("|---|---:|---:|---:|---:|")
         n = members * 3
@@ -170,7 +172,7 @@ def keys(url: str | None, members: int) -> None:
 
 
 def cold(url: str | None, rows: int) -> None:
-    with _store(url) as (store, where):
+    with _store(url) as (store, _where):
         writer = _vault(store, _provider())
         scoped = [
             writer.encrypt(f"value {m}", domain="medical", context=CTX, subject=f"m-{m}")
@@ -292,7 +294,7 @@ def erase(url: str | None, repeat: int) -> None:
 def enforce(url: str | None, count: int, batch: int) -> None:
     from vaultkit.core.envelope import new_dek_id
 
-    with _store(url) as (store, where):
+    with _store(url) as (store, _where):
         provider = _provider()
         with _vault(store, provider) as vault:
             # One real subject key, so the domain's wrapping key exists; the rest are inserted
