@@ -21,10 +21,11 @@ import contextlib
 import datetime as dt
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from vaultkit import _lifecycle
+from vaultkit import _erasure, _lifecycle
 from vaultkit._access import Policy, Principal, Scope, acting_as
 from vaultkit._cipher import Cipher, Decrypted, FieldCipher, as_bytes
 from vaultkit._codec import PlainValue, encode_value
@@ -50,7 +51,15 @@ from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError, DomainError
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider, SupportsAuditSigner, SupportsWriterPins
-from vaultkit.store import DataKeyRecord, DekState, KeyStore, SQLKeyStore, open_store
+from vaultkit.lifecycle import EnforcementReport, ErasureReceipt, RetentionReport
+from vaultkit.store import (
+    DataKeyRecord,
+    DekState,
+    KeyStore,
+    SQLKeyStore,
+    SupportsScopedKeys,
+    open_store,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -526,3 +535,125 @@ class Vault(NoPickle):
 
     def __repr__(self) -> str:
         return f"Vault(domains={list(self._domains)!r}, store={self._store!r})"
+
+    # -- data life cycle ----------------------------------------------------------------------
+
+    def _life_cycle(self) -> _erasure.LifeCycle:
+        store = self._store
+        if not isinstance(store, SupportsScopedKeys):
+            raise ConfigurationError(
+                f"the key store {type(store).__name__} keeps no subject or bucket keys "
+                "(it does not implement SupportsScopedKeys)"
+            )
+        return _erasure.LifeCycle(
+            store=store,
+            domains=self._domains,
+            subject_ref=self.subject_ref,  # type: ignore[arg-type]
+            forget=self._keyring.forget,
+            recorder=self._recorder,
+            clock=self._clock,
+        )
+
+    def erase_subject(
+        self,
+        subject: str | int | uuid.UUID,
+        *,
+        reason: str,
+        request_id: str,
+        domains: Iterable[str] | None = None,
+        cells: Callable[[], Mapping[str, int]] | None = None,
+    ) -> ErasureReceipt:
+        """Erase a subject's values in every subject-scoped domain by destroying their keys.
+
+        In this order: (1) the subject is fenced in each domain to erase (from then on no process
+        encrypts for them there: :class:`~vaultkit.errors.SubjectErasedError`, until
+        :meth:`allow_subject`); (2) every key of the subject there is destroyed, and listed
+        again until none is live (a writer that took a key just before the fence loses it), and
+        dropped from this process's cache (other processes stop decrypting within their
+        ``key_check_interval``); (3) ``cells()`` is called to null the subject's blind-index
+        cells; (4) an audit event per domain and table is written (counts, request id and
+        reason; never the subject or its key-store ref); (5) the receipt is returned.
+
+        Domains whose retention is ``no_less_than`` and not yet over (counted from the
+        relationship's end, which must be recorded and past by the retention; counted from
+        capture, as long as the subject has keys) are left as they are, not fenced, and
+        reported as ``"retained"`` with the retention's legal ground.
+
+        Running it again is harmless: keys destroyed before are counted as such, nothing else
+        changes (a crash half-way is repaired by running it again).
+
+        Args:
+            subject: the member id, as given to :meth:`encrypt` (str, int or UUID).
+            reason: why, such as ``"art17"``; written into the receipt and the audit log.
+            request_id: the request's ticket number; written into the receipt, the audit log
+                and the key store's subject rows. Neither may look like a personal identifier
+                (an e-mail address, a phone number, an INSZ or a BSN): refused.
+            domains: the subject-scoped domains to erase in (default: all of them).
+            cells: called once the keys are destroyed, returns the rows whose blind-index cells
+                it nulled, by table (``vaultkit.sqla`` makes one); not called when every domain
+                is retained.
+
+        Returns:
+            An :class:`~vaultkit.lifecycle.ErasureReceipt`; it names no person.
+
+        Raises:
+            ConfigurationError: the key store keeps no scoped keys, or the request id or
+                reason is empty, too long or looks like a personal identifier.
+            DomainError: a domain given is not declared or not subject-scoped.
+            KeyStoreError, AuditError: the store or the audit log failed (run it again).
+
+        .. versionadded:: 0.3.0
+        """
+        return _erasure.erase_subject(
+            self._life_cycle(),
+            subject,
+            reason=reason,
+            request_id=request_id,
+            domains=domains,
+            cells=cells,
+        )
+
+    def enforce_retention(
+        self, *, at: dt.datetime | None = None, batch: int = 1000
+    ) -> EnforcementReport:
+        """Destroy every data key whose ``destroy_at`` is at or before ``at``, batch by batch.
+
+        Reads refuse such keys already (:class:`~vaultkit.errors.RetentionExpiredError`), sweep
+        or no sweep; this makes it final in the key store. Each batch is an audit event (domain,
+        key count, reason ``retention``; no key id, no subject ref), written before its keys are
+        destroyed, and each destruction is committed at once: after a crash, run it again and it
+        goes on with what is still due. Keys destroyed leave this process's cache.
+
+        Args:
+            at: the time keys are due by (timezone-aware; default: the vault's clock).
+            batch: keys per batch.
+
+        Returns:
+            An :class:`~vaultkit.lifecycle.EnforcementReport`.
+
+        Raises:
+            ConfigurationError: the key store keeps no scoped keys, ``at`` is naive, or
+                ``batch`` is not positive.
+            KeyStoreError, AuditError: the store or the audit log failed (run it again).
+
+        .. versionadded:: 0.3.0
+        """
+        return _erasure.enforce_retention(self._life_cycle(), at=at, batch=batch)
+
+    def retention_report(self, *, at: dt.datetime | None = None) -> RetentionReport:
+        """The retention state of every declared domain at ``at``, from key-store aggregates.
+
+        Per domain: the policy, the key scope and bucket width, live, destroyed and due keys,
+        the oldest capture still readable, subjects with a live key and, where retention runs
+        from the relationship's end, those with no end recorded (counted, never guessed), and
+        violations: a live key that reads would accept beyond the policy (must be none).
+
+        Args:
+            at: the time to report at (timezone-aware; default: the vault's clock).
+
+        Raises:
+            ConfigurationError: the key store keeps no scoped keys, or ``at`` is naive.
+
+        .. versionadded:: 0.3.0
+        """
+        return _erasure.retention_report(self._life_cycle(), at=at)
