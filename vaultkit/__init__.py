@@ -5,9 +5,9 @@ provider. Raw primitives live in :mod:`vaultkit.core`, documented as hazardous.
 """
 
 from vaultkit._access import ANONYMOUS, Principal, SealedValue, acting_as, current_scope
-from vaultkit._vault import BlindIndexKey, CacheInfo, FieldCipher, RotationReport, Vault
+from vaultkit._vault import BlindIndexKey, CacheInfo, FieldCipher, RotationReport, Subject, Vault
 from vaultkit.core.wire import ContextValue
-from vaultkit.keys.domains import KeyDomain
+from vaultkit.keys.domains import KeyDomain, Retention
 from vaultkit.keys.provider import KeyProvider, KeyRef
 
 __all__ = [
@@ -20,8 +20,10 @@ __all__ = [
     "KeyProvider",
     "KeyRef",
     "Principal",
+    "Retention",
     "RotationReport",
     "SealedValue",
+    "Subject",
     "Vault",
     "acting_as",
     "current_scope",

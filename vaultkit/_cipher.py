@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
+from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
 
@@ -115,6 +116,17 @@ class Cipher(NoPickle):
             self._record("write", domain, where, active.dek_id)
         return _seal(active.cipher, plaintext, active.aad_prefix + fields, active.header)
 
+    def seal_subject(
+        self, domain: str, subject: object, plaintext: bytes, fields: bytes, where: Any = None
+    ) -> bytes:
+        """Encrypt an encoded plaintext under the key of ``subject`` in a subject-scoped domain."""
+        active = self._keyring.subject_active(domain, subject)
+        if active.gated:
+            self._policy.check_encrypt(domain)
+        if active.audited:
+            self._record("write", domain, where, active.dek_id)
+        return _seal(active.cipher, plaintext, active.aad_prefix + fields, active.header)
+
     def open(self, blob: bytes, fields: bytes, domain: str | None, where: Any = None) -> Decrypted:
         """Decrypt a stored value (of ``domain``, if given) under the context entries ``fields``."""
         if len(blob) < _MIN:
@@ -136,6 +148,10 @@ class Cipher(NoPickle):
             # raised while no frame holds plaintext (reporters that capture locals would ship it).
             self._record("decrypt", key.domain, where, key.dek_id)
         return _decode(_open(key.cipher, blob, key.aad_prefix + fields, _H))
+
+    def subject_scoped(self, domain: str) -> bool:
+        """Whether ``domain`` has subject keys (each write names its subject)."""
+        return self._keyring.scope_of(domain) == "subject"
 
     def deny(self, domain: str, where: Any = None) -> SealedValue:
         """A read of ``domain`` without its grant: audited, then sealed (or the domain's error)."""
@@ -294,12 +310,18 @@ class FieldCipher:
         column's domain and context bound once: the fast path of the SQLAlchemy column types.
 
         Raises:
-            ConfigurationError: the column is row-bound (use :meth:`encrypt` with ``row=``).
+            ConfigurationError: the column is row-bound (use :meth:`encrypt` with ``row=``), or
+                its domain has subject keys (use :meth:`encrypt` with ``subject=``).
 
         .. versionadded:: 0.2.0
         """
         if self._row_bound:
             raise ConfigurationError(f"{self._where[0]}.{self.column} is row-bound: no sealer")
+        if self._cipher.subject_scoped(self._domain):
+            raise ConfigurationError(
+                f"{self._where[0]}.{self.column} is in domain {self._domain!r}, which has subject "
+                "keys: no sealer (use encrypt(value, subject=...))"
+            )
         return self._seal_fixed
 
     def opener(self) -> Opener:
@@ -317,8 +339,35 @@ class FieldCipher:
             raise ConfigurationError(f"{self._where[0]}.{self.column} is row-bound: no opener")
         return self._open_fixed
 
-    def encrypt(self, value: PlainValue, *, row: wire.ContextValue | None = None) -> bytes:
-        """Encrypt one value of this column (``row`` is required when the column is row-bound)."""
+    def encrypt(
+        self,
+        value: PlainValue,
+        *,
+        row: wire.ContextValue | None = None,
+        subject: str | int | UUID | None = None,
+    ) -> bytes:
+        """Encrypt one value of this column (``row`` is required when the column is row-bound).
+
+        Args:
+            value: the value.
+            row: the row key of a row-bound column.
+            subject: the member the value belongs to; required when the column's domain has
+                ``dek_scope="subject"``, refused otherwise.
+
+        Raises:
+            SubjectErasedError: the subject's writes are fenced (it was erased).
+
+        .. versionchanged:: 0.3.0 ``subject=``.
+        """
+        if subject is not None:
+            where = (self._where[0], self.column, row)
+            return self._cipher.seal_subject(
+                self._domain,
+                subject,
+                encode_value(value, pad_to=self._pad),
+                self._fields(row),
+                where,
+            )
         if row is None and not self._row_bound:
             if type(value) is str and self._pad is None:
                 try:  # the common case, encoded here without a call (see vaultkit._codec)

@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from vaultkit._access import current_scope
 from vaultkit.audit import AuditEvent
@@ -120,6 +120,7 @@ class LifeCycle:
         domains: the vault's declared domains.
         subject_ref: ``subject_ref(domain, subject) -> str``, the keyed pseudonym of a subject.
         forget: drops a DEK from this process's caches (decryption and encryption).
+        forget_subject: drops a subject's DEKs from this process's caches, by ``(domain, ref)``.
         recorder: the vault's audit recorder, or ``None`` when no domain is audited.
         clock: the vault's wall clock (UTC, aware).
         ledger: called with ``(domain, subject_ref, request_id, at)`` before anything is fenced
@@ -130,8 +131,9 @@ class LifeCycle:
 
     store: SupportsScopedKeys
     domains: Mapping[str, KeyDomain]
-    subject_ref: Callable[[str, object], str]
+    subject_ref: Callable[[str, Any], str]
     forget: Callable[[bytes], None]
+    forget_subject: Callable[[str, str], None]
     recorder: AuditRecorder | None
     clock: Callable[[], dt.datetime]
     ledger: Callable[[str, str, str, dt.datetime], None] | None = None
@@ -166,7 +168,7 @@ def aware(at: dt.datetime | None, clock: Callable[[], dt.datetime], name: str = 
 
 
 def _scope(domain: KeyDomain) -> str:
-    return str(getattr(domain, "dek_scope", "process"))
+    return domain.dek_scope
 
 
 def _subject_domains(life: LifeCycle, names: Iterable[str] | None) -> list[KeyDomain]:
@@ -235,11 +237,13 @@ def _destroy_subject_keys(
         for key in keys:
             life.forget(key.dek_id)
         if not live:
+            life.forget_subject(domain, ref)
             return destroyed, before, seen_any
         for key in live:
             if store.destroy_key(key.dek_id, reason="erasure", at=now):
                 destroyed += 1
             life.forget(key.dek_id)
+        life.forget_subject(domain, ref)
     raise KeyStoreError(
         f"the subject's keys in domain {domain} were still being created after {MAX_ROUNDS} "
         "rounds of destruction (is the fence honoured by every writer?); run the erasure again"
@@ -488,7 +492,7 @@ def _violations(domain: KeyDomain, oldest: dt.datetime | None, at: dt.datetime) 
     retention = domain.retention
     if retention is None or retention.kind != "no_longer_than" or oldest is None:
         return []
-    bucket = getattr(domain, "bucket", None)
+    bucket = domain.bucket
     if _scope(domain) == "bucket" and bucket is not None:
         # A value captured at the bucket's start must be unreadable from its bucket's end plus
         # the retention on; the oldest readable bucket is not due (its destroy_at is later).
@@ -506,7 +510,7 @@ def retention_report(life: LifeCycle, *, at: dt.datetime | None = None) -> Reten
     at = aware(at, life.clock)
     lines = []
     for domain in life.domains.values():
-        summary = life.store.key_summary(domain.name, at)
+        summary = life.store.key_summary(domain.name, at, bucket=domain.bucket)
         retention = domain.retention
         relationship = retention is not None and retention.after == "relationship_end"
         lines.append(
@@ -517,7 +521,7 @@ def retention_report(life: LifeCycle, *, at: dt.datetime | None = None) -> Reten
                 after=retention.after if retention is not None else None,
                 kind=retention.kind if retention is not None else None,
                 ground=retention.ground if retention is not None else None,
-                bucket=getattr(domain, "bucket", None),
+                bucket=domain.bucket,
                 live=summary.live,
                 destroyed=summary.destroyed,
                 due=summary.due,

@@ -24,9 +24,10 @@ import logging
 import os
 import threading
 import time
+import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final, TypeGuard
 
@@ -78,7 +79,15 @@ NEGATIVE_CACHE_SIZE: Final = 4096  # unknown DEK ids remembered, 16 bytes each
 UNKNOWN_LOOKUP_BUDGET: Final = 64
 SNAPSHOT_MAX: Final = 100_000  # readable DEK ids a vault keeps in memory at most (16 bytes each)
 
+SUBJECT_REF_PURPOSE: Final = "subject-ref"
+SUBJECT_REF_NAME: Final = "subject-ref@v1"
+WRAPPING_PURPOSE: Final = "wrapping"
+
 _monotonic = time.monotonic
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +319,19 @@ class BlindIndexKey(NoPickle):
         return f"BlindIndexKey(domain={self.domain!r}, name={self.name!r}, version={self.version})"
 
 
+def canonical_subject(subject: object) -> bytes:
+    """The bytes a subject reference is computed from: ``str(subject)`` for int and UUID."""
+    if isinstance(subject, bool) or not isinstance(subject, str | int | uuid.UUID):
+        raise TypeError(f"a subject must be str, int or UUID, not {type(subject).__name__}")
+    text = subject if isinstance(subject, str) else str(subject)
+    if not text:
+        raise ValueError("a subject must not be the empty string")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a subject must be valid Unicode (no lone surrogates)") from None
+
+
 def index_key_id(domain: str, name: str) -> bytes:
     """The key-store id of a named key (blind-index or audit key): derived from its name only."""
     # Named keys get an id derived from their name (never from key material), so that processes
@@ -349,8 +371,14 @@ class Keyring(NoPickle):
         max_uses: int,
         max_age: float,
         check_interval: float = DEFAULT_KEY_CHECK_INTERVAL,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.policy = policy
+        self.clock: Callable[[], dt.datetime] = clock or _utc_now
+        #: Domain -> its key scope, for the domains whose DEKs are per subject or per bucket.
+        self.scopes: dict[str, str] = {
+            name: d.dek_scope for name, d in policy.domains.items() if d.dek_scope != "process"
+        }
         self.providers: dict[str, KeyProvider] = dict(providers)
         self.store = store
         self.ttl = float(cache_ttl)
@@ -367,6 +395,34 @@ class Keyring(NoPickle):
         self._closed = False
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
+
+    # -- scopes, subjects and the wall clock ---------------------------------------------------
+
+    def now(self) -> dt.datetime:
+        """The wall clock, as an aware UTC datetime (ConfigurationError for a naive clock)."""
+        now = self.clock()
+        if not isinstance(now, dt.datetime) or now.utcoffset() is None:
+            raise ConfigurationError("the vault's clock must return a timezone-aware datetime")
+        return now.astimezone(dt.UTC)
+
+    def scope_of(self, domain: str) -> str:
+        """``"process"``, ``"subject"`` or ``"bucket"``."""
+        return self.scopes.get(domain, "process")
+
+    def subject_ref(self, domain: str, subject: object) -> str:
+        """The subject's reference in ``domain`` (see Vault.subject_ref)."""
+        data = canonical_subject(subject)
+        key = self.named_key(domain, SUBJECT_REF_NAME, SUBJECT_REF_PURPOSE, 1)
+        return key.digest(data)[:16].hex()
+
+    def subject_active(self, domain: str, subject: object) -> _Active:
+        """The DEK to encrypt under for ``subject`` in a subject-scoped domain (counts the use)."""
+        raise NotImplementedError
+
+    def forget_subject(self, domain: str, subject_ref: str) -> None:
+        """Drop the subject's DEKs from this process (active and cached): it was erased, or its
+        deadline changed."""
+        raise NotImplementedError
 
     # -- reading the key store ---------------------------------------------------------------
 

@@ -57,6 +57,7 @@ from vaultkit.store import (
     DekState,
     KeyStore,
     SQLKeyStore,
+    SubjectRecord,
     SupportsScopedKeys,
     open_store,
 )
@@ -65,7 +66,14 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["BlindIndexKey", "CacheInfo", "FieldCipher", "RotationReport", "Vault"]
+__all__ = ["BlindIndexKey", "CacheInfo", "FieldCipher", "RotationReport", "Subject", "Vault"]
+
+#: A subject (a member) as the application names it: its id as str, int or UUID.
+Subject = str | int | uuid.UUID
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _declared(domains: Iterable[KeyDomain | str]) -> dict[str, KeyDomain]:
@@ -112,6 +120,8 @@ class Vault(NoPickle):
             more, that long after. One key-store query per interval covers every cached DEK due.
         dek_max_encryptions: encryptions under one DEK before a fresh DEK is taken.
         dek_max_age: age after which a fresh DEK is taken for encryption.
+        clock: the wall clock, returning a timezone-aware datetime (``datetime.now(UTC)`` by
+            default): it picks bucket keys and decides retention deadlines. Tests inject one.
 
     Raises:
         ConfigurationError: the arguments do not fit together.
@@ -136,8 +146,11 @@ class Vault(NoPickle):
         audit: str | Engine | AsyncEngine | None = None,
         audit_domain: str | None = None,
         audit_batch_size: int = DEFAULT_AUDIT_BATCH,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         declared = _declared(domains)
+        if clock is not None and not callable(clock):
+            raise TypeError("clock must be a callable returning an aware datetime")
         if not isinstance(provider, KeyProvider):
             raise TypeError(f"provider must implement KeyProvider, not {type(provider).__name__}")
         overrides = dict(providers or {})
@@ -178,6 +191,15 @@ class Vault(NoPickle):
         self._domains = declared
         self._policy = Policy(declared)
         self._store, self._owns_store = open_store(store)
+        self._clock: Callable[[], dt.datetime] = clock or _utc_now
+        scoped = [d.name for d in declared.values() if d.scoped]
+        if scoped and not isinstance(self._store, SupportsScopedKeys):
+            if self._owns_store:
+                self._store.close()
+            raise ConfigurationError(
+                f"domains {', '.join(scoped)} have subject or bucket keys: the key store "
+                f"{type(self._store).__name__} does not support them (SupportsScopedKeys)"
+            )
         self._keyring = Keyring(
             policy=self._policy,
             providers=by_domain,
@@ -187,6 +209,7 @@ class Vault(NoPickle):
             check_interval=key_check_interval,
             max_uses=dek_max_encryptions,
             max_age=dek_max_age.total_seconds(),
+            clock=self._clock,
         )
         self._recorder: AuditRecorder | None = None
         if audited and audit_domain is not None:
@@ -281,6 +304,7 @@ class Vault(NoPickle):
         domain: str,
         context: Mapping[str, wire.ContextValue] | None = None,
         pad_to: int | None = None,
+        subject: Subject | None = None,
     ) -> bytes:
         """Encrypt ``value`` in ``domain``, bound to ``context``.
 
@@ -292,15 +316,33 @@ class Vault(NoPickle):
                 given to :meth:`decrypt`.
             pad_to: pad the plaintext to a multiple of this many bytes (1 to 4096), so that short
                 values of different lengths give ciphertexts of one length.
+            subject: the member the value belongs to (str, int or UUID): required for a domain
+                with ``dek_scope="subject"`` (the value goes under that member's key), refused
+                for others.
 
         Returns:
             The self-describing ciphertext (wire format v1), 80 bytes longer than the encoded value.
 
+        Raises:
+            SubjectErasedError: the subject's writes are fenced (it was erased).
+            RetentionExpiredError: the subject's retention is already over.
+            ConfigurationError: a subject-scoped domain without ``subject``, or the reverse.
+
         Warning:
             Without ``pad_to`` the ciphertext's length reveals the plaintext's length.
+
+        .. versionchanged:: 0.3.0 ``subject=``.
         """
-        return self._cipher.seal(
-            domain, encode_value(value, pad_to=pad_to), wire.context_fields(context), context
+        if subject is None:
+            return self._cipher.seal(
+                domain, encode_value(value, pad_to=pad_to), wire.context_fields(context), context
+            )
+        return self._cipher.seal_subject(
+            domain,
+            subject,
+            encode_value(value, pad_to=pad_to),
+            wire.context_fields(context),
+            context,
         )
 
     def decrypt(
@@ -319,8 +361,11 @@ class Vault(NoPickle):
 
         Raises:
             DecryptionError: the value is damaged, truncated, not a vaultkit value, under an
-                unknown or destroyed DEK, or was made for another context or domain. One message
-                for all of these.
+                unknown DEK, or was made for another context or domain. One message for all of
+                these.
+            ValueErasedError: the key store holds the value's DEK as destroyed or past its
+                retention deadline (:class:`SubjectErasedError`, :class:`RetentionExpiredError`
+                by reason); a subclass of DecryptionError.
             UnsupportedFormatError: the value names a wire version or suite this release lacks.
             DomainError: the value's domain is not configured in this vault.
             KeyProviderError: the provider could not unwrap the DEK.
@@ -454,6 +499,122 @@ class Vault(NoPickle):
         """
         _lifecycle.destroy_dek(self._keyring, dek_id, references=references)
 
+    # -- subjects and retention ---------------------------------------------------------------
+
+    def subject_ref(self, domain: str, subject: Subject) -> str:
+        """The key store's reference of ``subject`` in ``domain``: 32 hex digits.
+
+        HMAC-SHA256 under the domain's named key ``subject-ref@v1`` (created on first use) of the
+        subject's canonical bytes (``str(subject)`` for int and UUID), truncated to 128 bits. It
+        is what the key store holds instead of the member id; the references of one member in two
+        domains differ, so the domains' rows cannot be linked by it.
+
+        Raises:
+            TypeError: ``subject`` is not str, int or UUID.
+            ValueError: ``subject`` is the empty string.
+            DomainError: the domain is not declared.
+
+        .. versionadded:: 0.3.0
+        """
+        self._check_domain(domain)
+        return _call(self._keyring.subject_ref, domain, subject)
+
+    def end_relationship(self, subject: Subject, *, at: dt.datetime) -> int:
+        """Record the end of ``subject``'s relationship (contract) at ``at``.
+
+        In every domain whose retention is anchored on ``"relationship_end"``, the subject's keys
+        get ``destroy_at = retention.deadline(at)`` (from then on reads refuse them, and
+        ``vaultkit retention enforce`` destroys them), and the end is recorded in the subjects
+        table, so that keys made later for the subject get the same deadline.
+
+        Args:
+            subject: the member.
+            at: when the relationship ended (timezone-aware).
+
+        Returns:
+            How many keys got their deadline.
+
+        .. versionadded:: 0.3.0
+        """
+        if not isinstance(at, dt.datetime) or at.utcoffset() is None:
+            raise ValueError("at must be a timezone-aware datetime")
+        store = self._scoped_store()
+        updated = 0
+        for domain in self._domains.values():
+            retention = domain.retention
+            if retention is None or retention.after != "relationship_end":
+                continue
+            ref = _call(self._keyring.subject_ref, domain.name, subject)
+            deadline = retention.deadline(at)
+            old = store.get_subject(domain.name, ref) or SubjectRecord(domain.name, ref)
+            store.put_subject(
+                SubjectRecord(
+                    domain.name,
+                    ref,
+                    relationship_end=at.astimezone(dt.UTC),
+                    fenced_at=old.fenced_at,
+                    erased_at=old.erased_at,
+                    request_id=old.request_id,
+                )
+            )
+            updated += store.set_destroy_at(domain.name, ref, deadline)
+            self._keyring.forget_subject(domain.name, ref)
+        return updated
+
+    def allow_subject(self, subject: Subject, *, domains: Iterable[str] | None = None) -> None:
+        """Lift the write fence an erasure put on ``subject``.
+
+        New writes for the subject then go under a fresh key, which decrypts nothing written
+        before the erasure.
+
+        Args:
+            subject: the member.
+            domains: the subject-scoped domains to lift it in (all of them by default).
+
+        .. versionadded:: 0.3.0
+        """
+        store = self._scoped_store()
+        names = self._subject_domains(domains)
+        for name in names:
+            ref = _call(self._keyring.subject_ref, name, subject)
+            old = store.get_subject(name, ref)
+            if old is not None and old.fenced_at is not None:
+                store.put_subject(
+                    SubjectRecord(
+                        name,
+                        ref,
+                        relationship_end=old.relationship_end,
+                        fenced_at=None,
+                        erased_at=old.erased_at,
+                        request_id=old.request_id,
+                    )
+                )
+            self._keyring.forget_subject(name, ref)
+
+    def _scoped_store(self) -> SupportsScopedKeys:
+        store = self._store
+        if not isinstance(store, SupportsScopedKeys):
+            raise ConfigurationError(
+                f"the key store {type(store).__name__} has no subject keys (SupportsScopedKeys)"
+            )
+        return store
+
+    def _subject_domains(self, domains: Iterable[str] | None) -> list[str]:
+        if domains is None:
+            return [d.name for d in self._domains.values() if d.dek_scope == "subject"]
+        if isinstance(domains, str):
+            raise TypeError("domains must be a list of names, not a single name")
+        names = list(domains)
+        for name in names:
+            self._check_domain(name)
+            if self._domains[name].dek_scope != "subject":
+                raise ConfigurationError(f"domain {name!r} has no subject keys")
+        return names
+
+    def _now(self) -> dt.datetime:
+        """The vault's wall clock (aware UTC)."""
+        return self._keyring.now()
+
     # -- audit ------------------------------------------------------------------------------------
 
     @property
@@ -539,24 +700,20 @@ class Vault(NoPickle):
     # -- data life cycle ----------------------------------------------------------------------
 
     def _life_cycle(self) -> _erasure.LifeCycle:
-        store = self._store
-        if not isinstance(store, SupportsScopedKeys):
-            raise ConfigurationError(
-                f"the key store {type(store).__name__} keeps no subject or bucket keys "
-                "(it does not implement SupportsScopedKeys)"
-            )
+        keyring = self._keyring
         return _erasure.LifeCycle(
-            store=store,
+            store=self._scoped_store(),
             domains=self._domains,
-            subject_ref=self.subject_ref,  # type: ignore[arg-type]
-            forget=self._keyring.forget,
+            subject_ref=self.subject_ref,
+            forget=keyring.forget,
+            forget_subject=keyring.forget_subject,
             recorder=self._recorder,
-            clock=self._clock,
+            clock=keyring.now,
         )
 
     def erase_subject(
         self,
-        subject: str | int | uuid.UUID,
+        subject: Subject,
         *,
         reason: str,
         request_id: str,

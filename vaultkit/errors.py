@@ -23,7 +23,10 @@ __all__ = [
     "PasswordError",
     "PasswordMismatchError",
     "QueryError",
+    "RetentionExpiredError",
+    "SubjectErasedError",
     "UnsupportedFormatError",
+    "ValueErasedError",
     "VaultkitDeprecationWarning",
     "VaultkitError",
     "WeakPasswordError",
@@ -83,6 +86,86 @@ class DecryptionError(VaultkitError):
 
 class UnsupportedFormatError(DecryptionError):
     """The value carries a wire-format version or suite this release cannot read."""
+
+
+#: The message of each :class:`ValueErasedError` reason (fixed: no subject, no value, no key).
+_ERASED_MESSAGES = {
+    "erasure": "the value's key was destroyed: its subject was erased",
+    "retention": "the value's key was destroyed: its retention period is over",
+    "destroyed": "the value's key was destroyed",
+}
+
+
+class ValueErasedError(DecryptionError):
+    """The value's DEK was destroyed, or its retention deadline has passed: a key-store fact.
+
+    Raised only when the key store holds the DEK's row as destroyed (or past its deadline); a
+    DEK id the key store does not know stays the opaque :class:`DecryptionError`. The value is
+    unreadable for good. The message is fixed per reason and names no subject.
+
+    Attributes:
+        reason: ``"erasure"`` (the subject was erased), ``"retention"`` (the retention period
+            is over, whether or not a sweep has destroyed the key yet) or ``"destroyed"`` (the
+            key was destroyed otherwise, such as ``vaultkit keys destroy``).
+        domain: the key domain of the DEK, or ``None``.
+        dek_id: the id of the DEK (it is also in the value's header), or ``None``.
+
+    .. versionadded:: 0.3.0
+    """
+
+    def __init__(
+        self,
+        reason: str = "destroyed",
+        *,
+        domain: str | None = None,
+        dek_id: bytes | None = None,
+        message: str | None = None,
+    ) -> None:
+        if reason not in _ERASED_MESSAGES:
+            reason = "destroyed"
+        super().__init__(message or _ERASED_MESSAGES[reason])
+        self.reason = reason
+        self.domain = domain
+        self.dek_id = dek_id
+
+
+class SubjectErasedError(ValueErasedError):
+    """The value's subject was erased (reason ``"erasure"``).
+
+    Also raised by a write for a subject whose writes are fenced (an erasure was requested);
+    :meth:`Vault.allow_subject` lifts the fence, with a fresh key that decrypts nothing
+    written before.
+
+    .. versionadded:: 0.3.0
+    """
+
+    def __init__(
+        self,
+        reason: str = "erasure",
+        *,
+        domain: str | None = None,
+        dek_id: bytes | None = None,
+        message: str | None = None,
+    ) -> None:
+        super().__init__("erasure", domain=domain, dek_id=dek_id, message=message)
+
+
+class RetentionExpiredError(ValueErasedError):
+    """The retention period of the value's DEK is over (reason ``"retention"``); its key is never
+    unwrapped again, whether or not a sweep has destroyed it yet.
+
+    .. versionadded:: 0.3.0
+    """
+
+    def __init__(
+        self,
+        reason: str = "retention",
+        *,
+        domain: str | None = None,
+        dek_id: bytes | None = None,
+        message: str | None = None,
+    ) -> None:
+        super().__init__("retention", domain=domain, dek_id=dek_id, message=message)
 
 
 class AccessDeniedError(VaultkitError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from vaultkit.keys.domains import KeyDomain
+from vaultkit.keys.domains import KeyDomain, Retention
 from vaultkit.keys.local import LocalKeyProvider, generate_master_key
 from vaultkit.keys.provider import (
     KeyProvider,
@@ -36,6 +36,7 @@ __all__ = [
     "KeyRef",
     "LocalKeyProvider",
     "PKCS11KeyProvider",
+    "Retention",
     "SupportsAuditSigner",
     "SupportsBatchUnwrap",
     "SupportsDataKeyGeneration",

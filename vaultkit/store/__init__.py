@@ -2,21 +2,29 @@
 
 from vaultkit.store._base import (
     SCHEMA_VERSION,
+    WRAPPING_KEK_ID,
     DataKeyRecord,
     DekState,
     KeyStore,
+    KeySummary,
     MemoryKeyStore,
+    SubjectRecord,
+    SupportsScopedKeys,
     SupportsStates,
 )
 from vaultkit.store.sql import SQLKeyStore, open_store
 
 __all__ = [
     "SCHEMA_VERSION",
+    "WRAPPING_KEK_ID",
     "DataKeyRecord",
     "DekState",
     "KeyStore",
+    "KeySummary",
     "MemoryKeyStore",
     "SQLKeyStore",
+    "SubjectRecord",
+    "SupportsScopedKeys",
     "SupportsStates",
     "open_store",
 ]

@@ -13,16 +13,26 @@ from vaultkit.errors import KeyStoreError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "WRAPPING_KEK_ID",
     "DataKeyRecord",
     "DekState",
     "KeyStore",
+    "KeySummary",
     "MemoryKeyStore",
+    "SubjectRecord",
+    "SupportsScopedKeys",
     "SupportsStates",
 ]
 
 #: Version of the key-store layout this release writes and reads. A store written by a newer
-#: release is refused at start-up instead of being misread.
-SCHEMA_VERSION: Final = 1
+#: release is refused at start-up instead of being misread. Version 2 (0.3.0) added the key
+#: scope and retention columns and the subjects table; a version 1 store is upgraded in place.
+SCHEMA_VERSION: Final = 2
+#: The ``kek_id`` of subject and bucket DEKs: wrapped in process under the domain's wrapping
+#: key (a key-store row of purpose ``wrapping``), whose epoch is the row's ``kek_version``.
+WRAPPING_KEK_ID: Final = "vaultkit:wrapping"
+DATA_PURPOSE: Final = "data"
+WRAPPING_PURPOSE: Final = "wrapping"
 
 
 class DekState(enum.StrEnum):
@@ -51,10 +61,21 @@ class DataKeyRecord:
         wrapped: the DEK wrapped by the KEK; empty once destroyed.
         state: see :class:`DekState`.
         created_at: creation time, timezone-aware UTC.
-        subject: optional subject (a member id) for per-subject DEKs.
+        subject: the subject *reference* of a subject-scoped DEK: 32 hex digits, a keyed
+            HMAC of the member id (:meth:`Vault.subject_ref`), never the member id itself.
         encryptions: encryptions counted under this DEK, flushed at roll-over and close.
         name: for named keys (blind-index keys), what the key is for, such as
             ``members.email@v1``; ``None`` for data keys.
+        scope: ``"subject"`` or ``"bucket"`` for a scoped DEK, ``None`` for a process DEK.
+        not_after: a bucket DEK's bucket end (UTC, whole seconds); bound into its wrapping, so
+            moving it makes the key unreadable rather than longer-lived.
+        destroy_at: when the DEK becomes unreadable (bucket end + retention, or relationship end +
+            retention); reads refuse it from then on, even before a sweep destroys it.
+        destroyed_at: when it was destroyed.
+        destroy_reason: why: ``"erasure"``, ``"retention"``, ``"destroyed"`` or another word.
+
+    .. versionchanged:: 0.3.0 ``scope``, ``not_after``, ``destroy_at``, ``destroyed_at`` and
+       ``destroy_reason``.
     """
 
     dek_id: bytes
@@ -68,6 +89,62 @@ class DataKeyRecord:
     subject: str | None = None
     encryptions: int = 0
     name: str | None = None
+    scope: str | None = None
+    not_after: dt.datetime | None = None
+    destroy_at: dt.datetime | None = None
+    destroyed_at: dt.datetime | None = None
+    destroy_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectRecord:
+    """What the key store knows of one subject in one domain (table ``vaultkit_subjects``).
+
+    Args:
+        domain: the key domain.
+        subject_ref: the subject's reference in that domain (never the member id).
+        relationship_end: the end of the relationship, as recorded by
+            :meth:`Vault.end_relationship`.
+        fenced_at: while set, writes for this subject are refused (an erasure was requested);
+            :meth:`Vault.allow_subject` clears it.
+        erased_at: when the subject was last erased.
+        request_id: the id of the erasure request, as its caller gave it.
+
+    .. versionadded:: 0.3.0
+    """
+
+    domain: str
+    subject_ref: str
+    relationship_end: dt.datetime | None = None
+    fenced_at: dt.datetime | None = None
+    erased_at: dt.datetime | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeySummary:
+    """Counts of one domain's data keys at one time, computed by the store; no key, no reference.
+
+    Args:
+        live: data keys not destroyed.
+        destroyed: data keys destroyed.
+        due: live keys whose ``destroy_at`` has passed (reads already refuse them; a sweep
+            destroys them).
+        oldest_readable_capture: the earliest capture time still readable: for bucket keys the
+            start of the oldest live, not due bucket (``not_after - bucket``), for others the
+            creation time of the oldest live, not due key; ``None`` if there is none.
+        subjects: distinct subject references with a live key.
+        subjects_without_end: of those, the ones with no relationship end recorded.
+
+    .. versionadded:: 0.3.0
+    """
+
+    live: int
+    destroyed: int
+    due: int
+    oldest_readable_capture: dt.datetime | None
+    subjects: int
+    subjects_without_end: int
 
 
 @runtime_checkable
@@ -124,6 +201,58 @@ class SupportsStates(Protocol):
         ...
 
 
+@runtime_checkable
+class SupportsScopedKeys(Protocol):
+    """A key store for subject- and bucket-scoped keys and their life cycle.
+
+    A vault with a domain of ``dek_scope="subject"`` or ``"bucket"`` requires it
+    (:class:`MemoryKeyStore` and :class:`~vaultkit.store.SQLKeyStore` have it).
+
+    .. versionadded:: 0.3.0
+    """
+
+    def subject_keys(self, domain: str, subject_ref: str) -> list[DataKeyRecord]:
+        """The data-key rows of one subject in ``domain``, in any state, oldest first."""
+        ...
+
+    def set_destroy_at(self, domain: str, subject_ref: str, destroy_at: dt.datetime) -> int:
+        """Set ``destroy_at`` on the subject's data keys not yet destroyed; return how many."""
+        ...
+
+    def destroy_key(self, dek_id: bytes, *, reason: str, at: dt.datetime) -> bool:
+        """Erase a row's wrapped key, recording when and why; ``False`` if it was destroyed."""
+        ...
+
+    def due_keys(self, at: dt.datetime, *, limit: int) -> list[DataKeyRecord]:
+        """Up to ``limit`` data keys not destroyed whose ``destroy_at <= at``, earliest first."""
+        ...
+
+    def get_subject(self, domain: str, subject_ref: str) -> SubjectRecord | None:
+        """The subject's row, or ``None``."""
+        ...
+
+    def put_subject(self, record: SubjectRecord) -> None:
+        """Insert or replace the subject's row."""
+        ...
+
+    def key_summary(
+        self, domain: str, at: dt.datetime, *, bucket: dt.timedelta | None = None
+    ) -> KeySummary:
+        """Counts of ``domain``'s data keys at ``at`` (aggregates, not a scan in Python).
+
+        ``bucket`` is the domain's bucket width, for ``oldest_readable_capture`` of bucket keys.
+        """
+        ...
+
+    def wrapping_keys(self, domain: str) -> list[DataKeyRecord]:
+        """The rows of ``domain``'s wrapping keys (purpose ``wrapping``), any state, by epoch."""
+        ...
+
+    def provider_wrapped(self, domain: str) -> list[DataKeyRecord]:
+        """The rows of ``domain`` wrapped by its KEK (not by a wrapping key), not destroyed."""
+        ...
+
+
 class MemoryKeyStore:
     """A key store in a dict, for tests. Thread-safe; lost with the process.
 
@@ -132,6 +261,7 @@ class MemoryKeyStore:
 
     def __init__(self) -> None:
         self._rows: dict[bytes, DataKeyRecord] = {}
+        self._subjects: dict[tuple[str, str], SubjectRecord] = {}
         self._lock = threading.Lock()
 
     def insert(self, record: DataKeyRecord) -> None:
@@ -190,8 +320,117 @@ class MemoryKeyStore:
             )
             return True
 
+    # -- scoped keys (SupportsScopedKeys) ----------------------------------------------------
+
+    def subject_keys(self, domain: str, subject_ref: str) -> list[DataKeyRecord]:
+        with self._lock:
+            rows = [
+                r
+                for r in self._rows.values()
+                if r.domain == domain and r.subject == subject_ref and r.purpose == DATA_PURPOSE
+            ]
+        return sorted(rows, key=lambda r: (r.created_at, r.dek_id))
+
+    def set_destroy_at(self, domain: str, subject_ref: str, destroy_at: dt.datetime) -> int:
+        count = 0
+        with self._lock:
+            for dek_id, row in list(self._rows.items()):
+                if (
+                    row.domain == domain
+                    and row.subject == subject_ref
+                    and row.purpose == DATA_PURPOSE
+                    and row.state is not DekState.DESTROYED
+                ):
+                    self._rows[dek_id] = replace(row, destroy_at=destroy_at)
+                    count += 1
+        return count
+
+    def destroy_key(self, dek_id: bytes, *, reason: str, at: dt.datetime) -> bool:
+        with self._lock:
+            row = self._rows.get(dek_id)
+            if row is None:
+                raise KeyStoreError(f"DEK {dek_id.hex()} is not in the key store")
+            if row.state is DekState.DESTROYED:
+                return False
+            self._rows[dek_id] = replace(
+                row, state=DekState.DESTROYED, wrapped=b"", destroyed_at=at, destroy_reason=reason
+            )
+            return True
+
+    def due_keys(self, at: dt.datetime, *, limit: int) -> list[DataKeyRecord]:
+        with self._lock:
+            rows = [
+                r
+                for r in self._rows.values()
+                if r.purpose == DATA_PURPOSE
+                and r.state is not DekState.DESTROYED
+                and r.destroy_at is not None
+                and r.destroy_at <= at
+            ]
+        rows.sort(key=lambda r: (r.destroy_at or at, r.dek_id))
+        return rows[: max(limit, 0)]
+
+    def get_subject(self, domain: str, subject_ref: str) -> SubjectRecord | None:
+        return self._subjects.get((domain, subject_ref))
+
+    def put_subject(self, record: SubjectRecord) -> None:
+        with self._lock:
+            self._subjects[(record.domain, record.subject_ref)] = record
+
+    def key_summary(
+        self, domain: str, at: dt.datetime, *, bucket: dt.timedelta | None = None
+    ) -> KeySummary:
+        with self._lock:
+            rows = [
+                r for r in self._rows.values() if r.domain == domain and r.purpose == DATA_PURPOSE
+            ]
+            ended = {
+                ref for (d, ref), s in self._subjects.items() if d == domain and s.relationship_end
+            }
+        live = [r for r in rows if r.state is not DekState.DESTROYED]
+        due = [r for r in live if r.destroy_at is not None and r.destroy_at <= at]
+        readable = [r for r in live if r.destroy_at is None or r.destroy_at > at]
+        captures = [
+            r.not_after - bucket if bucket is not None and r.not_after is not None else r.created_at
+            for r in readable
+        ]
+        subjects = {r.subject for r in live if r.subject is not None}
+        return KeySummary(
+            live=len(live),
+            destroyed=len(rows) - len(live),
+            due=len(due),
+            oldest_readable_capture=min(captures, default=None),
+            subjects=len(subjects),
+            subjects_without_end=len(subjects - ended),
+        )
+
+    def wrapping_keys(self, domain: str) -> list[DataKeyRecord]:
+        with self._lock:
+            rows = [
+                r
+                for r in self._rows.values()
+                if r.domain == domain and r.purpose == WRAPPING_PURPOSE
+            ]
+        return sorted(rows, key=lambda r: _epoch(r.name or ""))
+
+    def provider_wrapped(self, domain: str) -> list[DataKeyRecord]:
+        with self._lock:
+            return [
+                r
+                for r in self._rows.values()
+                if r.domain == domain
+                and r.kek_id != WRAPPING_KEK_ID
+                and r.state is not DekState.DESTROYED
+            ]
+
     def close(self) -> None:
         return None
 
     def __repr__(self) -> str:
         return f"MemoryKeyStore(rows={len(self._rows)})"
+
+
+def _epoch(name: str) -> int:
+    """The epoch of a wrapping key's name ``wrapping@<epoch>`` (0 if it is not one)."""
+    _, _, tail = name.partition("@")
+    return int(tail) if tail.isdigit() else 0

@@ -20,10 +20,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import logging
 import os
 import weakref
 from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, overload
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -31,14 +32,41 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from vaultkit._offload import sync_engine
 from vaultkit.errors import KeyStoreError
-from vaultkit.store._base import SCHEMA_VERSION, DataKeyRecord, DekState, KeyStore
+from vaultkit.store._base import (
+    DATA_PURPOSE,
+    SCHEMA_VERSION,
+    WRAPPING_KEK_ID,
+    WRAPPING_PURPOSE,
+    DataKeyRecord,
+    DekState,
+    KeyStore,
+    KeySummary,
+    SubjectRecord,
+    _epoch,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["SQLKeyStore", "open_store"]
 
+log = logging.getLogger("vaultkit")
+
 _SCHEMA_KEY = "key_store_schema"
+
+
+def _v2_columns() -> list[sa.Column[Any]]:
+    """The columns layout version 2 added to the data-key table (all nullable)."""
+    return [
+        sa.Column("scope", sa.String(16), nullable=True),
+        sa.Column("not_after", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("destroy_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("destroyed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("destroy_reason", sa.String(32), nullable=True),
+    ]
+
+
+_V2_COLUMNS: Final = tuple(c.name for c in _v2_columns())
 _STATES_CHUNK: Final = 500  # DEK ids per query of SQLKeyStore.states
 
 
@@ -99,7 +127,21 @@ class SQLKeyStore:
             sa.Column("subject", sa.String(255), nullable=True),
             sa.Column("encryptions", sa.BigInteger, nullable=False, default=0),
             sa.Column("name", sa.String(255), nullable=True),
+            # Layout version 2 (0.3.0): key scope and retention. Added to a version 1 table in place.
+            *_v2_columns(),
             sa.Index(f"ix_{table_prefix}data_keys_domain_state", "domain", "state"),
+            sa.Index(f"ix_{table_prefix}data_keys_domain_subject", "domain", "subject"),
+            sa.Index(f"ix_{table_prefix}data_keys_destroy_at", "destroy_at"),
+        )
+        self.subjects = sa.Table(
+            f"{table_prefix}subjects",
+            self._metadata,
+            sa.Column("domain", sa.String(64), primary_key=True),
+            sa.Column("subject_ref", sa.String(64), primary_key=True),
+            sa.Column("relationship_end", sa.DateTime(timezone=True), nullable=True),
+            sa.Column("fenced_at", sa.DateTime(timezone=True), nullable=True),
+            sa.Column("erased_at", sa.DateTime(timezone=True), nullable=True),
+            sa.Column("request_id", sa.String(255), nullable=True),
         )
         self.meta = sa.Table(
             f"{table_prefix}meta",
@@ -141,7 +183,84 @@ class SQLKeyStore:
                     f"key-store tables are missing at {self._where()} (create=False)"
                 )
             self._create_tables()
-        self._check_version()
+        version = self._check_version()
+        if version < SCHEMA_VERSION:
+            if not create:
+                raise KeyStoreError(
+                    f"key store at {self._where()} has layout version {version}; this release "
+                    f"uses version {SCHEMA_VERSION}. Open it once with create=True to upgrade it "
+                    "in place (new nullable columns, a new subjects table), or run the upgrade "
+                    "with your migration tool"
+                )
+            self._upgrade(version)
+
+    def _upgrade(self, version: int) -> None:
+        """Upgrade a layout version 1 store to version 2, in place; safe to race with another
+        process doing the same (each step tolerates the other's having done it)."""
+        keys = self.keys
+        preparer = self.engine.dialect.identifier_preparer
+        table = preparer.format_table(keys)
+        for column in keys.columns:
+            if column.name not in _V2_COLUMNS or column.name in self._columns():
+                continue
+            ddl = (
+                f"ALTER TABLE {table} ADD COLUMN {preparer.format_column(column)} "
+                f"{column.type.compile(dialect=self.engine.dialect)} NULL"
+            )
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.text(ddl))
+            except SQLAlchemyError as exc:
+                if column.name not in self._columns():  # not another process's doing
+                    raise self._fail("upgrade its layout", exc) from None
+        for index in keys.indexes:
+            if index.name in self._indexes():
+                continue
+            try:
+                index.create(self.engine)
+            except SQLAlchemyError as exc:
+                if index.name not in self._indexes():
+                    raise self._fail("upgrade its layout", exc) from None
+        try:
+            self.subjects.create(self.engine, checkfirst=True)
+        except SQLAlchemyError as exc:
+            try:
+                exists = sa.inspect(self.engine).has_table(
+                    self.subjects.name, schema=self.subjects.schema
+                )
+            except SQLAlchemyError:
+                exists = False
+            if not exists:
+                raise self._fail("upgrade its layout", exc) from None
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    self.meta.update()
+                    .where(self.meta.c.name == _SCHEMA_KEY, self.meta.c.value == str(version))
+                    .values(value=str(SCHEMA_VERSION))
+                )
+        except SQLAlchemyError as exc:
+            raise self._fail("record its layout version", exc) from None
+        log.info(
+            "upgraded the key store at %s from layout version %d to %d",
+            self._where(),
+            version,
+            SCHEMA_VERSION,
+        )
+
+    def _columns(self) -> set[str]:
+        try:
+            inspector = sa.inspect(self.engine)
+            return {c["name"] for c in inspector.get_columns(self.keys.name, self.keys.schema)}
+        except SQLAlchemyError as exc:
+            raise self._fail("read its layout", exc) from None
+
+    def _indexes(self) -> set[str | None]:
+        try:
+            inspector = sa.inspect(self.engine)
+            return {i["name"] for i in inspector.get_indexes(self.keys.name, self.keys.schema)}
+        except SQLAlchemyError as exc:
+            raise self._fail("read its layout", exc) from None
 
     def _create_tables(self) -> None:
         try:
@@ -157,7 +276,7 @@ class SQLKeyStore:
         except SQLAlchemyError as exc:
             raise self._fail("create its tables", exc) from None
 
-    def _check_version(self) -> None:
+    def _check_version(self) -> int:
         try:
             with self.engine.connect() as conn:
                 value = conn.execute(
@@ -176,12 +295,11 @@ class SQLKeyStore:
                 f"key store at {self._where()} has schema version {version}, newer than the "
                 f"version {SCHEMA_VERSION} this release of vaultkit reads; upgrade vaultkit"
             )
+        return version
 
     @staticmethod
     def _to_record(row: Any) -> DataKeyRecord:
-        created = row.created_at
-        if created.tzinfo is None:  # SQLite and MariaDB keep no offset; we always write UTC.
-            created = created.replace(tzinfo=dt.UTC)
+        created = _utc(row.created_at)
         try:
             state = DekState(row.state)
         except ValueError:
@@ -198,6 +316,11 @@ class SQLKeyStore:
             subject=row.subject,
             encryptions=row.encryptions,
             name=row.name,
+            scope=row.scope,
+            not_after=_utc(row.not_after),
+            destroy_at=_utc(row.destroy_at),
+            destroyed_at=_utc(row.destroyed_at),
+            destroy_reason=row.destroy_reason,
         )
 
     def insert(self, record: DataKeyRecord) -> None:
@@ -213,6 +336,11 @@ class SQLKeyStore:
             "subject": record.subject,
             "encryptions": record.encryptions,
             "name": record.name,
+            "scope": record.scope,
+            "not_after": _to_db(record.not_after),
+            "destroy_at": _to_db(record.destroy_at),
+            "destroyed_at": _to_db(record.destroyed_at),
+            "destroy_reason": record.destroy_reason,
         }
         try:
             with self.engine.begin() as conn:
@@ -308,12 +436,237 @@ class SQLKeyStore:
         except SQLAlchemyError as exc:
             raise self._fail(f"rewrap DEK {old.dek_id.hex()}", exc) from None
 
+    # -- scoped keys (SupportsScopedKeys) ----------------------------------------------------
+
+    def _all(self, query: Any, action: str) -> list[DataKeyRecord]:
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as exc:
+            raise self._fail(action, exc) from None
+        return [self._to_record(row) for row in rows]
+
+    def subject_keys(self, domain: str, subject_ref: str) -> list[DataKeyRecord]:
+        keys = self.keys
+        query = (
+            sa.select(keys)
+            .where(
+                keys.c.domain == domain,
+                keys.c.subject == subject_ref,
+                keys.c.purpose == DATA_PURPOSE,
+            )
+            .order_by(keys.c.created_at, keys.c.dek_id)
+        )
+        return self._all(query, "list a subject's keys")
+
+    def set_destroy_at(self, domain: str, subject_ref: str, destroy_at: dt.datetime) -> int:
+        keys = self.keys
+        statement = (
+            keys.update()
+            .where(
+                keys.c.domain == domain,
+                keys.c.subject == subject_ref,
+                keys.c.purpose == DATA_PURPOSE,
+                keys.c.state != DekState.DESTROYED.value,
+            )
+            .values(destroy_at=_to_db(destroy_at))
+        )
+        try:
+            with self.engine.begin() as conn:
+                return int(conn.execute(statement).rowcount)
+        except SQLAlchemyError as exc:
+            raise self._fail("set a subject's key deadline", exc) from None
+
+    def destroy_key(self, dek_id: bytes, *, reason: str, at: dt.datetime) -> bool:
+        keys = self.keys
+        statement = (
+            keys.update()
+            .where(keys.c.dek_id == dek_id.hex(), keys.c.state != DekState.DESTROYED.value)
+            .values(
+                state=DekState.DESTROYED.value,
+                wrapped=b"",
+                destroyed_at=_to_db(at),
+                destroy_reason=reason,
+            )
+        )
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(statement).rowcount == 1:
+                    return True
+                exists = conn.execute(
+                    sa.select(keys.c.dek_id).where(keys.c.dek_id == dek_id.hex())
+                ).first()
+        except SQLAlchemyError as exc:
+            raise self._fail(f"destroy DEK {dek_id.hex()}", exc) from None
+        if exists is None:
+            raise KeyStoreError(f"DEK {dek_id.hex()} is not in the key store")
+        return False
+
+    def due_keys(self, at: dt.datetime, *, limit: int) -> list[DataKeyRecord]:
+        keys = self.keys
+        query = (
+            sa.select(keys)
+            .where(
+                keys.c.destroy_at <= _to_db(at),
+                keys.c.state != DekState.DESTROYED.value,
+                keys.c.purpose == DATA_PURPOSE,
+            )
+            .order_by(keys.c.destroy_at, keys.c.dek_id)
+            .limit(max(int(limit), 0))
+        )
+        return self._all(query, "list the keys due")
+
+    def get_subject(self, domain: str, subject_ref: str) -> SubjectRecord | None:
+        subjects = self.subjects
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(subjects).where(
+                        subjects.c.domain == domain, subjects.c.subject_ref == subject_ref
+                    )
+                ).first()
+        except SQLAlchemyError as exc:
+            raise self._fail("read a subject", exc) from None
+        if row is None:
+            return None
+        return SubjectRecord(
+            domain=row.domain,
+            subject_ref=row.subject_ref,
+            relationship_end=_utc(row.relationship_end),
+            fenced_at=_utc(row.fenced_at),
+            erased_at=_utc(row.erased_at),
+            request_id=row.request_id,
+        )
+
+    def put_subject(self, record: SubjectRecord) -> None:
+        subjects = self.subjects
+        values = {
+            "relationship_end": _to_db(record.relationship_end),
+            "fenced_at": _to_db(record.fenced_at),
+            "erased_at": _to_db(record.erased_at),
+            "request_id": record.request_id,
+        }
+        where = (subjects.c.domain == record.domain, subjects.c.subject_ref == record.subject_ref)
+        for _attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    if conn.execute(subjects.update().where(*where).values(**values)).rowcount:
+                        return
+                    exists = conn.execute(sa.select(subjects.c.domain).where(*where)).first()
+                    if exists is not None:  # MySQL counts changed rows only: unchanged is done
+                        return
+                    conn.execute(
+                        subjects.insert().values(
+                            domain=record.domain, subject_ref=record.subject_ref, **values
+                        )
+                    )
+                    return
+            except IntegrityError:
+                continue  # inserted meanwhile by another process: update it
+            except SQLAlchemyError as exc:
+                raise self._fail("write a subject", exc) from None
+        raise KeyStoreError(f"key store at {self._where()} failed to write a subject")
+
+    def key_summary(
+        self, domain: str, at: dt.datetime, *, bucket: dt.timedelta | None = None
+    ) -> KeySummary:
+        keys, subjects = self.keys, self.subjects
+        when = _to_db(at)
+        live = keys.c.state != DekState.DESTROYED.value
+        due = sa.and_(live, keys.c.destroy_at.is_not(None), keys.c.destroy_at <= when)
+        readable = sa.and_(live, sa.or_(keys.c.destroy_at.is_(None), keys.c.destroy_at > when))
+        mine = sa.and_(keys.c.domain == domain, keys.c.purpose == DATA_PURPOSE)
+
+        # CASE, not FILTER: MariaDB has no aggregate FILTER clause.
+        def count(cond: Any) -> Any:
+            return sa.func.coalesce(sa.func.sum(sa.case((cond, 1), else_=0)), 0)
+
+        counts = sa.select(
+            count(live),
+            count(sa.not_(live)),
+            count(due),
+            sa.func.min(sa.case((readable, keys.c.not_after))),
+            sa.func.min(
+                sa.case((sa.and_(readable, keys.c.not_after.is_(None)), keys.c.created_at))
+            ),
+            sa.func.count(sa.distinct(sa.case((live, keys.c.subject)))),
+        ).where(mine)
+        ended = sa.exists().where(
+            subjects.c.domain == domain,
+            subjects.c.subject_ref == keys.c.subject,
+            subjects.c.relationship_end.is_not(None),
+        )
+        without_end = sa.select(sa.func.count(sa.distinct(keys.c.subject))).where(
+            mine, live, keys.c.subject.is_not(None), sa.not_(ended)
+        )
+        try:
+            with self.engine.connect() as conn:
+                n_live, n_dead, n_due, min_end, min_created, n_subjects = conn.execute(counts).one()
+                n_without = conn.execute(without_end).scalar_one()
+        except SQLAlchemyError as exc:
+            raise self._fail("summarise its keys", exc) from None
+        captures = []
+        if min_end is not None:
+            end = _utc(_parse_dt(min_end))
+            captures.append(end - bucket if bucket is not None else end)
+        if min_created is not None:
+            captures.append(_utc(_parse_dt(min_created)))
+        return KeySummary(
+            live=int(n_live or 0),
+            destroyed=int(n_dead or 0),
+            due=int(n_due or 0),
+            oldest_readable_capture=min(captures, default=None),
+            subjects=int(n_subjects or 0),
+            subjects_without_end=int(n_without or 0),
+        )
+
+    def wrapping_keys(self, domain: str) -> list[DataKeyRecord]:
+        keys = self.keys
+        query = sa.select(keys).where(keys.c.domain == domain, keys.c.purpose == WRAPPING_PURPOSE)
+        rows = self._all(query, "list the wrapping keys")
+        return sorted(rows, key=lambda r: _epoch(r.name or ""))
+
+    def provider_wrapped(self, domain: str) -> list[DataKeyRecord]:
+        keys = self.keys
+        query = (
+            sa.select(keys)
+            .where(
+                keys.c.domain == domain,
+                keys.c.kek_id != WRAPPING_KEK_ID,
+                keys.c.state != DekState.DESTROYED.value,
+            )
+            .order_by(keys.c.created_at, keys.c.dek_id)
+        )
+        return self._all(query, "list the keys wrapped by the KEK")
+
     def close(self) -> None:
         if self._owns_engine:
             self.engine.dispose()
 
     def __repr__(self) -> str:
         return f"SQLKeyStore({self._where()!r}, table={self.keys.fullname!r})"
+
+
+@overload
+def _utc(value: dt.datetime) -> dt.datetime: ...
+@overload
+def _utc(value: None) -> None: ...
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A datetime read back as aware UTC (SQLite and MariaDB keep no offset; we write UTC)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _parse_dt(value: Any) -> dt.datetime:
+    """An aggregate's datetime (SQLite returns MIN() of a DATETIME column as text)."""
+    if isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value))
+
+
+def _to_db(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else value.astimezone(dt.UTC)
 
 
 def open_store(spec: KeyStore | Engine | AsyncEngine | str) -> tuple[KeyStore, bool]:

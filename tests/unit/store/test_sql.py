@@ -134,15 +134,15 @@ class TestSQLSchema:
         store.insert(r)
         with store.engine.begin() as conn:
             conn.execute(
-                sa.text("update vaultkit_meta set value = '2' where name = 'key_store_schema'")
+                sa.text("update vaultkit_meta set value = '3' where name = 'key_store_schema'")
             )
         store.close()
-        with pytest.raises(KeyStoreError, match="schema version 2, newer"):
+        with pytest.raises(KeyStoreError, match="schema version 3, newer"):
             SQLKeyStore(sql_url)
         engine = sa.create_engine(sql_url)
         with engine.connect() as conn:
             assert conn.execute(sa.text("select count(*) from vaultkit_data_keys")).scalar() == 1
-            assert conn.execute(sa.text("select value from vaultkit_meta")).scalar() == "2"
+            assert conn.execute(sa.text("select value from vaultkit_meta")).scalar() == "3"
         engine.dispose()
 
     def test_create_false_on_empty_database(self, sql_url: str) -> None:
@@ -164,9 +164,13 @@ class TestSQLSchema:
         second.close()
 
     def test_table_prefix(self, tmp_path: Path) -> None:
-        """A prefix renames both tables."""
+        """A prefix renames every table."""
         store = SQLKeyStore(f"sqlite:///{tmp_path / 'k.db'}", table_prefix="kms_")
-        assert sorted(sa.inspect(store.engine).get_table_names()) == ["kms_data_keys", "kms_meta"]
+        assert sorted(sa.inspect(store.engine).get_table_names()) == [
+            "kms_data_keys",
+            "kms_meta",
+            "kms_subjects",
+        ]
         store.close()
 
     def test_unreachable_database_names_no_password(self) -> None:
