@@ -156,7 +156,9 @@ def _check_text(name: str, value: object) -> str:
     return value
 
 
-def aware(at: dt.datetime | None, clock: Callable[[], dt.datetime], name: str = "at") -> dt.datetime:
+def aware(
+    at: dt.datetime | None, clock: Callable[[], dt.datetime], name: str = "at"
+) -> dt.datetime:
     """``at`` (timezone-aware, as UTC), or the clock's time when ``None``."""
     if at is None:
         return clock().astimezone(dt.UTC)
@@ -256,7 +258,13 @@ def _facts(**facts: object) -> tuple[str, ...]:
 
 
 def _event(
-    action: str, domain: str, *, count: int, at: dt.datetime, table: str | None = None, **facts: object
+    action: str,
+    domain: str,
+    *,
+    count: int,
+    at: dt.datetime,
+    table: str | None = None,
+    **facts: object,
 ) -> AuditEvent:
     scope = current_scope()
     return AuditEvent(
@@ -356,7 +364,9 @@ def erase_subject(
     for domain, ref, _record, retained, until in plans:
         if retained:
             ground = domain.retention.ground if domain.retention is not None else None
-            results.append(DomainErasure(domain.name, "retained", ground=ground, retained_until=until))
+            results.append(
+                DomainErasure(domain.name, "retained", ground=ground, retained_until=until)
+            )
             continue
         destroyed, before, any_keys = _destroy_subject_keys(life, domain.name, ref, now)
         results.append(

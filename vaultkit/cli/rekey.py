@@ -1,8 +1,8 @@
 """``vaultkit rekey``: re-encrypt a table's encrypted columns in place, with workers and progress.
 
 Exit codes: 0 the job is finished and nothing was left behind (and, with ``--verify``, every value
-opens under its column's current type, or is erased, and no value names a retired DEK); 7 the run ended but
-values are left for another run (changed by the application at every attempt, not decryptable)
+opens under its column's current type, or is erased, and no value names a retired DEK); 7 the run
+ended but values are left for another run (changed by the application at every attempt, not decryptable)
 or verification found problems; 2 usage; 3 configuration errors (among them ``--store`` and
 ``--keyring`` for a key store with an audit log); 4/5 key provider or key store errors; 8 the data
 database aborted one batch on a conflict at every retry (deadlock, serialization failure, lock

@@ -127,9 +127,7 @@ def read_subject(args: argparse.Namespace) -> str:
                 with Path(path).open("rb") as handle:
                     raw = handle.read(_SUBJECT_MAX + 1)
         except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read --subject-file: {type(exc).__name__}"
-            ) from None
+            raise ConfigurationError(f"cannot read --subject-file: {type(exc).__name__}") from None
         if len(raw) > _SUBJECT_MAX:
             raise ConfigurationError(f"--subject-file holds more than {_SUBJECT_MAX} bytes")
         try:
