@@ -28,7 +28,6 @@ from vaultkit.store import (
     DataKeyRecord,
     DekState,
     MemoryKeyStore,
-    SubjectRecord,
     SupportsScopedKeys,
 )
 from vaultkit.testing import InMemoryKeyProvider
@@ -567,7 +566,7 @@ def test_enforce_arguments(vault: Vault) -> None:
     with pytest.raises(ConfigurationError):
         vault.enforce_retention(batch=True)
     with pytest.raises(ConfigurationError, match="timezone"):
-        vault.enforce_retention(at=dt.datetime(2026, 1, 1))  # noqa: DTZ001
+        vault.enforce_retention(at=dt.datetime(2026, 1, 1))
     with pytest.raises(TypeError):
         vault.retention_report(at="2026-01-01")  # type: ignore[arg-type]
 
