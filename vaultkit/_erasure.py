@@ -123,8 +123,9 @@ class LifeCycle:
         forget_subject: drops a subject's DEKs from this process's caches, by ``(domain, ref)``.
         recorder: the vault's audit recorder, or ``None`` when no domain is audited.
         clock: the vault's wall clock (UTC, aware).
-        ledger: called with ``(domain, subject_ref, request_id, at)`` before anything is fenced
-            or destroyed, when the vault keeps an erasure ledger outside the database.
+        ledger: called once with ``([(domain, subject_ref), ...], request_id, at)`` before
+            anything is fenced or destroyed, when the vault keeps an erasure ledger outside the
+            database (it must have the entries on disk when it returns).
         finality: the date from which backups no longer hold what was erased at a given time,
             when the vault's backup mode can tell.
     """
@@ -136,7 +137,7 @@ class LifeCycle:
     forget_subject: Callable[[str, str], None]
     recorder: AuditRecorder | None
     clock: Callable[[], dt.datetime]
-    ledger: Callable[[str, str, str, dt.datetime], None] | None = None
+    ledger: Callable[[Sequence[tuple[str, str]], str, dt.datetime], None] | None = None
     finality: Callable[[Sequence[str], dt.datetime], dt.datetime | None] | None = None
 
 
@@ -336,10 +337,11 @@ def erase_subject(
         retained, until = _retained(domain, record, now)
         plans.append((domain, ref, record, retained, until))
     # (0) The ledger outside the database, before the database changes.
-    if life.ledger is not None:
-        for domain, ref, _record, retained, _until in plans:
-            if not retained:
-                life.ledger(domain.name, ref, request_id, now)
+    erasing = [
+        (domain.name, ref) for domain, ref, _record, retained, _until in plans if not retained
+    ]
+    if life.ledger is not None and erasing:
+        life.ledger(erasing, request_id, now)
     # (1) Fence every domain to erase before destroying anything anywhere.
     for domain, ref, record, retained, _until in plans:
         if retained:
