@@ -437,6 +437,21 @@ def erase_subject(
     )
 
 
+def _destroy_batch(
+    store: SupportsScopedKeys, keys: Sequence[DataKeyRecord], at: dt.datetime
+) -> list[bool]:
+    """Destroy ``keys`` for retention; for each, whether this call destroyed it.
+
+    A store with ``destroy_keys`` (one transaction for the batch) is used so; any other is
+    asked key by key (one commit each).
+    """
+    many = getattr(store, "destroy_keys", None)
+    if many is None:
+        return [store.destroy_key(k.dek_id, reason="retention", at=at) for k in keys]
+    done = set(many([k.dek_id for k in keys], reason="retention", at=at))
+    return [k.dek_id in done for k in keys]
+
+
 def enforce_retention(
     life: LifeCycle, *, at: dt.datetime | None = None, batch: int = 1000
 ) -> EnforcementReport:
@@ -480,8 +495,8 @@ def enforce_retention(
                 for domain, n in sorted(counts.items())
             ],
         )
-        for key in due:
-            if store.destroy_key(key.dek_id, reason="retention", at=now):
+        for key, done in zip(due, _destroy_batch(store, due, now), strict=True):
+            if done:
                 destroyed += 1
                 by_domain[key.domain] += 1
             else:
