@@ -22,7 +22,7 @@ from tests.integration._lifecycle_worker import DOMAINS
 from vaultkit import Vault
 from vaultkit.errors import SubjectErasedError, ValueErasedError
 from vaultkit.keys import LocalKeyProvider
-from vaultkit.store import WRAPPING_KEK_ID, DataKeyRecord, DekState, SupportsScopedKeys
+from vaultkit.store import WRAPPING_KEK_ID, DekState, SupportsScopedKeys
 
 WORKER = Path(__file__).with_name("_lifecycle_worker.py")
 MASTER = os.urandom(32)
