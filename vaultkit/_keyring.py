@@ -15,6 +15,7 @@ a fresh lock and no active DEK (:meth:`Keyring.reset_after_fork`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -24,13 +25,15 @@ import logging
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final, TypeGuard
+from typing import Final, NoReturn, TypeGuard
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vaultkit import _scoped
 from vaultkit._access import Denied, Policy
 from vaultkit._offload import call as _call
 from vaultkit._redact import NoPickle
@@ -43,6 +46,8 @@ from vaultkit.errors import (
     KeyAuthenticationError,
     KeyProviderError,
     KeyStoreError,
+    RetentionExpiredError,
+    SubjectErasedError,
 )
 from vaultkit.keys.provider import (
     KeyProvider,
@@ -50,7 +55,14 @@ from vaultkit.keys.provider import (
     SupportsBatchUnwrap,
     SupportsDataKeyGeneration,
 )
-from vaultkit.store import DataKeyRecord, DekState, KeyStore, SupportsStates
+from vaultkit.store import (
+    WRAPPING_KEK_ID,
+    DataKeyRecord,
+    DekState,
+    KeyStore,
+    SupportsScopedKeys,
+    SupportsStates,
+)
 
 __all__ = ["BlindIndexKey", "CacheInfo", "Keyring"]
 
@@ -78,6 +90,9 @@ NEGATIVE_CACHE_SIZE: Final = 4096  # unknown DEK ids remembered, 16 bytes each
 #: for ids it does not know and reads the list of readable DEK ids instead (see _Unknown).
 UNKNOWN_LOOKUP_BUDGET: Final = 64
 SNAPSHOT_MAX: Final = 100_000  # readable DEK ids a vault keeps in memory at most (16 bytes each)
+ERASED_CACHE_SIZE: Final = 16_384  # destroyed or expired DEK ids remembered (~100 bytes each)
+#: Subjects whose encryption DEK a vault keeps ready per process (least recently used go first).
+DEFAULT_SUBJECT_CACHE_SIZE: Final = 10_000
 
 SUBJECT_REF_PURPOSE: Final = "subject-ref"
 SUBJECT_REF_NAME: Final = "subject-ref@v1"
@@ -117,17 +132,27 @@ class _CachedKey(NoPickle):
         "audited",
         "cipher",
         "commitment",
+        "deadline",
         "dek_id",
         "domain",
         "expires_at",
+        "fixed_deadline",
         "header",
         "referenced",
         "restricted",
+        "subject_ref",
         "unwrap_at",
     )
 
     def __init__(
-        self, key: DataKey, ttl: float, check: float, *, restricted: bool, audited: bool
+        self,
+        key: DataKey,
+        ttl: float,
+        check: float,
+        *,
+        restricted: bool,
+        audited: bool,
+        deadline: float | None = None,
     ) -> None:
         self.cipher = key.cipher
         self.commitment = key.commitment
@@ -136,11 +161,18 @@ class _CachedKey(NoPickle):
         self.header = key.header
         self.aad_prefix = key.aad_prefix
         now = _monotonic()
-        self.unwrap_at = now + ttl
+        #: Seconds of the monotonic clock at which a scoped key's retention deadline falls: the
+        #: key is read (and refused) again from then on, whatever its ttl.
+        self.unwrap_at = now + ttl if deadline is None else min(now + ttl, deadline)
         self.expires_at = min(now + check, self.unwrap_at)
         self.referenced = True
         self.restricted = restricted
         self.audited = audited
+        #: Wall-clock deadlines of a scoped key (the fixed one from its bucket end and the
+        #: code's retention; the earliest known), checked again at each key-store check.
+        self.fixed_deadline: dt.datetime | None = None
+        self.deadline: dt.datetime | None = None
+        self.subject_ref: str | None = None
 
     def __repr__(self) -> str:
         return f"_CachedKey(dek_id={self.dek_id.hex()!r}, domain={self.domain!r})"
@@ -158,6 +190,7 @@ class _Active(NoPickle):
     __slots__ = (
         "aad_prefix",
         "audited",
+        "bucket_end",
         "check",
         "check_at",
         "cipher",
@@ -167,6 +200,7 @@ class _Active(NoPickle):
         "gated",
         "header",
         "key",
+        "record",
         "retire_at",
         "uses",
     )
@@ -187,6 +221,9 @@ class _Active(NoPickle):
         self.retire_at = retire_at
         self.dek_id = key.dek_id
         self.check = check
+        #: A bucket key's bucket end (wall clock); a scoped key's own row.
+        self.bucket_end: dt.datetime | None = None
+        self.record: DataKeyRecord | None = None
         self.set_key(key, ttl)
 
     def set_key(self, key: DataKey, ttl: float) -> None:
@@ -266,6 +303,17 @@ class _KeyCache:
         self.by_id: OrderedDict[bytes, _CachedKey] = OrderedDict()
         self.by_header: dict[bytes, _CachedKey] = {}
         self.unknown = _Unknown()
+        #: DEK ids the key store holds as destroyed or past their deadline -> (domain, reason):
+        #: final, so remembered without a time limit (bounded), and answered without a lookup.
+        self.erased: OrderedDict[bytes, tuple[str, str]] = OrderedDict()
+
+    def erase(self, dek_id: bytes, domain: str, reason: str) -> None:
+        """Remember that ``dek_id`` of ``domain`` is unreadable for good, and drop it."""
+        self.drop(dek_id)
+        self.erased.pop(dek_id, None)
+        while len(self.erased) >= ERASED_CACHE_SIZE:
+            self.erased.popitem(last=False)
+        self.erased[dek_id] = (domain, reason)
 
     def put(self, key: _CachedKey) -> None:
         old = self.by_id.pop(key.dek_id, None)
@@ -292,6 +340,7 @@ class _KeyCache:
         self.by_id.clear()
         self.by_header.clear()
         self.unknown = _Unknown()
+        self.erased.clear()
 
 
 class BlindIndexKey(NoPickle):
@@ -319,17 +368,10 @@ class BlindIndexKey(NoPickle):
         return f"BlindIndexKey(domain={self.domain!r}, name={self.name!r}, version={self.version})"
 
 
-def canonical_subject(subject: object) -> bytes:
-    """The bytes a subject reference is computed from: ``str(subject)`` for int and UUID."""
-    if isinstance(subject, bool) or not isinstance(subject, str | int | uuid.UUID):
-        raise TypeError(f"a subject must be str, int or UUID, not {type(subject).__name__}")
-    text = subject if isinstance(subject, str) else str(subject)
-    if not text:
-        raise ValueError("a subject must not be the empty string")
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("a subject must be valid Unicode (no lone surrogates)") from None
+def _epoch_of(record: DataKeyRecord) -> int:
+    """The epoch of a wrapping-key row (its name ``wrapping@<epoch>``), 0 if it has none."""
+    _, _, tail = (record.name or "").partition("@")
+    return int(tail) if tail.isdigit() else 0
 
 
 def index_key_id(domain: str, name: str) -> bytes:
@@ -391,6 +433,13 @@ class Keyring(NoPickle):
         self.active: dict[str, _Active] = {}
         self._index_keys: dict[tuple[str, str], BlindIndexKey] = {}
         self._dek_domains: dict[bytes, str] = {}  # DEK id -> domain; no key material
+        #: (domain, subject ref) -> the DEK this process encrypts that subject's values under.
+        self.subject_actives: OrderedDict[tuple[str, str], _Active] = OrderedDict()
+        self.subject_cache_size = DEFAULT_SUBJECT_CACHE_SIZE
+        #: (domain, epoch) -> (the unwrapped wrapping key, monotonic time to unwrap it again).
+        self._wrapping: dict[tuple[str, int], tuple[AESGCM, float]] = {}
+        #: domain -> (current wrapping epoch, monotonic time to read it again).
+        self._epochs: dict[str, tuple[int, float]] = {}
         self._lock = threading.RLock()
         self._closed = False
         if hasattr(os, "register_at_fork"):
@@ -411,18 +460,364 @@ class Keyring(NoPickle):
 
     def subject_ref(self, domain: str, subject: object) -> str:
         """The subject's reference in ``domain`` (see Vault.subject_ref)."""
-        data = canonical_subject(subject)
+        data = _scoped.canonical_subject(subject)
         key = self.named_key(domain, SUBJECT_REF_NAME, SUBJECT_REF_PURPOSE, 1)
         return key.digest(data)[:16].hex()
 
+    def scoped_store(self) -> SupportsScopedKeys:
+        store = self.store
+        if not isinstance(store, SupportsScopedKeys):
+            raise ConfigurationError(
+                f"the key store {type(store).__name__} has no scoped keys (SupportsScopedKeys)"
+            )
+        return store
+
+    def _mono_at(self, when: dt.datetime, now: dt.datetime) -> float:
+        """The monotonic time at which the wall clock reads ``when`` (from ``now``)."""
+        return _monotonic() + (when - now).total_seconds()
+
     def subject_active(self, domain: str, subject: object) -> _Active:
         """The DEK to encrypt under for ``subject`` in a subject-scoped domain (counts the use)."""
-        raise NotImplementedError
+        if self.scopes.get(domain) != "subject":
+            if domain not in self.providers:
+                raise DomainError(f"domain {domain!r} is not declared in this vault")
+            raise ConfigurationError(
+                f"domain {domain!r} has no subject keys (dek_scope={self.scope_of(domain)!r}): "
+                "pass no subject"
+            )
+        ref = self.subject_ref(domain, subject)
+        active = self.subject_actives.get((domain, ref))
+        if (
+            active is not None
+            and next(active.uses) <= self.max_uses
+            and (active.deadline >= _monotonic())
+        ):
+            return active
+        return _call(self._next_subject_active, domain, ref)
+
+    def _next_subject_active(self, domain: str, ref: str) -> _Active:
+        with self._lock:
+            if self._closed:
+                raise ConfigurationError("this vault is closed")
+            slot = (domain, ref)
+            now = _monotonic()
+            active = self.subject_actives.get(slot)
+            if active is not None and now < active.retire_at and now < active.expires_at:
+                if now >= active.check_at:
+                    found = self._deadlines([active.dek_id]).get(active.dek_id)
+                    wall = self.now()
+                    if (
+                        found is not None
+                        and found[0] is DekState.ACTIVE
+                        and (found[1] is None or found[1] > wall)
+                    ):
+                        active.checked()
+                        if found[1] is not None:
+                            active.deadline = min(active.deadline, self._mono_at(found[1], wall))
+                used = next(active.uses)
+                if used <= self.max_uses and active.deadline > now:
+                    self.subject_actives.move_to_end(slot)
+                    return active
+            if active is not None:
+                self._flush_count(active)
+                del self.subject_actives[slot]
+            active = self._subject_key(domain, ref)
+            next(active.uses)
+            while len(self.subject_actives) >= self.subject_cache_size:
+                _, evicted = self.subject_actives.popitem(last=False)
+                self._flush_count(evicted)
+            self.subject_actives[slot] = active
+            return active
+
+    def _subject_key(self, domain: str, ref: str) -> _Active:
+        """The subject's newest usable key in the store, or a new one; call with the lock."""
+        store = self.scoped_store()
+        policy = self.policy.domains[domain]
+        now = self.now()
+        subject = store.get_subject(domain, ref)
+        if subject is not None and subject.fenced_at is not None:
+            raise SubjectErasedError(
+                domain=domain,
+                message="writes for this subject are refused: it was erased "
+                "(Vault.allow_subject lifts the fence)",
+            )
+        destroy_at = None
+        retention = policy.retention
+        if (
+            retention is not None
+            and retention.after == "relationship_end"
+            and subject is not None
+            and subject.relationship_end is not None
+        ):
+            destroy_at = retention.deadline(subject.relationship_end)
+            if destroy_at <= now:
+                raise RetentionExpiredError(
+                    domain=domain,
+                    message="writes for this subject are refused: its retention period is over",
+                )
+        for record in reversed(store.subject_keys(domain, ref)):
+            if (
+                record.state is not DekState.ACTIVE
+                or record.kek_id != WRAPPING_KEK_ID
+                or record.scope != "subject"
+                or record.encryptions >= self.max_uses
+            ):
+                continue
+            record_deadline = _scoped.deadline(policy, record)
+            if record_deadline is not None and record_deadline <= now:
+                continue
+            key = self._unwrap_scoped(record, quiet=True)
+            if key is not None:
+                return self._scoped_active(key, record, now)
+        return self._new_subject_key(domain, ref, destroy_at, now)
+
+    def _new_subject_key(
+        self, domain: str, ref: str, destroy_at: dt.datetime | None, now: dt.datetime
+    ) -> _Active:
+        store = self.scoped_store()
+        dek_id = new_dek_id()
+        dek = new_data_key()
+        epoch, wrapping = self._current_wrapping(domain)
+        record = DataKeyRecord(
+            dek_id=dek_id,
+            domain=domain,
+            purpose=PURPOSE,
+            kek_id=WRAPPING_KEK_ID,
+            kek_version=epoch,
+            wrapped=_scoped.wrap(
+                wrapping,
+                dek,
+                _scoped.scoped_context(
+                    domain, dek_id, scope="subject", subject_ref=ref, not_after=None
+                ),
+            ),
+            state=DekState.ACTIVE,
+            created_at=now,
+            subject=ref,
+            scope="subject",
+            destroy_at=destroy_at,
+        )
+        self.store.insert(record)
+        # An erasure may have fenced the subject between our check and our insert: its key
+        # sweep may have missed this key, so destroy it ourselves and refuse the write.
+        subject = store.get_subject(domain, ref)
+        if subject is not None and subject.fenced_at is not None:
+            store.destroy_key(dek_id, reason="erasure", at=self.now())
+            raise SubjectErasedError(
+                domain=domain,
+                message="writes for this subject are refused: it was erased "
+                "(Vault.allow_subject lifts the fence)",
+            )
+        log.info("new subject DEK %s in domain %s (wrapping epoch %d)", dek_id.hex(), domain, epoch)
+        return self._scoped_active(DataKey(dek, dek_id, domain), record, now)
+
+    def _scoped_active(self, key: DataKey, record: DataKeyRecord, now: dt.datetime) -> _Active:
+        policy = self.policy.domains[record.domain]
+        retire_at = _monotonic() + self.max_age
+        deadline = _scoped.deadline(policy, record)
+        if deadline is not None:
+            retire_at = min(retire_at, self._mono_at(deadline, now))
+        if record.not_after is not None:
+            retire_at = min(retire_at, self._mono_at(record.not_after, now))
+        active = _Active(
+            key,
+            retire_at,
+            self.ttl,
+            self.check,
+            gated=policy.encrypt_requires_grant,
+            audited=policy.audited,
+        )
+        active.record = record
+        active.bucket_end = record.not_after
+        return active
+
+    def _next_bucket_active(self, domain: str) -> _Active:
+        """The DEK of the bucket holding the wall clock's now; call with the lock."""
+        policy = self.policy.domains[domain]
+        width = policy.bucket
+        retention = policy.retention
+        if width is None or retention is None:  # KeyDomain refuses this; fail closed anyway
+            raise ConfigurationError(f"domain {domain!r} has no bucket width or retention")
+        now = self.now()
+        _start, end = _scoped.bucket_bounds(now, width)
+        mono = _monotonic()
+        active = self.active.get(domain)
+        if active is not None and active.bucket_end == end and mono < active.retire_at:
+            if mono >= active.expires_at:
+                # The cache time limit ran out: re-read the row and unwrap it again (locally).
+                record = self.store.get(active.dek_id)
+                if record is not None and record.state is DekState.ACTIVE:
+                    key = self._unwrap_scoped(record, quiet=True)
+                    if key is not None:
+                        active.set_key(key, self.ttl)
+            elif mono >= active.check_at:
+                if self._states([active.dek_id]).get(active.dek_id) is DekState.ACTIVE:
+                    active.checked()
+            used = next(active.uses)
+            if used <= self.max_uses and active.deadline > mono:
+                return active
+        if active is not None:
+            self._flush_count(active)
+        self.scoped_store()  # a clear error for a store without scoped keys
+        dek_id = new_dek_id()
+        dek = new_data_key()
+        epoch, wrapping = self._current_wrapping(domain)
+        record = DataKeyRecord(
+            dek_id=dek_id,
+            domain=domain,
+            purpose=PURPOSE,
+            kek_id=WRAPPING_KEK_ID,
+            kek_version=epoch,
+            wrapped=_scoped.wrap(
+                wrapping,
+                dek,
+                _scoped.scoped_context(
+                    domain, dek_id, scope="bucket", subject_ref=None, not_after=end
+                ),
+            ),
+            state=DekState.ACTIVE,
+            created_at=now,
+            scope="bucket",
+            not_after=end,
+            destroy_at=retention.deadline(end),
+        )
+        self.store.insert(record)
+        log.info("new bucket DEK %s in domain %s until %s", dek_id.hex(), domain, end.isoformat())
+        active = self._scoped_active(DataKey(dek, dek_id, domain), record, now)
+        next(active.uses)
+        self.active[domain] = active
+        return active
 
     def forget_subject(self, domain: str, subject_ref: str) -> None:
         """Drop the subject's DEKs from this process (active and cached): it was erased, or its
         deadline changed."""
-        raise NotImplementedError
+        with self._lock:
+            active = self.subject_actives.pop((domain, subject_ref), None)
+            if active is not None:
+                self._flush_count(active)
+            for key in list(self.cache.by_id.values()):
+                if key.domain == domain and key.subject_ref == subject_ref:
+                    self.cache.drop(key.dek_id)
+
+    def forget_erased(self, dek_id: bytes, reason: str) -> None:
+        """Remember that ``dek_id`` was destroyed (for ``reason``) and drop it from this process."""
+        with self._lock:
+            domain = self._dek_domains.get(dek_id)
+            key = self.cache.by_id.get(dek_id)
+            if key is not None:
+                domain = key.domain
+            for slot, active in list(self.subject_actives.items()):
+                if active.dek_id == dek_id:
+                    del self.subject_actives[slot]
+            for name, active in list(self.active.items()):
+                if active.dek_id == dek_id:
+                    del self.active[name]
+            if domain is not None:
+                self.cache.erase(dek_id, domain, reason)
+            else:
+                self.cache.drop(dek_id)
+
+    # -- wrapping keys -----------------------------------------------------------------------
+
+    def _current_wrapping(self, domain: str) -> tuple[int, AESGCM]:
+        """The epoch and key new scoped DEKs of ``domain`` are wrapped under; call with the lock.
+
+        The newest wrapping key not destroyed, made (epoch 1) on first use; re-read every
+        ``cache_ttl`` seconds so that a new epoch made elsewhere is taken up.
+        """
+        cached = self._epochs.get(domain)
+        mono = _monotonic()
+        if cached is None or cached[1] <= mono:
+            store = self.scoped_store()
+            epochs = [
+                _epoch_of(r)
+                for r in store.wrapping_keys(domain)
+                if r.state is not DekState.DESTROYED and _epoch_of(r) > 0
+            ]
+            epoch = max(epochs, default=0)
+            if epoch == 0:
+                epoch = 1
+                self._create_named_key(
+                    domain,
+                    _scoped.wrapping_name(epoch),
+                    index_key_id(domain, _scoped.wrapping_name(epoch)),
+                    WRAPPING_PURPOSE,
+                )
+            self._epochs[domain] = (epoch, mono + self.ttl)
+        else:
+            epoch = cached[0]
+        return epoch, self._wrapping_key(domain, epoch)
+
+    def _wrapping_key(self, domain: str, epoch: int) -> AESGCM:
+        """The wrapping key of ``domain`` at ``epoch``: one provider unwrap per ``cache_ttl``.
+
+        Raises:
+            ValueErasedError: that epoch's wrapping key was destroyed (a shred epoch).
+            KeyStoreError: its row is missing or not the wrapping key it claims to be.
+        """
+        cached = self._wrapping.get((domain, epoch))
+        mono = _monotonic()
+        if cached is not None and cached[1] > mono:
+            return cached[0]
+        name = _scoped.wrapping_name(epoch)
+        dek_id = index_key_id(domain, name)
+        record = self.store.get(dek_id)
+        if record is None:
+            raise KeyStoreError(f"the wrapping key {name} of domain {domain} is missing")
+        if record.purpose != WRAPPING_PURPOSE or record.domain != domain or record.name != name:
+            raise KeyStoreError(f"key-store row {dek_id.hex()} is not the wrapping key {name}")
+        if record.state is DekState.DESTROYED:
+            self._wrapping.pop((domain, epoch), None)
+            raise _scoped.erased_error(record.destroy_reason, domain=domain)
+        provider = self.providers[domain]
+        try:
+            key = provider.unwrap(
+                KeyRef(domain, record.kek_id, record.kek_version),
+                record.wrapped,
+                context=wrap_context(domain, dek_id, WRAPPING_PURPOSE),
+            )
+        except KeyAuthenticationError:
+            raise KeyStoreError(
+                f"the wrapping key {name} in domain {domain} (key row {dek_id.hex()}) was not "
+                "made by the holder of the domain's key; refused"
+            ) from None
+        cipher = AESGCM(key)
+        self._wrapping[(domain, epoch)] = (cipher, mono + self.ttl)
+        return cipher
+
+    def forget_wrapping(self, domain: str, epoch: int | None = None) -> None:
+        """Drop a domain's cached wrapping keys (one epoch, or all) and its current epoch."""
+        with self._lock:
+            for slot in list(self._wrapping):
+                if slot[0] == domain and (epoch is None or slot[1] == epoch):
+                    del self._wrapping[slot]
+            self._epochs.pop(domain, None)
+
+    def _unwrap_scoped(self, record: DataKeyRecord, *, quiet: bool = False) -> DataKey | None:
+        """Unwrap a scoped DEK under its wrapping key (no provider call once that is cached).
+
+        A row whose wrapping does not authenticate (moved to another subject, scope or bucket
+        end, or damaged) raises DecryptionError, or returns ``None`` when ``quiet``.
+        """
+        wrapping = self._wrapping_key(record.domain, record.kek_version)
+        dek = _scoped.unwrap(wrapping, record.wrapped, _scoped.record_context(record))
+        if dek is None:
+            log.warning(
+                "refused DEK %s of domain %s: its wrapping does not authenticate (a changed "
+                "subject, scope or bucket end, or a damaged row)",
+                record.dek_id.hex(),
+                record.domain,
+            )
+            if quiet:
+                return None
+            raise DecryptionError
+        return DataKey(dek, record.dek_id, record.domain)
+
+    def _deadlines(self, dek_ids: list[bytes]) -> dict[bytes, tuple[DekState, dt.datetime | None]]:
+        store = self.store
+        if self.scopes and isinstance(store, SupportsScopedKeys):
+            return store.key_deadlines(dek_ids)
+        return {dek_id: (state, None) for dek_id, state in self._states(dek_ids).items()}
 
     # -- reading the key store ---------------------------------------------------------------
 
@@ -456,6 +851,14 @@ class Keyring(NoPickle):
                 raise ConfigurationError("this vault is closed")
             if domain not in self.providers:
                 raise DomainError(f"domain {domain!r} is not declared in this vault")
+            scope = self.scopes.get(domain)
+            if scope == "bucket":
+                return self._next_bucket_active(domain)
+            if scope == "subject":
+                raise ConfigurationError(
+                    f"domain {domain!r} has subject keys: each value needs its subject "
+                    "(encrypt(..., subject=...))"
+                )
             now = _monotonic()
             active = self.active.get(domain)
             if active is not None and now < active.retire_at:
@@ -504,7 +907,7 @@ class Keyring(NoPickle):
             kek_version=ref.version,
             wrapped=wrapped,
             state=DekState.ACTIVE,
-            created_at=dt.datetime.now(dt.UTC),
+            created_at=self.now(),
             name=name,
         )
         return key, record
@@ -576,16 +979,34 @@ class Keyring(NoPickle):
             raise Denied(domain)
         key = self.cache.by_id.get(dek_id)
         if key is None or key.expires_at < _monotonic():
+            erased = self.cache.erased.get(dek_id)
+            if erased is not None:  # destroyed or expired: answered without a lookup
+                self._refuse_erased(dek_id, erased, domain)
             # In SQLAlchemy's asyncio greenlet: in a worker thread, awaited (_offload).
             key = _call(self._load_key, dek_id, domain)
         if not hmac.compare_digest(key.commitment, commitment):
             raise DecryptionError
         return key
 
+    def _refuse_erased(
+        self, dek_id: bytes, erased: tuple[str, str], domain: str | None
+    ) -> NoReturn:
+        """Raise for a value under a DEK known to be destroyed or expired: DecryptionError for a
+        value of another domain, Denied for a reader without the grant, else its erased error."""
+        known, reason = erased
+        if domain is not None and known != domain:
+            raise DecryptionError
+        if self.policy.is_denied(known):
+            raise Denied(known)
+        raise _scoped.erased_error(reason, domain=known, dek_id=dek_id)
+
     def _load_key(self, dek_id: bytes, domain: str | None) -> _CachedKey:
         """Read and unwrap a DEK that is not cached (key-store read, provider call), or check
         the state of one whose check is due (key-store read only)."""
         with self._lock:
+            erased = self.cache.erased.get(dek_id)
+            if erased is not None:
+                self._refuse_erased(dek_id, erased, domain)
             key = self.cache.by_id.get(dek_id)
             now = _monotonic()
             if key is not None and key.expires_at < now <= key.unwrap_at:
@@ -593,8 +1014,11 @@ class Keyring(NoPickle):
                     raise Denied(key.domain)  # no key-store read for a reader without the grant
                 self._revalidate(now)
                 key = self.cache.by_id.get(dek_id)
+                erased = self.cache.erased.get(dek_id)
+                if erased is not None:
+                    self._refuse_erased(dek_id, erased, domain)
             if key is None or key.expires_at < now:
-                record = self._readable_record(dek_id)
+                record = self._readable_record(dek_id, any_state=True)
                 if record is None:
                     self.cache.drop(dek_id)
                     log.debug("no usable DEK %s for a value", dek_id.hex())
@@ -606,27 +1030,71 @@ class Keyring(NoPickle):
                     raise DecryptionError
                 if self.policy.is_denied(record.domain):
                     raise Denied(record.domain)
-                key = self._cache_key(record, self._unwrap(record))
+                key = self._open_record(record)
         return key
+
+    def _open_record(self, record: DataKeyRecord) -> _CachedKey:
+        """Unwrap a data-key row into the cache, unless it is destroyed or past its deadline
+        (then it is never unwrapped: remembered as erased, and its error raised); call with
+        the lock held, after the grant check."""
+        dek_id = record.dek_id
+        if record.domain not in self.providers:
+            raise DomainError(f"domain {record.domain!r} is not configured in this vault")
+        if record.state is DekState.DESTROYED:
+            reason = record.destroy_reason
+            reason = reason if reason in ("erasure", "retention") else "destroyed"
+            self.cache.erase(dek_id, record.domain, reason)
+            log.debug("DEK %s of domain %s is destroyed (%s)", dek_id.hex(), record.domain, reason)
+            raise _scoped.erased_error(reason, domain=record.domain, dek_id=dek_id)
+        if record.kek_id != WRAPPING_KEK_ID:
+            return self._cache_key(record, self._unwrap(record))
+        policy = self.policy.domains[record.domain]
+        if policy.dek_scope == "bucket" and record.not_after is None:
+            log.warning(
+                "refused DEK %s of domain %s: a bucket key with no end", dek_id.hex(), record.domain
+            )
+            raise DecryptionError
+        deadline = _scoped.deadline(policy, record)
+        wall = self.now()
+        if deadline is not None and deadline <= wall:
+            # Fail closed: past its deadline a key is never unwrapped, swept or not.
+            self.cache.erase(dek_id, record.domain, "retention")
+            raise RetentionExpiredError(domain=record.domain, dek_id=dek_id)
+        key = self._unwrap_scoped(record)
+        if key is None:  # not reached: not quiet, it raises
+            raise DecryptionError
+        return self._cache_key(record, key, deadline=deadline, wall=wall)
 
     def _revalidate(self, now: float) -> None:
         """Check every cached DEK whose check is due in one key-store read; call with the lock.
 
-        Those still readable serve for another ``check`` seconds (never past their ``unwrap_at``)
-        without a provider call; the others (destroyed, or gone from the store) leave the cache.
+        Those still readable serve for another ``check`` seconds (never past their ``unwrap_at``
+        or their deadline) without a provider call; the others (destroyed, gone from the store,
+        or past their deadline by the wall clock) leave the cache.
         """
         due = [k for k in self.cache.by_id.values() if k.expires_at < now <= k.unwrap_at]
         if not due:
             return
-        states = self._states([k.dek_id for k in due])
+        found = self._deadlines([k.dek_id for k in due])
+        wall = self.now() if self.scopes else None
         until = now + self.check
         for key in due:
-            state = states.get(key.dek_id)
+            state, destroy_at = found.get(key.dek_id, (None, None))
             if state is None or state is DekState.DESTROYED:
                 self.cache.drop(key.dek_id)
                 log.info("DEK %s is no longer readable; dropped from the cache", key.dek_id.hex())
-            else:
-                key.expires_at = min(until, key.unwrap_at)
+                continue
+            deadline = key.fixed_deadline
+            if destroy_at is not None:
+                deadline = destroy_at if deadline is None else min(deadline, destroy_at)
+            if deadline is not None and wall is not None:
+                if deadline <= wall:
+                    self.cache.erase(key.dek_id, key.domain, "retention")
+                    log.info("DEK %s is past its retention deadline", key.dek_id.hex())
+                    continue
+                key.deadline = deadline
+                key.unwrap_at = min(key.unwrap_at, self._mono_at(deadline, wall))
+            key.expires_at = min(until, key.unwrap_at)
 
     def _states(self, dek_ids: list[bytes]) -> dict[bytes, DekState]:
         """The key-store states of ``dek_ids`` (left out: rows the store does not have)."""
@@ -640,22 +1108,23 @@ class Keyring(NoPickle):
                 found[dek_id] = record.state
         return found
 
-    def _readable_record(self, dek_id: bytes) -> DataKeyRecord | None:
+    def _readable_record(self, dek_id: bytes, *, any_state: bool = False) -> DataKeyRecord | None:
         """The readable data-key row of ``dek_id``, or ``None``; call with the lock held.
 
-        Ids the store did not have are answered from memory for a while, and lookups that find
-        nothing share a budget per window (see :class:`_Unknown`).
+        With ``any_state``, a destroyed data-key row is returned too (its values read as
+        erased). Ids the store did not have are answered from memory for a while, and lookups
+        that find nothing share a budget per window (see :class:`_Unknown`).
         """
         unknown = self.cache.unknown
         now = _monotonic()
         if unknown.refuses(dek_id, now) and not any(
             # A DEK this vault took since the list was read is not in it, and is surely real.
             active.dek_id == dek_id
-            for active in self.active.values()
+            for active in itertools.chain(self.active.values(), self.subject_actives.values())
         ):
             return None
         record = self.store.get(dek_id)
-        if _readable(record):
+        if _readable(record) or (any_state and record is not None and record.purpose == PURPOSE):
             return record
         if unknown.add(dek_id, now):
             self._list_readable(unknown)
@@ -688,6 +1157,7 @@ class Keyring(NoPickle):
     def preload(self, dek_ids: Iterable[bytes]) -> int:
         """Unwrap the given DEKs into the cache; return how many were unwrapped (see Vault)."""
         wanted: dict[int, list[DataKeyRecord]] = {}
+        scoped = 0
         with self._lock:
             for dek_id in dict.fromkeys(dek_ids):
                 cached = self.cache.by_id.get(dek_id)
@@ -700,9 +1170,15 @@ class Keyring(NoPickle):
                     or self.policy.is_denied(record.domain)
                 ):
                     continue
+                if record.kek_id == WRAPPING_KEK_ID:
+                    # Unwrapped in process under the domain's wrapping key: no provider call.
+                    with contextlib.suppress(DecryptionError):  # erased, expired or damaged
+                        self._open_record(record)
+                        scoped += 1
+                    continue
                 provider = self.providers[record.domain]
                 wanted.setdefault(id(provider), []).append(record)
-            done = 0
+            done = scoped
             for records in wanted.values():
                 provider = self.providers[records[0].domain]
                 if not isinstance(provider, SupportsBatchUnwrap):
@@ -751,11 +1227,27 @@ class Keyring(NoPickle):
         self._cache_key(record, key)
         return key
 
-    def _cache_key(self, record: DataKeyRecord, key: DataKey) -> _CachedKey:
+    def _cache_key(
+        self,
+        record: DataKeyRecord,
+        key: DataKey,
+        *,
+        deadline: dt.datetime | None = None,
+        wall: dt.datetime | None = None,
+    ) -> _CachedKey:
         domain = self.policy.domains[record.domain]
         cached = _CachedKey(
-            key, self.ttl, self.check, restricted=domain.restricted, audited=domain.audited
+            key,
+            self.ttl,
+            self.check,
+            restricted=domain.restricted,
+            audited=domain.audited,
+            deadline=None if deadline is None or wall is None else self._mono_at(deadline, wall),
         )
+        if record.kek_id == WRAPPING_KEK_ID:
+            cached.deadline = deadline
+            cached.fixed_deadline = _scoped.fixed_deadline(domain, record)
+            cached.subject_ref = record.subject if record.scope == "subject" else None
         self.cache.put(cached)
         return cached
 

@@ -14,7 +14,7 @@ from vaultkit._keyring import PURPOSE, Keyring
 from vaultkit.core.envelope import wrap_context
 from vaultkit.errors import KeyStoreError
 from vaultkit.keys.provider import KeyRef, SupportsRewrap
-from vaultkit.store import DekState
+from vaultkit.store import WRAPPING_KEK_ID, DekState, SupportsScopedKeys
 
 __all__ = ["RotationReport", "destroy_dek", "retire_dek", "rotate_kek"]
 
@@ -38,8 +38,16 @@ def rotate_kek(keyring: Keyring, domain: str, *, new_version: bool) -> RotationR
     store = keyring.store
     target = provider.rotate(domain) if new_version else provider.primary(domain)
     rewrapped = current = changed = 0
-    for record in list(store.records(domain=domain)):
-        if record.state is DekState.DESTROYED:
+    # Subject and bucket DEKs are wrapped under the domain's wrapping key, not the KEK: only the
+    # wrapping key's row (and the process DEKs and named keys) is rewrapped, whatever their
+    # number. A store with scoped keys lists just those rows.
+    rows = (
+        store.provider_wrapped(domain)
+        if isinstance(store, SupportsScopedKeys)
+        else list(store.records(domain=domain))
+    )
+    for record in rows:
+        if record.state is DekState.DESTROYED or record.kek_id == WRAPPING_KEK_ID:
             continue
         if (record.kek_id, record.kek_version) == (target.key_id, target.version):
             current += 1

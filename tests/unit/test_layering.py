@@ -57,7 +57,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "_offload",
     ),  # leaves: errors, secret holders, file and async I/O
     ("core", "keys", "store", "_codec", "audiences", "passwords"),
-    ("_access", "audit", "config", "testing"),
+    ("_access", "audit", "config", "testing", "_scoped"),
     ("_keyring", "_recorder", "_cipher", "_lifecycle"),
     ("_vault", ""),  # the facade, and the package's face that re-exports it
     ("sqla",),

@@ -252,6 +252,12 @@ class SupportsScopedKeys(Protocol):
         """The rows of ``domain`` wrapped by its KEK (not by a wrapping key), not destroyed."""
         ...
 
+    def key_deadlines(
+        self, dek_ids: Collection[bytes]
+    ) -> dict[bytes, tuple[DekState, dt.datetime | None]]:
+        """The state and ``destroy_at`` of each of ``dek_ids`` the store has, in few queries."""
+        ...
+
 
 class MemoryKeyStore:
     """A key store in a dict, for tests. Thread-safe; lost with the process.
@@ -403,6 +409,16 @@ class MemoryKeyStore:
             subjects=len(subjects),
             subjects_without_end=len(subjects - ended),
         )
+
+    def key_deadlines(
+        self, dek_ids: Collection[bytes]
+    ) -> dict[bytes, tuple[DekState, dt.datetime | None]]:
+        rows = self._rows
+        return {
+            dek_id: (rows[dek_id].state, rows[dek_id].destroy_at)
+            for dek_id in dek_ids
+            if dek_id in rows
+        }
 
     def wrapping_keys(self, domain: str) -> list[DataKeyRecord]:
         with self._lock:

@@ -376,6 +376,27 @@ class SQLKeyStore:
             raise self._fail("read DEK states", exc) from None
         return found
 
+    def key_deadlines(
+        self, dek_ids: Collection[bytes]
+    ) -> dict[bytes, tuple[DekState, dt.datetime | None]]:
+        """The state and ``destroy_at`` of each of ``dek_ids``, in one query per 500 ids."""
+        hexes = [dek_id.hex() for dek_id in dek_ids]
+        found: dict[bytes, tuple[DekState, dt.datetime | None]] = {}
+        keys = self.keys
+        query = sa.select(keys.c.dek_id, keys.c.state, keys.c.destroy_at)
+        try:
+            with self.engine.connect() as conn:
+                for start in range(0, len(hexes), _STATES_CHUNK):
+                    chunk = hexes[start : start + _STATES_CHUNK]
+                    for dek_id, state, destroy_at in conn.execute(
+                        query.where(keys.c.dek_id.in_(chunk))
+                    ).all():
+                        with contextlib.suppress(ValueError):  # unknown state: not readable
+                            found[bytes.fromhex(dek_id)] = (DekState(state), _utc(destroy_at))
+        except SQLAlchemyError as exc:
+            raise self._fail("read DEK deadlines", exc) from None
+        return found
+
     def records(
         self, *, domain: str | None = None, state: DekState | None = None
     ) -> Iterator[DataKeyRecord]:

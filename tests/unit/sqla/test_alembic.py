@@ -407,7 +407,7 @@ class TestAutogenerateKeepsVaultkitTables:
         model = app_metadata(sa.String(320))
         model.create_all(engine)
         options = vk_alembic.autogenerate_options(table_prefixes=("keys_", "vaultkit_"))
-        assert removed_tables(engine, model) == {"keys_data_keys", "keys_meta"}
+        assert removed_tables(engine, model) == {"keys_data_keys", "keys_meta", "keys_subjects"}
         kept = {k: options[k] for k in ("include_name", "include_object")}
         assert removed_tables(engine, model, **kept) == set()
         engine.dispose()
