@@ -716,9 +716,3 @@ def test_a_store_without_scoped_keys_is_refused() -> None:
 def test_iso_duration(delta: dt.timedelta, text: str) -> None:
     assert iso_duration(delta) == text
 
-
-@pytest.fixture(autouse=True)
-def _until_core_lands(monkeypatch: pytest.MonkeyPatch) -> None:  # TEMPORARY: remove after merge
-    import vaultkit._keyring
-
-    monkeypatch.setattr(vaultkit._keyring.Keyring, "forget_subject", lambda self, d, r: None)

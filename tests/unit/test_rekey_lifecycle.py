@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from tests._support import FakeClock
 from vaultkit import KeyDomain, Retention, Vault
 from vaultkit.errors import ConfigurationError
 from vaultkit.rekey import rekey_table, verify_table
@@ -41,16 +42,28 @@ pytestmark = pytest.mark.configured
 
 
 class WallClock:
-    def __init__(self) -> None:
-        self.now = T0
+    """The vault's wall clock; moving it moves the keyring's monotonic clock as much."""
+
+    def __init__(self, mono: FakeClock) -> None:
+        self._now = T0
+        self._mono = mono
+
+    @property
+    def now(self) -> dt.datetime:
+        return self._now
+
+    @now.setter
+    def now(self, value: dt.datetime) -> None:
+        self._mono.now += max((value - self._now).total_seconds(), 0.0)
+        self._now = value
 
     def __call__(self) -> dt.datetime:
-        return self.now
+        return self._now
 
 
 @pytest.fixture
-def wall() -> WallClock:
-    return WallClock()
+def wall(clock: FakeClock) -> WallClock:
+    return WallClock(clock)
 
 
 @pytest.fixture
