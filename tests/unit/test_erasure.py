@@ -19,9 +19,16 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests._support import FakeClock
 from vaultkit import KeyDomain, Principal, Retention, Vault
 from vaultkit._erasure import looks_personal
-from vaultkit.errors import ConfigurationError, DomainError
+from vaultkit.errors import (
+    ConfigurationError,
+    DomainError,
+    RetentionExpiredError,
+    SubjectErasedError,
+    ValueErasedError,
+)
 from vaultkit.lifecycle import ErasureReceipt, iso_duration
 from vaultkit.store import (
     WRAPPING_KEK_ID,
@@ -38,13 +45,24 @@ HOUR = dt.timedelta(hours=1)
 
 
 class WallClock:
-    """The vault's wall clock, moved by hand."""
+    """The vault's wall clock, moved by hand; moving it moves the keyring's monotonic clock as
+    much (the ``clock`` fixture), as real time moves both."""
 
-    def __init__(self, now: dt.datetime = T0) -> None:
-        self.now = now
+    def __init__(self, mono: FakeClock) -> None:
+        self._now = T0
+        self._mono = mono
+
+    @property
+    def now(self) -> dt.datetime:
+        return self._now
+
+    @now.setter
+    def now(self, value: dt.datetime) -> None:
+        self._mono.now += max((value - self._now).total_seconds(), 0.0)
+        self._now = value
 
     def __call__(self) -> dt.datetime:
-        return self.now
+        return self._now
 
 
 def insz(body: int) -> str:
@@ -98,8 +116,8 @@ DOMAINS = [
 
 
 @pytest.fixture
-def wall() -> WallClock:
-    return WallClock()
+def wall(clock: FakeClock) -> WallClock:
+    return WallClock(clock)
 
 
 @pytest.fixture
@@ -716,3 +734,82 @@ def test_a_store_without_scoped_keys_is_refused() -> None:
 def test_iso_duration(delta: dt.timedelta, text: str) -> None:
     assert iso_duration(delta) == text
 
+
+# -- end to end, through encrypt and decrypt -------------------------------------------------
+
+NOTE = {"table": "notes", "column": "body", "row": 1}
+NURSE = Principal("nurse", grants={"medical"})
+
+
+def test_an_erased_subject_reads_as_erased_and_others_still_read(vault: Vault) -> None:
+    with vault.acting_as(NURSE, purpose="care"):
+        mine = [
+            vault.encrypt(f"n{i}", domain="medical", subject="m-17", context=NOTE) for i in range(3)
+        ]
+        theirs = vault.encrypt("other", domain="medical", subject="m-18", context=NOTE)
+        assert vault.decrypt(mine[0], context=NOTE) == "n0"  # cached here
+        receipt = vault.erase_subject(
+            "m-17", reason="art17", request_id="DSR-1", domains=["medical"]
+        )
+        assert receipt.status == "granted" and receipt.keys_destroyed == 1
+        for blob in mine:
+            with pytest.raises(SubjectErasedError):
+                vault.decrypt(blob, context=NOTE)
+        assert vault.decrypt(theirs, context=NOTE) == "other"
+        with pytest.raises(SubjectErasedError):
+            vault.encrypt("new", domain="medical", subject="m-17", context=NOTE)
+        vault.allow_subject("m-17", domains=["medical"])
+        fresh = vault.encrypt("new", domain="medical", subject="m-17", context=NOTE)
+        assert vault.decrypt(fresh, context=NOTE) == "new"
+        with pytest.raises(SubjectErasedError):
+            vault.decrypt(mine[1], context=NOTE)
+
+
+def test_chats_of_one_hour_buckets_are_unreadable_by_73_hours(
+    vault: Vault, wall: WallClock
+) -> None:
+    """The seed policy: chats kept 72 h, 1 h buckets: a line written at the start of its bucket
+    reads until bucket end + 72 h and never after, swept or not."""
+    wall.now = T0  # the start of a bucket
+    first = vault.encrypt("hello", domain="chat", context=NOTE)
+    wall.now = T0 + dt.timedelta(minutes=59)
+    last = vault.encrypt("bye", domain="chat", context=NOTE)
+    wall.now = T0 + dt.timedelta(hours=72, minutes=59)
+    assert vault.decrypt(first, context=NOTE) == "hello"
+    assert vault.retention_report().ok
+    wall.now = T0 + dt.timedelta(hours=73)
+    for blob in (first, last):
+        with pytest.raises(RetentionExpiredError):
+            vault.decrypt(blob, context=NOTE)
+    chat = line(vault.retention_report(), "chat")
+    assert (chat.live, chat.due, chat.violations) == (1, 1, ())
+    report = vault.enforce_retention()
+    assert report.keys_destroyed == 1
+    for blob in (first, last):
+        with pytest.raises(ValueErasedError):
+            vault.decrypt(blob, context=NOTE)
+    assert line(vault.retention_report(), "chat").destroyed == 1
+
+
+def test_contract_data_is_kept_five_years_after_the_end_then_erasable(
+    vault: Vault, wall: WallClock
+) -> None:
+    claim = vault.encrypt("claim 2026-17", domain="claims", subject="m-17", context=NOTE)
+    refused = vault.erase_subject("m-17", reason="art17", request_id="DSR-1", domains=["claims"])
+    assert refused.status == "refused" and refused.domains[0].ground == GROUND
+    assert vault.decrypt(claim, context=NOTE) == "claim 2026-17"
+    end = T0 + dt.timedelta(days=30)
+    assert vault.end_relationship("m-17", at=end) == 1
+    wall.now = dt.datetime(2031, 4, 1, 8, 59, tzinfo=dt.UTC)  # end + P5Y is 2031-04-01 09:00
+    assert vault.decrypt(claim, context=NOTE) == "claim 2026-17"
+    early = vault.erase_subject("m-17", reason="art17", request_id="DSR-2", domains=["claims"])
+    assert early.status == "refused"
+    assert early.domains[0].retained_until == dt.datetime(2031, 4, 1, 9, 0, tzinfo=dt.UTC)
+    wall.now = dt.datetime(2031, 4, 1, 9, 0, tzinfo=dt.UTC)
+    with pytest.raises(RetentionExpiredError):
+        vault.decrypt(claim, context=NOTE)
+    granted = vault.erase_subject("m-17", reason="art17", request_id="DSR-2", domains=["claims"])
+    assert granted.status == "granted" and granted.domains[0].keys_destroyed == 1
+    assert vault.enforce_retention().keys_destroyed == 0  # the erasure destroyed it already
+    with pytest.raises(ValueErasedError):  # past its retention and erased: either reason holds
+        vault.decrypt(claim, context=NOTE)

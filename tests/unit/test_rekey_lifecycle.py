@@ -112,7 +112,7 @@ def raw_values(engine: sa.Engine, table: sa.Table, column: str) -> list[bytes]:
     with engine.connect() as conn:
         return [
             bytes(r[0])
-            for r in conn.execute(sa.text(f"select {column} from {table.name} order by id"))  # noqa: S608
+            for r in conn.execute(sa.text(f"select {column} from {table.name} order by id"))
         ]
 
 

@@ -147,7 +147,9 @@ def test_subject_erase_refuses_a_personal_request_id_without_echoing_it(
     assert "e-mail" in err and SUBJECT not in out + err
 
 
-def test_subject_is_given_once(app: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_subject_is_given_once(
+    app: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     base = ["subject", "erase", "--reason", "art17", "--request-id", "DSR-3"]
     assert run(base, capsys)[0] == 3
     (tmp_path / "who").write_text("m-1\n")
@@ -158,7 +160,9 @@ def test_subject_is_given_once(app: Path, capsys: pytest.CaptureFixture[str], tm
     assert run([*base, "--subject-file", "who"], capsys)[0] == 0
 
 
-def test_subject_end_then_erase_after_the_minimum(app: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_subject_end_then_erase_after_the_minimum(
+    app: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with vault() as v:
         v.encrypt("claim", domain="claims", subject="m-9", context=NOTE)
     code, out, err = run(["subject", "end", "m-9", "--at", "2020-01-31T00:00:00Z"], capsys)
