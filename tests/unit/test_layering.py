@@ -57,8 +57,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "_offload",
     ),  # leaves: errors, secret holders, file and async I/O
     ("core", "keys", "store", "_codec", "audiences", "passwords"),
-    ("_access", "audit", "config", "testing", "_scoped"),
-    ("_keyring", "_recorder", "_cipher", "_lifecycle"),
+    ("_access", "audit", "config", "testing", "_scoped", "lifecycle"),
+    ("_keyring", "_recorder", "_cipher", "_lifecycle", "_erasure"),
     ("_vault", ""),  # the facade, and the package's face that re-exports it
     ("sqla",),
     ("rekey", "integrations"),
