@@ -22,7 +22,7 @@ import datetime as dt
 import math
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from vaultkit import _erasure, _lifecycle
@@ -701,6 +701,15 @@ class Vault(NoPickle):
 
     def _life_cycle(self) -> _erasure.LifeCycle:
         keyring = self._keyring
+        # The backup modes' hooks (erasure ledger, finality) where the vault has them.
+        append = getattr(self, "_ledger_append", None)
+        ledger = None
+        if append is not None:
+
+            def ledger(pairs: Sequence[tuple[str, str]], request_id: str, at: dt.datetime) -> None:
+                for domain, ref in pairs:
+                    append(domain, ref, request_id, at)
+
         return _erasure.LifeCycle(
             store=self._scoped_store(),
             domains=self._domains,
@@ -709,6 +718,8 @@ class Vault(NoPickle):
             forget_subject=keyring.forget_subject,
             recorder=self._recorder,
             clock=keyring.now,
+            ledger=ledger,
+            finality=getattr(self, "_finality", None),
         )
 
     def erase_subject(
