@@ -3,11 +3,12 @@
 The subject (a member id as the application knows it) is an argument, or read with
 ``--subject-file PATH`` (``-``: standard input) so that it need not stay in the shell's history
 or the process list. It is never printed: the output names the request, domains and counts.
+With ``--data URL --model MODULE:NAME`` (the application's tables) the subject's blind-index
+cells are nulled too (``vaultkit.sqla.erasure_cells``), after the keys are destroyed.
 
 ``erase`` fences the subject in every subject-scoped domain, destroys its keys there and prints
 the receipt (``--json``: the receipt as JSON). Domains whose retention is ``no_less_than`` and
-still running are retained, with their legal ground. Blind-index cells are the application's to
-null (``Vault.erase_subject(cells=...)``; the command line knows no table).
+still running are retained, with their legal ground.
 
 ``end`` records the end of the subject's relationship: keys of domains whose retention runs
 from it get their ``destroy_at``. ``allow`` lifts an erasure's fence (new writes for the subject
@@ -24,10 +25,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Final
 
-from vaultkit.cli._common import open_vault, store_options
+from vaultkit.cli._common import load_object, open_vault, store_options
 from vaultkit.cli.retention import parse_time
 from vaultkit.errors import ConfigurationError
 
@@ -79,6 +81,21 @@ def register(commands: Any) -> None:
         action="append",
         dest="domains",
         help="only this subject-scoped domain (repeatable; default: all)",
+    )
+    erase.add_argument(
+        "--data",
+        metavar="URL",
+        help="database URL of the application's data: null the subject's blind-index cells "
+        "there (with --model)",
+    )
+    erase.add_argument(
+        "--model",
+        metavar="MODULE:NAME",
+        help="the application's MetaData, declarative base, mapped class or Table, e.g. "
+        "myapp.models:Base (its tables with subject columns are searched)",
+    )
+    erase.add_argument(
+        "--vault-name", default="default", help="the vault name the columns use (vault=...)"
     )
     erase.add_argument("--json", action="store_true", help="print the receipt as JSON")
     erase.set_defaults(handler=_erase)
@@ -144,11 +161,49 @@ def read_subject(args: argparse.Namespace) -> str:
     return subject
 
 
+def _tables_of(target: object) -> object:
+    """What ``erasure_cells`` takes from a ``--model`` object: a table, or a base's metadata."""
+    import sqlalchemy as sa
+
+    if isinstance(target, sa.MetaData | sa.Table):
+        return target
+    table = getattr(target, "__table__", None)
+    if isinstance(table, sa.Table):
+        return table
+    metadata = getattr(target, "metadata", None)
+    if isinstance(metadata, sa.MetaData):
+        return metadata
+    raise ConfigurationError("--model names neither a MetaData, a Table nor a mapped class")
+
+
 def _erase(args: argparse.Namespace) -> int:
     subject = read_subject(args)
-    with open_vault(args) as vault:
+    if (args.data is None) != (args.model is None):
+        raise ConfigurationError("--data and --model go together")
+    with ExitStack() as stack:
+        vault = stack.enter_context(open_vault(args))
+        cells = None
+        if args.data is not None:
+            import sqlalchemy as sa
+
+            import vaultkit.sqla
+
+            make_cells = getattr(vaultkit.sqla, "erasure_cells", None)
+            if make_cells is None:  # pragma: no cover - an older vaultkit.sqla
+                raise ConfigurationError("this vaultkit.sqla cannot null blind-index cells")
+            tables = _tables_of(load_object(args.model))
+            engine = sa.create_engine(args.data, hide_parameters=True)
+            stack.callback(engine.dispose)
+            vaultkit.sqla.configure(vault, name=args.vault_name)
+            stack.callback(vaultkit.sqla.configure, None, name=args.vault_name)
+            # Built (and its tables checked) before anything is fenced or destroyed.
+            cells = make_cells(tables, engine, subject)
         receipt = vault.erase_subject(
-            subject, reason=args.reason, request_id=args.request_id, domains=args.domains
+            subject,
+            reason=args.reason,
+            request_id=args.request_id,
+            domains=args.domains,
+            cells=cells,
         )
     if args.json:
         print(receipt.to_json())
