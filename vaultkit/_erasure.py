@@ -458,7 +458,15 @@ def enforce_retention(
     """Destroy the keys due by ``at`` in batches (see Vault.enforce_retention)."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigurationError("batch must be a positive integer")
+    now = life.clock().astimezone(dt.UTC)
     at = aware(at, life.clock)
+    if at > now:
+        # Keys due by a later time are not due yet: destroying them now would cut a retention
+        # short, and break a no_less_than minimum (the legal one of contract data).
+        raise ConfigurationError(
+            f"at ({at.isoformat(timespec='seconds')}) is later than the vault's clock "
+            f"({now.isoformat(timespec='seconds')}): keys are destroyed when they are due, never before"
+        )
     store = life.store
     started = time.monotonic()
     by_domain: Counter[str] = Counter()

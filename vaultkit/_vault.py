@@ -793,15 +793,16 @@ class Vault(NoPickle):
         goes on with what is still due. Keys destroyed leave this process's cache.
 
         Args:
-            at: the time keys are due by (timezone-aware; default: the vault's clock).
+            at: the time keys are due by (timezone-aware; default: the vault's clock); never
+                later than the vault's clock (keys are not destroyed before they are due).
             batch: keys per batch.
 
         Returns:
             An :class:`~vaultkit.lifecycle.EnforcementReport`.
 
         Raises:
-            ConfigurationError: the key store keeps no scoped keys, ``at`` is naive, or
-                ``batch`` is not positive.
+            ConfigurationError: the key store keeps no scoped keys, ``at`` is naive or later
+                than the vault's clock, or ``batch`` is not positive.
             KeyStoreError, AuditError: the store or the audit log failed (run it again).
 
         .. versionadded:: 0.3.0

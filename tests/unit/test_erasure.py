@@ -506,6 +506,7 @@ def test_enforce_destroys_due_keys_in_batches_and_is_idempotent(
 ) -> None:
     keys = [plant_bucket_key(vault, T0 + i * HOUR) for i in range(7)]
     # At T0 + 1 h + 72 h the first bucket (ended T0 + 1 h) is due; the others are not.
+    wall.now = T0 + dt.timedelta(hours=80)
     report = vault.enforce_retention(at=T0 + dt.timedelta(hours=73), batch=2)
     assert (report.keys_destroyed, report.batches) == (1, 1)
     assert states(vault, keys)[:2] == [DekState.DESTROYED, DekState.ACTIVE]
@@ -536,16 +537,27 @@ def test_enforce_audits_each_batch_without_key_ids(vault: Vault, wall: WallClock
     assert scan(text) == []
 
 
-def test_enforce_skips_keys_that_are_not_due_and_process_keys(vault: Vault) -> None:
+def test_enforce_never_destroys_before_the_deadline(vault: Vault, wall: WallClock) -> None:
+    """An ``at`` later than the clock would destroy keys not due yet: refused."""
+    key = plant_bucket_key(vault, T0)
+    with pytest.raises(ConfigurationError, match="later than the vault's clock"):
+        vault.enforce_retention(at=T0 + dt.timedelta(days=30))
+    assert vault.dek_state(key) is DekState.ACTIVE
+
+
+def test_enforce_skips_keys_that_are_not_due_and_process_keys(
+    vault: Vault, wall: WallClock
+) -> None:
     blob = vault.encrypt("name", domain="identity")
     key = plant_bucket_key(vault, T0)
+    wall.now = T0 + dt.timedelta(hours=72)
     report = vault.enforce_retention(at=T0 + dt.timedelta(hours=72))
     assert report.keys_destroyed == 0
     assert vault.dek_state(key) is DekState.ACTIVE
     assert vault.decrypt(blob) == "name"
 
 
-def test_enforce_counts_keys_another_run_destroyed_meanwhile(vault: Vault) -> None:
+def test_enforce_counts_keys_another_run_destroyed_meanwhile(vault: Vault, wall: WallClock) -> None:
     keys = [plant_bucket_key(vault, T0 + i * HOUR) for i in range(3)]
     store = scoped(vault)
     real = store.due_keys
@@ -557,23 +569,25 @@ def test_enforce_counts_keys_another_run_destroyed_meanwhile(vault: Vault) -> No
         return due
 
     store.due_keys = listed_then_destroyed  # type: ignore[method-assign]
+    wall.now = T0 + dt.timedelta(days=9)
     try:
-        report = vault.enforce_retention(at=T0 + dt.timedelta(days=9))
+        report = vault.enforce_retention()
     finally:
         del store.due_keys  # type: ignore[attr-defined]
     assert (report.keys_destroyed, report.already_destroyed) == (2, 1)
     assert states(vault, keys) == [DekState.DESTROYED] * 3
 
 
-def test_enforce_refuses_a_store_that_does_not_destroy(vault: Vault) -> None:
+def test_enforce_refuses_a_store_that_does_not_destroy(vault: Vault, wall: WallClock) -> None:
     from vaultkit.errors import KeyStoreError
 
     plant_bucket_key(vault, T0)
     store = scoped(vault)
     store.destroy_key = lambda dek_id, *, reason, at: True  # type: ignore[method-assign]
     try:
+        wall.now = T0 + dt.timedelta(days=9)
         with pytest.raises(KeyStoreError, match="still lists"):
-            vault.enforce_retention(at=T0 + dt.timedelta(days=9))
+            vault.enforce_retention()
     finally:
         del store.destroy_key  # type: ignore[attr-defined]
 
@@ -623,7 +637,9 @@ def test_report_counts_live_destroyed_due_and_the_oldest_readable_capture(
     assert (chat.live, chat.destroyed, chat.due) == (2, 2, 0)
 
 
-def test_report_finds_a_bucket_key_whose_deadline_was_moved(vault: Vault, store: Any) -> None:
+def test_report_finds_a_bucket_key_whose_deadline_was_moved(
+    vault: Vault, store: Any, wall: WallClock
+) -> None:
     """A database writer moves a bucket key's destroy_at: enforce never sees it due; the report
     shows it as a violation (reads still refuse it: their deadline comes from the bound bucket
     end, not from the column)."""
@@ -641,7 +657,8 @@ def test_report_finds_a_bucket_key_whose_deadline_was_moved(vault: Vault, store:
         engine.dispose()
     assert vault.store.get(key).destroy_at == moved  # type: ignore[union-attr]
     at = T0 + dt.timedelta(days=5)
-    assert vault.enforce_retention(at=at).keys_destroyed == 0
+    wall.now = at
+    assert vault.enforce_retention().keys_destroyed == 0
     report = vault.retention_report(at=at)
     chat = line(report, "chat")
     assert len(chat.violations) == 1 and "2026-03-02T09:00:00+00:00" in chat.violations[0]
@@ -813,3 +830,15 @@ def test_contract_data_is_kept_five_years_after_the_end_then_erasable(
     assert vault.enforce_retention().keys_destroyed == 0  # the erasure destroyed it already
     with pytest.raises(ValueErasedError):  # past its retention and erased: either reason holds
         vault.decrypt(claim, context=NOTE)
+
+
+def test_enforce_drops_the_destroyed_keys_from_this_process_cache(
+    vault: Vault, wall: WallClock
+) -> None:
+    blob = vault.encrypt("hello", domain="chat", context=NOTE)
+    assert vault.decrypt(blob, context=NOTE) == "hello"
+    cached = vault.cache_info().size
+    assert cached >= 1
+    wall.now = T0 + dt.timedelta(hours=74)
+    assert vault.enforce_retention().keys_destroyed == 1
+    assert vault.cache_info().size == cached - 1
