@@ -43,7 +43,13 @@ from vaultkit.lifecycle import (
     ErasureStatus,
     RetentionReport,
 )
-from vaultkit.store import DataKeyRecord, DekState, SubjectRecord, SupportsScopedKeys
+from vaultkit.store import (
+    DataKeyRecord,
+    DekState,
+    KeySummary,
+    SubjectRecord,
+    SupportsScopedKeys,
+)
 
 if TYPE_CHECKING:
     from vaultkit._recorder import AuditRecorder
@@ -522,22 +528,33 @@ def enforce_retention(
     )
 
 
-def _violations(domain: KeyDomain, oldest: dt.datetime | None, at: dt.datetime) -> list[str]:
+def _violations(domain: KeyDomain, summary: KeySummary, at: dt.datetime) -> list[str]:
     """How reads of ``domain`` would accept values beyond its retention at ``at``."""
     retention = domain.retention
-    if retention is None or retention.kind != "no_longer_than" or oldest is None:
+    if retention is None or retention.kind != "no_longer_than":
         return []
+    found: list[str] = []
+    # Live keys of subjects whose relationship ended, with no deadline (a store that counts them).
+    undated = int(getattr(summary, "ended_without_deadline", 0) or 0)
+    if undated:
+        found.append(
+            f"{undated} live keys of subjects whose relationship end is recorded have no "
+            "destroy_at: they would read past the policy (run end_relationship again for them)"
+        )
+    oldest = summary.oldest_readable_capture
+    if oldest is None:
+        return found
     bucket = domain.bucket
     if _scope(domain) == "bucket" and bucket is not None:
         # A value captured at the bucket's start must be unreadable from its bucket's end plus
         # the retention on; the oldest readable bucket is not due (its destroy_at is later).
         deadline = retention.deadline(oldest + bucket)
         if deadline <= at:
-            return [
+            found.append(
                 f"a live bucket key not due holds captures from {oldest.isoformat()}, whose "
                 f"retention ended {deadline.isoformat()} (its destroy_at was moved, or never set)"
-            ]
-    return []
+            )
+    return found
 
 
 def retention_report(life: LifeCycle, *, at: dt.datetime | None = None) -> RetentionReport:
@@ -563,7 +580,7 @@ def retention_report(life: LifeCycle, *, at: dt.datetime | None = None) -> Reten
                 oldest_readable_capture=summary.oldest_readable_capture,
                 subjects=summary.subjects,
                 subjects_without_end=summary.subjects_without_end if relationship else None,
-                violations=tuple(_violations(domain, summary.oldest_readable_capture, at)),
+                violations=tuple(_violations(domain, summary, at)),
             )
         )
     return RetentionReport(at=at, domains=tuple(lines))
