@@ -94,6 +94,7 @@ ERASED_CACHE_SIZE: Final = 16_384  # destroyed or expired DEK ids remembered (~1
 #: Subjects whose encryption DEK a vault keeps ready per process (least recently used go first).
 DEFAULT_SUBJECT_CACHE_SIZE: Final = 10_000
 
+_DEADLINE_MARGIN: Final = 0.001  # seconds
 SUBJECT_REF_PURPOSE: Final = "subject-ref"
 SUBJECT_REF_NAME: Final = "subject-ref@v1"
 WRAPPING_PURPOSE: Final = "wrapping"
@@ -473,8 +474,10 @@ class Keyring(NoPickle):
         return store
 
     def _mono_at(self, when: dt.datetime, now: dt.datetime) -> float:
-        """The monotonic time at which the wall clock reads ``when`` (from ``now``)."""
-        return _monotonic() + (when - now).total_seconds()
+        """The monotonic time at which the wall clock reads ``when`` (from ``now``), a
+        millisecond early: the hot paths serve a key while its time is not *past*, and a key is
+        refused *at* its deadline."""
+        return _monotonic() + (when - now).total_seconds() - _DEADLINE_MARGIN
 
     def subject_active(self, domain: str, subject: object) -> _Active:
         """The DEK to encrypt under for ``subject`` in a subject-scoped domain (counts the use)."""
@@ -753,7 +756,7 @@ class Keyring(NoPickle):
 
         Raises:
             ValueErasedError: that epoch's wrapping key was destroyed (a shred epoch).
-            KeyStoreError: its row is missing or not the wrapping key it claims to be.
+            DecryptionError: its row is missing or not the wrapping key it claims to be.
         """
         cached = self._wrapping.get((domain, epoch))
         mono = _monotonic()
@@ -762,10 +765,16 @@ class Keyring(NoPickle):
         name = _scoped.wrapping_name(epoch)
         dek_id = index_key_id(domain, name)
         record = self.store.get(dek_id)
-        if record is None:
-            raise KeyStoreError(f"the wrapping key {name} of domain {domain} is missing")
-        if record.purpose != WRAPPING_PURPOSE or record.domain != domain or record.name != name:
-            raise KeyStoreError(f"key-store row {dek_id.hex()} is not the wrapping key {name}")
+        if (
+            record is None
+            or record.purpose != WRAPPING_PURPOSE
+            or record.domain != domain
+            or record.name != name
+        ):
+            # A DEK row naming an epoch that has no wrapping key (a changed kek_version or
+            # domain): its values fail like forged ones.
+            log.warning("no wrapping key %s in domain %s for a key row", name, domain)
+            raise DecryptionError
         if record.state is DekState.DESTROYED:
             self._wrapping.pop((domain, epoch), None)
             raise _scoped.erased_error(record.destroy_reason, domain=domain)

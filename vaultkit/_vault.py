@@ -149,8 +149,12 @@ class Vault(NoPickle):
         clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         declared = _declared(domains)
-        if clock is not None and not callable(clock):
-            raise TypeError("clock must be a callable returning an aware datetime")
+        if clock is not None:
+            if not callable(clock):
+                raise TypeError("clock must be a callable returning an aware datetime")
+            probe = clock()
+            if not isinstance(probe, dt.datetime) or probe.utcoffset() is None:
+                raise ConfigurationError("clock must return a timezone-aware datetime")
         if not isinstance(provider, KeyProvider):
             raise TypeError(f"provider must implement KeyProvider, not {type(provider).__name__}")
         overrides = dict(providers or {})

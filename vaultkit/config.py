@@ -23,6 +23,17 @@ its own HSM token or KMS account with credentials of its own::
     restricted = true
     audited = true
 
+    [domains.chat]                           # one key per hour, unreadable 72 h after its end
+    provider = "keyring"
+    dek_scope = "bucket"
+    bucket = "PT1H"
+    retention = "PT72H"
+
+    [domains.contract]                       # one key per member, kept 5 years after the end
+    provider = "keyring"
+    dek_scope = "subject"
+    retention = { duration = "P5Y", after = "relationship_end", kind = "no_less_than", ground = "..." }
+
 ``vault = Vault.from_config("vaultkit.toml")``; with no path, the file named by ``VAULTKIT_CONFIG``.
 Environment variables ``VAULTKIT__<TABLE>__<KEY>`` (double underscores, any case) override or add
 values: ``VAULTKIT__PROVIDERS__MEDICAL_HSM__TOKEN_LABEL=medical-2`` (``_`` in a name matches ``-``
@@ -45,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from vaultkit._redact import Secret
 from vaultkit.errors import ConfigurationError, VaultkitDeprecationWarning
-from vaultkit.keys.domains import KeyDomain
+from vaultkit.keys.domains import KeyDomain, Retention, parse_duration
 from vaultkit.keys.provider import KeyProvider
 
 if TYPE_CHECKING:
@@ -87,7 +98,17 @@ _VAULT_KEYS: Final = {
     "providers",
     "domains",
 }
-_DOMAIN_KEYS: Final = {"provider", "restricted", "audited", "on_denied", "encrypt_requires_grant"}
+_DOMAIN_KEYS: Final = {
+    "provider",
+    "restricted",
+    "audited",
+    "on_denied",
+    "encrypt_requires_grant",
+    "dek_scope",
+    "bucket",
+    "retention",
+}
+_RETENTION_KEYS: Final = {"duration", "after", "kind", "ground"}
 
 
 #: The environment, wrapped: its repr shows nothing, and a frame holding it holds no secret (error
@@ -375,6 +396,10 @@ def vault_parts(
         if chosen is None:
             raise ConfigurationError(f"domain {name}: no provider (and no default_provider)")
         by_domain[name] = provider(str(chosen))
+        if "bucket" in table:
+            table["bucket"] = _bucket(table["bucket"], f"domain {name}")
+        if "retention" in table:
+            table["retention"] = _retention(table["retention"], f"domain {name}")
         domains.append(KeyDomain(name, **table))
     options: dict[str, Any] = {}
     for key in (
@@ -395,6 +420,43 @@ def vault_parts(
         options["audit"] = audit
     main = provider(str(default)) if default else next(iter(by_domain.values()))
     return VaultParts(str(store), domains, main, by_domain, options)
+
+
+def _bucket(value: Any, what: str) -> dt.timedelta:
+    """A bucket width: an ISO 8601 duration of days and time (``"PT1H"``, ``"P1D"``) or seconds."""
+    if isinstance(value, bool):
+        raise ConfigurationError(f'{what}: bucket is a duration such as "PT1H" or seconds')
+    if isinstance(value, int):
+        return dt.timedelta(seconds=value)
+    if isinstance(value, str):
+        try:
+            months, days, seconds = parse_duration(value)
+        except ValueError:
+            raise ConfigurationError(
+                f"{what}: bucket {value[:40]!r} is not an ISO 8601 duration"
+            ) from None
+        if months:
+            raise ConfigurationError(f"{what}: a bucket is days and time, not years or months")
+        return dt.timedelta(days=days, seconds=seconds)
+    raise ConfigurationError(f'{what}: bucket is a duration such as "PT1H" or seconds')
+
+
+def _retention(value: Any, what: str) -> Retention:
+    """A retention: ``"PT72H"`` (after capture, no longer than) or a table with ``duration``,
+    ``after``, ``kind`` and ``ground``."""
+    if isinstance(value, str):
+        value = {"duration": value}
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{what}: retention is a duration or a table")
+    unknown = set(value) - _RETENTION_KEYS
+    if unknown:
+        raise ConfigurationError(f"{what}: unknown retention keys {', '.join(sorted(unknown))}")
+    if "duration" not in value:
+        raise ConfigurationError(f"{what}: retention needs duration = an ISO 8601 duration")
+    try:
+        return Retention(**value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{what}: retention: {exc}") from None
 
 
 def vault_options(
