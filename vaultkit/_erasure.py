@@ -206,7 +206,8 @@ def _retained(
 
     A minimum counted from the relationship's end holds while no end is recorded (the minimum
     has not even begun) and until its deadline after the end. A minimum counted from capture
-    holds as long as the subject has keys: when the last value was captured is not known.
+    holds as long as the subject has keys: when the last value was captured is not known. (The
+    caller treats a subject with no live key there as not retained: there is nothing to keep.)
     """
     retention = domain.retention
     if retention is None or retention.kind != "no_less_than":
@@ -341,6 +342,11 @@ def erase_subject(
         ref = life.subject_ref(domain.name, subject)
         record = store.get_subject(domain.name, ref)
         retained, until = _retained(domain, record, now)
+        if retained and not any(
+            k.state is not DekState.DESTROYED
+            for k in _data_keys(store.subject_keys(domain.name, ref))
+        ):
+            retained, until = False, None  # nothing of the subject is kept there to retain
         plans.append((domain, ref, record, retained, until))
     # (0) The ledger outside the database, before the database changes.
     erasing = [
@@ -465,7 +471,7 @@ def enforce_retention(
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigurationError("batch must be a positive integer")
     now = life.clock().astimezone(dt.UTC)
-    at = aware(at, life.clock)
+    at = now if at is None else aware(at, life.clock)
     if at > now:
         # Keys due by a later time are not due yet: destroying them now would cut a retention
         # short, and break a no_less_than minimum (the legal one of contract data).

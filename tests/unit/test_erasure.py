@@ -192,10 +192,11 @@ def states(vault: Vault, dek_ids: list[bytes]) -> list[DekState | None]:
 
 def test_erase_destroys_every_key_of_the_subject_and_only_theirs(vault: Vault) -> None:
     mine = [plant_subject_key(vault, "medical", "m-17") for _ in range(3)]
+    claim = plant_subject_key(vault, "claims", "m-17")
     others = [plant_subject_key(vault, "medical", "m-18"), plant_subject_key(vault, "medical", 17)]
     receipt = vault.erase_subject("m-17", reason="art17", request_id="DSR-2026-0042")
     assert states(vault, mine) == [DekState.DESTROYED] * 3
-    assert states(vault, others) == [DekState.ACTIVE] * 2
+    assert states(vault, [*others, claim]) == [DekState.ACTIVE] * 3
     for dek_id in mine:
         record = vault.store.get(dek_id)
         assert record is not None and record.destroy_reason == "erasure"
@@ -225,6 +226,7 @@ def test_fence_comes_first_and_is_recorded(vault: Vault) -> None:
 
 def test_erase_is_idempotent(vault: Vault, wall: WallClock) -> None:
     keys = [plant_subject_key(vault, "medical", "m-17") for _ in range(2)]
+    plant_subject_key(vault, "claims", "m-17")
     first = vault.erase_subject("m-17", reason="art17", request_id="DSR-7")
     wall.now += dt.timedelta(minutes=5)
     again = vault.erase_subject("m-17", reason="art17", request_id="DSR-7")
@@ -276,6 +278,15 @@ def test_retained_until_the_minimum_after_the_relationship_end_is_over(
     assert receipt.status == "granted"
     assert receipt.domains[0].keys_destroyed == 2
     assert states(vault, claims) == [DekState.DESTROYED] * 2
+
+
+def test_a_retained_domain_without_data_of_the_subject_is_not_retained(vault: Vault) -> None:
+    receipt = vault.erase_subject("m-5", reason="art17", request_id="DSR-5")
+    assert receipt.status == "nothing_to_erase"
+    assert {(d.domain, d.status) for d in receipt.domains} == {
+        ("medical", "no_keys"),
+        ("claims", "no_keys"),
+    }
 
 
 def test_domains_must_be_declared_and_subject_scoped(vault: Vault) -> None:
@@ -354,6 +365,7 @@ def test_cells_alone_make_an_erasure_granted(vault: Vault) -> None:
 
 
 def test_cells_not_called_when_everything_is_retained(vault: Vault) -> None:
+    plant_subject_key(vault, "claims", "m-5")
     called: list[int] = []
     receipt = vault.erase_subject(
         "m-5",

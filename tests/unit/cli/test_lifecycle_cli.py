@@ -196,12 +196,11 @@ def chat_keys() -> list[DekState]:
 
 
 def test_retention_enforce_and_report(app: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=80)
-    clock = {"now": start}
     with Vault.from_config("vaultkit.toml") as v:
-        v._keyring.clock = lambda: clock["now"]  # the writer's wall clock, 80 h ago
+        ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=80)
+        v._keyring.clock = lambda: ago  # a writer whose wall clock said 80 h ago
         old = v.encrypt("hi", domain="chat", context=NOTE)
-        clock["now"] = dt.datetime.now(dt.UTC)
+    with vault() as v:
         new = v.encrypt("hello", domain="chat", context=NOTE)
     code, out, err = run(["retention", "report", "--json"], capsys)
     assert code == 0, err
@@ -233,9 +232,9 @@ def test_retention_enforce_and_report(app: Path, capsys: pytest.CaptureFixture[s
 def test_retention_report_exits_7_on_a_violation(
     app: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    clock = {"now": dt.datetime.now(dt.UTC) - dt.timedelta(days=30)}
     with Vault.from_config("vaultkit.toml") as v:
-        v._keyring.clock = lambda: clock["now"]
+        ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+        v._keyring.clock = lambda: ago
         v.encrypt("hi", domain="chat", context=NOTE)
     # A database writer pushes the bucket key's destroy_at a year on.
     engine = sa.create_engine("sqlite:///keys.db")
