@@ -96,11 +96,22 @@ def scan(text: str) -> list[str]:
     return [name for name, pattern in PII_PATTERNS.items() if pattern.search(text)]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        "memory",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The key store: a memory store, or the URL of an SQLite file, a PostgreSQL schema or a
+    MariaDB database of the test's own."""
     if request.param == "memory":
         return MemoryKeyStore()
-    return f"sqlite:///{tmp_path / 'keys.db'}"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'keys.db'}"
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 DOMAINS = [
@@ -663,7 +674,12 @@ def test_report_finds_a_bucket_key_whose_deadline_was_moved(
         store._rows[key] = replace(record, destroy_at=moved)
     else:
         engine = sa.create_engine(store)
-        keys = sa.Table("vaultkit_data_keys", sa.MetaData(), autoload_with=engine)
+        keys = sa.Table(
+            "vaultkit_data_keys",
+            sa.MetaData(),
+            sa.Column("dek_id", sa.String(32)),
+            sa.Column("destroy_at", sa.DateTime(timezone=True)),
+        )
         with engine.begin() as conn:
             conn.execute(keys.update().where(keys.c.dek_id == key.hex()).values(destroy_at=moved))
         engine.dispose()
