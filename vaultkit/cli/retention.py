@@ -63,7 +63,9 @@ def register(commands: Any) -> None:
     )
     store_options(enforce)
     enforce.add_argument(
-        "--at", help="the time keys are due by, ISO 8601 with a zone (default now)"
+        "--at",
+        help="the time keys are due by, ISO 8601 with a zone (default now; never later than "
+        "now: no key is destroyed before it is due)",
     )
     enforce.add_argument("--batch", type=int, default=1000, help="keys per batch (default 1000)")
     enforce.add_argument("--json", action="store_true", help="print the report as JSON")
