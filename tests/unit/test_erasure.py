@@ -870,3 +870,48 @@ def test_enforce_drops_the_destroyed_keys_from_this_process_cache(
     wall.now = T0 + dt.timedelta(hours=74)
     assert vault.enforce_retention().keys_destroyed == 1
     assert vault.cache_info().size == cached - 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    keys=st.dictionaries(
+        st.one_of(st.integers(min_value=0, max_value=10**6), st.text("abcdefgh-", min_size=1)),
+        st.tuples(st.integers(0, 3), st.integers(0, 3)),
+        min_size=1,
+        max_size=6,
+    ),
+    data=st.data(),
+)
+def test_an_erasure_destroys_exactly_the_subjects_keys(keys: dict[Any, Any], data: Any) -> None:
+    """For any members and key counts, erasing one member destroys exactly that member's keys
+    in the erasable domains, leaves every other key alone, and repeating it destroys nothing."""
+    wall = WallClock(FakeClock())
+    with Vault(
+        provider=InMemoryKeyProvider(["identity", "medical", "claims", "chat"]),
+        store=MemoryKeyStore(),
+        domains=DOMAINS,
+        clock=wall,
+        audit="sqlite://",
+    ) as vault:
+        planted = {
+            (member, domain): [plant_subject_key(vault, domain, member) for _ in range(n)]
+            for member, counts in keys.items()
+            for domain, n in zip(("medical", "claims"), counts, strict=True)
+        }
+        target = data.draw(st.sampled_from(sorted(keys, key=repr)))
+        receipt = vault.erase_subject(target, reason="art17", request_id="DSR-1")
+        medical_n, claims_n = keys[target]
+        by_domain = {d.domain: d for d in receipt.domains}
+        assert by_domain["medical"].keys_destroyed == medical_n
+        assert by_domain["medical"].status == ("erased" if medical_n else "no_keys")
+        assert by_domain["claims"].status == ("retained" if claims_n else "no_keys")
+        for (member, domain), ids in planted.items():
+            erased = member == target and domain == "medical"
+            want = DekState.DESTROYED if erased else DekState.ACTIVE
+            assert states(vault, ids) == [want] * len(ids)
+        again = vault.erase_subject(target, reason="art17", request_id="DSR-1")
+        assert again.keys_destroyed == 0
+        assert {d.domain: d.status for d in again.domains} == {
+            d.domain: d.status for d in receipt.domains
+        }
+        assert again.status == receipt.status
