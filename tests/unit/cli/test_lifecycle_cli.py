@@ -292,3 +292,78 @@ def test_subject_erase_as_a_subprocess_reads_stdin(app: Path) -> None:
     assert SUBJECT.encode() not in done.stdout + done.stderr
     with vault() as v, pytest.raises(SubjectErasedError):
         v.decrypt(blob, context=NOTE)
+
+
+MODELS = """\
+import sqlalchemy as sa
+from vaultkit.sqla import BlindIndexType, Encrypted
+
+metadata = sa.MetaData()
+members = sa.Table(
+    "members",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("member_id", sa.String(20), nullable=False),
+    sa.Column("note", Encrypted(sa.Text, domain="medical", subject="member_id")),
+    sa.Column("email", Encrypted(sa.String(200), domain="identity")),
+    sa.Column("email_ix", BlindIndexType("email")),
+)
+"""
+
+
+def test_subject_erase_nulls_the_blind_index_cells_of_the_data(
+    app: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import vaultkit.sqla
+
+    if not hasattr(vaultkit.sqla, "erasure_cells"):
+        pytest.skip("vaultkit.sqla without erasure_cells (the i16-sqla branch adds it)")
+    (app / "cli_models.py").write_text(MODELS)
+    import importlib
+
+    models = importlib.import_module("cli_models")
+    engine = sa.create_engine("sqlite:///data.db")
+    models.metadata.create_all(engine)
+    with vault() as v:
+        vaultkit.sqla.configure(v)
+        try:
+            with engine.begin() as conn:
+                for i, member in enumerate(("m-17", "m-18")):
+                    conn.execute(
+                        models.members.insert().values(
+                            id=i, member_id=member, note="asthma", email=f"{member}@example.be"
+                        )
+                    )
+        finally:
+            vaultkit.sqla.configure(None)
+    code, out, err = run(
+        [
+            "subject",
+            "erase",
+            "m-17",
+            "--reason",
+            "art17",
+            "--request-id",
+            "DSR-10",
+            "--domain",
+            "medical",
+            "--data",
+            "sqlite:///data.db",
+            "--model",
+            "cli_models:metadata",
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out)["tables"] == {"members": 1}
+    with engine.connect() as conn:
+        rows = dict(conn.execute(sa.text("select member_id, email_ix from members")).all())
+    engine.dispose()
+    assert rows["m-17"] is None and rows["m-18"] is not None
+    assert (
+        run(
+            ["subject", "erase", "m-1", "--reason", "a", "--request-id", "D", "--data", "x"], capsys
+        )[0]
+        == 3
+    )
