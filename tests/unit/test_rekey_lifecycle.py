@@ -6,6 +6,7 @@ refused (dry runs and verify excepted)."""
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,13 +24,17 @@ from vaultkit.testing import InMemoryKeyProvider
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
 
+#: The subject column of a subject-scoped column, where vaultkit.sqla takes one (i16-sqla).
+SUBJECT: dict[str, Any] = (
+    {"subject": "member"} if "subject" in inspect.signature(Encrypted.__init__).parameters else {}
+)
 META = sa.MetaData()
 NOTES = sa.Table(
     "rkl_notes",
     META,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("member", sa.String(20), nullable=False),
-    sa.Column("body", Encrypted(sa.Text, domain="medical")),
+    sa.Column("body", Encrypted(sa.Text, domain="medical", **SUBJECT)),
 )
 CHATS = sa.Table(
     "rkl_chats",

@@ -312,15 +312,17 @@ members = sa.Table(
 
 
 def test_subject_erase_nulls_the_blind_index_cells_of_the_data(
-    app: Path, capsys: pytest.CaptureFixture[str]
+    app: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import importlib
+
     import vaultkit.sqla
 
     if not hasattr(vaultkit.sqla, "erasure_cells"):
         pytest.skip("vaultkit.sqla without erasure_cells (the i16-sqla branch adds it)")
     (app / "cli_models.py").write_text(MODELS)
-    import importlib
-
+    monkeypatch.syspath_prepend(str(app))
+    monkeypatch.delitem(sys.modules, "cli_models", raising=False)
     models = importlib.import_module("cli_models")
     engine = sa.create_engine("sqlite:///data.db")
     models.metadata.create_all(engine)
