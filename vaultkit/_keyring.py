@@ -8,6 +8,16 @@ makes new DEKs. :meth:`Keyring.resolve` turns a value's header into its key, wit
 *before* any key-store read or provider call (the :class:`~vaultkit._access.Policy` is injected)
 and the key-commitment check after.
 
+Domains with ``dek_scope="subject"`` or ``"bucket"`` (0.3.0) have *scoped* DEKs: one per member
+(``subject_actives``, a bounded LRU by subject reference) or one per time bucket (in ``active``,
+with the bucket end as a deadline). They are wrapped in process under the domain's wrapping key
+(a key-store row of purpose ``wrapping``, itself wrapped by the KEK: one provider unwrap per
+domain and epoch), with the scope, subject reference, bucket end and subject deadline bound into
+the wrap (:mod:`vaultkit._scoped`). Reads fail closed: a scoped DEK past its deadline (the code's
+retention from the bound bucket end, or its ``destroy_at``) is never unwrapped, swept or not, and
+a cached one stops at its deadline; a destroyed one raises its ``ValueErasedError``. Both are
+remembered (``_KeyCache.erased``) so that repeated reads cost no key-store query.
+
 It has one lock of its own (``_lock``), taken around key-store reads, provider calls and changes
 to its maps, and never while any other collaborator's lock is held; after a fork the child gets
 a fresh lock and no active DEK (:meth:`Keyring.reset_after_fork`).
@@ -28,7 +38,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, NoReturn, TypeGuard
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -552,7 +562,7 @@ class Keyring(NoPickle):
             and subject is not None
             and subject.relationship_end is not None
         ):
-            destroy_at = retention.deadline(subject.relationship_end)
+            destroy_at = _scoped.subject_deadline(retention, subject.relationship_end)
             if destroy_at <= now:
                 raise RetentionExpiredError(
                     domain=domain,
@@ -591,7 +601,12 @@ class Keyring(NoPickle):
                 wrapping,
                 dek,
                 _scoped.scoped_context(
-                    domain, dek_id, scope="subject", subject_ref=ref, not_after=None
+                    domain,
+                    dek_id,
+                    scope="subject",
+                    subject_ref=ref,
+                    not_after=None,
+                    destroy_at=destroy_at,
                 ),
             ),
             state=DekState.ACTIVE,
@@ -604,6 +619,18 @@ class Keyring(NoPickle):
         # An erasure may have fenced the subject between our check and our insert: its key
         # sweep may have missed this key, so destroy it ourselves and refuse the write.
         subject = store.get_subject(domain, ref)
+        retention = self.policy.domains[domain].retention
+        if (
+            subject is not None
+            and subject.fenced_at is None
+            and subject.relationship_end is not None
+            and retention is not None
+            and retention.after == "relationship_end"
+        ):
+            # The relationship's end was recorded meanwhile: take its deadline too.
+            deadline = _scoped.subject_deadline(retention, subject.relationship_end)
+            if deadline != destroy_at and self._rebind(record, dek, deadline):
+                record = self.store.get(dek_id) or record
         if subject is not None and subject.fenced_at is not None:
             store.destroy_key(dek_id, reason="erasure", at=self.now())
             raise SubjectErasedError(
@@ -690,6 +717,50 @@ class Keyring(NoPickle):
         next(active.uses)
         self.active[domain] = active
         return active
+
+    def set_subject_deadline(self, domain: str, subject_ref: str, destroy_at: dt.datetime) -> int:
+        """Give the subject's live keys in ``domain`` the deadline ``destroy_at`` (whole seconds),
+        bound into their wrapping: each is unwrapped and wrapped again here (no provider call),
+        and replaced with a compare-and-set. Returns how many keys have it now.
+
+        A database writer who clears or moves the column afterwards makes the key unreadable
+        rather than longer-lived. A row that does not unwrap (tampered) is left as it is: it is
+        unreadable anyway.
+        """
+        store = self.scoped_store()
+        with self._lock:
+            for _attempt in range(5):
+                pending = [
+                    r
+                    for r in store.subject_keys(domain, subject_ref)
+                    if r.state is not DekState.DESTROYED
+                    and r.destroy_at != destroy_at
+                    and r.kek_id == WRAPPING_KEK_ID
+                    and r.scope == "subject"
+                ]
+                changed = 0
+                for record in pending:
+                    dek = self._unwrap_scoped_bytes(record)
+                    if dek is not None and self._rebind(record, dek, destroy_at):
+                        changed += 1
+                if changed == 0:
+                    break
+            done = sum(
+                1
+                for r in store.subject_keys(domain, subject_ref)
+                if r.state is not DekState.DESTROYED and r.destroy_at == destroy_at
+            )
+        self.forget_subject(domain, subject_ref)
+        return done
+
+    def _rebind(self, record: DataKeyRecord, dek: bytes, destroy_at: dt.datetime | None) -> bool:
+        """Wrap ``record``'s DEK again with ``destroy_at`` bound; compare-and-set in the store."""
+        wrapped = _scoped.wrap(
+            self._wrapping_key(record.domain, record.kek_version),
+            dek,
+            _scoped.record_context(replace(record, destroy_at=destroy_at)),
+        )
+        return self.scoped_store().rebind(record, wrapped=wrapped, destroy_at=destroy_at)
 
     def forget_subject(self, domain: str, subject_ref: str) -> None:
         """Drop the subject's DEKs from this process (active and cached): it was erased, or its
@@ -808,8 +879,7 @@ class Keyring(NoPickle):
         A row whose wrapping does not authenticate (moved to another subject, scope or bucket
         end, or damaged) raises DecryptionError, or returns ``None`` when ``quiet``.
         """
-        wrapping = self._wrapping_key(record.domain, record.kek_version)
-        dek = _scoped.unwrap(wrapping, record.wrapped, _scoped.record_context(record))
+        dek = self._unwrap_scoped_bytes(record)
         if dek is None:
             log.warning(
                 "refused DEK %s of domain %s: its wrapping does not authenticate (a changed "
@@ -821,6 +891,11 @@ class Keyring(NoPickle):
                 return None
             raise DecryptionError
         return DataKey(dek, record.dek_id, record.domain)
+
+    def _unwrap_scoped_bytes(self, record: DataKeyRecord) -> bytes | None:
+        """The raw DEK of a scoped row, or ``None`` when its wrapping does not authenticate."""
+        wrapping = self._wrapping_key(record.domain, record.kek_version)
+        return _scoped.unwrap(wrapping, record.wrapped, _scoped.record_context(record))
 
     def _deadlines(self, dek_ids: list[bytes]) -> dict[bytes, tuple[DekState, dt.datetime | None]]:
         store = self.store
@@ -1342,3 +1417,4 @@ class Keyring(NoPickle):
         # cipher holds a reference to ``active``.
         self._lock = threading.RLock()
         self.active.clear()
+        self.subject_actives.clear()

@@ -96,6 +96,9 @@ def destroy_dek(keyring: Keyring, dek_id: bytes, *, references: int) -> None:
         )
     if references != 0:
         raise KeyStoreError(f"DEK {dek_id.hex()} is still referenced by {references} values")
-    store.destroy(dek_id)
-    keyring.forget(dek_id)
+    if isinstance(store, SupportsScopedKeys):
+        store.destroy_key(dek_id, reason="destroyed", at=keyring.now())
+    else:
+        store.destroy(dek_id)
+    keyring.forget_erased(dek_id, "destroyed")
     log.info("destroyed DEK %s of domain %s", dek_id.hex(), record.domain)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from vaultkit.core import wire
 from vaultkit.core.envelope import wrap_context
 from vaultkit.errors import RetentionExpiredError, SubjectErasedError, ValueErasedError
-from vaultkit.keys.domains import KeyDomain
+from vaultkit.keys.domains import KeyDomain, Retention
 from vaultkit.store import DataKeyRecord
 
 __all__ = [
@@ -32,7 +32,9 @@ __all__ = [
     "fixed_deadline",
     "record_context",
     "scoped_context",
+    "subject_deadline",
     "unwrap",
+    "whole_seconds",
     "wrap",
     "wrapping_name",
 ]
@@ -80,14 +82,20 @@ def scoped_context(
     scope: str | None,
     subject_ref: str | None,
     not_after: dt.datetime | None,
+    destroy_at: dt.datetime | None = None,
 ) -> bytes:
-    """The associated data of a scoped DEK's local wrap."""
+    """The associated data of a scoped DEK's local wrap.
+
+    Binds the scope, the subject reference, a bucket key's end and a subject key's deadline
+    (``destroy_at``; whole seconds): a row whose columns are changed no longer unwraps.
+    """
     return (
         wrap_context(domain, dek_id, "data")
         + _LABEL
         + wire.encode_field(scope or "")
         + wire.encode_field(subject_ref or "")
         + wire.encode_field(_seconds(not_after))
+        + wire.encode_field(_seconds(destroy_at) if scope == "subject" else "")
     )
 
 
@@ -99,7 +107,21 @@ def record_context(record: DataKeyRecord) -> bytes:
         scope=record.scope,
         subject_ref=record.subject,
         not_after=record.not_after,
+        destroy_at=record.destroy_at,
     )
+
+
+def whole_seconds(at: dt.datetime, *, up: bool) -> dt.datetime:
+    """``at`` to a whole second (up, or down), as stored by every database alike (MySQL rounds
+    fractions on a DATETIME(0), MariaDB cuts them) and as bound into the wrap."""
+    down = at.replace(microsecond=0)
+    return down + dt.timedelta(seconds=1) if up and down != at else down
+
+
+def subject_deadline(retention: Retention, end: dt.datetime) -> dt.datetime:
+    """A subject key's ``destroy_at`` for a relationship that ended at ``end``: the deadline to a
+    whole second, rounded the way that keeps the promise (later for ``no_less_than``)."""
+    return whole_seconds(retention.deadline(end), up=retention.kind == "no_less_than")
 
 
 def wrapping_name(epoch: int) -> str:

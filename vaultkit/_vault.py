@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from vaultkit import _erasure, _lifecycle
+from vaultkit import _erasure, _lifecycle, _scoped
 from vaultkit._access import Policy, Principal, Scope, acting_as
 from vaultkit._cipher import Cipher, Decrypted, FieldCipher, as_bytes
 from vaultkit._codec import PlainValue, encode_value
@@ -103,6 +103,14 @@ class Vault(NoPickle):
     processes never share an encryption key. Unwrapped DEKs are cached, bounded and time-limited;
     decrypting many values costs one provider call per distinct DEK.
 
+    A domain with ``dek_scope="subject"`` has one DEK per member (:meth:`encrypt` takes
+    ``subject=``), one with ``dek_scope="bucket"`` one per time window; both are wrapped under a
+    per-domain wrapping key, so reading the values of many members costs one provider call per
+    domain. Their :class:`~vaultkit.Retention` is enforced at read time (a key past its deadline
+    is never unwrapped) and by destroying keys; the key store holds keyed references of members
+    (:meth:`subject_ref`), never their ids. Such a vault needs a key store with
+    :class:`~vaultkit.store.SupportsScopedKeys` (the SQL and memory stores have it).
+
     Args:
         provider: the key provider holding the domains' KEKs.
         store: the key store: a :class:`~vaultkit.store.KeyStore`, an SQLAlchemy ``Engine`` or a
@@ -122,6 +130,10 @@ class Vault(NoPickle):
         dek_max_age: age after which a fresh DEK is taken for encryption.
         clock: the wall clock, returning a timezone-aware datetime (``datetime.now(UTC)`` by
             default): it picks bucket keys and decides retention deadlines. Tests inject one.
+            Cached keys are refused at their deadline by the monotonic clock, and checked against
+            this one every ``key_check_interval``.
+
+    .. versionchanged:: 0.3.0 ``clock=``; domains with subject and bucket keys.
 
     Raises:
         ConfigurationError: the arguments do not fit together.
@@ -542,14 +554,17 @@ class Vault(NoPickle):
         """
         if not isinstance(at, dt.datetime) or at.utcoffset() is None:
             raise ValueError("at must be a timezone-aware datetime")
+        return _call(self._end_relationship, subject, at)
+
+    def _end_relationship(self, subject: Subject, at: dt.datetime) -> int:
         store = self._scoped_store()
         updated = 0
         for domain in self._domains.values():
             retention = domain.retention
             if retention is None or retention.after != "relationship_end":
                 continue
-            ref = _call(self._keyring.subject_ref, domain.name, subject)
-            deadline = retention.deadline(at)
+            ref = self._keyring.subject_ref(domain.name, subject)
+            deadline = _scoped.subject_deadline(retention, at)
             old = store.get_subject(domain.name, ref) or SubjectRecord(domain.name, ref)
             store.put_subject(
                 SubjectRecord(
@@ -561,8 +576,7 @@ class Vault(NoPickle):
                     request_id=old.request_id,
                 )
             )
-            updated += store.set_destroy_at(domain.name, ref, deadline)
-            self._keyring.forget_subject(domain.name, ref)
+            updated += self._keyring.set_subject_deadline(domain.name, ref, deadline)
         return updated
 
     def allow_subject(self, subject: Subject, *, domains: Iterable[str] | None = None) -> None:
@@ -577,10 +591,13 @@ class Vault(NoPickle):
 
         .. versionadded:: 0.3.0
         """
-        store = self._scoped_store()
         names = self._subject_domains(domains)
+        _call(self._allow_subject, subject, names)
+
+    def _allow_subject(self, subject: Subject, names: list[str]) -> None:
+        store = self._scoped_store()
         for name in names:
-            ref = _call(self._keyring.subject_ref, name, subject)
+            ref = self._keyring.subject_ref(name, subject)
             old = store.get_subject(name, ref)
             if old is not None and old.fenced_at is not None:
                 store.put_subject(

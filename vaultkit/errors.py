@@ -128,6 +128,26 @@ class ValueErasedError(DecryptionError):
         self.domain = domain
         self.dek_id = dek_id
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled (to another process) with its reason, domain and DEK id, whatever the class.
+        return (
+            _rebuild_erased,
+            (type(self), self.reason, self.domain, self.dek_id, str(self)),
+        )
+
+
+def _rebuild_erased(
+    cls: type[ValueErasedError],
+    reason: str,
+    domain: str | None,
+    dek_id: bytes | None,
+    message: str,
+) -> ValueErasedError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.reason, error.domain, error.dek_id = reason, domain, dek_id
+    return error
+
 
 class SubjectErasedError(ValueErasedError):
     """The value's subject was erased (reason ``"erasure"``).
@@ -141,11 +161,10 @@ class SubjectErasedError(ValueErasedError):
 
     def __init__(
         self,
-        reason: str = "erasure",
+        message: str | None = None,
         *,
         domain: str | None = None,
         dek_id: bytes | None = None,
-        message: str | None = None,
     ) -> None:
         super().__init__("erasure", domain=domain, dek_id=dek_id, message=message)
 
@@ -159,11 +178,10 @@ class RetentionExpiredError(ValueErasedError):
 
     def __init__(
         self,
-        reason: str = "retention",
+        message: str | None = None,
         *,
         domain: str | None = None,
         dek_id: bytes | None = None,
-        message: str | None = None,
     ) -> None:
         super().__init__("retention", domain=domain, dek_id=dek_id, message=message)
 

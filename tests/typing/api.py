@@ -102,3 +102,50 @@ def typed_providers() -> None:
         counting.rewrap(ref, ref, b"", context=b"")
     if isinstance(remote[1], SupportsBatchUnwrap):
         remote[1].unwrap_many([(ref, b"", b"")])
+
+
+def typed_scopes() -> None:
+    from vaultkit import Retention, Subject
+    from vaultkit.errors import RetentionExpiredError, SubjectErasedError, ValueErasedError
+    from vaultkit.store import KeySummary, SubjectRecord, SupportsScopedKeys
+
+    chat = KeyDomain(
+        "chat",
+        dek_scope="bucket",
+        bucket=dt.timedelta(hours=1),
+        retention=Retention("PT72H", after="capture"),
+    )
+    contract = KeyDomain(
+        "contract",
+        dek_scope="subject",
+        retention=Retention("P5Y", after="relationship_end", kind="no_less_than", ground="law"),
+    )
+    vault = Vault(
+        provider=InMemoryKeyProvider(),
+        store=MemoryKeyStore(),
+        domains=[chat, contract],
+        clock=lambda: dt.datetime.now(dt.UTC),
+    )
+    member: Subject = uuid.uuid4()
+    blob: bytes = vault.encrypt("claim", domain="contract", subject=member)
+    field: FieldCipher = vault.field("contract", table="claims", column="text")
+    blob = field.encrypt("claim", subject="m-17")
+    ref: str = vault.subject_ref("contract", member)
+    count: int = vault.end_relationship(member, at=dt.datetime.now(dt.UTC))
+    vault.allow_subject(member, domains=["contract"])
+    deadline: dt.datetime = Retention("P5Y").deadline(dt.datetime.now(dt.UTC))
+    store = vault.store
+    if isinstance(store, SupportsScopedKeys):
+        summary: KeySummary = store.key_summary("chat", deadline, bucket=chat.bucket)
+        subject: SubjectRecord | None = store.get_subject("contract", ref)
+        print(summary.live, subject, count)
+    try:
+        vault.decrypt(blob)
+    except SubjectErasedError as exc:
+        reason: str = exc.reason
+        print(reason)
+    except RetentionExpiredError:
+        pass
+    except ValueErasedError as exc:
+        where: str | None = exc.domain
+        print(where)

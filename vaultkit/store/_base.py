@@ -223,6 +223,11 @@ class SupportsScopedKeys(Protocol):
         """Erase a row's wrapped key, recording when and why; ``False`` if it was destroyed."""
         ...
 
+    def rebind(self, old: DataKeyRecord, *, wrapped: bytes, destroy_at: dt.datetime | None) -> bool:
+        """Replace a live row's wrapped key and ``destroy_at`` together if its wrapped key is
+        still ``old``'s (compare-and-set); return success."""
+        ...
+
     def due_keys(self, at: dt.datetime, *, limit: int) -> list[DataKeyRecord]:
         """Up to ``limit`` data keys not destroyed whose ``destroy_at <= at``, earliest first."""
         ...
@@ -361,6 +366,14 @@ class MemoryKeyStore:
             self._rows[dek_id] = replace(
                 row, state=DekState.DESTROYED, wrapped=b"", destroyed_at=at, destroy_reason=reason
             )
+            return True
+
+    def rebind(self, old: DataKeyRecord, *, wrapped: bytes, destroy_at: dt.datetime | None) -> bool:
+        with self._lock:
+            row = self._rows.get(old.dek_id)
+            if row is None or row.state is DekState.DESTROYED or row.wrapped != old.wrapped:
+                return False
+            self._rows[old.dek_id] = replace(row, wrapped=wrapped, destroy_at=destroy_at)
             return True
 
     def due_keys(self, at: dt.datetime, *, limit: int) -> list[DataKeyRecord]:

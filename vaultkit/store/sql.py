@@ -523,6 +523,23 @@ class SQLKeyStore:
             raise KeyStoreError(f"DEK {dek_id.hex()} is not in the key store")
         return False
 
+    def rebind(self, old: DataKeyRecord, *, wrapped: bytes, destroy_at: dt.datetime | None) -> bool:
+        keys = self.keys
+        statement = (
+            keys.update()
+            .where(
+                keys.c.dek_id == old.dek_id.hex(),
+                keys.c.wrapped == old.wrapped,
+                keys.c.state != DekState.DESTROYED.value,
+            )
+            .values(wrapped=wrapped, destroy_at=_to_db(destroy_at))
+        )
+        try:
+            with self.engine.begin() as conn:
+                return conn.execute(statement).rowcount == 1
+        except SQLAlchemyError as exc:
+            raise self._fail(f"rebind DEK {old.dek_id.hex()}", exc) from None
+
     def due_keys(self, at: dt.datetime, *, limit: int) -> list[DataKeyRecord]:
         keys = self.keys
         query = (

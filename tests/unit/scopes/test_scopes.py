@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests._support import FakeClock, dek_of
 from tests.unit.scopes.conftest import START, Wall, seed_domains
-from vaultkit import Vault, _keyring, _scoped
+from vaultkit import KeyDomain, Retention, Vault, _keyring, _scoped
 from vaultkit.errors import (
     ConfigurationError,
     DecryptionError,
@@ -666,3 +666,115 @@ def test_process_scoped_domains_do_not_touch_scoped_machinery(
         assert [vault.decrypt(b) for b in blobs] == list(range(10))
     assert {r.purpose for r in store.records()} == {"data"}
     assert all(r.scope is None and r.destroy_at is None for r in store.records())
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueErasedError("destroyed", domain="medical", dek_id=b"\x01" * 16),
+        SubjectErasedError(domain="medical", dek_id=b"\x02" * 16),
+        RetentionExpiredError(domain="chat"),
+        SubjectErasedError("writes for this subject are refused", domain="medical"),
+    ],
+)
+def test_erased_errors_survive_pickling(error: ValueErasedError) -> None:
+    """Errors cross process boundaries (worker pools) with their class, reason and ids."""
+    import pickle
+
+    back = pickle.loads(pickle.dumps(error))  # noqa: S301
+    assert type(back) is type(error)
+    assert (back.reason, back.domain, back.dek_id, str(back)) == (
+        error.reason,
+        error.domain,
+        error.dek_id,
+        str(error),
+    )
+
+
+class TestSubjectDeadlinesAreBound:
+    """A subject key's deadline (set by end_relationship) is bound into its wrapping."""
+
+    @pytest.fixture
+    def url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'keys.db'}"
+
+    @pytest.mark.parametrize("value", [None, "2099-01-01 00:00:00.000000"])
+    def test_a_writer_clearing_or_moving_the_deadline_makes_the_key_unreadable(
+        self, make_vault: MakeVault, url: str, value: str | None
+    ) -> None:
+        vault = make_vault(url)
+        blob = vault.encrypt("claim", domain="contract", subject="m-1")
+        vault.end_relationship("m-1", at=START)
+        assert make_vault(url).decrypt(blob) == "claim"
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("update vaultkit_data_keys set destroy_at = :v where dek_id = :d"),
+                {"v": value, "d": dek_of(blob).hex()},
+            )
+        engine.dispose()
+        with pytest.raises(DecryptionError) as caught:
+            make_vault(url).decrypt(blob)
+        assert not isinstance(caught.value, ValueErasedError)
+
+    def test_deadlines_are_whole_seconds_rounded_to_keep_the_promise(
+        self, make_vault: MakeVault
+    ) -> None:
+        domains = [
+            *seed_domains(),
+            KeyDomain(
+                "chats-by-member",
+                dek_scope="subject",
+                retention=Retention("P1D", after="relationship_end"),
+            ),
+        ]
+        vault = make_vault(domains=domains)
+        kept = vault.encrypt("x", domain="contract", subject="m-1")  # no_less_than: up
+        short = vault.encrypt("x", domain="chats-by-member", subject="m-1")  # no_longer_than: down
+        end = START + dt.timedelta(microseconds=250_000)
+        assert vault.end_relationship("m-1", at=end) == 2
+        assert row(vault.store, kept).destroy_at == START.replace(year=2031) + dt.timedelta(
+            seconds=1
+        )
+        assert row(vault.store, short).destroy_at == START + dt.timedelta(days=1)
+        reader = make_vault(domains=domains)
+        assert reader.decrypt(kept) == reader.decrypt(short) == "x"
+
+    def test_a_key_made_while_the_end_is_recorded_gets_the_deadline(
+        self, provider: InMemoryKeyProvider, wall: Wall
+    ) -> None:
+        """The end lands between a writer's read of the subject row and its insert: the writer
+        sees it after the insert and binds the deadline into its own new key."""
+
+        class EndedMeanwhile(MemoryKeyStore):
+            armed: str | None = None
+
+            def insert(self, record: DataKeyRecord) -> None:
+                super().insert(record)
+                if record.subject is not None and record.subject == self.armed:
+                    self.put_subject(SubjectRecord(record.domain, record.subject, START))
+
+        store = EndedMeanwhile()
+        with Vault(provider=provider, store=store, domains=seed_domains(), clock=wall) as vault:
+            store.armed = vault.subject_ref("contract", "m-1")
+            blob = vault.encrypt("claim", domain="contract", subject="m-1")
+            assert row(store, blob).destroy_at == START.replace(year=2031)
+        with Vault(provider=provider, store=store, domains=seed_domains(), clock=wall) as reader:
+            assert reader.decrypt(blob) == "claim"
+            wall.set(START.replace(year=2031))
+            with pytest.raises(RetentionExpiredError):
+                reader.decrypt(blob)
+
+
+def test_subject_deadlines_survive_every_database(
+    database_url: str, provider: InMemoryKeyProvider, wall: Wall
+) -> None:
+    """A deadline with a fraction of a second (MySQL rounds, MariaDB cuts) reads back bound."""
+    with Vault(provider=provider, store=database_url, domains=seed_domains(), clock=wall) as v:
+        blob = v.encrypt("claim", domain="contract", subject="m-1")
+        v.end_relationship("m-1", at=START + dt.timedelta(microseconds=999_999))
+        later = v.encrypt("claim 2", domain="contract", subject="m-2")
+        v.end_relationship("m-2", at=START + dt.timedelta(microseconds=1))
+        bucket = v.encrypt("hi", domain="chat")
+    with Vault(provider=provider, store=database_url, domains=seed_domains(), clock=wall) as r:
+        assert [r.decrypt(blob), r.decrypt(later), r.decrypt(bucket)] == ["claim", "claim 2", "hi"]
