@@ -135,6 +135,13 @@ def test_subject_erase_text_output_and_idempotence(
     assert "m-17" not in out + err
     code, out, _ = run(args, capsys)
     assert code == 0 and "domain medical: 0 keys destroyed now, 1 before" in out
+    # The erasure events are in the audit chain, and `vaultkit audit verify` verifies it.
+    code, out, err = run(["audit", "verify"], capsys)
+    assert code == 0, out + err
+    with vault() as v:
+        log_ = v.audit_log
+        assert log_ is not None
+        assert [e.action for _s, e, _p, _m in log_.read()].count("erase") == 2
 
 
 def test_subject_erase_refuses_a_personal_request_id_without_echoing_it(
