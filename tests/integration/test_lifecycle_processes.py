@@ -167,12 +167,19 @@ def assert_erased(vault: Vault, blobs: list[tuple[int, bytes]]) -> None:
 CHECK = 0.5
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'keys.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.mark.slow
 def test_a_process_writing_for_a_subject_being_erased_is_fenced_and_keeps_no_key(
-    tmp_path: Path,
+    tmp_path: Path, store_url: str
 ) -> None:
     keyring = make_keyring(tmp_path)
-    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    url = store_url
     with open_vault(keyring, url) as vault:
         vault.flush_audit()
     out = tmp_path / "writer"
