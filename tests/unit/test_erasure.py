@@ -920,3 +920,43 @@ def test_an_erasure_destroys_exactly_the_subjects_keys(keys: dict[Any, Any], dat
             d.domain: d.status for d in receipt.domains
         }
         assert again.status == receipt.status
+
+
+class BatchStore(MemoryKeyStore):
+    """A memory store that also destroys many keys at once (``destroy_keys``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def destroy_keys(self, dek_ids: list[bytes], *, reason: str, at: dt.datetime) -> list[bytes]:
+        self.batches.append(len(dek_ids))
+        return [d for d in dek_ids if self.destroy_key(d, reason=reason, at=at)]
+
+
+def test_enforce_uses_a_store_that_destroys_a_batch_at_once(wall: WallClock) -> None:
+    store = BatchStore()
+    with Vault(
+        provider=InMemoryKeyProvider(["identity", "medical", "claims", "chat"]),
+        store=store,
+        domains=DOMAINS,
+        clock=wall,
+        audit="sqlite://",
+    ) as vault:
+        keys = [plant_bucket_key(vault, T0 + i * HOUR) for i in range(5)]
+        store.destroy_key(keys[0], reason="retention", at=T0)  # gone before the sweep
+        wall.now = T0 + dt.timedelta(days=10)
+        report = vault.enforce_retention(batch=3)
+        assert store.batches == [3, 1]
+        assert (report.keys_destroyed, report.already_destroyed, report.batches) == (4, 0, 2)
+        assert states(vault, keys) == [DekState.DESTROYED] * 5
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=400 * 86400))
+def test_iso_duration_reads_back_as_the_same_width(seconds: int) -> None:
+    """A bucket width printed by the report is the width the configuration would read."""
+    from vaultkit.keys.domains import parse_duration
+
+    months, days, rest = parse_duration(iso_duration(dt.timedelta(seconds=seconds)))
+    assert months == 0 and days * 86400 + rest == seconds
