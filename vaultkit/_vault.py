@@ -763,10 +763,10 @@ class Vault(NoPickle):
         cells; (4) an audit event per domain and table is written (counts, request id and
         reason; never the subject or its key-store ref); (5) the receipt is returned.
 
-        Domains whose retention is ``no_less_than`` and not yet over (counted from the
-        relationship's end, which must be recorded and past by the retention; counted from
-        capture, as long as the subject has keys) are left as they are, not fenced, and
-        reported as ``"retained"`` with the retention's legal ground.
+        Domains whose retention is ``no_less_than`` and not yet over (it runs from the
+        relationship's end: while no end is recorded, or until the end plus the retention) and
+        that hold a live key of the subject are left as they are, not fenced, and reported as
+        ``"retained"`` with the retention's legal ground and, when known, the date it ends.
 
         Running it again is harmless: keys destroyed before are counted as such, nothing else
         changes (a crash half-way is repaired by running it again).
