@@ -279,3 +279,32 @@ def test_threads_writing_for_a_subject_being_erased_are_fenced(tmp_path: Path) -
         assert isinstance(store, SupportsScopedKeys)
         keys = store.subject_keys("medical", vault.subject_ref("medical", "m-17"))
         assert all(k.state is DekState.DESTROYED for k in keys)
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_destroy_each_key_once(tmp_path: Path, store_url: str) -> None:
+    keyring = make_keyring(tmp_path)
+    url = store_url
+    with open_vault(keyring, url) as vault:
+        vault.flush_audit()
+    plant_buckets(url, 400)
+    at = T0 + 500 * HOUR
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), "enforce", str(keyring), url, at.isoformat(), "20"],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        reports.append(json.loads(out))
+    assert sum(r["keys_destroyed"] for r in reports) == 400
+    assert count_destroyed(url) == 400
+    with open_vault(keyring, url) as vault:
+        log_ = vault.audit_log
+        assert log_ is not None and log_.verify().ok
