@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import math
 import os
 import uuid
@@ -793,7 +794,10 @@ class Vault(NoPickle):
 
         .. versionadded:: 0.3.0
         """
-        return _erasure.erase_subject(
+        # In SQLAlchemy's asyncio greenlet: in a worker thread, and carried through to its end
+        # even if the awaiting task is cancelled (an erasure is not left half-way by choice).
+        erase = functools.partial(
+            _erasure.erase_subject,
             self._life_cycle(),
             subject,
             reason=reason,
@@ -801,6 +805,7 @@ class Vault(NoPickle):
             domains=domains,
             cells=cells,
         )
+        return _call(erase, finish=True)
 
     def enforce_retention(
         self, *, at: dt.datetime | None = None, batch: int = 1000
@@ -828,7 +833,10 @@ class Vault(NoPickle):
 
         .. versionadded:: 0.3.0
         """
-        return _erasure.enforce_retention(self._life_cycle(), at=at, batch=batch)
+        enforce = functools.partial(
+            _erasure.enforce_retention, self._life_cycle(), at=at, batch=batch
+        )
+        return _call(enforce, finish=True)
 
     def retention_report(self, *, at: dt.datetime | None = None) -> RetentionReport:
         """The retention state of every declared domain at ``at``, from key-store aggregates.
@@ -846,4 +854,4 @@ class Vault(NoPickle):
 
         .. versionadded:: 0.3.0
         """
-        return _erasure.retention_report(self._life_cycle(), at=at)
+        return _call(functools.partial(_erasure.retention_report, self._life_cycle(), at=at))

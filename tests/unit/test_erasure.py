@@ -960,3 +960,54 @@ def test_iso_duration_reads_back_as_the_same_width(seconds: int) -> None:
 
     months, days, rest = parse_duration(iso_duration(dt.timedelta(seconds=seconds)))
     assert months == 0 and days * 86400 + rest == seconds
+
+
+def test_in_the_asyncio_greenlet_life_cycle_calls_leave_the_loop(
+    wall: WallClock, tmp_path: Path
+) -> None:
+    """Inside SQLAlchemy's greenlet (an AsyncSession) erasure, sweep and report read and write
+    the key store in a worker thread, not on the event loop's thread."""
+    import asyncio
+    import threading
+
+    from sqlalchemy.util.concurrency import greenlet_spawn
+
+    class ThreadStore(MemoryKeyStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.threads: set[int] = set()
+
+        def subject_keys(self, domain: str, subject_ref: str) -> list[DataKeyRecord]:
+            self.threads.add(threading.get_ident())
+            return super().subject_keys(domain, subject_ref)
+
+        def due_keys(self, at: dt.datetime, *, limit: int) -> list[DataKeyRecord]:
+            self.threads.add(threading.get_ident())
+            return super().due_keys(at, limit=limit)
+
+        def key_summary(self, domain: str, at: dt.datetime, **kw: Any) -> Any:
+            self.threads.add(threading.get_ident())
+            return super().key_summary(domain, at, **kw)
+
+    store = ThreadStore()
+
+    async def main() -> int:
+        with Vault(
+            provider=InMemoryKeyProvider(["identity", "medical", "claims", "chat"]),
+            store=store,
+            domains=DOMAINS,
+            clock=wall,
+            audit=f"sqlite:///{tmp_path / 'audit.db'}",
+        ) as vault:
+            real_subject_key(vault, "medical", "m-17")
+            store.threads.clear()
+            receipt = await greenlet_spawn(
+                vault.erase_subject, "m-17", reason="art17", request_id="DSR-1"
+            )
+            assert receipt.keys_destroyed == 1
+            await greenlet_spawn(vault.enforce_retention)
+            assert (await greenlet_spawn(vault.retention_report)).ok
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert store.threads and loop_thread not in store.threads
