@@ -70,6 +70,7 @@ from vaultkit.store import (
     DataKeyRecord,
     DekState,
     KeyStore,
+    SupportsGetMany,
     SupportsScopedKeys,
     SupportsStates,
 )
@@ -517,16 +518,7 @@ class Keyring(NoPickle):
             active = self.subject_actives.get(slot)
             if active is not None and now < active.retire_at and now < active.expires_at:
                 if now >= active.check_at:
-                    found = self._deadlines([active.dek_id]).get(active.dek_id)
-                    wall = self.now()
-                    if (
-                        found is not None
-                        and found[0] is DekState.ACTIVE
-                        and (found[1] is None or found[1] > wall)
-                    ):
-                        active.checked()
-                        if found[1] is not None:
-                            active.deadline = min(active.deadline, self._mono_at(found[1], wall))
+                    self._check_subject_actives(now)
                 used = next(active.uses)
                 if used <= self.max_uses and active.deadline > now:
                     self.subject_actives.move_to_end(slot)
@@ -541,6 +533,20 @@ class Keyring(NoPickle):
                 self._flush_count(evicted)
             self.subject_actives[slot] = active
             return active
+
+    def _check_subject_actives(self, now: float) -> None:
+        """Check every subject DEK this process encrypts under whose check is due, in one
+        key-store read; those destroyed, retired or past their deadline are checked no more
+        (their next write looks the subject up again). Call with the lock held."""
+        due = [a for a in self.subject_actives.values() if now >= a.check_at]
+        found = self._deadlines([a.dek_id for a in due])
+        wall = self.now()
+        for active in due:
+            state, destroy_at = found.get(active.dek_id, (None, None))
+            if state is DekState.ACTIVE and (destroy_at is None or destroy_at > wall):
+                active.checked()
+                if destroy_at is not None:
+                    active.deadline = min(active.deadline, self._mono_at(destroy_at, wall))
 
     def _subject_key(self, domain: str, ref: str) -> _Active:
         """The subject's newest usable key in the store, or a new one; call with the lock."""
@@ -1243,11 +1249,29 @@ class Keyring(NoPickle):
         wanted: dict[int, list[DataKeyRecord]] = {}
         scoped = 0
         with self._lock:
+            todo = []
             for dek_id in dict.fromkeys(dek_ids):
                 cached = self.cache.by_id.get(dek_id)
                 if cached is not None and cached.unwrap_at >= _monotonic():
                     continue  # unwrapped already; its due check comes with the next read
-                record = self._readable_record(dek_id)
+                todo.append(dek_id)
+            store = self.store
+            fetched: dict[bytes, DataKeyRecord] | None = None
+            if isinstance(store, SupportsGetMany) and len(todo) > 1:
+                # Many rows in few queries (one per 500 ids); ids remembered as unknown are not
+                # asked for, and those the store does not have are remembered.
+                unknown, now = self.cache.unknown, _monotonic()
+                todo = [i for i in todo if not unknown.refuses(i, now)]
+                fetched = store.get_many(todo)
+                for dek_id in todo:
+                    if dek_id not in fetched:
+                        unknown.add(dek_id, now)
+            for dek_id in todo:
+                if fetched is not None:
+                    found = fetched.get(dek_id)
+                    record = found if _readable(found) else None
+                else:
+                    record = self._readable_record(dek_id)
                 if (
                     record is None
                     or record.domain not in self.providers

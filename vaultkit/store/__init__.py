@@ -9,6 +9,7 @@ from vaultkit.store._base import (
     KeySummary,
     MemoryKeyStore,
     SubjectRecord,
+    SupportsGetMany,
     SupportsScopedKeys,
     SupportsStates,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "MemoryKeyStore",
     "SQLKeyStore",
     "SubjectRecord",
+    "SupportsGetMany",
     "SupportsScopedKeys",
     "SupportsStates",
     "open_store",

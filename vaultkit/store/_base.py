@@ -20,6 +20,7 @@ __all__ = [
     "KeySummary",
     "MemoryKeyStore",
     "SubjectRecord",
+    "SupportsGetMany",
     "SupportsScopedKeys",
     "SupportsStates",
 ]
@@ -264,6 +265,18 @@ class SupportsScopedKeys(Protocol):
         ...
 
 
+@runtime_checkable
+class SupportsGetMany(Protocol):
+    """A key store that reads many rows in one query (optional; :meth:`Vault.preload` uses it).
+
+    .. versionadded:: 0.3.0
+    """
+
+    def get_many(self, dek_ids: Collection[bytes]) -> dict[bytes, DataKeyRecord]:
+        """The rows of ``dek_ids`` the store has, by id."""
+        ...
+
+
 class MemoryKeyStore:
     """A key store in a dict, for tests. Thread-safe; lost with the process.
 
@@ -283,6 +296,10 @@ class MemoryKeyStore:
 
     def get(self, dek_id: bytes) -> DataKeyRecord | None:
         return self._rows.get(dek_id)
+
+    def get_many(self, dek_ids: Collection[bytes]) -> dict[bytes, DataKeyRecord]:
+        rows = self._rows
+        return {dek_id: rows[dek_id] for dek_id in dek_ids if dek_id in rows}
 
     def states(self, dek_ids: Collection[bytes]) -> dict[bytes, DekState]:
         rows = self._rows

@@ -358,6 +358,23 @@ class SQLKeyStore:
             raise self._fail(f"read DEK {dek_id.hex()}", exc) from None
         return None if row is None else self._to_record(row)
 
+    def get_many(self, dek_ids: Collection[bytes]) -> dict[bytes, DataKeyRecord]:
+        """The rows of ``dek_ids`` this store has, in one query per 500 ids."""
+        hexes = [dek_id.hex() for dek_id in dek_ids]
+        found: dict[bytes, DataKeyRecord] = {}
+        try:
+            with self.engine.connect() as conn:
+                for start in range(0, len(hexes), _STATES_CHUNK):
+                    chunk = hexes[start : start + _STATES_CHUNK]
+                    for row in conn.execute(
+                        sa.select(self.keys).where(self.keys.c.dek_id.in_(chunk))
+                    ).all():
+                        record = self._to_record(row)
+                        found[record.dek_id] = record
+        except SQLAlchemyError as exc:
+            raise self._fail("read DEKs", exc) from None
+        return found
+
     def states(self, dek_ids: Collection[bytes]) -> dict[bytes, DekState]:
         """The state of each of ``dek_ids`` this store has, in one query per 500 ids."""
         hexes = [dek_id.hex() for dek_id in dek_ids]

@@ -31,6 +31,7 @@ from vaultkit.store import (
     DekState,
     KeyStore,
     MemoryKeyStore,
+    SQLKeyStore,
     SubjectRecord,
 )
 from vaultkit.testing import CountingKeyProvider, InMemoryKeyProvider
@@ -778,3 +779,47 @@ def test_subject_deadlines_survive_every_database(
         bucket = v.encrypt("hi", domain="chat")
     with Vault(provider=provider, store=database_url, domains=seed_domains(), clock=wall) as r:
         assert [r.decrypt(blob), r.decrypt(later), r.decrypt(bucket)] == ["claim", "claim 2", "hi"]
+
+
+def test_one_key_check_covers_every_subject_key_in_use(
+    provider: InMemoryKeyProvider, wall: Wall
+) -> None:
+    """Writers of many members read the key store once per check interval, not once per member."""
+
+    class Counting(MemoryKeyStore):
+        checks = 0
+
+        def key_deadlines(
+            self, dek_ids: object
+        ) -> dict[bytes, tuple[DekState, dt.datetime | None]]:
+            self.checks += 1
+            return super().key_deadlines(dek_ids)  # type: ignore[arg-type]
+
+    store = Counting()
+    with Vault(provider=provider, store=store, domains=seed_domains(), clock=wall) as vault:
+        first = [vault.encrypt(i, domain="medical", subject=f"m-{i}") for i in range(50)]
+        wall.advance(seconds=6)
+        again = [vault.encrypt(i, domain="medical", subject=f"m-{i}") for i in range(50)]
+        assert store.checks == 1
+        assert [dek_of(b) for b in again] == [dek_of(b) for b in first]
+
+
+def test_preload_reads_many_scoped_keys_in_few_queries(
+    provider: InMemoryKeyProvider, wall: Wall, tmp_path: Path
+) -> None:
+    """A cold read of N members' values after preload: a few queries, one provider call."""
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    with Vault(provider=provider, store=url, domains=seed_domains(), clock=wall) as writer:
+        blobs = [writer.encrypt(i, domain="contract", subject=f"m-{i}") for i in range(1200)]
+    reading = CountingKeyProvider(provider)
+    store = SQLKeyStore(url)
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    with Vault(
+        provider=reading, store=store, domains=seed_domains(), clock=wall, cache_size=2000
+    ) as reader:
+        assert reader.preload(dek_of(b) for b in blobs) == 1200
+        assert [reader.decrypt(b) for b in blobs] == list(range(1200))
+    store.close()
+    assert reading.calls["unwrap"] == 1
+    assert len(statements) <= 4  # 3 chunks of 500 ids and the wrapping key's row
