@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Final
@@ -51,6 +52,13 @@ def _subject_options(parser: argparse.ArgumentParser) -> None:
         "--subject-file",
         metavar="PATH",
         help="read the member id from this file ('-': standard input), one line",
+    )
+    parser.add_argument(
+        "--subject-type",
+        choices=("str", "int", "uuid"),
+        default="str",
+        help="the type of the member id as the application stores it (default str); the key "
+        "store's reference is the same for 17 and '17', the data's subject column may not be",
     )
 
 
@@ -131,8 +139,9 @@ def register(commands: Any) -> None:
     allow.set_defaults(handler=_allow)
 
 
-def read_subject(args: argparse.Namespace) -> str:
-    """The subject from the argument or ``--subject-file`` (exactly one of them), stripped."""
+def read_subject(args: argparse.Namespace) -> str | int | uuid.UUID:
+    """The subject from the argument or ``--subject-file`` (exactly one of them), stripped, as
+    ``--subject-type`` says."""
     given, path = args.subject, args.subject_file
     if (given is None) == (path is None):
         raise ConfigurationError("give the subject as an argument or with --subject-file, once")
@@ -158,6 +167,15 @@ def read_subject(args: argparse.Namespace) -> str:
     subject = str(given).strip()
     if not subject:
         raise ConfigurationError("the subject is empty")
+    kind = getattr(args, "subject_type", "str")
+    try:
+        if kind == "int":
+            return int(subject)
+        if kind == "uuid":
+            return uuid.UUID(subject)
+    except ValueError:
+        # Not repeated: it is the member id.
+        raise ConfigurationError(f"the subject is not of --subject-type {kind}") from None
     return subject
 
 

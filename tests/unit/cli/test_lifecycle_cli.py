@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,6 +166,18 @@ def test_subject_is_given_once(
     code, out, err = run([*base, "--subject-file", "two"], capsys)
     assert code == 3 and "m-1" not in out + err
     assert run([*base, "--subject-file", "who"], capsys)[0] == 0
+
+
+def test_subject_type(app: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with vault() as v:
+        blob = v.encrypt("asthma", domain="medical", subject=17, context=NOTE)
+    base = ["subject", "erase", "--reason", "art17", "--request-id", "DSR-6"]
+    code, out, err = run([*base, "x17", "--subject-type", "int"], capsys)
+    assert code == 3 and "x17" not in out + err
+    assert run([*base, "17", "--subject-type", "int", "--domain", "medical"], capsys)[0] == 0
+    with vault() as v, pytest.raises(SubjectErasedError):
+        v.decrypt(blob, context=NOTE)
+    assert run([*base, str(uuid.uuid4()), "--subject-type", "uuid"], capsys)[0] == 0
 
 
 def test_subject_end_then_erase_after_the_minimum(
