@@ -610,14 +610,20 @@ def test_enforce_refuses_a_store_that_does_not_destroy(vault: Vault, wall: WallC
     from vaultkit.errors import KeyStoreError
 
     plant_bucket_key(vault, T0)
-    store = scoped(vault)
-    store.destroy_key = lambda dek_id, *, reason, at: True  # type: ignore[method-assign]
+    store: Any = scoped(vault)
+    # A store that says it destroyed the keys (one by one, or a batch at once) but did not.
+    batch = hasattr(store, "destroy_keys")
+    store.destroy_key = lambda dek_id, *, reason, at: True
+    if batch:
+        store.destroy_keys = lambda dek_ids, *, reason, at: list(dek_ids)
     try:
         wall.now = T0 + dt.timedelta(days=9)
         with pytest.raises(KeyStoreError, match="still lists"):
             vault.enforce_retention()
     finally:
-        del store.destroy_key  # type: ignore[attr-defined]
+        del store.destroy_key
+        if batch:
+            del store.destroy_keys
 
 
 def test_enforce_arguments(vault: Vault) -> None:
