@@ -473,7 +473,9 @@ class Keyring(NoPickle):
     def subject_ref(self, domain: str, subject: object) -> str:
         """The subject's reference in ``domain`` (see Vault.subject_ref)."""
         data = _scoped.canonical_subject(subject)
-        key = self.named_key(domain, SUBJECT_REF_NAME, SUBJECT_REF_PURPOSE, 1)
+        key = self._index_keys.get((domain, SUBJECT_REF_NAME))
+        if key is None:  # first use: key-store read and provider call, in a worker thread
+            key = _call(self.named_key, domain, SUBJECT_REF_NAME, SUBJECT_REF_PURPOSE, 1)
         return key.digest(data)[:16].hex()
 
     def scoped_store(self) -> SupportsScopedKeys:

@@ -115,7 +115,8 @@ class Vault(NoPickle):
     Args:
         provider: the key provider holding the domains' KEKs.
         store: the key store: a :class:`~vaultkit.store.KeyStore`, an SQLAlchemy ``Engine`` or a
-            database URL (tables ``vaultkit_data_keys`` and ``vaultkit_meta`` are created there).
+            database URL (tables ``vaultkit_data_keys``, ``vaultkit_meta`` and
+            ``vaultkit_subjects`` are created there).
             An async URL or ``AsyncEngine`` gets a synchronous engine of vaultkit's own on the
             same database (docs/sqlalchemy.md, "asyncio").
         domains: the key domains this vault serves; names or :class:`KeyDomain` objects.

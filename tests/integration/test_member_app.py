@@ -56,6 +56,7 @@ PLAINTEXTS = [NAME, EMAIL, EMAIL.lower(), CLAIM, *MESSAGES]
 VAULTKIT_TABLES = {
     "vaultkit_data_keys",
     "vaultkit_meta",
+    "vaultkit_subjects",
     "vaultkit_audit_events",
     "vaultkit_audit_head",
 }

@@ -93,3 +93,54 @@ def test_a_subject_erased_in_one_process_is_refused_in_another(
     print(f"\nB stopped ({mode}) {elapsed:.2f} s after A erased the subject: {error}")
     assert error == "SubjectErasedError"
     assert 0 <= elapsed <= CHECK_INTERVAL + SLACK
+
+
+UPGRADER = """
+import sys, time
+from pathlib import Path
+from vaultkit.store import SQLKeyStore
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.001)
+SQLKeyStore(sys.argv[1]).close()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
+def test_processes_upgrading_a_v1_store_at_once_all_succeed(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Three processes open one layout version 1 store at the same moment: each upgrades or finds
+    it upgraded, none fails, and the store ends at version 2 with every new column."""
+    from tests.unit.store.test_layout_v2 import V2_COLUMNS, layout, make_v1
+
+    url = (
+        f"sqlite:///{tmp_path / 'keys.db'}"
+        if kind == "sqlite"
+        else str(request.getfixturevalue(f"{kind}_url"))
+    )
+    make_v1(url)
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", UPGRADER, url, str(go)],
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        )
+        for _ in range(3)
+    ]
+    time.sleep(1.0)  # all started and waiting
+    go.touch()
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    version, columns, tables = layout(url)
+    assert version == "2" and V2_COLUMNS <= columns and "vaultkit_subjects" in tables

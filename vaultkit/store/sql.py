@@ -1,15 +1,21 @@
 """The data-key store as SQL tables, through SQLAlchemy Core.
 
-Two tables, named with a configurable prefix (``vaultkit_`` by default):
+Three tables, named with a configurable prefix (``vaultkit_`` by default):
 
 ``vaultkit_data_keys``
     one row per DEK: ``dek_id`` (32 hex digits, primary key), ``domain``, ``purpose``, ``kek_id``,
-    ``kek_version``, ``wrapped`` (binary), ``state``, ``created_at`` (UTC), ``subject``,
-    ``encryptions``, ``name`` (of a named key, such as a blind-index key); indexed on
-    ``(domain, state)``.
+    ``kek_version``, ``wrapped`` (binary), ``state``, ``created_at`` (UTC), ``subject`` (a subject
+    reference, never a member id), ``encryptions``, ``name`` (of a named key, such as a blind-index
+    key), and since layout version 2 ``scope``, ``not_after``, ``destroy_at``, ``destroyed_at``,
+    ``destroy_reason``; indexed on ``(domain, state)``, ``(domain, subject)`` and ``destroy_at``.
+``vaultkit_subjects``
+    one row per (domain, subject reference): the relationship end, the write fence, the last
+    erasure (layout version 2).
 ``vaultkit_meta``
     name/value pairs; ``key_store_schema`` holds the layout version. A store whose version is newer
-    than this release's :data:`SCHEMA_VERSION` is refused, never misread or written to.
+    than this release's :data:`SCHEMA_VERSION` is refused, never misread or written to; a version 1
+    store is upgraded in place on open (new nullable columns and indexes, the subjects table; safe
+    when several processes open it at once), unless ``create=False``.
 
 The tables are created on first use unless ``create=False``. Types are portable: SQLite (BLOB),
 PostgreSQL (BYTEA) and MariaDB/MySQL (BLOB) all work.

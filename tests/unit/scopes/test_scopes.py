@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests._support import FakeClock, dek_of
-from tests.unit.scopes.conftest import START, Wall, seed_domains
+from tests.unit.scopes._scoped_support import START, Wall, seed_domains
 from vaultkit import KeyDomain, Retention, Vault, _keyring, _scoped
 from vaultkit.errors import (
     ConfigurationError,
