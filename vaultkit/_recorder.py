@@ -16,6 +16,7 @@ import functools
 import os
 import threading
 import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from vaultkit._access import current_scope
@@ -143,6 +144,24 @@ class AuditRecorder(NoPickle):
                     del self._batches[key]
                 if earlier[1]:
                     self._pending.append(_event(key, *earlier))
+                raise
+
+    def record_now(self, events: Sequence[AuditEvent]) -> None:
+        """Write events of the data life cycle (erasure, retention) at once, not batched.
+
+        Events an earlier write could not store go first. If the write fails, those earlier
+        events are kept; these are not (the operation that made them raises, and running it
+        again makes them again).
+
+        Raises:
+            AuditError: the events could not be written.
+        """
+        with self._lock:
+            pending, self._pending = self._pending, []
+            try:
+                self._write_locked([*pending, *events])
+            except (AuditError, CancelledCall):
+                self._pending[:0] = pending
                 raise
 
     def _write_locked(self, events: list[AuditEvent]) -> None:

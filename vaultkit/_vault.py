@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import math
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from vaultkit import _backups, _lifecycle, _scoped
+from vaultkit import _backups, _erasure, _lifecycle, _scoped
 from vaultkit._access import Policy, Principal, Scope, acting_as
 from vaultkit._cipher import Cipher, Decrypted, FieldCipher, as_bytes
 from vaultkit._codec import PlainValue, encode_value
@@ -51,6 +52,7 @@ from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError, DomainError
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider, SupportsAuditSigner, SupportsWriterPins
+from vaultkit.lifecycle import EnforcementReport, ErasureReceipt, RetentionReport
 from vaultkit.store import (
     DataKeyRecord,
     DekState,
@@ -746,6 +748,143 @@ class Vault(NoPickle):
 
     def __repr__(self) -> str:
         return f"Vault(domains={list(self._domains)!r}, store={self._store!r})"
+
+    # -- data life cycle ----------------------------------------------------------------------
+
+    def _life_cycle(self) -> _erasure.LifeCycle:
+        keyring = self._keyring
+        # The backup modes' hooks (erasure ledger, finality) where the vault has them.
+        append = getattr(self, "_ledger_append", None)
+        ledger = None
+        if append is not None:
+
+            def ledger(pairs: Sequence[tuple[str, str]], request_id: str, at: dt.datetime) -> None:
+                for domain, ref in pairs:
+                    append(domain, ref, request_id, at)
+
+        return _erasure.LifeCycle(
+            store=self._scoped_store(),
+            domains=self._domains,
+            subject_ref=self.subject_ref,
+            forget=keyring.forget,
+            forget_subject=keyring.forget_subject,
+            recorder=self._recorder,
+            clock=keyring.now,
+            ledger=ledger,
+            finality=getattr(self, "_finality", None),
+        )
+
+    def erase_subject(
+        self,
+        subject: Subject,
+        *,
+        reason: str,
+        request_id: str,
+        domains: Iterable[str] | None = None,
+        cells: Callable[[], Mapping[str, int]] | None = None,
+    ) -> ErasureReceipt:
+        """Erase a subject's values in every subject-scoped domain by destroying their keys.
+
+        In this order: (1) the subject is fenced in each domain to erase (from then on no process
+        encrypts for them there: :class:`~vaultkit.errors.SubjectErasedError`, until
+        :meth:`allow_subject`); (2) every key of the subject there is destroyed, and listed
+        again until none is live (a writer that took a key just before the fence loses it), and
+        dropped from this process's cache (other processes stop decrypting within their
+        ``key_check_interval``); (3) ``cells()`` is called to null the subject's blind-index
+        cells; (4) an audit event per domain and table is written (counts, request id and
+        reason; never the subject or its key-store ref); (5) the receipt is returned.
+
+        Domains whose retention is ``no_less_than`` and not yet over (it runs from the
+        relationship's end: while no end is recorded, or until the end plus the retention) and
+        that hold a live key of the subject are left as they are, not fenced, and reported as
+        ``"retained"`` with the retention's legal ground and, when known, the date it ends.
+
+        Running it again is harmless: keys destroyed before are counted as such, nothing else
+        changes (a crash half-way is repaired by running it again).
+
+        Args:
+            subject: the member id, as given to :meth:`encrypt` (str, int or UUID).
+            reason: why, such as ``"art17"``; written into the receipt and the audit log.
+            request_id: the request's ticket number; written into the receipt, the audit log
+                and the key store's subject rows. Neither may look like a personal identifier
+                (an e-mail address, a phone number, an INSZ or a BSN): refused.
+            domains: the subject-scoped domains to erase in (default: all of them).
+            cells: called once the keys are destroyed, returns the rows whose blind-index cells
+                it nulled, by table (``vaultkit.sqla`` makes one); not called when every domain
+                is retained.
+
+        Returns:
+            An :class:`~vaultkit.lifecycle.ErasureReceipt`; it names no person.
+
+        Raises:
+            ConfigurationError: the key store keeps no scoped keys, or the request id or
+                reason is empty, too long or looks like a personal identifier.
+            DomainError: a domain given is not declared or not subject-scoped.
+            KeyStoreError, AuditError: the store or the audit log failed (run it again).
+
+        .. versionadded:: 0.3.0
+        """
+        # In SQLAlchemy's asyncio greenlet: in a worker thread, and carried through to its end
+        # even if the awaiting task is cancelled (an erasure is not left half-way by choice).
+        erase = functools.partial(
+            _erasure.erase_subject,
+            self._life_cycle(),
+            subject,
+            reason=reason,
+            request_id=request_id,
+            domains=domains,
+            cells=cells,
+        )
+        return _call(erase, finish=True)
+
+    def enforce_retention(
+        self, *, at: dt.datetime | None = None, batch: int = 1000
+    ) -> EnforcementReport:
+        """Destroy every data key whose ``destroy_at`` is at or before ``at``, batch by batch.
+
+        Reads refuse such keys already (:class:`~vaultkit.errors.RetentionExpiredError`), sweep
+        or no sweep; this makes it final in the key store. Each batch is an audit event (domain,
+        key count, reason ``retention``; no key id, no subject ref), written before its keys are
+        destroyed, and each destruction is committed at once: after a crash, run it again and it
+        goes on with what is still due. Keys destroyed leave this process's cache.
+
+        Args:
+            at: the time keys are due by (timezone-aware; default: the vault's clock); never
+                later than the vault's clock (keys are not destroyed before they are due).
+            batch: keys per batch.
+
+        Returns:
+            An :class:`~vaultkit.lifecycle.EnforcementReport`.
+
+        Raises:
+            ConfigurationError: the key store keeps no scoped keys, ``at`` is naive or later
+                than the vault's clock, or ``batch`` is not positive.
+            KeyStoreError, AuditError: the store or the audit log failed (run it again).
+
+        .. versionadded:: 0.3.0
+        """
+        enforce = functools.partial(
+            _erasure.enforce_retention, self._life_cycle(), at=at, batch=batch
+        )
+        return _call(enforce, finish=True)
+
+    def retention_report(self, *, at: dt.datetime | None = None) -> RetentionReport:
+        """The retention state of every declared domain at ``at``, from key-store aggregates.
+
+        Per domain: the policy, the key scope and bucket width, live, destroyed and due keys,
+        the oldest capture still readable, subjects with a live key and, where retention runs
+        from the relationship's end, those with no end recorded (counted, never guessed), and
+        violations: a live key that reads would accept beyond the policy (must be none).
+
+        Args:
+            at: the time to report at (timezone-aware; default: the vault's clock).
+
+        Raises:
+            ConfigurationError: the key store keeps no scoped keys, or ``at`` is naive.
+
+        .. versionadded:: 0.3.0
+        """
+        return _call(functools.partial(_erasure.retention_report, self._life_cycle(), at=at))
 
     # -- data life cycle: backups (vaultkit/_backups.py) ------------------------------------------
 

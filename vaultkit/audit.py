@@ -98,7 +98,7 @@ class AuditEvent:
 
     principal: str
     purpose: str | None
-    action: str  # "decrypt", "denied" or "write"
+    action: str  # "decrypt", "denied", "write"; "erase", "retention" (life cycle, count only)
     domain: str
     table: str | None
     column: str | None

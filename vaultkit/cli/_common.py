@@ -14,7 +14,14 @@ from vaultkit.core.wire import DEK_ID_SIZE
 from vaultkit.errors import ConfigurationError, VaultkitError
 from vaultkit.keys.local import LocalKeyProvider
 
-__all__ = ["DatabaseError", "database_failure", "open_vault", "parse_dek_id", "store_options"]
+__all__ = [
+    "DatabaseError",
+    "database_failure",
+    "load_object",
+    "open_vault",
+    "parse_dek_id",
+    "store_options",
+]
 
 
 class DatabaseError(VaultkitError):
@@ -49,6 +56,26 @@ def open_vault(args: argparse.Namespace) -> Vault:
     if not domains:
         raise ConfigurationError(f"keyring {args.keyring} holds no domain")
     return Vault(provider=provider, store=args.store, domains=domains)
+
+
+def load_object(spec: str, *, option: str = "--model") -> object:
+    """The object ``MODULE:NAME`` names (imported from the current directory and PYTHONPATH)."""
+    import importlib
+    import os
+    import sys
+
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise ConfigurationError(f"{option} takes MODULE:NAME, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name}: {exc}") from None
+    if not hasattr(module, attribute):
+        raise ConfigurationError(f"{module_name} has no {attribute}")
+    return getattr(module, attribute)
 
 
 def parse_dek_id(text: str) -> bytes:

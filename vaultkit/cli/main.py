@@ -26,7 +26,8 @@ __all__ = ["EXIT_CODES", "EXIT_DATABASE", "EXIT_UNEXPECTED", "DatabaseError", "m
 #: 0 success; 2 usage (argparse); by error class, most specific first: 3 configuration, 4 key
 #: provider, 5 key store, 6 decryption, 8 conflict (a batch aborted by the database through every
 #: retry), 10 the data or audit database failed or was not reached, 1 any other vaultkit error. Commands return
-#: their own: 7 "done, but not clean" (``vaultkit rekey``, ``vaultkit audit verify``), 9 "no audit
+#: their own: 7 "done, but not clean" (``vaultkit rekey``, ``vaultkit audit verify``, ``vaultkit
+#: retention report`` with violations, ``vaultkit subject erase`` partially granted), 9 "no audit
 #: log here" (``vaultkit audit``), 4 "breach list unavailable" (``vaultkit password check``), 1 a
 #: refusal (a checkpoint refused, a password rejected, a destroy not confirmed). An unexpected
 #: exception is 1 (one line, no traceback); Ctrl-C is 130.
@@ -45,7 +46,17 @@ EXIT_UNEXPECTED: Final = 1
 
 
 def _parser() -> argparse.ArgumentParser:
-    from vaultkit.cli import audience, audit, bench, demo, keys, password, rekey
+    from vaultkit.cli import (
+        audience,
+        audit,
+        bench,
+        demo,
+        keys,
+        password,
+        rekey,
+        retention,
+        subject,
+    )
 
     parser = argparse.ArgumentParser(
         prog="vaultkit",
@@ -60,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     password.register(commands)
     audit.register(commands)
     rekey.register(commands)
+    retention.register(commands)
+    subject.register(commands)
     return parser
 
 

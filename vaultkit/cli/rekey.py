@@ -1,8 +1,8 @@
 """``vaultkit rekey``: re-encrypt a table's encrypted columns in place, with workers and progress.
 
 Exit codes: 0 the job is finished and nothing was left behind (and, with ``--verify``, every value
-opens under its column's current type and no value names a retired DEK); 7 the run ended but
-values are left for another run (changed by the application at every attempt, not decryptable)
+opens under its column's current type, or is erased, and no value names a retired DEK); 7 the run
+ended but values are left for another run (changed by the application at every attempt, not decryptable)
 or verification found problems; 2 usage; 3 configuration errors (among them ``--store`` and
 ``--keyring`` for a key store with an audit log); 4/5 key provider or key store errors; 8 the data
 database aborted one batch on a conflict at every retry (deadlock, serialization failure, lock
@@ -35,6 +35,9 @@ def register(commands: Any) -> None:
             "legacy plaintext (columns in migration mode), under retired DEKs, in an old wire "
             "format, or still encrypted as the column's previous= type says; fills their blind "
             "indexes in the same pass. Resumable: run the same command again after a crash. "
+            "Values whose key was destroyed (erasure, retention) are counted as erased and left "
+            "as they are; values under bucket keys stay in their bucket (never re-encrypted into "
+            "a newer one); columns of subject-scoped domains are refused (dry runs excepted). "
             "Give --config (the application's vaultkit.toml) so that restricted and audited "
             "domains are re-keyed under their policy. "
             "Exit codes: 0 done and clean, 7 values left for another run or --verify found "
@@ -332,6 +335,12 @@ def _summary(args: argparse.Namespace, reports: list[Any], elapsed: float) -> No
             f"  TAMPERED {total('tampered'):,}: plaintext not recorded in its row when the "
             "migration began (a ciphertext replaced by plaintext?), left as it is"
         )
+    if total("erased") or total("kept_in_scope"):
+        print(
+            f"  erased {total('erased'):,} (their keys were destroyed by an erasure or by "
+            f"retention: unreadable by design, left as they are); kept under their subject or "
+            f"bucket key {total('kept_in_scope'):,} (never moved to a newer bucket)"
+        )
     if args.dry_run:
         print(
             "  dry run: nothing decrypted, encrypted or written; unchecked (a previous= binding "
@@ -371,6 +380,11 @@ def _verify(args: argparse.Namespace, table: Any) -> bool:
         print(
             f"  TAMPERED {report.tampered:,}: plaintext not recorded in its row when the "
             "migration began, or found after it"
+        )
+    if report.erased or report.kept_in_scope:
+        print(
+            f"  erased {report.erased:,} (keys destroyed by erasure or retention; not a "
+            f"problem), under retired subject or bucket keys {report.kept_in_scope:,}"
         )
     print(f"  {'clean' if report.clean else 'NOT clean'}")
     return report.clean

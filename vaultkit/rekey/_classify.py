@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from vaultkit import SealedValue, Vault
 from vaultkit.core import wire
-from vaultkit.errors import ConfigurationError, DecryptionError
+from vaultkit.errors import ConfigurationError, DecryptionError, ValueErasedError
 from vaultkit.rekey._manifest import Manifest
 from vaultkit.rekey._table import as_raw
 from vaultkit.sqla.types import Encrypted, RowBound
@@ -34,13 +34,17 @@ class Classifier:
         self._vault = vault
         #: False in a dry run: nothing is decrypted (an audited decrypt would write an event).
         self._decrypt = decrypt
-        self._deks: dict[bytes, tuple[DekState | None, str | None]] = {}
+        self._deks: dict[bytes, tuple[DekState | None, str | None, str | None]] = {}
         #: Reasons by the first 20 bytes of a value, for columns without ``previous=``.
         self.by_header: dict[bytes, str | None] = {}
 
     def reason(self, column_type: Encrypted, value: bytes | None, row_key: Any) -> str | None:
         """Why ``value`` needs rewriting (``"plaintext"``, ``"outdated"``, ``"retired"``,
-        ``"moved"``, ``"unchecked"`` in a dry run), or None when it is current.
+        ``"moved"``, ``"unchecked"`` in a dry run), or None when it is current; ``"erased"``
+        when its DEK is destroyed (by erasure, retention or an operator: never rewritten), and
+        ``"kept"`` when it would be rewritten but is under a subject or bucket key (left under
+        its key: re-encrypting it would move it into a newer bucket, extending its retention,
+        or out of its subject's key, beyond erasure).
 
         Raises:
             DecryptionError: the value has the magic but is too short to be one.
@@ -56,9 +60,28 @@ class Classifier:
         known = self._deks.get(dek_id)
         if known is None:
             record = self._vault.store.get(dek_id)
-            known = (record.state, record.domain) if record is not None else (None, None)
+            known = (
+                (record.state, record.domain, record.scope)
+                if record is not None
+                else (None, None, None)
+            )
             self._deks[dek_id] = known
-        state, domain = known
+        state, domain, scope = known
+        if state is DekState.DESTROYED:
+            return "erased"
+        reason = self._rewrite_reason(column_type, value, row_key, state, domain)
+        if reason is not None and reason != "unchecked" and scope is not None:
+            return "kept"
+        return reason
+
+    def _rewrite_reason(
+        self,
+        column_type: Encrypted,
+        value: bytes,
+        row_key: Any,
+        state: DekState | None,
+        domain: str | None,
+    ) -> str | None:
         if column_type.previous is not None:
             if domain != column_type.domain:
                 return "moved"
@@ -133,6 +156,10 @@ class Batch:
     changes: list[Change] = field(default_factory=list)
     undecryptable: int = 0
     tampered: int = 0
+    #: Values whose DEK is destroyed (erasure, retention): unreadable for good, left as they are.
+    erased: int = 0
+    #: Values under a subject or bucket key that would need rewriting, left under their key.
+    kept: int = 0
     #: Manifest entries of rows seen holding ciphertext: (column name, row id).
     forget: list[tuple[str, str]] = field(default_factory=list)
     #: Row ids of the recorded legacy values among ``changes``, by (column name, row key):
@@ -214,6 +241,12 @@ def changes_in(
                         reason = by_header[header] = classify.reason(ctype, old, row_key)
                 else:
                     reason = classify.reason(ctype, old, row_key)
+                if reason == "erased":
+                    found.erased += 1
+                    continue
+                if reason == "kept":
+                    found.kept += 1
+                    continue
                 entry = entries.get(key) if entries else None
                 if entry is not None and reason != "plaintext":
                     found.forget.append((name, entry[0]))  # ciphertext now: never plaintext again
@@ -242,8 +275,16 @@ def changes_in(
                     plain = (
                         open_(old) if open_ is not None else ctype.decrypt_value(old, row=row_key)
                     )
+            except ValueErasedError:
+                found.erased += 1  # past its deadline, or destroyed since the key store was read
+                continue
             except DecryptionError:
                 found.undecryptable += 1
+                continue
+            if plain is None:
+                # A stored value that opens as None: a column with on_erased="null" read a value
+                # whose key is gone. Never rewritten (that would replace it with NULL).
+                found.erased += 1
                 continue
             if type(plain) is SealedValue:
                 raise ConfigurationError(f"the re-keying principal has no grant for {ctype.domain}")

@@ -62,6 +62,13 @@ class RekeyReport:
     #: began (a ciphertext replaced by plaintext, for example), or in a column out of migration
     #: mode after its migration. Left as they are for a person to look at.
     tampered: int = 0
+    #: Values whose DEK was destroyed (a subject's erasure, retention): unreadable by design,
+    #: never rewritten, and not a failure (they do not make the run incomplete).
+    erased: int = 0
+    #: Values under a subject or bucket key that would have been rewritten (a retired or moved
+    #: DEK) but were left under their key: re-encrypting a bucket value would put it into a newer
+    #: bucket and extend its retention; a subject value would leave its subject's key.
+    kept_in_scope: int = 0
     batches: int = 0
     ranges_total: int = 0
     ranges_done: int = 0
@@ -97,11 +104,17 @@ class VerifyReport:
     #: Plaintext values not recorded with that value in that row when their column's migration
     #: began, or found after it (see :attr:`RekeyReport.tampered`); not counted in ``plaintext``.
     tampered: int = 0
+    #: Values whose DEK was destroyed (erasure, retention): unreadable by design; not a problem,
+    #: not counted in ``undecryptable``.
+    erased: int = 0
+    #: Values under a retired subject or bucket key (see :attr:`RekeyReport.kept_in_scope`).
+    kept_in_scope: int = 0
 
     @property
     def clean(self) -> bool:
-        """Every value opens under its column's current type, no DEK it names is retired, and
-        every blind index is there under its current key version."""
+        """Every value opens under its column's current type (or is erased: its DEK destroyed by
+        erasure or retention), no DEK it names is retired, and every blind index is there under
+        its current key version."""
         return (
             self.plaintext == 0
             and self.tampered == 0

@@ -154,6 +154,8 @@ class _Run:
         self.progress = progress
         self.retry = retry
         self.pk, self.encrypted = plan_table(table, columns)
+        if not dry_run:
+            _refuse_subject_columns(vault, table, self.encrypted)
         self.report = RekeyReport(job=job, worker=worker, dry_run=dry_run)
         # source column name -> index column
         self.indexes = {
@@ -348,6 +350,8 @@ class _Run:
             report.rows_scanned += len(rows)
             report.undecryptable += found.undecryptable
             report.tampered += found.tampered
+            report.erased += found.erased
+            report.kept_in_scope += found.kept
             if self.dry_run:
                 for change in found.changes:
                     _count(report, change)
@@ -408,10 +412,25 @@ class _Run:
             redo = changes_in(again, self.targets, self.classify, self.manifests, legacy)
             report.undecryptable += redo.undecryptable
             report.tampered += redo.tampered
+            report.erased += redo.erased
+            report.kept_in_scope += redo.kept
             forget.extend(redo.forget)
             legacy_ids.update(redo.legacy_ids)
             pending = [c for c in redo.changes if (c.pk, c.column) in wanted]
         report.left_changing += len(pending)
+
+
+def _refuse_subject_columns(vault: Vault, table: sa.Table, encrypted: list[sa.Column[Any]]) -> None:
+    """Refuse to re-key columns of subject-scoped domains (their values need their subject)."""
+    for column in encrypted:
+        domain = vault.key_domain(column.type.domain)  # type: ignore[attr-defined]
+        if domain is not None and domain.dek_scope == "subject":
+            raise ConfigurationError(
+                f"{table.name}.{column.name} is in the subject-scoped domain {domain.name}: "
+                "re-encrypting its values needs each row's subject, which vaultkit rekey does not "
+                "read in this release; leave it out (--column), or re-encrypt through the "
+                "application (dry runs and verify work)"
+            )
 
 
 def _restore(report: RekeyReport, saved: RekeyReport) -> None:

@@ -1,4 +1,8 @@
-"""Decrypt every value of a table and count them by DEK, wire version and problem."""
+"""Decrypt every value of a table and count them by DEK, wire version and problem.
+
+Values whose DEK was destroyed (a subject's erasure, retention) are counted apart, as erased:
+unreadable by design, not a failure.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import sqlalchemy as sa
 
 from vaultkit import Principal, Vault
 from vaultkit.core import wire
-from vaultkit.errors import DecryptionError
+from vaultkit.errors import DecryptionError, ValueErasedError
 from vaultkit.rekey._classify import Classifier
 from vaultkit.rekey._manifest import Manifest, legacy_entries, manifests_of
 from vaultkit.rekey._reports import VerifyReport
@@ -84,10 +88,16 @@ def verify_row(
             continue
         row_key = mapping[row_keys[column.name].name] if column.name in row_keys else None
         try:
-            column_type.decrypt_value(value, row=row_key)
+            plain = column_type.decrypt_value(value, row=row_key)
             reason = classify.reason(column_type, value, row_key)
+        except ValueErasedError:
+            report.erased += 1  # its key was destroyed (erasure, retention): unreadable by design
+            continue
         except DecryptionError:
             report.undecryptable += 1
+            continue
+        if plain is None:  # on_erased="null": a value whose key is gone
+            report.erased += 1
             continue
         report.by_dek[header.dek_id.hex()] += 1
         report.by_version[header.version] += 1
@@ -96,7 +106,9 @@ def verify_row(
             stored = as_raw(mapping[index.name])
             if stored is None or stored[0] != index.type.version:  # type: ignore[attr-defined]
                 report.index_outdated += 1
-        if reason == "retired":
+        if reason == "kept":
+            report.kept_in_scope += 1
+        elif reason == "retired":
             report.under_retired += 1
         elif reason == "moved":
             report.previous_binding += 1
