@@ -16,6 +16,10 @@ Each command measures vaultkit against a baseline taken in the same run:
 ``enforce [--keys N] [--store URL]``
     ``Vault.enforce_retention`` over N expired subject keys (rows inserted in bulk, as a store
     holding them would have them), time and keys per second.
+``orm [--rows N] [--repeat R]``
+    ORM round trip (insert, commit, load, read each value) of N rows with a subject-scoped column
+    against the same rows with a process-scoped column, alternating R times: members whose keys
+    exist, and the first run, in which each new member's key is made.
 
 ``--store`` defaults to a fresh SQLite file; pass ``postgresql+psycopg://postgres@127.0.0.1/test``
 for the figures in docs/benchmarks.md (each run uses tables of its own prefix and drops them).
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 HERE = Path(__file__).resolve()
 SUBJECT_DOMAINS = ("identity", "contract", "medical")
@@ -172,6 +177,8 @@ def keys(url: str | None, members: int) -> None:
 
 
 def cold(url: str | None, rows: int) -> None:
+    from vaultkit.core import wire
+
     with _store(url) as (store, _where):
         writer = _vault(store, _provider())
         scoped = [
@@ -181,7 +188,12 @@ def cold(url: str | None, rows: int) -> None:
         plain = [writer.encrypt(f"value {m}", domain="p_medical", context=CTX) for m in range(rows)]
         writer.close()
         figures = {}
-        for name, blobs in (("process-scoped", plain), ("subject-scoped", scoped)):
+        cases = (
+            ("process-scoped", plain, False),
+            ("subject-scoped", scoped, False),
+            ("subject-scoped, preload first", scoped, True),
+        )
+        for name, blobs, preload in cases:
             provider = _provider()
             queries = [0]
 
@@ -190,8 +202,11 @@ def cold(url: str | None, rows: int) -> None:
 
             sa.event.listen(store.engine, "before_cursor_execute", count)
             try:
-                with _vault(store, provider) as reader:
+                # A cache as large as the read, so the preloaded keys stay for it.
+                with _vault(store, provider, cache_size=rows + 16) as reader:
                     start = time.perf_counter()
+                    if preload:  # what a page of a result set can do: one query per 500 ids
+                        reader.preload(wire.parse_value(b).dek_id for b in blobs)
                     for blob in blobs:
                         reader.decrypt(blob, context=CTX)
                     seconds = time.perf_counter() - start
@@ -204,7 +219,8 @@ def cold(url: str | None, rows: int) -> None:
         for name, (seconds, calls, queries_) in figures.items():
             print(f"| {name} | {seconds:.2f} | {seconds / rows * 1e6:.0f} | {calls} | {queries_} |")
         base = figures["process-scoped"][0]
-        print(f"subject / process time: {figures['subject-scoped'][0] / base:.1f}x")
+        for name in ("subject-scoped", "subject-scoped, preload first"):
+            print(f"{name} / process-scoped time: {figures[name][0] / base:.1f}x")
 
 
 def _reader(url: str, prefix: str, blob_hex: str, ready: str, done: str) -> None:
@@ -339,13 +355,80 @@ def enforce(url: str | None, count: int, batch: int) -> None:
         )
 
 
+def orm(url: str | None, rows: int, repeat: int) -> None:
+    """ORM round trip (insert, commit, load, read every value) of a subject-scoped column against a
+    process-scoped one, alternating, ``repeat`` times; members known (their keys exist) and new."""
+    from vaultkit import sqla
+    from vaultkit.sqla import Encrypted
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Plain(Base):
+        __tablename__ = f"bench_plain_{uuid.uuid4().hex[:6]}"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        member_id: Mapped[str] = mapped_column(sa.String(20))
+        note: Mapped[str] = mapped_column(Encrypted(sa.Text, domain="p_medical"))
+
+    class Scoped(Base):
+        __tablename__ = f"bench_scoped_{uuid.uuid4().hex[:6]}"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        member_id: Mapped[str] = mapped_column(sa.String(20))
+        note: Mapped[str] = mapped_column(Encrypted(sa.Text, domain="medical", subject="member_id"))
+
+    with _store(url) as (store, where):
+        engine = sa.create_engine(where)
+        Base.metadata.create_all(engine)
+        vault = _vault(store, _provider(), cache_size=4 * rows)
+        sqla.configure(vault)
+        times: dict[str, list[float]] = {"process": [], "subject, known members": []}
+        first_subject = 0.0
+        try:
+            for i in range(repeat + 1):
+                for name, model in (("process", Plain), ("subject, known members", Scoped)):
+                    start = time.perf_counter()
+                    with Session(engine) as session:
+                        session.add_all(
+                            model(id=i * rows + r, member_id=f"m-{r}", note=f"note {i} {r}")
+                            for r in range(rows)
+                        )
+                        session.commit()
+                    with Session(engine) as session:
+                        loaded = session.scalars(
+                            sa.select(model).where(model.id >= i * rows, model.id < (i + 1) * rows)
+                        ).all()
+                        assert all(m.note.startswith("note") for m in loaded)
+                    seconds = time.perf_counter() - start
+                    if i == 0 and model is Scoped:
+                        first_subject = seconds  # new members: one key each is made
+                    elif i > 0:
+                        times[name].append(seconds)
+        finally:
+            vault.close()
+            Base.metadata.drop_all(engine)
+            engine.dispose()
+    base = statistics.median(times["process"])
+    print(
+        f"ORM round trip of {rows} rows (insert, commit, load, read), {store.engine.dialect.name}"
+    )
+    print("| column | median s | min-max s | / process-scoped |")
+    print("|---|---:|---:|---:|")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"| {name} | {med:.3f} | {min(values):.3f}-{max(values):.3f} | {med / base:.2f}x |")
+    print(
+        f"| subject, new members (first run, one key each) | {first_subject:.3f} | | "
+        f"{first_subject / base:.1f}x |"
+    )
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_reader":
         _reader(*sys.argv[2:7])
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("keys", "cold", "erase", "enforce"):
+    for name in ("keys", "cold", "erase", "enforce", "orm"):
         sub = commands.add_parser(name)
         sub.add_argument("--store", help="key-store URL (default: a fresh SQLite file)")
         if name == "keys":
@@ -353,6 +436,9 @@ def main() -> None:
         if name == "cold":
             sub.add_argument("--rows", type=int, default=100_000)
         if name == "erase":
+            sub.add_argument("--repeat", type=int, default=5)
+        if name == "orm":
+            sub.add_argument("--rows", type=int, default=1000)
             sub.add_argument("--repeat", type=int, default=5)
         if name == "enforce":
             sub.add_argument("--keys", type=int, default=1_000_000)
@@ -362,6 +448,8 @@ def main() -> None:
         keys(args.store, args.members)
     elif args.command == "cold":
         cold(args.store, args.rows)
+    elif args.command == "orm":
+        orm(args.store, args.rows, args.repeat)
     elif args.command == "erase":
         erase(args.store, args.repeat)
     else:
