@@ -18,18 +18,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vaultkit.bench import SCHEMA_ID
-from vaultkit.bench._machine import machine_block
-from vaultkit.bench._model import Result, Run, Stats, SuiteResult, calibrate, interleaved
-from vaultkit.bench._report import (
+from vaultkit.cli._bench import SCHEMA_ID
+from vaultkit.cli._bench._machine import machine_block
+from vaultkit.cli._bench._model import Result, Run, Stats, SuiteResult, calibrate, interleaved
+from vaultkit.cli._bench._report import (
     BEGIN_MARKER,
     END_MARKER,
     compare,
     format_markdown,
     splice_generated,
 )
-from vaultkit.bench._schema import SchemaError, load_schema, validate
-from vaultkit.bench._suites import SUITES, protections
+from vaultkit.cli._bench._schema import SchemaError, load_schema, validate
+from vaultkit.cli._bench._suites import SUITES, protections
 from vaultkit.cli.bench import measure
 from vaultkit.cli.main import main
 
@@ -513,7 +513,7 @@ provider = "frozen"
 
 def test_busy_machine_is_called_noisy() -> None:
     """A load average above half the cores puts a noise warning in the report; an idle one does not."""
-    from vaultkit.bench._report import format_table
+    from vaultkit.cli._bench._report import format_table
 
     idle = crafted_run()
     assert "noisy" not in format_table(idle) and "noisy" not in format_markdown(idle)

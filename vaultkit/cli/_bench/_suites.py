@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaultkit.bench._model import Result, Role, Stats, SuiteResult, calibrate, interleaved
+from vaultkit.cli._bench._model import Result, Role, Stats, SuiteResult, calibrate, interleaved
 
 
 @dataclass(slots=True)
@@ -168,7 +168,9 @@ def protections() -> dict[str, Any]:
             found["cell_binding"] = True
         else:
             found["cell_binding"] = False
-        found["random_nonce"] = note.encrypt("x")[52:64] != note.encrypt("x")[52:64]
+        found["random_nonce"] = (
+            note.encrypt("x")[wire.NONCE_SLICE] != note.encrypt("x")[wire.NONCE_SLICE]
+        )
         medical = vault.field("medical", table="chats", column="body")
         sealed = medical.decrypt(medical.encrypt("protections check"))
         found["restricted_domain_sealed_without_grant"] = isinstance(sealed, SealedValue)
@@ -818,7 +820,7 @@ def _rekey_round(engine: Any, vault: Any, n: int) -> dict[str, float]:
 def audiences(options: Options) -> SuiteResult:
     """E-mail audience hashing end to end (CSV in, platform CSV out) against a bare SHA-256 loop."""
     quick = options.quick
-    from vaultkit.audiences._csv import hash_csv
+    from vaultkit.audiences import hash_csv
 
     n, rounds = (3_000, 2) if quick else (100_000, 3)
     suite = SuiteResult(
