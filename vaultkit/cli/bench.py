@@ -1,6 +1,6 @@
 """``vaultkit bench``: vaultkit measured beside its baselines in one run, as a reviewer's report.
 
-Each suite (``--suite core,orm,providers,rekey,audiences,passwords``; all by default) times
+Each suite (``--suite core,orm,providers,rekey,audiences,passwords,lifecycle``; all by default) times
 vaultkit with every protection on next to its baselines in the same run: raw and framed AES-GCM,
 plain columns, bare SHA-256, the libraries vaultkit wraps, and peers (Fernet, sqlalchemy-utils,
 Tink) when installed. Figures are absolute (µs per operation, ops/s, MB/s, rows/s), with their
