@@ -1169,8 +1169,8 @@ def lifecycle(options: Options) -> SuiteResult:
                         start = time.perf_counter()
                         # As an application reads a result set: in batches, each batch's keys
                         # preloaded first (a batch within the vault's cache_size).
-                        for first in range(0, len(to_read), _PRELOAD_BATCH):
-                            batch = to_read[first : first + _PRELOAD_BATCH]
+                        for offset in range(0, len(to_read), _PRELOAD_BATCH):
+                            batch = to_read[offset : offset + _PRELOAD_BATCH]
                             if preload:
                                 ids = []
                                 for blob in batch:
