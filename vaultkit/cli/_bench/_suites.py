@@ -1034,7 +1034,7 @@ def lifecycle(options: Options) -> SuiteResult:
     quick = options.quick
     target, rounds = (0.002, 5) if quick else (0.04, 7)
     known, new_per_round, cold_n, cold_rounds, erasures = (
-        (100, 20, 300, 2, 6) if quick else (500, 200, 10_000, 3, 30)
+        (50, 10, 200, 2, 5) if quick else (500, 200, 10_000, 3, 30)
     )
     suite = SuiteResult(
         "lifecycle",
