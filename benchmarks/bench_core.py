@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from vaultkit.bench._report import format_markdown
+from vaultkit.cli._bench._report import format_markdown
 from vaultkit.cli.bench import measure
 
 

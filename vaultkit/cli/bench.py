@@ -1,6 +1,6 @@
 """``vaultkit bench``: vaultkit measured beside its baselines in one run, as a reviewer's report.
 
-Each suite (``--suite core,orm,providers,rekey,audiences,passwords``; all by default) times
+Each suite (``--suite core,orm,providers,rekey,audiences,passwords,lifecycle``; all by default) times
 vaultkit with every protection on next to its baselines in the same run: raw and framed AES-GCM,
 plain columns, bare SHA-256, the libraries vaultkit wraps, and peers (Fernet, sqlalchemy-utils,
 Tink) when installed. Figures are absolute (µs per operation, ops/s, MB/s, rows/s), with their
@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaultkit.bench._machine import config_digest, load_average, machine_block
-from vaultkit.bench._model import Run
-from vaultkit.bench._report import (
+from vaultkit.cli._bench._machine import config_digest, load_average, machine_block
+from vaultkit.cli._bench._model import Run
+from vaultkit.cli._bench._report import (
     DEFAULT_NOISE,
     compare,
     format_comparison,
@@ -53,8 +53,8 @@ from vaultkit.bench._report import (
     format_run,
     splice_generated,
 )
-from vaultkit.bench._schema import SchemaError, validate
-from vaultkit.bench._suites import SUITES, Options, protections
+from vaultkit.cli._bench._schema import SchemaError, validate
+from vaultkit.cli._bench._suites import SUITES, Options, protections
 from vaultkit.errors import ConfigurationError
 
 __all__ = ["SIZES", "CoreResult", "load_run", "measure", "measure_core", "register", "run"]
@@ -85,8 +85,8 @@ def measure_core(
     from cryptography.fernet import Fernet
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from vaultkit.bench._model import interleaved
-    from vaultkit.bench._suites import bench_vault, core_ops
+    from vaultkit.cli._bench._model import interleaved
+    from vaultkit.cli._bench._suites import bench_vault, core_ops
     from vaultkit.core import wire
 
     names = {
@@ -274,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         args.json_out.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
     if args.chart:
-        from vaultkit.bench._chart import write_chart
+        from vaultkit.cli._bench._chart import write_chart
 
         write_chart(now, args.chart)
     if args.update_doc:

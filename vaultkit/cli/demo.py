@@ -2,6 +2,11 @@
 
 Needs no server and no set-up: a keyring, its master key and an SQLite database are made in a
 temporary directory (kept with ``--dir``). The members are invented.
+
+The medical notes are under a key per member (a subject-scoped domain) and the teleconsultation
+chats under a key per hour kept 72 hours (a bucket-scoped domain): the demo erases one member by
+destroying their key, shows a chat past its retention reading as erased, and prints the retention
+report (docs/lifecycle.md).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vaultkit.sqla
-from vaultkit import KeyDomain, Principal, Vault
+from vaultkit import KeyDomain, Principal, Retention, Vault
 from vaultkit.audiences import COLUMNS, AudienceReport, MemberRecord, Platform, hash_records
 from vaultkit.errors import DecryptionError, QueryError
 from vaultkit.keys.local import LocalKeyProvider, decode_master_key, generate_master_key
@@ -34,7 +39,7 @@ class Member(_Base):
 
     __tablename__ = "members"
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    member_no: Mapped[int] = mapped_column()
+    member_no: Mapped[int] = mapped_column(index=True)  # plain: picks the member's key
     name: Mapped[str] = mapped_column(Encrypted(sa.String(200), domain="identity"))
     email: Mapped[str] = mapped_column(Encrypted(sa.String(320), domain="identity"))
     email_index = BlindIndex("email", normalize=str.lower)
@@ -43,14 +48,34 @@ class Member(_Base):
     monthly_premium: Mapped[Decimal] = mapped_column(
         Encrypted(sa.Numeric(8, 2), domain="financial")
     )
+    # Under the member's own key: erasing the member destroys it; an erased note reads as None.
     health_note: Mapped[str | None] = mapped_column(
-        Encrypted(sa.Text, domain="medical", row_key="id")
+        Encrypted(sa.Text, domain="medical", row_key="id", subject="member_no", on_erased="null")
+    )
+
+
+class Chat(_Base):
+    """A teleconsultation chat message: under the key of the hour it was written, kept 72 hours."""
+
+    __tablename__ = "chats"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    member_no: Mapped[int] = mapped_column()
+    body: Mapped[str | None] = mapped_column(Encrypted(sa.Text, domain="chats", on_erased="null"))
+
+
+def _chat_domain() -> KeyDomain:
+    return KeyDomain(
+        "chats",
+        dek_scope="bucket",
+        bucket=dt.timedelta(hours=1),
+        retention=Retention("PT72H", after="capture"),
     )
 
 
 INTAKE = Principal("onboarding-service")
 CLAIMS = Principal("claims-handler-3")
 COACH = Principal("coach-17", grants={"medical"})
+DPO = Principal("dpo-office")
 
 MEMBERS: list[dict[str, Any]] = [
     {
@@ -113,13 +138,16 @@ def _demo(workdir: Path) -> int:
     # The medical domain is the functional unit's: restricted to principals with the grant, and
     # every access logged in a hash-chained audit log. On SQLite the key store and audit log get a
     # file of their own (SQLite locks a whole database for writing).
+    # Medical notes are under a key per member (erasure destroys it); chats under a key per hour,
+    # destroyed 72 hours after the hour ends.
     vault = Vault(
         provider=provider,
         store=f"sqlite:///{workdir / 'keys.db'}",
         domains=[
             KeyDomain("identity"),
             KeyDomain("financial"),
-            KeyDomain("medical", restricted=True, audited=True),
+            KeyDomain("medical", restricted=True, audited=True, dek_scope="subject"),
+            _chat_domain(),
         ],
     )
     vaultkit.sqla.configure(vault)
@@ -158,11 +186,92 @@ def _audience(session_factory: Any) -> None:
     )
 
 
+def _old_chat(workdir: Path, engine: sa.Engine, provider: LocalKeyProvider, vault: Vault) -> None:
+    """Write chat 1 as a vault whose clock reads three days and an hour ago would have."""
+    past = Vault(
+        provider=provider,
+        store=f"sqlite:///{workdir / 'keys.db'}",
+        domains=[_chat_domain()],
+        clock=lambda: dt.datetime.now(dt.UTC) - dt.timedelta(hours=73),
+    )
+    vaultkit.sqla.configure(past)
+    try:
+        with Session(engine) as session:
+            session.add(Chat(id=1, member_no=100017, body="Coach: how is the new diet going?"))
+            session.commit()
+    finally:
+        vaultkit.sqla.configure(vault)
+        past.close()
+
+
+def _erasure(engine: sa.Engine, vault: Vault, workdir: Path, provider: LocalKeyProvider) -> None:
+    """Erase one member by destroying their key; let a chat pass its retention; print the report."""
+    member_no = 100019
+    print(f"Member {member_no} asks for erasure (GDPR art. 17): vault.erase_subject(...)")
+    with vault.acting_as(DPO, purpose="erasure-request"):
+        receipt = vault.erase_subject(
+            member_no,
+            reason="art17",
+            request_id="REQ-2026-0107",
+            cells=vaultkit.sqla.erasure_cells(_Base.metadata, engine, member_no),
+        )
+    # The receipt names no person: no member number, no key-store ref, no value hash.
+    print(f"  receipt {receipt.request_id}: {receipt.status}, reason {receipt.reason}")
+    for domain in receipt.domains:
+        print(f"    domain {domain.domain}: {domain.status}, {domain.keys_destroyed} key destroyed")
+    for table, rows in receipt.tables:
+        print(f"    table {table}: {rows} row unreadable, its blind-index cells nulled")
+    finality = receipt.finality.isoformat(timespec="seconds") if receipt.finality else "-"
+    print(f"    audited: {receipt.audited}; backups final from: {finality}")
+    with vault.acting_as(COACH, purpose="coaching-chat"), Session(engine) as session:
+        print(
+            "  The medical notes as coach-17 now (the erased note reads as None; others still read):"
+        )
+        for m in session.scalars(sa.select(Member).order_by(Member.member_no)):
+            note = "erased (None)" if m.health_note is None else f"{m.health_note[:40]}..."
+            print(f"    {m.member_no}  {m.name:<15} note: {note}")
+        found = session.scalars(
+            sa.select(Member).where(Member.email_index == "sanne.devries@example.nl")
+        ).all()
+        print(f"  Blind-index lookup of the erased member's e-mail: {len(found)} rows")
+    print()
+
+    # A chat written three days and an hour ago (by a vault whose clock says so), and one now.
+    print("Teleconsultation chats: a key per hour, destroyed 72 hours after the hour ends:")
+    _old_chat(workdir, engine, provider, vault)
+    with Session(engine) as session:
+        session.add(Chat(id=2, member_no=100017, body="Member: better, thanks!"))
+        session.commit()
+    with Session(engine) as session:
+        for chat in session.scalars(sa.select(Chat).order_by(Chat.id)):
+            age = "73 h old" if chat.id == 1 else "new     "
+            body = "past retention (None)" if chat.body is None else repr(chat.body)
+            print(f"  chat {chat.id} ({age}): {body}")
+    with vault.acting_as(DPO, purpose="retention-sweep"):
+        enforced = vault.enforce_retention()
+    print(f"  vault.enforce_retention(): {enforced.keys_destroyed} key destroyed")
+    print()
+
+    report = vault.retention_report()
+    print("vault.retention_report() (vaultkit retention report):")
+    print(
+        f"  {'domain':<10} {'keys':<8} {'retention':<22} {'live':>4} {'destroyed':>9}  violations"
+    )
+    for line in report.domains:
+        rule = "-" if line.duration is None else f"{line.duration} after {line.after}"
+        print(
+            f"  {line.domain:<10} {line.scope:<8} {rule:<22} {line.live:>4} {line.destroyed:>9}"
+            f"  {len(line.violations)}"
+        )
+    print(f"  violations: {report.violations}")
+    print()
+
+
 def _show(workdir: Path, engine: sa.Engine, vault: Vault, provider: LocalKeyProvider) -> int:
     _Base.metadata.create_all(engine)
     print(f"vaultkit demo in {workdir}")
     print(f"  keyring  keyring.json  (KEKs for: {', '.join(provider.domains())})")
-    print("  database demo.db  (table members); keys.db (wrapped DEKs, audit log)")
+    print("  database demo.db  (tables members, chats); keys.db (wrapped DEKs, audit log)")
     print()
 
     with vault.acting_as(INTAKE, purpose="member-onboarding"), Session(engine) as session:
@@ -218,6 +327,8 @@ def _show(workdir: Path, engine: sa.Engine, vault: Vault, provider: LocalKeyProv
         _audience(session_factory=lambda: Session(engine))
         print()
 
+        _erasure(engine, vault, workdir, provider)
+
         # Copy Jan's medical note into Marie's row, as someone with write access to the table could.
         jan, marie = (
             session.scalars(sa.select(Member).where(Member.member_no == n)).one()
@@ -250,10 +361,12 @@ def _show(workdir: Path, engine: sa.Engine, vault: Vault, provider: LocalKeyProv
     if audit_log is not None:
         print("Audit log of the medical domain (who, why, which rows; never a value):")
         for seq, event, _prev, _mac in audit_log.read():
-            rows = f"{len(event.rows)} row keys" if event.rows else "no row keys"
+            noun = "facts" if event.action in ("erase", "retention") else "row keys"
+            rows = f"{len(event.rows)} {noun}" if event.rows else f"no {noun}"
+            where = ".".join(part for part in (event.table, event.column) if part) or "-"
             print(
-                f"  #{seq} {event.action:<7} {event.principal:<17} {event.purpose or '-':<18} "
-                f"{event.table or '-'}.{event.column or '-'}  x{event.count}  {rows}"
+                f"  #{seq:<2} {event.action:<9} {event.principal or '-':<18} "
+                f"{event.purpose or '-':<18} {where}  x{event.count}  {rows}"
             )
         result = audit_log.verify()
         state = "intact" if result.ok else f"BROKEN at event {result.first_broken}: {result.reason}"
@@ -261,10 +374,11 @@ def _show(workdir: Path, engine: sa.Engine, vault: Vault, provider: LocalKeyProv
 
     print()
     print("Keys in the key store (wrapped; no key material is shown):")
-    for record in vault.store.records():
-        kind = record.name or "data key"
+    for record in sorted(vault.store.records(), key=lambda r: (r.domain, r.purpose)):
+        kind = record.name or f"data key ({record.scope or 'process'} scope)"
+        state = f"  DESTROYED ({record.destroy_reason})" if record.destroyed_at else ""
         print(
-            f"  {record.purpose:<5} {record.dek_id.hex()[:12]}...  domain {record.domain:<9}  "
-            f"KEK {record.kek_id.rsplit(':', 1)[-1]} v{record.kek_version}  {kind}"
+            f"  {record.purpose:<11} {record.dek_id.hex()[:12]}...  domain {record.domain:<9}  "
+            f"KEK {record.kek_id.rsplit(':', 1)[-1]} v{record.kek_version}  {kind}{state}"
         )
     return 0

@@ -18,18 +18,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vaultkit.bench import SCHEMA_ID
-from vaultkit.bench._machine import machine_block
-from vaultkit.bench._model import Result, Run, Stats, SuiteResult, calibrate, interleaved
-from vaultkit.bench._report import (
+from vaultkit.cli._bench import SCHEMA_ID
+from vaultkit.cli._bench._machine import machine_block
+from vaultkit.cli._bench._model import Result, Run, Stats, SuiteResult, calibrate, interleaved
+from vaultkit.cli._bench._report import (
     BEGIN_MARKER,
     END_MARKER,
     compare,
     format_markdown,
     splice_generated,
 )
-from vaultkit.bench._schema import SchemaError, load_schema, validate
-from vaultkit.bench._suites import SUITES, protections
+from vaultkit.cli._bench._schema import SchemaError, load_schema, validate
+from vaultkit.cli._bench._suites import SUITES, protections
 from vaultkit.cli.bench import measure
 from vaultkit.cli.main import main
 
@@ -403,6 +403,49 @@ def test_every_suite_runs_quick() -> None:
     validate(run.to_json())
 
 
+def test_lifecycle_suite_measures_scoped_keys_beside_process_scoped_ones() -> None:
+    """--suite lifecycle: scoped keys beside process-scoped ones and raw AES-GCM, counts bounded.
+
+    The cold read of N distinct members costs as many provider calls as the process-scoped read
+    (the per-domain wrapping key, not one unwrap per member), one key-store query per member
+    without ``preload`` and a handful with it; each peer says what it does not protect.
+    """
+    from vaultkit.cli._bench._suites import Options
+
+    suite = SUITES["lifecycle"](Options(quick=True))
+    suite.finish()
+    by_key = {(r.case, r.op, r.subject): r for r in suite.results}
+    n = suite.params["cold_rows"]
+    for op in ("encrypt", "decrypt"):
+        for subject in ("subject-scoped, known member", "bucket-scoped"):
+            result = by_key[("64 B, warm", op, subject)]
+            assert result.role == "vaultkit" and result.stats.min > 0
+            assert set(result.ratios) == {"raw AESGCM", "process-scoped"}
+    assert by_key[("64 B, first write", "encrypt", "subject-scoped, new member")].stats.min > 0
+    cold = f"{n:,} distinct members, cold"
+    assert {s for c, _o, s in by_key if c == cold} == {
+        "process-scoped",
+        "subject-scoped",
+        "subject-scoped, preload",
+    }
+    counts = suite.params["cold_read_counts"]
+    process, scoped, preloaded = (
+        counts[name] for name in ("process-scoped", "subject-scoped", "subject-scoped, preload")
+    )
+    # O(domains), whatever n is: the wrapping key's one unwrap, not one per member.
+    assert preloaded["provider_calls"] == scoped["provider_calls"] <= process["provider_calls"] + 1
+    assert scoped["provider_calls"] <= 5
+    assert scoped["key_store_queries"] >= n
+    batches = -(-n // suite.params["preload_batch"])
+    assert preloaded["key_store_queries"] <= 2 * batches + 2  # get_many per batch, not per row
+    erase = by_key[("1 member, 1 subject-scoped domain", "erase", "vaultkit erase_subject")]
+    assert erase.stats.rounds == suite.params["erasures"]
+    peers = [r for r in suite.results if r.role != "vaultkit"]
+    assert peers and all(r.lacks for r in peers)
+    assert not [r for r in suite.results if r.role == "vaultkit" and r.lacks]
+    assert any("provider calls" in note for note in suite.notes)
+
+
 def _fields(result: Result) -> dict[str, Any]:
     return {name: getattr(result, name) for name in Result.__slots__ if not name.startswith("__")}
 
@@ -513,7 +556,7 @@ provider = "frozen"
 
 def test_busy_machine_is_called_noisy() -> None:
     """A load average above half the cores puts a noise warning in the report; an idle one does not."""
-    from vaultkit.bench._report import format_table
+    from vaultkit.cli._bench._report import format_table
 
     idle = crafted_run()
     assert "noisy" not in format_table(idle) and "noisy" not in format_markdown(idle)

@@ -38,13 +38,56 @@ class TestDemo:
         assert "note: Type 2 diabetes" in out  # the coach's view
         assert (
             "hash chain intact" in out
-            and " decrypt coach-17 " in out
-            and " denied  claims-handler-3 " in out
+            and " decrypt   coach-17 " in out
+            and " denied    claims-handler-3 " in out
         )
         assert "jan.peeters@example.be" not in out.split("Google Customer Match export")[1]
         lines = out.splitlines()
-        assert sum(line.startswith("  data ") for line in lines) == 3  # one DEK per domain
+        keys = out.split("Keys in the key store")[1].splitlines()[1:]
+        data = [line for line in keys if line.startswith("  data ")]
+        # One process-scoped DEK each for identity and financial, a key per member for the
+        # medical notes (the erased member's destroyed), a key per hour for the chats (the one
+        # of 73 hours ago destroyed by the retention sweep).
+        assert sum("(process scope)" in line for line in data) == 2
+        medical = [line for line in data if "domain medical" in line]
+        assert len(medical) == 3 and sum("DESTROYED (erasure)" in line for line in medical) == 1
+        chats = [line for line in data if "domain chats" in line]
+        assert len(chats) == 2 and sum("DESTROYED (retention)" in line for line in chats) == 1
         assert sum(line.startswith("  index ") for line in lines) == 1  # the e-mail index key
+        assert sum(line.startswith("  wrapping ") for line in lines) == 2  # medical, chats
+
+    def test_demo_erases_a_member_and_reports_retention(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The demo erases one member (receipt without identifier), their note reads as erased
+        while the others still read, a chat past 72 h reads as expired, and the report is clean."""
+        import re
+
+        assert main(["demo"]) == 0
+        out = capsys.readouterr().out
+        after = out.split("asks for erasure")[1]
+        receipt = after.split("The medical notes as coach-17 now")[0]
+        assert "receipt REQ-2026-0107: granted, reason art17" in receipt
+        assert "domain medical: erased, 1 key destroyed" in receipt
+        assert "table members: 1 row unreadable" in receipt
+        # No identifier in the receipt: no member number, no name, no 32-hex key-store ref.
+        assert "100019" not in receipt and "Sanne" not in receipt
+        assert not re.search(r"[0-9a-f]{16,}", receipt)
+        erased_view = after.split("The medical notes as coach-17 now")[1].split("Teleconsultation")[
+            0
+        ]
+        assert "100019  Sanne de Vries  note: erased (None)" in erased_view
+        assert "100017  Jan Peeters     note: Type 2 diabetes" in erased_view
+        assert "100018  Marie Dubois    note: Physiotherapy" in erased_view
+        assert "Blind-index lookup of the erased member's e-mail: 0 rows" in erased_view
+        assert "chat 1 (73 h old): past retention (None)" in out
+        assert "chat 2 (new     ): 'Member: better, thanks!'" in out
+        assert "vault.enforce_retention(): 1 key destroyed" in out
+        report = out.split("vault.retention_report()")[1].split("Jan's medical note")[0]
+        assert re.search(r"chats +bucket +PT72H after capture +1 +1 +0", report)
+        assert re.search(r"medical +subject +- +2 +1 +0", report)
+        assert "violations: 0" in report
+        assert " erase     dpo-office " in out and "hash chain intact" in out
 
     def test_demo_keeps_its_files_with_dir(self, tmp_path: Path) -> None:
         """With --dir the keyring and database stay for inspection; the ciphertext is at rest."""
@@ -52,6 +95,16 @@ class TestDemo:
         assert (tmp_path / "keyring.json").exists()
         raw = (tmp_path / "demo.db").read_bytes()
         assert b"Jan Peeters" not in raw and b"diabetes" not in raw
+        assert b"new diet" not in raw and b"better, thanks" not in raw  # the chats
+        import sqlite3
+
+        db = sqlite3.connect(tmp_path / "demo.db")
+        try:
+            indexes = dict(db.execute("select member_no, email_index from members").fetchall())
+        finally:
+            db.close()
+        # The erased member's blind-index cell is nulled; the others' stay.
+        assert indexes[100019] is None and indexes[100017] is not None
 
     def test_module_entry_point(self) -> None:
         """python -m vaultkit demo works as a separate process."""

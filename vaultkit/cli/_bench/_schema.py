@@ -41,7 +41,7 @@ class SchemaError(ValueError):
 @cache
 def load_schema() -> dict[str, Any]:
     """Return the published schema (a fresh parse is cached; do not mutate it)."""
-    text = resources.files("vaultkit.bench").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    text = resources.files("vaultkit.cli._bench").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 

@@ -211,7 +211,7 @@ class Run:
     argv: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        from vaultkit.bench import SCHEMA_ID
+        from vaultkit.cli._bench import SCHEMA_ID
 
         return {
             "schema": SCHEMA_ID,

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vaultkit.bench._machine import differences
-from vaultkit.bench._model import Result, Run, SuiteResult
+from vaultkit.cli._bench._machine import differences
+from vaultkit.cli._bench._model import Result, Run, SuiteResult
 
 __all__ = [
     "DEFAULT_NOISE",

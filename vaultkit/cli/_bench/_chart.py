@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vaultkit.bench._model import Run
+from vaultkit.cli._bench._model import Run
 from vaultkit.errors import ConfigurationError
 
 __all__ = ["write_chart"]

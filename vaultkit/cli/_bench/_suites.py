@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import itertools
 import os
 import random
 import string
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaultkit.bench._model import Result, Role, Stats, SuiteResult, calibrate, interleaved
+from vaultkit.cli._bench._model import Result, Role, Stats, SuiteResult, calibrate, interleaved
 
 
 @dataclass(slots=True)
@@ -168,7 +169,9 @@ def protections() -> dict[str, Any]:
             found["cell_binding"] = True
         else:
             found["cell_binding"] = False
-        found["random_nonce"] = note.encrypt("x")[52:64] != note.encrypt("x")[52:64]
+        found["random_nonce"] = (
+            note.encrypt("x")[wire.NONCE_SLICE] != note.encrypt("x")[wire.NONCE_SLICE]
+        )
         medical = vault.field("medical", table="chats", column="body")
         sealed = medical.decrypt(medical.encrypt("protections check"))
         found["restricted_domain_sealed_without_grant"] = isinstance(sealed, SealedValue)
@@ -818,7 +821,7 @@ def _rekey_round(engine: Any, vault: Any, n: int) -> dict[str, float]:
 def audiences(options: Options) -> SuiteResult:
     """E-mail audience hashing end to end (CSV in, platform CSV out) against a bare SHA-256 loop."""
     quick = options.quick
-    from vaultkit.audiences._csv import hash_csv
+    from vaultkit.audiences import hash_csv
 
     n, rounds = (3_000, 2) if quick else (100_000, 3)
     suite = SuiteResult(
@@ -964,6 +967,305 @@ def passwords(options: Options) -> SuiteResult:
     return suite
 
 
+# -- lifecycle ----------------------------------------------------------------------------------
+
+_PROCESS_SCOPED_LACKS = (
+    "one key for many members: a member's values cannot be erased by destroying a key",
+    "no retention enforced by key destruction: copies in backups stay readable",
+)
+_DELETE_LACKS = (
+    "the deleted values stay readable in WAL, replicas, dumps and backups",
+    "no fence against new writes, no receipt, no audit event",
+)
+_LIFECYCLE_DOMAINS = ("p_medical", "medical", "chats")
+#: Rows per batch of the cold read: `vault.preload` of one batch's keys, then its values.
+_PRELOAD_BATCH = 500
+
+
+@contextmanager
+def _lifecycle_vault(url: str, provider: Any) -> Iterator[tuple[Any, Any]]:
+    """A vault and its SQLite key store at ``url``: a process-, a subject- and a bucket-scoped domain."""
+    import datetime as dt
+
+    from vaultkit import KeyDomain, Retention, Vault
+    from vaultkit.store import SQLKeyStore
+
+    domains = [
+        KeyDomain("p_medical"),
+        KeyDomain("medical", dek_scope="subject"),
+        KeyDomain(
+            "chats", dek_scope="bucket", bucket=dt.timedelta(hours=1), retention=Retention("PT72H")
+        ),
+    ]
+    store = SQLKeyStore(url, table_prefix="bench_")
+    vault = Vault(provider=provider, store=store, domains=domains)
+    try:
+        yield vault, store
+    finally:
+        vault.close()
+        store.close()
+
+
+@contextmanager
+def _counted_queries(engine: Any) -> Iterator[list[int]]:
+    import sqlalchemy as sa
+
+    queries = [0]
+
+    def count(*_args: Any) -> None:
+        queries[0] += 1
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield queries
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+
+
+def lifecycle(options: Options) -> SuiteResult:
+    """Subject- and bucket-scoped keys (issue 16) against process-scoped keys and raw AES-GCM."""
+    import sqlite3
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from vaultkit.core import wire
+    from vaultkit.testing import CountingKeyProvider, InMemoryKeyProvider
+
+    quick = options.quick
+    target, rounds = (0.002, 5) if quick else (0.04, 7)
+    known, new_per_round, cold_n, cold_rounds, erasures = (
+        (50, 10, 200, 2, 5) if quick else (500, 200, 10_000, 3, 30)
+    )
+    suite = SuiteResult(
+        "lifecycle",
+        "The data life cycle on a SQLite key store: per-value encrypt and decrypt in a "
+        "subject-scoped domain (a key per member, members already known) and a bucket-scoped one "
+        "(a key per hour, 72 h retention) against a process-scoped domain and raw `AESGCM`; a "
+        "new member's first write (key creation); a cold read of distinct members' values by a "
+        "fresh vault, with and without `vault.preload`; and `erase_subject` against deleting the "
+        "member's row.",
+        baselines=("raw AESGCM", "process-scoped"),
+        params={
+            "size_b": 64,
+            "round_s": target,
+            "rounds": rounds,
+            "known_members": known,
+            "new_members_per_round": new_per_round,
+            "cold_rows": cold_n,
+            "cold_rounds": cold_rounds,
+            "preload_batch": _PRELOAD_BATCH,
+            "erasures": erasures,
+            "key_store": "SQLite file",
+        },
+    )
+    urandom = os.urandom
+    text = "x" * 64
+    payload = text.encode()
+    context = {"table": "members", "column": "note"}
+    inner = InMemoryKeyProvider(list(_LIFECYCLE_DOMAINS))
+    with tempfile.TemporaryDirectory(prefix="vaultkit-bench-") as folder:
+        url = f"sqlite:///{Path(folder) / 'keys.db'}"
+        with _lifecycle_vault(url, CountingKeyProvider(inner)) as (vault, _store):
+            raw = AESGCM(urandom(32))
+            nonce = urandom(12)
+            raw_ct = raw.encrypt(nonce, payload, None)
+            members = [f"m-{i}" for i in range(known)]
+            blobs = [
+                vault.encrypt(text, domain="medical", context=context, subject=m) for m in members
+            ]
+            who = itertools.cycle(members)
+            which = itertools.cycle(blobs)
+            p_blob = vault.encrypt(text, domain="p_medical", context=context)
+            b_blob = vault.encrypt(text, domain="chats", context=context)
+            ops: dict[tuple[str, str], Callable[[], object]] = {
+                ("raw AESGCM", "encrypt"): lambda: raw.encrypt(urandom(12), payload, None),
+                ("raw AESGCM", "decrypt"): lambda: raw.decrypt(nonce, raw_ct, None),
+                ("process-scoped", "encrypt"): lambda: vault.encrypt(
+                    text, domain="p_medical", context=context
+                ),
+                ("process-scoped", "decrypt"): lambda: vault.decrypt(p_blob, context=context),
+                ("subject-scoped, known member", "encrypt"): lambda: vault.encrypt(
+                    text, domain="medical", context=context, subject=next(who)
+                ),
+                ("subject-scoped, known member", "decrypt"): lambda: vault.decrypt(
+                    next(which), context=context
+                ),
+                ("bucket-scoped", "encrypt"): lambda: vault.encrypt(
+                    text, domain="chats", context=context
+                ),
+                ("bucket-scoped", "decrypt"): lambda: vault.decrypt(b_blob, context=context),
+            }
+            named = {f"{s}\0{o}": fn for (s, o), fn in ops.items()}
+            numbers = {name: calibrate(fn, target) for name, fn in named.items()}
+            for name in named:  # a round goes through every known member at least once
+                if name.startswith("subject-scoped"):
+                    numbers[name] = max(numbers[name], known)
+            for blob in blobs:  # warm: each member's key cached (and checked) just before
+                vault.decrypt(blob, context=context)
+            samples = interleaved(named, number=numbers, rounds=rounds)
+            for subject, op in ops:
+                role: Role = "baseline" if subject in suite.baselines else "vaultkit"
+                lacks = {"raw AESGCM": _FLOOR_LACKS, "process-scoped": _PROCESS_SCOPED_LACKS}
+                suite.add(
+                    _result(
+                        "64 B, warm",
+                        op,
+                        subject,
+                        role,
+                        samples[f"{subject}\0{op}"],
+                        numbers[f"{subject}\0{op}"],
+                        bytes_per_op=64,
+                        lacks=lacks.get(subject, ()),
+                    )
+                )
+            # A new member's first value: the subject key is created and stored.
+            fresh = (f"new-{i}" for i in itertools.count())
+            first = interleaved(
+                {
+                    "process-scoped": lambda: vault.encrypt(
+                        text, domain="p_medical", context=context
+                    ),
+                    "subject-scoped, new member": lambda: vault.encrypt(
+                        text, domain="medical", context=context, subject=next(fresh)
+                    ),
+                },
+                number=new_per_round,
+                rounds=rounds,
+            )
+            for subject, values in first.items():
+                suite.add(
+                    _result(
+                        "64 B, first write",
+                        "encrypt",
+                        subject,
+                        "baseline" if subject == "process-scoped" else "vaultkit",
+                        values,
+                        new_per_round,
+                        bytes_per_op=64,
+                        lacks=_PROCESS_SCOPED_LACKS if subject == "process-scoped" else (),
+                    )
+                )
+            cold_blobs = {
+                "process-scoped": [
+                    vault.encrypt(text, domain="p_medical", context=context) for _ in range(cold_n)
+                ],
+                "subject-scoped": [
+                    vault.encrypt(text, domain="medical", context=context, subject=f"c-{i}")
+                    for i in range(cold_n)
+                ],
+            }
+        counts: dict[str, dict[str, int]] = {}
+        cold: dict[str, list[float]] = {}
+        for name, preload in (
+            ("process-scoped", False),
+            ("subject-scoped", False),
+            ("subject-scoped, preload", True),
+        ):
+            to_read = cold_blobs[name.split(",")[0]]
+            for _ in range(cold_rounds):
+                provider = CountingKeyProvider(inner)
+                with _lifecycle_vault(url, provider) as (reader, store):
+                    with _counted_queries(store.engine) as queries:
+                        start = time.perf_counter()
+                        # As an application reads a result set: in batches, each batch's keys
+                        # preloaded first (a batch within the vault's cache_size).
+                        for offset in range(0, len(to_read), _PRELOAD_BATCH):
+                            batch = to_read[offset : offset + _PRELOAD_BATCH]
+                            if preload:
+                                ids = []
+                                for blob in batch:
+                                    header = wire.parse_value(blob)
+                                    if header is not None:
+                                        ids.append(header.dek_id)
+                                reader.preload(ids)
+                            for blob in batch:
+                                reader.decrypt(blob, context=context)
+                        cold.setdefault(name, []).append(time.perf_counter() - start)
+                counts[name] = {
+                    "provider_calls": sum(provider.calls.values()),
+                    "key_store_queries": queries[0],
+                }
+        for name, seconds in cold.items():
+            suite.add(
+                _result(
+                    f"{cold_n:,} distinct members, cold",
+                    "read",
+                    name,
+                    "baseline" if name == "process-scoped" else "vaultkit",
+                    seconds,
+                    1,
+                    rows_per_op=cold_n,
+                    lacks=_PROCESS_SCOPED_LACKS if name == "process-scoped" else (),
+                )
+            )
+        suite.params["cold_read_counts"] = counts
+        suite.notes.append(
+            "Warm figures hold while a process's distinct members fit its DEK cache "
+            "(`cache_size`, default 1,000): beyond it each value of an evicted member's key costs "
+            "a key-store query again; one `preload` of more keys than the cache holds gains "
+            "nothing, hence the batches."
+        )
+        suite.notes.append(
+            f"Cold read of {cold_n:,} values by a fresh vault: "
+            + "; ".join(
+                f"{name}: {c['provider_calls']} provider calls, {c['key_store_queries']} "
+                "key-store queries"
+                for name, c in counts.items()
+            )
+            + "."
+        )
+        # erase_subject against deleting the member's row (what a database alone offers).
+        with _lifecycle_vault(url, CountingKeyProvider(inner)) as (vault, _store):
+            for i in range(erasures):
+                vault.encrypt(text, domain="medical", context=context, subject=f"e-{i}")
+            erase_s = []
+            for i in range(erasures):
+                start = time.perf_counter()
+                vault.erase_subject(f"e-{i}", reason="bench", request_id=f"bench-{i}")
+                erase_s.append(time.perf_counter() - start)
+        db = sqlite3.connect(Path(folder) / "app.db")
+        try:
+            db.execute("create table notes (member text primary key, body blob)")
+            db.executemany(
+                "insert into notes values (?, ?)", ((f"e-{i}", payload) for i in range(erasures))
+            )
+            db.commit()
+            delete_s = []
+            for i in range(erasures):
+                start = time.perf_counter()
+                db.execute("delete from notes where member = ?", (f"e-{i}",))
+                db.commit()
+                delete_s.append(time.perf_counter() - start)
+        finally:
+            db.close()
+    suite.add(
+        _result(
+            "1 member, 1 subject-scoped domain",
+            "erase",
+            "DELETE of the row",
+            "peer",
+            delete_s,
+            1,
+            lacks=_DELETE_LACKS,
+        )
+    )
+    suite.add(
+        _result(
+            "1 member, 1 subject-scoped domain",
+            "erase",
+            "vaultkit erase_subject",
+            "vaultkit",
+            erase_s,
+            1,
+        )
+    )
+    suite.notes.append(
+        "`benchmarks/bench_lifecycle.py` measures 1 million members' key-store size, the time "
+        "until a second process stops decrypting after an erasure, and `retention enforce`."
+    )
+    return suite
+
+
 #: Every suite by name, in the order a run measures them.
 SUITES: dict[str, Callable[[Options], SuiteResult]] = {
     "core": core,
@@ -972,4 +1274,5 @@ SUITES: dict[str, Callable[[Options], SuiteResult]] = {
     "rekey": rekey,
     "audiences": audiences,
     "passwords": passwords,
+    "lifecycle": lifecycle,
 }
