@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from vaultkit import _keyring, _scoped
-from vaultkit._keyring import Keyring, _Active, index_key_id
+from vaultkit._keyring import Keyring, index_key_id
 from vaultkit.core.envelope import DataKey, new_data_key, new_dek_id
 from vaultkit.errors import ConfigurationError, DomainError, ValueErasedError
 from vaultkit.store import (
@@ -66,10 +66,11 @@ def prepare_subjects(keyring: Keyring, domain: str, subjects: Iterable[object]) 
             return _one_by_one(keyring, domain, missing)
         ready = _batch(keyring, store, domain, missing)
         _seed(keyring, domain, ready)
+        _seed_reads(keyring, domain, ready)
         return len(ready)
 
 
-def _ready(active: _Active | None, now: float) -> bool:
+def _ready(active: _keyring._Active | None, now: float) -> bool:
     """Whether a cached subject DEK can encrypt now without a key-store read."""
     return (
         active is not None
@@ -81,7 +82,7 @@ def _ready(active: _Active | None, now: float) -> bool:
 
 def _one_by_one(keyring: Keyring, domain: str, refs: Sequence[str]) -> int:
     """The single-key path for each subject (a store without SupportsBulkScopedKeys)."""
-    ready: dict[str, _Active] = {}
+    ready: dict[str, _keyring._Active] = {}
     for ref in refs:
         try:
             ready[ref] = keyring._subject_key(domain, ref)
@@ -93,7 +94,7 @@ def _one_by_one(keyring: Keyring, domain: str, refs: Sequence[str]) -> int:
 
 def _usable(
     keyring: Keyring, policy: KeyDomain, rows: Sequence[DataKeyRecord], now: dt.datetime
-) -> _Active | None:
+) -> _keyring._Active | None:
     """The newest usable key of a subject among its ACTIVE rows (as ``_subject_key`` chooses)."""
     for record in reversed(rows):
         if (
@@ -126,13 +127,13 @@ def _deadline_of(policy: KeyDomain, subject: SubjectRecord | None) -> dt.datetim
 
 def _batch(
     keyring: Keyring, store: SupportsBulkScopedKeys, domain: str, refs: Sequence[str]
-) -> dict[str, _Active]:
+) -> dict[str, _keyring._Active]:
     """Find or make the keys of ``refs`` with a few statements per 500; call with the lock."""
     policy = keyring.policy.domains[domain]
     now = keyring.now()
     existing = store.active_subject_keys(domain, refs)
     fences = store.subject_records(domain, refs)
-    ready: dict[str, _Active] = {}
+    ready: dict[str, _keyring._Active] = {}
     wanted: list[tuple[str, dt.datetime | None]] = []
     for ref in refs:
         subject = fences.get(ref)
@@ -202,7 +203,7 @@ def _batch(
     return ready
 
 
-def _seed(keyring: Keyring, domain: str, ready: dict[str, _Active]) -> None:
+def _seed(keyring: Keyring, domain: str, ready: dict[str, _keyring._Active]) -> None:
     """Put the subjects' DEKs into the bounded subject LRU (no use counted); with the lock."""
     actives = keyring.subject_actives
     for ref, active in ready.items():
@@ -214,3 +215,23 @@ def _seed(keyring: Keyring, domain: str, ready: dict[str, _Active]) -> None:
             _, evicted = actives.popitem(last=False)
             keyring._flush_count(evicted)
         actives[slot] = active
+
+
+def _seed_reads(keyring: Keyring, domain: str, ready: dict[str, _keyring._Active]) -> None:
+    """Also make the keys readable from the cache, as far as it has free room (a batch never
+    evicts keys others are reading): the rows just written are read back without a key-store
+    query per member. With the lock."""
+    cache = keyring.cache
+    room = cache.max_size - len(cache.by_id)
+    if room <= 0:
+        return
+    policy = keyring.policy.domains[domain]
+    wall = keyring.now()
+    for active in ready.values():
+        if room <= 0:
+            break
+        record = active.record
+        if record is None or record.dek_id in cache.by_id:
+            continue
+        keyring._cache_key(record, active.key, deadline=_scoped.deadline(policy, record), wall=wall)
+        room -= 1

@@ -10,7 +10,7 @@ import datetime as dt
 import threading
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -25,6 +25,7 @@ from vaultkit.errors import (
     ConfigurationError,
     DecryptionError,
     DomainError,
+    KeyStoreError,
     SubjectErasedError,
 )
 from vaultkit.sqla import Encrypted
@@ -189,9 +190,9 @@ class TestPrepareSubjects:
         blob = vault.encrypt("contract text", domain="contract", subject="c-1")
         assert dek_of(blob) == k1.dek_id
         # The attacker moves the deadline 50 years on: another vault refuses the key.
-        store._rows[k1.dek_id] = dataclasses.replace(  # type: ignore[attr-defined]
-            k1, destroy_at=k1.destroy_at + dt.timedelta(days=365 * 50)  # type: ignore[operator]
-        )
+        assert k1.destroy_at is not None
+        moved = k1.destroy_at + dt.timedelta(days=365 * 50)
+        store._rows[k1.dek_id] = dataclasses.replace(k1, destroy_at=moved)  # type: ignore[attr-defined]
         with pytest.raises(DecryptionError):
             make_vault().decrypt(blob, domain="contract")
 
@@ -240,7 +241,8 @@ class TestPrepareSubjects:
             active_subject_keys = None  # type: ignore[assignment]
 
         store = Plain()
-        assert not isinstance(store, SupportsBulkScopedKeys)
+        as_any: Any = store
+        assert not isinstance(as_any, SupportsBulkScopedKeys)
         vault = make_vault(store)
         ref = vault.subject_ref("medical", "gone")
         store.put_subject(SubjectRecord("medical", ref, fenced_at=START))
@@ -284,14 +286,14 @@ def test_the_batch_path_gives_what_the_single_path_gives(
     for batch in (True, False):
         store = MemoryKeyStore()
         with Vault(provider=provider, store=store, domains=seed_domains(), clock=wall) as vault:
-            for m in fenced:
-                ref = vault.subject_ref("contract", m)
+            for gone in fenced:
+                ref = vault.subject_ref("contract", gone)
                 store.put_subject(SubjectRecord("contract", ref, fenced_at=START))
-            for m in ended - fenced:
-                vault.end_relationship(m, at=START - dt.timedelta(days=m))
+            for end in ended - fenced:
+                vault.end_relationship(end, at=START - dt.timedelta(days=end))
             if batch:
                 vault.prepare_subjects("contract", members)
-            written = {}
+            written: dict[int | str, str] = {}
             for m in members:
                 try:
                     blob = vault.encrypt(f"v{m}", domain="contract", subject=m)
@@ -352,7 +354,7 @@ class TestSqlaBatches:
                 Encrypted(sa.Text, domain="medical", subject="member_id")
             )
 
-        vault = make_vault(sql_store)
+        vault = make_vault(sql_store, cache_size=4000)
         vault.prepare_subjects("medical", ["warm-up"])
         engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
         Base.metadata.create_all(engine)
@@ -366,14 +368,16 @@ class TestSqlaBatches:
                 session.commit()
             assert len(seen) <= 10, seen
             assert _data_rows(sql_store, "medical") == 1001
+            seen.clear()
             with Session(engine) as session:
                 notes = session.scalars(sa.select(Note).order_by(Note.id)).all()
                 assert [n.note for n in notes] == [f"n{i}" for i in range(1100)]
+            assert seen == []  # the keys made for the flush read back from the cache
             # pandas-style Core executemany takes the same path.
             seen.clear()
             with engine.begin() as conn:
                 conn.execute(
-                    sa.insert(Note.__table__),
+                    sa.insert(cast(sa.Table, Note.__table__)),
                     [{"id": 5000 + i, "member_id": f"x-{i}", "note": "c"} for i in range(600)],
                 )
             assert len(seen) <= 10, seen
@@ -386,3 +390,28 @@ class TestSqlaBatches:
 def test_store_protocol_is_met_by_both_stores(sql_store: KeyStore) -> None:
     assert isinstance(sql_store, SupportsBulkScopedKeys)
     assert isinstance(MemoryKeyStore(), SupportsBulkScopedKeys)
+
+
+def test_the_sql_batch_methods_on_every_database(make_vault: MakeVault, database_url: str) -> None:
+    """Chunks of 500 refs, all-or-nothing inserts, and the same choices on each database."""
+    store = SQLKeyStore(database_url)
+    try:
+        vault = make_vault(store)
+        members = [f"m-{i}" for i in range(1100)]
+        assert vault.prepare_subjects("medical", members) == 1100
+        refs = [vault.subject_ref("medical", m) for m in members]
+        found = store.active_subject_keys("medical", refs)
+        assert len(found) == 1100 and all(len(rows) == 1 for rows in found.values())
+        assert store.subject_records("medical", refs) == {}
+        store.put_subject(SubjectRecord("medical", refs[777], fenced_at=START))
+        assert list(store.subject_records("medical", refs)) == [refs[777]]
+        # All or none: a batch holding an existing id inserts nothing.
+        (taken,) = found[refs[0]]
+        fresh = dataclasses.replace(taken, dek_id=b"\x01" * 16)
+        with pytest.raises(KeyStoreError):
+            store.insert_many([fresh, taken])
+        assert store.get(fresh.dek_id) is None
+        blob = vault.encrypt("v", domain="medical", subject="m-1099")
+        assert make_vault(store).decrypt(blob, domain="medical") == "v"
+    finally:
+        store.close()
