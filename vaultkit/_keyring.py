@@ -509,6 +509,17 @@ class Keyring(NoPickle):
 
     def subject_active(self, domain: str, subject: object) -> _Active:
         """The DEK to encrypt under for ``subject`` in a subject-scoped domain (counts the use)."""
+        kind = type(subject)
+        if kind is str or kind is int or kind is uuid.UUID:
+            # Known member: reference and key from memory, no HMAC (a cached active key exists
+            # only for a subject-scoped domain; anything else takes the checks below).
+            known = self._refs.get((domain, subject))
+            if known is not None:
+                active = self.subject_actives.get((domain, known))
+                if active is not None:
+                    if next(active.uses) <= self.max_uses and active.deadline >= _monotonic():
+                        return active
+                    return _call(self._next_subject_active, domain, known)
         if self.scopes.get(domain) != "subject":
             if domain not in self.providers:
                 raise DomainError(f"domain {domain!r} is not declared in this vault")

@@ -325,6 +325,10 @@ class TestKnownMembers:
         with pytest.raises(TypeError):
             vault.encrypt("x", domain="medical", subject=True)
         assert vault.subject_ref("medical", "49") == vault.subject_ref("medical", 49)
+        # A reference known in a process-scoped domain opens no shortcut around its checks.
+        vault.subject_ref("identity", "x")
+        with pytest.raises(ConfigurationError, match="no subject keys"):
+            vault.encrypt("x", domain="identity", subject="x")
 
     def test_an_erased_member_is_dropped_from_the_reference_cache(
         self, make_vault: MakeVault
