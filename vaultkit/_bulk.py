@@ -191,8 +191,10 @@ def _batch(
         deadline = _deadline_of(policy, subject)
         if deadline != record.destroy_at and deadline is not None:
             # The relationship's end was recorded meanwhile: take its deadline too.
-            if keyring._rebind(record, dek, deadline):
-                record = keyring.store.get(record.dek_id) or record
+            # Rebound by us, or meanwhile by end_relationship itself (our compare-and-set then
+            # fails): either way the row now holds the deadline; encrypt knowing it.
+            keyring._rebind(record, dek, deadline)
+            record = keyring.store.get(record.dek_id) or record
         ready[ref] = keyring._scoped_active(DataKey(dek, record.dek_id, domain), record, now)
     log.info(
         "%d new subject DEKs in domain %s (wrapping epoch %d)",

@@ -803,8 +803,9 @@ class Keyring(NoPickle):
             active = self.subject_actives.pop((domain, subject_ref), None)
             if active is not None:
                 self._flush_count(active)
-            for slot in [s for s, r in self._refs.items() if r == subject_ref and s[0] == domain]:
-                self._refs.pop(slot, None)  # an erased member's id is not kept here
+            for slot, ref in list(self._refs.items()):  # a copy: writers add without the lock
+                if ref == subject_ref and slot[0] == domain:
+                    self._refs.pop(slot, None)  # an erased member's id is not kept here
             for key in list(self.cache.by_id.values()):
                 if key.domain == domain and key.subject_ref == subject_ref:
                     self.cache.drop(key.dek_id)

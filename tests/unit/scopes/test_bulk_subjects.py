@@ -196,6 +196,37 @@ class TestPrepareSubjects:
         with pytest.raises(DecryptionError):
             make_vault().decrypt(blob, domain="contract")
 
+    def test_an_end_recorded_while_the_batch_inserts_is_bound_too(
+        self, make_vault: MakeVault
+    ) -> None:
+        """end_relationship lands right after the batch's insert (another vault): the new key
+        ends up with the deadline bound, whoever rebinds it, and stays readable."""
+        ended = START - dt.timedelta(days=3)
+
+        class EndMeanwhile(MemoryKeyStore):
+            other: Vault | None = None
+
+            def insert_many(self, records: Collection[DataKeyRecord]) -> None:
+                super().insert_many(records)
+                if self.other is not None:
+                    other, self.other = self.other, None
+                    other.end_relationship("c-9", at=ended)
+
+        store = EndMeanwhile()
+        writer = make_vault(store)
+        store.other = make_vault(store)
+        assert writer.prepare_subjects("contract", ["c-8", "c-9"]) == 2
+        retention = writer.key_domain("contract").retention  # type: ignore[union-attr]
+        assert retention is not None
+        (key,) = store.subject_keys("contract", writer.subject_ref("contract", "c-9"))
+        assert key.destroy_at == _scoped.subject_deadline(retention, ended)
+        # The writer knows the deadline too: it stops encrypting under the key at it.
+        active = writer._keyring.subject_actives[("contract", key.subject or "")]
+        assert active.record is not None and active.record.destroy_at == key.destroy_at
+        blob = writer.encrypt("terms", domain="contract", subject="c-9")
+        assert dek_of(blob) == key.dek_id
+        assert make_vault(store).decrypt(blob, domain="contract") == "terms"
+
     def test_a_key_moved_to_another_member_does_not_unwrap(self, make_vault: MakeVault) -> None:
         vault = make_vault()
         store = vault.store
