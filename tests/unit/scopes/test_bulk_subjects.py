@@ -417,6 +417,21 @@ class TestSqlaBatches:
                 )
             assert len(seen) <= 10, seen
             assert _data_rows(sql_store, "medical") == 1601
+            # pandas through vaultkit.sqla.pandas.to_sql: one batch per chunk.
+            pd = pytest.importorskip("pandas")
+            from vaultkit.sqla.pandas import to_sql
+
+            seen.clear()
+            frame = pd.DataFrame(
+                {
+                    "id": range(9000, 9700),
+                    "member_id": [f"p-{i}" for i in range(700)],
+                    "note": ["d"] * 700,
+                }
+            )
+            assert to_sql(frame, Note, engine, chunksize=350) == 700
+            assert len(seen) <= 12, seen
+            assert _data_rows(sql_store, "medical") == 2301
         finally:
             sqla.configure(None)
             engine.dispose()
