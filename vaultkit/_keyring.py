@@ -35,6 +35,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -448,6 +449,9 @@ class Keyring(NoPickle):
         #: (domain, subject ref) -> the DEK this process encrypts that subject's values under.
         self.subject_actives: OrderedDict[tuple[str, str], _Active] = OrderedDict()
         self.subject_cache_size = DEFAULT_SUBJECT_CACHE_SIZE
+        #: (domain, subject) -> its reference, so that known members cost no HMAC per write;
+        #: bounded by ``subject_cache_size``, never logged (the keyring has no repr of it).
+        self._refs: dict[tuple[str, object], str] = {}
         #: (domain, epoch) -> (the unwrapped wrapping key, monotonic time to unwrap it again).
         self._wrapping: dict[tuple[str, int], tuple[AESGCM, float]] = {}
         #: domain -> (current wrapping epoch, monotonic time to read it again).
@@ -472,11 +476,22 @@ class Keyring(NoPickle):
 
     def subject_ref(self, domain: str, subject: object) -> str:
         """The subject's reference in ``domain`` (see Vault.subject_ref)."""
+        kind = type(subject)
+        if kind is str or kind is int or kind is uuid.UUID:  # exact types: no bool, no subclass
+            ref = self._refs.get((domain, subject))
+            if ref is not None:
+                return ref
         data = _scoped.canonical_subject(subject)
         key = self._index_keys.get((domain, SUBJECT_REF_NAME))
         if key is None:  # first use: key-store read and provider call, in a worker thread
             key = _call(self.named_key, domain, SUBJECT_REF_NAME, SUBJECT_REF_PURPOSE, 1)
-        return key.digest(data)[:16].hex()
+        ref = key.digest(data)[:16].hex()
+        if kind is str or kind is int or kind is uuid.UUID:
+            refs = self._refs
+            if len(refs) >= self.subject_cache_size:
+                refs.clear()  # bounded: at most as many entries as the subject-key cache
+            refs[(domain, subject)] = ref
+        return ref
 
     def scoped_store(self) -> SupportsScopedKeys:
         store = self.store
@@ -494,6 +509,17 @@ class Keyring(NoPickle):
 
     def subject_active(self, domain: str, subject: object) -> _Active:
         """The DEK to encrypt under for ``subject`` in a subject-scoped domain (counts the use)."""
+        kind = type(subject)
+        if kind is str or kind is int or kind is uuid.UUID:
+            # Known member: reference and key from memory, no HMAC (a cached active key exists
+            # only for a subject-scoped domain; anything else takes the checks below).
+            known = self._refs.get((domain, subject))
+            if known is not None:
+                active = self.subject_actives.get((domain, known))
+                if active is not None:
+                    if next(active.uses) <= self.max_uses and active.deadline >= _monotonic():
+                        return active
+                    return _call(self._next_subject_active, domain, known)
         if self.scopes.get(domain) != "subject":
             if domain not in self.providers:
                 raise DomainError(f"domain {domain!r} is not declared in this vault")
@@ -777,6 +803,9 @@ class Keyring(NoPickle):
             active = self.subject_actives.pop((domain, subject_ref), None)
             if active is not None:
                 self._flush_count(active)
+            for slot, ref in list(self._refs.items()):  # a copy: writers add without the lock
+                if ref == subject_ref and slot[0] == domain:
+                    self._refs.pop(slot, None)  # an erased member's id is not kept here
             for key in list(self.cache.by_id.values()):
                 if key.domain == domain and key.subject_ref == subject_ref:
                     self.cache.drop(key.dek_id)
@@ -1435,6 +1464,7 @@ class Keyring(NoPickle):
                 self._flush_count(active)
             self.active.clear()
             self.cache.clear()
+            self._refs.clear()
             return True
 
     def reset_after_fork(self) -> None:
@@ -1444,3 +1474,4 @@ class Keyring(NoPickle):
         self._lock = threading.RLock()
         self.active.clear()
         self.subject_actives.clear()
+        self._refs.clear()

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from vaultkit import _backups, _erasure, _lifecycle, _scoped
+from vaultkit import _backups, _bulk, _erasure, _lifecycle, _scoped
 from vaultkit._access import Policy, Principal, Scope, acting_as
 from vaultkit._cipher import Cipher, Decrypted, FieldCipher, as_bytes
 from vaultkit._codec import PlainValue, encode_value
@@ -565,6 +565,47 @@ class Vault(NoPickle):
         """
         self._check_domain(domain)
         return _call(self._keyring.subject_ref, domain, subject)
+
+    def prepare_subjects(self, domain: str, subjects: Iterable[Subject]) -> int:
+        """Make ready the encryption keys of many members of a subject-scoped domain at once.
+
+        The keys that ``encrypt(..., subject=)`` would make one by one (one key-store
+        transaction per new member) are found or made together: one query per 500 members for
+        their existing keys and one for their fences, one multi-row insert of the new keys, then
+        one more read of the fences (a new key of a member erased meanwhile is destroyed, as the
+        single-key path does). New keys get the deadline of a recorded relationship end bound
+        into their wrap. The keys are kept in the vault's bounded cache of subject keys (10,000
+        members), so the following writes make no key-store query. The ``vaultkit.sqla`` hooks
+        call it for each multi-row INSERT or UPDATE. A key store without
+        :class:`~vaultkit.store.SupportsBulkScopedKeys` gets the keys one by one.
+
+        Fenced (erased) members and members whose retention is over are skipped: their writes
+        still raise :class:`~vaultkit.errors.SubjectErasedError` or
+        :class:`~vaultkit.errors.RetentionExpiredError`.
+
+        Args:
+            domain: a domain declared with ``dek_scope="subject"``.
+            subjects: the members (str, int or UUID), duplicates allowed.
+
+        Returns:
+            How many members got a key ready in this process (found or made); members already
+            ready count 0.
+
+        Raises:
+            DomainError: the domain is not declared.
+            ConfigurationError: the domain is not subject-scoped, or the vault is closed.
+            AccessDeniedError: the domain requires a grant to encrypt and the current principal has
+                none.
+            TypeError: a subject is not str, int or UUID.
+            ValueError: a subject is the empty string.
+            KeyStoreError: the key store failed.
+
+        .. versionadded:: 0.3.0
+        """
+        self._check_domain(domain)
+        if self._policy.domains[domain].encrypt_requires_grant:
+            self._policy.check_encrypt(domain)
+        return _call(_bulk.prepare_subjects, self._keyring, domain, list(subjects))
 
     def end_relationship(self, subject: Subject, *, at: dt.datetime) -> int:
         """Record the end of ``subject``'s relationship (contract) at ``at``.

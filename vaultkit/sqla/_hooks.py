@@ -369,6 +369,7 @@ def _before_execute(
             multiparams = [
                 _rewrite(p, plan, insert=insert, where_binds=where_binds) for p in multiparams
             ]
+            _prepare_subjects(statement.table, plan, multiparams)
         elif params:
             params = _rewrite(params, plan, insert=insert, where_binds=where_binds)
     elif isinstance(statement, Select):
@@ -382,6 +383,50 @@ def _before_execute(
                     "encrypted with random nonces, so its order is meaningless; sort after decrypting"
                 )
     return statement, multiparams, params
+
+
+#: Distinct subjects of one statement from which their keys are made ahead, in one batch.
+_PREPARE_MIN: Final = 2
+
+
+def _prepare_subjects(table: Any, plan: _TablePlan, param_sets: list[dict[str, Any]]) -> None:
+    """Before the values of a multi-row write are sealed: make the missing subject keys of the
+    statement's members per subject-scoped domain in one batch (:meth:`Vault.prepare_subjects`),
+    instead of one key-store transaction per new member while sealing."""
+    if not plan.subjects or len(param_sets) < _PREPARE_MIN:
+        return
+    wanted: dict[tuple[int, str], tuple[Encrypted, set[Any]]] = {}
+    for column_key, _row_key, subject_key in plan.bound:
+        if subject_key is None:
+            continue
+        column_type = table.columns[column_key].type
+        if not isinstance(column_type, Encrypted) or column_type.subject is None:
+            continue
+        found: set[Any] | None = None
+        for p in param_sets:
+            bound = p.get(column_key)
+            if type(bound) is not RowBound or bound.value is None:
+                continue
+            subject = bound.subject
+            if subject is None or subject is UNKNOWN:
+                continue  # the column type explains it when sealing
+            if found is None:
+                slot = (id(column_type._slot), column_type.domain)
+                found = wanted.setdefault(slot, (column_type, set()))[1]
+            try:
+                found.add(column_type._canonical_subject(subject))
+            except (ConfigurationError, TypeError):
+                continue  # the column type refuses it when sealing
+    for column_type, subjects in wanted.values():
+        if len(subjects) < _PREPARE_MIN:
+            continue
+        vault = column_type._slot.get()
+        if not column_type.subject_scoped():
+            continue  # the column type refuses its subject= when sealing
+        try:
+            vault.prepare_subjects(column_type.domain, subjects)
+        except (TypeError, ValueError):
+            continue  # a bad subject: the column type raises its own error when sealing
 
 
 _MISSING = object()

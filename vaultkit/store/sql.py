@@ -700,6 +700,76 @@ class SQLKeyStore:
         )
         return self._all(query, "list the keys wrapped by the KEK")
 
+    # -- many subjects at once (SupportsBulkScopedKeys) --------------------------------------
+
+    def active_subject_keys(
+        self, domain: str, subject_refs: Collection[str]
+    ) -> dict[str, list[DataKeyRecord]]:
+        """The ACTIVE data keys of ``subject_refs``, oldest first, in one query per 500 refs."""
+        keys = self.keys
+        refs = sorted(set(subject_refs))
+        found: dict[str, list[DataKeyRecord]] = {}
+        query = sa.select(keys).where(
+            keys.c.domain == domain,
+            keys.c.purpose == DATA_PURPOSE,
+            keys.c.state == DekState.ACTIVE.value,
+        )
+        try:
+            with self.engine.connect() as conn:
+                for start in range(0, len(refs), _STATES_CHUNK):
+                    chunk = refs[start : start + _STATES_CHUNK]
+                    rows = conn.execute(
+                        query.where(keys.c.subject.in_(chunk)).order_by(
+                            keys.c.created_at, keys.c.dek_id
+                        )
+                    ).all()
+                    for row in rows:
+                        record = self._to_record(row)
+                        found.setdefault(record.subject or "", []).append(record)
+        except SQLAlchemyError as exc:
+            raise self._fail("list subjects' keys", exc) from None
+        return found
+
+    def subject_records(
+        self, domain: str, subject_refs: Collection[str]
+    ) -> dict[str, SubjectRecord]:
+        """The subjects' rows, in one query per 500 refs."""
+        subjects = self.subjects
+        refs = sorted(set(subject_refs))
+        found: dict[str, SubjectRecord] = {}
+        try:
+            with self.engine.connect() as conn:
+                for start in range(0, len(refs), _STATES_CHUNK):
+                    chunk = refs[start : start + _STATES_CHUNK]
+                    for row in conn.execute(
+                        sa.select(subjects).where(
+                            subjects.c.domain == domain, subjects.c.subject_ref.in_(chunk)
+                        )
+                    ).all():
+                        found[row.subject_ref] = SubjectRecord(
+                            domain=row.domain,
+                            subject_ref=row.subject_ref,
+                            relationship_end=_utc(row.relationship_end),
+                            fenced_at=_utc(row.fenced_at),
+                            erased_at=_utc(row.erased_at),
+                            request_id=row.request_id,
+                        )
+        except SQLAlchemyError as exc:
+            raise self._fail("read subjects", exc) from None
+        return found
+
+    def insert_many(self, records: Collection[DataKeyRecord]) -> None:
+        """Insert the rows in one transaction (one multi-row statement per 500 rows)."""
+        rows = [_row_values(record) for record in records]
+        if not rows:
+            return
+        try:
+            with self.engine.begin() as conn:
+                for start in range(0, len(rows), _STATES_CHUNK):
+                    conn.execute(self.keys.insert(), rows[start : start + _STATES_CHUNK])
+        except SQLAlchemyError as exc:
+            raise self._fail(f"store {len(rows)} DEKs", exc) from None
+
     def close(self) -> None:
         if self._owns_engine:
             self.engine.dispose()
@@ -728,6 +798,28 @@ def _parse_dt(value: Any) -> dt.datetime:
 
 def _to_db(value: dt.datetime | None) -> dt.datetime | None:
     return None if value is None else value.astimezone(dt.UTC)
+
+
+def _row_values(record: DataKeyRecord) -> dict[str, Any]:
+    """The column values of a data-key row (as :meth:`SQLKeyStore.insert` writes them)."""
+    return {
+        "dek_id": record.dek_id.hex(),
+        "domain": record.domain,
+        "purpose": record.purpose,
+        "kek_id": record.kek_id,
+        "kek_version": record.kek_version,
+        "wrapped": record.wrapped,
+        "state": record.state.value,
+        "created_at": record.created_at.astimezone(dt.UTC),
+        "subject": record.subject,
+        "encryptions": record.encryptions,
+        "name": record.name,
+        "scope": record.scope,
+        "not_after": _to_db(record.not_after),
+        "destroy_at": _to_db(record.destroy_at),
+        "destroyed_at": _to_db(record.destroyed_at),
+        "destroy_reason": record.destroy_reason,
+    }
 
 
 def open_store(spec: KeyStore | Engine | AsyncEngine | str) -> tuple[KeyStore, bool]:
