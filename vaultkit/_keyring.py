@@ -624,6 +624,7 @@ class Keyring(NoPickle):
             destroy_at=destroy_at,
         )
         self.store.insert(record)
+        record = self._settle_epoch(record, dek)
         # An erasure may have fenced the subject between our check and our insert: its key
         # sweep may have missed this key, so destroy it ourselves and refuse the write.
         subject = store.get_subject(domain, ref)
@@ -720,6 +721,7 @@ class Keyring(NoPickle):
             destroy_at=retention.deadline(end),
         )
         self.store.insert(record)
+        record = self._settle_epoch(record, dek)
         log.info("new bucket DEK %s in domain %s until %s", dek_id.hex(), domain, end.isoformat())
         active = self._scoped_active(DataKey(dek, dek_id, domain), record, now)
         next(active.uses)
@@ -829,6 +831,50 @@ class Keyring(NoPickle):
         else:
             epoch = cached[0]
         return epoch, self._wrapping_key(domain, epoch)
+
+    def _settle_epoch(self, record: DataKeyRecord, dek: bytes) -> DataKeyRecord:
+        """The row of a scoped DEK just inserted, moved to the current epoch if a shred epoch
+        destroyed the wrapping key it was wrapped under meanwhile; call with the lock.
+
+        This process may have known the old epoch for up to ``cache_ttl``: one key-store read
+        after the insert finds its wrapping row destroyed, and the DEK is wrapped again under
+        the current epoch (compare-and-set). The shred epoch sweeps once more after it destroys
+        the row, so whichever runs last moves the DEK: a value is never left under a destroyed
+        wrapping key.
+
+        Raises:
+            KeyStoreError: the row vanished, or kept moving (five attempts).
+        """
+        domain = record.domain
+        for _attempt in range(5):
+            wrapping = self.store.get(
+                index_key_id(domain, _scoped.wrapping_name(record.kek_version))
+            )
+            if wrapping is None or wrapping.state is not DekState.DESTROYED:
+                return record
+            log.info(
+                "wrapping epoch %d of domain %s was destroyed meanwhile: moving DEK %s to the "
+                "current epoch",
+                record.kek_version,
+                domain,
+                record.dek_id.hex(),
+            )
+            self.forget_wrapping(domain)
+            epoch, key = self._current_wrapping(domain)
+            wrapped = _scoped.wrap(key, dek, _scoped.record_context(record))
+            if self.store.rewrap(
+                record, kek_id=WRAPPING_KEK_ID, kek_version=epoch, wrapped=wrapped
+            ):
+                record = replace(record, kek_version=epoch, wrapped=wrapped)
+                continue
+            current = self.store.get(record.dek_id)  # the shred epoch's sweep moved it first
+            if current is None:
+                break
+            record = current
+        raise KeyStoreError(
+            f"DEK {record.dek_id.hex()} of domain {domain} could not be moved off a destroyed "
+            "wrapping epoch"
+        )
 
     def _wrapping_key(self, domain: str, epoch: int) -> AESGCM:
         """The wrapping key of ``domain`` at ``epoch``: one provider unwrap per ``cache_ttl``.
