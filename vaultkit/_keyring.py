@@ -443,6 +443,10 @@ class Keyring(NoPickle):
         #: Domain -> the DEK this process encrypts under. Changed in place only (the cipher
         #: holds a reference to it).
         self.active: dict[str, _Active] = {}
+        #: Bucket-scoped domain -> the DEK of the bucket this process encrypts into. Kept out of
+        #: ``active`` so that the process-scoped hot path never serves it: each bucket value
+        #: goes through :meth:`bucket_active`, which compares the wall clock with the bucket end.
+        self.bucket_actives: dict[str, _Active] = {}
         self._index_keys: dict[tuple[str, str], BlindIndexKey] = {}
         self._dek_domains: dict[bytes, str] = {}  # DEK id -> domain; no key material
         #: (domain, subject ref) -> the DEK this process encrypts that subject's values under.
@@ -680,7 +684,7 @@ class Keyring(NoPickle):
         now = self.now()
         _start, end = _scoped.bucket_bounds(now, width)
         mono = _monotonic()
-        active = self.active.get(domain)
+        active = self.bucket_actives.get(domain)
         if active is not None and active.bucket_end == end and mono < active.retire_at:
             if mono >= active.expires_at:
                 # The cache time limit ran out: re-read the row and unwrap it again (locally).
@@ -692,6 +696,9 @@ class Keyring(NoPickle):
             elif mono >= active.check_at:
                 if self._states([active.dek_id]).get(active.dek_id) is DekState.ACTIVE:
                     active.checked()
+            # Re-derived from the wall clock at each look: never past the bucket end.
+            active.retire_at = min(active.retire_at, self._mono_at(end, now))
+            active.deadline = min(active.deadline, active.retire_at)
             used = next(active.uses)
             if used <= self.max_uses and active.deadline > mono:
                 return active
@@ -725,7 +732,7 @@ class Keyring(NoPickle):
         log.info("new bucket DEK %s in domain %s until %s", dek_id.hex(), domain, end.isoformat())
         active = self._scoped_active(DataKey(dek, dek_id, domain), record, now)
         next(active.uses)
-        self.active[domain] = active
+        self.bucket_actives[domain] = active
         return active
 
     def set_subject_deadline(self, domain: str, subject_ref: str, destroy_at: dt.datetime) -> int:
@@ -793,9 +800,10 @@ class Keyring(NoPickle):
             for slot, active in list(self.subject_actives.items()):
                 if active.dek_id == dek_id:
                     del self.subject_actives[slot]
-            for name, active in list(self.active.items()):
-                if active.dek_id == dek_id:
-                    del self.active[name]
+            for actives in (self.active, self.bucket_actives):
+                for name, active in list(actives.items()):
+                    if active.dek_id == dek_id:
+                        del actives[name]
             if domain is not None:
                 self.cache.erase(dek_id, domain, reason)
             else:
@@ -979,6 +987,25 @@ class Keyring(NoPickle):
 
     # -- encryption --------------------------------------------------------------------------
 
+    def bucket_active(self, domain: str) -> _Active | None:
+        """The bucket DEK to encrypt under in ``domain`` now, without the lock, or ``None``
+        (not a bucket domain, or its bucket key must be found: call :meth:`next_active`).
+
+        Counts the use it hands out. The wall clock is read on every call, so that a key
+        never encrypts after its bucket end, also when only the wall clock moved (an injected
+        clock, a clock step, a resume from suspend, which the monotonic clock does not see).
+        """
+        active = self.bucket_actives.get(domain)
+        if (
+            active is None
+            or next(active.uses) > self.max_uses
+            or active.deadline < _monotonic()
+            or active.bucket_end is None
+            or self.now() >= active.bucket_end
+        ):
+            return None
+        return active
+
     def next_active(self, domain: str) -> _Active:
         """The DEK to encrypt under in ``domain`` after the hot path found its budget spent.
 
@@ -1086,15 +1113,20 @@ class Keyring(NoPickle):
     def stop_encrypting(self, domain: str, dek_id: bytes) -> None:
         """Stop encrypting under ``dek_id`` in this process at once (it was retired)."""
         with self._lock:
-            active = self.active.get(domain)
-            if active is not None and active.dek_id == dek_id:
-                self._flush_count(active)
-                del self.active[domain]
+            for actives in (self.active, self.bucket_actives):
+                active = actives.get(domain)
+                if active is not None and active.dek_id == dek_id:
+                    self._flush_count(active)
+                    del actives[domain]
 
     def forget(self, dek_id: bytes) -> None:
-        """Drop a DEK from the cache (it was destroyed)."""
+        """Drop a DEK from the cache and stop encrypting under it (it was destroyed)."""
         with self._lock:
             self.cache.drop(dek_id)
+            for name, active in list(self.bucket_actives.items()):
+                if active.dek_id == dek_id:
+                    self._flush_count(active)
+                    del self.bucket_actives[name]
 
     # -- decryption --------------------------------------------------------------------------
 
@@ -1477,9 +1509,10 @@ class Keyring(NoPickle):
             if self._closed:
                 return False
             self._closed = True
-            for active in self.active.values():
+            for active in [*self.active.values(), *self.bucket_actives.values()]:
                 self._flush_count(active)
             self.active.clear()
+            self.bucket_actives.clear()
             self.cache.clear()
             return True
 
@@ -1489,4 +1522,5 @@ class Keyring(NoPickle):
         # cipher holds a reference to ``active``.
         self._lock = threading.RLock()
         self.active.clear()
+        self.bucket_actives.clear()
         self.subject_actives.clear()

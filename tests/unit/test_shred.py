@@ -195,7 +195,7 @@ def test_a_new_bucket_key_under_the_old_epoch_moves_to_the_current_one(tmp_path:
     by a fresh vault and a second shred epoch finds nothing stranded."""
     import datetime as dt
 
-    now = [dt.datetime(2026, 12, 1, 10, 10, tzinfo=dt.timezone.utc)]
+    now = [dt.datetime(2026, 12, 1, 10, 10, tzinfo=dt.UTC)]
     provider = InMemoryKeyProvider()
     url = f"sqlite:///{tmp_path / 'keys.db'}"
     domains = [medical("bucket")]
