@@ -96,8 +96,16 @@ class BackupModes:
 
     def append(self, domain: str, subject_ref: str, request_id: str, at: dt.datetime) -> None:
         """Write one erasure to the ledger (durably) before it happens; no-op without one."""
-        if self.ledger is not None:
-            self.ledger.append([LedgerEntry(domain, subject_ref, at, request_id)])
+        self.append_many([(domain, subject_ref)], request_id, at)
+
+    def append_many(
+        self, pairs: Sequence[tuple[str, str]], request_id: str, at: dt.datetime
+    ) -> None:
+        """Write the erasure of ``(domain, subject_ref)`` pairs to the ledger in ONE durable
+        write (all of them or none: a write cut short is cut off again), before it happens;
+        no-op without a ledger."""
+        if self.ledger is not None and pairs:
+            self.ledger.append([LedgerEntry(d, ref, at, request_id) for d, ref in pairs])
 
 
 def next_epoch(

@@ -753,15 +753,9 @@ class Vault(NoPickle):
 
     def _life_cycle(self) -> _erasure.LifeCycle:
         keyring = self._keyring
-        # The backup modes' hooks (erasure ledger, finality) where the vault has them.
-        append = getattr(self, "_ledger_append", None)
-        ledger = None
-        if append is not None:
-
-            def ledger(pairs: Sequence[tuple[str, str]], request_id: str, at: dt.datetime) -> None:
-                for domain, ref in pairs:
-                    append(domain, ref, request_id, at)
-
+        # The backup modes' hooks (vaultkit/_backups.py). Every domain's ledger entry goes in
+        # one write: an erasure that fails on a full disk leaves no entry that a later start-up
+        # would replay (the error said nothing was erased).
         return _erasure.LifeCycle(
             store=self._scoped_store(),
             domains=self._domains,
@@ -770,8 +764,8 @@ class Vault(NoPickle):
             forget_subject=keyring.forget_subject,
             recorder=self._recorder,
             clock=keyring.now,
-            ledger=ledger,
-            finality=getattr(self, "_finality", None),
+            ledger=self._backups.append_many,
+            finality=self._finality,
         )
 
     def erase_subject(
