@@ -52,7 +52,7 @@ from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError, DomainError
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider, SupportsAuditSigner, SupportsWriterPins
-from vaultkit.lifecycle import EnforcementReport, ErasureReceipt, RetentionReport
+from vaultkit.lifecycle import EnforcementReport, ErasureReceipt, RetentionReport, ShredReport
 from vaultkit.store import (
     DataKeyRecord,
     DekState,
@@ -892,7 +892,7 @@ class Vault(NoPickle):
         """
         self._backups.append(domain, subject_ref, request_id, at)
 
-    def shred_epoch(self, domain: str, *, batch: int = 1000) -> _backups.ShredReport:
+    def shred_epoch(self, domain: str, *, batch: int = 1000) -> ShredReport:
         """Start a new shred epoch of ``domain``: every backup older than it becomes unreadable.
 
         In this order: (1) the domain's KEK gets a new version and every row it wraps (the
@@ -919,7 +919,7 @@ class Vault(NoPickle):
             batch: scoped DEKs per batch of the rewrap.
 
         Returns:
-            A :class:`ShredReport` (counts, epochs and versions; no key material).
+            A :class:`~vaultkit.lifecycle.ShredReport` (counts, epochs and versions; no key material).
 
         Raises:
             ConfigurationError: the domain's provider cannot destroy KEK versions.
