@@ -647,6 +647,93 @@ class TestErased:
         assert asyncio.run(run()) == {70: (None, None), 71: ("b2", None)}
 
 
+# -- cold loads: the keys of a result fetched at once ------------------------------------------
+
+
+def _cold(vault: Vault) -> list[str]:
+    """Forget every key this process holds (as a new process would), and count the key-store
+    reads of data-key rows from now on (audit writes aside)."""
+    vault._keyring.cache.clear()
+    vault._keyring.subject_actives.clear()
+    statements: list[str] = []
+    sa.event.listen(
+        vault.store.engine,  # type: ignore[attr-defined]
+        "before_cursor_execute",
+        lambda *a: statements.append(a[2]) if "FROM vaultkit_data_keys" in a[2] else None,
+    )
+    return statements
+
+
+class TestColdLoads:
+    MEMBERS = 120
+
+    def _fill(self, engine: sa.Engine) -> None:
+        with acting_as(COACH, purpose="intake"), Session(engine) as s:
+            s.add_all(
+                [
+                    Member(member_id=i, note=f"n{i}", chat=f"c{i}", email=f"{i}@x.be")
+                    for i in range(self.MEMBERS)
+                ]
+            )
+            s.commit()
+
+    def test_an_orm_load_of_many_members_reads_their_keys_at_once(
+        self, engine: sa.Engine, vault: Vault
+    ) -> None:
+        """Loading 120 members' rows (two subject-scoped columns each, one opened on load, one
+        on access) costs a few key-store queries, not one or two per member."""
+        self._fill(engine)
+        statements = _cold(vault)
+        with acting_as(COACH, purpose="read"), Session(engine) as s:
+            members = s.scalars(sa.select(Member).order_by(Member.member_id)).all()
+            assert [(m.note, m.chat) for m in members] == [
+                (f"n{i}", f"c{i}") for i in range(self.MEMBERS)
+            ]
+        assert len(statements) <= 6, len(statements)
+
+    def test_a_core_select_reads_its_keys_at_once_and_streams_are_left_alone(
+        self, engine: sa.Engine, vault: Vault
+    ) -> None:
+        self._fill(engine)
+        statements = _cold(vault)
+        query = sa.select(MEMBERS.c.member_id, MEMBERS.c.id, MEMBERS.c.chat)
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+        # Row-bound: Core gives cells, opened with the row key (the keys are cached already).
+        chats = sorted((m, cell.decrypt(row=pk)) for m, pk, cell in rows)
+        assert chats == [(i, f"c{i}") for i in range(self.MEMBERS)]
+        assert len(statements) <= 6, len(statements)
+        statements = _cold(vault)
+        with engine.connect() as conn:
+            streamed = conn.execution_options(stream_results=True).execute(query)
+            chats = sorted((m, cell.decrypt(row=pk)) for m, pk, cell in streamed)
+        assert chats == [(i, f"c{i}") for i in range(self.MEMBERS)]
+        assert len(statements) >= self.MEMBERS  # a stream opens each value as it comes
+
+    def test_an_async_session_load_reads_its_keys_at_once(
+        self, engine: sa.Engine, vault: Vault, tmp_path: Path
+    ) -> None:
+        from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+        self._fill(engine)
+        statements = _cold(vault)
+
+        async def run() -> list[tuple[str | None, str | None]]:
+            eng = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
+            try:
+                with acting_as(COACH, purpose="read"):
+                    async with AsyncSession(eng) as s:
+                        members = (
+                            await s.scalars(sa.select(Member).order_by(Member.member_id))
+                        ).all()
+                        return [(m.note, m.chat) for m in members]
+            finally:
+                await eng.dispose()
+
+        assert asyncio.run(run()) == [(f"n{i}", f"c{i}") for i in range(self.MEMBERS)]
+        assert len(statements) <= 6, len(statements)
+
+
 # -- the database side of an erasure --------------------------------------------------------------
 
 
