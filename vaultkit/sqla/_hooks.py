@@ -546,15 +546,17 @@ def _after_cursor_execute(
     )
     # Per vault, the ids in the order the values come (dict: ordered, no repeats); at most
     # what its cache holds, since the first values are opened first.
-    wanted: dict[int, tuple[Any, dict[bytes, None]]] = {}
+    vaults = {id(vault): vault for _position, vault in positions}
+    wanted: dict[int, dict[bytes, None]] = {key: {} for key in vaults}
     dek = wire.DEK_ID_SLICE
-    magic = wire.MAGIC
+    starts_like = wire.is_vaultkit_value
     for row in rows:
         for position, vault in positions:
             value = row[position]
-            if value is not None and value[:2] == magic:
-                wanted.setdefault(id(vault), (vault, {}))[1][bytes(value[dek])] = None
-    for vault, ids in wanted.values():
+            if value is not None and starts_like(value):
+                wanted[id(vault)][bytes(value[dek])] = None
+    for key, ids in wanted.items():
+        vault = vaults[key]
         if len(ids) > 1:
             room = vault.cache_info().max_size
             _call(vault.preload, list(ids)[:room])
