@@ -35,6 +35,7 @@ from vaultkit._keyring import WRAPPING_PURPOSE, Keyring, index_key_id
 from vaultkit._ledger import ErasureLedger, LedgerEntry
 from vaultkit.errors import ConfigurationError
 from vaultkit.keys.provider import SupportsVersionDestruction, VersionDestruction
+from vaultkit.lifecycle import ShredReport
 from vaultkit.store import (
     WRAPPING_KEK_ID,
     DataKeyRecord,
@@ -43,7 +44,7 @@ from vaultkit.store import (
     SupportsScopedKeys,
 )
 
-__all__ = ["BackupModes", "ShredReport", "finality", "next_epoch", "shred_epoch"]
+__all__ = ["BackupModes", "finality", "next_epoch", "shred_epoch"]
 
 log = logging.getLogger("vaultkit")
 
@@ -96,8 +97,16 @@ class BackupModes:
 
     def append(self, domain: str, subject_ref: str, request_id: str, at: dt.datetime) -> None:
         """Write one erasure to the ledger (durably) before it happens; no-op without one."""
-        if self.ledger is not None:
-            self.ledger.append([LedgerEntry(domain, subject_ref, at, request_id)])
+        self.append_many([(domain, subject_ref)], request_id, at)
+
+    def append_many(
+        self, pairs: Sequence[tuple[str, str]], request_id: str, at: dt.datetime
+    ) -> None:
+        """Write the erasure of ``(domain, subject_ref)`` pairs to the ledger in ONE durable
+        write (all of them or none: a write cut short is cut off again), before it happens;
+        no-op without a ledger."""
+        if self.ledger is not None and pairs:
+            self.ledger.append([LedgerEntry(d, ref, at, request_id) for d, ref in pairs])
 
 
 def next_epoch(
@@ -147,56 +156,6 @@ def finality(
         if epochs:
             dates.append(max(epochs))
     return min(dates) if dates else None
-
-
-@dataclass(frozen=True, slots=True)
-class ShredReport:
-    """What :meth:`Vault.shred_epoch` did to one domain. No key material, no subject reference.
-
-    Args:
-        domain: the domain.
-        epoch: the wrapping-key epoch now current (``None`` for a domain without scoped keys).
-        kek_version: the domain's KEK version now primary.
-        kek_rows_rewrapped: rows wrapped by the KEK (the wrapping key, process-scoped DEKs,
-            blind-index and audit keys) rewrapped under the new version.
-        scoped_rewrapped: subject and bucket DEKs rewrapped from the old wrapping keys to the
-            new one.
-        changed_meanwhile: rows another process changed during the epoch (left to it).
-        wrapping_destroyed: epochs whose wrapping-key row was destroyed.
-        kek_versions_destroyed: KEK versions destroyed in the provider.
-        final_at: from when the destroyed KEK versions are gone for good (provider delay), or
-            ``None`` when none was destroyed.
-        stranded: rows found still wrapped under a destroyed version or epoch afterwards (a
-            process wrote with an old key during the epoch); they are unreadable. Must be 0.
-
-    .. versionadded:: 0.3.0
-    """
-
-    domain: str
-    epoch: int | None
-    kek_version: int
-    kek_rows_rewrapped: int
-    scoped_rewrapped: int
-    changed_meanwhile: int
-    wrapping_destroyed: tuple[int, ...]
-    kek_versions_destroyed: tuple[int, ...]
-    final_at: dt.datetime | None
-    stranded: int
-
-    def to_json(self) -> dict[str, object]:
-        """The report as JSON-ready values (datetimes in ISO 8601)."""
-        return {
-            "domain": self.domain,
-            "epoch": self.epoch,
-            "kek_version": self.kek_version,
-            "kek_rows_rewrapped": self.kek_rows_rewrapped,
-            "scoped_rewrapped": self.scoped_rewrapped,
-            "changed_meanwhile": self.changed_meanwhile,
-            "wrapping_destroyed": list(self.wrapping_destroyed),
-            "kek_versions_destroyed": list(self.kek_versions_destroyed),
-            "final_at": None if self.final_at is None else self.final_at.isoformat(),
-            "stranded": self.stranded,
-        }
 
 
 def _epoch_of(record: DataKeyRecord) -> int:

@@ -109,7 +109,8 @@ class Cipher(NoPickle):
         """Encrypt an encoded plaintext in ``domain`` under the context entries ``fields``."""
         active = self._active.get(domain)
         if active is None or next(active.uses) > self._max_uses or active.deadline < _monotonic():
-            active = _call(self._keyring.next_active, domain)
+            # Bucket domains always come here (their keys are not in ``_active``).
+            active = self._keyring.bucket_active(domain) or _call(self._keyring.next_active, domain)
         if active.gated:
             self._policy.check_encrypt(domain)
         if active.audited:
@@ -169,17 +170,18 @@ class Cipher(NoPickle):
 
     def sealer(self, domain: str, fields: bytes, where: Any) -> Sealer:
         """:meth:`seal` with domain, context entries and audit location bound, as a closure."""
-        active_of, max_uses, next_active = (
+        active_of, max_uses, next_active, bucket_active = (
             self._active.get,
             self._max_uses,
             self._keyring.next_active,
+            self._keyring.bucket_active,
         )
         check, record, aad_fields = self._policy.check_encrypt, self._record, fields
 
         def seal(plaintext: bytes) -> bytes:
             active = active_of(domain)
             if active is None or next(active.uses) > max_uses or active.deadline < _monotonic():
-                active = _call(next_active, domain)
+                active = bucket_active(domain) or _call(next_active, domain)
             if active.gated:
                 check(domain)
             if active.audited:

@@ -48,6 +48,7 @@ from vaultkit.store import (
     DekState,
     KeySummary,
     SubjectRecord,
+    SupportsDestroyMany,
     SupportsScopedKeys,
 )
 
@@ -457,10 +458,9 @@ def _destroy_batch(
     A store with ``destroy_keys`` (one transaction for the batch) is used so; any other is
     asked key by key (one commit each).
     """
-    many = getattr(store, "destroy_keys", None)
-    if many is None:
+    if not isinstance(store, SupportsDestroyMany):
         return [store.destroy_key(k.dek_id, reason="retention", at=at) for k in keys]
-    done = set(many([k.dek_id for k in keys], reason="retention", at=at))
+    done = set(store.destroy_keys([k.dek_id for k in keys], reason="retention", at=at))
     return [k.dek_id in done for k in keys]
 
 

@@ -444,6 +444,10 @@ class Keyring(NoPickle):
         #: Domain -> the DEK this process encrypts under. Changed in place only (the cipher
         #: holds a reference to it).
         self.active: dict[str, _Active] = {}
+        #: Bucket-scoped domain -> the DEK of the bucket this process encrypts into. Kept out of
+        #: ``active`` so that the process-scoped hot path never serves it: each bucket value
+        #: goes through :meth:`bucket_active`, which compares the wall clock with the bucket end.
+        self.bucket_actives: dict[str, _Active] = {}
         self._index_keys: dict[tuple[str, str], BlindIndexKey] = {}
         self._dek_domains: dict[bytes, str] = {}  # DEK id -> domain; no key material
         #: (domain, subject ref) -> the DEK this process encrypts that subject's values under.
@@ -650,6 +654,7 @@ class Keyring(NoPickle):
             destroy_at=destroy_at,
         )
         self.store.insert(record)
+        record = self._settle_epoch(record, dek)
         # An erasure may have fenced the subject between our check and our insert: its key
         # sweep may have missed this key, so destroy it ourselves and refuse the write.
         subject = store.get_subject(domain, ref)
@@ -705,7 +710,7 @@ class Keyring(NoPickle):
         now = self.now()
         _start, end = _scoped.bucket_bounds(now, width)
         mono = _monotonic()
-        active = self.active.get(domain)
+        active = self.bucket_actives.get(domain)
         if active is not None and active.bucket_end == end and mono < active.retire_at:
             if mono >= active.expires_at:
                 # The cache time limit ran out: re-read the row and unwrap it again (locally).
@@ -717,6 +722,9 @@ class Keyring(NoPickle):
             elif mono >= active.check_at:
                 if self._states([active.dek_id]).get(active.dek_id) is DekState.ACTIVE:
                     active.checked()
+            # Re-derived from the wall clock at each look: never past the bucket end.
+            active.retire_at = min(active.retire_at, self._mono_at(end, now))
+            active.deadline = min(active.deadline, active.retire_at)
             used = next(active.uses)
             if used <= self.max_uses and active.deadline > mono:
                 return active
@@ -746,10 +754,11 @@ class Keyring(NoPickle):
             destroy_at=retention.deadline(end),
         )
         self.store.insert(record)
+        record = self._settle_epoch(record, dek)
         log.info("new bucket DEK %s in domain %s until %s", dek_id.hex(), domain, end.isoformat())
         active = self._scoped_active(DataKey(dek, dek_id, domain), record, now)
         next(active.uses)
-        self.active[domain] = active
+        self.bucket_actives[domain] = active
         return active
 
     def set_subject_deadline(self, domain: str, subject_ref: str, destroy_at: dt.datetime) -> int:
@@ -820,9 +829,10 @@ class Keyring(NoPickle):
             for slot, active in list(self.subject_actives.items()):
                 if active.dek_id == dek_id:
                     del self.subject_actives[slot]
-            for name, active in list(self.active.items()):
-                if active.dek_id == dek_id:
-                    del self.active[name]
+            for actives in (self.active, self.bucket_actives):
+                for name, active in list(actives.items()):
+                    if active.dek_id == dek_id:
+                        del actives[name]
             if domain is not None:
                 self.cache.erase(dek_id, domain, reason)
             else:
@@ -858,6 +868,50 @@ class Keyring(NoPickle):
         else:
             epoch = cached[0]
         return epoch, self._wrapping_key(domain, epoch)
+
+    def _settle_epoch(self, record: DataKeyRecord, dek: bytes) -> DataKeyRecord:
+        """The row of a scoped DEK just inserted, moved to the current epoch if a shred epoch
+        destroyed the wrapping key it was wrapped under meanwhile; call with the lock.
+
+        This process may have known the old epoch for up to ``cache_ttl``: one key-store read
+        after the insert finds its wrapping row destroyed, and the DEK is wrapped again under
+        the current epoch (compare-and-set). The shred epoch sweeps once more after it destroys
+        the row, so whichever runs last moves the DEK: a value is never left under a destroyed
+        wrapping key.
+
+        Raises:
+            KeyStoreError: the row vanished, or kept moving (five attempts).
+        """
+        domain = record.domain
+        for _attempt in range(5):
+            wrapping = self.store.get(
+                index_key_id(domain, _scoped.wrapping_name(record.kek_version))
+            )
+            if wrapping is None or wrapping.state is not DekState.DESTROYED:
+                return record
+            log.info(
+                "wrapping epoch %d of domain %s was destroyed meanwhile: moving DEK %s to the "
+                "current epoch",
+                record.kek_version,
+                domain,
+                record.dek_id.hex(),
+            )
+            self.forget_wrapping(domain)
+            epoch, key = self._current_wrapping(domain)
+            wrapped = _scoped.wrap(key, dek, _scoped.record_context(record))
+            if self.store.rewrap(
+                record, kek_id=WRAPPING_KEK_ID, kek_version=epoch, wrapped=wrapped
+            ):
+                record = replace(record, kek_version=epoch, wrapped=wrapped)
+                continue
+            current = self.store.get(record.dek_id)  # the shred epoch's sweep moved it first
+            if current is None:
+                break
+            record = current
+        raise KeyStoreError(
+            f"DEK {record.dek_id.hex()} of domain {domain} could not be moved off a destroyed "
+            "wrapping epoch"
+        )
 
     def _wrapping_key(self, domain: str, epoch: int) -> AESGCM:
         """The wrapping key of ``domain`` at ``epoch``: one provider unwrap per ``cache_ttl``.
@@ -961,6 +1015,25 @@ class Keyring(NoPickle):
         return record.state
 
     # -- encryption --------------------------------------------------------------------------
+
+    def bucket_active(self, domain: str) -> _Active | None:
+        """The bucket DEK to encrypt under in ``domain`` now, without the lock, or ``None``
+        (not a bucket domain, or its bucket key must be found: call :meth:`next_active`).
+
+        Counts the use it hands out. The wall clock is read on every call, so that a key
+        never encrypts after its bucket end, also when only the wall clock moved (an injected
+        clock, a clock step, a resume from suspend, which the monotonic clock does not see).
+        """
+        active = self.bucket_actives.get(domain)
+        if (
+            active is None
+            or next(active.uses) > self.max_uses
+            or active.deadline < _monotonic()
+            or active.bucket_end is None
+            or self.now() >= active.bucket_end
+        ):
+            return None
+        return active
 
     def next_active(self, domain: str) -> _Active:
         """The DEK to encrypt under in ``domain`` after the hot path found its budget spent.
@@ -1069,15 +1142,20 @@ class Keyring(NoPickle):
     def stop_encrypting(self, domain: str, dek_id: bytes) -> None:
         """Stop encrypting under ``dek_id`` in this process at once (it was retired)."""
         with self._lock:
-            active = self.active.get(domain)
-            if active is not None and active.dek_id == dek_id:
-                self._flush_count(active)
-                del self.active[domain]
+            for actives in (self.active, self.bucket_actives):
+                active = actives.get(domain)
+                if active is not None and active.dek_id == dek_id:
+                    self._flush_count(active)
+                    del actives[domain]
 
     def forget(self, dek_id: bytes) -> None:
-        """Drop a DEK from the cache (it was destroyed)."""
+        """Drop a DEK from the cache and stop encrypting under it (it was destroyed)."""
         with self._lock:
             self.cache.drop(dek_id)
+            for name, active in list(self.bucket_actives.items()):
+                if active.dek_id == dek_id:
+                    self._flush_count(active)
+                    del self.bucket_actives[name]
 
     # -- decryption --------------------------------------------------------------------------
 
@@ -1460,9 +1538,10 @@ class Keyring(NoPickle):
             if self._closed:
                 return False
             self._closed = True
-            for active in self.active.values():
+            for active in [*self.active.values(), *self.bucket_actives.values()]:
                 self._flush_count(active)
             self.active.clear()
+            self.bucket_actives.clear()
             self.cache.clear()
             self._refs.clear()
             return True
@@ -1473,5 +1552,6 @@ class Keyring(NoPickle):
         # cipher holds a reference to ``active``.
         self._lock = threading.RLock()
         self.active.clear()
+        self.bucket_actives.clear()
         self.subject_actives.clear()
         self._refs.clear()

@@ -52,7 +52,7 @@ from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError, DomainError
 from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import KeyProvider, SupportsAuditSigner, SupportsWriterPins
-from vaultkit.lifecycle import EnforcementReport, ErasureReceipt, RetentionReport
+from vaultkit.lifecycle import EnforcementReport, ErasureReceipt, RetentionReport, ShredReport
 from vaultkit.store import (
     DataKeyRecord,
     DekState,
@@ -794,15 +794,9 @@ class Vault(NoPickle):
 
     def _life_cycle(self) -> _erasure.LifeCycle:
         keyring = self._keyring
-        # The backup modes' hooks (erasure ledger, finality) where the vault has them.
-        append = getattr(self, "_ledger_append", None)
-        ledger = None
-        if append is not None:
-
-            def ledger(pairs: Sequence[tuple[str, str]], request_id: str, at: dt.datetime) -> None:
-                for domain, ref in pairs:
-                    append(domain, ref, request_id, at)
-
+        # The backup modes' hooks (vaultkit/_backups.py). Every domain's ledger entry goes in
+        # one write: an erasure that fails on a full disk leaves no entry that a later start-up
+        # would replay (the error said nothing was erased).
         return _erasure.LifeCycle(
             store=self._scoped_store(),
             domains=self._domains,
@@ -811,8 +805,8 @@ class Vault(NoPickle):
             forget_subject=keyring.forget_subject,
             recorder=self._recorder,
             clock=keyring.now,
-            ledger=ledger,
-            finality=getattr(self, "_finality", None),
+            ledger=self._backups.append_many,
+            finality=self._finality,
         )
 
     def erase_subject(
@@ -939,7 +933,7 @@ class Vault(NoPickle):
         """
         self._backups.append(domain, subject_ref, request_id, at)
 
-    def shred_epoch(self, domain: str, *, batch: int = 1000) -> _backups.ShredReport:
+    def shred_epoch(self, domain: str, *, batch: int = 1000) -> ShredReport:
         """Start a new shred epoch of ``domain``: every backup older than it becomes unreadable.
 
         In this order: (1) the domain's KEK gets a new version and every row it wraps (the
@@ -966,7 +960,7 @@ class Vault(NoPickle):
             batch: scoped DEKs per batch of the rewrap.
 
         Returns:
-            A :class:`ShredReport` (counts, epochs and versions; no key material).
+            A :class:`~vaultkit.lifecycle.ShredReport` (counts, epochs and versions; no key material).
 
         Raises:
             ConfigurationError: the domain's provider cannot destroy KEK versions.

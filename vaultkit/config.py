@@ -34,6 +34,13 @@ its own HSM token or KMS account with credentials of its own::
     dek_scope = "subject"
     retention = { duration = "P5Y", after = "relationship_end", kind = "no_less_than", ground = "..." }
 
+Backups (docs/lifecycle.md): a ledger of erasures outside the database, replayed at start-up, and
+the finality date receipts state (top-level keys, ISO 8601 durations of days and time)::
+
+    erasure_ledger = "/mnt/ledger/erasures.jsonl"  # its directory must exist (a mounted disk)
+    key_store_backup_retention = "P35D"            # backups of the key store kept 35 days
+    shred_epoch_interval = "P7D"                   # vaultkit keys shred-epoch every week
+
 ``vault = Vault.from_config("vaultkit.toml")``; with no path, the file named by ``VAULTKIT_CONFIG``.
 Environment variables ``VAULTKIT__<TABLE>__<KEY>`` (double underscores, any case) override or add
 values: ``VAULTKIT__PROVIDERS__MEDICAL_HSM__TOKEN_LABEL=medical-2`` (``_`` in a name matches ``-``
@@ -95,6 +102,9 @@ _VAULT_KEYS: Final = {
     "audit",
     "audit_env",
     "audit_domain",
+    "erasure_ledger",
+    "key_store_backup_retention",
+    "shred_epoch_interval",
     "providers",
     "domains",
 }
@@ -413,6 +423,14 @@ def vault_parts(
             options[key] = config[key]
     if "dek_max_age_days" in config:
         options["dek_max_age"] = dt.timedelta(days=float(config["dek_max_age_days"]))
+    if "erasure_ledger" in config:
+        ledger = config["erasure_ledger"]
+        if not isinstance(ledger, str) or not ledger:
+            raise ConfigurationError("erasure_ledger is the path of a file (a string)")
+        options["erasure_ledger"] = ledger
+    for key in ("key_store_backup_retention", "shred_epoch_interval"):
+        if key in config:
+            options[key] = _duration(config[key], key)
     audit = config.get("audit") or (
         environ.reveal().get(str(config["audit_env"])) if "audit_env" in config else None
     )
@@ -424,21 +442,27 @@ def vault_parts(
 
 def _bucket(value: Any, what: str) -> dt.timedelta:
     """A bucket width: an ISO 8601 duration of days and time (``"PT1H"``, ``"P1D"``) or seconds."""
+    return _duration(value, f"{what}: bucket")
+
+
+def _duration(value: Any, what: str) -> dt.timedelta:
+    """An ISO 8601 duration of days and time (``"PT1H"``, ``"P35D"``) or whole seconds.
+
+    Years and months are refused: their length varies, and these widths and intervals are fixed.
+    """
     if isinstance(value, bool):
-        raise ConfigurationError(f'{what}: bucket is a duration such as "PT1H" or seconds')
+        raise ConfigurationError(f'{what} is a duration such as "PT1H" or seconds')
     if isinstance(value, int):
         return dt.timedelta(seconds=value)
     if isinstance(value, str):
         try:
             months, days, seconds = parse_duration(value)
         except ValueError:
-            raise ConfigurationError(
-                f"{what}: bucket {value[:40]!r} is not an ISO 8601 duration"
-            ) from None
+            raise ConfigurationError(f"{what} {value[:40]!r} is not an ISO 8601 duration") from None
         if months:
-            raise ConfigurationError(f"{what}: a bucket is days and time, not years or months")
+            raise ConfigurationError(f"{what} is days and time (such as P35D), not years or months")
         return dt.timedelta(days=days, seconds=seconds)
-    raise ConfigurationError(f'{what}: bucket is a duration such as "PT1H" or seconds')
+    raise ConfigurationError(f'{what} is a duration such as "PT1H" or seconds')
 
 
 def _retention(value: Any, what: str) -> Retention:

@@ -2,7 +2,8 @@
 
 :meth:`Vault.erase_subject <vaultkit.Vault.erase_subject>` returns an :class:`ErasureReceipt`,
 :meth:`Vault.enforce_retention <vaultkit.Vault.enforce_retention>` an :class:`EnforcementReport`
-and :meth:`Vault.retention_report <vaultkit.Vault.retention_report>` a :class:`RetentionReport`.
+and :meth:`Vault.retention_report <vaultkit.Vault.retention_report>` a :class:`RetentionReport`;
+:meth:`Vault.shred_epoch <vaultkit.Vault.shred_epoch>` returns a :class:`ShredReport`.
 Each is a frozen dataclass with ``to_json()``. None of them holds a subject, a subject ref, a DEK
 id, a value or a hash of one: counts, domain and table names, times, policies and legal grounds
 only, so a receipt can be handed to the person who asked, filed with a ticket or logged.
@@ -23,6 +24,7 @@ __all__ = [
     "EnforcementReport",
     "ErasureReceipt",
     "RetentionReport",
+    "ShredReport",
     "iso_duration",
 ]
 
@@ -297,6 +299,60 @@ class RetentionReport:
             "at": _time(self.at),
             "violations": self.violations,
             "domains": [d.as_dict() for d in self.domains],
+        }
+
+    def to_json(self) -> str:
+        """The report as one line of JSON, keys sorted."""
+        return _dumps(self.as_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class ShredReport:
+    """What :meth:`Vault.shred_epoch <vaultkit.Vault.shred_epoch>` did to one domain. No key material, no subject reference.
+
+    Args:
+        domain: the domain.
+        epoch: the wrapping-key epoch now current (``None`` for a domain without scoped keys).
+        kek_version: the domain's KEK version now primary.
+        kek_rows_rewrapped: rows wrapped by the KEK (the wrapping key, process-scoped DEKs,
+            blind-index and audit keys) rewrapped under the new version.
+        scoped_rewrapped: subject and bucket DEKs rewrapped from the old wrapping keys to the
+            new one.
+        changed_meanwhile: rows another process changed during the epoch (left to it).
+        wrapping_destroyed: epochs whose wrapping-key row was destroyed.
+        kek_versions_destroyed: KEK versions destroyed in the provider.
+        final_at: from when the destroyed KEK versions are gone for good (provider delay), or
+            ``None`` when none was destroyed.
+        stranded: rows found still wrapped under a destroyed version or epoch afterwards (a
+            process wrote with an old key during the epoch); they are unreadable. Must be 0.
+
+    .. versionadded:: 0.3.0
+    """
+
+    domain: str
+    epoch: int | None
+    kek_version: int
+    kek_rows_rewrapped: int
+    scoped_rewrapped: int
+    changed_meanwhile: int
+    wrapping_destroyed: tuple[int, ...]
+    kek_versions_destroyed: tuple[int, ...]
+    final_at: dt.datetime | None
+    stranded: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (times in ISO 8601, UTC)."""
+        return {
+            "domain": self.domain,
+            "epoch": self.epoch,
+            "kek_version": self.kek_version,
+            "kek_rows_rewrapped": self.kek_rows_rewrapped,
+            "scoped_rewrapped": self.scoped_rewrapped,
+            "changed_meanwhile": self.changed_meanwhile,
+            "wrapping_destroyed": list(self.wrapping_destroyed),
+            "kek_versions_destroyed": list(self.kek_versions_destroyed),
+            "final_at": _time(self.final_at),
+            "stranded": self.stranded,
         }
 
     def to_json(self) -> str:

@@ -958,6 +958,46 @@ def test_enforce_uses_a_store_that_destroys_a_batch_at_once(wall: WallClock) -> 
         assert states(vault, keys) == [DekState.DESTROYED] * 5
 
 
+# A scoped store without ``destroy_keys`` (a third-party store): MemoryKeyStore's methods but
+# that one, so that enforce_retention must fall back to destroy_key per key.
+OneByOneStore: Any = type(
+    "OneByOneStore",
+    (),
+    {
+        k: v
+        for k, v in vars(MemoryKeyStore).items()
+        if k not in ("destroy_keys", "__dict__", "__weakref__")
+    },
+)
+
+
+def test_enforce_falls_back_to_one_key_at_a_time(wall: WallClock) -> None:
+    from vaultkit.store import SupportsDestroyMany, SupportsScopedKeys
+
+    store = OneByOneStore()
+    single: list[str] = []
+    destroy_key = store.destroy_key
+
+    def counted(dek_id: bytes, *, reason: str, at: dt.datetime) -> bool:
+        single.append(reason)
+        return bool(destroy_key(dek_id, reason=reason, at=at))
+
+    store.destroy_key = counted
+    assert isinstance(store, SupportsScopedKeys) and not isinstance(store, SupportsDestroyMany)
+    with Vault(
+        provider=InMemoryKeyProvider(["identity", "medical", "claims", "chat"]),
+        store=store,
+        domains=DOMAINS,
+        clock=wall,
+        audit="sqlite://",
+    ) as vault:
+        keys = [plant_bucket_key(vault, T0 + i * HOUR) for i in range(4)]
+        wall.now = T0 + dt.timedelta(days=10)
+        report = vault.enforce_retention(batch=3)
+        assert report.keys_destroyed == 4 and single == ["retention"] * 4
+        assert states(vault, keys) == [DekState.DESTROYED] * 4
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=1, max_value=400 * 86400))
 def test_iso_duration_reads_back_as_the_same_width(seconds: int) -> None:

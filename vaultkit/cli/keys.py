@@ -192,7 +192,7 @@ def _shred_epoch(args: argparse.Namespace) -> int:
     with open_vault(args) as vault:
         report = vault.shred_epoch(args.domain)
     if args.json:
-        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+        print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
         return 0 if report.stranded == 0 else 1
     destroyed = ", ".join(f"v{v}" for v in report.kek_versions_destroyed) or "none"
     epoch = "none (no scoped keys)" if report.epoch is None else str(report.epoch)

@@ -21,7 +21,7 @@ from vaultkit.errors import ConfigurationError
 from vaultkit.sqla._hooks import _subject_column
 from vaultkit.sqla.keyset import single_primary_key, walk
 from vaultkit.sqla.types import BlindIndexType, Encrypted
-from vaultkit.store import SupportsScopedKeys
+from vaultkit.store import DekState, SupportsScopedKeys
 
 __all__ = ["erasure_cells", "misplaced_cells"]
 
@@ -109,6 +109,13 @@ def erasure_cells(
     reads every row of the table once (``substr`` of the binary column), which is the price of
     not trusting the subject column.
 
+    What the erasure keeps, the indexes keep: the callback runs after the keys are destroyed,
+    and a subject-scoped domain where the subject still has a live key (retained by a
+    ``no_less_than`` retention whose minimum is not over, or left out with ``domains=``) keeps
+    its values' indexes. The index of a subject-scoped column follows that column's domain;
+    any other index of the row is nulled when one of the row's subject-scoped columns was
+    erased. A table whose subject-scoped columns are all retained keeps every index (0 rows).
+
     The tables are checked when the callback is built, so a configuration error is raised before
     the erasure begins.
 
@@ -140,13 +147,14 @@ def erasure_cells(
     return cells
 
 
-def _subject_deks(
-    column: sa.Column[Any], subject: Any, found: dict[str, list[bytes]]
-) -> list[bytes]:
-    """The ids of every key the subject ever had in ``column``'s domain (any state)."""
+def _subject_keys(
+    column: sa.Column[Any], subject: Any, found: dict[str, tuple[list[bytes], bool]]
+) -> tuple[list[bytes], bool]:
+    """The ids of every key the subject ever had in ``column``'s domain (any state), and
+    whether one of them is still live (the erasure retained that domain, or left it out)."""
     column_type = column.type
     if not isinstance(column_type, Encrypted):
-        return []
+        return [], False
     domain = column_type.domain
     if domain not in found:
         vault = column_type._slot.get()
@@ -154,7 +162,9 @@ def _subject_deks(
         if not isinstance(store, SupportsScopedKeys):
             raise ConfigurationError(f"the key store of domain {domain!r} has no subject keys")
         ref = vault.subject_ref(domain, subject)
-        found[domain] = [key.dek_id for key in store.subject_keys(domain, ref)]
+        keys = [key for key in store.subject_keys(domain, ref) if key.purpose == "data"]
+        live = any(key.state is not DekState.DESTROYED for key in keys)
+        found[domain] = ([key.dek_id for key in keys], live)
     return found[domain]
 
 
@@ -169,21 +179,43 @@ def _null_cells(
     connection: sa.Connection, plans: list[_TableErasure], subject: Any
 ) -> dict[str, int]:
     rows: dict[str, int] = {}
-    found: dict[str, list[bytes]] = {}
+    found: dict[str, tuple[list[bytes], bool]] = {}
     for plan in plans:
         table = plan.table
+        # The callback runs after the keys were destroyed: a domain where the subject still
+        # has a live key was retained by the erasure (a no_less_than minimum not yet over) or
+        # left out of it (domains=); its values still read, so their indexes stay.
+        keys = {column: _subject_keys(column, subject, found) for column in plan.sources}
+        erased = {column for column, (_deks, live) in keys.items() if not live}
         # A row is the subject's when its subject column says so, or when one of its values is
         # under the subject's keys: a database writer who changed the subject column, or copied
         # a ciphertext into another row, does not keep the subject's index cells alive.
         under = {
             column: _under(column, deks)
-            for column in plan.sources
-            if (deks := _subject_deks(column, subject, found))
+            for column, (deks, _live) in keys.items()
+            if column in erased and deks
         }
-        where = sa.or_(*(column == subject for column in plan.indexes), *under.values())
+        # A subject column's row-level indexes go when one of its subject-scoped columns was
+        # erased; a table whose subject-scoped columns were all retained keeps every index.
+        owners = [
+            subject_column
+            for subject_column in plan.indexes
+            if any(_subject_column(table, column) is subject_column for column in erased)
+        ]
+        if not owners and not under:
+            rows[plan.name] = 0
+            continue
+        where = sa.or_(*(column == subject for column in owners), *under.values())
         count = connection.execute(sa.select(sa.func.count()).select_from(table).where(where))
         rows[plan.name] = int(count.scalar_one())
-        for column, indexes in plan.indexes.items():
+        retained_own = {
+            index
+            for column in plan.sources
+            if column not in erased
+            for index in plan.sources[column]
+        }
+        for column in owners:
+            indexes = [i for i in plan.indexes[column] if i not in retained_own]
             if indexes:
                 connection.execute(
                     sa.update(table)

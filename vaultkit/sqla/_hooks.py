@@ -34,6 +34,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.engine.cursor import FullyBufferedCursorFetchStrategy
 from sqlalchemy.ext.mutable import Mutable
 from sqlalchemy.orm import (
     InstanceState,
@@ -50,7 +51,9 @@ from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.selectable import Select
 
 from vaultkit._access import SealedValue, current_scope
+from vaultkit._offload import call as _call
 from vaultkit._offload import in_greenlet
+from vaultkit.core import wire
 from vaultkit.errors import (
     AccessDeniedError,
     AuditError,
@@ -527,6 +530,81 @@ def _before_cursor_execute(
                 f"{column_type._name_or_unknown()}: its decrypted values would be logged. Log "
                 "statements only (echo=True, the logger at INFO)"
             )
+
+
+# -- reads: the keys of a result's subject- and bucket-scoped values, fetched at once --------------
+#
+# A cold read of N members' values would cost one key-store query per member: each value's key is
+# found when the result processor opens it. So, for a SELECT whose result has a column of a
+# subject- or bucket-scoped domain, the rows are fetched as soon as the cursor has them (as an ORM
+# load does anyway), the DEK ids in those values' headers are read, and the vault preloads them
+# (one key-store query per 500 ids, SupportsGetMany) before any value is opened. A SELECT of
+# process-scoped columns only is left as it was; so are streams (yield_per, stream_results,
+# server-side cursors), whose rows are not all fetched at once.
+
+
+def _scoped_positions(context: Any) -> tuple[int, list[tuple[int, Any]]] | None:
+    """The number of result columns and the positions of those of subject- or bucket-scoped
+    domains, with their vaults; ``None`` when the statement has none (or is not a SELECT)."""
+    if context.isinsert or context.isupdate or context.isdelete or context.is_text:
+        return None
+    compiled = getattr(context, "compiled", None)
+    columns = getattr(compiled, "_result_columns", None)
+    if not columns:
+        return None
+    found: list[tuple[int, Any]] = []
+    for position, entry in enumerate(columns):
+        column_type = entry[3]
+        if not isinstance(column_type, Encrypted):
+            continue
+        try:
+            vault = column_type._slot.get()
+        except ConfigurationError:
+            continue  # not configured: the value's own open raises, as it would have
+        policy = vault.key_domain(column_type.domain)
+        if policy is not None and policy.scoped:
+            found.append((position, vault))
+    return (len(columns), found) if found else None
+
+
+@event.listens_for(Engine, "after_cursor_execute")
+def _after_cursor_execute(
+    conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any, executemany: bool
+) -> None:
+    if context is None or executemany:
+        return
+    scoped = _scoped_positions(context)
+    if scoped is None:
+        return
+    width, positions = scoped
+    options = context.execution_options
+    if (
+        options.get("stream_results")  # server-side cursors come only with it (or yield_per)
+        or options.get("yield_per")
+        or cursor.description is None
+        or len(cursor.description) != width
+    ):
+        return
+    rows = cursor.fetchall()
+    context.cursor_fetch_strategy = FullyBufferedCursorFetchStrategy(
+        cursor, cursor.description, rows
+    )
+    # Per vault, the ids in the order the values come (dict: ordered, no repeats); at most
+    # what its cache holds, since the first values are opened first.
+    vaults = {id(vault): vault for _position, vault in positions}
+    wanted: dict[int, dict[bytes, None]] = {key: {} for key in vaults}
+    dek = wire.DEK_ID_SLICE
+    starts_like = wire.is_vaultkit_value
+    for row in rows:
+        for position, vault in positions:
+            value = row[position]
+            if value is not None and starts_like(value):
+                wanted[id(vault)][bytes(value[dek])] = None
+    for key, ids in wanted.items():
+        vault = vaults[key]
+        if len(ids) > 1:
+            room = vault.cache_info().max_size
+            _call(vault.preload, list(ids)[:room])
 
 
 # -- ORM: values of restricted and audited domains are opened on access -------------------------

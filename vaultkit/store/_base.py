@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, Protocol, runtime_checkable
 
@@ -267,6 +267,29 @@ class SupportsScopedKeys(Protocol):
 
 
 @runtime_checkable
+class SupportsDestroyMany(Protocol):
+    """A key store that destroys many data keys in one transaction (optional).
+
+    :meth:`Vault.enforce_retention` destroys each batch of due keys with it (one commit per
+    batch); with any other :class:`SupportsScopedKeys` store it calls
+    :meth:`~SupportsScopedKeys.destroy_key` per key (one commit each). :class:`MemoryKeyStore`
+    and :class:`~vaultkit.store.SQLKeyStore` have it.
+
+    .. versionadded:: 0.3.0
+    """
+
+    def destroy_keys(
+        self, dek_ids: Sequence[bytes], *, reason: str, at: dt.datetime
+    ) -> list[bytes]:
+        """Destroy the rows of ``dek_ids`` not destroyed yet, as :meth:`destroy_key` does each
+        (wrapped key erased, ``destroyed_at`` and ``destroy_reason`` recorded), in one
+        transaction; return the ids this call destroyed (exactly: a row destroyed meanwhile
+        by another caller is not among them). Ids the store does not have are left out.
+        """
+        ...
+
+
+@runtime_checkable
 class SupportsGetMany(Protocol):
     """A key store that reads many rows in one query (optional; :meth:`Vault.preload` uses it).
 
@@ -422,6 +445,25 @@ class MemoryKeyStore:
                 return False
             self._rows[old.dek_id] = replace(row, wrapped=wrapped, destroy_at=destroy_at)
             return True
+
+    def destroy_keys(
+        self, dek_ids: Sequence[bytes], *, reason: str, at: dt.datetime
+    ) -> list[bytes]:
+        done = []
+        with self._lock:
+            for dek_id in dict.fromkeys(dek_ids):
+                row = self._rows.get(dek_id)
+                if row is None or row.state is DekState.DESTROYED:
+                    continue
+                self._rows[dek_id] = replace(
+                    row,
+                    state=DekState.DESTROYED,
+                    wrapped=b"",
+                    destroyed_at=at,
+                    destroy_reason=reason,
+                )
+                done.append(dek_id)
+        return done
 
     def due_keys(self, at: dt.datetime, *, limit: int) -> list[DataKeyRecord]:
         with self._lock:

@@ -29,7 +29,7 @@ import functools
 import logging
 import os
 import weakref
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, overload
 
 import sqlalchemy as sa
@@ -545,6 +545,56 @@ class SQLKeyStore:
         if exists is None:
             raise KeyStoreError(f"DEK {dek_id.hex()} is not in the key store")
         return False
+
+    def destroy_keys(
+        self, dek_ids: Sequence[bytes], *, reason: str, at: dt.datetime
+    ) -> list[bytes]:
+        """Destroy many rows in one transaction; return the ids this call destroyed.
+
+        The ids are taken in ascending order, 500 per statement. On SQLite one
+        ``UPDATE ... RETURNING`` per chunk (the database is locked as a whole). Elsewhere the
+        live rows of a chunk are first locked in id order (``SELECT ... ORDER BY dek_id FOR
+        UPDATE``, so that two sweeps of overlapping batches never deadlock) and then updated in
+        the same transaction: the ids returned are exact either way.
+        """
+        keys = self.keys
+        hexes = sorted({dek_id.hex() for dek_id in dek_ids})
+        values = {
+            "state": DekState.DESTROYED.value,
+            "wrapped": b"",
+            "destroyed_at": _to_db(at),
+            "destroy_reason": reason,
+        }
+        live = keys.c.state != DekState.DESTROYED.value
+        done: list[bytes] = []
+        try:
+            with self.engine.begin() as conn:
+                returning = conn.dialect.name == "sqlite" and conn.dialect.update_returning
+                for start in range(0, len(hexes), _STATES_CHUNK):
+                    chunk = hexes[start : start + _STATES_CHUNK]
+                    where = sa.and_(keys.c.dek_id.in_(chunk), live)
+                    if returning:
+                        statement = keys.update().where(where).values(**values)
+                        rows = conn.execute(statement.returning(keys.c.dek_id)).all()
+                        done.extend(bytes.fromhex(r[0]) for r in rows)
+                        continue
+                    locked = [
+                        r[0]
+                        for r in conn.execute(
+                            sa.select(keys.c.dek_id)
+                            .where(where)
+                            .order_by(keys.c.dek_id)
+                            .with_for_update()
+                        ).all()
+                    ]
+                    if locked:
+                        conn.execute(
+                            keys.update().where(keys.c.dek_id.in_(locked), live).values(**values)
+                        )
+                    done.extend(bytes.fromhex(h) for h in locked)
+        except SQLAlchemyError as exc:
+            raise self._fail(f"destroy {len(hexes)} DEKs", exc) from None
+        return done
 
     def rebind(self, old: DataKeyRecord, *, wrapped: bytes, destroy_at: dt.datetime | None) -> bool:
         keys = self.keys

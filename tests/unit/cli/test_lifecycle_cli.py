@@ -145,6 +145,78 @@ def test_subject_erase_text_output_and_idempotence(
         assert [e.action for _s, e, _p, _m in log_.read()].count("erase") == 2
 
 
+def test_subject_erase_from_a_config_with_backup_modes_writes_the_ledger(
+    app: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """vaultkit.toml's erasure_ledger, key_store_backup_retention and shred_epoch_interval reach
+    the vault: the erasure is in the ledger (by reference, never the subject) and the receipt
+    states its finality, the earlier of backup retention and the next shred epoch."""
+    from vaultkit._ledger import ErasureLedger
+
+    (app / "ledger").mkdir()
+    toml = app / "vaultkit.toml"
+    toml.write_text(
+        'erasure_ledger = "ledger/erasures.jsonl"\n'
+        'key_store_backup_retention = "P35D"\n'
+        "shred_epoch_interval = 604800\n" + CONFIG
+    )
+    with vault() as v:
+        v.encrypt("asthma", domain="medical", subject="m-17", context=NOTE)
+        ref = v.subject_ref("medical", "m-17")
+    args = ["subject", "erase", "m-17", "--reason", "art17", "--request-id", "DSR-9"]
+    code, out, err = run([*args, "--domain", "medical", "--json"], capsys)
+    assert code == 0, err
+    receipt = json.loads(out)
+    erased_at = dt.datetime.fromisoformat(receipt["erased_at"])
+    finality = dt.datetime.fromisoformat(receipt["finality"])
+    # The local keyring destroys versions at once: the next weekly epoch comes first.
+    assert erased_at < finality <= erased_at + dt.timedelta(days=7)
+    entries = ErasureLedger(app / "ledger" / "erasures.jsonl").entries()
+    assert [(e.domain, e.subject_ref, e.request_id) for e in entries] == [("medical", ref, "DSR-9")]
+    ledger_text = (app / "ledger" / "erasures.jsonl").read_text()
+    assert "m-17" not in ledger_text + out + err
+    # Backup retention alone (no shred schedule): erased_at + 35 days.
+    toml.write_text(
+        'erasure_ledger = "ledger/erasures.jsonl"\nkey_store_backup_retention = "P35D"\n' + CONFIG
+    )
+    with vault() as v:
+        v.encrypt("asthma", domain="medical", subject="m-18", context=NOTE)
+    code, out, err = run(
+        ["subject", "erase", "m-18", "--reason", "art17", "--request-id", "DSR-10", "--json"],
+        capsys,
+    )
+    receipt = json.loads(out)
+    erased_at = dt.datetime.fromisoformat(receipt["erased_at"])
+    assert dt.datetime.fromisoformat(receipt["finality"]) == erased_at + dt.timedelta(days=35)
+    # m-18 has no claims key: nothing retained there, so claims is fenced and logged too.
+    entries = ErasureLedger(app / "ledger" / "erasures.jsonl").entries()
+    assert [(e.domain, e.request_id) for e in entries[1:]] == [
+        ("medical", "DSR-10"),
+        ("claims", "DSR-10"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('key_store_backup_retention = "P1M"', "not years or months"),
+        ('shred_epoch_interval = "weekly"', "not an ISO 8601 duration"),
+        ("shred_epoch_interval = true", "is a duration"),
+        ("erasure_ledger = 3", "path of a file"),
+        ('erasure_ledger = "nowhere/erasures.jsonl"', "is its disk mounted"),
+        ('key_store_backup_retention = "PT0S"', "positive"),
+    ],
+)
+def test_backup_modes_in_the_config_are_checked(
+    app: Path, capsys: pytest.CaptureFixture[str], line: str, message: str
+) -> None:
+    (app / "vaultkit.toml").write_text(line + "\n" + CONFIG)
+    code, _out, err = run(
+        ["subject", "erase", "m-1", "--reason", "art17", "--request-id", "DSR-1"], capsys
+    )
+    assert code == 3 and message in err, err
+
+
 def test_subject_erase_refuses_a_personal_request_id_without_echoing_it(
     app: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -111,6 +111,53 @@ class TestChatsKeptSeventyTwoHours:
         opener = vault.field("chat", table="chats", column="body").opener()
         assert opener(first) == opener(second) == "hi"
 
+    @pytest.mark.parametrize("path", ["encrypt", "sealer", "row"])
+    def test_a_bucket_key_never_encrypts_after_its_end_when_only_the_wall_clock_moves(
+        self, make_vault: MakeVault, wall: Wall, path: str
+    ) -> None:
+        """The wall clock moves (a clock step, a resume from suspend) and the monotonic one does
+        not: each hour's values still go under that hour's key, by every write path."""
+        vault = make_vault()
+        field = vault.field("chat", table="chats", column="body", row_bound=path == "row")
+        seal = field.sealer() if path == "sealer" else None
+
+        def write() -> bytes:
+            if path == "encrypt":
+                return vault.encrypt("hi", domain="chat", context=CTX)
+            if seal is not None:
+                return seal(b"\x01hi")
+            return field.encrypt("hi", row="r-1")
+
+        blobs = []
+        for hour in range(3):
+            wall.now = START.replace(minute=10) + dt.timedelta(hours=hour)  # monotonic: still
+            blobs.append(write())
+            blobs.append(write())
+        ids = [dek_of(b) for b in blobs]
+        assert ids[0::2] == ids[1::2] and len(set(ids)) == 3
+        ends = [row(vault.store, b).not_after for b in blobs[0::2]]
+        assert ends == [START.replace(minute=0) + dt.timedelta(hours=h) for h in (1, 2, 3)]
+
+    def test_process_scoped_writes_do_not_read_the_wall_clock(
+        self, make_vault: MakeVault, wall: Wall
+    ) -> None:
+        """The bucket check costs process-scoped domains nothing: once their key is active, a
+        write reads no wall clock."""
+        reads = [0]
+
+        def counted() -> dt.datetime:
+            reads[0] += 1
+            return wall()
+
+        vault = make_vault(clock=counted)
+        vault.encrypt("x", domain="identity")
+        seal = vault.field("identity", table="t", column="c").sealer()
+        before = reads[0]
+        for _ in range(50):
+            vault.encrypt("x", domain="identity")
+            seal(b"\x01x")
+        assert reads[0] == before
+
     def test_expired_keys_are_refused_with_no_sweep_and_never_unwrapped(
         self, make_vault: MakeVault, wall: Wall, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -647,6 +647,93 @@ class TestErased:
         assert asyncio.run(run()) == {70: (None, None), 71: ("b2", None)}
 
 
+# -- cold loads: the keys of a result fetched at once ------------------------------------------
+
+
+def _cold(vault: Vault) -> list[str]:
+    """Forget every key this process holds (as a new process would), and count the key-store
+    reads of data-key rows from now on (audit writes aside)."""
+    vault._keyring.cache.clear()
+    vault._keyring.subject_actives.clear()
+    statements: list[str] = []
+    sa.event.listen(
+        vault.store.engine,  # type: ignore[attr-defined]
+        "before_cursor_execute",
+        lambda *a: statements.append(a[2]) if "FROM vaultkit_data_keys" in a[2] else None,
+    )
+    return statements
+
+
+class TestColdLoads:
+    MEMBERS = 120
+
+    def _fill(self, engine: sa.Engine) -> None:
+        with acting_as(COACH, purpose="intake"), Session(engine) as s:
+            s.add_all(
+                [
+                    Member(member_id=i, note=f"n{i}", chat=f"c{i}", email=f"{i}@x.be")
+                    for i in range(self.MEMBERS)
+                ]
+            )
+            s.commit()
+
+    def test_an_orm_load_of_many_members_reads_their_keys_at_once(
+        self, engine: sa.Engine, vault: Vault
+    ) -> None:
+        """Loading 120 members' rows (two subject-scoped columns each, one opened on load, one
+        on access) costs a few key-store queries, not one or two per member."""
+        self._fill(engine)
+        statements = _cold(vault)
+        with acting_as(COACH, purpose="read"), Session(engine) as s:
+            members = s.scalars(sa.select(Member).order_by(Member.member_id)).all()
+            assert [(m.note, m.chat) for m in members] == [
+                (f"n{i}", f"c{i}") for i in range(self.MEMBERS)
+            ]
+        assert len(statements) <= 6, len(statements)
+
+    def test_a_core_select_reads_its_keys_at_once_and_streams_are_left_alone(
+        self, engine: sa.Engine, vault: Vault
+    ) -> None:
+        self._fill(engine)
+        statements = _cold(vault)
+        query = sa.select(MEMBERS.c.member_id, MEMBERS.c.id, MEMBERS.c.chat)
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+        # Row-bound: Core gives cells, opened with the row key (the keys are cached already).
+        chats = sorted((m, cell.decrypt(row=pk)) for m, pk, cell in rows)
+        assert chats == [(i, f"c{i}") for i in range(self.MEMBERS)]
+        assert len(statements) <= 6, len(statements)
+        statements = _cold(vault)
+        with engine.connect() as conn:
+            streamed = conn.execution_options(stream_results=True).execute(query)
+            chats = sorted((m, cell.decrypt(row=pk)) for m, pk, cell in streamed)
+        assert chats == [(i, f"c{i}") for i in range(self.MEMBERS)]
+        assert len(statements) >= self.MEMBERS  # a stream opens each value as it comes
+
+    def test_an_async_session_load_reads_its_keys_at_once(
+        self, engine: sa.Engine, vault: Vault, tmp_path: Path
+    ) -> None:
+        from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+        self._fill(engine)
+        statements = _cold(vault)
+
+        async def run() -> list[tuple[str | None, str | None]]:
+            eng = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
+            try:
+                with acting_as(COACH, purpose="read"):
+                    async with AsyncSession(eng) as s:
+                        members = (
+                            await s.scalars(sa.select(Member).order_by(Member.member_id))
+                        ).all()
+                        return [(m.note, m.chat) for m in members]
+            finally:
+                await eng.dispose()
+
+        assert asyncio.run(run()) == [(f"n{i}", f"c{i}") for i in range(self.MEMBERS)]
+        assert len(statements) <= 6, len(statements)
+
+
 # -- the database side of an erasure --------------------------------------------------------------
 
 
@@ -701,22 +788,26 @@ class TestErasureCells:
         row = raw_row(engine, target)
         assert row.chat_index is None and row.email_index is not None
 
-    def test_inside_the_callers_transaction(self, engine: sa.Engine) -> None:
+    def test_inside_the_callers_transaction(
+        self, engine: sa.Engine, vault: Vault, clock: FakeClock
+    ) -> None:
         """With a connection or a session, the callback runs in the caller's transaction (rolled
         back here)."""
         pk = add_member(engine, 82, chat="words")
+        erase(vault, clock, 82)
         with engine.connect() as conn:
             assert erasure_cells([Member], conn, 82)() == {"subj_members": 1}
             conn.rollback()
         assert raw_row(engine, pk).chat_index is not None
         with Session(engine) as s:
             assert erasure_cells([Member], s, 82)() == {"subj_members": 1}
-            assert s.get_one(Member, pk).chat_index is None  # in the session's transaction
+            index = s.execute(sa.select(RAW.c.chat_index).where(RAW.c.id == pk)).scalar_one()
+            assert index is None  # in the session's transaction
             s.rollback()
         assert raw_row(engine, pk).chat_index is not None
 
     def test_schema_qualified_names(
-        self, vault: Vault, postgres_url: str, postgres_schema: str
+        self, vault: Vault, clock: FakeClock, postgres_url: str, postgres_schema: str
     ) -> None:
         """A table in a schema is reported as schema.table."""
         metadata = sa.MetaData(schema=postgres_schema)
@@ -732,11 +823,14 @@ class TestErasureCells:
             metadata.create_all(eng)
             with eng.begin() as conn:
                 conn.execute(table.insert(), [{"id": 1, "member_id": 9, "body": "b"}])
+            erase(vault, clock, 9)
             assert erasure_cells(metadata, eng, 9)() == {f"{postgres_schema}.events": 1}
         finally:
             eng.dispose()
 
-    def test_table_with_two_subject_columns(self, engine: sa.Engine) -> None:
+    def test_table_with_two_subject_columns(
+        self, engine: sa.Engine, vault: Vault, clock: FakeClock
+    ) -> None:
         """Each subject-scoped index goes with its own subject; another index with either."""
         metadata = sa.MetaData()
         messages = sa.Table(
@@ -768,6 +862,7 @@ class TestErasureCells:
                     for i, (s, r) in enumerate([(1, 2), (2, 1), (2, 3)])
                 ],
             )
+        erase(vault, clock, 1)
         assert erasure_cells(metadata, engine, 1)() == {"subj_messages": 2}
         indexes = sa.select(
             messages.c.id,
@@ -781,6 +876,53 @@ class TestErasureCells:
                 (1, False, True, True),  # received by 1
                 (2, False, False, False),  # between 2 and 3
             ]
+
+    def test_indexes_of_retained_domains_are_kept(
+        self, engine: sa.Engine, vault: Vault, clock: FakeClock
+    ) -> None:
+        """An erasure that keeps a domain (retained, or left out with domains=) keeps the
+        indexes of its values, and every index of a table whose subject-scoped columns are all
+        in kept domains; a row-level index goes when one of the row's subject-scoped columns
+        was erased."""
+        metadata = sa.MetaData()
+        claims = sa.Table(
+            "subj_claims",
+            metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("member_id", sa.Integer),
+            sa.Column("claim", Encrypted(sa.Text, domain="chats", subject="member_id")),
+            sa.Column("claim_index", BlindIndexType("claim")),
+            sa.Column("ref", Encrypted(sa.Text, domain="identity")),
+            sa.Column("ref_index", BlindIndexType("ref")),
+        )
+        metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(claims.insert(), [{"id": 1, "member_id": 70, "claim": "c", "ref": "r"}])
+        pk = add_member(engine, 70, email="m@x.be", note="asthma", chat="words")
+        tables = [*Base.metadata.sorted_tables, claims]
+        receipt = vault.erase_subject(
+            70,
+            reason="art17",
+            request_id="DSR-70",
+            domains=["medical"],
+            cells=erasure_cells(tables, engine, 70),
+        )
+        assert dict(receipt.tables) == {"subj_members": 1, "subj_visits": 0, "subj_claims": 0}
+        row = raw_row(engine, pk)
+        assert row.chat_index is not None  # chats kept: its value still reads
+        assert row.email_index is None  # the row's medical note was erased
+        with engine.connect() as conn:
+            kept = conn.execute(sa.select(claims.c.claim_index, claims.c.ref_index)).one()
+        assert None not in tuple(kept)
+        # Erasing chats too: now the claims table's indexes go.
+        receipt = vault.erase_subject(
+            70, reason="art17", request_id="DSR-71", cells=erasure_cells(tables, engine, 70)
+        )
+        assert dict(receipt.tables)["subj_claims"] == 1
+        with engine.connect() as conn:
+            gone = conn.execute(sa.select(claims.c.claim_index, claims.c.ref_index)).one()
+        assert tuple(gone) == (None, None)
+        assert raw_row(engine, pk).chat_index is None
 
     def test_misconfiguration_is_raised_when_built(self, engine: sa.Engine) -> None:
         """A subject column that names no column fails when the callback is built, before erasing."""

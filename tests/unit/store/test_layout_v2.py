@@ -29,6 +29,7 @@ from vaultkit.store import (
     MemoryKeyStore,
     SQLKeyStore,
     SubjectRecord,
+    SupportsDestroyMany,
 )
 
 V1 = Path(__file__).parents[2] / "vectors" / "keystore_v1"
@@ -262,6 +263,57 @@ class TestScopedStore:
             first.dek_id: (DekState.DESTROYED, None),
             second.dek_id: (DekState.ACTIVE, deadline),
         }
+
+    def test_destroy_keys_destroys_a_batch_and_says_exactly_which(self, store: Any) -> None:
+        """More ids than one statement's chunk, some destroyed already, one unknown, one
+        repeated: the call returns exactly the rows it destroyed, each as destroy_key would."""
+        assert isinstance(store, SupportsDestroyMany)
+        rows = [rec(scope="bucket") for _ in range(1203)]
+        for r in rows:
+            store.insert(r)
+        assert store.destroy_key(rows[7].dek_id, reason="erasure", at=T0) is True
+        later = T0 + dt.timedelta(hours=1)
+        ids = [r.dek_id for r in rows] + [os.urandom(16), rows[9].dek_id]
+        done = store.destroy_keys(ids, reason="retention", at=later)
+        assert sorted(done) == sorted(r.dek_id for i, r in enumerate(rows) if i != 7)
+        assert len(done) == len(set(done))
+        assert store.destroy_keys(ids, reason="retention", at=later) == []
+        assert store.destroy_keys([], reason="retention", at=later) == []
+        for i in (0, 7, 600, 1202):
+            gone = store.get(rows[i].dek_id)
+            assert gone.state is DekState.DESTROYED and gone.wrapped == b""
+            expected = (T0, "erasure") if i == 7 else (later, "retention")
+            assert (gone.destroyed_at, gone.destroy_reason) == expected
+        assert store.due_keys(later + dt.timedelta(days=9999), limit=10) == []
+
+    def test_destroy_keys_racing_each_other_report_each_key_once(self, store: Any) -> None:
+        """Two callers destroying overlapping batches at once (two sweeps): every key is
+        reported destroyed by exactly one of them."""
+        rows = [rec(scope="bucket") for _ in range(600)]
+        for r in rows:
+            store.insert(r)
+        ids = [r.dek_id for r in rows]
+        results: list[list[bytes]] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(2)
+
+        def sweep(batch: list[bytes]) -> None:
+            start.wait()
+            try:
+                results.append(store.destroy_keys(batch, reason="retention", at=T0))
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=sweep, args=(ids,)),
+            threading.Thread(target=sweep, args=(ids[::-1],)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        assert sorted(results[0] + results[1]) == sorted(ids)
 
     def test_due_keys_are_the_earliest_live_ones(self, store: Any) -> None:
         rows = [rec(destroy_at=T0 + dt.timedelta(hours=h)) for h in (5, 1, 3, 9)]
