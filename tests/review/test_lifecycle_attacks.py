@@ -274,3 +274,28 @@ def test_int_and_str_subjects_share_a_ref(vault: Vault) -> None:
 def test_a_huge_subject_costs_one_ref(vault: Vault) -> None:
     ref = vault.subject_ref("medical", "x" * 1_000_000)
     assert len(ref) == 32
+
+
+# -- 5. claims of docs/lifecycle.md ------------------------------------------------------------
+
+
+def test_seventy_three_chat_bucket_keys_are_readable_at_once(vault: Vault, wall: Wall) -> None:
+    """docs/lifecycle.md said 72 bucket keys are alive at any time with 72 h in 1 h buckets:
+    the current bucket's key makes 73 (bucket ends in (now - 72 h, now + 1 h])."""
+    wall.move(dt.timedelta(minutes=30))
+    blobs = []
+    for _hour in range(80):
+        blobs.append(vault.encrypt("chat line", domain="chat"))
+        wall.move(HOUR)
+    wall.now -= HOUR  # back to the last write's time (the monotonic clock goes on)
+    vault.enforce_retention()
+    readable = 0
+    for blob in blobs:
+        try:
+            vault.decrypt(blob)
+            readable += 1
+        except RetentionExpiredError:
+            pass
+    assert readable == 73
+    (chat,) = [d for d in vault.retention_report().domains if d.domain == "chat"]
+    assert chat.live == 73 and chat.due == 0
