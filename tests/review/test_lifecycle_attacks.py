@@ -299,3 +299,32 @@ def test_seventy_three_chat_bucket_keys_are_readable_at_once(vault: Vault, wall:
     assert readable == 73
     (chat,) = [d for d in vault.retention_report().domains if d.domain == "chat"]
     assert chat.live == 73 and chat.due == 0
+
+
+# -- 6. a database writer deletes the subject-ref key: every member's ref changes ---------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="CRITICAL: Keyring.named_key (_keyring.py:1377) silently makes a new subject-ref key "
+    "when its row is missing; every ref changes, so erase_subject finds no key of the member "
+    "('nothing_to_erase', CLI exit 0) and the data stays readable",
+)
+def test_a_deleted_subject_ref_key_does_not_turn_an_erasure_into_nothing(
+    vault: Vault, writer: Writer, wall: Wall, url: str, provider: InMemoryKeyProvider
+) -> None:
+    from vaultkit._keyring import SUBJECT_REF_NAME, index_key_id
+    from vaultkit.errors import KeyStoreError
+
+    blob = vault.encrypt("diagnosis", domain="medical", subject=17)
+    ref_key = index_key_id("medical", SUBJECT_REF_NAME)
+    with writer.engine.begin() as conn:
+        gone = conn.execute(writer.keys.delete().where(writer.keys.c.dek_id == ref_key.hex()))
+        assert gone.rowcount == 1
+    with second(url, wall, provider) as other:
+        try:
+            other.erase_subject(17, reason="art17", request_id="DSR-8")
+        except KeyStoreError:
+            return  # refused loudly: the operator knows nothing was erased
+        with pytest.raises(ValueErasedError):
+            other.decrypt(blob)
