@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-import vaultkit._backups
+import vaultkit._lifecycle
 from vaultkit import KeyDomain, Vault
 from vaultkit._keyring import index_key_id
 from vaultkit._scoped import wrapping_name
@@ -46,7 +46,7 @@ def test_a_backup_taken_during_the_epoch_does_not_revive_an_erased_member(
         before = copy_store(store)  # the nightly backup before the erasure
         vault.erase_subject("m-1", reason="art17", request_id="DSR-9")
         during: list[MemoryKeyStore] = []
-        rotate = vaultkit._backups._lifecycle.rotate_kek
+        rotate = vaultkit._lifecycle.rotate_kek
 
         def rotate_then_back_up(*args: Any, **kwargs: Any) -> Any:
             report = rotate(*args, **kwargs)
@@ -54,7 +54,7 @@ def test_a_backup_taken_during_the_epoch_does_not_revive_an_erased_member(
                 during.append(copy_store(store))  # a backup that overlaps the epoch's run
             return report
 
-        monkeypatch.setattr(vaultkit._backups._lifecycle, "rotate_kek", rotate_then_back_up)
+        monkeypatch.setattr(vaultkit._lifecycle, "rotate_kek", rotate_then_back_up)
         shred = vault.shred_epoch("medical")
     assert shred.kek_versions_destroyed  # the epoch completed: old KEK version gone
     wrapping_id = index_key_id("medical", wrapping_name(1))
