@@ -10,8 +10,9 @@ is repaired by running the same call again.
 not retained (the key store refuses new keys for the subject from then on, in every process);
 (2) destroy every key of the subject there, listing them again until none is live (a writer that
 made a key before it saw the fence is caught by the next round, or destroys its own key when it
-sees the fence); (3) the ``cells`` callback (blind-index cells); (4) a PII-free audit event per
-domain and table; (5) the receipt. ``no_less_than`` domains whose minimum has not run out are left
+sees the fence); (3) a PII-free audit event per domain, written before (4) the ``cells`` callback
+(blind-index cells) so that a failure of the application's database leaves no destruction out of
+the audit chain, then one per table; (5) the receipt. ``no_less_than`` domains whose minimum has not run out are left
 as they are and reported as retained, with their legal ground.
 
 :func:`enforce_retention` destroys the keys past their ``destroy_at``, batch by batch; each batch
@@ -391,12 +392,10 @@ def erase_subject(
                 keys_already_destroyed=before,
             )
         )
-    # (3) The blind-index cells (the caller's callback: vaultkit.sqla knows the tables).
-    tables: tuple[tuple[str, int], ...] = ()
-    if cells is not None and any(r.status != "retained" for r in results):
-        tables = _cells(cells)
-    status = _status(results, sum(rows for _, rows in tables))
-    # (4) The audit events: counts, the request id and the reason; never the subject or its ref.
+    # (4a) The domains' audit events, written before the cells callback runs: the keys are
+    # destroyed already, and a failure of the application's database there must not leave
+    # their destruction out of the chain. Counts, the request id and the reason; never the
+    # subject or its ref.
     events = [
         _event(
             ERASE_ACTION,
@@ -412,8 +411,15 @@ def erase_subject(
         )
         for r in results
     ]
+    audited = _audit(life, events) if events else life.recorder is not None
+    # (3) The blind-index cells (the caller's callback: vaultkit.sqla knows the tables).
+    tables: tuple[tuple[str, int], ...] = ()
+    if cells is not None and any(r.status != "retained" for r in results):
+        tables = _cells(cells)
+    status = _status(results, sum(rows for _, rows in tables))
+    # (4b) One audit event per table of the cells.
     anchor = targets[0].name if targets else next(iter(life.domains))
-    events += [
+    table_events = [
         _event(
             ERASE_ACTION,
             anchor,
@@ -426,7 +432,8 @@ def erase_subject(
         )
         for table, rows in tables
     ]
-    audited = _audit(life, events) if events else life.recorder is not None
+    if table_events:
+        audited = _audit(life, table_events)
     erased = [r.domain for r in results if r.status == "erased"]
     finality = life.finality(erased, now) if life.finality is not None and erased else None
     log.info(

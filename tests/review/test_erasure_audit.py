@@ -1,5 +1,7 @@
 """Review of issue 16: an erasure that stops after destroying keys (the application's database
-fails in the blind-index step) leaves the audit chain without any event of that destruction."""
+fails in the blind-index step) still leaves an event of that destruction in the audit chain.
+
+Failed before the fix (the events were written after the cells callback only)."""
 
 from __future__ import annotations
 
@@ -14,12 +16,6 @@ from vaultkit.errors import SubjectErasedError
 from vaultkit.testing import InMemoryKeyProvider
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MEDIUM: erase_subject writes its audit events only after the cells callback "
-    "(_erasure.py:396-430); when the application's database fails there, the keys are "
-    "destroyed and the chain shows no erase event (enforce_retention audits before it destroys)",
-)
 def test_keys_destroyed_by_an_erasure_that_then_fails_are_audited(tmp_path: Path) -> None:
     with Vault(
         provider=InMemoryKeyProvider(["medical"]),
