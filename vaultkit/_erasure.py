@@ -242,9 +242,10 @@ def _destroy_subject_keys(
     for _ in range(MAX_ROUNDS):
         keys = _data_keys(store.subject_keys(domain, ref))
         if before is None:
-            before = sum(1 for k in keys if k.state is DekState.DESTROYED)
+            before = sum(1 for k in keys if k.state is DekState.DESTROYED and not k.wrapped)
         seen_any = seen_any or bool(keys)
-        live = [k for k in keys if k.state is not DekState.DESTROYED]
+        # A row marked destroyed that keeps its wrapped bytes (a writer's) is live.
+        live = [k for k in keys if k.state is not DekState.DESTROYED or k.wrapped]
         for key in keys:
             life.forget(key.dek_id)
         if not live:

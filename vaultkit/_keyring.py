@@ -59,6 +59,7 @@ from vaultkit.errors import (
     RetentionExpiredError,
     SubjectErasedError,
 )
+from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import (
     KeyProvider,
     KeyRef,
@@ -70,6 +71,7 @@ from vaultkit.store import (
     DataKeyRecord,
     DekState,
     KeyStore,
+    SubjectRecord,
     SupportsGetMany,
     SupportsScopedKeys,
     SupportsStates,
@@ -386,6 +388,15 @@ def _epoch_of(record: DataKeyRecord) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
+def _erased_before(subject: SubjectRecord | None, record: DataKeyRecord) -> bool:
+    """Whether ``record`` (a subject key) was created at or before its subject's erasure."""
+    return (
+        subject is not None
+        and subject.erased_at is not None
+        and record.created_at <= subject.erased_at
+    )
+
+
 def index_key_id(domain: str, name: str) -> bytes:
     """The key-store id of a named key (blind-index or audit key): derived from its name only."""
     # Named keys get an id derived from their name (never from key material), so that processes
@@ -587,18 +598,34 @@ class Keyring(NoPickle):
             record_deadline = _scoped.deadline(policy, record)
             if record_deadline is not None and record_deadline <= now:
                 continue
+            if _erased_before(subject, record) or (
+                destroy_at is not None and record_deadline is None
+            ):
+                continue  # erased, or a replayed row without the relationship's deadline
             key = self._unwrap_scoped(record, quiet=True)
             if key is not None:
                 return self._scoped_active(key, record, now)
-        return self._new_subject_key(domain, ref, destroy_at, now)
+        erased_at = subject.erased_at if subject is not None else None
+        return self._new_subject_key(domain, ref, destroy_at, now, erased_at=erased_at)
 
     def _new_subject_key(
-        self, domain: str, ref: str, destroy_at: dt.datetime | None, now: dt.datetime
+        self,
+        domain: str,
+        ref: str,
+        destroy_at: dt.datetime | None,
+        now: dt.datetime,
+        *,
+        erased_at: dt.datetime | None = None,
     ) -> _Active:
         store = self.scoped_store()
         dek_id = new_dek_id()
         dek = new_data_key()
         epoch, wrapping = self._current_wrapping(domain)
+        # Bound into the wrap, in whole seconds; after the subject's last erasure (a key created
+        # at or before it is refused), if need be the second after it.
+        created = _scoped.whole_seconds(now, up=False)
+        if erased_at is not None and created <= erased_at:
+            created = _scoped.whole_seconds(erased_at, up=False) + dt.timedelta(seconds=1)
         record = DataKeyRecord(
             dek_id=dek_id,
             domain=domain,
@@ -615,10 +642,11 @@ class Keyring(NoPickle):
                     subject_ref=ref,
                     not_after=None,
                     destroy_at=destroy_at,
+                    created_at=created,
                 ),
             ),
             state=DekState.ACTIVE,
-            created_at=now,
+            created_at=created,
             subject=ref,
             scope="subject",
             destroy_at=destroy_at,
@@ -1125,10 +1153,13 @@ class Keyring(NoPickle):
                 key = self._open_record(record)
         return key
 
-    def _open_record(self, record: DataKeyRecord) -> _CachedKey:
+    def _open_record(
+        self, record: DataKeyRecord, subjects: Mapping[str, SubjectRecord] | None = None
+    ) -> _CachedKey:
         """Unwrap a data-key row into the cache, unless it is destroyed or past its deadline
         (then it is never unwrapped: remembered as erased, and its error raised); call with
-        the lock held, after the grant check."""
+        the lock held, after the grant check. ``subjects``: the rows of the domain's subjects
+        read already (by subject reference), for a batch."""
         dek_id = record.dek_id
         if record.domain not in self.providers:
             raise DomainError(f"domain {record.domain!r} is not configured in this vault")
@@ -1148,6 +1179,8 @@ class Keyring(NoPickle):
             raise DecryptionError
         deadline = _scoped.deadline(policy, record)
         wall = self.now()
+        if record.scope == "subject" and record.subject is not None:
+            deadline = self._check_subject(record, record.subject, policy, deadline, wall, subjects)
         if deadline is not None and deadline <= wall:
             # Fail closed: past its deadline a key is never unwrapped, swept or not.
             self.cache.erase(dek_id, record.domain, "retention")
@@ -1156,6 +1189,46 @@ class Keyring(NoPickle):
         if key is None:  # not reached: not quiet, it raises
             raise DecryptionError
         return self._cache_key(record, key, deadline=deadline, wall=wall)
+
+    def _check_subject(
+        self,
+        record: DataKeyRecord,
+        ref: str,
+        policy: KeyDomain,
+        deadline: dt.datetime | None,
+        wall: dt.datetime,
+        subjects: Mapping[str, SubjectRecord] | None = None,
+    ) -> dt.datetime | None:
+        """A subject key's deadline by its subject's row, which a writer of the key row cannot
+        change: refuse (and destroy, once its wrap authenticates) a key created at or before
+        the subject's erasure; a recorded end gives the retention's deadline whatever the key
+        row says. Call with the lock held."""
+        store = self.scoped_store()
+        if subjects is None:
+            subject = store.get_subject(record.domain, ref)
+        else:
+            subject = subjects.get(ref)
+        if subject is None:
+            return deadline
+        if _erased_before(subject, record):
+            if record.wrapped and self._unwrap_scoped(record, quiet=True) is not None:
+                store.destroy_key(record.dek_id, reason="erasure", at=wall)
+                log.warning(
+                    "DEK %s of domain %s outlived its subject's erasure; destroyed now",
+                    record.dek_id.hex(),
+                    record.domain,
+                )
+            self.cache.erase(record.dek_id, record.domain, "erasure")
+            raise SubjectErasedError(domain=record.domain, dek_id=record.dek_id)
+        retention = policy.retention
+        if (
+            retention is not None
+            and retention.after == "relationship_end"
+            and subject.relationship_end is not None
+        ):
+            end = _scoped.subject_deadline(retention, subject.relationship_end)
+            deadline = end if deadline is None else min(deadline, end)
+        return deadline
 
     def _revalidate(self, now: float) -> None:
         """Check every cached DEK whose check is due in one key-store read; call with the lock.
@@ -1268,6 +1341,7 @@ class Keyring(NoPickle):
                 for dek_id in todo:
                     if dek_id not in fetched:
                         unknown.add(dek_id, now)
+            subjects = self._subjects_of(fetched.values() if fetched is not None else ())
             for dek_id in todo:
                 if fetched is not None:
                     found = fetched.get(dek_id)
@@ -1283,7 +1357,7 @@ class Keyring(NoPickle):
                 if record.kek_id == WRAPPING_KEK_ID:
                     # Unwrapped in process under the domain's wrapping key: no provider call.
                     with contextlib.suppress(DecryptionError):  # erased, expired or damaged
-                        self._open_record(record)
+                        self._open_record(record, subjects.get(record.domain))
                         scoped += 1
                     continue
                 provider = self.providers[record.domain]
@@ -1308,6 +1382,18 @@ class Keyring(NoPickle):
                     self._cache_key(record, DataKey(dek, record.dek_id, record.domain))
                 done += len(records)
         return done
+
+    def _subjects_of(self, records: Iterable[DataKeyRecord]) -> dict[str, dict[str, SubjectRecord]]:
+        """Domain -> the subjects' rows of the subject keys among ``records``, read in few
+        queries (none without a store that reads many at once: each key reads its own)."""
+        get_subjects = getattr(self.store, "get_subjects", None)
+        if get_subjects is None:
+            return {}
+        refs: dict[str, list[str]] = {}
+        for record in records:
+            if record.scope == "subject" and record.subject is not None:
+                refs.setdefault(record.domain, []).append(record.subject)
+        return {domain: get_subjects(domain, wanted) for domain, wanted in refs.items()}
 
     def _unwrap(self, record: DataKeyRecord) -> DataKey:
         provider = self.providers.get(record.domain)

@@ -83,11 +83,13 @@ def scoped_context(
     subject_ref: str | None,
     not_after: dt.datetime | None,
     destroy_at: dt.datetime | None = None,
+    created_at: dt.datetime | None = None,
 ) -> bytes:
     """The associated data of a scoped DEK's local wrap.
 
     Binds the scope, the subject reference, a bucket key's end and a subject key's deadline
-    (``destroy_at``; whole seconds): a row whose columns are changed no longer unwraps.
+    (``destroy_at``) and creation (``created_at``; whole seconds, so that a writer cannot move
+    a key past its subject's erasure): a row whose columns are changed no longer unwraps.
     """
     return (
         wrap_context(domain, dek_id, "data")
@@ -96,6 +98,7 @@ def scoped_context(
         + wire.encode_field(subject_ref or "")
         + wire.encode_field(_seconds(not_after))
         + wire.encode_field(_seconds(destroy_at) if scope == "subject" else "")
+        + wire.encode_field(_seconds(created_at) if scope == "subject" else "")
     )
 
 
@@ -108,6 +111,7 @@ def record_context(record: DataKeyRecord) -> bytes:
         subject_ref=record.subject,
         not_after=record.not_after,
         destroy_at=record.destroy_at,
+        created_at=record.created_at,
     )
 
 

@@ -115,12 +115,6 @@ def writer(url: str, vault: Vault) -> Iterator[Writer]:  # after the vault made 
 # -- 1. a database writer replays a subject key's row from before end_relationship -------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CRITICAL: the old wrap (destroy_at NULL bound) stays valid under the same wrapping "
-    "key; a writer who saved the row before end_relationship (or restores it from any backup) "
-    "makes the key readable forever (_keyring.py set_subject_deadline/_rebind; _open_record)",
-)
 def test_a_replayed_pre_end_key_row_does_not_read_past_the_deadline(
     vault: Vault, writer: Writer, wall: Wall, url: str, provider: InMemoryKeyProvider
 ) -> None:
@@ -170,13 +164,6 @@ def test_clearing_a_subject_deadline_fails_closed(
 # -- 2. a database writer hides a key from the erasure, and brings it back ---------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CRITICAL: erase_subject finds keys by the subject column only "
-    "(_erasure.py:246 store.subject_keys); a key whose column a writer changed for the erasure "
-    "survives it, and reads again once the column is put back (the ref is bound in the wrap, "
-    "the erasure is not)",
-)
 def test_a_key_hidden_during_the_erasure_does_not_read_after_it(
     vault: Vault, writer: Writer, wall: Wall, url: str, provider: InMemoryKeyProvider
 ) -> None:
@@ -189,15 +176,11 @@ def test_a_key_hidden_during_the_erasure_does_not_read_after_it(
     wall.move(dt.timedelta(seconds=1))
     with second(url, wall, provider) as other, pytest.raises(ValueErasedError):
         other.decrypt(blob)
-    assert receipt.status == "granted"
+    # The erasure could not see the hidden key (it lists keys by their subject column): its
+    # receipt says so honestly; the subject's erasure mark is what refuses the key afterwards.
+    assert receipt.status in ("granted", "nothing_to_erase")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CRITICAL: a row marked destroyed by a writer (wrapped kept) is skipped by the "
-    "erasure (_erasure.py:250 'live' filter; store destroy_key only blanks rows not destroyed, "
-    "store/sql.py:528), so flipping state back after the erasure revives the key",
-)
 def test_a_key_marked_destroyed_by_a_writer_does_not_read_after_the_erasure(
     vault: Vault, writer: Writer, wall: Wall, url: str, provider: InMemoryKeyProvider
 ) -> None:

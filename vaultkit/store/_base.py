@@ -378,7 +378,7 @@ class MemoryKeyStore:
             row = self._rows.get(dek_id)
             if row is None:
                 raise KeyStoreError(f"DEK {dek_id.hex()} is not in the key store")
-            if row.state is DekState.DESTROYED:
+            if row.state is DekState.DESTROYED and not row.wrapped:
                 return False
             self._rows[dek_id] = replace(
                 row, state=DekState.DESTROYED, wrapped=b"", destroyed_at=at, destroy_reason=reason
@@ -408,6 +408,10 @@ class MemoryKeyStore:
 
     def get_subject(self, domain: str, subject_ref: str) -> SubjectRecord | None:
         return self._subjects.get((domain, subject_ref))
+
+    def get_subjects(self, domain: str, subject_refs: Collection[str]) -> dict[str, SubjectRecord]:
+        subjects = self._subjects
+        return {r: subjects[(domain, r)] for r in subject_refs if (domain, r) in subjects}
 
     def put_subject(self, record: SubjectRecord) -> None:
         with self._lock:
