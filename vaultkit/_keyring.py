@@ -1460,6 +1460,8 @@ class Keyring(NoPickle):
                 return cached
             dek_id = index_key_id(domain, name)
             record = self.store.get(dek_id)
+            if record is None and purpose == SUBJECT_REF_PURPOSE:
+                self._refuse_new_subject_ref(domain)
             if record is None:
                 record = self._create_named_key(domain, name, dek_id, purpose)
             if record.purpose != purpose or record.domain != domain or record.name != name:
@@ -1482,6 +1484,20 @@ class Keyring(NoPickle):
             named = BlindIndexKey(key, domain=domain, name=name, version=version)
             self._index_keys[(domain, name)] = named
             return named
+
+    def _refuse_new_subject_ref(self, domain: str) -> None:
+        """Refuse to make a subject-reference key for a domain that has had subject keys (its
+        wrapping keys, made after the reference key, say so): the old key's row was deleted,
+        and a new key would give every member another reference, so that erasures find none
+        of their keys. Checked once, when the row is missing."""
+        store = self.store
+        if isinstance(store, SupportsScopedKeys) and store.wrapping_keys(domain):
+            raise KeyStoreError(
+                f"the subject-reference key of domain {domain} is missing from the key store, "
+                "but the domain has subject keys: refusing to make a new one (every member "
+                "would get another reference and erasures would find nothing); restore the "
+                f"key row {index_key_id(domain, SUBJECT_REF_NAME).hex()} from a backup"
+            )
 
     def _create_named_key(
         self, domain: str, name: str, dek_id: bytes, purpose: str

@@ -287,12 +287,6 @@ def test_seventy_three_chat_bucket_keys_are_readable_at_once(vault: Vault, wall:
 # -- 6. a database writer deletes the subject-ref key: every member's ref changes ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CRITICAL: Keyring.named_key (_keyring.py:1377) silently makes a new subject-ref key "
-    "when its row is missing; every ref changes, so erase_subject finds no key of the member "
-    "('nothing_to_erase', CLI exit 0) and the data stays readable",
-)
 def test_a_deleted_subject_ref_key_does_not_turn_an_erasure_into_nothing(
     vault: Vault, writer: Writer, wall: Wall, url: str, provider: InMemoryKeyProvider
 ) -> None:
