@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from vaultkit import _scoped
 from vaultkit._access import current_scope
 from vaultkit.audit import AuditEvent
 from vaultkit.errors import ConfigurationError, DomainError, KeyStoreError
@@ -494,7 +495,7 @@ def enforce_retention(
     audited = life.recorder is not None
     previous: frozenset[bytes] = frozenset()
     while True:
-        due = store.due_keys(at, limit=batch)
+        due = store.due_keys(at, limit=batch) or _ended_buckets(life, at, batch)
         ids = frozenset(k.dek_id for k in due)
         if not due or ids <= previous:
             # Nothing due, or the store hands back the keys it was just told to destroy.
@@ -540,6 +541,24 @@ def enforce_retention(
         audited=audited,
         seconds=time.monotonic() - started,
     )
+
+
+def _ended_buckets(life: LifeCycle, at: dt.datetime, batch: int) -> list[DataKeyRecord]:
+    """Bucket keys past their fixed deadline (bucket end + the code's retention) by ``at`` whose
+    ``destroy_at`` does not say so (a database writer cleared or moved it); oldest first."""
+    ended = getattr(life.store, "ended_keys", None)
+    if ended is None:
+        return []
+    due: list[DataKeyRecord] = []
+    for domain in life.domains.values():
+        if domain.dek_scope != "bucket":
+            continue
+        for record in ended(domain.name, at, limit=batch):
+            deadline = _scoped.fixed_deadline(domain, record)
+            if deadline is None or deadline > at:
+                break  # ordered by bucket end: the later ones are not due either
+            due.append(record)
+    return due[:batch]
 
 
 def _violations(domain: KeyDomain, summary: KeySummary, at: dt.datetime) -> list[str]:

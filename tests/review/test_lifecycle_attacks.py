@@ -197,12 +197,6 @@ def test_a_key_marked_destroyed_by_a_writer_does_not_read_after_the_erasure(
 # -- 3. a database writer clears a bucket key's destroy_at: the sweep never destroys it ---------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HIGH: enforce_retention selects by the stored destroy_at only (store due_keys); a "
-    "bucket key whose destroy_at a writer cleared keeps its wrapped bytes in the key store (and "
-    "every backup) forever; reads refuse it (fixed deadline) but the key is never destroyed",
-)
 def test_the_sweep_destroys_a_bucket_key_whose_destroy_at_was_cleared(
     vault: Vault, writer: Writer, wall: Wall
 ) -> None:

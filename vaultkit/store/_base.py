@@ -406,6 +406,20 @@ class MemoryKeyStore:
         rows.sort(key=lambda r: (r.destroy_at or at, r.dek_id))
         return rows[: max(limit, 0)]
 
+    def ended_keys(self, domain: str, by: dt.datetime, *, limit: int) -> list[DataKeyRecord]:
+        with self._lock:
+            rows = [
+                r
+                for r in self._rows.values()
+                if r.domain == domain
+                and r.purpose == DATA_PURPOSE
+                and r.state is not DekState.DESTROYED
+                and r.not_after is not None
+                and r.not_after <= by
+            ]
+        rows.sort(key=lambda r: (r.not_after or by, r.dek_id))
+        return rows[: max(limit, 0)]
+
     def get_subject(self, domain: str, subject_ref: str) -> SubjectRecord | None:
         return self._subjects.get((domain, subject_ref))
 

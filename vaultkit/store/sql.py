@@ -581,6 +581,27 @@ class SQLKeyStore:
         )
         return self._all(query, "list the keys due")
 
+    def ended_keys(self, domain: str, by: dt.datetime, *, limit: int) -> list[DataKeyRecord]:
+        """Live data keys of ``domain`` whose bucket ended by ``by``, oldest end first (at most
+        ``limit``): the sweep destroys those past their fixed deadline whatever their
+        ``destroy_at`` column says.
+
+        .. versionadded:: 0.3.0
+        """
+        keys = self.keys
+        query = (
+            sa.select(keys)
+            .where(
+                keys.c.domain == domain,
+                keys.c.not_after <= _to_db(by),
+                keys.c.state != DekState.DESTROYED.value,
+                keys.c.purpose == DATA_PURPOSE,
+            )
+            .order_by(keys.c.not_after, keys.c.dek_id)
+            .limit(max(int(limit), 0))
+        )
+        return self._all(query, "list the ended bucket keys")
+
     def get_subject(self, domain: str, subject_ref: str) -> SubjectRecord | None:
         subjects = self.subjects
         try:
