@@ -28,13 +28,6 @@ def copy_store(store: MemoryKeyStore, *, replace: dict[bytes, Any] | None = None
     return copy
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HIGH: shred_epoch step (1) (_backups.py:268 rotate_kek(new_version=True)) rewraps "
-    "the OLD wrapping key under the NEW KEK version before step (4) destroys it; a backup (or "
-    "WAL/replica) taken in between holds wrapping@N under a live KEK, so a pre-erasure backup "
-    "reads again after the epoch the receipt gives as finality (until the epoch after)",
-)
 def test_a_backup_taken_during_the_epoch_does_not_revive_an_erased_member(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
