@@ -567,12 +567,14 @@ def _violations(domain: KeyDomain, summary: KeySummary, at: dt.datetime) -> list
     if retention is None or retention.kind != "no_longer_than":
         return []
     found: list[str] = []
-    # Live keys of subjects whose relationship ended, with no deadline (a store that counts them).
-    undated = int(getattr(summary, "ended_without_deadline", 0) or 0)
+    # Live keys of subjects whose relationship ended, with no deadline: rows changed since
+    # end_relationship (reads take the deadline from the subject's end all the same).
+    undated = summary.ended_without_deadline if retention.after == "relationship_end" else 0
     if undated:
         found.append(
             f"{undated} live keys of subjects whose relationship end is recorded have no "
-            "destroy_at: they would read past the policy (run end_relationship again for them)"
+            "destroy_at: their rows were changed (reads go by the end all the same; run "
+            "end_relationship again for them)"
         )
     oldest = summary.oldest_readable_capture
     if oldest is None:

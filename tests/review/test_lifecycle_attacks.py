@@ -130,12 +130,6 @@ def test_a_replayed_pre_end_key_row_does_not_read_past_the_deadline(
         other.decrypt(blob)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MEDIUM (docs claim false): docs/lifecycle.md 'Limits' says a cleared subject "
-    "deadline 'shows as a violation' in the report; no store computes "
-    "KeySummary.ended_without_deadline (_erasure.py:544 reads it with getattr, always 0)",
-)
 def test_the_report_shows_a_subject_key_without_deadline_after_the_end(
     vault: Vault, writer: Writer, wall: Wall
 ) -> None:

@@ -136,6 +136,8 @@ class KeySummary:
             creation time of the oldest live, not due key; ``None`` if there is none.
         subjects: distinct subject references with a live key.
         subjects_without_end: of those, the ones with no relationship end recorded.
+        ended_without_deadline: live keys with no ``destroy_at`` of subjects whose relationship
+            end is recorded (``end_relationship`` gives them one: a row changed since).
 
     .. versionadded:: 0.3.0
     """
@@ -146,6 +148,7 @@ class KeySummary:
     oldest_readable_capture: dt.datetime | None
     subjects: int
     subjects_without_end: int
+    ended_without_deadline: int = 0
 
 
 @runtime_checkable
@@ -449,6 +452,7 @@ class MemoryKeyStore:
             for r in readable
         ]
         subjects = {r.subject for r in live if r.subject is not None}
+        undated = [r for r in live if r.destroy_at is None and r.subject in ended]
         return KeySummary(
             live=len(live),
             destroyed=len(rows) - len(live),
@@ -456,6 +460,7 @@ class MemoryKeyStore:
             oldest_readable_capture=min(captures, default=None),
             subjects=len(subjects),
             subjects_without_end=len(subjects - ended),
+            ended_without_deadline=len(undated),
         )
 
     def key_deadlines(

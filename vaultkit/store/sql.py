@@ -695,13 +695,15 @@ class SQLKeyStore:
             subjects.c.subject_ref == keys.c.subject,
             subjects.c.relationship_end.is_not(None),
         )
-        without_end = sa.select(sa.func.count(sa.distinct(keys.c.subject))).where(
-            mine, live, keys.c.subject.is_not(None), sa.not_(ended)
-        )
+        # Subjects with no end, and keys of ended subjects with no deadline (a changed row).
+        without_end = sa.select(
+            sa.func.count(sa.distinct(sa.case((sa.not_(ended), keys.c.subject)))),
+            count(sa.and_(keys.c.destroy_at.is_(None), ended)),
+        ).where(mine, live, keys.c.subject.is_not(None))
         try:
             with self.engine.connect() as conn:
                 n_live, n_dead, n_due, min_end, min_created, n_subjects = conn.execute(counts).one()
-                n_without = conn.execute(without_end).scalar_one()
+                n_without, n_undated = conn.execute(without_end).one()
         except SQLAlchemyError as exc:
             raise self._fail("summarise its keys", exc) from None
         captures = []
@@ -717,6 +719,7 @@ class SQLKeyStore:
             oldest_readable_capture=min(captures, default=None),
             subjects=int(n_subjects or 0),
             subjects_without_end=int(n_without or 0),
+            ended_without_deadline=int(n_undated or 0),
         )
 
     def wrapping_keys(self, domain: str) -> list[DataKeyRecord]:
