@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import unicodedata
 import uuid
 from typing import Final
 
@@ -49,10 +50,15 @@ _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def canonical_subject(subject: object) -> bytes:
-    """The bytes a subject reference is computed from: ``str(subject)`` for int and UUID."""
+    """The bytes a subject reference is computed from: ``str(subject)`` for int and UUID, and
+    text in Unicode normal form NFC (so ``"josé"`` typed either way is one member), UTF-8.
+
+    No other normalisation: case, spaces and leading zeros of text are kept (``" 17"`` and
+    ``"17"`` are two subjects; 17 and ``"17"`` one).
+    """
     if isinstance(subject, bool) or not isinstance(subject, str | int | uuid.UUID):
         raise TypeError(f"a subject must be str, int or UUID, not {type(subject).__name__}")
-    text = subject if isinstance(subject, str) else str(subject)
+    text = unicodedata.normalize("NFC", subject) if isinstance(subject, str) else str(subject)
     if not text:
         raise ValueError("a subject must not be the empty string")
     try:

@@ -218,12 +218,6 @@ def test_a_bucket_key_with_a_cleared_destroy_at_still_reads_as_expired(
 # -- 4. hostile / non-canonical subjects -------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MEDIUM: canonical_subject (_scoped.py:53) does not normalise Unicode: a member id "
-    "written in NFD and erased in NFC (or typed at the CLI) gives another ref; the receipt says "
-    "'nothing_to_erase' (CLI exit 0) and the data stays readable",
-)
 def test_an_erasure_in_nfc_erases_what_was_written_in_nfd(vault: Vault) -> None:
     nfd = unicodedata.normalize("NFD", "josé.peeters")
     nfc = unicodedata.normalize("NFC", "josé.peeters")
