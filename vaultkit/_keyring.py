@@ -146,6 +146,7 @@ class _CachedKey(NoPickle):
         "audited",
         "cipher",
         "commitment",
+        "created_at",
         "deadline",
         "dek_id",
         "domain",
@@ -187,6 +188,8 @@ class _CachedKey(NoPickle):
         self.fixed_deadline: dt.datetime | None = None
         self.deadline: dt.datetime | None = None
         self.subject_ref: str | None = None
+        #: A subject key's creation (bound into its wrap), against its subject's erasure.
+        self.created_at: dt.datetime | None = None
 
     def __repr__(self) -> str:
         return f"_CachedKey(dek_id={self.dek_id.hex()!r}, domain={self.domain!r})"
@@ -1241,6 +1244,9 @@ class Keyring(NoPickle):
         if not due:
             return
         found = self._deadlines([k.dek_id for k in due])
+        subjects = self._subjects_of(
+            (k.domain, k.subject_ref) for k in due if k.subject_ref is not None
+        )
         wall = self.now() if self.scopes else None
         until = now + self.check
         for key in due:
@@ -1249,6 +1255,23 @@ class Keyring(NoPickle):
                 self.cache.drop(key.dek_id)
                 log.info("DEK %s is no longer readable; dropped from the cache", key.dek_id.hex())
                 continue
+            subject = subjects.get(key.domain, {}).get(key.subject_ref or "")
+            if subject is not None:
+                # The subject's row, which a writer of the key row cannot change (see
+                # _check_subject): an erasure after the key's creation, a recorded end.
+                erased = subject.erased_at
+                if erased is not None and key.created_at is not None and key.created_at <= erased:
+                    self.cache.erase(key.dek_id, key.domain, "erasure")
+                    log.info("DEK %s outlived its subject's erasure", key.dek_id.hex())
+                    continue
+                retention = self.policy.domains[key.domain].retention
+                if (
+                    retention is not None
+                    and retention.after == "relationship_end"
+                    and subject.relationship_end is not None
+                ):
+                    end = _scoped.subject_deadline(retention, subject.relationship_end)
+                    destroy_at = end if destroy_at is None else min(destroy_at, end)
             deadline = key.fixed_deadline
             if destroy_at is not None:
                 deadline = destroy_at if deadline is None else min(deadline, destroy_at)
@@ -1341,7 +1364,11 @@ class Keyring(NoPickle):
                 for dek_id in todo:
                     if dek_id not in fetched:
                         unknown.add(dek_id, now)
-            subjects = self._subjects_of(fetched.values() if fetched is not None else ())
+            subjects = self._subjects_of(
+                (r.domain, r.subject)
+                for r in (fetched.values() if fetched is not None else ())
+                if r.scope == "subject" and r.subject is not None
+            )
             for dek_id in todo:
                 if fetched is not None:
                     found = fetched.get(dek_id)
@@ -1383,16 +1410,17 @@ class Keyring(NoPickle):
                 done += len(records)
         return done
 
-    def _subjects_of(self, records: Iterable[DataKeyRecord]) -> dict[str, dict[str, SubjectRecord]]:
-        """Domain -> the subjects' rows of the subject keys among ``records``, read in few
-        queries (none without a store that reads many at once: each key reads its own)."""
+    def _subjects_of(
+        self, subjects: Iterable[tuple[str, str]]
+    ) -> dict[str, dict[str, SubjectRecord]]:
+        """Domain -> the rows of the given ``(domain, subject ref)`` subjects, read in few
+        queries (none without a store that reads many at once)."""
         get_subjects = getattr(self.store, "get_subjects", None)
         if get_subjects is None:
             return {}
         refs: dict[str, list[str]] = {}
-        for record in records:
-            if record.scope == "subject" and record.subject is not None:
-                refs.setdefault(record.domain, []).append(record.subject)
+        for domain, ref in subjects:
+            refs.setdefault(domain, []).append(ref)
         return {domain: get_subjects(domain, wanted) for domain, wanted in refs.items()}
 
     def _unwrap(self, record: DataKeyRecord) -> DataKey:
@@ -1444,6 +1472,7 @@ class Keyring(NoPickle):
             cached.deadline = deadline
             cached.fixed_deadline = _scoped.fixed_deadline(domain, record)
             cached.subject_ref = record.subject if record.scope == "subject" else None
+            cached.created_at = record.created_at
         self.cache.put(cached)
         return cached
 

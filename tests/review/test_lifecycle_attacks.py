@@ -323,3 +323,21 @@ def test_a_stale_process_refuses_writes_after_the_key_check_interval(
             other.encrypt("after", domain="medical", subject=17)
         with pytest.raises(SubjectErasedError):
             other.decrypt(blob)
+
+
+def test_a_key_hidden_during_the_erasure_stops_reading_in_a_process_that_has_it_cached(
+    vault: Vault, writer: Writer, wall: Wall, url: str, provider: InMemoryKeyProvider
+) -> None:
+    """The periodic key check reads the subject's row too: a cached key the erasure did not see
+    (its subject column hidden meanwhile) stops decrypting within key_check_interval."""
+    blob = vault.encrypt("diagnosis", domain="medical", subject=17)
+    dek_id = dek_of(blob)
+    with second(url, wall, provider) as other:
+        assert other.decrypt(blob) == "diagnosis"  # cached there
+        ref = writer.row(dek_id)["subject"]
+        writer.update(dek_id, subject="0" * 32)
+        vault.erase_subject(17, reason="art17", request_id="DSR-12")
+        writer.update(dek_id, subject=ref)
+        wall.move(dt.timedelta(seconds=6))  # past the default key_check_interval (5 s)
+        with pytest.raises(ValueErasedError):
+            other.decrypt(blob)
