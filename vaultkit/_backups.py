@@ -223,8 +223,20 @@ def shred_epoch(keyring: Keyring, domain: str, *, batch: int = 1000) -> ShredRep
         )
     store = keyring.store
     now = keyring.now()
-    # (1) A new KEK version; every row the KEK wraps (wrapping keys included) rewrapped under it.
-    rotation = _lifecycle.rotate_kek(keyring, domain, new_version=True)
+    # (0) The old wrapping keys unwrapped in memory, under the old KEK version: their rows are
+    #     never rewrapped under the new one (a backup taken during the epoch would hold them
+    #     under a live KEK version, and revive every pre-erasure backup after it).
+    rows: list[DataKeyRecord] = []
+    old_epochs: list[int] = []
+    old_keys: dict[int, AESGCM] = {}
+    if isinstance(store, SupportsScopedKeys) and keyring.policy.domains[domain].scoped:
+        rows = store.wrapping_keys(domain)
+        old_epochs = sorted(_epoch_of(r) for r in rows if r.state is not DekState.DESTROYED)
+        old_epochs = [e for e in old_epochs if e > 0]
+        old_keys = {e: keyring._wrapping_key(domain, e) for e in old_epochs}
+    old_rows = {index_key_id(domain, _scoped.wrapping_name(e)) for e in old_epochs}
+    # (1) A new KEK version; every row the KEK wraps, but the old wrapping keys, rewrapped.
+    rotation = _lifecycle.rotate_kek(keyring, domain, new_version=True, skip=old_rows)
     target = rotation.kek_version
     changed = rotation.changed_meanwhile
     epoch: int | None = None
@@ -232,16 +244,12 @@ def shred_epoch(keyring: Keyring, domain: str, *, batch: int = 1000) -> ShredRep
     destroyed_epochs: list[int] = []
     stranded = 0
     if isinstance(store, SupportsScopedKeys) and keyring.policy.domains[domain].scoped:
-        rows = store.wrapping_keys(domain)
-        old_epochs = sorted(_epoch_of(r) for r in rows if r.state is not DekState.DESTROYED)
-        old_epochs = [e for e in old_epochs if e > 0]
         epoch = max((_epoch_of(r) for r in rows), default=0) + 1
-        # (2) Wrapping key N+1, under the new KEK version; the old ones unwrapped while they live.
+        # (2) Wrapping key N+1, under the new KEK version.
         name = _scoped.wrapping_name(epoch)
         keyring._create_named_key(domain, name, index_key_id(domain, name), WRAPPING_PURPOSE)
         keyring.forget_wrapping(domain)
         new_key = keyring._wrapping_key(domain, epoch)
-        old_keys = {e: keyring._wrapping_key(domain, e) for e in old_epochs}
         # (3) Every live scoped DEK rewrapped locally from N to N+1 (compare-and-set per row).
         scoped_done, skipped = _rewrap_scoped(keyring, domain, old_keys, epoch, new_key, batch)
         changed += skipped

@@ -10,8 +10,9 @@ is repaired by running the same call again.
 not retained (the key store refuses new keys for the subject from then on, in every process);
 (2) destroy every key of the subject there, listing them again until none is live (a writer that
 made a key before it saw the fence is caught by the next round, or destroys its own key when it
-sees the fence); (3) the ``cells`` callback (blind-index cells); (4) a PII-free audit event per
-domain and table; (5) the receipt. ``no_less_than`` domains whose minimum has not run out are left
+sees the fence); (3) a PII-free audit event per domain, written before (4) the ``cells`` callback
+(blind-index cells) so that a failure of the application's database leaves no destruction out of
+the audit chain, then one per table; (5) the receipt. ``no_less_than`` domains whose minimum has not run out are left
 as they are and reported as retained, with their legal ground.
 
 :func:`enforce_retention` destroys the keys past their ``destroy_at``, batch by batch; each batch
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from vaultkit import _scoped
 from vaultkit._access import current_scope
 from vaultkit.audit import AuditEvent
 from vaultkit.errors import ConfigurationError, DomainError, KeyStoreError
@@ -242,9 +244,10 @@ def _destroy_subject_keys(
     for _ in range(MAX_ROUNDS):
         keys = _data_keys(store.subject_keys(domain, ref))
         if before is None:
-            before = sum(1 for k in keys if k.state is DekState.DESTROYED)
+            before = sum(1 for k in keys if k.state is DekState.DESTROYED and not k.wrapped)
         seen_any = seen_any or bool(keys)
-        live = [k for k in keys if k.state is not DekState.DESTROYED]
+        # A row marked destroyed that keeps its wrapped bytes (a writer's) is live.
+        live = [k for k in keys if k.state is not DekState.DESTROYED or k.wrapped]
         for key in keys:
             life.forget(key.dek_id)
         if not live:
@@ -392,12 +395,10 @@ def erase_subject(
                 keys_already_destroyed=before,
             )
         )
-    # (3) The blind-index cells (the caller's callback: vaultkit.sqla knows the tables).
-    tables: tuple[tuple[str, int], ...] = ()
-    if cells is not None and any(r.status != "retained" for r in results):
-        tables = _cells(cells)
-    status = _status(results, sum(rows for _, rows in tables))
-    # (4) The audit events: counts, the request id and the reason; never the subject or its ref.
+    # (4a) The domains' audit events, written before the cells callback runs: the keys are
+    # destroyed already, and a failure of the application's database there must not leave
+    # their destruction out of the chain. Counts, the request id and the reason; never the
+    # subject or its ref.
     events = [
         _event(
             ERASE_ACTION,
@@ -413,8 +414,15 @@ def erase_subject(
         )
         for r in results
     ]
+    audited = _audit(life, events) if events else life.recorder is not None
+    # (3) The blind-index cells (the caller's callback: vaultkit.sqla knows the tables).
+    tables: tuple[tuple[str, int], ...] = ()
+    if cells is not None and any(r.status != "retained" for r in results):
+        tables = _cells(cells)
+    status = _status(results, sum(rows for _, rows in tables))
+    # (4b) One audit event per table of the cells.
     anchor = targets[0].name if targets else next(iter(life.domains))
-    events += [
+    table_events = [
         _event(
             ERASE_ACTION,
             anchor,
@@ -427,7 +435,8 @@ def erase_subject(
         )
         for table, rows in tables
     ]
-    audited = _audit(life, events) if events else life.recorder is not None
+    if table_events:
+        audited = _audit(life, table_events)
     erased = [r.domain for r in results if r.status == "erased"]
     finality = life.finality(erased, now) if life.finality is not None and erased else None
     log.info(
@@ -486,7 +495,7 @@ def enforce_retention(
     audited = life.recorder is not None
     previous: frozenset[bytes] = frozenset()
     while True:
-        due = store.due_keys(at, limit=batch)
+        due = store.due_keys(at, limit=batch) or _ended_buckets(life, at, batch)
         ids = frozenset(k.dek_id for k in due)
         if not due or ids <= previous:
             # Nothing due, or the store hands back the keys it was just told to destroy.
@@ -534,18 +543,38 @@ def enforce_retention(
     )
 
 
+def _ended_buckets(life: LifeCycle, at: dt.datetime, batch: int) -> list[DataKeyRecord]:
+    """Bucket keys past their fixed deadline (bucket end + the code's retention) by ``at`` whose
+    ``destroy_at`` does not say so (a database writer cleared or moved it); oldest first."""
+    ended = getattr(life.store, "ended_keys", None)
+    if ended is None:
+        return []
+    due: list[DataKeyRecord] = []
+    for domain in life.domains.values():
+        if domain.dek_scope != "bucket":
+            continue
+        for record in ended(domain.name, at, limit=batch):
+            deadline = _scoped.fixed_deadline(domain, record)
+            if deadline is None or deadline > at:
+                break  # ordered by bucket end: the later ones are not due either
+            due.append(record)
+    return due[:batch]
+
+
 def _violations(domain: KeyDomain, summary: KeySummary, at: dt.datetime) -> list[str]:
     """How reads of ``domain`` would accept values beyond its retention at ``at``."""
     retention = domain.retention
     if retention is None or retention.kind != "no_longer_than":
         return []
     found: list[str] = []
-    # Live keys of subjects whose relationship ended, with no deadline (a store that counts them).
-    undated = int(getattr(summary, "ended_without_deadline", 0) or 0)
+    # Live keys of subjects whose relationship ended, with no deadline: rows changed since
+    # end_relationship (reads take the deadline from the subject's end all the same).
+    undated = summary.ended_without_deadline if retention.after == "relationship_end" else 0
     if undated:
         found.append(
             f"{undated} live keys of subjects whose relationship end is recorded have no "
-            "destroy_at: they would read past the policy (run end_relationship again for them)"
+            "destroy_at: their rows were changed (reads go by the end all the same; run "
+            "end_relationship again for them)"
         )
     oldest = summary.oldest_readable_capture
     if oldest is None:

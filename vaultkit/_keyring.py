@@ -60,6 +60,7 @@ from vaultkit.errors import (
     RetentionExpiredError,
     SubjectErasedError,
 )
+from vaultkit.keys.domains import KeyDomain
 from vaultkit.keys.provider import (
     KeyProvider,
     KeyRef,
@@ -71,6 +72,7 @@ from vaultkit.store import (
     DataKeyRecord,
     DekState,
     KeyStore,
+    SubjectRecord,
     SupportsGetMany,
     SupportsScopedKeys,
     SupportsStates,
@@ -145,6 +147,7 @@ class _CachedKey(NoPickle):
         "audited",
         "cipher",
         "commitment",
+        "created_at",
         "deadline",
         "dek_id",
         "domain",
@@ -186,6 +189,8 @@ class _CachedKey(NoPickle):
         self.fixed_deadline: dt.datetime | None = None
         self.deadline: dt.datetime | None = None
         self.subject_ref: str | None = None
+        #: A subject key's creation (bound into its wrap), against its subject's erasure.
+        self.created_at: dt.datetime | None = None
 
     def __repr__(self) -> str:
         return f"_CachedKey(dek_id={self.dek_id.hex()!r}, domain={self.domain!r})"
@@ -385,6 +390,15 @@ def _epoch_of(record: DataKeyRecord) -> int:
     """The epoch of a wrapping-key row (its name ``wrapping@<epoch>``), 0 if it has none."""
     _, _, tail = (record.name or "").partition("@")
     return int(tail) if tail.isdigit() else 0
+
+
+def _erased_before(subject: SubjectRecord | None, record: DataKeyRecord) -> bool:
+    """Whether ``record`` (a subject key) was created at or before its subject's erasure."""
+    return (
+        subject is not None
+        and subject.erased_at is not None
+        and record.created_at <= subject.erased_at
+    )
 
 
 def index_key_id(domain: str, name: str) -> bytes:
@@ -617,18 +631,34 @@ class Keyring(NoPickle):
             record_deadline = _scoped.deadline(policy, record)
             if record_deadline is not None and record_deadline <= now:
                 continue
+            if _erased_before(subject, record) or (
+                destroy_at is not None and record_deadline is None
+            ):
+                continue  # erased, or a replayed row without the relationship's deadline
             key = self._unwrap_scoped(record, quiet=True)
             if key is not None:
                 return self._scoped_active(key, record, now)
-        return self._new_subject_key(domain, ref, destroy_at, now)
+        erased_at = subject.erased_at if subject is not None else None
+        return self._new_subject_key(domain, ref, destroy_at, now, erased_at=erased_at)
 
     def _new_subject_key(
-        self, domain: str, ref: str, destroy_at: dt.datetime | None, now: dt.datetime
+        self,
+        domain: str,
+        ref: str,
+        destroy_at: dt.datetime | None,
+        now: dt.datetime,
+        *,
+        erased_at: dt.datetime | None = None,
     ) -> _Active:
         store = self.scoped_store()
         dek_id = new_dek_id()
         dek = new_data_key()
         epoch, wrapping = self._current_wrapping(domain)
+        # Bound into the wrap, in whole seconds; after the subject's last erasure (a key created
+        # at or before it is refused), if need be the second after it.
+        created = _scoped.whole_seconds(now, up=False)
+        if erased_at is not None and created <= erased_at:
+            created = _scoped.whole_seconds(erased_at, up=False) + dt.timedelta(seconds=1)
         record = DataKeyRecord(
             dek_id=dek_id,
             domain=domain,
@@ -645,10 +675,11 @@ class Keyring(NoPickle):
                     subject_ref=ref,
                     not_after=None,
                     destroy_at=destroy_at,
+                    created_at=created,
                 ),
             ),
             state=DekState.ACTIVE,
-            created_at=now,
+            created_at=created,
             subject=ref,
             scope="subject",
             destroy_at=destroy_at,
@@ -1232,10 +1263,13 @@ class Keyring(NoPickle):
                 key = self._open_record(record)
         return key
 
-    def _open_record(self, record: DataKeyRecord) -> _CachedKey:
+    def _open_record(
+        self, record: DataKeyRecord, subjects: Mapping[str, SubjectRecord] | None = None
+    ) -> _CachedKey:
         """Unwrap a data-key row into the cache, unless it is destroyed or past its deadline
         (then it is never unwrapped: remembered as erased, and its error raised); call with
-        the lock held, after the grant check."""
+        the lock held, after the grant check. ``subjects``: the rows of the domain's subjects
+        read already (by subject reference), for a batch."""
         dek_id = record.dek_id
         if record.domain not in self.providers:
             raise DomainError(f"domain {record.domain!r} is not configured in this vault")
@@ -1255,6 +1289,8 @@ class Keyring(NoPickle):
             raise DecryptionError
         deadline = _scoped.deadline(policy, record)
         wall = self.now()
+        if record.scope == "subject" and record.subject is not None:
+            deadline = self._check_subject(record, record.subject, policy, deadline, wall, subjects)
         if deadline is not None and deadline <= wall:
             # Fail closed: past its deadline a key is never unwrapped, swept or not.
             self.cache.erase(dek_id, record.domain, "retention")
@@ -1263,6 +1299,46 @@ class Keyring(NoPickle):
         if key is None:  # not reached: not quiet, it raises
             raise DecryptionError
         return self._cache_key(record, key, deadline=deadline, wall=wall)
+
+    def _check_subject(
+        self,
+        record: DataKeyRecord,
+        ref: str,
+        policy: KeyDomain,
+        deadline: dt.datetime | None,
+        wall: dt.datetime,
+        subjects: Mapping[str, SubjectRecord] | None = None,
+    ) -> dt.datetime | None:
+        """A subject key's deadline by its subject's row, which a writer of the key row cannot
+        change: refuse (and destroy, once its wrap authenticates) a key created at or before
+        the subject's erasure; a recorded end gives the retention's deadline whatever the key
+        row says. Call with the lock held."""
+        store = self.scoped_store()
+        if subjects is None:
+            subject = store.get_subject(record.domain, ref)
+        else:
+            subject = subjects.get(ref)
+        if subject is None:
+            return deadline
+        if _erased_before(subject, record):
+            if record.wrapped and self._unwrap_scoped(record, quiet=True) is not None:
+                store.destroy_key(record.dek_id, reason="erasure", at=wall)
+                log.warning(
+                    "DEK %s of domain %s outlived its subject's erasure; destroyed now",
+                    record.dek_id.hex(),
+                    record.domain,
+                )
+            self.cache.erase(record.dek_id, record.domain, "erasure")
+            raise SubjectErasedError(domain=record.domain, dek_id=record.dek_id)
+        retention = policy.retention
+        if (
+            retention is not None
+            and retention.after == "relationship_end"
+            and subject.relationship_end is not None
+        ):
+            end = _scoped.subject_deadline(retention, subject.relationship_end)
+            deadline = end if deadline is None else min(deadline, end)
+        return deadline
 
     def _revalidate(self, now: float) -> None:
         """Check every cached DEK whose check is due in one key-store read; call with the lock.
@@ -1275,6 +1351,9 @@ class Keyring(NoPickle):
         if not due:
             return
         found = self._deadlines([k.dek_id for k in due])
+        subjects = self._subjects_of(
+            (k.domain, k.subject_ref) for k in due if k.subject_ref is not None
+        )
         wall = self.now() if self.scopes else None
         until = now + self.check
         for key in due:
@@ -1283,6 +1362,23 @@ class Keyring(NoPickle):
                 self.cache.drop(key.dek_id)
                 log.info("DEK %s is no longer readable; dropped from the cache", key.dek_id.hex())
                 continue
+            subject = subjects.get(key.domain, {}).get(key.subject_ref or "")
+            if subject is not None:
+                # The subject's row, which a writer of the key row cannot change (see
+                # _check_subject): an erasure after the key's creation, a recorded end.
+                erased = subject.erased_at
+                if erased is not None and key.created_at is not None and key.created_at <= erased:
+                    self.cache.erase(key.dek_id, key.domain, "erasure")
+                    log.info("DEK %s outlived its subject's erasure", key.dek_id.hex())
+                    continue
+                retention = self.policy.domains[key.domain].retention
+                if (
+                    retention is not None
+                    and retention.after == "relationship_end"
+                    and subject.relationship_end is not None
+                ):
+                    end = _scoped.subject_deadline(retention, subject.relationship_end)
+                    destroy_at = end if destroy_at is None else min(destroy_at, end)
             deadline = key.fixed_deadline
             if destroy_at is not None:
                 deadline = destroy_at if deadline is None else min(deadline, destroy_at)
@@ -1375,6 +1471,11 @@ class Keyring(NoPickle):
                 for dek_id in todo:
                     if dek_id not in fetched:
                         unknown.add(dek_id, now)
+            subjects = self._subjects_of(
+                (r.domain, r.subject)
+                for r in (fetched.values() if fetched is not None else ())
+                if r.scope == "subject" and r.subject is not None
+            )
             for dek_id in todo:
                 if fetched is not None:
                     found = fetched.get(dek_id)
@@ -1390,7 +1491,7 @@ class Keyring(NoPickle):
                 if record.kek_id == WRAPPING_KEK_ID:
                     # Unwrapped in process under the domain's wrapping key: no provider call.
                     with contextlib.suppress(DecryptionError):  # erased, expired or damaged
-                        self._open_record(record)
+                        self._open_record(record, subjects.get(record.domain))
                         scoped += 1
                     continue
                 provider = self.providers[record.domain]
@@ -1415,6 +1516,19 @@ class Keyring(NoPickle):
                     self._cache_key(record, DataKey(dek, record.dek_id, record.domain))
                 done += len(records)
         return done
+
+    def _subjects_of(
+        self, subjects: Iterable[tuple[str, str]]
+    ) -> dict[str, dict[str, SubjectRecord]]:
+        """Domain -> the rows of the given ``(domain, subject ref)`` subjects, read in few
+        queries (none without a store that reads many at once)."""
+        get_subjects = getattr(self.store, "get_subjects", None)
+        if get_subjects is None:
+            return {}
+        refs: dict[str, list[str]] = {}
+        for domain, ref in subjects:
+            refs.setdefault(domain, []).append(ref)
+        return {domain: get_subjects(domain, wanted) for domain, wanted in refs.items()}
 
     def _unwrap(self, record: DataKeyRecord) -> DataKey:
         provider = self.providers.get(record.domain)
@@ -1465,6 +1579,7 @@ class Keyring(NoPickle):
             cached.deadline = deadline
             cached.fixed_deadline = _scoped.fixed_deadline(domain, record)
             cached.subject_ref = record.subject if record.scope == "subject" else None
+            cached.created_at = record.created_at
         self.cache.put(cached)
         return cached
 
@@ -1481,6 +1596,8 @@ class Keyring(NoPickle):
                 return cached
             dek_id = index_key_id(domain, name)
             record = self.store.get(dek_id)
+            if record is None and purpose == SUBJECT_REF_PURPOSE:
+                self._refuse_new_subject_ref(domain)
             if record is None:
                 record = self._create_named_key(domain, name, dek_id, purpose)
             if record.purpose != purpose or record.domain != domain or record.name != name:
@@ -1503,6 +1620,20 @@ class Keyring(NoPickle):
             named = BlindIndexKey(key, domain=domain, name=name, version=version)
             self._index_keys[(domain, name)] = named
             return named
+
+    def _refuse_new_subject_ref(self, domain: str) -> None:
+        """Refuse to make a subject-reference key for a domain that has had subject keys (its
+        wrapping keys, made after the reference key, say so): the old key's row was deleted,
+        and a new key would give every member another reference, so that erasures find none
+        of their keys. Checked once, when the row is missing."""
+        store = self.store
+        if isinstance(store, SupportsScopedKeys) and store.wrapping_keys(domain):
+            raise KeyStoreError(
+                f"the subject-reference key of domain {domain} is missing from the key store, "
+                "but the domain has subject keys: refusing to make a new one (every member "
+                "would get another reference and erasures would find nothing); restore the "
+                f"key row {index_key_id(domain, SUBJECT_REF_NAME).hex()} from a backup"
+            )
 
     def _create_named_key(
         self, domain: str, name: str, dek_id: bytes, purpose: str

@@ -8,6 +8,7 @@ apart, and the keyring is told under its own lock what this process must stop us
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from vaultkit._keyring import PURPOSE, Keyring
@@ -32,8 +33,11 @@ class RotationReport:
     changed_meanwhile: int
 
 
-def rotate_kek(keyring: Keyring, domain: str, *, new_version: bool) -> RotationReport:
-    """Rotate ``domain``'s KEK and rewrap its key rows (see :meth:`Vault.rotate_kek`)."""
+def rotate_kek(
+    keyring: Keyring, domain: str, *, new_version: bool, skip: Collection[bytes] = ()
+) -> RotationReport:
+    """Rotate ``domain``'s KEK and rewrap its key rows (see :meth:`Vault.rotate_kek`), but for
+    those of ``skip`` (a shred epoch's old wrapping keys: never under the new version)."""
     provider = keyring.providers[domain]
     store = keyring.store
     target = provider.rotate(domain) if new_version else provider.primary(domain)
@@ -47,7 +51,11 @@ def rotate_kek(keyring: Keyring, domain: str, *, new_version: bool) -> RotationR
         else list(store.records(domain=domain))
     )
     for record in rows:
-        if record.state is DekState.DESTROYED or record.kek_id == WRAPPING_KEK_ID:
+        if (
+            record.state is DekState.DESTROYED
+            or record.kek_id == WRAPPING_KEK_ID
+            or record.dek_id in skip
+        ):
             continue
         if (record.kek_id, record.kek_version) == (target.key_id, target.version):
             current += 1

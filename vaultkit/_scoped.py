@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import unicodedata
 import uuid
 from typing import Final
 
@@ -49,10 +50,15 @@ _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def canonical_subject(subject: object) -> bytes:
-    """The bytes a subject reference is computed from: ``str(subject)`` for int and UUID."""
+    """The bytes a subject reference is computed from: ``str(subject)`` for int and UUID, and
+    text in Unicode normal form NFC (so ``"josé"`` typed either way is one member), UTF-8.
+
+    No other normalisation: case, spaces and leading zeros of text are kept (``" 17"`` and
+    ``"17"`` are two subjects; 17 and ``"17"`` one).
+    """
     if isinstance(subject, bool) or not isinstance(subject, str | int | uuid.UUID):
         raise TypeError(f"a subject must be str, int or UUID, not {type(subject).__name__}")
-    text = subject if isinstance(subject, str) else str(subject)
+    text = unicodedata.normalize("NFC", subject) if isinstance(subject, str) else str(subject)
     if not text:
         raise ValueError("a subject must not be the empty string")
     try:
@@ -83,11 +89,13 @@ def scoped_context(
     subject_ref: str | None,
     not_after: dt.datetime | None,
     destroy_at: dt.datetime | None = None,
+    created_at: dt.datetime | None = None,
 ) -> bytes:
     """The associated data of a scoped DEK's local wrap.
 
     Binds the scope, the subject reference, a bucket key's end and a subject key's deadline
-    (``destroy_at``; whole seconds): a row whose columns are changed no longer unwraps.
+    (``destroy_at``) and creation (``created_at``; whole seconds, so that a writer cannot move
+    a key past its subject's erasure): a row whose columns are changed no longer unwraps.
     """
     return (
         wrap_context(domain, dek_id, "data")
@@ -96,6 +104,7 @@ def scoped_context(
         + wire.encode_field(subject_ref or "")
         + wire.encode_field(_seconds(not_after))
         + wire.encode_field(_seconds(destroy_at) if scope == "subject" else "")
+        + wire.encode_field(_seconds(created_at) if scope == "subject" else "")
     )
 
 
@@ -108,6 +117,7 @@ def record_context(record: DataKeyRecord) -> bytes:
         subject_ref=record.subject,
         not_after=record.not_after,
         destroy_at=record.destroy_at,
+        created_at=record.created_at,
     )
 
 

@@ -825,9 +825,10 @@ class Vault(NoPickle):
         :meth:`allow_subject`); (2) every key of the subject there is destroyed, and listed
         again until none is live (a writer that took a key just before the fence loses it), and
         dropped from this process's cache (other processes stop decrypting within their
-        ``key_check_interval``); (3) ``cells()`` is called to null the subject's blind-index
-        cells; (4) an audit event per domain and table is written (counts, request id and
-        reason; never the subject or its key-store ref); (5) the receipt is returned.
+        ``key_check_interval``); (3) an audit event per domain is written (counts, request id
+        and reason; never the subject or its key-store ref), before (4) ``cells()`` is called
+        to null the subject's blind-index cells, then one event per table; (5) the receipt is
+        returned.
 
         Domains whose retention is ``no_less_than`` and not yet over (it runs from the
         relationship's end: while no end is recorded, or until the end plus the retention) and

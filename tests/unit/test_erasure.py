@@ -674,9 +674,9 @@ def test_report_counts_live_destroyed_due_and_the_oldest_readable_capture(
 def test_report_finds_a_bucket_key_whose_deadline_was_moved(
     vault: Vault, store: Any, wall: WallClock
 ) -> None:
-    """A database writer moves a bucket key's destroy_at: enforce never sees it due; the report
-    shows it as a violation (reads still refuse it: their deadline comes from the bound bucket
-    end, not from the column)."""
+    """A database writer moves a bucket key's destroy_at: the report shows it as a violation
+    (reads still refuse it: their deadline comes from the bound bucket end, not from the
+    column), and enforce destroys it by that fixed deadline."""
     key = plant_bucket_key(vault, T0)
     record = vault.store.get(key)
     assert record is not None
@@ -697,12 +697,14 @@ def test_report_finds_a_bucket_key_whose_deadline_was_moved(
     assert vault.store.get(key).destroy_at == moved  # type: ignore[union-attr]
     at = T0 + dt.timedelta(days=5)
     wall.now = at
-    assert vault.enforce_retention().keys_destroyed == 0
     report = vault.retention_report(at=at)
     chat = line(report, "chat")
     assert len(chat.violations) == 1 and "2026-03-02T09:00:00+00:00" in chat.violations[0]
     assert report.violations == 1 and not report.ok
     assert json.loads(report.to_json())["violations"] == 1
+    assert vault.enforce_retention().keys_destroyed == 1
+    assert vault.store.get(key).wrapped == b""  # type: ignore[union-attr]
+    assert vault.retention_report(at=at).ok
 
 
 def test_report_counts_members_without_an_end_never_guessing(vault: Vault) -> None:

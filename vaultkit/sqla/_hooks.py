@@ -303,13 +303,30 @@ def _rewrite(
 
 
 def _as_stored(column: sa.Column[Any], value: Any) -> Any:
-    """A subject as its column holds it: a UUID given as text to a ``Uuid`` column is the UUID,
-    so that its key is the one the ORM's writes, and the erasure, find."""
-    if type(value) is str and isinstance(column.type, sa.Uuid) and column.type.as_uuid:
+    """A subject as its column holds it, so that its key is the one the erasure of what the row
+    stores finds: a UUID given as text to a ``Uuid`` column is the UUID, a decimal text given to
+    an ``Integer`` column the integer (``"017"`` is 17; other text is refused, before anything is
+    written), an integer given to a ``String`` column its text.
+
+    Raises:
+        ConfigurationError: text that is not a decimal integer, for an ``Integer`` column.
+    """
+    kind = column.type
+    if type(value) is str and isinstance(kind, sa.Uuid) and kind.as_uuid:
         try:
             return uuid.UUID(value)
         except ValueError:
             return value  # the database refuses it, with its own error
+    if type(value) is str and isinstance(kind, sa.Integer):
+        digits = value[1:] if value[:1] in ("+", "-") else value
+        if not (digits.isascii() and digits.isdigit()):
+            raise ConfigurationError(  # never the value: it is a member id
+                f"the subject column {column.name!r} is an integer column: its subject must "
+                "be an int or a decimal text"
+            )
+        return int(value)
+    if type(value) is int and isinstance(kind, sa.String):
+        return str(value)
     return value
 
 

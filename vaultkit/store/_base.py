@@ -137,6 +137,8 @@ class KeySummary:
             creation time of the oldest live, not due key; ``None`` if there is none.
         subjects: distinct subject references with a live key.
         subjects_without_end: of those, the ones with no relationship end recorded.
+        ended_without_deadline: live keys with no ``destroy_at`` of subjects whose relationship
+            end is recorded (``end_relationship`` gives them one: a row changed since).
 
     .. versionadded:: 0.3.0
     """
@@ -147,6 +149,7 @@ class KeySummary:
     oldest_readable_capture: dt.datetime | None
     subjects: int
     subjects_without_end: int
+    ended_without_deadline: int = 0
 
 
 @runtime_checkable
@@ -431,7 +434,7 @@ class MemoryKeyStore:
             row = self._rows.get(dek_id)
             if row is None:
                 raise KeyStoreError(f"DEK {dek_id.hex()} is not in the key store")
-            if row.state is DekState.DESTROYED:
+            if row.state is DekState.DESTROYED and not row.wrapped:
                 return False
             self._rows[dek_id] = replace(
                 row, state=DekState.DESTROYED, wrapped=b"", destroyed_at=at, destroy_reason=reason
@@ -478,8 +481,26 @@ class MemoryKeyStore:
         rows.sort(key=lambda r: (r.destroy_at or at, r.dek_id))
         return rows[: max(limit, 0)]
 
+    def ended_keys(self, domain: str, by: dt.datetime, *, limit: int) -> list[DataKeyRecord]:
+        with self._lock:
+            rows = [
+                r
+                for r in self._rows.values()
+                if r.domain == domain
+                and r.purpose == DATA_PURPOSE
+                and r.state is not DekState.DESTROYED
+                and r.not_after is not None
+                and r.not_after <= by
+            ]
+        rows.sort(key=lambda r: (r.not_after or by, r.dek_id))
+        return rows[: max(limit, 0)]
+
     def get_subject(self, domain: str, subject_ref: str) -> SubjectRecord | None:
         return self._subjects.get((domain, subject_ref))
+
+    def get_subjects(self, domain: str, subject_refs: Collection[str]) -> dict[str, SubjectRecord]:
+        subjects = self._subjects
+        return {r: subjects[(domain, r)] for r in subject_refs if (domain, r) in subjects}
 
     def put_subject(self, record: SubjectRecord) -> None:
         with self._lock:
@@ -503,6 +524,7 @@ class MemoryKeyStore:
             for r in readable
         ]
         subjects = {r.subject for r in live if r.subject is not None}
+        undated = [r for r in live if r.destroy_at is None and r.subject in ended]
         return KeySummary(
             live=len(live),
             destroyed=len(rows) - len(live),
@@ -510,6 +532,7 @@ class MemoryKeyStore:
             oldest_readable_capture=min(captures, default=None),
             subjects=len(subjects),
             subjects_without_end=len(subjects - ended),
+            ended_without_deadline=len(undated),
         )
 
     def key_deadlines(

@@ -525,7 +525,11 @@ class SQLKeyStore:
         keys = self.keys
         statement = (
             keys.update()
-            .where(keys.c.dek_id == dek_id.hex(), keys.c.state != DekState.DESTROYED.value)
+            .where(
+                keys.c.dek_id == dek_id.hex(),
+                # A row a writer marked destroyed keeps no wrapped bytes either.
+                sa.or_(keys.c.state != DekState.DESTROYED.value, keys.c.wrapped != b""),
+            )
             .values(
                 state=DekState.DESTROYED.value,
                 wrapped=b"",
@@ -627,6 +631,27 @@ class SQLKeyStore:
         )
         return self._all(query, "list the keys due")
 
+    def ended_keys(self, domain: str, by: dt.datetime, *, limit: int) -> list[DataKeyRecord]:
+        """Live data keys of ``domain`` whose bucket ended by ``by``, oldest end first (at most
+        ``limit``): the sweep destroys those past their fixed deadline whatever their
+        ``destroy_at`` column says.
+
+        .. versionadded:: 0.3.0
+        """
+        keys = self.keys
+        query = (
+            sa.select(keys)
+            .where(
+                keys.c.domain == domain,
+                keys.c.not_after <= _to_db(by),
+                keys.c.state != DekState.DESTROYED.value,
+                keys.c.purpose == DATA_PURPOSE,
+            )
+            .order_by(keys.c.not_after, keys.c.dek_id)
+            .limit(max(int(limit), 0))
+        )
+        return self._all(query, "list the ended bucket keys")
+
     def get_subject(self, domain: str, subject_ref: str) -> SubjectRecord | None:
         subjects = self.subjects
         try:
@@ -638,16 +663,29 @@ class SQLKeyStore:
                 ).first()
         except SQLAlchemyError as exc:
             raise self._fail("read a subject", exc) from None
-        if row is None:
-            return None
-        return SubjectRecord(
-            domain=row.domain,
-            subject_ref=row.subject_ref,
-            relationship_end=_utc(row.relationship_end),
-            fenced_at=_utc(row.fenced_at),
-            erased_at=_utc(row.erased_at),
-            request_id=row.request_id,
-        )
+        return None if row is None else _subject_of(row)
+
+    def get_subjects(self, domain: str, subject_refs: Collection[str]) -> dict[str, SubjectRecord]:
+        """The rows of the given subjects of ``domain`` the store has, in one query per 500.
+
+        .. versionadded:: 0.3.0
+        """
+        refs = list(dict.fromkeys(subject_refs))
+        subjects = self.subjects
+        found: dict[str, SubjectRecord] = {}
+        try:
+            with self.engine.connect() as conn:
+                for start in range(0, len(refs), _STATES_CHUNK):
+                    chunk = refs[start : start + _STATES_CHUNK]
+                    for row in conn.execute(
+                        sa.select(subjects).where(
+                            subjects.c.domain == domain, subjects.c.subject_ref.in_(chunk)
+                        )
+                    ).all():
+                        found[row.subject_ref] = _subject_of(row)
+        except SQLAlchemyError as exc:
+            raise self._fail("read subjects", exc) from None
+        return found
 
     def put_subject(self, record: SubjectRecord) -> None:
         subjects = self.subjects
@@ -707,13 +745,15 @@ class SQLKeyStore:
             subjects.c.subject_ref == keys.c.subject,
             subjects.c.relationship_end.is_not(None),
         )
-        without_end = sa.select(sa.func.count(sa.distinct(keys.c.subject))).where(
-            mine, live, keys.c.subject.is_not(None), sa.not_(ended)
-        )
+        # Subjects with no end, and keys of ended subjects with no deadline (a changed row).
+        without_end = sa.select(
+            sa.func.count(sa.distinct(sa.case((sa.not_(ended), keys.c.subject)))),
+            count(sa.and_(keys.c.destroy_at.is_(None), ended)),
+        ).where(mine, live, keys.c.subject.is_not(None))
         try:
             with self.engine.connect() as conn:
                 n_live, n_dead, n_due, min_end, min_created, n_subjects = conn.execute(counts).one()
-                n_without = conn.execute(without_end).scalar_one()
+                n_without, n_undated = conn.execute(without_end).one()
         except SQLAlchemyError as exc:
             raise self._fail("summarise its keys", exc) from None
         captures = []
@@ -729,6 +769,7 @@ class SQLKeyStore:
             oldest_readable_capture=min(captures, default=None),
             subjects=int(n_subjects or 0),
             subjects_without_end=int(n_without or 0),
+            ended_without_deadline=int(n_undated or 0),
         )
 
     def wrapping_keys(self, domain: str) -> list[DataKeyRecord]:
@@ -891,3 +932,14 @@ def open_store(spec: KeyStore | Engine | AsyncEngine | str) -> tuple[KeyStore, b
     if isinstance(spec, KeyStore):
         return spec, False
     raise TypeError(f"store must be a KeyStore, an Engine or a URL, not {type(spec).__name__}")
+
+
+def _subject_of(row: Any) -> SubjectRecord:
+    return SubjectRecord(
+        domain=row.domain,
+        subject_ref=row.subject_ref,
+        relationship_end=_utc(row.relationship_end),
+        fenced_at=_utc(row.fenced_at),
+        erased_at=_utc(row.erased_at),
+        request_id=row.request_id,
+    )

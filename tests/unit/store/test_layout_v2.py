@@ -382,6 +382,7 @@ class TestScopedStore:
             oldest_readable_capture=T0,  # the subject key created at T0
             subjects=3,
             subjects_without_end=2,
+            ended_without_deadline=1,  # subject 1's key: its end is recorded, no destroy_at
         )
         buckets_only = store.key_summary("medical", at)
         assert buckets_only.live == 1 and buckets_only.subjects == 0
