@@ -93,12 +93,18 @@ def _one_by_one(keyring: Keyring, domain: str, refs: Sequence[str]) -> int:
 
 
 def _usable(
-    keyring: Keyring, policy: KeyDomain, rows: Sequence[DataKeyRecord], now: dt.datetime
+    keyring: Keyring,
+    policy: KeyDomain,
+    rows: Sequence[DataKeyRecord],
+    now: dt.datetime,
+    subject: SubjectRecord | None,
 ) -> _keyring._Active | None:
-    """The newest usable key of a subject among its ACTIVE rows (as ``_subject_key`` chooses)."""
+    """The newest usable key of a subject among its ACTIVE rows (as ``_subject_key`` chooses):
+    never one created at or before the subject's last erasure (a row hidden from it)."""
     for record in reversed(rows):
         if (
-            record.state is not DekState.ACTIVE
+            _keyring._erased_before(subject, record)
+            or record.state is not DekState.ACTIVE
             or record.kek_id != WRAPPING_KEK_ID
             or record.scope != "subject"
             or record.encryptions >= keyring.max_uses
@@ -134,7 +140,7 @@ def _batch(
     existing = store.active_subject_keys(domain, refs)
     fences = store.subject_records(domain, refs)
     ready: dict[str, _keyring._Active] = {}
-    wanted: list[tuple[str, dt.datetime | None]] = []
+    wanted: list[tuple[str, dt.datetime | None, dt.datetime | None]] = []
     for ref in refs:
         subject = fences.get(ref)
         if subject is not None and subject.fenced_at is not None:
@@ -142,20 +148,31 @@ def _batch(
         destroy_at = _deadline_of(policy, subject)
         if destroy_at is not None and destroy_at <= now:
             continue  # retention over: its write raises RetentionExpiredError
-        active = _usable(keyring, policy, existing.get(ref, ()), now)
+        active = _usable(keyring, policy, existing.get(ref, ()), now, subject)
         if active is not None:
             ready[ref] = active
         else:
-            wanted.append((ref, destroy_at))
+            wanted.append((ref, destroy_at, subject.erased_at if subject is not None else None))
     if not wanted:
         return ready
     epoch, wrapping = keyring._current_wrapping(domain)
     made: list[tuple[DataKeyRecord, bytes]] = []
-    for ref, destroy_at in wanted:
+    for ref, destroy_at, erased_at in wanted:
         dek_id = new_dek_id()
         dek = new_data_key()
+        # As the single-key path: the creation time is bound into the wrap in whole seconds,
+        # after the subject's last erasure (a key created at or before it is refused on read).
+        created = _scoped.whole_seconds(now, up=False)
+        if erased_at is not None and created <= erased_at:
+            created = _scoped.whole_seconds(erased_at, up=False) + dt.timedelta(seconds=1)
         context = _scoped.scoped_context(
-            domain, dek_id, scope="subject", subject_ref=ref, not_after=None, destroy_at=destroy_at
+            domain,
+            dek_id,
+            scope="subject",
+            subject_ref=ref,
+            not_after=None,
+            destroy_at=destroy_at,
+            created_at=created,
         )
         record = DataKeyRecord(
             dek_id=dek_id,
@@ -165,7 +182,7 @@ def _batch(
             kek_version=epoch,
             wrapped=_scoped.wrap(wrapping, dek, context),
             state=DekState.ACTIVE,
-            created_at=now,
+            created_at=created,
             subject=ref,
             scope="subject",
             destroy_at=destroy_at,

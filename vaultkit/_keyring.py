@@ -1477,16 +1477,22 @@ class Keyring(NoPickle):
                 if r.scope == "subject" and r.subject is not None
             )
             for dek_id in todo:
+                # Destroyed rows too: they are remembered as erased (their values then read as
+                # erased), never as unknown ids (which would read as forged ones).
                 if fetched is not None:
-                    found = fetched.get(dek_id)
-                    record = found if _readable(found) else None
+                    record = fetched.get(dek_id)
                 else:
-                    record = self._readable_record(dek_id)
+                    record = self._readable_record(dek_id, any_state=True)
                 if (
                     record is None
+                    or record.purpose != PURPOSE
                     or record.domain not in self.providers
                     or self.policy.is_denied(record.domain)
                 ):
+                    continue
+                if record.state is DekState.DESTROYED:
+                    with contextlib.suppress(DecryptionError):  # its erased error, remembered
+                        self._open_record(record)
                     continue
                 if record.kek_id == WRAPPING_KEK_ID:
                     # Unwrapped in process under the domain's wrapping key: no provider call.

@@ -575,3 +575,17 @@ def test_measure_core_keeps_the_interface_older_trees_share() -> None:
     (result,) = measure_core((16,), number=20, rounds=2)
     assert result.size == 16
     assert 0 < result.raw_encrypt and 0 < result.field_decrypt
+
+
+def test_the_machine_block_names_the_commit_of_a_checkout() -> None:
+    """Run from a git checkout (as the suite is), the machine block carries its commit: the
+    package moved under vaultkit/cli/ once and the root it looked in became vaultkit/."""
+    from vaultkit.cli._bench._machine import _git
+
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        pytest.skip("not run from a git checkout")
+    commit = _git()["commit"]
+    assert isinstance(commit, str)
+    assert len(commit) == 40
+    assert all(c in "0123456789abcdef" for c in commit)

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import vaultkit
+
 __all__ = ["CPU_FLAGS", "config_digest", "differences", "load_average", "machine_block"]
 
 #: The CPU flags that decide AES-GCM, GHASH, SHA-256 and HMAC speed, as /proc/cpuinfo names them.
@@ -75,7 +77,7 @@ def _memory_bytes() -> int | None:
 
 def _git() -> dict[str, Any]:
     """Commit and dirty flag of the source tree vaultkit runs from, when it is a git checkout."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(vaultkit.__file__).resolve().parents[1]  # the checkout holding the package
     if not (root / ".git").exists():
         return {"commit": None, "dirty": None}
     try:
