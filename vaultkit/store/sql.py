@@ -330,24 +330,7 @@ class SQLKeyStore:
         )
 
     def insert(self, record: DataKeyRecord) -> None:
-        values = {
-            "dek_id": record.dek_id.hex(),
-            "domain": record.domain,
-            "purpose": record.purpose,
-            "kek_id": record.kek_id,
-            "kek_version": record.kek_version,
-            "wrapped": record.wrapped,
-            "state": record.state.value,
-            "created_at": record.created_at.astimezone(dt.UTC),
-            "subject": record.subject,
-            "encryptions": record.encryptions,
-            "name": record.name,
-            "scope": record.scope,
-            "not_after": _to_db(record.not_after),
-            "destroy_at": _to_db(record.destroy_at),
-            "destroyed_at": _to_db(record.destroyed_at),
-            "destroy_reason": record.destroy_reason,
-        }
+        values = _row_values(record)
         try:
             with self.engine.begin() as conn:
                 conn.execute(self.keys.insert().values(**values))
