@@ -94,6 +94,8 @@ DEFAULT_KEY_CHECK_INTERVAL: Final = 5.0
 PURPOSE: Final = "data"
 INDEX_PURPOSE: Final = "index"
 AUDIT_PURPOSE: Final = "audit"
+#: Dataset keys of research exports (vaultkit.research): one per project and recipient.
+DATASET_PURPOSE: Final = "dataset"
 _DEK_DOMAINS_MAX: Final = 100_000
 
 #: Seconds a DEK id the key store did not know (or holds destroyed) is answered from memory. A DEK
@@ -1591,8 +1593,12 @@ class Keyring(NoPickle):
 
     # -- named keys ---------------------------------------------------------------------------
 
-    def named_key(self, domain: str, name: str, purpose: str, version: int) -> BlindIndexKey:
-        """A named HMAC key of ``purpose`` in ``domain``, created on first use, then cached."""
+    def named_key(
+        self, domain: str, name: str, purpose: str, version: int, *, create: bool = True
+    ) -> BlindIndexKey:
+        """A named HMAC key of ``purpose`` in ``domain``, created on first use, then cached.
+
+        With ``create=False`` a key the key store does not hold is refused (KeyStoreError)."""
         cached = self._index_keys.get((domain, name))
         if cached is not None:
             return cached
@@ -1604,6 +1610,8 @@ class Keyring(NoPickle):
             record = self.store.get(dek_id)
             if record is None and purpose == SUBJECT_REF_PURPOSE:
                 self._refuse_new_subject_ref(domain)
+            if record is None and not create:
+                raise KeyStoreError(f"the {purpose} key {name} in domain {domain} does not exist")
             if record is None:
                 record = self._create_named_key(domain, name, dek_id, purpose)
             if record.purpose != purpose or record.domain != domain or record.name != name:
@@ -1626,6 +1634,22 @@ class Keyring(NoPickle):
             named = BlindIndexKey(key, domain=domain, name=name, version=version)
             self._index_keys[(domain, name)] = named
             return named
+
+    def destroy_named_key(self, domain: str, name: str, purpose: str) -> bool:
+        """Destroy a named key (its row stays as a tombstone, so it is never made again under
+        that name) and forget it here; False if it was destroyed already."""
+        with self._lock:
+            dek_id = index_key_id(domain, name)
+            record = self.store.get(dek_id)
+            if record is None:
+                raise KeyStoreError(f"the {purpose} key {name} in domain {domain} does not exist")
+            if record.purpose != purpose or record.domain != domain or record.name != name:
+                raise KeyStoreError(f"key-store row {dek_id.hex()} is not the {purpose} key {name}")
+            self._index_keys.pop((domain, name), None)
+            if record.state is DekState.DESTROYED and not record.wrapped:
+                return False
+            self.store.destroy(dek_id)
+            return True
 
     def _refuse_new_subject_ref(self, domain: str) -> None:
         """Refuse to make a subject-reference key for a domain that has had subject keys (its

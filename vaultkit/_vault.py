@@ -27,11 +27,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from vaultkit import _backups, _bulk, _erasure, _lifecycle, _scoped
-from vaultkit._access import Policy, Principal, Scope, acting_as
+from vaultkit._access import Policy, Principal, Scope, acting_as, current_scope
 from vaultkit._cipher import Cipher, Decrypted, FieldCipher, as_bytes
 from vaultkit._codec import PlainValue, encode_value
 from vaultkit._keyring import (
     AUDIT_PURPOSE,
+    DATASET_PURPOSE,
     DEFAULT_CACHE_SIZE,
     DEFAULT_CACHE_TTL,
     DEFAULT_KEY_CHECK_INTERVAL,
@@ -47,7 +48,7 @@ from vaultkit._offload import call as _call
 from vaultkit._offload import run_async
 from vaultkit._recorder import DEFAULT_AUDIT_BATCH, AuditRecorder
 from vaultkit._redact import NoPickle
-from vaultkit.audit import AuditLog, open_audit_log
+from vaultkit.audit import AuditEvent, AuditLog, open_audit_log
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError, DomainError
 from vaultkit.keys.domains import KeyDomain
@@ -467,6 +468,87 @@ class Vault(NoPickle):
         return _call(
             self._keyring.named_key, domain, f"{table}.{column}@v{version}", INDEX_PURPOSE, version
         )
+
+    def dataset_key(self, domain: str, name: str, *, create: bool = True) -> BlindIndexKey:
+        """Return the HMAC key of a research dataset (:mod:`vaultkit.research`).
+
+        A random 256-bit key per name (one per project and recipient), stored wrapped by the
+        domain's KEK in the key store (purpose ``dataset``), like a blind-index key; never stored
+        with the data it pseudonymises.
+
+        Args:
+            domain: the research domain (a declared domain, e.g. ``research``).
+            name: the dataset's key name.
+            create: make the key if the key store does not hold it (else KeyStoreError).
+
+        Raises:
+            DomainError: the domain is not declared in this vault.
+            KeyStoreError: the key was destroyed, or is missing and ``create`` is false.
+
+        .. versionadded:: 0.4.0
+        """
+        self._check_domain(domain)
+        return _call(
+            functools.partial(
+                self._keyring.named_key, domain, name, DATASET_PURPOSE, 1, create=create
+            )
+        )
+
+    def destroy_dataset_key(self, domain: str, name: str) -> bool:
+        """Destroy a research dataset key for good: its pseudonyms can no longer be recomputed.
+
+        The key-store row stays as a tombstone, so the name is never given a new key. Other
+        running processes that hold the key in memory keep it until they close.
+        Returns False if it was destroyed already.
+
+        Raises:
+            DomainError: the domain is not declared in this vault.
+            KeyStoreError: no such key.
+
+        .. versionadded:: 0.4.0
+        """
+        self._check_domain(domain)
+        return _call(self._keyring.destroy_named_key, domain, name, DATASET_PURPOSE)
+
+    def record_event(
+        self,
+        action: str,
+        domain: str,
+        *,
+        count: int,
+        table: str | None = None,
+        facts: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Write one event to the audit chain at once (not batched); False without an audit log.
+
+        For operations outside the data path (a research export); the event names the acting
+        principal and purpose, ``facts`` as ``name=value`` strings: they must hold no personal
+        data (counts, hashes, key ids).
+
+        Raises:
+            DomainError: the domain is not declared in this vault.
+            AuditError: the event could not be written.
+
+        .. versionadded:: 0.4.0
+        """
+        self._check_domain(domain)
+        if self._recorder is None:
+            return False
+        scope = current_scope()
+        event = AuditEvent(
+            principal=scope.principal.name,
+            purpose=scope.purpose,
+            action=action,
+            domain=domain,
+            table=table,
+            column=None,
+            rows=tuple(f"{name}={value}" for name, value in (facts or {}).items()),
+            count=count,
+            dek_id=None,
+            at=self._now(),
+        )
+        self._recorder.record_now([event])
+        return True
 
     @contextlib.contextmanager
     def acting_as(self, principal: Principal, *, purpose: str) -> Iterator[Scope]:

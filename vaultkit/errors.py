@@ -16,6 +16,7 @@ __all__ = [
     "DecryptionError",
     "DomainError",
     "EncodingError",
+    "ExportRefusedError",
     "KeyAuthenticationError",
     "KeyNotFoundError",
     "KeyProviderError",
@@ -192,6 +193,12 @@ class AccessDeniedError(VaultkitError):
 
 class AuditError(VaultkitError):
     """An audit event could not be written or read; the access it was for does not happen."""
+
+
+class ExportRefusedError(VaultkitError):
+    """A research export was refused before anything was written: a class of the declared
+    quasi-identifiers is smaller than the spec's k, or a dataset key is destroyed. The message
+    names counts and column names, never a value."""
 
 
 class QueryError(VaultkitError):

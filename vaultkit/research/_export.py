@@ -1,0 +1,513 @@
+"""The research export: two passes over the source in Arrow batches, a k check, a Parquet file.
+
+Pass 1 reads only the quasi-identifiers' sources (and the member column), applies their
+transforms and counts each equivalence class: memory grows with the number of classes, not of
+rows. The k check refuses (or decides which classes to suppress) before anything is written.
+Pass 2 reads the source again, transforms every output column, drops the suppressed rows and
+writes the Parquet file batch by batch; it counts the classes again, and a source that changed
+between the passes aborts the export (the partial file is removed). The manifest goes into the
+file's key-value metadata and its SHA-256 into the audit chain before the file gets its name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vaultkit import SealedValue
+from vaultkit._keyring import DATASET_PURPOSE, index_key_id
+from vaultkit.errors import AccessDeniedError, ConfigurationError, ExportRefusedError, KeyStoreError
+from vaultkit.research._spec import ColumnSpec, ExportSpec, dataset_key_name
+from vaultkit.research._transforms import PSEUDONYM_BITS, pseudonym, transform
+from vaultkit.store import DekState
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from vaultkit import BlindIndexKey, FieldCipher, Vault
+
+__all__ = [
+    "MANIFEST_KEY",
+    "ExportReport",
+    "Withdrawal",
+    "destroy_key",
+    "export",
+    "withdraw",
+]
+
+#: The Parquet key-value metadata key that holds the manifest (JSON).
+MANIFEST_KEY: Final = "vaultkit.export"
+MANIFEST_FORMAT: Final = "vaultkit.export/1"
+AUDIT_ACTION: Final = "research-export"
+_KEYED: Final = frozenset({"pseudonym", "date_shift", "ff1"})
+#: Patterns a kept text column must not hold (the export refuses, naming column and kind).
+_PII_PATTERNS: Final = (
+    ("e-mail address", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"),
+    ("phone number", r"(^|[^0-9])(\+|00)[1-9][0-9 ./-]{7,16}[0-9]($|[^0-9])"),
+    (
+        "INSZ/NISS number",
+        r"(^|[^0-9])[0-9]{2}\.?[01][0-9]\.?[0-3][0-9]-?[0-9]{3}\.?[0-9]{2}($|[^0-9])",
+    ),
+    ("BSN-like number", r"(^|[^0-9])[0-9]{9}($|[^0-9])"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    """What an export wrote: counts, the achieved k and the manifest's hash (no value)."""
+
+    path: Path
+    rows_in: int
+    rows_out: int
+    suppressed: int
+    classes: int
+    k: int
+    achieved_k: int | None
+    manifest_sha256: str
+    dataset_key_id: str
+    audited: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """The pseudonyms one dataset key gives the members of a withdrawal (sorted, no member id).
+
+    ``state`` is ``live`` (``pseudonyms`` recomputed) or ``destroyed`` (the dataset is no
+    longer linkable to anyone: nothing to withdraw, ``pseudonyms`` empty).
+    """
+
+    project: str
+    recipient: str
+    dataset_key_id: str
+    state: str
+    pseudonyms: tuple[str, ...]
+
+
+def export(
+    vault: Vault,
+    spec: ExportSpec,
+    out: str | os.PathLike[str],
+    *,
+    database: sa.Engine | str,
+    allow_unaudited: bool = False,
+    today: dt.date | None = None,
+) -> ExportReport:
+    """Write the research export ``spec`` describes to the Parquet file ``out``.
+
+    Args:
+        vault: a vault serving ``spec.domain`` (the research KEK) and every decrypted domain.
+        spec: the parsed spec (:func:`vaultkit.research.load_spec`).
+        out: the Parquet file; written next to it first and renamed when complete.
+        database: the data database (an SQLAlchemy Engine or URL) holding ``spec.source``.
+        allow_unaudited: write the export even though the vault keeps no audit log.
+        today: the date ages are counted at when a column gives none (tests fix it).
+
+    Raises:
+        ExportRefusedError: a class is smaller than k (``on_small_class = "refuse"``), the dataset
+            key is destroyed, the linked project has no key, the source is empty or changed
+            between the passes, or a kept column holds an identifier pattern.
+        ConfigurationError: no audit log (without ``allow_unaudited``), a missing column.
+        AccessDeniedError: a decrypted column's domain needs a grant the principal lacks.
+    """
+    import sqlalchemy as sa
+
+    if vault.audit_log is None and not allow_unaudited:
+        raise ConfigurationError(
+            "the vault keeps no audit log: a research export records its manifest's hash in "
+            "the audit chain (audit a domain, or pass allow_unaudited / --allow-unaudited)"
+        )
+    now = dt.datetime.now(dt.UTC)
+    today = today or now.date()
+    key, key_id = _dataset_key(vault, spec)
+    engine = (
+        sa.create_engine(database, hide_parameters=True) if isinstance(database, str) else database
+    )
+    owned = isinstance(database, str)
+    try:
+        qi_columns = [c for c in spec.output if c.name in spec.quasi_identifiers]
+        qi_columns.sort(key=lambda c: spec.quasi_identifiers.index(c.name))
+        # Pass 1: class sizes over the transformed quasi-identifiers.
+        counts: Counter[tuple[object, ...]] = Counter()
+        rows_in = 0
+        for batch in _batches(vault, engine, spec, qi_columns):
+            rows_in += batch.num_rows
+            counts.update(_classes(batch, qi_columns, spec, key, today))
+        if rows_in == 0:
+            raise ExportRefusedError("the source has no rows: nothing to export")
+        small = {c for c, n in counts.items() if n < spec.k}
+        if small and spec.on_small_class == "refuse":
+            smallest = min(counts.values())
+            raise ExportRefusedError(
+                f"k-anonymity: {len(small)} of {len(counts)} classes of "
+                f"({', '.join(spec.quasi_identifiers)}) have fewer than k={spec.k} rows "
+                f"(smallest: {smallest}); generalise further, or set on_small_class = "
+                '"suppress"'
+            )
+        suppressed = sum(counts[c] for c in small)
+        kept = [n for c, n in counts.items() if c not in small]
+        rows_out = rows_in - suppressed
+        if rows_out == 0:
+            raise ExportRefusedError(
+                f"k-anonymity: every class has fewer than k={spec.k} rows: nothing would be left"
+            )
+        manifest = _manifest(
+            spec,
+            key_id=key_id,
+            rows_in=rows_in,
+            rows_out=rows_out,
+            suppressed=suppressed,
+            classes=len(kept),
+            achieved_k=min(kept),
+            created=now,
+            today=today,
+        )
+        manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        digest = hashlib.sha256(manifest_bytes).hexdigest()
+        target = Path(out)
+        partial = target.with_name(target.name + ".partial")
+        try:
+            _write(vault, engine, spec, key, today, counts, small, partial, manifest_bytes)
+            audited = vault.record_event(
+                AUDIT_ACTION,
+                spec.domain,
+                count=rows_out,
+                facts={
+                    "manifest_sha256": digest,
+                    "project": spec.project,
+                    "recipient": spec.recipient,
+                    "dataset_key_id": key_id,
+                    "rows_in": str(rows_in),
+                    "suppressed": str(suppressed),
+                },
+            )
+            os.replace(partial, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+            raise
+    finally:
+        if owned:
+            engine.dispose()
+    return ExportReport(
+        path=target,
+        rows_in=rows_in,
+        rows_out=rows_out,
+        suppressed=suppressed,
+        classes=len(kept),
+        k=spec.k,
+        achieved_k=min(kept),
+        manifest_sha256=digest,
+        dataset_key_id=key_id,
+        audited=audited,
+    )
+
+
+def _dataset_key(vault: Vault, spec: ExportSpec) -> tuple[BlindIndexKey | None, str]:
+    """The dataset key the spec's keyed columns use (the linked project's when it links)."""
+    name = dataset_key_name(spec.key_project, spec.recipient)
+    key_id = index_key_id(spec.domain, name).hex()
+    record = vault.store.get(bytes.fromhex(key_id))
+    if record is not None and record.state is DekState.DESTROYED:
+        raise ExportRefusedError(
+            f"the dataset key of project {spec.key_project} for recipient {spec.recipient} "
+            f"(key {key_id}) was destroyed: that dataset can no longer be extended or linked"
+        )
+    if spec.link_with and record is None:
+        raise ExportRefusedError(
+            f"link_with: project {spec.key_project} has no dataset key for recipient "
+            f"{spec.recipient} (export it first; linking needs that project's key)"
+        )
+    if not any(c.transform in _KEYED for c in spec.output):
+        return None, key_id
+    return vault.dataset_key(spec.domain, name, create=not spec.link_with), key_id
+
+
+def _select(engine: sa.Engine, spec: ExportSpec, names: Sequence[str]) -> sa.Select[Any]:
+    import sqlalchemy as sa
+
+    if spec.source is not None:
+        schema, _, table = spec.source.rpartition(".")
+        source: Any = sa.table(table, *(sa.column(n) for n in names), schema=schema or None)
+        return sa.select(*(source.c[n] for n in names))
+    assert spec.query is not None  # noqa: S101 - the spec names exactly one of source and query
+    sub = sa.text(spec.query).columns(*(sa.column(n) for n in names)).subquery("vaultkit_source")
+    return sa.select(*(sub.c[n] for n in names))
+
+
+def _batches(
+    vault: Vault, engine: sa.Engine, spec: ExportSpec, columns: Sequence[ColumnSpec]
+) -> Iterator[pa.Table]:
+    """The source in Arrow batches: the member column and ``columns``' sources, decrypted."""
+    names = list(dict.fromkeys([spec.member, *(c.source for c in columns)]))
+    decrypting = {c.source: c.decrypt for c in columns if c.decrypt is not None}
+    ciphers = {src: vault.field(d[0], table=d[1], column=d[2]) for src, d in decrypting.items()}
+    statement = _select(engine, spec, names)
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=spec.batch_size).execute(
+            statement
+        )
+        for rows in result.partitions(spec.batch_size):
+            cols = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+            arrays: dict[str, pa.Array] = {}
+            for name, values in zip(names, cols, strict=True):
+                cipher = ciphers.get(name)
+                if cipher is not None:
+                    values = tuple(_open(cipher, decrypting[name], v) for v in values)
+                arrays[name] = _array(name, values)
+            yield pa.table(arrays)
+
+
+def _open(cipher: FieldCipher, where: tuple[str, str, str], value: object) -> object:
+    if value is None:
+        return None
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise ConfigurationError(f"column {where[1]}.{where[2]} to decrypt holds no ciphertext")
+    plain = cipher.decrypt(bytes(value))
+    if isinstance(plain, SealedValue):
+        raise AccessDeniedError(
+            f"column {where[1]}.{where[2]}: the acting principal may not read domain {where[0]}"
+        )
+    return plain
+
+
+def _array(name: str, values: Sequence[object]) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise ConfigurationError(
+            f"source column {name} holds values of mixed types; cast it in the query"
+        ) from None
+
+
+def _transformed(
+    batch: pa.Table,
+    columns: Sequence[ColumnSpec],
+    key: BlindIndexKey | None,
+    spec: ExportSpec,
+    today: dt.date,
+) -> list[pa.Array]:
+    members = batch.column(spec.member).combine_chunks()
+    return [
+        transform(c, batch.column(c.source).combine_chunks(), key=key, members=members, today=today)
+        for c in columns
+    ]
+
+
+def _classes(
+    batch: pa.Table,
+    qi_columns: Sequence[ColumnSpec],
+    spec: ExportSpec,
+    key: BlindIndexKey | None,
+    today: dt.date,
+) -> Iterable[tuple[object, ...]]:
+    if not qi_columns:
+        return [()] * batch.num_rows
+    arrays = _transformed(batch, qi_columns, key, spec, today)
+    return zip(*(a.to_pylist() for a in arrays), strict=True)
+
+
+def _check_kept(column: ColumnSpec, array: pa.Array) -> None:
+    """Refuse a kept text column that holds an e-mail, phone or national-number pattern."""
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        return
+    for kind, pattern in _PII_PATTERNS:
+        if pc.any(pc.match_substring_regex(array, pattern)).as_py():
+            raise ExportRefusedError(
+                f"column {column.name} (keep) holds what looks like an {kind}: pseudonymise, "
+                "generalise or drop it"
+            )
+
+
+def _write(
+    vault: Vault,
+    engine: sa.Engine,
+    spec: ExportSpec,
+    key: BlindIndexKey | None,
+    today: dt.date,
+    counts: Counter[tuple[object, ...]],
+    small: set[tuple[object, ...]],
+    path: Path,
+    manifest: bytes,
+) -> None:
+    output = spec.output
+    qi_index = [
+        next(i for i, c in enumerate(output) if c.name == q) for q in spec.quasi_identifiers
+    ]
+    seen: Counter[tuple[object, ...]] = Counter()
+    writer: pq.ParquetWriter | None = None
+    schema: pa.Schema | None = None
+    try:
+        for batch in _batches(vault, engine, spec, output):
+            arrays = _transformed(batch, output, key, spec, today)
+            for c, a in zip(output, arrays, strict=True):
+                if c.transform == "keep":
+                    _check_kept(c, a)
+            if qi_index:
+                classes = list(zip(*(arrays[i].to_pylist() for i in qi_index), strict=True))
+            else:
+                classes = [()] * batch.num_rows
+            seen.update(classes)
+            table = pa.table({c.name: a for c, a in zip(output, arrays, strict=True)})
+            if small:
+                mask = pa.array([c not in small for c in classes], pa.bool_())
+                table = table.filter(mask)
+            if writer is None:
+                schema = table.schema.with_metadata({MANIFEST_KEY: manifest})
+                writer = pq.ParquetWriter(path, schema)
+            else:
+                assert schema is not None  # noqa: S101 - set with the writer
+                table = table.cast(schema.remove_metadata()).replace_schema_metadata(
+                    schema.metadata
+                )
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if seen != counts:
+        raise ExportRefusedError(
+            "the source changed between the two passes (class counts differ); run the export "
+            "again on a stable snapshot"
+        )
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _manifest(
+    spec: ExportSpec,
+    *,
+    key_id: str,
+    rows_in: int,
+    rows_out: int,
+    suppressed: int,
+    classes: int,
+    achieved_k: int,
+    created: dt.datetime,
+    today: dt.date,
+) -> dict[str, object]:
+    import vaultkit
+
+    columns = []
+    for c in spec.columns:
+        entry: dict[str, object] = {"name": c.name, "source": c.source, "transform": c.transform}
+        params = c.params
+        if c.transform == "generalise" and c.method == "age_band" and c.at is None:
+            params["at"] = today.isoformat()
+        if c.transform == "pseudonym":
+            params["bits"] = PSEUDONYM_BITS
+        if params:
+            entry["params"] = params
+        entry["written"] = c.transform != "drop"
+        columns.append(entry)
+    return {
+        "format": MANIFEST_FORMAT,
+        "project": spec.project,
+        "recipient": spec.recipient,
+        "link_with": list(spec.link_with),
+        "spec_sha256": spec.digest,
+        "key_domain": spec.domain,
+        "dataset_key_id": key_id,
+        "columns": columns,
+        "quasi_identifiers": list(spec.quasi_identifiers),
+        "k": spec.k,
+        "achieved_k": achieved_k,
+        "on_small_class": spec.on_small_class,
+        "classes": classes,
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "suppressed": suppressed,
+        "created": created.isoformat(timespec="seconds"),
+        "expires": spec.expires.isoformat() if spec.expires else None,
+        "legal_basis": spec.legal_basis,
+        "dpia_ref": spec.dpia_ref,
+        "note": "pseudonymised data remain personal data (EDPB Guidelines 01/2025)",
+        "vaultkit": vaultkit.__version__,
+    }
+
+
+_DATASET_NAME: Final = re.compile(r"dataset:(?P<project>[^/]+)/(?P<recipient>[^@]+)@v1")
+
+
+def withdraw(
+    vault: Vault,
+    members: Iterable[object],
+    *,
+    recipient: str,
+    project: str | None = None,
+    domain: str = "research",
+) -> list[Withdrawal]:
+    """The pseudonyms ``recipient`` must delete for ``members``, under each of its dataset keys.
+
+    Recomputed from each dataset key in the key store (of ``project`` only, when given): no
+    pseudonym-to-member table exists. A project that linked with another used that project's
+    key, so its pseudonyms are those listed under the other project. A destroyed key yields
+    ``state="destroyed"`` and no pseudonym: that dataset links to no member any more.
+
+    Raises:
+        ConfigurationError: no dataset key of the recipient (and project) exists.
+    """
+    ids = [m for m in members]
+    found: list[Withdrawal] = []
+    for record in vault.store.records(domain=domain):
+        if record.purpose != DATASET_PURPOSE or record.name is None:
+            continue
+        match = _DATASET_NAME.fullmatch(record.name)
+        if match is None or match["recipient"] != recipient:
+            continue
+        if project is not None and match["project"] != project:
+            continue
+        if record.state is DekState.DESTROYED:
+            found.append(
+                Withdrawal(match["project"], recipient, record.dek_id.hex(), "destroyed", ())
+            )
+            continue
+        try:
+            key = vault.dataset_key(domain, record.name, create=False)
+        except KeyStoreError:  # destroyed meanwhile
+            found.append(
+                Withdrawal(match["project"], recipient, record.dek_id.hex(), "destroyed", ())
+            )
+            continue
+        names = sorted({pseudonym(key, m) for m in ids})
+        found.append(
+            Withdrawal(match["project"], recipient, record.dek_id.hex(), "live", tuple(names))
+        )
+    if not found:
+        which = f"project {project} and " if project else ""
+        raise ConfigurationError(f"no dataset key for {which}recipient {recipient}")
+    return sorted(found, key=lambda w: w.project)
+
+
+def destroy_key(vault: Vault, *, project: str, recipient: str, domain: str = "research") -> bool:
+    """Destroy the dataset key of (project, recipient): its pseudonyms and date shifts can no
+    longer be recomputed, so the export links to no member. False if destroyed already.
+
+    Raises:
+        KeyStoreError: no such dataset key.
+    """
+    name = dataset_key_name(project, recipient)
+    destroyed = vault.destroy_dataset_key(domain, name)
+    if destroyed:
+        vault.record_event(
+            "research-key-destroyed",
+            domain,
+            count=1,
+            facts={
+                "project": project,
+                "recipient": recipient,
+                "dataset_key_id": index_key_id(domain, name).hex(),
+            },
+        )
+    return destroyed
