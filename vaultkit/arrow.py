@@ -1,0 +1,663 @@
+"""Arrow kernels: encrypt, decrypt, blind-index and audience-hash whole ``pyarrow`` arrays.
+
+One integration surface for the engines (Spark, Dask, Polars, DuckDB; see
+:mod:`vaultkit.integrations` and docs/scale-out.md). Each kernel takes an array (or a chunked
+array) and returns one of the same length; nulls stay nulls. The values are byte-for-byte those of
+the scalar API (:meth:`vaultkit.FieldCipher.encrypt`, :class:`vaultkit.sqla.BlindIndexType`,
+:func:`vaultkit.audiences.render`): the kernels loop over the values in this process with the
+column's cipher and key bound once, they do not reimplement any cryptography.
+
+Workers open their vault from a :class:`VaultSpec`: a path to a ``vaultkit.toml`` and non-secret
+overrides, picklable and free of key material. Secrets come from each worker's own environment
+through the configuration's ``*_env`` keys (``VAULTKIT_MASTER_KEY``, ``pin_env``, ...), as they do
+for any vaultkit process; :class:`~vaultkit.Vault` and :class:`~vaultkit.FieldCipher` keep refusing
+pickle, so no key can travel in a query plan, a UDF closure or a task.
+
+Needs ``pyarrow`` (extra ``vaultkit[arrow]``).
+
+.. versionadded:: 0.4.0
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+
+from vaultkit._access import SealedValue
+from vaultkit._codec import STR_TAG, encode_value
+from vaultkit._redact import Secret
+from vaultkit._vault import Vault
+from vaultkit.audiences import normalize as _n
+from vaultkit.audiences._render import _check as _check_audience
+from vaultkit.audiences.normalize import Reason
+from vaultkit.errors import AccessDeniedError, AudienceError, ConfigurationError, ValueErasedError
+
+__all__ = [
+    "AUDIENCE_KINDS",
+    "ColumnSpec",
+    "IndexSpec",
+    "VaultSpec",
+    "blind_index_array",
+    "close_vaults",
+    "column_spec",
+    "decrypt_array",
+    "encrypt_array",
+    "hash_audience_array",
+    "index_spec",
+    "open_vault",
+]
+
+_ENV_PREFIX: Final = "VAULTKIT__"
+#: Identifier kinds :func:`hash_audience_array` hashes, one array per kind.
+AUDIENCE_KINDS: Final = ("email", "phone")
+
+
+# -- the spec a worker opens -------------------------------------------------------------------
+
+
+def _overrides(env: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    from vaultkit.config import _refuse_secret
+
+    pairs = env.items() if isinstance(env, Mapping) else env
+    checked: dict[str, str] = {}
+    for item in pairs:
+        if isinstance(item, str) or len(item) != 2:
+            raise ConfigurationError("VaultSpec env= takes (name, value) pairs or a mapping")
+        name, value = item
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ConfigurationError("VaultSpec env= names and values are str")
+        if not name.upper().startswith(_ENV_PREFIX) or not name[len(_ENV_PREFIX) :].strip("_"):
+            # Only configuration overrides travel with a spec: never VAULTKIT_MASTER_KEY or a
+            # PIN, which each worker reads from its own environment.
+            raise ConfigurationError(
+                f"VaultSpec env= takes VAULTKIT__<TABLE>__<KEY> overrides only, not {name!r}: "
+                "secrets come from each worker's environment"
+            )
+        _refuse_secret(name.rsplit("__", 1)[-1], f"VaultSpec env {name}")
+        checked[name] = value
+    return tuple(sorted(checked.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class VaultSpec:
+    """What a worker needs to open a vault, and nothing secret: picklable, hashable, key-free.
+
+    Args:
+        config: path of the ``vaultkit.toml`` every worker can read (made absolute here).
+        vault_name: a label for this vault (the name given to :func:`vaultkit.sqla.configure`,
+            by convention); part of the per-process cache key and of messages.
+        env: ``VAULTKIT__<TABLE>__<KEY>`` overrides applied over each worker's environment
+            (a mapping or pairs). Secret keys (``master_key``, ``pin``, ...) and any other
+            variable are refused: secrets come from the worker's own environment.
+
+    :meth:`open` gives this process's vault for the spec, opened once per process (and again
+    in a forked child).
+    """
+
+    config: str
+    vault_name: str = "default"
+    env: tuple[tuple[str, str], ...] = field(default=())
+
+    def __init__(
+        self,
+        config: str | os.PathLike[str],
+        *,
+        vault_name: str = "default",
+        env: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+    ) -> None:
+        if not isinstance(config, str | os.PathLike) or not str(config):
+            raise ConfigurationError("VaultSpec needs the path of a vaultkit.toml")
+        if not isinstance(vault_name, str) or not vault_name:
+            raise ConfigurationError("VaultSpec vault_name= is a non-empty str")
+        object.__setattr__(self, "config", str(Path(config).absolute()))
+        object.__setattr__(self, "vault_name", vault_name)
+        object.__setattr__(self, "env", _overrides(env))
+
+    def open(self) -> Vault:
+        """This process's vault for the spec (opened on first use, then cached).
+
+        Do not close it: it is shared by every kernel call in the process
+        (:func:`close_vaults` closes them all).
+        """
+        return open_vault(self)
+
+    def __repr__(self) -> str:
+        return f"VaultSpec({self.config!r}, vault_name={self.vault_name!r})"
+
+
+_vaults: dict[VaultSpec, Vault] = {}
+_vaults_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    # The child's vaults are the parent's objects: a fresh lock and an empty cache, so that the
+    # child opens its own (each collaborator also resets itself after a fork).
+    global _vaults_lock
+    _vaults_lock = threading.Lock()
+    _vaults.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def open_vault(spec: VaultSpec) -> Vault:
+    """Open (once per process) the vault ``spec`` describes, with this process's environment.
+
+    Raises:
+        ConfigurationError: the file is missing or invalid, or a variable it names is unset.
+    """
+    if not isinstance(spec, VaultSpec):
+        raise TypeError(f"open_vault takes a VaultSpec, not {type(spec).__name__}")
+    vault = _vaults.get(spec)
+    if vault is not None:
+        return vault
+    with _vaults_lock:
+        vault = _vaults.get(spec)
+        if vault is None:
+            from vaultkit.config import vault_options
+
+            merged: Secret[Mapping[str, str]] = Secret({**os.environ, **dict(spec.env)})
+            vault = Vault(**vault_options(spec.config, env=merged))
+            _vaults[spec] = vault
+        return vault
+
+
+def close_vaults() -> None:
+    """Close every vault :func:`open_vault` opened in this process (at a worker's shutdown)."""
+    with _vaults_lock:
+        vaults = list(_vaults.values())
+        _vaults.clear()
+    for vault in vaults:
+        vault.close()
+
+
+# -- column and index specs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    """The binding of an encrypted column: what :meth:`vaultkit.Vault.field` takes. Key-free.
+
+    Build it from a declared column with :func:`column_spec` (``column_spec(Member.email)``).
+    """
+
+    domain: str
+    table: str
+    column: str
+    schema: str | None = None
+    row_bound: bool = False
+    pad_to: int | None = None
+
+    def field(self, vault: Vault) -> Any:
+        """The vault's :class:`~vaultkit.FieldCipher` for this column."""
+        return vault.field(
+            self.domain,
+            table=self.table,
+            column=self.column,
+            schema=self.schema,
+            row_bound=self.row_bound,
+            pad_to=self.pad_to,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSpec:
+    """A blind index: its key's domain, table, source column and version; digest length and the
+    normalisation applied before hashing (a picklable callable such as ``str.lower``)."""
+
+    domain: str
+    table: str
+    column: str
+    version: int = 1
+    bits: int | None = None
+    normalize: Callable[[Any], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.version, int) or not 1 <= self.version <= 255:
+            raise ConfigurationError("a blind-index version is an integer from 1 to 255")
+        bits = self.bits
+        if bits is not None and not (isinstance(bits, int) and 16 <= bits <= 256 and bits % 8 == 0):
+            raise ConfigurationError("bits must be a multiple of 8 from 16 to 256")
+
+
+def _column_type(column: Any) -> tuple[Any, Any]:
+    """The SQLAlchemy column and its type of a mapped attribute, a Column or a column type."""
+    clause = column.__clause_element__() if hasattr(column, "__clause_element__") else column
+    return clause, getattr(clause, "type", clause)
+
+
+def column_spec(column: Any) -> ColumnSpec:
+    """The :class:`ColumnSpec` of an ``Encrypted`` column: ``Member.email``, a ``Column`` or the
+    attached type, so that table, column, schema and domain are never retyped.
+
+    Raises:
+        ConfigurationError: not an ``Encrypted`` column, or one whose domain has subject keys
+            (encrypt those through :func:`encrypt_array`'s ``subjects=``, same spec).
+    """
+    from vaultkit.sqla.types import Encrypted
+
+    _, column_type = _column_type(column)
+    if not isinstance(column_type, Encrypted):
+        raise ConfigurationError(
+            f"column_spec takes an Encrypted column, not {type(column_type).__name__}"
+        )
+    schema, table, name = column_type.binding()
+    return ColumnSpec(
+        domain=column_type.domain,
+        table=table,
+        column=name,
+        schema=schema,
+        row_bound=column_type.row_key is not None,
+        pad_to=column_type.pad_to,
+    )
+
+
+def index_spec(index: Any) -> IndexSpec:
+    """The :class:`IndexSpec` of a declared blind index (``Member.email_index``)."""
+    from vaultkit.sqla.types import BlindIndexType
+
+    _, index_type = _column_type(index)
+    if not isinstance(index_type, BlindIndexType):
+        raise ConfigurationError(
+            f"index_spec takes a BlindIndex column, not {type(index_type).__name__}"
+        )
+    attached = index_type._attached
+    if attached is None:
+        raise ConfigurationError(f"blind index of {index_type.source!r} is not attached to a table")
+    return IndexSpec(
+        domain=index_type._domain(),
+        table=attached[0],
+        column=attached[1],
+        version=index_type.version,
+        bits=index_type.bits,
+        normalize=index_type.normalize,
+    )
+
+
+def _resolve_column(
+    field_: ColumnSpec | Any | None,
+    domain: str | None,
+    table: str | None,
+    column: str | None,
+    schema: str | None,
+    pad_to: int | None,
+    row_bound: bool,
+) -> ColumnSpec:
+    if field_ is not None:
+        if domain is not None or table is not None or column is not None:
+            raise ConfigurationError(
+                "give column= (a spec or Encrypted column) or domain/table/column"
+            )
+        return field_ if isinstance(field_, ColumnSpec) else column_spec(field_)
+    if domain is None or table is None or column is None:
+        raise ConfigurationError("a kernel needs column= or all of domain=, table= and column=")
+    return ColumnSpec(domain, table, column, schema=schema, row_bound=row_bound, pad_to=pad_to)
+
+
+# -- arrays ------------------------------------------------------------------------------------
+
+
+def _values(array: Any, what: str) -> list[Any]:
+    if isinstance(array, pa.Array):
+        return array.to_pylist()  # type: ignore[no-any-return]
+    raise TypeError(f"{what} must be a pyarrow Array or ChunkedArray, not {type(array).__name__}")
+
+
+def _per_chunk(array: Any, others: tuple[Any, ...], one: Callable[..., Any]) -> Any:
+    """Run ``one(chunk, *companions)`` per chunk of a ChunkedArray, companions cut alike."""
+    pieces = []
+    offset = 0
+    for chunk in array.chunks:
+        cut = tuple(None if o is None else _flat(o).slice(offset, len(chunk)) for o in others)
+        pieces.append(one(chunk, *cut))
+        offset += len(chunk)
+    if not pieces:
+        return one(pa.array([], type=array.type), *(None for _ in others))
+    return pa.chunked_array(pieces)
+
+
+def _flat(array: Any) -> Any:
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def _same_length(array: Any, other: Any, what: str) -> list[Any] | None:
+    if other is None:
+        return None
+    values = _values(_flat(other), what)
+    if len(values) != len(array):
+        raise ConfigurationError(f"{what} has {len(values)} values for an array of {len(array)}")
+    return values
+
+
+def encrypt_array(
+    vault: Vault,
+    array: Any,
+    *,
+    column: ColumnSpec | Any | None = None,
+    domain: str | None = None,
+    table: str | None = None,
+    name: str | None = None,
+    schema: str | None = None,
+    pad_to: int | None = None,
+    row_keys: Any = None,
+    subjects: Any = None,
+    large: bool = False,
+) -> Any:
+    """Encrypt every value of ``array`` as :meth:`FieldCipher.encrypt` does, one by one.
+
+    Args:
+        vault: this process's vault (``spec.open()``).
+        array: values of any type the scalar API takes (string, binary, integer, float,
+            decimal, date, timestamp, boolean); nulls stay null.
+        column: a :class:`ColumnSpec` or an ``Encrypted`` column (``Member.email``); or give
+            ``domain``, ``table`` and ``name`` (the column's name), with ``schema`` and ``pad_to``.
+        row_keys: an array of the row keys of a row-bound column, same length.
+        subjects: an array of member ids for a domain with subject keys, same length.
+        large: return ``large_binary`` instead of ``binary`` (for more than 2 GiB per array).
+
+    Returns:
+        A binary array of ciphertexts (wire format v1).
+    """
+    if isinstance(array, pa.ChunkedArray):
+        return _per_chunk(
+            array,
+            (row_keys, subjects),
+            lambda chunk, rows, members: encrypt_array(
+                vault,
+                chunk,
+                column=column,
+                domain=domain,
+                table=table,
+                name=name,
+                schema=schema,
+                pad_to=pad_to,
+                row_keys=rows,
+                subjects=members,
+                large=large,
+            ),
+        )
+    spec = _resolve_column(column, domain, table, name, schema, pad_to, row_keys is not None)
+    values = _values(array, "array")
+    rows = _same_length(values, row_keys, "row_keys")
+    members = _same_length(values, subjects, "subjects")
+    cipher = spec.field(vault)
+    out: list[bytes | None]
+    if rows is None and members is None and not spec.row_bound:
+        encrypt = cipher.encrypt
+        if spec.pad_to is None:
+            seal = cipher.sealer()
+            out = [
+                None
+                if v is None
+                else (seal(STR_TAG + v.encode("utf-8")) if type(v) is str else encrypt(v))
+                for v in values
+            ]
+        else:
+            out = [None if v is None else encrypt(v) for v in values]
+    else:
+        if spec.row_bound and rows is None:
+            raise ConfigurationError(f"{spec.table}.{spec.column} is row-bound: pass row_keys=")
+        out = []
+        for i, v in enumerate(values):
+            if v is None:
+                out.append(None)
+                continue
+            out.append(
+                cipher.encrypt(
+                    v,
+                    row=None if rows is None else rows[i],
+                    subject=None if members is None else members[i],
+                )
+            )
+    return pa.array(out, type=pa.large_binary() if large else pa.binary())
+
+
+def _sealed(domain: str) -> AccessDeniedError:
+    return AccessDeniedError(
+        f"no grant for domain {domain!r} in this scope: sealed values have no Arrow form "
+        "(run the kernel inside acting_as(...) with a principal holding the grant)"
+    )
+
+
+def decrypt_array(
+    vault: Vault,
+    array: Any,
+    *,
+    column: ColumnSpec | Any | None = None,
+    domain: str | None = None,
+    table: str | None = None,
+    name: str | None = None,
+    schema: str | None = None,
+    row_keys: Any = None,
+    type: Any = None,
+    on_erased: str = "raise",
+) -> Any:
+    """Decrypt every value of a binary array as :meth:`FieldCipher.decrypt` does.
+
+    Args:
+        array: binary or large_binary ciphertexts; nulls stay null.
+        column, domain, table, name, schema: the column, as for :func:`encrypt_array`.
+        row_keys: the row keys of a row-bound column, same length.
+        type: the Arrow type of the result (default: inferred from the values).
+        on_erased: ``"raise"`` (the default) or ``"null"``: a value whose key was destroyed
+            (an erased member, a retention deadline) reads as null, as ``Encrypted(...,
+            on_erased="null")`` does. Any other failure raises in both modes.
+
+    Raises:
+        DecryptionError: a damaged, foreign or misplaced value (one message for all).
+        AccessDeniedError: the current scope has no grant for a restricted domain (sealed
+            values have no Arrow form).
+    """
+    if on_erased not in ("raise", "null"):
+        raise ConfigurationError('on_erased= is "raise" or "null"')
+    if isinstance(array, pa.ChunkedArray):
+        return _per_chunk(
+            array,
+            (row_keys,),
+            lambda chunk, rows: decrypt_array(
+                vault,
+                chunk,
+                column=column,
+                domain=domain,
+                table=table,
+                name=name,
+                schema=schema,
+                row_keys=rows,
+                type=type,
+                on_erased=on_erased,
+            ),
+        )
+    if not pa.types.is_binary(array.type) and not pa.types.is_large_binary(array.type):
+        if not pa.types.is_null(array.type):
+            raise TypeError(f"decrypt_array takes binary ciphertexts, not {array.type}")
+    spec = _resolve_column(column, domain, table, name, schema, None, row_keys is not None)
+    values = _values(array, "array")
+    rows = _same_length(values, row_keys, "row_keys")
+    cipher = spec.field(vault)
+    out: list[Any] = []
+    append = out.append
+    if rows is None and not spec.row_bound and on_erased == "raise":
+        open_ = cipher.opener()
+        out = [None if b is None else open_(b) for b in values]
+    else:
+        if spec.row_bound and rows is None:
+            raise ConfigurationError(f"{spec.table}.{spec.column} is row-bound: pass row_keys=")
+        decrypt = cipher.decrypt
+        for i, blob in enumerate(values):
+            if blob is None:
+                append(None)
+                continue
+            try:
+                append(decrypt(blob, row=None if rows is None else rows[i]))
+            except ValueErasedError:
+                if on_erased == "null":
+                    append(None)
+                    continue
+                raise
+    for value in out:
+        if isinstance(value, SealedValue):
+            raise _sealed(spec.domain)
+    return pa.array(out, type=type)
+
+
+def blind_index_array(
+    vault: Vault,
+    array: Any,
+    *,
+    index: IndexSpec | Any | None = None,
+    domain: str | None = None,
+    table: str | None = None,
+    column: str | None = None,
+    version: int = 1,
+    bits: int | None = None,
+    normalize: Callable[[Any], Any] | None = None,
+) -> Any:
+    """The stored blind-index digests (``version || HMAC-SHA256``) of every plaintext value.
+
+    The same bytes :class:`vaultkit.sqla.BlindIndexType` writes: ``index`` is an
+    :class:`IndexSpec` or the declared index (``Member.email_index``); or give ``domain``,
+    ``table`` and ``column`` (the source column), with ``version``, ``bits`` and ``normalize``.
+    Nulls stay null. Returns a binary array.
+    """
+    if isinstance(array, pa.ChunkedArray):
+        return _per_chunk(
+            array,
+            (),
+            lambda chunk: blind_index_array(
+                vault,
+                chunk,
+                index=index,
+                domain=domain,
+                table=table,
+                column=column,
+                version=version,
+                bits=bits,
+                normalize=normalize,
+            ),
+        )
+    if index is not None:
+        if domain is not None or table is not None or column is not None:
+            raise ConfigurationError("give index= or domain/table/column, not both")
+        spec = index if isinstance(index, IndexSpec) else index_spec(index)
+    else:
+        if domain is None or table is None or column is None:
+            raise ConfigurationError("blind_index_array needs index= or domain=, table=, column=")
+        spec = IndexSpec(domain, table, column, version=version, bits=bits, normalize=normalize)
+    values = _values(array, "array")
+    key = vault.blind_index_key(
+        spec.domain, table=spec.table, column=spec.column, version=spec.version
+    )
+    base = key._base
+    size = (spec.bits or 256) // 8
+    prefix = bytes((spec.version,))
+    norm = spec.normalize
+    out: list[bytes | None] = []
+    append = out.append
+    for value in values:
+        if value is None:
+            append(None)
+            continue
+        if norm is not None:
+            value = norm(value)
+        mac = base.copy()
+        mac.update(STR_TAG + value.encode("utf-8") if type(value) is str else encode_value(value))
+        append(prefix + mac.digest()[:size])
+    return pa.array(out, type=pa.binary())
+
+
+# -- audience hashing --------------------------------------------------------------------------
+
+
+def _hash_email(
+    value: str, gmail: str | None, sha256: Callable[[bytes], Any] = hashlib.sha256
+) -> str:
+    text = value.strip()
+    if _n.is_sha256_hex(text):
+        return text.lower()
+    if _n.is_md5_hex(text):
+        raise AudienceError(Reason.MD5_REFUSED)
+    return sha256(_n.normalize_email(value, gmail_rule=gmail).encode("utf-8")).hexdigest()  # type: ignore[no-any-return]
+
+
+def hash_audience_array(
+    array: Any,
+    *,
+    platform: str,
+    kind: str = "email",
+    rules: str | None = None,
+    default_region: str | None = None,
+) -> tuple[Any, Any]:
+    """Normalise and SHA-256 one identifier per value, as :func:`vaultkit.audiences.render`
+    does for a record holding only that identifier.
+
+    Args:
+        array: strings (e-mail addresses or phone numbers); already-hashed SHA-256 hex passes
+            through, MD5 hex is refused.
+        platform: ``"google"`` or ``"meta"``.
+        kind: ``"email"`` or ``"phone"``.
+        rules: the platform's rule version (default: the newest).
+        default_region: the country of national phone numbers (``"BE"``).
+
+    Returns:
+        ``(hashes, reasons)``, two string arrays of the input's length: the 64-hex hash, null for
+        a rejected value; and null for an accepted value, else the space-separated reason codes
+        (:class:`~vaultkit.audiences.Reason`) ``render`` gives, such as ``"email_invalid
+        no_identifier"``. A null or empty value is rejected as ``no_identifier``.
+    """
+    if kind not in AUDIENCE_KINDS:
+        raise ConfigurationError(f"kind is one of {', '.join(AUDIENCE_KINDS)}, not {kind!r}")
+    chosen, version = _check_audience(platform, rules, default_region)
+    if isinstance(array, pa.ChunkedArray):
+        parts = [
+            hash_audience_array(
+                c, platform=platform, kind=kind, rules=rules, default_region=default_region
+            )
+            for c in array.chunks
+        ]
+        return (
+            pa.chunked_array([p[0] for p in parts], type=pa.string()),
+            pa.chunked_array([p[1] for p in parts], type=pa.string()),
+        )
+    values = _values(array, "array")
+    region = default_region.upper() if default_region else None
+    gmail = version if chosen == "google" else None
+    meta = chosen == "meta"
+    hashes: list[str | None] = []
+    reasons: list[str | None] = []
+    no_identifier = str(Reason.NO_IDENTIFIER)
+    for value in values:
+        if value is None or value == "":
+            hashes.append(None)
+            reasons.append(no_identifier)
+            continue
+        if type(value) is not str:
+            value = str(value)
+        try:
+            if kind == "email":
+                digest = _hash_email(value, gmail)
+            else:
+                digest = _hash_phone(value, region, meta)
+        except AudienceError as exc:
+            hashes.append(None)
+            reasons.append(f"{exc} {no_identifier}")
+            continue
+        hashes.append(digest)
+        reasons.append(None)
+    return pa.array(hashes, type=pa.string()), pa.array(reasons, type=pa.string())
+
+
+def _hash_phone(value: str, region: str | None, meta: bool) -> str:
+    text = value.strip()
+    if _n.is_sha256_hex(text):
+        return text.lower()
+    if _n.is_md5_hex(text):
+        raise AudienceError(Reason.MD5_REFUSED)
+    e164 = _n.normalize_phone_e164(value, default_region=region)
+    return hashlib.sha256((e164.lstrip("+") if meta else e164).encode("utf-8")).hexdigest()
