@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vaultkit import SealedValue
 from vaultkit._keyring import DATASET_PURPOSE, index_key_id
-from vaultkit.errors import AccessDeniedError, ConfigurationError, ExportRefusedError, KeyStoreError
+from vaultkit.arrow import decrypt_array
+from vaultkit.errors import ConfigurationError, ExportRefusedError, KeyStoreError
 from vaultkit.research._spec import ColumnSpec, ExportSpec, dataset_key_name
 from vaultkit.research._transforms import PSEUDONYM_BITS, pseudonym, transform
 from vaultkit.store import DekState
@@ -37,7 +37,7 @@ from vaultkit.store import DekState
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from vaultkit import BlindIndexKey, FieldCipher, Vault
+    from vaultkit import BlindIndexKey, Vault
 
 __all__ = [
     "MANIFEST_KEY",
@@ -253,7 +253,6 @@ def _batches(
     """The source in Arrow batches: the member column and ``columns``' sources, decrypted."""
     names = list(dict.fromkeys([spec.member, *(c.source for c in columns)]))
     decrypting = {c.source: c.decrypt for c in columns if c.decrypt is not None}
-    ciphers = {src: vault.field(d[0], table=d[1], column=d[2]) for src, d in decrypting.items()}
     statement = _select(engine, spec, names)
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=spec.batch_size).execute(
@@ -263,24 +262,24 @@ def _batches(
             cols = list(zip(*rows, strict=True)) if rows else [() for _ in names]
             arrays: dict[str, pa.Array] = {}
             for name, values in zip(names, cols, strict=True):
-                cipher = ciphers.get(name)
-                if cipher is not None:
-                    values = tuple(_open(cipher, decrypting[name], v) for v in values)
-                arrays[name] = _array(name, values)
+                where = decrypting.get(name)
+                if where is None:
+                    arrays[name] = _array(name, values)
+                    continue
+                if not all(v is None or isinstance(v, bytes) for v in values):
+                    raise ConfigurationError(
+                        f"source column {name} to decrypt holds values that are not ciphertext"
+                    )
+                # An erased member's values read as null (their key is destroyed).
+                arrays[name] = decrypt_array(
+                    vault,
+                    pa.array(values, pa.binary()),
+                    domain=where[0],
+                    table=where[1],
+                    name=where[2],
+                    on_erased="null",
+                )
             yield pa.table(arrays)
-
-
-def _open(cipher: FieldCipher, where: tuple[str, str, str], value: object) -> object:
-    if value is None:
-        return None
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise ConfigurationError(f"column {where[1]}.{where[2]} to decrypt holds no ciphertext")
-    plain = cipher.decrypt(bytes(value))
-    if isinstance(plain, SealedValue):
-        raise AccessDeniedError(
-            f"column {where[1]}.{where[2]}: the acting principal may not read domain {where[0]}"
-        )
-    return plain
 
 
 def _array(name: str, values: Sequence[object]) -> pa.Array:
