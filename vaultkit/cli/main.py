@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         audit,
         bench,
         demo,
+        export,
         keys,
         password,
         rekey,
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     rekey.register(commands)
     retention.register(commands)
     subject.register(commands)
+    export.register(commands)
     return parser
 
 

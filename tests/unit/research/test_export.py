@@ -298,7 +298,7 @@ class TestOutput:
     ) -> None:
         """Keeping a phone column (a spec mistake) refuses the export, naming the column."""
         text = spec_text() + '\n[columns.phone]\ntransform = "keep"\n'
-        with pytest.raises(ExportRefusedError, match="column phone .* phone number"):
+        with pytest.raises(ExportRefusedError, match=r"column phone .* phone number"):
             export(research_vault, parse_spec(text), tmp_path / "a.parquet", database=database)
         assert not (tmp_path / "a.parquet").exists()
 
