@@ -281,7 +281,7 @@ def _column(name: str, raw: object) -> ColumnSpec:
         raise ConfigurationError(f"export spec: {where} needs a transform")
     if transform.lower() in _REFUSED:
         raise ConfigurationError(
-            f"export spec: {where}: {transform} refused: {_REFUSED[transform]}"
+            f"export spec: {where}: {transform} refused: {_REFUSED[transform.lower()]}"
         )
     if transform not in _PARAMS:
         raise ConfigurationError(

@@ -430,3 +430,16 @@ class TestWithdrawAndDestroy:
         table = pq.read_table(_run(research_vault, database, tmp_path / "a.parquet").path)
         key = research_vault.dataset_key("research", "dataset:diabetes/uni-a@v1", create=False)
         assert table.column("pid").to_pylist()[0] == pseudonym(key, 1000) == pseudonym(key, "1000")
+
+
+def test_a_query_source_reads_only_the_named_columns(
+    research_vault: Vault, database: sa.Engine, tmp_path: Path
+) -> None:
+    """A SELECT as source works, and only the spec's source columns are read from it."""
+    text = spec_text().replace(
+        'source = "members"', "query = \"SELECT * FROM members WHERE sex = 'F'\""
+    )
+    report = export(research_vault, parse_spec(text), tmp_path / "q.parquet", database=database)
+    table = pq.read_table(report.path)
+    assert report.rows_in == 40 and set(table.column("sex").to_pylist()) == {"F"}
+    assert "phone" not in table.column_names
