@@ -443,3 +443,28 @@ def test_a_query_source_reads_only_the_named_columns(
     table = pq.read_table(report.path)
     assert report.rows_in == 40 and set(table.column("sex").to_pylist()) == {"F"}
     assert "phone" not in table.column_names
+
+
+def test_a_source_changed_between_the_passes_aborts(
+    research_vault: Vault, database: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row added after the k check (pass 1) aborts the write (pass 2): no file is left."""
+    from vaultkit.research import _export
+
+    manifest = _export._manifest
+
+    def insert_then_manifest(*args: Any, **kwargs: Any) -> dict[str, object]:
+        with database.begin() as conn:  # another writer, between the two passes
+            conn.execute(
+                sa.text(
+                    "INSERT INTO members (member_id, postal_code, birth_date, sex) "
+                    "VALUES (5000, '3000', '1970-01-01', 'F')"
+                )
+            )
+        return manifest(*args, **kwargs)
+
+    monkeypatch.setattr(_export, "_manifest", insert_then_manifest)
+    out = tmp_path / "a.parquet"
+    with pytest.raises(ExportRefusedError, match="changed between the two passes"):
+        _run(research_vault, database, out)
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
