@@ -170,7 +170,7 @@ def test_export_withdraw_destroy(
 def test_spec_errors_name_the_key(app: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A typo in the spec is a configuration error (exit 3) naming the unknown key."""
     (app / "bad.toml").write_text(SPEC.replace('transform = "keep"', 'transfrom = "keep"'))
-    code, out, err = run(
+    code, _, err = run(
         ["export", "--spec", "bad.toml", "--out", "x.parquet", "--data", "sqlite:///data.db"],
         capsys,
     )
@@ -180,7 +180,7 @@ def test_spec_errors_name_the_key(app: Path, capsys: pytest.CaptureFixture[str])
 def test_a_small_class_refuses_with_exit_1(app: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """k above the class sizes refuses (exit 1), names counts, and writes nothing."""
     (app / "k.toml").write_text(SPEC.replace("k = 5", "k = 21"))
-    code, out, err = run(
+    code, _, err = run(
         ["export", "--spec", "k.toml", "--out", "x.parquet", "--data", "sqlite:///data.db"], capsys
     )
     assert code == 1 and "k-anonymity" in err and "k=21" in err
