@@ -242,7 +242,8 @@ def _select(engine: sa.Engine, spec: ExportSpec, names: Sequence[str]) -> sa.Sel
         schema, _, table = spec.source.rpartition(".")
         source: Any = sa.table(table, *(sa.column(n) for n in names), schema=schema or None)
         return sa.select(*(source.c[n] for n in names))
-    assert spec.query is not None  # noqa: S101 - the spec names exactly one of source and query
+    if spec.query is None:
+        raise ConfigurationError("export spec: [export] needs exactly one of source and query")
     sub = sa.text(spec.query).columns(*(sa.column(n) for n in names)).subquery("vaultkit_source")
     return sa.select(*(sub.c[n] for n in names))
 
@@ -299,8 +300,16 @@ def _transformed(
     today: dt.date,
 ) -> list[pa.Array]:
     members = batch.column(spec.member).combine_chunks()
+    shifts: dict[int, list[int]] = {}  # one keyed shift per member and bound, for every date column
     return [
-        transform(c, batch.column(c.source).combine_chunks(), key=key, members=members, today=today)
+        transform(
+            c,
+            batch.column(c.source).combine_chunks(),
+            key=key,
+            members=members,
+            today=today,
+            shifts=shifts,
+        )
         for c in columns
     ]
 
@@ -363,11 +372,10 @@ def _write(
             if small:
                 mask = pa.array([c not in small for c in classes], pa.bool_())
                 table = table.filter(mask)
-            if writer is None:
+            if writer is None or schema is None:
                 schema = table.schema.with_metadata({MANIFEST_KEY: manifest})
                 writer = pq.ParquetWriter(path, schema)
             else:
-                assert schema is not None  # noqa: S101 - set with the writer
                 table = table.cast(schema.remove_metadata()).replace_schema_metadata(
                     schema.metadata
                 )

@@ -207,3 +207,19 @@ class TestTransforms:
         tweak = bytes.fromhex("3737373770717273373737")
         alpha = FF1(k128, radix=36)
         assert alpha.encrypt("0123456789abcdefghi", tweak=tweak) == "a9tv40mll9kdu509eum"
+
+
+def test_batch_pseudonyms_equal_the_scalar_ones(key: object) -> None:
+    """The batch base32 (numpy) gives what pseudonym() and RFC 4648 give, nulls kept."""
+    import base64
+
+    from vaultkit.research import pseudonym
+    from vaultkit.research._transforms import pseudonyms
+
+    values = [1, "1", None, "jan", b"\x00\xff", 10**20, None, "é"]
+    batch = pseudonyms(key, values).to_pylist()  # type: ignore[arg-type]
+    assert batch == [None if v is None else pseudonym(key, v) for v in values]  # type: ignore[arg-type]
+    digest = key.digest(b"vaultkit research pseudonym v1\x00jan")[:16]  # type: ignore[attr-defined]
+    assert batch[3] == base64.b32encode(digest).decode().rstrip("=")
+    assert pseudonyms(key, [None, None]).to_pylist() == [None, None]  # type: ignore[arg-type]
+    assert pseudonyms(key, []).to_pylist() == []  # type: ignore[arg-type]
