@@ -194,3 +194,33 @@ def backups_usage(provider: KeyProvider) -> None:
         delay: dt.timedelta = provider.destruction_delay
         del done, delay
     del versions, final
+
+
+# -- research exports (0.4.0) --------------------------------------------------------------------
+
+
+def research_usage(vault: Vault) -> None:
+    from vaultkit.errors import ExportRefusedError
+    from vaultkit.research import (
+        ExportReport,
+        ExportSpec,
+        Withdrawal,
+        destroy_key,
+        export,
+        load_spec,
+        pseudonym,
+        withdraw,
+    )
+
+    spec: ExportSpec = load_spec("cohort.toml")
+    try:
+        report: ExportReport = export(vault, spec, "cohort.parquet", database="sqlite:///app.db")
+        achieved: int | None = report.achieved_k
+        print(report.manifest_sha256, achieved)
+    except ExportRefusedError as exc:
+        print(exc)
+    lists: list[Withdrawal] = withdraw(vault, ["17"], recipient="uni-a", project=spec.project)
+    name: str = pseudonym(vault.dataset_key("research", "dataset:p/r@v1", create=False), 17)
+    gone: bool = destroy_key(vault, project=spec.project, recipient="uni-a")
+    logged: bool = vault.record_event("research-export", "research", count=1, facts={"a": "b"})
+    del lists, name, gone, logged
