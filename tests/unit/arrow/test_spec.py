@@ -7,7 +7,6 @@ a cipher must fail to pickle, with pickle and with cloudpickle (what Dask and Sp
 
 from __future__ import annotations
 
-import base64
 import functools
 import pickle
 from pathlib import Path
@@ -16,6 +15,7 @@ import cloudpickle
 import pyarrow as pa
 import pytest
 
+from tests.unit.arrow._spec import key_material
 from vaultkit import Vault
 from vaultkit.arrow import ColumnSpec, VaultSpec, close_vaults, decrypt_array, encrypt_array
 from vaultkit.errors import ConfigurationError
@@ -24,18 +24,9 @@ EMAIL = ColumnSpec("identity", "members", "email")
 
 
 def _key_material(vault: Vault, master_key: str, tmp_path: Path) -> list[bytes]:
-    """Every secret a pickle must not carry, raw and in base64."""
-    secrets = [base64.b64decode(master_key)]
-    provider = vault.provider_for("identity")
-    for domain in provider._domains.values():  # type: ignore[attr-defined]
-        for entry in domain.material.reveal().values():
-            secrets.append(base64.b64decode(entry["key"]))
-    found = [s for s in secrets if len(s) == 32]
-    assert len(found) >= 2  # the master key and at least one KEK
-    out = [*found, *(base64.b64encode(s) for s in found)]
-    # The wrapped table of the keyring file too: a spec is a path, not a copy of the file.
-    out.append((tmp_path / "keyring.json").read_bytes()[-64:])
-    return out
+    """Every secret a pickle must not carry, and the tail of the keyring file (a spec is a
+    path, not a copy of the file)."""
+    return [*key_material(vault, master_key), (tmp_path / "keyring.json").read_bytes()[-64:]]
 
 
 def decrypt_with(spec: VaultSpec, blobs: pa.Array) -> pa.Array:
