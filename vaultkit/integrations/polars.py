@@ -40,9 +40,15 @@ class _SeriesKernel:
     options: tuple[tuple[str, Any], ...]
 
     def __call__(self, series: pl.Series) -> pl.Series:
-        values = series.to_arrow()
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
+        rows = None
+        if series.dtype == pl.Struct:  # values and row keys (_with_rows)
+            parts = series.struct.unnest()
+            rows = _arrow(parts.to_series(1))
+            name = parts.columns[0]
+            values = _arrow(parts.to_series(0))
+        else:
+            name = series.name
+            values = _arrow(series)
         options = dict(self.options)
         if self.action == "audience":
             want_reasons = options.pop("_reasons", False)
@@ -53,12 +59,32 @@ class _SeriesKernel:
                 raise TypeError("this kernel needs a VaultSpec")
             vault = self.spec.open()
             if self.action == "decrypt":
-                out = arrow.decrypt_array(vault, values, **options)
+                out = arrow.decrypt_array(vault, values, row_keys=rows, **options)
             elif self.action == "encrypt":
-                out = arrow.encrypt_array(vault, values, **options)
+                out = arrow.encrypt_array(vault, values, row_keys=rows, **options)
             else:
                 out = arrow.blind_index_array(vault, values, **options)
-        return pl.Series(series.name, out)
+        return pl.Series(name, out)
+
+
+def _arrow(series: pl.Series) -> Any:
+    values = series.to_arrow()
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_large_string(values.type) or pa.types.is_string_view(values.type):
+        values = values.cast(pa.string())
+    return values
+
+
+def _with_rows(expr: pl.Expr, row_key: pl.Expr | None, column: ColumnSpec) -> pl.Expr:
+    """The expression the kernel maps: the values, or a struct of values and row keys."""
+    if column.row_bound and row_key is None:
+        raise TypeError(f"{column.table}.{column.column} is row-bound: pass row_key=")
+    if row_key is None:
+        return expr
+    if not column.row_bound:
+        raise TypeError(f"{column.table}.{column.column} is not row-bound: no row_key")
+    return pl.struct(expr, row_key.alias("__vaultkit_row_key"))
 
 
 def _column(column: ColumnSpec | Any) -> ColumnSpec:
@@ -70,24 +96,31 @@ def decrypt(
     spec: VaultSpec,
     *,
     column: ColumnSpec | Any,
+    row_key: pl.Expr | None = None,
     type: Any = None,
     on_erased: str = "raise",
 ) -> pl.Expr:
-    """Decrypt a binary expression; ``type`` is the plaintexts' Arrow type (default string)."""
+    """Decrypt a binary expression; ``type`` is the plaintexts' Arrow type (default string);
+    ``row_key`` the expression of a row-bound column's row keys (``pl.col("id")``)."""
     arrow_type = pa.string() if type is None else type
+    bound = _column(column)
     kernel = _SeriesKernel(
         spec,
         "decrypt",
-        (("column", _column(column)), ("type", arrow_type), ("on_erased", on_erased)),
+        (("column", bound), ("type", arrow_type), ("on_erased", on_erased)),
     )
     dtype = pl.from_arrow(pa.array([], type=arrow_type)).dtype  # type: ignore[union-attr]
-    return expr.map_batches(kernel, return_dtype=dtype)
+    return _with_rows(expr, row_key, bound).map_batches(kernel, return_dtype=dtype)
 
 
-def encrypt(expr: pl.Expr, spec: VaultSpec, *, column: ColumnSpec | Any) -> pl.Expr:
-    """Encrypt an expression's values into binary ciphertexts (columns without row keys)."""
-    kernel = _SeriesKernel(spec, "encrypt", (("column", _column(column)),))
-    return expr.map_batches(kernel, return_dtype=pl.Binary)
+def encrypt(
+    expr: pl.Expr, spec: VaultSpec, *, column: ColumnSpec | Any, row_key: pl.Expr | None = None
+) -> pl.Expr:
+    """Encrypt an expression's values into binary ciphertexts (with ``row_key`` when the column
+    is row-bound)."""
+    bound = _column(column)
+    kernel = _SeriesKernel(spec, "encrypt", (("column", bound),))
+    return _with_rows(expr, row_key, bound).map_batches(kernel, return_dtype=pl.Binary)
 
 
 def blind_index(expr: pl.Expr, spec: VaultSpec, *, index: IndexSpec | Any) -> pl.Expr:
