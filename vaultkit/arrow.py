@@ -20,6 +20,7 @@ Needs ``pyarrow`` (extra ``vaultkit[arrow]``).
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import threading
@@ -63,6 +64,8 @@ __all__ = [
 ]
 
 _ENV_PREFIX: Final = "VAULTKIT__"
+#: ``type`` itself, for the kernels whose ``type=`` argument (pyarrow's name) shadows it.
+builtins_type = builtins.type
 #: Identifier kinds :func:`hash_audience_array` hashes, one array per kind.
 AUDIENCE_KINDS: Final = ("email", "phone")
 
@@ -509,10 +512,20 @@ def decrypt_array(
                     append(None)
                     continue
                 raise
-    for value in out:
-        if isinstance(value, SealedValue):
-            raise _sealed(spec.domain)
-    return pa.array(out, type=type)
+    try:
+        return pa.array(out, type=type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        # pyarrow's message quotes the value it could not convert: a plaintext. Neither it nor
+        # a chained error leaves this frame; only the types are named.
+        kinds = sorted({builtins_type(v).__name__ for v in out if v is not None})
+        sealed = any(isinstance(v, SealedValue) for v in out)
+    del out
+    if sealed:
+        raise _sealed(spec.domain)
+    raise TypeError(
+        f"decrypted values of {spec.table}.{spec.column} ({', '.join(kinds)}) do not fit the "
+        f"Arrow type {type if type is not None else 'inferred'}; pass type="
+    )
 
 
 def blind_index_array(
