@@ -20,6 +20,7 @@ Needs ``pyarrow`` (extra ``vaultkit[arrow]``).
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import threading
@@ -41,20 +42,30 @@ from vaultkit.errors import AccessDeniedError, AudienceError, ConfigurationError
 
 __all__ = [
     "AUDIENCE_KINDS",
+    "BatchTransform",
     "ColumnSpec",
     "IndexSpec",
+    "Op",
     "VaultSpec",
+    "audience_hash",
+    "blind_index",
     "blind_index_array",
     "close_vaults",
     "column_spec",
+    "decrypt",
     "decrypt_array",
+    "encrypt",
     "encrypt_array",
     "hash_audience_array",
     "index_spec",
     "open_vault",
+    "output_schema",
+    "transform",
 ]
 
 _ENV_PREFIX: Final = "VAULTKIT__"
+#: ``type`` itself, for the kernels whose ``type=`` argument (pyarrow's name) shadows it.
+builtins_type = builtins.type
 #: Identifier kinds :func:`hash_audience_array` hashes, one array per kind.
 AUDIENCE_KINDS: Final = ("email", "phone")
 
@@ -501,10 +512,20 @@ def decrypt_array(
                     append(None)
                     continue
                 raise
-    for value in out:
-        if isinstance(value, SealedValue):
-            raise _sealed(spec.domain)
-    return pa.array(out, type=type)
+    try:
+        return pa.array(out, type=type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        # pyarrow's message quotes the value it could not convert: a plaintext. Neither it nor
+        # a chained error leaves this frame; only the types are named.
+        kinds = sorted({builtins_type(v).__name__ for v in out if v is not None})
+        sealed = any(isinstance(v, SealedValue) for v in out)
+    del out
+    if sealed:
+        raise _sealed(spec.domain)
+    raise TypeError(
+        f"decrypted values of {spec.table}.{spec.column} ({', '.join(kinds)}) do not fit the "
+        f"Arrow type {type if type is not None else 'inferred'}; pass type="
+    )
 
 
 def blind_index_array(
@@ -661,3 +682,226 @@ def _hash_phone(value: str, region: str | None, meta: bool) -> str:
         raise AudienceError(Reason.MD5_REFUSED)
     e164 = _n.normalize_phone_e164(value, default_region=region)
     return hashlib.sha256((e164.lstrip("+") if meta else e164).encode("utf-8")).hexdigest()
+
+
+# -- column operations on record batches: what the engine adapters hand to their engines ---------
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One column operation on a record batch: key-free and picklable. Made by :func:`decrypt`,
+    :func:`encrypt`, :func:`blind_index` and :func:`audience_hash`.
+
+    ``source`` is the input column, ``target`` the output column (replaced, or appended when
+    new); ``row_key`` and ``subject`` name the batch columns holding row keys and subjects.
+    """
+
+    action: str
+    source: str
+    target: str
+    column: ColumnSpec | None = None
+    index: IndexSpec | None = None
+    row_key: str | None = None
+    subject: str | None = None
+    type: Any = None
+    on_erased: str = "raise"
+    platform: str | None = None
+    kind: str = "email"
+    rules: str | None = None
+    default_region: str | None = None
+    reasons: str | None = None
+
+    @property
+    def needs_vault(self) -> bool:
+        return self.action != "audience"
+
+    def output_fields(self) -> list[Any]:
+        """The Arrow fields this operation writes."""
+        if self.action == "decrypt":
+            return [pa.field(self.target, self.type)]
+        if self.action in ("encrypt", "blind_index"):
+            return [pa.field(self.target, pa.binary())]
+        fields = [pa.field(self.target, pa.string())]
+        if self.reasons is not None:
+            fields.append(pa.field(self.reasons, pa.string()))
+        return fields
+
+    def apply(self, vault: Vault | None, batch: Any) -> list[Any]:
+        """The output arrays of this operation on ``batch`` (a RecordBatch or Table)."""
+        values = batch.column(self.source)
+        if batch.num_rows == 0:
+            return [pa.array([], type=f.type) for f in self.output_fields()]
+        if self.action == "audience":
+            assert self.platform is not None  # noqa: S101 - set by audience_hash()
+            hashes, reasons = hash_audience_array(
+                values,
+                platform=self.platform,
+                kind=self.kind,
+                rules=self.rules,
+                default_region=self.default_region,
+            )
+            return [hashes] if self.reasons is None else [hashes, reasons]
+        if vault is None:
+            raise ConfigurationError(f"{self.action} of {self.source!r} needs a VaultSpec")
+        rows = batch.column(self.row_key) if self.row_key is not None else None
+        if rows is not None and not pa.types.is_string(rows.type):
+            rows = _row_keys_as_text(rows)
+        if self.action == "decrypt":
+            return [
+                decrypt_array(
+                    vault,
+                    values,
+                    column=self.column,
+                    row_keys=rows,
+                    type=self.type,
+                    on_erased=self.on_erased,
+                )
+            ]
+        if self.action == "encrypt":
+            subjects = batch.column(self.subject) if self.subject is not None else None
+            return [
+                encrypt_array(vault, values, column=self.column, row_keys=rows, subjects=subjects)
+            ]
+        return [blind_index_array(vault, values, index=self.index)]
+
+
+def _row_keys_as_text(rows: Any) -> Any:
+    # Row keys bind as str, int or UUID: integers stay integers, anything else as text.
+    if pa.types.is_integer(rows.type) or pa.types.is_string(rows.type):
+        return rows
+    if pa.types.is_large_string(rows.type) or pa.types.is_string_view(rows.type):
+        return rows.cast(pa.string())
+    raise ConfigurationError(f"row keys must be integers or text, not {rows.type}")
+
+
+def _as_column(column: ColumnSpec | Any) -> ColumnSpec:
+    return column if isinstance(column, ColumnSpec) else column_spec(column)
+
+
+def decrypt(
+    source: str,
+    *,
+    column: ColumnSpec | Any,
+    target: str | None = None,
+    row_key: str | None = None,
+    type: Any = None,
+    on_erased: str = "raise",
+) -> Op:
+    """Decrypt batch column ``source`` (binary) into ``target`` (default: in place).
+
+    ``type`` is the Arrow type of the plaintexts (default ``string``); ``column`` a
+    :class:`ColumnSpec` or an ``Encrypted`` column; ``row_key`` the batch column of row keys.
+    """
+    if on_erased not in ("raise", "null"):
+        raise ConfigurationError('on_erased= is "raise" or "null"')
+    return Op(
+        "decrypt",
+        source,
+        target or source,
+        column=_as_column(column),
+        row_key=row_key,
+        type=pa.string() if type is None else type,
+        on_erased=on_erased,
+    )
+
+
+def encrypt(
+    source: str,
+    *,
+    column: ColumnSpec | Any,
+    target: str | None = None,
+    row_key: str | None = None,
+    subject: str | None = None,
+) -> Op:
+    """Encrypt batch column ``source`` into binary column ``target`` (default: in place)."""
+    return Op(
+        "encrypt",
+        source,
+        target or source,
+        column=_as_column(column),
+        row_key=row_key,
+        subject=subject,
+    )
+
+
+def blind_index(source: str, *, index: IndexSpec | Any, target: str) -> Op:
+    """The blind-index digests of plaintext column ``source``, into binary column ``target``."""
+    return Op(
+        "blind_index",
+        source,
+        target,
+        index=index if isinstance(index, IndexSpec) else index_spec(index),
+    )
+
+
+def audience_hash(
+    source: str,
+    *,
+    platform: str,
+    target: str,
+    kind: str = "email",
+    reasons: str | None = None,
+    rules: str | None = None,
+    default_region: str | None = None,
+) -> Op:
+    """Audience hashes of ``source`` into ``target``; reject reasons into ``reasons`` if given."""
+    if kind not in AUDIENCE_KINDS:
+        raise ConfigurationError(f"kind is one of {', '.join(AUDIENCE_KINDS)}, not {kind!r}")
+    _check_audience(platform, rules, default_region)
+    return Op(
+        "audience",
+        source,
+        target,
+        platform=str(platform),
+        kind=kind,
+        reasons=reasons,
+        rules=rules,
+        default_region=default_region,
+    )
+
+
+def transform(spec: VaultSpec | None, batch: Any, ops: Iterable[Op]) -> Any:
+    """Apply ``ops`` in order to a RecordBatch or Table; returns the same kind.
+
+    The vault is opened from ``spec`` in this process (once), only if an operation needs it and
+    the batch has rows. Output columns replace their namesakes in place, new ones are appended.
+    """
+    operations = list(ops)
+    vault: Vault | None = None
+    if batch.num_rows and any(op.needs_vault for op in operations):
+        if spec is None:
+            raise ConfigurationError("these operations need a VaultSpec")
+        vault = spec.open()
+    for op in operations:
+        for f, array in zip(op.output_fields(), op.apply(vault, batch), strict=True):
+            if isinstance(array, pa.ChunkedArray) and isinstance(batch, pa.RecordBatch):
+                array = array.combine_chunks()
+            names = batch.schema.names
+            if f.name in names:
+                batch = batch.set_column(names.index(f.name), f, array)
+            else:
+                batch = batch.append_column(f, array)
+    return batch
+
+
+def output_schema(schema: Any, ops: Iterable[Op]) -> Any:
+    """The Arrow schema :func:`transform` gives for input ``schema``."""
+    for op in ops:
+        for f in op.output_fields():
+            index = schema.get_field_index(f.name)
+            schema = schema.set(index, f) if index >= 0 else schema.append(f)
+    return schema
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTransform:
+    """``transform(spec, batch, ops)`` as a picklable callable, for one batch or an iterator of
+    them (Spark's ``mapInArrow``): what the adapters ship to workers. Holds no key material."""
+
+    spec: VaultSpec | None
+    ops: tuple[Op, ...]
+
+    def __call__(self, batches: Any) -> Any:
+        if isinstance(batches, pa.RecordBatch | pa.Table):
+            return transform(self.spec, batches, self.ops)
+        return (transform(self.spec, b, self.ops) for b in batches)

@@ -1,4 +1,10 @@
-"""``vaultkit audience hash``: a members CSV in, a platform's hashed upload CSV out."""
+"""``vaultkit audience hash``: a members CSV or Parquet file in, a platform's hashed upload out.
+
+CSV input goes through :func:`vaultkit.audiences.hash_csv` (several processes); Parquet input
+through the Arrow kernels (:func:`vaultkit.audiences.parquet.hash_parquet`), to a Parquet or CSV
+upload. The format is taken from the file suffix unless ``--input-format`` / ``--output-format``
+name it.
+"""
 
 from __future__ import annotations
 
@@ -26,13 +32,25 @@ def register(commands: Any) -> None:
             "terminal. The hashes are pseudonymous personal data, not anonymous data."
         ),
     )
-    hash_cmd.add_argument("input", type=Path, help="members CSV with a header row")
+    hash_cmd.add_argument(
+        "input", type=Path, help="members CSV with a header row, or a Parquet file (.parquet)"
+    )
     hash_cmd.add_argument(
         "-o",
         "--output",
         type=Path,
         required=True,
-        help="upload CSV to write (mode 0600, put in place only when written in full)",
+        help="upload file to write, CSV or Parquet (mode 0600, put in place only when written in full)",
+    )
+    hash_cmd.add_argument(
+        "--input-format",
+        choices=list(_FORMATS),
+        help="csv or parquet (default: from the input's suffix, .parquet/.pq is Parquet)",
+    )
+    hash_cmd.add_argument(
+        "--output-format",
+        choices=list(_FORMATS),
+        help="csv or parquet (default: from the output's suffix); Parquet output needs Parquet input",
     )
     hash_cmd.add_argument("--platform", required=True, choices=[p.value for p in Platform])
     hash_cmd.add_argument("--default-region", help="country of national phone numbers, such as BE")
@@ -46,7 +64,10 @@ def register(commands: Any) -> None:
         help=f"input header for a field ({', '.join(RECORD_FIELDS)}); repeatable",
     )
     hash_cmd.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)"
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes for CSV input (default: all cores); Parquet input runs in one (scale out with Dask, docs/scale-out.md)",
     )
     hash_cmd.add_argument(
         "--rejects",
@@ -61,6 +82,16 @@ def register(commands: Any) -> None:
     hash_cmd.add_argument("--encoding", default="utf-8-sig", help="input encoding (default UTF-8)")
     hash_cmd.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     hash_cmd.set_defaults(handler=_hash)
+
+
+_FORMATS = ("csv", "parquet")
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def _format(given: str | None, path: Path) -> str:
+    if given is not None:
+        return given
+    return "parquet" if path.suffix.lower() in _PARQUET_SUFFIXES else "csv"
 
 
 def _mapping(pairs: list[str]) -> dict[str, str]:
@@ -83,25 +114,54 @@ def _hash(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\r{rows:,} rows  {rate:,.0f} rows/s")
             sys.stderr.flush()
 
-    report = hash_csv(
-        args.input,
-        args.output,
-        platform=args.platform,
-        default_region=args.default_region,
-        rules=args.rules,
-        mapping=_mapping(args.map),
-        workers=args.workers,
-        rejects_path=args.rejects,
-        rejects_with_values=args.rejects_with_values,
-        encoding=args.encoding,
-        progress=progress,
-    )
+    source_format = _format(args.input_format, args.input)
+    target_format = _format(args.output_format, args.output)
+    workers = args.workers
+    if source_format == "parquet":
+        try:
+            from vaultkit.audiences.parquet import hash_parquet
+        except ImportError:
+            raise ConfigurationError(
+                "Parquet input needs pyarrow: pip install 'vaultkit[arrow]'"
+            ) from None
+        workers = 1
+        report = hash_parquet(
+            args.input,
+            args.output,
+            platform=args.platform,
+            default_region=args.default_region,
+            rules=args.rules,
+            mapping=_mapping(args.map),
+            output_format=target_format,
+            rejects_path=args.rejects,
+            rejects_with_values=args.rejects_with_values,
+            progress=progress,
+        )
+    elif target_format == "parquet":
+        raise ConfigurationError(
+            "Parquet output needs Parquet input (the Arrow kernels); write CSV, or convert the "
+            "members file to Parquet first"
+        )
+    else:
+        report = hash_csv(
+            args.input,
+            args.output,
+            platform=args.platform,
+            default_region=args.default_region,
+            rules=args.rules,
+            mapping=_mapping(args.map),
+            workers=workers,
+            rejects_path=args.rejects,
+            rejects_with_values=args.rejects_with_values,
+            encoding=args.encoding,
+            progress=progress,
+        )
     elapsed = time.monotonic() - start
     if show:
         sys.stderr.write("\n")
     print(
         f"{report.rows:,} rows in {elapsed:.1f} s ({report.rows / max(elapsed, 1e-9):,.0f} rows/s, "
-        f"{args.workers} worker{'s' if args.workers != 1 else ''}): "
+        f"{workers} worker{'s' if workers != 1 else ''}): "
         f"{report.accepted:,} accepted, {report.rejected:,} rejected"
     )
     for reason, count in sorted(report.reasons.items()):

@@ -154,3 +154,19 @@ def test_audience_hashes_and_reasons() -> None:
     ]
     with pytest.raises(ConfigurationError):
         hash_audience_array(pa.array(["x"]), platform="google", kind="iban")
+
+
+def test_a_type_mismatch_names_no_plaintext(arrow_vault: Vault) -> None:
+    """pyarrow quotes the value it cannot convert; the kernel's error must not (nor its frames)."""
+    blobs = encrypt_array(arrow_vault, pa.array(["jan.secret@example.be"]), column=EMAIL)
+    with pytest.raises(TypeError) as caught:
+        decrypt_array(arrow_vault, blobs, column=EMAIL, type=pa.int64())
+    error = caught.value
+    assert "str" in str(error) and "int64" in str(error)
+    shown = [str(error), repr(error.__context__), repr(error.__cause__)]
+    tb = caught.tb
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith("arrow.py"):
+            shown.extend(repr(v) for v in tb.tb_frame.f_locals.values())
+        tb = tb.tb_next
+    assert not any("jan.secret" in text for text in shown)
