@@ -376,9 +376,7 @@ def _write(
                 schema = table.schema.with_metadata({MANIFEST_KEY: manifest})
                 writer = pq.ParquetWriter(path, schema)
             else:
-                table = table.cast(schema.remove_metadata()).replace_schema_metadata(
-                    schema.metadata
-                )
+                table = _cast(table, schema)
             writer.write_table(table)
     finally:
         if writer is not None:
@@ -390,6 +388,18 @@ def _write(
         )
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+
+
+def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A later batch in the first batch's types; pyarrow's own message may quote a value."""
+    try:
+        return table.cast(schema.remove_metadata()).replace_schema_metadata(schema.metadata)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        changed = [f.name for f, g in zip(schema, table.schema, strict=True) if f.type != g.type]
+        raise ConfigurationError(
+            f"output column(s) {', '.join(changed)} changed type from one batch to the next; "
+            "cast the source column in a query"
+        ) from None
 
 
 def _manifest(

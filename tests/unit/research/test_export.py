@@ -486,3 +486,44 @@ def test_pseudonyms_survive_a_kek_rotation(
     ) as fresh:
         after = pq.read_table(_run(fresh, database, tmp_path / "b.parquet").path)
     assert before.column("pid").to_pylist() == after.column("pid").to_pylist()
+
+
+def test_a_type_change_between_batches_names_no_value(tmp_path: Path) -> None:
+    """A kept column whose values change type between batches fails without quoting a value."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'd.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE t (member_id INTEGER, sex TEXT, note)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO t VALUES (1, 'F', 1), (2, 'F', 2), (3, 'F', 'Peeters'), (4, 'F', 'Janssens')"
+            )
+        )
+    text = """
+[export]
+project = "p"
+recipient = "r"
+source = "t"
+member = "member_id"
+k = 1
+batch_size = 2
+quasi_identifiers = ["sex"]
+[columns.sex]
+transform = "keep"
+[columns.note]
+transform = "keep"
+"""
+    with Vault(
+        provider=InMemoryKeyProvider(["research"]),
+        store=f"sqlite:///{tmp_path / 'k.db'}",
+        domains=["research"],
+    ) as vault:
+        with pytest.raises(ConfigurationError, match="note changed type") as caught:
+            export(
+                vault,
+                parse_spec(text),
+                tmp_path / "o.parquet",
+                database=engine,
+                allow_unaudited=True,
+            )
+    assert "Peeters" not in str(caught.value) and "Janssens" not in str(caught.value)
+    assert not (tmp_path / "o.parquet").exists()
