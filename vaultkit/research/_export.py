@@ -116,7 +116,8 @@ def export(
         today: the date ages are counted at when a column gives none (tests fix it).
 
     Raises:
-        ExportRefusedError: a class is smaller than k (``on_small_class = "refuse"``), the dataset
+        ExportRefusedError: the spec's ``expires`` is past, a class is smaller than k
+            (``on_small_class = "refuse"``), the dataset
             key is destroyed, the linked project has no key, the source is empty or changed
             between the passes, or a kept column holds an identifier pattern.
         ConfigurationError: no audit log (without ``allow_unaudited``), a missing column.
@@ -131,6 +132,10 @@ def export(
         )
     now = dt.datetime.now(dt.UTC)
     today = today or now.date()
+    if spec.expires is not None and spec.expires < today:
+        raise ExportRefusedError(
+            f"the spec expired on {spec.expires.isoformat()}: renew the agreement (and expires)"
+        )
     key, key_id = _dataset_key(vault, spec)
     engine = (
         sa.create_engine(database, hide_parameters=True) if isinstance(database, str) else database
@@ -472,6 +477,8 @@ def withdraw(
     key, so its pseudonyms are those listed under the other project. A destroyed key yields
     ``state="destroyed"`` and no pseudonym: that dataset links to no member any more.
 
+    The request is an audit event (recipient, project, how many members; no id).
+
     Raises:
         ConfigurationError: no dataset key of the recipient (and project) exists.
     """
@@ -504,6 +511,12 @@ def withdraw(
     if not found:
         which = f"project {project} and " if project else ""
         raise ConfigurationError(f"no dataset key for {which}recipient {recipient}")
+    vault.record_event(
+        "research-withdraw",
+        domain,
+        count=len(ids),
+        facts={"recipient": recipient, "project": project or "*", "datasets": str(len(found))},
+    )
     return sorted(found, key=lambda w: w.project)
 
 

@@ -527,3 +527,31 @@ transform = "keep"
             )
     assert "Peeters" not in str(caught.value) and "Janssens" not in str(caught.value)
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_an_expired_spec_is_refused(
+    research_vault: Vault, database: sa.Engine, tmp_path: Path
+) -> None:
+    """A spec whose expires date is past refuses the export before reading anything."""
+    spec = parse_spec(spec_text())
+    with pytest.raises(ExportRefusedError, match="expired on 2027-12-31"):
+        export(
+            research_vault,
+            spec,
+            tmp_path / "a.parquet",
+            database=database,
+            today=dt.date(2028, 1, 1),
+        )
+
+
+def test_withdraw_is_audited_without_member_ids(
+    research_vault: Vault, database: sa.Engine, tmp_path: Path
+) -> None:
+    """A withdraw request is an audit event with the count of members, never their ids."""
+    _run(research_vault, database, tmp_path / "a.parquet")
+    withdraw(research_vault, ["1003", "1004"], recipient="uni-a")
+    log = research_vault.audit_log
+    assert log is not None
+    (event,) = [e for _, e, _, _ in log.read() if e.action == "research-withdraw"]
+    assert event.count == 2 and "recipient=uni-a" in event.rows
+    assert not any("1003" in r or "1004" in r for r in event.rows)
