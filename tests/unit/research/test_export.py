@@ -555,3 +555,34 @@ def test_withdraw_is_audited_without_member_ids(
     (event,) = [e for _, e, _, _ in log.read() if e.action == "research-withdraw"]
     assert event.count == 2 and "recipient=uni-a" in event.rows
     assert not any("1003" in r or "1004" in r for r in event.rows)
+
+
+def test_a_copied_dataset_key_row_does_not_link_two_projects(
+    research_vault: Vault, database: sa.Engine, tmp_path: Path
+) -> None:
+    """Attacker with write access to the key store: a copy of project A's wrapped key planted as
+    project B's key does not unwrap (the key id is bound into the wrapping), so B's export
+    cannot be made to share A's pseudonyms."""
+    import dataclasses
+
+    from vaultkit._keyring import index_key_id
+    from vaultkit.errors import KeyProviderError
+
+    _run(research_vault, database, tmp_path / "a.parquet")
+    store = research_vault.store
+    source = store.get(index_key_id("research", "dataset:diabetes/uni-a@v1"))
+    assert source is not None
+    forged_name = "dataset:cardio/uni-a@v1"
+    store.insert(
+        dataclasses.replace(source, dek_id=index_key_id("research", forged_name), name=forged_name)
+    )
+    provider = research_vault.provider_for("research")
+    with Vault(
+        provider=provider,
+        store=f"sqlite:///{tmp_path / 'keys.db'}",
+        domains=["identity", KeyDomain("research", audited=True)],
+        audit=f"sqlite:///{tmp_path / 'keys.db'}",
+    ) as fresh:
+        with pytest.raises(KeyProviderError, match="did not unwrap"):
+            _run(fresh, database, tmp_path / "b.parquet", project="cardio")
+    assert not (tmp_path / "b.parquet").exists()
