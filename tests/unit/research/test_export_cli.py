@@ -185,3 +185,29 @@ def test_a_small_class_refuses_with_exit_1(app: Path, capsys: pytest.CaptureFixt
     )
     assert code == 1 and "k-anonymity" in err and "k=21" in err
     assert not (app / "x.parquet").exists()
+
+
+def test_withdraw_json_and_missing_options(
+    app: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """withdraw --json lists each dataset's pseudonyms; export without --data is exit 3."""
+    code, _, err = run(["export", "--spec", "cohort.toml", "--out", "c.parquet"], capsys)
+    assert code == 3 and "--spec, --out and --data" in err
+    code, _, _ = run(
+        ["export", "--spec", "cohort.toml", "--out", "c.parquet", "--data", "sqlite:///data.db"],
+        capsys,
+    )
+    assert code == 0
+    (app / "ids").write_text("7001\n\n7001\n")
+    code, out, err = run(
+        ["export", "withdraw", "--recipient", "uni-a", "--subject-file", "ids", "--json"], capsys
+    )
+    assert (code, err) == (0, "")
+    (entry,) = json.loads(out)
+    assert entry["project"] == "prevention-2026" and entry["state"] == "live"
+    assert entry["pseudonyms"] == [pq.read_table(app / "c.parquet").column("pid")[1].as_py()]
+    (app / "empty").write_text("\n")
+    code, _, err = run(
+        ["export", "withdraw", "--recipient", "uni-a", "--subject-file", "empty"], capsys
+    )
+    assert code == 3 and "no member id" in err
