@@ -61,7 +61,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_access", "audit", "config", "testing", "_scoped", "lifecycle"),
     ("_keyring", "_bulk", "_recorder", "_cipher", "_lifecycle", "_erasure", "_ledger", "_backups"),
     ("_vault", ""),  # the facade, and the package's face that re-exports it
-    ("sqla",),
+    ("sqla", "arrow"),  # arrow: kernels over the vault and the column types' bindings
     ("rekey", "integrations"),
     ("cli", "__main__"),
 )
