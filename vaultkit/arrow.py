@@ -21,7 +21,6 @@ Needs ``pyarrow`` (extra ``vaultkit[arrow]``).
 from __future__ import annotations
 
 import builtins
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -35,10 +34,8 @@ from vaultkit._access import SealedValue
 from vaultkit._codec import STR_TAG, encode_value
 from vaultkit._redact import Secret
 from vaultkit._vault import Vault
-from vaultkit.audiences import normalize as _n
-from vaultkit.audiences._render import _check as _check_audience
-from vaultkit.audiences.normalize import Reason
-from vaultkit.errors import AccessDeniedError, AudienceError, ConfigurationError, ValueErasedError
+from vaultkit.audiences.arrow import AUDIENCE_KINDS, hash_audience_array
+from vaultkit.errors import AccessDeniedError, ConfigurationError, ValueErasedError
 
 __all__ = [
     "AUDIENCE_KINDS",
@@ -66,15 +63,13 @@ __all__ = [
 _ENV_PREFIX: Final = "VAULTKIT__"
 #: ``type`` itself, for the kernels whose ``type=`` argument (pyarrow's name) shadows it.
 builtins_type = builtins.type
-#: Identifier kinds :func:`hash_audience_array` hashes, one array per kind.
-AUDIENCE_KINDS: Final = ("email", "phone")
 
 
 # -- the spec a worker opens -------------------------------------------------------------------
 
 
 def _overrides(env: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    from vaultkit.config import _refuse_secret
+    from vaultkit.config import load_config
 
     pairs = env.items() if isinstance(env, Mapping) else env
     checked: dict[str, str] = {}
@@ -91,8 +86,11 @@ def _overrides(env: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tupl
                 f"VaultSpec env= takes VAULTKIT__<TABLE>__<KEY> overrides only, not {name!r}: "
                 "secrets come from each worker's environment"
             )
-        _refuse_secret(name.rsplit("__", 1)[-1], f"VaultSpec env {name}")
         checked[name] = value
+    # The configuration's own check of VAULTKIT__* variables, on these alone: a key that would
+    # hold a secret (master_key, pin, token, ...) or an unknown table is refused here, on the
+    # driver, rather than on every worker.
+    load_config(None, env=checked)
     return tuple(sorted(checked.items()))
 
 
@@ -593,97 +591,6 @@ def blind_index_array(
     return pa.array(out, type=pa.binary())
 
 
-# -- audience hashing --------------------------------------------------------------------------
-
-
-def _hash_email(
-    value: str, gmail: str | None, sha256: Callable[[bytes], Any] = hashlib.sha256
-) -> str:
-    text = value.strip()
-    if _n.is_sha256_hex(text):
-        return text.lower()
-    if _n.is_md5_hex(text):
-        raise AudienceError(Reason.MD5_REFUSED)
-    return sha256(_n.normalize_email(value, gmail_rule=gmail).encode("utf-8")).hexdigest()  # type: ignore[no-any-return]
-
-
-def hash_audience_array(
-    array: Any,
-    *,
-    platform: str,
-    kind: str = "email",
-    rules: str | None = None,
-    default_region: str | None = None,
-) -> tuple[Any, Any]:
-    """Normalise and SHA-256 one identifier per value, as :func:`vaultkit.audiences.render`
-    does for a record holding only that identifier.
-
-    Args:
-        array: strings (e-mail addresses or phone numbers); already-hashed SHA-256 hex passes
-            through, MD5 hex is refused.
-        platform: ``"google"`` or ``"meta"``.
-        kind: ``"email"`` or ``"phone"``.
-        rules: the platform's rule version (default: the newest).
-        default_region: the country of national phone numbers (``"BE"``).
-
-    Returns:
-        ``(hashes, reasons)``, two string arrays of the input's length: the 64-hex hash, null for
-        a rejected value; and null for an accepted value, else the space-separated reason codes
-        (:class:`~vaultkit.audiences.Reason`) ``render`` gives, such as ``"email_invalid
-        no_identifier"``. A null or empty value is rejected as ``no_identifier``.
-    """
-    if kind not in AUDIENCE_KINDS:
-        raise ConfigurationError(f"kind is one of {', '.join(AUDIENCE_KINDS)}, not {kind!r}")
-    chosen, version = _check_audience(platform, rules, default_region)
-    if isinstance(array, pa.ChunkedArray):
-        parts = [
-            hash_audience_array(
-                c, platform=platform, kind=kind, rules=rules, default_region=default_region
-            )
-            for c in array.chunks
-        ]
-        return (
-            pa.chunked_array([p[0] for p in parts], type=pa.string()),
-            pa.chunked_array([p[1] for p in parts], type=pa.string()),
-        )
-    values = _values(array, "array")
-    region = default_region.upper() if default_region else None
-    gmail = version if chosen == "google" else None
-    meta = chosen == "meta"
-    hashes: list[str | None] = []
-    reasons: list[str | None] = []
-    no_identifier = str(Reason.NO_IDENTIFIER)
-    for value in values:
-        if value is None or value == "":
-            hashes.append(None)
-            reasons.append(no_identifier)
-            continue
-        if type(value) is not str:
-            value = str(value)
-        try:
-            if kind == "email":
-                digest = _hash_email(value, gmail)
-            else:
-                digest = _hash_phone(value, region, meta)
-        except AudienceError as exc:
-            hashes.append(None)
-            reasons.append(f"{exc} {no_identifier}")
-            continue
-        hashes.append(digest)
-        reasons.append(None)
-    return pa.array(hashes, type=pa.string()), pa.array(reasons, type=pa.string())
-
-
-def _hash_phone(value: str, region: str | None, meta: bool) -> str:
-    text = value.strip()
-    if _n.is_sha256_hex(text):
-        return text.lower()
-    if _n.is_md5_hex(text):
-        raise AudienceError(Reason.MD5_REFUSED)
-    e164 = _n.normalize_phone_e164(value, default_region=region)
-    return hashlib.sha256((e164.lstrip("+") if meta else e164).encode("utf-8")).hexdigest()
-
-
 # -- column operations on record batches: what the engine adapters hand to their engines ---------
 
 
@@ -845,9 +752,14 @@ def audience_hash(
     default_region: str | None = None,
 ) -> Op:
     """Audience hashes of ``source`` into ``target``; reject reasons into ``reasons`` if given."""
-    if kind not in AUDIENCE_KINDS:
-        raise ConfigurationError(f"kind is one of {', '.join(AUDIENCE_KINDS)}, not {kind!r}")
-    _check_audience(platform, rules, default_region)
+    # Checked now, on the driver: platform, rule version, region and kind.
+    hash_audience_array(
+        pa.array([], type=pa.string()),
+        platform=platform,
+        kind=kind,
+        rules=rules,
+        default_region=default_region,
+    )
     return Op(
         "audience",
         source,

@@ -61,8 +61,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_access", "audit", "config", "testing", "_scoped", "lifecycle"),
     ("_keyring", "_bulk", "_recorder", "_cipher", "_lifecycle", "_erasure", "_ledger", "_backups"),
     ("_vault", ""),  # the facade, and the package's face that re-exports it
-    ("sqla",),
-    ("rekey", "integrations", "research"),
+    ("sqla", "arrow"),  # arrow: kernels over the vault and the column types' bindings
+    ("rekey", "integrations", "research"),  # research: exports on the arrow kernels
     ("cli", "__main__"),
 )
 

@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaultkit._files import atomic_text_outputs
-from vaultkit.arrow import hash_audience_array
 from vaultkit.audiences._csv import _resolve_columns
 from vaultkit.audiences._render import COLUMNS, AudienceReport, Platform, _check
+from vaultkit.audiences.arrow import hash_audience_array
 from vaultkit.audiences.normalize import Reason
 from vaultkit.errors import AudienceError, ConfigurationError
 
