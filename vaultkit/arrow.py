@@ -21,6 +21,7 @@ Needs ``pyarrow`` (extra ``vaultkit[arrow]``).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -30,7 +31,7 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-from vaultkit._access import SealedValue
+from vaultkit._access import Principal, SealedValue, acting_as
 from vaultkit._codec import STR_TAG, encode_value
 from vaultkit._redact import Secret
 from vaultkit._vault import Vault
@@ -44,6 +45,7 @@ __all__ = [
     "IndexSpec",
     "Op",
     "VaultSpec",
+    "acting",
     "audience_hash",
     "blind_index",
     "blind_index_array",
@@ -772,11 +774,42 @@ def audience_hash(
     )
 
 
-def transform(spec: VaultSpec | None, batch: Any, ops: Iterable[Op]) -> Any:
+def acting(vault: Vault | None, principal: Principal | None, purpose: str | None) -> Any:
+    """The scope a kernel runs in on a worker: ``vault.acting_as(principal, purpose=...)``
+    (audit batches written at its end), or the caller's own scope when no principal is given.
+
+    The scope of ``acting_as`` is a context variable of the calling thread: it does not reach a
+    Dask or Spark worker, nor DuckDB's threads, so the adapters open it where the kernel runs.
+    """
+    if principal is None:
+        if purpose is not None:
+            raise ConfigurationError("purpose= goes with principal=")
+        return contextlib.nullcontext()
+    if not isinstance(principal, Principal):
+        raise TypeError(
+            f"principal must be a vaultkit.Principal, not {builtins_type(principal).__name__}"
+        )
+    if not isinstance(purpose, str) or not purpose:
+        raise ConfigurationError("principal= needs a purpose= (written into the audit log)")
+    if vault is None:
+        return acting_as(principal, purpose=purpose)
+    return vault.acting_as(principal, purpose=purpose)
+
+
+def transform(
+    spec: VaultSpec | None,
+    batch: Any,
+    ops: Iterable[Op],
+    *,
+    principal: Principal | None = None,
+    purpose: str | None = None,
+) -> Any:
     """Apply ``ops`` in order to a RecordBatch or Table; returns the same kind.
 
     The vault is opened from ``spec`` in this process (once), only if an operation needs it and
     the batch has rows. Output columns replace their namesakes in place, new ones are appended.
+    With ``principal`` (and ``purpose``), the operations run as that principal: what a
+    restricted domain's values need on a worker, where the caller's ``acting_as`` does not reach.
     """
     operations = list(ops)
     vault: Vault | None = None
@@ -784,6 +817,11 @@ def transform(spec: VaultSpec | None, batch: Any, ops: Iterable[Op]) -> Any:
         if spec is None:
             raise ConfigurationError("these operations need a VaultSpec")
         vault = spec.open()
+    with acting(vault, principal, purpose):
+        return _apply(vault, batch, operations)
+
+
+def _apply(vault: Vault | None, batch: Any, operations: list[Op]) -> Any:
     for op in operations:
         for f, array in zip(op.output_fields(), op.apply(vault, batch), strict=True):
             if isinstance(array, pa.ChunkedArray) and isinstance(batch, pa.RecordBatch):
@@ -812,8 +850,18 @@ class BatchTransform:
 
     spec: VaultSpec | None
     ops: tuple[Op, ...]
+    principal: Principal | None = None
+    purpose: str | None = None
+
+    def __post_init__(self) -> None:
+        acting(None, self.principal, self.purpose)  # checked on the driver, not on each worker
 
     def __call__(self, batches: Any) -> Any:
         if isinstance(batches, pa.RecordBatch | pa.Table):
-            return transform(self.spec, batches, self.ops)
-        return (transform(self.spec, b, self.ops) for b in batches)
+            return transform(
+                self.spec, batches, self.ops, principal=self.principal, purpose=self.purpose
+            )
+        return (
+            transform(self.spec, b, self.ops, principal=self.principal, purpose=self.purpose)
+            for b in batches
+        )

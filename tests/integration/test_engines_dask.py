@@ -16,7 +16,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from tests.unit.arrow._spec import key_material, worker_environment
-from vaultkit import Vault
+from vaultkit import Principal, Vault, acting_as
 from vaultkit.arrow import (
     ColumnSpec,
     IndexSpec,
@@ -29,7 +29,7 @@ from vaultkit.arrow import (
     encrypt_array,
     hash_audience_array,
 )
-from vaultkit.errors import ConfigurationError, DecryptionError
+from vaultkit.errors import AccessDeniedError, ConfigurationError, DecryptionError
 from vaultkit.integrations.dask import map_partitions
 
 EMAIL = ColumnSpec("identity", "members", "email")
@@ -147,3 +147,28 @@ def test_a_worker_without_the_configuration_gets_no_values(tmp_path: Path, clien
     out = map_partitions(frame, spec, [decrypt("email", column=EMAIL)])
     with pytest.raises(ConfigurationError, match="no vaultkit configuration file"):
         out.compute()
+
+
+def test_restricted_columns_open_on_the_workers_as_the_given_principal(
+    client: Client, env: tuple[VaultSpec, str], vault: Vault
+) -> None:
+    spec, _ = env
+    medical = ColumnSpec("medical", "claims", "diagnosis")
+    adviser = Principal("adviser", grants={"medical"})
+    with acting_as(adviser, purpose="claims"):
+        blobs = encrypt_array(vault, pa.array(["flu", None, "asthma", "gout"]), column=medical)
+    frame = dd.from_pandas(
+        pd.DataFrame({"diagnosis": pd.array(blobs.to_pylist(), dtype=pd.ArrowDtype(pa.binary()))}),
+        npartitions=2,
+    )
+    ops = [decrypt("diagnosis", column=medical)]
+    # The caller's scope stays in the caller: on the workers the reader is anonymous.
+    with acting_as(adviser, purpose="claims"), pytest.raises(AccessDeniedError):
+        map_partitions(frame, spec, ops).compute()
+    out = map_partitions(frame, spec, ops, principal=adviser, purpose="claims").compute()
+    assert [None if pd.isna(v) else v for v in out.sort_index()["diagnosis"]] == [
+        "flu",
+        None,
+        "asthma",
+        "gout",
+    ]

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.unit.arrow._spec import worker_environment
-from vaultkit import Vault
+from vaultkit import Principal, Vault, acting_as
 from vaultkit.arrow import (
     ColumnSpec,
     IndexSpec,
@@ -22,7 +22,7 @@ from vaultkit.arrow import (
     encrypt_array,
     hash_audience_array,
 )
-from vaultkit.errors import DecryptionError
+from vaultkit.errors import AccessDeniedError, DecryptionError
 from vaultkit.integrations import duckdb as vkdb
 from vaultkit.integrations import polars as vkpl
 
@@ -64,7 +64,7 @@ def _expected(vault: Vault) -> tuple[list[bytes | None], list[str | None], list[
 def test_polars_expressions(env: tuple[VaultSpec, Vault, Path]) -> None:
     spec, vault, path = env
     plain = pl.col("email")
-    out = (
+    query = (
         pl.scan_parquet(path)
         .with_columns(vkpl.decrypt(plain, spec, column=EMAIL))
         .with_columns(
@@ -74,8 +74,11 @@ def test_polars_expressions(env: tuple[VaultSpec, Vault, Path]) -> None:
             vkpl.audience_reasons(plain, platform="google").alias("why"),
             vkpl.encrypt(plain, spec, column=EMAIL).alias("again"),
         )
-        .collect()
     )
+    out = query.collect()
+    # Elementwise expressions: the streaming engine runs them batch by batch, same results.
+    streamed = query.collect(engine="streaming")
+    assert streamed.drop("again").equals(out.drop("again"))
     assert out["email"].to_list() == EMAILS
     assert out["note"].to_list() == [f"n{i}" for i in IDS]
     index, hashes, reasons = _expected(vault)
@@ -122,5 +125,42 @@ def test_duckdb_functions_in_sql(env: tuple[VaultSpec, Vault, Path]) -> None:
             ).fetchall()
         with pytest.raises(TypeError, match="not row-bound"):
             vkdb.register_decrypt(con, "x", spec, column=EMAIL, row_key_type="VARCHAR")
+    finally:
+        con.close()
+
+
+MEDICAL = ColumnSpec("medical", "claims", "diagnosis")
+ADVISER = Principal("adviser", grants={"medical"})
+
+
+def test_restricted_columns_need_the_principal_on_the_engines_threads(
+    env: tuple[VaultSpec, Vault, Path],
+) -> None:
+    """Polars and DuckDB may call the kernels on threads of their own (DuckDB does for larger
+    inputs), which the caller's acting_as does not reach: a restricted column opens with
+    principal= on the adapter, on whatever thread the engine picks; without it, it does not."""
+    spec, vault, _ = env
+    with acting_as(ADVISER, purpose="claims"):
+        blobs = encrypt_array(vault, pa.array(["flu", None, "asthma"]), column=MEDICAL)
+    frame = pl.DataFrame({"diagnosis": pl.from_arrow(blobs)})
+    with pytest.raises(AccessDeniedError):
+        frame.lazy().select(vkpl.decrypt(pl.col("diagnosis"), spec, column=MEDICAL)).collect(
+            engine="streaming"
+        )
+    scoped = vkpl.decrypt(
+        pl.col("diagnosis"), spec, column=MEDICAL, principal=ADVISER, purpose="claims"
+    )
+    assert frame.select(scoped)["diagnosis"].to_list() == ["flu", None, "asthma"]
+    con = duckdb.connect()
+    try:
+        con.register("claims", pa.table({"diagnosis": blobs}))
+        vkdb.register_decrypt(con, "diagnosis_plain", spec, column=MEDICAL)
+        with pytest.raises(duckdb.Error, match="no grant"):
+            con.execute("SELECT diagnosis_plain(diagnosis) FROM claims").fetchall()
+        vkdb.register_decrypt(
+            con, "diagnosis_as_adviser", spec, column=MEDICAL, principal=ADVISER, purpose="claims"
+        )
+        rows = con.execute("SELECT diagnosis_as_adviser(diagnosis) FROM claims").fetchall()
+        assert [r[0] for r in rows] == ["flu", None, "asthma"]
     finally:
         con.close()

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import cloudpickle
 import pyarrow as pa
 import pytest
+from pyspark.sql import SparkSession
 
 from tests.unit.arrow._spec import key_material, worker_environment
 from vaultkit import Vault
@@ -28,8 +29,6 @@ from vaultkit.arrow import (
     hash_audience_array,
 )
 from vaultkit.integrations.spark import batch_function, map_in_arrow
-
-pyspark_sql = pytest.importorskip("pyspark.sql")
 
 pytestmark = [
     pytest.mark.slow,
@@ -58,7 +57,7 @@ def spark(env: tuple[VaultSpec, str]) -> Iterator[object]:
     before = os.environ.get("PYSPARK_PYTHON")
     os.environ["PYSPARK_PYTHON"] = sys.executable
     session = (
-        pyspark_sql.SparkSession.builder.master("local[2]")
+        SparkSession.builder.master("local[2]")
         .appName("vaultkit-tests")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "2")

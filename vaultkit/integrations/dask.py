@@ -23,6 +23,7 @@ import dask.dataframe as dd
 import pandas as pd
 import pyarrow as pa
 
+from vaultkit import Principal
 from vaultkit.arrow import BatchTransform, Op, VaultSpec, output_schema
 
 __all__ = ["map_partitions", "transform_partition"]
@@ -47,7 +48,14 @@ def _types_mapper(arrow_type: Any) -> Any:
     return None
 
 
-def map_partitions(frame: dd.DataFrame, spec: VaultSpec | None, ops: Iterable[Op]) -> dd.DataFrame:
+def map_partitions(
+    frame: dd.DataFrame,
+    spec: VaultSpec | None,
+    ops: Iterable[Op],
+    *,
+    principal: Principal | None = None,
+    purpose: str | None = None,
+) -> dd.DataFrame:
     """``frame`` with ``ops`` applied to every partition on the workers.
 
     Args:
@@ -55,8 +63,10 @@ def map_partitions(frame: dd.DataFrame, spec: VaultSpec | None, ops: Iterable[Op
         spec: the vault the workers open (``None`` when only audience hashes are made).
         ops: :func:`vaultkit.arrow.decrypt`, :func:`~vaultkit.arrow.encrypt`,
             :func:`~vaultkit.arrow.blind_index`, :func:`~vaultkit.arrow.audience_hash`.
+        principal, purpose: run as this principal on the workers (a restricted domain's values
+            need its grant; the caller's ``acting_as`` does not reach the workers).
     """
-    transform = BatchTransform(spec, tuple(ops))
+    transform = BatchTransform(spec, tuple(ops), principal, purpose)
     empty = pa.Table.from_pandas(frame._meta, preserve_index=False)
     schema = output_schema(empty.schema, transform.ops)
     meta = schema.empty_table().to_pandas(types_mapper=_types_mapper)

@@ -26,7 +26,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from vaultkit import arrow
+from vaultkit import Principal, arrow
 from vaultkit.arrow import ColumnSpec, IndexSpec, VaultSpec
 
 __all__ = [
@@ -57,6 +57,8 @@ class _Udf:
     spec: VaultSpec | None
     action: str
     options: tuple[tuple[str, Any], ...]
+    principal: Principal | None = None
+    purpose: str | None = None
 
     def __call__(self, values: Any) -> Any:
         return self.run(values, None)
@@ -69,11 +71,12 @@ class _Udf:
         if self.spec is None:
             raise TypeError("this function needs a VaultSpec")
         vault = self.spec.open()
-        if self.action == "decrypt":
-            return arrow.decrypt_array(vault, values, row_keys=rows, **options)
-        if self.action == "encrypt":
-            return arrow.encrypt_array(vault, values, row_keys=rows, **options)
-        return arrow.blind_index_array(vault, values, **options)
+        with arrow.acting(vault, self.principal, self.purpose):
+            if self.action == "decrypt":
+                return arrow.decrypt_array(vault, values, row_keys=rows, **options)
+            if self.action == "encrypt":
+                return arrow.encrypt_array(vault, values, row_keys=rows, **options)
+            return arrow.blind_index_array(vault, values, **options)
 
 
 class _RowBoundUdf(_Udf):
@@ -90,10 +93,13 @@ def _udf(
     action: str,
     options: tuple[tuple[str, Any], ...],
     column: ColumnSpec | None = None,
+    principal: Principal | None = None,
+    purpose: str | None = None,
 ) -> _Udf:
+    arrow.acting(None, principal, purpose)
     if column is not None and column.row_bound:
-        return _RowBoundUdf(spec, action, options)
-    return _Udf(spec, action, options)
+        return _RowBoundUdf(spec, action, options, principal, purpose)
+    return _Udf(spec, action, options, principal, purpose)
 
 
 def _create(
@@ -142,8 +148,12 @@ def register_decrypt(
     type: Any = None,
     row_key_type: str | None = None,
     on_erased: str = "raise",
+    principal: Principal | None = None,
+    purpose: str | None = None,
 ) -> None:
-    """``name(blob [, row_key])``: the plaintext, as Arrow ``type`` (default string)."""
+    """``name(blob [, row_key])``: the plaintext, as Arrow ``type`` (default string); as
+    ``principal`` for ``purpose`` when given (DuckDB calls functions on threads of its own,
+    which the caller's ``acting_as`` does not reach)."""
     column_spec = _column(column)
     arrow_type = pa.string() if type is None else type
     sql_type = _SQL_TYPES.get(arrow_type)
@@ -156,6 +166,8 @@ def register_decrypt(
         "decrypt",
         (("column", column_spec), ("type", arrow_type), ("on_erased", on_erased)),
         column_spec,
+        principal,
+        purpose,
     )
     params = ["BLOB", *_row_key_type(row_key_type, column_spec)]
     _create(con, name, udf, params, sql_type, side_effects=False)

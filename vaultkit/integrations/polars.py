@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from vaultkit import arrow
+from vaultkit import Principal, arrow
 from vaultkit.arrow import ColumnSpec, IndexSpec, VaultSpec
 
 __all__ = ["audience_hash", "audience_reasons", "blind_index", "decrypt", "encrypt"]
@@ -38,6 +38,8 @@ class _SeriesKernel:
     spec: VaultSpec | None
     action: str
     options: tuple[tuple[str, Any], ...]
+    principal: Principal | None = None
+    purpose: str | None = None
 
     def __call__(self, series: pl.Series) -> pl.Series:
         rows = None
@@ -58,12 +60,13 @@ class _SeriesKernel:
             if self.spec is None:
                 raise TypeError("this kernel needs a VaultSpec")
             vault = self.spec.open()
-            if self.action == "decrypt":
-                out = arrow.decrypt_array(vault, values, row_keys=rows, **options)
-            elif self.action == "encrypt":
-                out = arrow.encrypt_array(vault, values, row_keys=rows, **options)
-            else:
-                out = arrow.blind_index_array(vault, values, **options)
+            with arrow.acting(vault, self.principal, self.purpose):
+                if self.action == "decrypt":
+                    out = arrow.decrypt_array(vault, values, row_keys=rows, **options)
+                elif self.action == "encrypt":
+                    out = arrow.encrypt_array(vault, values, row_keys=rows, **options)
+                else:
+                    out = arrow.blind_index_array(vault, values, **options)
         return pl.Series(name, out)
 
 
@@ -99,18 +102,27 @@ def decrypt(
     row_key: pl.Expr | None = None,
     type: Any = None,
     on_erased: str = "raise",
+    principal: Principal | None = None,
+    purpose: str | None = None,
 ) -> pl.Expr:
     """Decrypt a binary expression; ``type`` is the plaintexts' Arrow type (default string);
-    ``row_key`` the expression of a row-bound column's row keys (``pl.col("id")``)."""
+    ``row_key`` the expression of a row-bound column's row keys (``pl.col("id")``); with
+    ``principal`` and ``purpose`` it runs as that principal (Polars runs expressions on threads
+    of its own, which the caller's ``acting_as`` does not reach)."""
     arrow_type = pa.string() if type is None else type
     bound = _column(column)
     kernel = _SeriesKernel(
         spec,
         "decrypt",
         (("column", bound), ("type", arrow_type), ("on_erased", on_erased)),
+        principal,
+        purpose,
     )
+    arrow.acting(None, principal, purpose)
     dtype = pl.from_arrow(pa.array([], type=arrow_type)).dtype  # type: ignore[union-attr]
-    return _with_rows(expr, row_key, bound).map_batches(kernel, return_dtype=dtype)
+    return _with_rows(expr, row_key, bound).map_batches(
+        kernel, return_dtype=dtype, is_elementwise=True
+    )
 
 
 def encrypt(
@@ -120,14 +132,16 @@ def encrypt(
     is row-bound)."""
     bound = _column(column)
     kernel = _SeriesKernel(spec, "encrypt", (("column", bound),))
-    return _with_rows(expr, row_key, bound).map_batches(kernel, return_dtype=pl.Binary)
+    return _with_rows(expr, row_key, bound).map_batches(
+        kernel, return_dtype=pl.Binary, is_elementwise=True
+    )
 
 
 def blind_index(expr: pl.Expr, spec: VaultSpec, *, index: IndexSpec | Any) -> pl.Expr:
     """Blind-index digests of a text expression, as the index column stores them."""
     spec_of = index if isinstance(index, IndexSpec) else arrow.index_spec(index)
     kernel = _SeriesKernel(spec, "blind_index", (("index", spec_of),))
-    return expr.map_batches(kernel, return_dtype=pl.Binary)
+    return expr.map_batches(kernel, return_dtype=pl.Binary, is_elementwise=True)
 
 
 def _audience(
@@ -157,7 +171,7 @@ def audience_hash(
 ) -> pl.Expr:
     """Audience hashes (64 hex characters; null where rejected) of a text expression."""
     kernel = _audience(False, platform, kind, rules, default_region)
-    return expr.map_batches(kernel, return_dtype=pl.String)
+    return expr.map_batches(kernel, return_dtype=pl.String, is_elementwise=True)
 
 
 def audience_reasons(
@@ -170,4 +184,4 @@ def audience_reasons(
 ) -> pl.Expr:
     """The reject reasons (null where accepted) that :func:`audience_hash` would give."""
     kernel = _audience(True, platform, kind, rules, default_region)
-    return expr.map_batches(kernel, return_dtype=pl.String)
+    return expr.map_batches(kernel, return_dtype=pl.String, is_elementwise=True)

@@ -26,14 +26,21 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
+from vaultkit import Principal
 from vaultkit.arrow import BatchTransform, Op, VaultSpec, output_schema
 
 __all__ = ["batch_function", "map_in_arrow", "output_spark_schema"]
 
 
-def batch_function(spec: VaultSpec | None, ops: Iterable[Op]) -> BatchTransform:
+def batch_function(
+    spec: VaultSpec | None,
+    ops: Iterable[Op],
+    *,
+    principal: Principal | None = None,
+    purpose: str | None = None,
+) -> BatchTransform:
     """The function :func:`map_in_arrow` hands to Spark: iterator of RecordBatches in and out."""
-    return BatchTransform(spec, tuple(ops))
+    return BatchTransform(spec, tuple(ops), principal, purpose)
 
 
 def output_spark_schema(schema: Any, ops: Iterable[Op]) -> Any:
@@ -41,7 +48,15 @@ def output_spark_schema(schema: Any, ops: Iterable[Op]) -> Any:
     return from_arrow_schema(output_schema(to_arrow_schema(schema), ops))
 
 
-def map_in_arrow(frame: DataFrame, spec: VaultSpec | None, ops: Iterable[Op]) -> DataFrame:
-    """``frame`` with ``ops`` applied on the executors (binary columns hold ciphertexts)."""
-    function = batch_function(spec, ops)
+def map_in_arrow(
+    frame: DataFrame,
+    spec: VaultSpec | None,
+    ops: Iterable[Op],
+    *,
+    principal: Principal | None = None,
+    purpose: str | None = None,
+) -> DataFrame:
+    """``frame`` with ``ops`` applied on the executors (binary columns hold ciphertexts), as
+    ``principal`` for ``purpose`` when given (see :func:`vaultkit.arrow.transform`)."""
+    function = batch_function(spec, ops, principal=principal, purpose=purpose)
     return frame.mapInArrow(function, output_spark_schema(frame.schema, function.ops))

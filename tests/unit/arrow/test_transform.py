@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from tests.unit.arrow._spec import key_material
-from vaultkit import Vault
+from vaultkit import Principal, Vault, acting_as
 from vaultkit.arrow import (
     BatchTransform,
     ColumnSpec,
@@ -24,7 +24,7 @@ from vaultkit.arrow import (
     output_schema,
     transform,
 )
-from vaultkit.errors import ConfigurationError
+from vaultkit.errors import AccessDeniedError, ConfigurationError
 
 EMAIL = ColumnSpec("identity", "members", "email")
 NOTE = ColumnSpec("identity", "members", "note", row_bound=True)
@@ -112,3 +112,32 @@ def test_the_shipped_function_is_key_free(
     batches = iter([pa.record_batch({"email": blobs})])
     (only,) = list(cloudpickle.loads(cloudpickle.dumps(function))(batches))
     assert only.column("email").to_pylist() == ["x@y.be"]
+
+
+MEDICAL = ColumnSpec("medical", "claims", "diagnosis")
+ADVISER = Principal("adviser", grants={"medical"})
+
+
+def test_restricted_columns_open_only_as_a_principal_with_the_grant(
+    spec: VaultSpec, arrow_vault: Vault
+) -> None:
+    with acting_as(ADVISER, purpose="claims"):
+        blobs = encrypt_array(arrow_vault, pa.array(["flu", None]), column=MEDICAL)
+    batch = pa.record_batch({"diagnosis": blobs})
+    ops = [decrypt("diagnosis", column=MEDICAL)]
+    with pytest.raises(AccessDeniedError):
+        transform(spec, batch, ops)
+    with pytest.raises(AccessDeniedError):
+        transform(spec, batch, ops, principal=Principal("coach"), purpose="claims")
+    out = transform(spec, batch, ops, principal=ADVISER, purpose="claims")
+    assert out.column("diagnosis").to_pylist() == ["flu", None]
+    # What ships to a worker: the principal's name and grants, still no key.
+    function = BatchTransform(spec, tuple(ops), ADVISER, "claims")
+    assert cloudpickle.loads(cloudpickle.dumps(function))(batch).column(0).to_pylist() == [
+        "flu",
+        None,
+    ]
+    with pytest.raises(ConfigurationError, match="purpose"):
+        BatchTransform(spec, tuple(ops), ADVISER)
+    with pytest.raises(TypeError, match="Principal"):
+        BatchTransform(spec, tuple(ops), "adviser", "claims")  # type: ignore[arg-type]
