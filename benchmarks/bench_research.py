@@ -59,7 +59,7 @@ source = "members"
 member = "member_id"
 k = 10
 on_small_class = "suppress"
-quasi_identifiers = ["region", "birth_year", "sex"]
+quasi_identifiers = ["region", "birth_year", "age", "sex"]
 batch_size = {batch}
 
 [columns.pid]

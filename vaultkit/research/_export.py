@@ -147,7 +147,10 @@ def export(
         # Pass 1: class sizes over the transformed quasi-identifiers.
         counts: Counter[tuple[object, ...]] = Counter()
         rows_in = 0
-        for batch in _batches(vault, engine, spec, qi_columns):
+        # The decrypted columns are read too: a row of an erased member is left out of both
+        # passes (_batches), so pass 1 must see what pass 2 will.
+        read = [*qi_columns, *(c for c in spec.output if c.decrypt and c not in qi_columns)]
+        for batch in _batches(vault, engine, spec, read):
             rows_in += batch.num_rows
             counts.update(_classes(batch, qi_columns, spec, key, today))
         if rows_in == 0:
@@ -267,6 +270,7 @@ def _batches(
         for rows in result.partitions(spec.batch_size):
             cols = list(zip(*rows, strict=True)) if rows else [() for _ in names]
             arrays: dict[str, pa.Array] = {}
+            erased: pa.Array | None = None
             for name, values in zip(names, cols, strict=True):
                 where = decrypting.get(name)
                 if where is None:
@@ -276,16 +280,26 @@ def _batches(
                     raise ConfigurationError(
                         f"source column {name} to decrypt holds values that are not ciphertext"
                     )
-                # An erased member's values read as null (their key is destroyed).
-                arrays[name] = decrypt_array(
+                # An erased member's values read as null (their key is destroyed); a
+                # ciphertext never decrypts to null, so a value there that reads null is erased.
+                blobs = pa.array(values, pa.binary())
+                plain = decrypt_array(
                     vault,
-                    pa.array(values, pa.binary()),
+                    blobs,
                     domain=where[0],
                     table=where[1],
                     name=where[2],
                     on_erased="null",
                 )
-            yield pa.table(arrays)
+                arrays[name] = plain
+                gone = pc.and_(pc.is_valid(blobs), pc.is_null(plain))
+                erased = gone if erased is None else pc.or_(erased, gone)
+            table = pa.table(arrays)
+            if erased is not None and pc.any(erased).as_py():
+                # The row of an erased member is not exported at all: its clear columns and its
+                # pseudonym would be a new disclosure of an erased person's data.
+                table = table.filter(pc.invert(erased))
+            yield table
 
 
 def _array(name: str, values: Sequence[object]) -> pa.Array:

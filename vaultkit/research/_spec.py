@@ -251,6 +251,7 @@ def parse_spec(data: bytes | str) -> ExportSpec:
                 f"export spec: quasi-identifier {c.name} is a {c.transform}: a unique value per "
                 "member makes every class size 1"
             )
+    _check_linkage(columns, qis)
     return ExportSpec(
         project=project,
         recipient=recipient,
@@ -269,6 +270,42 @@ def parse_spec(data: bytes | str) -> ExportSpec:
         batch_size=batch,
         digest=hashlib.sha256(raw).hexdigest(),
     )
+
+
+def _check_linkage(columns: tuple[ColumnSpec, ...], qis: list[str]) -> None:
+    """Refuse the column combinations that undo a transform's protection.
+
+    A generalised column is a quasi-identifier by what it is for: left out of the list it would
+    escape the k check. A date-shifted source also written kept or generalised tells the
+    recipient each member's shift (kept minus shifted, or the days its true year or age allows),
+    and with it every shifted date of theirs. Shifts are keyed per member and bound, so one
+    export takes one bound: two would shift one member's dates by two amounts (intervals lost,
+    their difference leaked).
+    """
+    written = [c for c in columns if c.transform != "drop"]
+    loose = [c.name for c in written if c.transform == "generalise" and c.name not in qis]
+    if loose:
+        raise ConfigurationError(
+            "export spec: generalised column(s) missing from quasi_identifiers: "
+            + ", ".join(loose)
+            + " (a generalised column is a quasi-identifier; the k check must count it)"
+        )
+    shifted = [c for c in written if c.transform == "date_shift"]
+    bounds = sorted({c.max_days or 30 for c in shifted})
+    if len(bounds) > 1:
+        raise ConfigurationError(
+            "export spec: date_shift columns of one export take one max_days (given: "
+            + ", ".join(str(b) for b in bounds)
+            + "); a member's dates must move by one amount"
+        )
+    sources = {c.source for c in shifted}
+    for c in written:
+        if c.source in sources and c.transform in ("keep", "generalise", "ff1"):
+            raise ConfigurationError(
+                f"export spec: [columns.{c.name}] writes source {c.source} ({c.transform}) "
+                "that another column date-shifts: the recipient would recover each member's "
+                "shift"
+            )
 
 
 def _column(name: str, raw: object) -> ColumnSpec:
