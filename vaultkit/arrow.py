@@ -23,6 +23,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,10 @@ builtins_type = builtins.type
 # -- the spec a worker opens -------------------------------------------------------------------
 
 
+#: ``scheme://user:password@``: a credential in a URL (the password is never named in a message).
+_URL_PASSWORD: Final = re.compile(r"://[^/\s@]*:[^/\s@]+@")
+
+
 def _overrides(env: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     from vaultkit.config import load_config
 
@@ -87,6 +92,13 @@ def _overrides(env: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tupl
             raise ConfigurationError(
                 f"VaultSpec env= takes VAULTKIT__<TABLE>__<KEY> overrides only, not {name!r}: "
                 "secrets come from each worker's environment"
+            )
+        if _URL_PASSWORD.search(value):
+            # A database URL with its password would be pickled into every graph and plan.
+            raise ConfigurationError(
+                f"VaultSpec env= {name} holds a URL with a password: name the variable that "
+                "holds the URL with key_store_env / audit_env in vaultkit.toml, set on each "
+                "worker"
             )
         checked[name] = value
     # The configuration's own check of VAULTKIT__* variables, on these alone: a key that would
