@@ -267,3 +267,46 @@ transform = "keep"
         assert pseudonym(key, 104) in table.column("pid").to_pylist()
         assert table.num_rows == 11
         assert None not in table.column("email_pid").to_pylist()
+
+
+def _claims(database: sa.Engine) -> None:
+    """Claims, several per member: member 200 alone in region 9 with five claims."""
+    rows = [
+        {"member_id": 100 + i % 6, "postal_code": f"{1 + i % 2}000", "amount": float(i)}
+        for i in range(36)
+    ] + [{"member_id": 200, "postal_code": "9000", "amount": 1000.0 + i} for i in range(5)]
+    with database.begin() as conn:
+        conn.execute(
+            sa.text("CREATE TABLE claims (member_id INTEGER, postal_code TEXT, amount REAL)")
+        )
+        conn.execute(sa.text("INSERT INTO claims VALUES (:member_id, :postal_code, :amount)"), rows)
+
+
+class TestKCountsMembers:
+    BODY = REGION + '\n[columns.amount]\ntransform = "keep"\n'
+
+    def test_one_member_with_many_rows_is_not_k_people(
+        self, vault: Vault, database: sa.Engine, tmp_path: Path
+    ) -> None:
+        """High: k counted rows, so one member with five claims alone in region 9 was a class of
+        five >= k=3 and went out, singled out by region (and the amounts). k counts members."""
+        _claims(database)
+        spec = _spec(self.BODY, table="claims")
+        with pytest.raises(ExportRefusedError, match="k-anonymity"):
+            _export(vault, spec, database, tmp_path / "x.parquet")
+
+    def test_suppress_drops_every_row_of_that_member_and_reports_members(
+        self, vault: Vault, database: sa.Engine, tmp_path: Path
+    ) -> None:
+        _claims(database)
+        spec = parse_spec(
+            HEAD.format(qis='["region"]', table="claims").replace(
+                'on_small_class = "refuse"', 'on_small_class = "suppress"'
+            )
+            + self.BODY
+        )
+        report = _export(vault, spec, database, tmp_path / "x.parquet")
+        table = pq.read_table(report.path)
+        assert set(table.column("region").to_pylist()) == {"1", "2"}
+        assert (report.rows_in, report.rows_out, report.suppressed) == (41, 36, 5)
+        assert report.achieved_k == 3  # members per class (members 100..105 in two regions)

@@ -1,8 +1,9 @@
 """The research export: two passes over the source in Arrow batches, a k check, a Parquet file.
 
-Pass 1 reads only the quasi-identifiers' sources (and the member column), applies their
-transforms and counts each equivalence class: memory grows with the number of classes, not of
-rows. The k check refuses (or decides which classes to suppress) before anything is written.
+Pass 1 reads only the quasi-identifiers' sources (and the member column, and the decrypted
+columns to leave erased members out), applies their transforms and counts each equivalence
+class's rows and distinct members (k counts members): memory grows with the number of classes
+and 16 bytes per distinct (class, member) pair. The k check refuses (or decides which classes to suppress) before anything is written.
 Pass 2 reads the source again, transforms every output column, drops the suppressed rows and
 writes the Parquet file batch by batch; it counts the classes again, and a source that changed
 between the passes aborts the export (the partial file is removed). The manifest goes into the
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -146,26 +148,31 @@ def export(
         qi_columns.sort(key=lambda c: spec.quasi_identifiers.index(c.name))
         # Pass 1: class sizes over the transformed quasi-identifiers.
         counts: Counter[tuple[object, ...]] = Counter()
+        members = _Members()
         rows_in = 0
         # The decrypted columns are read too: a row of an erased member is left out of both
         # passes (_batches), so pass 1 must see what pass 2 will.
         read = [*qi_columns, *(c for c in spec.output if c.decrypt and c not in qi_columns)]
         for batch in _batches(vault, engine, spec, read):
             rows_in += batch.num_rows
-            counts.update(_classes(batch, qi_columns, spec, key, today))
+            classes = list(_classes(batch, qi_columns, spec, key, today))
+            counts.update(classes)
+            members.add(classes, batch.column(spec.member).to_pylist())
         if rows_in == 0:
             raise ExportRefusedError("the source has no rows: nothing to export")
-        small = {c for c, n in counts.items() if n < spec.k}
+        # k counts members, not rows: one member with k claims is not k people.
+        sizes = members.sizes()
+        small = {c for c, n in sizes.items() if n < spec.k}
         if small and spec.on_small_class == "refuse":
-            smallest = min(counts.values())
+            smallest = min(sizes.values())
             raise ExportRefusedError(
                 f"k-anonymity: {len(small)} of {len(counts)} classes of "
-                f"({', '.join(spec.quasi_identifiers)}) have fewer than k={spec.k} rows "
+                f"({', '.join(spec.quasi_identifiers)}) have fewer than k={spec.k} members "
                 f"(smallest: {smallest}); generalise further, or set on_small_class = "
                 '"suppress"'
             )
         suppressed = sum(counts[c] for c in small)
-        kept = [n for c, n in counts.items() if c not in small]
+        kept = [n for c, n in sizes.items() if c not in small]
         rows_out = rows_in - suppressed
         if rows_out == 0:
             raise ExportRefusedError(
@@ -221,6 +228,40 @@ def export(
         dataset_key_id=key_id,
         audited=audited,
     )
+
+
+class _Members:
+    """Distinct members per class: a class number and a 64-bit hash of the member id per row
+    (16 bytes a row in numpy, deduplicated as batches come; no member id is kept). Rows without
+    a member id count as one member, the cautious side."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[object, ...], int] = {}
+        self._pairs = np.empty((0, 2), dtype=np.int64)
+        self._pending: list[np.ndarray[Any, Any]] = []
+        self._pending_rows = 0
+
+    def add(self, classes: Sequence[tuple[object, ...]], members: Sequence[object]) -> None:
+        ids = self._ids
+        cls = np.fromiter(
+            (ids.setdefault(c, len(ids)) for c in classes), dtype=np.int64, count=len(classes)
+        )
+        who = np.fromiter((hash(m) for m in members), dtype=np.int64, count=len(members))
+        self._pending.append(np.unique(np.stack([cls, who], axis=1), axis=0))
+        self._pending_rows += len(classes)
+        if self._pending_rows > 1_000_000:
+            self._merge()
+
+    def _merge(self) -> None:
+        if self._pending:
+            both = np.concatenate([self._pairs, *self._pending])
+            self._pairs = np.unique(both, axis=0)
+            self._pending, self._pending_rows = [], 0
+
+    def sizes(self) -> dict[tuple[object, ...], int]:
+        self._merge()
+        per_class = np.bincount(self._pairs[:, 0], minlength=len(self._ids))
+        return {c: int(per_class[i]) for c, i in self._ids.items()}
 
 
 def _dataset_key(vault: Vault, spec: ExportSpec) -> tuple[BlindIndexKey | None, str]:
