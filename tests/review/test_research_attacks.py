@@ -310,3 +310,39 @@ class TestKCountsMembers:
         assert set(table.column("region").to_pylist()) == {"1", "2"}
         assert (report.rows_in, report.rows_out, report.suppressed) == (41, 36, 5)
         assert report.achieved_k == 3  # members per class (members 100..105 in two regions)
+
+
+class TestKeptIdentifiers:
+    def test_a_kept_national_number_stored_as_an_integer_is_refused(
+        self, vault: Vault, database: sa.Engine, tmp_path: Path
+    ) -> None:
+        """Medium: the identifier patterns were matched on kept text only; a BSN or INSZ kept in
+        an integer column went out as it is."""
+        rows = [
+            {"member_id": 100 + i, "postal_code": "1000", "bsn": 111222333 + i} for i in range(6)
+        ]
+        with database.begin() as conn:
+            conn.execute(
+                sa.text("CREATE TABLE people (member_id INTEGER, postal_code TEXT, bsn BIGINT)")
+            )
+            conn.execute(
+                sa.text("INSERT INTO people VALUES (:member_id, :postal_code, :bsn)"), rows
+            )
+        spec = _spec(REGION + '\n[columns.bsn]\ntransform = "keep"\n', table="people")
+        with pytest.raises(ExportRefusedError, match="bsn"):
+            _export(vault, spec, database, tmp_path / "x.parquet")
+        assert not (tmp_path / "x.parquet").exists()
+
+    def test_a_kept_amount_is_not_an_identifier(
+        self, vault: Vault, database: sa.Engine, tmp_path: Path
+    ) -> None:
+        rows = [{"member_id": 100 + i, "postal_code": "1000", "cents": 1250 * i} for i in range(6)]
+        with database.begin() as conn:
+            conn.execute(
+                sa.text("CREATE TABLE spend (member_id INTEGER, postal_code TEXT, cents BIGINT)")
+            )
+            conn.execute(
+                sa.text("INSERT INTO spend VALUES (:member_id, :postal_code, :cents)"), rows
+            )
+        spec = _spec(REGION + '\n[columns.cents]\ntransform = "keep"\n', table="spend")
+        assert _export(vault, spec, database, tmp_path / "x.parquet").rows_out == 6

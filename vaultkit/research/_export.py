@@ -388,8 +388,11 @@ def _classes(
 
 
 def _check_kept(column: ColumnSpec, array: pa.Array) -> None:
-    """Refuse a kept text column that holds an e-mail, phone or national-number pattern."""
-    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+    """Refuse a kept text column that holds an e-mail, phone or national-number pattern, and a
+    kept integer column whose digits are a national number (a BSN or INSZ stored as a number)."""
+    if pa.types.is_integer(array.type):
+        array = pc.cast(array, pa.string())
+    elif not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
         return
     for kind, pattern in _PII_PATTERNS:
         if pc.any(pc.match_substring_regex(array, pattern)).as_py():
