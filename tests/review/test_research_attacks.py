@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from vaultkit import KeyDomain, Vault
 from vaultkit.errors import ConfigurationError, ExportRefusedError
-from vaultkit.research import dataset_key_name, export, parse_spec, pseudonym
+from vaultkit.research import dataset_key_name, export, parse_spec, pseudonym, withdraw
 from vaultkit.testing import InMemoryKeyProvider
 
 TODAY = dt.date(2026, 12, 1)
@@ -406,3 +406,23 @@ class TestLimits:
         vault.erase_subject(103, reason="art17", request_id="DSR-18")
         table = pq.read_table(_export(vault, _spec(REGION), database, tmp_path / "x.parquet").path)
         assert table.num_rows == 11
+
+
+def test_withdraw_under_a_linked_project_points_to_the_key_it_used(
+    vault: Vault, database: sa.Engine, tmp_path: Path
+) -> None:
+    """Low: withdraw --project B, B exported with link_with = ["cohort"], said only "no dataset
+    key": an operator could take it for nothing to delete, and the erased members' pseudonyms
+    stay with the recipient. The message says where the key is; without --project they come."""
+    _export(vault, _spec(REGION), database, tmp_path / "a.parquet")
+    linked = parse_spec(
+        HEAD.format(qis='["region"]', table="patients").replace(
+            'project = "cohort"', 'project = "cohort-b"\nlink_with = ["cohort"]'
+        )
+        + REGION
+    )
+    table = pq.read_table(_export(vault, linked, database, tmp_path / "b.parquet").path)
+    with pytest.raises(ConfigurationError, match="link_with"):
+        withdraw(vault, [103], recipient="uni-a", project="cohort-b")
+    (found,) = withdraw(vault, [103], recipient="uni-a")
+    assert found.pseudonyms[0] in table.column("pid").to_pylist()

@@ -568,7 +568,13 @@ def withdraw(
         )
     if not found:
         which = f"project {project} and " if project else ""
-        raise ConfigurationError(f"no dataset key for {which}recipient {recipient}")
+        hint = (
+            " (a project exported with link_with uses the linked project's key: withdraw "
+            "under that project, or without --project)"
+            if project
+            else ""
+        )
+        raise ConfigurationError(f"no dataset key for {which}recipient {recipient}{hint}")
     vault.record_event(
         "research-withdraw",
         domain,
