@@ -22,9 +22,10 @@ import datetime as dt
 import functools
 import math
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from vaultkit import _backups, _bulk, _erasure, _lifecycle, _scoped
 from vaultkit._access import Policy, Principal, Scope, acting_as
@@ -47,6 +48,7 @@ from vaultkit._offload import call as _call
 from vaultkit._offload import run_async
 from vaultkit._recorder import DEFAULT_AUDIT_BATCH, AuditRecorder
 from vaultkit._redact import NoPickle
+from vaultkit._requests import REF_COLUMN, REF_TABLE, RequestLog
 from vaultkit.audit import AuditLog, open_audit_log
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError, DomainError
@@ -71,6 +73,14 @@ __all__ = ["BlindIndexKey", "CacheInfo", "FieldCipher", "RotationReport", "Subje
 
 #: A subject (a member) as the application names it: its id as str, int or UUID.
 Subject = str | int | uuid.UUID
+
+#: The request log's status for an erasure receipt's.
+_REQUEST_OUTCOME: Final = {
+    "granted": "completed",
+    "nothing_to_erase": "completed",
+    "partially_granted": "partially_granted",
+    "refused": "refused",
+}
 
 
 def _utc_now() -> dt.datetime:
@@ -267,6 +277,9 @@ class Vault(NoPickle):
                     self._store.close()
                 raise
         self._cipher = Cipher(self._keyring, self._policy, self._recorder)
+        self._requests: RequestLog | None = None
+        self._requests_engine: Engine | None = None  # made for a store that is not SQL
+        self._requests_lock = threading.Lock()
 
     def _open_recorder(
         self, audit: str | Engine | AsyncEngine | None, domain: str, batch_size: int
@@ -780,6 +793,8 @@ class Vault(NoPickle):
             self._store.close()
         if self._recorder is not None:
             self._recorder.close()
+        if self._requests_engine is not None:
+            self._requests_engine.dispose()
 
     def __enter__(self) -> Vault:
         return self
@@ -871,7 +886,28 @@ class Vault(NoPickle):
             domains=domains,
             cells=cells,
         )
-        return _call(erase, finish=True)
+        requests = self._request_log_or_none()
+        if requests is not None:
+            # Checked before anything is erased: a request id of another member's request
+            # (a typing error) stops here.
+            _call(requests.begin, request_id, "erasure", subject)
+        receipt = _call(erase, finish=True)
+        if requests is not None:
+            status, motive = _REQUEST_OUTCOME[receipt.status], None
+            grounds = sorted({d.ground or "not given" for d in receipt.domains if d.ground})
+            if receipt.status in ("partially_granted", "refused"):
+                motive = ("retained: " + "; ".join(grounds or ["legal minimum"]))[:255]
+            _call(
+                functools.partial(
+                    requests.finish,
+                    request_id,
+                    status=status,
+                    motive=motive,
+                    at=receipt.erased_at,
+                ),
+                finish=True,
+            )
+        return receipt
 
     def enforce_retention(
         self, *, at: dt.datetime | None = None, batch: int = 1000
@@ -921,6 +957,78 @@ class Vault(NoPickle):
         .. versionadded:: 0.3.0
         """
         return _call(functools.partial(_erasure.retention_report, self._life_cycle(), at=at))
+
+    # -- data-subject requests (vaultkit/_requests.py) --------------------------------------------
+
+    @property
+    def requests(self) -> RequestLog:
+        """The log of data-subject requests (table ``vaultkit_subject_requests``).
+
+        It lives in the key store's database (the SQL key store's engine, table prefix and
+        schema; for the memory key store of tests, an in-memory SQLite database lost with the
+        vault), created on first use. Members are named by a keyed reference made with the
+        blind-index key ``vaultkit_subject_requests.subject_ref@v1`` of the first declared
+        domain that is not restricted (each row records which). :meth:`erase_subject` and
+        :meth:`export_subject` with a ``request_id`` record themselves there.
+
+        Raises:
+            ConfigurationError: the key store is neither SQL nor the memory store.
+
+        .. versionadded:: 0.4.0
+        """
+        log_ = self._request_log_or_none()
+        if log_ is None:
+            raise ConfigurationError(
+                f"the key store {type(self._store).__name__} keeps no request log: it needs an "
+                "SQL key store (or the memory store of tests)"
+            )
+        return log_
+
+    def _request_log_or_none(self) -> RequestLog | None:
+        with self._requests_lock:
+            if self._requests is None:
+                self._requests = self._open_request_log()
+            return self._requests
+
+    def _open_request_log(self) -> RequestLog | None:
+        """The request log over the key store's database, or ``None`` for a store of the
+        application's own (called once, under the lock)."""
+        import sqlalchemy as sa
+
+        from vaultkit.store import MemoryKeyStore
+
+        store = self._store
+        prefix, schema = "vaultkit_", None
+        if isinstance(store, SQLKeyStore):
+            engine = store.engine
+            prefix = store.keys.name.removesuffix("data_keys")
+            schema = store.keys.schema
+        elif type(store) is MemoryKeyStore:  # a subclass may keep its rows elsewhere
+            # One connection, shared by the threads the vault is called from (asyncio
+            # callers' worker threads); SQLite serialises them.
+            engine = sa.create_engine(
+                "sqlite://",
+                poolclass=sa.pool.StaticPool,
+                connect_args={"check_same_thread": False},
+            )
+            self._requests_engine = engine
+        else:
+            return None
+        plain = [d.name for d in self._domains.values() if not d.restricted]
+        domain = (plain or list(self._domains))[0]
+
+        def ref(name: str, subject: object) -> str:
+            key = self.blind_index_key(name, table=REF_TABLE, column=REF_COLUMN)
+            return key.digest(_scoped.canonical_subject(subject))[:16].hex()
+
+        return RequestLog(
+            engine,
+            subject_ref=ref,
+            ref_domain=domain,
+            clock=self._keyring.now,
+            table_prefix=prefix,
+            schema=schema,
+        )
 
     # -- data life cycle: backups (vaultkit/_backups.py) ------------------------------------------
 
