@@ -30,13 +30,8 @@ from vaultkit.subjects._annotations import (
     personal,
     subject_link,
 )
-from vaultkit.subjects._export import (
-    DEFAULT_PURPOSE,
-    SCHEMA_ID,
-    ExportKind,
-    SubjectExport,
-    export_subject,
-)
+from vaultkit.subjects._api import export_subject
+from vaultkit.subjects._export import DEFAULT_PURPOSE, SCHEMA_ID, ExportKind, SubjectExport
 from vaultkit.subjects._map import ExportedColumn, LinkedTable, SubjectMap, collect
 from vaultkit.subjects._schema import export_schema
 

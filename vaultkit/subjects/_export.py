@@ -30,10 +30,10 @@ from vaultkit._erasure import looks_personal
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError, DecryptionError, ValueErasedError
 from vaultkit.sqla import Encrypted, get_vault
-from vaultkit.subjects._map import ExportedColumn, LinkedTable, SubjectMap, collect
 
 if TYPE_CHECKING:
     from vaultkit import Subject, Vault
+    from vaultkit.subjects._map import ExportedColumn, LinkedTable, SubjectMap
 
 __all__ = [
     "BATCH",
@@ -726,7 +726,7 @@ def export_subject(
     session: Any,
     subject: Subject,
     *,
-    subjects: SubjectMap | Any,
+    subjects: SubjectMap,
     kind: ExportKind = "access",
     purpose: str = DEFAULT_PURPOSE,
     request_id: str | None = None,
@@ -734,9 +734,8 @@ def export_subject(
 ) -> SubjectExport:
     """Export every annotated value of ``subject`` across the map's tables.
 
-    See :meth:`vaultkit.Vault.export_subject`, which hands off here.
-
-    .. versionadded:: 0.3.0
+    :meth:`vaultkit.Vault.export_subject` and :func:`vaultkit.subjects.export_subject` hand off
+    here (through :meth:`SubjectMap.export`); see there.
     """
     if kind not in KINDS:
         raise ConfigurationError(f'kind is "access" or "portability", not {kind!r}')
@@ -745,7 +744,7 @@ def export_subject(
     if not isinstance(purpose, str) or not purpose:
         raise TypeError("export_subject needs a non-empty purpose")
     request_id = _check_request_id(request_id)
-    subject_map = subjects if isinstance(subjects, SubjectMap) else collect(subjects)
+    subject_map = subjects
     _check_columns(vault, subject_map)
     principal = current_scope().principal
     connection, owned = _connection(session)

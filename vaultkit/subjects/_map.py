@@ -20,6 +20,7 @@ from vaultkit.subjects._annotations import (
     Personal,
     SubjectLink,
 )
+from vaultkit.subjects._export import export_subject
 
 if TYPE_CHECKING:
     from vaultkit import Subject, Vault
@@ -204,20 +205,18 @@ class SubjectMap:
         session: Any,
         subject: Subject,
         *,
-        kind: ExportKind,
+        kind: str,
         purpose: str,
         request_id: str | None,
         split_restricted: bool,
     ) -> SubjectExport:
         """Export ``subject``'s data; what :meth:`vaultkit.Vault.export_subject` hands off to."""
-        from vaultkit.subjects._export import export_subject
-
         return export_subject(
             vault,
             session,
             subject,
             subjects=self,
-            kind=kind,
+            kind=kind,  # type: ignore[arg-type]  # checked there
             purpose=purpose,
             request_id=request_id,
             split_restricted=split_restricted,
@@ -237,12 +236,14 @@ def _tables_of(target: Any) -> list[sa.Table]:
     if isinstance(target, sa.Table):
         return [target]
     if isinstance(target, Iterable) and not isinstance(target, str | bytes):
-        tables = [getattr(t, "__table__", t) for t in target]
-        for table in tables:
+        tables: list[sa.Table] = []
+        for item in target:
+            table = getattr(item, "__table__", item)
             if not isinstance(table, sa.Table):
                 raise TypeError(
-                    f"collect takes tables or mapped classes, not {type(table).__name__}"
+                    f"collect takes tables or mapped classes, not {type(item).__name__}"
                 )
+            tables.append(table)
         return tables
     raise TypeError(
         f"collect takes a MetaData, a declarative base or tables, not {type(target).__name__}"
@@ -420,7 +421,7 @@ def collect(target: Any) -> SubjectMap:
 
         def linked_target(column: sa.Column[Any], what: str) -> str:
             target_column = _fk_target(table, name, column)
-            parent = _qualified(target_column.table)  # type: ignore[arg-type]
+            parent = _qualified(target_column.table)
             if parent not in pending:
                 state = "not in the metadata" if parent not in by_name else "not linked"
                 raise ConfigurationError(
@@ -435,7 +436,7 @@ def collect(target: Any) -> SubjectMap:
                 raise ConfigurationError(
                     f"{name}: subject_link({what}={column_name!r}) names no column of {name}"
                 )
-            return column  # type: ignore[no-any-return]
+            return column
 
         for ignored in link.ignore:
             own(ignored, "ignore")
@@ -449,7 +450,7 @@ def collect(target: Any) -> SubjectMap:
                     parent_table = fk.column.table
                 except (sa.exc.NoReferencedTableError, sa.exc.NoReferencedColumnError):
                     continue
-                parent = _qualified(parent_table)  # type: ignore[arg-type]
+                parent = _qualified(parent_table)
                 if parent in pending and parent != name:
                     paths[column.name] = parent
 
@@ -571,6 +572,8 @@ def collect(target: Any) -> SubjectMap:
 
     for name in pending:
         place(resolved[name])
+    structural = {f"{e.name}.{c}" for e in ordered for c in (*e.key, *e.links)}
+    unannotated = [name for name in unannotated if name not in structural]
     return SubjectMap(ordered, not_personal=not_personal, unannotated=unannotated)
 
 

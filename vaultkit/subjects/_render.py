@@ -113,8 +113,8 @@ def csv_zip(data: Mapping[str, Any]) -> bytes:
             archive.writestr(name, _rows_csv([*key, *links, *columns], rows))
             files.append({"file": name, "table": table["table"], "rows": len(table["rows"])})
         if "art15" in data:
-            fields = ("category", "purposes", "legal_bases", "recipients", "retention")
-            fields += ("provenance", "sources", "automated_decision", "columns")
+            fields: tuple[str, ...] = ("category", "purposes", "legal_bases", "recipients")
+            fields += ("retention", "provenance", "sources", "automated_decision", "columns")
             art15 = [
                 [
                     "; ".join(item[f]) if isinstance(item[f], list) else _text(item[f])
