@@ -499,7 +499,14 @@ def _model(entry: LinkedTable, columns: Sequence[ExportedColumn]) -> dict[str, A
     return {
         "key": list(entry.key),
         "links": {
-            name: f"{entry.parent}.{entry.parent_column}" for name in entry.links if entry.parent
+            name: (
+                f"{entry.parent}.{entry.parent_column}"
+                if name == entry.via
+                else "member id"
+                if name == entry.subject_column
+                else "subject key"
+            )
+            for name in entry.links
         },
         "columns": {
             c.name: {

@@ -97,7 +97,9 @@ class LinkedTable:
         match, identity: the blind-index column, and the parent's encrypted column it matches.
         columns: the exported (annotated) columns, in table order.
         key: the primary-key columns, and the columns other tables' links reference.
-        links: the foreign-key column that links the table (for rebuilding the rows).
+        links: the columns that link the rows (the foreign key or member-id column of the link,
+            and the ``subject=`` and ``row_key=`` columns of the exported encrypted columns):
+            structural, exported with each row so that it can be written again.
         title: the table's name in plain language.
         depth: the number of links between it and a root.
 
@@ -232,7 +234,7 @@ class SubjectMap:
 def _tables_of(target: Any) -> list[sa.Table]:
     metadata = getattr(target, "metadata", target)
     if isinstance(metadata, sa.MetaData):
-        return list(metadata.sorted_tables)
+        return list(metadata.tables.values())  # the map orders parents first itself
     if isinstance(target, sa.Table):
         return [target]
     if isinstance(target, Iterable) and not isinstance(target, str | bytes):
@@ -527,6 +529,16 @@ def collect(target: Any) -> SubjectMap:
                 f"{others[other]}; keep one, or declare subject_link(..., ignore=({other!r},)) "
                 "if that foreign key does not lead to the row's member"
             )
+        key = tuple(c.name for c in table.primary_key.columns)
+        if not key:
+            raise ConfigurationError(
+                f"{name} has no primary key: the rows of an export are identified by it"
+            )
+        if subject_column is not None and subject_column not in key:
+            links = (subject_column,)
+        # The columns every exported value needs to be written again: its subject and row key.
+        needed = [c.subject or "" for c in item.columns] + [c.row_key or "" for c in item.columns]
+        links += tuple(n for n in dict.fromkeys(needed) if n and n not in key and n not in links)
         depth = 0
         if parent_name is not None:
             parent_entry = resolve(parent_name, stack)
@@ -544,7 +556,7 @@ def collect(target: Any) -> SubjectMap:
             match=match,
             identity=identity,
             columns=item.columns,
-            key=tuple(c.name for c in table.primary_key.columns),
+            key=key,
             links=links,
             title=link.title or _title(table.name),
             depth=depth,
