@@ -25,7 +25,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from vaultkit import _backups, _bulk, _erasure, _lifecycle, _scoped
 from vaultkit._access import Policy, Principal, Scope, acting_as
@@ -69,7 +69,15 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["BlindIndexKey", "CacheInfo", "FieldCipher", "RotationReport", "Subject", "Vault"]
+__all__ = [
+    "BlindIndexKey",
+    "CacheInfo",
+    "FieldCipher",
+    "RotationReport",
+    "Subject",
+    "SupportsSubjectExport",
+    "Vault",
+]
 
 #: A subject (a member) as the application names it: its id as str, int or UUID.
 Subject = str | int | uuid.UUID
@@ -81,6 +89,28 @@ _REQUEST_OUTCOME: Final = {
     "partially_granted": "partially_granted",
     "refused": "refused",
 }
+
+
+_Export_co = TypeVar("_Export_co", covariant=True)
+
+
+class SupportsSubjectExport(Protocol[_Export_co]):
+    """What :meth:`Vault.export_subject` hands off to: a :class:`vaultkit.subjects.SubjectMap`.
+
+    The map sits above the SQLAlchemy layer, which sits above the vault; the vault only calls it.
+    """
+
+    def export(
+        self,
+        vault: Vault,
+        session: Any,
+        subject: Subject,
+        *,
+        kind: str,
+        purpose: str,
+        request_id: str | None,
+        split_restricted: bool,
+    ) -> _Export_co: ...
 
 
 def _utc_now() -> dt.datetime:
@@ -908,6 +938,70 @@ class Vault(NoPickle):
                 finish=True,
             )
         return receipt
+
+    def export_subject(
+        self,
+        session: Any,
+        subject: Subject,
+        kind: str = "access",
+        *,
+        subjects: SupportsSubjectExport[_Export_co],
+        purpose: str = "DataSubjectRequest",
+        request_id: str | None = None,
+        split_restricted: bool = False,
+    ) -> _Export_co:
+        """Export every annotated value of ``subject`` (GDPR art. 15 access, art. 20 portability).
+
+        The map (:func:`vaultkit.subjects.collect`) says which tables hold a member's rows and how
+        they reach the member; the export reads them table by table (one query per table and
+        batch of parent keys, the DEKs preloaded), as the current principal
+        (:meth:`acting_as`) for ``purpose``: a restricted domain without the grant is not read
+        and is listed in ``incomplete_sources`` (``no_grant``); with it, each read is audited
+        with the purpose. Erased and expired values appear as erased, with their date. See
+        docs/subject-rights.md.
+
+        Args:
+            session: an SQLAlchemy ``Session``, ``Connection`` or ``Engine`` on the models'
+                database.
+            subject: the member id (str, int or UUID).
+            kind: ``"access"`` (every annotated value, and the art. 15 block: purposes, legal
+                bases, recipients, retention, sources, rights) or ``"portability"`` (provided
+                and observed values only).
+            subjects: the :class:`~vaultkit.subjects.SubjectMap` of the models.
+            purpose: the purpose the reads are made and audited for.
+            request_id: the request's ticket number, written into the export (not a personal
+                identifier: refused if it looks like one).
+            split_restricted: put the restricted domains' values into a separate part
+                (``export.restricted``), for delivery through the medical adviser.
+
+        Returns:
+            A :class:`~vaultkit.subjects.SubjectExport` (``to_dict``, ``write_json``,
+            ``write_csv_zip``, ``write_html``).
+
+        Raises:
+            ConfigurationError: an unknown kind, a request id that looks personal, or models
+                configured with another vault.
+            TypeError: ``subjects`` is not a subject map (build one with
+                ``vaultkit.subjects.collect(metadata)``).
+
+        .. versionadded:: 0.3.0
+        """
+        export = getattr(subjects, "export", None)
+        if not callable(export):
+            raise TypeError(
+                "subjects= takes the subject map of the models: "
+                "vaultkit.subjects.collect(Base.metadata)"
+            )
+        result: _Export_co = export(
+            self,
+            session,
+            subject,
+            kind=kind,
+            purpose=purpose,
+            request_id=request_id,
+            split_restricted=split_restricted,
+        )
+        return result
 
     def enforce_retention(
         self, *, at: dt.datetime | None = None, batch: int = 1000

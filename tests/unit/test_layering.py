@@ -72,7 +72,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ),
     ("_vault", ""),  # the facade, and the package's face that re-exports it
     ("sqla",),
-    ("rekey", "integrations"),
+    ("rekey", "integrations", "subjects"),
     ("cli", "__main__"),
 )
 

@@ -1,0 +1,779 @@
+"""The export of one member's data (GDPR art. 15 access, art. 20 portability) over the subject map.
+
+How it reads: table by table, parents first, one ``SELECT`` per table (per batch of
+:data:`BATCH` parent keys), selecting only the structural columns (primary key, link) and the
+annotated ones the current principal may read; the ciphertexts' DEKs are preloaded in one go
+per table, so the provider calls are bounded by the member's keys, not by their rows. A column of
+a restricted domain without the grant is not selected at all: it is listed in
+``incomplete_sources`` (``no_grant``), and its cells say so.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import decimal
+import enum
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import sqlalchemy as sa
+
+from vaultkit._access import current_scope
+from vaultkit._erasure import looks_personal
+from vaultkit.core import wire
+from vaultkit.errors import ConfigurationError, DecryptionError, ValueErasedError
+from vaultkit.sqla import Encrypted, get_vault
+
+if TYPE_CHECKING:
+    from vaultkit import Subject, Vault
+    from vaultkit.subjects._map import ExportedColumn, LinkedTable, SubjectMap
+
+__all__ = [
+    "BATCH",
+    "DEFAULT_PURPOSE",
+    "SCHEMA_ID",
+    "ExportKind",
+    "SubjectExport",
+    "export_subject",
+    "jsonable",
+]
+
+#: The ``schema`` member of every export (the JSON Schema's version).
+SCHEMA_ID: Final = "vaultkit-subject-export/1"
+#: The purpose the reads of an export are made (and audited) for, unless told otherwise.
+DEFAULT_PURPOSE: Final = "DataSubjectRequest"
+#: Parent keys per ``IN (...)`` of one query.
+BATCH: Final = 500
+
+ExportKind = Literal["access", "portability"]
+KINDS: Final = ("access", "portability")
+
+NO_DATA_NOTE: Final = "no data found for this subject"
+
+_ERASED_REASONS: Final = {
+    "erasure": "subject_erased",
+    "retention": "retention_expired",
+    "destroyed": "key_destroyed",
+}
+
+#: The rights a member has, for the art. 15(1)(e)-(f) part of an access export.
+RIGHTS: Final = (
+    ("rectification", "16", "Ask us to correct data about you that is wrong or incomplete."),
+    ("erasure", "17", "Ask us to erase data about you that we no longer need or may not keep."),
+    (
+        "restriction",
+        "18",
+        "Ask us to restrict how we use data about you while a dispute is settled.",
+    ),
+    ("portability", "20", "Receive the data you gave us in a machine-readable form."),
+    ("objection", "21", "Object to processing based on our legitimate interest or for marketing."),
+    ("complaint", "77", "Lodge a complaint with a data protection supervisory authority."),
+)
+
+
+# -- typed JSON -------------------------------------------------------------------------------
+
+
+def jsonable(value: Any) -> Any:
+    """A Python value as typed JSON: ISO 8601 dates and times, Decimal as a string, bytes as
+    base64, UUID as a string, enums by value, mappings and sequences item by item.
+
+    Raises:
+        TypeError: a value with no JSON form (never a value's content in the message).
+    """
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return _duration(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    raise TypeError(f"a {type(value).__name__} value has no JSON form in an export")
+
+
+def _duration(value: dt.timedelta) -> str:
+    seconds = value.total_seconds()
+    sign = "-" if seconds < 0 else ""
+    days, rest = divmod(abs(seconds), 86400)
+    text = f"{sign}P{int(days)}D"
+    if rest:
+        text += f"T{rest:g}S"
+    return text
+
+
+def _value_type(column: ExportedColumn) -> str:
+    column_type = column.column.type
+    inner = column_type.inner if isinstance(column_type, Encrypted) else column_type
+    if isinstance(inner, sa.Enum):
+        return "enum"
+    if isinstance(inner, sa.JSON):
+        return "json"
+    try:
+        python = inner.python_type
+    except NotImplementedError:
+        return "string"
+    for kind, name in (
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "number"),
+        (decimal.Decimal, "decimal"),
+        (dt.datetime, "datetime"),
+        (dt.date, "date"),
+        (dt.time, "time"),
+        (dt.timedelta, "duration"),
+        (bytes, "base64"),
+        (uuid.UUID, "uuid"),
+        (str, "string"),
+    ):
+        if issubclass(python, kind):
+            return name
+    return "string"
+
+
+# -- the export object ------------------------------------------------------------------------
+
+
+class SubjectExport:
+    """One member's export: the typed JSON document and its renderings (JSON, CSV zip, HTML).
+
+    Its ``repr`` shows counts only, never a value. :attr:`restricted` is the separate part
+    with the restricted domains' values (for delivery through the medical adviser) when the
+    export was made with ``split_restricted=True``, else ``None``.
+
+    .. versionadded:: 0.3.0
+    """
+
+    __slots__ = ("_data", "restricted")
+
+    def __init__(self, data: dict[str, Any], *, restricted: SubjectExport | None = None) -> None:
+        self._data = data
+        self.restricted = restricted
+
+    @property
+    def kind(self) -> str:
+        """``"access"`` or ``"portability"``."""
+        return str(self._data["kind"])
+
+    @property
+    def status(self) -> str:
+        """``"complete"``, or ``"incomplete"`` when a source could not be read."""
+        return str(self._data["status"])
+
+    @property
+    def incomplete_sources(self) -> list[dict[str, Any]]:
+        """The sources that could not be read, with the reason (a copy)."""
+        return copy.deepcopy(self._data["incomplete_sources"])
+
+    @property
+    def row_count(self) -> int:
+        return sum(len(t["rows"]) for t in self._data["tables"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The export as a JSON-ready dictionary (a deep copy)."""
+        return copy.deepcopy(self._data)
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """The export as JSON text (UTF-8 characters kept as they are)."""
+        return json.dumps(self._data, indent=indent, ensure_ascii=False, sort_keys=False)
+
+    def write_json(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_json` to ``path`` (UTF-8), created with owner-only permissions."""
+        _write(path, self.to_json().encode("utf-8"))
+
+    def write_csv_zip(self, path: str | os.PathLike[str]) -> None:
+        """Write a zip with one CSV per table, ``manifest.json`` and, for access, ``art15.csv``."""
+        from vaultkit.subjects._render import csv_zip
+
+        _write(path, csv_zip(self._data))
+
+    def to_html(self) -> str:
+        """One self-contained HTML page (inline CSS, no script, nothing fetched); every value
+        escaped."""
+        from vaultkit.subjects._render import html_page
+
+        return html_page(self._data)
+
+    def write_html(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_html` to ``path`` (UTF-8)."""
+        _write(path, self.to_html().encode("utf-8"))
+
+    def __repr__(self) -> str:
+        data = self._data
+        erased = sum(
+            1
+            for t in data["tables"]
+            for r in t["rows"]
+            for m in r["marks"].values()
+            if m["status"] == "erased"
+        )
+        part = "" if data.get("part", "main") == "main" else f", part={data['part']!r}"
+        return (
+            f"SubjectExport(kind={self.kind!r}, status={self.status!r}{part}, "
+            f"tables={len(data['tables'])}, rows={self.row_count}, erased_cells={erased}, "
+            f"incomplete_sources={len(data['incomplete_sources'])})"
+        )
+
+    def __reduce_ex__(self, protocol: object) -> Any:
+        raise TypeError("a SubjectExport holds a member's data and is not pickled")
+
+
+def _write(path: str | os.PathLike[str], data: bytes) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+    fd = os.open(os.fspath(path), flags, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    """One table as read: its rows as Python values, and the reads refused or failed."""
+
+    entry: LinkedTable
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    #: Per row: column -> mark (erased, not read).
+    marks: list[dict[str, dict[str, Any]]] = field(default_factory=list)
+    read: bool = True
+
+
+@dataclass
+class _Reader:
+    vault: Vault
+    connection: sa.Connection
+    kind: str
+    split: bool
+    at: dt.datetime
+    incomplete: list[dict[str, Any]] = field(default_factory=list)
+    sources: dict[str, _Source] = field(default_factory=dict)
+    #: DEK id -> (reason, date) of an erased value's key, looked up once per key.
+    erased_keys: dict[bytes, tuple[str, str | None]] = field(default_factory=dict)
+
+    def exported(self, entry: LinkedTable) -> list[ExportedColumn]:
+        if self.kind == "portability":
+            return [c for c in entry.columns if c.personal.portable]
+        return list(entry.columns)
+
+    def denied(self, column: ExportedColumn) -> bool:
+        if column.domain is None:
+            return False
+        domain = self.vault.key_domain(column.domain)
+        restricted = domain is None or domain.restricted
+        return restricted and column.domain not in current_scope().principal.grants
+
+    def restricted(self, column: ExportedColumn) -> bool:
+        if column.domain is None:
+            return False
+        domain = self.vault.key_domain(column.domain)
+        return domain is None or domain.restricted
+
+    def read(self, entry: LinkedTable, subject: Any) -> None:
+        source = self.sources[entry.name] = _Source(entry)
+        table = entry.table
+        filters = self._filters(entry, subject)
+        if filters is None:
+            return
+        if not self._exists(table):
+            source.read = False
+            self.incomplete.append(_source_row(entry.name, "table_missing"))
+            return
+        columns = self.exported(entry)
+        readable = [c for c in columns if not self.denied(c)]
+        denied = [c for c in columns if self.denied(c)]
+        plain = [c.name for c in readable if not c.encrypted]
+        structural = list(dict.fromkeys((*entry.key, *entry.links)))
+        row_keys = [c.row_key for c in readable if c.row_key is not None]
+        plain_names = list(dict.fromkeys((*structural, *row_keys, *plain)))
+        selected: list[sa.ColumnElement[Any]] = [table.c[n] for n in plain_names]
+        selected += [
+            sa.type_coerce(table.c[c.name], sa.LargeBinary).label(f"__raw_{i}")
+            for i, c in enumerate(readable)
+            if c.encrypted
+        ]
+        encrypted = [c for c in readable if c.encrypted]
+        raw_rows: list[Any] = []
+        try:
+            for clause in filters:
+                raw_rows.extend(self._execute(sa.select(*selected).where(clause)))
+        except sa.exc.SQLAlchemyError as exc:
+            source.read = False
+            self.incomplete.append(
+                _source_row(entry.name, "database_error", detail=type(exc).__name__)
+            )
+            return
+        if not raw_rows:
+            return
+        for column in denied:
+            self.incomplete.append(
+                _source_row(entry.name, "no_grant", column=column.name, domain=column.domain)
+            )
+        offset = len(plain_names)
+        deks = {
+            header.dek_id
+            for row in raw_rows
+            for blob in row[offset:]
+            if blob is not None and (header := _header(bytes(blob))) is not None
+        }
+        if deks:
+            self.vault.preload(deks)
+        for row in raw_rows:
+            values = {name: row[i] for i, name in enumerate(plain_names)}
+            marks: dict[str, dict[str, Any]] = {}
+            for i, column in enumerate(encrypted):
+                blob = row[offset + i]
+                values[column.name], mark = self._open(column, blob, values)
+                if mark is not None:
+                    marks[column.name] = mark
+            for column in denied:
+                marks[column.name] = {"status": "not_read", "reason": "no_grant"}
+            source.rows.append(values)
+            source.marks.append(marks)
+
+    def _open(
+        self, column: ExportedColumn, blob: Any, values: Mapping[str, Any]
+    ) -> tuple[Any, dict[str, Any] | None]:
+        if blob is None:
+            return None, None
+        column_type = column.column.type
+        assert isinstance(column_type, Encrypted)  # noqa: S101 - narrowing only
+        row = values[column.row_key] if column.row_key is not None else None
+        try:
+            return column_type.decrypt_value(bytes(blob), row=row, on_erased="raise"), None
+        except ValueErasedError as exc:
+            return None, self._erased(exc, bytes(blob))
+
+    def _erased(self, exc: ValueErasedError, blob: bytes) -> dict[str, Any]:
+        header = _header(blob)
+        dek_id = exc.dek_id or (header.dek_id if header is not None else None)
+        reason = _ERASED_REASONS.get(exc.reason, "key_destroyed")
+        on: str | None = None
+        if dek_id is not None:
+            known = self.erased_keys.get(dek_id)
+            if known is None:
+                record = self.vault.store.get(dek_id)
+                when = None
+                if record is not None:
+                    when = record.destroyed_at
+                    if reason == "retention_expired" and record.destroy_at is not None:
+                        when = record.destroy_at if when is None else min(when, record.destroy_at)
+                known = (reason, when.date().isoformat() if when is not None else None)
+                self.erased_keys[dek_id] = known
+            on = known[1]
+        return {"status": "erased", "reason": reason, "on": on}
+
+    def _filters(self, entry: LinkedTable, subject: Any) -> list[sa.ColumnElement[bool]] | None:
+        table = entry.table
+        if entry.kind == "column":
+            assert entry.subject_column is not None  # noqa: S101 - set for this kind
+            column = table.c[entry.subject_column]
+            value = _subject_value(column, subject)
+            if value is None:
+                return None
+            return [column == value]
+        assert entry.parent is not None  # noqa: S101 - set for the other kinds
+        parent = self.sources.get(entry.parent)
+        if parent is None or not parent.rows:
+            return None
+        if entry.kind == "via":
+            assert entry.via is not None and entry.parent_column is not None  # noqa: S101
+            keys = list(
+                dict.fromkeys(
+                    r[entry.parent_column]
+                    for r in parent.rows
+                    if r[entry.parent_column] is not None
+                )
+            )
+            column = table.c[entry.via]
+            return [column.in_(batch) for batch in _batches(keys)] or None
+        assert entry.match is not None and entry.identity is not None  # noqa: S101
+        identity = entry.identity.rpartition(".")[2]
+        values: list[Any] = []
+        unreadable = 0
+        for row, marks in zip(parent.rows, parent.marks, strict=True):
+            if identity in marks:
+                unreadable += 1
+            elif row.get(identity) is not None:
+                values.append(row[identity])
+            elif identity not in row:
+                unreadable += 1
+        if unreadable and not values:
+            self.incomplete.append(
+                _source_row(
+                    entry.name,
+                    "identity_unreadable",
+                    detail=f"{entry.identity} could not be read to match {entry.match}",
+                )
+            )
+        values = list(dict.fromkeys(values))
+        if not values:
+            return None
+        column = table.c[entry.match]
+        return [column.in_(batch) for batch in _batches(values)]
+
+    def _exists(self, table: sa.Table) -> bool:
+        try:
+            return bool(sa.inspect(self.connection).has_table(table.name, schema=table.schema))
+        except sa.exc.SQLAlchemyError:
+            return True  # let the query itself report the failure
+
+    def _execute(self, statement: sa.Select[Any]) -> Iterable[Any]:
+        conn = self.connection
+        if conn.dialect.name == "sqlite" or not conn.in_transaction():
+            return conn.execute(statement).all()
+        # On a server, a failed statement aborts the transaction: keep the caller's usable.
+        with conn.begin_nested():
+            return conn.execute(statement).all()
+
+
+def _header(blob: bytes) -> wire.ValueHeader | None:
+    try:
+        return wire.parse_value(blob)
+    except DecryptionError:
+        return None
+
+
+def _batches(values: Sequence[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), BATCH):
+        yield list(values[start : start + BATCH])
+
+
+def _subject_value(column: sa.Column[Any], subject: Any) -> Any:
+    """The subject as the member-id column's type takes it (a UUID from its text, an int from
+    its digits), or ``None`` when it cannot be one (then no row can belong to it)."""
+    try:
+        python = column.type.python_type
+    except NotImplementedError:
+        return subject
+    if isinstance(subject, python):
+        return subject
+    try:
+        if python is uuid.UUID:
+            return uuid.UUID(str(subject))
+        if python is int and isinstance(subject, str):
+            return int(subject) if subject.strip().lstrip("-").isdigit() else None
+        if python is str:
+            return str(subject)
+    except ValueError:
+        return None
+    return subject
+
+
+def _source_row(
+    table: str,
+    reason: str,
+    *,
+    column: str | None = None,
+    domain: str | None = None,
+    detail: str | None = None,
+) -> dict[str, Any]:
+    return {"table": table, "column": column, "domain": domain, "reason": reason, "detail": detail}
+
+
+# -- the document -----------------------------------------------------------------------------
+
+
+def _model(entry: LinkedTable, columns: Sequence[ExportedColumn]) -> dict[str, Any]:
+    return {
+        "key": list(entry.key),
+        "links": {
+            name: (
+                f"{entry.parent}.{entry.parent_column}"
+                if name == entry.via
+                else "member id"
+                if name == entry.subject_column
+                else "subject key"
+            )
+            for name in entry.links
+        },
+        "columns": {
+            c.name: {
+                "type": c.type_name,
+                "value_type": _value_type(c),
+                "nullable": c.nullable,
+                "encrypted": (
+                    None
+                    if c.domain is None
+                    else {"domain": c.domain, "subject": c.subject, "row_key": c.row_key}
+                ),
+                "label": c.label,
+                "category": c.personal.category,
+                "provenance": c.personal.provenance,
+            }
+            for c in columns
+        },
+    }
+
+
+def _link(entry: LinkedTable) -> dict[str, Any]:
+    return {
+        "kind": entry.kind,
+        "parent": entry.parent,
+        "column": entry.subject_column or entry.via or entry.match,
+        "identity": entry.identity,
+    }
+
+
+def _art15(subjects: SubjectMap) -> dict[str, Any]:
+    categories: dict[str, dict[str, Any]] = {}
+    automated = False
+    for entry in subjects.tables:
+        for column in entry.columns:
+            p = column.personal
+            item = categories.setdefault(
+                p.category,
+                {
+                    "category": p.category,
+                    "purposes": [],
+                    "legal_bases": [],
+                    "recipients": [],
+                    "retention": [],
+                    "provenance": [],
+                    "sources": [],
+                    "automated_decision": False,
+                    "columns": [],
+                },
+            )
+            for key, values in (
+                ("purposes", (p.purpose,)),
+                ("legal_bases", (p.legal_basis,)),
+                ("recipients", p.recipients),
+                ("retention", (p.retention,) if p.retention else ()),
+                ("provenance", (p.provenance,)),
+                ("sources", (p.source,) if p.source else ()),
+                ("columns", (f"{entry.name}.{column.name}",)),
+            ):
+                for value in values:
+                    if value not in item[key]:
+                        item[key].append(value)
+            if p.automated_decision:
+                item["automated_decision"] = True
+                automated = True
+    return {
+        "categories": list(categories.values()),
+        "automated_decisions": automated,
+        "rights": [{"right": r, "article": a, "text": t} for r, a, t in RIGHTS],
+    }
+
+
+def _row(
+    entry: LinkedTable,
+    values: Mapping[str, Any],
+    marks: Mapping[str, dict[str, Any]],
+    columns: Sequence[ExportedColumn],
+) -> dict[str, Any]:
+    return {
+        "key": {name: jsonable(values[name]) for name in entry.key},
+        "links": {name: jsonable(values[name]) for name in entry.links},
+        "values": {c.name: jsonable(values.get(c.name)) for c in columns if c.name not in marks},
+        "marks": {name: dict(mark) for name, mark in marks.items()},
+    }
+
+
+def _document(
+    reader: _Reader,
+    subjects: SubjectMap,
+    *,
+    kind: str,
+    request_id: str | None,
+    part: str,
+) -> dict[str, Any]:
+    tables: list[dict[str, Any]] = []
+    restricted_domains: set[str] = set()
+    for entry in subjects.tables:
+        source = reader.sources[entry.name]
+        columns = reader.exported(entry)
+        if reader.split:
+            if part == "restricted":
+                columns = [c for c in columns if reader.restricted(c)]
+                if not columns:
+                    continue
+            else:
+                restricted_domains.update(
+                    c.domain for c in columns if c.domain and reader.restricted(c)
+                )
+        rows = []
+        for values, marks in zip(source.rows, source.marks, strict=True):
+            marks = dict(marks)
+            if reader.split and part == "main":
+                for c in columns:
+                    if reader.restricted(c) and c.name not in marks:
+                        marks[c.name] = {"status": "separate", "part": "restricted"}
+            elif part == "restricted":
+                marks = {n: m for n, m in marks.items() if any(c.name == n for c in columns)}
+            rows.append(_row(entry, values, marks, columns))
+        tables.append(
+            {
+                "table": entry.name,
+                "title": entry.title,
+                "link": _link(entry),
+                "model": _model(entry, columns),
+                "rows": rows,
+            }
+        )
+    if part == "restricted":
+        incomplete = [s for s in reader.incomplete if s["domain"] and _is_restricted(reader, s)]
+    elif reader.split:
+        incomplete = [
+            s for s in reader.incomplete if not (s["domain"] and _is_restricted(reader, s))
+        ]
+    else:
+        incomplete = list(reader.incomplete)
+    found = any(t["rows"] for t in tables)
+    data: dict[str, Any] = {
+        "schema": SCHEMA_ID,
+        "kind": kind,
+        "part": part,
+        "generated_at": reader.at.isoformat(),
+        "request_id": request_id,
+        "status": "incomplete" if incomplete else "complete",
+        "note": None if found or part == "restricted" else NO_DATA_NOTE,
+        "tables": tables,
+        "incomplete_sources": incomplete,
+        "restricted_part": None,
+    }
+    if part == "main" and reader.split and restricted_domains:
+        data["restricted_part"] = {
+            "domains": sorted(restricted_domains),
+            "delivery": "separately, through the medical adviser",
+        }
+    if kind == "access":
+        data["art15"] = _art15(subjects)
+    return data
+
+
+def _is_restricted(reader: _Reader, source: Mapping[str, Any]) -> bool:
+    domain = reader.vault.key_domain(str(source["domain"]))
+    return domain is None or domain.restricted
+
+
+# -- the entry point --------------------------------------------------------------------------
+
+
+def _connection(session: Any) -> tuple[sa.Connection, bool]:
+    """The connection to read with, and whether it was opened here (and is closed here)."""
+    if isinstance(session, sa.Connection):
+        return session, False
+    if isinstance(session, sa.Engine):
+        return session.connect(), True
+    connection = getattr(session, "connection", None)
+    if callable(connection):
+        conn = connection()
+        if isinstance(conn, sa.Connection):
+            return conn, False
+    raise TypeError(
+        f"export_subject reads through a Session, a Connection or an Engine, not "
+        f"{type(session).__name__}"
+    )
+
+
+def _check_request_id(request_id: str | None) -> str | None:
+    if request_id is None:
+        return None
+    if not isinstance(request_id, str):
+        raise TypeError(f"request_id must be str, not {type(request_id).__name__}")
+    if not request_id.strip() or len(request_id) > 200 or not request_id.isprintable():
+        raise ConfigurationError("request_id must be 1 to 200 printable characters")
+    kind = looks_personal(request_id)
+    if kind is not None:
+        raise ConfigurationError(
+            f"request_id seems to hold {kind}; it is written into the export and the audit "
+            "log, which name no person: use a ticket or case number"
+        )
+    return request_id
+
+
+def _check_columns(vault: Vault, subjects: SubjectMap) -> None:
+    for entry in subjects.tables:
+        for column in entry.columns:
+            column_type = column.column.type
+            if not isinstance(column_type, Encrypted):
+                continue
+            try:
+                configured = get_vault(column_type.vault)
+            except ConfigurationError:
+                configured = None
+            if configured is not vault:
+                raise ConfigurationError(
+                    f"{entry.name}.{column.name} is read through the vault configured as "
+                    f"{column_type.vault!r} (vaultkit.sqla.configure), and that is not the vault "
+                    "exporting: configure this vault for the models first"
+                )
+            if vault.key_domain(column_type.domain) is None:
+                raise ConfigurationError(
+                    f"{entry.name}.{column.name}: domain {column_type.domain!r} is not declared "
+                    "in this vault"
+                )
+
+
+def export_subject(
+    vault: Vault,
+    session: Any,
+    subject: Subject,
+    *,
+    subjects: SubjectMap,
+    kind: ExportKind = "access",
+    purpose: str = DEFAULT_PURPOSE,
+    request_id: str | None = None,
+    split_restricted: bool = False,
+) -> SubjectExport:
+    """Export every annotated value of ``subject`` across the map's tables.
+
+    :meth:`vaultkit.Vault.export_subject` and :func:`vaultkit.subjects.export_subject` hand off
+    here (through :meth:`SubjectMap.export`); see there.
+    """
+    if kind not in KINDS:
+        raise ConfigurationError(f'kind is "access" or "portability", not {kind!r}')
+    if isinstance(subject, bool) or not isinstance(subject, str | int | uuid.UUID):
+        raise TypeError(f"a subject is a str, an int or a UUID, not {type(subject).__name__}")
+    if not isinstance(purpose, str) or not purpose:
+        raise TypeError("export_subject needs a non-empty purpose")
+    request_id = _check_request_id(request_id)
+    subject_map = subjects
+    _check_columns(vault, subject_map)
+    principal = current_scope().principal
+    connection, owned = _connection(session)
+    try:
+        # The reads are made, and audited, for the request's purpose by the caller's principal.
+        with vault.acting_as(principal, purpose=purpose):
+            reader = _Reader(
+                vault,
+                connection,
+                kind=kind,
+                split=bool(split_restricted),
+                at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+            )
+            for entry in subject_map.tables:
+                reader.read(entry, subject)
+    finally:
+        if owned:
+            connection.close()
+    main = _document(reader, subject_map, kind=kind, request_id=request_id, part="main")
+    restricted = None
+    if split_restricted:
+        restricted = SubjectExport(
+            _document(reader, subject_map, kind=kind, request_id=request_id, part="restricted")
+        )
+    return SubjectExport(main, restricted=restricted)
