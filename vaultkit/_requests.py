@@ -120,7 +120,7 @@ class SubjectRequest:
         subject_ref: the member's keyed reference (32 hex digits; not in ``repr``).
         ref_domain: the domain whose key made ``subject_ref``.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.3.0
     """
 
     request_id: str
@@ -236,7 +236,7 @@ class RequestLog:
     Every method raises :class:`~vaultkit.errors.KeyStoreError` when the database fails (the
     message names the driver's error class only).
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.3.0
     """
 
     def __init__(

@@ -92,6 +92,13 @@ _REQUEST_OUTCOME: Final = {
 
 
 _Export_co = TypeVar("_Export_co", covariant=True)
+_Import_co = TypeVar("_Import_co", covariant=True)
+
+
+class SupportsSubjectImport(Protocol[_Import_co]):
+    """What :meth:`Vault.import_subject` hands off to: a :class:`vaultkit.subjects.SubjectMap`."""
+
+    def import_subject(self, vault: Vault, session: Any, data: Any) -> _Import_co: ...
 
 
 class SupportsSubjectExport(Protocol[_Export_co]):
@@ -888,7 +895,10 @@ class Vault(NoPickle):
             reason: why, such as ``"art17"``; written into the receipt and the audit log.
             request_id: the request's ticket number; written into the receipt, the audit log
                 and the key store's subject rows. Neither may look like a personal identifier
-                (an e-mail address, a phone number, an INSZ or a BSN): refused.
+                (an e-mail address, a phone number, an INSZ or a BSN): refused. The request is
+                recorded in the request log (:attr:`requests`): opened if it is not there, and
+                closed with the receipt's outcome; one in the log for another kind or another
+                member is refused before anything is erased.
             domains: the subject-scoped domains to erase in (default: all of them).
             cells: called once the keys are destroyed, returns the rows whose blind-index cells
                 it nulled, by table (``vaultkit.sqla`` makes one); not called when every domain
@@ -970,7 +980,10 @@ class Vault(NoPickle):
             subjects: the :class:`~vaultkit.subjects.SubjectMap` of the models.
             purpose: the purpose the reads are made and audited for.
             request_id: the request's ticket number, written into the export (not a personal
-                identifier: refused if it looks like one).
+                identifier: refused if it looks like one), and recorded in the request log
+                (:attr:`requests`): opened if it is not there, refused if it is there for
+                another kind or member, completed when the export is complete (an incomplete
+                one leaves it in progress).
             split_restricted: put the restricted domains' values into a separate part
                 (``export.restricted``), for delivery through the medical adviser.
 
@@ -992,6 +1005,9 @@ class Vault(NoPickle):
                 "subjects= takes the subject map of the models: "
                 "vaultkit.subjects.collect(Base.metadata)"
             )
+        requests = self._request_log_or_none() if request_id is not None else None
+        if requests is not None and request_id is not None:
+            _call(requests.begin, request_id, kind, subject)
         result: _Export_co = export(
             self,
             session,
@@ -1001,6 +1017,63 @@ class Vault(NoPickle):
             request_id=request_id,
             split_restricted=split_restricted,
         )
+        if requests is not None and request_id is not None:
+            # An incomplete export (a restricted domain without the grant, a table that failed)
+            # leaves the request open: the rest is still to be delivered.
+            if getattr(result, "status", None) == "complete":
+                _call(functools.partial(requests.finish, request_id, status="completed"))
+        return result
+
+    def import_subject(
+        self,
+        session: Any,
+        data: Mapping[str, Any] | os.PathLike[str],
+        *,
+        subjects: SupportsSubjectImport[_Import_co],
+    ) -> _Import_co:
+        """Insert a member's export (:meth:`export_subject`) into this database, re-encrypted.
+
+        The other end of art. 20 portability: an export made from one database, with these
+        models, loads into another whose vault has its own keys. Everything is checked before
+        anything is written: the export's schema version; each table against the map; each
+        exported column against the models (still annotated, same SQL type and value type,
+        encrypted in the same domain with the same subject and row key: a model change is a
+        :class:`~vaultkit.errors.ConfigurationError` naming ``table.column``); each value decoded
+        into its column's type; no row of the export already there (by primary key). Then the
+        rows are inserted parents first, through the column types (sealed under this vault's
+        keys, subject keys made for the member here, blind indexes computed with this vault's
+        index keys), in one transaction. Cells the export marks erased are written as NULL and
+        reported.
+
+        Args:
+            session: an SQLAlchemy ``Engine`` (the import commits, or rolls back on error), or a
+                ``Session`` or ``Connection`` (the import writes in its transaction, inside a
+                savepoint where the database has them, and does not commit: the caller commits,
+                or rolls back on error).
+            data: the export as a dictionary (``export.to_dict()``, ``json.load``) or the path
+                of its JSON file; the main part of an access or portability export.
+            subjects: the :class:`~vaultkit.subjects.SubjectMap` of the models.
+
+        Returns:
+            An :class:`~vaultkit.subjects.ImportReport` (tables and rows, erased cells; no
+            value).
+
+        Raises:
+            ConfigurationError: the export is not one, its models differ from these (the
+                message names the column), a value has the wrong shape (the message names the
+                column and row, never the value), a NOT NULL column cannot be filled, or rows
+                are there already; nothing was written.
+            TypeError: ``subjects`` is not a subject map.
+
+        .. versionadded:: 0.3.0
+        """
+        load = getattr(subjects, "import_subject", None)
+        if not callable(load):
+            raise TypeError(
+                "subjects= takes the subject map of the models: "
+                "vaultkit.subjects.collect(Base.metadata)"
+            )
+        result: _Import_co = load(self, session, data)
         return result
 
     def enforce_retention(
@@ -1068,7 +1141,7 @@ class Vault(NoPickle):
         Raises:
             ConfigurationError: the key store is neither SQL nor the memory store.
 
-        .. versionadded:: 0.4.0
+        .. versionadded:: 0.3.0
         """
         log_ = self._request_log_or_none()
         if log_ is None:

@@ -22,6 +22,7 @@ and export a member's data::
 The JSON Schema of the export is package data: :func:`export_schema`. See docs/subject-rights.md.
 """
 
+from vaultkit._requests import RequestLog, SubjectRequest
 from vaultkit.subjects._annotations import (
     NotPersonal,
     Personal,
@@ -32,6 +33,7 @@ from vaultkit.subjects._annotations import (
 )
 from vaultkit.subjects._api import export_subject
 from vaultkit.subjects._export import DEFAULT_PURPOSE, SCHEMA_ID, ExportKind, SubjectExport
+from vaultkit.subjects._import import ImportReport
 from vaultkit.subjects._map import ExportedColumn, LinkedTable, SubjectMap, collect
 from vaultkit.subjects._schema import export_schema
 
@@ -40,12 +42,15 @@ __all__ = [
     "SCHEMA_ID",
     "ExportKind",
     "ExportedColumn",
+    "ImportReport",
     "LinkedTable",
     "NotPersonal",
     "Personal",
+    "RequestLog",
     "SubjectExport",
     "SubjectLink",
     "SubjectMap",
+    "SubjectRequest",
     "collect",
     "export_schema",
     "export_subject",

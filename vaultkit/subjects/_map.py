@@ -21,6 +21,7 @@ from vaultkit.subjects._annotations import (
     SubjectLink,
 )
 from vaultkit.subjects._export import export_subject
+from vaultkit.subjects._import import ImportReport, import_subject
 
 if TYPE_CHECKING:
     from vaultkit import Subject, Vault
@@ -223,6 +224,10 @@ class SubjectMap:
             request_id=request_id,
             split_restricted=split_restricted,
         )
+
+    def import_subject(self, vault: Vault, session: Any, data: Any) -> ImportReport:
+        """Insert a member's export; what :meth:`vaultkit.Vault.import_subject` hands off to."""
+        return import_subject(vault, session, data, subjects=self)
 
     def __repr__(self) -> str:
         return f"SubjectMap(tables={len(self.tables)})"

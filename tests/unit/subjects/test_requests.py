@@ -487,3 +487,76 @@ class TestWhere:
         finally:
             for v in vaults:
                 v.close()
+
+
+class TestExportRecordsItself:
+    @pytest.fixture
+    def data(self, tmp_path: Path) -> Iterator[tuple[Vault, sa.Engine]]:
+        import vaultkit.sqla
+        from tests.unit.subjects import _models as m
+
+        vault = Vault(
+            provider=InMemoryKeyProvider([d.name for d in m.DOMAINS]),
+            store=f"sqlite:///{tmp_path / 'keys.db'}",
+            domains=m.DOMAINS,
+            audit=f"sqlite:///{tmp_path / 'audit.db'}",
+            clock=Wall(),
+        )
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+        m.Base.metadata.create_all(engine)
+        vaultkit.sqla.configure(vault)
+        from sqlalchemy.orm import Session
+
+        with Session(engine) as session:
+            m.populate(session, MEMBER)
+            session.commit()
+        yield vault, engine
+        vaultkit.sqla.configure(None)
+        vault.close()
+        engine.dispose()
+
+    def export(self, vault: Vault, engine: sa.Engine, request_id: str, *, grant: bool) -> Any:
+        from tests.unit.subjects import _models as m
+        from vaultkit.subjects import collect
+
+        grants = {"medical"} if grant else set()
+        with vault.acting_as(Principal("dpo", grants=grants), purpose="DataSubjectRequest"):
+            return vault.export_subject(
+                engine,
+                MEMBER,
+                "portability",
+                subjects=collect(m.Base.metadata),
+                request_id=request_id,
+            )
+
+    def test_a_complete_export_completes_its_request(self, data: tuple[Vault, sa.Engine]) -> None:
+        """With the medical grant the export is complete: the request is opened and closed."""
+        vault, engine = data
+        assert self.export(vault, engine, "DSR-20", grant=True).status == "complete"
+        request = vault.requests.get("DSR-20")
+        assert request is not None
+        assert (request.kind, request.status) == ("portability", "completed")
+
+    def test_an_incomplete_export_leaves_its_request_in_progress(
+        self, data: tuple[Vault, sa.Engine]
+    ) -> None:
+        """Without the grant the medical columns are missing: the request stays open until the
+        medical part is delivered, then an export with the grant completes it."""
+        vault, engine = data
+        assert self.export(vault, engine, "DSR-21", grant=False).status == "incomplete"
+        request = vault.requests.get("DSR-21")
+        assert request is not None and (request.status, request.is_open) == ("in_progress", True)
+        self.export(vault, engine, "DSR-21", grant=True)
+        request = vault.requests.get("DSR-21")
+        assert request is not None and request.status == "completed"
+
+    def test_an_export_under_another_members_request_is_refused(
+        self, data: tuple[Vault, sa.Engine]
+    ) -> None:
+        """The request is in the log for another member: refused before anything is read."""
+        vault, engine = data
+        vault.requests.open("DSR-22", "portability", "m-2", received=T0)
+        with pytest.raises(ConfigurationError, match="another member"):
+            self.export(vault, engine, "DSR-22", grant=True)
+        assert vault.audit_log is not None
+        assert not [e for _, e, _, _ in vault.audit_log.read() if e.action == "decrypt"]
