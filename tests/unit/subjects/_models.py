@@ -71,7 +71,9 @@ _HEALTH = {
 
 class Member(Base):
     __tablename__ = "members"
-    __table_args__: ClassVar[dict[str, Any]] = {"info": subject_link(column="id", title="Your membership")}
+    __table_args__: ClassVar[dict[str, Any]] = {
+        "info": subject_link(column="id", title="Your membership")
+    }
 
     id: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
     name: Mapped[str | None] = mapped_column(
@@ -136,7 +138,9 @@ class Policy(Base):
 
 class Claim(Base):
     __tablename__ = "claims"
-    __table_args__: ClassVar[dict[str, Any]] = {"info": subject_link()}  # its one foreign key: policies
+    __table_args__: ClassVar[dict[str, Any]] = {
+        "info": subject_link()
+    }  # its one foreign key: policies
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     policy_id: Mapped[str] = mapped_column(sa.ForeignKey("policies.id"), index=True)
@@ -159,7 +163,9 @@ class Claim(Base):
 
 class CoachingChat(Base):
     __tablename__ = "coaching_chats"
-    __table_args__: ClassVar[dict[str, Any]] = {"info": subject_link(column="member_id", title="Coaching conversations")}
+    __table_args__: ClassVar[dict[str, Any]] = {
+        "info": subject_link(column="member_id", title="Coaching conversations")
+    }
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     member_id: Mapped[str] = mapped_column(sa.ForeignKey("members.id"), index=True)

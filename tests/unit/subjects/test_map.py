@@ -181,7 +181,9 @@ def test_a_link_to_an_unlinked_table_is_refused() -> None:
         sa.Column("branch_id", sa.ForeignKey("branches.id")),
         info=subject_link(via="branch_id"),
     )
-    with pytest.raises(ConfigurationError, match=r"claims\.branch_id: .* branches, which is not linked"):
+    with pytest.raises(
+        ConfigurationError, match=r"claims\.branch_id: .* branches, which is not linked"
+    ):
         collect(md)
 
 
