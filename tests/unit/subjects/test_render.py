@@ -65,7 +65,7 @@ def _chromium() -> str:
 
 
 def _browser(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(  # noqa: S603 - a browser found on PATH, our own file
+    return subprocess.run(
         [
             _chromium(),
             "--headless",
