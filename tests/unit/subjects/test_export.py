@@ -393,3 +393,35 @@ def test_a_connection_or_an_engine_serves_too(engine: sa.Engine, vault: Vault) -
         data.pop("generated_at")
     assert by_conn == by_engine
     assert json.dumps(by_conn)
+
+
+def test_a_table_that_fails_to_read_is_listed_and_the_session_survives(
+    engine: sa.Engine, vault: Vault
+) -> None:
+    # A model change the database has not followed: the column the map reads is gone.
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE coaching_chats DROP COLUMN sent_at"))
+    with acting_as(ADVISER, purpose="support desk"), Session(engine) as session:
+        session.execute(sa.text("select 1"))  # the caller's transaction is open
+        export = vault.export_subject(session, "m-17", subjects=SUBJECTS)
+        assert session.execute(sa.text("select 1")).scalar() == 1
+    data = export.to_dict()
+    _validate(data)
+    assert [(s["table"], s["reason"]) for s in data["incomplete_sources"]] == [
+        ("coaching_chats", "database_error")
+    ]
+    # The error names its class only, never a statement or a value.
+    detail = data["incomplete_sources"][0]["detail"]
+    assert detail.isidentifier()
+    assert len(_table(data, "claims")["rows"]) == 4
+
+
+def test_the_schema_ships_as_package_data() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[3]
+    data = tomllib.loads((root / "pyproject.toml").read_text("utf-8"))
+    assert "*.schema.json" in data["tool"]["setuptools"]["package-data"]["vaultkit.subjects"]
+    schema = export_schema()
+    assert schema["properties"]["schema"] == {"const": "vaultkit-subject-export/1"}
+    jsonschema.Draft202012Validator.check_schema(schema)
