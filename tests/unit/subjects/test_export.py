@@ -425,3 +425,53 @@ def test_the_schema_ships_as_package_data() -> None:
     schema = export_schema()
     assert schema["properties"]["schema"] == {"const": "vaultkit-subject-export/1"}
     jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_every_cell_reads_back_to_the_stored_value(engine: sa.Engine, vault: Vault) -> None:
+    from vaultkit.subjects._export import from_jsonable
+
+    data = _export(engine, vault, ADVISER).to_dict()
+    models = {model.__tablename__: model for model in m.MODELS}
+    checked = 0
+    with acting_as(ADVISER, purpose="test"), Session(engine) as session:
+        for table in data["tables"]:
+            model = models[table["table"]]
+            key_column = table["model"]["key"][0]
+            key_type = "uuid" if table["table"] == "coaching_chats" else "any"
+            for row in table["rows"]:
+                key = row["key"][key_column]
+                stored = session.get(model, uuid.UUID(key) if key_type == "uuid" else key)
+                assert stored is not None
+                for name, spec in table["model"]["columns"].items():
+                    enum_class = m.ClaimStatus if spec["value_type"] == "enum" else None
+                    value = from_jsonable(
+                        row["values"][name], spec["value_type"], enum_class=enum_class
+                    )
+                    assert value == getattr(stored, name), f"{table['table']}.{name}"
+                    checked += 1
+    assert checked > 40
+
+
+@pytest.mark.parametrize(
+    ("value", "value_type"),
+    [
+        (dt.timedelta(days=2, seconds=12345.678901), "duration"),
+        (-dt.timedelta(seconds=5), "duration"),
+        (float("inf"), "number"),
+        (b"\x00\xff", "base64"),
+        (dt.time(12, 30, 1, 5), "time"),
+    ],
+)
+def test_typed_json_round_trips(value: Any, value_type: str) -> None:
+    from vaultkit.subjects._export import from_jsonable, jsonable
+
+    assert from_jsonable(jsonable(value), value_type) == value
+
+
+def test_a_cell_of_the_wrong_type_is_refused_without_its_value() -> None:
+    from vaultkit.subjects._export import from_jsonable
+
+    for value, value_type in (("12,5", "decimal"), ("not-a-date", "date"), (True, "integer")):
+        with pytest.raises(ValueError, match=f"does not hold a {value_type}") as caught:
+            from_jsonable(value, value_type)
+        assert str(value) not in str(caught.value)
