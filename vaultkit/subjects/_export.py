@@ -186,8 +186,14 @@ def _duration(value: dt.timedelta) -> str:
     return text
 
 
+def _decimal(value: Any) -> decimal.Decimal:
+    if not isinstance(value, str):  # exported as a string: a JSON number lost its precision
+        raise TypeError
+    return decimal.Decimal(value)
+
+
 _PARSERS: Final[dict[str, Any]] = {
-    "decimal": lambda v: decimal.Decimal(v if isinstance(v, str) else None),  # strings only
+    "decimal": lambda v: _decimal(v),
     "datetime": dt.datetime.fromisoformat,
     "date": dt.date.fromisoformat,
     "time": dt.time.fromisoformat,
