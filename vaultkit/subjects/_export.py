@@ -269,6 +269,7 @@ class SubjectExport:
 
     @property
     def row_count(self) -> int:
+        """The number of rows exported, over all tables."""
         return sum(len(t["rows"]) for t in self._data["tables"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -699,8 +700,10 @@ def _document(
         for values, marks in zip(source.rows, source.marks, strict=True):
             marks = dict(marks)
             if reader.split and part == "main":
+                # Whatever the restricted part says of a cell (a value, erased, not read), the
+                # main part only points there.
                 for c in columns:
-                    if reader.restricted(c) and c.name not in marks:
+                    if reader.restricted(c):
                         marks[c.name] = {"status": "separate", "part": "restricted"}
             elif part == "restricted":
                 marks = {n: m for n, m in marks.items() if any(c.name == n for c in columns)}

@@ -158,6 +158,19 @@ def test_without_the_grant_no_medical_plaintext_is_read(
     # Split or not, the separate part holds no medical plaintext for them either.
     split = _export(engine, vault, DPO, split_restricted=True)
     assert split.restricted is not None
+    main, part = split.to_dict(), split.restricted.to_dict()
+    _validate(main)
+    _validate(part)
+    # The main part points to the separate one, which says what it could not read.
+    assert (main["status"], main["incomplete_sources"]) == ("complete", [])
+    assert _table(main, "members")["rows"][0]["marks"] == {
+        "health_note": {"status": "separate", "part": "restricted"}
+    }
+    assert part["status"] == "incomplete"
+    assert {s["reason"] for s in part["incomplete_sources"]} == {"no_grant"}
+    assert _table(part, "members")["rows"][0]["marks"] == {
+        "health_note": {"status": "not_read", "reason": "no_grant"}
+    }
     for secret in MEDICAL_TEXT:
         assert secret not in split.restricted.to_json()
         assert secret not in split.to_json()
