@@ -11,6 +11,7 @@ a restricted domain without the grant is not selected at all: it is listed in
 from __future__ import annotations
 
 import base64
+import binascii
 import copy
 import datetime as dt
 import decimal
@@ -18,6 +19,7 @@ import enum
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ __all__ = [
     "ExportKind",
     "SubjectExport",
     "export_subject",
+    "from_jsonable",
     "jsonable",
 ]
 
@@ -113,14 +116,92 @@ def jsonable(value: Any) -> Any:
     raise TypeError(f"a {type(value).__name__} value has no JSON form in an export")
 
 
+def from_jsonable(value: Any, value_type: str, *, enum_class: type[enum.Enum] | None = None) -> Any:
+    """The Python value of a typed-JSON cell, by its column's ``value_type`` (the inverse of
+    :func:`jsonable`, for an import).
+
+    Raises:
+        ValueError: the cell does not hold a value of that type (the message names the type
+            only, never the value).
+    """
+    if value is None:
+        return None
+    if value_type not in _PARSERS and value_type not in _CHECKED:
+        raise ValueError(f"unknown value type {value_type!r}")
+    parsed: Any = _INVALID
+    if value_type in _CHECKED:
+        if _CHECKED[value_type](value):
+            parsed = float(value) if value_type == "number" else value
+    elif value_type == "enum":
+        try:
+            parsed = enum_class(value) if enum_class is not None else value
+        except ValueError:
+            pass
+    else:
+        try:
+            parsed = _PARSERS[value_type](value)
+        except (TypeError, ValueError, decimal.InvalidOperation, binascii.Error):
+            pass
+    if parsed is _INVALID:
+        raise ValueError(f"a cell does not hold a {value_type} value")
+    return parsed
+
+
+_INVALID: Final = object()
+
+
+def _number(value: Any) -> bool:
+    if isinstance(value, str):  # a non-finite float travels as its text
+        return value in ("inf", "-inf", "nan")
+    return not isinstance(value, bool) and isinstance(value, int | float)
+
+
+_CHECKED: Final[dict[str, Any]] = {
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": _number,
+    "json": lambda v: True,
+}
+
+
+_DURATION = re.compile(r"(-?)P(\d+)D(?:T(\d+(?:\.\d+)?)S)?")
+
+
+def _parse_duration(value: str) -> dt.timedelta:
+    found = _DURATION.fullmatch(value)
+    if found is None:
+        raise ValueError
+    sign = -1 if found.group(1) else 1
+    return sign * dt.timedelta(days=int(found.group(2)), seconds=float(found.group(3) or 0))
+
+
 def _duration(value: dt.timedelta) -> str:
     seconds = value.total_seconds()
     sign = "-" if seconds < 0 else ""
     days, rest = divmod(abs(seconds), 86400)
     text = f"{sign}P{int(days)}D"
     if rest:
-        text += f"T{rest:g}S"
+        text += "T" + f"{rest:.6f}".rstrip("0").rstrip(".") + "S"
     return text
+
+
+def _decimal(value: Any) -> decimal.Decimal:
+    if not isinstance(value, str):  # exported as a string: a JSON number lost its precision
+        raise TypeError
+    return decimal.Decimal(value)
+
+
+_PARSERS: Final[dict[str, Any]] = {
+    "decimal": lambda v: _decimal(v),
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "duration": lambda v: _parse_duration(v),
+    "base64": lambda v: base64.b64decode(v, validate=True),
+    "uuid": uuid.UUID,
+    "enum": None,
+}
 
 
 def _value_type(column: ExportedColumn) -> str:
@@ -188,6 +269,7 @@ class SubjectExport:
 
     @property
     def row_count(self) -> int:
+        """The number of rows exported, over all tables."""
         return sum(len(t["rows"]) for t in self._data["tables"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -618,8 +700,10 @@ def _document(
         for values, marks in zip(source.rows, source.marks, strict=True):
             marks = dict(marks)
             if reader.split and part == "main":
+                # Whatever the restricted part says of a cell (a value, erased, not read), the
+                # main part only points there.
                 for c in columns:
-                    if reader.restricted(c) and c.name not in marks:
+                    if reader.restricted(c):
                         marks[c.name] = {"status": "separate", "part": "restricted"}
             elif part == "restricted":
                 marks = {n: m for n, m in marks.items() if any(c.name == n for c in columns)}

@@ -25,7 +25,7 @@ from vaultkit.subjects._import import ImportReport, import_subject
 
 if TYPE_CHECKING:
     from vaultkit import Subject, Vault
-    from vaultkit.subjects._export import ExportKind, SubjectExport
+    from vaultkit.subjects._export import SubjectExport
 
 __all__ = ["ExportedColumn", "LinkedTable", "SubjectMap", "collect"]
 
