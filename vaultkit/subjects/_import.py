@@ -28,8 +28,6 @@ counted in the report.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import decimal
 import enum
@@ -45,6 +43,7 @@ import sqlalchemy as sa
 
 from vaultkit.errors import ConfigurationError, VaultkitError
 from vaultkit.sqla import BlindIndexType, Encrypted
+from vaultkit.subjects._export import from_jsonable
 
 if TYPE_CHECKING:
     from vaultkit import Vault
@@ -110,85 +109,16 @@ def _python_type(column: sa.Column[Any]) -> type | None:
     return python
 
 
-def _decode_duration(value: Any) -> dt.timedelta:
-    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        raise _BadValueError("not an ISO 8601 duration of days and seconds")
-    sign = -1 if match.group(1) else 1
-    seconds = float(match.group(3) or 0)
-    return sign * dt.timedelta(days=int(match.group(2)), seconds=seconds)
-
-
 def _decode(value: Any, value_type: str, column: sa.Column[Any]) -> Any:
-    """``value`` (typed JSON) as the Python value ``column`` takes."""
-    if value is None:
-        return None
+    """``value`` (typed JSON) as the Python value ``column`` takes (the export's inverse)."""
     inner = column.type.inner if isinstance(column.type, Encrypted) else column.type
-    if value_type == "string":
-        if not isinstance(value, str):
-            raise _BadValueError("not a string")
-        return value
-    if value_type == "integer":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _BadValueError("not an integer")
-        return value
-    if value_type == "number":
-        if isinstance(value, bool):
-            raise _BadValueError("not a number")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str) and value in ("nan", "inf", "-inf"):
-            return float(value)
-        raise _BadValueError("not a number")
-    if value_type == "boolean":
-        if not isinstance(value, bool):
-            raise _BadValueError("not a boolean")
-        return value
-    if value_type == "decimal":
-        if not isinstance(value, str):
-            raise _BadValueError("not a decimal string")
-        try:
-            number = decimal.Decimal(value)
-        except decimal.InvalidOperation:
-            raise _BadValueError("not a decimal string") from None
-        if not number.is_finite():
-            raise _BadValueError("not a finite decimal")
-        return number
+    enum_class = getattr(inner, "enum_class", None)
+    if not (isinstance(enum_class, type) and issubclass(enum_class, enum.Enum)):
+        enum_class = None
     try:
-        if value_type == "datetime":
-            return dt.datetime.fromisoformat(value)
-        if value_type == "date":
-            return dt.date.fromisoformat(value)
-        if value_type == "time":
-            return dt.time.fromisoformat(value)
-        if value_type == "uuid":
-            return uuid.UUID(value)
-    except (TypeError, ValueError):
-        raise _BadValueError(
-            f"not an ISO 8601 {value_type}" if value_type != "uuid" else "not a UUID"
-        ) from None
-    if value_type == "duration":
-        return _decode_duration(value)
-    if value_type == "base64":
-        if not isinstance(value, str):
-            raise _BadValueError("not base64 text")
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise _BadValueError("not base64 text") from None
-    if value_type == "enum":
-        enum_class = getattr(inner, "enum_class", None)
-        if enum_class is not None and issubclass(enum_class, enum.Enum):
-            try:
-                return enum_class(value)
-            except ValueError:
-                raise _BadValueError("not a value of the column's enum") from None
-        if not isinstance(value, str):
-            raise _BadValueError("not an enum value")
-        return value
-    if value_type == "json":
-        return value
-    raise _BadValueError(f"of an unknown value type {value_type[:20]!r}")
+        return from_jsonable(value, value_type, enum_class=enum_class)
+    except ValueError:
+        raise _BadValueError(f"not a {value_type[:20]} value") from None
 
 
 def _structural_type(column: sa.Column[Any]) -> str:
