@@ -293,12 +293,13 @@ class RequestLog:
             raise self._fail("create its table", exc) from None
         self._created = True
 
-    def _now(self) -> dt.datetime:
+    def now(self) -> dt.datetime:
+        """The vault's clock, in whole seconds (UTC): the time the log counts days from."""
         return _second(self._clock().astimezone(dt.UTC))
 
     def _at(self, at: dt.datetime | None, name: str) -> dt.datetime:
-        when = self._now() if at is None else _second(_aware(at, name))
-        if when > self._now() + dt.timedelta(minutes=5):
+        when = self.now() if at is None else _second(_aware(at, name))
+        if when > self.now() + dt.timedelta(minutes=5):
             raise ConfigurationError(f"{name} lies in the future")
         return when
 
