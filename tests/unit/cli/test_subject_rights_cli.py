@@ -233,6 +233,16 @@ class TestExport:
         assert code == 3 and "cannot import nowhere.models" in err and "Traceback" not in err
 
 
+def test_map_prints_what_an_export_holds(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``subject map`` needs no database and no keys: each table, its path, its columns."""
+    assert main(["subject", "map", "--models", MODELS]) == 0
+    out = capsys.readouterr().out
+    assert "Newsletters (newsletter_subscriptions)" in out and "risk_score" in out
+    assert main(["subject", "map", "--models", "tests.unit.subjects._models:nothing"]) == 3
+
+
 class TestImport:
     def test_an_export_loads_into_another_site_and_only_once(
         self,
