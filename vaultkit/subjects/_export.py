@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
 import datetime as dt
 import decimal
@@ -30,7 +31,12 @@ import sqlalchemy as sa
 from vaultkit._access import current_scope
 from vaultkit._erasure import looks_personal
 from vaultkit.core import wire
-from vaultkit.errors import ConfigurationError, DecryptionError, ValueErasedError
+from vaultkit.errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    DecryptionError,
+    ValueErasedError,
+)
 from vaultkit.sqla import Encrypted, get_vault
 
 if TYPE_CHECKING:
@@ -412,6 +418,11 @@ class _Reader:
             self.incomplete.append(
                 _source_row(entry.name, "no_grant", column=column.name, domain=column.domain)
             )
+            # Not read, but refused as a read would be: one "denied" audit event per column.
+            column_type = column.column.type
+            assert isinstance(column_type, Encrypted)  # noqa: S101 - narrowing only
+            with contextlib.suppress(AccessDeniedError):
+                column_type.deny()
         offset = len(plain_names)
         deks = {
             header.dek_id

@@ -155,6 +155,12 @@ def test_without_the_grant_no_medical_plaintext_is_read(
     assert vault.audit_log is not None
     medical = [e for _, e, _, _ in vault.audit_log.read() if e.domain == "medical"]
     assert not [e for e in medical if e.principal == DPO.name and e.action == "decrypt"]
+    # The refusal is on record, once per column, with the request's purpose.
+    denied = sorted((e.table, e.column, e.purpose) for e in medical if e.principal == DPO.name)
+    assert denied == [
+        ("claims", "diagnosis", "DataSubjectRequest"),
+        ("members", "health_note", "DataSubjectRequest"),
+    ]
     # Split or not, the separate part holds no medical plaintext for them either.
     split = _export(engine, vault, DPO, split_restricted=True)
     assert split.restricted is not None
