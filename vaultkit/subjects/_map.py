@@ -72,6 +72,7 @@ class ExportedColumn:
 
     @property
     def encrypted(self) -> bool:
+        """Whether the column is an ``Encrypted`` one."""
         return self.domain is not None
 
     @property

@@ -28,6 +28,12 @@ _REASONS: Final = {
     "key_destroyed": "deleted",
 }
 
+_PROVENANCE: Final = {
+    "provided": "given by you",
+    "observed": "recorded while you used our services",
+    "derived": "worked out by us from other data",
+}
+
 _SOURCE_REASONS: Final = {
     "no_grant": "kept in a restricted part (such as medical data) that this copy was not made "
     "with access to",
@@ -192,7 +198,7 @@ def _table_html(table: Mapping[str, Any]) -> list[str]:
         return out
     key = list(model["key"])
     out.append("<table><thead><tr>")
-    out.extend(f"<th>{_e(k)}</th>" for k in key)
+    out.extend(f"<th>{_e('Reference' if len(key) == 1 else k)}</th>" for k in key)
     out.extend(f"<th>{_e(c['label'])}</th>" for c in columns.values())
     out.append("</tr></thead><tbody>")
     for row in rows:
@@ -217,6 +223,8 @@ def _art15_html(art15: Mapping[str, Any]) -> list[str]:
             ("Other sources", "sources"),
         ):
             values = item[key]
+            if key == "provenance":
+                values = [_PROVENANCE.get(v, v) for v in values]
             text = ", ".join(_text(v) for v in values) if values else "none stated"
             out.append(f"<dt>{_e(label)}</dt><dd>{_e(text)}</dd>")
         decided = "yes" if item["automated_decision"] else "no"

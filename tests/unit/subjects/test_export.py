@@ -288,6 +288,15 @@ def test_nothing_unannotated_leaks_into_any_rendering(
     texts = [(tmp_path / "e.json").read_text("utf-8"), (tmp_path / "e.html").read_text("utf-8")]
     with zipfile.ZipFile(tmp_path / "e.zip") as archive:
         texts += [archive.read(name).decode("utf-8-sig") for name in archive.namelist()]
+    for other in (
+        _export(engine, vault, ADVISER, kind="portability"),
+        _export(engine, vault, ADVISER, split_restricted=True),
+        _export(engine, vault, DPO, split_restricted=True),
+    ):
+        assert other.restricted is None or other.restricted.to_json()
+        for part in (other, other.restricted):
+            if part is not None:
+                texts += [part.to_json(), part.to_html()]
     # The blind-index digests of the member's e-mail: keyed, but a digest still links rows.
     with engine.connect() as conn:
         digests = conn.execute(
@@ -494,3 +503,40 @@ def test_a_cell_of_the_wrong_type_is_refused_without_its_value() -> None:
         with pytest.raises(ValueError, match=f"does not hold a {value_type}") as caught:
             from_jsonable(value, value_type)
         assert str(value) not in str(caught.value)
+
+
+@pytest.mark.postgres
+def test_tables_in_a_schema_are_named_with_it(
+    postgres_engine: sa.Engine, postgres_schema: str, vault: Vault
+) -> None:
+    from vaultkit.sqla import BlindIndexType, Encrypted
+    from vaultkit.subjects import personal, subject_link
+
+    info = {"category": "contact", "legal_basis": "consent", "purpose": "newsletter"}
+    md = sa.MetaData(schema=postgres_schema)
+    members = sa.Table(
+        "members",
+        md,
+        sa.Column("id", sa.String(20), primary_key=True),
+        sa.Column("email", Encrypted(sa.String(100), domain="identity"), info=personal(**info)),
+        info=subject_link(column="id"),
+    )
+    news = sa.Table(
+        "news",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("email", Encrypted(sa.String(100), domain="identity"), info=personal(**info)),
+        sa.Column("email_index", BlindIndexType("email", normalize=str.lower)),
+        info=subject_link(match="email_index", identity=f"{postgres_schema}.members.email"),
+    )
+    subjects = collect(md)
+    md.create_all(postgres_engine)
+    with postgres_engine.begin() as conn:
+        conn.execute(members.insert(), [{"id": "m-1", "email": "a@b.be"}])
+        conn.execute(news.insert(), [{"id": 1, "email": "A@b.be", "email_index": "A@b.be"}])
+        conn.execute(news.insert(), [{"id": 2, "email": "c@d.be", "email_index": "c@d.be"}])
+    data = vault.export_subject(postgres_engine, "m-1", subjects=subjects).to_dict()
+    _validate(data)
+    assert data["status"] == "complete"
+    rows = _table(data, f"{postgres_schema}.news")["rows"]
+    assert [(r["key"], r["values"]) for r in rows] == [({"id": 1}, {"email": "A@b.be"})]
