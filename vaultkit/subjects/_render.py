@@ -213,7 +213,8 @@ def _table_html(table: Mapping[str, Any]) -> list[str]:
 def _art15_html(art15: Mapping[str, Any]) -> list[str]:
     out = ["<h2>Why we hold your data, and for how long</h2>"]
     for item in art15["categories"]:
-        out.append(f"<h3>{_e(item['category'])}</h3><dl>")
+        category = str(item["category"])
+        out.append(f"<h3>{_e(category[:1].upper() + category[1:])}</h3><dl>")
         for label, key in (
             ("Purposes", "purposes"),
             ("Legal basis", "legal_bases"),
@@ -272,10 +273,16 @@ def html_page(data: Mapping[str, Any]) -> str:
         )
     if data["incomplete_sources"]:
         out.append("<h2>What this copy does not contain</h2><ul>")
+        names = {t["table"]: t for t in data["tables"]}
         for source in data["incomplete_sources"]:
-            where = source["table"] + (f".{source['column']}" if source.get("column") else "")
+            table = names.get(source["table"])
+            where = table["title"] if table is not None else source["table"]
+            column = source.get("column")
+            if column:
+                spec = table["model"]["columns"].get(column) if table is not None else None
+                where += f": {spec['label'] if spec else column}"
             why = _SOURCE_REASONS.get(source["reason"], source["reason"])
-            out.append(f"<li>{_e(where)}: {_e(why)}</li>")
+            out.append(f"<li>{_e(where)} — {_e(why)}</li>")
         out.append("</ul>")
     for table in data["tables"]:
         out.extend(_table_html(table))
