@@ -24,7 +24,7 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import sqlalchemy as sa
 
@@ -419,10 +419,8 @@ class _Reader:
                 _source_row(entry.name, "no_grant", column=column.name, domain=column.domain)
             )
             # Not read, but refused as a read would be: one "denied" audit event per column.
-            column_type = column.column.type
-            assert isinstance(column_type, Encrypted)  # noqa: S101 - narrowing only
             with contextlib.suppress(AccessDeniedError):
-                column_type.deny()
+                column.encrypted_type.deny()
         offset = len(plain_names)
         deks = {
             header.dek_id
@@ -450,11 +448,11 @@ class _Reader:
     ) -> tuple[Any, dict[str, Any] | None]:
         if blob is None:
             return None, None
-        column_type = column.column.type
-        assert isinstance(column_type, Encrypted)  # noqa: S101 - narrowing only
         row = values[column.row_key] if column.row_key is not None else None
         try:
-            return column_type.decrypt_value(bytes(blob), row=row, on_erased="raise"), None
+            return column.encrypted_type.decrypt_value(
+                bytes(blob), row=row, on_erased="raise"
+            ), None
         except ValueErasedError as exc:
             return None, self._erased(exc, bytes(blob))
 
@@ -480,29 +478,22 @@ class _Reader:
     def _filters(self, entry: LinkedTable, subject: Any) -> list[sa.ColumnElement[bool]] | None:
         table = entry.table
         if entry.kind == "column":
-            assert entry.subject_column is not None  # noqa: S101 - set for this kind
-            column = table.c[entry.subject_column]
+            column = table.c[cast(str, entry.subject_column)]  # set for this kind
             value = _subject_value(column, subject)
             if value is None:
                 return None
             return [column == value]
-        assert entry.parent is not None  # noqa: S101 - set for the other kinds
-        parent = self.sources.get(entry.parent)
+        parent = self.sources.get(cast(str, entry.parent))  # set for the other kinds
         if parent is None or not parent.rows:
             return None
         if entry.kind == "via":
-            assert entry.via is not None and entry.parent_column is not None  # noqa: S101
+            referenced = cast(str, entry.parent_column)
             keys = list(
-                dict.fromkeys(
-                    r[entry.parent_column]
-                    for r in parent.rows
-                    if r[entry.parent_column] is not None
-                )
+                dict.fromkeys(r[referenced] for r in parent.rows if r[referenced] is not None)
             )
-            column = table.c[entry.via]
+            column = table.c[cast(str, entry.via)]
             return [column.in_(batch) for batch in _batches(keys)] or None
-        assert entry.match is not None and entry.identity is not None  # noqa: S101
-        identity = entry.identity.rpartition(".")[2]
+        identity = cast(str, entry.identity).rpartition(".")[2]
         values: list[Any] = []
         unreadable = 0
         for row, marks in zip(parent.rows, parent.marks, strict=True):
@@ -523,7 +514,7 @@ class _Reader:
         values = list(dict.fromkeys(values))
         if not values:
             return None
-        column = table.c[entry.match]
+        column = table.c[cast(str, entry.match)]
         return [column.in_(batch) for batch in _batches(values)]
 
     def _exists(self, table: sa.Table) -> bool:

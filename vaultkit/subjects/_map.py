@@ -76,6 +76,18 @@ class ExportedColumn:
         return self.domain is not None
 
     @property
+    def encrypted_type(self) -> Encrypted:
+        """The column's ``Encrypted`` type.
+
+        Raises:
+            TypeError: the column is a plain one.
+        """
+        column_type = self.column.type
+        if not isinstance(column_type, Encrypted):
+            raise TypeError(f"{self.name} is not an encrypted column")
+        return column_type
+
+    @property
     def label(self) -> str:
         """The column's name in plain language."""
         return self.personal.label or _title(self.name)
@@ -312,8 +324,7 @@ def _column_annotations(
             raise ConfigurationError(
                 f"{where} is a primary key: it is exported as the row's key, not annotated"
             )
-        if encrypted:
-            assert isinstance(column_type, Encrypted)  # noqa: S101 - narrowing only
+        if isinstance(column_type, Encrypted):
             exported.append(
                 ExportedColumn(
                     name=column.name,
