@@ -540,3 +540,48 @@ def test_tables_in_a_schema_are_named_with_it(
     assert data["status"] == "complete"
     rows = _table(data, f"{postgres_schema}.news")["rows"]
     assert [(r["key"], r["values"]) for r in rows] == [({"id": 1}, {"email": "A@b.be"})]
+
+
+def test_a_match_on_an_unreadable_identity_is_listed(vault: Vault, tmp_path: Path) -> None:
+    from vaultkit.sqla import BlindIndexType, Encrypted
+    from vaultkit.subjects import personal, subject_link
+
+    info = {"category": "contact", "legal_basis": "consent", "purpose": "newsletter"}
+    md = sa.MetaData()
+    sa.Table(
+        "members",
+        md,
+        sa.Column("id", sa.String(20), primary_key=True),
+        # The e-mail address in the restricted domain, per member: unreadable without the grant.
+        sa.Column(
+            "email",
+            Encrypted(sa.String(100), domain="medical", subject="id"),
+            info=personal(**info),
+        ),
+        info=subject_link(column="id"),
+    )
+    news = sa.Table(
+        "news",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("email", Encrypted(sa.String(100), domain="identity"), info=personal(**info)),
+        sa.Column("email_index", BlindIndexType("email", domain="identity")),
+        info=subject_link(match="email_index", identity="members.email"),
+    )
+    subjects = collect(md)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'id.db'}")
+    md.create_all(engine)
+    with acting_as(ADVISER, purpose="test data"), engine.begin() as conn:
+        conn.execute(md.tables["members"].insert(), [{"id": "m-1", "email": "a@b.be"}])
+        conn.execute(news.insert(), [{"id": 1, "email": "a@b.be"}])
+    with acting_as(DPO, purpose="support"):
+        data = vault.export_subject(engine, "m-1", subjects=subjects).to_dict()
+    _validate(data)
+    assert sorted((s["table"], s["reason"]) for s in data["incomplete_sources"]) == [
+        ("members", "no_grant"),
+        ("news", "identity_unreadable"),
+    ]
+    with acting_as(ADVISER, purpose="support"):
+        data = vault.export_subject(engine, "m-1", subjects=subjects).to_dict()
+    assert _table(data, "news")["rows"][0]["values"] == {"email": "a@b.be"}
+    engine.dispose()
