@@ -178,17 +178,20 @@ def _parse_duration(value: str) -> dt.timedelta:
     found = _DURATION.fullmatch(value)
     if found is None:
         raise ValueError
-    sign = -1 if found.group(1) else 1
-    return sign * dt.timedelta(days=int(found.group(2)), seconds=float(found.group(3) or 0))
+    micros = int(found.group(2)) * 86400 * 1_000_000
+    micros += int(decimal.Decimal(found.group(3) or 0) * 1_000_000)
+    return dt.timedelta(microseconds=-micros if found.group(1) else micros)
 
 
 def _duration(value: dt.timedelta) -> str:
-    seconds = value.total_seconds()
-    sign = "-" if seconds < 0 else ""
-    days, rest = divmod(abs(seconds), 86400)
-    text = f"{sign}P{int(days)}D"
+    """ISO 8601 ``[-]PnDTn.nnnnnnS``, exact to the microsecond."""
+    micros = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
+    sign = "-" if micros < 0 else ""
+    days, rest = divmod(abs(micros), 86400 * 1_000_000)
+    text = f"{sign}P{days}D"
     if rest:
-        text += "T" + f"{rest:.6f}".rstrip("0").rstrip(".") + "S"
+        seconds = f"{rest // 1_000_000}.{rest % 1_000_000:06d}".rstrip("0").rstrip(".")
+        text += f"T{seconds}S"
     return text
 
 

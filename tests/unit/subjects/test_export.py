@@ -18,6 +18,8 @@ from typing import Any
 import jsonschema
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
 import vaultkit.sqla
@@ -585,3 +587,29 @@ def test_a_match_on_an_unreadable_identity_is_listed(vault: Vault, tmp_path: Pat
         data = vault.export_subject(engine, "m-1", subjects=subjects).to_dict()
     assert _table(data, "news")["rows"][0]["values"] == {"email": "a@b.be"}
     engine.dispose()
+
+
+_TYPED = {
+    "decimal": st.decimals(allow_nan=False, allow_infinity=False),
+    "datetime": st.datetimes(timezones=st.none() | st.just(dt.UTC)),
+    "date": st.dates(),
+    "time": st.times(),
+    "duration": st.timedeltas(),
+    "base64": st.binary(max_size=64),
+    "uuid": st.uuids(),
+    "integer": st.integers(),
+    "number": st.floats(allow_nan=False),
+    "string": st.text(max_size=50),
+    "boolean": st.booleans(),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(_TYPED)).flatmap(lambda t: st.tuples(st.just(t), _TYPED[t])))
+def test_typed_json_round_trips_for_every_value_type(case: tuple[str, Any]) -> None:
+    from vaultkit.subjects._export import from_jsonable, jsonable
+
+    value_type, value = case
+    encoded = jsonable(value)
+    assert json.loads(json.dumps(encoded)) == encoded
+    assert from_jsonable(encoded, value_type) == value
