@@ -135,7 +135,8 @@ class LinkedTable:
     depth: int
 
     def path(self, tables: Mapping[str, LinkedTable]) -> str:
-        """The path from this table to a member, such as ``claims.policy_id -> policies -> members``."""
+        """The path from this table to a member, such as ``claims.policy_id = policies.id,
+        policies.member_id = members.id, members.id is the member id``."""
         return _path_text(self, tables)
 
 
@@ -144,14 +145,14 @@ def _path_text(entry: LinkedTable, tables: Mapping[str, LinkedTable]) -> str:
     current: LinkedTable | None = entry
     while current is not None:
         if current.kind == "column":
-            parts.append(f"{current.name}.{current.subject_column} (member id)")
+            parts.append(f"{current.name}.{current.subject_column} is the member id")
             break
         if current.kind == "via":
-            parts.append(f"{current.name}.{current.via}")
+            parts.append(f"{current.name}.{current.via} = {current.parent}.{current.parent_column}")
         else:
-            parts.append(f"{current.name}.{current.match} ~ {current.identity}")
+            parts.append(f"{current.name}.{current.match} matches {current.identity}")
         current = tables.get(current.parent) if current.parent is not None else None
-    return " -> ".join(parts)
+    return ", ".join(parts)
 
 
 class SubjectMap:
