@@ -387,10 +387,6 @@ class _Reader:
         filters = self._filters(entry, subject)
         if filters is None:
             return
-        if not self._exists(table):
-            source.read = False
-            self.incomplete.append(_source_row(entry.name, "table_missing"))
-            return
         columns = self.exported(entry)
         readable = [c for c in columns if not self.denied(c)]
         denied = [c for c in columns if self.denied(c)]
@@ -410,10 +406,13 @@ class _Reader:
             for clause in filters:
                 raw_rows.extend(self._execute(sa.select(*selected).where(clause)))
         except sa.exc.SQLAlchemyError as exc:
+            # Told apart only on failure: no query more per table on the way of a good export.
             source.read = False
-            self.incomplete.append(
-                _source_row(entry.name, "database_error", detail=type(exc).__name__)
-            )
+            if self._exists(table):
+                failure = _source_row(entry.name, "database_error", detail=type(exc).__name__)
+            else:
+                failure = _source_row(entry.name, "table_missing")
+            self.incomplete.append(failure)
             return
         if not raw_rows:
             return
@@ -524,13 +523,16 @@ class _Reader:
         try:
             return bool(sa.inspect(self.connection).has_table(table.name, schema=table.schema))
         except sa.exc.SQLAlchemyError:
-            return True  # let the query itself report the failure
+            return True  # unknown: reported as the database error it was
 
     def _execute(self, statement: sa.Select[Any]) -> Iterable[Any]:
         conn = self.connection
-        if conn.dialect.name == "sqlite" or not conn.in_transaction():
+        if conn.dialect.name == "sqlite":
             return conn.execute(statement).all()
-        # On a server, a failed statement aborts the transaction: keep the caller's usable.
+        # On a server, a failed statement aborts the transaction: each read goes in a savepoint,
+        # so that the other tables are still read and the caller's transaction stays usable.
+        if not conn.in_transaction():
+            conn.begin()  # what the first execute would begin anyway
         with conn.begin_nested():
             return conn.execute(statement).all()
 

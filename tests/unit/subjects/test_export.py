@@ -28,7 +28,14 @@ from tests._support import FakeClock
 from tests.unit.subjects import _models as m
 from vaultkit import Principal, Vault, acting_as
 from vaultkit.errors import ConfigurationError
-from vaultkit.subjects import SubjectExport, collect, export_schema, export_subject
+from vaultkit.subjects import (
+    SubjectExport,
+    collect,
+    export_schema,
+    export_subject,
+    personal,
+    subject_link,
+)
 from vaultkit.testing import CountingKeyProvider, InMemoryKeyProvider
 
 ADVISER = Principal("medical-adviser", grants={"medical"})
@@ -330,6 +337,27 @@ def test_a_missing_table_is_listed_and_the_rest_exported(engine: sa.Engine, vaul
     assert data["status"] == "incomplete"
     assert [(s["table"], s["reason"]) for s in data["incomplete_sources"]] == [
         ("call_recordings", "table_missing")
+    ]
+    assert len(_table(data, "claims")["rows"]) == 4
+
+
+def test_a_missing_first_table_does_not_stop_the_others(engine: sa.Engine, vault: Vault) -> None:
+    # The export's own connection (an Engine given): the failure is the first statement.
+    md = sa.MetaData()
+    ghost = sa.Table(
+        "ghost_members",
+        md,
+        sa.Column("id", sa.String(20), primary_key=True),
+        sa.Column("nick", sa.String(20), info=personal(category="x", legal_basis="y", purpose="z")),
+        info=subject_link(column="id"),
+    )
+    tables = [ghost, *(model.__table__ for model in m.MODELS)]  # type: ignore[attr-defined]
+    subjects = collect(tables)
+    assert subjects.tables[0].name == "ghost_members"
+    with acting_as(ADVISER, purpose="support desk"):
+        data = vault.export_subject(engine, "m-17", subjects=subjects).to_dict()
+    assert [(s["table"], s["reason"]) for s in data["incomplete_sources"]] == [
+        ("ghost_members", "table_missing")
     ]
     assert len(_table(data, "claims")["rows"]) == 4
 
