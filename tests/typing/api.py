@@ -194,3 +194,13 @@ def backups_usage(provider: KeyProvider) -> None:
         delay: dt.timedelta = provider.destruction_delay
         del done, delay
     del versions, final
+
+
+def typed_subject_export(vault: Vault, session: sa.orm.Session, metadata: sa.MetaData) -> None:
+    from vaultkit.subjects import SubjectExport, SubjectMap, collect, export_subject
+
+    subjects: SubjectMap = collect(metadata)
+    export: SubjectExport = vault.export_subject(session, "m-17", "portability", subjects=subjects)
+    restricted: SubjectExport | None = export.restricted
+    data: dict[str, object] = export_subject(vault, session, 17, subjects=metadata).to_dict()
+    del restricted, data

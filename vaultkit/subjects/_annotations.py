@@ -218,8 +218,8 @@ def subject_link(
         via: a foreign-key column of this table to a linked table (claims -> policies).
         match: a blind-index column of this table (:func:`vaultkit.sqla.BlindIndex`), matched
             against the member's values of ``identity``.
-        identity: ``"table.column"``, an encrypted column of a linked table (such as
-            ``"members.email"``), with ``match``.
+        identity: ``"table.column"`` (``"schema.table.column"`` for a table in a schema), an
+            encrypted column of a linked table (such as ``"members.email"``), with ``match``.
         ignore: foreign-key columns of this table to linked tables that are not a path to the
             row's member (say, the employee who handled a claim); any other such key besides the
             link is a second path, refused by :func:`~vaultkit.subjects.collect`.
@@ -244,7 +244,9 @@ def subject_link(
             'subject_link(): match= and identity= go together (match="email_index", '
             'identity="members.email")'
         )
-    if identity is not None and identity.count(".") != 1:
+    if identity is not None and (
+        not isinstance(identity, str) or not all(identity.rpartition("."))
+    ):
         raise ConfigurationError('subject_link(): identity= is "table.column"')
     for name, value in (("column", column), ("via", via), ("match", match), ("title", title)):
         if value is not None and (not isinstance(value, str) or not value):

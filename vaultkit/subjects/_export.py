@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
 import datetime as dt
 import decimal
@@ -23,14 +24,19 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import sqlalchemy as sa
 
 from vaultkit._access import current_scope
 from vaultkit._erasure import looks_personal
 from vaultkit.core import wire
-from vaultkit.errors import ConfigurationError, DecryptionError, ValueErasedError
+from vaultkit.errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    DecryptionError,
+    ValueErasedError,
+)
 from vaultkit.sqla import Encrypted, get_vault
 
 if TYPE_CHECKING:
@@ -172,17 +178,20 @@ def _parse_duration(value: str) -> dt.timedelta:
     found = _DURATION.fullmatch(value)
     if found is None:
         raise ValueError
-    sign = -1 if found.group(1) else 1
-    return sign * dt.timedelta(days=int(found.group(2)), seconds=float(found.group(3) or 0))
+    micros = int(found.group(2)) * 86400 * 1_000_000
+    micros += int(decimal.Decimal(found.group(3) or 0) * 1_000_000)
+    return dt.timedelta(microseconds=-micros if found.group(1) else micros)
 
 
 def _duration(value: dt.timedelta) -> str:
-    seconds = value.total_seconds()
-    sign = "-" if seconds < 0 else ""
-    days, rest = divmod(abs(seconds), 86400)
-    text = f"{sign}P{int(days)}D"
+    """ISO 8601 ``[-]PnDTn.nnnnnnS``, exact to the microsecond."""
+    micros = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
+    sign = "-" if micros < 0 else ""
+    days, rest = divmod(abs(micros), 86400 * 1_000_000)
+    text = f"{sign}P{days}D"
     if rest:
-        text += "T" + f"{rest:.6f}".rstrip("0").rstrip(".") + "S"
+        seconds = f"{rest // 1_000_000}.{rest % 1_000_000:06d}".rstrip("0").rstrip(".")
+        text += f"T{seconds}S"
     return text
 
 
@@ -378,10 +387,6 @@ class _Reader:
         filters = self._filters(entry, subject)
         if filters is None:
             return
-        if not self._exists(table):
-            source.read = False
-            self.incomplete.append(_source_row(entry.name, "table_missing"))
-            return
         columns = self.exported(entry)
         readable = [c for c in columns if not self.denied(c)]
         denied = [c for c in columns if self.denied(c)]
@@ -401,10 +406,13 @@ class _Reader:
             for clause in filters:
                 raw_rows.extend(self._execute(sa.select(*selected).where(clause)))
         except sa.exc.SQLAlchemyError as exc:
+            # Told apart only on failure: no query more per table on the way of a good export.
             source.read = False
-            self.incomplete.append(
-                _source_row(entry.name, "database_error", detail=type(exc).__name__)
-            )
+            if self._exists(table):
+                failure = _source_row(entry.name, "database_error", detail=type(exc).__name__)
+            else:
+                failure = _source_row(entry.name, "table_missing")
+            self.incomplete.append(failure)
             return
         if not raw_rows:
             return
@@ -412,6 +420,9 @@ class _Reader:
             self.incomplete.append(
                 _source_row(entry.name, "no_grant", column=column.name, domain=column.domain)
             )
+            # Not read, but refused as a read would be: one "denied" audit event per column.
+            with contextlib.suppress(AccessDeniedError):
+                column.encrypted_type.deny()
         offset = len(plain_names)
         deks = {
             header.dek_id
@@ -439,11 +450,11 @@ class _Reader:
     ) -> tuple[Any, dict[str, Any] | None]:
         if blob is None:
             return None, None
-        column_type = column.column.type
-        assert isinstance(column_type, Encrypted)  # noqa: S101 - narrowing only
         row = values[column.row_key] if column.row_key is not None else None
         try:
-            return column_type.decrypt_value(bytes(blob), row=row, on_erased="raise"), None
+            return column.encrypted_type.decrypt_value(
+                bytes(blob), row=row, on_erased="raise"
+            ), None
         except ValueErasedError as exc:
             return None, self._erased(exc, bytes(blob))
 
@@ -469,29 +480,22 @@ class _Reader:
     def _filters(self, entry: LinkedTable, subject: Any) -> list[sa.ColumnElement[bool]] | None:
         table = entry.table
         if entry.kind == "column":
-            assert entry.subject_column is not None  # noqa: S101 - set for this kind
-            column = table.c[entry.subject_column]
+            column = table.c[cast(str, entry.subject_column)]  # set for this kind
             value = _subject_value(column, subject)
             if value is None:
                 return None
             return [column == value]
-        assert entry.parent is not None  # noqa: S101 - set for the other kinds
-        parent = self.sources.get(entry.parent)
+        parent = self.sources.get(cast(str, entry.parent))  # set for the other kinds
         if parent is None or not parent.rows:
             return None
         if entry.kind == "via":
-            assert entry.via is not None and entry.parent_column is not None  # noqa: S101
+            referenced = cast(str, entry.parent_column)
             keys = list(
-                dict.fromkeys(
-                    r[entry.parent_column]
-                    for r in parent.rows
-                    if r[entry.parent_column] is not None
-                )
+                dict.fromkeys(r[referenced] for r in parent.rows if r[referenced] is not None)
             )
-            column = table.c[entry.via]
+            column = table.c[cast(str, entry.via)]
             return [column.in_(batch) for batch in _batches(keys)] or None
-        assert entry.match is not None and entry.identity is not None  # noqa: S101
-        identity = entry.identity.rpartition(".")[2]
+        identity = cast(str, entry.identity).rpartition(".")[2]
         values: list[Any] = []
         unreadable = 0
         for row, marks in zip(parent.rows, parent.marks, strict=True):
@@ -512,20 +516,23 @@ class _Reader:
         values = list(dict.fromkeys(values))
         if not values:
             return None
-        column = table.c[entry.match]
+        column = table.c[cast(str, entry.match)]
         return [column.in_(batch) for batch in _batches(values)]
 
     def _exists(self, table: sa.Table) -> bool:
         try:
             return bool(sa.inspect(self.connection).has_table(table.name, schema=table.schema))
         except sa.exc.SQLAlchemyError:
-            return True  # let the query itself report the failure
+            return True  # unknown: reported as the database error it was
 
     def _execute(self, statement: sa.Select[Any]) -> Iterable[Any]:
         conn = self.connection
-        if conn.dialect.name == "sqlite" or not conn.in_transaction():
+        if conn.dialect.name == "sqlite":
             return conn.execute(statement).all()
-        # On a server, a failed statement aborts the transaction: keep the caller's usable.
+        # On a server, a failed statement aborts the transaction: each read goes in a savepoint,
+        # so that the other tables are still read and the caller's transaction stays usable.
+        if not conn.in_transaction():
+            conn.begin()  # what the first execute would begin anyway
         with conn.begin_nested():
             return conn.execute(statement).all()
 

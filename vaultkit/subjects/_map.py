@@ -73,7 +73,20 @@ class ExportedColumn:
 
     @property
     def encrypted(self) -> bool:
+        """Whether the column is an ``Encrypted`` one."""
         return self.domain is not None
+
+    @property
+    def encrypted_type(self) -> Encrypted:
+        """The column's ``Encrypted`` type.
+
+        Raises:
+            TypeError: the column is a plain one.
+        """
+        column_type = self.column.type
+        if not isinstance(column_type, Encrypted):
+            raise TypeError(f"{self.name} is not an encrypted column")
+        return column_type
 
     @property
     def label(self) -> str:
@@ -123,7 +136,8 @@ class LinkedTable:
     depth: int
 
     def path(self, tables: Mapping[str, LinkedTable]) -> str:
-        """The path from this table to a member, such as ``claims.policy_id -> policies -> members``."""
+        """The path from this table to a member, such as ``claims.policy_id = policies.id,
+        policies.member_id = members.id, members.id is the member id``."""
         return _path_text(self, tables)
 
 
@@ -132,14 +146,14 @@ def _path_text(entry: LinkedTable, tables: Mapping[str, LinkedTable]) -> str:
     current: LinkedTable | None = entry
     while current is not None:
         if current.kind == "column":
-            parts.append(f"{current.name}.{current.subject_column} (member id)")
+            parts.append(f"{current.name}.{current.subject_column} is the member id")
             break
         if current.kind == "via":
-            parts.append(f"{current.name}.{current.via}")
+            parts.append(f"{current.name}.{current.via} = {current.parent}.{current.parent_column}")
         else:
-            parts.append(f"{current.name}.{current.match} ~ {current.identity}")
+            parts.append(f"{current.name}.{current.match} matches {current.identity}")
         current = tables.get(current.parent) if current.parent is not None else None
-    return " -> ".join(parts)
+    return ", ".join(parts)
 
 
 class SubjectMap:
@@ -316,8 +330,7 @@ def _column_annotations(
             raise ConfigurationError(
                 f"{where} is a primary key: it is exported as the row's key, not annotated"
             )
-        if encrypted:
-            assert isinstance(column_type, Encrypted)  # noqa: S101 - narrowing only
+        if isinstance(column_type, Encrypted):
             exported.append(
                 ExportedColumn(
                     name=column.name,

@@ -28,6 +28,12 @@ _REASONS: Final = {
     "key_destroyed": "deleted",
 }
 
+_PROVENANCE: Final = {
+    "provided": "given by you",
+    "observed": "recorded while you used our services",
+    "derived": "worked out by us from other data",
+}
+
 _SOURCE_REASONS: Final = {
     "no_grant": "kept in a restricted part (such as medical data) that this copy was not made "
     "with access to",
@@ -192,7 +198,7 @@ def _table_html(table: Mapping[str, Any]) -> list[str]:
         return out
     key = list(model["key"])
     out.append("<table><thead><tr>")
-    out.extend(f"<th>{_e(k)}</th>" for k in key)
+    out.extend(f"<th>{_e('Reference' if len(key) == 1 else k)}</th>" for k in key)
     out.extend(f"<th>{_e(c['label'])}</th>" for c in columns.values())
     out.append("</tr></thead><tbody>")
     for row in rows:
@@ -207,7 +213,8 @@ def _table_html(table: Mapping[str, Any]) -> list[str]:
 def _art15_html(art15: Mapping[str, Any]) -> list[str]:
     out = ["<h2>Why we hold your data, and for how long</h2>"]
     for item in art15["categories"]:
-        out.append(f"<h3>{_e(item['category'])}</h3><dl>")
+        category = str(item["category"])
+        out.append(f"<h3>{_e(category[:1].upper() + category[1:])}</h3><dl>")
         for label, key in (
             ("Purposes", "purposes"),
             ("Legal basis", "legal_bases"),
@@ -217,6 +224,8 @@ def _art15_html(art15: Mapping[str, Any]) -> list[str]:
             ("Other sources", "sources"),
         ):
             values = item[key]
+            if key == "provenance":
+                values = [_PROVENANCE.get(v, v) for v in values]
             text = ", ".join(_text(v) for v in values) if values else "none stated"
             out.append(f"<dt>{_e(label)}</dt><dd>{_e(text)}</dd>")
         decided = "yes" if item["automated_decision"] else "no"
@@ -264,10 +273,16 @@ def html_page(data: Mapping[str, Any]) -> str:
         )
     if data["incomplete_sources"]:
         out.append("<h2>What this copy does not contain</h2><ul>")
+        names = {t["table"]: t for t in data["tables"]}
         for source in data["incomplete_sources"]:
-            where = source["table"] + (f".{source['column']}" if source.get("column") else "")
+            table = names.get(source["table"])
+            where = table["title"] if table is not None else source["table"]
+            column = source.get("column")
+            if column:
+                spec = table["model"]["columns"].get(column) if table is not None else None
+                where += f": {spec['label'] if spec else column}"
             why = _SOURCE_REASONS.get(source["reason"], source["reason"])
-            out.append(f"<li>{_e(where)}: {_e(why)}</li>")
+            out.append(f"<li>{_e(where)} — {_e(why)}</li>")
         out.append("</ul>")
     for table in data["tables"]:
         out.extend(_table_html(table))

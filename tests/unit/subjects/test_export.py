@@ -18,6 +18,8 @@ from typing import Any
 import jsonschema
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
 import vaultkit.sqla
@@ -26,7 +28,14 @@ from tests._support import FakeClock
 from tests.unit.subjects import _models as m
 from vaultkit import Principal, Vault, acting_as
 from vaultkit.errors import ConfigurationError
-from vaultkit.subjects import SubjectExport, collect, export_schema, export_subject
+from vaultkit.subjects import (
+    SubjectExport,
+    collect,
+    export_schema,
+    export_subject,
+    personal,
+    subject_link,
+)
 from vaultkit.testing import CountingKeyProvider, InMemoryKeyProvider
 
 ADVISER = Principal("medical-adviser", grants={"medical"})
@@ -155,6 +164,12 @@ def test_without_the_grant_no_medical_plaintext_is_read(
     assert vault.audit_log is not None
     medical = [e for _, e, _, _ in vault.audit_log.read() if e.domain == "medical"]
     assert not [e for e in medical if e.principal == DPO.name and e.action == "decrypt"]
+    # The refusal is on record, once per column, with the request's purpose.
+    denied = sorted((e.table, e.column, e.purpose) for e in medical if e.principal == DPO.name)
+    assert denied == [
+        ("claims", "diagnosis", "DataSubjectRequest"),
+        ("members", "health_note", "DataSubjectRequest"),
+    ]
     # Split or not, the separate part holds no medical plaintext for them either.
     split = _export(engine, vault, DPO, split_restricted=True)
     assert split.restricted is not None
@@ -282,6 +297,15 @@ def test_nothing_unannotated_leaks_into_any_rendering(
     texts = [(tmp_path / "e.json").read_text("utf-8"), (tmp_path / "e.html").read_text("utf-8")]
     with zipfile.ZipFile(tmp_path / "e.zip") as archive:
         texts += [archive.read(name).decode("utf-8-sig") for name in archive.namelist()]
+    for other in (
+        _export(engine, vault, ADVISER, kind="portability"),
+        _export(engine, vault, ADVISER, split_restricted=True),
+        _export(engine, vault, DPO, split_restricted=True),
+    ):
+        assert other.restricted is None or other.restricted.to_json()
+        for part in (other, other.restricted):
+            if part is not None:
+                texts += [part.to_json(), part.to_html()]
     # The blind-index digests of the member's e-mail: keyed, but a digest still links rows.
     with engine.connect() as conn:
         digests = conn.execute(
@@ -313,6 +337,27 @@ def test_a_missing_table_is_listed_and_the_rest_exported(engine: sa.Engine, vaul
     assert data["status"] == "incomplete"
     assert [(s["table"], s["reason"]) for s in data["incomplete_sources"]] == [
         ("call_recordings", "table_missing")
+    ]
+    assert len(_table(data, "claims")["rows"]) == 4
+
+
+def test_a_missing_first_table_does_not_stop_the_others(engine: sa.Engine, vault: Vault) -> None:
+    # The export's own connection (an Engine given): the failure is the first statement.
+    md = sa.MetaData()
+    ghost = sa.Table(
+        "ghost_members",
+        md,
+        sa.Column("id", sa.String(20), primary_key=True),
+        sa.Column("nick", sa.String(20), info=personal(category="x", legal_basis="y", purpose="z")),
+        info=subject_link(column="id"),
+    )
+    tables = [ghost, *(model.__table__ for model in m.MODELS)]  # type: ignore[attr-defined]
+    subjects = collect(tables)
+    assert subjects.tables[0].name == "ghost_members"
+    with acting_as(ADVISER, purpose="support desk"):
+        data = vault.export_subject(engine, "m-17", subjects=subjects).to_dict()
+    assert [(s["table"], s["reason"]) for s in data["incomplete_sources"]] == [
+        ("ghost_members", "table_missing")
     ]
     assert len(_table(data, "claims")["rows"]) == 4
 
@@ -488,3 +533,111 @@ def test_a_cell_of_the_wrong_type_is_refused_without_its_value() -> None:
         with pytest.raises(ValueError, match=f"does not hold a {value_type}") as caught:
             from_jsonable(value, value_type)
         assert str(value) not in str(caught.value)
+
+
+@pytest.mark.postgres
+def test_tables_in_a_schema_are_named_with_it(
+    postgres_engine: sa.Engine, postgres_schema: str, vault: Vault
+) -> None:
+    from vaultkit.sqla import BlindIndexType, Encrypted
+    from vaultkit.subjects import personal, subject_link
+
+    info = {"category": "contact", "legal_basis": "consent", "purpose": "newsletter"}
+    md = sa.MetaData(schema=postgres_schema)
+    members = sa.Table(
+        "members",
+        md,
+        sa.Column("id", sa.String(20), primary_key=True),
+        sa.Column("email", Encrypted(sa.String(100), domain="identity"), info=personal(**info)),
+        info=subject_link(column="id"),
+    )
+    news = sa.Table(
+        "news",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("email", Encrypted(sa.String(100), domain="identity"), info=personal(**info)),
+        sa.Column("email_index", BlindIndexType("email", normalize=str.lower)),
+        info=subject_link(match="email_index", identity=f"{postgres_schema}.members.email"),
+    )
+    subjects = collect(md)
+    md.create_all(postgres_engine)
+    with postgres_engine.begin() as conn:
+        conn.execute(members.insert(), [{"id": "m-1", "email": "a@b.be"}])
+        conn.execute(news.insert(), [{"id": 1, "email": "A@b.be", "email_index": "A@b.be"}])
+        conn.execute(news.insert(), [{"id": 2, "email": "c@d.be", "email_index": "c@d.be"}])
+    data = vault.export_subject(postgres_engine, "m-1", subjects=subjects).to_dict()
+    _validate(data)
+    assert data["status"] == "complete"
+    rows = _table(data, f"{postgres_schema}.news")["rows"]
+    assert [(r["key"], r["values"]) for r in rows] == [({"id": 1}, {"email": "A@b.be"})]
+
+
+def test_a_match_on_an_unreadable_identity_is_listed(vault: Vault, tmp_path: Path) -> None:
+    from vaultkit.sqla import BlindIndexType, Encrypted
+    from vaultkit.subjects import personal, subject_link
+
+    info = {"category": "contact", "legal_basis": "consent", "purpose": "newsletter"}
+    md = sa.MetaData()
+    sa.Table(
+        "members",
+        md,
+        sa.Column("id", sa.String(20), primary_key=True),
+        # The e-mail address in the restricted domain, per member: unreadable without the grant.
+        sa.Column(
+            "email",
+            Encrypted(sa.String(100), domain="medical", subject="id"),
+            info=personal(**info),
+        ),
+        info=subject_link(column="id"),
+    )
+    news = sa.Table(
+        "news",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("email", Encrypted(sa.String(100), domain="identity"), info=personal(**info)),
+        sa.Column("email_index", BlindIndexType("email", domain="identity")),
+        info=subject_link(match="email_index", identity="members.email"),
+    )
+    subjects = collect(md)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'id.db'}")
+    md.create_all(engine)
+    with acting_as(ADVISER, purpose="test data"), engine.begin() as conn:
+        conn.execute(md.tables["members"].insert(), [{"id": "m-1", "email": "a@b.be"}])
+        conn.execute(news.insert(), [{"id": 1, "email": "a@b.be"}])
+    with acting_as(DPO, purpose="support"):
+        data = vault.export_subject(engine, "m-1", subjects=subjects).to_dict()
+    _validate(data)
+    assert sorted((s["table"], s["reason"]) for s in data["incomplete_sources"]) == [
+        ("members", "no_grant"),
+        ("news", "identity_unreadable"),
+    ]
+    with acting_as(ADVISER, purpose="support"):
+        data = vault.export_subject(engine, "m-1", subjects=subjects).to_dict()
+    assert _table(data, "news")["rows"][0]["values"] == {"email": "a@b.be"}
+    engine.dispose()
+
+
+_TYPED = {
+    "decimal": st.decimals(allow_nan=False, allow_infinity=False),
+    "datetime": st.datetimes(timezones=st.none() | st.just(dt.UTC)),
+    "date": st.dates(),
+    "time": st.times(),
+    "duration": st.timedeltas(),
+    "base64": st.binary(max_size=64),
+    "uuid": st.uuids(),
+    "integer": st.integers(),
+    "number": st.floats(allow_nan=False),
+    "string": st.text(max_size=50),
+    "boolean": st.booleans(),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(_TYPED)).flatmap(lambda t: st.tuples(st.just(t), _TYPED[t])))
+def test_typed_json_round_trips_for_every_value_type(case: tuple[str, Any]) -> None:
+    from vaultkit.subjects._export import from_jsonable, jsonable
+
+    value_type, value = case
+    encoded = jsonable(value)
+    assert json.loads(json.dumps(encoded)) == encoded
+    assert from_jsonable(encoded, value_type) == value

@@ -70,8 +70,11 @@ def test_the_six_table_model_resolves_parents_first() -> None:
     assert "email_index" not in [c.name for c in members.columns]
     assert "ops_tag" not in [c.name for c in members.columns]
     text = subjects.describe()
-    assert "claims.policy_id -> policies.member_id -> members.id (member id)" in text
-    assert "newsletter_subscriptions.email_index ~ members.email" in text
+    assert (
+        "claims.policy_id = policies.id, policies.member_id = members.id, "
+        "members.id is the member id"
+    ) in text
+    assert "newsletter_subscriptions.email_index matches members.email" in text
     assert "members.risk_score" in text
     assert repr(subjects) == "SubjectMap(tables=6)"
 
