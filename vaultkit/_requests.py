@@ -45,7 +45,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from vaultkit._ddl import create_tables
 from vaultkit._erasure import looks_personal
 from vaultkit._scoped import canonical_subject
-from vaultkit.errors import ConfigurationError, KeyStoreError
+from vaultkit.errors import ConfigurationError, DomainError, KeyStoreError
 from vaultkit.keys.domains import add_duration
 
 __all__ = [
@@ -360,18 +360,20 @@ class RequestLog:
         if kind is not None:
             query = query.where(table.c.kind == _kind(kind))
         try:
+            if subject is not None:
+                with self.engine.connect() as conn:
+                    domains = conn.execute(sa.select(table.c.ref_domain).distinct()).scalars().all()
+                refs = []
+                for domain in domains:
+                    try:
+                        ref = self._ref(domain, subject)
+                    except DomainError:
+                        continue  # a domain the vault no longer declares: its rows cannot match
+                    refs.append(sa.and_(table.c.ref_domain == domain, table.c.subject_ref == ref))
+                if not refs:
+                    return []
+                query = query.where(sa.or_(*refs))
             with self.engine.connect() as conn:
-                if subject is not None:
-                    domains = conn.execute(sa.select(table.c.ref_domain).distinct()).scalars()
-                    refs = [
-                        sa.and_(
-                            table.c.ref_domain == d, table.c.subject_ref == self._ref(d, subject)
-                        )
-                        for d in domains
-                    ]
-                    if not refs:
-                        return []
-                    query = query.where(sa.or_(*refs))
                 rows = conn.execute(query).all()
         except SQLAlchemyError as exc:
             raise self._fail("list the requests", exc) from None

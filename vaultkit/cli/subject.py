@@ -490,8 +490,12 @@ def _map(args: argparse.Namespace) -> int:
     return 0
 
 
-def _writer(export: Any, kind: str) -> Any:
-    return {"json": export.write_json, "csv": export.write_csv_zip, "html": export.write_html}[kind]
+def _write(export: Any, kind: str, path: Path, option: str) -> None:
+    write = {"json": export.write_json, "csv": export.write_csv_zip, "html": export.write_html}
+    try:
+        write[kind](path)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write {option} {path}: {type(exc).__name__}") from None
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -512,7 +516,7 @@ def _export(args: argparse.Namespace) -> int:
                 request_id=args.request_id,
                 split_restricted=args.restricted_out is not None,
             )
-    _writer(export, args.format)(args.out)
+    _write(export, args.format, args.out, "--out")
     body = export.to_dict()
     erased = sum(
         1
@@ -532,7 +536,7 @@ def _export(args: argparse.Namespace) -> int:
         where = source["table"] + (f".{source['column']}" if source.get("column") else "")
         print(f"  not read: {where} ({source['reason']})")
     if export.restricted is not None and args.restricted_out is not None:
-        _writer(export.restricted, args.format)(args.restricted_out)
+        _write(export.restricted, args.format, args.restricted_out, "--restricted-out")
         print(
             f"  restricted part: {export.restricted.row_count} rows -> {args.restricted_out} "
             "(deliver through the medical adviser)"

@@ -221,6 +221,16 @@ class TestExport:
         )
         assert code == 3 and "jan.peeters" not in out + err and not (app / "x.json").exists()
 
+    def test_an_out_file_that_cannot_be_written_is_exit_3(
+        self, app: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """--out naming a directory: a configuration error naming the option, not a crash."""
+        (app / "somewhere").mkdir()
+        code, _, err = run(
+            [*EXPORT, "--grant", "medical", "--out", "somewhere"], capsys, monkeypatch
+        )
+        assert code == 3 and "cannot write --out somewhere: IsADirectoryError" in err
+
     def test_models_with_a_gap_fail_before_anything_opens(
         self, app: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -430,6 +430,21 @@ class TestWhere:
         with make_vault(url, wall, provider) as v:
             assert [r.request_id for r in v.requests.list(subject=MEMBER)] == ["DSR-1"]
 
+    def test_rows_of_a_domain_no_longer_declared_are_listed_but_not_matched(
+        self, tmp_path: Path, wall: Wall
+    ) -> None:
+        """A vault that no longer declares the domain whose key made a row's reference lists
+        the row, and does not fail when asked for a member's requests."""
+        url = f"sqlite:///{tmp_path / 'keys.db'}"
+        provider = InMemoryKeyProvider(["identity", "medical", "claims"])
+        with make_vault(url, wall, provider) as v:
+            v.requests.open("DSR-1", "access", MEMBER, received=T0)
+        with Vault(provider=provider, store=url, domains=DOMAINS[2:], clock=wall) as v:
+            assert [r.request_id for r in v.requests.list()] == ["DSR-1"]
+            assert v.requests.list(subject=MEMBER) == []
+            v.requests.open("DSR-2", "erasure", MEMBER, received=T0)
+            assert [r.request_id for r in v.requests.list(subject=MEMBER)] == ["DSR-2"]
+
     def test_a_key_store_without_sql_has_no_request_log(self, wall: Wall) -> None:
         """A store of the application's own: ``vault.requests`` says why; erasures still run."""
 
