@@ -516,6 +516,7 @@ def _export(args: argparse.Namespace) -> int:
                 request_id=args.request_id,
                 split_restricted=args.restricted_out is not None,
             )
+        recorded = vault.requests.get(args.request_id) if args.request_id else None
     _write(export, args.format, args.out, "--out")
     body = export.to_dict()
     erased = sum(
@@ -544,6 +545,12 @@ def _export(args: argparse.Namespace) -> int:
         for source in export.restricted.incomplete_sources:
             where = source["table"] + (f".{source['column']}" if source.get("column") else "")
             print(f"  not read (restricted part): {where} ({source['reason']})")
+    if recorded is not None:
+        state = recorded.status.replace("_", " ")
+        print(
+            f"  request {recorded.request_id}: {state}"
+            + (f", due {recorded.due_at.date().isoformat()}" if recorded.is_open else "")
+        )
     incomplete = export.status != "complete" or (
         export.restricted is not None and export.restricted.status != "complete"
     )

@@ -136,9 +136,12 @@ class TestExport:
         self, app: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """The medical columns are not read: listed on the terminal and in the file, exit 7."""
-        code, out, _ = run([*EXPORT, "--out", "m.json"], capsys, monkeypatch)
+        code, out, _ = run(
+            [*EXPORT, "--out", "m.json", "--request-id", "DSR-3"], capsys, monkeypatch
+        )
         assert code == 7
         assert "incomplete" in out and "not read: members.health_note (no_grant)" in out
+        assert "request DSR-3: in progress, due " in out
 
     def test_the_restricted_part_goes_to_its_own_file(
         self, app: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -206,12 +209,13 @@ class TestExport:
     ) -> None:
         """--request-id: the export is in the request log; an e-mail address as id: exit 3,
         not echoed, no file written."""
-        code, _, err = run(
+        code, out, err = run(
             [*EXPORT, "--grant", "medical", "--out", "m.json", "--request-id", "DSR-1"],
             capsys,
             monkeypatch,
         )
         assert code == 0, err
+        assert "request DSR-1: completed" in out
         code, out, _ = run(["subject", "requests", "--csv"], capsys, monkeypatch)
         assert code == 0 and "DSR-1,access,completed" in out
         code, out, err = run(
