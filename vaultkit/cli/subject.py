@@ -278,6 +278,12 @@ def _register_rights(sub: Any) -> None:
     listing.add_argument("--csv", action="store_true", help="print CSV (for a spreadsheet)")
     listing.add_argument("--open", action="store_true", help="only the requests not answered")
     listing.add_argument("--at", help="count the days remaining at this time (ISO 8601)")
+    listing.add_argument(
+        "--subject-file",
+        metavar="PATH",
+        help="only this member's requests: the member id from this file ('-': standard input)",
+    )
+    listing.add_argument("--subject-type", choices=("str", "int", "uuid"), default="str")
     listing.set_defaults(handler=_requests)
 
     request = sub.add_parser("request", help="record a request, extend its deadline, or close it")
@@ -579,8 +585,9 @@ def _requests(args: argparse.Namespace) -> int:
     import csv
 
     at = parse_time(args.at) if args.at else None
+    subject = read_subject(args) if args.subject_file is not None else None
     with open_vault(args) as vault:
-        rows = vault.requests.list(open_only=args.open)
+        rows = vault.requests.list(open_only=args.open, subject=subject)
         now = at or vault.requests.now()
     overdue = [r for r in rows if r.overdue(now)]
     if args.csv:
@@ -619,7 +626,8 @@ def _requests(args: argparse.Namespace) -> int:
             )
         return EXIT_OVERDUE if overdue else 0
     if not rows:
-        print("no open requests" if args.open else "no requests in the log")
+        what = "open requests" if args.open else "requests"
+        print(f"no {what} of this member" if subject is not None else f"no {what} in the log")
         return 0
     print(f"{'request':<20} {'kind':<13} {'status':<17} {'received':<11} {'due':<11} remaining")
     for r in rows:

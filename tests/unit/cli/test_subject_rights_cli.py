@@ -361,6 +361,10 @@ class TestRequests:
         assert code == 0 and "extended" in out
         code, out, _ = run(["subject", "requests", "--open"], capsys, monkeypatch)
         assert code == 0 and "DSR-7" in out and "1 open, 0 overdue" in out
+        mine = ["subject", "requests", "--subject-file", "-"]
+        assert "DSR-7" in run(mine, capsys, monkeypatch)[1]
+        code, out, _ = run(mine, capsys, monkeypatch, stdin="m-2\n")
+        assert code == 0 and "no requests of this member" in out and "m-2" not in out
         code, out, err = run(
             ["subject", "request", "close", "--request-id", "DSR-7", "--status", "refused"],
             capsys,
