@@ -1051,7 +1051,10 @@ class Vault(NoPickle):
                 savepoint where the database has them, and does not commit: the caller commits,
                 or rolls back on error).
             data: the export as a dictionary (``export.to_dict()``, ``json.load``) or the path
-                of its JSON file; the main part of an access or portability export.
+                of its JSON file: an access or portability export, or the separate restricted
+                part of one (``split_restricted``), imported after its main part: it fills the
+                restricted cells the main part left empty (refused if a row is missing, of
+                another member, or filled already).
             subjects: the :class:`~vaultkit.subjects.SubjectMap` of the models.
 
         Returns:

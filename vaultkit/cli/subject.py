@@ -239,7 +239,9 @@ def _register_rights(sub: Any) -> None:
         description=(
             "Checks the export against the models first (a changed column is named), then "
             "inserts its rows, parents first, sealed under this vault's keys, in one "
-            "transaction: on any error nothing is written. Exit codes: 0 imported, 2 usage, 3 "
+            "transaction: on any error nothing is written. The separate restricted part of an "
+            "export (--restricted-out) is imported after its main part and fills the cells "
+            "that part left empty. Exit codes: 0 imported, 2 usage, 3 "
             "configuration (not an export, the models differ, rows already there), 4 key "
             "provider, 5 key store, 10 a database failed, 1 unexpected."
         ),
@@ -568,8 +570,9 @@ def _import(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--in {args.source} is not a file")
     with _data(args) as (vault, engine, subjects):
         report = vault.import_subject(engine, args.source, subjects=subjects)
+    what = "the restricted part of the" if report.part == "restricted" else "the"
     print(
-        f"imported the {report.kind} export: {report.rows} rows into "
+        f"imported {what} {report.kind} export: {report.rows} rows into "
         f"{sum(1 for _, n in report.tables if n)} tables"
     )
     for table, rows in report.tables:

@@ -1,7 +1,7 @@
 """Loading a member's export into a database with the same models (art. 20(1): "transmit those
 data to another controller"), re-encrypted under that database's vault.
 
-The export (``vaultkit-subject-export/1``, a portability or access export, the main part) names
+The export (``vaultkit-subject-export/1``, a portability or access export) names
 each table with its ``model`` block (per exported column its SQL type, value type, key domain and
 subject column) and each row with its ``key`` and ``links``. :func:`import_subject` checks it all
 against the models' :class:`~vaultkit.subjects.SubjectMap` *before* writing anything:
@@ -24,6 +24,12 @@ table, through the column types (``vaultkit.sqla``: values sealed under the targ
 subject keys made for the member there, blind indexes computed with the target's index keys), in
 one transaction: a failure leaves nothing written. Erased cells (``marks``) are written as NULL and
 counted in the report.
+
+The separate part of the restricted domains (an export made with ``split_restricted``, delivered
+through the medical adviser) is imported after the main part: it fills the restricted cells that
+the main part left empty, one ``UPDATE`` per table whose ``WHERE`` names each row's key and links
+and the empty cells, so a row that is missing, another member's or filled already makes the whole
+part refused.
 """
 
 from __future__ import annotations
@@ -64,11 +70,13 @@ class ImportReport:
 
     Attributes:
         kind: the export's kind (``"access"`` or ``"portability"``).
-        tables: ``(table, rows inserted)``, parents first.
+        tables: ``(table, rows inserted)``, parents first (for the restricted part: rows whose
+            restricted cells were filled).
         erased: ``(table.column, cells)`` written as NULL because the export marks them erased
             (the member's key was destroyed, or the retention was over, at the source).
         not_read: ``(table.column, cells)`` written as NULL because the export could not read
             them (no grant, or a separate restricted part).
+        part: ``"main"``, or ``"restricted"`` for the separate part of the restricted domains.
 
     .. versionadded:: 0.3.0
     """
@@ -77,6 +85,7 @@ class ImportReport:
     tables: tuple[tuple[str, int], ...]
     erased: tuple[tuple[str, int], ...] = ()
     not_read: tuple[tuple[str, int], ...] = ()
+    part: str = "main"
 
     @property
     def rows(self) -> int:
@@ -218,9 +227,11 @@ class _Plan:
     rows: list[dict[str, Any]]
     erased: dict[str, int]
     not_read: dict[str, int]
+    #: The exported (non-structural) columns of the table in this part.
+    columns: tuple[str, ...] = ()
 
 
-def _plan_table(entry: LinkedTable, body: Mapping[str, Any], kind: str) -> _Plan:
+def _plan_table(entry: LinkedTable, body: Mapping[str, Any], kind: str, part: str) -> _Plan:
     name = entry.name
     table = entry.table
     model = _mapping(body.get("model"), f"the model of {name}")
@@ -288,8 +299,9 @@ def _plan_table(entry: LinkedTable, body: Mapping[str, Any], kind: str) -> _Plan
             counter[f"{name}.{column_name}"] = counter.get(f"{name}.{column_name}", 0) + 1
             values[column_name] = None
         rows.append(values)
-    _check_not_null(entry, rows, kind)
-    return _Plan(entry, rows, erased, not_read)
+    if part == "main":
+        _check_not_null(entry, rows, kind)
+    return _Plan(entry, rows, erased, not_read, tuple(str(c) for c in columns))
 
 
 def _decoded(
@@ -380,7 +392,7 @@ def _connection(session: Any) -> tuple[sa.Connection, str]:
 
 def _check_document(
     data: Any, subjects: SubjectMap
-) -> tuple[str, list[tuple[LinkedTable, Mapping[str, Any]]]]:
+) -> tuple[str, str, list[tuple[LinkedTable, Mapping[str, Any]]]]:
     body = _mapping(data, "the document")
     _need(
         body.get("schema") == SCHEMA_ID,
@@ -389,11 +401,8 @@ def _check_document(
     )
     kind = body.get("kind")
     _need(kind in ("access", "portability"), "the export's kind is neither access nor portability")
-    _need(
-        body.get("part", "main") == "main",
-        "this is the separate restricted part of an export: import an export made without "
-        "split_restricted (the restricted values belong in the same rows)",
-    )
+    part = body.get("part", "main")
+    _need(part in ("main", "restricted"), "the export's part is neither main nor restricted")
     order = {entry.name: i for i, entry in enumerate(subjects.tables)}
     tables: list[tuple[LinkedTable, Mapping[str, Any]]] = []
     seen: set[str] = set()
@@ -408,7 +417,7 @@ def _check_document(
         seen.add(name)
         tables.append((subjects.table(name), table_body))
     tables.sort(key=lambda item: order[item[0].name])
-    return str(kind), tables
+    return str(kind), str(part), tables
 
 
 def _read(path: os.PathLike[str]) -> Any:
@@ -423,25 +432,27 @@ def _read(path: os.PathLike[str]) -> Any:
 
 
 def import_subject(vault: Vault, session: Any, data: Any, *, subjects: SubjectMap) -> ImportReport:
-    """Insert the rows of a member's export; see :meth:`vaultkit.Vault.import_subject`."""
+    """Insert the rows of a member's export (or fill in its restricted part); see
+    :meth:`vaultkit.Vault.import_subject`."""
     from vaultkit.subjects._export import _check_columns
 
     _check_columns(vault, subjects)
     if isinstance(data, os.PathLike):
         data = _read(data)
-    kind, tables = _check_document(data, subjects)
-    plans = [_plan_table(entry, body, kind) for entry, body in tables]
+    kind, part, tables = _check_document(data, subjects)
+    plans = [_plan_table(entry, body, kind, part) for entry, body in tables]
     _warm(vault, plans)
+    write = _write if part == "main" else _fill
     conn, owner = _connection(session)
     try:
         if owner == "engine":
             with conn.begin():
-                _write(conn, plans)
+                write(conn, plans)
         elif conn.in_transaction() and conn.dialect.name != "sqlite":
             with conn.begin_nested():
-                _write(conn, plans)
+                write(conn, plans)
         else:
-            _write(conn, plans)
+            write(conn, plans)
     finally:
         if owner == "engine":
             conn.close()
@@ -452,6 +463,7 @@ def import_subject(vault: Vault, session: Any, data: Any, *, subjects: SubjectMa
         not_read.update(plan.not_read)
     return ImportReport(
         kind=kind,
+        part=part,
         tables=tuple((p.entry.name, len(p.rows)) for p in plans),
         erased=tuple(sorted(erased.items())),
         not_read=tuple(sorted(not_read.items())),
@@ -495,6 +507,42 @@ def _warm(vault: Vault, plans: Sequence[_Plan]) -> None:
                     vault.encrypt(b"", domain=kind.domain)
             except VaultkitError:
                 continue  # the write raises the same error, in its place
+
+
+def _fill(conn: sa.Connection, plans: Sequence[_Plan]) -> None:
+    """The restricted part: fill the restricted cells of rows the main part inserted.
+
+    Each row must be there with those cells empty (NULL, as the main part's import left them):
+    one ``UPDATE`` per table, its ``WHERE`` naming the row's key and links and the empty cells;
+    a row missing, of another member, or already filled makes the whole part refused.
+    """
+    for plan in plans:
+        if not plan.rows:
+            continue
+        table = plan.entry.table
+        # The key and links in the WHERE clause (the row, and its subject for the sealing of
+        # subject-scoped values: an UPDATE that set the subject column would have to rewrite
+        # every value under it); the part's columns in the SET clause.
+        structural = [n for n in plan.rows[0] if n not in plan.columns]
+        binds = {name: f"where_{i}" for i, name in enumerate(structural)}
+        condition = sa.and_(
+            *(table.c[name] == sa.bindparam(bind) for name, bind in binds.items()),
+            *(table.c[name].is_(None) for name in plan.columns),
+        )
+        rows = [
+            {
+                **{binds[n]: row.get(n) for n in structural},
+                **{n: row.get(n) for n in plan.columns},
+            }
+            for row in plan.rows
+        ]
+        result = conn.execute(table.update().where(condition), rows)
+        if result.rowcount != len(rows):
+            raise ConfigurationError(
+                f"{plan.entry.name}: {len(rows) - max(result.rowcount, 0)} rows of the restricted "
+                "part are not in the database with their restricted cells empty (import the "
+                "main part first, once); nothing was imported"
+            )
 
 
 def _write(conn: sa.Connection, plans: Sequence[_Plan]) -> None:

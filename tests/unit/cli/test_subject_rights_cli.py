@@ -308,6 +308,42 @@ class TestImport:
 
         assert rows(other / "back.json") == rows(app / "m.json")
 
+    def test_the_two_files_of_a_split_export_load_one_after_the_other(
+        self,
+        app: Path,
+        tmp_path_factory: pytest.TempPathFactory,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """--restricted-out: the main file, then the medical file fills its empty cells."""
+        code, _, err = run(
+            [
+                *EXPORT,
+                "--kind",
+                "portability",
+                "--grant",
+                "medical",
+                "--out",
+                "m.json",
+                "--restricted-out",
+                "medical.json",
+            ],
+            capsys,
+            monkeypatch,
+        )
+        assert code == 0, err
+        other = tmp_path_factory.mktemp("other")
+        monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(os.urandom(32)).decode())
+        site(other, populate=False)
+        monkeypatch.chdir(other)
+        load = ["subject", "import", "--models", MODELS, "--database", "sqlite:///app.db", "--in"]
+        code, out, err = run([*load, str(app / "m.json")], capsys, monkeypatch)
+        assert code == 0, err
+        assert "members.health_note: 1 cells not in the export, left empty" in out
+        code, out, err = run([*load, str(app / "medical.json")], capsys, monkeypatch)
+        assert code == 0, err
+        assert "imported the restricted part of the portability export: 5 rows into 2" in out
+
     def test_a_file_that_is_no_export_is_refused_without_its_text(
         self, app: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
