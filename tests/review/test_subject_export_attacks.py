@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from tests.unit.subjects import _models as m
-from tests.unit.subjects.conftest import engine, provider, vault_kwargs  # noqa: F401
+from tests.unit.subjects import conftest as _fixtures
 from vaultkit import Principal, Vault, acting_as
 from vaultkit.subjects import SubjectExport, collect, export_schema
 
@@ -32,6 +32,11 @@ DPO = Principal("dpo-office")
 SUBJECTS = collect(m.Base.metadata)
 
 pytestmark = pytest.mark.configured
+
+# The six-table model's fixtures (a vault over its domains, a database with m-17 and m-18).
+engine = _fixtures.engine
+provider = _fixtures.provider
+vault_kwargs = _fixtures.vault_kwargs
 
 
 def _export(engine: sa.Engine, vault: Vault, principal: Principal, **kw: Any) -> SubjectExport:
@@ -104,11 +109,16 @@ def test_a_claim_moved_to_this_members_policy_does_not_bring_another_members_val
     assert "(m-18)" not in _renderings(export)
     data = export.to_dict()
     _validate(data)
-    row = next(r for r in _table(data, "claims")["rows"] if r["key"]["id"] == 1000)
-    # Nothing of m-18's row is given as m-17's: every exported cell is withheld and listed.
-    assert row["values"] == {}
-    assert {m_["status"] for m_ in row["marks"].values()} == {"withheld"}
+    # Nothing of m-18's row is given as m-17's (not even its plain status and date): the row is
+    # left out, and the export says so instead of being silently complete.
+    assert 1000 not in [r["key"]["id"] for r in _table(data, "claims")["rows"]]
+    assert len(_table(data, "claims")["rows"]) == 4
     assert data["status"] == "incomplete"
+    assert [
+        (s["table"], s["column"], s["reason"])
+        for s in data["incomplete_sources"]
+        if s["reason"] == "subject_mismatch"
+    ] == [("claims", None, "subject_mismatch")]
 
 
 @pytest.mark.xfail(
@@ -147,7 +157,7 @@ def test_this_members_rows_moved_away_are_not_silently_missing(
     "hostile",
     [
         "nul\x00byte",
-        "=HYPERLINK(\"http://x\",\"y\")",
+        '=HYPERLINK("http://x","y")',
         " =1+1",
         "\u202egnp.exe",
         "x" * 200,
@@ -162,9 +172,12 @@ def test_hostile_names_render_in_every_format(
     export = _export(engine, vault, ADVISER)
     _validate(export.to_dict())
     export.write_json(tmp_path / "e.json")
-    assert json.loads((tmp_path / "e.json").read_text("utf-8"))["tables"][0]["rows"][0][
-        "values"
-    ]["name"] == hostile
+    assert (
+        json.loads((tmp_path / "e.json").read_text("utf-8"))["tables"][0]["rows"][0]["values"][
+            "name"
+        ]
+        == hostile
+    )
     export.write_csv_zip(tmp_path / "e.zip")
     with zipfile.ZipFile(tmp_path / "e.zip") as archive:
         text = archive.read("members.csv").decode("utf-8-sig")
@@ -198,9 +211,7 @@ def test_an_export_written_over_an_existing_file_is_owner_only(
 # -- a tampered value ------------------------------------------------------------------------------
 
 
-def test_a_tampered_value_is_marked_and_the_rest_exported(
-    engine: sa.Engine, vault: Vault
-) -> None:
+def test_a_tampered_value_is_marked_and_the_rest_exported(engine: sa.Engine, vault: Vault) -> None:
     t = sa.Table("policies", sa.MetaData(), autoload_with=engine)
     with engine.begin() as conn:
         blob = conn.execute(sa.select(t.c.premium).where(t.c.id == "m-17-p0")).scalar_one()
@@ -209,7 +220,8 @@ def test_a_tampered_value_is_marked_and_the_rest_exported(
     data = _export(engine, vault, ADVISER).to_dict()
     _validate(data)
     row = next(r for r in _table(data, "policies")["rows"] if r["key"]["id"] == "m-17-p0")
-    assert row["marks"]["premium"]["status"] == "unreadable"
+    assert row["marks"]["premium"] == {"status": "withheld", "reason": "unreadable"}
+    assert [s["reason"] for s in data["incomplete_sources"]] == ["value_unreadable"]
     assert data["status"] == "incomplete"
     assert len(_table(data, "claims")["rows"]) == 4
 

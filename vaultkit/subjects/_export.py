@@ -38,6 +38,7 @@ from vaultkit.errors import (
     ValueErasedError,
 )
 from vaultkit.sqla import Encrypted, get_vault
+from vaultkit.store import SupportsGetMany
 
 if TYPE_CHECKING:
     from vaultkit import Subject, Vault
@@ -362,6 +363,15 @@ class _Reader:
     sources: dict[str, _Source] = field(default_factory=dict)
     #: DEK id -> (reason, date) of an erased value's key, looked up once per key.
     erased_keys: dict[bytes, tuple[str, str | None]] = field(default_factory=dict)
+    #: DEK id -> the subject reference its key-store row names (``None``: no subject's key).
+    owners: dict[bytes, str | None] = field(default_factory=dict)
+    #: domain -> the exported subject's reference there.
+    refs: dict[str, str] = field(default_factory=dict)
+    #: (table, column) already listed as holding another member's values.
+    mismatched: set[tuple[str, str | None]] = field(default_factory=set)
+    subject: Any = None
+    #: (table, column) already listed as holding a value that failed to decrypt.
+    unreadable: set[tuple[str, str]] = field(default_factory=set)
 
     def exported(self, entry: LinkedTable) -> list[ExportedColumn]:
         if self.kind == "portability":
@@ -432,11 +442,26 @@ class _Reader:
         }
         if deks:
             self.vault.preload(deks)
+            self._load_owners(deks)
+        # The columns naming the member of a row (the ``subject=`` of its encrypted columns):
+        # a row whose column names another member came by a link a database writer edited.
+        subject_columns = [
+            n for n in dict.fromkeys(c.subject for c in entry.columns if c.subject) if n
+        ]
+        foreign_rows = 0
         for row in raw_rows:
             values = {name: row[i] for i, name in enumerate(plain_names)}
+            if any(values.get(n) != _subject_value(table.c[n], subject) for n in subject_columns):
+                foreign_rows += 1  # not given as this member's, nor followed to its children
+                continue
             marks: dict[str, dict[str, Any]] = {}
             for i, column in enumerate(encrypted):
                 blob = row[offset + i]
+                if blob is not None and self._foreign(column, bytes(blob)):
+                    values[column.name] = None
+                    marks[column.name] = {"status": "withheld", "reason": "subject_mismatch"}
+                    self._mismatch(entry, column, "a value under another member's key")
+                    continue
                 values[column.name], mark = self._open(column, blob, values)
                 if mark is not None:
                     marks[column.name] = mark
@@ -444,6 +469,50 @@ class _Reader:
                 marks[column.name] = {"status": "not_read", "reason": "no_grant"}
             source.rows.append(values)
             source.marks.append(marks)
+        if foreign_rows:
+            self._mismatch(
+                entry,
+                None,
+                f"{foreign_rows} row(s) reached by the link whose member column names another "
+                "member: left out",
+            )
+
+    def _load_owners(self, deks: Iterable[bytes]) -> None:
+        missing = [d for d in deks if d not in self.owners]
+        if not missing:
+            return
+        store = self.vault.store
+        if isinstance(store, SupportsGetMany):
+            records = store.get_many(missing)
+        else:
+            records = {d: r for d in missing if (r := store.get(d)) is not None}
+        for dek in missing:
+            record = records.get(dek)
+            self.owners[dek] = record.subject if record is not None else None
+
+    def _foreign(self, column: ExportedColumn, blob: bytes) -> bool:
+        """Whether ``blob`` is under another member's subject key than the exported one's."""
+        header = _header(blob)
+        if header is None:
+            return False  # not a value of ours: the decryption says so
+        owner = self.owners.get(header.dek_id)
+        if owner is None:
+            return False  # a process or bucket key: it names no member
+        domain = cast(str, column.domain)  # only encrypted columns get here
+        ref = self.refs.get(domain)
+        if ref is None:
+            ref = self.refs[domain] = self.vault.subject_ref(domain, self.subject)
+        return owner != ref
+
+    def _mismatch(self, entry: LinkedTable, column: ExportedColumn | None, detail: str) -> None:
+        name = column.name if column is not None else None
+        if (entry.name, name) in self.mismatched:
+            return
+        self.mismatched.add((entry.name, name))
+        domain = column.domain if column is not None else None
+        self.incomplete.append(
+            _source_row(entry.name, "subject_mismatch", column=name, domain=domain, detail=detail)
+        )
 
     def _open(
         self, column: ExportedColumn, blob: Any, values: Mapping[str, Any]
@@ -457,6 +526,20 @@ class _Reader:
             ), None
         except ValueErasedError as exc:
             return None, self._erased(exc, bytes(blob))
+        except DecryptionError:
+            # Tampered or corrupt (a database writer's edit): that cell is not given, the rest is.
+            if (column.column.table.name, column.name) not in self.unreadable:
+                self.unreadable.add((column.column.table.name, column.name))
+                self.incomplete.append(
+                    _source_row(
+                        _qualified(column.column.table),
+                        "value_unreadable",
+                        column=column.name,
+                        domain=column.domain,
+                        detail="a stored value failed to authenticate",
+                    )
+                )
+            return None, {"status": "withheld", "reason": "unreadable"}
 
     def _erased(self, exc: ValueErasedError, blob: bytes) -> dict[str, Any]:
         header = _header(blob)
@@ -535,6 +618,10 @@ class _Reader:
             conn.begin()  # what the first execute would begin anyway
         with conn.begin_nested():
             return conn.execute(statement).all()
+
+
+def _qualified(table: sa.Table) -> str:
+    return table.name if table.schema is None else f"{table.schema}.{table.name}"
 
 
 def _header(blob: bytes) -> wire.ValueHeader | None:
@@ -855,6 +942,7 @@ def export_subject(
                 kind=kind,
                 split=bool(split_restricted),
                 at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+                subject=subject,
             )
             for entry in subject_map.tables:
                 reader.read(entry, subject)

@@ -40,6 +40,9 @@ _SOURCE_REASONS: Final = {
     "table_missing": "the table could not be found in the database",
     "database_error": "the database could not be read",
     "identity_unreadable": "the details used to find these records could not be read",
+    "subject_mismatch": "records or values found under your records belong to someone else "
+    "and were left out (under investigation)",
+    "value_unreadable": "some values could not be read (damaged)",
 }
 
 
@@ -52,6 +55,8 @@ def mark_text(mark: Mapping[str, Any]) -> str:
         return f"{text} ({on})" if on else text
     if status == "not_read":
         return "not included (restricted data)"
+    if status == "withheld":
+        return "withheld (it could not be confirmed as yours)"
     if status == "separate":
         return "delivered separately (restricted part)"
     return "not included"
