@@ -291,11 +291,12 @@ class SubjectExport:
         return json.dumps(self._data, indent=indent, ensure_ascii=False, sort_keys=False)
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`to_json` to ``path`` (UTF-8), created with owner-only permissions."""
+        """Write :meth:`to_json` to ``path`` (UTF-8), owner-only (also over an existing file)."""
         _write(path, self.to_json().encode("utf-8"))
 
     def write_csv_zip(self, path: str | os.PathLike[str]) -> None:
-        """Write a zip with one CSV per table, ``manifest.json`` and, for access, ``art15.csv``."""
+        """Write a zip with one CSV per table, ``manifest.json`` and, for access, ``art15.csv``
+        (owner-only, like :meth:`write_json`)."""
         from vaultkit.subjects._render import csv_zip
 
         _write(path, csv_zip(self._data))
@@ -308,7 +309,7 @@ class SubjectExport:
         return html_page(self._data)
 
     def write_html(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`to_html` to ``path`` (UTF-8)."""
+        """Write :meth:`to_html` to ``path`` (UTF-8, owner-only, like :meth:`write_json`)."""
         _write(path, self.to_html().encode("utf-8"))
 
     def __repr__(self) -> str:
@@ -334,6 +335,13 @@ class SubjectExport:
 def _write(path: str | os.PathLike[str], data: bytes) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
     fd = os.open(os.fspath(path), flags, 0o600)
+    if hasattr(os, "fchmod"):
+        # The mode of ``os.open`` applies to a new file only: one that was there keeps its own.
+        try:
+            os.fchmod(fd, 0o600)
+        except OSError:
+            os.close(fd)
+            raise
     with os.fdopen(fd, "wb") as out:
         out.write(data)
 
