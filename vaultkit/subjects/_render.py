@@ -179,8 +179,13 @@ _INTRO: Final = {
 }
 
 
+#: C0 and C1 controls but tab and line ends: a NUL or an escape in a value reaches the page as
+#: the replacement character (the HTML parser would drop or replace them unevenly).
+_CONTROLS: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def _e(value: Any) -> str:
-    return html.escape(_text(value), quote=True)
+    return html.escape(_CONTROLS.sub("\ufffd", _text(value)), quote=True)
 
 
 def _cell(row: Mapping[str, Any], column: str) -> str:
@@ -190,7 +195,8 @@ def _cell(row: Mapping[str, Any], column: str) -> str:
     value = row["values"].get(column)
     if value is None:
         return '<td class="empty">(empty)</td>'
-    return f"<td>{_e(value)}</td>"
+    # <bdi>: a right-to-left override in a value stays inside its cell.
+    return f"<td><bdi>{_e(value)}</bdi></td>"
 
 
 def _table_html(table: Mapping[str, Any]) -> list[str]:
@@ -208,7 +214,7 @@ def _table_html(table: Mapping[str, Any]) -> list[str]:
     out.append("</tr></thead><tbody>")
     for row in rows:
         out.append("<tr>")
-        out.extend(f"<td>{_e(row['key'].get(k))}</td>" for k in key)
+        out.extend(f"<td><bdi>{_e(row['key'].get(k))}</bdi></td>" for k in key)
         out.extend(_cell(row, name) for name in columns)
         out.append("</tr>")
     out.append("</tbody></table>")
