@@ -289,6 +289,13 @@ def _column_annotations(
         if annotation is not None and declared is not None:
             raise ConfigurationError(f"{where} is annotated both personal() and not_personal()")
         column_type = column.type
+        variants = getattr(column_type, "_variant_mapping", None) or {}
+        if any(isinstance(v, Encrypted | BlindIndexType) for v in variants.values()):
+            # Encrypted on one dialect only: the map (and the export) would take it for plain.
+            raise ConfigurationError(
+                f"{where}: an Encrypted or BlindIndex type as a dialect variant "
+                "(with_variant) is not supported by the subject map; encrypt on every dialect"
+            )
         if isinstance(column_type, BlindIndexType):
             if annotation is not None:
                 raise ConfigurationError(
