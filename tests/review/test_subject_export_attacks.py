@@ -387,3 +387,19 @@ def test_a_shared_email_does_not_export_the_other_members_match_rows(
     # Which of the two rows is m-17's? Both match; the export cannot know.
     rows = _table(_export(engine, vault, ADVISER).to_dict(), "newsletter_subscriptions")["rows"]
     assert len(rows) == 1
+
+
+# -- the subject itself ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("near", ["M-17", "m-17 "])
+def test_a_near_miss_of_the_member_id_exports_nothing(
+    engine: sa.Engine, vault: Vault, near: str
+) -> None:
+    # MariaDB's default collations ignore case and trailing spaces: "M-17" = "m-17" in SQL.
+    # An export is for the member id given, exactly.
+    data = _export(engine, vault, ADVISER, subject=near).to_dict()
+    _validate(data)
+    assert all(not t["rows"] for t in data["tables"]), [
+        (t["table"], len(t["rows"])) for t in data["tables"]
+    ]

@@ -453,8 +453,12 @@ class _Reader:
             self._load_owners(deks)
         # The columns naming the member of a row (the ``subject=`` of its encrypted columns):
         # a row whose column names another member came by a link a database writer edited.
+        # A root's member-id column is checked too: a server's collation may match "M-17" or
+        # "m-17 " to "m-17" (MariaDB); the export is for the id given, exactly.
         subject_columns = [
-            n for n in dict.fromkeys(c.subject for c in entry.columns if c.subject) if n
+            n
+            for n in dict.fromkeys((entry.subject_column, *(c.subject for c in entry.columns)))
+            if n
         ]
         foreign_rows = 0
         for row in raw_rows:
