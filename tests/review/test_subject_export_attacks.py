@@ -400,6 +400,7 @@ def test_a_near_miss_of_the_member_id_exports_nothing(
     # An export is for the member id given, exactly.
     data = _export(engine, vault, ADVISER, subject=near).to_dict()
     _validate(data)
+    assert (data["status"], data["note"]) == ("complete", "no data found for this subject")
     assert all(not t["rows"] for t in data["tables"]), [
         (t["table"], len(t["rows"])) for t in data["tables"]
     ]

@@ -453,16 +453,18 @@ class _Reader:
             self._load_owners(deks)
         # The columns naming the member of a row (the ``subject=`` of its encrypted columns):
         # a row whose column names another member came by a link a database writer edited.
-        # A root's member-id column is checked too: a server's collation may match "M-17" or
-        # "m-17 " to "m-17" (MariaDB); the export is for the id given, exactly.
         subject_columns = [
-            n
-            for n in dict.fromkeys((entry.subject_column, *(c.subject for c in entry.columns)))
-            if n
+            n for n in dict.fromkeys(c.subject for c in entry.columns if c.subject) if n
         ]
+        root = entry.subject_column
+        wanted = _subject_value(table.c[root], subject) if root is not None else None
         foreign_rows = 0
         for row in raw_rows:
             values = {name: row[i] for i, name in enumerate(plain_names)}
+            if root is not None and values[root] != wanted:
+                # Another id that a server's collation matched ("M-17" or "m-17 " for "m-17" on
+                # MariaDB): not this member's row, and no sign of an edit.
+                continue
             if any(values.get(n) != _subject_value(table.c[n], subject) for n in subject_columns):
                 foreign_rows += 1  # not given as this member's, nor followed to its children
                 continue
