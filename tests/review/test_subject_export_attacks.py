@@ -28,7 +28,7 @@ from tests.unit.subjects import conftest as _fixtures
 from vaultkit import Principal, Vault, acting_as
 from vaultkit.errors import ConfigurationError
 from vaultkit.sqla import Encrypted
-from vaultkit.subjects import SubjectExport, collect, export_schema, subject_link
+from vaultkit.subjects import SubjectExport, collect, export_schema, personal, subject_link
 
 ADVISER = Principal("medical-adviser", grants={"medical"})
 DPO = Principal("dpo-office")
@@ -404,3 +404,34 @@ def test_a_near_miss_of_the_member_id_exports_nothing(
     assert all(not t["rows"] for t in data["tables"]), [
         (t["table"], len(t["rows"])) for t in data["tables"]
     ]
+
+
+def test_a_fixed_length_member_id_still_exports_on_every_engine(
+    database_url: str, vault: Vault
+) -> None:
+    # CHAR(12) comes back space-padded on PostgreSQL: the exact-id check must not drop the
+    # member's own rows.
+    metadata = sa.MetaData()
+    people = sa.Table(
+        "char_people",
+        metadata,
+        sa.Column("id", sa.CHAR(12), primary_key=True),
+        sa.Column(
+            "note",
+            Encrypted(sa.String(100), domain="chats", subject="id"),
+            info=personal(category="notes", legal_basis="contract", purpose="test"),
+        ),
+        info=subject_link(column="id"),
+    )
+    eng = sa.create_engine(database_url)
+    metadata.create_all(eng)
+    try:
+        with eng.begin() as conn:
+            conn.execute(people.insert().values(id="c-1", note="char note"))
+        with acting_as(ADVISER, purpose="test"), eng.connect() as conn:
+            data = vault.export_subject(conn, "c-1", subjects=collect(metadata)).to_dict()
+        assert data["status"] == "complete", data["incomplete_sources"]
+        assert data["tables"][0]["rows"][0]["values"]["note"] == "char note"
+    finally:
+        metadata.drop_all(eng)
+        eng.dispose()

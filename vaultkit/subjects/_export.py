@@ -461,11 +461,14 @@ class _Reader:
         foreign_rows = 0
         for row in raw_rows:
             values = {name: row[i] for i, name in enumerate(plain_names)}
-            if root is not None and values[root] != wanted:
+            if root is not None and not _same(table.c[root], values[root], wanted):
                 # Another id that a server's collation matched ("M-17" or "m-17 " for "m-17" on
                 # MariaDB): not this member's row, and no sign of an edit.
                 continue
-            if any(values.get(n) != _subject_value(table.c[n], subject) for n in subject_columns):
+            if not all(
+                _same(table.c[n], values.get(n), _subject_value(table.c[n], subject))
+                for n in subject_columns
+            ):
                 foreign_rows += 1  # not given as this member's, nor followed to its children
                 continue
             marks: dict[str, dict[str, Any]] = {}
@@ -669,6 +672,14 @@ def _subject_value(column: sa.Column[Any], subject: Any) -> Any:
     except ValueError:
         return None
     return subject
+
+
+def _same(column: sa.Column[Any], stored: Any, wanted: Any) -> bool:
+    """Whether a member-id cell as read holds ``wanted`` (a fixed-length ``CHAR`` comes back
+    padded with spaces on PostgreSQL)."""
+    if isinstance(stored, str) and isinstance(wanted, str) and isinstance(column.type, sa.CHAR):
+        return stored.rstrip(" ") == wanted.rstrip(" ")
+    return bool(stored == wanted)
 
 
 def _source_row(
