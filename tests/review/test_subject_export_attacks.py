@@ -435,3 +435,45 @@ def test_a_fixed_length_member_id_still_exports_on_every_engine(
     finally:
         metadata.drop_all(eng)
         eng.dispose()
+
+
+# -- errors and tracebacks ---------------------------------------------------------------------------
+
+
+def test_a_value_with_no_json_form_fails_naming_the_column_and_no_frame_holds_plaintext(
+    tmp_path: Path, vault: Vault
+) -> None:
+    metadata = sa.MetaData()
+    people = sa.Table(
+        "pickle_people",
+        metadata,
+        sa.Column("id", sa.String(12), primary_key=True),
+        sa.Column(
+            "note",
+            Encrypted(sa.String(100), domain="chats", subject="id"),
+            info=personal(category="notes", legal_basis="contract", purpose="test"),
+        ),
+        sa.Column(
+            "tags",
+            sa.PickleType,
+            info=personal(category="notes", legal_basis="contract", purpose="test"),
+        ),
+        info=subject_link(column="id"),
+    )
+    eng = sa.create_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    metadata.create_all(eng)
+    with eng.begin() as conn:
+        conn.execute(people.insert().values(id="p-1", note="FRAME-SECRET-91", tags={"a-set"}))
+    with acting_as(ADVISER, purpose="test"), eng.connect() as conn:
+        with pytest.raises(TypeError) as caught:
+            vault.export_subject(conn, "p-1", subjects=collect(metadata))
+    eng.dispose()
+    assert "pickle_people.tags" in str(caught.value)
+    tb = caught.value.__traceback__
+    seen = []
+    while tb is not None:
+        seen.append(repr(tb.tb_frame.f_locals))
+        for value in tb.tb_frame.f_locals.values():
+            seen.append(repr(getattr(value, "sources", "")))
+        tb = tb.tb_next
+    assert "FRAME-SECRET-91" not in "\n".join(seen)

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import traceback
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -785,10 +786,16 @@ def _row(
     marks: Mapping[str, dict[str, Any]],
     columns: Sequence[ExportedColumn],
 ) -> dict[str, Any]:
+    given: dict[str, Any] = {}
+    for name in (*entry.key, *entry.links, *(c.name for c in columns if c.name not in marks)):
+        try:
+            given[name] = jsonable(values.get(name))
+        except TypeError as exc:  # name the column, never the value
+            raise TypeError(f"{entry.name}.{name}: {exc}") from None
     return {
-        "key": {name: jsonable(values[name]) for name in entry.key},
-        "links": {name: jsonable(values[name]) for name in entry.links},
-        "values": {c.name: jsonable(values.get(c.name)) for c in columns if c.name not in marks},
+        "key": {name: given[name] for name in entry.key},
+        "links": {name: given[name] for name in entry.links},
+        "values": {c.name: given[c.name] for c in columns if c.name not in marks},
         "marks": {name: dict(mark) for name, mark in marks.items()},
     }
 
@@ -958,26 +965,33 @@ def export_subject(
     _check_columns(vault, subject_map)
     principal = current_scope().principal
     connection, owned = _connection(session)
+    reader = _Reader(
+        vault,
+        connection,
+        kind=kind,
+        split=bool(split_restricted),
+        at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+        subject=subject,
+    )
     try:
-        # The reads are made, and audited, for the request's purpose by the caller's principal.
-        with vault.acting_as(principal, purpose=purpose):
-            reader = _Reader(
-                vault,
-                connection,
-                kind=kind,
-                split=bool(split_restricted),
-                at=dt.datetime.now(dt.UTC).replace(microsecond=0),
-                subject=subject,
+        try:
+            # The reads are made, and audited, for the request's purpose by the caller's
+            # principal.
+            with vault.acting_as(principal, purpose=purpose):
+                for entry in subject_map.tables:
+                    reader.read(entry, subject)
+        finally:
+            if owned:
+                connection.close()
+        main = _document(reader, subject_map, kind=kind, request_id=request_id, part="main")
+        restricted = None
+        if split_restricted:
+            restricted = SubjectExport(
+                _document(reader, subject_map, kind=kind, request_id=request_id, part="restricted")
             )
-            for entry in subject_map.tables:
-                reader.read(entry, subject)
-    finally:
-        if owned:
-            connection.close()
-    main = _document(reader, subject_map, kind=kind, request_id=request_id, part="main")
-    restricted = None
-    if split_restricted:
-        restricted = SubjectExport(
-            _document(reader, subject_map, kind=kind, request_id=request_id, part="restricted")
-        )
+    except BaseException as exc:
+        # Error reporters capture frame locals: no frame of the failed export keeps the rows.
+        reader.sources.clear()
+        traceback.clear_frames(exc.__traceback__)
+        raise
     return SubjectExport(main, restricted=restricted)
