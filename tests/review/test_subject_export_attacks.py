@@ -477,3 +477,22 @@ def test_a_value_with_no_json_form_fails_naming_the_column_and_no_frame_holds_pl
             seen.append(repr(getattr(value, "sources", "")))
         tb = tb.tb_next
     assert "FRAME-SECRET-91" not in "\n".join(seen)
+
+
+def test_a_copied_blind_index_does_not_bring_another_members_match_row(
+    engine: sa.Engine, vault: Vault
+) -> None:
+    # The writer copies m-17's e-mail digest into m-18's newsletter row: it now matches m-17.
+    t = sa.Table("newsletter_subscriptions", sa.MetaData(), autoload_with=engine)
+    with engine.begin() as conn:
+        ids = conn.execute(sa.select(t.c.id).order_by(t.c.id)).scalars().all()
+    assert len(ids) == 2
+    _copy_cell(engine, "newsletter_subscriptions", "email_index", ids[0], ids[1])
+    export = _export(engine, vault, ADVISER)
+    assert "m-18@example.be" not in _renderings(export)
+    data = export.to_dict()
+    _validate(data)
+    assert len(_table(data, "newsletter_subscriptions")["rows"]) == 1
+    assert ("newsletter_subscriptions", "subject_mismatch") in {
+        (s["table"], s["reason"]) for s in data["incomplete_sources"]
+    }

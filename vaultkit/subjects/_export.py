@@ -350,7 +350,7 @@ def _write(path: str | os.PathLike[str], data: bytes) -> None:
 # -- reading ----------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)  # holds a member's plaintext: no repr of it in a traceback
 class _Source:
     """One table as read: its rows as Python values, and the reads refused or failed."""
 
@@ -361,7 +361,7 @@ class _Source:
     read: bool = True
 
 
-@dataclass
+@dataclass(repr=False)  # holds a member's plaintext: no repr of it in a traceback
 class _Reader:
     vault: Vault
     connection: sa.Connection
@@ -379,6 +379,8 @@ class _Reader:
     #: (table, column) already listed as holding another member's values.
     mismatched: set[tuple[str, str | None]] = field(default_factory=set)
     subject: Any = None
+    #: match table -> the member's identity values, normalised as its blind index does.
+    matched: dict[str, list[Any]] = field(default_factory=dict)
     #: (table, column) already listed as holding a value that failed to decrypt.
     unreadable: set[tuple[str, str]] = field(default_factory=set)
 
@@ -483,6 +485,9 @@ class _Reader:
                 values[column.name], mark = self._open(column, blob, values)
                 if mark is not None:
                     marks[column.name] = mark
+            if entry.kind == "match" and not self._matches(entry, values):
+                foreign_rows += 1  # a digest a writer copied: the row's own value is another
+                continue
             for column in denied:
                 marks[column.name] = {"status": "not_read", "reason": "no_grant"}
             source.rows.append(values)
@@ -494,6 +499,17 @@ class _Reader:
                 f"{foreign_rows} row(s) reached by the link whose member column names another "
                 "member: left out",
             )
+
+    def _matches(self, entry: LinkedTable, values: Mapping[str, Any]) -> bool:
+        """Whether a row found by a blind-index match holds, in the index's source column, one
+        of the member's values (when that column was read): the digest alone can be copied."""
+        index = entry.table.c[cast(str, entry.match)].type
+        source = getattr(index, "source", None)
+        value = values.get(source) if isinstance(source, str) else None
+        if value is None:
+            return True  # not read here (not exported, erased, no grant): nothing to compare
+        normalize = getattr(index, "normalize", None) or (lambda v: v)
+        return bool(normalize(value) in self.matched.get(entry.name, ()))
 
     def _load_owners(self, deks: Iterable[bytes]) -> None:
         missing = [d for d in deks if d not in self.owners]
@@ -618,6 +634,8 @@ class _Reader:
         if not values:
             return None
         column = table.c[cast(str, entry.match)]
+        normalize = getattr(column.type, "normalize", None) or (lambda v: v)
+        self.matched[entry.name] = [normalize(v) for v in values]
         return [column.in_(batch) for batch in _batches(values)]
 
     def _exists(self, table: sa.Table) -> bool:
