@@ -496,3 +496,20 @@ def test_a_copied_blind_index_does_not_bring_another_members_match_row(
     assert ("newsletter_subscriptions", "subject_mismatch") in {
         (s["table"], s["reason"]) for s in data["incomplete_sources"]
     }
+
+
+def test_a_negative_amount_reads_back_from_the_csv_unchanged(
+    engine: sa.Engine, vault: Vault, tmp_path: Path
+) -> None:
+    # The formula guard is for text: a decimal, a date or a duration that starts with "-" is no
+    # formula, and an apostrophe in front of it corrupts the member's copy.
+    _set(engine, "claims", 1, amount=None)
+    with acting_as(ADVISER, purpose="test"), Session(engine) as session:
+        session.get(m.Claim, 1).amount = __import__("decimal").Decimal("-25.40")  # type: ignore[union-attr]
+        session.commit()
+    export = _export(engine, vault, ADVISER)
+    export.write_csv_zip(tmp_path / "e.zip")
+    with zipfile.ZipFile(tmp_path / "e.zip") as archive:
+        text = archive.read("claims.csv").decode("utf-8-sig")
+    amounts = [r["amount"] for r in __import__("csv").DictReader(io.StringIO(text))]
+    assert "-25.40" in amounts

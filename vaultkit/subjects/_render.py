@@ -72,9 +72,14 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _csv_cell(value: Any) -> str:
+#: The value types whose text is free or may start with "+" (base64); the rest, such as decimals
+#: and dates, are formatted by the export and never a formula ("-25.40" stays as it is).
+_FREE_TEXT: Final = ("string", "json", "enum", "base64", None)
+
+
+def _csv_cell(value: Any, value_type: str | None = None) -> str:
     text = _text(value)
-    if isinstance(value, str) and text.startswith(_FORMULA):
+    if isinstance(value, str) and value_type in _FREE_TEXT and text.startswith(_FORMULA):
         return "'" + text
     return text
 
@@ -90,12 +95,18 @@ def _file_name(table: str, used: set[str]) -> str:
     return name
 
 
-def _rows_csv(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> bytes:
+def _rows_csv(
+    header: Iterable[str],
+    rows: Iterable[Iterable[Any]],
+    value_types: Iterable[str | None] = (),
+) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(list(header))
+    names = list(header)
+    types = list(value_types) or [None] * len(names)
+    writer.writerow(names)
     for row in rows:
-        writer.writerow([_csv_cell(v) for v in row])
+        writer.writerow([_csv_cell(v, t) for v, t in zip(row, types, strict=False)])
     return out.getvalue().encode("utf-8-sig")
 
 
@@ -121,7 +132,9 @@ def csv_zip(data: Mapping[str, Any]) -> bytes:
                         f"[{mark_text(mark)}]" if mark is not None else row["values"].get(column)
                     )
                 rows.append(values)
-            archive.writestr(name, _rows_csv([*key, *links, *columns], rows))
+            types = [None] * (len(key) + len(links))
+            types += [model["columns"][c].get("value_type") for c in columns]
+            archive.writestr(name, _rows_csv([*key, *links, *columns], rows, types))
             files.append({"file": name, "table": table["table"], "rows": len(table["rows"])})
         if "art15" in data:
             fields: tuple[str, ...] = ("category", "purposes", "legal_bases", "recipients")
@@ -142,7 +155,8 @@ def csv_zip(data: Mapping[str, Any]) -> bytes:
         manifest["files"] = files
         manifest["csv"] = {
             "encoding": "utf-8 with BOM",
-            "formula_guard": "text cells starting with = + - @ tab or CR get a leading '",
+            "formula_guard": "text cells starting with = + - @ tab or CR get a leading ' "
+            "(not numbers, decimals, dates or durations)",
         }
         archive.writestr(
             "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")
