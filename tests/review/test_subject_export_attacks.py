@@ -513,3 +513,20 @@ def test_a_negative_amount_reads_back_from_the_csv_unchanged(
         text = archive.read("claims.csv").decode("utf-8-sig")
     amounts = [r["amount"] for r in __import__("csv").DictReader(io.StringIO(text))]
     assert "-25.40" in amounts
+
+
+def test_an_encrypted_type_inside_a_type_decorator_is_not_a_silent_gap() -> None:
+    class Wrapped(sa.types.TypeDecorator[Any]):
+        impl = Encrypted
+        cache_ok = True
+
+    metadata = sa.MetaData()
+    sa.Table(
+        "wrapped_members",
+        metadata,
+        sa.Column("id", sa.String(20), primary_key=True),
+        sa.Column("email", Wrapped(sa.String(320), domain="identity")),
+        info=subject_link(column="id"),
+    )
+    with pytest.raises(ConfigurationError, match=r"wrapped_members\.email"):
+        collect(metadata)
