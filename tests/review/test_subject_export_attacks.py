@@ -530,3 +530,39 @@ def test_an_encrypted_type_inside_a_type_decorator_is_not_a_silent_gap() -> None
     )
     with pytest.raises(ConfigurationError, match=r"wrapped_members\.email"):
         collect(metadata)
+
+
+def test_a_medical_value_copied_into_a_non_restricted_column_gives_no_plaintext(
+    engine: sa.Engine, vault: Vault
+) -> None:
+    # The writer moves m-17's health note (medical, restricted) into m-17's name (identity):
+    # the DPO's office, without the medical grant, must not read it through the name column.
+    t = sa.Table("members", sa.MetaData(), autoload_with=engine)
+    with engine.begin() as conn:
+        blob = conn.execute(sa.select(t.c.health_note).where(t.c.id == "m-17")).scalar_one()
+        conn.execute(sa.update(t).where(t.c.id == "m-17").values(name=blob))
+    export = _export(engine, vault, DPO)
+    assert "diabetes" not in _renderings(export)
+    member = _table(export.to_dict(), "members")["rows"][0]
+    assert member["marks"]["name"]["status"] == "withheld"
+
+
+def test_after_erasure_no_rendering_holds_an_erased_value(
+    engine: sa.Engine, vault: Vault, clock: Any
+) -> None:
+    vault.erase_subject("m-17", reason="art17", request_id="DSR-9")
+    clock.now += _fixtures.CHECK + 1
+    for principal in (ADVISER, DPO):
+        for split in (False, True):
+            export = _export(engine, vault, principal, split_restricted=split)
+            parts = [export] + ([export.restricted] if export.restricted is not None else [])
+            for part in parts:
+                text = _renderings(part)
+                for secret in ("diabetes", "fracture", "coaching message", "RIFF", "12.50"):
+                    assert secret not in text, (principal.name, split, secret)
+                _validate(part.to_dict())
+            data = export.to_dict()
+            claims = _table(data, "claims")["rows"]
+            assert len(claims) == 4  # rows are all there, cells marked
+            for row in claims:
+                assert "amount" in row["marks"] and "diagnosis" in row["marks"]
