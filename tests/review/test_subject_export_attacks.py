@@ -566,3 +566,38 @@ def test_after_erasure_no_rendering_holds_an_erased_value(
             assert len(claims) == 4  # rows are all there, cells marked
             for row in claims:
                 assert "amount" in row["marks"] and "diagnosis" in row["marks"]
+
+
+@pytest.mark.postgres
+def test_an_array_column_is_typed_so_that_it_reads_back(postgres_url: str, vault: Vault) -> None:
+    from sqlalchemy.dialects import postgresql
+
+    from vaultkit.subjects._export import from_jsonable
+
+    metadata = sa.MetaData()
+    people = sa.Table(
+        "array_people",
+        metadata,
+        sa.Column("id", sa.String(12), primary_key=True),
+        sa.Column(
+            "nicknames",
+            postgresql.ARRAY(sa.String(40)),
+            info=personal(category="identity", legal_basis="contract", purpose="test"),
+        ),
+        info=subject_link(column="id"),
+    )
+    eng = sa.create_engine(postgres_url)
+    metadata.create_all(eng)
+    try:
+        with eng.begin() as conn:
+            conn.execute(people.insert().values(id="a-1", nicknames=["Jan", "Janneke"]))
+        with acting_as(ADVISER, purpose="test"), eng.connect() as conn:
+            data = vault.export_subject(conn, "a-1", subjects=collect(metadata)).to_dict()
+    finally:
+        metadata.drop_all(eng)
+        eng.dispose()
+    _validate(data)
+    table = data["tables"][0]
+    value_type = table["model"]["columns"]["nicknames"]["value_type"]
+    cell = table["rows"][0]["values"]["nicknames"]
+    assert from_jsonable(cell, value_type) == ["Jan", "Janneke"]

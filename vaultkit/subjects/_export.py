@@ -220,12 +220,14 @@ def _value_type(column: ExportedColumn) -> str:
     inner = column_type.inner if isinstance(column_type, Encrypted) else column_type
     if isinstance(inner, sa.Enum):
         return "enum"
-    if isinstance(inner, sa.JSON):
+    if isinstance(inner, sa.JSON | sa.ARRAY):
         return "json"
     try:
         python = inner.python_type
     except NotImplementedError:
         return "string"
+    if issubclass(python, list | tuple | dict):  # an ARRAY or a JSON-like type: as it came
+        return "json"
     for kind, name in (
         (bool, "boolean"),
         (int, "integer"),
