@@ -936,7 +936,21 @@ def _check_request_id(request_id: str | None) -> str | None:
 
 
 def _check_columns(vault: Vault, subjects: SubjectMap) -> None:
+    from vaultkit.subjects._annotations import PERSONAL_KEY
+
     for entry in subjects.tables:
+        # A column added to a mapped table after the map was built (a module imported late):
+        # the map would export around it without a word.
+        known = {c.name for c in entry.columns}
+        for column in entry.table.columns:
+            where = f"{entry.name}.{column.name}"
+            if column.name in known or where in subjects.not_personal:
+                continue
+            if isinstance(column.type, Encrypted) or PERSONAL_KEY in column.info:
+                raise ConfigurationError(
+                    f"{where} is not in the subject map (added after collect()?): build the "
+                    "map again once every model is imported"
+                )
         for column in entry.columns:
             column_type = column.column.type
             if not isinstance(column_type, Encrypted):
