@@ -6,6 +6,13 @@ annotated ones the current principal may read; the ciphertexts' DEKs are preload
 per table, so the provider calls are bounded by the member's keys, not by their rows. A column of
 a restricted domain without the grant is not selected at all: it is listed in
 ``incomplete_sources`` (``no_grant``), and its cells say so.
+
+What a database writer can plant is checked with no query more on the application's database: a
+subject-scoped value must be under the exported member's key (the DEK's key-store row names its
+owner), a row's member columns must name the member, and a row found by a blind index must hold
+one of the member's values in the index's source column; otherwise the cell is withheld or the
+row left out, and listed (``subject_mismatch``). A value that fails to authenticate is withheld
+and listed (``value_unreadable``).
 """
 
 from __future__ import annotations
