@@ -14,6 +14,7 @@ import io
 import json
 import os
 import stat
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -652,3 +653,30 @@ def test_markup_in_titles_labels_and_categories_renders_as_text(
     eng.dispose()
     assert "<img" not in page
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page
+
+
+def test_a_uuid_member_id_given_in_capitals_still_reads_its_values(
+    tmp_path: Path, vault: Vault
+) -> None:
+    member = uuid.uuid4()
+    metadata = sa.MetaData()
+    people = sa.Table(
+        "uuid_people",
+        metadata,
+        sa.Column("id", sa.Uuid, primary_key=True),
+        sa.Column(
+            "note",
+            Encrypted(sa.String(100), domain="chats", subject="id"),
+            info=personal(category="notes", legal_basis="contract", purpose="test"),
+        ),
+        info=subject_link(column="id"),
+    )
+    eng = sa.create_engine(f"sqlite:///{tmp_path / 'u.db'}")
+    metadata.create_all(eng)
+    with eng.begin() as conn:
+        conn.execute(people.insert().values(id=member, note="uuid note"))
+    with acting_as(ADVISER, purpose="test"), eng.connect() as conn:
+        data = vault.export_subject(conn, str(member).upper(), subjects=collect(metadata))
+    eng.dispose()
+    assert data.status == "complete", data.incomplete_sources
+    assert data.to_dict()["tables"][0]["rows"][0]["values"]["note"] == "uuid note"

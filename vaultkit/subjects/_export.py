@@ -383,7 +383,7 @@ class _Reader:
     erased_keys: dict[bytes, tuple[str, str | None]] = field(default_factory=dict)
     #: DEK id -> the subject reference its key-store row names (``None``: no subject's key).
     owners: dict[bytes, str | None] = field(default_factory=dict)
-    #: domain -> the exported subject's reference there.
+    #: domain and member id as a column holds it -> the exported subject's reference there.
     refs: dict[str, str] = field(default_factory=dict)
     #: (table, column) already listed as holding another member's values.
     mismatched: set[tuple[str, str | None]] = field(default_factory=set)
@@ -542,9 +542,18 @@ class _Reader:
         if owner is None:
             return False  # a process or bucket key: it names no member
         domain = cast(str, column.domain)  # only encrypted columns get here
-        ref = self.refs.get(domain)
+        # The member id as the subject column holds it (a UUID from its text, in any case):
+        # the reference the key was made under.
+        table = column.column.table
+        subject = self.subject
+        if column.subject is not None and column.subject in table.c:
+            subject = _subject_value(table.c[column.subject], subject)
+        if subject is None:
+            return True  # the id cannot even be one of this column's members
+        ref = self.refs.get(f"{domain}\x00{subject!r}")
         if ref is None:
-            ref = self.refs[domain] = self.vault.subject_ref(domain, self.subject)
+            ref = self.vault.subject_ref(domain, subject)
+            self.refs[f"{domain}\x00{subject!r}"] = ref
         return owner != ref
 
     def _mismatch(self, entry: LinkedTable, column: ExportedColumn | None, detail: str) -> None:
