@@ -958,11 +958,11 @@ def _check_columns(vault: Vault, subjects: SubjectMap) -> None:
         # A column added to a mapped table after the map was built (a module imported late):
         # the map would export around it without a word.
         known = {c.name for c in entry.columns}
-        for column in entry.table.columns:
-            where = f"{entry.name}.{column.name}"
-            if column.name in known or where in subjects.not_personal:
+        for table_column in entry.table.columns:
+            where = f"{entry.name}.{table_column.name}"
+            if table_column.name in known or where in subjects.not_personal:
                 continue
-            if isinstance(column.type, Encrypted) or PERSONAL_KEY in column.info:
+            if isinstance(table_column.type, Encrypted) or PERSONAL_KEY in table_column.info:
                 raise ConfigurationError(
                     f"{where} is not in the subject map (added after collect()?): build the "
                     "map again once every model is imported"
