@@ -967,7 +967,11 @@ class Vault(NoPickle):
         batch of parent keys, the DEKs preloaded), as the current principal
         (:meth:`acting_as`) for ``purpose``: a restricted domain without the grant is not read
         and is listed in ``incomplete_sources`` (``no_grant``); with it, each read is audited
-        with the purpose. Erased and expired values appear as erased, with their date. See
+        with the purpose. Erased and expired values appear as erased, with their date. What a
+        database writer planted is not given as the member's: a value under another member's
+        key (withheld), a row whose member column names another member or matched by a copied
+        blind index (left out), listed as ``subject_mismatch``; and a value that fails to
+        authenticate (withheld, listed as ``value_unreadable``). See
         docs/subject-rights.md.
 
         Args:
@@ -992,8 +996,9 @@ class Vault(NoPickle):
             ``write_csv_zip``, ``write_html``).
 
         Raises:
-            ConfigurationError: an unknown kind, a request id that looks personal, or models
-                configured with another vault.
+            ConfigurationError: an unknown kind, a request id that looks personal, models
+                configured with another vault, or an encrypted or personal column the map does
+                not know (added after :func:`~vaultkit.subjects.collect`).
             TypeError: ``subjects`` is not a subject map (build one with
                 ``vaultkit.subjects.collect(metadata)``).
 

@@ -6,6 +6,13 @@ annotated ones the current principal may read; the ciphertexts' DEKs are preload
 per table, so the provider calls are bounded by the member's keys, not by their rows. A column of
 a restricted domain without the grant is not selected at all: it is listed in
 ``incomplete_sources`` (``no_grant``), and its cells say so.
+
+What a database writer can plant is checked with no query more on the application's database: a
+subject-scoped value must be under the exported member's key (the DEK's key-store row names its
+owner), a row's member columns must name the member, and a row found by a blind index must hold
+one of the member's values in the index's source column; otherwise the cell is withheld or the
+row left out, and listed (``subject_mismatch``). A value that fails to authenticate is withheld
+and listed (``value_unreadable``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import json
 import math
 import os
 import re
+import traceback
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +46,7 @@ from vaultkit.errors import (
     ValueErasedError,
 )
 from vaultkit.sqla import Encrypted, get_vault
+from vaultkit.store import SupportsGetMany
 
 if TYPE_CHECKING:
     from vaultkit import Subject, Vault
@@ -218,12 +227,14 @@ def _value_type(column: ExportedColumn) -> str:
     inner = column_type.inner if isinstance(column_type, Encrypted) else column_type
     if isinstance(inner, sa.Enum):
         return "enum"
-    if isinstance(inner, sa.JSON):
+    if isinstance(inner, sa.JSON | sa.ARRAY):
         return "json"
     try:
         python = inner.python_type
     except NotImplementedError:
         return "string"
+    if issubclass(python, list | tuple | dict):  # an ARRAY or a JSON-like type: as it came
+        return "json"
     for kind, name in (
         (bool, "boolean"),
         (int, "integer"),
@@ -290,11 +301,12 @@ class SubjectExport:
         return json.dumps(self._data, indent=indent, ensure_ascii=False, sort_keys=False)
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`to_json` to ``path`` (UTF-8), created with owner-only permissions."""
+        """Write :meth:`to_json` to ``path`` (UTF-8), owner-only (also over an existing file)."""
         _write(path, self.to_json().encode("utf-8"))
 
     def write_csv_zip(self, path: str | os.PathLike[str]) -> None:
-        """Write a zip with one CSV per table, ``manifest.json`` and, for access, ``art15.csv``."""
+        """Write a zip with one CSV per table, ``manifest.json`` and, for access, ``art15.csv``
+        (owner-only, like :meth:`write_json`)."""
         from vaultkit.subjects._render import csv_zip
 
         _write(path, csv_zip(self._data))
@@ -307,7 +319,7 @@ class SubjectExport:
         return html_page(self._data)
 
     def write_html(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`to_html` to ``path`` (UTF-8)."""
+        """Write :meth:`to_html` to ``path`` (UTF-8, owner-only, like :meth:`write_json`)."""
         _write(path, self.to_html().encode("utf-8"))
 
     def __repr__(self) -> str:
@@ -333,6 +345,13 @@ class SubjectExport:
 def _write(path: str | os.PathLike[str], data: bytes) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
     fd = os.open(os.fspath(path), flags, 0o600)
+    if hasattr(os, "fchmod"):
+        # The mode of ``os.open`` applies to a new file only: one that was there keeps its own.
+        try:
+            os.fchmod(fd, 0o600)
+        except OSError:
+            os.close(fd)
+            raise
     with os.fdopen(fd, "wb") as out:
         out.write(data)
 
@@ -340,7 +359,7 @@ def _write(path: str | os.PathLike[str], data: bytes) -> None:
 # -- reading ----------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)  # holds a member's plaintext: no repr of it in a traceback
 class _Source:
     """One table as read: its rows as Python values, and the reads refused or failed."""
 
@@ -351,7 +370,7 @@ class _Source:
     read: bool = True
 
 
-@dataclass
+@dataclass(repr=False)  # holds a member's plaintext: no repr of it in a traceback
 class _Reader:
     vault: Vault
     connection: sa.Connection
@@ -362,6 +381,17 @@ class _Reader:
     sources: dict[str, _Source] = field(default_factory=dict)
     #: DEK id -> (reason, date) of an erased value's key, looked up once per key.
     erased_keys: dict[bytes, tuple[str, str | None]] = field(default_factory=dict)
+    #: DEK id -> the subject reference its key-store row names (``None``: no subject's key).
+    owners: dict[bytes, str | None] = field(default_factory=dict)
+    #: domain and member id as a column holds it -> the exported subject's reference there.
+    refs: dict[str, str] = field(default_factory=dict)
+    #: (table, column) already listed as holding another member's values.
+    mismatched: set[tuple[str, str | None]] = field(default_factory=set)
+    subject: Any = None
+    #: match table -> the member's identity values, normalised as its blind index does.
+    matched: dict[str, list[Any]] = field(default_factory=dict)
+    #: (table, column) already listed as holding a value that failed to decrypt.
+    unreadable: set[tuple[str, str]] = field(default_factory=set)
 
     def exported(self, entry: LinkedTable) -> list[ExportedColumn]:
         if self.kind == "portability":
@@ -432,18 +462,109 @@ class _Reader:
         }
         if deks:
             self.vault.preload(deks)
+            self._load_owners(deks)
+        # The columns naming the member of a row (the ``subject=`` of its encrypted columns):
+        # a row whose column names another member came by a link a database writer edited.
+        subject_columns = [
+            n for n in dict.fromkeys(c.subject for c in entry.columns if c.subject) if n
+        ]
+        root = entry.subject_column
+        wanted = _subject_value(table.c[root], subject) if root is not None else None
+        foreign_rows = 0
         for row in raw_rows:
             values = {name: row[i] for i, name in enumerate(plain_names)}
+            if root is not None and not _same(table.c[root], values[root], wanted):
+                # Another id that a server's collation matched ("M-17" or "m-17 " for "m-17" on
+                # MariaDB): not this member's row, and no sign of an edit.
+                continue
+            if not all(
+                _same(table.c[n], values.get(n), _subject_value(table.c[n], subject))
+                for n in subject_columns
+            ):
+                foreign_rows += 1  # not given as this member's, nor followed to its children
+                continue
             marks: dict[str, dict[str, Any]] = {}
             for i, column in enumerate(encrypted):
                 blob = row[offset + i]
+                if blob is not None and self._foreign(column, bytes(blob)):
+                    values[column.name] = None
+                    marks[column.name] = {"status": "withheld", "reason": "subject_mismatch"}
+                    self._mismatch(entry, column, "a value under another member's key")
+                    continue
                 values[column.name], mark = self._open(column, blob, values)
                 if mark is not None:
                     marks[column.name] = mark
+            if entry.kind == "match" and not self._matches(entry, values):
+                foreign_rows += 1  # a digest a writer copied: the row's own value is another
+                continue
             for column in denied:
                 marks[column.name] = {"status": "not_read", "reason": "no_grant"}
             source.rows.append(values)
             source.marks.append(marks)
+        if foreign_rows:
+            self._mismatch(
+                entry,
+                None,
+                f"{foreign_rows} row(s) reached by the link whose member column names another "
+                "member: left out",
+            )
+
+    def _matches(self, entry: LinkedTable, values: Mapping[str, Any]) -> bool:
+        """Whether a row found by a blind-index match holds, in the index's source column, one
+        of the member's values (when that column was read): the digest alone can be copied."""
+        index = entry.table.c[cast(str, entry.match)].type
+        source = getattr(index, "source", None)
+        value = values.get(source) if isinstance(source, str) else None
+        if value is None:
+            return True  # not read here (not exported, erased, no grant): nothing to compare
+        normalize = getattr(index, "normalize", None) or (lambda v: v)
+        return bool(normalize(value) in self.matched.get(entry.name, ()))
+
+    def _load_owners(self, deks: Iterable[bytes]) -> None:
+        missing = [d for d in deks if d not in self.owners]
+        if not missing:
+            return
+        store = self.vault.store
+        if isinstance(store, SupportsGetMany):
+            records = store.get_many(missing)
+        else:
+            records = {d: r for d in missing if (r := store.get(d)) is not None}
+        for dek in missing:
+            record = records.get(dek)
+            self.owners[dek] = record.subject if record is not None else None
+
+    def _foreign(self, column: ExportedColumn, blob: bytes) -> bool:
+        """Whether ``blob`` is under another member's subject key than the exported one's."""
+        header = _header(blob)
+        if header is None:
+            return False  # not a value of ours: the decryption says so
+        owner = self.owners.get(header.dek_id)
+        if owner is None:
+            return False  # a process or bucket key: it names no member
+        domain = cast(str, column.domain)  # only encrypted columns get here
+        # The member id as the subject column holds it (a UUID from its text, in any case):
+        # the reference the key was made under.
+        table = column.column.table
+        subject = self.subject
+        if column.subject is not None and column.subject in table.c:
+            subject = _subject_value(table.c[column.subject], subject)
+        if subject is None:
+            return True  # the id cannot even be one of this column's members
+        ref = self.refs.get(f"{domain}\x00{subject!r}")
+        if ref is None:
+            ref = self.vault.subject_ref(domain, subject)
+            self.refs[f"{domain}\x00{subject!r}"] = ref
+        return owner != ref
+
+    def _mismatch(self, entry: LinkedTable, column: ExportedColumn | None, detail: str) -> None:
+        name = column.name if column is not None else None
+        if (entry.name, name) in self.mismatched:
+            return
+        self.mismatched.add((entry.name, name))
+        domain = column.domain if column is not None else None
+        self.incomplete.append(
+            _source_row(entry.name, "subject_mismatch", column=name, domain=domain, detail=detail)
+        )
 
     def _open(
         self, column: ExportedColumn, blob: Any, values: Mapping[str, Any]
@@ -457,6 +578,20 @@ class _Reader:
             ), None
         except ValueErasedError as exc:
             return None, self._erased(exc, bytes(blob))
+        except DecryptionError:
+            # Tampered or corrupt (a database writer's edit): that cell is not given, the rest is.
+            if (column.column.table.name, column.name) not in self.unreadable:
+                self.unreadable.add((column.column.table.name, column.name))
+                self.incomplete.append(
+                    _source_row(
+                        _qualified(column.column.table),
+                        "value_unreadable",
+                        column=column.name,
+                        domain=column.domain,
+                        detail="a stored value failed to authenticate",
+                    )
+                )
+            return None, {"status": "withheld", "reason": "unreadable"}
 
     def _erased(self, exc: ValueErasedError, blob: bytes) -> dict[str, Any]:
         header = _header(blob)
@@ -517,6 +652,8 @@ class _Reader:
         if not values:
             return None
         column = table.c[cast(str, entry.match)]
+        normalize = getattr(column.type, "normalize", None) or (lambda v: v)
+        self.matched[entry.name] = [normalize(v) for v in values]
         return [column.in_(batch) for batch in _batches(values)]
 
     def _exists(self, table: sa.Table) -> bool:
@@ -535,6 +672,10 @@ class _Reader:
             conn.begin()  # what the first execute would begin anyway
         with conn.begin_nested():
             return conn.execute(statement).all()
+
+
+def _qualified(table: sa.Table) -> str:
+    return table.name if table.schema is None else f"{table.schema}.{table.name}"
 
 
 def _header(blob: bytes) -> wire.ValueHeader | None:
@@ -568,6 +709,14 @@ def _subject_value(column: sa.Column[Any], subject: Any) -> Any:
     except ValueError:
         return None
     return subject
+
+
+def _same(column: sa.Column[Any], stored: Any, wanted: Any) -> bool:
+    """Whether a member-id cell as read holds ``wanted`` (a fixed-length ``CHAR`` comes back
+    padded with spaces on PostgreSQL)."""
+    if isinstance(stored, str) and isinstance(wanted, str) and isinstance(column.type, sa.CHAR):
+        return stored.rstrip(" ") == wanted.rstrip(" ")
+    return bool(stored == wanted)
 
 
 def _source_row(
@@ -673,10 +822,16 @@ def _row(
     marks: Mapping[str, dict[str, Any]],
     columns: Sequence[ExportedColumn],
 ) -> dict[str, Any]:
+    given: dict[str, Any] = {}
+    for name in (*entry.key, *entry.links, *(c.name for c in columns if c.name not in marks)):
+        try:
+            given[name] = jsonable(values.get(name))
+        except TypeError as exc:  # name the column, never the value
+            raise TypeError(f"{entry.name}.{name}: {exc}") from None
     return {
-        "key": {name: jsonable(values[name]) for name in entry.key},
-        "links": {name: jsonable(values[name]) for name in entry.links},
-        "values": {c.name: jsonable(values.get(c.name)) for c in columns if c.name not in marks},
+        "key": {name: given[name] for name in entry.key},
+        "links": {name: given[name] for name in entry.links},
+        "values": {c.name: given[c.name] for c in columns if c.name not in marks},
         "marks": {name: dict(mark) for name, mark in marks.items()},
     }
 
@@ -797,7 +952,21 @@ def _check_request_id(request_id: str | None) -> str | None:
 
 
 def _check_columns(vault: Vault, subjects: SubjectMap) -> None:
+    from vaultkit.subjects._annotations import PERSONAL_KEY
+
     for entry in subjects.tables:
+        # A column added to a mapped table after the map was built (a module imported late):
+        # the map would export around it without a word.
+        known = {c.name for c in entry.columns}
+        for table_column in entry.table.columns:
+            where = f"{entry.name}.{table_column.name}"
+            if table_column.name in known or where in subjects.not_personal:
+                continue
+            if isinstance(table_column.type, Encrypted) or PERSONAL_KEY in table_column.info:
+                raise ConfigurationError(
+                    f"{where} is not in the subject map (added after collect()?): build the "
+                    "map again once every model is imported"
+                )
         for column in entry.columns:
             column_type = column.column.type
             if not isinstance(column_type, Encrypted):
@@ -846,25 +1015,33 @@ def export_subject(
     _check_columns(vault, subject_map)
     principal = current_scope().principal
     connection, owned = _connection(session)
+    reader = _Reader(
+        vault,
+        connection,
+        kind=kind,
+        split=bool(split_restricted),
+        at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+        subject=subject,
+    )
     try:
-        # The reads are made, and audited, for the request's purpose by the caller's principal.
-        with vault.acting_as(principal, purpose=purpose):
-            reader = _Reader(
-                vault,
-                connection,
-                kind=kind,
-                split=bool(split_restricted),
-                at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+        try:
+            # The reads are made, and audited, for the request's purpose by the caller's
+            # principal.
+            with vault.acting_as(principal, purpose=purpose):
+                for entry in subject_map.tables:
+                    reader.read(entry, subject)
+        finally:
+            if owned:
+                connection.close()
+        main = _document(reader, subject_map, kind=kind, request_id=request_id, part="main")
+        restricted = None
+        if split_restricted:
+            restricted = SubjectExport(
+                _document(reader, subject_map, kind=kind, request_id=request_id, part="restricted")
             )
-            for entry in subject_map.tables:
-                reader.read(entry, subject)
-    finally:
-        if owned:
-            connection.close()
-    main = _document(reader, subject_map, kind=kind, request_id=request_id, part="main")
-    restricted = None
-    if split_restricted:
-        restricted = SubjectExport(
-            _document(reader, subject_map, kind=kind, request_id=request_id, part="restricted")
-        )
+    except BaseException as exc:
+        # Error reporters capture frame locals: no frame of the failed export keeps the rows.
+        reader.sources.clear()
+        traceback.clear_frames(exc.__traceback__)
+        raise
     return SubjectExport(main, restricted=restricted)

@@ -294,6 +294,14 @@ def _column_annotations(
         if annotation is not None and declared is not None:
             raise ConfigurationError(f"{where} is annotated both personal() and not_personal()")
         column_type = column.type
+        if _hidden_encryption(column_type):
+            # Encrypted on one dialect only, or inside another type: the map (and the export)
+            # would take it for a plain column.
+            raise ConfigurationError(
+                f"{where}: an Encrypted or BlindIndex type as a dialect variant (with_variant) "
+                "or inside another TypeDecorator is not supported by the subject map; use "
+                "Encrypted (or a subclass) as the column's type on every dialect"
+            )
         if isinstance(column_type, BlindIndexType):
             if annotation is not None:
                 raise ConfigurationError(
@@ -357,6 +365,28 @@ def _column_annotations(
                 )
             )
     return exported, unannotated, not_personal
+
+
+def _hidden_encryption(column_type: sa.types.TypeEngine[Any]) -> bool:
+    """Whether an Encrypted or BlindIndex type hides under ``column_type`` (a dialect variant,
+    or the implementation of another ``TypeDecorator``)."""
+    seen: list[sa.types.TypeEngine[Any]] = []
+    todo = list((getattr(column_type, "_variant_mapping", None) or {}).values())
+    if isinstance(column_type, sa.types.TypeDecorator) and not isinstance(
+        column_type, Encrypted | BlindIndexType
+    ):
+        todo.append(column_type.impl_instance)
+    while todo:
+        inner = todo.pop()
+        if any(inner is s for s in seen):
+            continue
+        seen.append(inner)
+        if isinstance(inner, Encrypted | BlindIndexType):
+            return True
+        todo.extend((getattr(inner, "_variant_mapping", None) or {}).values())
+        if isinstance(inner, sa.types.TypeDecorator):
+            todo.append(inner.impl_instance)
+    return False
 
 
 def _fk_target(table: sa.Table, name: str, column: sa.Column[Any]) -> sa.Column[Any]:

@@ -40,6 +40,9 @@ _SOURCE_REASONS: Final = {
     "table_missing": "the table could not be found in the database",
     "database_error": "the database could not be read",
     "identity_unreadable": "the details used to find these records could not be read",
+    "subject_mismatch": "records or values found under your records belong to someone else "
+    "and were left out (under investigation)",
+    "value_unreadable": "some values could not be read (damaged)",
 }
 
 
@@ -52,6 +55,8 @@ def mark_text(mark: Mapping[str, Any]) -> str:
         return f"{text} ({on})" if on else text
     if status == "not_read":
         return "not included (restricted data)"
+    if status == "withheld":
+        return "withheld (it could not be confirmed as yours)"
     if status == "separate":
         return "delivered separately (restricted part)"
     return "not included"
@@ -67,9 +72,14 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _csv_cell(value: Any) -> str:
+#: The value types whose text is free or may start with "+" (base64); the rest, such as decimals
+#: and dates, are formatted by the export and never a formula ("-25.40" stays as it is).
+_FREE_TEXT: Final = ("string", "json", "enum", "base64", None)
+
+
+def _csv_cell(value: Any, value_type: str | None = None) -> str:
     text = _text(value)
-    if isinstance(value, str) and text.startswith(_FORMULA):
+    if isinstance(value, str) and value_type in _FREE_TEXT and text.startswith(_FORMULA):
         return "'" + text
     return text
 
@@ -85,12 +95,18 @@ def _file_name(table: str, used: set[str]) -> str:
     return name
 
 
-def _rows_csv(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> bytes:
+def _rows_csv(
+    header: Iterable[str],
+    rows: Iterable[Iterable[Any]],
+    value_types: Iterable[str | None] = (),
+) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(list(header))
+    names = list(header)
+    types = list(value_types) or [None] * len(names)
+    writer.writerow(names)
     for row in rows:
-        writer.writerow([_csv_cell(v) for v in row])
+        writer.writerow([_csv_cell(v, t) for v, t in zip(row, types, strict=False)])
     return out.getvalue().encode("utf-8-sig")
 
 
@@ -116,7 +132,9 @@ def csv_zip(data: Mapping[str, Any]) -> bytes:
                         f"[{mark_text(mark)}]" if mark is not None else row["values"].get(column)
                     )
                 rows.append(values)
-            archive.writestr(name, _rows_csv([*key, *links, *columns], rows))
+            types = [None] * (len(key) + len(links))
+            types += [model["columns"][c].get("value_type") for c in columns]
+            archive.writestr(name, _rows_csv([*key, *links, *columns], rows, types))
             files.append({"file": name, "table": table["table"], "rows": len(table["rows"])})
         if "art15" in data:
             fields: tuple[str, ...] = ("category", "purposes", "legal_bases", "recipients")
@@ -137,7 +155,8 @@ def csv_zip(data: Mapping[str, Any]) -> bytes:
         manifest["files"] = files
         manifest["csv"] = {
             "encoding": "utf-8 with BOM",
-            "formula_guard": "text cells starting with = + - @ tab or CR get a leading '",
+            "formula_guard": "text cells starting with = + - @ tab or CR get a leading ' "
+            "(not numbers, decimals, dates or durations)",
         }
         archive.writestr(
             "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")
@@ -174,8 +193,13 @@ _INTRO: Final = {
 }
 
 
+#: C0 and C1 controls but tab and line ends: a NUL or an escape in a value reaches the page as
+#: the replacement character (the HTML parser would drop or replace them unevenly).
+_CONTROLS: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def _e(value: Any) -> str:
-    return html.escape(_text(value), quote=True)
+    return html.escape(_CONTROLS.sub("\ufffd", _text(value)), quote=True)
 
 
 def _cell(row: Mapping[str, Any], column: str) -> str:
@@ -185,7 +209,8 @@ def _cell(row: Mapping[str, Any], column: str) -> str:
     value = row["values"].get(column)
     if value is None:
         return '<td class="empty">(empty)</td>'
-    return f"<td>{_e(value)}</td>"
+    # <bdi>: a right-to-left override in a value stays inside its cell.
+    return f"<td><bdi>{_e(value)}</bdi></td>"
 
 
 def _table_html(table: Mapping[str, Any]) -> list[str]:
@@ -203,7 +228,7 @@ def _table_html(table: Mapping[str, Any]) -> list[str]:
     out.append("</tr></thead><tbody>")
     for row in rows:
         out.append("<tr>")
-        out.extend(f"<td>{_e(row['key'].get(k))}</td>" for k in key)
+        out.extend(f"<td><bdi>{_e(row['key'].get(k))}</bdi></td>" for k in key)
         out.extend(_cell(row, name) for name in columns)
         out.append("</tr>")
     out.append("</tbody></table>")
