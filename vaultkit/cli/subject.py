@@ -579,6 +579,8 @@ def _import(args: argparse.Namespace) -> int:
         print(f"  table {table}: {rows} rows")
     for column, cells in report.erased:
         print(f"  {column}: {cells} erased cells left empty")
+    for column, cells in report.withheld:
+        print(f"  {column}: {cells} cells the export withheld, left empty")
     for column, cells in report.not_read:
         print(f"  {column}: {cells} cells not in the export, left empty")
     return 0

@@ -23,7 +23,9 @@ Then the rows are inserted, table by table, parents first, with one multi-row ``
 table, through the column types (``vaultkit.sqla``: values sealed under the target vault's keys,
 subject keys made for the member there, blind indexes computed with the target's index keys), in
 one transaction: a failure leaves nothing written. Erased cells (``marks``) are written as NULL and
-counted in the report.
+counted in the report, and so are cells the export withheld (``withheld``: a value under
+another member's key, or one that failed to authenticate at the source): the import has no value
+for them either.
 
 The separate part of the restricted domains (an export made with ``split_restricted``, delivered
 through the medical adviser) is imported after the main part: it fills the restricted cells that
@@ -76,6 +78,9 @@ class ImportReport:
             (the member's key was destroyed, or the retention was over, at the source).
         not_read: ``(table.column, cells)`` written as NULL because the export could not read
             them (no grant, or a separate restricted part).
+        withheld: ``(table.column, cells)`` written as NULL because the export withheld them
+            (``subject_mismatch``: under another member's key; ``unreadable``: the stored value
+            failed to authenticate at the source).
         part: ``"main"``, or ``"restricted"`` for the separate part of the restricted domains.
 
     .. versionadded:: 0.3.0
@@ -86,6 +91,7 @@ class ImportReport:
     erased: tuple[tuple[str, int], ...] = ()
     not_read: tuple[tuple[str, int], ...] = ()
     part: str = "main"
+    withheld: tuple[tuple[str, int], ...] = ()
 
     @property
     def rows(self) -> int:
@@ -99,6 +105,7 @@ class ImportReport:
             "tables": dict(self.tables),
             "erased": dict(self.erased),
             "not_read": dict(self.not_read),
+            "withheld": dict(self.withheld),
         }
 
 
@@ -227,6 +234,7 @@ class _Plan:
     rows: list[dict[str, Any]]
     erased: dict[str, int]
     not_read: dict[str, int]
+    withheld: dict[str, int]
     #: The exported (non-structural) columns of the table in this part.
     columns: tuple[str, ...] = ()
 
@@ -260,6 +268,13 @@ def _plan_table(entry: LinkedTable, body: Mapping[str, Any], kind: str, part: st
     rows: list[dict[str, Any]] = []
     erased: dict[str, int] = {}
     not_read: dict[str, int] = {}
+    withheld: dict[str, int] = {}
+    counters = {
+        "erased": erased,
+        "withheld": withheld,
+        "not_read": not_read,
+        "separate": not_read,
+    }
     for position, raw in enumerate(_sequence(body.get("rows"), f"the rows of {name}"), 1):
         row = _mapping(raw, f"row {position} of {name}")
         values: dict[str, Any] = {}
@@ -295,13 +310,18 @@ def _plan_table(entry: LinkedTable, body: Mapping[str, Any], kind: str, part: st
                 f"{name}.{column_name} is marked in the export but has no model entry",
             )
             status = _mapping(mark, f"a mark of {name}.{column_name}").get("status")
-            counter = erased if status == "erased" else not_read
+            _need(
+                isinstance(status, str) and status in counters,
+                f"{name}.{column_name} in row {position} of the export has a mark of unknown "
+                f"status {str(status)[:20]!r} (damaged export, or a newer layout)",
+            )
+            counter = counters[str(status)]
             counter[f"{name}.{column_name}"] = counter.get(f"{name}.{column_name}", 0) + 1
             values[column_name] = None
         rows.append(values)
     if part == "main":
         _check_not_null(entry, rows, kind)
-    return _Plan(entry, rows, erased, not_read, tuple(str(c) for c in columns))
+    return _Plan(entry, rows, erased, not_read, withheld, tuple(str(c) for c in columns))
 
 
 def _decoded(
@@ -335,7 +355,7 @@ def _check_not_null(entry: LinkedTable, rows: Sequence[Mapping[str, Any]], kind:
         for position, row in enumerate(rows, 1):
             if row.get(column.name) is None:
                 why = (
-                    "an erased or unread cell"
+                    "an erased, withheld or unread cell"
                     if column.name in row
                     else f"not in the {kind} export"
                 )
@@ -458,15 +478,18 @@ def import_subject(vault: Vault, session: Any, data: Any, *, subjects: SubjectMa
             conn.close()
     erased: dict[str, int] = {}
     not_read: dict[str, int] = {}
+    withheld: dict[str, int] = {}
     for plan in plans:
         erased.update(plan.erased)
         not_read.update(plan.not_read)
+        withheld.update(plan.withheld)
     return ImportReport(
         kind=kind,
         part=part,
         tables=tuple((p.entry.name, len(p.rows)) for p in plans),
         erased=tuple(sorted(erased.items())),
         not_read=tuple(sorted(not_read.items())),
+        withheld=tuple(sorted(withheld.items())),
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import decimal
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -276,6 +277,69 @@ class TestRoundTrip:
         assert dict(report.erased) == {"claims.diagnosis": 4, "members.health_note": 1}
         member = target.rows(m.Member.__table__)[0]
         assert member["health_note"] is None and member["email"] == f"{MEMBER}@example.be"
+
+    def test_withheld_cells_stay_empty_and_are_reported(self, sites: tuple[Site, Site]) -> None:
+        """A database writer at the source pasted the other member's diagnosis into one claim
+        and corrupted one premium: the export withholds both cells (subject_mismatch,
+        unreadable); the import writes them as NULL, reports them apart, and nothing of the
+        other member's value reaches the target."""
+        source, target = sites
+        # The writer's view: the stored bytes, no vaultkit type in the way.
+        raw = sa.MetaData()
+        raw_claims = sa.Table("claims", raw, autoload_with=source.engine)
+        raw_policies = sa.Table("policies", raw, autoload_with=source.engine)
+        with source.engine.begin() as conn:
+            other = conn.execute(
+                sa.select(raw_claims.c.diagnosis).where(raw_claims.c.id == 1000)
+            ).scalar_one()
+            conn.execute(
+                sa.update(raw_claims).where(raw_claims.c.id == 1).values(diagnosis=other)
+            )
+            p0 = raw_policies.c.id == f"{MEMBER}-p0"
+            blob = conn.execute(sa.select(raw_policies.c.premium).where(p0)).scalar_one()
+            forged = bytes(blob[:-1]) + bytes([blob[-1] ^ 1])
+            conn.execute(sa.update(raw_policies).where(p0).values(premium=forged))
+        claims, policies = m.Claim.__table__, m.Policy.__table__
+        source.use()
+        with source.vault.acting_as(DPO, purpose="DataSubjectRequest"):
+            export = source.vault.export_subject(
+                source.engine, MEMBER, "portability", subjects=SUBJECTS
+            )
+        assert export.status == "incomplete"
+        marks = {
+            (t["table"], name): mark
+            for t in export.to_dict()["tables"]
+            for row in t["rows"]
+            for name, mark in row["marks"].items()
+        }
+        assert marks == {
+            ("claims", "diagnosis"): {"status": "withheld", "reason": "subject_mismatch"},
+            ("policies", "premium"): {"status": "withheld", "reason": "unreadable"},
+        }
+        report = import_into(target, export.to_dict())
+        assert report.rows == 12
+        assert dict(report.withheld) == {"claims.diagnosis": 1, "policies.premium": 1}
+        assert report.erased == () and report.not_read == ()
+        assert report.as_dict()["withheld"] == {"claims.diagnosis": 1, "policies.premium": 1}
+        by_id = {r["id"]: r for r in target.rows(claims)}
+        assert by_id[1]["diagnosis"] is None
+        assert by_id[2]["diagnosis"] == f"fracture 1 ({MEMBER})"
+        assert not any("(m-2)" in str(r["diagnosis"]) for r in by_id.values())
+        premiums = {r["id"]: r["premium"] for r in target.rows(policies)}
+        assert premiums == {f"{MEMBER}-p0": None, f"{MEMBER}-p1": decimal.Decimal("13.50")}
+
+    def test_a_mark_of_unknown_status_is_refused(self, sites: tuple[Site, Site]) -> None:
+        """A mark the import does not know (a damaged export, a newer layout) is refused naming
+        the column, not silently written as NULL; nothing is written."""
+        source, target = sites
+        exported = export_of(source)
+        claims = next(t for t in exported["tables"] if t["table"] == "claims")
+        row = claims["rows"][0]
+        del row["values"]["amount"]
+        row["marks"]["amount"] = {"status": "redacted"}
+        with pytest.raises(ConfigurationError, match=r"claims\.amount .*unknown status"):
+            import_into(target, exported)
+        assert set(counts(target).values()) == {0}
 
     def test_a_split_export_loads_in_two_steps(self, sites: tuple[Site, Site]) -> None:
         """The main part, then the medical part delivered through the adviser: the target ends
