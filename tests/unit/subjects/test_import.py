@@ -292,9 +292,7 @@ class TestRoundTrip:
             other = conn.execute(
                 sa.select(raw_claims.c.diagnosis).where(raw_claims.c.id == 1000)
             ).scalar_one()
-            conn.execute(
-                sa.update(raw_claims).where(raw_claims.c.id == 1).values(diagnosis=other)
-            )
+            conn.execute(sa.update(raw_claims).where(raw_claims.c.id == 1).values(diagnosis=other))
             p0 = raw_policies.c.id == f"{MEMBER}-p0"
             blob = conn.execute(sa.select(raw_policies.c.premium).where(p0)).scalar_one()
             forged = bytes(blob[:-1]) + bytes([blob[-1] ^ 1])
