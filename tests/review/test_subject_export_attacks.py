@@ -29,7 +29,14 @@ from tests.unit.subjects import conftest as _fixtures
 from vaultkit import Principal, Vault, acting_as
 from vaultkit.errors import ConfigurationError
 from vaultkit.sqla import Encrypted
-from vaultkit.subjects import SubjectExport, collect, export_schema, personal, subject_link
+from vaultkit.subjects import (
+    SubjectExport,
+    collect,
+    export_schema,
+    not_personal,
+    personal,
+    subject_link,
+)
 
 ADVISER = Principal("medical-adviser", grants={"medical"})
 DPO = Principal("dpo-office")
@@ -339,13 +346,6 @@ def test_joined_and_single_table_inheritance_are_mapped() -> None:
         collect(B.metadata)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design gap for the lead: a table with a foreign key to a linked table but no "
-    "subject_link() and no not_personal() holds rows of a member (plain columns) and is left "
-    "out of every export without a word; the no-silent-gap rule covers encrypted columns only. "
-    "Fix: collect refuses such a table (name table and foreign key) unless marked.",
-)
 def test_an_unlinked_table_hanging_off_a_member_is_not_a_silent_gap() -> None:
     metadata = sa.MetaData()
     sa.Table(
@@ -361,8 +361,19 @@ def test_an_unlinked_table_hanging_off_a_member_is_not_a_silent_gap() -> None:
         sa.Column("member_id", sa.ForeignKey("gap_members.id")),
         sa.Column("street", sa.String(200)),  # plain personal data
     )
-    with pytest.raises(ConfigurationError, match="gap_addresses"):
+    with pytest.raises(
+        ConfigurationError, match=r"gap_addresses\.member_id is a foreign key to gap_members"
+    ) as refused:
         collect(metadata)
+    # It says how to fix it: link the table, or mark it not personal.
+    assert 'subject_link(via="member_id")' in str(refused.value)
+    assert "not_personal(reason)" in str(refused.value)
+    # Either fix is taken.
+    metadata.tables["gap_addresses"].info.update(not_personal("a lookup of street names"))
+    assert [t.name for t in collect(metadata).tables] == ["gap_members"]
+    metadata.tables["gap_addresses"].info.clear()
+    metadata.tables["gap_addresses"].info.update(subject_link(via="member_id"))
+    assert [t.name for t in collect(metadata).tables] == ["gap_members", "gap_addresses"]
 
 
 @pytest.mark.xfail(

@@ -409,6 +409,34 @@ def _fk_target(table: sa.Table, name: str, column: sa.Column[Any]) -> sa.Column[
         ) from None
 
 
+def _check_unlinked_children(
+    tables: Iterable[sa.Table], linked: Mapping[str, Any], not_personal: Mapping[str, str]
+) -> None:
+    """Refuse a table with no subject link, not marked not personal, that has a foreign key to
+    a linked table: its rows hang off a member's (an address, a note, a consent), and the export
+    would leave them out without a word, plain columns or encrypted."""
+    for table in tables:
+        name = _qualified(table)
+        if name in linked or name in not_personal:
+            continue
+        for column in table.columns:
+            for fk in column.foreign_keys:
+                try:
+                    parent = _qualified(fk.column.table)
+                except (sa.exc.NoReferencedTableError, sa.exc.NoReferencedColumnError):
+                    continue
+                if parent not in linked:
+                    continue
+                raise ConfigurationError(
+                    f"{name}.{column.name} is a foreign key to {parent}, a linked table, but "
+                    f"{name} has no subject link: its rows would be left out of every export "
+                    f'without a word. Declare __table_args__ = {{"info": subject_link(via='
+                    f'"{column.name}")}} (and annotate its personal columns with personal(...)), '
+                    f'or mark the table {{"info": not_personal(reason)}} if it holds nothing '
+                    "about the member"
+                )
+
+
 def collect(target: Any) -> SubjectMap:
     """Build and check the subject map of ``target``'s tables; call it once at start-up.
 
@@ -422,8 +450,10 @@ def collect(target: Any) -> SubjectMap:
         ConfigurationError: naming ``table.column``, for an encrypted column in a table with no
             subject link that is not marked :func:`~vaultkit.subjects.not_personal`; an
             unannotated encrypted column of a linked table; a :func:`~vaultkit.subjects.personal`
-            column in an unlinked table; a link to an unknown or unlinked table or column; a
-            cycle of links; two paths from one table to a member (both named).
+            column in an unlinked table; a table with a foreign key to a linked table and
+            neither a subject link nor ``not_personal()`` (its rows would be left out of every
+            export); a link to an unknown or unlinked table or column; a cycle of links; two
+            paths from one table to a member (both named).
 
     .. versionadded:: 0.3.0
     """
@@ -455,6 +485,7 @@ def collect(target: Any) -> SubjectMap:
         if link is not None:
             pending[name] = _Pending(table, link, tuple(exported))
 
+    _check_unlinked_children(tables, pending, not_personal)
     resolved: dict[str, LinkedTable] = {}
     referenced: dict[str, set[str]] = {name: set() for name in pending}
 
