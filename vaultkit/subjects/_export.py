@@ -431,10 +431,12 @@ class _Reader:
             if c.encrypted
         ]
         encrypted = [c for c in readable if c.encrypted]
+        primary = list(table.primary_key.columns)
         raw_rows: list[Any] = []
         try:
             for clause in filters:
-                raw_rows.extend(self._execute(sa.select(*selected).where(clause)))
+                query = sa.select(*selected).where(clause).order_by(*primary)
+                raw_rows.extend(self._execute(query))
         except sa.exc.SQLAlchemyError as exc:
             # Told apart only on failure: no query more per table on the way of a good export.
             source.read = False
@@ -446,6 +448,11 @@ class _Reader:
             return
         if not raw_rows:
             return
+        # By primary key, over all batches, in Python's order (code points for text): the same
+        # rows in the same order on every engine, whatever its collation.
+        positions = [plain_names.index(c.name) for c in primary]
+        raw_rows.sort(key=lambda row: _order_key(row[i] for i in positions))
+        aware = [c.name for c in readable if _is_aware(c.column)]
         for column in denied:
             self.incomplete.append(
                 _source_row(entry.name, "no_grant", column=column.name, domain=column.domain)
@@ -499,6 +506,9 @@ class _Reader:
                 continue
             for column in denied:
                 marks[column.name] = {"status": "not_read", "reason": "no_grant"}
+            for name in aware:
+                if isinstance(values.get(name), dt.datetime):
+                    values[name] = _utc(values[name])
             source.rows.append(values)
             source.marks.append(marks)
         if foreign_rows:
@@ -672,6 +682,35 @@ class _Reader:
             conn.begin()  # what the first execute would begin anyway
         with conn.begin_nested():
             return conn.execute(statement).all()
+
+
+def _order_key(values: Iterable[Any]) -> tuple[Any, ...]:
+    """A primary key as a sort key: an enum by its value, a type that does not order by its
+    text (one table's key columns hold one type each, so the keys compare)."""
+    key: list[Any] = []
+    for value in values:
+        if isinstance(value, enum.Enum):
+            value = value.value
+        if not isinstance(value, int | float | decimal.Decimal | str | bytes | dt.date | uuid.UUID):
+            value = str(value)
+        key.append(value)
+    return tuple(key)
+
+
+def _is_aware(column: sa.Column[Any]) -> bool:
+    """Whether ``column`` holds instants (``DateTime(timezone=True)``, plain or encrypted)."""
+    column_type = column.type
+    inner = column_type.inner if isinstance(column_type, Encrypted) else column_type
+    return isinstance(inner, sa.DateTime) and bool(inner.timezone)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """An instant in UTC with its offset (``+00:00``). A naive value of a
+    ``DateTime(timezone=True)`` column is taken as UTC: SQLite and MariaDB keep no offset (they
+    store the wall-clock time they were given, so instants are written in UTC)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
 
 
 def _qualified(table: sa.Table) -> str:
