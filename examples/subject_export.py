@@ -1,14 +1,22 @@
 """A member asks for a copy of their data (GDPR art. 15): the subject map, then the export.
 
 Run it from any directory; it needs no server (KEKs in memory, key store and data in SQLite
-memory). It writes ``m-17.json``, ``m-17.zip`` (CSV) and ``m-17.html`` into the current
-directory, and the medical part separately as ``m-17-medical.json``. docs/subject-rights.md
-explains what a DPO reads in them.
+memory)::
+
+    python examples/subject_export.py [DIRECTORY]
+
+It writes ``m-17.json``, ``m-17.zip`` (CSV) and ``m-17.html``, and the medical part separately
+as ``m-17-medical.json``, into DIRECTORY (made if missing), or else into a new temporary
+directory, never into the current one; it prints where. docs/subject-rights.md explains what a
+DPO reads in them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy import Date, ForeignKey, Integer, String, Text, create_engine
@@ -80,7 +88,18 @@ class Subscription(Base):
     email_index = BlindIndex("email", normalize=str.lower)
 
 
-def main() -> None:
+def output_directory(argv: list[str]) -> Path:
+    """The directory given as argument (made owner-only if missing), else a new temporary one:
+    an export holds a member's data, and does not belong in a source checkout."""
+    if argv:
+        out = Path(argv[0])
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return out
+    return Path(tempfile.mkdtemp(prefix="vaultkit-subject-export-"))
+
+
+def main(argv: list[str]) -> None:
+    out = output_directory(argv)
     vault = Vault(
         provider=InMemoryKeyProvider(),  # tests and tutorials only: KEKs in memory
         store=MemoryKeyStore(),
@@ -109,19 +128,21 @@ def main() -> None:
         export = vault.export_subject(s, "m-17", "access", subjects=subjects, request_id="DSR-17")
     print(export)
     print("not read:", [(i["table"], i["column"], i["reason"]) for i in export.incomplete_sources])
-    export.write_json("m-17.json")
-    export.write_csv_zip("m-17.zip")
-    export.write_html("m-17.html")
+    export.write_json(out / "m-17.json")
+    export.write_csv_zip(out / "m-17.zip")
+    export.write_html(out / "m-17.html")
 
     # The medical adviser makes the separate medical part, delivered through them.
     with acting_as(adviser, purpose="DataSubjectRequest"), Session(engine) as s:
         split = vault.export_subject(s, "m-17", subjects=subjects, split_restricted=True)
     assert split.restricted is not None
-    split.restricted.write_json("m-17-medical.json")
+    split.restricted.write_json(out / "m-17-medical.json")
     print(split.restricted)
     vaultkit.sqla.configure(None)
     vault.close()
+    print(f"written into {out}: m-17.json, m-17.zip, m-17.html, m-17-medical.json")
+    print("(a member's data, even made up: delete the directory when you are done)")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
