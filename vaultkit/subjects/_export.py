@@ -392,6 +392,8 @@ class _Reader:
     matched: dict[str, list[Any]] = field(default_factory=dict)
     #: (table, column) already listed as holding a value that failed to decrypt.
     unreadable: set[tuple[str, str]] = field(default_factory=set)
+    #: Whether the connection is the export's own (opened from an Engine, closed after).
+    owned: bool = False
 
     def exported(self, entry: LinkedTable) -> list[ExportedColumn]:
         if self.kind == "portability":
@@ -676,6 +678,15 @@ class _Reader:
         conn = self.connection
         if conn.dialect.name == "sqlite":
             return conn.execute(statement).all()
+        if self.owned:
+            # The export's own connection (an Engine given): no caller's transaction to keep, so
+            # no savepoint (two round trips more per table); a failed read rolls back instead.
+            try:
+                return conn.execute(statement).all()
+            except sa.exc.SQLAlchemyError:
+                if conn.in_transaction():
+                    conn.rollback()
+                raise
         # On a server, a failed statement aborts the transaction: each read goes in a savepoint,
         # so that the other tables are still read and the caller's transaction stays usable.
         if not conn.in_transaction():
@@ -1061,6 +1072,7 @@ def export_subject(
         split=bool(split_restricted),
         at=dt.datetime.now(dt.UTC).replace(microsecond=0),
         subject=subject,
+        owned=owned,
     )
     try:
         try:

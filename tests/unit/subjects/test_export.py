@@ -454,6 +454,29 @@ def test_a_connection_or_an_engine_serves_too(engine: sa.Engine, vault: Vault) -
     assert json.dumps(by_conn)
 
 
+def test_a_table_that_fails_to_read_through_an_engine_does_not_stop_the_next_ones(
+    engine: sa.Engine, vault: Vault
+) -> None:
+    """The export's own connection (an Engine given) reads without savepoints: a failed read
+    is rolled back, and the tables after it are read all the same."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE coaching_chats DROP COLUMN sent_at"))
+    with acting_as(ADVISER, purpose="support desk"):
+        data = vault.export_subject(engine, "m-17", subjects=SUBJECTS).to_dict()
+    _validate(data)
+    assert [(s["table"], s["reason"]) for s in data["incomplete_sources"]] == [
+        ("coaching_chats", "database_error")
+    ]
+    assert {t["table"]: len(t["rows"]) for t in data["tables"]} == {
+        "members": 1,
+        "policies": 2,
+        "claims": 4,
+        "coaching_chats": 0,
+        "call_recordings": 1,
+        "newsletter_subscriptions": 1,
+    }
+
+
 def test_a_table_that_fails_to_read_is_listed_and_the_session_survives(
     engine: sa.Engine, vault: Vault
 ) -> None:
