@@ -151,7 +151,7 @@ def test_another_members_email_copied_into_this_members_row_is_not_exported(
     "column edited) silently leave this member's export; finding them needs a scan of the "
     "subject-scoped columns by DEK owner (as misplaced_cells does) on each export. Fix: an "
     "optional check=True that runs that scan for the subject's DEKs and lists such rows as "
-    "incomplete (reason subject_mismatch).",
+    "incomplete (reason subject_mismatch). Documented in docs/subject-rights.md (Limits).",
 )
 def test_this_members_rows_moved_away_are_not_silently_missing(
     engine: sa.Engine, vault: Vault
@@ -379,8 +379,8 @@ def test_an_unlinked_table_hanging_off_a_member_is_not_a_silent_gap() -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="documented limit of a match link: a shared e-mail (a family address) matches the "
-    "rows of every member who has it; the match cannot tell whose a newsletter row is. Say so "
-    "in docs/subject-rights.md; a fix needs a subject column on the matched table.",
+    "rows of every member who has it; the match cannot tell whose a newsletter row is. Said so "
+    "in docs/subject-rights.md (Limits); a fix needs a subject column on the matched table.",
 )
 def test_a_shared_email_does_not_export_the_other_members_match_rows(
     engine: sa.Engine, vault: Vault
