@@ -22,9 +22,10 @@ import datetime as dt
 import functools
 import math
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from vaultkit import _backups, _bulk, _erasure, _lifecycle, _scoped
 from vaultkit._access import Policy, Principal, Scope, acting_as, current_scope
@@ -48,6 +49,7 @@ from vaultkit._offload import call as _call
 from vaultkit._offload import run_async
 from vaultkit._recorder import DEFAULT_AUDIT_BATCH, AuditRecorder
 from vaultkit._redact import NoPickle
+from vaultkit._requests import REF_COLUMN, REF_TABLE, RequestLog
 from vaultkit.audit import AuditEvent, AuditLog, open_audit_log
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError, DomainError
@@ -68,10 +70,55 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["BlindIndexKey", "CacheInfo", "FieldCipher", "RotationReport", "Subject", "Vault"]
+__all__ = [
+    "BlindIndexKey",
+    "CacheInfo",
+    "FieldCipher",
+    "RotationReport",
+    "Subject",
+    "SupportsSubjectExport",
+    "Vault",
+]
 
 #: A subject (a member) as the application names it: its id as str, int or UUID.
 Subject = str | int | uuid.UUID
+
+#: The request log's status for an erasure receipt's.
+_REQUEST_OUTCOME: Final = {
+    "granted": "completed",
+    "nothing_to_erase": "completed",
+    "partially_granted": "partially_granted",
+    "refused": "refused",
+}
+
+
+_Export_co = TypeVar("_Export_co", covariant=True)
+_Import_co = TypeVar("_Import_co", covariant=True)
+
+
+class SupportsSubjectImport(Protocol[_Import_co]):
+    """What :meth:`Vault.import_subject` hands off to: a :class:`vaultkit.subjects.SubjectMap`."""
+
+    def import_subject(self, vault: Vault, session: Any, data: Any) -> _Import_co: ...
+
+
+class SupportsSubjectExport(Protocol[_Export_co]):
+    """What :meth:`Vault.export_subject` hands off to: a :class:`vaultkit.subjects.SubjectMap`.
+
+    The map sits above the SQLAlchemy layer, which sits above the vault; the vault only calls it.
+    """
+
+    def export(
+        self,
+        vault: Vault,
+        session: Any,
+        subject: Subject,
+        *,
+        kind: str,
+        purpose: str,
+        request_id: str | None,
+        split_restricted: bool,
+    ) -> _Export_co: ...
 
 
 def _utc_now() -> dt.datetime:
@@ -268,6 +315,9 @@ class Vault(NoPickle):
                     self._store.close()
                 raise
         self._cipher = Cipher(self._keyring, self._policy, self._recorder)
+        self._requests: RequestLog | None = None
+        self._requests_engine: Engine | None = None  # made for a store that is not SQL
+        self._requests_lock = threading.Lock()
 
     def _open_recorder(
         self, audit: str | Engine | AsyncEngine | None, domain: str, batch_size: int
@@ -862,6 +912,8 @@ class Vault(NoPickle):
             self._store.close()
         if self._recorder is not None:
             self._recorder.close()
+        if self._requests_engine is not None:
+            self._requests_engine.dispose()
 
     def __enter__(self) -> Vault:
         return self
@@ -925,7 +977,10 @@ class Vault(NoPickle):
             reason: why, such as ``"art17"``; written into the receipt and the audit log.
             request_id: the request's ticket number; written into the receipt, the audit log
                 and the key store's subject rows. Neither may look like a personal identifier
-                (an e-mail address, a phone number, an INSZ or a BSN): refused.
+                (an e-mail address, a phone number, an INSZ or a BSN): refused. The request is
+                recorded in the request log (:attr:`requests`): opened if it is not there, and
+                closed with the receipt's outcome; one in the log for another kind or another
+                member is refused before anything is erased.
             domains: the subject-scoped domains to erase in (default: all of them).
             cells: called once the keys are destroyed, returns the rows whose blind-index cells
                 it nulled, by table (``vaultkit.sqla`` makes one); not called when every domain
@@ -953,7 +1008,163 @@ class Vault(NoPickle):
             domains=domains,
             cells=cells,
         )
-        return _call(erase, finish=True)
+        requests = self._request_log_or_none()
+        if requests is not None:
+            # Checked before anything is erased: a request id of another member's request
+            # (a typing error) stops here.
+            _call(requests.begin, request_id, "erasure", subject)
+        receipt = _call(erase, finish=True)
+        if requests is not None:
+            status, motive = _REQUEST_OUTCOME[receipt.status], None
+            grounds = sorted({d.ground or "not given" for d in receipt.domains if d.ground})
+            if receipt.status in ("partially_granted", "refused"):
+                motive = ("retained: " + "; ".join(grounds or ["legal minimum"]))[:255]
+            _call(
+                functools.partial(
+                    requests.finish,
+                    request_id,
+                    status=status,
+                    motive=motive,
+                    at=receipt.erased_at,
+                ),
+                finish=True,
+            )
+        return receipt
+
+    def export_subject(
+        self,
+        session: Any,
+        subject: Subject,
+        kind: str = "access",
+        *,
+        subjects: SupportsSubjectExport[_Export_co],
+        purpose: str = "DataSubjectRequest",
+        request_id: str | None = None,
+        split_restricted: bool = False,
+    ) -> _Export_co:
+        """Export every annotated value of ``subject`` (GDPR art. 15 access, art. 20 portability).
+
+        The map (:func:`vaultkit.subjects.collect`) says which tables hold a member's rows and how
+        they reach the member; the export reads them table by table (one query per table and
+        batch of parent keys, the DEKs preloaded), as the current principal
+        (:meth:`acting_as`) for ``purpose``: a restricted domain without the grant is not read
+        and is listed in ``incomplete_sources`` (``no_grant``); with it, each read is audited
+        with the purpose. Erased and expired values appear as erased, with their date. What a
+        database writer planted is not given as the member's: a value under another member's
+        key (withheld), a row whose member column names another member or matched by a copied
+        blind index (left out), listed as ``subject_mismatch``; and a value that fails to
+        authenticate (withheld, listed as ``value_unreadable``). See
+        docs/subject-rights.md.
+
+        Args:
+            session: an SQLAlchemy ``Session``, ``Connection`` or ``Engine`` on the models'
+                database.
+            subject: the member id (str, int or UUID).
+            kind: ``"access"`` (every annotated value, and the art. 15 block: purposes, legal
+                bases, recipients, retention, sources, rights) or ``"portability"`` (provided
+                and observed values only).
+            subjects: the :class:`~vaultkit.subjects.SubjectMap` of the models.
+            purpose: the purpose the reads are made and audited for.
+            request_id: the request's ticket number, written into the export (not a personal
+                identifier: refused if it looks like one), and recorded in the request log
+                (:attr:`requests`): opened if it is not there, refused if it is there for
+                another kind or member, completed when the export is complete (an incomplete
+                one leaves it in progress).
+            split_restricted: put the restricted domains' values into a separate part
+                (``export.restricted``), for delivery through the medical adviser.
+
+        Returns:
+            A :class:`~vaultkit.subjects.SubjectExport` (``to_dict``, ``write_json``,
+            ``write_csv_zip``, ``write_html``).
+
+        Raises:
+            ConfigurationError: an unknown kind, a request id that looks personal, models
+                configured with another vault, or an encrypted or personal column the map does
+                not know (added after :func:`~vaultkit.subjects.collect`).
+            TypeError: ``subjects`` is not a subject map (build one with
+                ``vaultkit.subjects.collect(metadata)``).
+
+        .. versionadded:: 0.3.0
+        """
+        export = getattr(subjects, "export", None)
+        if not callable(export):
+            raise TypeError(
+                "subjects= takes the subject map of the models: "
+                "vaultkit.subjects.collect(Base.metadata)"
+            )
+        requests = self._request_log_or_none() if request_id is not None else None
+        if requests is not None and request_id is not None:
+            _call(requests.begin, request_id, kind, subject)
+        result: _Export_co = export(
+            self,
+            session,
+            subject,
+            kind=kind,
+            purpose=purpose,
+            request_id=request_id,
+            split_restricted=split_restricted,
+        )
+        if requests is not None and request_id is not None:
+            # An incomplete export (a restricted domain without the grant, a table that failed)
+            # leaves the request open: the rest is still to be delivered.
+            if getattr(result, "status", None) == "complete":
+                _call(functools.partial(requests.finish, request_id, status="completed"))
+        return result
+
+    def import_subject(
+        self,
+        session: Any,
+        data: Mapping[str, Any] | os.PathLike[str],
+        *,
+        subjects: SupportsSubjectImport[_Import_co],
+    ) -> _Import_co:
+        """Insert a member's export (:meth:`export_subject`) into this database, re-encrypted.
+
+        The other end of art. 20 portability: an export made from one database, with these
+        models, loads into another whose vault has its own keys. Everything is checked before
+        anything is written: the export's schema version; each table against the map; each
+        exported column against the models (still annotated, same SQL type and value type,
+        encrypted in the same domain with the same subject and row key: a model change is a
+        :class:`~vaultkit.errors.ConfigurationError` naming ``table.column``); each value decoded
+        into its column's type; no row of the export already there (by primary key). Then the
+        rows are inserted parents first, through the column types (sealed under this vault's
+        keys, subject keys made for the member here, blind indexes computed with this vault's
+        index keys), in one transaction. Cells the export marks erased are written as NULL and
+        reported.
+
+        Args:
+            session: an SQLAlchemy ``Engine`` (the import commits, or rolls back on error), or a
+                ``Session`` or ``Connection`` (the import writes in its transaction, inside a
+                savepoint where the database has them, and does not commit: the caller commits,
+                or rolls back on error).
+            data: the export as a dictionary (``export.to_dict()``, ``json.load``) or the path
+                of its JSON file: an access or portability export, or the separate restricted
+                part of one (``split_restricted``), imported after its main part: it fills the
+                restricted cells the main part left empty (refused if a row is missing, of
+                another member, or filled already).
+            subjects: the :class:`~vaultkit.subjects.SubjectMap` of the models.
+
+        Returns:
+            An :class:`~vaultkit.subjects.ImportReport` (tables and rows, erased cells; no
+            value).
+
+        Raises:
+            ConfigurationError: the export is not one, its models differ from these (the
+                message names the column), a value has the wrong shape (the message names the
+                column and row, never the value), a NOT NULL column cannot be filled, or rows
+                are there already; nothing was written.
+            TypeError: ``subjects`` is not a subject map.
+
+        .. versionadded:: 0.3.0
+        """
+        load = getattr(subjects, "import_subject", None)
+        if not callable(load):
+            raise TypeError(
+                "subjects= takes the subject map of the models: "
+                "vaultkit.subjects.collect(Base.metadata)"
+            )
+        result: _Import_co = load(self, session, data)
+        return result
 
     def enforce_retention(
         self, *, at: dt.datetime | None = None, batch: int = 1000
@@ -1003,6 +1214,78 @@ class Vault(NoPickle):
         .. versionadded:: 0.3.0
         """
         return _call(functools.partial(_erasure.retention_report, self._life_cycle(), at=at))
+
+    # -- data-subject requests (vaultkit/_requests.py) --------------------------------------------
+
+    @property
+    def requests(self) -> RequestLog:
+        """The log of data-subject requests (table ``vaultkit_subject_requests``).
+
+        It lives in the key store's database (the SQL key store's engine, table prefix and
+        schema; for the memory key store of tests, an in-memory SQLite database lost with the
+        vault), created on first use. Members are named by a keyed reference made with the
+        blind-index key ``vaultkit_subject_requests.subject_ref@v1`` of the first declared
+        domain that is not restricted (each row records which). :meth:`erase_subject` and
+        :meth:`export_subject` with a ``request_id`` record themselves there.
+
+        Raises:
+            ConfigurationError: the key store is neither SQL nor the memory store.
+
+        .. versionadded:: 0.3.0
+        """
+        log_ = self._request_log_or_none()
+        if log_ is None:
+            raise ConfigurationError(
+                f"the key store {type(self._store).__name__} keeps no request log: it needs an "
+                "SQL key store (or the memory store of tests)"
+            )
+        return log_
+
+    def _request_log_or_none(self) -> RequestLog | None:
+        with self._requests_lock:
+            if self._requests is None:
+                self._requests = self._open_request_log()
+            return self._requests
+
+    def _open_request_log(self) -> RequestLog | None:
+        """The request log over the key store's database, or ``None`` for a store of the
+        application's own (called once, under the lock)."""
+        import sqlalchemy as sa
+
+        from vaultkit.store import MemoryKeyStore
+
+        store = self._store
+        prefix, schema = "vaultkit_", None
+        if isinstance(store, SQLKeyStore):
+            engine = store.engine
+            prefix = store.keys.name.removesuffix("data_keys")
+            schema = store.keys.schema
+        elif type(store) is MemoryKeyStore:  # a subclass may keep its rows elsewhere
+            # One connection, shared by the threads the vault is called from (asyncio
+            # callers' worker threads); SQLite serialises them.
+            engine = sa.create_engine(
+                "sqlite://",
+                poolclass=sa.pool.StaticPool,
+                connect_args={"check_same_thread": False},
+            )
+            self._requests_engine = engine
+        else:
+            return None
+        plain = [d.name for d in self._domains.values() if not d.restricted]
+        domain = (plain or list(self._domains))[0]
+
+        def ref(name: str, subject: object) -> str:
+            key = self.blind_index_key(name, table=REF_TABLE, column=REF_COLUMN)
+            return key.digest(_scoped.canonical_subject(subject))[:16].hex()
+
+        return RequestLog(
+            engine,
+            subject_ref=ref,
+            ref_domain=domain,
+            clock=self._keyring.now,
+            table_prefix=prefix,
+            schema=schema,
+        )
 
     # -- data life cycle: backups (vaultkit/_backups.py) ------------------------------------------
 

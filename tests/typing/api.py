@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -224,3 +225,30 @@ def research_usage(vault: Vault) -> None:
     gone: bool = destroy_key(vault, project=spec.project, recipient="uni-a")
     logged: bool = vault.record_event("research-export", "research", count=1, facts={"a": "b"})
     del lists, name, gone, logged
+
+
+def typed_subject_export(vault: Vault, session: sa.orm.Session, metadata: sa.MetaData) -> None:
+    from vaultkit.subjects import SubjectExport, SubjectMap, collect, export_subject
+
+    subjects: SubjectMap = collect(metadata)
+    export: SubjectExport = vault.export_subject(session, "m-17", "portability", subjects=subjects)
+    restricted: SubjectExport | None = export.restricted
+    data: dict[str, object] = export_subject(vault, session, 17, subjects=metadata).to_dict()
+    del restricted, data
+
+
+def typed_subject_import_and_requests(
+    vault: Vault, session: sa.orm.Session, metadata: sa.MetaData, path: Path
+) -> None:
+    from vaultkit.subjects import ImportReport, RequestLog, SubjectRequest, collect
+
+    report: ImportReport = vault.import_subject(session, path, subjects=collect(metadata))
+    rows: int = report.rows
+    log: RequestLog = vault.requests
+    request: SubjectRequest = log.open("DSR-1", "access", "m-17")
+    left: int = request.days_remaining()
+    late: bool = request.overdue(dt.datetime.now(dt.UTC))
+    extended: SubjectRequest = log.extend("DSR-1", "complex request")
+    done: SubjectRequest = log.complete("DSR-1", status="refused", motive="unfounded")
+    open_ones: list[SubjectRequest] = log.list(open_only=True, subject="m-17")
+    del rows, left, late, extended, done, open_ones

@@ -59,10 +59,20 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ),  # leaves: errors, secret holders, file and async I/O, DDL
     ("core", "keys", "store", "_codec", "audiences", "passwords"),
     ("_access", "audit", "config", "testing", "_scoped", "lifecycle"),
-    ("_keyring", "_bulk", "_recorder", "_cipher", "_lifecycle", "_erasure", "_ledger", "_backups"),
+    (
+        "_keyring",
+        "_bulk",
+        "_recorder",
+        "_cipher",
+        "_lifecycle",
+        "_erasure",
+        "_ledger",
+        "_backups",
+        "_requests",
+    ),
     ("_vault", ""),  # the facade, and the package's face that re-exports it
     ("sqla", "arrow"),  # arrow: kernels over the vault and the column types' bindings
-    ("rekey", "integrations", "research"),  # research: exports on the arrow kernels
+    ("rekey", "integrations", "research", "subjects"),  # research: exports on the arrow kernels
     ("cli", "__main__"),
 )
 

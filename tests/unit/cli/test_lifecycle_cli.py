@@ -249,6 +249,8 @@ def test_subject_type(app: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run([*base, "17", "--subject-type", "int", "--domain", "medical"], capsys)[0] == 0
     with vault() as v, pytest.raises(SubjectErasedError):
         v.decrypt(blob, context=NOTE)
+    # Another member: another request (the log refuses a request id of another member's).
+    base[-1] = "DSR-7"
     assert run([*base, str(uuid.uuid4()), "--subject-type", "uuid"], capsys)[0] == 0
 
 
