@@ -1,7 +1,7 @@
 """The research export: two passes over the source in Arrow batches, a k check, a Parquet file.
 
 Pass 1 reads only the quasi-identifiers' sources (and the member column, and the decrypted
-columns to leave erased members out), applies their transforms and counts each equivalence
+columns and the subject column to leave erased members out), applies their transforms and counts each equivalence
 class's rows and distinct members (k counts members): memory grows with the number of classes
 and 16 bytes per distinct (class, member) pair. The k check refuses (or decides which classes to suppress) before anything is written.
 Pass 2 reads the source again, transforms every output column, drops the suppressed rows and
@@ -184,6 +184,7 @@ def export(
             spec,
             key_id=key_id,
             max_days=max_days,
+            subject_column=erasures.column if erasures is not None else None,
             rows_in=rows_in,
             rows_out=rows_out,
             suppressed=suppressed,
@@ -577,6 +578,7 @@ def _manifest(
     *,
     key_id: str,
     max_days: int | None,
+    subject_column: str | None,
     rows_in: int,
     rows_out: int,
     suppressed: int,
@@ -608,7 +610,7 @@ def _manifest(
         "key_domain": spec.domain,
         "dataset_key_id": key_id,
         "dataset_max_days": max_days,
-        "subject_column": spec.subject_column,
+        "subject_column": subject_column,
         "columns": columns,
         "quasi_identifiers": list(spec.quasi_identifiers),
         "k": spec.k,
