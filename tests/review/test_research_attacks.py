@@ -444,8 +444,14 @@ class TestOneBoundPerDataset:
         with pytest.raises(ExportRefusedError, match="max_days = 30"):
             _export(vault, linked, database, tmp_path / "b.parquet")
 
+    @pytest.mark.parametrize("edited", [";max_days=90", ""], ids=["changed", "removed"])
     def test_a_key_store_writer_who_edits_the_bound_makes_the_key_unreadable(
-        self, provider: InMemoryKeyProvider, vault: Vault, database: sa.Engine, tmp_path: Path
+        self,
+        edited: str,
+        provider: InMemoryKeyProvider,
+        vault: Vault,
+        database: sa.Engine,
+        tmp_path: Path,
     ) -> None:
         """The bound is in the row's name, bound into the key's wrapping: a writer who sets it
         to 90 (to let a second bound through) gets the export refused, not a second shift."""
@@ -455,7 +461,7 @@ class TestOneBoundPerDataset:
         with keys.begin() as conn:
             changed = conn.execute(
                 sa.text("UPDATE vaultkit_data_keys SET name = :new WHERE name = :old"),
-                {"new": f"{name};max_days=90", "old": f"{name};max_days=30"},
+                {"new": name + edited, "old": f"{name};max_days=30"},
             ).rowcount
         keys.dispose()
         assert changed == 1
