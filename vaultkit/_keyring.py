@@ -49,7 +49,13 @@ from vaultkit._access import Denied, Policy
 from vaultkit._offload import call as _call
 from vaultkit._redact import NoPickle
 from vaultkit.core import wire
-from vaultkit.core.envelope import DataKey, new_data_key, new_dek_id, wrap_context
+from vaultkit.core.envelope import (
+    DataKey,
+    key_row_context,
+    new_data_key,
+    new_dek_id,
+    wrap_context,
+)
 from vaultkit.errors import (
     ConfigurationError,
     DecryptionError,
@@ -368,15 +374,20 @@ class BlindIndexKey(NoPickle):
 
     Holds key material: refuses pickling and copying; ``repr`` names only what it is for. The HMAC
     inner and outer states are computed once, so each digest costs one ``copy`` and one update.
+    ``attrs`` are the attributes its key-store row carries (``max_days=30`` for a research
+    dataset key), authenticated by the key's wrapping; ``None`` if the row has none.
     """
 
-    __slots__ = ("_base", "domain", "name", "version")
+    __slots__ = ("_base", "attrs", "domain", "name", "version")
 
-    def __init__(self, key: bytes, *, domain: str, name: str, version: int) -> None:
+    def __init__(
+        self, key: bytes, *, domain: str, name: str, version: int, attrs: str | None = None
+    ) -> None:
         self._base = hmac.new(key, digestmod=hashlib.sha256)
         self.domain = domain
         self.name = name
         self.version = version
+        self.attrs = attrs
 
     def digest(self, data: bytes) -> bytes:
         """Return HMAC-SHA256(key, data), 32 bytes."""
@@ -1118,7 +1129,7 @@ class Keyring(NoPickle):
         A provider that generates data keys (AWS KMS) makes and wraps the key in one call.
         """
         provider = self.providers[domain]
-        context = wrap_context(domain, dek_id, purpose)
+        context = key_row_context(domain, dek_id, purpose, name)
         if isinstance(provider, SupportsDataKeyGeneration):
             key, wrapped = provider.generate_data_key(ref, context=context)
             if not isinstance(key, bytes) or len(key) != 32:
@@ -1594,11 +1605,21 @@ class Keyring(NoPickle):
     # -- named keys ---------------------------------------------------------------------------
 
     def named_key(
-        self, domain: str, name: str, purpose: str, version: int, *, create: bool = True
+        self,
+        domain: str,
+        name: str,
+        purpose: str,
+        version: int,
+        *,
+        create: bool = True,
+        attrs: str | None = None,
     ) -> BlindIndexKey:
         """A named HMAC key of ``purpose`` in ``domain``, created on first use, then cached.
 
-        With ``create=False`` a key the key store does not hold is refused (KeyStoreError)."""
+        With ``create=False`` a key the key store does not hold is refused (KeyStoreError).
+        ``attrs`` (``key=value``, no ``;``) are recorded in the row's name (``name;attrs``) when
+        the key is made and bound into its wrapping; an existing key keeps the attributes it was
+        made with (the returned key's ``attrs``: the caller compares)."""
         cached = self._index_keys.get((domain, name))
         if cached is not None:
             return cached
@@ -1612,9 +1633,14 @@ class Keyring(NoPickle):
                 self._refuse_new_subject_ref(domain)
             if record is None and not create:
                 raise KeyStoreError(f"the {purpose} key {name} in domain {domain} does not exist")
+            if attrs is not None and (not attrs or ";" in attrs):
+                raise ConfigurationError("a named key's attributes are key=value text, no ';'")
             if record is None:
-                record = self._create_named_key(domain, name, dek_id, purpose)
-            if record.purpose != purpose or record.domain != domain or record.name != name:
+                row_name = name if attrs is None else f"{name};{attrs}"
+                record = self._create_named_key(domain, row_name, dek_id, purpose)
+            row_name = record.name or ""
+            base, _, row_attrs = row_name.partition(";")
+            if record.purpose != purpose or record.domain != domain or base != name:
                 raise KeyStoreError(f"key-store row {dek_id.hex()} is not the {purpose} key {name}")
             if record.state is DekState.DESTROYED:
                 raise KeyStoreError(f"the {purpose} key {name} in domain {domain} was destroyed")
@@ -1622,7 +1648,9 @@ class Keyring(NoPickle):
             ref = KeyRef(domain, record.kek_id, record.kek_version)
             try:
                 key = provider.unwrap(
-                    ref, record.wrapped, context=wrap_context(domain, dek_id, purpose)
+                    ref,
+                    record.wrapped,
+                    context=key_row_context(domain, dek_id, purpose, record.name),
                 )
             except KeyAuthenticationError:
                 # Named keys come only from rows the key holder made (never from a row an
@@ -1631,7 +1659,13 @@ class Keyring(NoPickle):
                     f"the {purpose} key {name} in domain {domain} (key row {dek_id.hex()}) was "
                     "not made by the holder of the domain's key; refused"
                 ) from None
-            named = BlindIndexKey(key, domain=domain, name=name, version=version)
+            named = BlindIndexKey(
+                key,
+                domain=domain,
+                name=name,
+                version=version,
+                attrs=row_attrs if ";" in row_name else None,
+            )
             self._index_keys[(domain, name)] = named
             return named
 
@@ -1643,7 +1677,8 @@ class Keyring(NoPickle):
             record = self.store.get(dek_id)
             if record is None:
                 raise KeyStoreError(f"the {purpose} key {name} in domain {domain} does not exist")
-            if record.purpose != purpose or record.domain != domain or record.name != name:
+            base = (record.name or "").partition(";")[0]
+            if record.purpose != purpose or record.domain != domain or base != name:
                 raise KeyStoreError(f"key-store row {dek_id.hex()} is not the {purpose} key {name}")
             self._index_keys.pop((domain, name), None)
             if record.state is DekState.DESTROYED and not record.wrapped:

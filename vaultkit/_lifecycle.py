@@ -12,7 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from vaultkit._keyring import PURPOSE, Keyring
-from vaultkit.core.envelope import wrap_context
+from vaultkit.core.envelope import key_row_context
 from vaultkit.errors import KeyStoreError
 from vaultkit.keys.provider import KeyRef, SupportsRewrap
 from vaultkit.store import WRAPPING_KEK_ID, DekState, SupportsScopedKeys
@@ -60,7 +60,7 @@ def rotate_kek(
         if (record.kek_id, record.kek_version) == (target.key_id, target.version):
             current += 1
             continue
-        context = wrap_context(domain, record.dek_id, record.purpose)
+        context = key_row_context(domain, record.dek_id, record.purpose, record.name)
         old_ref = KeyRef(domain, record.kek_id, record.kek_version)
         if isinstance(provider, SupportsRewrap):
             # Inside the HSM / KMS / transit server: the DEK never travels.

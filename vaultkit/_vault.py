@@ -519,7 +519,9 @@ class Vault(NoPickle):
             self._keyring.named_key, domain, f"{table}.{column}@v{version}", INDEX_PURPOSE, version
         )
 
-    def dataset_key(self, domain: str, name: str, *, create: bool = True) -> BlindIndexKey:
+    def dataset_key(
+        self, domain: str, name: str, *, create: bool = True, attrs: str | None = None
+    ) -> BlindIndexKey:
         """Return the HMAC key of a research dataset (:mod:`vaultkit.research`).
 
         A random 256-bit key per name (one per project and recipient), stored wrapped by the
@@ -530,6 +532,10 @@ class Vault(NoPickle):
             domain: the research domain (a declared domain, e.g. ``research``).
             name: the dataset's key name.
             create: make the key if the key store does not hold it (else KeyStoreError).
+            attrs: attributes (``key=value``, such as ``max_days=30``) recorded with a key this
+                call makes, in its row's name, and bound into its wrapping: a row whose
+                attributes were edited does not unwrap (KeyStoreError). An existing key keeps
+                the attributes it was made with; they are the returned key's ``attrs``.
 
         Raises:
             DomainError: the domain is not declared in this vault.
@@ -540,7 +546,13 @@ class Vault(NoPickle):
         self._check_domain(domain)
         return _call(
             functools.partial(
-                self._keyring.named_key, domain, name, DATASET_PURPOSE, 1, create=create
+                self._keyring.named_key,
+                domain,
+                name,
+                DATASET_PURPOSE,
+                1,
+                create=create,
+                attrs=attrs,
             )
         )
 

@@ -8,6 +8,7 @@ except those marked xfail(strict=True): limits left as they are, with the reason
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,21 @@ import pytest
 import sqlalchemy as sa
 
 from vaultkit import KeyDomain, Vault
-from vaultkit.errors import ConfigurationError, ExportRefusedError
-from vaultkit.research import dataset_key_name, export, parse_spec, pseudonym, withdraw
+from vaultkit.errors import (
+    ConfigurationError,
+    ExportRefusedError,
+    KeyProviderError,
+    KeyStoreError,
+)
+from vaultkit.research import (
+    MANIFEST_KEY,
+    dataset_key_name,
+    export,
+    parse_spec,
+    pseudonym,
+    withdraw,
+)
+from vaultkit.store import SubjectRecord
 from vaultkit.testing import InMemoryKeyProvider
 
 TODAY = dt.date(2026, 12, 1)
@@ -52,17 +66,26 @@ digits = 1
 
 
 @pytest.fixture
-def vault(tmp_path: Path) -> Any:
+def provider() -> InMemoryKeyProvider:
+    return InMemoryKeyProvider(["identity", "research"])
+
+
+def _open(provider: InMemoryKeyProvider, tmp_path: Path) -> Vault:
     url = f"sqlite:///{tmp_path / 'keys.db'}"
-    with Vault(
-        provider=InMemoryKeyProvider(["identity", "research"]),
+    return Vault(
+        provider=provider,
         store=url,
         domains=[
             KeyDomain("identity", dek_scope="subject"),
             KeyDomain("research", audited=True),
         ],
         audit=url,
-    ) as v:
+    )
+
+
+@pytest.fixture
+def vault(provider: InMemoryKeyProvider, tmp_path: Path) -> Any:
+    with _open(provider, tmp_path) as v:
         yield v
 
 
@@ -373,39 +396,182 @@ class TestLimits:
             joined[(a[pid], band)] = joined.get((a[pid], band), 0) + 1
         assert min(joined.values()) >= 4  # each file alone: classes of 6
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="limit (low): a member's shift is keyed per bound; two exports of one dataset with "
-        "different max_days shift one member's date by two amounts, their difference a clue to "
-        "both. A fix records the dataset's bound with its key and refuses another",
-    )
-    def test_two_exports_with_other_bounds_shift_a_member_alike(
+
+SHIFTED = '\n[columns.admitted]\nsource = "admitted_on"\ntransform = "date_shift"\nmax_days = {}\n'
+
+
+#: A key row that does not unwrap: the in-process providers' message, or a named key's refusal.
+UNWRAP = "did not unwrap|not made by the holder"
+
+
+class TestOneBoundPerDataset:
+    """Low: a member's shift was keyed per bound; two exports of one dataset with different
+    max_days shifted one member's date by two amounts, their difference a clue to both. The
+    dataset key records its bound (bound into its wrapping) and refuses another."""
+
+    def test_an_export_with_another_bound_is_refused(
         self, vault: Vault, database: sa.Engine, tmp_path: Path
     ) -> None:
-        shifted = '\n[columns.admitted]\nsource = "admitted_on"\ntransform = "date_shift"\nmax_days = {}\n'
-        a = pq.read_table(
-            _export(
-                vault, _spec(REGION + shifted.format(30)), database, tmp_path / "a.parquet"
-            ).path
-        )
-        b = pq.read_table(
-            _export(
-                vault, _spec(REGION + shifted.format(90)), database, tmp_path / "b.parquet"
-            ).path
-        )
-        assert a.column("admitted").to_pylist() == b.column("admitted").to_pylist()
+        first = _export(vault, _spec(REGION + SHIFTED.format(30)), database, tmp_path / "a.parquet")
+        with pytest.raises(ExportRefusedError, match="max_days = 30"):
+            _export(vault, _spec(REGION + SHIFTED.format(90)), database, tmp_path / "b.parquet")
+        assert not (tmp_path / "b.parquet").exists()
+        again = _export(vault, _spec(REGION + SHIFTED.format(30)), database, tmp_path / "c.parquet")
+        a, c = pq.read_table(first.path), pq.read_table(again.path)
+        assert a.column("admitted").to_pylist() == c.column("admitted").to_pylist()
+        assert _manifest(first.path)["dataset_max_days"] == 30
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="limit (medium, documented): an erased member is seen only through a decrypted "
-        "column; an export that decrypts none still writes their row (filter in the query)",
-    )
+    def test_a_pseudonym_only_export_fixes_the_default_bound(
+        self, vault: Vault, database: sa.Engine, tmp_path: Path
+    ) -> None:
+        first = _export(vault, _spec(REGION), database, tmp_path / "a.parquet")
+        assert _manifest(first.path)["dataset_max_days"] == 30
+        with pytest.raises(ExportRefusedError, match="max_days"):
+            _export(vault, _spec(REGION + SHIFTED.format(90)), database, tmp_path / "b.parquet")
+        _export(vault, _spec(REGION + SHIFTED.format(30)), database, tmp_path / "c.parquet")
+
+    def test_a_linked_export_takes_the_linked_datasets_bound(
+        self, vault: Vault, database: sa.Engine, tmp_path: Path
+    ) -> None:
+        _export(vault, _spec(REGION + SHIFTED.format(30)), database, tmp_path / "a.parquet")
+        linked = parse_spec(
+            HEAD.format(qis='["region"]', table="patients").replace(
+                'project = "cohort"', 'project = "cohort-b"\nlink_with = ["cohort"]'
+            )
+            + REGION
+            + SHIFTED.format(90)
+        )
+        with pytest.raises(ExportRefusedError, match="max_days = 30"):
+            _export(vault, linked, database, tmp_path / "b.parquet")
+
+    @pytest.mark.parametrize("edited", [";max_days=90", ""], ids=["changed", "removed"])
+    def test_a_key_store_writer_who_edits_the_bound_makes_the_key_unreadable(
+        self,
+        edited: str,
+        provider: InMemoryKeyProvider,
+        vault: Vault,
+        database: sa.Engine,
+        tmp_path: Path,
+    ) -> None:
+        """The bound is in the row's name, bound into the key's wrapping: a writer who sets it
+        to 90 (to let a second bound through) gets the export refused, not a second shift."""
+        _export(vault, _spec(REGION + SHIFTED.format(30)), database, tmp_path / "a.parquet")
+        name = dataset_key_name("cohort", "uni-a")
+        keys = sa.create_engine(f"sqlite:///{tmp_path / 'keys.db'}")
+        with keys.begin() as conn:
+            changed = conn.execute(
+                sa.text("UPDATE vaultkit_data_keys SET name = :new WHERE name = :old"),
+                {"new": name + edited, "old": f"{name};max_days=30"},
+            ).rowcount
+        keys.dispose()
+        assert changed == 1
+        with _open(provider, tmp_path) as fresh:  # another process: nothing cached
+            with pytest.raises((KeyProviderError, KeyStoreError), match=UNWRAP):
+                _export(fresh, _spec(REGION + SHIFTED.format(90)), database, tmp_path / "b.parquet")
+            with pytest.raises((KeyProviderError, KeyStoreError), match=UNWRAP):
+                withdraw(fresh, [103], recipient="uni-a")
+        assert not (tmp_path / "b.parquet").exists()
+
+    def test_a_rotated_kek_keeps_the_dataset_key_and_its_bound(
+        self, provider: InMemoryKeyProvider, vault: Vault, database: sa.Engine, tmp_path: Path
+    ) -> None:
+        first = _export(vault, _spec(REGION + SHIFTED.format(30)), database, tmp_path / "a.parquet")
+        assert vault.rotate_kek("research").rewrapped >= 1
+        with _open(provider, tmp_path) as fresh:
+            again = _export(
+                fresh, _spec(REGION + SHIFTED.format(30)), database, tmp_path / "b.parquet"
+            )
+        a, b = pq.read_table(first.path), pq.read_table(again.path)
+        assert a.column("admitted").to_pylist() == b.column("admitted").to_pylist()
+        assert a.column("pid").to_pylist() == b.column("pid").to_pylist()
+
+
+def _manifest(path: Path) -> Any:
+    return json.loads(pq.read_schema(path).metadata[MANIFEST_KEY.encode()])
+
+
+class TestErasedWithoutDecryption:
+    """Medium: an erased member was seen only through a decrypted column; an export that
+    decrypts none still wrote their row. The subject record (vaultkit_subjects) is read by
+    subject reference, one query per batch, when the spec names the member id column."""
+
     def test_an_erased_member_is_left_out_without_a_decrypted_column(
         self, vault: Vault, database: sa.Engine, tmp_path: Path
     ) -> None:
         vault.erase_subject(103, reason="art17", request_id="DSR-18")
-        table = pq.read_table(_export(vault, _spec(REGION), database, tmp_path / "x.parquet").path)
-        assert table.num_rows == 11
+        report = _export(vault, _spec(REGION), database, tmp_path / "x.parquet")
+        table = pq.read_table(report.path)
+        key = vault.dataset_key("research", dataset_key_name("cohort", "uni-a"), create=False)
+        assert pseudonym(key, 103) not in table.column("pid").to_pylist()
+        assert (table.num_rows, report.rows_in, report.rows_out) == (11, 11, 11)
+        assert _manifest(report.path)["subject_column"] == "member_id"
+
+    def test_a_declared_subject_column_without_a_pseudonym_of_it(
+        self, vault: Vault, database: sa.Engine, tmp_path: Path
+    ) -> None:
+        """No column pseudonymises the member id (the researcher gets no pseudonym at all):
+        ``subject = "member_id"`` still leaves the erased member out, in both passes (with
+        suppression the k counts are those of the rows written)."""
+        vault.erase_subject(103, reason="art17", request_id="DSR-18")
+        spec = parse_spec(
+            '[export]\nproject = "cohort"\nrecipient = "uni-a"\nsource = "patients"\n'
+            'member = "member_id"\nsubject = "member_id"\nk = 3\n'
+            'on_small_class = "suppress"\nquasi_identifiers = ["region"]\n'
+            + REGION
+            + '\n[columns.diagnosis]\ntransform = "keep"\n'
+        )
+        report = _export(vault, spec, database, tmp_path / "x.parquet")
+        assert (report.rows_in, report.rows_out) == (11, 11)
+
+    def test_a_fenced_member_is_left_out(
+        self, vault: Vault, database: sa.Engine, tmp_path: Path
+    ) -> None:
+        """An erasure under way fences the member before their keys go: left out already."""
+        ref = vault.subject_ref("identity", 105)
+        vault.store.put_subject(  # type: ignore[attr-defined]
+            SubjectRecord("identity", ref, fenced_at=dt.datetime.now(dt.UTC))
+        )
+        report = _export(vault, _spec(REGION), database, tmp_path / "x.parquet")
+        key = vault.dataset_key("research", dataset_key_name("cohort", "uni-a"), create=False)
+        assert pseudonym(key, 105) not in pq.read_table(report.path).column("pid").to_pylist()
+        assert report.rows_out == 11
+
+    def test_subjects_are_read_per_batch_not_per_row(
+        self, vault: Vault, database: sa.Engine, tmp_path: Path
+    ) -> None:
+        vault.erase_subject(103, reason="art17", request_id="DSR-18")
+        queries: list[str] = []
+
+        def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if "vaultkit_subjects" in statement and statement.lstrip().upper().startswith("SELECT"):
+                queries.append(statement)
+
+        engine = vault.store.engine  # type: ignore[attr-defined]
+        spec = parse_spec(
+            HEAD.format(qis='["region"]', table="patients").replace(
+                "k = 3", "k = 3\nbatch_size = 4"
+            )
+            + REGION
+        )
+        sa.event.listen(engine, "before_cursor_execute", count)
+        try:
+            report = _export(vault, spec, database, tmp_path / "x.parquet")
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", count)
+        assert report.rows_out == 11
+        assert len(queries) == 6  # 12 rows in batches of 4, two passes
+
+    def test_no_subject_column_no_lookup(
+        self, vault: Vault, database: sa.Engine, tmp_path: Path
+    ) -> None:
+        """Without a pseudonym of the member id or a declared subject column, the member id
+        is not taken for the vault's subject (the documented limit: filter in the query)."""
+        vault.erase_subject(103, reason="art17", request_id="DSR-18")
+        body = REGION + '\n[columns.diagnosis]\ntransform = "keep"\n'
+        spec = parse_spec(
+            HEAD.format(qis='["region"]', table="patients").split("[columns.pid]")[0] + body
+        )
+        assert _export(vault, spec, database, tmp_path / "x.parquet").rows_out == 12
 
 
 def test_withdraw_under_a_linked_project_points_to_the_key_it_used(

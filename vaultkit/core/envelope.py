@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from vaultkit._redact import NoPickle
 from vaultkit.core import aead, wire
 
-__all__ = ["DataKey", "new_data_key", "new_dek_id", "wrap_context"]
+__all__ = ["DataKey", "key_row_context", "new_data_key", "new_dek_id", "wrap_context"]
 
 _LABEL: Final = wire.encode_field("vaultkit dek v1")
 
@@ -40,6 +40,19 @@ def new_dek_id() -> bytes:
 def wrap_context(domain: str, dek_id: bytes, purpose: str = "data") -> bytes:
     """Return the context a DEK is wrapped with."""
     return _LABEL + wire.encode_field(domain) + wire.encode_field(purpose) + dek_id
+
+
+def key_row_context(domain: str, dek_id: bytes, purpose: str, name: str | None) -> bytes:
+    """The context a key row is wrapped with: :func:`wrap_context`, and the row's name when it
+    carries attributes (``name;attr=value``, research dataset keys' date-shift bound), so that
+    a key-store writer who edits them makes the key unreadable rather than changes them.
+
+    .. versionadded:: 0.4.0
+    """
+    context = wrap_context(domain, dek_id, purpose)
+    if name is not None and ";" in name:
+        context += wire.encode_field(name)
+    return context
 
 
 class DataKey(NoPickle):

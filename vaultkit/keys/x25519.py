@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from vaultkit._redact import NoPickle
-from vaultkit.core.envelope import wrap_context
+from vaultkit.core.envelope import key_row_context, wrap_context
 from vaultkit.errors import (
     ConfigurationError,
     DomainError,
@@ -542,7 +542,7 @@ class X25519KeyProvider(NoPickle):
             if record.wrapped[:1] != _LEGACY:
                 continue
             ref = KeyRef(record.domain, record.kek_id, record.kek_version)
-            context = wrap_context(record.domain, record.dek_id, record.purpose)
+            context = key_row_context(record.domain, record.dek_id, record.purpose, record.name)
             wrapped = self.wrap(
                 ref,
                 self._unwrap(ref, record.wrapped, context=context, legacy=True),

@@ -1,7 +1,7 @@
 """The research export: two passes over the source in Arrow batches, a k check, a Parquet file.
 
 Pass 1 reads only the quasi-identifiers' sources (and the member column, and the decrypted
-columns to leave erased members out), applies their transforms and counts each equivalence
+columns and the subject column to leave erased members out), applies their transforms and counts each equivalence
 class's rows and distinct members (k counts members): memory grows with the number of classes
 and 16 bytes per distinct (class, member) pair. The k check refuses (or decides which classes to suppress) before anything is written.
 Pass 2 reads the source again, transforms every output column, drops the suppressed rows and
@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,12 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vaultkit._keyring import DATASET_PURPOSE, index_key_id
+from vaultkit._keyring import DATASET_PURPOSE, SUBJECT_REF_NAME, index_key_id
 from vaultkit.arrow import decrypt_array
 from vaultkit.errors import ConfigurationError, ExportRefusedError, KeyStoreError
 from vaultkit.research._spec import ColumnSpec, ExportSpec, dataset_key_name
 from vaultkit.research._transforms import PSEUDONYM_BITS, pseudonym, transform
-from vaultkit.store import DekState
+from vaultkit.store import DekState, SupportsScopedKeys
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -138,7 +139,8 @@ def export(
         raise ExportRefusedError(
             f"the spec expired on {spec.expires.isoformat()}: renew the agreement (and expires)"
         )
-    key, key_id = _dataset_key(vault, spec)
+    key, key_id, max_days = _dataset_key(vault, spec)
+    erasures = _Erasures.of(vault, spec)
     engine = (
         sa.create_engine(database, hide_parameters=True) if isinstance(database, str) else database
     )
@@ -153,7 +155,7 @@ def export(
         # The decrypted columns are read too: a row of an erased member is left out of both
         # passes (_batches), so pass 1 must see what pass 2 will.
         read = [*qi_columns, *(c for c in spec.output if c.decrypt and c not in qi_columns)]
-        for batch in _batches(vault, engine, spec, read):
+        for batch in _batches(vault, engine, spec, read, erasures):
             rows_in += batch.num_rows
             classes = list(_classes(batch, qi_columns, spec, key, today))
             counts.update(classes)
@@ -181,6 +183,8 @@ def export(
         manifest = _manifest(
             spec,
             key_id=key_id,
+            max_days=max_days,
+            subject_column=erasures.column if erasures is not None else None,
             rows_in=rows_in,
             rows_out=rows_out,
             suppressed=suppressed,
@@ -194,7 +198,9 @@ def export(
         target = Path(out)
         partial = target.with_name(target.name + ".partial")
         try:
-            _write(vault, engine, spec, key, today, counts, small, partial, manifest_bytes)
+            _write(
+                vault, engine, spec, key, today, counts, small, partial, manifest_bytes, erasures
+            )
             audited = vault.record_event(
                 AUDIT_ACTION,
                 spec.domain,
@@ -264,8 +270,15 @@ class _Members:
         return {c: int(per_class[i]) for c, i in self._ids.items()}
 
 
-def _dataset_key(vault: Vault, spec: ExportSpec) -> tuple[BlindIndexKey | None, str]:
-    """The dataset key the spec's keyed columns use (the linked project's when it links)."""
+def _dataset_key(vault: Vault, spec: ExportSpec) -> tuple[BlindIndexKey | None, str, int | None]:
+    """The dataset key the spec's keyed columns use (the linked project's when it links), its
+    id and the date-shift bound it was made with.
+
+    A dataset key records one bound when it is made (the first keyed export's date_shift bound,
+    or the default if it shifts no date), in its key-store row's name and bound into the key's
+    wrapping: every export under it shifts a member's dates by the same amount, and a key-store
+    writer who edits the bound makes the key unreadable (refused) rather than allows a second
+    shift. An export that date-shifts with another bound is refused."""
     name = dataset_key_name(spec.key_project, spec.recipient)
     key_id = index_key_id(spec.domain, name).hex()
     record = vault.store.get(bytes.fromhex(key_id))
@@ -280,8 +293,92 @@ def _dataset_key(vault: Vault, spec: ExportSpec) -> tuple[BlindIndexKey | None, 
             f"{spec.recipient} (export it first; linking needs that project's key)"
         )
     if not any(c.transform in _KEYED for c in spec.output):
-        return None, key_id
-    return vault.dataset_key(spec.domain, name, create=not spec.link_with), key_id
+        return None, key_id, None
+    key = vault.dataset_key(
+        spec.domain, name, create=not spec.link_with, attrs=f"max_days={spec.max_days}"
+    )
+    attrs = key.attrs or ""
+    recorded = int(attrs[9:]) if attrs.startswith("max_days=") and attrs[9:].isdigit() else None
+    shifts = any(c.transform == "date_shift" for c in spec.output)
+    if shifts and recorded != spec.max_days:
+        which = (
+            f"date_shift: the dataset key of project {spec.key_project} for recipient "
+            f"{spec.recipient} (key {key_id})"
+        )
+        if recorded is None:
+            raise ExportRefusedError(
+                f"{which} records no max_days (made before bounds were recorded): shift the "
+                "dates under another project or recipient (another dataset key)"
+            )
+        raise ExportRefusedError(
+            f"{which} was made with max_days = {recorded}, this spec shifts by max_days = "
+            f"{spec.max_days}: a member's dates would move by two amounts across its exports. "
+            f"Use max_days = {recorded}, or another project or recipient (another dataset key)"
+        )
+    return key, key_id, recorded
+
+
+class _Erasures:
+    """The members of a batch whose subject record says erased, in the vault's subject-scoped
+    domains: an export that decrypts no column of theirs would not see it otherwise.
+
+    Looked up by subject reference (never the member id) in one key-store query per domain
+    and 500 distinct members of a batch. A member erased in any subject-scoped domain, or fenced
+    there (an erasure under way), is left out; so is one erased and later allowed again (their
+    rows cannot be told from the erased ones without a decrypted column).
+    """
+
+    def __init__(self, vault: Vault, column: str, domains: Sequence[str]) -> None:
+        self._vault = vault
+        self.column = column
+        self._domains = domains
+
+    @classmethod
+    def of(cls, vault: Vault, spec: ExportSpec) -> _Erasures | None:
+        column = spec.subject_column
+        if column is None:
+            return None
+        domains = []
+        for name in vault.domains:
+            domain = vault.key_domain(name)
+            if domain is None or domain.dek_scope != "subject":
+                continue
+            # No subject-reference key yet: no member of that domain was ever erased.
+            if vault.store.get(index_key_id(name, SUBJECT_REF_NAME)) is None:
+                continue
+            domains.append(name)
+        return cls(vault, column, domains) if domains else None
+
+    def erased(self, values: Sequence[object]) -> pa.Array | None:
+        """A mask of the rows whose member is erased, or ``None`` if none is."""
+        vault = self._vault
+        members: list[str | int | uuid.UUID] = []
+        for v in dict.fromkeys(v for v in values if v is not None):
+            if isinstance(v, bool) or not isinstance(v, str | int | uuid.UUID):
+                raise ConfigurationError(
+                    f"subject column {self.column} holds {type(v).__name__} values, not the "
+                    "str, int or UUID member ids the vault knows; cast it in a query"
+                )
+            members.append(v)
+        if not members:
+            return None
+        gone: set[object] = set()
+        store = vault.store
+        get_many = getattr(store, "get_subjects", None)
+        for domain in self._domains:
+            refs = {vault.subject_ref(domain, m): m for m in members}
+            if get_many is not None:
+                found = get_many(domain, list(refs))
+            elif isinstance(store, SupportsScopedKeys):  # no batch reads: one per member
+                found = {r: x for r in refs if (x := store.get_subject(domain, r)) is not None}
+            else:
+                found = {}
+            for ref, record in found.items():
+                if record.erased_at is not None or record.fenced_at is not None:
+                    gone.add(refs[ref])
+        if not gone:
+            return None
+        return pa.array([v is not None and v in gone for v in values], pa.bool_())
 
 
 def _select(engine: sa.Engine, spec: ExportSpec, names: Sequence[str]) -> sa.Select[Any]:
@@ -298,10 +395,16 @@ def _select(engine: sa.Engine, spec: ExportSpec, names: Sequence[str]) -> sa.Sel
 
 
 def _batches(
-    vault: Vault, engine: sa.Engine, spec: ExportSpec, columns: Sequence[ColumnSpec]
+    vault: Vault,
+    engine: sa.Engine,
+    spec: ExportSpec,
+    columns: Sequence[ColumnSpec],
+    erasures: _Erasures | None,
 ) -> Iterator[pa.Table]:
-    """The source in Arrow batches: the member column and ``columns``' sources, decrypted."""
-    names = list(dict.fromkeys([spec.member, *(c.source for c in columns)]))
+    """The source in Arrow batches: the member column and ``columns``' sources, decrypted; the
+    rows of erased members left out (seen through a decrypted column, or ``erasures``)."""
+    subject = [erasures.column] if erasures is not None else []
+    names = list(dict.fromkeys([spec.member, *subject, *(c.source for c in columns)]))
     decrypting = {c.source: c.decrypt for c in columns if c.decrypt is not None}
     statement = _select(engine, spec, names)
     with engine.connect() as conn:
@@ -335,6 +438,10 @@ def _batches(
                 arrays[name] = plain
                 gone = pc.and_(pc.is_valid(blobs), pc.is_null(plain))
                 erased = gone if erased is None else pc.or_(erased, gone)
+            if erasures is not None:
+                marked = erasures.erased(arrays[erasures.column].to_pylist())
+                if marked is not None:
+                    erased = marked if erased is None else pc.or_(erased, marked)
             table = pa.table(arrays)
             if erased is not None and pc.any(erased).as_py():
                 # The row of an erased member is not exported at all: its clear columns and its
@@ -412,6 +519,7 @@ def _write(
     small: set[tuple[object, ...]],
     path: Path,
     manifest: bytes,
+    erasures: _Erasures | None,
 ) -> None:
     output = spec.output
     qi_index = [
@@ -421,7 +529,7 @@ def _write(
     writer: pq.ParquetWriter | None = None
     schema: pa.Schema | None = None
     try:
-        for batch in _batches(vault, engine, spec, output):
+        for batch in _batches(vault, engine, spec, output, erasures):
             arrays = _transformed(batch, output, key, spec, today)
             for c, a in zip(output, arrays, strict=True):
                 if c.transform == "keep":
@@ -469,6 +577,8 @@ def _manifest(
     spec: ExportSpec,
     *,
     key_id: str,
+    max_days: int | None,
+    subject_column: str | None,
     rows_in: int,
     rows_out: int,
     suppressed: int,
@@ -499,6 +609,8 @@ def _manifest(
         "spec_sha256": spec.digest,
         "key_domain": spec.domain,
         "dataset_key_id": key_id,
+        "dataset_max_days": max_days,
+        "subject_column": subject_column,
         "columns": columns,
         "quasi_identifiers": list(spec.quasi_identifiers),
         "k": spec.k,
@@ -545,7 +657,8 @@ def withdraw(
     for record in vault.store.records(domain=domain):
         if record.purpose != DATASET_PURPOSE or record.name is None:
             continue
-        match = _DATASET_NAME.fullmatch(record.name)
+        name = record.name.partition(";")[0]  # the row's attributes (max_days) follow a ';'
+        match = _DATASET_NAME.fullmatch(name)
         if match is None or match["recipient"] != recipient:
             continue
         if project is not None and match["project"] != project:
@@ -556,8 +669,13 @@ def withdraw(
             )
             continue
         try:
-            key = vault.dataset_key(domain, record.name, create=False)
-        except KeyStoreError:  # destroyed meanwhile
+            key = vault.dataset_key(domain, name, create=False)
+        except KeyStoreError:
+            # Destroyed meanwhile: nothing to withdraw. Anything else (a row that does not
+            # unwrap: edited by a key-store writer) is raised, never taken for destroyed.
+            now = vault.store.get(record.dek_id)
+            if now is None or now.state is not DekState.DESTROYED:
+                raise
             found.append(
                 Withdrawal(match["project"], recipient, record.dek_id.hex(), "destroyed", ())
             )

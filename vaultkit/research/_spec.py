@@ -65,6 +65,7 @@ _EXPORT_KEYS: Final = frozenset(
         "link_with",
         "domain",
         "batch_size",
+        "subject",
     }
 )
 _COMMON: Final = frozenset({"source", "transform", "decrypt"})
@@ -78,6 +79,9 @@ _PARAMS: Final[Mapping[str, frozenset[str]]] = {
 }
 _DECRYPT_KEYS: Final = frozenset({"domain", "table", "column"})
 MAX_SHIFT_DAYS: Final = 365_250  # the bound Google's DateShiftConfig allows each way
+#: The date_shift bound each way when a column gives none; also the bound a dataset key is made
+#: with by an export that shifts no date.
+DEFAULT_MAX_DAYS: Final = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,7 @@ class ExportSpec:
     link_with: tuple[str, ...] = ()
     domain: str = DEFAULT_DOMAIN
     batch_size: int = 65_536
+    subject: str | None = None
     digest: str = field(default="", compare=False)
 
     @property
@@ -139,6 +144,27 @@ class ExportSpec:
     def key_project(self) -> str:
         """The project whose dataset key the pseudonyms use: the linked one, else this one."""
         return self.link_with[0] if self.link_with else self.project
+
+    @property
+    def max_days(self) -> int:
+        """The date-shift bound of this export: its date_shift columns' one bound, else the
+        default. The dataset key records the bound it was made with; another is refused."""
+        bounds = {
+            c.max_days or DEFAULT_MAX_DAYS for c in self.output if c.transform == "date_shift"
+        }
+        return bounds.pop() if bounds else DEFAULT_MAX_DAYS
+
+    @property
+    def subject_column(self) -> str | None:
+        """The source column holding the vault's subject (member) id, whose erasures leave the
+        member out: ``[export] subject``, else the member column when a pseudonym column (not
+        decrypted) takes it as its source; ``None`` when neither says so."""
+        if self.subject is not None:
+            return self.subject
+        for c in self.output:
+            if c.transform == "pseudonym" and c.decrypt is None and c.source == self.member:
+                return self.member
+        return None
 
     def source_columns(self) -> tuple[str, ...]:
         """The source columns read (the member column first), each once."""
@@ -225,6 +251,9 @@ def parse_spec(data: bytes | str) -> ExportSpec:
         raise ConfigurationError("export spec: [export] expires must be a TOML date (2027-12-31)")
     if isinstance(expires, dt.datetime):
         expires = expires.date()
+    subject = None
+    if "subject" in head:
+        subject = _ident(head, "subject", "[export]")
     legal_basis = _opt_str(head, "legal_basis", "[export]")
     dpia_ref = _opt_str(head, "dpia_ref", "[export]")
 
@@ -268,6 +297,7 @@ def parse_spec(data: bytes | str) -> ExportSpec:
         link_with=tuple(link),
         domain=domain,
         batch_size=batch,
+        subject=subject,
         digest=hashlib.sha256(raw).hexdigest(),
     )
 
@@ -291,7 +321,7 @@ def _check_linkage(columns: tuple[ColumnSpec, ...], qis: list[str]) -> None:
             + " (a generalised column is a quasi-identifier; the k check must count it)"
         )
     shifted = [c for c in written if c.transform == "date_shift"]
-    bounds = sorted({c.max_days or 30 for c in shifted})
+    bounds = sorted({c.max_days or DEFAULT_MAX_DAYS for c in shifted})
     if len(bounds) > 1:
         raise ConfigurationError(
             "export spec: date_shift columns of one export take one max_days (given: "
@@ -365,7 +395,9 @@ def _column(name: str, raw: object) -> ColumnSpec:
                 raise ConfigurationError(f"export spec: {where} at must be a TOML date")
             at = raw_at.date() if isinstance(raw_at, dt.datetime) else raw_at
     if transform == "date_shift":
-        max_days = _int(spec, "max_days", where, default=30, low=1, high=MAX_SHIFT_DAYS)
+        max_days = _int(
+            spec, "max_days", where, default=DEFAULT_MAX_DAYS, low=1, high=MAX_SHIFT_DAYS
+        )
     return ColumnSpec(
         name=name,
         source=source,

@@ -7,10 +7,12 @@ import datetime as dt
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import sqlalchemy as sa
 
 from vaultkit import KeyDomain, Vault
-from vaultkit.research import export, parse_spec
+from vaultkit.errors import ExportRefusedError, KeyProviderError
+from vaultkit.research import dataset_key_name, export, parse_spec
 from vaultkit.store import MemoryKeyStore
 from vaultkit.testing import InMemoryKeyProvider
 
@@ -95,3 +97,92 @@ def test_export_from_each_database(database_url: str, tmp_path: Path) -> None:
         finally:
             meta.drop_all(engine)
             engine.dispose()
+
+
+BOUND_SPEC = """
+[export]
+project = "p"
+recipient = "r"
+source = "rx_people"
+member = "member_id"
+k = 2
+quasi_identifiers = ["sex"]
+
+[columns.pid]
+source = "member_id"
+transform = "pseudonym"
+
+[columns.sex]
+transform = "keep"
+
+[columns.seen]
+source = "seen_on"
+transform = "date_shift"
+max_days = {}
+"""
+
+
+def test_bound_and_erasures_with_the_key_store_on_each_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The key store on the server too: an erased member is left out though no column is
+    decrypted (subjects read per batch), the dataset key's bound is recorded and another
+    refused, and a bound edited in the server's key-store row makes the key unreadable."""
+    provider = InMemoryKeyProvider(["identity", "research"])
+    domains = [KeyDomain("identity", dek_scope="subject"), KeyDomain("research", audited=True)]
+    engine = sa.create_engine(database_url)
+    meta = sa.MetaData()
+    table = sa.Table(
+        "rx_people",
+        meta,
+        sa.Column("member_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("sex", sa.String(1)),
+        sa.Column("seen_on", sa.Date),
+    )
+    meta.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                table.insert(),
+                [
+                    {"member_id": i, "sex": "FM"[i % 2], "seen_on": dt.date(2026, 3, 1)}
+                    for i in range(10)
+                ],
+            )
+        audit = f"sqlite:///{tmp_path / 'audit.db'}"
+        with Vault(provider=provider, store=database_url, domains=domains, audit=audit) as vault:
+            vault.field("identity", table="people", column="email").encrypt(
+                "x@example.be", subject=3
+            )
+            vault.erase_subject(3, reason="art17", request_id="DSR-1")
+            report = export(
+                vault, parse_spec(BOUND_SPEC.format(10)), tmp_path / "a.parquet", database=engine
+            )
+            assert (report.rows_in, report.rows_out) == (9, 9)
+            with pytest.raises(ExportRefusedError, match="max_days = 10"):
+                export(
+                    vault,
+                    parse_spec(BOUND_SPEC.format(20)),
+                    tmp_path / "b.parquet",
+                    database=engine,
+                )
+        name = dataset_key_name("p", "r")
+        with engine.begin() as conn:
+            assert (
+                conn.execute(
+                    sa.text("UPDATE vaultkit_data_keys SET name = :new WHERE name = :old"),
+                    {"new": f"{name};max_days=20", "old": f"{name};max_days=10"},
+                ).rowcount
+                == 1
+            )
+        with Vault(provider=provider, store=database_url, domains=domains, audit=audit) as vault:
+            with pytest.raises(KeyProviderError, match="did not unwrap"):
+                export(
+                    vault,
+                    parse_spec(BOUND_SPEC.format(20)),
+                    tmp_path / "b.parquet",
+                    database=engine,
+                )
+    finally:
+        meta.drop_all(engine)
+        engine.dispose()
