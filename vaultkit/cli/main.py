@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         audit,
         bench,
         demo,
+        index,
         keys,
         password,
         rekey,
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     password.register(commands)
     audit.register(commands)
     rekey.register(commands)
+    index.register(commands)
     retention.register(commands)
     subject.register(commands)
     return parser
