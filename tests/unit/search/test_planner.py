@@ -9,7 +9,7 @@ import random
 import pytest
 
 from vaultkit.errors import ConfigurationError
-from vaultkit.search._planner import (
+from vaultkit.search import (
     PlannedIndex,
     aws_bounds,
     ciphersweet_bounds,
