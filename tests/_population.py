@@ -114,7 +114,7 @@ def _postal_codes(rng: random.Random) -> tuple[list[tuple[str, str]], list[float
 
 
 def population(
-    size: int, *, seed: int = 2026, surnames: int = 20_000, zipf: float = 1.0
+    size: int, *, seed: int = 2026, surnames: int = 20_000, zipf: float = 0.7
 ) -> list[Member]:
     """``size`` invented members, the same ones for the same arguments.
 
@@ -122,7 +122,8 @@ def population(
         size: members to make.
         seed: the random generator's seed.
         surnames: distinct surnames in the vocabulary (the Zipf law's support).
-        zipf: the Zipf exponent of the surnames (1.0: rank r has share proportional to 1/r).
+        zipf: the Zipf exponent of the surnames (share of rank r proportional to r^-zipf; 0.7
+            gives the most common name about 1.6% of the members).
     """
     rng = random.Random(seed)
     codes, code_weights = _postal_codes(rng)
