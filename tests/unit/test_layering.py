@@ -62,7 +62,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_keyring", "_bulk", "_recorder", "_cipher", "_lifecycle", "_erasure", "_ledger", "_backups"),
     ("_vault", ""),  # the facade, and the package's face that re-exports it
     ("sqla",),
-    ("rekey", "integrations"),
+    ("rekey", "integrations", "search"),  # search: transforms, and the planner over sqla
     ("cli", "__main__"),
 )
 

@@ -68,6 +68,7 @@ from vaultkit.sqla.types import (
     BlindIndexType,
     Encrypted,
     EncryptedCell,
+    Parts,
     Pending,
     RowBound,
     cell_of,
@@ -81,7 +82,8 @@ class _TablePlan:
 
     #: Columns with a row key or a subject: (column key, row-key column key, subject column key).
     bound: tuple[tuple[str, str | None, str | None], ...]
-    indexes: tuple[tuple[str, str], ...]  # (index column key, source column key)
+    #: (index column key, source column keys, whether the index takes its sources as Parts).
+    indexes: tuple[tuple[str, tuple[str, ...], bool], ...]
     row_keys: dict[str, sa.Column[Any]]  # row-key column key -> column
     #: Subject column key -> the keys of the columns encrypted under that subject's keys.
     subjects: dict[str, tuple[str, ...]]
@@ -150,13 +152,16 @@ def _plan(table: Any) -> _TablePlan | None:
                 subjects.setdefault(subject_key, []).append(column.key)
             bound.append((column.key, row_key, subject_key))
         elif isinstance(column.type, BlindIndexType):
-            source = table.columns.get(column.type.source)
-            if source is None:
-                raise ConfigurationError(
-                    f"blind index {table.name}.{column.name} names source {column.type.source!r}, "
-                    f"which is not a column of {table.name}"
-                )
-            indexes.append((column.key, source.key))
+            keys = []
+            for name in column.type.sources:
+                source = table.columns.get(name)
+                if source is None:
+                    raise ConfigurationError(
+                        f"blind index {table.name}.{column.name} names source {name!r}, "
+                        f"which is not a column of {table.name}"
+                    )
+                keys.append(source.key)
+            indexes.append((column.key, tuple(keys), column.type.takes_parts))
     plan = (
         _TablePlan(
             tuple(bound),
@@ -202,7 +207,7 @@ def _column_attached(column: sa.Column[Any], table: Any) -> None:
             column.type = column_type
         # The source column may be attached later (Alembic builds tables column by column): the
         # domain is resolved from it on first use.
-        column_type._attach(table)
+        column_type._attach(table, column.name)
         _sensitive_keys.add(column.key)
     _plans.pop(table, None)
 
@@ -256,7 +261,7 @@ def _rewrite(
     params: dict[str, Any], plan: _TablePlan, *, insert: bool, where_binds: dict[str, Any]
 ) -> dict[str, Any]:
     touches = any(c in params for c, _, _ in plan.bound) or any(
-        s in params for _, s in plan.indexes
+        s in params for _, sources, _ in plan.indexes for s in sources
     )
     if not touches and not (insert and plan.bound):
         return params
@@ -295,10 +300,26 @@ def _rewrite(
         if subject_key is not None:
             subject = _as_stored(plan.subject_columns[subject_key], known(subject_key))
         out[column_key] = RowBound(value, row, subject=subject)
-    for index_key, source_key in plan.indexes:
-        # The index is always derived from its source; a value given for it directly is ignored.
-        if source_key in params:
-            out[index_key] = params[source_key]
+    for index_key, source_keys, takes_parts in plan.indexes:
+        # The index is always derived from its sources; a value given for it directly is ignored.
+        if not takes_parts:
+            if source_keys[0] in params:
+                out[index_key] = params[source_keys[0]]
+            continue
+        given = [key for key in source_keys if key in params]
+        if not given:
+            continue
+        if len(given) < len(source_keys) and not insert:
+            if type(params.get(index_key)) is Parts:
+                continue  # the ORM gave the values of the sources it does not write
+            missing = ", ".join(key for key in source_keys if key not in params)
+            raise QueryError(
+                f"this UPDATE writes some sources of the compound index {index_key!r} but not "
+                f"{missing}: the index is computed from all of them, which SQL does not have in "
+                "plaintext. Write all of them in the statement, or update through the ORM"
+            )
+        # An INSERT that leaves a source out stores NULL there: the index is NULL too.
+        out[index_key] = Parts({key: params.get(key) for key in source_keys})
     return out
 
 
@@ -1039,8 +1060,10 @@ def _listen_index_sources(mapper: Mapper[Any]) -> None:
     for prop in mapper.column_attrs:
         column = prop.columns[0]
         if isinstance(column, sa.Column) and isinstance(column.type, BlindIndexType):
-            source = column.table.columns.get(column.type.source)
-            if source is not None:
+            for name in column.type.sources:
+                source = column.table.columns.get(name)
+                if source is None:
+                    continue
                 try:
                     source_key = mapper.get_property_by_column(source).key
                 except orm_exc.UnmappedColumnError:
