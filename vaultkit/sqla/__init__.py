@@ -29,6 +29,7 @@ from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError
 from vaultkit.sqla import _hooks  # noqa: F401 - registers the statement and mapper hooks
 from vaultkit.sqla._erasure import erasure_cells, misplaced_cells
+from vaultkit.sqla._planning import plan_column
 from vaultkit.sqla._registry import DEFAULT, configure, get_vault
 from vaultkit.sqla._search import (
     BucketIndex,
@@ -40,6 +41,7 @@ from vaultkit.sqla._search import (
     PrefixIndex,
     PrefixIndexType,
 )
+from vaultkit.sqla._tokens import TokenIndex, rewrite_terms, token_indexes
 from vaultkit.sqla.types import BlindIndexType, Encrypted, EncryptedCell, RowBound
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "PrefixIndex",
     "PrefixIndexType",
     "RowBound",
+    "TokenIndex",
     "alembic_render_item",
     "configure",
     "count_dek_references",
@@ -62,6 +65,9 @@ __all__ = [
     "erasure_cells",
     "get_vault",
     "misplaced_cells",
+    "plan_column",
+    "rewrite_terms",
+    "token_indexes",
 ]
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from vaultkit.errors import ConfigurationError
 from vaultkit.search import Plan, PlannedIndex, distinct_estimate, plan
 from vaultkit.sqla._tokens import TokenIndex, token_indexes
-from vaultkit.sqla.types import BlindIndexType
+from vaultkit.sqla.types import BlindIndexType, Parts
 
 __all__ = ["DEFAULT_SAMPLE", "indexes_of", "plan_column"]
 
@@ -52,12 +52,13 @@ def _table_of(model: Any) -> sa.Table:
     return table
 
 
-def _single(fn: Callable[[Any], Any] | None, source: str) -> Callable[[dict[str, Any]], list[Any]]:
+def _inputs_of(kind: BlindIndexType) -> Callable[[dict[str, Any]], list[Any]]:
     def inputs(row: dict[str, Any]) -> list[Any]:
-        value = row.get(source)
-        if value is None:
-            return []
-        value = fn(value) if fn is not None else value
+        if kind.takes_parts:
+            value = kind.transform(Parts(row))
+        else:
+            source = row.get(kind.source)
+            value = None if source is None else kind.transform(source)
         return [] if value is None else [value]
 
     return inputs
@@ -70,36 +71,20 @@ def indexes_of(model: Any) -> list[tuple[PlannedIndex, Callable[[dict[str, Any]]
     found: list[_Index] = []
     for column in table.columns:
         kind = column.type
-        describe = getattr(kind, "vaultkit_plan", None)
-        if callable(describe):
-            # The index types of vaultkit.sqla._search describe themselves (kind, sources,
-            # bits, partitions, inputs).
-            described = describe()
-            found.append(
-                _Index(
-                    PlannedIndex(
-                        name=column.key,
-                        kind=described["kind"],
-                        sources=tuple(described["sources"]),
-                        bits=int(described["bits"]),
-                        partitions=int(described.get("partitions", 1)),
-                    ),
-                    described["inputs"],
-                )
+        if not isinstance(kind, BlindIndexType):
+            continue
+        found.append(
+            _Index(
+                PlannedIndex(
+                    name=column.key,
+                    kind=kind.kind or "blind",
+                    sources=tuple(kind.sources),
+                    bits=kind.bits or 256,
+                    partitions=int(kind.partitions or 1),
+                ),
+                _inputs_of(kind),
             )
-        elif isinstance(kind, BlindIndexType):
-            found.append(
-                _Index(
-                    PlannedIndex(
-                        name=column.key,
-                        kind="blind",
-                        sources=(kind.source,),
-                        bits=kind.bits or 256,
-                        partitions=int(getattr(kind, "partitions", 1) or 1),
-                    ),
-                    _single(kind.normalize, kind.source),
-                )
-            )
+        )
     for token in token_indexes(table):
         found.append(_Index(_token_planned(token), _token_inputs(token)))
     return [(i.planned, i.inputs) for i in found]

@@ -129,7 +129,7 @@ class TestLookups:
         """With 4 bits most rows are candidates; the results are still exactly the true matches."""
         names = [f"name{i}-x{i % 7}" for i in range(60)]
         with Session(engine) as session:
-            session.add_all([Narrow(id=i, last_name=n) for i, n in enumerate(names)])
+            session.add_all([Narrow(id=i, last_name=n) for i, n in enumerate(names, start=1)])
             session.commit()
         with Session(engine) as session:
             exact = _names(session, Narrow.words.contains("x3"), Narrow)
