@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError
 from vaultkit.sqla._hooks import _subject_column
+from vaultkit.sqla._tokens import erase_terms
 from vaultkit.sqla.keyset import single_primary_key, walk
 from vaultkit.sqla.types import BlindIndexType, Encrypted
 from vaultkit.store import DekState, SupportsScopedKeys
@@ -96,7 +97,7 @@ def erasure_cells(
 
     In every table with an ``Encrypted(..., subject=...)`` column of a subject-scoped domain, the
     callback runs ``UPDATE <table> SET <each blind index> = NULL WHERE <subject column> =
-    :subject``, and nulls the blind index of each subject-scoped column wherever that column
+    :subject`` (and deletes those rows' terms from the table's token indexes), and nulls the blind index of each subject-scoped column wherever that column
     holds a value under one of the subject's keys (matched by the DEK id in the value's header,
     whatever the subject column says: a database writer who changed a row's subject column or
     copied a ciphertext into another row does not keep the subject's index cells alive). It
@@ -228,6 +229,11 @@ def _null_cells(
                 connection.execute(
                     sa.update(table).where(condition).values({index.key: None for index in own})
                 )
+        # Token indexes (side tables, vaultkit.sqla._tokens) lose the terms of the same rows,
+        # except those of a subject-scoped source the erasure retained.
+        erase_terms(
+            connection, table, where, keep={c.key for c in plan.sources if c not in erased}
+        )
     return rows
 
 

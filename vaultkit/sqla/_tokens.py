@@ -586,13 +586,19 @@ def _after_insert(conn: sa.Connection, statement: Insert, work: _Work, result: A
 # -- erasure and rotation -----------------------------------------------------------------------
 
 
-def erase_terms(conn: sa.Connection, table: sa.Table, where: Any) -> int:
-    """Delete the terms of the rows of ``table`` that ``where`` selects, in every token index.
+def erase_terms(
+    conn: sa.Connection, table: sa.Table, where: Any, *, keep: Iterable[str] = ()
+) -> int:
+    """Delete the terms of the rows of ``table`` that ``where`` selects, in every token index
+    (except the indexes of the source columns in ``keep``).
 
     Returns the number of terms deleted. Used by :func:`vaultkit.sqla.erasure_cells`.
     """
     total = 0
+    kept = set(keep)
     for index in _by_table.get(table, ()):
+        if index.source in kept:
+            continue
         side = index.table
         keys = [side.c[c.name] for c in table.primary_key.columns]
         rows = sa.select(*table.primary_key.columns).where(where)
