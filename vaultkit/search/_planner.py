@@ -132,7 +132,8 @@ class Plan:
         ciphersweet_bits: widths a *new* index could keep with ``2 <= C <= sqrt(R)`` overall.
         recommended_bits: the narrowest width in both ranges with at most ``max_false_positives``
             false candidates per lookup (the widest of the range when none is that cheap), or
-            ``None`` when a stand-alone index is refused.
+            ``None`` when a stand-alone index is refused or no width is in both ranges (the
+            indexes already declared used the field's budget; see ``notes``).
         partitions: recommended partitions (1: none needed).
         indexes: the existing indexes on the field's source columns, each with its figures.
         refused: why a stand-alone index on this field is refused (``None``: it is not).
@@ -348,14 +349,15 @@ def plan(
     cs_low, cs_high = ciphersweet_bounds(rows, existing, input_bits=max(input_bits, 1.0))
     low = max(cs_low, aws[0] if aws else cs_low, _MIN_BITS)
     high = min(cs_high, aws[1] if aws else cs_high)
-    if low > high:
+    room = low <= high
+    if not room:
         notes.append(
-            "the two rules' ranges do not overlap with the indexes already declared: "
-            f"CipherSweet allows {cs_low}-{cs_high} bits, AWS "
+            "no width satisfies both rules: CipherSweet allows "
+            f"{cs_low}-{cs_high} bits for another index"
+            + (" (the indexes already declared use the rest)" if indexes else "")
+            + ", AWS "
             + (f"{aws[0]}-{aws[1]}" if aws else "none")
-            + "; the recommendation follows CipherSweet (it counts the other indexes)"
         )
-        low, high = max(cs_low, _MIN_BITS), max(cs_high, _MIN_BITS)
     in_compound = any(i.kind == "compound" for i in indexes)
     refused = None
     recommended: int | None = None
@@ -366,7 +368,7 @@ def plan(
                 f"{column or 'the field'} is part of a compound index, where its few values "
                 "hide among the other parts'"
             )
-    else:
+    elif room:
         recommended = high
         for width in range(low, high + 1):
             if expected_false_positives(width, rows, distinct) <= max_false_positives:
