@@ -55,11 +55,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import vaultkit.sqla  # noqa: E402
-from tests._population import population  # noqa: E402
-from vaultkit import Vault  # noqa: E402
-from vaultkit.search import digits, first_char, fold_name, name_tokens, year  # noqa: E402
-from vaultkit.sqla import (  # noqa: E402
+import vaultkit.sqla
+from tests._population import population
+from vaultkit import Vault
+from vaultkit.search import digits, first_char, fold_name, name_tokens, year
+from vaultkit.sqla import (
     BlindIndex,
     BucketIndex,
     CompoundIndex,
@@ -68,8 +68,8 @@ from vaultkit.sqla import (  # noqa: E402
     PrefixIndex,
     TokenIndex,
 )
-from vaultkit.store import MemoryKeyStore  # noqa: E402
-from vaultkit.testing import InMemoryKeyProvider  # noqa: E402
+from vaultkit.store import MemoryKeyStore
+from vaultkit.testing import InMemoryKeyProvider
 
 DSN = os.environ.get(
     "VAULTKIT_TEST_POSTGRES_DSN", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -205,7 +205,12 @@ def _schema(dsn: str) -> Iterator[sa.Engine]:
 
 def _rows(members: list[Any]) -> list[dict[str, Any]]:
     return [
-        {"id": i, "postal_code": m.postal_code, "birth_date": m.birth_date, "last_name": m.last_name}
+        {
+            "id": i,
+            "postal_code": m.postal_code,
+            "birth_date": m.birth_date,
+            "last_name": m.last_name,
+        }
         for i, m in enumerate(members, start=1)
     ]
 
@@ -217,9 +222,7 @@ def _load(engine: sa.Engine, members: list[Any], *, chunk: int = 10_000) -> dict
     with engine.begin() as conn:
         for start in range(0, len(rows), chunk):
             conn.execute(sa.insert(Plain.__table__), rows[start : start + chunk])
-        words = [
-            {"id": r["id"], "word": w} for r in rows for w in name_tokens(r["last_name"])
-        ]
+        words = [{"id": r["id"], "word": w} for r in rows for w in name_tokens(r["last_name"])]
         for start in range(0, len(words), chunk):
             conn.execute(sa.insert(PLAIN_WORDS), words[start : start + chunk])
         conn.exec_driver_sql(PLAIN_PREFIX_DDL)
@@ -362,7 +365,9 @@ def _write_overhead(
     meta.drop_all(engine)
     base = min(best["plaintext"])
     for name, times in best.items():
-        results.append((name, min(times) / len(rows) * 1e6, max(times) / len(rows) * 1e6, min(times) / base))
+        results.append(
+            (name, min(times) / len(rows) * 1e6, max(times) / len(rows) * 1e6, min(times) / base)
+        )
     return results
 
 
@@ -400,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"PostgreSQL {figures['server']}")
             write = _write_overhead(engine, members[: args.write_rows], args.repeat)
             figures["write"] = write
-            print(f"\n## Write overhead ({args.write_rows} rows, Core executemany, best of {args.repeat})\n")
+            print(
+                f"\n## Write overhead ({args.write_rows} rows, Core executemany, best of {args.repeat})\n"
+            )
             print("| table | us per row (best) | us per row (worst) | x plaintext |")
             print("|---|---:|---:|---:|")
             for name, best, worst, ratio in write:

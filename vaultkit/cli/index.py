@@ -156,7 +156,9 @@ def _render(plan: Any) -> str:
         f"{plan.ciphersweet_bits[0]}-{plan.ciphersweet_bits[1]} bits",
     ]
     if plan.indexes:
-        lines.append(f"coincidence count C over the {len(plan.indexes)} indexes: {plan.coincidences:.4g}")
+        lines.append(
+            f"coincidence count C over the {len(plan.indexes)} indexes: {plan.coincidences:.4g}"
+        )
     if plan.recommended_bits is not None:
         lines.append(f"recommended width: {plan.recommended_bits} bits")
     if plan.partitions > 1:
@@ -165,7 +167,9 @@ def _render(plan: Any) -> str:
         lines.append(f"REFUSED: {plan.refused}")
     if plan.indexes:
         lines.append("")
-        lines.append("index               kind      bits  K (bits)  C          false candidates/lookup")
+        lines.append(
+            "index               kind      bits  K (bits)  C          false candidates/lookup"
+        )
         for item in plan.indexes:
             index = item.index
             lines.append(

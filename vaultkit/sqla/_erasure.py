@@ -231,9 +231,7 @@ def _null_cells(
                 )
         # Token indexes (side tables, vaultkit.sqla._tokens) lose the terms of the same rows,
         # except those of a subject-scoped source the erasure retained.
-        erase_terms(
-            connection, table, where, keep={c.key for c in plan.sources if c not in erased}
-        )
+        erase_terms(connection, table, where, keep={c.key for c in plan.sources if c not in erased})
     return rows
 
 

@@ -147,9 +147,9 @@ def plan_column(
     planned = [p for p, _ in declared]
     if bind is None and (rows is None or distinct is None):
         raise ConfigurationError("give a database to count from, or both rows and distinct")
-    if bind is not None and (rows is None or distinct is None or any(
-        p.distinct is None for p in planned
-    )):
+    if bind is not None and (
+        rows is None or distinct is None or any(p.distinct is None for p in planned)
+    ):
         counted = _count(_connection(bind), table, column, declared, sample=sample)
         rows = rows if rows is not None else counted["rows"]
         distinct = distinct if distinct is not None else counted["distinct"]

@@ -381,9 +381,10 @@ def _embedded(statement: Insert | Update, key: str) -> tuple[bool, Any]:
         if isinstance(value, sa.BindParameter):
             return True, value.effective_value
         if isinstance(value, sa.ClauseElement):
+            table = getattr(statement.table, "name", "the table")
             raise QueryError(
-                f"{statement.table.name}.{key} is set to an SQL expression, which its token "  # type: ignore[attr-defined]
-                "index cannot follow: give the value"
+                f"{table}.{key} is set to an SQL expression, which its token index cannot "
+                "follow: give the value"
             )
         return True, value
     return False, None
@@ -436,7 +437,9 @@ def _before_execute(
     if not isinstance(statement, Insert | Update | Delete) or not _by_table:
         return
     table = statement.table
-    indexes = _by_table.get(table) if isinstance(table, sa.Table) else None
+    if not isinstance(table, sa.Table):
+        return
+    indexes = _by_table.get(table)
     if not indexes:
         return
     if execution_options.get("vaultkit_raw"):
@@ -445,7 +448,7 @@ def _before_execute(
     if isinstance(statement, Insert):
         if statement.select is not None:
             raise QueryError(
-                f"INSERT ... SELECT into {name}, which has a token index: the words of the "
+                f"INSERT ... SELECT into {name}, which has a token index: the words of the "  # noqa: S608 - an error message, not SQL
                 "values cannot be read; insert the rows with their values"
             )
         if getattr(statement, "_multi_values", None):
@@ -564,7 +567,7 @@ def _after_insert(conn: sa.Connection, statement: Insert, work: _Work, result: A
             if pk_rows is None:
                 try:
                     pk_rows = list(result.inserted_primary_key_rows)
-                except Exception:  # noqa: BLE001 - any failure means the keys are not known
+                except Exception:
                     pk_rows = []
             found = pk_rows[number] if number < len(pk_rows) else None
             key = tuple(found) if found is not None else key

@@ -26,8 +26,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from tests._population import population
 from vaultkit import Vault
-from vaultkit.store import MemoryKeyStore
-from vaultkit.testing import InMemoryKeyProvider
 from vaultkit.search import digits, first_char, fold_name, name_tokens, year
 from vaultkit.sqla import (
     BlindIndex,
@@ -39,6 +37,8 @@ from vaultkit.sqla import (
     TokenIndex,
     plan_column,
 )
+from vaultkit.store import MemoryKeyStore
+from vaultkit.testing import InMemoryKeyProvider
 
 pytestmark = pytest.mark.slow
 
@@ -78,9 +78,7 @@ def members() -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def engine(
-    tmp_path_factory: pytest.TempPathFactory, members: list[Any]
-) -> Iterator[sa.Engine]:
+def engine(tmp_path_factory: pytest.TempPathFactory, members: list[Any]) -> Iterator[sa.Engine]:
     """An SQLite database holding the population, written through Core executemany, with its
     own vault (configured for the module)."""
     import vaultkit.sqla
@@ -93,7 +91,12 @@ def engine(
     engine = sa.create_engine(f"sqlite:///{tmp_path_factory.mktemp('figures') / 'figures.db'}")
     Base.metadata.create_all(engine)
     rows = [
-        {"id": i, "postal_code": m.postal_code, "birth_date": m.birth_date, "last_name": m.last_name}
+        {
+            "id": i,
+            "postal_code": m.postal_code,
+            "birth_date": m.birth_date,
+            "last_name": m.last_name,
+        }
         for i, m in enumerate(members, start=1)
     ]
     with engine.begin() as conn:

@@ -90,7 +90,7 @@ class TestDeclaration:
 
 class TestLookups:
     def test_jones_and_berg(self, engine: sa.Engine) -> None:
-        """"jones" finds Smith-Jones and edwards jones; "berg" finds van der Berg, not Bergman."""
+        """ "jones" finds Smith-Jones and edwards jones; "berg" finds van der Berg, not Bergman."""
         with Session(engine) as session:
             session.add_all([Member(last_name=n) for n in NAMES])
             session.commit()
@@ -177,11 +177,16 @@ class TestSync:
             conn.execute(sa.insert(table), [{"last_name": n} for n in NAMES])
         assert _terms(engine, Member.name_tokens) == 11
         with engine.begin() as conn:
-            ids = {r.id: r.last_name for r in conn.execute(sa.select(table.c.id, table.c.last_name))}
+            ids = {
+                r.id: r.last_name for r in conn.execute(sa.select(table.c.id, table.c.last_name))
+            }
             smith = next(i for i, n in ids.items() if n == "Smith-Jones")
             conn.execute(sa.update(table).where(table.c.id == smith).values(last_name="Maes"))
         with Session(engine) as session:
-            assert _names(session, Member.name_tokens.contains("jones")) == {"edwards jones", "Jones"}
+            assert _names(session, Member.name_tokens.contains("jones")) == {
+                "edwards jones",
+                "Jones",
+            }
             assert _names(session, Member.name_tokens.contains("maes")) == {"Maes"}
         with engine.begin() as conn:
             conn.execute(sa.delete(table).where(table.c.id == smith))
@@ -197,9 +202,12 @@ class TestSync:
         with Session(engine) as session:
             session.add(Member(last_name="Smith-Jones"))
             session.flush()
-            assert session.execute(
-                sa.select(sa.func.count()).select_from(Member.name_tokens.table)
-            ).scalar_one() == 2
+            assert (
+                session.execute(
+                    sa.select(sa.func.count()).select_from(Member.name_tokens.table)
+                ).scalar_one()
+                == 2
+            )
             session.rollback()
         assert _terms(engine, Member.name_tokens) == 0
 
@@ -219,7 +227,9 @@ class TestSync:
         table = Member.__table__
         with engine.begin() as conn, pytest.raises(QueryError):
             conn.execute(
-                sa.insert(table).from_select(["id", "last_name"], sa.select(table.c.id, table.c.last_name))
+                sa.insert(table).from_select(
+                    ["id", "last_name"], sa.select(table.c.id, table.c.last_name)
+                )
             )
 
     def test_expression_update_refused(self, engine: sa.Engine) -> None:

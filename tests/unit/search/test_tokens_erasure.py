@@ -83,9 +83,7 @@ def test_erasure_deletes_the_subjects_terms(engine: sa.Engine, vault: Vault) -> 
     assert _terms(engine, Member.name_tokens) == 2
     assert _terms(engine, Member.employer_tokens) == 2
     with Session(engine) as session:
-        found = session.scalars(
-            sa.select(Member).where(Member.name_tokens.contains("jones"))
-        ).all()
+        found = session.scalars(sa.select(Member).where(Member.name_tokens.contains("jones"))).all()
         assert [m.member_id for m in found] == [2]
         found = session.scalars(
             sa.select(Member).where(Member.employer_tokens.contains("acme"))
