@@ -57,12 +57,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "_offload",
         "_ddl",
     ),  # leaves: errors, secret holders, file and async I/O, DDL
-    ("core", "keys", "store", "_codec", "audiences", "passwords"),
+    # search: the transforms and the planner's arithmetic, pure functions like the audience
+    # normalisers; the index types that use them (vaultkit.sqla) sit above.
+    ("core", "keys", "store", "_codec", "audiences", "passwords", "search"),
     ("_access", "audit", "config", "testing", "_scoped", "lifecycle"),
     ("_keyring", "_bulk", "_recorder", "_cipher", "_lifecycle", "_erasure", "_ledger", "_backups"),
     ("_vault", ""),  # the facade, and the package's face that re-exports it
     ("sqla",),
-    ("rekey", "integrations", "search"),  # search: transforms, and the planner over sqla
+    ("rekey", "integrations"),
     ("cli", "__main__"),
 )
 
