@@ -278,3 +278,28 @@ class TestAttacker:
             assert b"smith" not in term.lower() and b"jones" not in term.lower()
             assert len(term) == 1 + 3  # version byte + ceil(20 / 8) bytes
             assert term[-1] & 0x0F == 0  # the bits past 20 are masked
+
+
+class TestAsync:
+    def test_async_session(self, tmp_path: Any, vault: Vault) -> None:
+        """AsyncSession (aiosqlite) writes the terms in its flush and gets exact lookups."""
+        import asyncio
+
+        from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+        async def run() -> set[str]:
+            engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'async.db'}")
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(Base.metadata.create_all)
+                async with AsyncSession(engine) as session:
+                    session.add_all([Member(last_name=n) for n in NAMES])
+                    await session.commit()
+                    found = await session.scalars(
+                        sa.select(Member).where(Member.name_tokens.contains("jones"))
+                    )
+                    return {m.last_name for m in found}
+            finally:
+                await engine.dispose()
+
+        assert asyncio.run(run()) == {"Smith-Jones", "edwards jones", "Jones"}
