@@ -128,7 +128,8 @@ PLAIN_WORDS = sa.Table(
 
 # -- the lookups --------------------------------------------------------------------------------
 
-Lookup = tuple[str, Callable[[Any], Any], Callable[[Any], Any]]
+#: name, vaultkit predicate, plaintext predicate, which members can be looked up this way.
+Lookup = tuple[str, Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], bool]]
 
 
 def _lookups() -> list[Lookup]:
@@ -156,17 +157,22 @@ def _lookups() -> list[Lookup]:
     def birth_year(m: Any) -> tuple[dt.date, dt.date]:
         return dt.date(m.birth_date.year, 1, 1), dt.date(m.birth_date.year, 12, 31)
 
+    def anyone(m: Any) -> bool:
+        return True
+
     return [
-        ("identity check (postal code + birth year + initial)", locator_vk, locator_plain),
+        ("identity check (postal code + birth year + initial)", locator_vk, locator_plain, anyone),
         (
             "surname prefix (5 letters)",
             lambda m: Member.last_name_p5.startswith(prefix(m)),
             lambda m: sa.func.lower(plain.last_name).like(m.last_name[:5].lower() + "%"),
+            lambda m: len(prefix(m)) == 5,
         ),
         (
             "surname equality (partitions=4)",
             lambda m: Member.surname == m.last_name,
             lambda m: sa.func.lower(plain.last_name) == m.last_name.lower(),
+            anyone,
         ),
         (
             "word of the surname (token index)",
@@ -174,11 +180,13 @@ def _lookups() -> list[Lookup]:
             lambda m: plain.id.in_(
                 sa.select(PLAIN_WORDS.c.id).where(PLAIN_WORDS.c.word == word(m))
             ),
+            anyone,
         ),
         (
             "one birth year (bucket index)",
             lambda m: Member.birth_year.between(*birth_year(m)),
             lambda m: plain.birth_date.between(*birth_year(m)),
+            anyone,
         ),
     ]
 
@@ -436,12 +444,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             plans: list[tuple[str, list[str], list[str]]] = []
-            for name, vk, plain in _lookups():
+            for name, vk, plain, eligible in _lookups():
                 lookups = 20 if "birth year" in name else args.lookups
+                candidates = [m for m in members[:200_000] if eligible(m)]
                 medians_vk, medians_plain, p95_vk, p95_plain = [], [], [], []
                 rows_vk = rows_plain = 0
                 for _ in range(args.repeat):
-                    sample = rng.sample(members, lookups)
+                    sample = rng.sample(candidates, lookups)
                     t_vk, rows_vk = _time_lookups(engine, Member, vk, sample)
                     t_plain, rows_plain = _time_lookups(engine, Plain, plain, sample)
                     medians_vk.append(statistics.median(t_vk) * 1e3)
