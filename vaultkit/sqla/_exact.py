@@ -26,6 +26,7 @@ Python, in the same round trip. The interface, for every index type (vaultkit's 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -34,7 +35,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import BooleanClauseList, Grouping
 from sqlalchemy.sql.operators import and_ as and_op
 
-__all__ = ["ExactCheck", "checked", "checks_in", "top_level_checks"]
+__all__ = ["ExactCheck", "checked", "checked_compiled", "checks_in", "top_level_checks"]
 
 #: The execution option that asks for the candidates of lossy indexes, unchecked.
 EXACT_OPTION: Final = "vaultkit_exact"
@@ -66,6 +67,11 @@ class ExactCheck:
         return f"<exact check of {self.label}>"
 
 
+#: The compiled statements (cached by SQLAlchemy with their statements) that carry a checked
+#: predicate: every execution of them is checked, not only the one that compiled them.
+checked_compiled: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 class _Checked(Grouping[bool]):
     """A predicate with the :class:`ExactCheck` of its index: rendered as the predicate, in
     parentheses. Clones (SQLAlchemy copies elements when it adapts a statement) keep the check."""
@@ -84,7 +90,7 @@ class _Checked(Grouping[bool]):
 def _compile_checked(element: _Checked, compiler: Any, **kw: Any) -> str:
     # The compiled form (cached with the statement) remembers that it carries a lossy lookup, so
     # every execution of it is checked (see vaultkit.sqla._search), not only the first.
-    compiler._vaultkit_checked = True
+    checked_compiled.add(compiler)
     return "(" + str(compiler.process(element.element, **kw)) + ")"
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.orm import InstanceState, MappedColumn, Mapper, ORMExecuteState,
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm.attributes import InstrumentedAttribute
 from sqlalchemy.sql import operators
+from sqlalchemy.sql.selectable import Select
 from sqlalchemy.types import TypeDecorator
 
 from vaultkit._access import SealedValue
@@ -35,6 +36,7 @@ from vaultkit.sqla._exact import (
     EXACT_OPTION,
     ExactCheck,
     checked,
+    checked_compiled,
     checks_in,
     top_level_checks,
 )
@@ -838,9 +840,8 @@ def _exact_results(orm_state: ORMExecuteState) -> Any:
             "of the statement's WHERE clause (not under OR or NOT, not in a subquery); split the "
             f"query, or {EXACT_OPTION}=False for the candidates"
         )
-    if (
-        getattr(statement, "_limit_clause", None) is not None
-        or getattr(statement, "_offset_clause", None) is not None
+    if isinstance(statement, Select) and (
+        statement._limit_clause is not None or statement._offset_clause is not None
     ):
         raise QueryError(
             f"{found[0].label}: LIMIT/OFFSET would count the false positives dropped after the "
@@ -858,11 +859,11 @@ def _exact_results(orm_state: ORMExecuteState) -> Any:
         frozen = orm_state.invoke_statement().freeze()
     finally:
         _handling.reset(token)
-    scalars = getattr(frozen, "_source_supports_scalars", False)
     kept = []
     for row in frozen.data:
+        # A result of entities alone holds them as they are; others hold rows.
         if all(
-            _row_matches(row if scalars else row[position], check)
+            _row_matches(row[position] if isinstance(row, sa.Row) else row, check)
             for check, position in zip(top, positions, strict=True)
         ):
             kept.append(row)
@@ -875,7 +876,7 @@ def _refuse_unchecked(
     conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any, executemany: bool
 ) -> None:
     compiled = getattr(context, "compiled", None)
-    if compiled is None or not getattr(compiled, "_vaultkit_checked", False):
+    if compiled is None or compiled not in checked_compiled:
         return
     if _handling.get() or context.execution_options.get(EXACT_OPTION) is False:
         return

@@ -77,6 +77,13 @@ def _multi_values() -> None:
     assert not sa.insert(TABLE).values(name="a")._multi_values
 
 
+def _limit_offset_clauses() -> None:
+    assert sa.select(TABLE)._limit_clause is None
+    assert sa.select(TABLE)._offset_clause is None
+    assert sa.select(TABLE).limit(3)._limit_clause is not None
+    assert sa.select(TABLE).offset(3)._offset_clause is not None
+
+
 def _order_by_clauses() -> None:
     clauses = sa.select(TABLE).order_by(TABLE.c.name.desc())._order_by_clauses
     assert len(clauses) == 1 and clauses[0].element is TABLE.c.name
@@ -199,6 +206,11 @@ RELIED_ON: list[tuple[str, str, Callable[[], None]]] = [
         _order_by_clauses,
     ),
     (
+        "Select._limit_clause / Select._offset_clause",
+        "sqla/_search.py _exact_results: refuses LIMIT/OFFSET on a lookup made exact in Python",
+        _limit_offset_clauses,
+    ),
+    (
         "Insert._returning",
         "sqla/_hooks.py _do_orm_execute / _loads_guarded_entities: INSERT/UPDATE ... RETURNING entities",
         _returning,
@@ -278,6 +290,8 @@ _ACCESS = re.compile(r"\b(?:statement|returned|compiled|state|tracked|holder|ele
 _KNOWN = {
     "statement._order_by_clauses",
     "statement._returning",
+    "statement._limit_clause",
+    "statement._offset_clause",
     "returned._annotations",
     "state._expire_attributes",
     "tracked._parents",
