@@ -194,3 +194,29 @@ def backups_usage(provider: KeyProvider) -> None:
         delay: dt.timedelta = provider.destruction_delay
         del done, delay
     del versions, final
+
+
+class Searched(Base):
+    """A token index and the planner (issue 19)."""
+
+    __tablename__ = "searched"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    last_name: Mapped[str] = mapped_column(Encrypted(String(100), domain="identity"))
+    name_tokens = vaultkit.sqla.TokenIndex("last_name", bits=20)
+
+
+def search_usage(session: Session, engine: sa.Engine) -> None:
+    from vaultkit.search import Plan, PlannedIndex, plan
+
+    found: list[Searched] = list(
+        session.scalars(select(Searched).where(Searched.name_tokens.contains("jones")))
+    )
+    counts: dict[str, int] = vaultkit.sqla.rewrite_terms(engine, Searched.name_tokens, batch=500)
+    planned: Plan = plan(
+        rows=1_000_000,
+        distinct=110_000,
+        indexes=[PlannedIndex("locator", "compound", ("postal_code", "birth_date"), 16)],
+    )
+    width: int | None = planned.recommended_bits
+    ok: bool = vaultkit.sqla.plan_column(Searched, "last_name", rows=10, distinct=5).ok
+    del found, counts, width, ok
