@@ -33,13 +33,13 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
-from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.orm import Mapper
 from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.elements import BooleanClauseList, Grouping
 from sqlalchemy.sql.operators import and_ as and_op
-from sqlalchemy.types import TypeDecorator, TypeEngine
+from sqlalchemy.types import TypeEngine
 
 from vaultkit._codec import encode_value
 from vaultkit._vault import BlindIndexKey
@@ -48,7 +48,6 @@ from vaultkit.keys.domains import check_domain_name
 from vaultkit.search import name_tokens
 from vaultkit.sqla import _registry
 from vaultkit.sqla._exact import ExactCheck, checked
-from vaultkit.sqla._storage import RawBinary, index_storage_for
 from vaultkit.sqla.types import Encrypted, Pending, RowBound
 
 __all__ = ["TokenIndex", "erase_terms", "rewrite_terms", "token_indexes"]
@@ -59,24 +58,11 @@ TERM: Final = "term"
 _CHUNK: Final = 500
 
 
-class _TermType(TypeDecorator[bytes]):
-    """The ``term`` column: a short binary (VARBINARY on MariaDB/MySQL, so that it can be indexed)."""
-
-    impl = RawBinary
-    cache_ok = True
-
-    def __init__(self, length: int) -> None:
-        super().__init__()
-        self.length = length
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        return dialect.type_descriptor(index_storage_for(dialect, self.length))
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> bytes | None:
-        return None if value is None else bytes(value)
-
-    def __repr__(self) -> str:
-        return f"TokenTermType({self.length})"
+def _term_type(length: int) -> TypeEngine[bytes]:
+    """The ``term`` column's type: a short binary (VARBINARY on MariaDB/MySQL, so that it can be
+    indexed and be part of the primary key), spelt in plain SQLAlchemy types so that Alembic's
+    autogenerate renders it as it is."""
+    return sa.LargeBinary(length).with_variant(mysql.VARBINARY(length), "mysql", "mariadb")
 
 
 class _ContainsCheck(ExactCheck):
@@ -216,7 +202,7 @@ class TokenIndex:
             )
             for c in keys
         ]
-        columns.append(sa.Column(TERM, _TermType(1 + self.size), primary_key=True))
+        columns.append(sa.Column(TERM, _term_type(1 + self.size), primary_key=True))
         name = f"{parent.name}__{self.name}"
         side = sa.Table(
             name,
@@ -295,10 +281,7 @@ class TokenIndex:
         keys = list(parent.primary_key.columns)
         conditions = []
         for word in wanted:
-            digests = [
-                sa.literal(self.digest(word, v), _TermType(1 + self.size))
-                for v in self.query_versions
-            ]
+            digests = [self.digest(word, v) for v in self.query_versions]
             rows = sa.select(*(side.c[c.name] for c in keys)).where(side.c[TERM].in_(digests))
             target = keys[0] if len(keys) == 1 else sa.tuple_(*keys)
             conditions.append(target.in_(rows))

@@ -87,6 +87,28 @@ class TestDeclaration:
                 name: Mapped[str] = mapped_column(sa.String(10))
                 name_tokens = TokenIndex("name")
 
+    def test_alembic_autogenerate_renders_the_side_table(self) -> None:
+        """Autogenerate sees the side table and renders its columns in plain SQLAlchemy types."""
+        from alembic.autogenerate import produce_migrations, render_python_code
+        from alembic.migration import MigrationContext
+
+        import vaultkit.sqla
+
+        engine = sa.create_engine("sqlite://")
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"render_item": vaultkit.sqla.alembic_render_item}
+            )
+            ops = produce_migrations(context, Base.metadata).upgrade_ops
+            assert ops is not None
+            code = render_python_code(
+                ops, render_item=vaultkit.sqla.alembic_render_item, migration_context=context
+            )
+        engine.dispose()
+        assert "'tok_members__name_tokens'" in code
+        assert "sa.LargeBinary(length=4).with_variant(sa.VARBINARY(length=4)" in code
+        assert "ondelete='CASCADE'" in code
+
 
 class TestLookups:
     def test_jones_and_berg(self, engine: sa.Engine) -> None:
