@@ -390,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-rows", type=int, default=20_000)
     parser.add_argument("--dsn", default=DSN)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--writes-only", action="store_true", help="measure the write overhead only"
+    )
     args = parser.parse_args(argv)
 
     sa.orm.configure_mappers()
@@ -421,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, best, worst, ratio in write:
                 print(f"| {name} | {best:.1f} | {worst:.1f} | {ratio:.2f} |")
             sys.stdout.flush()
+            if args.writes_only:
+                return 0
 
             Base.metadata.create_all(engine)
             load = _load(engine, members)

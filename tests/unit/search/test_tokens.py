@@ -38,6 +38,15 @@ class Narrow(Base):
     words = TokenIndex("last_name", bits=4)
 
 
+class Auto(Base):
+    """A primary key the database makes (autoincrement)."""
+
+    __tablename__ = "tok_auto"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    last_name: Mapped[str | None] = mapped_column(Encrypted(sa.String(100), domain="identity"))
+    words = TokenIndex("last_name", bits=20)
+
+
 NAMES = ["Smith-Jones", "edwards jones", "Jones", "Jonesy", "Johnson", "van der Berg", "Bergman"]
 
 
@@ -243,6 +252,26 @@ class TestSync:
                 "edwards jones",
                 "Jones",
             }
+
+    def test_database_made_keys(self, engine: sa.Engine) -> None:
+        """ORM inserts get the keys the database made; a Core executemany that does not return
+        them is refused, and its transaction rolled back (no row without its terms)."""
+        with Session(engine) as session:
+            session.add_all([Auto(last_name=n) for n in NAMES])
+            session.commit()
+            assert _names(session, Auto.words.contains("jones"), Auto) == {
+                "Smith-Jones",
+                "edwards jones",
+                "Jones",
+            }
+        with engine.begin() as conn:
+            conn.execute(sa.insert(Auto.__table__), {"last_name": "Maes"})  # one row: its key
+        with pytest.raises(QueryError, match="primary keys"):
+            with engine.begin() as conn:
+                conn.execute(sa.insert(Auto.__table__), [{"last_name": "De Wit"}] * 3)
+        with Session(engine) as session:
+            assert _names(session, Auto.words.contains("maes"), Auto) == {"Maes"}
+            assert session.scalar(sa.select(sa.func.count()).select_from(Auto)) == len(NAMES) + 1
 
     def test_insert_select_refused(self, engine: sa.Engine) -> None:
         """INSERT ... SELECT cannot be followed: refused before anything is written."""
