@@ -1,4 +1,5 @@
-"""``vaultkit index plan``: how many bits the indexes of an encrypted column may keep.
+"""``vaultkit index plan``: how many bits the indexes of an encrypted column may keep;
+``vaultkit index rewrite-terms``: a token index's terms under its current key version.
 
 Reads the column's row count and distinct count from the application's database (``--data``, with
 the vault of ``--config`` or ``--store``/``--keyring`` to decrypt a sample when no full-width blind
@@ -75,6 +76,29 @@ def register(commands: Any) -> None:
     planner.add_argument("--json", action="store_true", help="print the plan as JSON")
     store_options(planner)
     planner.set_defaults(handler=_plan)
+    rewrite = sub.add_parser(
+        "rewrite-terms",
+        help="rewrite the token indexes' terms under their current key version (rotation)",
+        description=(
+            "After deploying TokenIndex(..., version=N, query_versions=(..., N)), rewrites every "
+            "row's terms under version N, batch by batch in primary-key order, one transaction "
+            "per batch (decrypting the source values through the vault); idempotent. Then drop "
+            "the old versions from query_versions. Also rebuilds terms after writes vaultkit did "
+            "not see (raw SQL, op.encrypt_column). Exit codes: 0 done, 2 usage, 3 configuration, "
+            "4 key provider, 5 key store, 10 a database failed, 1 unexpected."
+        ),
+    )
+    rewrite.add_argument("--model", required=True, metavar="MODULE:NAME", help="the mapped class")
+    rewrite.add_argument("--data", required=True, help="database URL of the application's data")
+    rewrite.add_argument(
+        "--index", action="append", dest="indexes", help="only this token index (repeatable)"
+    )
+    rewrite.add_argument("--batch", type=int, default=1000, help="rows per transaction (1000)")
+    rewrite.add_argument(
+        "--vault-name", default="default", help="the vault name the columns use (vault=...)"
+    )
+    store_options(rewrite)
+    rewrite.set_defaults(handler=_rewrite)
 
 
 def _resolve(spec: str, table: str | None) -> Any:
@@ -139,6 +163,38 @@ def _plan(args: argparse.Namespace) -> int:
     else:
         print(_render(result))
     return 0 if result.ok else EXIT_REFUSED
+
+
+def _rewrite(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    import vaultkit.sqla
+
+    model = _resolve(args.model, None)
+    indexes = vaultkit.sqla.token_indexes(model)
+    if args.indexes:
+        unknown = set(args.indexes) - {i.name for i in indexes}
+        if unknown:
+            raise ConfigurationError(f"{args.model} has no token index {sorted(unknown)[0]!r}")
+        indexes = [i for i in indexes if i.name in args.indexes]
+    if not indexes:
+        raise ConfigurationError(f"{args.model} has no token index")
+    engine = sa.create_engine(args.data, hide_parameters=True)
+    try:
+        with open_vault(args) as vault:
+            vaultkit.sqla.configure(vault, name=args.vault_name)
+            try:
+                for index in indexes:
+                    counts = vaultkit.sqla.rewrite_terms(engine, index, batch=args.batch)
+                    print(
+                        f"{index.table.name}: {counts['rows']} rows, {counts['terms']} terms "
+                        f"under version {index.version}"
+                    )
+            finally:
+                vaultkit.sqla.configure(None, name=args.vault_name)
+    finally:
+        engine.dispose()
+    return 0
 
 
 def _bits(value: float) -> str:

@@ -163,3 +163,22 @@ def test_no_counts(capsys: pytest.CaptureFixture[str], setup: tuple[list[str], s
     code = main(["index", "plan", "--model", f"{module}:Member", "--column", "gender",
                  "--rows", "10"])  # fmt: skip
     assert code == 3
+
+
+def test_rewrite_terms(capsys: pytest.CaptureFixture[str], setup: tuple[list[str], str]) -> None:
+    """``index rewrite-terms`` rebuilds the token terms of every row (here, after raw deletes)."""
+    options, module = setup
+    data = options[options.index("--data") + 1]
+    engine = sa.create_engine(data)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM plan_members__name_tokens")
+    code = main(["index", "rewrite-terms", "--model", f"{module}:Member", *options])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "plan_members__name_tokens: 3000 rows" in out
+    with engine.connect() as conn:
+        terms = conn.exec_driver_sql("SELECT count(*) FROM plan_members__name_tokens").scalar()
+    engine.dispose()
+    assert terms is not None and terms > 3000
+    assert main(["index", "rewrite-terms", "--model", f"{module}:Member", "--index", "nope",
+                 *options]) == 3  # fmt: skip
