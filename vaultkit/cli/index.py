@@ -209,7 +209,11 @@ def _render(plan: Any) -> str:
         "AWS beacon length [ceil(log2 sqrt X), floor(log2 X/2)]: "
         + (f"{plan.aws_bits[0]}-{plan.aws_bits[1]} bits" if plan.aws_bits else "none (X < 4)"),
         "CipherSweet, a new index with 2 <= C <= sqrt(R): "
-        f"{plan.ciphersweet_bits[0]}-{plan.ciphersweet_bits[1]} bits",
+        + (
+            f"{plan.ciphersweet_bits[0]}-{plan.ciphersweet_bits[1]} bits"
+            if plan.ciphersweet_bits
+            else "none (the declared indexes already leave C below 2)"
+        ),
     ]
     if plan.indexes:
         lines.append(

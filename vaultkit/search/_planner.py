@@ -60,6 +60,9 @@ _MIN_BITS: Final = 4
 _MAX_BITS: Final = 256
 #: A value whose rows exceed this multiple of the average digest's rows is "skewed".
 _SKEW_LIMIT: Final = 4.0
+#: ...and holds at least this share of the rows (1 in 1,000: a common surname, not a birth date
+#: that a sample happened to see a few times).
+_MIN_TOP_SHARE: Final = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +132,8 @@ class Plan:
         top_share: the most common value's share of the rows, when known.
         aws_bits: AWS's ``[ceil(log2 sqrt X), floor(log2 (X/2))]``, or ``None`` when empty.
         coincidences: CipherSweet's ``C`` over all existing indexes of the field.
-        ciphersweet_bits: widths a *new* index could keep with ``2 <= C <= sqrt(R)`` overall.
+        ciphersweet_bits: widths a *new* index could keep with ``2 <= C <= sqrt(R)`` overall, or
+            ``None`` when no width can (the declared indexes already leave ``C`` below 2).
         recommended_bits: the narrowest width in both ranges with at most ``max_false_positives``
             false candidates per lookup (the widest of the range when none is that cheap), or
             ``None`` when a stand-alone index is refused or no width is in both ranges (the
@@ -148,7 +152,7 @@ class Plan:
     top_share: float | None
     aws_bits: tuple[int, int] | None
     coincidences: float
-    ciphersweet_bits: tuple[int, int]
+    ciphersweet_bits: tuple[int, int] | None
     recommended_bits: int | None
     partitions: int
     indexes: tuple[IndexPlan, ...] = ()
@@ -173,7 +177,7 @@ class Plan:
             "top_share": self.top_share,
             "aws_bits": list(self.aws_bits) if self.aws_bits else None,
             "coincidences": number(self.coincidences),
-            "ciphersweet_bits": list(self.ciphersweet_bits),
+            "ciphersweet_bits": list(self.ciphersweet_bits) if self.ciphersweet_bits else None,
             "recommended_bits": self.recommended_bits,
             "partitions": self.partitions,
             "refused": self.refused,
@@ -284,10 +288,11 @@ def recommend_partitions(top_share: float | None, distinct: int, bits: int | Non
     value holding ``top_share`` of them stands out by its count. Spreading it over ``P`` digests
     chosen at random on write (AWS's recommendation) divides that count by ``P``. The result is a
     power of two, at most :data:`MAX_PARTITIONS` (each partition is one more digest per lookup).
+    Values holding less than 0.1% of the rows never call for partitions.
 
     .. versionadded:: 0.4.0
     """
-    if top_share is None or top_share <= 0 or distinct < 1:
+    if top_share is None or top_share < _MIN_TOP_SHARE or distinct < 1:
         return 1
     buckets = min(float(distinct), 2.0 ** (bits if bits is not None else _MAX_BITS))
     skew = top_share * buckets
@@ -347,10 +352,28 @@ def plan(
     coincidences = coincidence_count(rows, existing) if indexes else float(rows)
     input_bits = math.log2(distinct) if distinct > 1 else 0.0
     cs_low, cs_high = ciphersweet_bounds(rows, existing, input_bits=max(input_bits, 1.0))
+    cs_fits = any(
+        2
+        <= coincidence_count(rows, [*existing, min(float(w), max(input_bits, 1.0))])
+        <= math.sqrt(rows)
+        for w in range(cs_low, cs_high + 1)
+    )
     low = max(cs_low, aws[0] if aws else cs_low, _MIN_BITS)
     high = min(cs_high, aws[1] if aws else cs_high)
-    room = low <= high
-    if not room:
+    new_bits = max(input_bits, 1.0)
+    sqrt_r = math.sqrt(rows)
+    # The port's range is a fallback (1 to K bits) when no width keeps C in [2, sqrt(R)], as when
+    # the declared indexes already single rows out: then there is no room for another index.
+    room = low <= high and any(
+        2 <= coincidence_count(rows, [*existing, min(float(w), new_bits)]) <= sqrt_r
+        for w in range(low, high + 1)
+    )
+    if not room and indexes and coincidences < 2:
+        notes.append(
+            f"no room for another index: the indexes already declared leave C = "
+            f"{coincidences:.3g}, below 2 (together they nearly single rows out)"
+        )
+    elif not room:
         notes.append(
             "no width satisfies both rules: CipherSweet allows "
             f"{cs_low}-{cs_high} bits for another index"
@@ -369,8 +392,13 @@ def plan(
                 "hide among the other parts'"
             )
     elif room:
-        recommended = high
-        for width in range(low, high + 1):
+        fits = [
+            w
+            for w in range(low, high + 1)
+            if 2 <= coincidence_count(rows, [*existing, min(float(w), new_bits)]) <= sqrt_r
+        ]
+        recommended = fits[-1]
+        for width in fits:
             if expected_false_positives(width, rows, distinct) <= max_false_positives:
                 recommended = width
                 break
@@ -424,7 +452,7 @@ def plan(
         top_share=top_share,
         aws_bits=aws,
         coincidences=coincidences,
-        ciphersweet_bits=(cs_low, cs_high),
+        ciphersweet_bits=(cs_low, cs_high) if cs_fits else None,
         recommended_bits=recommended,
         partitions=partitions,
         indexes=tuple(plans),

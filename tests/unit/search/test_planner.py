@@ -72,6 +72,7 @@ class TestPlan:
         result = plan(rows=1_000_000, distinct=110_000, column="locator")
         assert result.ok
         assert result.aws_bits == (9, 15)
+        assert result.ciphersweet_bits is not None
         low = max(result.aws_bits[0], result.ciphersweet_bits[0])
         high = min(result.aws_bits[1], result.ciphersweet_bits[1])
         assert result.recommended_bits is not None
@@ -109,6 +110,9 @@ class TestPlan:
         assert alone.coincidences == pytest.approx(2**22 / 2**12)
         assert both.coincidences == pytest.approx(2**22 / 2**28)
         assert any("nearly single rows out" in note for note in both.notes)
+        # No width leaves C in [2, sqrt(R)] beside them: no room for another index.
+        assert both.ciphersweet_bits is None and both.recommended_bits is None
+        assert alone.ciphersweet_bits is not None
 
     def test_partitions_for_a_skewed_value(self) -> None:
         """A surname held by 1% of the rows gets partitions, a flat field none."""
@@ -143,8 +147,10 @@ class TestPartitions:
     def test_power_of_two_capped(self) -> None:
         """Partitions are a power of two, at most 16."""
         assert recommend_partitions(0.5, 10**6, 20) == 16
-        assert recommend_partitions(8 / 2**16, 10**6, 16) == 2
+        assert recommend_partitions(8 / 2**10, 10**6, 10) == 2
         assert recommend_partitions(None, 10, 16) == 1
+        # A birth date seen a few times more than the others in a sample is no common surname.
+        assert recommend_partitions(0.0006, 15_000, None) == 1
 
 
 class TestDistinctEstimate:
