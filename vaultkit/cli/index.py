@@ -212,7 +212,7 @@ def _render(plan: Any) -> str:
         + (
             f"{plan.ciphersweet_bits[0]}-{plan.ciphersweet_bits[1]} bits"
             if plan.ciphersweet_bits
-            else "none (the declared indexes already leave C below 2)"
+            else "none (with the indexes declared, C would fall below 2)"
         ),
     ]
     if plan.indexes:

@@ -368,9 +368,13 @@ def plan(
         2 <= coincidence_count(rows, [*existing, min(float(w), new_bits)]) <= sqrt_r
         for w in range(low, high + 1)
     )
-    if not room and indexes and coincidences < 2:
+    if not room and indexes and not cs_fits:
         notes.append(
             f"no room for another index: the indexes already declared leave C = "
+            f"{coincidences:.3g}; any further index would bring it below 2 (together they "
+            "would nearly single rows out)"
+            if coincidences >= 2
+            else f"no room for another index: the indexes already declared leave C = "
             f"{coincidences:.3g}, below 2 (together they nearly single rows out)"
         )
     elif not room:
@@ -402,7 +406,9 @@ def plan(
             if expected_false_positives(width, rows, distinct) <= max_false_positives:
                 recommended = width
                 break
-    partitions = recommend_partitions(top_share, distinct, recommended)
+    partitions = recommend_partitions(
+        top_share, distinct, recommended if recommended is not None else (aws[1] if aws else None)
+    )
     if partitions > 1 and top_share is not None:
         notes.append(
             f"the most common value holds {top_share:.2%} of the rows: declare "
