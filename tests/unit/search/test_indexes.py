@@ -456,16 +456,16 @@ def test_a_reader_without_the_grant_gets_an_error_not_fewer_rows(tmp_path: Path)
 # -- rotation, re-keying, erasure, asyncio --------------------------------------------------------
 
 
-def test_rotation_and_rekey_of_every_index(tmp_path: Path) -> None:
+def test_rotation_and_rekey_of_every_index(database_url: str) -> None:
     """Version 2 with query_versions=(1, 2) finds rows under either key; the re-key job rewrites
     every index (compound ones too) under version 2; a missing compound cell is filled."""
-    url = f"sqlite:///{tmp_path / 'rot.db'}"
+    url = database_url
 
     def model(version: int, versions: tuple[int, ...]) -> sa.Table:
         return sa.Table(
             "rot_members",
             sa.MetaData(),
-            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("postal_code", Encrypted(sa.String(8), domain="identity")),
             sa.Column("last_name", Encrypted(sa.String(50), domain="identity")),
             sa.Column(
@@ -520,6 +520,7 @@ def test_rotation_and_rekey_of_every_index(tmp_path: Path) -> None:
                 assert sorted(found) == [1, 2]
         finally:
             vaultkit.sqla.configure(None)
+            sa.Table("rot_members", sa.MetaData()).drop(engine, checkfirst=True)
             engine.dispose()
 
 
