@@ -169,9 +169,12 @@ class _ColumnOp(MigrateOperation):
         if single is not None and self.index is not None:
             found.append((self.index, single))
         if self.indexes:
-            columns: list[sa.Column[Any]] = [
-                sa.Column(name, index.copy()) for name, index in self.indexes.items()
-            ]
+            columns: list[sa.Column[Any]] = []
+            for name, declared in self.indexes.items():
+                copied = declared.copy()
+                if copied.domain is None:
+                    copied.domain = self.domain  # the column's, as in the model
+                columns.append(sa.Column(name, copied))
             sa.Table(
                 self.table_name,
                 sa.MetaData(),

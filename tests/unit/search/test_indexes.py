@@ -174,7 +174,11 @@ def test_identity_check_and_surname_prefix_are_exact(engine: sa.Engine) -> None:
     _fill(engine, rows)
     with Session(engine) as session:
         false_positives = 0
-        for postal, born, name in [("1000", 1975, "jansen"), ("2000", 1980, "Maes"), ("9000", 1971, "Li")]:
+        for postal, born, name in [
+            ("1000", 1975, "jansen"),
+            ("2000", 1980, "Maes"),
+            ("9000", 1971, "Li"),
+        ]:
             asked = {"postal_code": postal, "birth_date": dt.date(born, 3, 9), "last_name": name}
             found = _ids(session, Member.locator.match(**asked))
             expected = sorted(
@@ -192,7 +196,9 @@ def test_identity_check_and_surname_prefix_are_exact(engine: sa.Engine) -> None:
 
         found = _ids(session, Member.last_name_p3.startswith("JANS"))
         expected = sorted(
-            r["id"] for r in rows if fold_name(r["last_name"]).startswith("jans")  # type: ignore[union-attr]
+            r["id"]
+            for r in rows
+            if fold_name(r["last_name"]).startswith("jans")  # type: ignore[union-attr]
         )
         assert found == expected and found
         candidates = _candidates(session, Member.last_name_p3.startswith("jans"))
@@ -225,8 +231,18 @@ def test_core_writes_keep_every_index_in_sync(engine: sa.Engine) -> None:
         conn.execute(
             table.insert(),
             [
-                {"id": 1, "postal_code": "1000", "birth_date": dt.date(1980, 1, 2), "last_name": "Maes"},
-                {"id": 2, "postal_code": "2000", "birth_date": dt.date(1981, 1, 2), "last_name": "Li"},
+                {
+                    "id": 1,
+                    "postal_code": "1000",
+                    "birth_date": dt.date(1980, 1, 2),
+                    "last_name": "Maes",
+                },
+                {
+                    "id": 2,
+                    "postal_code": "2000",
+                    "birth_date": dt.date(1981, 1, 2),
+                    "last_name": "Li",
+                },
             ],
         )
         conn.execute(
@@ -237,13 +253,25 @@ def test_core_writes_keep_every_index_in_sync(engine: sa.Engine) -> None:
         if engine.dialect.insert_executemany_returning or engine.dialect.name != "mysql":
             returned = conn.execute(
                 table.insert().returning(table.c.id),
-                {"id": 3, "postal_code": "1000", "birth_date": dt.date(1980, 3, 3), "last_name": "Mol"},
+                {
+                    "id": 3,
+                    "postal_code": "1000",
+                    "birth_date": dt.date(1980, 3, 3),
+                    "last_name": "Mol",
+                },
             ).scalar_one()
             assert returned == 3
     with Session(engine) as session:
         session.execute(
             sa.insert(Member),
-            [{"id": 4, "postal_code": "1000", "birth_date": dt.date(1980, 9, 9), "last_name": "Moens"}],
+            [
+                {
+                    "id": 4,
+                    "postal_code": "1000",
+                    "birth_date": dt.date(1980, 9, 9),
+                    "last_name": "Moens",
+                }
+            ],
         )
         session.commit()
         found = _ids(
@@ -255,7 +283,10 @@ def test_core_writes_keep_every_index_in_sync(engine: sa.Engine) -> None:
 
 
 def test_an_orm_update_of_one_part_rewrites_the_compound_index(engine: sa.Engine) -> None:
-    _fill(engine, [{"id": 1, "postal_code": "1000", "birth_date": dt.date(1980, 1, 2), "last_name": "Maes"}])
+    _fill(
+        engine,
+        [{"id": 1, "postal_code": "1000", "birth_date": dt.date(1980, 1, 2), "last_name": "Maes"}],
+    )
     asked = {"postal_code": "1000", "birth_date": dt.date(1980, 5, 5)}
     with Session(engine) as session:
         member = session.get(Member, 1)
@@ -268,7 +299,10 @@ def test_an_orm_update_of_one_part_rewrites_the_compound_index(engine: sa.Engine
 
 
 def test_a_core_update_of_some_parts_is_refused(sqlite: sa.Engine) -> None:
-    _fill(sqlite, [{"id": 1, "postal_code": "1000", "birth_date": dt.date(1980, 1, 2), "last_name": "Maes"}])
+    _fill(
+        sqlite,
+        [{"id": 1, "postal_code": "1000", "birth_date": dt.date(1980, 1, 2), "last_name": "Maes"}],
+    )
     table = Member.__table__
     with sqlite.begin() as conn, pytest.raises(QueryError, match="compound index 'locator'"):
         conn.execute(table.update().where(table.c.id == 1).values(last_name="Peeters"))
@@ -363,7 +397,9 @@ def test_compound_encoding_is_unambiguous() -> None:
     """("ab", "c") and ("a", "bc") have different inputs (a naive join would not)."""
     meta = sa.MetaData()
     index = vaultkit.sqla.CompoundIndexType([Part("x"), Part("y")], domain="identity")
-    sa.Table("t", meta, sa.Column("x", sa.String), sa.Column("y", sa.String), sa.Column("ix", index))
+    sa.Table(
+        "t", meta, sa.Column("x", sa.String), sa.Column("y", sa.String), sa.Column("ix", index)
+    )
     assert index.encode(("ab", "c")) != index.encode(("a", "bc"))
 
 
@@ -390,8 +426,18 @@ def test_index_cells_copied_between_rows_do_not_return_a_wrong_row(engine: sa.En
     _fill(
         engine,
         [
-            {"id": 1, "postal_code": "1000", "birth_date": dt.date(1980, 1, 1), "last_name": "Janssens"},
-            {"id": 2, "postal_code": "9000", "birth_date": dt.date(1960, 1, 1), "last_name": "Peeters"},
+            {
+                "id": 1,
+                "postal_code": "1000",
+                "birth_date": dt.date(1980, 1, 1),
+                "last_name": "Janssens",
+            },
+            {
+                "id": 2,
+                "postal_code": "9000",
+                "birth_date": dt.date(1960, 1, 1),
+                "last_name": "Peeters",
+            },
         ],
     )
     columns = ["locator", "last_name_p3", "birth_year", "surname"]
@@ -440,7 +486,9 @@ def test_a_reader_without_the_grant_gets_an_error_not_fewer_rows(tmp_path: Path)
             Base2.metadata.create_all(engine)
             nurse = Principal("nurse", grants={"medical"})
             with acting_as(nurse, purpose="intake"), Session(engine) as session:
-                session.add_all([Patient(id=1, last_name="Janssens"), Patient(id=2, last_name="Maes")])
+                session.add_all(
+                    [Patient(id=1, last_name="Janssens"), Patient(id=2, last_name="Maes")]
+                )
                 session.commit()
             query = sa.select(Patient).where(Patient.last_name_p3.startswith("jan"))
             with acting_as(nurse, purpose="care"), Session(engine) as session:
@@ -480,7 +528,11 @@ def test_rotation_and_rekey_of_every_index(database_url: str) -> None:
             sa.Column(
                 "p3",
                 vaultkit.sqla.PrefixIndexType(
-                    "last_name", length=3, normalize=fold_name, bits=8, version=version,
+                    "last_name",
+                    length=3,
+                    normalize=fold_name,
+                    bits=8,
+                    version=version,
                     query_versions=versions,
                 ),
             ),
@@ -497,7 +549,9 @@ def test_rotation_and_rekey_of_every_index(database_url: str) -> None:
             v1 = model(1, (1,))
             v1.metadata.create_all(engine)
             with engine.begin() as conn:
-                conn.execute(v1.insert(), [{"id": 1, "postal_code": "1000", "last_name": "Janssens"}])
+                conn.execute(
+                    v1.insert(), [{"id": 1, "postal_code": "1000", "last_name": "Janssens"}]
+                )
             v2 = model(2, (1, 2))
             with engine.begin() as conn:
                 conn.execute(v2.insert(), [{"id": 2, "postal_code": "1000", "last_name": "Jacobs"}])
@@ -512,7 +566,9 @@ def test_rotation_and_rekey_of_every_index(database_url: str) -> None:
             assert report.indexes_rebuilt >= 1
             with engine.connect() as conn:
                 stored = conn.execute(sa.text("SELECT locator, p3, ix FROM rot_members")).all()
-                assert all(cell is not None and bytes(cell)[0] == 2 for row in stored for cell in row)
+                assert all(
+                    cell is not None and bytes(cell)[0] == 2 for row in stored for cell in row
+                )
             v3 = model(2, (2,))
             with engine.connect() as conn:
                 match = v3.c.locator.match({"postal_code": "1000", "last_name": "J"})
@@ -550,11 +606,19 @@ def test_erasure_nulls_every_index_of_the_subject(tmp_path: Path) -> None:
             with Session(engine) as session:
                 for i, member in enumerate((17, 18)):
                     session.add(
-                        Client(id=i, member_id=member, last_name="Janssens", birth_date=dt.date(1980, 1, 1))
+                        Client(
+                            id=i,
+                            member_id=member,
+                            last_name="Janssens",
+                            birth_date=dt.date(1980, 1, 1),
+                        )
                     )
                 session.commit()
             vault.erase_subject(
-                17, reason="art17", request_id="DSR-1", cells=erasure_cells(Base3.metadata, engine, 17)
+                17,
+                reason="art17",
+                request_id="DSR-1",
+                cells=erasure_cells(Base3.metadata, engine, 17),
             )
             with engine.connect() as conn:
                 rows = conn.execute(
@@ -597,3 +661,89 @@ def test_async_session_lookups_are_exact(vault: Vault, tmp_path: Path) -> None:
     prefix, maes = asyncio.run(main())
     assert prefix == sorted(r["id"] for r in rows if fold_name(r["last_name"]).startswith("jans"))  # type: ignore[union-attr]
     assert maes == sorted(r["id"] for r in rows if r["last_name"] == "Maes")
+
+
+def test_alembic_encrypt_column_fills_prefix_and_bucket_indexes(database_url: str) -> None:
+    """op.encrypt_column(indexes={...}) fills the column's search indexes as it encrypts; a
+    compound index is refused there (vaultkit rekey fills it once its sources are encrypted)."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    import vaultkit.sqla.alembic  # noqa: F401 - registers op.encrypt_column
+
+    legacy = sa.Table(
+        "alembic_search",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("last_name", sa.String(50)),
+    )
+    prefix = vaultkit.sqla.PrefixIndexType("last_name", length=3, normalize=fold_name, bits=6)
+    with _vault() as vault:
+        vaultkit.sqla.configure(vault)
+        engine = sa.create_engine(database_url)
+        try:
+            legacy.create(engine)
+            names = ["Janssens", "Jansen", "Maes", None, "Janvier", "Peeters"] * 20
+            with engine.begin() as conn:
+                conn.execute(
+                    legacy.insert(), [{"id": i, "last_name": n} for i, n in enumerate(names)]
+                )
+            with engine.begin() as conn:
+                op: Any = Operations(MigrationContext.configure(conn))
+                op.add_column("alembic_search", sa.Column("last_name_p3", sa.LargeBinary(2)))
+                with pytest.raises(ConfigurationError, match="compound"):
+                    op.encrypt_column(
+                        "alembic_search",
+                        "last_name",
+                        sa.String(50),
+                        domain="identity",
+                        indexes={
+                            "c": vaultkit.sqla.CompoundIndexType([Part("last_name"), Part("x")])
+                        },
+                    )
+                op.encrypt_column(
+                    "alembic_search",
+                    "last_name",
+                    sa.String(50),
+                    domain="identity",
+                    indexes={"last_name_p3": prefix},
+                    batch_size=50,
+                )
+
+            class Base4(DeclarativeBase):
+                pass
+
+            class Row(Base4):
+                __tablename__ = "alembic_search"
+                id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+                last_name: Mapped[str | None] = mapped_column(
+                    Encrypted(sa.String(50), domain="identity")
+                )
+                last_name_p3 = PrefixIndex("last_name", length=3, normalize=fold_name, bits=6)
+
+            with Session(engine) as session:
+                found = sorted(
+                    r.id
+                    for r in session.scalars(
+                        sa.select(Row).where(Row.last_name_p3.startswith("jans"))
+                    )
+                )
+            assert found == [i for i, n in enumerate(names) if n in ("Janssens", "Jansen")]
+        finally:
+            vaultkit.sqla.configure(None)
+            legacy.drop(engine, checkfirst=True)
+            engine.dispose()
+
+
+def test_sqlmodel_classes_refuse_the_new_index_declarations() -> None:
+    sqlmodel = pytest.importorskip("sqlmodel")
+    with pytest.raises((ConfigurationError, RuntimeError)) as raised:
+
+        class Person(sqlmodel.SQLModel, table=True):  # type: ignore[call-arg]
+            __tablename__ = "search_sqlmodel_people"
+            id: int | None = sqlmodel.Field(default=None, primary_key=True)
+            p3: bytes | None = PrefixIndex("name", length=3)  # type: ignore[assignment]
+
+    # Python 3.11 wraps an error of __set_name__ in a RuntimeError.
+    error = raised.value if isinstance(raised.value, ConfigurationError) else raised.value.__cause__
+    assert isinstance(error, ConfigurationError) and "SQLModel ignores" in str(error)

@@ -35,7 +35,10 @@ class Person(Base):
     birth_date: Mapped[dt.date | None] = mapped_column(Encrypted(sa.Date, domain="identity"))
     last_name: Mapped[str | None] = mapped_column(Encrypted(sa.String(40), domain="identity"))
     locator = CompoundIndex(
-        Part("postal_code", digits(2)), Part("birth_date", year), Part("last_name", first_char), bits=4
+        Part("postal_code", digits(2)),
+        Part("birth_date", year),
+        Part("last_name", first_char),
+        bits=4,
     )
     p2 = PrefixIndex("last_name", length=2, normalize=fold_name, bits=4)
     born = BucketIndex("birth_date", unit="month", bits=4)
@@ -72,7 +75,8 @@ def _load(engine: sa.Engine, rows: list[tuple[Any, Any, Any]]) -> dict[int, tupl
     stored = {next(_ids): row for row in rows}
     with Session(engine) as session:
         session.add_all(
-            Person(id=i, postal_code=p, birth_date=b, last_name=n) for i, (p, b, n) in stored.items()
+            Person(id=i, postal_code=p, birth_date=b, last_name=n)
+            for i, (p, b, n) in stored.items()
         )
         session.commit()
     return stored
@@ -118,7 +122,9 @@ def test_prefix_lookup_equals_the_plaintext_filter(
     folded = fold_name(prefix) or ""
     if len(folded) < 2:
         return  # refused (QueryError), see test_indexes.py
-    expected = {i for i, (_, _, n) in stored.items() if n and (fold_name(n) or "").startswith(folded)}
+    expected = {
+        i for i, (_, _, n) in stored.items() if n and (fold_name(n) or "").startswith(folded)
+    }
     assert _found(engine, Person.p2.startswith(prefix)) == expected
 
 
@@ -132,7 +138,5 @@ def test_bucket_and_blind_lookups_equal_the_plaintext_filter(
     expected = {i for i, (_, b, _) in stored.items() if b is not None and low <= b <= high}
     assert _found(engine, Person.born.between(low, high)) == expected
     folded = fold_name(name)
-    expected = {
-        i for i, (_, _, n) in stored.items() if n is not None and fold_name(n) == folded
-    }
+    expected = {i for i, (_, _, n) in stored.items() if n is not None and fold_name(n) == folded}
     assert _found(engine, Person.name_ix == name) == expected
