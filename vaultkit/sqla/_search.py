@@ -840,14 +840,21 @@ def _exact_results(orm_state: ORMExecuteState) -> Any:
             "of the statement's WHERE clause (not under OR or NOT, not in a subquery); split the "
             f"query, or {EXACT_OPTION}=False for the candidates"
         )
+    window: tuple[int, int | None] | None = None
     if isinstance(statement, Select) and (
         statement._limit_clause is not None or statement._offset_clause is not None
     ):
-        raise QueryError(
-            f"{found[0].label}: LIMIT/OFFSET would count the false positives dropped after the "
-            "query; slice the exact results in Python, or "
-            f"{EXACT_OPTION}=False for the candidates"
-        )
+        # LIMIT/OFFSET would count the false positives: the candidates are read without them
+        # and the exact matches sliced here (Query.first() is LIMIT 1).
+        try:
+            window = (statement._offset or 0, statement._limit)
+        except Exception:  # a SQL expression as the limit: not known in Python
+            raise QueryError(
+                f"{found[0].label}: LIMIT/OFFSET of an exact lookup must be integers (they are "
+                f"applied to the exact matches in Python), or {EXACT_OPTION}=False for the "
+                "candidates"
+            ) from None
+        statement = statement.limit(None).offset(None)
     if options.get("yield_per") or options.get("stream_results"):
         raise QueryError(
             f"{found[0].label}: an exact lookup reads its candidates at once; drop yield_per / "
@@ -856,7 +863,7 @@ def _exact_results(orm_state: ORMExecuteState) -> Any:
     positions = _entity_positions(orm_state, top)
     token = _handling.set(True)
     try:
-        frozen = orm_state.invoke_statement().freeze()
+        frozen = orm_state.invoke_statement(statement=statement).freeze()
     finally:
         _handling.reset(token)
     kept = []
@@ -867,6 +874,9 @@ def _exact_results(orm_state: ORMExecuteState) -> Any:
             for check, position in zip(top, positions, strict=True)
         ):
             kept.append(row)
+    if window is not None:
+        start, count = window
+        kept = kept[start:] if count is None else kept[start : start + count]
     frozen.data = kept
     return frozen()
 

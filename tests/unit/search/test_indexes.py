@@ -344,8 +344,6 @@ def test_lookups_that_cannot_be_made_exact_are_refused(sqlite: sa.Engine) -> Non
             session.execute(sa.select(Member).where(sa.or_(lookup, Member.id == 1))).all()
         with pytest.raises(QueryError, match="top-level AND"):
             session.execute(sa.select(Member).where(sa.not_(lookup))).all()
-        with pytest.raises(QueryError, match="LIMIT"):
-            session.execute(sa.select(Member).where(lookup).limit(5)).all()
         with pytest.raises(QueryError, match="UPDATE or DELETE"):
             session.execute(sa.delete(Member).where(lookup))
         with pytest.raises(QueryError, match="at least 3"):
@@ -361,6 +359,23 @@ def test_lookups_that_cannot_be_made_exact_are_refused(sqlite: sa.Engine) -> Non
                 conn.execute(query).all()
         raw = conn.execute(query.execution_options(vaultkit_exact=False)).all()
         assert raw  # the candidates, asked for knowingly
+
+
+def test_limit_and_offset_apply_to_the_exact_matches(sqlite: sa.Engine) -> None:
+    """LIMIT/OFFSET are applied after the check (the candidates are read without them), so the
+    false positives never take a place; Query.first() (LIMIT 1) finds a true match."""
+    rows = _population(200)
+    _fill(sqlite, rows)
+    expected = sorted(r["id"] for r in rows if r["last_name"] == "Maes")
+    lookup = Member.surname == "maes"
+    with Session(sqlite) as session:
+        query = sa.select(Member).where(lookup).order_by(Member.id)
+        assert [m.id for m in session.scalars(query.limit(3))] == expected[:3]
+        assert [m.id for m in session.scalars(query.offset(2).limit(2))] == expected[2:4]
+        first = session.query(Member).filter(lookup).order_by(Member.id).first()
+        assert first is not None and first.id == expected[0]
+        candidates = _candidates(session, lookup)
+        assert candidates[0] != expected[0] or len(candidates) > len(expected)
 
 
 def test_exact_false_gives_the_candidates(sqlite: sa.Engine) -> None:
@@ -443,11 +458,11 @@ def test_index_cells_copied_between_rows_do_not_return_a_wrong_row(engine: sa.En
     columns = ["locator", "last_name_p3", "birth_year", "surname"]
     with engine.begin() as conn:
         source = conn.execute(
-            sa.text(f"SELECT {', '.join(columns)} FROM search_members WHERE id = 1")  # noqa: S608
+            sa.text(f"SELECT {', '.join(columns)} FROM search_members WHERE id = 1")
         ).one()
         conn.execute(
             sa.text(
-                f"UPDATE search_members SET {', '.join(f'{c} = :{c}' for c in columns)} "  # noqa: S608
+                f"UPDATE search_members SET {', '.join(f'{c} = :{c}' for c in columns)} "
                 "WHERE id = 2"
             ),
             dict(zip(columns, source, strict=True)),
@@ -669,7 +684,7 @@ def test_alembic_encrypt_column_fills_prefix_and_bucket_indexes(database_url: st
     from alembic.migration import MigrationContext
     from alembic.operations import Operations
 
-    import vaultkit.sqla.alembic  # noqa: F401 - registers op.encrypt_column
+    import vaultkit.sqla.alembic
 
     legacy = sa.Table(
         "alembic_search",
