@@ -37,7 +37,9 @@ _Index = Callable[[], list[sa.Column[Any]]]
 
 VARIANTS: dict[str, _Index] = {
     "no index (baseline)": lambda: [],
-    "BlindIndex (256 bits)": lambda: [sa.Column("ix", BlindIndexType("last_name", normalize=fold_name))],
+    "BlindIndex (256 bits)": lambda: [
+        sa.Column("ix", BlindIndexType("last_name", normalize=fold_name))
+    ],
     "BlindIndex (16 bits, 4 partitions)": lambda: [
         sa.Column("ix", BlindIndexType("last_name", normalize=fold_name, bits=16, partitions=4))
     ],
@@ -94,9 +96,12 @@ def main() -> None:
         }
         for i in range(args.rows)
     ]
-    with tempfile.TemporaryDirectory() as tmp, Vault(
-        provider=InMemoryKeyProvider(["identity"]), store=MemoryKeyStore(), domains=["identity"]
-    ) as vault:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Vault(
+            provider=InMemoryKeyProvider(["identity"]), store=MemoryKeyStore(), domains=["identity"]
+        ) as vault,
+    ):
         vaultkit.sqla.configure(vault)
         url = args.database or f"sqlite:///{Path(tmp) / 'bench.db'}"
         engine = sa.create_engine(url)
