@@ -44,6 +44,7 @@ from vaultkit.sqla.types import (
     _NULL_OPERATORS,
     BlindIndexType,
     Parts,
+    _column_of,
     _expr_name,
     _query_error,
     _table_of,
@@ -270,7 +271,7 @@ class CompoundIndexType(_SearchIndexType):
             return checked(predicate, _CompoundCheck(index, _table_of(self.expr), wanted))
 
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
-            if op in _NULL_OPERATORS:
+            if op in _NULL_OPERATORS or _against_column(op, other):
                 return super().operate(op, *other, **kwargs)
             if op is operators.match_op:
                 return self.match(*other, **kwargs)
@@ -279,6 +280,12 @@ class CompoundIndexType(_SearchIndexType):
                 op,
                 "A compound index answers .match(part=value, ...) only, with a value per part.",
             )
+
+
+def _against_column(op: Any, other: Sequence[Any]) -> bool:
+    """``index == another index column``: how SQLAlchemy looks columns up in its own lists (and
+    a self-join on digests); the blind index's comparator answers it."""
+    return op is operators.eq and bool(other) and _column_of(other[0]) is not None
 
 
 def _in_probes(comparator: Any, probes: Sequence[Any]) -> Any:
@@ -390,7 +397,7 @@ class PrefixIndexType(_SearchIndexType):
             return checked(predicate, _PrefixCheck(index, _table_of(self.expr), folded))
 
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
-            if op in _NULL_OPERATORS:
+            if op in _NULL_OPERATORS or _against_column(op, other):
                 return super().operate(op, *other, **kwargs)
             if op is operators.startswith_op:
                 return self.startswith(*other, **kwargs)
@@ -499,7 +506,7 @@ class BucketIndexType(_SearchIndexType):
             return checked(predicate, _RangeCheck(index, _table_of(self.expr), low, high))
 
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
-            if op in _NULL_OPERATORS:
+            if op in _NULL_OPERATORS or _against_column(op, other):
                 return super().operate(op, *other, **kwargs)
             if op is operators.between_op:
                 return self.between(*other, **kwargs)

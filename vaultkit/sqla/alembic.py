@@ -571,7 +571,9 @@ def _index_kwargs(
             continue
         for candidate in table.columns:
             index = candidate.type
-            if isinstance(index, BlindIndexType) and index.source == column:
+            # A blind index only (its subclasses digest other inputs; vaultkit rekey fills them
+            # once the column is encrypted).
+            if type(index) is BlindIndexType and index.source == column:
                 kwargs: dict[str, Any] = {"index": candidate.name}
                 if index.normalize is not None:
                     kwargs["normalize"] = index.normalize
