@@ -250,7 +250,7 @@ def test_core_writes_keep_every_index_in_sync(engine: sa.Engine) -> None:
             .where(table.c.id == 2)
             .values(postal_code="1000", birth_date=dt.date(1980, 7, 7), last_name="Mertens")
         )
-        if engine.dialect.insert_executemany_returning or engine.dialect.name != "mysql":
+        if engine.dialect.insert_returning:  # MariaDB 10.5+, PostgreSQL, SQLite 3.35+
             returned = conn.execute(
                 table.insert().returning(table.c.id),
                 {
