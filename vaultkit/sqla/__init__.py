@@ -159,6 +159,10 @@ def alembic_render_item(type_: str, obj: Any, autogen_context: Any) -> str | boo
     """
     if type_ == "type" and isinstance(obj, Encrypted | BlindIndexType):
         autogen_context.imports.add("import vaultkit.sqla.types")
+        if type(obj) is not BlindIndexType and isinstance(obj, BlindIndexType):
+            # A compound, prefix or bucket index: a migration needs its storage only (its
+            # transforms may have no import path), which a blind index of the same width has.
+            return f"vaultkit.sqla.types.BlindIndexType({obj.source!r}, bits={obj.bits or 256!r})"
         rendered = repr(obj).replace(
             "previous=Encrypted(", "previous=vaultkit.sqla.types.Encrypted("
         )

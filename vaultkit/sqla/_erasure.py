@@ -72,15 +72,17 @@ def _plan(table: sa.Table) -> _TableErasure | None:
     for column in table.columns:
         if not isinstance(column.type, BlindIndexType):
             continue
-        source = table.columns.get(column.type.source)
-        owners = [s for s, columns in subjects.items() if source in columns]
+        found = [table.columns.get(name) for name in column.type.sources]
+        owners = [s for s, columns in subjects.items() if any(f in columns for f in found)]
         # The index of a value under a subject's key goes with that subject; the index of any
         # other column of the row (an e-mail address of a process-scoped domain) goes with the
         # row's subject, in a table with one subject column, and with every subject otherwise.
+        # Every kind of index (compound, prefix, bucket) goes like a blind index of its sources.
         for subject in owners or list(subjects):
             indexes[subject].append(column)
-        if source in sources:
-            sources[source].append(column)
+        for source in found:
+            if source in sources:
+                sources[source].append(column)
     return _TableErasure(
         table,
         {s: tuple(columns) for s, columns in indexes.items()},

@@ -44,6 +44,7 @@ from vaultkit.sqla.types import (
     _NULL_OPERATORS,
     BlindIndexType,
     Parts,
+    _column_of,
     _expr_name,
     _query_error,
     _table_of,
@@ -270,7 +271,7 @@ class CompoundIndexType(_SearchIndexType):
             return checked(predicate, _CompoundCheck(index, _table_of(self.expr), wanted))
 
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
-            if op in _NULL_OPERATORS:
+            if op in _NULL_OPERATORS or _against_column(op, other):
                 return super().operate(op, *other, **kwargs)
             if op is operators.match_op:
                 return self.match(*other, **kwargs)
@@ -279,6 +280,12 @@ class CompoundIndexType(_SearchIndexType):
                 op,
                 "A compound index answers .match(part=value, ...) only, with a value per part.",
             )
+
+
+def _against_column(op: Any, other: Sequence[Any]) -> bool:
+    """``index == another index column``: how SQLAlchemy looks columns up in its own lists (and
+    a self-join on digests); the blind index's comparator answers it."""
+    return op is operators.eq and bool(other) and _column_of(other[0]) is not None
 
 
 def _in_probes(comparator: Any, probes: Sequence[Any]) -> Any:
@@ -390,7 +397,7 @@ class PrefixIndexType(_SearchIndexType):
             return checked(predicate, _PrefixCheck(index, _table_of(self.expr), folded))
 
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
-            if op in _NULL_OPERATORS:
+            if op in _NULL_OPERATORS or _against_column(op, other):
                 return super().operate(op, *other, **kwargs)
             if op is operators.startswith_op:
                 return self.startswith(*other, **kwargs)
@@ -499,7 +506,7 @@ class BucketIndexType(_SearchIndexType):
             return checked(predicate, _RangeCheck(index, _table_of(self.expr), low, high))
 
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
-            if op in _NULL_OPERATORS:
+            if op in _NULL_OPERATORS or _against_column(op, other):
                 return super().operate(op, *other, **kwargs)
             if op is operators.between_op:
                 return self.between(*other, **kwargs)
@@ -840,14 +847,21 @@ def _exact_results(orm_state: ORMExecuteState) -> Any:
             "of the statement's WHERE clause (not under OR or NOT, not in a subquery); split the "
             f"query, or {EXACT_OPTION}=False for the candidates"
         )
+    window: tuple[int, int | None] | None = None
     if isinstance(statement, Select) and (
         statement._limit_clause is not None or statement._offset_clause is not None
     ):
-        raise QueryError(
-            f"{found[0].label}: LIMIT/OFFSET would count the false positives dropped after the "
-            "query; slice the exact results in Python, or "
-            f"{EXACT_OPTION}=False for the candidates"
-        )
+        # LIMIT/OFFSET would count the false positives: the candidates are read without them
+        # and the exact matches sliced here (Query.first() is LIMIT 1).
+        try:
+            window = (statement._offset or 0, statement._limit)
+        except Exception:  # a SQL expression as the limit: not known in Python
+            raise QueryError(
+                f"{found[0].label}: LIMIT/OFFSET of an exact lookup must be integers (they are "
+                f"applied to the exact matches in Python), or {EXACT_OPTION}=False for the "
+                "candidates"
+            ) from None
+        statement = statement.limit(None).offset(None)
     if options.get("yield_per") or options.get("stream_results"):
         raise QueryError(
             f"{found[0].label}: an exact lookup reads its candidates at once; drop yield_per / "
@@ -856,7 +870,7 @@ def _exact_results(orm_state: ORMExecuteState) -> Any:
     positions = _entity_positions(orm_state, top)
     token = _handling.set(True)
     try:
-        frozen = orm_state.invoke_statement().freeze()
+        frozen = orm_state.invoke_statement(statement=statement).freeze()
     finally:
         _handling.reset(token)
     kept = []
@@ -867,6 +881,9 @@ def _exact_results(orm_state: ORMExecuteState) -> Any:
             for check, position in zip(top, positions, strict=True)
         ):
             kept.append(row)
+    if window is not None:
+        start, count = window
+        kept = kept[start:] if count is None else kept[start : start + count]
     frozen.data = kept
     return frozen()
 

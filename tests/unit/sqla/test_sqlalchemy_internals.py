@@ -82,6 +82,11 @@ def _limit_offset_clauses() -> None:
     assert sa.select(TABLE)._offset_clause is None
     assert sa.select(TABLE).limit(3)._limit_clause is not None
     assert sa.select(TABLE).offset(3)._offset_clause is not None
+    assert (sa.select(TABLE).limit(3).offset(2)._limit, sa.select(TABLE).offset(2)._offset) == (
+        3,
+        2,
+    )
+    assert sa.select(TABLE).limit(3).limit(None)._limit_clause is None
 
 
 def _order_by_clauses() -> None:
@@ -206,8 +211,8 @@ RELIED_ON: list[tuple[str, str, Callable[[], None]]] = [
         _order_by_clauses,
     ),
     (
-        "Select._limit_clause / Select._offset_clause",
-        "sqla/_search.py _exact_results: refuses LIMIT/OFFSET on a lookup made exact in Python",
+        "Select._limit_clause / _offset_clause / _limit / _offset",
+        "sqla/_search.py _exact_results: LIMIT/OFFSET of a lookup made exact apply in Python",
         _limit_offset_clauses,
     ),
     (
@@ -292,6 +297,8 @@ _KNOWN = {
     "statement._returning",
     "statement._limit_clause",
     "statement._offset_clause",
+    "statement._limit",
+    "statement._offset",
     "returned._annotations",
     "state._expire_attributes",
     "tracked._parents",
