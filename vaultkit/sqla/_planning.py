@@ -21,10 +21,11 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from vaultkit.errors import ConfigurationError
+from vaultkit._access import SealedValue
+from vaultkit.errors import AccessDeniedError, ConfigurationError
 from vaultkit.search import Plan, PlannedIndex, distinct_estimate, plan
 from vaultkit.sqla._tokens import TokenIndex, token_indexes
-from vaultkit.sqla.types import BlindIndexType, Parts
+from vaultkit.sqla.types import BlindIndexType, Encrypted, EncryptedCell, Parts
 
 __all__ = ["DEFAULT_SAMPLE", "indexes_of", "plan_column"]
 
@@ -222,10 +223,22 @@ def _count(
     # Every other count comes from a sample of the sources, decrypted through the vault.
     sources = sorted({s for p, _ in declared for s in p.sources} | {column})
     columns = [table.columns[s] for s in sources]
-    query = sa.select(*columns).where(source.is_not(None))
+    # Row-bound columns come back from a Core select as cells, opened with their row key.
+    row_keys = sorted(
+        {
+            c.type.row_key
+            for c in columns
+            if isinstance(c.type, Encrypted) and c.type.row_key is not None
+        }
+        - set(sources)
+    )
+    query = sa.select(*columns, *(table.columns[k] for k in row_keys)).where(source.is_not(None))
     if sample < rows:
         query = query.order_by(_random(conn.dialect.name)).limit(sample)
-    values = [dict(zip(sources, row, strict=True)) for row in conn.execute(query)]
+    values = []
+    for row in conn.execute(query):
+        found = dict(zip([*sources, *row_keys], row, strict=True))
+        values.append({key: _opened(table, key, found) for key in sources})
     seen = len(values)
     if result["distinct"] is None:
         counts = collections.Counter(_hashable(v[column]) for v in values)
@@ -259,6 +272,21 @@ def _count(
         )
     result["indexes"] = planned
     return result
+
+
+def _opened(table: sa.Table, key: str, row: dict[str, Any]) -> Any:
+    """The plaintext of ``row[key]``: a cell opened with its row key; a sealed value refused."""
+    value = row[key]
+    if isinstance(value, SealedValue):
+        raise AccessDeniedError(
+            f"planning {table.name}.{key} decrypts a sample of it, which needs the grant of its "
+            "domain: act as a principal holding it, or give --rows and --distinct"
+        )
+    if isinstance(value, EncryptedCell):
+        kind = table.columns[key].type
+        assert isinstance(kind, Encrypted) and kind.row_key is not None  # noqa: S101 - a cell
+        return value.decrypt(row=row[kind.row_key])
+    return value
 
 
 def _hashable(value: Any) -> Any:
