@@ -354,3 +354,30 @@ class TestAsync:
                 await engine.dispose()
 
         assert asyncio.run(run()) == {"Smith-Jones", "edwards jones", "Jones"}
+
+
+class TestLeaks:
+    def test_no_word_in_sql_errors_or_repr(self, engine: sa.Engine) -> None:
+        """The word looked up reaches the server only as digests, and no message or repr names
+        it (a Core execution is refused without quoting it)."""
+        with Session(engine) as session:
+            session.add(Member(last_name="Smith-Jones"))
+            session.commit()
+        sent: list[str] = []
+
+        def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+            sent.append(f"{statement} {parameters!r}")
+
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            with Session(engine) as session:
+                assert len(_names(session, Member.name_tokens.contains("Jones"))) == 1
+            with engine.connect() as conn, pytest.raises(QueryError) as refused:
+                conn.execute(
+                    sa.select(Member.__table__).where(Member.name_tokens.contains("Jones"))
+                )
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        assert sent
+        for text in [*sent, str(refused.value), repr(Member.name_tokens)]:
+            assert "jones" not in text.lower()
