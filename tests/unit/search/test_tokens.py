@@ -273,6 +273,25 @@ class TestSync:
             assert _names(session, Auto.words.contains("maes"), Auto) == {"Maes"}
             assert session.scalar(sa.select(sa.func.count()).select_from(Auto)) == len(NAMES) + 1
 
+    def test_orm_enabled_update_and_delete(self, engine: sa.Engine) -> None:
+        """session.execute(update(Member).where(...)) and delete(Member) follow the side table,
+        and the ORM's bulk update by primary key too."""
+        with Session(engine) as session:
+            session.add_all([Member(last_name=n) for n in NAMES])
+            session.commit()
+            ids = {m.last_name: m.id for m in session.scalars(sa.select(Member))}
+            session.execute(
+                sa.update(Member).where(Member.id == ids["Smith-Jones"]).values(last_name="Maes")
+            )
+            session.execute(sa.update(Member), [{"id": ids["Jones"], "last_name": "Claes"}])
+            session.execute(sa.delete(Member).where(Member.id == ids["edwards jones"]))
+            session.commit()
+            assert _names(session, Member.name_tokens.contains("jones")) == set()
+            assert _names(session, Member.name_tokens.contains("maes")) == {"Maes"}
+            assert _names(session, Member.name_tokens.contains("claes")) == {"Claes"}
+        # 11 terms, less Smith-Jones's 2 for Maes's 1, Jones's 1 for Claes's 1, edwards jones's 2.
+        assert _terms(engine, Member.name_tokens) == 11 - 2 + 1 - 1 + 1 - 2
+
     def test_insert_select_refused(self, engine: sa.Engine) -> None:
         """INSERT ... SELECT cannot be followed: refused before anything is written."""
         table = Member.__table__
