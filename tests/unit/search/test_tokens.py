@@ -292,6 +292,17 @@ class TestSync:
         # 11 terms, less Smith-Jones's 2 for Maes's 1, Jones's 1 for Claes's 1, edwards jones's 2.
         assert _terms(engine, Member.name_tokens) == 11 - 2 + 1 - 1 + 1 - 2
 
+    def test_pandas_to_sql(self, engine: sa.Engine) -> None:
+        """vaultkit.sqla.pandas.to_sql writes through the model's table: the terms follow."""
+        pandas = pytest.importorskip("pandas")
+        import vaultkit.sqla.pandas
+
+        frame = pandas.DataFrame({"last_name": NAMES})
+        vaultkit.sqla.pandas.to_sql(frame, Member, engine, chunksize=3)
+        with Session(engine) as session:
+            assert _names(session, Member.name_tokens.contains("berg")) == {"van der Berg"}
+        assert _terms(engine, Member.name_tokens) == 11
+
     def test_insert_select_refused(self, engine: sa.Engine) -> None:
         """INSERT ... SELECT cannot be followed: refused before anything is written."""
         table = Member.__table__
