@@ -55,9 +55,7 @@ def engine(tmp_path: Path, vault: Vault) -> Iterator[sa.Engine]:
     """400 patients over 100 surnames and 300 diagnoses."""
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
     Base.metadata.create_all(engine)
-    rows = [
-        {"last_name": f"van Name{i % 100}", "diagnosis": f"code {i % 300}"} for i in range(400)
-    ]
+    rows = [{"last_name": f"van Name{i % 100}", "diagnosis": f"code {i % 300}"} for i in range(400)]
     with acting_as(NURSE, purpose="intake"), engine.begin() as conn:
         conn.execute(sa.insert(Patient.__table__), rows)
     yield engine
