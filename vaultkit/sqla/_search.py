@@ -700,6 +700,18 @@ class _SearchAttribute(InstrumentedAttribute[Any]):
         return self._type_comparator().between(low, high, exact=exact, **kwargs)
 
 
+@event.listens_for(Mapper, "after_mapper_constructed")
+def _search_attributes_early(mapper: Mapper[Any], class_: type) -> None:
+    # As soon as the class is mapped: ``Member.locator.match(...)`` may be written before the
+    # mappers are configured (a module-level query). Declarative names attributes by column key.
+    table = mapper.local_table
+    for column in getattr(table, "columns", ()):
+        if isinstance(column.type, _SearchIndexType):
+            attribute = mapper.class_manager.get(column.key)
+            if type(attribute) is InstrumentedAttribute:
+                attribute.__class__ = _SearchAttribute
+
+
 @event.listens_for(Mapper, "mapper_configured")
 def _search_attributes(mapper: Mapper[Any], class_: type) -> None:
     compounds: list[tuple[str, tuple[tuple[str, str], ...]]] = []
