@@ -820,9 +820,14 @@ def _entity_positions(orm_state: ORMExecuteState, checks: Sequence[ExactCheck]) 
 
 def _attribute_keys(state: InstanceState[Any], check: ExactCheck) -> list[tuple[str, str]]:
     mapper = state.mapper
+    table: Any = check.table
+    while not isinstance(table, sa.Table) and isinstance(
+        getattr(table, "element", None), sa.FromClause
+    ):
+        table = table.element  # an alias (aliased(Member)): the columns of its table
     out = []
     for key in check.sources:
-        column = check.table.c[key]
+        column = table.c[key]
         try:
             prop = mapper.get_property_by_column(column)
         except orm_exc.UnmappedColumnError:
