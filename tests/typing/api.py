@@ -63,6 +63,7 @@ from sqlalchemy import String, Text, select  # noqa: E402
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # noqa: E402
 
 import vaultkit.sqla  # noqa: E402
+from vaultkit.search import digits, first_char, fold_name, name_tokens, year  # noqa: E402
 from vaultkit.sqla import BlindIndex, Encrypted, EncryptedCell  # noqa: E402
 
 
@@ -86,6 +87,41 @@ def orm_usage(vault: Vault, session: Session) -> None:
     cell = EncryptedCell(Encrypted(Text, domain="medical"), b"")
     count: int = vaultkit.sqla.count_plaintext(session, Member.email)
     del email, note, cell, count
+
+
+class Person(Base):
+    """Search indexes (issue 19): the declarations and their lookups type-check."""
+
+    __tablename__ = "people"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    postal_code: Mapped[str] = mapped_column(Encrypted(String(8), domain="identity"))
+    birth_date: Mapped[dt.date] = mapped_column(Encrypted(sa.Date, domain="identity"))
+    last_name: Mapped[str] = mapped_column(Encrypted(String(100), domain="identity"))
+    locator = vaultkit.sqla.CompoundIndex(
+        vaultkit.sqla.Part("postal_code", digits(4)),
+        vaultkit.sqla.Part("birth_date", year),
+        vaultkit.sqla.Part("last_name", first_char),
+        bits=16,
+    )
+    last_name_p3 = vaultkit.sqla.PrefixIndex("last_name", length=3, normalize=fold_name, bits=16)
+    birth_year = vaultkit.sqla.BucketIndex("birth_date", unit="year", bits=12)
+    surname = BlindIndex("last_name", normalize=fold_name, partitions=4, bits=20)
+
+
+def search_usage(session: Session) -> None:
+    born = dt.date(1980, 5, 1)
+    people: list[Person] = list(
+        session.scalars(
+            select(Person).where(
+                Person.locator.match(postal_code="1000", birth_date=born, last_name="Janssens"),
+                Person.last_name_p3.startswith("jan"),
+                Person.birth_year.between(born, born, exact=True),
+                Person.surname == "janssens",
+            )
+        )
+    )
+    tokens: tuple[str, ...] = name_tokens("Smith-Jones")
+    del people, tokens
 
 
 def typed_providers() -> None:

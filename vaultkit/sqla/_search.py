@@ -17,7 +17,7 @@ import datetime as dt
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, overload
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -535,7 +535,21 @@ class _RangeCheck(ExactCheck):
 
 
 class IndexColumn(MappedColumn[bytes | None]):
-    """The column an index declaration makes; refuses classes that would ignore it (SQLModel)."""
+    """The column an index declaration makes; refuses classes that would ignore it (SQLModel).
+
+    For type checkers, the class attribute is a :class:`SearchAttribute` (``match(**parts)``,
+    ``startswith(text, exact=)``, ``between(low, high, exact=)``).
+    """
+
+    if TYPE_CHECKING:
+
+        @overload  # type: ignore[override]
+        def __get__(self, instance: None, owner: Any) -> SearchAttribute: ...
+
+        @overload
+        def __get__(self, instance: object, owner: Any) -> bytes | None: ...
+
+        def __get__(self, instance: object | None, owner: Any) -> Any: ...
 
     def __set_name__(self, owner: type, name: str) -> None:
         # SQLModel (a pydantic model) takes a MappedColumn for a field's default value and makes
@@ -564,7 +578,7 @@ def CompoundIndex(  # noqa: N802 - declared like a column, named like a type
     partitions: int = 1,
     domain: str | None = None,
     vault: str = _registry.DEFAULT,
-) -> MappedColumn[bytes | None]:
+) -> IndexColumn:
     """Declare a compound index over several encrypted columns of the same model.
 
     ``CompoundIndex(Part("postal_code", digits(4)), Part("birth_date", year),
@@ -614,7 +628,7 @@ def PrefixIndex(  # noqa: N802 - declared like a column, named like a type
     partitions: int = 1,
     domain: str | None = None,
     vault: str = _registry.DEFAULT,
-) -> MappedColumn[bytes | None]:
+) -> IndexColumn:
     """Declare an index of the first ``length`` characters of ``normalize(source)``.
 
     ``PrefixIndex("last_name", length=3, normalize=fold_name, bits=16)`` answers
@@ -651,7 +665,7 @@ def BucketIndex(  # noqa: N802 - declared like a column, named like a type
     partitions: int = 1,
     domain: str | None = None,
     vault: str = _registry.DEFAULT,
-) -> MappedColumn[bytes | None]:
+) -> IndexColumn:
     """Declare an index of the year (``unit="year"``) or month (``unit="month"``) of a date.
 
     ``Member.birth_year.between(date(1970, 1, 1), date(1979, 12, 31))`` asks for the digests of
@@ -678,7 +692,7 @@ def BucketIndex(  # noqa: N802 - declared like a column, named like a type
 # -- the ORM attribute: keyword match() and exact= ------------------------------------------------
 
 
-class _SearchAttribute(InstrumentedAttribute[Any]):
+class SearchAttribute(InstrumentedAttribute[Any]):
     """The class attribute of a search index: its comparator's methods with their keywords."""
 
     __slots__ = ()
@@ -700,6 +714,18 @@ class _SearchAttribute(InstrumentedAttribute[Any]):
         return self._type_comparator().between(low, high, exact=exact, **kwargs)
 
 
+@event.listens_for(Mapper, "after_mapper_constructed")
+def _search_attributes_early(mapper: Mapper[Any], class_: type) -> None:
+    # As soon as the class is mapped: ``Member.locator.match(...)`` may be written before the
+    # mappers are configured (a module-level query). Declarative names attributes by column key.
+    table = mapper.local_table
+    for column in getattr(table, "columns", ()):
+        if isinstance(column.type, _SearchIndexType):
+            attribute = mapper.class_manager.get(column.key)
+            if type(attribute) is InstrumentedAttribute:
+                attribute.__class__ = SearchAttribute
+
+
 @event.listens_for(Mapper, "mapper_configured")
 def _search_attributes(mapper: Mapper[Any], class_: type) -> None:
     compounds: list[tuple[str, tuple[tuple[str, str], ...]]] = []
@@ -709,7 +735,7 @@ def _search_attributes(mapper: Mapper[Any], class_: type) -> None:
             continue
         attribute = mapper.class_manager.get(prop.key)
         if type(attribute) is InstrumentedAttribute:
-            attribute.__class__ = _SearchAttribute
+            attribute.__class__ = SearchAttribute
         if column.type.takes_parts:
             sources = []
             for name in column.type.sources:
@@ -794,9 +820,14 @@ def _entity_positions(orm_state: ORMExecuteState, checks: Sequence[ExactCheck]) 
 
 def _attribute_keys(state: InstanceState[Any], check: ExactCheck) -> list[tuple[str, str]]:
     mapper = state.mapper
+    table: Any = check.table
+    while not isinstance(table, sa.Table) and isinstance(
+        getattr(table, "element", None), sa.FromClause
+    ):
+        table = table.element  # an alias (aliased(Member)): the columns of its table
     out = []
     for key in check.sources:
-        column = check.table.c[key]
+        column = table.c[key]
         try:
             prop = mapper.get_property_by_column(column)
         except orm_exc.UnmappedColumnError:

@@ -775,3 +775,21 @@ def test_alembic_renders_a_search_index_as_its_storage() -> None:
     assert stand_in.stored_length == Member.__table__.c.locator.type.stored_length
     # SQLAlchemy compares columns with == to find them in its lists: allowed, not a lookup.
     assert (Member.__table__.c.locator == Member.__table__.c.locator) is not None
+
+
+def test_aliases_and_joined_entities_are_checked(sqlite: sa.Engine) -> None:
+    """The check finds its entity in a row of several entities and through aliased(Member)."""
+    rows = _population(150)
+    _fill(sqlite, rows)
+    expected = sorted(r["id"] for r in rows if fold_name(r["last_name"]).startswith("jans"))  # type: ignore[union-attr]
+    with Session(sqlite) as session:
+        alias = sa.orm.aliased(Member)
+        found = session.scalars(sa.select(alias).where(alias.last_name_p3.startswith("jans")))
+        assert sorted(m.id for m in found) == expected
+        other = sa.orm.aliased(Member)
+        pairs = session.execute(
+            sa.select(other, Member)
+            .join(Member, Member.id == other.id)
+            .where(Member.last_name_p3.startswith("jans"))
+        ).all()
+        assert sorted(m.id for _o, m in pairs) == expected
