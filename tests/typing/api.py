@@ -241,7 +241,7 @@ class Searched(Base):
     name_tokens = vaultkit.sqla.TokenIndex("last_name", bits=20)
 
 
-def search_usage(session: Session, engine: sa.Engine) -> None:
+def token_search_usage(session: Session, engine: sa.Engine) -> None:
     from vaultkit.search import Plan, PlannedIndex, plan
 
     found: list[Searched] = list(
