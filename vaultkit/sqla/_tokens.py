@@ -154,6 +154,15 @@ class TokenIndex:
     # -- declaration ---------------------------------------------------------------------------
 
     def __set_name__(self, owner: type, name: str) -> None:
+        if any(
+            base.__name__ == "SQLModel" and base.__module__.startswith("sqlmodel")
+            for base in owner.__mro__
+        ):
+            # A pydantic model takes the declaration for a field default; nothing would map it.
+            raise ConfigurationError(
+                f"{owner.__name__}.{name}: TokenIndex is declared on SQLAlchemy models; SQLModel "
+                "would ignore it (the side table would never exist)"
+            )
         self.name = name
         self._owner = owner
 

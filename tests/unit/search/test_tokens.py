@@ -411,3 +411,19 @@ class TestLeaks:
         assert sent
         for text in [*sent, str(refused.value), repr(Member.name_tokens)]:
             assert "jones" not in text.lower()
+
+
+def test_sqlmodel_refused() -> None:
+    """On an SQLModel class a TokenIndex would be ignored: refused with a clear error."""
+    sqlmodel = pytest.importorskip("sqlmodel")
+    with pytest.raises((ConfigurationError, RuntimeError, TypeError)) as raised:
+
+        class Tokens(sqlmodel.SQLModel, table=True):  # type: ignore[call-arg]
+            __tablename__ = "tok_sqlmodel"
+            id: int | None = sqlmodel.Field(default=None, primary_key=True)
+            name_tokens = TokenIndex("name")
+
+    found: BaseException | None = raised.value
+    while found is not None and not isinstance(found, ConfigurationError):
+        found = found.__cause__ or found.__context__
+    assert isinstance(found, ConfigurationError)
