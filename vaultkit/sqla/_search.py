@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, overload
 
@@ -250,9 +250,7 @@ class CompoundIndexType(_SearchIndexType):
 
     def __repr__(self) -> str:
         parts = ", ".join(repr(p) for p in self.parts)
-        return f"CompoundIndexType([{parts}], {', '.join(self._base_options())})".replace(
-            ", )", ")"
-        )
+        return f"CompoundIndexType({', '.join([f'[{parts}]', *self._base_options()])})"
 
     class comparator_factory(BlindIndexType.comparator_factory):  # noqa: N801
         """``match({part: value, ...})`` (the ORM attribute also takes keywords)."""
@@ -934,10 +932,3 @@ def _refuse_unchecked(
         "run it through an ORM Session selecting the entity, which keeps the exact matches, or "
         f"ask for the candidates knowingly with .execution_options({EXACT_OPTION}=False)"
     )
-
-
-def index_columns(table: sa.Table) -> Iterator[sa.Column[Any]]:
-    """The index columns (of every kind) of ``table``."""
-    for column in table.columns:
-        if isinstance(column.type, BlindIndexType):
-            yield column
