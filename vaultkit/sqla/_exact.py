@@ -35,7 +35,14 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import BooleanClauseList, Grouping
 from sqlalchemy.sql.operators import and_ as and_op
 
-__all__ = ["ExactCheck", "checked", "checked_compiled", "checks_in", "top_level_checks"]
+__all__ = [
+    "ExactCheck",
+    "checked",
+    "checked_compiled",
+    "checks_in",
+    "frozen_rows",
+    "top_level_checks",
+]
 
 #: The execution option that asks for the candidates of lossy indexes, unchecked.
 EXACT_OPTION: Final = "vaultkit_exact"
@@ -129,3 +136,30 @@ def checks_in(element: Any) -> list[ExactCheck]:
         return []
     found = [e.vaultkit_check for e in sa.sql.visitors.iterate(element) if isinstance(e, _Checked)]
     return list({id(c): c for c in found}.values())
+
+
+class frozen_rows:  # noqa: N801 - used like a function
+    """The rows of an ORM result, read at once, and a way to hand them back as a result that
+    keeps what SQLAlchemy asked of the original: a result of joined eager loads against
+    collections still refuses to be read without ``.unique()`` (a frozen result forgets it, and
+    would hand out one object per child row)."""
+
+    __slots__ = ("_frozen", "_unique")
+
+    def __init__(self, result: Any) -> None:
+        self._unique = getattr(result, "_unique_filter_state", None)
+        self._frozen = result.freeze()
+
+    @property
+    def data(self) -> Any:
+        return self._frozen.data
+
+    @data.setter
+    def data(self, rows: Any) -> None:
+        self._frozen.data = rows
+
+    def __call__(self) -> Any:
+        result = self._frozen()
+        if self._unique is not None:
+            result._unique_filter_state = (set(), self._unique[1])
+        return result

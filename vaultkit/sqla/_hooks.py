@@ -62,6 +62,7 @@ from vaultkit.errors import (
     VaultkitError,
 )
 from vaultkit.sqla import _registry
+from vaultkit.sqla._exact import frozen_rows
 from vaultkit.sqla.types import (
     CELL_KEY,
     UNKNOWN,
@@ -1187,10 +1188,13 @@ def _loads_guarded_entities(orm_state: ORMExecuteState) -> bool:
                 if mapper is not None and isinstance(returned, sa.FromClause):
                     mappers.append(mapper)
         else:
-            for description in statement.column_descriptions:  # type: ignore[attr-defined]
-                entity = description.get("entity")
-                if entity is not None and description.get("expr") is entity:
-                    mappers.append(sa.inspect(entity).mapper)
+            # A UNION of ORM selects has no column descriptions of its own: those of its selects.
+            selects = getattr(statement, "selects", None) or [statement]
+            for select in selects:
+                for description in getattr(select, "column_descriptions", ()):
+                    entity = description.get("entity")
+                    if entity is not None and description.get("expr") is entity:
+                        mappers.append(sa.inspect(entity).mapper)
         if not mappers:
             return False
     seen: set[Mapper[Any]] = set()
@@ -1230,7 +1234,7 @@ def _do_orm_execute(orm_state: ORMExecuteState) -> Any:
     loading = _loaded.set(loaded) if ahead else None
     try:
         # The rows are fetched, and the entities built, while the flag is set.
-        frozen = orm_state.invoke_statement().freeze()
+        frozen = frozen_rows(orm_state.invoke_statement())
     finally:
         orm_cells.reset(token)
         if loading is not None:

@@ -38,6 +38,7 @@ from vaultkit.sqla._exact import (
     checked,
     checked_compiled,
     checks_in,
+    frozen_rows,
     top_level_checks,
 )
 from vaultkit.sqla.types import (
@@ -803,7 +804,10 @@ def _entity_positions(orm_state: ORMExecuteState, checks: Sequence[ExactCheck]) 
             info = sa.inspect(entity)
             selectable = getattr(info, "selectable", None)
             mapper = info.mapper
-            if check.table is selectable or check.table in mapper.tables:
+            # An aliased entity (aliased(Member)) maps the same tables as Member: only the
+            # check built on that alias tests its rows, never the plain entity's check.
+            aliased = getattr(info, "is_aliased_class", False)
+            if check.table is selectable or (not aliased and check.table in mapper.tables):
                 positions.append(position)
                 break
         else:
@@ -899,7 +903,7 @@ def _exact_results(orm_state: ORMExecuteState) -> Any:
     positions = _entity_positions(orm_state, top)
     token = _handling.set(True)
     try:
-        frozen = orm_state.invoke_statement(statement=statement).freeze()
+        frozen = frozen_rows(orm_state.invoke_statement(statement=statement))
     finally:
         _handling.reset(token)
     kept = []
