@@ -212,3 +212,52 @@ def test_pending_identity_map_change_autoflush_off(
         obj.last_name = "Peeters"
         found = {p.id for p in session.scalars(sa.select(Person).where(Person.surname == "Maes"))}
     assert maes in found  # plain SQLAlchemy: the database row still says Maes
+
+
+# -- write paths ----------------------------------------------------------------------------------
+
+
+def _words_of(engine: sa.Engine, person_id: int) -> int:
+    side = Person.words.table
+    with engine.connect() as conn:
+        return int(conn.scalar(sa.select(sa.func.count()).select_from(side).where(side.c.id == person_id)) or 0)
+
+
+def test_core_update_by_key_and_another_condition_that_matches_no_row(
+    people: tuple[sa.Engine, list[dict[str, Any]]],
+) -> None:
+    """UPDATE ... WHERE id = :id AND <something false> changes no row: the token side table
+    must not change either (it lost the row's words: a silent false negative)."""
+    engine, rows = people
+    target = next(r for r in rows if r["last_name"] == "Peeters")
+    table = Person.__table__
+    before = _words_of(engine, target["id"])
+    with engine.begin() as conn:
+        done = conn.execute(
+            sa.update(table)
+            .where(table.c.id == target["id"], table.c.referrer_id == -1)
+            .values(last_name="Zed Jones", postal_code="1000", birth_date=dt.date(1970, 1, 1))
+        )
+        assert done.rowcount == 0
+    assert _words_of(engine, target["id"]) == before
+    with Session(engine) as session:
+        found = {p.id for p in session.scalars(sa.select(Person).where(Person.words.contains("peeters")))}
+    assert target["id"] in found
+
+
+def test_orm_bulk_update_by_key_with_a_condition(
+    people: tuple[sa.Engine, list[dict[str, Any]]],
+) -> None:
+    """The same through the ORM: an UPDATE by primary key with an extra WHERE."""
+    engine, rows = people
+    target = next(r for r in rows if r["last_name"] == "Maes")
+    with Session(engine) as session:
+        session.execute(
+            sa.update(Person)
+            .where(Person.id == target["id"], Person.referrer_id == -1)
+            .values(last_name="Zed Jones", postal_code="1000", birth_date=dt.date(1970, 1, 1))
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        found = {p.id for p in session.scalars(sa.select(Person).where(Person.words.contains("maes")))}
+    assert target["id"] in found

@@ -348,16 +348,22 @@ def _conjuncts(clause: Any) -> Iterator[Any]:
 
 
 def _key_binds(where: Any, keys: Sequence[sa.Column[Any]]) -> list[sa.BindParameter[Any]] | None:
-    """The bind parameters a WHERE clause compares each primary-key column with (``pk = :b``
-    among its top-level AND conjuncts), or ``None`` when it is not that simple."""
+    """The bind parameters a WHERE clause compares each primary-key column with, when it is
+    nothing but ``pk = :b`` conjuncts; ``None`` when it is not that simple. Any other condition
+    (``pk = :b AND version = :v``) may select no row, so the rows are then read from the
+    database: the side table must not change for a row the statement leaves alone."""
     found: dict[str, sa.BindParameter[Any]] = {}
     for clause in _conjuncts(where):
+        matched = False
         if isinstance(clause, sa.BinaryExpression) and clause.operator is sa.sql.operators.eq:
             for col, other in ((clause.left, clause.right), (clause.right, clause.left)):
                 if isinstance(col, sa.Column) and isinstance(other, sa.BindParameter):
                     for key in keys:
                         if col.shares_lineage(key):
                             found[key.name] = other
+                            matched = True
+        if not matched:
+            return None
     if len(found) != len(keys):
         return None
     return [found[k.name] for k in keys]
