@@ -261,3 +261,106 @@ def test_orm_bulk_update_by_key_with_a_condition(
         session.commit()
         found = {p.id for p in session.scalars(sa.select(Person).where(Person.words.contains("maes")))}
     assert target["id"] in found
+
+
+# -- the database writer (DESIGN section 12) ------------------------------------------------------
+
+
+def test_copied_index_cells_and_planted_terms_are_dropped(
+    people: tuple[sa.Engine, list[dict[str, Any]]],
+) -> None:
+    """A writer copies A's index cells onto B and plants A's words for B: every lossy lookup of
+    A's values still returns A's true matches only."""
+    engine, rows = people
+    a = next(r for r in rows if r["last_name"] == "Smith-Jones")
+    b = next(r for r in rows if r["last_name"] == "Li")
+    side = Person.words.table
+    with engine.begin() as conn:
+        cells = conn.execute(
+            sa.text(
+                "SELECT locator, last_name_p3, surname FROM review_search_people WHERE id = :a"
+            ),
+            {"a": a["id"]},
+        ).one()
+        conn.execute(
+            sa.text(
+                "UPDATE review_search_people SET locator = :l, last_name_p3 = :p, surname = :s "
+                "WHERE id = :b"
+            ),
+            {"l": cells[0], "p": cells[1], "s": cells[2], "b": b["id"]},
+        )
+        terms = conn.execute(sa.select(side.c.term).where(side.c.id == a["id"])).scalars().all()
+        conn.execute(side.delete().where(side.c.id == b["id"]))
+        conn.execute(side.insert(), [{"id": b["id"], "term": t} for t in terms])
+    with Session(engine) as session:
+        asked = {k: a[k] for k in ("postal_code", "birth_date", "last_name")}
+        for where in (
+            Person.locator.match(**asked),
+            Person.last_name_p3.startswith("smi"),
+            Person.surname == "Smith-Jones",
+            Person.words.contains("jones"),
+            Person.words.contains("smith jones"),
+        ):
+            found = {p.id for p in session.scalars(sa.select(Person).where(where))}
+            assert b["id"] not in found
+            assert a["id"] in found
+
+
+class Card(Base):
+    __tablename__ = "review_search_cards"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    holder: Mapped[str | None] = mapped_column(Encrypted(sa.String(100), domain="identity"))
+    holder_exact = BlindIndex("holder")
+    holder_folded = BlindIndex("holder", normalize=fold_name)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="limit (pre-existing, DESIGN section 12): a full-width blind index is taken as exact "
+    "and not checked, so a database writer who copies A's digest onto B makes a lookup of A "
+    "return B; fix: check every blind-index lookup whose entity is selected (decrypt cost), "
+    "or bind the digest to the row (HMAC input with the primary key is impossible for lookups)",
+)
+def test_full_width_blind_index_copy_returns_the_wrong_row(vault: Vault, database_url: str) -> None:
+    engine = sa.create_engine(database_url)
+    Base.metadata.create_all(engine)
+    try:
+        with Session(engine) as session:
+            session.add_all([Card(id=1, holder="Janssens"), Card(id=2, holder="Peeters")])
+            session.commit()
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE review_search_cards SET holder_exact = "
+                    "(SELECT c.holder_exact FROM (SELECT holder_exact FROM review_search_cards "
+                    "WHERE id = 1) c) WHERE id = 2"
+                )
+            )
+        with Session(engine) as session:
+            found = [c.id for c in session.scalars(sa.select(Card).where(Card.holder_exact == "Janssens"))]
+        assert found == [1]
+    finally:
+        Base.metadata.drop_all(engine)
+        engine.dispose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="leak (pre-existing key labelling): every BlindIndex of one source column shares one "
+    "HMAC key (its label is the source column), so two indexes of the same column with different "
+    "normalize= (or partitions=) give equal digests for equal inputs and can be linked; fix: a "
+    "label per index column for each further blind index of a source (the first keeps the "
+    "source's label, so existing digests stay valid), or refuse a second one",
+)
+def test_two_blind_indexes_of_one_column_have_their_own_keys(vault: Vault) -> None:
+    engine = sa.create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Card(id=1, holder="jones"))  # already folded: both indexes digest "jones"
+        session.commit()
+    with engine.connect() as conn:
+        exact, folded = conn.execute(
+            sa.text("SELECT holder_exact, holder_folded FROM review_search_cards")
+        ).one()
+    engine.dispose()
+    assert exact != folded
