@@ -370,6 +370,30 @@ def _statement_values(statement: Insert | Update) -> dict[str, Any] | None:
     return out
 
 
+def _unbound(value: Any) -> bool:
+    """Whether ``value`` (of ``statement.values(...)``) is a bind parameter filled per parameter
+    set (``bindparam("name")``), whose value the statement does not hold."""
+    return isinstance(value, sa.BindParameter) and bool(value.required)
+
+
+def _refuse_unbound_sources(statement: Insert | Update, plan: Any) -> None:
+    """``values(last_name=bindparam("new_name"))`` with an executemany: the index of
+    ``last_name`` would be computed from the statement (no value: NULL) while the column gets
+    each parameter set's value, leaving the index empty. Refused, before anything is written."""
+    values = getattr(statement, "_values", None)
+    if not values or not plan.indexes:
+        return
+    sources = {key for _index, keys, _parts in plan.indexes for key in keys}
+    for key, value in values.items():
+        name = key if isinstance(key, str) else getattr(key, "key", None)
+        if name in sources and _unbound(value):
+            raise QueryError(
+                f"{_table_name(statement)}.{name} is set to a named bind parameter, whose values "
+                "its indexes cannot follow: pass the values under the column's own key "
+                f"({name!r}) in the parameter sets instead of .values({name}=bindparam(...))"
+            )
+
+
 def _param_sets(multiparams: Any, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
     if multiparams:
         yield from multiparams
@@ -399,6 +423,7 @@ def _before_execute(
             if isinstance(statement, Update) and plan.bound
             else {}
         )
+        _refuse_unbound_sources(statement, plan)
         embedded = _statement_values(statement)
         if isinstance(statement, Update) and plan.subjects:
             _check_subject_change(statement, plan, embedded, multiparams or [params])

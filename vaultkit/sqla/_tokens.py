@@ -377,6 +377,13 @@ def _embedded(statement: Insert | Update, key: str) -> tuple[bool, Any]:
         if column != key:
             continue
         if isinstance(value, sa.BindParameter):
+            if value.required:
+                # bindparam("new_name"), filled per parameter set: not the column's key.
+                raise QueryError(
+                    f"{getattr(statement.table, 'name', 'the table')}.{key} is set to a named "
+                    "bind parameter, whose values its token index cannot follow: pass the "
+                    f"values under the column's own key ({key!r}) in the parameter sets"
+                )
             return True, value.effective_value
         if isinstance(value, sa.ClauseElement):
             table = getattr(statement.table, "name", "the table")
