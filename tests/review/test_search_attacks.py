@@ -434,3 +434,22 @@ def test_core_executemany_with_named_bind_parameters_is_refused(
             ],
         )
     _assert_every_row_found(engine)
+
+
+# -- the planner ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "distinct"), [("prefix", 26), ("bucket", 90), ("token", 40), ("blind", 3)]
+)
+def test_planner_refuses_every_low_cardinality_stand_alone_index(kind: str, distinct: int) -> None:
+    """A one-letter PrefixIndex (26 inputs) or a year BucketIndex (90 inputs) is as much a
+    renaming of its inputs as a blind index of a gender: the plan must say so."""
+    from vaultkit.search import PlannedIndex, plan
+
+    index = PlannedIndex(
+        name="ix", kind=kind, sources=("last_name",), bits=16, distinct=distinct, population=50_000
+    )
+    result = plan(rows=50_000, distinct=20_000, column="last_name", indexes=[index])
+    assert result.indexes[0].refused is not None
+    assert not result.ok

@@ -429,8 +429,11 @@ def plan(
             probes=index.probes,
         )
         index_refused = None
+        # Any stand-alone index whose inputs are few is a renaming of them, whatever its kind:
+        # a one-letter prefix, a year bucket, a blind index of a boolean. Only the parts of a
+        # compound index hide among the others'.
         if (
-            index.kind == "blind"
+            index.kind != "compound"
             and index_distinct is not None
             and index_distinct < MIN_STANDALONE_DISTINCT
         ):

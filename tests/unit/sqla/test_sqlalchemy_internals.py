@@ -22,7 +22,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.mutable import Mutable, MutableDict
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, attributes, mapped_column
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    attributes,
+    joinedload,
+    mapped_column,
+    relationship,
+)
 from sqlalchemy.orm.attributes import InstrumentedAttribute
 
 from vaultkit.errors import QueryError
@@ -192,6 +200,37 @@ def _storage_survives_type_descriptor() -> None:
         assert index.bind_processor(dialect) is None, url
 
 
+def _unique_filter_state() -> None:
+    # A result of joined eager loads against collections carries the strategy that refuses to
+    # be read without .unique(); sqla/_exact.py frozen_rows hands it to the re-made result.
+    class Base(DeclarativeBase):
+        pass
+
+    class Parent(Base):
+        __tablename__ = "internals_parent"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        children: Mapped[list[Child]] = relationship()
+
+    class Child(Base):
+        __tablename__ = "internals_child"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        parent_id: Mapped[int] = mapped_column(sa.ForeignKey("internals_parent.id"))
+
+    engine = sa.create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Parent(id=1, children=[Child(id=1), Child(id=2)]))
+        session.commit()
+        result = session.execute(sa.select(Parent).options(joinedload(Parent.children)))
+        state = result._unique_filter_state
+        assert state is not None and callable(state[1])
+        remade = result.freeze()()
+        remade._unique_filter_state = (set(), state[1])
+        with pytest.raises(sa.exc.InvalidRequestError, match="unique"):
+            remade.scalars().all()
+    engine.dispose()
+
+
 #: (attribute, the vaultkit code that uses it and why, the check).
 RELIED_ON: list[tuple[str, str, Callable[[], None]]] = [
     (
@@ -267,6 +306,11 @@ RELIED_ON: list[tuple[str, str, Callable[[], None]]] = [
     ),
     ("Row._mapping", "rekey verify_table; audit.py (documented public)", _row_mapping),
     (
+        "Result._unique_filter_state",
+        "sqla/_exact.py frozen_rows: a re-made result of joined collection loads requires unique()",
+        _unique_filter_state,
+    ),
+    (
         "TypeEngine.bind_processor/result_processor of a subclass kept by type_descriptor",
         "sqla/_storage.py RawBinary, RawLongBlob, RawVarbinary: no DBAPI Binary wrapping",
         _storage_survives_type_descriptor,
@@ -305,7 +349,13 @@ _KNOWN = {
     "holder._parents",
 }
 _GETATTR = re.compile(r'getattr\(\w+, "(_[a-z]\w*)"')
-_KNOWN_GETATTR = {"_values", "_multi_values", "_result_columns", "_returning"}
+_KNOWN_GETATTR = {
+    "_values",
+    "_multi_values",
+    "_result_columns",
+    "_returning",
+    "_unique_filter_state",
+}
 
 
 def test_every_private_access_is_listed() -> None:
