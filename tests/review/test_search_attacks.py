@@ -453,3 +453,19 @@ def test_planner_refuses_every_low_cardinality_stand_alone_index(kind: str, dist
     result = plan(rows=50_000, distinct=20_000, column="last_name", indexes=[index])
     assert result.indexes[0].refused is not None
     assert not result.ok
+
+
+def test_fetch_first_counts_exact_matches_only(people: tuple[sa.Engine, list[dict[str, Any]]]) -> None:
+    """FETCH FIRST n ROWS is a LIMIT too: it must not count the false candidates."""
+    engine, rows = people
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has no FETCH FIRST")
+    expected = sorted(_true(rows, "Maes"))[:3]
+    with Session(engine) as session:
+        stmt = sa.select(Person).where(Person.surname == "Maes").order_by(Person.id)
+        found = [p.id for p in session.scalars(stmt.fetch(3))]
+        assert found == expected
+        found = [p.id for p in session.scalars(stmt.fetch(3).offset(1))]
+        assert found == sorted(_true(rows, "Maes"))[1:4]
+        with pytest.raises(QueryError, match="FETCH"):
+            session.scalars(stmt.fetch(3, with_ties=True)).all()

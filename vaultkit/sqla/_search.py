@@ -882,17 +882,28 @@ def _exact_results(orm_state: ORMExecuteState) -> Any:
         )
     window: tuple[int, int | None] | None = None
     if isinstance(statement, Select) and (
-        statement._limit_clause is not None or statement._offset_clause is not None
+        statement._limit_clause is not None
+        or statement._offset_clause is not None
+        or statement._fetch_clause is not None
     ):
-        # LIMIT/OFFSET would count the false positives: the candidates are read without them
-        # and the exact matches sliced here (Query.first() is LIMIT 1).
+        # LIMIT/OFFSET (and FETCH FIRST, a LIMIT too) would count the false positives: the
+        # candidates are read without them and the exact matches sliced here (Query.first() is
+        # LIMIT 1).
+        fetch_options = statement._fetch_clause_options or {}
         try:
-            window = (statement._offset or 0, statement._limit)
+            if fetch_options.get("with_ties") or fetch_options.get("percent"):
+                raise ValueError("FETCH ... WITH TIES / PERCENT")
+            count = (
+                statement._limit
+                if statement._fetch_clause is None
+                else statement._offset_or_limit_clause_asint(statement._fetch_clause, "fetch")
+            )
+            window = (statement._offset or 0, count)
         except Exception:  # a SQL expression as the limit: not known in Python
             raise QueryError(
-                f"{found[0].label}: LIMIT/OFFSET of an exact lookup must be integers (they are "
-                f"applied to the exact matches in Python), or {EXACT_OPTION}=False for the "
-                "candidates"
+                f"{found[0].label}: LIMIT/OFFSET/FETCH of an exact lookup must be integers (they "
+                "are applied to the exact matches in Python; FETCH WITH TIES or PERCENT is not "
+                f"offered), or {EXACT_OPTION}=False for the candidates"
             ) from None
         statement = statement.limit(None).offset(None)
     if options.get("yield_per") or options.get("stream_results"):

@@ -95,6 +95,12 @@ def _limit_offset_clauses() -> None:
         2,
     )
     assert sa.select(TABLE).limit(3).limit(None)._limit_clause is None
+    # FETCH FIRST: its clause, options, integer value, and limit(None) clearing it.
+    fetched = sa.select(TABLE).fetch(4)
+    assert sa.select(TABLE)._fetch_clause is None
+    assert fetched._fetch_clause_options == {"with_ties": False, "percent": False}
+    assert fetched._offset_or_limit_clause_asint(fetched._fetch_clause, "fetch") == 4
+    assert fetched.limit(None)._fetch_clause is None
 
 
 def _order_by_clauses() -> None:
@@ -250,8 +256,8 @@ RELIED_ON: list[tuple[str, str, Callable[[], None]]] = [
         _order_by_clauses,
     ),
     (
-        "Select._limit_clause / _offset_clause / _limit / _offset",
-        "sqla/_search.py _exact_results: LIMIT/OFFSET of a lookup made exact apply in Python",
+        "Select._limit_clause / _offset_clause / _limit / _offset / _fetch_clause(_options)",
+        "sqla/_search.py _exact_results: LIMIT/OFFSET/FETCH of a lookup made exact apply in Python",
         _limit_offset_clauses,
     ),
     (
@@ -343,6 +349,9 @@ _KNOWN = {
     "statement._offset_clause",
     "statement._limit",
     "statement._offset",
+    "statement._fetch_clause",
+    "statement._fetch_clause_options",
+    "statement._offset_or_limit_clause_asint",
     "returned._annotations",
     "state._expire_attributes",
     "tracked._parents",
