@@ -937,6 +937,30 @@ class _RefusedColumnPair(sa.BinaryExpression[bool]):
         )
 
 
+def _uncomparable(index: BlindIndexType) -> bool:
+    """Whether equal digests of two rows do not mean equal values, or unequal digests unequal
+    ones: a truncated (or transformed) index, or a partitioned one."""
+    return bool(index.lossy or index.partitions > 1)
+
+
+class _RefusedDigestPair(sa.BinaryExpression[bool]):
+    """``index == index`` of a lossy or partitioned index: refused as SQL (a join on it would
+    pair rows that only share a digest, or miss rows whose equal values sit in other
+    partitions, and no check can make a join exact)."""
+
+    inherit_cache = True
+
+    def _compiler_dispatch(self, visitor: Any, **kw: Any) -> str:
+        raise _query_error(
+            _expr_name(self.left),
+            self.operator,
+            "The digests of a truncated, transformed or partitioned index are not comparable "
+            "between rows (equal digests may be different values; one value has a digest per "
+            "partition). Join on a full-width BlindIndex without partitions, or compare the "
+            "decrypted values.",
+        )
+
+
 def _as_bytes_or_none(value: Any) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
@@ -1342,7 +1366,10 @@ class BlindIndexType(TypeDecorator[bytes]):
                 if column is not None and isinstance(column.type, BlindIndexType):
                     # Digests against digests: another blind index (finding duplicates with a
                     # self-join), or SQLAlchemy looking the column up in its own dicts and lists.
-                    return super().operate(op, column, **kwargs)
+                    pair = super().operate(op, column, **kwargs)
+                    if _uncomparable(index) or _uncomparable(column.type):
+                        pair.__class__ = _RefusedDigestPair  # refused once compiled into SQL
+                    return pair
                 values = [other[0]]
             elif op is operators.in_op:
                 values = list(other[0])
