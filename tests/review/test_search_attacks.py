@@ -499,3 +499,49 @@ def test_digest_self_joins_of_lossy_or_partitioned_indexes_are_refused(
         with pytest.raises(QueryError):
             session.execute(stmt).all()
         session.rollback()
+
+
+class Party(Base):
+    __tablename__ = "review_search_parties"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(sa.String(10))
+    name: Mapped[str | None] = mapped_column(Encrypted(sa.String(50), domain="identity"))
+    name_index = BlindIndex("name", bits=4)
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "party"}
+
+
+class Company(Party):
+    __tablename__ = "review_search_companies"
+    id: Mapped[int] = mapped_column(sa.ForeignKey("review_search_parties.id"), primary_key=True)
+    __mapper_args__ = {"polymorphic_identity": "company"}
+
+
+def test_inheritance_and_with_polymorphic_are_checked(vault: Vault) -> None:
+    """Joined inheritance and with_polymorphic select the base table's own columns: their
+    lookups are checked (not refused), while an aliased with_polymorphic is refused for a check
+    built on the plain class."""
+    from sqlalchemy.orm import with_polymorphic
+
+    engine = sa.create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    names = [chr(ord("a") + i) for i in range(16)] * 2
+    with Session(engine) as session:
+        session.add_all(
+            (Company if i % 2 else Party)(id=i, name=n) for i, n in enumerate(names)
+        )
+        session.commit()
+        expected = sorted(i for i, n in enumerate(names) if n == "a")
+        plain = with_polymorphic(Party, [Company])
+        for stmt in (
+            sa.select(Party).where(Party.name_index == "a"),
+            sa.select(plain).where(plain.name_index == "a"),
+            sa.select(plain).where(Party.name_index == "a"),
+        ):
+            assert sorted(p.id for p in session.scalars(stmt)) == expected
+        assert [c.id for c in session.scalars(sa.select(Company).where(Company.name_index == "b"))] == sorted(
+            i for i, n in enumerate(names) if n == "b" and i % 2
+        )
+        hidden = with_polymorphic(Party, [Company], aliased=True)
+        with pytest.raises(QueryError):
+            session.scalars(sa.select(hidden).where(Party.name_index == "a")).all()
+    engine.dispose()

@@ -804,10 +804,7 @@ def _entity_positions(orm_state: ORMExecuteState, checks: Sequence[ExactCheck]) 
             info = sa.inspect(entity)
             selectable = getattr(info, "selectable", None)
             mapper = info.mapper
-            # An aliased entity (aliased(Member)) maps the same tables as Member: only the
-            # check built on that alias tests its rows, never the plain entity's check.
-            aliased = getattr(info, "is_aliased_class", False)
-            if check.table is selectable or (not aliased and check.table in mapper.tables):
+            if _carries(selectable, mapper, check):
                 positions.append(position)
                 break
         else:
@@ -818,6 +815,20 @@ def _entity_positions(orm_state: ORMExecuteState, checks: Sequence[ExactCheck]) 
                 f".execution_options({EXACT_OPTION}=False)"
             )
     return positions
+
+
+def _carries(selectable: Any, mapper: Mapper[Any], check: ExactCheck) -> bool:
+    """Whether the rows of an entity (its ``selectable``) are those the check's predicate
+    selects: the check's own table or alias, or a selectable holding that table's very columns
+    (a joined-inheritance mapper, ``with_polymorphic``). An alias (``aliased(Member)``) holds
+    proxies of them: a check built on ``Member`` does not test the alias's rows, nor the
+    reverse."""
+    if check.table is selectable:
+        return True
+    if selectable is None or check.table not in mapper.tables:
+        return False
+    column = check.table.c.get(check.sources[0]) if check.sources else None
+    return column is not None and bool(selectable.c.contains_column(column))
 
 
 def _attribute_keys(state: InstanceState[Any], check: ExactCheck) -> list[tuple[str, str]]:
