@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import sqlalchemy as sa
@@ -44,7 +44,10 @@ class Person(Base):
     last_name: Mapped[str | None] = mapped_column(Encrypted(sa.String(100), domain="identity"))
     referrer_id: Mapped[int | None] = mapped_column(sa.ForeignKey("review_search_people.id"))
     locator = CompoundIndex(
-        Part("postal_code", digits(4)), Part("birth_date", year), Part("last_name", first_char), bits=4
+        Part("postal_code", digits(4)),
+        Part("birth_date", year),
+        Part("last_name", first_char),
+        bits=4,
     )
     last_name_p3 = PrefixIndex("last_name", length=3, normalize=fold_name, bits=4)
     surname = BlindIndex("last_name", normalize=fold_name, bits=4)
@@ -141,7 +144,9 @@ def test_token_lookup_through_an_alias(people: tuple[sa.Engine, list[dict[str, A
     expected = {r["id"] for r in rows if "jones" in r["last_name"].lower()}
     with Session(engine) as session:
         try:
-            found = [p.id for p in session.scalars(sa.select(alias).where(alias.words.contains("jones")))]
+            found = [
+                p.id for p in session.scalars(sa.select(alias).where(alias.words.contains("jones")))
+            ]
         except (QueryError, AttributeError):
             return
     assert sorted(found) == sorted(expected)
@@ -173,7 +178,7 @@ def test_legacy_query_api(people: tuple[sa.Engine, list[dict[str, Any]]]) -> Non
 
 
 def test_distinct_union_and_with_entities(people: tuple[sa.Engine, list[dict[str, Any]]]) -> None:
-    engine, rows = people
+    engine, _rows = people
     with Session(engine) as session:
         u = sa.union(
             sa.select(Person.id).where(Person.surname == "Maes"),
@@ -187,7 +192,7 @@ def test_distinct_union_and_with_entities(people: tuple[sa.Engine, list[dict[str
 
 
 def test_count_over_subquery_of_candidates(people: tuple[sa.Engine, list[dict[str, Any]]]) -> None:
-    engine, rows = people
+    engine, _rows = people
     with Session(engine) as session:
         sub = sa.select(Person).where(Person.surname == "Maes").subquery()
         with pytest.raises(QueryError):
@@ -220,7 +225,10 @@ def test_pending_identity_map_change_autoflush_off(
 def _words_of(engine: sa.Engine, person_id: int) -> int:
     side = Person.words.table
     with engine.connect() as conn:
-        return int(conn.scalar(sa.select(sa.func.count()).select_from(side).where(side.c.id == person_id)) or 0)
+        return int(
+            conn.scalar(sa.select(sa.func.count()).select_from(side).where(side.c.id == person_id))
+            or 0
+        )
 
 
 def test_core_update_by_key_and_another_condition_that_matches_no_row(
@@ -241,7 +249,9 @@ def test_core_update_by_key_and_another_condition_that_matches_no_row(
         assert done.rowcount == 0
     assert _words_of(engine, target["id"]) == before
     with Session(engine) as session:
-        found = {p.id for p in session.scalars(sa.select(Person).where(Person.words.contains("peeters")))}
+        found = {
+            p.id for p in session.scalars(sa.select(Person).where(Person.words.contains("peeters")))
+        }
     assert target["id"] in found
 
 
@@ -259,7 +269,9 @@ def test_orm_bulk_update_by_key_with_a_condition(
             .execution_options(synchronize_session=False)
         )
         session.commit()
-        found = {p.id for p in session.scalars(sa.select(Person).where(Person.words.contains("maes")))}
+        found = {
+            p.id for p in session.scalars(sa.select(Person).where(Person.words.contains("maes")))
+        }
     assert target["id"] in found
 
 
@@ -337,7 +349,10 @@ def test_full_width_blind_index_copy_returns_the_wrong_row(vault: Vault, databas
                 )
             )
         with Session(engine) as session:
-            found = [c.id for c in session.scalars(sa.select(Card).where(Card.holder_exact == "Janssens"))]
+            found = [
+                c.id
+                for c in session.scalars(sa.select(Card).where(Card.holder_exact == "Janssens"))
+            ]
         assert found == [1]
     finally:
         Base.metadata.drop_all(engine)
@@ -390,13 +405,35 @@ def _assert_every_row_found(engine: sa.Engine) -> None:
 
 
 def test_write_paths_keep_every_index(people: tuple[sa.Engine, list[dict[str, Any]]]) -> None:
-    engine, rows = people
-    table = Person.__table__
+    engine, _rows = people
+
     with Session(engine) as session:
         # bulk_update_mappings, merge of a detached object, ORM bulk UPDATE by primary key.
-        session.bulk_update_mappings(Person, [{"id": 3, "last_name": "Obrien-Smith", "postal_code": "1000", "birth_date": dt.date(1950, 1, 1)}])  # type: ignore[arg-type]
-        session.merge(Person(id=4, postal_code="3500", birth_date=dt.date(1960, 2, 2), last_name="Achter"))
-        session.execute(sa.update(Person), [{"id": 5, "last_name": "Zeeman Jones", "postal_code": "1000", "birth_date": dt.date(1950, 1, 1)}])
+        session.bulk_update_mappings(
+            Person,
+            [
+                {
+                    "id": 3,
+                    "last_name": "Obrien-Smith",
+                    "postal_code": "1000",
+                    "birth_date": dt.date(1950, 1, 1),
+                }
+            ],
+        )  # type: ignore[arg-type]
+        session.merge(
+            Person(id=4, postal_code="3500", birth_date=dt.date(1960, 2, 2), last_name="Achter")
+        )
+        session.execute(
+            sa.update(Person),
+            [
+                {
+                    "id": 5,
+                    "last_name": "Zeeman Jones",
+                    "postal_code": "1000",
+                    "birth_date": dt.date(1950, 1, 1),
+                }
+            ],
+        )
         obj = session.get(Person, 6)
         assert obj is not None
         obj.birth_date = dt.date(2001, 1, 1)  # a part of the compound only
@@ -409,7 +446,7 @@ def test_core_executemany_with_named_bind_parameters_is_refused(
 ) -> None:
     """values(last_name=bindparam("b_name")) with an executemany: the column got each set's
     value while every index of it (in-row cells and token terms) was emptied, silently."""
-    engine, rows = people
+    engine, _rows = people
     table = Person.__table__
     with pytest.raises(QueryError, match="bind parameter"), engine.begin() as conn:
         conn.execute(
@@ -429,8 +466,18 @@ def test_core_executemany_with_named_bind_parameters_is_refused(
         conn.execute(
             sa.update(table).where(table.c.id == sa.bindparam("b_id")),
             [
-                {"b_id": 1, "last_name": "Van der Berg", "postal_code": "2000", "birth_date": dt.date(1990, 1, 1)},
-                {"b_id": 2, "last_name": "De Jong", "postal_code": "9000", "birth_date": dt.date(1991, 1, 1)},
+                {
+                    "b_id": 1,
+                    "last_name": "Van der Berg",
+                    "postal_code": "2000",
+                    "birth_date": dt.date(1990, 1, 1),
+                },
+                {
+                    "b_id": 2,
+                    "last_name": "De Jong",
+                    "postal_code": "9000",
+                    "birth_date": dt.date(1991, 1, 1),
+                },
             ],
         )
     _assert_every_row_found(engine)
@@ -455,7 +502,9 @@ def test_planner_refuses_every_low_cardinality_stand_alone_index(kind: str, dist
     assert not result.ok
 
 
-def test_fetch_first_counts_exact_matches_only(people: tuple[sa.Engine, list[dict[str, Any]]]) -> None:
+def test_fetch_first_counts_exact_matches_only(
+    people: tuple[sa.Engine, list[dict[str, Any]]],
+) -> None:
     """FETCH FIRST n ROWS is a LIMIT too: it must not count the false candidates."""
     engine, rows = people
     if engine.dialect.name == "sqlite":
@@ -484,7 +533,7 @@ def test_digest_self_joins_of_lossy_or_partitioned_indexes_are_refused(
     """Finding duplicates by joining an index with itself: with a truncated index, equal digests
     are not equal values (false pairs); with partitions, one value has several digests (true
     pairs missed). Neither can be checked, so the comparison is refused, not run."""
-    engine, rows = people
+    engine, _rows = people
     other = aliased(Person)
     with Session(engine) as session:
         stmt = sa.select(Person.id, other.id).join(other, Person.surname == other.surname)
@@ -507,13 +556,16 @@ class Party(Base):
     kind: Mapped[str] = mapped_column(sa.String(10))
     name: Mapped[str | None] = mapped_column(Encrypted(sa.String(50), domain="identity"))
     name_index = BlindIndex("name", bits=4)
-    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "party"}
+    __mapper_args__: ClassVar[dict[str, Any]] = {
+        "polymorphic_on": "kind",
+        "polymorphic_identity": "party",
+    }
 
 
 class Company(Party):
     __tablename__ = "review_search_companies"
     id: Mapped[int] = mapped_column(sa.ForeignKey("review_search_parties.id"), primary_key=True)
-    __mapper_args__ = {"polymorphic_identity": "company"}
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "company"}
 
 
 def test_inheritance_and_with_polymorphic_are_checked(vault: Vault) -> None:
@@ -526,9 +578,7 @@ def test_inheritance_and_with_polymorphic_are_checked(vault: Vault) -> None:
     Base.metadata.create_all(engine)
     names = [chr(ord("a") + i) for i in range(16)] * 2
     with Session(engine) as session:
-        session.add_all(
-            (Company if i % 2 else Party)(id=i, name=n) for i, n in enumerate(names)
-        )
+        session.add_all((Company if i % 2 else Party)(id=i, name=n) for i, n in enumerate(names))
         session.commit()
         expected = sorted(i for i, n in enumerate(names) if n == "a")
         plain = with_polymorphic(Party, [Company])
@@ -538,10 +588,55 @@ def test_inheritance_and_with_polymorphic_are_checked(vault: Vault) -> None:
             sa.select(plain).where(Party.name_index == "a"),
         ):
             assert sorted(p.id for p in session.scalars(stmt)) == expected
-        assert [c.id for c in session.scalars(sa.select(Company).where(Company.name_index == "b"))] == sorted(
-            i for i, n in enumerate(names) if n == "b" and i % 2
-        )
+        assert [
+            c.id for c in session.scalars(sa.select(Company).where(Company.name_index == "b"))
+        ] == sorted(i for i, n in enumerate(names) if n == "b" and i % 2)
         hidden = with_polymorphic(Party, [Company], aliased=True)
         with pytest.raises(QueryError):
             session.scalars(sa.select(hidden).where(Party.name_index == "a")).all()
     engine.dispose()
+
+
+# -- leaks ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="limit: on SQLite without PRAGMA foreign_keys=ON, a DELETE vaultkit does not see (raw "
+    "SQL, or a cascade of the database) leaves the deleted row's token terms behind; the side "
+    "table's ON DELETE CASCADE needs the pragma (docs should say: enable it with an engine "
+    "'connect' listener); an erased member's word digests stay in the side table until then",
+)
+def test_raw_delete_on_sqlite_leaves_no_terms(vault: Vault) -> None:
+    engine = sa.create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Person(id=1, last_name="Smith-Jones"))
+        session.commit()
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM review_search_people WHERE id = 1"))
+    side = Person.words.table
+    with engine.connect() as conn:
+        left = conn.scalar(sa.select(sa.func.count()).select_from(side))
+    engine.dispose()
+    assert left == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="leak (low, pre-existing for blind indexes): SQLAlchemy's StatementError text, and "
+    "echo=True logs, carry the bound parameters, so an index digest looked up reaches errors and "
+    "logs (linkable between log lines, not reversible without the index key); fix: "
+    "hide_parameters=True on engines, or wrap digests in a bytes subclass whose repr hides them",
+)
+def test_a_failed_lookup_names_no_digest(people: tuple[sa.Engine, list[dict[str, Any]]]) -> None:
+    engine, _rows = people
+    digest = Person.surname.type.digest("Maes")
+    assert digest is not None
+    with Session(engine) as session:
+        stmt = (
+            sa.select(Person).where(Person.surname == "Maes").where(sa.text("no_such_column = 1"))
+        )
+        with pytest.raises(sa.exc.DBAPIError) as caught:
+            session.scalars(stmt).all()
+    assert repr(digest) not in str(caught.value)

@@ -903,7 +903,7 @@ def _exact_results(orm_state: ORMExecuteState) -> Any:
         fetch_options = statement._fetch_clause_options or {}
         try:
             if fetch_options.get("with_ties") or fetch_options.get("percent"):
-                raise ValueError("FETCH ... WITH TIES / PERCENT")
+                raise ValueError("FETCH ... WITH TIES / PERCENT")  # noqa: TRY301 - same message
             count = (
                 statement._limit
                 if statement._fetch_clause is None

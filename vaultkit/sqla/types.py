@@ -1366,7 +1366,7 @@ class BlindIndexType(TypeDecorator[bytes]):
                 if column is not None and isinstance(column.type, BlindIndexType):
                     # Digests against digests: another blind index (finding duplicates with a
                     # self-join), or SQLAlchemy looking the column up in its own dicts and lists.
-                    pair = super().operate(op, column, **kwargs)
+                    pair: Any = super().operate(op, column, **kwargs)
                     if _uncomparable(index) or _uncomparable(column.type):
                         pair.__class__ = _RefusedDigestPair  # refused once compiled into SQL
                     return pair
