@@ -143,7 +143,9 @@ def _index_target(
         )
     table = index.table
     others: list[tuple[str, int, int | None, Encrypted]] = []
-    for source in index_type.sources[1:]:
+    for source in index_type.sources:
+        if source == owner:
+            continue  # the carrier's value is the one re-keyed (plain)
         column = table.columns[source]
         key = row_keys.get(source)
         others.append(

@@ -157,7 +157,7 @@ class _Run:
             _refuse_subject_columns(vault, table, self.encrypted)
         self.report = RekeyReport(job=job, worker=worker, dry_run=dry_run)
         # source column name -> the index columns it carries (see indexes_of)
-        self.indexes = indexes_of(table)
+        self.indexes = indexes_of(table, [c.name for c in self.encrypted])
         row_keys, self.selected = selection(self.pk, self.encrypted, self.indexes)
         self.classify = Classifier(vault, decrypt=not dry_run)
         self.actor = principal or Principal("vaultkit-rekey", grants=vault.domains)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,14 +25,20 @@ __all__ = [
 ]
 
 
-def indexes_of(table: sa.Table) -> dict[str, list[sa.Column[Any]]]:
+def indexes_of(
+    table: sa.Table, handled: Iterable[str] | None = None
+) -> dict[str, list[sa.Column[Any]]]:
     """The index columns of ``table`` by the source column whose values carry them through a job:
-    an index of one source under that source, a compound index under its first source (its other
-    sources are read, and decrypted, alongside)."""
+    an index of one source under that source, a compound index under its first source among the
+    job's columns ``handled`` (by default its first source; its other sources are read, and
+    decrypted, alongside). A job over any one source of a compound index rewrites it."""
+    chosen = set(handled) if handled is not None else None
     out: dict[str, list[sa.Column[Any]]] = {}
     for column in table.columns:
         if isinstance(column.type, BlindIndexType):
-            out.setdefault(column.type.sources[0], []).append(column)
+            sources = column.type.sources
+            carrier = next((s for s in sources if chosen is not None and s in chosen), sources[0])
+            out.setdefault(carrier, []).append(column)
     return out
 
 
@@ -76,7 +82,7 @@ def selection(
     others: dict[str, sa.Column[Any]] = {}
     for column in encrypted:
         for index in (indexes or {}).get(column.name, ()):
-            for source in index.type.sources[1:]:  # type: ignore[attr-defined]
+            for source in index.type.sources:  # type: ignore[attr-defined]
                 if source not in names and source in table.columns:
                     others[source] = table.columns[source]
     row_keys = {

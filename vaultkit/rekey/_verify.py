@@ -34,7 +34,7 @@ def verify_table(
     """Decrypt every value of ``table``'s encrypted columns; count by DEK, version and problem."""
     pk, encrypted = plan_table(table, columns)
     report = VerifyReport()
-    indexes = indexes_of(table)
+    indexes = indexes_of(table, [c.name for c in encrypted])
     row_keys, selected = selection(pk, encrypted, indexes)
     classify = Classifier(vault)
     actor = principal or Principal("vaultkit-verify", grants=vault.domains)
