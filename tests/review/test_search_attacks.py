@@ -640,3 +640,75 @@ def test_a_failed_lookup_names_no_digest(people: tuple[sa.Engine, list[dict[str,
         with pytest.raises(sa.exc.DBAPIError) as caught:
             session.scalars(stmt).all()
     assert repr(digest) not in str(caught.value)
+
+
+# -- rotation -------------------------------------------------------------------------------------
+
+
+def test_rekey_of_one_source_rotates_the_compound_index_it_feeds(vault: Vault) -> None:
+    """A re-key of last_name alone, with the compound index (postal_code, last_name) moved to
+    version 2: the compound cells must move too (or the run must say it left them), else a
+    lookup under query_versions=(2,) silently misses every row."""
+    from vaultkit.rekey import rekey_table
+    from vaultkit.sqla import CompoundIndexType
+
+    def model(version: int, versions: tuple[int, ...]) -> sa.Table:
+        return sa.Table(
+            "review_rot",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("postal_code", Encrypted(sa.String(8), domain="identity")),
+            sa.Column("last_name", Encrypted(sa.String(50), domain="identity")),
+            sa.Column(
+                "locator",
+                CompoundIndexType(
+                    [Part("postal_code", digits(4)), Part("last_name", first_char)],
+                    bits=8,
+                    version=version,
+                    query_versions=versions,
+                ),
+            ),
+        )
+
+    engine = sa.create_engine("sqlite://")
+    v1 = model(1, (1,))
+    v1.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(v1.insert(), [{"id": 1, "postal_code": "1000", "last_name": "Janssens"}])
+    v2 = model(2, (1, 2))
+    rekey_table(engine, v2, vault=vault, columns=["last_name"], job="rotate-last-name")
+    v3 = model(2, (2,))
+    with engine.connect() as conn:
+        match = v3.c.locator.match({"postal_code": "1000", "last_name": "J"})
+        found = conn.scalars(
+            sa.select(v3.c.id).where(match).execution_options(vaultkit_exact=False)
+        ).all()
+    engine.dispose()
+    assert found == [1]
+
+
+def test_one_lookup_reused_in_a_subquery_is_refused(
+    people: tuple[sa.Engine, list[dict[str, Any]]],
+) -> None:
+    """The same predicate object at the top level and in an uncorrelated subquery: the
+    subquery's use is not checked (its candidates include rows that only share the digest), so
+    people whose referrer is only a false candidate came back."""
+    engine, rows = people
+    by_id = {r["id"]: r for r in rows}
+    p = Person.surname == "Maes"
+    with Session(engine) as session:
+        stmt = sa.select(Person).where(
+            p, Person.referrer_id.in_(sa.select(Person.id).where(p).correlate(None))
+        )
+        with pytest.raises(QueryError, match="subquery"):
+            session.scalars(stmt).all()
+        # Written with a predicate per use, the subquery's is refused the same way.
+        stmt = sa.select(Person).where(
+            p,
+            Person.referrer_id.in_(
+                sa.select(Person.id).where(Person.surname == "Maes").correlate(None)
+            ),
+        )
+        with pytest.raises(QueryError, match="subquery"):
+            session.scalars(stmt).all()
+    assert by_id and _true(rows, "Maes")

@@ -131,11 +131,12 @@ def top_level_checks(where: Any) -> list[ExactCheck]:
 
 
 def checks_in(element: Any) -> list[ExactCheck]:
-    """Every check anywhere in ``element`` (a statement or a clause), subqueries included."""
+    """The check of every checked predicate anywhere in ``element`` (a statement or a clause),
+    subqueries included: once per place it is used (one predicate used at the top level and
+    again in a subquery counts twice, so that the subquery's unchecked use is noticed)."""
     if not _seen[0] or element is None:
         return []
-    found = [e.vaultkit_check for e in sa.sql.visitors.iterate(element) if isinstance(e, _Checked)]
-    return list({id(c): c for c in found}.values())
+    return [e.vaultkit_check for e in sa.sql.visitors.iterate(element) if isinstance(e, _Checked)]
 
 
 class frozen_rows:  # noqa: N801 - used like a function

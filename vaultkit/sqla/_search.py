@@ -885,7 +885,7 @@ def _exact_results(orm_state: ORMExecuteState) -> Any:
             f"{EXACT_OPTION}=False for the candidates"
         )
     top = top_level_checks(getattr(statement, "whereclause", None))
-    if len({id(c) for c in top}) != len(found):
+    if len(top) != len(found):
         raise QueryError(
             f"{found[0].label}: a lookup made exact must be one of the top-level AND conditions "
             "of the statement's WHERE clause (not under OR or NOT, not in a subquery); split the "
