@@ -747,3 +747,26 @@ def test_range_queries_do_not_link_bucket_digests(vault: Vault) -> None:
         assert not digests(first) & digests(second)
     finally:
         Base.metadata.remove(Born.__table__)
+
+
+class Alias(Base):
+    __tablename__ = "review_search_aliases"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    alias: Mapped[str | None] = mapped_column(Encrypted(sa.String(100), domain="identity"))
+    alias_words = TokenIndex("alias", bits=8)
+
+
+def test_token_only_insert_with_a_named_bind_parameter_is_refused(vault: Vault) -> None:
+    """insert().values(alias=bindparam("a")) with an executemany on a table whose only index is
+    a token index: the rows were written without a single term (never found by their words)."""
+    engine = sa.create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    table = Alias.__table__
+    try:
+        with pytest.raises(QueryError, match="bind parameter"), engine.begin() as conn:
+            conn.execute(
+                sa.insert(table).values(alias=sa.bindparam("a")),
+                [{"id": 1, "a": "Smith-Jones"}, {"id": 2, "a": "edwards jones"}],
+            )
+    finally:
+        engine.dispose()

@@ -461,6 +461,8 @@ def _before_execute(
                 f"multi-row VALUES on {name}, which has a token index: pass the rows as a list "
                 "of parameter dicts instead"
             )
+        for index in indexes:
+            _embedded(statement, index.source)  # refuses values(source=bindparam("name"))
         work = _Work()
         work.indexes = list(indexes)
         info[_PENDING_KEY] = work
