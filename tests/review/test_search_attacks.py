@@ -770,3 +770,31 @@ def test_token_only_insert_with_a_named_bind_parameter_is_refused(vault: Vault) 
             )
     finally:
         engine.dispose()
+
+
+def test_a_typed_literal_is_not_written_as_plaintext(vault: Vault, database_url: str) -> None:
+    """Core insert/update with values(last_name=sa.literal("...")): the literal's own String
+    type skipped the encryption, and the plaintext landed in the encrypted column (DESIGN
+    section 12: a column downgraded to plaintext unnoticed)."""
+    engine = sa.create_engine(database_url)
+    Base.metadata.create_all(engine)
+    table = Alias.__table__
+    try:
+        for stmt in (
+            sa.insert(table).values(id=1, alias=sa.literal("Janssens")),
+            sa.insert(table).values(id=2, alias=sa.bindparam("a", "Peeters", type_=sa.String(50))),
+        ):
+            with pytest.raises(QueryError, match="unencrypted"), engine.begin() as conn:
+                conn.execute(stmt)
+        with engine.begin() as conn:
+            conn.execute(sa.insert(table).values(id=3, alias="Maes"))
+            with pytest.raises(QueryError, match="unencrypted"):
+                conn.execute(sa.update(table).where(table.c.id == 3).values(alias=sa.literal("Li")))
+        with engine.connect() as conn:
+            stored = (
+                conn.execute(sa.text("SELECT alias FROM review_search_aliases")).scalars().all()
+            )
+        assert all(b"Maes" not in bytes(v) and b"Li" not in bytes(v) for v in stored)
+    finally:
+        Base.metadata.drop_all(engine)
+        engine.dispose()

@@ -376,6 +376,30 @@ def _unbound(value: Any) -> bool:
     return isinstance(value, sa.BindParameter) and bool(value.required)
 
 
+def _refuse_plaintext_binds(statement: Insert | Update) -> None:
+    """``values(name=sa.literal("x"))`` (or a bind parameter of another type) on an encrypted
+    column: the bind keeps its own type, so the value would be written as plaintext, with no
+    encryption. Refused, before anything is written."""
+    values = getattr(statement, "_values", None)
+    table = statement.table
+    if not values or not isinstance(table, sa.Table):
+        return
+    for key, value in values.items():
+        name = key if isinstance(key, str) else getattr(key, "key", None)
+        column = table.columns.get(name) if name is not None else None
+        if (
+            column is not None
+            and isinstance(column.type, Encrypted)
+            and isinstance(value, sa.BindParameter)
+            and not isinstance(value.type, Encrypted | sa.types.NullType)
+        ):
+            raise QueryError(
+                f"{table.name}.{column.name} is set to a bind parameter of type "
+                f"{type(value.type).__name__} (sa.literal(), a typed bindparam), which would "
+                "write the value unencrypted: give the plain value, or a bindparam without type"
+            )
+
+
 def _refuse_unbound_sources(statement: Insert | Update, plan: Any) -> None:
     """``values(last_name=bindparam("new_name"))`` with an executemany: the index of
     ``last_name`` would be computed from the statement (no value: NULL) while the column gets
@@ -409,6 +433,7 @@ def _before_execute(
         # The re-keying engine writes finished ciphertexts and index digests itself.
         return statement, multiparams, params
     if isinstance(statement, Insert | Update):
+        _refuse_plaintext_binds(statement)
         plan = _plan(statement.table)
         if plan is None:
             return statement, multiparams, params
