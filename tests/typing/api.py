@@ -64,6 +64,7 @@ from sqlalchemy import String, Text, select  # noqa: E402
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # noqa: E402
 
 import vaultkit.sqla  # noqa: E402
+from vaultkit.search import digits, first_char, fold_name, name_tokens, year  # noqa: E402
 from vaultkit.sqla import BlindIndex, Encrypted, EncryptedCell  # noqa: E402
 
 
@@ -87,6 +88,41 @@ def orm_usage(vault: Vault, session: Session) -> None:
     cell = EncryptedCell(Encrypted(Text, domain="medical"), b"")
     count: int = vaultkit.sqla.count_plaintext(session, Member.email)
     del email, note, cell, count
+
+
+class Person(Base):
+    """Search indexes (issue 19): the declarations and their lookups type-check."""
+
+    __tablename__ = "people"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    postal_code: Mapped[str] = mapped_column(Encrypted(String(8), domain="identity"))
+    birth_date: Mapped[dt.date] = mapped_column(Encrypted(sa.Date, domain="identity"))
+    last_name: Mapped[str] = mapped_column(Encrypted(String(100), domain="identity"))
+    locator = vaultkit.sqla.CompoundIndex(
+        vaultkit.sqla.Part("postal_code", digits(4)),
+        vaultkit.sqla.Part("birth_date", year),
+        vaultkit.sqla.Part("last_name", first_char),
+        bits=16,
+    )
+    last_name_p3 = vaultkit.sqla.PrefixIndex("last_name", length=3, normalize=fold_name, bits=16)
+    birth_year = vaultkit.sqla.BucketIndex("birth_date", unit="year", bits=12)
+    surname = BlindIndex("last_name", normalize=fold_name, partitions=4, bits=20)
+
+
+def search_usage(session: Session) -> None:
+    born = dt.date(1980, 5, 1)
+    people: list[Person] = list(
+        session.scalars(
+            select(Person).where(
+                Person.locator.match(postal_code="1000", birth_date=born, last_name="Janssens"),
+                Person.last_name_p3.startswith("jan"),
+                Person.birth_year.between(born, born, exact=True),
+                Person.surname == "janssens",
+            )
+        )
+    )
+    tokens: tuple[str, ...] = name_tokens("Smith-Jones")
+    del people, tokens
 
 
 def typed_providers() -> None:
@@ -252,3 +288,29 @@ def typed_subject_import_and_requests(
     done: SubjectRequest = log.complete("DSR-1", status="refused", motive="unfounded")
     open_ones: list[SubjectRequest] = log.list(open_only=True, subject="m-17")
     del rows, left, late, extended, done, open_ones
+
+
+class Searched(Base):
+    """A token index and the planner (issue 19)."""
+
+    __tablename__ = "searched"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    last_name: Mapped[str] = mapped_column(Encrypted(String(100), domain="identity"))
+    name_tokens = vaultkit.sqla.TokenIndex("last_name", bits=20)
+
+
+def token_search_usage(session: Session, engine: sa.Engine) -> None:
+    from vaultkit.search import Plan, PlannedIndex, plan
+
+    found: list[Searched] = list(
+        session.scalars(select(Searched).where(Searched.name_tokens.contains("jones")))
+    )
+    counts: dict[str, int] = vaultkit.sqla.rewrite_terms(engine, Searched.name_tokens, batch=500)
+    planned: Plan = plan(
+        rows=1_000_000,
+        distinct=110_000,
+        indexes=[PlannedIndex("locator", "compound", ("postal_code", "birth_date"), 16)],
+    )
+    width: int | None = planned.recommended_bits
+    ok: bool = vaultkit.sqla.plan_column(Searched, "last_name", rows=10, distinct=5).ok
+    del found, counts, width, ok

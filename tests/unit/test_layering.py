@@ -57,7 +57,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "_offload",
         "_ddl",
     ),  # leaves: errors, secret holders, file and async I/O, DDL
-    ("core", "keys", "store", "_codec", "audiences", "passwords"),
+    # search: the transforms and the planner's arithmetic, pure functions like the audience
+    # normalisers; the index types that use them (vaultkit.sqla) sit above.
+    ("core", "keys", "store", "_codec", "audiences", "passwords", "search"),
     ("_access", "audit", "config", "testing", "_scoped", "lifecycle"),
     (
         "_keyring",

@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         bench,
         demo,
         export,
+        index,
         keys,
         password,
         rekey,
@@ -72,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     password.register(commands)
     audit.register(commands)
     rekey.register(commands)
+    index.register(commands)
     retention.register(commands)
     subject.register(commands)
     export.register(commands)

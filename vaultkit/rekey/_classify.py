@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 import sqlalchemy as sa
 
@@ -13,10 +13,10 @@ from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError, DecryptionError, ValueErasedError
 from vaultkit.rekey._manifest import Manifest
 from vaultkit.rekey._table import as_raw
-from vaultkit.sqla.types import Encrypted, RowBound
+from vaultkit.sqla.types import BlindIndexType, Encrypted, Parts, RowBound
 from vaultkit.store import DekState
 
-__all__ = ["Batch", "Change", "Classifier", "Target", "changes_in", "targets_of"]
+__all__ = ["Batch", "Change", "Classifier", "IndexTarget", "Target", "changes_in", "targets_of"]
 
 _UNKNOWN: Final = "unknown"
 _SUITE: Final = wire.Suite.AES256_GCM_HKDF_SHA256_COMMIT
@@ -101,8 +101,19 @@ class Change(NamedTuple):
     column: str
     old: bytes
     new: bytes
-    digest: bytes | None
+    #: The new values of the column's index columns (Target.indexes), in order.
+    digests: tuple[bytes | None, ...]
     reason: str
+
+
+class IndexTarget(NamedTuple):
+    """One index column a target column carries: where its stored value is, its current key
+    version, and its new digest from the column's plaintext and the selected row."""
+
+    name: str
+    position: int
+    version: int
+    digest: Callable[[Any, Any], bytes | None]
 
 
 @dataclass(frozen=True)
@@ -113,11 +124,65 @@ class Target:
     position: int
     row_key_position: int | None
     type: Encrypted
-    digest: Callable[[Any], bytes] | None
-    index_position: int | None  # the stored blind index of this column, if it has one
-    index_version: int
+    indexes: tuple[IndexTarget, ...]  # the index columns this column carries
     open: Callable[[Any], Any] | None  # the column's result processor, when not row-bound
     seal: Callable[[Any], bytes | None] | None  # the column's bind processor, when not row-bound
+
+
+def _index_target(
+    index: sa.Column[Any],
+    owner: str,
+    names: list[str],
+    row_keys: dict[str, sa.Column[Any]],
+) -> IndexTarget:
+    index_type: BlindIndexType = index.type  # type: ignore[assignment]
+    if not index_type.takes_parts:
+        single = index_type.digest
+        return IndexTarget(
+            index.name, names.index(index.name, 1), index_type.version, lambda p, _r: single(p)
+        )
+    table = index.table
+    others: list[tuple[str, int, int | None, Encrypted]] = []
+    for source in index_type.sources:
+        if source == owner:
+            continue  # the carrier's value is the one re-keyed (plain)
+        column = table.columns[source]
+        key = row_keys.get(source)
+        others.append(
+            (
+                source,
+                names.index(source, 1),
+                names.index(key.name) if key is not None else None,
+                cast(Encrypted, column.type),
+            )
+        )
+
+    def compound(plain: Any, row: Any) -> bytes | None:
+        values = {owner: plain}
+        for source, at, key_at, source_type in others:
+            raw = as_raw(row[at])
+            values[source] = (
+                None
+                if raw is None
+                else source_type.decrypt_value(raw, row=row[key_at] if key_at is not None else None)
+            )
+        return index_type.digest(Parts(values))
+
+    return IndexTarget(index.name, names.index(index.name, 1), index_type.version, compound)
+
+
+def _digests(
+    index_targets: tuple[IndexTarget, ...], plain: Any, row: Any
+) -> tuple[bytes | None, ...]:
+    out = []
+    for ix in index_targets:
+        try:
+            out.append(ix.digest(plain, row))
+        except (ValueErasedError, DecryptionError):
+            # Another source of a compound index does not open (erased, damaged): the index
+            # cannot be computed, and is cleared (its lookups could not be checked anyway).
+            out.append(None)
+    return tuple(out)
 
 
 def targets_of(
@@ -125,23 +190,23 @@ def targets_of(
     selected: list[Any],
     encrypted: list[sa.Column[Any]],
     row_keys: dict[str, sa.Column[Any]],
-    indexes: dict[str, sa.Column[Any]],
+    indexes: dict[str, list[sa.Column[Any]]],
 ) -> list[Target]:
     names = [getattr(item, "name", None) or item.key for item in selected]
     targets = []
     for column in encrypted:
         column_type: Encrypted = column.type  # type: ignore[assignment]
         bound = column.name in row_keys
-        index = indexes.get(column.name)
         targets.append(
             Target(
                 name=column.name,
                 position=names.index(column.name, 1),
                 row_key_position=names.index(row_keys[column.name].name) if bound else None,
                 type=column_type,
-                digest=index.type.digest if index is not None else None,  # type: ignore[attr-defined]
-                index_position=names.index(index.name, 1) if index is not None else None,
-                index_version=index.type.version if index is not None else 0,  # type: ignore[attr-defined]
+                indexes=tuple(
+                    _index_target(index, column.name, names, row_keys)
+                    for index in indexes.get(column.name, ())
+                ),
                 open=None if bound else column_type.result_processor(dialect, None),
                 seal=None if bound else column_type.bind_processor(dialect),
             )
@@ -199,9 +264,7 @@ def changes_in(
             t.type.migrating,
             t.open,
             t.seal,
-            t.digest,
-            t.index_position,
-            t.index_version,
+            t.indexes,
             t.name,
             manifests.get(t.name),
             legacy.get(t.name, {}),
@@ -218,9 +281,7 @@ def changes_in(
             migrating,
             open_,
             seal,
-            digest,
-            ix_at,
-            ix_v,
+            index_targets,
             name,
             manifest,
             entries,
@@ -251,12 +312,12 @@ def changes_in(
                 if entry is not None and reason != "plaintext":
                     found.forget.append((name, entry[0]))  # ciphertext now: never plaintext again
                 if reason is None:
-                    if ix_at is None:
+                    if all(
+                        row[ix.position] is not None and row[ix.position][0] == ix.version
+                        for ix in index_targets
+                    ):
                         continue
-                    stored = row[ix_at]
-                    if stored is not None and stored[0] == ix_v:
-                        continue
-                    reason = "index"  # missing, or under an older blind-index key version
+                    reason = "index"  # missing, or under an older index key version
                 elif reason == "plaintext":
                     if manifest is not None and not (migrating and manifest.recorded(entry, old)):
                         found.tampered += 1  # not this row's recorded legacy value: left alone
@@ -267,7 +328,7 @@ def changes_in(
                         found.undecryptable += 1  # plaintext in a strict column: left for a person
                         continue
                 if dry_run:
-                    append(Change(key, name, old, old, None, reason))
+                    append(Change(key, name, old, old, (), reason))
                     continue
                 if reason == "plaintext":
                     plain = ctype.open_legacy(old, row=row_key)
@@ -294,7 +355,5 @@ def changes_in(
                 new = seal(plain)
             else:
                 new = ctype.encrypt_value(RowBound(plain, row_key))
-            append(
-                Change(key, name, old, new, digest(plain) if digest is not None else None, reason)
-            )
+            append(Change(key, name, old, new, _digests(index_targets, plain, row), reason))
     return found

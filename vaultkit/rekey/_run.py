@@ -29,7 +29,7 @@ from vaultkit.rekey._jobs import (
 )
 from vaultkit.rekey._manifest import Manifest, begin_migration, legacy_entries, manifests_of
 from vaultkit.rekey._reports import ConflictRetry, RekeyReport
-from vaultkit.rekey._table import key_value, plan_table, selection
+from vaultkit.rekey._table import indexes_of, key_value, plan_table, selection
 from vaultkit.rekey._write import (
     CAS_ATTEMPTS,
     conflict_of,
@@ -38,7 +38,6 @@ from vaultkit.rekey._write import (
     write_postgresql,
 )
 from vaultkit.sqla.keyset import page
-from vaultkit.sqla.types import BlindIndexType
 
 __all__ = ["after_read", "rekey_table"]
 
@@ -157,10 +156,8 @@ class _Run:
         if not dry_run:
             _refuse_subject_columns(vault, table, self.encrypted)
         self.report = RekeyReport(job=job, worker=worker, dry_run=dry_run)
-        # source column name -> index column
-        self.indexes = {
-            c.type.source: c for c in table.columns if isinstance(c.type, BlindIndexType)
-        }
+        # source column name -> the index columns it carries (see indexes_of)
+        self.indexes = indexes_of(table, [c.name for c in self.encrypted])
         row_keys, self.selected = selection(self.pk, self.encrypted, self.indexes)
         self.classify = Classifier(vault, decrypt=not dry_run)
         self.actor = principal or Principal("vaultkit-rekey", grants=vault.domains)

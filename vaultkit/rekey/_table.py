@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,9 +12,34 @@ import sqlalchemy as sa
 
 from vaultkit.errors import ConfigurationError
 from vaultkit.sqla.keyset import single_primary_key
-from vaultkit.sqla.types import Encrypted
+from vaultkit.sqla.types import BlindIndexType, Encrypted
 
-__all__ = ["as_raw", "in_transaction", "key_text", "key_value", "plan_table", "selection"]
+__all__ = [
+    "as_raw",
+    "in_transaction",
+    "indexes_of",
+    "key_text",
+    "key_value",
+    "plan_table",
+    "selection",
+]
+
+
+def indexes_of(
+    table: sa.Table, handled: Iterable[str] | None = None
+) -> dict[str, list[sa.Column[Any]]]:
+    """The index columns of ``table`` by the source column whose values carry them through a job:
+    an index of one source under that source, a compound index under its first source among the
+    job's columns ``handled`` (by default its first source; its other sources are read, and
+    decrypted, alongside). A job over any one source of a compound index rewrites it."""
+    chosen = set(handled) if handled is not None else None
+    out: dict[str, list[sa.Column[Any]]] = {}
+    for column in table.columns:
+        if isinstance(column.type, BlindIndexType):
+            sources = column.type.sources
+            carrier = next((s for s in sources if chosen is not None and s in chosen), sources[0])
+            out.setdefault(carrier, []).append(column)
+    return out
 
 
 def plan_table(
@@ -47,18 +72,30 @@ def plan_table(
 def selection(
     pk: sa.Column[Any],
     encrypted: list[sa.Column[Any]],
-    indexes: dict[str, sa.Column[Any]] | None = None,
+    indexes: dict[str, list[sa.Column[Any]]] | None = None,
 ) -> tuple[dict[str, sa.Column[Any]], list[Any]]:
-    """Row-key columns of the row-bound columns, and what to select: key, row keys, raw values
-    and the stored blind-index values of those columns."""
+    """Row-key columns of the row-bound columns, and what to select: key, row keys, raw values,
+    the stored index values of those columns, and the raw values of the other sources of their
+    compound indexes (with their row keys)."""
     table = pk.table
-    row_keys = {c.name: table.columns[c.type.row_key] for c in encrypted if c.type.row_key}  # type: ignore[attr-defined]
+    names = {c.name for c in encrypted}
+    others: dict[str, sa.Column[Any]] = {}
+    for column in encrypted:
+        for index in (indexes or {}).get(column.name, ()):
+            for source in index.type.sources:  # type: ignore[attr-defined]
+                if source not in names and source in table.columns:
+                    others[source] = table.columns[source]
+    row_keys = {
+        c.name: table.columns[c.type.row_key]
+        for c in [*encrypted, *others.values()]
+        if isinstance(c.type, Encrypted) and c.type.row_key
+    }
     extra = list({k.name: k for k in row_keys.values() if k is not pk}.values())
-    raw = [sa.type_coerce(c, sa.LargeBinary).label(c.name) for c in encrypted]
+    raw = [sa.type_coerce(c, sa.LargeBinary).label(c.name) for c in [*encrypted, *others.values()]]
     stored = [
-        sa.type_coerce(indexes[c.name], sa.LargeBinary).label(indexes[c.name].name)
+        sa.type_coerce(index, sa.LargeBinary).label(index.name)
         for c in encrypted
-        if indexes and c.name in indexes
+        for index in (indexes or {}).get(c.name, ())
     ]
     return row_keys, [pk, *extra, *raw, *stored]
 

@@ -17,8 +17,8 @@ from vaultkit.errors import DecryptionError, ValueErasedError
 from vaultkit.rekey._classify import Classifier
 from vaultkit.rekey._manifest import Manifest, legacy_entries, manifests_of
 from vaultkit.rekey._reports import VerifyReport
-from vaultkit.rekey._table import as_raw, plan_table, selection
-from vaultkit.sqla.types import BlindIndexType, Encrypted
+from vaultkit.rekey._table import as_raw, indexes_of, plan_table, selection
+from vaultkit.sqla.types import Encrypted
 
 __all__ = ["verify_table"]
 
@@ -34,7 +34,7 @@ def verify_table(
     """Decrypt every value of ``table``'s encrypted columns; count by DEK, version and problem."""
     pk, encrypted = plan_table(table, columns)
     report = VerifyReport()
-    indexes = {c.type.source: c for c in table.columns if isinstance(c.type, BlindIndexType)}
+    indexes = indexes_of(table, [c.name for c in encrypted])
     row_keys, selected = selection(pk, encrypted, indexes)
     classify = Classifier(vault)
     actor = principal or Principal("vaultkit-verify", grants=vault.domains)
@@ -58,7 +58,7 @@ def verify_row(
     row: Any,
     encrypted: list[sa.Column[Any]],
     row_keys: dict[str, sa.Column[Any]],
-    indexes: dict[str, sa.Column[Any]],
+    indexes: dict[str, list[sa.Column[Any]]],
     classify: Classifier,
     manifests: dict[str, Manifest],
     legacy: dict[str, dict[Any, tuple[str, bytes]]],
@@ -101,11 +101,11 @@ def verify_row(
             continue
         report.by_dek[header.dek_id.hex()] += 1
         report.by_version[header.version] += 1
-        index = indexes.get(column.name)
-        if index is not None:
+        for index in indexes.get(column.name, ()):
             stored = as_raw(mapping[index.name])
             if stored is None or stored[0] != index.type.version:  # type: ignore[attr-defined]
                 report.index_outdated += 1
+                break  # counted once per value
         if reason == "kept":
             report.kept_in_scope += 1
         elif reason == "retired":

@@ -42,7 +42,7 @@ def write_each(
     conn: sa.Connection,
     table: sa.Table,
     pk: sa.Column[Any],
-    indexes: dict[str, sa.Column[Any]],
+    indexes: dict[str, list[sa.Column[Any]]],
     changes: list[Change],
 ) -> list[Change]:
     """Portable path: one executemany of compare-and-set UPDATEs per column. Returns the misses."""
@@ -53,9 +53,8 @@ def write_each(
     for name, items in by_column.items():
         column = table.columns[name]
         values: dict[Any, Any] = {column: sa.bindparam("_new", type_=sa.LargeBinary)}
-        index = indexes.get(name)
-        if index is not None:
-            values[index] = sa.bindparam("_ix", type_=sa.LargeBinary)
+        for j, index in enumerate(indexes.get(name, ())):
+            values[index] = sa.bindparam(f"_ix{j}", type_=sa.LargeBinary)
         statement = (
             sa.update(table)
             .where(
@@ -66,7 +65,16 @@ def write_each(
             .values(values)
             .execution_options(vaultkit_raw=True)
         )
-        params = [{"_pk": c.pk, "_old": c.old, "_new": c.new, "_ix": c.digest} for c in items]
+        count = len(indexes.get(name, ()))
+        params = [
+            {
+                "_pk": c.pk,
+                "_old": c.old,
+                "_new": c.new,
+                **{f"_ix{j}": c.digests[j] if j < len(c.digests) else None for j in range(count)},
+            }
+            for c in items
+        ]
         result = conn.execute(statement, params)
         if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(items):
             continue
@@ -87,7 +95,7 @@ def write_postgresql(
     conn: sa.Connection,
     table: sa.Table,
     pk: sa.Column[Any],
-    indexes: dict[str, sa.Column[Any]],
+    indexes: dict[str, list[sa.Column[Any]]],
     changes: list[Change],
 ) -> list[Change]:
     """PostgreSQL path: one UPDATE ... FROM unnest(arrays) per batch, a compare-and-set per column.
@@ -119,13 +127,14 @@ def write_postgresql(
         sets.append(f"{col} = CASE WHEN {hit} THEN v.n{i} ELSE t.{col} END")
         wanted.append(hit)
         returned.append(f"t.{col} = v.n{i}")
-        index = indexes.get(name)
-        if index is not None:
+        for j, index in enumerate(indexes.get(name, ())):
             ix = quote(index.name)
-            params[f"x{i}"] = [rows[k][name].digest if name in rows[k] else None for k in keys]
-            arrays.append(f"CAST(:x{i} AS BYTEA[])")
-            aliases.append(f"x{i}")
-            sets.append(f"{ix} = CASE WHEN {hit} THEN v.x{i} ELSE t.{ix} END")
+            params[f"x{i}_{j}"] = [
+                rows[k][name].digests[j] if name in rows[k] else None for k in keys
+            ]
+            arrays.append(f"CAST(:x{i}_{j} AS BYTEA[])")
+            aliases.append(f"x{i}_{j}")
+            sets.append(f"{ix} = CASE WHEN {hit} THEN v.x{i}_{j} ELSE t.{ix} END")
     # Identifiers come from the table definition, quoted by the dialect; values are parameters.
     statement = (
         f"UPDATE {dialect.identifier_preparer.format_table(table)} AS t SET {', '.join(sets)} "  # noqa: S608

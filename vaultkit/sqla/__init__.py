@@ -29,15 +29,35 @@ from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError
 from vaultkit.sqla import _hooks  # noqa: F401 - registers the statement and mapper hooks
 from vaultkit.sqla._erasure import erasure_cells, misplaced_cells
+from vaultkit.sqla._planning import plan_column
 from vaultkit.sqla._registry import DEFAULT, configure, get_vault
+from vaultkit.sqla._search import (
+    BucketIndex,
+    BucketIndexType,
+    CompoundIndex,
+    CompoundIndexType,
+    IndexColumn,
+    Part,
+    PrefixIndex,
+    PrefixIndexType,
+)
+from vaultkit.sqla._tokens import TokenIndex, rewrite_terms, token_indexes
 from vaultkit.sqla.types import BlindIndexType, Encrypted, EncryptedCell, RowBound
 
 __all__ = [
     "BlindIndex",
     "BlindIndexType",
+    "BucketIndex",
+    "BucketIndexType",
+    "CompoundIndex",
+    "CompoundIndexType",
     "Encrypted",
     "EncryptedCell",
+    "Part",
+    "PrefixIndex",
+    "PrefixIndexType",
     "RowBound",
+    "TokenIndex",
     "alembic_render_item",
     "configure",
     "count_dek_references",
@@ -45,6 +65,9 @@ __all__ = [
     "erasure_cells",
     "get_vault",
     "misplaced_cells",
+    "plan_column",
+    "rewrite_terms",
+    "token_indexes",
 ]
 
 
@@ -57,6 +80,7 @@ def BlindIndex(  # noqa: N802 - declared like a column, named like a type
     bits: int | None = None,
     domain: str | None = None,
     vault: str = DEFAULT,
+    partitions: int = 1,
 ) -> MappedColumn[bytes | None]:
     """Declare a blind-index column for the encrypted column ``source`` of the same model.
 
@@ -69,9 +93,16 @@ def BlindIndex(  # noqa: N802 - declared like a column, named like a type
     lookups match either while the re-key job rewrites the old rows; then drop version 1 from
     ``query_versions``. No new column is needed: each stored digest starts with its version.
 
+    ``bits`` (4 to 256, default 256) truncates the digest; a truncated index's lookups are made
+    exact by decrypting the candidates (an ORM ``Session`` selecting the entity; see
+    :mod:`vaultkit.sqla._exact`). ``partitions=P`` spreads a skewed value over ``P`` digests
+    (a write picks one at random, a lookup asks for all ``P``); partitions may only grow.
+
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.4.0
+        ``bits`` bit-granular, truncated lookups exact, ``partitions=``.
     """
-    return _BlindIndexColumn(
+    return IndexColumn(
         BlindIndexType(
             source,
             domain=domain,
@@ -80,27 +111,11 @@ def BlindIndex(  # noqa: N802 - declared like a column, named like a type
             bits=bits,
             vault=vault,
             normalize=normalize,
+            partitions=partitions,
         ),
         index=True,
         nullable=True,
     )
-
-
-class _BlindIndexColumn(MappedColumn[bytes | None]):
-    """The column :func:`BlindIndex` declares; refuses classes that would ignore it (SQLModel)."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        # SQLModel (a pydantic model) takes a MappedColumn for a field's default value and makes
-        # the column from the annotation alone: an unindexed binary column nothing fills.
-        if any(
-            base.__name__ == "SQLModel" and base.__module__.startswith("sqlmodel")
-            for base in owner.__mro__
-        ):
-            raise ConfigurationError(
-                f"{owner.__name__}.{name}: BlindIndex() is an SQLAlchemy declarative column, which "
-                "SQLModel ignores (the index would stay empty); declare it with "
-                "vaultkit.integrations.sqlmodel.BlindIndexField(...) instead"
-            )
 
 
 def count_plaintext(connection: sa.Connection | sa.orm.Session, column: Any) -> int:
@@ -144,6 +159,10 @@ def alembic_render_item(type_: str, obj: Any, autogen_context: Any) -> str | boo
     """
     if type_ == "type" and isinstance(obj, Encrypted | BlindIndexType):
         autogen_context.imports.add("import vaultkit.sqla.types")
+        if type(obj) is not BlindIndexType and isinstance(obj, BlindIndexType):
+            # A compound, prefix or bucket index: a migration needs its storage only (its
+            # transforms may have no import path), which a blind index of the same width has.
+            return f"vaultkit.sqla.types.BlindIndexType({obj.source!r}, bits={obj.bits or 256!r})"
         rendered = repr(obj).replace(
             "previous=Encrypted(", "previous=vaultkit.sqla.types.Encrypted("
         )

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from vaultkit.core import wire
 from vaultkit.errors import ConfigurationError
 from vaultkit.sqla._hooks import _subject_column
+from vaultkit.sqla._tokens import erase_terms
 from vaultkit.sqla.keyset import single_primary_key, walk
 from vaultkit.sqla.types import BlindIndexType, Encrypted
 from vaultkit.store import DekState, SupportsScopedKeys
@@ -71,15 +72,17 @@ def _plan(table: sa.Table) -> _TableErasure | None:
     for column in table.columns:
         if not isinstance(column.type, BlindIndexType):
             continue
-        source = table.columns.get(column.type.source)
-        owners = [s for s, columns in subjects.items() if source in columns]
+        found = [table.columns.get(name) for name in column.type.sources]
+        owners = [s for s, columns in subjects.items() if any(f in columns for f in found)]
         # The index of a value under a subject's key goes with that subject; the index of any
         # other column of the row (an e-mail address of a process-scoped domain) goes with the
         # row's subject, in a table with one subject column, and with every subject otherwise.
+        # Every kind of index (compound, prefix, bucket) goes like a blind index of its sources.
         for subject in owners or list(subjects):
             indexes[subject].append(column)
-        if source in sources:
-            sources[source].append(column)
+        for source in found:
+            if source in sources:
+                sources[source].append(column)
     return _TableErasure(
         table,
         {s: tuple(columns) for s, columns in indexes.items()},
@@ -96,7 +99,7 @@ def erasure_cells(
 
     In every table with an ``Encrypted(..., subject=...)`` column of a subject-scoped domain, the
     callback runs ``UPDATE <table> SET <each blind index> = NULL WHERE <subject column> =
-    :subject``, and nulls the blind index of each subject-scoped column wherever that column
+    :subject`` (and deletes those rows' terms from the table's token indexes), and nulls the blind index of each subject-scoped column wherever that column
     holds a value under one of the subject's keys (matched by the DEK id in the value's header,
     whatever the subject column says: a database writer who changed a row's subject column or
     copied a ciphertext into another row does not keep the subject's index cells alive). It
@@ -228,6 +231,9 @@ def _null_cells(
                 connection.execute(
                     sa.update(table).where(condition).values({index.key: None for index in own})
                 )
+        # Token indexes (side tables, vaultkit.sqla._tokens) lose the terms of the same rows,
+        # except those of a subject-scoped source the erasure retained.
+        erase_terms(connection, table, where, keep={c.key for c in plan.sources if c not in erased})
     return rows
 
 

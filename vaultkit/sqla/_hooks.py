@@ -62,12 +62,14 @@ from vaultkit.errors import (
     VaultkitError,
 )
 from vaultkit.sqla import _registry
+from vaultkit.sqla._exact import frozen_rows
 from vaultkit.sqla.types import (
     CELL_KEY,
     UNKNOWN,
     BlindIndexType,
     Encrypted,
     EncryptedCell,
+    Parts,
     Pending,
     RowBound,
     cell_of,
@@ -81,7 +83,8 @@ class _TablePlan:
 
     #: Columns with a row key or a subject: (column key, row-key column key, subject column key).
     bound: tuple[tuple[str, str | None, str | None], ...]
-    indexes: tuple[tuple[str, str], ...]  # (index column key, source column key)
+    #: (index column key, source column keys, whether the index takes its sources as Parts).
+    indexes: tuple[tuple[str, tuple[str, ...], bool], ...]
     row_keys: dict[str, sa.Column[Any]]  # row-key column key -> column
     #: Subject column key -> the keys of the columns encrypted under that subject's keys.
     subjects: dict[str, tuple[str, ...]]
@@ -150,13 +153,16 @@ def _plan(table: Any) -> _TablePlan | None:
                 subjects.setdefault(subject_key, []).append(column.key)
             bound.append((column.key, row_key, subject_key))
         elif isinstance(column.type, BlindIndexType):
-            source = table.columns.get(column.type.source)
-            if source is None:
-                raise ConfigurationError(
-                    f"blind index {table.name}.{column.name} names source {column.type.source!r}, "
-                    f"which is not a column of {table.name}"
-                )
-            indexes.append((column.key, source.key))
+            keys = []
+            for name in column.type.sources:
+                source = table.columns.get(name)
+                if source is None:
+                    raise ConfigurationError(
+                        f"blind index {table.name}.{column.name} names source {name!r}, "
+                        f"which is not a column of {table.name}"
+                    )
+                keys.append(source.key)
+            indexes.append((column.key, tuple(keys), column.type.takes_parts))
     plan = (
         _TablePlan(
             tuple(bound),
@@ -202,7 +208,7 @@ def _column_attached(column: sa.Column[Any], table: Any) -> None:
             column.type = column_type
         # The source column may be attached later (Alembic builds tables column by column): the
         # domain is resolved from it on first use.
-        column_type._attach(table)
+        column_type._attach(table, column.name)
         _sensitive_keys.add(column.key)
     _plans.pop(table, None)
 
@@ -256,7 +262,7 @@ def _rewrite(
     params: dict[str, Any], plan: _TablePlan, *, insert: bool, where_binds: dict[str, Any]
 ) -> dict[str, Any]:
     touches = any(c in params for c, _, _ in plan.bound) or any(
-        s in params for _, s in plan.indexes
+        s in params for _, sources, _ in plan.indexes for s in sources
     )
     if not touches and not (insert and plan.bound):
         return params
@@ -295,10 +301,26 @@ def _rewrite(
         if subject_key is not None:
             subject = _as_stored(plan.subject_columns[subject_key], known(subject_key))
         out[column_key] = RowBound(value, row, subject=subject)
-    for index_key, source_key in plan.indexes:
-        # The index is always derived from its source; a value given for it directly is ignored.
-        if source_key in params:
-            out[index_key] = params[source_key]
+    for index_key, source_keys, takes_parts in plan.indexes:
+        # The index is always derived from its sources; a value given for it directly is ignored.
+        if not takes_parts:
+            if source_keys[0] in params:
+                out[index_key] = params[source_keys[0]]
+            continue
+        given = [key for key in source_keys if key in params]
+        if not given:
+            continue
+        if len(given) < len(source_keys) and not insert:
+            if type(params.get(index_key)) is Parts:
+                continue  # the ORM gave the values of the sources it does not write
+            missing = ", ".join(key for key in source_keys if key not in params)
+            raise QueryError(
+                f"this UPDATE writes some sources of the compound index {index_key!r} but not "
+                f"{missing}: the index is computed from all of them, which SQL does not have in "
+                "plaintext. Write all of them in the statement, or update through the ORM"
+            )
+        # An INSERT that leaves a source out stores NULL there: the index is NULL too.
+        out[index_key] = Parts({key: params.get(key) for key in source_keys})
     return out
 
 
@@ -348,6 +370,54 @@ def _statement_values(statement: Insert | Update) -> dict[str, Any] | None:
     return out
 
 
+def _unbound(value: Any) -> bool:
+    """Whether ``value`` (of ``statement.values(...)``) is a bind parameter filled per parameter
+    set (``bindparam("name")``), whose value the statement does not hold."""
+    return isinstance(value, sa.BindParameter) and bool(value.required)
+
+
+def _refuse_plaintext_binds(statement: Insert | Update) -> None:
+    """``values(name=sa.literal("x"))`` (or a bind parameter of another type) on an encrypted
+    column: the bind keeps its own type, so the value would be written as plaintext, with no
+    encryption. Refused, before anything is written."""
+    values = getattr(statement, "_values", None)
+    table = statement.table
+    if not values or not isinstance(table, sa.Table):
+        return
+    for key, value in values.items():
+        name = key if isinstance(key, str) else getattr(key, "key", None)
+        column = table.columns.get(name) if name is not None else None
+        if (
+            column is not None
+            and isinstance(column.type, Encrypted)
+            and isinstance(value, sa.BindParameter)
+            and not isinstance(value.type, Encrypted | sa.types.NullType)
+        ):
+            raise QueryError(
+                f"{table.name}.{column.name} is set to a bind parameter of type "
+                f"{type(value.type).__name__} (sa.literal(), a typed bindparam), which would "
+                "write the value unencrypted: give the plain value, or a bindparam without type"
+            )
+
+
+def _refuse_unbound_sources(statement: Insert | Update, plan: Any) -> None:
+    """``values(last_name=bindparam("new_name"))`` with an executemany: the index of
+    ``last_name`` would be computed from the statement (no value: NULL) while the column gets
+    each parameter set's value, leaving the index empty. Refused, before anything is written."""
+    values = getattr(statement, "_values", None)
+    if not values or not plan.indexes:
+        return
+    sources = {key for _index, keys, _parts in plan.indexes for key in keys}
+    for key, value in values.items():
+        name = key if isinstance(key, str) else getattr(key, "key", None)
+        if name in sources and _unbound(value):
+            raise QueryError(
+                f"{_table_name(statement)}.{name} is set to a named bind parameter, whose values "
+                "its indexes cannot follow: pass the values under the column's own key "
+                f"({name!r}) in the parameter sets instead of .values({name}=bindparam(...))"
+            )
+
+
 def _param_sets(multiparams: Any, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
     if multiparams:
         yield from multiparams
@@ -363,6 +433,7 @@ def _before_execute(
         # The re-keying engine writes finished ciphertexts and index digests itself.
         return statement, multiparams, params
     if isinstance(statement, Insert | Update):
+        _refuse_plaintext_binds(statement)
         plan = _plan(statement.table)
         if plan is None:
             return statement, multiparams, params
@@ -377,6 +448,7 @@ def _before_execute(
             if isinstance(statement, Update) and plan.bound
             else {}
         )
+        _refuse_unbound_sources(statement, plan)
         embedded = _statement_values(statement)
         if isinstance(statement, Update) and plan.subjects:
             _check_subject_change(statement, plan, embedded, multiparams or [params])
@@ -1039,8 +1111,10 @@ def _listen_index_sources(mapper: Mapper[Any]) -> None:
     for prop in mapper.column_attrs:
         column = prop.columns[0]
         if isinstance(column, sa.Column) and isinstance(column.type, BlindIndexType):
-            source = column.table.columns.get(column.type.source)
-            if source is not None:
+            for name in column.type.sources:
+                source = column.table.columns.get(name)
+                if source is None:
+                    continue
                 try:
                     source_key = mapper.get_property_by_column(source).key
                 except orm_exc.UnmappedColumnError:
@@ -1164,10 +1238,13 @@ def _loads_guarded_entities(orm_state: ORMExecuteState) -> bool:
                 if mapper is not None and isinstance(returned, sa.FromClause):
                     mappers.append(mapper)
         else:
-            for description in statement.column_descriptions:  # type: ignore[attr-defined]
-                entity = description.get("entity")
-                if entity is not None and description.get("expr") is entity:
-                    mappers.append(sa.inspect(entity).mapper)
+            # A UNION of ORM selects has no column descriptions of its own: those of its selects.
+            selects = getattr(statement, "selects", None) or [statement]
+            for select in selects:
+                for description in getattr(select, "column_descriptions", ()):
+                    entity = description.get("entity")
+                    if entity is not None and description.get("expr") is entity:
+                        mappers.append(sa.inspect(entity).mapper)
         if not mappers:
             return False
     seen: set[Mapper[Any]] = set()
@@ -1207,7 +1284,7 @@ def _do_orm_execute(orm_state: ORMExecuteState) -> Any:
     loading = _loaded.set(loaded) if ahead else None
     try:
         # The rows are fetched, and the entities built, while the flag is set.
-        frozen = orm_state.invoke_statement().freeze()
+        frozen = frozen_rows(orm_state.invoke_statement())
     finally:
         orm_cells.reset(token)
         if loading is not None:

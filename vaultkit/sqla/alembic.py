@@ -35,7 +35,7 @@ The vault comes from :func:`vaultkit.sqla.configure` (call it in ``env.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -84,6 +84,7 @@ class _ColumnOp(MigrateOperation):
         batch_size: int = _BATCH,
         subject: str | None = None,
         on_erased: str = "raise",
+        indexes: Mapping[str, BlindIndexType] | None = None,
     ) -> None:
         self.table_name = table_name
         self.column_name = column_name
@@ -99,6 +100,14 @@ class _ColumnOp(MigrateOperation):
         self.batch_size = batch_size
         self.subject = subject
         self.on_erased = on_erased
+        self.indexes = dict(indexes or {})
+        for name, declared in self.indexes.items():
+            if declared.sources != (column_name,):
+                raise ConfigurationError(
+                    f"indexes={{{name!r}: ...}}: an index type of the column {column_name!r} "
+                    "alone (BlindIndexType, PrefixIndexType, BucketIndexType); a compound "
+                    "index is filled by vaultkit rekey once all its sources are encrypted"
+                )
 
     def _kwargs(self) -> dict[str, Any]:
         return {
@@ -113,6 +122,7 @@ class _ColumnOp(MigrateOperation):
             "batch_size": self.batch_size,
             "subject": self.subject,
             "on_erased": self.on_erased,
+            "indexes": self.indexes,
         }
 
     def encrypted_type(self) -> Encrypted:
@@ -150,6 +160,30 @@ class _ColumnOp(MigrateOperation):
             schema=self.schema,
         )
         return index
+
+    def index_types(self) -> list[tuple[str, BlindIndexType]]:
+        """Every index column the operation fills with its type, attached as a model declares
+        it: ``index=`` and those of ``indexes=``."""
+        found: list[tuple[str, BlindIndexType]] = []
+        single = self.index_type()
+        if single is not None and self.index is not None:
+            found.append((self.index, single))
+        if self.indexes:
+            columns: list[sa.Column[Any]] = []
+            for name, declared in self.indexes.items():
+                copied = declared.copy()
+                if copied.domain is None:
+                    copied.domain = self.domain  # the column's, as in the model
+                columns.append(sa.Column(name, copied))
+            sa.Table(
+                self.table_name,
+                sa.MetaData(),
+                sa.Column(self.column_name, self.encrypted_type()),
+                *columns,
+                schema=self.schema,
+            )
+            found.extend((c.name, c.type) for c in columns)  # type: ignore[misc]
+        return found
 
 
 @Operations.register_operation("encrypt_column")
@@ -219,6 +253,7 @@ def _rewrite(
     table, pk = _existing(operations, operation)
     old = table.columns[operation.column_name]
     temporary = operation.column_name + _SUFFIX
+    filled = operation.index_types() if isinstance(operation, EncryptColumnOp) else []
     operations.add_column(
         operation.table_name, sa.Column(temporary, new_type, nullable=True), schema=operation.schema
     )
@@ -226,7 +261,7 @@ def _rewrite(
         operation.table_name,
         sa.column(pk.name),
         sa.column(temporary, sa.LargeBinary if isinstance(new_type, sa.LargeBinary) else new_type),
-        *([sa.column(operation.index, sa.LargeBinary)] if operation.index else []),
+        *[sa.column(name, sa.LargeBinary) for name, _ in filled],
         schema=operation.schema,
     )
     row_key = table.columns[operation.row_key] if operation.row_key else None
@@ -236,7 +271,6 @@ def _rewrite(
     subject = table.columns[operation.subject] if operation.subject else None
     if subject is not None:
         selected.append(subject)
-    index = operation.index_type() if isinstance(operation, EncryptColumnOp) else None
     for rows in walk(connection, sa.select(*selected), pk, operation.batch_size):
         params = []
         for row in rows:
@@ -245,12 +279,12 @@ def _rewrite(
             subject_value = row[-1] if subject is not None else None
             converted = None if value is None else convert(value, row_value, subject_value)
             entry = {"_pk": row[0], "_v": converted}
-            if index is not None:
-                entry["_ix"] = None if value is None else index.digest(_plain(value, old))
+            for j, (_name, index) in enumerate(filled):
+                entry[f"_ix{j}"] = None if value is None else index.digest(_plain(value, old))
             params.append(entry)
         values: dict[str, Any] = {temporary: sa.bindparam("_v")}
-        if index is not None and operation.index:
-            values[operation.index] = sa.bindparam("_ix")
+        for j, (name, _index) in enumerate(filled):
+            values[name] = sa.bindparam(f"_ix{j}")
         connection.execute(
             target.update()
             .where(target.c[pk.name] == sa.bindparam("_pk"))
@@ -286,14 +320,17 @@ def _principal(operation: _ColumnOp) -> Principal:
 def _encrypt_column(operations: Operations, operation: EncryptColumnOp) -> None:
     vault = get_vault(operation.vault)
     encrypted = operation.encrypted_type()
-    if operation.index is not None:
+    wanted = [operation.index] if operation.index is not None else []
+    wanted += list(operation.indexes)
+    if wanted:
         inspector = sa.inspect(operations.get_bind())
         names = {c["name"] for c in inspector.get_columns(operation.table_name, operation.schema)}
-        if operation.index not in names:
-            raise ConfigurationError(
-                f"{operation.table_name} has no column {operation.index}: add the blind-index "
-                "column (op.add_column) before encrypt_column"
-            )
+        for name in wanted:
+            if name not in names:
+                raise ConfigurationError(
+                    f"{operation.table_name} has no column {name}: add the index column "
+                    "(op.add_column) before encrypt_column"
+                )
 
     def convert(value: Any, row: Any, subject: Any) -> bytes | None:
         if operation.subject:
@@ -534,7 +571,9 @@ def _index_kwargs(
             continue
         for candidate in table.columns:
             index = candidate.type
-            if isinstance(index, BlindIndexType) and index.source == column:
+            # A blind index only (its subclasses digest other inputs; vaultkit rekey fills them
+            # once the column is encrypted).
+            if type(index) is BlindIndexType and index.source == column:
                 kwargs: dict[str, Any] = {"index": candidate.name}
                 if index.normalize is not None:
                     kwargs["normalize"] = index.normalize

@@ -15,11 +15,12 @@ type's own key, the normalising function of a blind index). The vault is looked 
 from __future__ import annotations
 
 import numbers
+import secrets
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import Dialect
@@ -41,6 +42,7 @@ from vaultkit.errors import (
 from vaultkit.keys.domains import KeyDomain, check_domain_name
 from vaultkit.sqla import _registry
 from vaultkit.sqla._coerce import INVALID, coercer, legacy_bytes, legacy_value
+from vaultkit.sqla._exact import ExactCheck, checked
 from vaultkit.sqla._storage import RawBinary, index_storage_for, storage_for
 
 __all__ = ["BlindIndexType", "Encrypted", "EncryptedCell", "RowBound"]
@@ -935,6 +937,30 @@ class _RefusedColumnPair(sa.BinaryExpression[bool]):
         )
 
 
+def _uncomparable(index: BlindIndexType) -> bool:
+    """Whether equal digests of two rows do not mean equal values, or unequal digests unequal
+    ones: a truncated (or transformed) index, or a partitioned one."""
+    return bool(index.lossy or index.partitions > 1)
+
+
+class _RefusedDigestPair(sa.BinaryExpression[bool]):
+    """``index == index`` of a lossy or partitioned index: refused as SQL (a join on it would
+    pair rows that only share a digest, or miss rows whose equal values sit in other
+    partitions, and no check can make a join exact)."""
+
+    inherit_cache = True
+
+    def _compiler_dispatch(self, visitor: Any, **kw: Any) -> str:
+        raise _query_error(
+            _expr_name(self.left),
+            self.operator,
+            "The digests of a truncated, transformed or partitioned index are not comparable "
+            "between rows (equal digests may be different values; one value has a digest per "
+            "partition). Join on a full-width BlindIndex without partitions, or compare the "
+            "decrypted values.",
+        )
+
+
 def _as_bytes_or_none(value: Any) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
@@ -947,24 +973,88 @@ def _expr_name(expr: Any) -> str:
     return f"{table}.{name}" if table else str(name)
 
 
+#: The first byte of the HMAC input of a value written to partition 1 or above of a partitioned
+#: index (then the partition, then the encoded value). No encoded value starts with it (see
+#: vaultkit._codec), so partition 0 keeps the unpartitioned input and an index may grow from one
+#: partition to several without rewriting a digest.
+_PARTITION_MARK: Final = b"\xff"
+MAX_PARTITIONS: Final = 255
+
+
+class Parts:
+    """The source values of one row for a compound index, on their way into its column.
+
+    The statement hook passes one to the index column when a write names the index's sources;
+    the ORM hook, with the values the object holds, when a flush changes only some of them.
+    """
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.values = dict(values)
+
+    def __repr__(self) -> str:
+        return f"Parts(<values of {', '.join(self.values)}>)"
+
+
 class _Probe:
-    """A value to look up in a blind index under one key version."""
+    """A value to look up in a blind index under one key version and one partition.
 
-    __slots__ = ("index", "value", "version")
+    ``transformed``: ``value`` already went through the index's transform (a prefix cut, a year
+    taken), so the digest encodes it as it is.
+    """
 
-    def __init__(self, index: BlindIndexType, value: Any, version: int) -> None:
+    __slots__ = ("index", "partition", "transformed", "value", "version")
+
+    def __init__(
+        self,
+        index: BlindIndexType,
+        value: Any,
+        version: int,
+        partition: int = 0,
+        *,
+        transformed: bool = False,
+    ) -> None:
         self.index = index
         self.value = value
         self.version = version
+        self.partition = partition
+        self.transformed = transformed
+
+    def digest(self) -> bytes | None:
+        if self.transformed:
+            return self.index.digest_transformed(self.value, self.version, self.partition)
+        return self.index.digest(self.value, self.version, self.partition)
 
     def __eq__(self, other: object) -> bool:
         # The ORM's synchronize_session="evaluate" runs a WHERE clause in Python against the
         # loaded objects: there, a probe meets the digest an object holds.
         if isinstance(other, bytes | bytearray | memoryview):
-            return self.index.digest(self.value, self.version) == bytes(other)
+            return self.digest() == bytes(other)
         return NotImplemented
 
+    def __repr__(self) -> str:
+        return f"<probe of {self.index.label()} v{self.version}>"
+
     __hash__ = object.__hash__
+
+
+def check_bits(bits: int | None, low: int = 4) -> None:
+    """Refuse a digest width outside ``low`` to 256 bits."""
+    if bits is not None and not (
+        isinstance(bits, int) and not isinstance(bits, bool) and low <= bits <= 256
+    ):
+        raise ConfigurationError(f"bits must be an integer from {low} to 256")
+
+
+def check_partitions(partitions: int) -> None:
+    """Refuse a partition count outside 1 to :data:`MAX_PARTITIONS`."""
+    if not (
+        isinstance(partitions, int)
+        and not isinstance(partitions, bool)
+        and 1 <= partitions <= MAX_PARTITIONS
+    ):
+        raise ConfigurationError(f"partitions must be an integer from 1 to {MAX_PARTITIONS}")
 
 
 class BlindIndexType(TypeDecorator[bytes]):
@@ -979,16 +1069,32 @@ class BlindIndexType(TypeDecorator[bytes]):
         domain: key domain; by default the source column's.
         version: key version written now (1 to 255).
         query_versions: versions a lookup matches, during a key rotation (default: ``version``).
-        bits: keep this many leading bits of the digest (16 to 256, multiple of 8; default 256).
-            Fewer bits mean more false positives to filter after decrypting, and less to learn from
-            the index about which rows share a value.
+        bits: keep this many leading bits of the digest (4 to 256; default 256), stored in
+            ``ceil(bits / 8)`` bytes with the unused low bits of the last one zero. Fewer bits mean
+            more rows sharing a digest (less to learn about which rows share a value); a lookup
+            then decrypts its candidates and drops the false positives (see
+            :mod:`vaultkit.sqla._exact`).
         vault: name of the configured vault.
+        normalize: applied to values written and looked up alike.
+        partitions: spread each value over this many digests (1 to 255; default 1): a write picks
+            one at random, a lookup asks for all of them (``IN``, one round trip). For skewed values
+            (a common surname) whose equal digests would stand out. Partitions may only grow:
+            partition 0 is the unpartitioned digest, and a lookup asks for partitions
+            ``0 .. partitions - 1``.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.4.0
+        ``bits`` from 4 to 256, any integer; truncated lookups are exact; ``partitions=``.
     """
 
     impl = RawBinary
     cache_ok = True
+
+    #: What a label of this index's key starts with (see :meth:`key_column`); "" for a blind
+    #: index, whose key is named by its source column.
+    kind: str = ""
+    #: Whether the index is written from several sources, given as :class:`Parts`.
+    takes_parts: bool = False
 
     def __init__(
         self,
@@ -1000,8 +1106,22 @@ class BlindIndexType(TypeDecorator[bytes]):
         bits: int | None = None,
         vault: str = _registry.DEFAULT,
         normalize: Callable[[Any], Any] | None = None,
+        partitions: int = 1,
     ) -> None:
         super().__init__()
+        self._setup(source, domain, version, query_versions, bits, vault, partitions)
+        self.normalize = normalize
+
+    def _setup(
+        self,
+        source: str,
+        domain: str | None,
+        version: int,
+        query_versions: Sequence[int] | None,
+        bits: int | None,
+        vault: str,
+        partitions: int,
+    ) -> None:
         if not isinstance(version, int) or not 1 <= version <= 255:
             raise ConfigurationError("a blind-index version is an integer from 1 to 255")
         versions = tuple(query_versions) if query_versions is not None else (version,)
@@ -1009,47 +1129,93 @@ class BlindIndexType(TypeDecorator[bytes]):
             isinstance(v, int) and 1 <= v <= 255 for v in versions
         ):
             raise ConfigurationError("query_versions must be versions 1 to 255 and include version")
-        if bits is not None and not (isinstance(bits, int) and 16 <= bits <= 256 and bits % 8 == 0):
-            raise ConfigurationError("bits must be a multiple of 8 from 16 to 256")
+        check_bits(bits)
+        check_partitions(partitions)
         self.source = source
         self.domain = check_domain_name(domain) if domain is not None else None
         self.version = version
         self.query_versions = versions
         self.bits = bits
         self.vault = vault
-        self.normalize = normalize
-        self._size = (bits or 256) // 8
-        self._attached: tuple[str, str] | None = None  # table name, source column
+        self.partitions = partitions
+        self._size = ((bits or 256) + 7) // 8
+        spare = (8 - (bits or 256) % 8) % 8
+        self._last_mask = (0xFF << spare) & 0xFF
+        self._attached: tuple[str, str] | None = None  # table name, key label
+        self._name: str | None = None  # the index column's own name
         self._table: weakref.ReferenceType[sa.Table] | None = None
         self._slot = _registry.slot(vault)
         self._keys: dict[int, BlindIndexKey] = {}
         self._generation = -1
 
-    def _attach(self, table: sa.Table) -> None:
-        self._attached = (table.name, self.source)
+    # -- what it indexes ----------------------------------------------------------------------
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The keys of the source columns whose values this index is computed from."""
+        return (self.source,)
+
+    @property
+    def lossy(self) -> bool:
+        """Whether rows with different values may share a digest, so that a lookup is checked.
+
+        A full-width blind index is taken as exact (a collision of 256-bit HMACs does not happen).
+        """
+        return self.bits is not None and self.bits < 256
+
+    def label(self) -> str:
+        """The index, for messages: ``table.column`` of the index (never a value)."""
+        table = self._attached[0] if self._attached else "?"
+        return f"{table}.{self._name or 'blind index of ' + repr(self.source)}"
+
+    def key_column(self) -> str:
+        """The column name under which the index's key is kept (with the table and version).
+
+        A blind index's key is named by its source column; other index types use
+        ``<kind>:<index column>``, which no other index's label can be (see
+        :meth:`_check_label`).
+        """
+        return self.source
+
+    def _attach(self, table: sa.Table, name: str | None = None) -> None:
+        self._name = name
         self._table = weakref.ref(table)
+        self._attached = (table.name, self.key_column())
         self._keys = {}
 
     def _domain(self) -> str:
         if self.domain is not None:
             return self.domain
         table = self._table() if self._table is not None else None
-        source = table.columns.get(self.source) if table is not None else None
-        if source is None or not isinstance(source.type, Encrypted):
-            name = self._attached[0] if self._attached else "?"
+        domains = set()
+        for key in self.sources:
+            source = table.columns.get(key) if table is not None else None
+            if source is None or not isinstance(source.type, Encrypted):
+                name = self._attached[0] if self._attached else "?"
+                raise ConfigurationError(
+                    f"index on {name}: its source column {key!r} must be an Encrypted column of "
+                    "the same table, or give domain="
+                )
+            domains.add(source.type.domain)
+        if len(domains) != 1:
             raise ConfigurationError(
-                f"blind index on {name}: its source column {self.source!r} must be an Encrypted "
-                "column of the same table, or give domain="
+                f"index {self.label()}: its source columns are of several domains; name the "
+                "domain of its key with domain="
             )
-        return source.type.domain
+        return domains.pop()
 
     @property
-    def length(self) -> int:
+    def stored_length(self) -> int:
         """Bytes stored per value: a version byte and the kept digest."""
         return 1 + self._size
 
+    @property
+    def length(self) -> int:
+        """Bytes stored per value (:attr:`stored_length`)."""
+        return self.stored_length
+
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        return dialect.type_descriptor(index_storage_for(dialect, self.length))
+        return dialect.type_descriptor(index_storage_for(dialect, self.stored_length))
 
     def _key(self, version: int) -> BlindIndexKey:
         slot = self._slot
@@ -1069,26 +1235,56 @@ class BlindIndexType(TypeDecorator[bytes]):
             self._keys[version] = key
         return key
 
-    def digest(self, value: Any, version: int | None = None) -> bytes | None:
-        """Return the stored form of ``value`` under ``version`` (default: the current one)."""
+    # -- digests ------------------------------------------------------------------------------
+
+    def transform(self, value: Any) -> Any:
+        """The value written (a source value, or a mapping of them) as the index digests it:
+        ``None`` when it has no digest (NULL)."""
         if value is None:
             return None
-        if type(value) is RowBound:
-            value = value.value
-        if type(value) is Pending:
-            value = value.value
-        if value is None:
+        return self.normalize(value) if self.normalize is not None else value
+
+    def encode(self, transformed: Any) -> bytes:
+        """The HMAC input of a transformed value (without the partition)."""
+        return encode_value(transformed)
+
+    def digest(
+        self, value: Any, version: int | None = None, partition: int | None = None
+    ) -> bytes | None:
+        """Return the stored form of ``value`` under ``version`` (default: the current one), in
+        ``partition`` (default: one picked at random among the index's partitions)."""
+        return self.digest_transformed(self.transform(_unwrap(value)), version, partition)
+
+    def digest_transformed(
+        self, transformed: Any, version: int | None = None, partition: int | None = None
+    ) -> bytes | None:
+        """As :meth:`digest`, for a value that already went through :meth:`transform`."""
+        if transformed is None:
             return None
-        normalized = self.normalize(value) if self.normalize is not None else value
         version = self.version if version is None else version
-        mac = self._key(version).digest(encode_value(normalized))
-        data = mac[: self._size]
-        return bytes((version,)) + data
+        if partition is None:
+            partition = secrets.randbelow(self.partitions) if self.partitions > 1 else 0
+        data = self.encode(transformed)
+        if partition:
+            data = _PARTITION_MARK + bytes((partition,)) + data
+        mac = self._key(version).digest(data)
+        kept = mac[: self._size]
+        if self._last_mask != 0xFF:
+            kept = kept[:-1] + bytes((kept[-1] & self._last_mask,))
+        return bytes((version,)) + kept
+
+    def probes(self, value: Any, *, transformed: bool = False) -> list[_Probe]:
+        """The digests a lookup of ``value`` asks for: every query version, every partition."""
+        return [
+            _Probe(self, value, v, p, transformed=transformed)
+            for v in self.query_versions
+            for p in range(self.partitions)
+        ]
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
         try:
             if type(value) is _Probe:
-                return self.digest(value.value, value.version)
+                return value.digest()
             return self.digest(value)
         except _ENCODING_FAILURES as exc:
             error = _encoding_error(self, exc)
@@ -1110,6 +1306,12 @@ class BlindIndexType(TypeDecorator[bytes]):
     def process_literal_param(self, value: Any, dialect: Dialect) -> str:
         raise QueryError("blind-index digests are never rendered into SQL text")
 
+    def _copy_attachment(self, copied: BlindIndexType) -> BlindIndexType:
+        copied._attached = self._attached
+        copied._table = self._table
+        copied._name = self._name
+        return copied
+
     def copy(self, **kw: Any) -> BlindIndexType:
         copied = BlindIndexType(
             self.source,
@@ -1119,55 +1321,103 @@ class BlindIndexType(TypeDecorator[bytes]):
             bits=self.bits,
             vault=self.vault,
             normalize=self.normalize,
+            partitions=self.partitions,
         )
-        copied._attached = self._attached
-        copied._table = self._table
-        return copied
+        return self._copy_attachment(copied)
 
-    def __repr__(self) -> str:
-        args = [repr(self.source)]
+    def _repr_options(self) -> list[str]:
+        args = []
         for name, default in (
             ("domain", None),
             ("version", 1),
             ("bits", None),
             ("vault", _registry.DEFAULT),
+            ("partitions", 1),
         ):
             value = getattr(self, name)
             if value != default:
                 args.append(f"{name}={value!r}")
         if self.query_versions != (self.version,):
             args.append(f"query_versions={self.query_versions!r}")
-        return f"BlindIndexType({', '.join(args)})"
+        return args
+
+    def __repr__(self) -> str:
+        return f"BlindIndexType({', '.join([repr(self.source), *self._repr_options()])})"
+
+    def equality_check(self, expr: Any, values: Sequence[Any]) -> Any:
+        """The :class:`~vaultkit.sqla._exact.ExactCheck` of ``expr IN values`` (a lossy index)."""
+        return _EqualCheck(self, _table_of(expr), values)
 
     class comparator_factory(TypeDecorator.Comparator[bytes]):  # noqa: N801 - SQLAlchemy's name
         """``==`` and ``in_`` compare digests of plaintexts; other operators are refused."""
 
-        def _probes(self, value: Any) -> list[_Probe]:
+        def _index(self) -> BlindIndexType:
             index_type = self.expr.type
             if not isinstance(index_type, BlindIndexType):
                 raise TypeError("not a blind-index column")
-            return [_Probe(index_type, value, v) for v in index_type.query_versions]
+            return index_type
 
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
             if op in _NULL_OPERATORS:
                 return super().operate(op, *other, **kwargs)
+            index = self._index()
             if op is operators.eq:
                 column = _column_of(other[0])
                 if column is not None and isinstance(column.type, BlindIndexType):
                     # Digests against digests: another blind index (finding duplicates with a
                     # self-join), or SQLAlchemy looking the column up in its own dicts and lists.
-                    return super().operate(op, column, **kwargs)
-                probes = self._probes(other[0])
-                if len(probes) == 1:
-                    return super().operate(op, probes[0], **kwargs)
-                return super().operate(operators.in_op, probes, **kwargs)
-            if op is operators.in_op:
-                values = other[0]
-                probes = [p for value in values for p in self._probes(value)]
-                return super().operate(op, probes, **kwargs)
-            raise _query_error(
-                _expr_name(self.expr), op, "A blind index answers equality (== and in_) only."
-            )
+                    pair: Any = super().operate(op, column, **kwargs)
+                    if _uncomparable(index) or _uncomparable(column.type):
+                        pair.__class__ = _RefusedDigestPair  # refused once compiled into SQL
+                    return pair
+                values = [other[0]]
+            elif op is operators.in_op:
+                values = list(other[0])
+            else:
+                raise _query_error(
+                    _expr_name(self.expr), op, "A blind index answers equality (== and in_) only."
+                )
+            probes = [p for value in values for p in index.probes(value)]
+            if len(probes) == 1:
+                predicate = super().operate(operators.eq, probes[0], **kwargs)
+            else:
+                predicate = super().operate(operators.in_op, probes, **kwargs)
+            if not index.lossy:
+                return predicate
+            return checked(cast(Any, predicate), index.equality_check(self.expr, values))
 
         def reverse_operate(self, op: Any, other: Any, **kwargs: Any) -> Any:
             return self.operate(op, other, **kwargs)
+
+
+def _unwrap(value: Any) -> Any:
+    """A value written, out of the wrappers of the statement hooks."""
+    if type(value) is RowBound:
+        value = value.value
+    if type(value) is Pending:
+        value = value.value
+    return value
+
+
+def _table_of(expr: Any) -> Any:
+    """The table (or alias) of an index column expression, for its exact check."""
+    table = getattr(expr, "table", None)
+    if table is None:
+        raise QueryError(f"{_expr_name(expr)}: a lookup needs the index column of a table")
+    return table
+
+
+class _EqualCheck(ExactCheck):
+    """``index == value`` / ``index.in_(values)`` on a truncated blind index: the decrypted source,
+    normalised, is one of the values looked up (normalised)."""
+
+    __slots__ = ("_index", "_wanted")
+
+    def __init__(self, index: BlindIndexType, table: Any, values: Sequence[Any]) -> None:
+        super().__init__(table, (index.source,), index.label())
+        self._index = index
+        self._wanted = [index.transform(v) for v in values]
+
+    def matches(self, values: Mapping[str, Any]) -> bool:
+        found = self._index.transform(values[self._index.source])
+        return found is not None and any(found == w for w in self._wanted if w is not None)

@@ -22,7 +22,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.mutable import Mutable, MutableDict
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, attributes, mapped_column
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    attributes,
+    joinedload,
+    mapped_column,
+    relationship,
+)
 from sqlalchemy.orm.attributes import InstrumentedAttribute
 
 from vaultkit.errors import QueryError
@@ -75,6 +83,24 @@ def _update_values() -> None:
 def _multi_values() -> None:
     assert sa.insert(TABLE).values([{"name": "a"}, {"name": "b"}])._multi_values
     assert not sa.insert(TABLE).values(name="a")._multi_values
+
+
+def _limit_offset_clauses() -> None:
+    assert sa.select(TABLE)._limit_clause is None
+    assert sa.select(TABLE)._offset_clause is None
+    assert sa.select(TABLE).limit(3)._limit_clause is not None
+    assert sa.select(TABLE).offset(3)._offset_clause is not None
+    assert (sa.select(TABLE).limit(3).offset(2)._limit, sa.select(TABLE).offset(2)._offset) == (
+        3,
+        2,
+    )
+    assert sa.select(TABLE).limit(3).limit(None)._limit_clause is None
+    # FETCH FIRST: its clause, options, integer value, and limit(None) clearing it.
+    fetched = sa.select(TABLE).fetch(4)
+    assert sa.select(TABLE)._fetch_clause is None
+    assert fetched._fetch_clause_options == {"with_ties": False, "percent": False}
+    assert fetched._offset_or_limit_clause_asint(fetched._fetch_clause, "fetch") == 4
+    assert fetched.limit(None)._fetch_clause is None
 
 
 def _order_by_clauses() -> None:
@@ -180,6 +206,37 @@ def _storage_survives_type_descriptor() -> None:
         assert index.bind_processor(dialect) is None, url
 
 
+def _unique_filter_state() -> None:
+    # A result of joined eager loads against collections carries the strategy that refuses to
+    # be read without .unique(); sqla/_exact.py frozen_rows hands it to the re-made result.
+    class Base(DeclarativeBase):
+        pass
+
+    class Parent(Base):
+        __tablename__ = "internals_parent"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        children: Mapped[list[Child]] = relationship()
+
+    class Child(Base):
+        __tablename__ = "internals_child"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        parent_id: Mapped[int] = mapped_column(sa.ForeignKey("internals_parent.id"))
+
+    engine = sa.create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Parent(id=1, children=[Child(id=1), Child(id=2)]))
+        session.commit()
+        result = session.execute(sa.select(Parent).options(joinedload(Parent.children)))
+        state = result._unique_filter_state
+        assert state is not None and callable(state[1])
+        remade = result.freeze()()
+        remade._unique_filter_state = (set(), state[1])
+        with pytest.raises(sa.exc.InvalidRequestError, match="unique"):
+            remade.scalars().all()
+    engine.dispose()
+
+
 #: (attribute, the vaultkit code that uses it and why, the check).
 RELIED_ON: list[tuple[str, str, Callable[[], None]]] = [
     (
@@ -197,6 +254,11 @@ RELIED_ON: list[tuple[str, str, Callable[[], None]]] = [
         "Select._order_by_clauses",
         "sqla/_hooks.py _before_execute: refuses ORDER BY on an encrypted column",
         _order_by_clauses,
+    ),
+    (
+        "Select._limit_clause / _offset_clause / _limit / _offset / _fetch_clause(_options)",
+        "sqla/_search.py _exact_results: LIMIT/OFFSET/FETCH of a lookup made exact apply in Python",
+        _limit_offset_clauses,
     ),
     (
         "Insert._returning",
@@ -250,6 +312,11 @@ RELIED_ON: list[tuple[str, str, Callable[[], None]]] = [
     ),
     ("Row._mapping", "rekey verify_table; audit.py (documented public)", _row_mapping),
     (
+        "Result._unique_filter_state",
+        "sqla/_exact.py frozen_rows: a re-made result of joined collection loads requires unique()",
+        _unique_filter_state,
+    ),
+    (
         "TypeEngine.bind_processor/result_processor of a subclass kept by type_descriptor",
         "sqla/_storage.py RawBinary, RawLongBlob, RawVarbinary: no DBAPI Binary wrapping",
         _storage_survives_type_descriptor,
@@ -278,13 +345,26 @@ _ACCESS = re.compile(r"\b(?:statement|returned|compiled|state|tracked|holder|ele
 _KNOWN = {
     "statement._order_by_clauses",
     "statement._returning",
+    "statement._limit_clause",
+    "statement._offset_clause",
+    "statement._limit",
+    "statement._offset",
+    "statement._fetch_clause",
+    "statement._fetch_clause_options",
+    "statement._offset_or_limit_clause_asint",
     "returned._annotations",
     "state._expire_attributes",
     "tracked._parents",
     "holder._parents",
 }
 _GETATTR = re.compile(r'getattr\(\w+, "(_[a-z]\w*)"')
-_KNOWN_GETATTR = {"_values", "_multi_values", "_result_columns", "_returning"}
+_KNOWN_GETATTR = {
+    "_values",
+    "_multi_values",
+    "_result_columns",
+    "_returning",
+    "_unique_filter_state",
+}
 
 
 def test_every_private_access_is_listed() -> None:

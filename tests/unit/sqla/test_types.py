@@ -482,8 +482,11 @@ class TestBlindIndex:
         )
         with engine.begin() as conn:
             conn.execute(v2.insert(), [{"id": 2, "email": "b@x.be"}])
-            assert conn.scalars(sa.select(v2.c.id).where(v2.c.email_ix == "a@x.be")).all() == [1]
-            assert conn.scalars(sa.select(v2.c.id).where(v2.c.email_ix == "b@x.be")).all() == [2]
+            # A truncated index gives candidates; Core asks for them knowingly (0.4.0).
+            raw = {"vaultkit_exact": False}
+            query = sa.select(v2.c.id).execution_options(**raw)
+            assert conn.scalars(query.where(v2.c.email_ix == "a@x.be")).all() == [1]
+            assert conn.scalars(query.where(v2.c.email_ix == "b@x.be")).all() == [2]
             stored = conn.execute(sa.text("select id, email_ix from people order by id")).all()
         assert [(r[0], as_bytes(r[1])[0], len(as_bytes(r[1]))) for r in stored] == [
             (1, 1, 9),
