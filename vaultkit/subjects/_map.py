@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from vaultkit.errors import ConfigurationError
-from vaultkit.sqla import BlindIndexType, Encrypted
+from vaultkit.sqla import BlindIndexType, Encrypted, token_indexes
 from vaultkit.subjects._annotations import (
     LINK_KEY,
     NOT_PERSONAL_KEY,
@@ -409,6 +409,15 @@ def _fk_target(table: sa.Table, name: str, column: sa.Column[Any]) -> sa.Column[
         ) from None
 
 
+def _is_token_side_table(table: sa.Table) -> bool:
+    """Whether ``table`` is the side table of a TokenIndex (its terms are index digests)."""
+    return any(
+        index.table is table
+        for fk in table.foreign_keys
+        for index in token_indexes(fk.column.table)
+    )
+
+
 def _check_unlinked_children(
     tables: Iterable[sa.Table], linked: Mapping[str, Any], not_personal: Mapping[str, str]
 ) -> None:
@@ -417,7 +426,9 @@ def _check_unlinked_children(
     would leave them out without a word, plain columns or encrypted."""
     for table in tables:
         name = _qualified(table)
-        if name in linked or name in not_personal:
+        if name in linked or name in not_personal or _is_token_side_table(table):
+            # A TokenIndex's side table holds index digests of its parent's rows, like a blind
+            # index column: never exported, its rows deleted with the member's at erasure.
             continue
         for column in table.columns:
             for fk in column.foreign_keys:
