@@ -287,9 +287,17 @@ def index_spec(index: Any) -> IndexSpec:
     from vaultkit.sqla.types import BlindIndexType
 
     _, index_type = _column_type(index)
-    if not isinstance(index_type, BlindIndexType):
+    if type(index_type) is not BlindIndexType:
+        # A compound, prefix or bucket index (subclasses) has its own key label and encoding:
+        # digests computed here as a plain blind index would silently match nothing.
         raise ConfigurationError(
             f"index_spec takes a BlindIndex column, not {type(index_type).__name__}"
+        )
+    if index_type.partitions > 1:
+        raise ConfigurationError(
+            f"blind index of {index_type.source!r} has partitions={index_type.partitions}: its "
+            "digests are drawn per row, which the kernels do not do; write it through the column "
+            "types"
         )
     attached = index_type._attached
     if attached is None:

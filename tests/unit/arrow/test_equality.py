@@ -26,7 +26,8 @@ from vaultkit.arrow import (
     index_spec,
 )
 from vaultkit.audiences import COLUMNS, MemberRecord, Platform, render
-from vaultkit.sqla import BlindIndex, Encrypted
+from vaultkit.errors import ConfigurationError
+from vaultkit.sqla import BlindIndex, Encrypted, PrefixIndex
 from vaultkit.store import MemoryKeyStore
 from vaultkit.testing import InMemoryKeyProvider
 
@@ -45,6 +46,8 @@ class Member(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     email: Mapped[str] = mapped_column(Encrypted(sa.String(320), domain="identity"))
     email_index = BlindIndex("email", normalize=str.lower, bits=128, version=3)
+    email_spread = BlindIndex("email", normalize=str.lower, partitions=4)
+    email_prefix = PrefixIndex("email", length=3)
     note: Mapped[str] = mapped_column(
         Encrypted(sa.Text, domain="identity", row_key="id", pad_to=16)
     )
@@ -184,3 +187,12 @@ def test_audience_legacy_gmail_rule_matches_render() -> None:
     assert hashes.to_pylist() == [
         _scalar(v, "email", Platform.GOOGLE, rules="2025-legacy")[0] for v in values
     ]
+
+
+def test_index_spec_refuses_indexes_the_kernels_would_get_wrong() -> None:
+    # A prefix (or compound, bucket) index has its own key label and encoding, and a partitioned
+    # index draws a partition per row: a kernel digest would silently match none of their cells.
+    with pytest.raises(ConfigurationError, match="PrefixIndexType"):
+        index_spec(Member.email_prefix)
+    with pytest.raises(ConfigurationError, match="partitions=4"):
+        index_spec(Member.email_spread)
