@@ -67,3 +67,25 @@ def test_an_export_beside_token_and_prefix_indexes_holds_no_digest(configured_va
     assert [t["table"] for t in data["tables"]] == ["searchable_members"]
     for digest in digests:
         assert digest.hex() not in text and digest not in text.encode()
+
+
+def test_an_import_fills_the_search_indexes_of_the_target(configured_vault: Vault) -> None:
+    source = sa.create_engine("sqlite://")
+    Base.metadata.create_all(source)
+    with Session(source) as session:
+        session.add(Member(id="m-17", last_name="Smith-Jones"))
+        session.commit()
+        with configured_vault.acting_as(Principal("dpo"), purpose="DataSubjectRequest"):
+            data = configured_vault.export_subject(
+                session, "m-17", "portability", subjects=collect(Base.metadata)
+            ).to_dict()
+    target = sa.create_engine("sqlite://")
+    Base.metadata.create_all(target)
+    with Session(target) as session:
+        configured_vault.import_subject(session, data, subjects=collect(Base.metadata))
+        session.commit()
+    with Session(target) as session:
+        found = session.scalars(sa.select(Member).where(Member.name_tokens.contains("jones")))
+        assert [m.id for m in found] == ["m-17"]
+        found = session.scalars(sa.select(Member).where(Member.name_p3.startswith("Smi")))
+        assert [m.id for m in found] == ["m-17"]
