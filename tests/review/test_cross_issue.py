@@ -1,0 +1,122 @@
+"""Where issue 16's life cycle meets issue 19's indexes (and 17/18): cross-issue review tests.
+
+Real engines (SQLite, PostgreSQL when configured), no mocks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from vaultkit import KeyDomain, Vault
+from vaultkit.search import first_char, fold_name, year
+from vaultkit.sqla import (
+    CompoundIndex,
+    Encrypted,
+    Part,
+    PrefixIndex,
+    TokenIndex,
+    erasure_cells,
+    rewrite_terms,
+)
+from vaultkit.testing import InMemoryKeyProvider
+
+pytestmark = pytest.mark.configured
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Client(Base):
+    __tablename__ = "xreview_clients"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    member_id: Mapped[int] = mapped_column(sa.Integer, index=True)
+    # Under the member's own keys, reading as an error once erased (the default).
+    last_name: Mapped[str | None] = mapped_column(
+        Encrypted(sa.String(100), domain="people", subject="member_id")
+    )
+    birth_date: Mapped[dt.date | None] = mapped_column(Encrypted(sa.Date, domain="identity"))
+    name_tokens = TokenIndex("last_name", bits=20)
+    p3 = PrefixIndex("last_name", length=3, normalize=fold_name, bits=8)
+    locator = CompoundIndex(
+        Part("last_name", first_char), Part("birth_date", year), bits=8, domain="identity"
+    )
+
+
+@pytest.fixture
+def vault_kwargs(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "provider": InMemoryKeyProvider(),
+        "store": f"sqlite:///{tmp_path / 'keys.db'}",
+        "domains": [KeyDomain("identity"), KeyDomain("people", dek_scope="subject")],
+    }
+
+
+@pytest.fixture
+def engine(database_url: str, vault: Vault) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(database_url)
+    Base.metadata.create_all(engine)
+    yield engine
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+def _fill_and_erase(engine: sa.Engine, vault: Vault) -> None:
+    with Session(engine) as session:
+        session.add_all(
+            [
+                Client(member_id=1, last_name="Smith-Jones", birth_date=dt.date(1980, 1, 2)),
+                Client(member_id=2, last_name="Smith", birth_date=dt.date(1980, 3, 4)),
+            ]
+        )
+        session.commit()
+    vault.erase_subject(
+        1,
+        reason="art. 17 request",
+        request_id="xr-1",
+        cells=erasure_cells(Base.metadata, engine, 1),
+    )
+
+
+def _terms(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        table = Client.name_tokens.table
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def test_erasure_leaves_no_index_cell_or_term_of_the_member(engine: sa.Engine, vault: Vault) -> None:
+    _fill_and_erase(engine, vault)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT member_id, p3, locator FROM xreview_clients ORDER BY member_id")
+        ).all()
+    assert rows[0][1:] == (None, None)
+    assert all(cell is not None for cell in rows[1][1:])
+    assert _terms(engine) == 1  # member 2's "smith" only
+    with Session(engine) as session:
+        found = session.scalars(sa.select(Client).where(Client.name_tokens.contains("smith")))
+        assert [c.member_id for c in found] == [2]
+
+
+def test_token_rotation_after_an_erasure_finishes(engine: sa.Engine, vault: Vault) -> None:
+    """rewrite_terms (the end of a token-index key rotation, `vaultkit index rewrite`) reads
+    every source value: a member erased before the rotation (on_erased="raise", the default)
+    must not stop it, and must get no terms back."""
+    _fill_and_erase(engine, vault)
+    index = Client.name_tokens
+    old = index.version, index.query_versions
+    index.version, index.query_versions = 2, (1, 2)
+    try:
+        counts = rewrite_terms(engine, index)
+    finally:
+        index.version, index.query_versions = old
+    assert counts["terms"] == 1
+    assert _terms(engine) == 1
