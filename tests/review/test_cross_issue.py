@@ -51,6 +51,20 @@ class Client(Base):
     )
 
 
+class Patient(Base):
+    __tablename__ = "xreview_patients"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    member_id: Mapped[int] = mapped_column(sa.Integer, index=True)
+    last_name: Mapped[str | None] = mapped_column(
+        Encrypted(sa.String(100), domain="people", subject="member_id", on_erased="null")
+    )
+    birth_date: Mapped[dt.date | None] = mapped_column(Encrypted(sa.Date, domain="identity"))
+    p3 = PrefixIndex("last_name", length=3, normalize=fold_name, bits=8)
+    locator = CompoundIndex(
+        Part("last_name", first_char), Part("birth_date", year), bits=8, domain="identity"
+    )
+
+
 @pytest.fixture
 def vault_kwargs(tmp_path: Path) -> dict[str, Any]:
     return {
@@ -92,7 +106,9 @@ def _terms(engine: sa.Engine) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
 
-def test_erasure_leaves_no_index_cell_or_term_of_the_member(engine: sa.Engine, vault: Vault) -> None:
+def test_erasure_leaves_no_index_cell_or_term_of_the_member(
+    engine: sa.Engine, vault: Vault
+) -> None:
     _fill_and_erase(engine, vault)
     with engine.connect() as conn:
         rows = conn.execute(
@@ -120,3 +136,81 @@ def test_token_rotation_after_an_erasure_finishes(engine: sa.Engine, vault: Vaul
         index.version, index.query_versions = old
     assert counts["terms"] == 1
     assert _terms(engine) == 1
+
+
+def test_orm_update_of_a_compound_part_in_an_erased_members_row(
+    engine: sa.Engine, vault: Vault
+) -> None:
+    """The compound index also reads last_name (erased; on_erased="null" here): changing the
+    process-scoped birth_date of that row must not bring a digest of the erased member back."""
+    with Session(engine) as session:
+        session.add_all(
+            [
+                Patient(member_id=1, last_name="Smith", birth_date=dt.date(1980, 1, 2)),
+                Patient(member_id=2, last_name="Smith", birth_date=dt.date(1980, 3, 4)),
+            ]
+        )
+        session.commit()
+    vault.erase_subject(
+        1, reason="art. 17", request_id="xr-2", cells=erasure_cells(Base.metadata, engine, 1)
+    )
+    with Session(engine) as session:
+        patient = session.scalars(sa.select(Patient).where(Patient.member_id == 1)).one()
+        assert patient.last_name is None
+        patient.birth_date = dt.date(1981, 1, 1)
+        session.commit()
+    with engine.connect() as conn:
+        cells = conn.execute(
+            sa.text("SELECT p3, locator FROM xreview_patients WHERE member_id = 1")
+        ).one()
+    assert tuple(cells) == (None, None)
+    with Session(engine) as session:
+        found = session.scalars(sa.select(Patient).where(Patient.p3.startswith("smi")))
+        assert [p.member_id for p in found] == [2]
+
+
+def test_rekey_after_an_erasure_with_a_compound_index(engine: sa.Engine, vault: Vault) -> None:
+    """vaultkit rekey of the process-scoped birth_date, which feeds the compound index with
+    the erased last_name: the run finishes and the erased row gets no digest back."""
+    from vaultkit.rekey import rekey_table
+
+    _fill_and_erase(engine, vault)
+    rekey_table(engine, Client.__table__, vault=vault, columns=["birth_date"], job="xr-rekey")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT member_id, p3, locator FROM xreview_clients ORDER BY member_id")
+        ).all()
+    assert tuple(rows[0][1:]) == (None, None)
+    assert all(cell is not None for cell in rows[1][1:])
+
+
+def test_exact_lookup_with_an_erased_candidate_on_erased_raise(
+    engine: sa.Engine, vault: Vault
+) -> None:
+    """Erased without cells= (the index cells stay): an exact lookup whose candidates include
+    the erased member's row. vaultkit.sqla._exact: "a value whose key was erased matches
+    nothing" -- the living member comes back, the erased one does not."""
+    with Session(engine) as session:
+        session.add_all(
+            [
+                Client(member_id=1, last_name="Smith-Jones", birth_date=dt.date(1980, 1, 2)),
+                Client(member_id=2, last_name="Smith", birth_date=dt.date(1980, 3, 4)),
+            ]
+        )
+        session.commit()
+    vault.erase_subject(1, reason="art. 17", request_id="xr-3")
+    with Session(engine) as session:
+        for where in (
+            Client.p3.startswith("smi"),
+            Client.name_tokens.contains("smith"),
+            Client.locator.match(last_name="S", birth_date=dt.date(1980, 1, 1)),
+        ):
+            found = session.scalars(sa.select(Client).where(where))
+            assert [c.member_id for c in found] == [2]
+        # The erased row was only dropped: a plain load of it still raises, and nothing of it
+        # stayed in the session's identity map as a marker.
+        from vaultkit.errors import ValueErasedError
+
+        with pytest.raises(ValueErasedError):
+            session.scalars(sa.select(Client).where(Client.member_id == 1)).one()
+        assert all(c.member_id == 2 for c in session.identity_map.values())
