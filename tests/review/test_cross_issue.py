@@ -214,3 +214,41 @@ def test_exact_lookup_with_an_erased_candidate_on_erased_raise(
         with pytest.raises(ValueErasedError):
             session.scalars(sa.select(Client).where(Client.member_id == 1)).one()
         assert all(c.member_id == 2 for c in session.identity_map.values())
+
+
+def test_autogenerate_keeps_token_side_tables_and_the_request_log(tmp_path: Path) -> None:
+    """One database for the application and the key store (the request log written),
+    autogenerate with vaultkit's options proposes nothing -- no DROP of
+    vaultkit_subject_requests or of the key store's tables, no re-creation of the token side
+    table."""
+    from alembic.autogenerate import produce_migrations
+    from alembic.migration import MigrationContext
+
+    import vaultkit.sqla
+    import vaultkit.sqla.alembic
+
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    with Vault(
+        provider=InMemoryKeyProvider(),
+        store=url,
+        domains=[KeyDomain("identity"), KeyDomain("people", dek_scope="subject")],
+    ) as vault:
+        vaultkit.sqla.configure(vault)
+        engine = sa.create_engine(url)
+        try:
+            Base.metadata.create_all(engine)
+            vault.requests.open("xr-4", "access", 2)
+            vault.encrypt("x", domain="identity")  # the key store's tables written
+            with engine.connect() as conn:
+                names = set(sa.inspect(conn).get_table_names())
+                assert {"vaultkit_subject_requests", "xreview_clients__name_tokens"} <= names
+                assert len([n for n in names if n.startswith("vaultkit_")]) > 1, names
+                context = MigrationContext.configure(
+                    conn, opts=vaultkit.sqla.alembic.autogenerate_options()
+                )
+                ops = produce_migrations(context, Base.metadata).upgrade_ops
+            assert ops is not None
+            assert ops.as_diffs() == []
+        finally:
+            vaultkit.sqla.configure(None)
+            engine.dispose()
