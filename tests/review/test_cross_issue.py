@@ -252,3 +252,14 @@ def test_autogenerate_keeps_token_side_tables_and_the_request_log(tmp_path: Path
         finally:
             vaultkit.sqla.configure(None)
             engine.dispose()
+
+
+def test_index_plan_samples_a_table_with_an_erased_member(engine: sa.Engine, vault: Vault) -> None:
+    """`vaultkit index plan --data` decrypts a sample of the subject-scoped source: an erased
+    member's value (on_erased="raise") must not stop the plan, nor count as a value."""
+    from vaultkit.sqla import plan_column
+
+    _fill_and_erase(engine, vault)
+    with engine.connect() as conn:
+        plan = plan_column(Client, "last_name", bind=conn)
+    assert plan.distinct == 1  # "Smith", the living member's
