@@ -263,3 +263,74 @@ def test_index_plan_samples_a_table_with_an_erased_member(engine: sa.Engine, vau
     with engine.connect() as conn:
         plan = plan_column(Client, "last_name", bind=conn)
     assert plan.distinct == 1  # "Smith", the living member's
+
+
+class Chat(Base):
+    __tablename__ = "xreview_chats"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    body: Mapped[str | None] = mapped_column(Encrypted(sa.Text, domain="chats", on_erased="null"))
+    body_tokens = TokenIndex("body", bits=20)
+    body_p3 = PrefixIndex("body", length=3, normalize=fold_name, bits=8)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "leak (medium): enforce_retention destroys a bucket's keys but nothing "
+        "nulls the in-row index cells (blind/compound/prefix/bucket) or deletes the token terms "
+        "of the values under them: erasure_cells is per subject, no retention counterpart "
+        "exists, so an expired chat's words stay linkable and confirmable with the index key "
+        "(pre-existing for BlindIndex, widened by issue 19's kinds; now stated in lifecycle.md); "
+        "fix: a retention_cells(tables, bind) callback matching the destroyed DEK ids in the "
+        "value headers (as erasure_cells' header match does)"
+    ),
+)
+def test_retention_leaves_no_index_of_expired_values(tmp_path: Path) -> None:
+    from vaultkit import Retention
+
+    def domains() -> list[KeyDomain]:
+        return [
+            KeyDomain(
+                "chats",
+                dek_scope="bucket",
+                bucket=dt.timedelta(hours=1),
+                retention=Retention("PT72H", after="capture"),
+            )
+        ]
+
+    import vaultkit.sqla
+
+    provider = InMemoryKeyProvider()
+    store = f"sqlite:///{tmp_path / 'keys.db'}"
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    past = Vault(
+        provider=provider,
+        store=store,
+        domains=domains(),
+        clock=lambda: dt.datetime.now(dt.UTC) - dt.timedelta(hours=80),
+    )
+    try:
+        vaultkit.sqla.configure(past)
+        Base.metadata.create_all(engine, tables=[Chat.__table__, Chat.body_tokens.table])
+        with Session(engine) as session:
+            session.add(Chat(id=1, body="how is the new diet going"))
+            session.commit()
+        past.close()
+        with Vault(provider=provider, store=store, domains=domains()) as vault:
+            vaultkit.sqla.configure(vault)
+            with Session(engine) as session:
+                session.add(Chat(id=2, body="fine thanks"))
+                session.commit()
+            assert vault.enforce_retention().keys_destroyed == 1
+            with Session(engine) as session:
+                assert session.get(Chat, 1).body is None  # the value is gone
+            side = Chat.body_tokens.table
+            with engine.connect() as conn:
+                p3 = conn.scalar(sa.text("SELECT body_p3 FROM xreview_chats WHERE id = 1"))
+                terms = conn.scalar(
+                    sa.select(sa.func.count()).select_from(side).where(side.c.id == 1)
+                )
+            assert (p3, terms) == (None, 0)
+    finally:
+        vaultkit.sqla.configure(None)
+        engine.dispose()
