@@ -334,3 +334,64 @@ def test_retention_leaves_no_index_of_expired_values(tmp_path: Path) -> None:
     finally:
         vaultkit.sqla.configure(None)
         engine.dispose()
+
+
+def test_research_export_refuses_to_keep_a_ciphertext_or_index_column(tmp_path: Path) -> None:
+    """A research spec that "keeps" a binary column (a ciphertext, or an index digest column:
+    blind, compound, prefix, bucket) would ship, per row, a value that also sits in the
+    production table: whoever can read that table links every exported row back to its
+    member. Refused like a kept e-mail address."""
+    from tests.unit.research.test_export import TODAY, _rows, spec_text
+    from vaultkit.errors import ExportRefusedError
+    from vaultkit.research import export, parse_spec
+
+    provider = InMemoryKeyProvider(["identity", "research"])
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    with Vault(
+        provider=provider,
+        store=url,
+        domains=["identity", KeyDomain("research", audited=True)],
+        audit=url,
+    ) as vault:
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'data.db'}")
+        meta = sa.MetaData()
+        table = sa.Table(
+            "members",
+            meta,
+            sa.Column("member_id", sa.Integer, primary_key=True),
+            sa.Column("postal_code", sa.String),
+            sa.Column("birth_date", sa.Date),
+            sa.Column("sex", sa.String),
+            sa.Column("admitted_on", sa.Date),
+            sa.Column("discharged_on", sa.Date),
+            sa.Column("email_ct", sa.LargeBinary),
+            sa.Column("amount", sa.Float),
+            sa.Column("email_p3", sa.LargeBinary),
+            sa.Column("note_ct", sa.LargeBinary),
+        )
+        meta.create_all(engine)
+        rows = _rows(vault, 60)
+        with engine.begin() as conn:
+            conn.execute(
+                table.insert(),
+                [
+                    {**r, "email_p3": b"\x01" + bytes([i]), "note_ct": r["email_ct"]}
+                    for i, r in enumerate(rows)
+                ],
+            )
+        try:
+            # email_ct is decrypted for email_pid (a kept e-mail is refused as such); note_ct
+            # is a ciphertext read as it is, email_p3 an index digest column.
+            for source in ("note_ct", "email_p3"):
+                text = spec_text() + f'\n[columns.kept]\nsource = "{source}"\ntransform = "keep"\n'
+                with pytest.raises(ExportRefusedError, match="binary values"):
+                    export(
+                        vault,
+                        parse_spec(text),
+                        tmp_path / "o.parquet",
+                        database=engine,
+                        today=TODAY,
+                    )
+                assert not (tmp_path / "o.parquet").exists()
+        finally:
+            engine.dispose()
