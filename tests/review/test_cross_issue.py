@@ -395,3 +395,32 @@ def test_research_export_refuses_to_keep_a_ciphertext_or_index_column(tmp_path: 
                 assert not (tmp_path / "o.parquet").exists()
         finally:
             engine.dispose()
+
+
+class Employee(Base):
+    __tablename__ = "xreview_employees"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    employer: Mapped[str | None] = mapped_column(Encrypted(sa.String(100), domain="identity"))
+    employer_tokens = TokenIndex("employer", bits=20)
+
+
+def test_rekey_of_a_token_indexed_column_keeps_its_terms(engine: sa.Engine, vault: Vault) -> None:
+    """vaultkit rekey rewrites the ciphertexts of a token-indexed column: its UPDATEs must
+    neither be refused by the token index's write guard nor lose or duplicate the terms."""
+    from vaultkit.rekey import rekey_table
+
+    with Session(engine) as session:
+        session.add_all([Employee(id=1, employer="Acme Works"), Employee(id=2, employer="Beta")])
+        session.commit()
+    side = Employee.employer_tokens.table
+    with engine.connect() as conn:
+        before = sorted(map(tuple, conn.execute(sa.select(side)).all()))
+    rekey_table(engine, Employee.__table__, vault=vault, columns=["employer"], job="xr-tok")
+    with engine.connect() as conn:
+        after = sorted(map(tuple, conn.execute(sa.select(side)).all()))
+    assert after == before and len(after) == 3
+    with Session(engine) as session:
+        found = session.scalars(
+            sa.select(Employee).where(Employee.employer_tokens.contains("acme"))
+        )
+        assert [e.id for e in found] == [1]
