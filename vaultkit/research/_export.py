@@ -496,7 +496,18 @@ def _classes(
 
 def _check_kept(column: ColumnSpec, array: pa.Array) -> None:
     """Refuse a kept text column that holds an e-mail, phone or national-number pattern, and a
-    kept integer column whose digits are a national number (a BSN or INSZ stored as a number)."""
+    kept integer column whose digits are a national number (a BSN or INSZ stored as a number),
+    and any kept binary column: a ciphertext or an index digest (blind, compound, prefix, bucket)
+    is the very value of the production table, so it links each exported row back to its member
+    for whoever can read that table."""
+    if pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
+        if array.null_count < len(array):
+            raise ExportRefusedError(
+                f"column {column.name} (keep) holds binary values (a ciphertext or an index "
+                "digest, which link each row back to the database): decrypt and pseudonymise, "
+                "or drop it"
+            )
+        return
     if pa.types.is_integer(array.type):
         array = pc.cast(array, pa.string())
     elif not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):

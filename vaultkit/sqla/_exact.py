@@ -21,13 +21,16 @@ Python, in the same round trip. The interface, for every index type (vaultkit's 
   then the candidates come back as they are, knowingly.
 * A source the reader may not decrypt (a restricted domain without the grant) raises
   :class:`~vaultkit.errors.AccessDeniedError`: a true match is never dropped silently. A value whose
-  key was erased matches nothing.
+  key was erased matches nothing, also
+  with ``on_erased="raise"`` (the candidate is dropped and leaves the session; a kept row whose
+  other values are erased raises as a plain load does).
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -36,16 +39,36 @@ from sqlalchemy.sql.elements import BooleanClauseList, Grouping
 from sqlalchemy.sql.operators import and_ as and_op
 
 __all__ = [
+    "ErasedCandidate",
     "ExactCheck",
     "checked",
     "checked_compiled",
     "checks_in",
     "frozen_rows",
+    "loading_candidates",
     "top_level_checks",
 ]
 
 #: The execution option that asks for the candidates of lossy indexes, unchecked.
 EXACT_OPTION: Final = "vaultkit_exact"
+
+#: Set while an exact lookup loads its candidates: a value of a column with
+#: ``on_erased="raise"`` whose key was destroyed loads as an :class:`ErasedCandidate` instead of
+#: raising, so that the candidate can be dropped (it matches nothing); a kept row holding one
+#: raises its error as a plain load would.
+loading_candidates: ContextVar[bool] = ContextVar("vaultkit_loading_candidates", default=False)
+
+
+class ErasedCandidate:
+    """An erased value in a candidate row of an exact lookup: the error its read raises."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return "<erased value>"
 
 
 class ExactCheck:

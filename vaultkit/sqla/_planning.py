@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from vaultkit._access import SealedValue
-from vaultkit.errors import AccessDeniedError, ConfigurationError
+from vaultkit.errors import AccessDeniedError, ConfigurationError, ValueErasedError
 from vaultkit.search import Plan, PlannedIndex, distinct_estimate, plan
 from vaultkit.sqla._tokens import TokenIndex, token_indexes
 from vaultkit.sqla.types import BlindIndexType, Encrypted, EncryptedCell, Parts
@@ -232,13 +232,18 @@ def _count(
         }
         - set(sources)
     )
-    query = sa.select(*columns, *(table.columns[k] for k in row_keys)).where(source.is_not(None))
+    # A value whose key was destroyed (an erased member, an expired retention) reads as None:
+    # it is no value of the column any more, and the sample leaves its row out.
+    reading = [_reading_erased_as_null(c) for c in columns]
+    query = sa.select(*reading, *(table.columns[k] for k in row_keys)).where(source.is_not(None))
     if sample < rows:
         query = query.order_by(_random(conn.dialect.name)).limit(sample)
     values = []
     for row in conn.execute(query):
         found = dict(zip([*sources, *row_keys], row, strict=True))
-        values.append({key: _opened(table, key, found) for key in sources})
+        opened = {key: _opened(table, key, found) for key in sources}
+        if opened[column] is not None:
+            values.append(opened)
     seen = len(values)
     if result["distinct"] is None:
         counts = collections.Counter(_hashable(v[column]) for v in values)
@@ -274,6 +279,16 @@ def _count(
     return result
 
 
+def _reading_erased_as_null(column: sa.Column[Any]) -> Any:
+    """``column``, read with ``on_erased="null"`` when it is an encrypted column."""
+    column_type = column.type
+    if not isinstance(column_type, Encrypted) or column_type.on_erased == "null":
+        return column
+    reading = column_type.copy()
+    reading.on_erased = "null"
+    return sa.type_coerce(column, reading)
+
+
 def _opened(table: sa.Table, key: str, row: dict[str, Any]) -> Any:
     """The plaintext of ``row[key]``: a cell opened with its row key; a sealed value refused."""
     value = row[key]
@@ -285,7 +300,10 @@ def _opened(table: sa.Table, key: str, row: dict[str, Any]) -> Any:
     if isinstance(value, EncryptedCell):
         kind = table.columns[key].type
         assert isinstance(kind, Encrypted) and kind.row_key is not None  # noqa: S101 - a cell
-        return value.decrypt(row=row[kind.row_key])
+        try:
+            return value.decrypt(row=row[kind.row_key])
+        except ValueErasedError:
+            return None  # its key was destroyed: left out of the sample
     return value
 
 

@@ -34,11 +34,13 @@ from vaultkit.errors import AccessDeniedError, ConfigurationError, QueryError, V
 from vaultkit.sqla import _registry
 from vaultkit.sqla._exact import (
     EXACT_OPTION,
+    ErasedCandidate,
     ExactCheck,
     checked,
     checked_compiled,
     checks_in,
     frozen_rows,
+    loading_candidates,
     top_level_checks,
 )
 from vaultkit.sqla.types import (
@@ -860,6 +862,8 @@ def _row_matches(entity: Any, check: ExactCheck) -> bool:
             value = getattr(entity, attr)
         except ValueErasedError:
             return False  # an erased value matches nothing
+        if type(value) is ErasedCandidate:
+            return False  # loaded as such while the candidates were read (on_erased="raise")
         if type(value) is SealedValue:
             raise AccessDeniedError(
                 f"{check.label}: checking the candidates of this lookup decrypts {key!r}, which "
@@ -924,18 +928,37 @@ def _exact_results(orm_state: ORMExecuteState) -> Any:
         )
     positions = _entity_positions(orm_state, top)
     token = _handling.set(True)
+    loading = loading_candidates.set(True)
     try:
         frozen = frozen_rows(orm_state.invoke_statement(statement=statement))
     finally:
+        loading_candidates.reset(loading)
         _handling.reset(token)
     kept = []
+    erased: list[ErasedCandidate] = []
     for row in frozen.data:
         # A result of entities alone holds them as they are; others hold rows.
-        if all(
+        keep = all(
             _row_matches(row[position] if isinstance(row, sa.Row) else row, check)
             for check, position in zip(top, positions, strict=True)
-        ):
+        )
+        if keep:
             kept.append(row)
+        # An erased value (on_erased="raise") was loaded as an ErasedCandidate: the object
+        # leaves the session (it must not hand the marker out later), and a kept row raises
+        # as its plain load would have.
+        for value in row if isinstance(row, sa.Row) else (row,):
+            state = sa.inspect(value, raiseerr=False)
+            if isinstance(state, InstanceState):
+                held = [v for v in state.dict.values() if type(v) is ErasedCandidate]
+                if held and state.session is not None:
+                    state.session.expunge(value)
+            else:
+                held = [value] if type(value) is ErasedCandidate else []
+            if keep:
+                erased.extend(held)
+    if erased:
+        raise erased[0].error
     if window is not None:
         start, count = window
         kept = kept[start:] if count is None else kept[start : start + count]

@@ -626,7 +626,8 @@ def rewrite_terms(
     Reads the source values through the vault batch by batch (primary-key order), deletes each
     batch's old terms and writes the new ones in one transaction per batch, then returns
     ``{"rows": ..., "terms": ...}``. Run it after deploying ``version=N, query_versions=(..., N)``;
-    then drop the old versions from ``query_versions``. Idempotent.
+    then drop the old versions from ``query_versions``. Idempotent. A value whose key was
+    destroyed (an erased member) gets no terms.
 
     .. versionadded:: 0.4.0
     """
@@ -634,7 +635,13 @@ def rewrite_terms(
         raise ConfigurationError("batch= is a number of rows, at least 1")
     parent = index.parent
     keys = list(parent.primary_key.columns)
-    source = parent.columns[index.source]
+    source: Any = parent.columns[index.source]
+    if isinstance(source.type, Encrypted) and source.type.on_erased != "null":
+        # A value whose key was destroyed (an erased member, an expired retention) has no
+        # words: it reads as None here, so that one erasure does not stop the rotation.
+        reading = source.type.copy()
+        reading.on_erased = "null"
+        source = sa.type_coerce(source, reading)
     counts = {"rows": 0, "terms": 0}
     last: tuple[Any, ...] | None = None
     while True:

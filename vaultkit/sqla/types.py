@@ -42,7 +42,7 @@ from vaultkit.errors import (
 from vaultkit.keys.domains import KeyDomain, check_domain_name
 from vaultkit.sqla import _registry
 from vaultkit.sqla._coerce import INVALID, coercer, legacy_bytes, legacy_value
-from vaultkit.sqla._exact import ExactCheck, checked
+from vaultkit.sqla._exact import ErasedCandidate, ExactCheck, checked, loading_candidates
 from vaultkit.sqla._storage import RawBinary, index_storage_for, storage_for
 
 __all__ = ["BlindIndexType", "Encrypted", "EncryptedCell", "RowBound"]
@@ -181,6 +181,21 @@ class RowBound:
         if self.subject is UNKNOWN:
             return "RowBound(<value>, row=<row key>)"
         return "RowBound(<value>, row=<row key>, subject=<subject>)"
+
+
+def _marking_erased(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``process``, giving an :class:`ErasedCandidate` for an erased value while an exact
+    lookup loads its candidates (see :mod:`vaultkit.sqla._exact`)."""
+
+    def marking(value: Any) -> Any:
+        try:
+            return process(value)
+        except ValueErasedError as exc:
+            if not loading_candidates.get():
+                raise
+            return ErasedCandidate(exc)
+
+    return marking
 
 
 class EncryptedCell:
@@ -794,9 +809,9 @@ class Encrypted(TypeDecorator[Any]):
                 del value  # as in process_result_value
                 return self.process_result_value(box.pop(), dialect)
 
-            return legacy
+            return _marking_erased(legacy)
         if not self._strict_fixed:
-            return lambda value: self.process_result_value(value, dialect)
+            return _marking_erased(lambda value: self.process_result_value(value, dialect))
         return self._prepare_open(cells=True)
 
     def _prepare_open(self, *, cells: bool) -> Callable[[Any], Any]:
@@ -824,7 +839,12 @@ class Encrypted(TypeDecorator[Any]):
                 value = _stored_bytes(value, self)
             if guarded and orm.get():
                 return EncryptedCell(self, value)
-            return open_(value)
+            try:
+                return open_(value)
+            except ValueErasedError as exc:
+                if not loading_candidates.get():
+                    raise
+                return ErasedCandidate(exc)  # an exact lookup's candidate: dropped, or raised
 
         if self.on_erased != "null":
             return process
