@@ -260,9 +260,11 @@ def column_spec(column: Any) -> ColumnSpec:
     """The :class:`ColumnSpec` of an ``Encrypted`` column: ``Member.email``, a ``Column`` or the
     attached type, so that table, column, schema and domain are never retyped.
 
+    A column whose domain has a key per subject takes the members with the values: pass them
+    as :func:`encrypt_array`'s ``subjects=`` (same spec).
+
     Raises:
-        ConfigurationError: not an ``Encrypted`` column, or one whose domain has subject keys
-            (encrypt those through :func:`encrypt_array`'s ``subjects=``, same spec).
+        ConfigurationError: not an ``Encrypted`` column.
     """
     from vaultkit.sqla.types import Encrypted
 
