@@ -188,8 +188,13 @@ def _marking_erased(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
     lookup loads its candidates (see :mod:`vaultkit.sqla._exact`)."""
 
     def marking(value: Any) -> Any:
+        # The value leaves this frame's locals before ``process`` runs: a legacy plaintext that
+        # fails to convert must not be held by a frame of the traceback (error reporters capture
+        # frame locals), as in Encrypted.result_processor's ``legacy``.
+        box = [value]
+        del value
         try:
-            return process(value)
+            return process(box.pop())
         except ValueErasedError as exc:
             if not loading_candidates.get():
                 raise
