@@ -155,9 +155,6 @@ class _SearchIndexType(BlindIndexType):
             self._check_label()
         return super()._key(version)
 
-    def _base_options(self) -> list[str]:
-        return self._repr_options()
-
 
 class CompoundIndexType(_SearchIndexType):
     """The column type of :func:`CompoundIndex`: one digest of several transformed sources.
@@ -241,19 +238,14 @@ class CompoundIndexType(_SearchIndexType):
     def copy(self, **kw: Any) -> CompoundIndexType:
         copied = CompoundIndexType(
             self.parts,
-            domain=self.domain,
-            version=self.version,
-            query_versions=self.query_versions,
-            bits=self.bits,
-            vault=self.vault,
-            partitions=self.partitions,
+            **self._copy_options(),
         )
         self._copy_attachment(copied)
         return copied
 
     def __repr__(self) -> str:
         parts = ", ".join(repr(p) for p in self.parts)
-        return f"CompoundIndexType({', '.join([f'[{parts}]', *self._base_options()])})"
+        return f"CompoundIndexType({', '.join([f'[{parts}]', *self._repr_options()])})"
 
     class comparator_factory(BlindIndexType.comparator_factory):  # noqa: N801
         """``match({part: value, ...})`` (the ORM attribute also takes keywords)."""
@@ -361,18 +353,13 @@ class PrefixIndexType(_SearchIndexType):
             self.source,
             length=self.length,
             normalize=self.normalize,
-            domain=self.domain,
-            version=self.version,
-            query_versions=self.query_versions,
-            bits=self.bits,
-            vault=self.vault,
-            partitions=self.partitions,
+            **self._copy_options(),
         )
         self._copy_attachment(copied)
         return copied
 
     def __repr__(self) -> str:
-        args = [repr(self.source), f"length={self.length!r}", *self._base_options()]
+        args = [repr(self.source), f"length={self.length!r}", *self._repr_options()]
         return f"PrefixIndexType({', '.join(args)})"
 
     class comparator_factory(BlindIndexType.comparator_factory):  # noqa: N801
@@ -466,18 +453,13 @@ class BucketIndexType(_SearchIndexType):
         copied = BucketIndexType(
             self.source,
             unit=self.unit,
-            domain=self.domain,
-            version=self.version,
-            query_versions=self.query_versions,
-            bits=self.bits,
-            vault=self.vault,
-            partitions=self.partitions,
+            **self._copy_options(),
         )
         self._copy_attachment(copied)
         return copied
 
     def __repr__(self) -> str:
-        args = [repr(self.source), f"unit={self.unit!r}", *self._base_options()]
+        args = [repr(self.source), f"unit={self.unit!r}", *self._repr_options()]
         return f"BucketIndexType({', '.join(args)})"
 
     class comparator_factory(BlindIndexType.comparator_factory):  # noqa: N801

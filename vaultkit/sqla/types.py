@@ -1338,17 +1338,20 @@ class BlindIndexType(TypeDecorator[bytes]):
         return copied
 
     def copy(self, **kw: Any) -> BlindIndexType:
-        copied = BlindIndexType(
-            self.source,
-            domain=self.domain,
-            version=self.version,
-            query_versions=self.query_versions,
-            bits=self.bits,
-            vault=self.vault,
-            normalize=self.normalize,
-            partitions=self.partitions,
-        )
+        copied = BlindIndexType(self.source, normalize=self.normalize, **self._copy_options())
         return self._copy_attachment(copied)
+
+    def _copy_options(self) -> dict[str, Any]:
+        """The constructor arguments every index kind shares, as this index holds them (for
+        :meth:`copy` of this type and of the search index types)."""
+        return {
+            "domain": self.domain,
+            "version": self.version,
+            "query_versions": self.query_versions,
+            "bits": self.bits,
+            "vault": self.vault,
+            "partitions": self.partitions,
+        }
 
     def _repr_options(self) -> list[str]:
         args = []
